@@ -1,0 +1,40 @@
+//! Switchyard core: everything that *decides*, nothing that does I/O.
+//!
+//! Layout:
+//! - [`workflow`]: the workflow model, the YAML loader with line/column positions, and the
+//!   static checks behind `switchyard validate`.
+//! - [`planner`]: the pure state machine. `plan(workflow, snapshot, now)` says which steps to
+//!   start, skip, expire or poll, when to wake up next, and whether the run has ended.
+//! - [`settle`]: turns one attempt's outcome into the next step record (retry with backoff and
+//!   jitter, fallback, wait, repair) — the other half of the state machine.
+//! - [`refs`]: references to earlier outputs (`${steps.classify.output.label}`), prompt
+//!   templates, route conditions.
+//! - [`error`]: the one error taxonomy.
+//! - [`state`]: persisted shapes (run header, step records, history events, wake-ups).
+//! - [`ports`] and [`model`]: the traits adapters implement (`StateStore`, `Queue`,
+//!   `BlobStore`, `Provider`) and the normalized model shapes.
+//! - [`webhook`]: Standard Webhooks signing and verification (pure HMAC arithmetic).
+//! - [`time`]: `Millis`, `Clock`, and workflow durations.
+//!
+//! No tokio, no AWS, no HTTP: CI fails if `cargo tree -p switchyard-core` shows any of them.
+
+pub mod error;
+pub mod model;
+pub mod ports;
+pub mod planner;
+pub mod refs;
+pub mod retry;
+pub mod schema;
+pub mod settle;
+pub mod state;
+pub mod time;
+pub mod workflow;
+
+pub use error::{ErrorClass, StepError, StoreError};
+pub use time::{Clock, Dur, Millis};
+
+/// sha256 of some bytes, as lowercase hex: the content address used for blobs and definitions.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
+}

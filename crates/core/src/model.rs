@@ -1,0 +1,202 @@
+//! The `Provider` port and the normalized shapes every model answer is turned into
+//! (DESIGN §5). Adapters hide each model API behind `invoke`/`poll`/`parse_callback`; the rest
+//! of the system only sees [`ModelRequest`], [`ModelResponse`] and [`StepError`].
+
+use crate::error::StepError;
+use crate::state::Usage;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// What a model is used for. Workflows choose models by role, not the other way round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Classification,
+    Extraction,
+    Generation,
+    Embedding,
+    Moderation,
+    Transcription,
+    Asset,
+    Retrieval,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Classification => "classification",
+            Role::Extraction => "extraction",
+            Role::Generation => "generation",
+            Role::Embedding => "embedding",
+            Role::Moderation => "moderation",
+            Role::Transcription => "transcription",
+            Role::Asset => "asset",
+            Role::Retrieval => "retrieval",
+        }
+    }
+}
+
+/// Where an asynchronous provider should deliver its result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Callback {
+    /// Full URL, including the query that names run, step and token.
+    pub url: String,
+    pub run_id: String,
+    pub step: String,
+    /// Per-attempt token; the webhook handler rejects a callback that does not carry it.
+    pub token: String,
+}
+
+/// One call of one model, built by the engine from the step definition and earlier outputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelRequest {
+    pub run_id: String,
+    pub step: String,
+    /// Attempt number over the whole step (1-based).
+    pub attempt: u32,
+    /// Full model id, `provider/model` (e.g. `local/keyword-classifier`).
+    pub model: String,
+    pub role: Role,
+    /// Rendered prompt template: instructions only. Data travels in `input`, never spliced in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_version: Option<String>,
+    /// The data the model works on.
+    pub input: Value,
+    /// Model-specific parameters from the workflow (labels, templates, top_k, fault switch...).
+    #[serde(default)]
+    pub params: Value,
+    /// The JSON Schema the output must satisfy, when the step declares one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<Value>,
+    /// Errors from the previous attempt to repair (schema violations, validator findings).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feedback: Vec<String>,
+    /// Per-attempt timeout the engine enforces; providers may pass it on.
+    pub timeout_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<Callback>,
+}
+
+impl ModelRequest {
+    /// The model name without the provider prefix.
+    pub fn model_name(&self) -> &str {
+        split_model(&self.model).1
+    }
+}
+
+/// Splits `provider/model` into its parts; a bare name has provider `""`.
+pub fn split_model(id: &str) -> (&str, &str) {
+    match id.split_once('/') {
+        Some((p, m)) => (p, m),
+        None => ("", id),
+    }
+}
+
+/// A normalized answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelOutput {
+    /// One of the normalized shapes (classification, generation, extraction, embedding, asset,
+    /// retrieval); see the `normalized` helpers.
+    pub output: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    #[serde(default)]
+    pub cost_usd: f64,
+    /// The model that actually answered (providers may resolve aliases).
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_request_id: Option<String>,
+    /// Source references (retrieval): ids of the documents the output is based on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
+}
+
+/// A provider either answers now or hands back a job that completes later.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ModelResponse {
+    Completed(ModelOutput),
+    Pending {
+        job_id: String,
+        /// When polling makes sense, if the callback does not arrive.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        poll_after_ms: Option<u64>,
+    },
+}
+
+/// A model a provider offers, for static checks and docs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelInfo {
+    pub id: String,
+    pub roles: Vec<Role>,
+    pub asynchronous: bool,
+    pub description: String,
+}
+
+/// A model API behind one adapter. Dyn-compatible: the provider is chosen at run time.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// The prefix of the model ids it serves (`local`, `openai`, ...).
+    fn name(&self) -> &str;
+
+    /// The models it offers. Static checks reject a workflow naming any other.
+    fn models(&self) -> Vec<ModelInfo>;
+
+    /// Upper estimate of what the call will cost, used by the budget check before the call.
+    fn estimate_cost_usd(&self, request: &ModelRequest) -> f64;
+
+    /// Calls the model (or submits the job).
+    async fn invoke(&self, request: &ModelRequest) -> Result<ModelResponse, StepError>;
+
+    /// Asks about a job whose callback has not come. `request` is the same request that
+    /// submitted it, rebuilt from persisted state.
+    async fn poll(&self, request: &ModelRequest, job_id: &str)
+        -> Result<ModelResponse, StepError>;
+
+    /// Reads a provider callback body: the job it is about and its result so far.
+    fn parse_callback(&self, body: &Value) -> Result<(String, ModelResponse), StepError>;
+}
+
+/// Builders of the normalized output shapes, so every adapter produces the same fields.
+pub mod normalized {
+    use crate::state::Usage;
+    use serde_json::{json, Map, Value};
+
+    pub fn classification(label: &str, confidence: f64, scores: Map<String, Value>) -> Value {
+        json!({"label": label, "confidence": round4(confidence), "scores": Value::Object(scores)})
+    }
+
+    pub fn generation(
+        text: &str,
+        json_value: Option<Value>,
+        usage: Usage,
+        finish_reason: &str,
+        model: &str,
+    ) -> Value {
+        let mut v = json!({
+            "text": text,
+            "usage": {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens},
+            "finish_reason": finish_reason,
+            "model": model,
+        });
+        if let (Some(j), Some(obj)) = (json_value, v.as_object_mut()) {
+            obj.insert("json".into(), j);
+        }
+        v
+    }
+
+    pub fn embedding(vector: Vec<f64>) -> Value {
+        json!({"vector": vector})
+    }
+
+    pub fn asset(url: &str, content_type: &str, bytes: u64, sha256: &str) -> Value {
+        json!({"url": url, "content_type": content_type, "bytes": bytes, "sha256": sha256})
+    }
+
+    pub fn round4(x: f64) -> f64 {
+        (x * 10_000.0).round() / 10_000.0
+    }
+}

@@ -1,0 +1,101 @@
+//! The ports: what the engine needs from the outside world, as traits. Adapters implement them
+//! (`switchyard-local` on SQLite and files, the AWS crate on DynamoDB, SQS and S3).
+//!
+//! They are `async` through `async_trait` (a proc macro only: no runtime), so they stay
+//! dyn-compatible and the core keeps no dependency on tokio.
+
+use crate::error::StoreError;
+use crate::state::{HistoryEvent, Lease, RunHeader, RunSnapshot, StepRecord, WakeUp};
+use crate::time::Millis;
+use async_trait::async_trait;
+
+/// Result of claiming an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyClaim {
+    /// The key was free and now maps to the run id given.
+    New,
+    /// The key was used before: the run it maps to, and whether the request body was the same.
+    Existing { run_id: String, same_body: bool },
+}
+
+/// A short listing row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub tenant: String,
+    pub workflow: String,
+    pub version: String,
+    pub status: crate::state::RunStatus,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// Writes a new run header (version 1). `Conflict` if the run id exists.
+    async fn create_run(&self, header: &RunHeader) -> Result<(), StoreError>;
+
+    /// The header and every step record of a run; `None` if there is no such run.
+    async fn load(&self, run_id: &str) -> Result<Option<RunSnapshot>, StoreError>;
+
+    /// Writes the header if its stored version is `expected_version`; the stored version becomes
+    /// `header.version`, which the caller sets to `expected_version + 1`.
+    async fn put_header(&self, header: &RunHeader, expected_version: u64)
+        -> Result<(), StoreError>;
+
+    /// Takes the run's lease for `owner` until `lease.until`, if the lease is free, expired at
+    /// `now`, or already held by the same owner. Returns the header as written (version bumped).
+    async fn acquire_lease(
+        &self,
+        run_id: &str,
+        lease: &Lease,
+        now: Millis,
+    ) -> Result<RunHeader, StoreError>;
+
+    /// Writes a step record if its stored version is `expected_version` (0: must not exist).
+    /// The stored version becomes `record.version` (`expected_version + 1`).
+    async fn put_step(&self, run_id: &str, record: &StepRecord, expected_version: u64)
+        -> Result<(), StoreError>;
+
+    /// Appends history events (each on its own: no read-modify-write).
+    async fn append_events(&self, run_id: &str, events: &[HistoryEvent])
+        -> Result<(), StoreError>;
+
+    /// The run's history, oldest first.
+    async fn events(&self, run_id: &str) -> Result<Vec<HistoryEvent>, StoreError>;
+
+    /// Runs, newest first; a tenant filter of `None` lists all tenants (CLI, operators).
+    async fn list_runs(&self, tenant: Option<&str>, limit: usize)
+        -> Result<Vec<RunSummary>, StoreError>;
+
+    /// Maps `(tenant, key)` to `run_id` unless it is mapped already.
+    async fn claim_idempotency(
+        &self,
+        tenant: &str,
+        key: &str,
+        body_hash: &str,
+        run_id: &str,
+        now: Millis,
+    ) -> Result<IdempotencyClaim, StoreError>;
+
+    /// Records a webhook id; `false` if it was seen before (the delivery is a duplicate).
+    async fn record_webhook_id(&self, id: &str, now: Millis) -> Result<bool, StoreError>;
+}
+
+/// Sends wake-ups. Receiving is the trigger's business (SQS → Lambda, or the local poller).
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Sends a wake-up, visible after `delay_ms` (SQS caps a delay at 15 minutes: adapters send
+    /// the capped delay and the worker re-plans and sends again if it is early).
+    async fn send(&self, message: &WakeUp, delay_ms: u64) -> Result<(), StoreError>;
+}
+
+/// Content-addressed blobs: the key is the sha256 of the bytes, in hex.
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    /// Stores the bytes and returns their key. Storing the same bytes twice is harmless.
+    async fn put(&self, bytes: &[u8], content_type: &str) -> Result<String, StoreError>;
+    async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError>;
+    /// A URL a client can read the blob from, valid for `ttl_ms`.
+    async fn presign(&self, key: &str, ttl_ms: u64) -> Result<String, StoreError>;
+}

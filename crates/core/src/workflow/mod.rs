@@ -1,0 +1,228 @@
+//! The workflow model.
+//!
+//! A workflow file (YAML) is loaded by [`compile`] into a [`Workflow`]: steps with explicit
+//! dependencies, prompts/schemas/corpora inlined from their files, defaults applied, and a
+//! content hash. The compiled form is what a run pins and what the planner reads; it is stored
+//! with the run so a resumed run uses exactly the definition it started with.
+//!
+//! Step order: a step needs the step listed before it unless it says `needs:`; `needs: []`
+//! starts it with the run. Route targets need their route. A step runs once all its needs have
+//! ended; it is skipped when all of them were skipped (so a step after a route's branches runs
+//! after whichever branch ran), or when it is a route target the route did not choose.
+
+mod compile;
+pub mod yaml;
+
+pub use compile::{compile, Diagnostic, FileLoader, NoFiles};
+
+use crate::error::ErrorClass;
+use crate::model::Role;
+use crate::refs::Condition;
+use crate::time::Dur;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Limits on what a workflow may declare (documented in docs/workflows.md).
+pub mod limits {
+    /// Steps in one workflow, branches included.
+    pub const MAX_STEPS: usize = 200;
+    /// Attempts per model of one step.
+    pub const MAX_ATTEMPTS: u32 = 20;
+    /// Repairs a validate step may request.
+    pub const MAX_REPAIRS: u32 = 5;
+    /// Bytes of a workflow file, or of a file it includes.
+    pub const MAX_FILE_BYTES: usize = 1024 * 1024;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Workflow {
+    pub name: String,
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<Value>,
+    /// Cost budget per run in USD; a step that would exceed it fails with `budget_exceeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
+    /// Run-level deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
+    /// Template of the run's output; without it, the output of the last step that ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    pub steps: Vec<Step>,
+}
+
+impl Workflow {
+    pub fn step(&self, id: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.id == id)
+    }
+
+    /// sha256 over the canonical JSON of the compiled definition.
+    pub fn content_hash(&self) -> String {
+        crate::sha256_hex(&serde_json::to_vec(self).unwrap_or_default())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub id: String,
+    pub needs: Vec<String>,
+    /// The route step that must choose this step for it to run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gated_by: Option<String>,
+    /// For a parallel branch: the parallel step it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// A failed optional step does not fail the run; its output is null.
+    #[serde(default)]
+    pub optional: bool,
+    pub kind: StepKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StepKind {
+    /// A model call (also `retrieve`, which is a model call of role retrieval).
+    Model(ModelStep),
+    Route(RouteStep),
+    /// Merges the outputs of its branches (which are steps of their own) into one object.
+    Parallel { branches: Vec<String> },
+    Validate(ValidateStep),
+    Transform { value: Value },
+    Approval(ApprovalStep),
+}
+
+impl StepKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepKind::Model(m) if m.role == Role::Retrieval => "retrieve",
+            StepKind::Model(_) => "model",
+            StepKind::Route(_) => "route",
+            StepKind::Parallel { .. } => "parallel",
+            StepKind::Validate(_) => "validate",
+            StepKind::Transform { .. } => "transform",
+            StepKind::Approval(_) => "approval",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prompt {
+    pub version: String,
+    pub template: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelStep {
+    /// The model, then its declared fallbacks, in order.
+    pub models: Vec<String>,
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<Prompt>,
+    /// Data for the model (with references), kept apart from the instructions.
+    pub input: Value,
+    #[serde(default)]
+    pub params: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<Value>,
+    /// Classes for which the next model of the chain is tried.
+    pub fallback_on: Vec<ErrorClass>,
+    pub retry: RetryPolicy,
+    /// Per attempt.
+    pub timeout: Dur,
+    /// All attempts of the step together, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_duration: Option<Dur>,
+    /// How long an asynchronous job may take before the wait counts as a timeout.
+    pub wait_timeout: Dur,
+    /// Provider job + callback instead of an answer in the call.
+    pub asynchronous: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Attempts per model, the first included.
+    pub max_attempts: u32,
+    pub initial_backoff: Dur,
+    pub max_backoff: Dur,
+    pub multiplier: f64,
+    /// Full jitter: the delay is drawn in [backoff/2, backoff] (deterministically per attempt).
+    pub jitter: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Dur(200),
+            max_backoff: Dur(30_000),
+            multiplier: 2.0,
+            jitter: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteCase {
+    /// No condition: always taken (a catch-all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<Condition>,
+    pub to: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteStep {
+    pub routes: Vec<RouteCase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+}
+
+impl RouteStep {
+    /// Every step this route may choose.
+    pub fn targets(&self) -> Vec<&str> {
+        let mut t: Vec<&str> = self.routes.iter().map(|r| r.to.as_str()).collect();
+        if let Some(d) = &self.default {
+            t.push(d);
+        }
+        t.sort();
+        t.dedup();
+        t
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidateStep {
+    pub value: Value,
+    pub schema: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<Repair>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Repair {
+    /// The model step to re-run with the validation errors as feedback.
+    pub step: String,
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTimeout {
+    Reject,
+    Approve,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalStep {
+    pub deadline: Dur,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub on_timeout: OnTimeout,
+}
+
+#[cfg(test)]
+mod tests;

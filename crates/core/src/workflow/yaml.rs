@@ -1,0 +1,329 @@
+//! YAML → JSON value, keeping the line and column of every node.
+//!
+//! Typed YAML crates report positions only for syntax errors. `switchyard validate` must point at
+//! the line of an unknown step reference or a bad schema too, so the loader builds a
+//! `serde_json::Value` from the parser's marked events and records where each path starts.
+//! Everything after this module works on JSON values plus this position index.
+
+use serde_json::{Map, Number, Value};
+use std::collections::HashMap;
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// 1-based line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord)]
+pub struct Pos {
+    pub line: usize,
+    pub col: usize,
+}
+
+/// Where each path (`steps.2.model`) starts in the file. For a mapping entry, the position is
+/// that of its key, which is where an editor should put the cursor.
+#[derive(Debug, Clone, Default)]
+pub struct PosIndex {
+    map: HashMap<String, Pos>,
+}
+
+impl PosIndex {
+    /// The position of `path`, or of its closest ancestor that has one.
+    pub fn at(&self, path: &str) -> Pos {
+        let mut p = path;
+        loop {
+            if let Some(pos) = self.map.get(p) {
+                return *pos;
+            }
+            match p.rfind('.') {
+                Some(i) => p = &p[..i],
+                None => return self.map.get("").copied().unwrap_or(Pos { line: 1, col: 1 }),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct YamlError {
+    pub pos: Pos,
+    pub message: String,
+}
+
+/// Joins a parent path and a segment.
+pub fn join(parent: &str, seg: &str) -> String {
+    if parent.is_empty() {
+        seg.to_string()
+    } else {
+        format!("{parent}.{seg}")
+    }
+}
+
+enum Frame {
+    Seq {
+        items: Vec<Value>,
+        path: String,
+        anchor: usize,
+    },
+    Map {
+        map: Map<String, Value>,
+        path: String,
+        key: Option<String>,
+        anchor: usize,
+    },
+}
+
+struct Builder {
+    stack: Vec<Frame>,
+    root: Option<Value>,
+    anchors: HashMap<usize, Value>,
+    index: PosIndex,
+    error: Option<YamlError>,
+    documents: usize,
+}
+
+fn pos(m: &Marker) -> Pos {
+    Pos {
+        line: m.line().max(1),
+        col: m.col() + 1,
+    }
+}
+
+/// Resolves a plain scalar the YAML 1.2 core-schema way (what users expect: `true`, `3`,
+/// `0.5`, `null`, `~`). Quoted scalars are always strings.
+fn resolve_plain(s: &str) -> Value {
+    match s {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        _ => {}
+    }
+    if let Ok(i) = s.parse::<i64>() {
+        return Value::Number(i.into());
+    }
+    if let Some(hex) = s.strip_prefix("0x") {
+        if let Ok(i) = i64::from_str_radix(hex, 16) {
+            return Value::Number(i.into());
+        }
+    }
+    let looks_numeric = s
+        .chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | '+' | 'e' | 'E'))
+        && s.chars().any(|c| c.is_ascii_digit());
+    if looks_numeric {
+        if let Some(n) = s.parse::<f64>().ok().and_then(Number::from_f64) {
+            return Value::Number(n);
+        }
+    }
+    Value::String(s.to_string())
+}
+
+impl Builder {
+    /// The path the next value will have, and records its position.
+    fn next_path(&mut self, mark: &Marker) -> Option<String> {
+        match self.stack.last_mut() {
+            None => Some(String::new()),
+            Some(Frame::Seq { items, path, .. }) => Some(join(path, &items.len().to_string())),
+            Some(Frame::Map { path, key, .. }) => key.as_ref().map(|k| join(path, k)),
+        }
+        .inspect(|p| {
+            self.index.map.entry(p.clone()).or_insert(pos(mark));
+        })
+    }
+
+    fn fail(&mut self, mark: &Marker, message: String) {
+        if self.error.is_none() {
+            self.error = Some(YamlError {
+                pos: pos(mark),
+                message,
+            });
+        }
+    }
+
+    /// Places a finished value into its parent (or as the root).
+    fn place(&mut self, value: Value, mark: &Marker) {
+        match self.stack.last_mut() {
+            None => self.root = Some(value),
+            Some(Frame::Seq { items, .. }) => items.push(value),
+            Some(Frame::Map { map, key, .. }) => match key.take() {
+                Some(k) => {
+                    map.insert(k, value);
+                }
+                None => {
+                    // This value is a key.
+                    let k = match value {
+                        Value::String(s) => s,
+                        Value::Number(n) => n.to_string(),
+                        Value::Bool(b) => b.to_string(),
+                        Value::Null => "null".to_string(),
+                        _ => {
+                            self.fail(mark, "mapping keys must be plain strings".into());
+                            return;
+                        }
+                    };
+                    if map.contains_key(&k) {
+                        self.fail(mark, format!("duplicate key `{k}`"));
+                        return;
+                    }
+                    let path = match self.stack.last() {
+                        Some(Frame::Map { path, .. }) => join(path, &k),
+                        _ => k.clone(),
+                    };
+                    self.index.map.insert(path, pos(mark));
+                    if let Some(Frame::Map { key, .. }) = self.stack.last_mut() {
+                        *key = Some(k);
+                    }
+                }
+            },
+        }
+    }
+
+    fn expecting_key(&self) -> bool {
+        matches!(self.stack.last(), Some(Frame::Map { key: None, .. }))
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        if self.error.is_some() {
+            return;
+        }
+        match ev {
+            Event::DocumentStart => {
+                self.documents += 1;
+                if self.documents > 1 {
+                    self.fail(&mark, "a workflow file holds one YAML document".into());
+                }
+            }
+            Event::Scalar(text, style, anchor, _tag) => {
+                let value = if style == TScalarStyle::Plain {
+                    resolve_plain(&text)
+                } else {
+                    Value::String(text)
+                };
+                if !self.expecting_key() {
+                    self.next_path(&mark);
+                }
+                if anchor > 0 {
+                    self.anchors.insert(anchor, value.clone());
+                }
+                self.place(value, &mark);
+            }
+            Event::Alias(id) => {
+                if !self.expecting_key() {
+                    self.next_path(&mark);
+                }
+                match self.anchors.get(&id).cloned() {
+                    Some(v) => self.place(v, &mark),
+                    None => self.fail(&mark, "alias to an unknown anchor".into()),
+                }
+            }
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                if self.expecting_key() {
+                    self.fail(&mark, "mapping keys must be plain strings".into());
+                    return;
+                }
+                let path = self.next_path(&mark).unwrap_or_default();
+                let frame = if matches!(ev, Event::SequenceStart(..)) {
+                    Frame::Seq {
+                        items: Vec::new(),
+                        path,
+                        anchor,
+                    }
+                } else {
+                    Frame::Map {
+                        map: Map::new(),
+                        path,
+                        key: None,
+                        anchor,
+                    }
+                };
+                self.stack.push(frame);
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let (value, anchor) = match self.stack.pop() {
+                    Some(Frame::Seq { items, anchor, .. }) => (Value::Array(items), anchor),
+                    Some(Frame::Map { map, anchor, .. }) => (Value::Object(map), anchor),
+                    None => return,
+                };
+                if anchor > 0 {
+                    self.anchors.insert(anchor, value.clone());
+                }
+                self.place(value, &mark);
+            }
+            Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => {}
+        }
+    }
+}
+
+/// Parses one YAML document into a JSON value and the position of every path.
+pub fn parse(src: &str) -> Result<(Value, PosIndex), YamlError> {
+    let mut builder = Builder {
+        stack: Vec::new(),
+        root: None,
+        anchors: HashMap::new(),
+        index: PosIndex::default(),
+        error: None,
+        documents: 0,
+    };
+    let mut parser = Parser::new_from_str(src);
+    if let Err(e) = parser.load(&mut builder, true) {
+        return Err(YamlError {
+            pos: pos(e.marker()),
+            message: e.info().to_string(),
+        });
+    }
+    if let Some(e) = builder.error {
+        return Err(e);
+    }
+    Ok((builder.root.unwrap_or(Value::Null), builder.index))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn values_and_positions() {
+        let src = "name: demo\nversion: 3\nsteps:\n  - id: a\n    ratio: 0.5\n    on: true\n    q: \"3\"\n  - id: b\n";
+        let (v, idx) = parse(src).unwrap();
+        assert_eq!(
+            v,
+            json!({"name": "demo", "version": 3, "steps": [
+                {"id": "a", "ratio": 0.5, "on": true, "q": "3"}, {"id": "b"}]})
+        );
+        assert_eq!(idx.at("name"), Pos { line: 1, col: 1 });
+        assert_eq!(idx.at("steps.0.id"), Pos { line: 4, col: 5 });
+        assert_eq!(idx.at("steps.1"), Pos { line: 8, col: 5 });
+        assert_eq!(idx.at("steps.0.q"), Pos { line: 7, col: 5 });
+        // Unknown paths fall back to the nearest ancestor.
+        assert_eq!(idx.at("steps.0.nope.deeper"), Pos { line: 4, col: 5 });
+    }
+
+    #[test]
+    fn errors_have_positions() {
+        let table = [
+            ("a: 1\na: 2\n", 2, "duplicate key `a`"),
+            ("a: [1, 2\n", 2, ""),
+            ("a: *nope\n", 1, ""),
+            ("a: 1\n---\nb: 2\n", 2, "one YAML document"),
+        ];
+        for (src, line, msg) in table {
+            match parse(src) {
+                Ok(v) => panic!("{src:?} parsed as {v:?}"),
+                Err(e) => {
+                    assert_eq!(e.pos.line, line, "{src:?}: {e:?}");
+                    assert!(e.message.contains(msg), "{src:?}: {e:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn anchors_and_scalars() {
+        let (v, _) = parse("x: &d {a: 1}\ny: *d\nz: ~\nw: 0x10\ns: 1e3\nt: 12abc\n")
+            .unwrap();
+        assert_eq!(
+            v,
+            json!({"x": {"a": 1}, "y": {"a": 1}, "z": null, "w": 16, "s": 1000.0, "t": "12abc"})
+        );
+    }
+
+}

@@ -1,0 +1,345 @@
+//! Opening the data directory: the SQLite file, its schema, and the shared connection.
+
+use crate::{FsBlobStore, SqliteQueue, SqliteStore};
+use rusqlite::{Connection, ErrorCode};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use switchyard_core::{Clock, StoreError};
+
+/// The database file name inside the data directory.
+pub const DB_FILE: &str = "switchyard.sqlite";
+
+/// Schema migrations; entry `i` brings the schema from version `i` to `i + 1`. Append only:
+/// a released migration is never edited, because existing files already ran it.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE runs (
+    run_id        TEXT PRIMARY KEY,
+    tenant        TEXT NOT NULL,
+    workflow      TEXT NOT NULL,
+    version_label TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL,
+    header        TEXT NOT NULL,
+    version       INTEGER NOT NULL
+);
+CREATE INDEX runs_newest ON runs(created_at DESC, run_id DESC);
+CREATE INDEX runs_by_tenant ON runs(tenant, created_at DESC, run_id DESC);
+CREATE TABLE steps (
+    run_id  TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    step    TEXT NOT NULL,
+    record  TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE events (
+    seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    at     INTEGER NOT NULL,
+    event  TEXT NOT NULL
+);
+CREATE INDEX events_by_run ON events(run_id, seq);
+CREATE TABLE idempotency (
+    tenant     TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    body_hash  TEXT NOT NULL,
+    run_id     TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant, key)
+);
+CREATE TABLE webhook_ids (
+    id      TEXT PRIMARY KEY,
+    seen_at INTEGER NOT NULL
+);
+CREATE TABLE queue_messages (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue         TEXT NOT NULL,
+    body          TEXT NOT NULL,
+    visible_at    INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt       TEXT UNIQUE,
+    sent_at       INTEGER NOT NULL
+);
+CREATE INDEX queue_visible ON queue_messages(queue, visible_at);
+CREATE TABLE dead_letters (
+    id            INTEGER PRIMARY KEY,
+    queue         TEXT NOT NULL,
+    body          TEXT NOT NULL,
+    receive_count INTEGER NOT NULL,
+    reason        TEXT NOT NULL,
+    failed_at     INTEGER NOT NULL
+);
+"#];
+
+/// The schema version this build writes: the number of migrations.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The one connection, shared by every handle.
+///
+/// Calls run directly on the caller's thread rather than in `spawn_blocking`: every statement is
+/// an indexed point read or write that takes well under a millisecond, so the hop to the blocking
+/// pool would cost more than the work. The mutex serializes this process's writers the way a
+/// single SQLite writer must be serialized anyway; other processes wait on `busy_timeout`.
+#[derive(Clone)]
+pub(crate) struct Db {
+    conn: Arc<Mutex<Connection>>,
+}
+
+/// What closures passed to [`Db::with`] return, so `?` works on rusqlite and store errors alike.
+pub(crate) enum DbError {
+    Sql(rusqlite::Error),
+    Store(StoreError),
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(e: rusqlite::Error) -> Self {
+        DbError::Sql(e)
+    }
+}
+
+impl From<StoreError> for DbError {
+    fn from(e: StoreError) -> Self {
+        DbError::Store(e)
+    }
+}
+
+impl Db {
+    pub(crate) fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, DbError>,
+    ) -> Result<T, StoreError> {
+        // A poisoned lock means a thread panicked mid-call; SQLite rolled back whatever it was
+        // doing, but we report rather than guess, and never unwrap.
+        let mut conn = self.conn.lock().map_err(|_| {
+            StoreError::Unavailable("sqlite connection lock poisoned by a panicked thread".into())
+        })?;
+        f(&mut conn).map_err(|e| match e {
+            DbError::Sql(e) => sql(e),
+            DbError::Store(e) => e,
+        })
+    }
+}
+
+/// Maps a rusqlite error: lock contention is retryable, a damaged file is not.
+pub(crate) fn sql(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
+            StoreError::Corrupt(format!("sqlite: {e}"))
+        }
+        _ => StoreError::Unavailable(format!("sqlite: {e}")),
+    }
+}
+
+/// Whether `e` is a constraint violation with this extended code (`rusqlite::ffi::SQLITE_…`).
+pub(crate) fn is_constraint(e: &rusqlite::Error, extended: std::os::raw::c_int) -> bool {
+    e.sqlite_error()
+        .is_some_and(|x| x.extended_code == extended)
+}
+
+/// The embedded backend rooted at one data directory. Cloning is cheap (handles share one
+/// connection); every handle it gives out is cheap to clone as well.
+#[derive(Clone)]
+pub struct Backend {
+    pub(crate) db: Db,
+    data_dir: PathBuf,
+}
+
+impl Backend {
+    /// Opens (creating if needed) `data_dir` and `data_dir/switchyard.sqlite`, migrating the
+    /// schema. A file that is not a SQLite database, is some other program's database, or has a
+    /// schema newer than this build gives `Corrupt` and is left byte-for-byte untouched.
+    pub fn open(data_dir: &Path) -> Result<Backend, StoreError> {
+        let io = |what: &str, p: &Path, e: std::io::Error| {
+            StoreError::Unavailable(format!("{what} {}: {e}", p.display()))
+        };
+        std::fs::create_dir_all(data_dir).map_err(|e| io("cannot create", data_dir, e))?;
+        // Absolute, so presigned `file://` URLs work from any working directory.
+        let data_dir =
+            std::fs::canonicalize(data_dir).map_err(|e| io("cannot resolve", data_dir, e))?;
+        let blobs = data_dir.join("blobs");
+        std::fs::create_dir_all(&blobs).map_err(|e| io("cannot create", &blobs, e))?;
+
+        let path = data_dir.join(DB_FILE);
+        check_magic(&path)?;
+        let corrupt = |why: String| StoreError::Corrupt(format!("{}: {why}", path.display()));
+        let not_db = |e: rusqlite::Error| match e.sqlite_error_code() {
+            Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
+                corrupt(format!("not a usable SQLite database ({e})"))
+            }
+            _ => StoreError::Unavailable(format!("{}: {e}", path.display())),
+        };
+
+        let mut conn = Connection::open(&path).map_err(not_db)?;
+        conn.busy_timeout(Duration::from_millis(5000))
+            .map_err(not_db)?;
+        // Read the version before anything that writes (switching to WAL rewrites the header),
+        // so a file we refuse is never modified.
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(not_db)?;
+        if version > SCHEMA_VERSION {
+            return Err(corrupt(format!(
+                "schema version {version} is newer than this build supports ({SCHEMA_VERSION}); \
+                 upgrade switchyard"
+            )));
+        }
+        if version == 0 {
+            let tables: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(not_db)?;
+            if tables > 0 {
+                return Err(corrupt(
+                    "has tables but no switchyard schema version; not a switchyard database".into(),
+                ));
+            }
+        }
+        // WAL lets readers (the CLI listing runs) proceed while a worker writes; NORMAL sync is
+        // durable across process crashes and only risks the last commits on power loss.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(not_db)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(not_db)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(not_db)?;
+        migrate(&mut conn, version).map_err(not_db)?;
+
+        Ok(Backend {
+            db: Db {
+                conn: Arc::new(Mutex::new(conn)),
+            },
+            data_dir,
+        })
+    }
+
+    /// The absolute data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn store(&self) -> SqliteStore {
+        SqliteStore::new(self.db.clone())
+    }
+
+    /// A named queue; all queues share one table. The clock decides visibility, so tests pass a
+    /// [`crate::ManualClock`].
+    pub fn queue(&self, name: &str, clock: Arc<dyn Clock>) -> SqliteQueue {
+        SqliteQueue::new(self.db.clone(), name, clock)
+    }
+
+    pub fn blobs(&self) -> FsBlobStore {
+        FsBlobStore::new(self.data_dir.join("blobs"))
+    }
+}
+
+/// Refuses a non-empty file that does not start with SQLite's magic header. SQLite would refuse
+/// it too, but this gives a clearer message and needs no SQLite call on a stranger's file.
+fn check_magic(path: &Path) -> Result<(), StoreError> {
+    const MAGIC: &[u8; 16] = b"SQLite format 3\0";
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::Unavailable(format!("{}: {e}", path.display()))),
+    };
+    let mut head = Vec::with_capacity(16);
+    file.by_ref()
+        .take(16)
+        .read_to_end(&mut head)
+        .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+    if head.is_empty() || head == MAGIC {
+        return Ok(());
+    }
+    Err(StoreError::Corrupt(format!(
+        "{} is not a SQLite database (refusing to open or modify it)",
+        path.display()
+    )))
+}
+
+/// Runs the migrations after `from`, all in one transaction with the version bump, so a crash
+/// mid-migration leaves the old schema rather than half of the new one.
+fn migrate(conn: &mut Connection, from: i64) -> rusqlite::Result<()> {
+    if from >= SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(from.max(0) as usize) {
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+    }
+    tx.commit()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn open_err(dir: &Path) -> String {
+        match Backend::open(dir) {
+            Err(StoreError::Corrupt(m)) => m,
+            Err(e) => panic!("expected Corrupt, got {e}"),
+            Ok(_) => panic!("expected Corrupt, got a backend"),
+        }
+    }
+
+    #[test]
+    fn garbage_file_is_corrupt_and_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let cases: [&[u8]; 3] = [
+            b"this is not a database, it is a grocery list\n",
+            b"x",
+            // Right magic, garbage after it: SQLite itself has to refuse this one.
+            &[b"SQLite format 3\0".as_slice(), &[0xAB; 200]].concat(),
+        ];
+        for bytes in cases {
+            std::fs::write(&path, bytes).unwrap();
+            let msg = open_err(dir.path());
+            assert!(msg.contains(DB_FILE), "{msg}");
+            assert_eq!(std::fs::read(&path).unwrap(), bytes);
+            assert!(!dir.path().join(format!("{DB_FILE}-wal")).exists());
+        }
+    }
+
+    #[test]
+    fn newer_or_foreign_schema_is_refused_untouched() {
+        for (version, table) in [(SCHEMA_VERSION + 1, "t"), (0, "someone_elses")] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(DB_FILE);
+            {
+                let c = Connection::open(&path).unwrap();
+                c.execute_batch(&format!(
+                    "CREATE TABLE {table}(x); PRAGMA user_version={version};"
+                ))
+                .unwrap();
+            }
+            let before = std::fs::read(&path).unwrap();
+            let msg = open_err(dir.path());
+            assert!(msg.contains(DB_FILE), "{msg}");
+            assert_eq!(std::fs::read(&path).unwrap(), before);
+        }
+    }
+
+    #[test]
+    fn opens_fresh_and_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a/b");
+        let b = Backend::open(&nested).unwrap();
+        assert!(b.data_dir().is_absolute());
+        assert!(nested.join("blobs").is_dir());
+        drop(b);
+        let b = Backend::open(&nested).unwrap();
+        let v: i64 =
+            b.db.with(|c| {
+                c.pragma_query_value(None, "user_version", |r| r.get(0))
+                    .map_err(sql)
+            })
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+    }
+}

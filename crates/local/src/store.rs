@@ -1,0 +1,643 @@
+//! The `StateStore` port on SQLite. Each row mirrors one DynamoDB item, and each conditional
+//! write mirrors one condition expression, so the engine sees the same `Conflict`s here as on
+//! AWS. The full record is kept as JSON; the few columns beside it exist for keys, conditions and
+//! listing, never as a second source of truth (except `version`, which the condition reads).
+
+use crate::db::{is_constraint, sql, Db};
+use async_trait::async_trait;
+use rusqlite::{ffi, params, Connection, OptionalExtension, TransactionBehavior};
+use serde::de::DeserializeOwned;
+use switchyard_core::ports::{IdempotencyClaim, RunSummary, StateStore};
+use switchyard_core::state::{HistoryEvent, Lease, RunHeader, RunSnapshot, RunStatus, StepRecord};
+use switchyard_core::{Millis, StoreError};
+
+/// A handle on the run state; cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    db: Db,
+}
+
+fn to_json<T: serde::Serialize>(value: &T, what: &str) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn from_json<T: DeserializeOwned>(text: &str, what: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn run_exists(c: &Connection, run_id: &str) -> Result<bool, StoreError> {
+    c.query_row("SELECT 1 FROM runs WHERE run_id = ?1", [run_id], |_| Ok(()))
+        .optional()
+        .map(|r| r.is_some())
+        .map_err(sql)
+}
+
+/// The stored header with the column version, which is what conditions compare against.
+fn read_header(c: &Connection, run_id: &str) -> Result<Option<RunHeader>, StoreError> {
+    let row: Option<(String, u64)> = c
+        .query_row(
+            "SELECT header, version FROM runs WHERE run_id = ?1",
+            [run_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(sql)?;
+    row.map(|(json, version)| {
+        let mut h: RunHeader = from_json(&json, &format!("header of run {run_id}"))?;
+        h.version = version;
+        Ok(h)
+    })
+    .transpose()
+}
+
+/// Conditional header write; the caller already knows the run exists when it gets 0 rows.
+fn update_header(c: &Connection, h: &RunHeader, expected: u64) -> Result<usize, StoreError> {
+    let json = to_json(h, &format!("header of run {}", h.run_id))?;
+    c.execute(
+        "UPDATE runs SET tenant = ?1, workflow = ?2, version_label = ?3, status = ?4,
+                updated_at = ?5, header = ?6, version = ?7
+         WHERE run_id = ?8 AND version = ?9",
+        params![
+            h.tenant,
+            h.workflow.name,
+            h.workflow.version,
+            h.status.as_str(),
+            h.updated_at,
+            json,
+            h.version,
+            h.run_id,
+            expected
+        ],
+    )
+    .map_err(sql)
+}
+
+impl SqliteStore {
+    pub(crate) fn new(db: Db) -> SqliteStore {
+        SqliteStore { db }
+    }
+}
+
+#[async_trait]
+impl StateStore for SqliteStore {
+    async fn create_run(&self, h: &RunHeader) -> Result<(), StoreError> {
+        let json = to_json(h, &format!("header of run {}", h.run_id))?;
+        self.db.with(|c| {
+            c.execute(
+                "INSERT INTO runs (run_id, tenant, workflow, version_label, status, created_at,
+                                   updated_at, header, version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    h.run_id,
+                    h.tenant,
+                    h.workflow.name,
+                    h.workflow.version,
+                    h.status.as_str(),
+                    h.created_at,
+                    h.updated_at,
+                    json,
+                    h.version
+                ],
+            )
+            .map_err(|e| {
+                if is_constraint(&e, ffi::SQLITE_CONSTRAINT_PRIMARYKEY) {
+                    StoreError::Conflict(format!("run {} already exists", h.run_id))
+                } else {
+                    sql(e)
+                }
+            })?;
+            Ok(())
+        })
+    }
+
+    async fn load(&self, run_id: &str) -> Result<Option<RunSnapshot>, StoreError> {
+        self.db.with(|c| {
+            // One read transaction, so another process cannot slip a write between the header
+            // and the steps.
+            let tx = c.transaction().map_err(sql)?;
+            let Some(header) = read_header(&tx, run_id)? else {
+                return Ok(None);
+            };
+            let mut stmt = tx
+                .prepare("SELECT step, record, version FROM steps WHERE run_id = ?1 ORDER BY rowid")
+                .map_err(sql)?;
+            let rows = stmt
+                .query_map([run_id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+                })
+                .map_err(sql)?;
+            let mut steps = Vec::new();
+            for row in rows {
+                let (step, json, version) = row.map_err(sql)?;
+                let mut rec: StepRecord =
+                    from_json(&json, &format!("step {step} of run {run_id}"))?;
+                rec.version = version;
+                steps.push(rec);
+            }
+            Ok(Some(RunSnapshot { header, steps }))
+        })
+    }
+
+    async fn put_header(&self, h: &RunHeader, expected_version: u64) -> Result<(), StoreError> {
+        self.db.with(|c| {
+            if update_header(c, h, expected_version)? == 1 {
+                return Ok(());
+            }
+            if run_exists(c, &h.run_id)? {
+                Err(StoreError::Conflict(format!(
+                    "run {} is not at version {expected_version}",
+                    h.run_id
+                )))
+            } else {
+                Err(StoreError::NotFound(format!("run {}", h.run_id)))
+            }
+        })
+    }
+
+    async fn acquire_lease(
+        &self,
+        run_id: &str,
+        lease: &Lease,
+        now: Millis,
+    ) -> Result<RunHeader, StoreError> {
+        self.db.with(|c| {
+            // IMMEDIATE takes the write lock before the read, so the check and the write cannot
+            // be split by another process.
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql)?;
+            let mut h = read_header(&tx, run_id)?
+                .ok_or_else(|| StoreError::NotFound(format!("run {run_id}")))?;
+            if let Some(held) = &h.lease {
+                if held.until > now && held.owner != lease.owner {
+                    return Err(StoreError::Conflict(format!(
+                        "lease held by {} until {}",
+                        held.owner, held.until
+                    )));
+                }
+            }
+            let expected = h.version;
+            h.lease = Some(lease.clone());
+            h.version = expected + 1;
+            h.updated_at = now;
+            update_header(&tx, &h, expected)?;
+            tx.commit().map_err(sql)?;
+            Ok(h)
+        })
+    }
+
+    async fn put_step(
+        &self,
+        run_id: &str,
+        rec: &StepRecord,
+        expected_version: u64,
+    ) -> Result<(), StoreError> {
+        let what = format!("step {} of run {run_id}", rec.step);
+        let json = to_json(rec, &what)?;
+        self.db.with(|c| {
+            if expected_version == 0 {
+                return c
+                    .execute(
+                        "INSERT INTO steps (run_id, step, record, version) VALUES (?1, ?2, ?3, ?4)",
+                        params![run_id, rec.step, json, rec.version],
+                    )
+                    .map(|_| ())
+                    .map_err(|e| {
+                        if is_constraint(&e, ffi::SQLITE_CONSTRAINT_PRIMARYKEY) {
+                            StoreError::Conflict(format!("{what} already exists"))
+                        } else if is_constraint(&e, ffi::SQLITE_CONSTRAINT_FOREIGNKEY) {
+                            StoreError::NotFound(format!("run {run_id}"))
+                        } else {
+                            sql(e)
+                        }
+                    });
+            }
+            let n = c
+                .execute(
+                    "UPDATE steps SET record = ?1, version = ?2
+                     WHERE run_id = ?3 AND step = ?4 AND version = ?5",
+                    params![json, rec.version, run_id, rec.step, expected_version],
+                )
+                .map_err(sql)?;
+            // A missing record is a failed condition too, as in DynamoDB.
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(StoreError::Conflict(format!(
+                    "{what} is not at version {expected_version}"
+                )))
+            }
+        })
+    }
+
+    async fn append_events(&self, run_id: &str, events: &[HistoryEvent]) -> Result<(), StoreError> {
+        let rows = events
+            .iter()
+            .map(|e| Ok((e.at, to_json(e, &format!("event of run {run_id}"))?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.db.with(|c| {
+            let tx = c.transaction().map_err(sql)?;
+            for (at, json) in &rows {
+                tx.execute(
+                    "INSERT INTO events (run_id, at, event) VALUES (?1, ?2, ?3)",
+                    params![run_id, at, json],
+                )
+                .map_err(|e| {
+                    if is_constraint(&e, ffi::SQLITE_CONSTRAINT_FOREIGNKEY) {
+                        StoreError::NotFound(format!("run {run_id}"))
+                    } else {
+                        sql(e)
+                    }
+                })?;
+            }
+            tx.commit().map_err(sql)
+        })
+    }
+
+    async fn events(&self, run_id: &str) -> Result<Vec<HistoryEvent>, StoreError> {
+        self.db.with(|c| {
+            let mut stmt = c
+                .prepare("SELECT seq, event FROM events WHERE run_id = ?1 ORDER BY seq")
+                .map_err(sql)?;
+            let rows = stmt
+                .query_map([run_id], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })
+                .map_err(sql)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, json) = row.map_err(sql)?;
+                out.push(from_json(&json, &format!("event {seq} of run {run_id}"))?);
+            }
+            Ok(out)
+        })
+    }
+
+    async fn list_runs(
+        &self,
+        tenant: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RunSummary>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.db.with(|c| {
+            // `?1 IS NULL` makes the filter optional without building SQL strings.
+            let mut stmt = c
+                .prepare(
+                    "SELECT run_id, tenant, workflow, version_label, status, created_at, updated_at
+                     FROM runs WHERE (?1 IS NULL OR tenant = ?1)
+                     ORDER BY created_at DESC, run_id DESC LIMIT ?2",
+                )
+                .map_err(sql)?;
+            let rows = stmt
+                .query_map(params![tenant, limit], |r| {
+                    Ok((
+                        RunSummary {
+                            run_id: r.get(0)?,
+                            tenant: r.get(1)?,
+                            workflow: r.get(2)?,
+                            version: r.get(3)?,
+                            status: RunStatus::Pending,
+                            created_at: r.get(5)?,
+                            updated_at: r.get(6)?,
+                        },
+                        r.get::<_, String>(4)?,
+                    ))
+                })
+                .map_err(sql)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (mut summary, status) = row.map_err(sql)?;
+                summary.status = serde_json::from_value(serde_json::Value::String(status))
+                    .map_err(|e| {
+                        StoreError::Corrupt(format!("status of run {}: {e}", summary.run_id))
+                    })?;
+                out.push(summary);
+            }
+            Ok(out)
+        })
+    }
+
+    async fn claim_idempotency(
+        &self,
+        tenant: &str,
+        key: &str,
+        body_hash: &str,
+        run_id: &str,
+        now: Millis,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        self.db.with(|c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql)?;
+            let inserted = tx
+                .execute(
+                    "INSERT INTO idempotency (tenant, key, body_hash, run_id, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (tenant, key) DO NOTHING",
+                    params![tenant, key, body_hash, run_id, now],
+                )
+                .map_err(sql)?;
+            let claim = if inserted == 1 {
+                IdempotencyClaim::New
+            } else {
+                let (stored_hash, run_id): (String, String) = tx
+                    .query_row(
+                        "SELECT body_hash, run_id FROM idempotency WHERE tenant = ?1 AND key = ?2",
+                        params![tenant, key],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .map_err(sql)?;
+                IdempotencyClaim::Existing {
+                    run_id,
+                    same_body: stored_hash == body_hash,
+                }
+            };
+            tx.commit().map_err(sql)?;
+            Ok(claim)
+        })
+    }
+
+    async fn record_webhook_id(&self, id: &str, now: Millis) -> Result<bool, StoreError> {
+        self.db.with(|c| {
+            c.execute(
+                "INSERT INTO webhook_ids (id, seen_at) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
+                params![id, now],
+            )
+            .map(|n| n == 1)
+            .map_err(sql)
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::Backend;
+    use serde_json::json;
+    use switchyard_core::state::{EventKind, StepStatus, ValueRef, WorkflowPin};
+
+    pub(crate) fn header(run_id: &str, tenant: &str, created_at: Millis) -> RunHeader {
+        RunHeader {
+            run_id: run_id.into(),
+            tenant: tenant.into(),
+            workflow: WorkflowPin {
+                name: "summarize".into(),
+                version: "v1".into(),
+                hash: "ab".repeat(32),
+            },
+            status: RunStatus::Pending,
+            input: ValueRef::Inline {
+                value: json!({"text": "hi"}),
+            },
+            output: None,
+            error: None,
+            created_at,
+            updated_at: created_at,
+            ended_at: None,
+            deadline_at: None,
+            wait: None,
+            cancel_requested: false,
+            lease: None,
+            callback_url: None,
+            metadata: json!(null),
+            version: 1,
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Backend::open(dir.path()).unwrap().store();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn create_load_round_trip_and_reopen() {
+        let (dir, s) = store();
+        assert!(s.load("r1").await.unwrap().is_none());
+        let h = header("r1", "t", 100);
+        s.create_run(&h).await.unwrap();
+        assert!(matches!(
+            s.create_run(&h).await,
+            Err(StoreError::Conflict(_))
+        ));
+        let mut a = StepRecord::pending("a");
+        a.version = 1;
+        let mut b = StepRecord::pending("b");
+        b.version = 1;
+        b.status = StepStatus::Succeeded;
+        // Inserted b first: load must return insertion order, not name order.
+        s.put_step("r1", &b, 0).await.unwrap();
+        s.put_step("r1", &a, 0).await.unwrap();
+        let want = RunSnapshot {
+            header: h,
+            steps: vec![b, a],
+        };
+        assert_eq!(s.load("r1").await.unwrap(), Some(want.clone()));
+        drop(s);
+        let again = Backend::open(dir.path()).unwrap().store();
+        assert_eq!(again.load("r1").await.unwrap(), Some(want));
+    }
+
+    #[tokio::test]
+    async fn put_header_is_conditional() {
+        let (_dir, s) = store();
+        let mut h = header("r1", "t", 100);
+        s.create_run(&h).await.unwrap();
+        h.status = RunStatus::Running;
+        h.version = 2;
+        s.put_header(&h, 1).await.unwrap();
+        // A second writer that loaded version 1 loses.
+        let mut stale = h.clone();
+        stale.status = RunStatus::Cancelled;
+        assert!(matches!(
+            s.put_header(&stale, 1).await,
+            Err(StoreError::Conflict(_))
+        ));
+        let ghost = header("ghost", "t", 1);
+        assert!(matches!(
+            s.put_header(&ghost, 1).await,
+            Err(StoreError::NotFound(_))
+        ));
+        let loaded = s.load("r1").await.unwrap().unwrap().header;
+        assert_eq!((loaded.status, loaded.version), (RunStatus::Running, 2));
+    }
+
+    #[tokio::test]
+    async fn put_step_is_conditional() {
+        let (_dir, s) = store();
+        s.create_run(&header("r1", "t", 1)).await.unwrap();
+        let mut rec = StepRecord::pending("a");
+        rec.version = 1;
+        s.put_step("r1", &rec, 0).await.unwrap();
+        // (expected version, record version, wants conflict)
+        let table = [
+            (0, 1, true),
+            (2, 3, true),
+            (1, 2, false),
+            (1, 2, true),
+            (2, 3, false),
+        ];
+        for (expected, version, conflict) in table {
+            rec.version = version;
+            rec.attempt = version as u32;
+            let got = s.put_step("r1", &rec, expected).await;
+            assert_eq!(
+                matches!(got, Err(StoreError::Conflict(_))),
+                conflict,
+                "expected {expected}: {got:?}"
+            );
+        }
+        let steps = s.load("r1").await.unwrap().unwrap().steps;
+        assert_eq!((steps[0].version, steps[0].attempt), (3, 3));
+        assert!(matches!(
+            s.put_step("nope", &rec, 0).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn lease_rules() {
+        let (_dir, s) = store();
+        s.create_run(&header("r1", "t", 1)).await.unwrap();
+        let lease = |owner: &str, until| Lease {
+            owner: owner.into(),
+            until,
+        };
+        // (owner, until, now, ok) applied in order on the same run.
+        let table = [
+            ("w1", 1_000, 10, true),    // free → taken
+            ("w2", 2_000, 500, false),  // held by w1, not expired
+            ("w1", 1_500, 600, true),   // same owner extends
+            ("w2", 2_000, 1_500, true), // expired exactly at `until` → taken
+            ("w1", 3_000, 1_600, false),
+        ];
+        let mut version = 1;
+        for (owner, until, now, ok) in table {
+            match s.acquire_lease("r1", &lease(owner, until), now).await {
+                Ok(h) => {
+                    assert!(ok, "{owner} at {now} should have been refused");
+                    version += 1;
+                    assert_eq!(h.version, version);
+                    assert_eq!(h.updated_at, now);
+                    assert_eq!(h.lease, Some(lease(owner, until)));
+                    assert_eq!(s.load("r1").await.unwrap().unwrap().header, h);
+                }
+                Err(StoreError::Conflict(m)) => {
+                    assert!(!ok, "{owner} at {now}: {m}");
+                    assert!(m.contains("lease held by"), "{m}");
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(matches!(
+            s.acquire_lease("nope", &lease("w1", 1), 0).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn idempotency_and_webhooks() {
+        let (_dir, s) = store();
+        let table = [
+            ("t1", "k", "h1", "r1", IdempotencyClaim::New),
+            ("t1", "k", "h1", "r2", existing("r1", true)),
+            ("t1", "k", "h2", "r3", existing("r1", false)),
+            ("t2", "k", "h2", "r4", IdempotencyClaim::New),
+        ];
+        for (tenant, key, hash, run, want) in table {
+            assert_eq!(
+                s.claim_idempotency(tenant, key, hash, run, 5)
+                    .await
+                    .unwrap(),
+                want
+            );
+        }
+        for (id, new) in [("w1", true), ("w2", true), ("w1", false)] {
+            assert_eq!(s.record_webhook_id(id, 5).await.unwrap(), new, "{id}");
+        }
+    }
+
+    fn existing(run_id: &str, same_body: bool) -> IdempotencyClaim {
+        IdempotencyClaim::Existing {
+            run_id: run_id.into(),
+            same_body,
+        }
+    }
+
+    #[tokio::test]
+    async fn events_keep_order_per_run() {
+        let (_dir, s) = store();
+        s.create_run(&header("r1", "t", 1)).await.unwrap();
+        s.create_run(&header("r2", "t", 1)).await.unwrap();
+        let ev = |at, kind| HistoryEvent::run(at, kind, json!(null));
+        // Timestamps deliberately out of order: history order is append order.
+        let first = vec![
+            ev(30, EventKind::RunCreated),
+            ev(10, EventKind::LeaseTakenOver),
+        ];
+        s.append_events("r1", &first).await.unwrap();
+        s.append_events("r2", &[ev(5, EventKind::RunCreated)])
+            .await
+            .unwrap();
+        let step = HistoryEvent::step(20, EventKind::StepStarted, "a", 1, json!({"m": 1}));
+        s.append_events("r1", std::slice::from_ref(&step))
+            .await
+            .unwrap();
+        let mut want = first;
+        want.push(step);
+        assert_eq!(s.events("r1").await.unwrap(), want);
+        assert_eq!(s.events("r2").await.unwrap().len(), 1);
+        assert!(s.events("none").await.unwrap().is_empty());
+        assert!(matches!(
+            s.append_events("none", &[ev(1, EventKind::RunCreated)])
+                .await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn list_runs_newest_first_with_filter() {
+        let (_dir, s) = store();
+        for (id, tenant, at) in [
+            ("a", "t1", 10),
+            ("b", "t2", 30),
+            ("c", "t1", 20),
+            ("d", "t1", 20),
+        ] {
+            s.create_run(&header(id, tenant, at)).await.unwrap();
+        }
+        let table: [(Option<&str>, usize, &[&str]); 4] = [
+            (None, 10, &["b", "d", "c", "a"]),
+            (Some("t1"), 10, &["d", "c", "a"]),
+            (Some("t1"), 2, &["d", "c"]),
+            (Some("t9"), 10, &[]),
+        ];
+        for (tenant, limit, want) in table {
+            let got = s.list_runs(tenant, limit).await.unwrap();
+            let ids: Vec<_> = got.iter().map(|r| r.run_id.as_str()).collect();
+            assert_eq!(ids, want, "{tenant:?} {limit}");
+        }
+        let top = &s.list_runs(None, 1).await.unwrap()[0];
+        assert_eq!(
+            (top.workflow.as_str(), top.version.as_str(), top.status),
+            ("summarize", "v1", RunStatus::Pending)
+        );
+    }
+
+    #[tokio::test]
+    async fn damaged_json_is_corrupt_naming_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Backend::open(dir.path()).unwrap();
+        let s = b.store();
+        s.create_run(&header("r1", "t", 1)).await.unwrap();
+        let mut rec = StepRecord::pending("a");
+        rec.version = 1;
+        s.put_step("r1", &rec, 0).await.unwrap();
+        b.db.with(|c| c.execute("UPDATE steps SET record = '{'", []).map_err(sql))
+            .unwrap();
+        match s.load("r1").await {
+            Err(StoreError::Corrupt(m)) => assert!(m.contains("step a of run r1"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! Switchyard model adapters: implementations of the core [`Provider`] port.
+//!
+//! Layout:
+//! - [`local`]: the built-in `local/*` models. They are small deterministic algorithms
+//!   (word counting, regular expressions, a template engine), **not** AI models. They exist so
+//!   that workflows, tests, demos and benchmarks run offline, reproducibly and for free, while
+//!   exercising every path the engine has for real providers: classification, generation,
+//!   extraction, retrieval, asynchronous jobs with webhooks and polling, failures of every
+//!   [`ErrorClass`](switchyard_core::ErrorClass) (the fault switch) and simulated cost.
+//!   - `local/mod.rs`: [`LocalProvider`], the model table (roles, descriptions, simulated
+//!     prices), dispatch, usage and cost.
+//!   - `local/faults.rs`: [`Fault`], the `params.fault` switch and [`parse_faults`] for the
+//!     `SWITCHYARD_LOCAL_FAULTS` variable.
+//!   - `local/text.rs`: keyword classifier, lexicon sentiment, extractive summarizer, regex
+//!     extractor.
+//!   - `local/generate.rs`: template generator (MiniJinja) and echo.
+//!   - `local/retrieve.rs`: keyword retriever over inline documents.
+//!   - `local/async_job.rs`: the asynchronous asset job (Replicate-shaped callbacks).
+//!
+//! Adapters for hosted APIs would live next to `local` and implement the same trait; nothing
+//! outside this crate knows which provider answered.
+//!
+//! [`Provider`]: switchyard_core::model::Provider
+
+pub mod local;
+
+pub use local::{
+    parse_faults, price_table, Fault, LocalConfig, LocalProvider, ScheduledCallback,
+};

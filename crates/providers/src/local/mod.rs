@@ -1,0 +1,434 @@
+//! The `local` provider: built-in, deterministic, offline models.
+//!
+//! None of these is an AI model. Each is a few dozen lines of ordinary code (word counts, a
+//! lexicon, regular expressions, a template engine) chosen so that a workflow written for hosted
+//! models can be run, tested and benchmarked without network, keys or money, and so that the
+//! same input always gives the same output. Every model also honours the fault switch
+//! ([`Fault`]) and `params.delay_ms`, so retries, fallbacks and timeouts can be exercised.
+//!
+//! Usage is counted the way hosted APIs roughly do: about one token per four characters
+//! (`ceil(chars / 4)`) of what the model read (plus the instructions) and of what it wrote.
+//! Costs come from the *simulated* price table in [`MODELS`].
+
+mod async_job;
+mod faults;
+mod generate;
+mod retrieve;
+mod text;
+#[cfg(test)]
+mod tests;
+
+pub use async_job::ScheduledCallback;
+pub use faults::{parse_faults, Fault};
+
+use async_trait::async_trait;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use switchyard_core::model::{
+    ModelInfo, ModelOutput, ModelRequest, ModelResponse, Provider, Role,
+};
+use switchyard_core::state::Usage;
+use switchyard_core::{sha256_hex, ErrorClass, StepError};
+
+/// The provider prefix of every model id served here.
+const PROVIDER: &str = "local";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Algo {
+    KeywordClassifier,
+    LexiconSentiment,
+    ExtractiveSummarizer,
+    RegexExtractor,
+    TemplateGenerator,
+    KeywordRetriever,
+    Echo,
+    AsyncJob,
+}
+
+struct ModelSpec {
+    /// Full id, `local/<name>`.
+    id: &'static str,
+    algo: Algo,
+    role: Role,
+    description: &'static str,
+    /// Simulated USD per 1,000 input tokens.
+    usd_per_1k_in: f64,
+    /// Simulated USD per 1,000 output tokens.
+    usd_per_1k_out: f64,
+}
+
+/// Every local model, with its **simulated** prices. Running these models costs nothing; the
+/// prices exist only so budgets, pre-call estimates and cost reports have numbers to work with
+/// offline. Models whose output is derived data (labels, entities, ids, an image) bill input
+/// only, like hosted classification and moderation APIs; the two text generators also bill
+/// output. `echo` is free so benchmarks measure the engine, not the price arithmetic.
+const MODELS: &[ModelSpec] = &[
+    ModelSpec {
+        id: "local/keyword-classifier",
+        algo: Algo::KeywordClassifier,
+        role: Role::Classification,
+        description: "Counts configured keywords per label; not a learned model.",
+        usd_per_1k_in: 0.0001,
+        usd_per_1k_out: 0.0,
+    },
+    ModelSpec {
+        id: "local/lexicon-sentiment",
+        algo: Algo::LexiconSentiment,
+        role: Role::Classification,
+        description: "Counts words from a small positive/negative word list, with naive negation.",
+        usd_per_1k_in: 0.0001,
+        usd_per_1k_out: 0.0,
+    },
+    ModelSpec {
+        id: "local/extractive-summarizer",
+        algo: Algo::ExtractiveSummarizer,
+        role: Role::Generation,
+        description: "Keeps the sentences with the most frequent words; writes nothing new.",
+        usd_per_1k_in: 0.0005,
+        usd_per_1k_out: 0.0015,
+    },
+    ModelSpec {
+        id: "local/regex-extractor",
+        algo: Algo::RegexExtractor,
+        role: Role::Extraction,
+        description: "Finds emails, URLs, phone numbers, amounts and dates with regular expressions.",
+        usd_per_1k_in: 0.0002,
+        usd_per_1k_out: 0.0,
+    },
+    ModelSpec {
+        id: "local/template-generator",
+        algo: Algo::TemplateGenerator,
+        role: Role::Generation,
+        description: "Renders a MiniJinja template over the input; optionally parses it as JSON.",
+        usd_per_1k_in: 0.001,
+        usd_per_1k_out: 0.003,
+    },
+    ModelSpec {
+        id: "local/keyword-retriever",
+        algo: Algo::KeywordRetriever,
+        role: Role::Retrieval,
+        description: "Ranks inline documents by query-term overlap (tf with idf weighting).",
+        usd_per_1k_in: 0.0002,
+        usd_per_1k_out: 0.0,
+    },
+    ModelSpec {
+        id: "local/echo",
+        algo: Algo::Echo,
+        role: Role::Generation,
+        description: "Returns its input unchanged; for benchmarks and plumbing tests.",
+        usd_per_1k_in: 0.0,
+        usd_per_1k_out: 0.0,
+    },
+    ModelSpec {
+        id: "local/async-job",
+        algo: Algo::AsyncJob,
+        role: Role::Asset,
+        description: "Asynchronous job that draws a titled SVG card and delivers it by callback.",
+        usd_per_1k_in: 0.002,
+        usd_per_1k_out: 0.0,
+    },
+];
+
+/// The simulated price table: `(model id, USD per 1k input tokens, USD per 1k output tokens)`.
+pub fn price_table() -> Vec<(&'static str, f64, f64)> {
+    MODELS
+        .iter()
+        .map(|m| (m.id, m.usd_per_1k_in, m.usd_per_1k_out))
+        .collect()
+}
+
+/// Provider-wide settings.
+#[derive(Debug, Clone, Default)]
+pub struct LocalConfig {
+    /// Faults by step id, e.g. from `SWITCHYARD_LOCAL_FAULTS` via [`parse_faults`]. A step's
+    /// own `params.fault` takes precedence.
+    pub faults: HashMap<String, Fault>,
+}
+
+/// The `local` provider. Cheap to construct; holds the callbacks its async jobs have scheduled
+/// until the host (CLI, test harness) takes and delivers them.
+#[derive(Debug, Default)]
+pub struct LocalProvider {
+    config: LocalConfig,
+    scheduled: Arc<Mutex<Vec<ScheduledCallback>>>,
+}
+
+impl LocalProvider {
+    pub fn new(config: LocalConfig) -> LocalProvider {
+        LocalProvider {
+            config,
+            scheduled: Arc::default(),
+        }
+    }
+
+    /// Drains the callbacks scheduled so far, oldest first. The host delivers each to its
+    /// `url` after `delay_ms`, signed like any provider webhook.
+    pub fn take_scheduled(&self) -> Vec<ScheduledCallback> {
+        // A poisoned lock only means another thread panicked mid-push; the Vec is still valid.
+        let mut guard = self.scheduled.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *guard)
+    }
+
+    /// The shared queue itself, for hosts that keep only a `dyn Provider` afterwards.
+    pub fn scheduled(&self) -> Arc<Mutex<Vec<ScheduledCallback>>> {
+        Arc::clone(&self.scheduled)
+    }
+
+    /// The fault to fire for this request, if any: `params.fault` first, then the table.
+    fn fault_for(&self, request: &ModelRequest) -> Result<Option<Fault>, StepError> {
+        let fault = match Fault::from_params(&request.params)? {
+            Some(f) => Some(f),
+            None => self.config.faults.get(&request.step).cloned(),
+        };
+        Ok(fault.filter(|f| f.applies(request)))
+    }
+}
+
+#[async_trait]
+impl Provider for LocalProvider {
+    fn name(&self) -> &str {
+        PROVIDER
+    }
+
+    fn models(&self) -> Vec<ModelInfo> {
+        MODELS
+            .iter()
+            .map(|m| ModelInfo {
+                id: m.id.to_string(),
+                roles: vec![m.role],
+                asynchronous: m.algo == Algo::AsyncJob,
+                description: m.description.to_string(),
+            })
+            .collect()
+    }
+
+    fn estimate_cost_usd(&self, request: &ModelRequest) -> f64 {
+        let Ok(spec) = lookup(&request.model) else {
+            return 0.0;
+        };
+        // Every model reads at most the whole input as JSON: a text field or a string input is
+        // never longer than its JSON encoding.
+        let input = tokens(&json_string(&request.input)) + instruction_tokens(request);
+        let output = match spec.algo {
+            // A summary is a subset of the input's sentences.
+            Algo::ExtractiveSummarizer => input,
+            // Rendering is deterministic and cheap, so the estimate is exact.
+            Algo::TemplateGenerator => generate::render(request).map_or(0, |s| tokens(&s)),
+            // Priced at zero per output token (checked by a test).
+            _ => 0,
+        };
+        price(
+            spec,
+            Usage {
+                input_tokens: input,
+                output_tokens: output,
+            },
+        )
+    }
+
+    async fn invoke(&self, request: &ModelRequest) -> Result<ModelResponse, StepError> {
+        let spec = lookup(&request.model)?;
+        if !(request.params.is_object() || request.params.is_null()) {
+            return Err(invalid("params must be a map"));
+        }
+        let fault = self.fault_for(request)?;
+        // For async-job, `delay_ms` is the callback delay, not latency of the submit call.
+        if spec.algo != Algo::AsyncJob {
+            let delay = param_u64(&request.params, "delay_ms", 0)?;
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+        }
+        if let Some(fault) = fault {
+            return Err(fault.fire(request).await);
+        }
+        let answer = match spec.algo {
+            Algo::KeywordClassifier => text::keyword_classifier(request)?,
+            Algo::LexiconSentiment => text::lexicon_sentiment(request)?,
+            Algo::ExtractiveSummarizer => text::extractive_summarizer(request)?,
+            Algo::RegexExtractor => text::regex_extractor(request)?,
+            Algo::TemplateGenerator => generate::template_generator(request)?,
+            Algo::Echo => generate::echo(request),
+            Algo::KeywordRetriever => retrieve::keyword_retriever(request)?,
+            Algo::AsyncJob => return async_job::submit(request, &self.scheduled),
+        };
+        let cost_usd = price(spec, answer.usage);
+        Ok(ModelResponse::Completed(ModelOutput {
+            output: answer.output,
+            usage: Some(answer.usage),
+            cost_usd,
+            model: request.model.clone(),
+            provider_request_id: Some(request_id(request)),
+            sources: answer.sources,
+        }))
+    }
+
+    async fn poll(
+        &self,
+        request: &ModelRequest,
+        job_id: &str,
+    ) -> Result<ModelResponse, StepError> {
+        let spec = lookup(&request.model)?;
+        if spec.algo != Algo::AsyncJob {
+            return Err(invalid(format!(
+                "{} is synchronous and has no jobs to poll",
+                request.model
+            )));
+        }
+        async_job::poll(request, job_id)
+    }
+
+    fn parse_callback(&self, body: &Value) -> Result<(String, ModelResponse), StepError> {
+        async_job::parse_callback(body)
+    }
+}
+
+/// What an algorithm produced, before cost and ids are attached.
+struct Answer {
+    output: Value,
+    usage: Usage,
+    sources: Vec<String>,
+}
+
+impl Answer {
+    /// A data-shaped answer (labels, entities...): output tokens count its JSON.
+    fn data(request: &ModelRequest, read: &str, output: Value) -> Answer {
+        let usage = usage(request, read, &json_string(&output));
+        Answer {
+            output,
+            usage,
+            sources: Vec::new(),
+        }
+    }
+}
+
+fn lookup(model: &str) -> Result<&'static ModelSpec, StepError> {
+    MODELS
+        .iter()
+        .find(|m| m.id == model)
+        .ok_or_else(|| {
+            let known: Vec<&str> = MODELS.iter().map(|m| m.id).collect();
+            invalid(format!(
+                "unknown model `{model}`: the local provider serves {}",
+                known.join(", ")
+            ))
+        })
+}
+
+fn price(spec: &ModelSpec, usage: Usage) -> f64 {
+    usage.input_tokens as f64 / 1000.0 * spec.usd_per_1k_in
+        + usage.output_tokens as f64 / 1000.0 * spec.usd_per_1k_out
+}
+
+/// Cost of `usage` on a model named in a callback body (async-job prices if unknown).
+fn cost_of(model: &str, usage: Usage) -> f64 {
+    let spec = lookup(model)
+        .ok()
+        .or_else(|| MODELS.iter().find(|m| m.algo == Algo::AsyncJob));
+    spec.map_or(0.0, |s| price(s, usage))
+}
+
+/// `local-` + 12 hex digits: stable across retries of the same attempt, distinct per attempt.
+fn request_id(request: &ModelRequest) -> String {
+    let key = format!(
+        "{}\n{}\n{}\n{}",
+        request.run_id, request.step, request.attempt, request.model
+    );
+    format!("local-{}", hex_prefix(&key, 12))
+}
+
+fn hex_prefix(key: &str, n: usize) -> String {
+    sha256_hex(key.as_bytes()).chars().take(n).collect()
+}
+
+/// The usual token approximation: one token per four characters, rounded up.
+fn tokens(s: &str) -> u64 {
+    (s.chars().count() as u64).div_ceil(4)
+}
+
+fn instruction_tokens(request: &ModelRequest) -> u64 {
+    request.instructions.as_deref().map_or(0, tokens)
+}
+
+fn usage(request: &ModelRequest, read: &str, written: &str) -> Usage {
+    Usage {
+        input_tokens: tokens(read) + instruction_tokens(request),
+        output_tokens: tokens(written),
+    }
+}
+
+fn json_string(v: &Value) -> String {
+    // Serializing a `Value` cannot fail (its keys are strings).
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// The text a text model works on: `input.text`, else a string input, else the input's JSON.
+fn input_text(input: &Value) -> String {
+    match input {
+        Value::String(s) => s.clone(),
+        Value::Object(o) => match o.get("text") {
+            Some(Value::String(s)) => s.clone(),
+            _ => json_string(input),
+        },
+        _ => json_string(input),
+    }
+}
+
+/// Lowercased words: runs of letters, digits and apostrophes (curly ones normalized), so
+/// "Don’t" and "don't" are the same word and punctuation never matters.
+fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '\'' || c == '’'))
+        .map(|w| w.trim_matches(|c| c == '\'' || c == '’'))
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_lowercase().replace('’', "'"))
+        .collect()
+}
+
+/// Words too common to say what a text is about (summarizer and retriever ignore them).
+const STOPWORDS: &[&str] = &[
+    "a", "about", "after", "all", "also", "an", "and", "any", "are", "as", "at", "be", "been",
+    "but", "by", "can", "could", "did", "do", "does", "for", "from", "had", "has", "have", "he",
+    "her", "his", "how", "i", "if", "in", "into", "is", "it", "it's", "its", "just", "me", "my",
+    "no", "not", "of", "on", "or", "our", "she", "so", "than", "that", "the", "their", "them",
+    "then", "there", "these", "they", "this", "to", "us", "was", "we", "were", "what", "when",
+    "which", "who", "will", "with", "would", "you", "your",
+];
+
+fn is_stopword(w: &str) -> bool {
+    STOPWORDS.contains(&w)
+}
+
+fn invalid(message: impl Into<String>) -> StepError {
+    StepError::new(ErrorClass::Invalid, message)
+}
+
+/// A parameter, treating an explicit `null` as absent.
+fn param<'a>(params: &'a Value, key: &str) -> Option<&'a Value> {
+    params.get(key).filter(|v| !v.is_null())
+}
+
+fn param_u64(params: &Value, key: &str, default: u64) -> Result<u64, StepError> {
+    match param(params, key) {
+        None => Ok(default),
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| invalid(format!("params.{key} must be a non-negative integer"))),
+    }
+}
+
+fn param_positive(params: &Value, key: &str, default: u64) -> Result<u64, StepError> {
+    match param_u64(params, key, default) {
+        Ok(0) | Err(_) => Err(invalid(format!("params.{key} must be a positive integer"))),
+        ok => ok,
+    }
+}
+
+fn param_str<'a>(params: &'a Value, key: &str) -> Result<Option<&'a str>, StepError> {
+    match param(params, key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(invalid(format!("params.{key} must be a string"))),
+    }
+}
