@@ -28,6 +28,7 @@ pub mod schema;
 pub mod settle;
 pub mod state;
 pub mod time;
+pub mod webhook;
 pub mod workflow;
 
 pub use error::{ErrorClass, StepError, StoreError};

@@ -1,1 +1,156 @@
-//! placeholder
+//! Switchyard engine: the use-cases, generic over the core ports.
+//!
+//! Layout:
+//! - [`Engine`] (this file): the ports and settings one deployment runs with.
+//! - [`intake`]: start a run (input schema check, idempotency, pinned definition, first wake-up).
+//! - [`worker`]: handle one wake-up — lease the run, plan, execute ready steps concurrently,
+//!   checkpoint each, and either end the run or schedule the next wake-up.
+//! - [`exec`]: what executing one step of each kind means (model calls, routes, validation…).
+//! - [`webhook`]: provider callbacks (signature, dedupe, callback token) that finish a waiting
+//!   step and wake the run.
+//! - [`control`]: approvals, cancellation, taking over a run whose worker died.
+//! - [`view`]: the run document the CLI and the HTTP API return.
+//! - [`registry`]: the providers and workflows a deployment serves.
+//!
+//! Nothing here knows whether the ports are SQLite and files or DynamoDB, SQS and S3.
+
+pub mod control;
+pub mod error;
+pub mod exec;
+pub mod intake;
+pub mod registry;
+pub mod view;
+pub mod webhook;
+pub mod worker;
+
+pub use error::EngineError;
+pub use registry::{Providers, Workflows};
+
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use switchyard_core::ports::{BlobStore, Queue, StateStore};
+use switchyard_core::state::ValueRef;
+use switchyard_core::workflow::Workflow;
+use switchyard_core::{Clock, StoreError};
+
+/// Settings with their documented defaults (docs/architecture.md, "Limits").
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Identifies this worker in leases (`local:<pid>:<nonce>` locally, the Lambda request id on AWS).
+    pub owner: String,
+    /// How long a worker's lease on a run lasts.
+    pub run_lease_ms: u64,
+    /// Added to a step's timeout to get its claim's lease.
+    pub step_lease_margin_ms: u64,
+    /// Values whose JSON is larger go to the blob store (DynamoDB items are capped at 400 KB).
+    pub inline_limit_bytes: usize,
+    /// Base URL providers call back (`<public_url>/hooks/<provider>?…`).
+    pub public_url: String,
+    /// Secret used to verify provider webhooks, per provider, with `*` as the default.
+    pub webhook_secrets: HashMap<String, String>,
+    /// Poll an asynchronous job at most this often when its provider gives no hint.
+    pub default_poll_ms: u64,
+    /// Stop starting new steps this long before the invocation deadline.
+    pub deadline_margin_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            owner: format!("worker:{}", std::process::id()),
+            run_lease_ms: 60_000,
+            step_lease_margin_ms: 5_000,
+            inline_limit_bytes: 32 * 1024,
+            public_url: "http://127.0.0.1:8080".into(),
+            webhook_secrets: HashMap::new(),
+            default_poll_ms: 5_000,
+            deadline_margin_ms: 2_000,
+        }
+    }
+}
+
+/// One deployment's ports and settings. Cheap to clone (everything is behind `Arc`).
+#[derive(Clone)]
+pub struct Engine {
+    pub store: Arc<dyn StateStore>,
+    pub queue: Arc<dyn Queue>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub clock: Arc<dyn Clock>,
+    pub providers: Arc<Providers>,
+    pub workflows: Arc<Workflows>,
+    pub config: Arc<Config>,
+    /// Definitions by content hash, so a worker reads each pinned definition once.
+    definitions: Arc<Mutex<HashMap<String, Arc<Workflow>>>>,
+}
+
+impl Engine {
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        queue: Arc<dyn Queue>,
+        blobs: Arc<dyn BlobStore>,
+        clock: Arc<dyn Clock>,
+        providers: Arc<Providers>,
+        workflows: Arc<Workflows>,
+        config: Config,
+    ) -> Engine {
+        Engine {
+            store,
+            queue,
+            blobs,
+            clock,
+            providers,
+            workflows,
+            config: Arc::new(config),
+            definitions: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    pub fn now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Keeps small values inline and puts large ones in the blob store.
+    pub async fn store_value(&self, value: Value) -> Result<ValueRef, StoreError> {
+        let bytes = serde_json::to_vec(&value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if bytes.len() <= self.config.inline_limit_bytes {
+            return Ok(ValueRef::Inline { value });
+        }
+        let key = self.blobs.put(&bytes, "application/json").await?;
+        Ok(ValueRef::Blob { key, bytes: bytes.len() as u64 })
+    }
+
+    pub async fn load_value(&self, r: &ValueRef) -> Result<Value, StoreError> {
+        match r {
+            ValueRef::Inline { value } => Ok(value.clone()),
+            ValueRef::Blob { key, .. } => {
+                let bytes = self.blobs.get(key).await?;
+                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(format!("blob {key}: {e}")))
+            }
+        }
+    }
+
+    /// Stores a compiled definition under its content hash (idempotent).
+    pub async fn pin_definition(&self, wf: &Workflow) -> Result<String, StoreError> {
+        let bytes = serde_json::to_vec(wf).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let key = self.blobs.put(&bytes, "application/json").await?;
+        if let Ok(mut cache) = self.definitions.lock() {
+            cache.insert(key.clone(), Arc::new(wf.clone()));
+        }
+        Ok(key)
+    }
+
+    /// The definition a run pinned.
+    pub async fn definition(&self, hash: &str) -> Result<Arc<Workflow>, StoreError> {
+        if let Some(wf) = self.definitions.lock().ok().and_then(|c| c.get(hash).cloned()) {
+            return Ok(wf);
+        }
+        let bytes = self.blobs.get(hash).await?;
+        let wf: Workflow = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(format!("definition {hash}: {e}")))?;
+        let wf = Arc::new(wf);
+        if let Ok(mut cache) = self.definitions.lock() {
+            cache.insert(hash.to_string(), wf.clone());
+        }
+        Ok(wf)
+    }
+}

@@ -334,12 +334,17 @@ mod tests {
         assert!(nested.join("blobs").is_dir());
         drop(b);
         let b = Backend::open(&nested).unwrap();
-        let v: i64 =
-            b.db.with(|c| {
-                c.pragma_query_value(None, "user_version", |r| r.get(0))
-                    .map_err(sql)
-            })
-            .unwrap();
-        assert_eq!(v, SCHEMA_VERSION);
+        let pragmas = |c: &mut Connection| {
+            let get =
+                |name| c.pragma_query_value(None, name, |r| r.get::<_, rusqlite::types::Value>(0));
+            Ok([
+                get("user_version")?,
+                get("journal_mode")?,
+                get("foreign_keys")?,
+            ])
+        };
+        use rusqlite::types::Value::{Integer, Text};
+        let want = [Integer(SCHEMA_VERSION), Text("wal".into()), Integer(1)];
+        assert_eq!(b.db.with(pragmas).unwrap(), want);
     }
 }

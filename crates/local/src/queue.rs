@@ -2,7 +2,7 @@
 //! AWS: visibility timeouts, receipts, receive counts and a dead-letter table. The local driver
 //! polls with [`SqliteQueue::receive`] and sleeps until [`SqliteQueue::next_visible_at`].
 
-use crate::db::{sql, Db};
+use crate::db::Db;
 use async_trait::async_trait;
 use rusqlite::{params, TransactionBehavior};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,44 +78,40 @@ impl SqliteQueue {
         let hidden_until = now.saturating_add(visibility_timeout_ms);
         let q = &*self.name;
         self.db.with(|c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql)?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             // Dead-letter in bulk first, so the LIMIT below only sees deliverable messages.
             let reason = format!("received {} times without ack", self.max_receive_count);
-            tx.execute(
+            let buried = tx.execute(
                 "INSERT INTO dead_letters (id, queue, body, receive_count, reason, failed_at)
                  SELECT id, queue, body, receive_count, ?4, ?2 FROM queue_messages
                  WHERE queue = ?1 AND visible_at <= ?2 AND receive_count >= ?3",
                 params![q, now, self.max_receive_count, reason],
-            )
-            .map_err(sql)?;
+            )?;
+            if buried > 0 {
+                // Poison messages are an operator's business: make them visible in the logs.
+                tracing::warn!(queue = q, count = buried, "{reason}: moved to dead letters");
+            }
             tx.execute(
                 "DELETE FROM queue_messages
                  WHERE queue = ?1 AND visible_at <= ?2 AND receive_count >= ?3",
                 params![q, now, self.max_receive_count],
-            )
-            .map_err(sql)?;
+            )?;
 
             let candidates = {
-                let mut stmt = tx
-                    .prepare(
-                        "SELECT id, body, receive_count FROM queue_messages
+                let mut stmt = tx.prepare(
+                    "SELECT id, body, receive_count FROM queue_messages
                          WHERE queue = ?1 AND visible_at <= ?2
                          ORDER BY visible_at, id LIMIT ?3",
-                    )
-                    .map_err(sql)?;
+                )?;
                 let limit = i64::try_from(max).unwrap_or(i64::MAX);
-                let rows = stmt
-                    .query_map(params![q, now, limit], |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, u32>(2)?,
-                        ))
-                    })
-                    .map_err(sql)?;
-                rows.collect::<Result<Vec<_>, _>>().map_err(sql)?
+                let rows = stmt.query_map(params![q, now, limit], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, u32>(2)?,
+                    ))
+                })?;
+                rows.collect::<Result<Vec<_>, _>>()?
             };
 
             let mut out = Vec::with_capacity(candidates.len());
@@ -123,15 +119,14 @@ impl SqliteQueue {
                 let body = match serde_json::from_str::<WakeUp>(&body) {
                     Ok(b) => b,
                     Err(e) => {
+                        tracing::warn!(queue = q, id, "unreadable message moved to dead letters");
                         tx.execute(
                             "INSERT INTO dead_letters (id, queue, body, receive_count, reason,
                                                        failed_at)
                              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                             params![id, q, body, count, format!("unreadable body: {e}"), now],
-                        )
-                        .map_err(sql)?;
-                        tx.execute("DELETE FROM queue_messages WHERE id = ?1", [id])
-                            .map_err(sql)?;
+                        )?;
+                        tx.execute("DELETE FROM queue_messages WHERE id = ?1", [id])?;
                         continue;
                     }
                 };
@@ -146,8 +141,7 @@ impl SqliteQueue {
                     "UPDATE queue_messages SET receive_count = ?1, receipt = ?2, visible_at = ?3
                      WHERE id = ?4",
                     params![count, receipt, hidden_until, id],
-                )
-                .map_err(sql)?;
+                )?;
                 out.push(Delivery {
                     id,
                     receipt,
@@ -155,7 +149,7 @@ impl SqliteQueue {
                     receive_count: count,
                 });
             }
-            tx.commit().map_err(sql)?;
+            tx.commit()?;
             Ok(out)
         })
     }
@@ -164,12 +158,11 @@ impl SqliteQueue {
     /// again since, or already acked), as with SQS the worker just moves on.
     pub fn ack(&self, receipt: &str) -> Result<bool, StoreError> {
         self.db.with(|c| {
-            c.execute(
+            let n = c.execute(
                 "DELETE FROM queue_messages WHERE queue = ?1 AND receipt = ?2",
                 params![&*self.name, receipt],
-            )
-            .map(|n| n == 1)
-            .map_err(sql)
+            )?;
+            Ok(n == 1)
         })
     }
 
@@ -178,12 +171,11 @@ impl SqliteQueue {
     pub fn change_visibility(&self, receipt: &str, delay_ms: u64) -> Result<bool, StoreError> {
         let at = self.clock.now_ms().saturating_add(delay_ms);
         self.db.with(|c| {
-            c.execute(
+            let n = c.execute(
                 "UPDATE queue_messages SET visible_at = ?1 WHERE queue = ?2 AND receipt = ?3",
                 params![at, &*self.name, receipt],
-            )
-            .map(|n| n == 1)
-            .map_err(sql)
+            )?;
+            Ok(n == 1)
         })
     }
 
@@ -191,24 +183,22 @@ impl SqliteQueue {
     /// their visibility deadline). `None` if the queue is empty. Past values mean "now".
     pub fn next_visible_at(&self) -> Result<Option<Millis>, StoreError> {
         self.db.with(|c| {
-            c.query_row(
+            Ok(c.query_row(
                 "SELECT MIN(visible_at) FROM queue_messages WHERE queue = ?1",
                 [&*self.name],
                 |r| r.get(0),
-            )
-            .map_err(sql)
+            )?)
         })
     }
 
     /// Messages in the queue, visible or in flight (dead letters excluded).
     pub fn len(&self) -> Result<usize, StoreError> {
         self.db.with(|c| {
-            c.query_row(
+            Ok(c.query_row(
                 "SELECT COUNT(*) FROM queue_messages WHERE queue = ?1",
                 [&*self.name],
                 |r| r.get(0),
-            )
-            .map_err(sql)
+            )?)
         })
     }
 
@@ -219,24 +209,20 @@ impl SqliteQueue {
     /// This queue's dead letters, oldest message first.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
         self.db.with(|c| {
-            let mut stmt = c
-                .prepare(
-                    "SELECT id, body, receive_count, reason, failed_at FROM dead_letters
+            let mut stmt = c.prepare(
+                "SELECT id, body, receive_count, reason, failed_at FROM dead_letters
                      WHERE queue = ?1 ORDER BY id",
-                )
-                .map_err(sql)?;
-            let rows = stmt
-                .query_map([&*self.name], |r| {
-                    Ok(DeadLetter {
-                        id: r.get(0)?,
-                        body: r.get(1)?,
-                        receive_count: r.get(2)?,
-                        reason: r.get(3)?,
-                        failed_at: r.get(4)?,
-                    })
+            )?;
+            let rows = stmt.query_map([&*self.name], |r| {
+                Ok(DeadLetter {
+                    id: r.get(0)?,
+                    body: r.get(1)?,
+                    receive_count: r.get(2)?,
+                    reason: r.get(3)?,
+                    failed_at: r.get(4)?,
                 })
-                .map_err(sql)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(sql)
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 
@@ -245,17 +231,14 @@ impl SqliteQueue {
     pub fn redrive_dead_letters(&self) -> Result<usize, StoreError> {
         let now = self.clock.now_ms();
         self.db.with(|c| {
-            let tx = c.transaction().map_err(sql)?;
-            let moved = tx
-                .execute(
-                    "INSERT INTO queue_messages (queue, body, visible_at, receive_count, sent_at)
+            let tx = c.transaction()?;
+            let moved = tx.execute(
+                "INSERT INTO queue_messages (queue, body, visible_at, receive_count, sent_at)
                      SELECT queue, body, ?2, 0, ?2 FROM dead_letters WHERE queue = ?1 ORDER BY id",
-                    params![&*self.name, now],
-                )
-                .map_err(sql)?;
-            tx.execute("DELETE FROM dead_letters WHERE queue = ?1", [&*self.name])
-                .map_err(sql)?;
-            tx.commit().map_err(sql)?;
+                params![&*self.name, now],
+            )?;
+            tx.execute("DELETE FROM dead_letters WHERE queue = ?1", [&*self.name])?;
+            tx.commit()?;
             Ok(moved)
         })
     }
@@ -272,9 +255,8 @@ impl Queue for SqliteQueue {
                 "INSERT INTO queue_messages (queue, body, visible_at, receive_count, sent_at)
                  VALUES (?1, ?2, ?3, 0, ?4)",
                 params![&*self.name, body, now.saturating_add(delay_ms), now],
-            )
-            .map(|_| ())
-            .map_err(sql)
+            )?;
+            Ok(())
         })
     }
 }
@@ -388,17 +370,9 @@ mod tests {
     async fn unreadable_body_is_dead_lettered_not_fatal() {
         let (_dir, b, _clock, q) = setup();
         q.send(&wake("good"), 0).await.unwrap();
-        b.queue("work", Arc::new(ManualClock::new(0)))
-            .db
-            .with(|c| {
-                c.execute(
-                    "INSERT INTO queue_messages (queue, body, visible_at, sent_at)
-                     VALUES ('work', 'not json', 0, 0)",
-                    [],
-                )
-                .map_err(sql)
-            })
-            .unwrap();
+        let sql = "INSERT INTO queue_messages (queue, body, visible_at, sent_at)
+                   VALUES ('work', 'not json', 0, 0)";
+        b.db.with(|c| Ok(c.execute(sql, [])?)).unwrap();
         assert_eq!(runs(&q.receive(10, 10).unwrap()), ["good"]);
         let dead = q.dead_letters().unwrap();
         assert_eq!(dead[0].body, "not json");

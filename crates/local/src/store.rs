@@ -3,7 +3,7 @@
 //! AWS. The full record is kept as JSON; the few columns beside it exist for keys, conditions and
 //! listing, never as a second source of truth (except `version`, which the condition reads).
 
-use crate::db::{is_constraint, sql, Db};
+use crate::db::{is_constraint, Db, DbError};
 use async_trait::async_trait;
 use rusqlite::{ffi, params, Connection, OptionalExtension, TransactionBehavior};
 use serde::de::DeserializeOwned;
@@ -25,35 +25,39 @@ fn from_json<T: DeserializeOwned>(text: &str, what: &str) -> Result<T, StoreErro
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
-fn run_exists(c: &Connection, run_id: &str) -> Result<bool, StoreError> {
-    c.query_row("SELECT 1 FROM runs WHERE run_id = ?1", [run_id], |_| Ok(()))
-        .optional()
-        .map(|r| r.is_some())
-        .map_err(sql)
+/// Turns a failed insert into the port's words: a duplicate key is a `Conflict`, a missing
+/// parent run is `NotFound`.
+fn insert_err(e: rusqlite::Error, what: &str, run_id: &str) -> DbError {
+    if is_constraint(&e, ffi::SQLITE_CONSTRAINT_PRIMARYKEY) {
+        StoreError::Conflict(format!("{what} already exists")).into()
+    } else if is_constraint(&e, ffi::SQLITE_CONSTRAINT_FOREIGNKEY) {
+        StoreError::NotFound(format!("run {run_id}")).into()
+    } else {
+        e.into()
+    }
 }
 
-/// The stored header with the column version, which is what conditions compare against.
-fn read_header(c: &Connection, run_id: &str) -> Result<Option<RunHeader>, StoreError> {
+/// The stored header, with the version column (what conditions compare against) as its version.
+fn read_header(c: &Connection, run_id: &str) -> Result<Option<RunHeader>, DbError> {
     let row: Option<(String, u64)> = c
         .query_row(
             "SELECT header, version FROM runs WHERE run_id = ?1",
             [run_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
-        .optional()
-        .map_err(sql)?;
-    row.map(|(json, version)| {
-        let mut h: RunHeader = from_json(&json, &format!("header of run {run_id}"))?;
-        h.version = version;
-        Ok(h)
-    })
-    .transpose()
+        .optional()?;
+    let Some((json, version)) = row else {
+        return Ok(None);
+    };
+    let mut h: RunHeader = from_json(&json, &format!("header of run {run_id}"))?;
+    h.version = version;
+    Ok(Some(h))
 }
 
-/// Conditional header write; the caller already knows the run exists when it gets 0 rows.
-fn update_header(c: &Connection, h: &RunHeader, expected: u64) -> Result<usize, StoreError> {
+/// Conditional header write; returns the rows changed (0: wrong version or no such run).
+fn update_header(c: &Connection, h: &RunHeader, expected: u64) -> Result<usize, DbError> {
     let json = to_json(h, &format!("header of run {}", h.run_id))?;
-    c.execute(
+    Ok(c.execute(
         "UPDATE runs SET tenant = ?1, workflow = ?2, version_label = ?3, status = ?4,
                 updated_at = ?5, header = ?6, version = ?7
          WHERE run_id = ?8 AND version = ?9",
@@ -68,8 +72,7 @@ fn update_header(c: &Connection, h: &RunHeader, expected: u64) -> Result<usize, 
             h.run_id,
             expected
         ],
-    )
-    .map_err(sql)
+    )?)
 }
 
 impl SqliteStore {
@@ -99,13 +102,7 @@ impl StateStore for SqliteStore {
                     h.version
                 ],
             )
-            .map_err(|e| {
-                if is_constraint(&e, ffi::SQLITE_CONSTRAINT_PRIMARYKEY) {
-                    StoreError::Conflict(format!("run {} already exists", h.run_id))
-                } else {
-                    sql(e)
-                }
-            })?;
+            .map_err(|e| insert_err(e, &format!("run {}", h.run_id), &h.run_id))?;
             Ok(())
         })
     }
@@ -114,21 +111,20 @@ impl StateStore for SqliteStore {
         self.db.with(|c| {
             // One read transaction, so another process cannot slip a write between the header
             // and the steps.
-            let tx = c.transaction().map_err(sql)?;
+            let tx = c.transaction()?;
             let Some(header) = read_header(&tx, run_id)? else {
                 return Ok(None);
             };
-            let mut stmt = tx
-                .prepare("SELECT step, record, version FROM steps WHERE run_id = ?1 ORDER BY rowid")
-                .map_err(sql)?;
+            let mut stmt = tx.prepare(
+                "SELECT step, record, version FROM steps WHERE run_id = ?1 ORDER BY rowid",
+            )?;
             let rows = stmt
                 .query_map([run_id], |r| {
                     Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
-                })
-                .map_err(sql)?;
-            let mut steps = Vec::new();
-            for row in rows {
-                let (step, json, version) = row.map_err(sql)?;
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut steps = Vec::with_capacity(rows.len());
+            for (step, json, version) in rows {
                 let mut rec: StepRecord =
                     from_json(&json, &format!("step {step} of run {run_id}"))?;
                 rec.version = version;
@@ -143,14 +139,21 @@ impl StateStore for SqliteStore {
             if update_header(c, h, expected_version)? == 1 {
                 return Ok(());
             }
-            if run_exists(c, &h.run_id)? {
-                Err(StoreError::Conflict(format!(
+            let exists = c
+                .query_row("SELECT 1 FROM runs WHERE run_id = ?1", [&h.run_id], |_| {
+                    Ok(())
+                })
+                .optional()?
+                .is_some();
+            Err(if exists {
+                StoreError::Conflict(format!(
                     "run {} is not at version {expected_version}",
                     h.run_id
-                )))
+                ))
             } else {
-                Err(StoreError::NotFound(format!("run {}", h.run_id)))
+                StoreError::NotFound(format!("run {}", h.run_id))
             }
+            .into())
         })
     }
 
@@ -161,19 +164,15 @@ impl StateStore for SqliteStore {
         now: Millis,
     ) -> Result<RunHeader, StoreError> {
         self.db.with(|c| {
-            // IMMEDIATE takes the write lock before the read, so the check and the write cannot
-            // be split by another process.
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql)?;
+            // IMMEDIATE takes the write lock before the read, so another process cannot write
+            // between the check and the update.
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut h = read_header(&tx, run_id)?
                 .ok_or_else(|| StoreError::NotFound(format!("run {run_id}")))?;
             if let Some(held) = &h.lease {
                 if held.until > now && held.owner != lease.owner {
-                    return Err(StoreError::Conflict(format!(
-                        "lease held by {} until {}",
-                        held.owner, held.until
-                    )));
+                    let msg = format!("lease held by {} until {}", held.owner, held.until);
+                    return Err(StoreError::Conflict(msg).into());
                 }
             }
             let expected = h.version;
@@ -181,7 +180,7 @@ impl StateStore for SqliteStore {
             h.version = expected + 1;
             h.updated_at = now;
             update_header(&tx, &h, expected)?;
-            tx.commit().map_err(sql)?;
+            tx.commit()?;
             Ok(h)
         })
     }
@@ -196,37 +195,24 @@ impl StateStore for SqliteStore {
         let json = to_json(rec, &what)?;
         self.db.with(|c| {
             if expected_version == 0 {
-                return c
-                    .execute(
-                        "INSERT INTO steps (run_id, step, record, version) VALUES (?1, ?2, ?3, ?4)",
-                        params![run_id, rec.step, json, rec.version],
-                    )
-                    .map(|_| ())
-                    .map_err(|e| {
-                        if is_constraint(&e, ffi::SQLITE_CONSTRAINT_PRIMARYKEY) {
-                            StoreError::Conflict(format!("{what} already exists"))
-                        } else if is_constraint(&e, ffi::SQLITE_CONSTRAINT_FOREIGNKEY) {
-                            StoreError::NotFound(format!("run {run_id}"))
-                        } else {
-                            sql(e)
-                        }
-                    });
-            }
-            let n = c
-                .execute(
-                    "UPDATE steps SET record = ?1, version = ?2
-                     WHERE run_id = ?3 AND step = ?4 AND version = ?5",
-                    params![json, rec.version, run_id, rec.step, expected_version],
+                c.execute(
+                    "INSERT INTO steps (run_id, step, record, version) VALUES (?1, ?2, ?3, ?4)",
+                    params![run_id, rec.step, json, rec.version],
                 )
-                .map_err(sql)?;
-            // A missing record is a failed condition too, as in DynamoDB.
-            if n == 1 {
-                Ok(())
-            } else {
-                Err(StoreError::Conflict(format!(
-                    "{what} is not at version {expected_version}"
-                )))
+                .map_err(|e| insert_err(e, &what, run_id))?;
+                return Ok(());
             }
+            let n = c.execute(
+                "UPDATE steps SET record = ?1, version = ?2
+                 WHERE run_id = ?3 AND step = ?4 AND version = ?5",
+                params![json, rec.version, run_id, rec.step, expected_version],
+            )?;
+            // A missing record is a failed condition too, as in DynamoDB.
+            if n == 0 {
+                let msg = format!("{what} is not at version {expected_version}");
+                return Err(StoreError::Conflict(msg).into());
+            }
+            Ok(())
         })
     }
 
@@ -236,40 +222,31 @@ impl StateStore for SqliteStore {
             .map(|e| Ok((e.at, to_json(e, &format!("event of run {run_id}"))?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
         self.db.with(|c| {
-            let tx = c.transaction().map_err(sql)?;
+            let tx = c.transaction()?;
             for (at, json) in &rows {
                 tx.execute(
                     "INSERT INTO events (run_id, at, event) VALUES (?1, ?2, ?3)",
                     params![run_id, at, json],
                 )
-                .map_err(|e| {
-                    if is_constraint(&e, ffi::SQLITE_CONSTRAINT_FOREIGNKEY) {
-                        StoreError::NotFound(format!("run {run_id}"))
-                    } else {
-                        sql(e)
-                    }
-                })?;
+                .map_err(|e| insert_err(e, "event", run_id))?;
             }
-            tx.commit().map_err(sql)
+            Ok(tx.commit()?)
         })
     }
 
     async fn events(&self, run_id: &str) -> Result<Vec<HistoryEvent>, StoreError> {
         self.db.with(|c| {
-            let mut stmt = c
-                .prepare("SELECT seq, event FROM events WHERE run_id = ?1 ORDER BY seq")
-                .map_err(sql)?;
+            let mut stmt =
+                c.prepare("SELECT seq, event FROM events WHERE run_id = ?1 ORDER BY seq")?;
             let rows = stmt
                 .query_map([run_id], |r| {
                     Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-                })
-                .map_err(sql)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (seq, json) = row.map_err(sql)?;
-                out.push(from_json(&json, &format!("event {seq} of run {run_id}"))?);
-            }
-            Ok(out)
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let parse = |(seq, json): (i64, String)| {
+                from_json(&json, &format!("event {seq} of run {run_id}"))
+            };
+            Ok(rows.into_iter().map(parse).collect::<Result<_, _>>()?)
         })
     }
 
@@ -281,32 +258,27 @@ impl StateStore for SqliteStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.db.with(|c| {
             // `?1 IS NULL` makes the filter optional without building SQL strings.
-            let mut stmt = c
-                .prepare(
-                    "SELECT run_id, tenant, workflow, version_label, status, created_at, updated_at
-                     FROM runs WHERE (?1 IS NULL OR tenant = ?1)
-                     ORDER BY created_at DESC, run_id DESC LIMIT ?2",
-                )
-                .map_err(sql)?;
+            let mut stmt = c.prepare(
+                "SELECT run_id, tenant, workflow, version_label, status, created_at, updated_at
+                 FROM runs WHERE (?1 IS NULL OR tenant = ?1)
+                 ORDER BY created_at DESC, run_id DESC LIMIT ?2",
+            )?;
             let rows = stmt
                 .query_map(params![tenant, limit], |r| {
-                    Ok((
-                        RunSummary {
-                            run_id: r.get(0)?,
-                            tenant: r.get(1)?,
-                            workflow: r.get(2)?,
-                            version: r.get(3)?,
-                            status: RunStatus::Pending,
-                            created_at: r.get(5)?,
-                            updated_at: r.get(6)?,
-                        },
-                        r.get::<_, String>(4)?,
-                    ))
-                })
-                .map_err(sql)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (mut summary, status) = row.map_err(sql)?;
+                    let summary = RunSummary {
+                        run_id: r.get(0)?,
+                        tenant: r.get(1)?,
+                        workflow: r.get(2)?,
+                        version: r.get(3)?,
+                        status: RunStatus::Pending, // replaced below, where errors are ours
+                        created_at: r.get(5)?,
+                        updated_at: r.get(6)?,
+                    };
+                    Ok((summary, r.get::<_, String>(4)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (mut summary, status) in rows {
                 summary.status = serde_json::from_value(serde_json::Value::String(status))
                     .map_err(|e| {
                         StoreError::Corrupt(format!("status of run {}: {e}", summary.run_id))
@@ -326,44 +298,37 @@ impl StateStore for SqliteStore {
         now: Millis,
     ) -> Result<IdempotencyClaim, StoreError> {
         self.db.with(|c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql)?;
-            let inserted = tx
-                .execute(
-                    "INSERT INTO idempotency (tenant, key, body_hash, run_id, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (tenant, key) DO NOTHING",
-                    params![tenant, key, body_hash, run_id, now],
-                )
-                .map_err(sql)?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let inserted = tx.execute(
+                "INSERT INTO idempotency (tenant, key, body_hash, run_id, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (tenant, key) DO NOTHING",
+                params![tenant, key, body_hash, run_id, now],
+            )?;
             let claim = if inserted == 1 {
                 IdempotencyClaim::New
             } else {
-                let (stored_hash, run_id): (String, String) = tx
-                    .query_row(
-                        "SELECT body_hash, run_id FROM idempotency WHERE tenant = ?1 AND key = ?2",
-                        params![tenant, key],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .map_err(sql)?;
+                let (stored_hash, run_id): (String, String) = tx.query_row(
+                    "SELECT body_hash, run_id FROM idempotency WHERE tenant = ?1 AND key = ?2",
+                    params![tenant, key],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
                 IdempotencyClaim::Existing {
                     run_id,
                     same_body: stored_hash == body_hash,
                 }
             };
-            tx.commit().map_err(sql)?;
+            tx.commit()?;
             Ok(claim)
         })
     }
 
     async fn record_webhook_id(&self, id: &str, now: Millis) -> Result<bool, StoreError> {
         self.db.with(|c| {
-            c.execute(
+            let n = c.execute(
                 "INSERT INTO webhook_ids (id, seen_at) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
                 params![id, now],
-            )
-            .map(|n| n == 1)
-            .map_err(sql)
+            )?;
+            Ok(n == 1)
         })
     }
 }
@@ -633,7 +598,7 @@ pub(crate) mod tests {
         let mut rec = StepRecord::pending("a");
         rec.version = 1;
         s.put_step("r1", &rec, 0).await.unwrap();
-        b.db.with(|c| c.execute("UPDATE steps SET record = '{'", []).map_err(sql))
+        b.db.with(|c| Ok(c.execute("UPDATE steps SET record = '{'", [])?))
             .unwrap();
         match s.load("r1").await {
             Err(StoreError::Corrupt(m)) => assert!(m.contains("step a of run r1"), "{m}"),

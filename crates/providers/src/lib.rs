@@ -24,6 +24,4 @@
 
 pub mod local;
 
-pub use local::{
-    parse_faults, price_table, Fault, LocalConfig, LocalProvider, ScheduledCallback,
-};
+pub use local::{parse_faults, price_table, Fault, LocalConfig, LocalProvider, ScheduledCallback};

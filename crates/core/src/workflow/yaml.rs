@@ -161,10 +161,16 @@ impl Builder {
                         self.fail(mark, format!("duplicate key `{k}`"));
                         return;
                     }
-                    let path = match self.stack.last() {
-                        Some(Frame::Map { path, .. }) => join(path, &k),
-                        _ => k.clone(),
+                    let (path, first_of) = match self.stack.last() {
+                        Some(Frame::Map { path, map, .. }) => {
+                            (join(path, &k), map.is_empty().then(|| path.clone()))
+                        }
+                        _ => (k.clone(), None),
                     };
+                    // yaml-rust2 marks a block mapping at its first `:`; it starts at its first key.
+                    if let Some(at) = first_of.and_then(|p| self.index.map.get_mut(&p)) {
+                        *at = (*at).min(pos(mark));
+                    }
                     self.index.map.insert(path, pos(mark));
                     if let Some(Frame::Map { key, .. }) = self.stack.last_mut() {
                         *key = Some(k);

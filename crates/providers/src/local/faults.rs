@@ -14,7 +14,7 @@ use switchyard_core::{ErrorClass, StepError};
 
 /// The classes a provider itself can produce. The others (budget, rejection, cancellation)
 /// come from the engine, so simulating them here would test nothing.
-const KINDS: [ErrorClass; 8] = [
+pub(super) const KINDS: [ErrorClass; 8] = [
     ErrorClass::Transient,
     ErrorClass::Timeout,
     ErrorClass::Malformed,
@@ -66,9 +66,7 @@ impl Fault {
         let kind = param(spec, "kind")
             .and_then(Value::as_str)
             .and_then(parse_kind)
-            .ok_or_else(|| {
-                invalid(format!("params.fault.kind must be one of {}", kind_list()))
-            })?;
+            .ok_or_else(|| invalid(format!("params.fault.kind must be one of {}", kind_list())))?;
         let times = match param(spec, "times") {
             None => 1,
             Some(v) => v

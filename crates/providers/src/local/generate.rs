@@ -1,8 +1,8 @@
 //! Generators that produce text without any language model: a MiniJinja template and echo.
 
-use super::{input_text, invalid, json_string, param, param_str, usage, Answer};
+use super::{input_text, invalid, json_string, param, param_str, Answer};
 use serde_json::{json, Value};
-use switchyard_core::model::{normalized, ModelRequest};
+use switchyard_core::model::ModelRequest;
 use switchyard_core::{ErrorClass, StepError};
 
 /// Renders `params.template` with `input`, `instructions`, `feedback` (the previous attempt's
@@ -43,13 +43,8 @@ pub(super) fn template_generator(request: &ModelRequest) -> Result<Answer, StepE
         None
     };
     // The whole input is template context, so it all counts as read.
-    let usage = usage(request, &json_string(&request.input), &text);
-    let output = normalized::generation(&text, parsed, usage, "stop", &request.model);
-    Ok(Answer {
-        output,
-        usage,
-        sources: Vec::new(),
-    })
+    let read = json_string(&request.input);
+    Ok(Answer::generation(request, &read, &text, parsed))
 }
 
 /// `local/echo`: the input back, as text (`input.text`, a string input, or its JSON) and
@@ -59,17 +54,6 @@ pub(super) fn echo(request: &ModelRequest) -> Answer {
         Value::String(s) => s.clone(),
         other => json_string(other),
     };
-    let usage = usage(request, &input_text(&request.input), &text);
-    let output = normalized::generation(
-        &text,
-        Some(request.input.clone()),
-        usage,
-        "stop",
-        &request.model,
-    );
-    Answer {
-        output,
-        usage,
-        sources: Vec::new(),
-    }
+    let read = input_text(&request.input);
+    Answer::generation(request, &read, &text, Some(request.input.clone()))
 }

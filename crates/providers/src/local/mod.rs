@@ -8,15 +8,15 @@
 //!
 //! Usage is counted the way hosted APIs roughly do: about one token per four characters
 //! (`ceil(chars / 4)`) of what the model read (plus the instructions) and of what it wrote.
-//! Costs come from the *simulated* price table in [`MODELS`].
+//! Costs come from the *simulated* price table ([`price_table`]), documented as such.
 
 mod async_job;
 mod faults;
 mod generate;
 mod retrieve;
-mod text;
 #[cfg(test)]
 mod tests;
+mod text;
 
 pub use async_job::ScheduledCallback;
 pub use faults::{parse_faults, Fault};
@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_core::model::{
-    ModelInfo, ModelOutput, ModelRequest, ModelResponse, Provider, Role,
+    normalized, ModelInfo, ModelOutput, ModelRequest, ModelResponse, Provider, Role,
 };
 use switchyard_core::state::Usage;
 use switchyard_core::{sha256_hex, ErrorClass, StepError};
@@ -64,72 +64,43 @@ struct ModelSpec {
 /// offline. Models whose output is derived data (labels, entities, ids, an image) bill input
 /// only, like hosted classification and moderation APIs; the two text generators also bill
 /// output. `echo` is free so benchmarks measure the engine, not the price arithmetic.
+#[rustfmt::skip]
 const MODELS: &[ModelSpec] = &[
-    ModelSpec {
-        id: "local/keyword-classifier",
-        algo: Algo::KeywordClassifier,
-        role: Role::Classification,
-        description: "Counts configured keywords per label; not a learned model.",
-        usd_per_1k_in: 0.0001,
-        usd_per_1k_out: 0.0,
-    },
-    ModelSpec {
-        id: "local/lexicon-sentiment",
-        algo: Algo::LexiconSentiment,
-        role: Role::Classification,
-        description: "Counts words from a small positive/negative word list, with naive negation.",
-        usd_per_1k_in: 0.0001,
-        usd_per_1k_out: 0.0,
-    },
-    ModelSpec {
-        id: "local/extractive-summarizer",
-        algo: Algo::ExtractiveSummarizer,
-        role: Role::Generation,
-        description: "Keeps the sentences with the most frequent words; writes nothing new.",
-        usd_per_1k_in: 0.0005,
-        usd_per_1k_out: 0.0015,
-    },
-    ModelSpec {
-        id: "local/regex-extractor",
-        algo: Algo::RegexExtractor,
-        role: Role::Extraction,
-        description: "Finds emails, URLs, phone numbers, amounts and dates with regular expressions.",
-        usd_per_1k_in: 0.0002,
-        usd_per_1k_out: 0.0,
-    },
-    ModelSpec {
-        id: "local/template-generator",
-        algo: Algo::TemplateGenerator,
-        role: Role::Generation,
-        description: "Renders a MiniJinja template over the input; optionally parses it as JSON.",
-        usd_per_1k_in: 0.001,
-        usd_per_1k_out: 0.003,
-    },
-    ModelSpec {
-        id: "local/keyword-retriever",
-        algo: Algo::KeywordRetriever,
-        role: Role::Retrieval,
-        description: "Ranks inline documents by query-term overlap (tf with idf weighting).",
-        usd_per_1k_in: 0.0002,
-        usd_per_1k_out: 0.0,
-    },
-    ModelSpec {
-        id: "local/echo",
-        algo: Algo::Echo,
-        role: Role::Generation,
-        description: "Returns its input unchanged; for benchmarks and plumbing tests.",
-        usd_per_1k_in: 0.0,
-        usd_per_1k_out: 0.0,
-    },
-    ModelSpec {
-        id: "local/async-job",
-        algo: Algo::AsyncJob,
-        role: Role::Asset,
-        description: "Asynchronous job that draws a titled SVG card and delivers it by callback.",
-        usd_per_1k_in: 0.002,
-        usd_per_1k_out: 0.0,
-    },
+    spec("local/keyword-classifier", Algo::KeywordClassifier, Role::Classification, 0.0001, 0.0,
+        "Counts configured keywords per label; not a learned model."),
+    spec("local/lexicon-sentiment", Algo::LexiconSentiment, Role::Classification, 0.0001, 0.0,
+        "Counts words from a small positive/negative word list, with naive negation."),
+    spec("local/extractive-summarizer", Algo::ExtractiveSummarizer, Role::Generation, 0.0005, 0.0015,
+        "Keeps the sentences with the most frequent words; writes nothing new."),
+    spec("local/regex-extractor", Algo::RegexExtractor, Role::Extraction, 0.0002, 0.0,
+        "Finds emails, URLs, phone numbers, amounts and dates with regular expressions."),
+    spec("local/template-generator", Algo::TemplateGenerator, Role::Generation, 0.001, 0.003,
+        "Renders a MiniJinja template over the input; optionally parses it as JSON."),
+    spec("local/keyword-retriever", Algo::KeywordRetriever, Role::Retrieval, 0.0002, 0.0,
+        "Ranks inline documents by query-term overlap (tf with idf weighting)."),
+    spec("local/echo", Algo::Echo, Role::Generation, 0.0, 0.0,
+        "Returns its input unchanged; for benchmarks and plumbing tests."),
+    spec("local/async-job", Algo::AsyncJob, Role::Asset, 0.002, 0.0,
+        "Asynchronous job that draws a titled SVG card and delivers it by callback."),
 ];
+
+const fn spec(
+    id: &'static str,
+    algo: Algo,
+    role: Role,
+    usd_per_1k_in: f64,
+    usd_per_1k_out: f64,
+    description: &'static str,
+) -> ModelSpec {
+    ModelSpec {
+        id,
+        algo,
+        role,
+        description,
+        usd_per_1k_in,
+        usd_per_1k_out,
+    }
+}
 
 /// The simulated price table: `(model id, USD per 1k input tokens, USD per 1k output tokens)`.
 pub fn price_table() -> Vec<(&'static str, f64, f64)> {
@@ -169,11 +140,6 @@ impl LocalProvider {
         // A poisoned lock only means another thread panicked mid-push; the Vec is still valid.
         let mut guard = self.scheduled.lock().unwrap_or_else(|e| e.into_inner());
         std::mem::take(&mut *guard)
-    }
-
-    /// The shared queue itself, for hosts that keep only a `dyn Provider` afterwards.
-    pub fn scheduled(&self) -> Arc<Mutex<Vec<ScheduledCallback>>> {
-        Arc::clone(&self.scheduled)
     }
 
     /// The fault to fire for this request, if any: `params.fault` first, then the table.
@@ -242,6 +208,8 @@ impl Provider for LocalProvider {
             }
         }
         if let Some(fault) = fault {
+            tracing::debug!(step = %request.step, model = %request.model, kind = %fault.kind,
+                attempt = request.attempt, "local provider: firing simulated fault");
             return Err(fault.fire(request).await);
         }
         let answer = match spec.algo {
@@ -265,11 +233,7 @@ impl Provider for LocalProvider {
         }))
     }
 
-    async fn poll(
-        &self,
-        request: &ModelRequest,
-        job_id: &str,
-    ) -> Result<ModelResponse, StepError> {
+    async fn poll(&self, request: &ModelRequest, job_id: &str) -> Result<ModelResponse, StepError> {
         let spec = lookup(&request.model)?;
         if spec.algo != Algo::AsyncJob {
             return Err(invalid(format!(
@@ -302,19 +266,27 @@ impl Answer {
             sources: Vec::new(),
         }
     }
+
+    /// A generation-shaped answer: usage counts `read` (plus instructions) and `text`.
+    fn generation(request: &ModelRequest, read: &str, text: &str, json: Option<Value>) -> Answer {
+        let usage = usage(request, read, text);
+        let output = normalized::generation(text, json, usage, "stop", &request.model);
+        Answer {
+            output,
+            usage,
+            sources: Vec::new(),
+        }
+    }
 }
 
 fn lookup(model: &str) -> Result<&'static ModelSpec, StepError> {
-    MODELS
-        .iter()
-        .find(|m| m.id == model)
-        .ok_or_else(|| {
-            let known: Vec<&str> = MODELS.iter().map(|m| m.id).collect();
-            invalid(format!(
-                "unknown model `{model}`: the local provider serves {}",
-                known.join(", ")
-            ))
-        })
+    MODELS.iter().find(|m| m.id == model).ok_or_else(|| {
+        let known: Vec<&str> = MODELS.iter().map(|m| m.id).collect();
+        invalid(format!(
+            "unknown model `{model}`: the local provider serves {}",
+            known.join(", ")
+        ))
+    })
 }
 
 fn price(spec: &ModelSpec, usage: Usage) -> f64 {

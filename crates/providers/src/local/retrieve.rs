@@ -20,7 +20,9 @@ fn field<'a>(d: &'a Value, i: usize, key: &str) -> Result<Option<&'a str>, StepE
     match d.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.as_str())),
-        Some(_) => Err(invalid(format!("params.documents[{i}].{key} must be a string"))),
+        Some(_) => Err(invalid(format!(
+            "params.documents[{i}].{key} must be a string"
+        ))),
     }
 }
 
@@ -40,7 +42,12 @@ fn documents(params: &Value) -> Result<Vec<Doc<'_>>, StepError> {
         for w in words(title).into_iter().chain(words(text)) {
             *tf.entry(w).or_default() += 1;
         }
-        docs.push(Doc { id, title, text, tf });
+        docs.push(Doc {
+            id,
+            title,
+            text,
+            tf,
+        });
     }
     Ok(docs)
 }
@@ -89,9 +96,11 @@ pub(super) fn keyword_retriever(request: &ModelRequest) -> Result<Answer, StepEr
     let sources: Vec<String> = ranked.iter().map(|(_, d)| d.id.to_string()).collect();
     let hits: Vec<Value> = ranked
         .iter()
-        .map(|(score, d)| json!({
+        .map(|(score, d)| {
+            json!({
                 "id": d.id, "title": d.title, "text": d.text, "score": normalized::round4(*score),
-            }))
+            })
+        })
         .collect();
     let output = json!({"query": query, "documents": hits});
     let mut answer = Answer::data(request, &query, output);

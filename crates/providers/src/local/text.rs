@@ -1,9 +1,7 @@
 //! Text models: keyword classifier, lexicon sentiment, extractive summarizer, regex extractor.
 //! All work on [`input_text`] and are pure functions of the request.
 
-use super::{
-    input_text, invalid, is_stopword, param, param_positive, param_str, usage, words, Answer,
-};
+use super::{input_text, invalid, is_stopword, param, param_positive, param_str, words, Answer};
 use regex::Regex;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -38,7 +36,9 @@ pub(super) fn keyword_classifier(request: &ModelRequest) -> Result<Answer, StepE
                 .map(words)
                 .filter(|w| !w.is_empty())
                 .ok_or_else(|| {
-                    invalid(format!("params.labels.{label}[{i}] must be a non-empty string"))
+                    invalid(format!(
+                        "params.labels.{label}[{i}] must be a non-empty string"
+                    ))
                 })?;
             n += text_words
                 .windows(phrase.len())
@@ -49,7 +49,13 @@ pub(super) fn keyword_classifier(request: &ModelRequest) -> Result<Answer, StepE
     }
 
     let total: usize = hits.iter().map(|(_, n)| n).sum();
-    let share = |n: usize| if total == 0 { 0.0 } else { n as f64 / total as f64 };
+    let share = |n: usize| {
+        if total == 0 {
+            0.0
+        } else {
+            n as f64 / total as f64
+        }
+    };
     let scores: Map<String, Value> = hits
         .iter()
         .map(|(l, n)| (l.to_string(), json!(normalized::round4(share(*n)))))
@@ -64,17 +70,69 @@ pub(super) fn keyword_classifier(request: &ModelRequest) -> Result<Answer, StepE
 }
 
 const POSITIVE: &[&str] = &[
-    "good", "great", "excellent", "amazing", "awesome", "love", "loved", "loves", "happy",
-    "pleased", "fantastic", "wonderful", "helpful", "fast", "easy", "perfect", "best", "nice",
-    "recommend", "satisfied", "thanks", "thank", "glad", "resolved", "friendly", "reliable",
-    "smooth", "enjoy", "enjoyed", "impressed",
+    "good",
+    "great",
+    "excellent",
+    "amazing",
+    "awesome",
+    "love",
+    "loved",
+    "loves",
+    "happy",
+    "pleased",
+    "fantastic",
+    "wonderful",
+    "helpful",
+    "fast",
+    "easy",
+    "perfect",
+    "best",
+    "nice",
+    "recommend",
+    "satisfied",
+    "thanks",
+    "thank",
+    "glad",
+    "resolved",
+    "friendly",
+    "reliable",
+    "smooth",
+    "enjoy",
+    "enjoyed",
+    "impressed",
 ];
 
 const NEGATIVE: &[&str] = &[
-    "bad", "terrible", "awful", "horrible", "hate", "hated", "poor", "slow", "broken", "angry",
-    "disappointed", "disappointing", "worst", "useless", "problem", "issue", "fail", "failed",
-    "fails", "error", "crash", "crashes", "unhappy", "annoyed", "frustrated", "frustrating",
-    "difficult", "wrong", "rude", "expensive",
+    "bad",
+    "terrible",
+    "awful",
+    "horrible",
+    "hate",
+    "hated",
+    "poor",
+    "slow",
+    "broken",
+    "angry",
+    "disappointed",
+    "disappointing",
+    "worst",
+    "useless",
+    "problem",
+    "issue",
+    "fail",
+    "failed",
+    "fails",
+    "error",
+    "crash",
+    "crashes",
+    "unhappy",
+    "annoyed",
+    "frustrated",
+    "frustrating",
+    "difficult",
+    "wrong",
+    "rude",
+    "expensive",
 ];
 
 /// A negator within the two words before a sentiment word flips it ("not good", "never
@@ -167,7 +225,10 @@ pub(super) fn extractive_summarizer(request: &ModelRequest) -> Result<Answer, St
         *freq.entry(w.as_str()).or_default() += 1;
     }
     let score = |ws: &Vec<String>| {
-        let sum: usize = ws.iter().map(|w| freq.get(w.as_str()).copied().unwrap_or(0)).sum();
+        let sum: usize = ws
+            .iter()
+            .map(|w| freq.get(w.as_str()).copied().unwrap_or(0))
+            .sum();
         sum as f64 / ws.len().max(1) as f64
     };
     let mut ranked: Vec<(usize, f64)> = content.iter().map(score).enumerate().collect();
@@ -180,13 +241,7 @@ pub(super) fn extractive_summarizer(request: &ModelRequest) -> Result<Answer, St
         .map(|i| sents[*i])
         .collect::<Vec<_>>()
         .join(" ");
-    let usage = usage(request, &text, &summary);
-    let output = normalized::generation(&summary, None, usage, "stop", &request.model);
-    Ok(Answer {
-        output,
-        usage,
-        sources: Vec::new(),
-    })
+    Ok(Answer::generation(request, &text, &summary, None))
 }
 
 /// Built-in entity patterns, in reporting order. Deliberately simple (US-style phones,
@@ -218,6 +273,7 @@ static DEFAULT_REGEXES: LazyLock<Vec<(String, Regex)>> = LazyLock::new(|| {
         .collect()
 });
 
+#[cfg(test)]
 pub(super) fn default_pattern_count() -> usize {
     DEFAULT_REGEXES.len()
 }
@@ -235,9 +291,8 @@ pub(super) fn regex_extractor(request: &ModelRequest) -> Result<Answer, StepErro
             let source = source
                 .as_str()
                 .ok_or_else(|| invalid(format!("params.patterns.{ty} must be a regex string")))?;
-            let re = Regex::new(source).map_err(|e| {
-                invalid(format!("params.patterns.{ty} is not a valid regex: {e}"))
-            })?;
+            let re = Regex::new(source)
+                .map_err(|e| invalid(format!("params.patterns.{ty} is not a valid regex: {e}")))?;
             match patterns.iter_mut().find(|(t, _)| t == ty) {
                 Some(slot) => slot.1 = re,
                 None => patterns.push((ty.clone(), re)),
@@ -256,9 +311,13 @@ pub(super) fn regex_extractor(request: &ModelRequest) -> Result<Answer, StepErro
     }
     found.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
 
-    let mut counts: Map<String, Value> = patterns.iter().map(|(t, _)| (t.clone(), json!(0))).collect();
+    let mut counts: Map<String, Value> = patterns
+        .iter()
+        .map(|(t, _)| (t.clone(), json!(0)))
+        .collect();
     let mut entities = Vec::new();
     let mut last_end = 0;
+    let char_pos = |b: usize| text[..b].chars().count();
     for (start, end, idx) in found {
         if start < last_end {
             continue;
@@ -268,7 +327,6 @@ pub(super) fn regex_extractor(request: &ModelRequest) -> Result<Answer, StepErro
         if let Some(c) = counts.get_mut(ty) {
             *c = json!(c.as_u64().unwrap_or(0) + 1);
         }
-        let char_pos = |b: usize| text[..b].chars().count();
         entities.push(json!({
             "type": ty,
             "text": &text[start..end],

@@ -1,0 +1,228 @@
+//! One function per subcommand; each returns the exit status (CONTRACT.md).
+
+use crate::exit;
+use crate::local::{self, Local};
+use crate::render;
+use anyhow::{anyhow, Context, Result};
+use serde_json::Value;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use switchyard_core::state::RunStatus;
+use switchyard_engine::intake::StartRequest;
+use switchyard_engine::{EngineError, Workflows};
+
+/// The tenant local runs belong to.
+pub const LOCAL_TENANT: &str = "local";
+
+pub fn status_code(s: RunStatus) -> i32 {
+    match s {
+        RunStatus::Succeeded => exit::SUCCEEDED,
+        RunStatus::Failed => exit::FAILED,
+        RunStatus::Cancelled => exit::CANCELLED,
+        RunStatus::Pending | RunStatus::Running | RunStatus::Waiting => exit::WAITING,
+    }
+}
+
+/// `switchyard validate PATH...`
+pub fn validate(paths: &[PathBuf]) -> i32 {
+    let models = Local::models();
+    let mut problems = 0;
+    for p in paths {
+        if !p.is_file() {
+            eprintln!("error: `{}` is not a file", p.display());
+            return exit::USAGE;
+        }
+        match local::load_workflow(p, &models) {
+            Ok(wf) => println!("{}: ok ({} v{}, {} steps)", p.display(), wf.name, wf.version, wf.steps.len()),
+            Err(diags) => {
+                for d in &diags {
+                    println!("{}:{}:{}: {}", p.display(), d.line, d.col, d.message);
+                }
+                problems += diags.len();
+            }
+        }
+    }
+    if problems > 0 { exit::FAILED } else { exit::SUCCEEDED }
+}
+
+/// A workflow argument: a file path, or a name looked up as `workflows/NAME.yaml`.
+fn workflow_path(arg: &str) -> PathBuf {
+    let p = PathBuf::from(arg);
+    if p.is_file() {
+        return p;
+    }
+    let named = Path::new("workflows").join(format!("{arg}.yaml"));
+    if named.is_file() { named } else { p }
+}
+
+fn read_input(path: &Path) -> Result<Value> {
+    let text = if path == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).context("reading the input from stdin")?;
+        s
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read input file `{}`", path.display()))?
+    };
+    serde_json::from_str(&text).map_err(|e| anyhow!("input file `{}` is not valid JSON: {e} (line {}, column {})", path.display(), e.line(), e.column()))
+}
+
+async fn report(l: &Local, run_id: &str, json: bool) -> Result<i32> {
+    let snap = l.engine.load_for(None, run_id).await?;
+    let view = l.engine.view(&snap).await?;
+    if json {
+        println!("{}", serde_json::to_string(&render::run_json(&view))?);
+    } else {
+        print!("{}", render::run_table(&view));
+        if view.status == "waiting" {
+            if let Some(step) = snap.steps.iter().find(|s| s.status == switchyard_core::state::StepStatus::Waiting && s.job.is_none()) {
+                println!("next: switchyard approve {run_id} {} [--reject]", step.step);
+            } else {
+                println!("next: switchyard resume {run_id}");
+            }
+        }
+    }
+    Ok(status_code(snap.header.status))
+}
+
+/// `switchyard run WORKFLOW --input FILE`
+pub async fn run(workflow: &str, input: &Path, json: bool, dir: &Path) -> Result<i32> {
+    let path = workflow_path(workflow);
+    let wf = match local::load_workflow(&path, &Local::models()) {
+        Ok(wf) => wf,
+        Err(diags) => {
+            for d in &diags {
+                eprintln!("{}:{}:{}: {}", path.display(), d.line, d.col, d.message);
+            }
+            return Ok(exit::USAGE);
+        }
+    };
+    let input = match read_input(input) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(exit::USAGE);
+        }
+    };
+    let mut workflows = Workflows::new();
+    workflows.add(wf.clone());
+    let l = Local::open(dir, workflows)?;
+    let req = StartRequest { workflow: wf.name.clone(), version: Some(wf.version.clone()), input, callback_url: None, metadata: None };
+    let started = match l.engine.start_workflow(LOCAL_TENANT, &wf, req, None).await {
+        Ok(s) => s,
+        Err(e @ (EngineError::InvalidInput { .. } | EngineError::BadRequest { .. } | EngineError::TooLarge(_))) => {
+            eprintln!("error: {}{}", e.field().map(|f| format!("{f}: ")).unwrap_or_default(), e);
+            return Ok(exit::USAGE);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !json {
+        eprintln!("started {} ({} v{})", started.run_id, wf.name, wf.version);
+    }
+    l.drive(&started.run_id).await?;
+    report(&l, &started.run_id, json).await
+}
+
+async fn open_existing(dir: &Path, run_id: &str) -> Result<std::result::Result<Local, i32>> {
+    let l = Local::open(dir, Workflows::new())?;
+    match l.engine.load_for(None, run_id).await {
+        Ok(_) => Ok(Ok(l)),
+        Err(EngineError::NotFound(m)) => {
+            eprintln!("error: {m} in `{}`", dir.display());
+            Ok(Err(exit::FAILED))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `switchyard resume RUN_ID`
+pub async fn resume(run_id: &str, json: bool, dir: &Path) -> Result<i32> {
+    let l = match open_existing(dir, run_id).await? {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
+    };
+    l.recover_dead_owners(run_id).await?;
+    let wake = switchyard_core::state::WakeUp { run_id: run_id.to_string(), reason: switchyard_core::state::WakeReason::Resume };
+    l.engine.handle(&wake, None).await?;
+    l.drive(run_id).await?;
+    report(&l, run_id, json).await
+}
+
+/// `switchyard approve RUN_ID STEP [--reject] [--comment TEXT]`
+pub async fn approve(run_id: &str, step: &str, reject: bool, comment: Option<String>, json: bool, dir: &Path) -> Result<i32> {
+    let l = match open_existing(dir, run_id).await? {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
+    };
+    l.recover_dead_owners(run_id).await?;
+    match l.engine.decide(None, run_id, step, !reject, comment).await {
+        Ok(()) => {}
+        Err(e @ (EngineError::Conflict(_) | EngineError::BadRequest { .. } | EngineError::NotFound(_))) => {
+            eprintln!("error: {e}");
+            return Ok(exit::USAGE);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    l.drive(run_id).await?;
+    report(&l, run_id, json).await
+}
+
+/// `switchyard cancel RUN_ID`
+pub async fn cancel(run_id: &str, json: bool, dir: &Path) -> Result<i32> {
+    let l = match open_existing(dir, run_id).await? {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
+    };
+    match l.engine.cancel(None, run_id).await {
+        Ok(_) => {}
+        Err(EngineError::Conflict(m)) => {
+            eprintln!("error: {m}");
+            report(&l, run_id, json).await?;
+            return Ok(exit::FAILED);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    l.recover_dead_owners(run_id).await?;
+    l.drive(run_id).await?;
+    report(&l, run_id, json).await
+}
+
+/// `switchyard runs list`
+pub async fn runs_list(json: bool, dir: &Path) -> Result<i32> {
+    let l = Local::open(dir, Workflows::new())?;
+    let runs = l.engine.store.list_runs(None, 200).await?;
+    if json {
+        let rows: Vec<Value> = runs.iter().map(|r| serde_json::json!({
+            "run_id": r.run_id, "workflow": r.workflow, "version": r.version, "status": r.status.as_str(),
+            "created_at": r.created_at, "updated_at": r.updated_at,
+        })).collect();
+        println!("{}", serde_json::to_string(&serde_json::json!({"runs": rows}))?);
+    } else if runs.is_empty() {
+        println!("no runs in `{}`", dir.display());
+    } else {
+        println!("{:<42}  {:<22}  {:<8}  {:<10}", "RUN", "WORKFLOW", "VERSION", "STATUS");
+        for r in runs {
+            println!("{:<42}  {:<22}  {:<8}  {:<10}", r.run_id, r.workflow, r.version, r.status.as_str());
+        }
+    }
+    Ok(exit::SUCCEEDED)
+}
+
+/// `switchyard runs show RUN_ID`
+pub async fn runs_show(run_id: &str, json: bool, dir: &Path) -> Result<i32> {
+    let l = match open_existing(dir, run_id).await? {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
+    };
+    let snap = l.engine.load_for(None, run_id).await?;
+    let view = l.engine.view(&snap).await?;
+    let events = l.engine.store.events(run_id).await?;
+    if json {
+        let mut doc = render::run_json(&view);
+        doc["events"] = serde_json::to_value(&events)?;
+        println!("{}", serde_json::to_string(&doc)?);
+    } else {
+        print!("{}", render::run_table(&view));
+        print!("{}", render::events_table(&events));
+    }
+    Ok(exit::SUCCEEDED)
+}

@@ -1,0 +1,20 @@
+//! The `switchyard` command, as a library so benchmarks and end-to-end tests drive the same
+//! code paths.
+//!
+//! - [`local`]: builds an engine on the embedded backend (SQLite + files) with the built-in
+//!   models, and the in-process driver that runs a run until it ends or waits on the outside.
+//! - [`commands`]: one function per subcommand, returning the process exit status.
+//! - [`render`]: the human table and the one-document JSON output.
+
+pub mod commands;
+pub mod local;
+pub mod render;
+
+/// Exit statuses (CONTRACT.md).
+pub mod exit {
+    pub const SUCCEEDED: i32 = 0;
+    pub const FAILED: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const WAITING: i32 = 3;
+    pub const CANCELLED: i32 = 4;
+}

@@ -1,0 +1,60 @@
+//! Errors of the use-cases, each with the HTTP status and code the API maps it to.
+
+use switchyard_core::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is malformed (400).
+    #[error("{message}")]
+    BadRequest { field: Option<String>, message: String },
+    /// The input fails the workflow's input schema (422).
+    #[error("{message}")]
+    InvalidInput { field: Option<String>, message: String },
+    /// Idempotency conflict or an illegal state change (409).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl EngineError {
+    pub fn status(&self) -> u16 {
+        match self {
+            EngineError::NotFound(_) => 404,
+            EngineError::BadRequest { .. } => 400,
+            EngineError::InvalidInput { .. } => 422,
+            EngineError::Conflict(_) => 409,
+            EngineError::Unauthorized(_) => 401,
+            EngineError::TooLarge(_) => 413,
+            EngineError::Store(StoreError::Conflict(_)) => 409,
+            EngineError::Store(StoreError::NotFound(_)) => 404,
+            EngineError::Store(_) => 503,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            EngineError::NotFound(_) => "not_found",
+            EngineError::BadRequest { .. } => "bad_request",
+            EngineError::InvalidInput { .. } => "invalid_input",
+            EngineError::Conflict(_) => "conflict",
+            EngineError::Unauthorized(_) => "unauthorized",
+            EngineError::TooLarge(_) => "too_large",
+            EngineError::Store(StoreError::Corrupt(_)) => "corrupt_state",
+            EngineError::Store(_) => "storage_unavailable",
+        }
+    }
+
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            EngineError::BadRequest { field, .. } | EngineError::InvalidInput { field, .. } => field.as_deref(),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The run document (CONTRACT.md): what `switchyard run --json`, `runs show` and
+//! `GET /v1/runs/{id}` return.
+
+use crate::{Engine, EngineError};
+use serde::Serialize;
+use serde_json::Value;
+use switchyard_core::state::{RunError, RunSnapshot, StepRecord, StepStatus};
+use switchyard_core::workflow::Workflow;
+use switchyard_core::ErrorClass;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepView {
+    pub name: String,
+    pub kind: String,
+    pub status: String,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub prompt_version: Option<String>,
+    pub attempts: u32,
+    pub latency_ms: u64,
+    pub cost_usd: f64,
+    pub fallback_used: bool,
+    pub error_class: Option<ErrorClass>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_request_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunView {
+    pub run_id: String,
+    pub workflow: String,
+    pub version: String,
+    pub definition_hash: String,
+    pub status: String,
+    pub output: Value,
+    pub error: Option<RunError>,
+    pub cost_usd: f64,
+    pub created_at: u64,
+    pub ended_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<Value>,
+    pub steps: Vec<StepView>,
+}
+
+fn step_view(wf: &Workflow, id: &str, kind: &str, r: Option<&StepRecord>) -> StepView {
+    let pending = StepRecord::pending(id);
+    let r = r.unwrap_or(&pending);
+    let _ = wf;
+    StepView {
+        name: id.to_string(),
+        kind: kind.to_string(),
+        status: r.status.as_str().to_string(),
+        provider: r.provider.clone(),
+        model: r.model.clone(),
+        prompt_version: r.prompt_version.clone(),
+        attempts: r.attempt,
+        latency_ms: r.latency_ms,
+        cost_usd: r.cost_usd,
+        fallback_used: r.fallback_used,
+        error_class: if r.status == StepStatus::Failed || r.status == StepStatus::Retrying { r.error.as_ref().map(|e| e.class) } else { None },
+        error: if r.status == StepStatus::Failed { r.error.as_ref().map(|e| e.message.clone()) } else { None },
+        sources: r.sources.clone(),
+        provider_request_id: r.provider_request_id.clone(),
+    }
+}
+
+impl Engine {
+    /// The run document; large outputs are returned as a presigned link.
+    pub async fn view(&self, snap: &RunSnapshot) -> Result<RunView, EngineError> {
+        let wf = self.definition(&snap.header.workflow.hash).await?;
+        let h = &snap.header;
+        let output = match &h.output {
+            None => Value::Null,
+            Some(switchyard_core::state::ValueRef::Inline { value }) => value.clone(),
+            Some(switchyard_core::state::ValueRef::Blob { key, bytes }) => {
+                let url = self.blobs.presign(key, 3_600_000).await?;
+                serde_json::json!({"url": url, "bytes": bytes})
+            }
+        };
+        let steps = wf.steps.iter().map(|s| step_view(&wf, &s.id, s.kind.name(), snap.step(&s.id))).collect();
+        Ok(RunView {
+            run_id: h.run_id.clone(),
+            workflow: h.workflow.name.clone(),
+            version: h.workflow.version.clone(),
+            definition_hash: h.workflow.hash.clone(),
+            status: h.status.as_str().to_string(),
+            output,
+            error: h.error.clone(),
+            cost_usd: (snap.cost_usd() * 1e9).round() / 1e9,
+            created_at: h.created_at,
+            ended_at: h.ended_at,
+            waiting_for: h.wait.as_ref().filter(|_| h.status == switchyard_core::state::RunStatus::Waiting).map(|w| serde_json::json!(w)),
+            steps,
+        })
+    }
+}

@@ -1,0 +1,242 @@
+//! Handling one wake-up: the worker loop.
+//!
+//! Lease the run, then plan → execute → checkpoint until the run ends or has to wait. Ready
+//! steps run concurrently (parallel branches, independent roots); after each one finishes the
+//! run is planned again, so a step starts as soon as what it needs is done. Waiting never
+//! sleeps: the run is parked with the time it next needs attention, and a delayed wake-up is
+//! sent for that time.
+
+use crate::exec::ActionCtx;
+use crate::{Engine, EngineError};
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use switchyard_core::planner::{self, Outcome, Plan};
+use switchyard_core::state::{
+    EventKind, HistoryEvent, Lease, RunError, RunSnapshot, RunStatus, StepRecord, StepStatus, WaitInfo, WaitReason, WakeReason, WakeUp,
+};
+use switchyard_core::workflow::Workflow;
+use switchyard_core::{refs, schema, ErrorClass, Millis, StoreError};
+
+/// What handling a wake-up came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Handled {
+    /// No such run (e.g. a wake-up for a run deleted by retention).
+    Gone,
+    /// The run had already ended; the wake-up was a late duplicate.
+    AlreadyEnded(RunStatus),
+    /// Another worker holds the lease; a wake-up was sent for when it expires.
+    Busy,
+    Ended(RunStatus),
+    Waiting { reason: WaitReason, until: Option<Millis> },
+    /// The invocation deadline came near; a wake-up was sent to continue.
+    Yielded,
+}
+
+/// How many times a conflicting write makes the worker reload and re-plan before giving up
+/// (the wake-up is then retried by the queue).
+const MAX_CONFLICTS: usize = 8;
+
+type Flight = std::pin::Pin<Box<dyn std::future::Future<Output = (String, Result<Vec<StepRecord>, EngineError>)> + Send>>;
+
+impl Engine {
+    /// Handles one wake-up. `deadline` is when this invocation must stop (Lambda's remaining
+    /// time); `None` runs until the run ends or waits.
+    pub async fn handle(&self, wake: &WakeUp, deadline: Option<Millis>) -> Result<Handled, EngineError> {
+        let run_id = wake.run_id.as_str();
+        let Some(mut snap) = self.store.load(run_id).await? else {
+            tracing::warn!(run_id, "wake-up for an unknown run");
+            return Ok(Handled::Gone);
+        };
+        if snap.header.status.is_terminal() {
+            return Ok(Handled::AlreadyEnded(snap.header.status));
+        }
+        let wf = self.definition(&snap.header.workflow.hash).await?;
+        let prev_wait_until = snap.header.wait.as_ref().and_then(|w| w.until);
+        let now = self.now();
+        let lease = Lease { owner: self.config.owner.clone(), until: now + self.config.run_lease_ms };
+        match self.store.acquire_lease(run_id, &lease, now).await {
+            Ok(h) => snap.header = h,
+            Err(StoreError::Conflict(_)) => {
+                let until = snap.header.lease.as_ref().map_or(now, |l| l.until);
+                self.queue.send(wake, until.saturating_sub(now) + 100).await?;
+                return Ok(Handled::Busy);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let mut conflicts = 0;
+        loop {
+            match self.drive(&wf, &mut snap, wake, deadline, prev_wait_until).await {
+                Err(EngineError::Store(StoreError::Conflict(msg))) if conflicts < MAX_CONFLICTS => {
+                    conflicts += 1;
+                    tracing::debug!(run_id, %msg, "conflicting write; reloading");
+                    snap = self.store.load(run_id).await?.ok_or_else(|| EngineError::NotFound(run_id.to_string()))?;
+                    if snap.header.status.is_terminal() {
+                        return Ok(Handled::AlreadyEnded(snap.header.status));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn drive(&self, wf: &Arc<Workflow>, snap: &mut RunSnapshot, wake: &WakeUp, deadline: Option<Millis>, prev_wait_until: Option<Millis>) -> Result<Handled, EngineError> {
+        let run_id = snap.header.run_id.clone();
+        let mut in_flight: FuturesUnordered<Flight> = FuturesUnordered::new();
+        let mut flying: HashSet<String> = HashSet::new();
+        let mut failure: Option<EngineError> = None;
+        loop {
+            let now = self.now();
+            let plan = planner::plan(wf, snap, now);
+            let near_deadline = deadline.is_some_and(|d| now + self.config.deadline_margin_ms >= d);
+            let fresh: Vec<_> = plan.actions.iter().filter(|a| !flying.contains(a.step())).cloned().collect();
+            if plan.outcome.is_none() && !near_deadline && failure.is_none() && !fresh.is_empty() {
+                if snap.header.status != RunStatus::Running {
+                    self.set_status(snap, RunStatus::Running, None).await?;
+                }
+                let cx = ActionCtx {
+                    wf: wf.clone(),
+                    run_id: run_id.clone(),
+                    scope: Arc::new(self.scope(wf, snap).await?),
+                    records: Arc::new(snap.steps.iter().map(|r| (r.step.clone(), r.clone())).collect::<HashMap<_, _>>()),
+                    spent_usd: snap.cost_usd(),
+                };
+                for action in fresh {
+                    let step = action.step().to_string();
+                    let rec = snap.step(&step).cloned().unwrap_or_else(|| StepRecord::pending(&step));
+                    flying.insert(step.clone());
+                    let (this, cx) = (self.clone(), cx.clone());
+                    in_flight.push(Box::pin(async move {
+                        let r = this.execute(&cx, &action, rec).await;
+                        (step, r)
+                    }));
+                }
+                continue;
+            }
+            if let Some((step, result)) = in_flight.next().await {
+                flying.remove(&step);
+                match result {
+                    Ok(records) => records.into_iter().for_each(|r| snap.upsert(r)),
+                    Err(e) => {
+                        tracing::warn!(run_id = %run_id, step = %step, error = %e, "step action failed to checkpoint");
+                        failure.get_or_insert(e);
+                    }
+                }
+                continue;
+            }
+            // Nothing in flight.
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            if let Some(outcome) = plan.outcome {
+                return self.finish(wf, snap, outcome).await;
+            }
+            if near_deadline && !plan.actions.is_empty() {
+                self.park(snap, &plan, None).await?;
+                self.queue.send(&WakeUp { run_id, reason: WakeReason::Resume }, 0).await?;
+                return Ok(Handled::Yielded);
+            }
+            let resend = wake.reason == WakeReason::Timer || prev_wait_until != plan.wake_at;
+            let until = plan.wake_at;
+            self.park(snap, &plan, until.filter(|_| resend)).await?;
+            return Ok(Handled::Waiting { reason: plan.wait.unwrap_or(WaitReason::Timer), until });
+        }
+    }
+
+    async fn set_status(&self, snap: &mut RunSnapshot, status: RunStatus, wait: Option<WaitInfo>) -> Result<(), EngineError> {
+        let mut h = snap.header.clone();
+        h.status = status;
+        h.wait = wait;
+        h.updated_at = self.now();
+        h.version += 1;
+        self.store.put_header(&h, snap.header.version).await?;
+        snap.header = h;
+        Ok(())
+    }
+
+    /// Parks the run: releases the lease, records what it waits for, and sends a delayed
+    /// wake-up for `send_at` if given.
+    async fn park(&self, snap: &mut RunSnapshot, plan: &Plan, send_at: Option<Millis>) -> Result<(), EngineError> {
+        let now = self.now();
+        let was_waiting = snap.header.status == RunStatus::Waiting;
+        let wait = WaitInfo { reason: plan.wait.unwrap_or(WaitReason::Timer), until: plan.wake_at };
+        let mut h = snap.header.clone();
+        h.status = RunStatus::Waiting;
+        h.wait = Some(wait.clone());
+        h.lease = None;
+        h.updated_at = now;
+        h.version += 1;
+        self.store.put_header(&h, snap.header.version).await?;
+        snap.header = h;
+        if !was_waiting {
+            let ev = HistoryEvent::run(now, EventKind::RunWaiting, json!({"for": wait.reason, "until": wait.until}));
+            self.store.append_events(&snap.header.run_id, &[ev]).await?;
+        }
+        if let Some(at) = send_at {
+            let wake = WakeUp { run_id: snap.header.run_id.clone(), reason: WakeReason::Timer };
+            self.queue.send(&wake, at.saturating_sub(now)).await?;
+        }
+        tracing::info!(run_id = %snap.header.run_id, reason = ?wait.reason, until = ?wait.until, "run waiting");
+        Ok(())
+    }
+
+    /// Ends the run: computes and checks its output, writes the final header.
+    async fn finish(&self, wf: &Workflow, snap: &mut RunSnapshot, outcome: Outcome) -> Result<Handled, EngineError> {
+        let now = self.now();
+        let (status, output, error) = match outcome {
+            Outcome::Succeeded => match self.final_output(wf, snap).await? {
+                Ok(v) => (RunStatus::Succeeded, Some(self.store_value(v).await?), None),
+                Err(e) => (RunStatus::Failed, None, Some(e)),
+            },
+            Outcome::Failed(e) => (RunStatus::Failed, None, Some(e)),
+            Outcome::Cancelled => (RunStatus::Cancelled, None, Some(RunError { class: ErrorClass::Cancelled, message: "cancelled on request".into(), step: None })),
+        };
+        let mut h = snap.header.clone();
+        h.status = status;
+        h.output = output;
+        h.error = error.clone();
+        h.ended_at = Some(now);
+        h.updated_at = now;
+        h.lease = None;
+        h.wait = None;
+        h.version += 1;
+        self.store.put_header(&h, snap.header.version).await?;
+        snap.header = h;
+        let kind = match status {
+            RunStatus::Succeeded => EventKind::RunSucceeded,
+            RunStatus::Cancelled => EventKind::RunCancelled,
+            _ => EventKind::RunFailed,
+        };
+        let detail = json!({"cost_usd": snap.cost_usd(), "error": error});
+        self.store.append_events(&snap.header.run_id, &[HistoryEvent::run(now, kind, detail)]).await?;
+        tracing::info!(run_id = %snap.header.run_id, status = status.as_str(), cost_usd = snap.cost_usd(), "run ended");
+        Ok(Handled::Ended(status))
+    }
+
+    /// The run's output: the workflow's `output` template, or the output of the step that
+    /// finished last; checked against `output_schema`.
+    async fn final_output(&self, wf: &Workflow, snap: &RunSnapshot) -> Result<Result<Value, RunError>, EngineError> {
+        let scope = self.scope(wf, snap).await?;
+        let bad = |class, message: String| RunError { class, message, step: None };
+        let value = match &wf.output {
+            Some(t) => match refs::resolve(t, &scope) {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(bad(ErrorClass::Invalid, format!("the workflow's `output` cannot be built: {e}")))),
+            },
+            None => {
+                let last = snap.steps.iter().filter(|r| r.status == StepStatus::Succeeded && !r.step.contains('.')).max_by_key(|r| (r.finished_at, r.version));
+                match last.and_then(|r| r.output.as_ref()) {
+                    Some(o) => self.load_value(o).await?,
+                    None => Value::Null,
+                }
+            }
+        };
+        if let Some(s) = &wf.output_schema {
+            if let Err(errors) = schema::validate(s, &value) {
+                return Ok(Err(bad(ErrorClass::Malformed, format!("the run's output fails output_schema: {}", errors.join("; ")))));
+            }
+        }
+        Ok(Ok(value))
+    }
+}
