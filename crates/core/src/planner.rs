@@ -192,7 +192,9 @@ fn readiness<'a>(s: &Step, rec: &impl Fn(&str) -> &'a StepRecord) -> Option<Acti
     }
     if let Some(route) = &s.gated_by {
         let r = rec(route);
-        let chosen = r.status == StepStatus::Succeeded && r.chosen.as_deref() == Some(s.id.as_str());
+        // A parallel branch inherits its parent's gate: the route chose the parent.
+        let target = s.parent.as_deref().unwrap_or(&s.id);
+        let chosen = r.status == StepStatus::Succeeded && r.chosen.as_deref() == Some(target);
         if !chosen {
             return Some(Action::Skip {
                 step: s.id.clone(),

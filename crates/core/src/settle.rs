@@ -281,7 +281,7 @@ mod tests {
             gated_by: None,
             parent: None,
             optional: false,
-            kind: StepKind::Model(ModelStep {
+            kind: StepKind::Model(Box::new(ModelStep {
                 models: models.iter().map(|m| m.to_string()).collect(),
                 role: Role::Generation,
                 prompt: None,
@@ -294,7 +294,7 @@ mod tests {
                 max_duration: max_duration.map(Dur),
                 wait_timeout: Dur(60_000),
                 asynchronous: false,
-            }),
+            })),
         }
     }
 
@@ -318,7 +318,8 @@ mod tests {
         use ErrorClass::*;
         use StepStatus::*;
         let e = |c| StepError::new(c, "x");
-        let table: Vec<(&str, Step, Vec<StepError>, Vec<(StepStatus, usize, Option<Millis>)>)> = vec![
+        type Row = (&'static str, Step, Vec<StepError>, Vec<(StepStatus, usize, Option<Millis>)>);
+        let table: Vec<Row> = vec![
             ("transient retries with backoff then fails",
              model_step(&["a/x"], 3, &[Transient], None), vec![e(Transient), e(Transient), e(Transient)],
              vec![(Retrying, 0, Some(100)), (Retrying, 0, Some(200)), (Failed, 0, None)]),

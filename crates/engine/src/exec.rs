@@ -298,7 +298,7 @@ impl Engine {
             sources: out.map(|o| o.sources.clone()).unwrap_or_default(),
         };
         let (r, ev) = match result {
-            Ok(ModelResponse::Completed(out)) => self.settle_output(cx, step, ms, &claimed, &out, meta(Some(&out)), done).await?,
+            Ok(ModelResponse::Completed(out)) => self.settle_output(&cx.run_id, step, &claimed, &out, meta(Some(&out)), done).await?,
             Ok(ModelResponse::Pending { job_id, poll_after_ms }) => {
                 let job = JobRef { provider: provider.name().to_string(), model: req.model.clone(), job_id, callback_token: token.unwrap_or_default() };
                 let poll_at = Some(done + poll_after_ms.unwrap_or(self.config.default_poll_ms));
@@ -314,10 +314,14 @@ impl Engine {
     }
 
     /// Checks a model's answer against the step's output schema and settles the attempt.
-    pub(crate) async fn settle_output(&self, cx: &ActionCtx, step: &Step, ms: &ModelStep, claimed: &StepRecord, out: &ModelOutput, meta: AttemptMeta, now: u64) -> Result<(StepRecord, HistoryEvent), EngineError> {
-        if let Err(err) = check_output(ms, out) {
-            tracing::warn!(run_id = %cx.run_id, step = %step.id, error_class = %err.class, "model output failed its schema");
-            return Ok(settle::fail(step, claimed, err, meta, now, &cx.run_id));
+    pub(crate) async fn settle_output(&self, run_id: &str, step: &Step, claimed: &StepRecord, out: &ModelOutput, meta: AttemptMeta, now: u64) -> Result<(StepRecord, HistoryEvent), EngineError> {
+        let checked = match &step.kind {
+            StepKind::Model(ms) => check_output(ms, out),
+            _ => Ok(()),
+        };
+        if let Err(err) = checked {
+            tracing::warn!(run_id, step = %step.id, error_class = %err.class, "model output failed its schema");
+            return Ok(settle::fail(step, claimed, err, meta, now, run_id));
         }
         let value = self.store_value(out.output.clone()).await?;
         Ok(settle::succeed(claimed, value, meta, now))
@@ -342,7 +346,7 @@ impl Engine {
         let (r, ev) = match polled {
             Ok(ModelResponse::Completed(out)) => {
                 let meta = AttemptMeta { model: Some(out.model.clone()), cost_usd: out.cost_usd, usage: out.usage, provider_request_id: out.provider_request_id.clone(), sources: out.sources.clone(), ..Default::default() };
-                self.settle_output(cx, step, ms, &rec, &out, meta, now).await?
+                self.settle_output(&cx.run_id, step, &rec, &out, meta, now).await?
             }
             Ok(ModelResponse::Pending { .. }) if !past_deadline => {
                 let r = settle::poll_again(&rec, now + self.config.default_poll_ms);

@@ -5,11 +5,9 @@
 //!    per-attempt token it carries (a callback for an old attempt is acknowledged, not applied);
 //! 4. settle the step with a conditional write, record the `webhook-id`, wake the run.
 
-use crate::exec::ActionCtx;
 use crate::{Engine, EngineError};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::sync::Arc;
 use switchyard_core::model::ModelResponse;
 use switchyard_core::settle::{self, AttemptMeta};
 use switchyard_core::state::{EventKind, HistoryEvent, StepStatus, WakeReason, WakeUp};
@@ -62,7 +60,7 @@ impl Engine {
         let snap = self.load_for(None, &run_id).await?;
         let wf = self.definition(&snap.header.workflow.hash).await?;
         let Some(step) = wf.step(&step_id) else { return Err(EngineError::NotFound(format!("no step `{step_id}`"))) };
-        let StepKind::Model(ms) = &step.kind else { return Err(EngineError::BadRequest { field: Some("query.step".into()), message: "not a model step".into() }) };
+        let StepKind::Model(_) = &step.kind else { return Err(EngineError::BadRequest { field: Some("query.step".into()), message: "not a model step".into() }) };
         let rec = match snap.step(&step_id) {
             Some(r) if r.status == StepStatus::Waiting && r.job.as_ref().is_some_and(|j| constant_eq(&j.callback_token, &token)) => r.clone(),
             _ => {
@@ -83,9 +81,8 @@ impl Engine {
         let (r, ev) = match parsed {
             Ok((_, ModelResponse::Pending { .. })) => return Ok(CallbackResult::Progress),
             Ok((_, ModelResponse::Completed(out))) => {
-                let cx = ActionCtx { wf: wf.clone(), run_id: run_id.clone(), scope: Arc::new(Value::Null), records: Arc::new(HashMap::new()), spent_usd: 0.0 };
                 let meta = AttemptMeta { model: Some(out.model.clone()), cost_usd: out.cost_usd, usage: out.usage, provider_request_id: out.provider_request_id.clone(), sources: out.sources.clone(), latency_ms: now.saturating_sub(rec.started_at.unwrap_or(now)), ..Default::default() };
-                self.settle_output(&cx, step, ms, &rec, &out, meta, now).await?
+                self.settle_output(&run_id, step, &rec, &out, meta, now).await?
             }
             Err(err) => settle::fail(step, &rec, err, AttemptMeta::default(), now, &run_id),
         };

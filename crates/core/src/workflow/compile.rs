@@ -45,6 +45,16 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn err(&mut self, path: &str, message: impl Into<String>) {
         let p = self.idx.at(path);
+        self.push(p, message);
+    }
+
+    /// An error about a field itself (unknown, misplaced): reported at its key.
+    fn err_key(&mut self, path: &str, message: impl Into<String>) {
+        let p = self.idx.key(path);
+        self.push(p, message);
+    }
+
+    fn push(&mut self, p: yaml::Pos, message: impl Into<String>) {
         self.diags.push(Diagnostic {
             line: p.line,
             col: p.col,
@@ -55,7 +65,7 @@ impl Ctx<'_> {
     fn keys(&mut self, obj: &Map<String, Value>, path: &str, allowed: &[&str], what: &str) {
         for k in obj.keys() {
             if !allowed.contains(&k.as_str()) {
-                self.err(
+                self.err_key(
                     &join(path, k),
                     format!("unknown field `{k}` in {what} (expected one of: {})", allowed.join(", ")),
                 );
@@ -190,6 +200,7 @@ impl Ctx<'_> {
         let known: Vec<&str> = self.models.iter().filter(|m| split_model(&m.id).0 == provider).map(|m| m.id.as_str()).collect();
         if known.is_empty() {
             let mut providers: Vec<&str> = self.models.iter().map(|m| split_model(&m.id).0).collect();
+            providers.sort_unstable();
             providers.dedup();
             self.err(path, format!("unknown provider in `{id}` (known providers: {})", providers.join(", ")));
         } else {
@@ -586,7 +597,7 @@ fn read_model(cx: &mut Ctx, obj: &Map<String, Value>, path: &str, kind: &str, de
     }
     let output_schema = cx.schema(obj, path, "output_schema");
     let retry = cx.retry(obj.get("retry"), path, &defaults.retry);
-    Some(StepKind::Model(ModelStep {
+    Some(StepKind::Model(Box::new(ModelStep {
         models,
         role,
         prompt,
@@ -599,7 +610,7 @@ fn read_model(cx: &mut Ctx, obj: &Map<String, Value>, path: &str, kind: &str, de
         max_duration: cx.dur(obj, path, "max_duration").or(defaults.max_duration),
         wait_timeout: cx.dur(obj, path, "wait_timeout").unwrap_or(defaults.wait_timeout),
         asynchronous,
-    }))
+    })))
 }
 
 fn read_route(cx: &mut Ctx, obj: &Map<String, Value>, path: &str) -> Option<StepKind> {

@@ -87,7 +87,7 @@ pub struct Step {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StepKind {
     /// A model call (also `retrieve`, which is a model call of role retrieval).
-    Model(ModelStep),
+    Model(Box<ModelStep>),
     Route(RouteStep),
     /// Merges the outputs of its branches (which are steps of their own) into one object.
     Parallel { branches: Vec<String> },

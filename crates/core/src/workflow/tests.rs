@@ -36,7 +36,10 @@ impl FileLoader for MapFiles {
 
 fn files() -> MapFiles {
     MapFiles(HashMap::from([
-        ("prompts/draft.j2", "Answer the {{ input.topic }} ticket politely."),
+        (
+            "prompts/draft.j2",
+            "Answer the {{ input.topic }} ticket politely.",
+        ),
         (
             "corpus.json",
             r#"[{"id": "d1", "title": "Refunds", "text": "Refunds take 5 days."},
@@ -81,8 +84,11 @@ fn errs(src: &str) -> Vec<Diagnostic> {
     }
 }
 
-/// (id, needs, gated_by, parent) of every step, in compiled order.
-fn shape(wf: &Workflow) -> Vec<(&str, Vec<&str>, Option<&str>, Option<&str>)> {
+/// (id, needs, gated_by, parent) of a step.
+type Shape<'a> = (&'a str, Vec<&'a str>, Option<&'a str>, Option<&'a str>);
+
+/// The shape of every step, in compiled order.
+fn shape(wf: &Workflow) -> Vec<Shape<'_>> {
     wf.steps
         .iter()
         .map(|s| {
@@ -98,7 +104,7 @@ fn shape(wf: &Workflow) -> Vec<(&str, Vec<&str>, Option<&str>, Option<&str>)> {
 
 fn model(wf: &Workflow, id: &str) -> ModelStep {
     match wf.step(id).map(|s| &s.kind) {
-        Some(StepKind::Model(m)) => m.clone(),
+        Some(StepKind::Model(m)) => ModelStep::clone(m),
         other => panic!("`{id}` is not a model step: {other:?}"),
     }
 }
@@ -131,7 +137,10 @@ fn chain_needs_the_previous_step() {
         ]
     );
     let classify = model(&wf, "classify");
-    assert_eq!(classify.models, vec!["local/keyword-classifier".to_string()]);
+    assert_eq!(
+        classify.models,
+        vec!["local/keyword-classifier".to_string()]
+    );
     // The role defaults to the model's first role; defaults fill the rest.
     assert_eq!(classify.role, Role::Classification);
     assert_eq!(classify.input, json!("${input.text}"));
@@ -261,7 +270,10 @@ fn parallel_branches_become_steps() {
             branches: vec!["enrich.a".into(), "enrich.b".into()]
         })
     );
-    assert_eq!(wf.step("enrich.b").map(|s| s.kind.name()), Some("transform"));
+    assert_eq!(
+        wf.step("enrich.b").map(|s| s.kind.name()),
+        Some("transform")
+    );
 }
 
 #[test]
@@ -313,7 +325,10 @@ fn included_files_are_inlined() {
             schema: schemas/reply.json
             repair: {step: draft, max_attempts: 2}
     "#);
-    assert_eq!(wf.input_schema, Some(json!({"type": "object", "required": ["topic"]})));
+    assert_eq!(
+        wf.input_schema,
+        Some(json!({"type": "object", "required": ["topic"]}))
+    );
 
     let search = model(&wf, "search");
     assert_eq!(wf.step("search").map(|s| s.kind.name()), Some("retrieve"));
@@ -321,7 +336,10 @@ fn included_files_are_inlined() {
     assert_eq!(search.role, Role::Retrieval);
     assert_eq!(search.input, json!({"query": "${input.topic}"}));
     assert_eq!(search.params["top_k"], json!(2));
-    let docs = search.params["documents"].as_array().cloned().unwrap_or_default();
+    let docs = search.params["documents"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(docs.len(), 2);
     assert_eq!(docs[0]["id"], json!("d1"));
 
@@ -381,7 +399,10 @@ fn step_options_and_defaults() {
     assert_eq!(wf.budget_usd, Some(0.5));
     let draft = model(&wf, "draft");
     assert_eq!(draft.models.len(), 2);
-    assert_eq!(draft.fallback_on, vec![ErrorClass::Transient, ErrorClass::Refused]);
+    assert_eq!(
+        draft.fallback_on,
+        vec![ErrorClass::Transient, ErrorClass::Refused]
+    );
     assert_eq!(draft.timeout, Dur(5_000));
     assert_eq!(draft.max_duration, Some(Dur(120_000)));
     // Step retry settings override the defaults field by field.
@@ -400,8 +421,10 @@ fn step_options_and_defaults() {
     assert_eq!(art.role, Role::Asset);
     assert_eq!(art.wait_timeout, Dur(1_800_000));
     // Without `fallback_on`, the classes that fall back by default.
-    let defaults: Vec<ErrorClass> =
-        ErrorClass::ALL.into_iter().filter(|c| c.falls_back_by_default()).collect();
+    let defaults: Vec<ErrorClass> = ErrorClass::ALL
+        .into_iter()
+        .filter(|c| c.falls_back_by_default())
+        .collect();
     assert_eq!(art.fallback_on, defaults);
     assert!(wf.step("art").is_some_and(|s| s.optional));
     assert_eq!(
@@ -992,7 +1015,9 @@ fn diagnostics_point_at_the_problem() {
         match diags.iter().find(|d| d.message.contains(needle)) {
             Some(d) if d.line == *line => {}
             Some(d) => failures.push(format!("{what}: at line {}, want {line}: {d:?}", d.line)),
-            None => failures.push(format!("{what}: no diagnostic contains {needle:?}: {diags:#?}")),
+            None => failures.push(format!(
+                "{what}: no diagnostic contains {needle:?}: {diags:#?}"
+            )),
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
@@ -1045,7 +1070,8 @@ fn every_problem_is_reported_in_line_order() {
         (14, "duplicate step id `a`"),
     ] {
         assert!(
-            d.iter().any(|x| x.line == line && x.message.contains(needle)),
+            d.iter()
+                .any(|x| x.line == line && x.message.contains(needle)),
             "no {needle:?} at line {line}: {d:#?}"
         );
     }
@@ -1062,10 +1088,16 @@ fn a_file_that_is_not_a_workflow() {
         ("- just\n- a list\n", "must be a mapping"),
         ("name: x\nversion: 1\nsteps: []\n", "at least one step"),
         ("name: x\nversion: 1\nsteps: {a: 1}\n", "must be a list"),
-        ("name: has space\nversion: 1\nsteps:\n  - {id: a, kind: transform}\n", "`name` may hold"),
+        (
+            "name: has space\nversion: 1\nsteps:\n  - {id: a, kind: transform}\n",
+            "`name` may hold",
+        ),
     ] {
         let d = compile(src, &NoFiles, &catalog()).err().unwrap_or_default();
-        assert!(d.iter().any(|x| x.message.contains(needle)), "{src:?}: {d:#?}");
+        assert!(
+            d.iter().any(|x| x.message.contains(needle)),
+            "{src:?}: {d:#?}"
+        );
     }
 }
 
@@ -1081,7 +1113,9 @@ fn no_files_loader_reports_the_path() {
             prompt: {version: v1, file: p.j2}
     "#,
     );
-    let d = compile(&src, &NoFiles, &catalog()).err().unwrap_or_default();
+    let d = compile(&src, &NoFiles, &catalog())
+        .err()
+        .unwrap_or_default();
     assert_eq!(d.len(), 1, "{d:#?}");
     assert_eq!(d[0].line, 6);
     assert!(d[0].message.contains("cannot read `p.j2`"), "{d:?}");

@@ -17,19 +17,26 @@ pub struct Pos {
     pub col: usize,
 }
 
-/// Where each path (`steps.2.model`) starts in the file. For a mapping entry, the position is
-/// that of its key, which is where an editor should put the cursor.
+/// Where each path (`steps.2.model`) starts in the file: the position of its value, and for
+/// a mapping entry also of its key (an unknown field is reported at its key, a bad value at
+/// the value).
 #[derive(Debug, Clone, Default)]
 pub struct PosIndex {
     map: HashMap<String, Pos>,
+    keys: HashMap<String, Pos>,
 }
 
 impl PosIndex {
-    /// The position of `path`, or of its closest ancestor that has one.
+    /// The position of the key of `path`, else as [`PosIndex::at`].
+    pub fn key(&self, path: &str) -> Pos {
+        self.keys.get(path).copied().unwrap_or_else(|| self.at(path))
+    }
+
+    /// The position of the value at `path`, or of its closest ancestor that has one.
     pub fn at(&self, path: &str) -> Pos {
         let mut p = path;
         loop {
-            if let Some(pos) = self.map.get(p) {
+            if let Some(pos) = self.map.get(p).or_else(|| self.keys.get(p)) {
                 return *pos;
             }
             match p.rfind('.') {
@@ -116,15 +123,21 @@ fn resolve_plain(s: &str) -> Value {
 
 impl Builder {
     /// The path the next value will have, and records its position.
-    fn next_path(&mut self, mark: &Marker) -> Option<String> {
-        match self.stack.last_mut() {
+    /// A collection that is a mapping entry's value is located by its key (its own mark is
+    /// where its first entry starts, often the next line); scalars by their own position.
+    fn next_path(&mut self, mark: &Marker, collection: bool) -> Option<String> {
+        let in_map = matches!(self.stack.last(), Some(Frame::Map { .. }));
+        let path = match self.stack.last_mut() {
             None => Some(String::new()),
             Some(Frame::Seq { items, path, .. }) => Some(join(path, &items.len().to_string())),
             Some(Frame::Map { path, key, .. }) => key.as_ref().map(|k| join(path, k)),
+        };
+        if let Some(p) = &path {
+            if !(collection && in_map) {
+                self.index.map.entry(p.clone()).or_insert(pos(mark));
+            }
         }
-        .inspect(|p| {
-            self.index.map.entry(p.clone()).or_insert(pos(mark));
-        })
+        path
     }
 
     fn fail(&mut self, mark: &Marker, message: String) {
@@ -171,7 +184,7 @@ impl Builder {
                     if let Some(at) = first_of.and_then(|p| self.index.map.get_mut(&p)) {
                         *at = (*at).min(pos(mark));
                     }
-                    self.index.map.insert(path, pos(mark));
+                    self.index.keys.insert(path, pos(mark));
                     if let Some(Frame::Map { key, .. }) = self.stack.last_mut() {
                         *key = Some(k);
                     }
@@ -204,7 +217,7 @@ impl MarkedEventReceiver for Builder {
                     Value::String(text)
                 };
                 if !self.expecting_key() {
-                    self.next_path(&mark);
+                    self.next_path(&mark, false);
                 }
                 if anchor > 0 {
                     self.anchors.insert(anchor, value.clone());
@@ -213,7 +226,7 @@ impl MarkedEventReceiver for Builder {
             }
             Event::Alias(id) => {
                 if !self.expecting_key() {
-                    self.next_path(&mark);
+                    self.next_path(&mark, false);
                 }
                 match self.anchors.get(&id).cloned() {
                     Some(v) => self.place(v, &mark),
@@ -225,7 +238,7 @@ impl MarkedEventReceiver for Builder {
                     self.fail(&mark, "mapping keys must be plain strings".into());
                     return;
                 }
-                let path = self.next_path(&mark).unwrap_or_default();
+                let path = self.next_path(&mark, true).unwrap_or_default();
                 let frame = if matches!(ev, Event::SequenceStart(..)) {
                     Frame::Seq {
                         items: Vec::new(),
@@ -295,10 +308,12 @@ mod tests {
             json!({"name": "demo", "version": 3, "steps": [
                 {"id": "a", "ratio": 0.5, "on": true, "q": "3"}, {"id": "b"}]})
         );
-        assert_eq!(idx.at("name"), Pos { line: 1, col: 1 });
-        assert_eq!(idx.at("steps.0.id"), Pos { line: 4, col: 5 });
+        assert_eq!(idx.key("name"), Pos { line: 1, col: 1 });
+        assert_eq!(idx.at("name"), Pos { line: 1, col: 7 });
+        assert_eq!(idx.key("steps.0.id"), Pos { line: 4, col: 5 });
+        assert_eq!(idx.at("steps.0.id"), Pos { line: 4, col: 9 });
         assert_eq!(idx.at("steps.1"), Pos { line: 8, col: 5 });
-        assert_eq!(idx.at("steps.0.q"), Pos { line: 7, col: 5 });
+        assert_eq!(idx.at("steps.0.q"), Pos { line: 7, col: 8 });
         // Unknown paths fall back to the nearest ancestor.
         assert_eq!(idx.at("steps.0.nope.deeper"), Pos { line: 4, col: 5 });
     }
