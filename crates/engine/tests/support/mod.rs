@@ -1,0 +1,482 @@
+//! Test harness: an [`Engine`] on the embedded backend (SQLite + files in a temp dir) with the
+//! built-in `local/*` models and a [`ManualClock`]. It mirrors the CLI's in-process driver
+//! (`crates/cli/src/local.rs`), but never sleeps: when nothing is due it moves the manual clock
+//! to the next visible wake-up or the next scheduled provider callback.
+
+#![allow(dead_code)] // each test uses a part of the harness
+
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use switchyard_core::model::{ModelInfo, Provider};
+use switchyard_core::state::{
+    EventKind, HistoryEvent, RunSnapshot, RunStatus, StepRecord, WaitReason, WakeReason, WakeUp,
+};
+use switchyard_core::workflow::{compile, NoFiles, Workflow};
+use switchyard_core::{webhook, Clock, ErrorClass};
+use switchyard_engine::intake::{StartRequest, Started};
+use switchyard_engine::webhook::{CallbackRequest, CallbackResult};
+use switchyard_engine::worker::Handled;
+use switchyard_engine::{Config, Engine, EngineError, Providers, Workflows};
+use switchyard_local::{Backend, ManualClock, SqliteQueue};
+use switchyard_providers::{LocalConfig, LocalProvider, ScheduledCallback};
+use tempfile::TempDir;
+
+/// Where every manual clock starts: a realistic epoch time, so webhook timestamps make sense.
+pub const T0: u64 = 1_700_000_000_000;
+pub const TENANT: &str = "acme";
+pub const OWNER: &str = "test-worker";
+const MAX_ITERATIONS: usize = 500;
+
+/// Strips the common indentation so YAML can sit indented in the test source.
+pub fn dedent(src: &str) -> String {
+    let indent = src
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    src.lines()
+        .map(|l| l.get(indent..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Compiles an inline workflow against a model catalog; panics with the diagnostics.
+pub fn compile_with(src: &str, models: &[ModelInfo]) -> Workflow {
+    match compile(&dedent(src), &NoFiles, models) {
+        Ok(w) => w,
+        Err(d) => panic!("test workflow does not compile: {d:#?}"),
+    }
+}
+
+/// What a test compares between two runs: everything about a step except times, ids and
+/// versions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepSummary {
+    pub status: String,
+    pub attempt: u32,
+    pub output: Value,
+    pub chosen: Option<String>,
+    pub error_class: Option<ErrorClass>,
+    pub model: Option<String>,
+    pub fallback_used: bool,
+    pub repairs: u32,
+}
+
+pub struct H {
+    pub engine: Engine,
+    pub queue: SqliteQueue,
+    pub provider: Arc<LocalProvider>,
+    pub clock: ManualClock,
+    pub backend: Backend,
+    /// Callbacks the local provider scheduled, with the time they are due.
+    pending: Mutex<Vec<(u64, ScheduledCallback)>>,
+    /// Whether `drive` delivers due callbacks itself (tests of the webhook turn it off).
+    auto_deliver: AtomicBool,
+    /// Every wake-up handled, with the clock at the time and what it came to.
+    log: Mutex<Vec<(u64, WakeUp, Handled)>>,
+    _dir: TempDir,
+}
+
+impl H {
+    pub fn new() -> H {
+        H::build(|_| {}, Vec::new())
+    }
+
+    pub fn with_config(f: impl FnOnce(&mut Config)) -> H {
+        H::build(f, Vec::new())
+    }
+
+    /// An engine with the local provider, the given extra providers, and `Config` as changed
+    /// by `f`.
+    pub fn build(f: impl FnOnce(&mut Config), extra: Vec<Arc<dyn Provider>>) -> H {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let backend = Backend::open(dir.path()).expect("open backend");
+        let clock = ManualClock::new(T0);
+        let clock_dyn: Arc<dyn Clock> = Arc::new(clock.clone());
+        let queue = backend.queue("work", clock_dyn.clone());
+        let provider = Arc::new(LocalProvider::new(LocalConfig::default()));
+        let mut providers = Providers::new().with(provider.clone());
+        for p in extra {
+            providers = providers.with(p);
+        }
+        let mut config = Config {
+            owner: OWNER.into(),
+            webhook_secrets: HashMap::from([("*".to_string(), secret())]),
+            public_url: "http://switchyard.test".into(),
+            ..Config::default()
+        };
+        f(&mut config);
+        let engine = Engine::new(
+            Arc::new(backend.store()),
+            Arc::new(queue.clone()),
+            Arc::new(backend.blobs()),
+            clock_dyn,
+            Arc::new(providers),
+            Arc::new(Workflows::new()),
+            config,
+        );
+        H {
+            engine,
+            queue,
+            provider,
+            clock,
+            backend,
+            pending: Mutex::new(Vec::new()),
+            auto_deliver: AtomicBool::new(true),
+            log: Mutex::new(Vec::new()),
+            _dir: dir,
+        }
+    }
+
+    /// A second engine on the same ports (store, queue, blobs, clock, providers) with another
+    /// lease owner: another worker process.
+    pub fn other_worker(&self, owner: &str) -> Engine {
+        let mut config = (*self.engine.config).clone();
+        config.owner = owner.into();
+        Engine::new(
+            self.engine.store.clone(),
+            self.engine.queue.clone(),
+            self.engine.blobs.clone(),
+            self.engine.clock.clone(),
+            self.engine.providers.clone(),
+            self.engine.workflows.clone(),
+            config,
+        )
+    }
+
+    pub fn now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    pub fn set_auto_deliver(&self, on: bool) {
+        self.auto_deliver.store(on, Ordering::SeqCst);
+    }
+
+    pub fn compile(&self, src: &str) -> Workflow {
+        compile_with(src, &self.engine.providers.models())
+    }
+
+    pub fn request(wf: &Workflow, input: Value) -> StartRequest {
+        StartRequest {
+            workflow: wf.name.clone(),
+            version: None,
+            input,
+            callback_url: None,
+            metadata: None,
+        }
+    }
+
+    pub async fn try_start(
+        &self,
+        wf: &Workflow,
+        input: Value,
+        key: Option<&str>,
+    ) -> Result<Started, EngineError> {
+        self.engine
+            .start_workflow(TENANT, wf, H::request(wf, input), key)
+            .await
+    }
+
+    /// Compiles and starts a workflow; returns the run id.
+    pub async fn start(&self, yaml: &str, input: Value) -> String {
+        let wf = self.compile(yaml);
+        self.start_wf(&wf, input).await
+    }
+
+    pub async fn start_wf(&self, wf: &Workflow, input: Value) -> String {
+        let started = self.try_start(wf, input, None).await.expect("start run");
+        assert!(!started.existing);
+        started.run_id
+    }
+
+    /// Starts and drives a run to where it stops; returns (run id, status).
+    pub async fn run(&self, yaml: &str, input: Value) -> (String, RunStatus) {
+        let run = self.start(yaml, input).await;
+        let status = self.drive(&run).await;
+        (run, status)
+    }
+
+    /// Sends an extra wake-up, visible after `delay_ms`.
+    pub async fn wake(&self, run_id: &str, reason: WakeReason, delay_ms: u64) {
+        let w = WakeUp {
+            run_id: run_id.into(),
+            reason,
+        };
+        switchyard_core::ports::Queue::send(&self.queue, &w, delay_ms)
+            .await
+            .expect("send wake-up");
+    }
+
+    fn collect_callbacks(&self) {
+        let now = self.now();
+        let fresh = self.provider.take_scheduled();
+        let mut pending = self.pending.lock().expect("pending lock");
+        pending.extend(fresh.into_iter().map(|c| (now + c.delay_ms, c)));
+    }
+
+    /// Takes every callback the provider scheduled that was not delivered yet.
+    pub fn take_callbacks(&self) -> Vec<ScheduledCallback> {
+        self.collect_callbacks();
+        let mut pending = self.pending.lock().expect("pending lock");
+        std::mem::take(&mut *pending)
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect()
+    }
+
+    /// Handles every wake-up visible now, once, without moving the clock. Returns what each
+    /// came to.
+    pub async fn step(&self) -> Vec<Handled> {
+        let mut out = Vec::new();
+        for d in self.queue.receive(16, 60_000).expect("receive") {
+            let handled = match self.engine.handle(&d.body, None).await {
+                Ok(h) => h,
+                Err(e) => panic!("handling {:?} failed: {e}", d.body),
+            };
+            self.log
+                .lock()
+                .expect("log lock")
+                .push((self.now(), d.body.clone(), handled.clone()));
+            assert!(self.queue.ack(&d.receipt).expect("ack"), "stale receipt");
+            out.push(handled);
+        }
+        out
+    }
+
+    /// Delivers the callbacks that are due now (when auto delivery is on).
+    async fn deliver_due(&self) {
+        if !self.auto_deliver.load(Ordering::SeqCst) {
+            return;
+        }
+        self.collect_callbacks();
+        let now = self.now();
+        let due: Vec<ScheduledCallback> = {
+            let mut pending = self.pending.lock().expect("pending lock");
+            let (due, later): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut *pending).into_iter().partition(|(t, _)| *t <= now);
+            *pending = later;
+            due.into_iter().map(|(_, c)| c).collect()
+        };
+        for cb in due {
+            let r = self.deliver(&cb).await;
+            assert!(r.is_ok(), "local callback rejected: {r:?}");
+        }
+    }
+
+    /// Drives a run until it ends or waits on something outside (an approval, or a callback
+    /// nobody will deliver). Moves the manual clock instead of sleeping.
+    pub async fn drive(&self, run_id: &str) -> RunStatus {
+        self.drive_injecting(run_id, &[]).await
+    }
+
+    /// Like [`H::drive`], and at loop iteration `i` sends the extra wake-ups `(i, reason,
+    /// delay_ms)` listed for it.
+    pub async fn drive_injecting(
+        &self,
+        run_id: &str,
+        inject: &[(usize, WakeReason, u64)],
+    ) -> RunStatus {
+        for i in 0..MAX_ITERATIONS {
+            for (_, reason, delay) in inject.iter().filter(|(at, _, _)| *at == i) {
+                self.wake(run_id, *reason, *delay).await;
+            }
+            self.deliver_due().await;
+            self.step().await;
+            self.collect_callbacks();
+            let h = self.snap(run_id).await.header;
+            if h.status.is_terminal() {
+                return h.status;
+            }
+            let now = self.now();
+            let next_msg = self.queue.next_visible_at().expect("next visible");
+            if next_msg.is_some_and(|t| t <= now) {
+                continue;
+            }
+            let auto = self.auto_deliver.load(Ordering::SeqCst);
+            let next_cb = if auto {
+                let ours = format!("run_id={run_id}&");
+                let pending = self.pending.lock().expect("pending lock");
+                pending
+                    .iter()
+                    .filter(|(_, c)| c.url.contains(&ours))
+                    .map(|(t, _)| *t)
+                    .min()
+            } else {
+                None
+            };
+            let waits_outside = h.status == RunStatus::Waiting
+                && match h.wait.as_ref().map(|w| w.reason) {
+                    Some(WaitReason::Approval) => true,
+                    Some(WaitReason::Callback) => next_cb.is_none(),
+                    _ => false,
+                };
+            if waits_outside {
+                return h.status;
+            }
+            match [next_msg, next_cb].into_iter().flatten().min() {
+                Some(t) if t > now => self.clock.set(t),
+                Some(_) => {}
+                None => return h.status,
+            }
+        }
+        panic!("run {run_id} did not settle within {MAX_ITERATIONS} iterations");
+    }
+
+    /// Moves the clock to the next visible wake-up (if later than now); returns that time.
+    pub fn skip_to_next_wake(&self) -> Option<u64> {
+        let t = self.queue.next_visible_at().expect("next visible")?;
+        if t > self.now() {
+            self.clock.set(t);
+        }
+        Some(t)
+    }
+
+    /// Handles every wake-up left in the queue, moving the clock as needed (late duplicates
+    /// after a run ended, timers nobody needs any more).
+    pub async fn drain(&self) -> Vec<Handled> {
+        let mut out = Vec::new();
+        for _ in 0..MAX_ITERATIONS {
+            if self.skip_to_next_wake().is_none() {
+                return out;
+            }
+            out.extend(self.step().await);
+        }
+        panic!("the queue did not drain");
+    }
+
+    /// The wake-ups handled so far for a run: (clock, wake-up, result).
+    pub fn handled(&self, run_id: &str) -> Vec<(u64, WakeUp, Handled)> {
+        self.log
+            .lock()
+            .expect("log lock")
+            .iter()
+            .filter(|(_, w, _)| w.run_id == run_id)
+            .cloned()
+            .collect()
+    }
+
+    pub fn last_handled(&self, run_id: &str) -> Handled {
+        self.handled(run_id)
+            .last()
+            .map(|(_, _, h)| h.clone())
+            .expect("a wake-up was handled")
+    }
+
+    /// A callback as the HTTP route would build it, signed with the engine's secret.
+    pub fn callback_request(&self, cb: &ScheduledCallback) -> CallbackRequest {
+        let body = serde_json::to_vec(&cb.body).expect("callback body");
+        let ts = self.now() / 1000;
+        let sig = webhook::sign(&secret(), &cb.webhook_id, ts, &body).expect("sign");
+        let headers = HashMap::from([
+            ("webhook-id".to_string(), cb.webhook_id.clone()),
+            ("webhook-timestamp".to_string(), ts.to_string()),
+            ("webhook-signature".to_string(), sig),
+        ]);
+        let query = cb
+            .url
+            .split_once('?')
+            .map(|(_, q)| q)
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        CallbackRequest {
+            provider: cb.provider.clone(),
+            query,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn deliver(&self, cb: &ScheduledCallback) -> Result<CallbackResult, EngineError> {
+        self.engine.handle_callback(&self.callback_request(cb)).await
+    }
+
+    pub async fn snap(&self, run_id: &str) -> RunSnapshot {
+        self.engine.load_for(None, run_id).await.expect("load run")
+    }
+
+    pub async fn rec(&self, run_id: &str, step: &str) -> StepRecord {
+        self.snap(run_id)
+            .await
+            .step(step)
+            .cloned()
+            .unwrap_or_else(|| panic!("step `{step}` has no record"))
+    }
+
+    /// The output value of a step (read back from the blob store if it is stored there).
+    pub async fn output(&self, run_id: &str, step: &str) -> Value {
+        let r = self.rec(run_id, step).await;
+        match &r.output {
+            Some(o) => self.engine.load_value(o).await.expect("load output"),
+            None => Value::Null,
+        }
+    }
+
+    /// The run's output value.
+    pub async fn run_output(&self, run_id: &str) -> Value {
+        match &self.snap(run_id).await.header.output {
+            Some(o) => self.engine.load_value(o).await.expect("load output"),
+            None => Value::Null,
+        }
+    }
+
+    pub async fn events(&self, run_id: &str) -> Vec<HistoryEvent> {
+        self.engine.store.events(run_id).await.expect("events")
+    }
+
+    pub async fn step_events(&self, run_id: &str, kind: EventKind, step: &str) -> Vec<HistoryEvent> {
+        self.events(run_id)
+            .await
+            .into_iter()
+            .filter(|e| e.kind == kind && e.step.as_deref() == Some(step))
+            .collect()
+    }
+
+    /// How many attempts of `step` were started (StepStarted events).
+    pub async fn started_count(&self, run_id: &str, step: &str) -> usize {
+        self.step_events(run_id, EventKind::StepStarted, step)
+            .await
+            .len()
+    }
+
+    /// Every step record, summarized for comparison, by step id.
+    pub async fn summary(&self, run_id: &str) -> BTreeMap<String, StepSummary> {
+        let snap = self.snap(run_id).await;
+        let mut out = BTreeMap::new();
+        for r in &snap.steps {
+            let output = match &r.output {
+                Some(o) => self.engine.load_value(o).await.expect("load output"),
+                None => Value::Null,
+            };
+            out.insert(
+                r.step.clone(),
+                StepSummary {
+                    status: r.status.as_str().to_string(),
+                    attempt: r.attempt,
+                    output,
+                    chosen: r.chosen.clone(),
+                    error_class: r.error.as_ref().map(|e| e.class),
+                    model: r.model.clone(),
+                    fallback_used: r.fallback_used,
+                    repairs: r.repairs,
+                },
+            );
+        }
+        out
+    }
+}
+
+/// The webhook secret every test engine verifies callbacks with.
+pub fn secret() -> String {
+    webhook::secret_from_bytes(b"switchyard engine tests secret!!")
+}
+
+/// The error class a run ended with.
+pub fn run_class(snap: &RunSnapshot) -> Option<ErrorClass> {
+    snap.header.error.as_ref().map(|e| e.class)
+}
