@@ -30,7 +30,12 @@ pub struct DirFiles(pub PathBuf);
 
 impl FileLoader for DirFiles {
     fn read(&self, rel: &str) -> Result<String, String> {
-        let p = self.0.join(rel);
+        // Included files stay inside the workflow's folder: no absolute paths, no `..`.
+        let relative = Path::new(rel);
+        if relative.is_absolute() || relative.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(format!("`{rel}` must be a path inside the workflow's folder"));
+        }
+        let p = self.0.join(relative);
         let meta = std::fs::metadata(&p).map_err(|e| format!("cannot read `{rel}`: {e}"))?;
         if meta.len() as usize > workflow::limits::MAX_FILE_BYTES {
             return Err(format!("`{rel}` is larger than {} bytes", workflow::limits::MAX_FILE_BYTES));

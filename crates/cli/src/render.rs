@@ -55,7 +55,11 @@ pub fn run_table(v: &RunView) -> String {
         out.push_str(&format!("error: {} ({}){}\n", e.message, e.class, e.step.as_ref().map(|s| format!(" at step `{s}`")).unwrap_or_default()));
     }
     if let Some(w) = &v.waiting_for {
-        out.push_str(&format!("waiting for: {}\n", w));
+        let until = w["until"].as_u64().map(|ms| {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+            format!(" (until {})", humantime::format_rfc3339_seconds(t))
+        });
+        out.push_str(&format!("waiting for: {}{}\n", w["reason"].as_str().unwrap_or("?"), until.unwrap_or_default()));
     }
     if !v.output.is_null() {
         out.push_str("output:\n");

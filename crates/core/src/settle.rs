@@ -142,6 +142,12 @@ pub fn fail(step: &Step, rec: &StepRecord, err: StepError, meta: AttemptMeta, no
     r.lease_until = None;
     r.lease_owner = None;
     r.job = None;
+    // A waiting attempt holds its wait deadline in `deadline_at`. That deadline ends the
+    // attempt, not the step: retries and fallbacks follow the step's own deadline again
+    // (`max_duration` from its first start, as `claim` set it).
+    if let (StepStatus::Waiting, StepKind::Model(m)) = (rec.status, &step.kind) {
+        r.deadline_at = m.max_duration.zip(r.started_at).map(|(d, start)| start + d.ms());
+    }
     let within_deadline = |t: Millis| r.deadline_at.is_none_or(|d| t < d);
     if let Some((policy, fallback_on, chain)) = retry_policy(step) {
         if err.class.is_retryable() && r.model_attempt < policy.max_attempts {

@@ -42,7 +42,7 @@ impl Engine {
             } else if r.status == StepStatus::Failed || r.status == StepStatus::Skipped {
                 s.insert("output".into(), Value::Null);
             }
-            if !r.sources.is_empty() {
+            if r.status == StepStatus::Succeeded || !r.sources.is_empty() {
                 s.insert("sources".into(), json!(r.sources));
             }
             if let Some(e) = &r.error {
@@ -103,8 +103,10 @@ impl Engine {
                 let (mut r, mut ev) = settle::wait_for_approval(&claimed, now + a.deadline.ms(), now);
                 r.started_at = Some(now);
                 if let Some(m) = &a.message {
-                    if let Ok(text) = refs::render_template(m, &cx.scope) {
-                        ev.detail["message"] = json!(text);
+                    // The gate opens even if its message cannot be rendered; the reason is kept.
+                    match refs::render_template(m, &cx.scope) {
+                        Ok(text) => ev.detail["message"] = json!(text),
+                        Err(e) => ev.detail["message_error"] = json!(e),
                     }
                 }
                 one(r, ev)

@@ -225,7 +225,11 @@ impl Engine {
                 Err(e) => return Ok(Err(bad(ErrorClass::Invalid, format!("the workflow's `output` cannot be built: {e}")))),
             },
             None => {
-                let last = snap.steps.iter().filter(|r| r.status == StepStatus::Succeeded && !r.step.contains('.')).max_by_key(|r| (r.finished_at, r.version));
+                // Steps that finished in the same millisecond (fast steps often do) are
+                // ordered by their place in the definition, not by record version (a model
+                // step writes more versions than the transform after it).
+                let position = |id: &str| wf.steps.iter().position(|s| s.id == id);
+                let last = snap.steps.iter().filter(|r| r.status == StepStatus::Succeeded && !r.step.contains('.')).max_by_key(|r| (r.finished_at, position(&r.step)));
                 match last.and_then(|r| r.output.as_ref()) {
                     Some(o) => self.load_value(o).await?,
                     None => Value::Null,

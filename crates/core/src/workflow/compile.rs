@@ -415,6 +415,7 @@ fn read_step(cx: &mut Ctx, item: &Value, path: &str, top_index: usize, defaults:
         cx.str_list(obj, path, "needs")
     };
     let optional = cx.bool(obj, path, "optional");
+    cx.string(obj, path, "description");
     let gated_by = None;
 
     let kind_v = match kind.as_str() {
@@ -441,6 +442,9 @@ fn read_step(cx: &mut Ctx, item: &Value, path: &str, top_index: usize, defaults:
                     for (name, spec) in branches {
                         let mut spec = spec.clone();
                         if let Some(m) = spec.as_object_mut() {
+                            if m.contains_key("id") {
+                                cx.err_key(&join(&join(&bpath, name), "id"), "a branch is named by its key under `branches`; it takes no `id`");
+                            }
                             m.insert("id".into(), Value::String(name.clone()));
                         }
                         let before = out.len();
@@ -688,7 +692,13 @@ fn read_validate(cx: &mut Ctx, obj: &Map<String, Value>, path: &str) -> Option<S
                     }
                 },
             };
-            cx.string(r, &p, "step").map(|step| Repair { step, max_attempts })
+            match cx.string(r, &p, "step") {
+                Some(step) => Some(Repair { step, max_attempts }),
+                None => {
+                    cx.err(&p, "`repair` needs `step`: the model step to re-run with the errors");
+                    None
+                }
+            }
         }
         Some(_) => {
             cx.err(&join(path, "repair"), "`repair` must be a mapping with `step` and `max_attempts`");

@@ -1,0 +1,59 @@
+# Switchyard — developer entry points. Everything here works on a fresh machine with the Rust
+# toolchain and python3; what else a target needs, it installs.
+
+CARGO ?= cargo
+DEMO_DIR ?= .switchyard-demo
+SY := target/debug/switchyard
+ifdef CARGO_TARGET_DIR
+SY := $(CARGO_TARGET_DIR)/debug/switchyard
+endif
+EXAMPLES := support-triage knowledge-answer product-copy document-enrichment resilient-summary
+
+.PHONY: all build demo test lint fmt check-core bench clean-demo
+
+all: lint test
+
+build:
+	$(CARGO) build -p switchyard-cli
+
+## demo: run every example workflow offline on the embedded backend (SQLite + files).
+demo: build
+	@rm -rf $(DEMO_DIR)
+	@$(SY) validate workflows/*.yaml
+	@for wf in $(EXAMPLES); do \
+	  echo; echo "=== $$wf"; \
+	  $(SY) run workflows/$$wf.yaml --input events/inputs/$$wf.json --data-dir $(DEMO_DIR) || exit 1; \
+	done
+	@echo; echo "=== asset-pipeline: async job finished by webhook, then a person approves"
+	@$(SY) run workflows/asset-pipeline.yaml --input events/inputs/asset-pipeline.json --data-dir $(DEMO_DIR); \
+	  code=$$?; [ $$code -eq 3 ] || { echo "expected exit 3 (waiting for approval), got $$code"; exit 1; }
+	@run_id=$$($(SY) runs list --json --data-dir $(DEMO_DIR) | python3 -c 'import json,sys; print(next(r["run_id"] for r in json.load(sys.stdin)["runs"] if r["workflow"]=="asset-pipeline"))'); \
+	  gate=$$($(SY) runs show $$run_id --json --data-dir $(DEMO_DIR) | python3 -c 'import json,sys; print(next(s["name"] for s in json.load(sys.stdin)["steps"] if s["status"]=="waiting"))'); \
+	  echo; echo "$$ switchyard approve $$run_id $$gate --comment 'looks good'"; \
+	  $(SY) approve $$run_id $$gate --comment 'looks good' --data-dir $(DEMO_DIR)
+	@echo; echo "Runs are kept in $(DEMO_DIR)/: try '$(SY) runs list --data-dir $(DEMO_DIR)'"
+
+## test: every test of the workspace (unit, property, engine, end-to-end).
+test:
+	$(CARGO) test --workspace --all-targets
+
+## lint: formatting, clippy with warnings as errors, and the pure-core dependency rule.
+lint: check-core
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## check-core: switchyard-core must not depend on tokio, HTTP or AWS crates.
+check-core:
+	@bad=$$($(CARGO) tree -p switchyard-core -e normal --prefix none | grep -E '^(tokio|reqwest|hyper|aws-|lambda)' | sort -u); \
+	  if [ -n "$$bad" ]; then echo "switchyard-core must stay pure, but depends on:"; echo "$$bad"; exit 1; fi; \
+	  echo "switchyard-core is pure (no tokio, HTTP or AWS crates)"
+
+fmt:
+	$(CARGO) fmt --all
+
+## bench: engine overhead figures (release build); see docs/benchmarks.md.
+bench:
+	$(CARGO) bench -p switchyard-cli --bench engine
+
+clean-demo:
+	rm -rf $(DEMO_DIR)
