@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_switchyard"));
-    c.env_remove("SWITCHYARD_DATA_DIR").env_remove("SWITCHYARD_LOCAL_FAULTS");
+    c.env_remove("SWITCHYARD_DATA_DIR")
+        .env_remove("SWITCHYARD_LOCAL_FAULTS");
     c
 }
 
@@ -25,11 +26,22 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn run(args: &[&str], dir: &Path) -> Output {
-    bin().args(args).arg("--data-dir").arg(dir).output().unwrap()
+    bin()
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .unwrap()
 }
 
 fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON document ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }
 
 fn events(dir: &Path, run_id: &str) -> Vec<Value> {
@@ -38,7 +50,10 @@ fn events(dir: &Path, run_id: &str) -> Vec<Value> {
 }
 
 fn count(events: &[Value], kind: &str, step: &str) -> usize {
-    events.iter().filter(|e| e["kind"] == kind && e["step"] == step).count()
+    events
+        .iter()
+        .filter(|e| e["kind"] == kind && e["step"] == step)
+        .count()
 }
 
 /// Polls until `f` is true or the limit passes.
@@ -57,15 +72,27 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 fn killed_mid_run_then_resumed_runs_no_finished_step_again() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = bin()
-        .args(["run"]).arg(fixture("slow-chain.yaml")).arg("--input").arg(fixture("text.json"))
-        .arg("--data-dir").arg(dir.path()).arg("--json")
-        .stdout(Stdio::null()).stderr(Stdio::null())
-        .spawn().unwrap();
+        .args(["run"])
+        .arg(fixture("slow-chain.yaml"))
+        .arg("--input")
+        .arg(fixture("text.json"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     // Wait until step b has finished, then kill the process while the run is mid-way.
     let mut run_id = String::new();
     let reached = wait_until(Duration::from_secs(60), || {
         let list = run(&["runs", "list", "--json"], dir.path());
-        let Some(id) = serde_json::from_slice::<Value>(&list.stdout).ok().and_then(|v| v["runs"][0]["run_id"].as_str().map(String::from)) else { return false };
+        let Some(id) = serde_json::from_slice::<Value>(&list.stdout)
+            .ok()
+            .and_then(|v| v["runs"][0]["run_id"].as_str().map(String::from))
+        else {
+            return false;
+        };
         run_id = id;
         let show = json(&run(&["runs", "show", &run_id, "--json"], dir.path()));
         show["steps"][1]["status"] == "succeeded"
@@ -77,21 +104,42 @@ fn killed_mid_run_then_resumed_runs_no_finished_step_again() {
     let before = json(&run(&["runs", "show", &run_id, "--json"], dir.path()));
     assert_eq!(before["status"], "running", "the kill must land mid-run");
     let steps = before["steps"].as_array().unwrap();
-    let finished: Vec<String> = steps.iter().filter(|s| s["status"] == "succeeded").map(|s| s["name"].as_str().unwrap().to_string()).collect();
-    let in_flight: Vec<String> = steps.iter().filter(|s| s["status"] == "running").map(|s| s["name"].as_str().unwrap().to_string()).collect();
+    let finished: Vec<String> = steps
+        .iter()
+        .filter(|s| s["status"] == "succeeded")
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    let in_flight: Vec<String> = steps
+        .iter()
+        .filter(|s| s["status"] == "running")
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
     assert!(finished.len() >= 2 && finished.len() < 4, "{finished:?}");
 
     let out = run(&["resume", &run_id, "--json"], dir.path());
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc = json(&out);
     assert_eq!(doc["status"], "succeeded");
     assert_eq!(doc["output"]["last"]["n"], 4);
     let ev = events(dir.path(), &run_id);
     for step in &finished {
-        assert_eq!(count(&ev, "step_started", step), 1, "finished step {step} ran again");
+        assert_eq!(
+            count(&ev, "step_started", step),
+            1,
+            "finished step {step} ran again"
+        );
     }
     for step in ["a", "b", "c", "d"] {
-        assert_eq!(count(&ev, "step_succeeded", step), 1, "step {step} succeeded once");
+        assert_eq!(
+            count(&ev, "step_succeeded", step),
+            1,
+            "step {step} succeeded once"
+        );
     }
     // An attempt in flight when the process died is retried as a new attempt.
     for step in &in_flight {
@@ -103,8 +151,16 @@ fn killed_mid_run_then_resumed_runs_no_finished_step_again() {
 #[test]
 fn approval_gate_waits_then_approve_finishes() {
     let dir = tempfile::tempdir().unwrap();
-    let out = bin().args(["run"]).arg(fixture("gate.yaml")).arg("--input").arg(fixture("title.json"))
-        .arg("--data-dir").arg(dir.path()).arg("--json").output().unwrap();
+    let out = bin()
+        .args(["run"])
+        .arg(fixture("gate.yaml"))
+        .arg("--input")
+        .arg(fixture("title.json"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--json")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(3), "waiting exits 3");
     let doc = json(&out);
     assert_eq!(doc["status"], "waiting");
@@ -112,13 +168,33 @@ fn approval_gate_waits_then_approve_finishes() {
     // Rejecting a step that is not an approval gate is a usage error, and changes nothing.
     let bad = run(&["approve", &run_id, "nope"], dir.path());
     assert_eq!(bad.status.code(), Some(2));
-    let out = run(&["approve", &run_id, "review", "--comment", "ship it", "--json"], dir.path());
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(
+        &[
+            "approve",
+            &run_id,
+            "review",
+            "--comment",
+            "ship it",
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc = json(&out);
     assert_eq!(doc["output"]["decision"]["approved"], true);
     assert_eq!(doc["output"]["decision"]["comment"], "ship it");
     // Deciding again is refused: the run has ended.
-    assert_eq!(run(&["approve", &run_id, "review"], dir.path()).status.code(), Some(2));
+    assert_eq!(
+        run(&["approve", &run_id, "review"], dir.path())
+            .status
+            .code(),
+        Some(2)
+    );
     // Cancelling an ended run exits 1.
     assert_eq!(run(&["cancel", &run_id], dir.path()).status.code(), Some(1));
 }
@@ -127,8 +203,16 @@ fn approval_gate_waits_then_approve_finishes() {
 fn reject_fails_and_cancel_cancels() {
     let dir = tempfile::tempdir().unwrap();
     let start = |d: &Path| -> String {
-        let out = bin().args(["run"]).arg(fixture("gate.yaml")).arg("--input").arg(fixture("title.json"))
-            .arg("--data-dir").arg(d).arg("--json").output().unwrap();
+        let out = bin()
+            .args(["run"])
+            .arg(fixture("gate.yaml"))
+            .arg("--input")
+            .arg(fixture("title.json"))
+            .arg("--data-dir")
+            .arg(d)
+            .arg("--json")
+            .output()
+            .unwrap();
         json(&out)["run_id"].as_str().unwrap().to_string()
     };
     let a = start(dir.path());
@@ -145,16 +229,51 @@ fn reject_fails_and_cancel_cancels() {
 
 #[test]
 fn validate_reports_every_problem_with_a_position() {
-    let out = bin().arg("validate").arg(fixture("broken.yaml")).arg(fixture("gate.yaml")).output().unwrap();
+    let out = bin()
+        .arg("validate")
+        .arg(fixture("broken.yaml"))
+        .arg(fixture("gate.yaml"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
-    let broken: Vec<&str> = text.lines().filter(|l| l.contains("broken.yaml:")).collect();
-    assert!(broken.iter().any(|l| l.contains(":5:12: unknown model `local/nope`")), "{text}");
-    assert!(broken.iter().any(|l| l.contains(":9:5: unknown field `colour`")), "{text}");
-    assert!(broken.iter().any(|l| l.contains(":8:12: `steps.zzz.output` names step `zzz`")), "{text}");
+    let broken: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("broken.yaml:"))
+        .collect();
+    assert!(
+        broken
+            .iter()
+            .any(|l| l.contains(":5:12: unknown model `local/nope`")),
+        "{text}"
+    );
+    assert!(
+        broken
+            .iter()
+            .any(|l| l.contains(":9:5: unknown field `colour`")),
+        "{text}"
+    );
+    assert!(
+        broken
+            .iter()
+            .any(|l| l.contains(":8:12: `steps.zzz.output` names step `zzz`")),
+        "{text}"
+    );
     assert!(text.contains("gate.yaml: ok"), "{text}");
-    assert_eq!(bin().arg("validate").arg(fixture("gate.yaml")).output().unwrap().status.code(), Some(0));
-    assert_eq!(bin().arg("validate").output().unwrap().status.code(), Some(2));
+    assert_eq!(
+        bin()
+            .arg("validate")
+            .arg(fixture("gate.yaml"))
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(
+        bin().arg("validate").output().unwrap().status.code(),
+        Some(2)
+    );
 }
 
 #[test]
@@ -163,15 +282,26 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let gate = fixture("gate.yaml");
     let gate = gate.to_str().unwrap();
     // A missing input file.
-    let out = run(&["run", gate, "--input", "/nonexistent/input.json"], dir.path());
+    let out = run(
+        &["run", gate, "--input", "/nonexistent/input.json"],
+        dir.path(),
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read input file"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot read input file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Input that fails the input schema names the field.
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, r#"{"title": ""}"#).unwrap();
     let out = run(&["run", gate, "--input", bad.to_str().unwrap()], dir.path());
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("input.title"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("input.title"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Input that is not JSON.
     std::fs::write(&bad, "{title: nope").unwrap();
     let out = run(&["run", gate, "--input", bad.to_str().unwrap()], dir.path());
@@ -181,7 +311,10 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let list = json(&run(&["runs", "list", "--json"], dir.path()));
     assert_eq!(list["runs"].as_array().unwrap().len(), 0);
     // An unknown run.
-    assert_eq!(run(&["resume", "run_nope"], dir.path()).status.code(), Some(1));
+    assert_eq!(
+        run(&["resume", "run_nope"], dir.path()).status.code(),
+        Some(1)
+    );
 }
 
 #[test]
@@ -200,17 +333,29 @@ fn corrupt_data_dir_is_refused_and_left_alone() {
 #[test]
 fn every_example_workflow_validates_and_runs() {
     let wf_dir = root().join("workflows");
-    let mut names: Vec<String> = std::fs::read_dir(&wf_dir).unwrap()
-        .filter_map(|e| e.ok()).map(|e| e.path())
+    let mut names: Vec<String> = std::fs::read_dir(&wf_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned()).collect();
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     assert!(names.len() >= 6, "six examples expected, found {names:?}");
     for name in names {
         let dir = tempfile::tempdir().unwrap();
         let wf = wf_dir.join(format!("{name}.yaml"));
         let input = root().join("events/inputs").join(format!("{name}.json"));
-        let out = run(&["run", wf.to_str().unwrap(), "--input", input.to_str().unwrap(), "--json"], dir.path());
+        let out = run(
+            &[
+                "run",
+                wf.to_str().unwrap(),
+                "--input",
+                input.to_str().unwrap(),
+                "--json",
+            ],
+            dir.path(),
+        );
         let doc = json(&out);
         match out.status.code() {
             Some(0) => assert_eq!(doc["status"], "succeeded", "{name}"),
@@ -218,11 +363,27 @@ fn every_example_workflow_validates_and_runs() {
                 // Waits for a person: approve every gate and expect success.
                 assert_eq!(doc["status"], "waiting", "{name}");
                 let run_id = doc["run_id"].as_str().unwrap();
-                let gate = doc["steps"].as_array().unwrap().iter().find(|s| s["status"] == "waiting").unwrap()["name"].as_str().unwrap().to_string();
+                let gate = doc["steps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|s| s["status"] == "waiting")
+                    .unwrap()["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
                 let out = run(&["approve", run_id, &gate, "--json"], dir.path());
-                assert_eq!(out.status.code(), Some(0), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+                assert_eq!(
+                    out.status.code(),
+                    Some(0),
+                    "{name}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
-            other => panic!("{name} exited {other:?}: {}", String::from_utf8_lossy(&out.stderr)),
+            other => panic!(
+                "{name} exited {other:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
         }
     }
 }

@@ -44,7 +44,8 @@ impl Provider for Timed {
     async fn invoke(&self, r: &ModelRequest) -> Result<ModelResponse, StepError> {
         let t = Instant::now();
         let out = self.inner.invoke(r).await;
-        self.nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.nanos
+            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         out
     }
     async fn poll(&self, r: &ModelRequest, job: &str) -> Result<ModelResponse, StepError> {
@@ -58,14 +59,20 @@ impl Provider for Timed {
 fn chain(n: usize, delay_ms: u64) -> String {
     let mut y = format!("name: chain{n}\nversion: \"1\"\nsteps:\n");
     for i in 0..n {
-        let prev = if i == 0 { "${input.x}".to_string() } else { format!("${{steps.s{}.output.json.x}}", i - 1) };
+        let prev = if i == 0 {
+            "${input.x}".to_string()
+        } else {
+            format!("${{steps.s{}.output.json.x}}", i - 1)
+        };
         y.push_str(&format!("  - id: s{i}\n    model: local/echo\n    input: {{x: \"{prev}\"}}\n    params: {{delay_ms: {delay_ms}}}\n"));
     }
     y
 }
 
 fn parallel(n: usize, delay_ms: u64) -> String {
-    let mut y = "name: fan\nversion: \"1\"\nsteps:\n  - id: fan\n    kind: parallel\n    branches:\n".to_string();
+    let mut y =
+        "name: fan\nversion: \"1\"\nsteps:\n  - id: fan\n    kind: parallel\n    branches:\n"
+            .to_string();
     for i in 0..n {
         y.push_str(&format!("      b{i}:\n        model: local/echo\n        input: {{x: \"${{input.x}}\"}}\n        params: {{delay_ms: {delay_ms}}}\n"));
     }
@@ -74,7 +81,10 @@ fn parallel(n: usize, delay_ms: u64) -> String {
 
 /// Runs the workflow `reps` times; returns (median wall ms, median model ms) per run.
 async fn measure(yaml: &str, reps: usize) -> anyhow::Result<(f64, f64)> {
-    let provider = Arc::new(Timed { inner: LocalProvider::new(LocalConfig::default()), nanos: AtomicU64::new(0) });
+    let provider = Arc::new(Timed {
+        inner: LocalProvider::new(LocalConfig::default()),
+        nanos: AtomicU64::new(0),
+    });
     let wf = compile(yaml, &NoFiles, &provider.models()).map_err(|d| anyhow::anyhow!("{d:?}"))?;
     let dir = tempfile::tempdir()?;
     let mut local = Local::open_with(dir.path(), Workflows::new(), Arc::new(SystemClock))?;
@@ -85,11 +95,20 @@ async fn measure(yaml: &str, reps: usize) -> anyhow::Result<(f64, f64)> {
     for i in 0..reps + 2 {
         provider.nanos.store(0, Ordering::Relaxed);
         let t = Instant::now();
-        let req = StartRequest { workflow: wf.name.clone(), version: None, input: json!({"x": i}), callback_url: None, metadata: None };
+        let req = StartRequest {
+            workflow: wf.name.clone(),
+            version: None,
+            input: json!({"x": i}),
+            callback_url: None,
+            metadata: None,
+        };
         let started = local.engine.start_workflow("bench", &wf, req, None).await?;
         let status = local.drive(&started.run_id).await?;
         let wall = t.elapsed().as_secs_f64() * 1e3;
-        anyhow::ensure!(status == switchyard_core::state::RunStatus::Succeeded, "run ended {status:?}");
+        anyhow::ensure!(
+            status == switchyard_core::state::RunStatus::Succeeded,
+            "run ended {status:?}"
+        );
         if i >= 2 {
             walls.push(wall);
             models.push(provider.nanos.load(Ordering::Relaxed) as f64 / 1e6);
@@ -104,7 +123,9 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let (wall, model) = measure(&chain(20, 0), 30).await?;
         println!("overhead per step (20-step chain, instant model, durable checkpoints): {:.3} ms  (target <= 0.5 ms; run {wall:.2} ms, in models {model:.2} ms)", (wall - model) / 20.0);

@@ -33,7 +33,13 @@ pub fn validate(paths: &[PathBuf]) -> i32 {
             return exit::USAGE;
         }
         match local::load_workflow(p, &models) {
-            Ok(wf) => println!("{}: ok ({} v{}, {} steps)", p.display(), wf.name, wf.version, wf.steps.len()),
+            Ok(wf) => println!(
+                "{}: ok ({} v{}, {} steps)",
+                p.display(),
+                wf.name,
+                wf.version,
+                wf.steps.len()
+            ),
             Err(diags) => {
                 for d in &diags {
                     println!("{}:{}:{}: {}", p.display(), d.line, d.col, d.message);
@@ -42,7 +48,11 @@ pub fn validate(paths: &[PathBuf]) -> i32 {
             }
         }
     }
-    if problems > 0 { exit::FAILED } else { exit::SUCCEEDED }
+    if problems > 0 {
+        exit::FAILED
+    } else {
+        exit::SUCCEEDED
+    }
 }
 
 /// A workflow argument: a file path, or a name looked up as `workflows/NAME.yaml`.
@@ -52,18 +62,32 @@ fn workflow_path(arg: &str) -> PathBuf {
         return p;
     }
     let named = Path::new("workflows").join(format!("{arg}.yaml"));
-    if named.is_file() { named } else { p }
+    if named.is_file() {
+        named
+    } else {
+        p
+    }
 }
 
 fn read_input(path: &Path) -> Result<Value> {
     let text = if path == Path::new("-") {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("reading the input from stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the input from stdin")?;
         s
     } else {
-        std::fs::read_to_string(path).with_context(|| format!("cannot read input file `{}`", path.display()))?
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read input file `{}`", path.display()))?
     };
-    serde_json::from_str(&text).map_err(|e| anyhow!("input file `{}` is not valid JSON: {e} (line {}, column {})", path.display(), e.line(), e.column()))
+    serde_json::from_str(&text).map_err(|e| {
+        anyhow!(
+            "input file `{}` is not valid JSON: {e} (line {}, column {})",
+            path.display(),
+            e.line(),
+            e.column()
+        )
+    })
 }
 
 async fn report(l: &Local, run_id: &str, json: bool) -> Result<i32> {
@@ -74,7 +98,9 @@ async fn report(l: &Local, run_id: &str, json: bool) -> Result<i32> {
     } else {
         print!("{}", render::run_table(&view));
         if view.status == "waiting" {
-            if let Some(step) = snap.steps.iter().find(|s| s.status == switchyard_core::state::StepStatus::Waiting && s.job.is_none()) {
+            if let Some(step) = snap.steps.iter().find(|s| {
+                s.status == switchyard_core::state::StepStatus::Waiting && s.job.is_none()
+            }) {
                 println!("next: switchyard approve {run_id} {} [--reject]", step.step);
             } else {
                 println!("next: switchyard resume {run_id}");
@@ -106,11 +132,25 @@ pub async fn run(workflow: &str, input: &Path, json: bool, dir: &Path) -> Result
     let mut workflows = Workflows::new();
     workflows.add(wf.clone());
     let l = Local::open(dir, workflows)?;
-    let req = StartRequest { workflow: wf.name.clone(), version: Some(wf.version.clone()), input, callback_url: None, metadata: None };
+    let req = StartRequest {
+        workflow: wf.name.clone(),
+        version: Some(wf.version.clone()),
+        input,
+        callback_url: None,
+        metadata: None,
+    };
     let started = match l.engine.start_workflow(LOCAL_TENANT, &wf, req, None).await {
         Ok(s) => s,
-        Err(e @ (EngineError::InvalidInput { .. } | EngineError::BadRequest { .. } | EngineError::TooLarge(_))) => {
-            eprintln!("error: {}{}", e.field().map(|f| format!("{f}: ")).unwrap_or_default(), e);
+        Err(
+            e @ (EngineError::InvalidInput { .. }
+            | EngineError::BadRequest { .. }
+            | EngineError::TooLarge(_)),
+        ) => {
+            eprintln!(
+                "error: {}{}",
+                e.field().map(|f| format!("{f}: ")).unwrap_or_default(),
+                e
+            );
             return Ok(exit::USAGE);
         }
         Err(e) => return Err(e.into()),
@@ -141,14 +181,24 @@ pub async fn resume(run_id: &str, json: bool, dir: &Path) -> Result<i32> {
         Err(code) => return Ok(code),
     };
     l.recover_dead_owners(run_id).await?;
-    let wake = switchyard_core::state::WakeUp { run_id: run_id.to_string(), reason: switchyard_core::state::WakeReason::Resume };
+    let wake = switchyard_core::state::WakeUp {
+        run_id: run_id.to_string(),
+        reason: switchyard_core::state::WakeReason::Resume,
+    };
     l.engine.handle(&wake, None).await?;
     l.drive(run_id).await?;
     report(&l, run_id, json).await
 }
 
 /// `switchyard approve RUN_ID STEP [--reject] [--comment TEXT]`
-pub async fn approve(run_id: &str, step: &str, reject: bool, comment: Option<String>, json: bool, dir: &Path) -> Result<i32> {
+pub async fn approve(
+    run_id: &str,
+    step: &str,
+    reject: bool,
+    comment: Option<String>,
+    json: bool,
+    dir: &Path,
+) -> Result<i32> {
     let l = match open_existing(dir, run_id).await? {
         Ok(l) => l,
         Err(code) => return Ok(code),
@@ -156,7 +206,11 @@ pub async fn approve(run_id: &str, step: &str, reject: bool, comment: Option<Str
     l.recover_dead_owners(run_id).await?;
     match l.engine.decide(None, run_id, step, !reject, comment).await {
         Ok(()) => {}
-        Err(e @ (EngineError::Conflict(_) | EngineError::BadRequest { .. } | EngineError::NotFound(_))) => {
+        Err(
+            e @ (EngineError::Conflict(_)
+            | EngineError::BadRequest { .. }
+            | EngineError::NotFound(_)),
+        ) => {
             eprintln!("error: {e}");
             return Ok(exit::USAGE);
         }
@@ -195,13 +249,25 @@ pub async fn runs_list(json: bool, dir: &Path) -> Result<i32> {
             "run_id": r.run_id, "workflow": r.workflow, "version": r.version, "status": r.status.as_str(),
             "created_at": r.created_at, "updated_at": r.updated_at,
         })).collect();
-        println!("{}", serde_json::to_string(&serde_json::json!({"runs": rows}))?);
+        println!(
+            "{}",
+            serde_json::to_string(&serde_json::json!({"runs": rows}))?
+        );
     } else if runs.is_empty() {
         println!("no runs in `{}`", dir.display());
     } else {
-        println!("{:<42}  {:<22}  {:<8}  {:<10}", "RUN", "WORKFLOW", "VERSION", "STATUS");
+        println!(
+            "{:<42}  {:<22}  {:<8}  {:<10}",
+            "RUN", "WORKFLOW", "VERSION", "STATUS"
+        );
         for r in runs {
-            println!("{:<42}  {:<22}  {:<8}  {:<10}", r.run_id, r.workflow, r.version, r.status.as_str());
+            println!(
+                "{:<42}  {:<22}  {:<8}  {:<10}",
+                r.run_id,
+                r.workflow,
+                r.version,
+                r.status.as_str()
+            );
         }
     }
     Ok(exit::SUCCEEDED)

@@ -32,13 +32,22 @@ impl FileLoader for DirFiles {
     fn read(&self, rel: &str) -> Result<String, String> {
         // Included files stay inside the workflow's folder: no absolute paths, no `..`.
         let relative = Path::new(rel);
-        if relative.is_absolute() || relative.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-            return Err(format!("`{rel}` must be a path inside the workflow's folder"));
+        if relative.is_absolute()
+            || relative
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(format!(
+                "`{rel}` must be a path inside the workflow's folder"
+            ));
         }
         let p = self.0.join(relative);
         let meta = std::fs::metadata(&p).map_err(|e| format!("cannot read `{rel}`: {e}"))?;
         if meta.len() as usize > workflow::limits::MAX_FILE_BYTES {
-            return Err(format!("`{rel}` is larger than {} bytes", workflow::limits::MAX_FILE_BYTES));
+            return Err(format!(
+                "`{rel}` is larger than {} bytes",
+                workflow::limits::MAX_FILE_BYTES
+            ));
         }
         std::fs::read_to_string(&p).map_err(|e| format!("cannot read `{rel}`: {e}"))
     }
@@ -46,7 +55,13 @@ impl FileLoader for DirFiles {
 
 /// Compiles a workflow file; problems come back as diagnostics.
 pub fn load_workflow(path: &Path, models: &[ModelInfo]) -> Result<Workflow, Vec<Diagnostic>> {
-    let src = std::fs::read_to_string(path).map_err(|e| vec![Diagnostic { line: 1, col: 1, message: format!("cannot read file: {e}") }])?;
+    let src = std::fs::read_to_string(path).map_err(|e| {
+        vec![Diagnostic {
+            line: 1,
+            col: 1,
+            message: format!("cannot read file: {e}"),
+        }]
+    })?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     workflow::compile(&src, &DirFiles(dir), models)
 }
@@ -61,7 +76,11 @@ pub struct Local {
 
 /// The lease owner id of this process: `local:<pid>:<nonce>`; `resume` checks the pid.
 fn owner() -> String {
-    format!("local:{}:{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8])
+    format!(
+        "local:{}:{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
 }
 
 impl Local {
@@ -70,23 +89,29 @@ impl Local {
     }
 
     pub fn open_with(dir: &Path, workflows: Workflows, clock: Arc<dyn Clock>) -> Result<Local> {
-        let backend = Backend::open(dir).map_err(|e| anyhow!("data dir `{}`: {e}", dir.display()))?;
+        let backend =
+            Backend::open(dir).map_err(|e| anyhow!("data dir `{}`: {e}", dir.display()))?;
         let faults = match std::env::var("SWITCHYARD_LOCAL_FAULTS") {
-            Ok(spec) if !spec.trim().is_empty() => parse_faults(&spec).map_err(|e| anyhow!("SWITCHYARD_LOCAL_FAULTS: {e}"))?,
+            Ok(spec) if !spec.trim().is_empty() => {
+                parse_faults(&spec).map_err(|e| anyhow!("SWITCHYARD_LOCAL_FAULTS: {e}"))?
+            }
             _ => HashMap::new(),
         };
         let provider = Arc::new(LocalProvider::new(LocalConfig { faults }));
         let queue = backend.queue("work", clock.clone());
         // In-process callbacks are signed like any provider's, with the configured secret or
         // one made for this process.
-        let secret = std::env::var("SWITCHYARD_WEBHOOK_SECRET").ok().filter(|s| !s.is_empty())
+        let secret = std::env::var("SWITCHYARD_WEBHOOK_SECRET")
+            .ok()
+            .filter(|s| !s.is_empty())
             .unwrap_or_else(|| webhook::secret_from_bytes(uuid::Uuid::new_v4().as_bytes()));
         let mut secrets = HashMap::new();
         secrets.insert("*".to_string(), secret);
         let config = Config {
             owner: owner(),
             webhook_secrets: secrets,
-            public_url: std::env::var("SWITCHYARD_PUBLIC_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into()),
+            public_url: std::env::var("SWITCHYARD_PUBLIC_URL")
+                .unwrap_or_else(|_| "http://127.0.0.1:8080".into()),
             ..Config::default()
         };
         let engine = Engine::new(
@@ -98,7 +123,12 @@ impl Local {
             Arc::new(workflows),
             config,
         );
-        Ok(Local { engine, queue, provider, backend })
+        Ok(Local {
+            engine,
+            queue,
+            provider,
+            backend,
+        })
     }
 
     /// The models the embedded deployment offers.
@@ -112,8 +142,14 @@ impl Local {
         let mut callbacks: Vec<(u64, ScheduledCallback)> = Vec::new();
         loop {
             let now = self.engine.now();
-            callbacks.extend(self.provider.take_scheduled().into_iter().map(|c| (now + c.delay_ms, c)));
-            let (due, later): (Vec<_>, Vec<_>) = callbacks.into_iter().partition(|(t, _)| *t <= now);
+            callbacks.extend(
+                self.provider
+                    .take_scheduled()
+                    .into_iter()
+                    .map(|c| (now + c.delay_ms, c)),
+            );
+            let (due, later): (Vec<_>, Vec<_>) =
+                callbacks.into_iter().partition(|(t, _)| *t <= now);
             callbacks = later;
             for (_, cb) in due {
                 self.deliver(&cb).await?;
@@ -123,10 +159,17 @@ impl Local {
                     Ok(_) => {
                         self.queue.ack(&d.receipt)?;
                     }
-                    Err(e) => tracing::warn!(run_id = %d.body.run_id, error = %e, "wake-up failed; it will be retried"),
+                    Err(e) => {
+                        tracing::warn!(run_id = %d.body.run_id, error = %e, "wake-up failed; it will be retried")
+                    }
                 }
             }
-            callbacks.extend(self.provider.take_scheduled().into_iter().map(|c| (self.engine.now() + c.delay_ms, c)));
+            callbacks.extend(
+                self.provider
+                    .take_scheduled()
+                    .into_iter()
+                    .map(|c| (self.engine.now() + c.delay_ms, c)),
+            );
             let snap = self.engine.load_for(None, run_id).await?;
             let h = &snap.header;
             if h.status.is_terminal() {
@@ -139,7 +182,13 @@ impl Local {
                     Some(WaitReason::Callback) => !callbacks.iter().any(|(_, c)| ours(c)),
                     _ => false,
                 };
-            let next = [self.queue.next_visible_at()?, callbacks.iter().map(|(t, _)| *t).min()].into_iter().flatten().min();
+            let next = [
+                self.queue.next_visible_at()?,
+                callbacks.iter().map(|(t, _)| *t).min(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let now = self.engine.now();
             match next {
                 Some(t) if t <= now => continue,
@@ -155,16 +204,34 @@ impl Local {
     async fn deliver(&self, cb: &ScheduledCallback) -> Result<()> {
         let body = serde_json::to_vec(&cb.body)?;
         let ts = self.engine.now() / 1000;
-        let secret = self.engine.config.webhook_secrets.get("*").cloned().unwrap_or_default();
+        let secret = self
+            .engine
+            .config
+            .webhook_secrets
+            .get("*")
+            .cloned()
+            .unwrap_or_default();
         let sig = webhook::sign(&secret, &cb.webhook_id, ts, &body).map_err(|e| anyhow!("{e}"))?;
         let headers = HashMap::from([
             ("webhook-id".to_string(), cb.webhook_id.clone()),
             ("webhook-timestamp".to_string(), ts.to_string()),
             ("webhook-signature".to_string(), sig),
         ]);
-        let query = cb.url.split_once('?').map(|(_, q)| q).unwrap_or("")
-            .split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let req = CallbackRequest { provider: cb.provider.clone(), query, headers, body };
+        let query = cb
+            .url
+            .split_once('?')
+            .map(|(_, q)| q)
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let req = CallbackRequest {
+            provider: cb.provider.clone(),
+            query,
+            headers,
+            body,
+        };
         match self.engine.handle_callback(&req).await {
             Ok(r) => tracing::debug!(result = ?r, "local callback delivered"),
             Err(e) => tracing::warn!(error = %e, "local callback rejected"),
@@ -175,8 +242,16 @@ impl Local {
     /// Ends leases held by processes of this machine that no longer exist, so a run whose
     /// `switchyard run` was killed can be resumed at once.
     pub async fn recover_dead_owners(&self, run_id: &str) -> Result<()> {
-        let snap = self.engine.load_for(None, run_id).await.context("loading the run")?;
-        let mut owners: Vec<String> = snap.steps.iter().filter_map(|s| s.lease_owner.clone()).collect();
+        let snap = self
+            .engine
+            .load_for(None, run_id)
+            .await
+            .context("loading the run")?;
+        let mut owners: Vec<String> = snap
+            .steps
+            .iter()
+            .filter_map(|s| s.lease_owner.clone())
+            .collect();
         owners.extend(snap.header.lease.as_ref().map(|l| l.owner.clone()));
         owners.sort();
         owners.dedup();
@@ -191,8 +266,15 @@ impl Local {
 
 fn is_dead_local_owner(owner: &str) -> bool {
     let mut parts = owner.split(':');
-    match (parts.next(), parts.next().and_then(|p| p.parse::<u32>().ok())) {
-        (Some("local"), Some(pid)) => pid != std::process::id() && Path::new("/proc/self").exists() && !Path::new(&format!("/proc/{pid}")).exists(),
+    match (
+        parts.next(),
+        parts.next().and_then(|p| p.parse::<u32>().ok()),
+    ) {
+        (Some("local"), Some(pid)) => {
+            pid != std::process::id()
+                && Path::new("/proc/self").exists()
+                && !Path::new(&format!("/proc/{pid}")).exists()
+        }
         _ => false,
     }
 }

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use switchyard_cli::{commands, exit, local};
 
 #[derive(Parser)]
-#[command(name = "switchyard", version, about = "Durable multi-model AI pipelines")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Durable multi-model AI pipelines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -14,23 +18,71 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Statically check workflow files; prints FILE:LINE:COL: message per problem.
-    Validate { #[arg(required = true)] paths: Vec<PathBuf> },
+    Validate {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Start a run and drive it until it ends or waits on the outside.
-    Run { workflow: String, #[arg(long)] input: PathBuf, #[arg(long)] json: bool, #[arg(long)] data_dir: Option<PathBuf> },
+    Run {
+        workflow: String,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Continue a run from its persisted state.
-    Resume { run_id: String, #[arg(long)] json: bool, #[arg(long)] data_dir: Option<PathBuf> },
+    Resume {
+        run_id: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Decide an approval gate, then continue the run.
-    Approve { run_id: String, step: String, #[arg(long)] reject: bool, #[arg(long)] comment: Option<String>, #[arg(long)] json: bool, #[arg(long)] data_dir: Option<PathBuf> },
+    Approve {
+        run_id: String,
+        step: String,
+        #[arg(long)]
+        reject: bool,
+        #[arg(long)]
+        comment: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Cancel a run that has not ended.
-    Cancel { run_id: String, #[arg(long)] json: bool, #[arg(long)] data_dir: Option<PathBuf> },
+    Cancel {
+        run_id: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// List runs, or show one with its steps and history.
-    Runs { #[command(subcommand)] command: RunsCommand },
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
 }
 
 #[derive(Subcommand)]
 enum RunsCommand {
-    List { #[arg(long)] json: bool, #[arg(long)] data_dir: Option<PathBuf> },
-    Show { run_id: String, #[arg(long)] json: bool, #[arg(long)] data_dir: Option<PathBuf> },
+    List {
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    Show {
+        run_id: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 fn main() {
@@ -42,13 +94,19 @@ fn main() {
         }
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| "error".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+                .unwrap_or_else(|_| "error".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     if let Command::Validate { paths } = &cli.command {
         std::process::exit(commands::validate(paths));
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -59,12 +117,51 @@ fn main() {
     let result = runtime.block_on(async {
         match &cli.command {
             Command::Validate { .. } => Ok(exit::SUCCEEDED),
-            Command::Run { workflow, input, json, data_dir } => commands::run(workflow, input, *json, &dir(data_dir)).await,
-            Command::Resume { run_id, json, data_dir } => commands::resume(run_id, *json, &dir(data_dir)).await,
-            Command::Approve { run_id, step, reject, comment, json, data_dir } => commands::approve(run_id, step, *reject, comment.clone(), *json, &dir(data_dir)).await,
-            Command::Cancel { run_id, json, data_dir } => commands::cancel(run_id, *json, &dir(data_dir)).await,
-            Command::Runs { command: RunsCommand::List { json, data_dir } } => commands::runs_list(*json, &dir(data_dir)).await,
-            Command::Runs { command: RunsCommand::Show { run_id, json, data_dir } } => commands::runs_show(run_id, *json, &dir(data_dir)).await,
+            Command::Run {
+                workflow,
+                input,
+                json,
+                data_dir,
+            } => commands::run(workflow, input, *json, &dir(data_dir)).await,
+            Command::Resume {
+                run_id,
+                json,
+                data_dir,
+            } => commands::resume(run_id, *json, &dir(data_dir)).await,
+            Command::Approve {
+                run_id,
+                step,
+                reject,
+                comment,
+                json,
+                data_dir,
+            } => {
+                commands::approve(
+                    run_id,
+                    step,
+                    *reject,
+                    comment.clone(),
+                    *json,
+                    &dir(data_dir),
+                )
+                .await
+            }
+            Command::Cancel {
+                run_id,
+                json,
+                data_dir,
+            } => commands::cancel(run_id, *json, &dir(data_dir)).await,
+            Command::Runs {
+                command: RunsCommand::List { json, data_dir },
+            } => commands::runs_list(*json, &dir(data_dir)).await,
+            Command::Runs {
+                command:
+                    RunsCommand::Show {
+                        run_id,
+                        json,
+                        data_dir,
+                    },
+            } => commands::runs_show(run_id, *json, &dir(data_dir)).await,
         }
     });
     match result {
@@ -72,7 +169,11 @@ fn main() {
         Err(e) => {
             eprintln!("error: {e:#}");
             // A data dir that cannot be opened is a usage problem, not a run failure.
-            std::process::exit(if format!("{e:#}").contains("data dir") { exit::USAGE } else { exit::FAILED });
+            std::process::exit(if format!("{e:#}").contains("data dir") {
+                exit::USAGE
+            } else {
+                exit::FAILED
+            });
         }
     }
 }

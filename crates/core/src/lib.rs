@@ -20,8 +20,8 @@
 
 pub mod error;
 pub mod model;
-pub mod ports;
 pub mod planner;
+pub mod ports;
 pub mod refs;
 pub mod retry;
 pub mod schema;

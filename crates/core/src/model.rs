@@ -121,7 +121,8 @@ pub enum ModelResponse {
     Completed(ModelOutput),
     Pending {
         job_id: String,
-        /// When polling makes sense, if the callback does not arrive.
+        /// When polling makes sense, if the callback does not arrive. `None`: poll only once
+        /// the step's wait deadline has passed (providers that deliver webhooks reliably).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         poll_after_ms: Option<u64>,
     },
@@ -153,11 +154,16 @@ pub trait Provider: Send + Sync {
 
     /// Asks about a job whose callback has not come. `request` is the same request that
     /// submitted it, rebuilt from persisted state.
-    async fn poll(&self, request: &ModelRequest, job_id: &str)
-        -> Result<ModelResponse, StepError>;
+    async fn poll(&self, request: &ModelRequest, job_id: &str) -> Result<ModelResponse, StepError>;
 
     /// Reads a provider callback body: the job it is about and its result so far.
     fn parse_callback(&self, body: &Value) -> Result<(String, ModelResponse), StepError>;
+
+    /// Asks the provider to stop a job the run gave up on (its wait timed out). Best effort:
+    /// providers without jobs, or without a cancel call, do nothing.
+    async fn cancel(&self, _request: &ModelRequest, _job_id: &str) -> Result<(), StepError> {
+        Ok(())
+    }
 }
 
 /// Builders of the normalized output shapes, so every adapter produces the same fields.

@@ -73,21 +73,34 @@ pub fn plan(wf: &Workflow, snap: &RunSnapshot, now: Millis) -> Plan {
         return p;
     }
     let pending = StepRecord::pending("");
-    let recs: HashMap<&str, &StepRecord> = snap.steps.iter().map(|r| (r.step.as_str(), r)).collect();
+    let recs: HashMap<&str, &StepRecord> =
+        snap.steps.iter().map(|r| (r.step.as_str(), r)).collect();
     let rec = |id: &str| -> &StepRecord { recs.get(id).copied().unwrap_or(&pending) };
-    let status = |id: &str| -> StepStatus { recs.get(id).map_or(StepStatus::Pending, |r| r.status) };
+    let status =
+        |id: &str| -> StepStatus { recs.get(id).map_or(StepStatus::Pending, |r| r.status) };
 
-    p.running = wf.steps.iter().filter(|s| status(&s.id) == StepStatus::Running).map(|s| s.id.clone()).collect();
+    p.running = wf
+        .steps
+        .iter()
+        .filter(|s| status(&s.id) == StepStatus::Running)
+        .map(|s| s.id.clone())
+        .collect();
 
     if header.cancel_requested {
         if p.running.is_empty() {
             p.outcome = Some(Outcome::Cancelled);
         } else {
             // Let in-flight attempts finish (or lapse), start nothing new.
-            p.wake_at = wf.steps.iter().filter_map(|s| {
-                let r = rec(&s.id);
-                (r.status == StepStatus::Running).then_some(r.lease_until).flatten()
-            }).min();
+            p.wake_at = wf
+                .steps
+                .iter()
+                .filter_map(|s| {
+                    let r = rec(&s.id);
+                    (r.status == StepStatus::Running)
+                        .then_some(r.lease_until)
+                        .flatten()
+                })
+                .min();
             for s in &p.running {
                 if rec(s).lease_until.is_some_and(|t| t <= now) {
                     p.actions.push(Action::Expire { step: s.clone() });
@@ -113,8 +126,17 @@ pub fn plan(wf: &Workflow, snap: &RunSnapshot, now: Millis) -> Plan {
     for s in &wf.steps {
         let r = rec(&s.id);
         if r.status == StepStatus::Failed && !s.optional {
-            let (class, message) = r.error.as_ref().map_or((ErrorClass::Invalid, "step failed".to_string()), |e| (e.class, e.message.clone()));
-            p.outcome = Some(Outcome::Failed(RunError { class, message, step: Some(s.id.clone()) }));
+            let (class, message) = r
+                .error
+                .as_ref()
+                .map_or((ErrorClass::Invalid, "step failed".to_string()), |e| {
+                    (e.class, e.message.clone())
+                });
+            p.outcome = Some(Outcome::Failed(RunError {
+                class,
+                message,
+                step: Some(s.id.clone()),
+            }));
             return p;
         }
     }
@@ -182,7 +204,9 @@ pub fn plan(wf: &Workflow, snap: &RunSnapshot, now: Millis) -> Plan {
 
 fn needs_done<'a>(s: &Step, rec: &impl Fn(&str) -> &'a StepRecord) -> bool {
     s.needs.iter().all(|n| rec(n).status.is_terminal())
-        && s.gated_by.as_ref().is_none_or(|g| rec(g).status.is_terminal())
+        && s.gated_by
+            .as_ref()
+            .is_none_or(|g| rec(g).status.is_terminal())
 }
 
 /// What to do with a pending step whose record says nothing has happened yet.
@@ -198,13 +222,29 @@ fn readiness<'a>(s: &Step, rec: &impl Fn(&str) -> &'a StepRecord) -> Option<Acti
         if !chosen {
             return Some(Action::Skip {
                 step: s.id.clone(),
-                reason: format!("route `{route}` chose {}", r.chosen.as_deref().map_or("no branch".to_string(), |c| format!("`{c}`"))),
+                reason: format!(
+                    "route `{route}` chose {}",
+                    r.chosen
+                        .as_deref()
+                        .map_or("no branch".to_string(), |c| format!("`{c}`"))
+                ),
             });
         }
     }
-    let own_needs: Vec<&String> = s.needs.iter().filter(|n| Some(*n) != s.gated_by.as_ref()).collect();
-    if !own_needs.is_empty() && own_needs.iter().all(|n| rec(n).status == StepStatus::Skipped) {
-        return Some(Action::Skip { step: s.id.clone(), reason: "every step it needs was skipped".into() });
+    let own_needs: Vec<&String> = s
+        .needs
+        .iter()
+        .filter(|n| Some(*n) != s.gated_by.as_ref())
+        .collect();
+    if !own_needs.is_empty()
+        && own_needs
+            .iter()
+            .all(|n| rec(n).status == StepStatus::Skipped)
+    {
+        return Some(Action::Skip {
+            step: s.id.clone(),
+            reason: "every step it needs was skipped".into(),
+        });
     }
     Some(Action::Start { step: s.id.clone() })
 }

@@ -54,19 +54,25 @@ pub trait StateStore: Send + Sync {
 
     /// Writes a step record if its stored version is `expected_version` (0: must not exist).
     /// The stored version becomes `record.version` (`expected_version + 1`).
-    async fn put_step(&self, run_id: &str, record: &StepRecord, expected_version: u64)
-        -> Result<(), StoreError>;
+    async fn put_step(
+        &self,
+        run_id: &str,
+        record: &StepRecord,
+        expected_version: u64,
+    ) -> Result<(), StoreError>;
 
     /// Appends history events (each on its own: no read-modify-write).
-    async fn append_events(&self, run_id: &str, events: &[HistoryEvent])
-        -> Result<(), StoreError>;
+    async fn append_events(&self, run_id: &str, events: &[HistoryEvent]) -> Result<(), StoreError>;
 
     /// The run's history, oldest first.
     async fn events(&self, run_id: &str) -> Result<Vec<HistoryEvent>, StoreError>;
 
     /// Runs, newest first; a tenant filter of `None` lists all tenants (CLI, operators).
-    async fn list_runs(&self, tenant: Option<&str>, limit: usize)
-        -> Result<Vec<RunSummary>, StoreError>;
+    async fn list_runs(
+        &self,
+        tenant: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RunSummary>, StoreError>;
 
     /// Maps `(tenant, key)` to `run_id` unless it is mapped already.
     async fn claim_idempotency(

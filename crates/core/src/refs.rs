@@ -125,7 +125,10 @@ pub fn lookup<'a>(scope: &'a Value, path: &str) -> Result<&'a Value, String> {
         cur = next.ok_or_else(|| {
             let at = segs[..=i].join(".");
             if i == 2 && segs.first().map(String::as_str) == Some("steps") {
-                format!("`{at}` is not available (step `{}` has not produced it)", segs[1])
+                format!(
+                    "`{at}` is not available (step `{}` has not produced it)",
+                    segs[1]
+                )
             } else {
                 format!("`{at}` does not exist")
             }
@@ -138,7 +141,11 @@ pub fn lookup<'a>(scope: &'a Value, path: &str) -> Result<&'a Value, String> {
 pub fn resolve(template: &Value, scope: &Value) -> Result<Value, String> {
     match template {
         Value::String(s) => resolve_str(s, scope),
-        Value::Array(a) => a.iter().map(|x| resolve(x, scope)).collect::<Result<_, _>>().map(Value::Array),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| resolve(x, scope))
+            .collect::<Result<_, _>>()
+            .map(Value::Array),
         Value::Object(m) => {
             let mut out = serde_json::Map::new();
             for (k, v) in m {
@@ -222,7 +229,10 @@ impl Condition {
             }
         };
         Ok(self.equals.as_ref().is_none_or(|e| loosely_equal(e, v))
-            && self.not_equals.as_ref().is_none_or(|e| !loosely_equal(e, v))
+            && self
+                .not_equals
+                .as_ref()
+                .is_none_or(|e| !loosely_equal(e, v))
             && self
                 .one_of
                 .as_ref()
@@ -294,9 +304,18 @@ mod tests {
     fn resolves_values_and_interpolation() {
         let table = [
             (json!("${input.ticket.text}"), json!("refund please")),
-            (json!("${steps.classify.output}"), json!({"label": "billing", "confidence": 0.82, "tags": ["a", "b"]})),
-            (json!("label=${steps.classify.output.label} n=${input.n}"), json!("label=billing n=3")),
-            (json!({"t": "${steps.classify.output.tags[1]}", "k": [1, "${input.n}"]}), json!({"t": "b", "k": [1, 3]})),
+            (
+                json!("${steps.classify.output}"),
+                json!({"label": "billing", "confidence": 0.82, "tags": ["a", "b"]}),
+            ),
+            (
+                json!("label=${steps.classify.output.label} n=${input.n}"),
+                json!("label=billing n=3"),
+            ),
+            (
+                json!({"t": "${steps.classify.output.tags[1]}", "k": [1, "${input.n}"]}),
+                json!({"t": "b", "k": [1, 3]}),
+            ),
             (json!("${steps.classify.output.tags.0}"), json!("a")),
             (json!("plain"), json!("plain")),
         ];
@@ -337,20 +356,40 @@ mod tests {
     fn conditions() {
         let c = |v: Value| -> Condition { serde_json::from_value(v).unwrap() };
         let table = [
-            (json!({"path": "steps.classify.output.label", "equals": "billing"}), true),
-            (json!({"path": "steps.classify.output.label", "in": ["tech", "billing"]}), true),
-            (json!({"path": "steps.classify.output.confidence", "lt": 0.6}), false),
-            (json!({"path": "steps.classify.output.confidence", "gte": 0.8, "lt": 0.9}), true),
-            (json!({"path": "input.ticket.tier", "not_equals": "free"}), true),
+            (
+                json!({"path": "steps.classify.output.label", "equals": "billing"}),
+                true,
+            ),
+            (
+                json!({"path": "steps.classify.output.label", "in": ["tech", "billing"]}),
+                true,
+            ),
+            (
+                json!({"path": "steps.classify.output.confidence", "lt": 0.6}),
+                false,
+            ),
+            (
+                json!({"path": "steps.classify.output.confidence", "gte": 0.8, "lt": 0.9}),
+                true,
+            ),
+            (
+                json!({"path": "input.ticket.tier", "not_equals": "free"}),
+                true,
+            ),
             (json!({"path": "input.missing", "exists": false}), true),
             (json!({"path": "input.missing", "equals": 1}), false),
-            (json!({"path": "steps.classify.output.tags", "contains": "b"}), true),
+            (
+                json!({"path": "steps.classify.output.tags", "contains": "b"}),
+                true,
+            ),
             (json!({"path": "input.n", "equals": 3.0}), true),
         ];
         for (cond, want) in table {
             assert_eq!(c(cond.clone()).holds(&scope()).unwrap(), want, "{cond}");
         }
-        assert!(c(json!({"path": "input.ticket.text", "gt": 1})).holds(&scope()).is_err());
+        assert!(c(json!({"path": "input.ticket.text", "gt": 1}))
+            .holds(&scope())
+            .is_err());
     }
 
     #[test]

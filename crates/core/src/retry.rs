@@ -55,13 +55,18 @@ mod tests {
             for seed in ["r1/a", "r2/a", "r1/b"] {
                 let full = backoff_ms(&policy(false), a, seed);
                 let j = backoff_ms(&p, a, seed);
-                assert!(j >= full / 2 && j <= full, "attempt {a}: {j} not in [{}, {full}]", full / 2);
+                assert!(
+                    j >= full / 2 && j <= full,
+                    "attempt {a}: {j} not in [{}, {full}]",
+                    full / 2
+                );
                 assert_eq!(j, backoff_ms(&p, a, seed));
             }
         }
         // Different runs spread out.
-        let spread: std::collections::HashSet<u64> =
-            (0..20).map(|i| backoff_ms(&p, 3, &format!("run{i}/s"))).collect();
+        let spread: std::collections::HashSet<u64> = (0..20)
+            .map(|i| backoff_ms(&p, 3, &format!("run{i}/s")))
+            .collect();
         assert!(spread.len() > 10, "{spread:?}");
     }
 }

@@ -21,7 +21,11 @@ pub fn validate(schema: &Value, instance: &Value) -> Result<(), Vec<String>> {
         .take(20)
         .map(|e| {
             let path = e.instance_path().to_string();
-            let at = if path.is_empty() { "/".to_string() } else { path };
+            let at = if path.is_empty() {
+                "/".to_string()
+            } else {
+                path
+            };
             format!("at {at}: {e}")
         })
         .collect();

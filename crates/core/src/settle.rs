@@ -99,22 +99,40 @@ fn finish(rec: &StepRecord, status: StepStatus, now: Millis) -> StepRecord {
 }
 
 /// The attempt produced its output.
-pub fn succeed(rec: &StepRecord, output: ValueRef, meta: AttemptMeta, now: Millis) -> (StepRecord, HistoryEvent) {
+pub fn succeed(
+    rec: &StepRecord,
+    output: ValueRef,
+    meta: AttemptMeta,
+    now: Millis,
+) -> (StepRecord, HistoryEvent) {
     let mut r = finish(rec, StepStatus::Succeeded, now);
     apply_meta(&mut r, meta);
     r.output = Some(output);
     r.error = None;
     r.feedback.clear();
     r.job = None;
-    let ev = HistoryEvent::step(now, EventKind::StepSucceeded, &r.step, r.attempt, json!({
-        "model": r.model, "latency_ms": r.latency_ms, "cost_usd": r.cost_usd, "fallback_used": r.fallback_used,
-    }));
+    let ev = HistoryEvent::step(
+        now,
+        EventKind::StepSucceeded,
+        &r.step,
+        r.attempt,
+        json!({
+            "model": r.model, "latency_ms": r.latency_ms, "cost_usd": r.cost_usd, "fallback_used": r.fallback_used,
+        }),
+    );
     (r, ev)
 }
 
 /// A route chose its target.
 pub fn routed(rec: &StepRecord, chosen: &str, now: Millis) -> (StepRecord, HistoryEvent) {
-    let (mut r, mut ev) = succeed(rec, ValueRef::Inline { value: json!({"chosen": chosen}) }, AttemptMeta::default(), now);
+    let (mut r, mut ev) = succeed(
+        rec,
+        ValueRef::Inline {
+            value: json!({"chosen": chosen}),
+        },
+        AttemptMeta::default(),
+        now,
+    );
     r.chosen = Some(chosen.to_string());
     ev.detail = json!({"chosen": chosen});
     (r, ev)
@@ -124,7 +142,13 @@ pub fn routed(rec: &StepRecord, chosen: &str, now: Millis) -> (StepRecord, Histo
 pub fn skip(step: &str, rec: &StepRecord, reason: &str, now: Millis) -> (StepRecord, HistoryEvent) {
     let mut r = finish(rec, StepStatus::Skipped, now);
     r.step = step.to_string();
-    let ev = HistoryEvent::step(now, EventKind::StepSkipped, step, r.attempt, json!({"reason": reason}));
+    let ev = HistoryEvent::step(
+        now,
+        EventKind::StepSkipped,
+        step,
+        r.attempt,
+        json!({"reason": reason}),
+    );
     (r, ev)
 }
 
@@ -136,7 +160,14 @@ fn retry_policy(step: &Step) -> Option<(&RetryPolicy, &[ErrorClass], usize)> {
 }
 
 /// The attempt failed: retry on the same model, fall back to the next one, or fail the step.
-pub fn fail(step: &Step, rec: &StepRecord, err: StepError, meta: AttemptMeta, now: Millis, seed: &str) -> (StepRecord, HistoryEvent) {
+pub fn fail(
+    step: &Step,
+    rec: &StepRecord,
+    err: StepError,
+    meta: AttemptMeta,
+    now: Millis,
+    seed: &str,
+) -> (StepRecord, HistoryEvent) {
     let mut r = next(rec);
     apply_meta(&mut r, meta);
     r.lease_until = None;
@@ -146,20 +177,34 @@ pub fn fail(step: &Step, rec: &StepRecord, err: StepError, meta: AttemptMeta, no
     // attempt, not the step: retries and fallbacks follow the step's own deadline again
     // (`max_duration` from its first start, as `claim` set it).
     if let (StepStatus::Waiting, StepKind::Model(m)) = (rec.status, &step.kind) {
-        r.deadline_at = m.max_duration.zip(r.started_at).map(|(d, start)| start + d.ms());
+        r.deadline_at = m
+            .max_duration
+            .zip(r.started_at)
+            .map(|(d, start)| start + d.ms());
     }
     let within_deadline = |t: Millis| r.deadline_at.is_none_or(|d| t < d);
     if let Some((policy, fallback_on, chain)) = retry_policy(step) {
         if err.class.is_retryable() && r.model_attempt < policy.max_attempts {
-            let delay = backoff_ms(policy, r.model_attempt, &format!("{seed}/{}", r.step)).max(err.retry_after_ms.unwrap_or(0));
+            let delay = backoff_ms(policy, r.model_attempt, &format!("{seed}/{}", r.step))
+                .max(err.retry_after_ms.unwrap_or(0));
             if within_deadline(now + delay) {
                 r.status = StepStatus::Retrying;
                 r.next_at = Some(now + delay);
                 // A malformed answer is re-asked with what was wrong with it.
-                r.feedback = if err.class == ErrorClass::Malformed { err.details.clone() } else { Vec::new() };
-                let ev = HistoryEvent::step(now, EventKind::StepRetryScheduled, &r.step, r.attempt, json!({
-                    "class": err.class, "message": err.message, "delay_ms": delay, "model": r.model,
-                }));
+                r.feedback = if err.class == ErrorClass::Malformed {
+                    err.details.clone()
+                } else {
+                    Vec::new()
+                };
+                let ev = HistoryEvent::step(
+                    now,
+                    EventKind::StepRetryScheduled,
+                    &r.step,
+                    r.attempt,
+                    json!({
+                        "class": err.class, "message": err.message, "delay_ms": delay, "model": r.model,
+                    }),
+                );
                 r.error = Some(err);
                 return (r, ev);
             }
@@ -173,22 +218,41 @@ pub fn fail(step: &Step, rec: &StepRecord, err: StepError, meta: AttemptMeta, no
             r.next_at = Some(now);
             r.feedback.clear();
             r.model = current_model(step, &r);
-            let ev = HistoryEvent::step(now, EventKind::StepFallback, &r.step, r.attempt, json!({
-                "class": err.class, "message": err.message, "from": from, "to": r.model,
-            }));
+            let ev = HistoryEvent::step(
+                now,
+                EventKind::StepFallback,
+                &r.step,
+                r.attempt,
+                json!({
+                    "class": err.class, "message": err.message, "from": from, "to": r.model,
+                }),
+            );
             r.error = Some(err);
             return (r, ev);
         }
     }
     let mut r = finish(&r, StepStatus::Failed, now);
     r.version -= 1; // `finish` bumped it again; one write, one version.
-    let ev = HistoryEvent::step(now, EventKind::StepFailed, &r.step, r.attempt, json!({"class": err.class, "message": err.message}));
+    let ev = HistoryEvent::step(
+        now,
+        EventKind::StepFailed,
+        &r.step,
+        r.attempt,
+        json!({"class": err.class, "message": err.message}),
+    );
     r.error = Some(err);
     (r, ev)
 }
 
 /// An asynchronous job was accepted; the step waits for its callback (or a poll).
-pub fn wait_for_job(rec: &StepRecord, job: JobRef, poll_at: Option<Millis>, deadline_at: Millis, meta: AttemptMeta, now: Millis) -> (StepRecord, HistoryEvent) {
+pub fn wait_for_job(
+    rec: &StepRecord,
+    job: JobRef,
+    poll_at: Option<Millis>,
+    deadline_at: Millis,
+    meta: AttemptMeta,
+    now: Millis,
+) -> (StepRecord, HistoryEvent) {
     let mut r = next(rec);
     apply_meta(&mut r, meta);
     r.status = StepStatus::Waiting;
@@ -196,9 +260,15 @@ pub fn wait_for_job(rec: &StepRecord, job: JobRef, poll_at: Option<Millis>, dead
     r.lease_owner = None;
     r.next_at = poll_at.map(|t| t.min(deadline_at));
     r.deadline_at = Some(deadline_at);
-    let ev = HistoryEvent::step(now, EventKind::StepWaiting, &r.step, r.attempt, json!({
-        "for": "callback", "job_id": job.job_id, "deadline_at": deadline_at,
-    }));
+    let ev = HistoryEvent::step(
+        now,
+        EventKind::StepWaiting,
+        &r.step,
+        r.attempt,
+        json!({
+            "for": "callback", "job_id": job.job_id, "deadline_at": deadline_at,
+        }),
+    );
     r.job = Some(job);
     (r, ev)
 }
@@ -211,27 +281,59 @@ pub fn poll_again(rec: &StepRecord, next_poll: Millis) -> StepRecord {
 }
 
 /// An approval gate opens.
-pub fn wait_for_approval(rec: &StepRecord, deadline_at: Millis, now: Millis) -> (StepRecord, HistoryEvent) {
+pub fn wait_for_approval(
+    rec: &StepRecord,
+    deadline_at: Millis,
+    now: Millis,
+) -> (StepRecord, HistoryEvent) {
     let mut r = next(rec);
     r.status = StepStatus::Waiting;
     r.lease_until = None;
     r.lease_owner = None;
     r.deadline_at = Some(deadline_at);
-    let ev = HistoryEvent::step(now, EventKind::StepWaiting, &r.step, r.attempt, json!({"for": "approval", "deadline_at": deadline_at}));
+    let ev = HistoryEvent::step(
+        now,
+        EventKind::StepWaiting,
+        &r.step,
+        r.attempt,
+        json!({"for": "approval", "deadline_at": deadline_at}),
+    );
     (r, ev)
 }
 
 /// A person (or the deadline's `on_timeout`) decided an approval gate.
-pub fn decide(rec: &StepRecord, approved: bool, comment: Option<String>, now: Millis) -> (StepRecord, HistoryEvent) {
-    let decision = ApprovalDecision { approved, comment: comment.clone(), decided_at: now };
-    let output = ValueRef::Inline { value: json!({"approved": approved, "comment": comment, "decided_at": now}) };
+pub fn decide(
+    rec: &StepRecord,
+    approved: bool,
+    comment: Option<String>,
+    now: Millis,
+) -> (StepRecord, HistoryEvent) {
+    let decision = ApprovalDecision {
+        approved,
+        comment: comment.clone(),
+        decided_at: now,
+    };
+    let output = ValueRef::Inline {
+        value: json!({"approved": approved, "comment": comment, "decided_at": now}),
+    };
     let (mut r, mut ev) = if approved {
         succeed(rec, output, AttemptMeta::default(), now)
     } else {
         let mut r = finish(rec, StepStatus::Failed, now);
         r.output = Some(output);
-        r.error = Some(StepError::new(ErrorClass::Rejected, comment.clone().map_or("rejected".to_string(), |c| format!("rejected: {c}"))));
-        let ev = HistoryEvent::step(now, EventKind::StepFailed, &r.step, r.attempt, json!({"class": "rejected"}));
+        r.error = Some(StepError::new(
+            ErrorClass::Rejected,
+            comment
+                .clone()
+                .map_or("rejected".to_string(), |c| format!("rejected: {c}")),
+        ));
+        let ev = HistoryEvent::step(
+            now,
+            EventKind::StepFailed,
+            &r.step,
+            r.attempt,
+            json!({"class": "rejected"}),
+        );
         (r, ev)
     };
     r.approval = Some(decision);
@@ -243,8 +345,16 @@ pub fn decide(rec: &StepRecord, approved: bool, comment: Option<String>, now: Mi
 /// A validate step found problems. With repairs left, the model step it names is reset to run
 /// again with the problems as feedback, and the validate step goes back to pending. Returns
 /// `None` when no repair is configured or the repairs are used up (the caller then fails it).
-pub fn request_repair(step: &Step, validate_rec: &StepRecord, target_rec: &StepRecord, errors: &[String], now: Millis) -> Option<(StepRecord, StepRecord, HistoryEvent)> {
-    let StepKind::Validate(v) = &step.kind else { return None };
+pub fn request_repair(
+    step: &Step,
+    validate_rec: &StepRecord,
+    target_rec: &StepRecord,
+    errors: &[String],
+    now: Millis,
+) -> Option<(StepRecord, StepRecord, HistoryEvent)> {
+    let StepKind::Validate(v) = &step.kind else {
+        return None;
+    };
     let repair = v.repair.as_ref()?;
     if validate_rec.repairs >= repair.max_attempts {
         return None;
@@ -254,16 +364,25 @@ pub fn request_repair(step: &Step, validate_rec: &StepRecord, target_rec: &StepR
     val.repairs += 1;
     val.lease_until = None;
     val.lease_owner = None;
-    val.error = Some(StepError::new(ErrorClass::Malformed, "value failed its schema").with_details(errors.to_vec()));
+    val.error = Some(
+        StepError::new(ErrorClass::Malformed, "value failed its schema")
+            .with_details(errors.to_vec()),
+    );
     let mut target = next(target_rec);
     target.status = StepStatus::Retrying;
     target.next_at = Some(now);
     target.model_attempt = 0;
     target.finished_at = None;
     target.feedback = errors.to_vec();
-    let ev = HistoryEvent::step(now, EventKind::StepRepairRequested, &step.id, validate_rec.attempt, json!({
-        "target": repair.step, "repair": val.repairs, "errors": errors,
-    }));
+    let ev = HistoryEvent::step(
+        now,
+        EventKind::StepRepairRequested,
+        &step.id,
+        validate_rec.attempt,
+        json!({
+            "target": repair.step, "repair": val.repairs, "errors": errors,
+        }),
+    );
     Some((val, target, ev))
 }
 
@@ -275,12 +394,17 @@ pub fn invalid(message: impl Into<String>) -> StepError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Role;
     use crate::time::Dur;
     use crate::workflow::{ModelStep, Step};
-    use crate::model::Role;
     use serde_json::Value;
 
-    fn model_step(models: &[&str], max_attempts: u32, fallback_on: &[ErrorClass], max_duration: Option<u64>) -> Step {
+    fn model_step(
+        models: &[&str],
+        max_attempts: u32,
+        fallback_on: &[ErrorClass],
+        max_duration: Option<u64>,
+    ) -> Step {
         Step {
             id: "s".into(),
             needs: vec![],
@@ -295,7 +419,13 @@ mod tests {
                 params: Value::Null,
                 output_schema: None,
                 fallback_on: fallback_on.to_vec(),
-                retry: RetryPolicy { max_attempts, initial_backoff: Dur(100), max_backoff: Dur(10_000), multiplier: 2.0, jitter: false },
+                retry: RetryPolicy {
+                    max_attempts,
+                    initial_backoff: Dur(100),
+                    max_backoff: Dur(10_000),
+                    multiplier: 2.0,
+                    jitter: false,
+                },
                 timeout: Dur(1000),
                 max_duration: max_duration.map(Dur),
                 wait_timeout: Dur(60_000),
@@ -324,26 +454,69 @@ mod tests {
         use ErrorClass::*;
         use StepStatus::*;
         let e = |c| StepError::new(c, "x");
-        type Row = (&'static str, Step, Vec<StepError>, Vec<(StepStatus, usize, Option<Millis>)>);
+        type Row = (
+            &'static str,
+            Step,
+            Vec<StepError>,
+            Vec<(StepStatus, usize, Option<Millis>)>,
+        );
         let table: Vec<Row> = vec![
-            ("transient retries with backoff then fails",
-             model_step(&["a/x"], 3, &[Transient], None), vec![e(Transient), e(Transient), e(Transient)],
-             vec![(Retrying, 0, Some(100)), (Retrying, 0, Some(200)), (Failed, 0, None)]),
-            ("invalid never retries",
-             model_step(&["a/x", "b/y"], 3, &[Transient], None), vec![e(Invalid)], vec![(Failed, 0, None)]),
-            ("auth never falls back even if listed",
-             model_step(&["a/x", "b/y"], 1, &[Transient], None), vec![e(Auth)], vec![(Failed, 0, None)]),
-            ("transient exhausts then falls back",
-             model_step(&["a/x", "b/y"], 2, &[Transient], None), vec![e(Transient), e(Transient), e(Transient)],
-             vec![(Retrying, 0, Some(100)), (Retrying, 1, Some(0)), (Retrying, 1, Some(100))]),
-            ("quota falls back at once",
-             model_step(&["a/x", "b/y"], 3, &[QuotaExhausted], None), vec![e(QuotaExhausted)], vec![(Retrying, 1, Some(0))]),
-            ("refused falls back only when declared",
-             model_step(&["a/x", "b/y"], 3, &[Transient], None), vec![e(Refused)], vec![(Failed, 0, None)]),
-            ("retry_after is honoured",
-             model_step(&["a/x"], 3, &[], None), vec![e(RateLimited).with_retry_after(5000)], vec![(Retrying, 0, Some(5000))]),
-            ("max_duration stops retries and falls back",
-             model_step(&["a/x", "b/y"], 5, &[RateLimited], Some(2000)), vec![e(RateLimited).with_retry_after(5000)], vec![(Retrying, 1, Some(0))]),
+            (
+                "transient retries with backoff then fails",
+                model_step(&["a/x"], 3, &[Transient], None),
+                vec![e(Transient), e(Transient), e(Transient)],
+                vec![
+                    (Retrying, 0, Some(100)),
+                    (Retrying, 0, Some(200)),
+                    (Failed, 0, None),
+                ],
+            ),
+            (
+                "invalid never retries",
+                model_step(&["a/x", "b/y"], 3, &[Transient], None),
+                vec![e(Invalid)],
+                vec![(Failed, 0, None)],
+            ),
+            (
+                "auth never falls back even if listed",
+                model_step(&["a/x", "b/y"], 1, &[Transient], None),
+                vec![e(Auth)],
+                vec![(Failed, 0, None)],
+            ),
+            (
+                "transient exhausts then falls back",
+                model_step(&["a/x", "b/y"], 2, &[Transient], None),
+                vec![e(Transient), e(Transient), e(Transient)],
+                vec![
+                    (Retrying, 0, Some(100)),
+                    (Retrying, 1, Some(0)),
+                    (Retrying, 1, Some(100)),
+                ],
+            ),
+            (
+                "quota falls back at once",
+                model_step(&["a/x", "b/y"], 3, &[QuotaExhausted], None),
+                vec![e(QuotaExhausted)],
+                vec![(Retrying, 1, Some(0))],
+            ),
+            (
+                "refused falls back only when declared",
+                model_step(&["a/x", "b/y"], 3, &[Transient], None),
+                vec![e(Refused)],
+                vec![(Failed, 0, None)],
+            ),
+            (
+                "retry_after is honoured",
+                model_step(&["a/x"], 3, &[], None),
+                vec![e(RateLimited).with_retry_after(5000)],
+                vec![(Retrying, 0, Some(5000))],
+            ),
+            (
+                "max_duration stops retries and falls back",
+                model_step(&["a/x", "b/y"], 5, &[RateLimited], Some(2000)),
+                vec![e(RateLimited).with_retry_after(5000)],
+                vec![(Retrying, 1, Some(0))],
+            ),
         ];
         for (name, step, errors, want) in table {
             assert_eq!(run(&step, &errors), want, "{name}");
@@ -356,17 +529,37 @@ mod tests {
         let rec = StepRecord::pending("s");
         let c = claim(&step, &rec, "w", 0, 10);
         assert_eq!(c.version, 1);
-        let (f, _) = fail(&step, &c, StepError::new(ErrorClass::Invalid, "bad"), AttemptMeta::default(), 1, "r");
+        let (f, _) = fail(
+            &step,
+            &c,
+            StepError::new(ErrorClass::Invalid, "bad"),
+            AttemptMeta::default(),
+            1,
+            "r",
+        );
         assert_eq!((f.status, f.version), (StepStatus::Failed, 2));
-        let (s, _) = succeed(&c, ValueRef::Inline { value: json!(1) }, AttemptMeta { cost_usd: 0.5, latency_ms: 3, ..Default::default() }, 2);
-        assert_eq!((s.status, s.version, s.cost_usd, s.latency_ms), (StepStatus::Succeeded, 2, 0.5, 3));
+        let (s, _) = succeed(
+            &c,
+            ValueRef::Inline { value: json!(1) },
+            AttemptMeta {
+                cost_usd: 0.5,
+                latency_ms: 3,
+                ..Default::default()
+            },
+            2,
+        );
+        assert_eq!(
+            (s.status, s.version, s.cost_usd, s.latency_ms),
+            (StepStatus::Succeeded, 2, 0.5, 3)
+        );
     }
 
     #[test]
     fn malformed_retry_carries_feedback() {
         let step = model_step(&["a/x"], 2, &[], None);
         let c = claim(&step, &StepRecord::pending("s"), "w", 0, 10);
-        let err = StepError::new(ErrorClass::Malformed, "schema").with_details(vec!["at /title: missing".into()]);
+        let err = StepError::new(ErrorClass::Malformed, "schema")
+            .with_details(vec!["at /title: missing".into()]);
         let (r, ev) = fail(&step, &c, err, AttemptMeta::default(), 1, "r");
         assert_eq!(r.feedback, vec!["at /title: missing".to_string()]);
         assert_eq!(ev.kind, EventKind::StepRetryScheduled);

@@ -33,9 +33,9 @@ impl Dur {
             .find(|c: char| !c.is_ascii_digit() && c != '.')
             .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("`{text}` is not a duration (expected e.g. 250ms, 30s, 5m, 2h)"))?;
+        let value: f64 = num.parse().map_err(|_| {
+            format!("`{text}` is not a duration (expected e.g. 250ms, 30s, 5m, 2h)")
+        })?;
         let factor = match unit.trim() {
             "" | "ms" => 1.0,
             "s" => 1_000.0,

@@ -28,7 +28,8 @@ fn key(secret: &str) -> Result<Vec<u8>, SignatureError> {
 }
 
 fn mac(secret: &str, id: &str, ts: &str, body: &[u8]) -> Result<Hmac<Sha256>, SignatureError> {
-    let mut m = Hmac::<Sha256>::new_from_slice(&key(secret)?).map_err(|_| SignatureError::BadSecret)?;
+    let mut m =
+        Hmac::<Sha256>::new_from_slice(&key(secret)?).map_err(|_| SignatureError::BadSecret)?;
     m.update(id.as_bytes());
     m.update(b".");
     m.update(ts.as_bytes());
@@ -38,21 +39,41 @@ fn mac(secret: &str, id: &str, ts: &str, body: &[u8]) -> Result<Hmac<Sha256>, Si
 }
 
 /// The `webhook-signature` header value for a message.
-pub fn sign(secret: &str, id: &str, timestamp_secs: u64, body: &[u8]) -> Result<String, SignatureError> {
+pub fn sign(
+    secret: &str,
+    id: &str,
+    timestamp_secs: u64,
+    body: &[u8],
+) -> Result<String, SignatureError> {
     let m = mac(secret, id, &timestamp_secs.to_string(), body)?;
     Ok(format!("v1,{}", B64.encode(m.finalize().into_bytes())))
 }
 
 /// Verifies a delivery; the comparison is constant-time (`Mac::verify_slice`).
-pub fn verify(secret: &str, id: &str, timestamp: &str, signatures: &str, body: &[u8], now_secs: u64) -> Result<(), SignatureError> {
-    let ts: u64 = timestamp.trim().parse().map_err(|_| SignatureError::BadTimestamp)?;
+pub fn verify(
+    secret: &str,
+    id: &str,
+    timestamp: &str,
+    signatures: &str,
+    body: &[u8],
+    now_secs: u64,
+) -> Result<(), SignatureError> {
+    let ts: u64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| SignatureError::BadTimestamp)?;
     if ts.abs_diff(now_secs) > TOLERANCE_SECS {
         return Err(SignatureError::Stale);
     }
     for sig in signatures.split_whitespace() {
-        let Some(b64) = sig.strip_prefix("v1,") else { continue };
+        let Some(b64) = sig.strip_prefix("v1,") else {
+            continue;
+        };
         let Ok(bytes) = B64.decode(b64) else { continue };
-        if mac(secret, id, timestamp.trim(), body)?.verify_slice(&bytes).is_ok() {
+        if mac(secret, id, timestamp.trim(), body)?
+            .verify_slice(&bytes)
+            .is_ok()
+        {
             return Ok(());
         }
     }
@@ -79,7 +100,10 @@ mod tests {
     #[test]
     fn matches_the_spec_example() {
         assert_eq!(sign(SECRET, ID, TS, BODY).unwrap(), SIG);
-        assert_eq!(verify(SECRET, ID, &TS.to_string(), SIG, BODY, TS + 10), Ok(()));
+        assert_eq!(
+            verify(SECRET, ID, &TS.to_string(), SIG, BODY, TS + 10),
+            Ok(())
+        );
     }
 
     #[test]
@@ -96,6 +120,9 @@ mod tests {
             assert_eq!(verify(SECRET, ID, t, sig, body, now), Err(want));
         }
         // Rotation: any listed signature may match.
-        assert_eq!(verify(SECRET, ID, &ts, &format!("v1,AAAA {SIG}"), BODY, TS), Ok(()));
+        assert_eq!(
+            verify(SECRET, ID, &ts, &format!("v1,AAAA {SIG}"), BODY, TS),
+            Ok(())
+        );
     }
 }

@@ -10,7 +10,11 @@ use switchyard_core::StoreError;
 
 impl Engine {
     /// Loads a run, as a tenant sees it (another tenant's run does not exist for it).
-    pub async fn load_for(&self, tenant: Option<&str>, run_id: &str) -> Result<switchyard_core::state::RunSnapshot, EngineError> {
+    pub async fn load_for(
+        &self,
+        tenant: Option<&str>,
+        run_id: &str,
+    ) -> Result<switchyard_core::state::RunSnapshot, EngineError> {
         match self.store.load(run_id).await? {
             Some(s) if tenant.is_none_or(|t| t == s.header.tenant) => Ok(s),
             _ => Err(EngineError::NotFound(format!("no run `{run_id}`"))),
@@ -18,33 +22,73 @@ impl Engine {
     }
 
     /// Approves or rejects a waiting approval gate, then wakes the run.
-    pub async fn decide(&self, tenant: Option<&str>, run_id: &str, step: &str, approved: bool, comment: Option<String>) -> Result<(), EngineError> {
+    pub async fn decide(
+        &self,
+        tenant: Option<&str>,
+        run_id: &str,
+        step: &str,
+        approved: bool,
+        comment: Option<String>,
+    ) -> Result<(), EngineError> {
         let snap = self.load_for(tenant, run_id).await?;
         if snap.header.status.is_terminal() {
-            return Err(EngineError::Conflict(format!("run `{run_id}` has already ended ({})", snap.header.status.as_str())));
+            return Err(EngineError::Conflict(format!(
+                "run `{run_id}` has already ended ({})",
+                snap.header.status.as_str()
+            )));
         }
         let wf = self.definition(&snap.header.workflow.hash).await?;
         match wf.step(step).map(|s| &s.kind) {
             Some(StepKind::Approval(_)) => {}
-            Some(_) => return Err(EngineError::BadRequest { field: Some("step".into()), message: format!("step `{step}` is not an approval step") }),
-            None => return Err(EngineError::NotFound(format!("run `{run_id}` has no step `{step}`"))),
+            Some(_) => {
+                return Err(EngineError::BadRequest {
+                    field: Some("step".into()),
+                    message: format!("step `{step}` is not an approval step"),
+                })
+            }
+            None => {
+                return Err(EngineError::NotFound(format!(
+                    "run `{run_id}` has no step `{step}`"
+                )))
+            }
         }
-        let rec = snap.step(step).cloned().filter(|r| r.status == StepStatus::Waiting).ok_or_else(|| {
-            let status = snap.step(step).map_or("pending", |r| r.status.as_str());
-            EngineError::Conflict(format!("step `{step}` is not waiting for approval (it is {status})"))
-        })?;
+        let rec = snap
+            .step(step)
+            .cloned()
+            .filter(|r| r.status == StepStatus::Waiting)
+            .ok_or_else(|| {
+                let status = snap.step(step).map_or("pending", |r| r.status.as_str());
+                EngineError::Conflict(format!(
+                    "step `{step}` is not waiting for approval (it is {status})"
+                ))
+            })?;
         let (r, ev) = settle::decide(&rec, approved, comment, self.now());
         self.write_step(run_id, &r, &[ev]).await?;
-        self.queue.send(&WakeUp { run_id: run_id.to_string(), reason: WakeReason::Approval }, 0).await?;
+        self.queue
+            .send(
+                &WakeUp {
+                    run_id: run_id.to_string(),
+                    reason: WakeReason::Approval,
+                },
+                0,
+            )
+            .await?;
         Ok(())
     }
 
     /// Asks a run to stop: steps in flight finish, nothing new starts.
-    pub async fn cancel(&self, tenant: Option<&str>, run_id: &str) -> Result<RunStatus, EngineError> {
+    pub async fn cancel(
+        &self,
+        tenant: Option<&str>,
+        run_id: &str,
+    ) -> Result<RunStatus, EngineError> {
         for _ in 0..8 {
             let snap = self.load_for(tenant, run_id).await?;
             if snap.header.status.is_terminal() {
-                return Err(EngineError::Conflict(format!("run `{run_id}` has already ended ({})", snap.header.status.as_str())));
+                return Err(EngineError::Conflict(format!(
+                    "run `{run_id}` has already ended ({})",
+                    snap.header.status.as_str()
+                )));
             }
             if snap.header.cancel_requested {
                 return Ok(snap.header.status);
@@ -55,16 +99,30 @@ impl Engine {
             h.version += 1;
             match self.store.put_header(&h, snap.header.version).await {
                 Ok(()) => {
-                    let ev = HistoryEvent::run(self.now(), EventKind::RunCancelRequested, serde_json::Value::Null);
+                    let ev = HistoryEvent::run(
+                        self.now(),
+                        EventKind::RunCancelRequested,
+                        serde_json::Value::Null,
+                    );
                     self.store.append_events(run_id, &[ev]).await?;
-                    self.queue.send(&WakeUp { run_id: run_id.to_string(), reason: WakeReason::Cancel }, 0).await?;
+                    self.queue
+                        .send(
+                            &WakeUp {
+                                run_id: run_id.to_string(),
+                                reason: WakeReason::Cancel,
+                            },
+                            0,
+                        )
+                        .await?;
                     return Ok(h.status);
                 }
                 Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(EngineError::Conflict(format!("run `{run_id}` kept changing; try again")))
+        Err(EngineError::Conflict(format!(
+            "run `{run_id}` kept changing; try again"
+        )))
     }
 
     /// Takes over a run whose lease holder is known to be dead (the local CLI checks the
@@ -73,13 +131,20 @@ impl Engine {
     pub async fn take_over(&self, run_id: &str, dead_owner: &str) -> Result<(), EngineError> {
         let snap = self.load_for(None, run_id).await?;
         let now = self.now();
-        for rec in snap.steps.iter().filter(|r| r.status == StepStatus::Running && r.lease_owner.as_deref() == Some(dead_owner)) {
+        for rec in snap.steps.iter().filter(|r| {
+            r.status == StepStatus::Running && r.lease_owner.as_deref() == Some(dead_owner)
+        }) {
             let mut r = rec.clone();
             r.lease_until = Some(now);
             r.version += 1;
             self.store.put_step(run_id, &r, rec.version).await?;
         }
-        if snap.header.lease.as_ref().is_some_and(|l| l.owner == dead_owner) {
+        if snap
+            .header
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.owner == dead_owner)
+        {
             let mut h = snap.header.clone();
             h.lease = None;
             h.version += 1;

@@ -8,10 +8,16 @@ pub enum EngineError {
     NotFound(String),
     /// The request is malformed (400).
     #[error("{message}")]
-    BadRequest { field: Option<String>, message: String },
+    BadRequest {
+        field: Option<String>,
+        message: String,
+    },
     /// The input fails the workflow's input schema (422).
     #[error("{message}")]
-    InvalidInput { field: Option<String>, message: String },
+    InvalidInput {
+        field: Option<String>,
+        message: String,
+    },
     /// Idempotency conflict or an illegal state change (409).
     #[error("{0}")]
     Conflict(String),
@@ -53,7 +59,9 @@ impl EngineError {
 
     pub fn field(&self) -> Option<&str> {
         match self {
-            EngineError::BadRequest { field, .. } | EngineError::InvalidInput { field, .. } => field.as_deref(),
+            EngineError::BadRequest { field, .. } | EngineError::InvalidInput { field, .. } => {
+                field.as_deref()
+            }
             _ => None,
         }
     }

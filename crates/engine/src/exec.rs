@@ -31,7 +31,11 @@ pub struct ActionCtx {
 
 impl Engine {
     /// Builds the reference scope of a run from its records.
-    pub async fn scope(&self, wf: &Workflow, snap: &switchyard_core::state::RunSnapshot) -> Result<Value, StoreError> {
+    pub async fn scope(
+        &self,
+        wf: &Workflow,
+        snap: &switchyard_core::state::RunSnapshot,
+    ) -> Result<Value, StoreError> {
         let input = self.load_value(&snap.header.input).await?;
         let mut steps = Map::new();
         for r in &snap.steps {
@@ -46,7 +50,10 @@ impl Engine {
                 s.insert("sources".into(), json!(r.sources));
             }
             if let Some(e) = &r.error {
-                s.insert("error".into(), json!({"class": e.class, "message": e.message}));
+                s.insert(
+                    "error".into(),
+                    json!({"class": e.class, "message": e.message}),
+                );
             }
             steps.insert(r.step.clone(), Value::Object(s));
         }
@@ -58,8 +65,15 @@ impl Engine {
     }
 
     /// Writes a step record whose version the caller bumped by one, then its events.
-    pub(crate) async fn write_step(&self, run_id: &str, rec: &StepRecord, events: &[HistoryEvent]) -> Result<(), EngineError> {
-        self.store.put_step(run_id, rec, rec.version.saturating_sub(1)).await?;
+    pub(crate) async fn write_step(
+        &self,
+        run_id: &str,
+        rec: &StepRecord,
+        events: &[HistoryEvent],
+    ) -> Result<(), EngineError> {
+        self.store
+            .put_step(run_id, rec, rec.version.saturating_sub(1))
+            .await?;
         if !events.is_empty() {
             self.store.append_events(run_id, events).await?;
         }
@@ -67,9 +81,17 @@ impl Engine {
     }
 
     /// Executes one action; returns the records it wrote (the caller updates its snapshot).
-    pub async fn execute(&self, cx: &ActionCtx, action: &Action, rec: StepRecord) -> Result<Vec<StepRecord>, EngineError> {
+    pub async fn execute(
+        &self,
+        cx: &ActionCtx,
+        action: &Action,
+        rec: StepRecord,
+    ) -> Result<Vec<StepRecord>, EngineError> {
         let Some(step) = cx.wf.step(action.step()) else {
-            return Err(EngineError::NotFound(format!("step `{}` is not in the definition", action.step())));
+            return Err(EngineError::NotFound(format!(
+                "step `{}` is not in the definition",
+                action.step()
+            )));
         };
         let now = self.now();
         let one = |r: StepRecord, ev: HistoryEvent| (vec![r], vec![ev]);
@@ -78,29 +100,53 @@ impl Engine {
                 let (r, ev) = settle::skip(&step.id, &rec, reason, now);
                 one(r, ev)
             }
-            (Action::Start { .. }, StepKind::Model(ms)) => return self.start_model(cx, step, ms, rec).await,
-            (Action::Poll { .. }, StepKind::Model(ms)) => return self.poll_model(cx, step, ms, rec).await,
+            (Action::Start { .. }, StepKind::Model(ms)) => {
+                return self.start_model(cx, step, ms, rec).await
+            }
+            (Action::Poll { .. }, StepKind::Model(ms)) => {
+                return self.poll_model(cx, step, ms, rec).await
+            }
             (Action::Expire { .. }, _) => {
-                let err = StepError::new(ErrorClass::Timeout, "attempt lost: its worker stopped before checkpointing (lease expired)");
-                let (r, ev) = settle::fail(step, &rec, err, AttemptMeta::default(), now, &cx.run_id);
-                let lost = HistoryEvent::step(now, EventKind::StepLeaseExpired, &step.id, rec.attempt, Value::Null);
+                let err = StepError::new(
+                    ErrorClass::Timeout,
+                    "attempt lost: its worker stopped before checkpointing (lease expired)",
+                );
+                let (r, ev) =
+                    settle::fail(step, &rec, err, AttemptMeta::default(), now, &cx.run_id);
+                let lost = HistoryEvent::step(
+                    now,
+                    EventKind::StepLeaseExpired,
+                    &step.id,
+                    rec.attempt,
+                    Value::Null,
+                );
                 (vec![r], vec![lost, ev])
             }
             (Action::ApprovalTimeout { .. }, StepKind::Approval(a)) => match a.on_timeout {
                 OnTimeout::Approve => {
-                    let (r, ev) = settle::decide(&rec, true, Some("approved automatically at the deadline".into()), now);
+                    let (r, ev) = settle::decide(
+                        &rec,
+                        true,
+                        Some("approved automatically at the deadline".into()),
+                        now,
+                    );
                     one(r, ev)
                 }
                 OnTimeout::Reject => {
-                    let err = StepError::new(ErrorClass::Timeout, "nobody decided the approval before its deadline");
-                    let (r, ev) = settle::fail(step, &rec, err, AttemptMeta::default(), now, &cx.run_id);
+                    let err = StepError::new(
+                        ErrorClass::Timeout,
+                        "nobody decided the approval before its deadline",
+                    );
+                    let (r, ev) =
+                        settle::fail(step, &rec, err, AttemptMeta::default(), now, &cx.run_id);
                     one(r, ev)
                 }
             },
             (Action::Start { .. }, StepKind::Approval(a)) => {
                 let mut claimed = rec.clone();
                 claimed.attempt += 1;
-                let (mut r, mut ev) = settle::wait_for_approval(&claimed, now + a.deadline.ms(), now);
+                let (mut r, mut ev) =
+                    settle::wait_for_approval(&claimed, now + a.deadline.ms(), now);
                 r.started_at = Some(now);
                 if let Some(m) = &a.message {
                     // The gate opens even if its message cannot be rendered; the reason is kept.
@@ -118,26 +164,50 @@ impl Engine {
                 match self.pure_step(cx, step, kind, &started, now).await {
                     Ok(done) => done,
                     Err(err) => {
-                        let (r, ev) = settle::fail(step, &started, err, AttemptMeta::default(), now, &cx.run_id);
+                        let (r, ev) = settle::fail(
+                            step,
+                            &started,
+                            err,
+                            AttemptMeta::default(),
+                            now,
+                            &cx.run_id,
+                        );
                         one(r, ev)
                     }
                 }
             }
-            (other, _) => return Err(EngineError::Conflict(format!("action {other:?} does not apply to step `{}`", step.id))),
+            (other, _) => {
+                return Err(EngineError::Conflict(format!(
+                    "action {other:?} does not apply to step `{}`",
+                    step.id
+                )))
+            }
         };
-        for (r, ev) in records.iter().zip(events.iter().map(Some).chain(std::iter::repeat(None))) {
+        for (r, ev) in records
+            .iter()
+            .zip(events.iter().map(Some).chain(std::iter::repeat(None)))
+        {
             let evs: Vec<HistoryEvent> = ev.cloned().into_iter().collect();
             self.write_step(&cx.run_id, r, &evs).await?;
         }
         // Any events beyond one per record (e.g. lease expiry + failure) go in order.
         if events.len() > records.len() {
-            self.store.append_events(&cx.run_id, &events[records.len()..]).await?;
+            self.store
+                .append_events(&cx.run_id, &events[records.len()..])
+                .await?;
         }
         Ok(records)
     }
 
     /// Route, transform, validate and parallel merge: decided from the scope alone.
-    async fn pure_step(&self, cx: &ActionCtx, step: &Step, kind: &StepKind, rec: &StepRecord, now: u64) -> Result<(Vec<StepRecord>, Vec<HistoryEvent>), StepError> {
+    async fn pure_step(
+        &self,
+        cx: &ActionCtx,
+        step: &Step,
+        kind: &StepKind,
+        rec: &StepRecord,
+        now: u64,
+    ) -> Result<(Vec<StepRecord>, Vec<HistoryEvent>), StepError> {
         let invalid = |e: String| StepError::new(ErrorClass::Invalid, e);
         match kind {
             StepKind::Route(route) => {
@@ -152,7 +222,9 @@ impl Engine {
                         break;
                     }
                 }
-                let chosen = chosen.or_else(|| route.default.clone()).ok_or_else(|| invalid("no route matched and the route has no `default`".into()))?;
+                let chosen = chosen.or_else(|| route.default.clone()).ok_or_else(|| {
+                    invalid("no route matched and the route has no `default`".into())
+                })?;
                 let (r, ev) = settle::routed(rec, &chosen, now);
                 Ok((vec![r], vec![ev]))
             }
@@ -168,7 +240,10 @@ impl Engine {
                 for b in branches {
                     let short = b.rsplit('.').next().unwrap_or(b).to_string();
                     let s = &cx.scope["steps"][b];
-                    merged.insert(short.clone(), s.get("output").cloned().unwrap_or(Value::Null));
+                    merged.insert(
+                        short.clone(),
+                        s.get("output").cloned().unwrap_or(Value::Null),
+                    );
                     if let Some(e) = s.get("error").filter(|_| s["status"] == "failed") {
                         errors.insert(short, e.clone());
                     }
@@ -176,7 +251,10 @@ impl Engine {
                 if !errors.is_empty() {
                     merged.insert("_errors".into(), Value::Object(errors));
                 }
-                let out = self.store_value(Value::Object(merged)).await.map_err(store_err)?;
+                let out = self
+                    .store_value(Value::Object(merged))
+                    .await
+                    .map_err(store_err)?;
                 let (r, ev) = settle::succeed(rec, out, AttemptMeta::default(), now);
                 Ok((vec![r], vec![ev]))
             }
@@ -189,15 +267,26 @@ impl Engine {
                         Ok((vec![r], vec![ev]))
                     }
                     Err(errors) => {
-                        let target_rec = v.repair.as_ref().and_then(|rep| self.cached_record(cx, &rep.step));
-                        match target_rec.and_then(|t| settle::request_repair(step, rec, &t, &errors, now)) {
+                        let target_rec = v
+                            .repair
+                            .as_ref()
+                            .and_then(|rep| self.cached_record(cx, &rep.step));
+                        match target_rec
+                            .and_then(|t| settle::request_repair(step, rec, &t, &errors, now))
+                        {
                             Some((val, target, ev)) => Ok((vec![val, target], vec![ev])),
-                            None => Err(StepError::new(ErrorClass::Malformed, format!("value fails its schema ({} problem(s))", errors.len())).with_details(errors)),
+                            None => Err(StepError::new(
+                                ErrorClass::Malformed,
+                                format!("value fails its schema ({} problem(s))", errors.len()),
+                            )
+                            .with_details(errors)),
                         }
                     }
                 }
             }
-            StepKind::Model(_) | StepKind::Approval(_) => Err(invalid("internal: not a pure step".into())),
+            StepKind::Model(_) | StepKind::Approval(_) => {
+                Err(invalid("internal: not a pure step".into()))
+            }
         }
     }
 
@@ -206,9 +295,17 @@ impl Engine {
         cx.records.get(step).cloned()
     }
 
-    fn build_request(&self, cx: &ActionCtx, step: &Step, ms: &ModelStep, rec: &StepRecord, token: Option<&str>) -> Result<ModelRequest, StepError> {
+    fn build_request(
+        &self,
+        cx: &ActionCtx,
+        step: &Step,
+        ms: &ModelStep,
+        rec: &StepRecord,
+        token: Option<&str>,
+    ) -> Result<ModelRequest, StepError> {
         let invalid = |e: String| StepError::new(ErrorClass::Invalid, e);
-        let model = settle::current_model(step, rec).ok_or_else(|| invalid("no model left in the fallback chain".into()))?;
+        let model = settle::current_model(step, rec)
+            .ok_or_else(|| invalid("no model left in the fallback chain".into()))?;
         let input = refs::resolve(&ms.input, &cx.scope).map_err(invalid)?;
         let params = refs::resolve(&ms.params, &cx.scope).map_err(invalid)?;
         let instructions = match &ms.prompt {
@@ -224,7 +321,12 @@ impl Engine {
             (true, Some(t)) => {
                 let provider = model.split('/').next().unwrap_or("");
                 Some(Callback {
-                    url: format!("{}/hooks/{provider}?run_id={}&step={}&token={t}", self.config.public_url.trim_end_matches('/'), cx.run_id, step.id),
+                    url: format!(
+                        "{}/hooks/{provider}?run_id={}&step={}&token={t}",
+                        self.config.public_url.trim_end_matches('/'),
+                        cx.run_id,
+                        step.id
+                    ),
                     run_id: cx.run_id.clone(),
                     step: step.id.clone(),
                     token: t.to_string(),
@@ -249,9 +351,17 @@ impl Engine {
         })
     }
 
-    async fn start_model(&self, cx: &ActionCtx, step: &Step, ms: &ModelStep, rec: StepRecord) -> Result<Vec<StepRecord>, EngineError> {
+    async fn start_model(
+        &self,
+        cx: &ActionCtx,
+        step: &Step,
+        ms: &ModelStep,
+        rec: StepRecord,
+    ) -> Result<Vec<StepRecord>, EngineError> {
         let now = self.now();
-        let token = ms.asynchronous.then(|| uuid::Uuid::new_v4().simple().to_string());
+        let token = ms
+            .asynchronous
+            .then(|| uuid::Uuid::new_v4().simple().to_string());
         // The request is built for the attempt about to be claimed.
         let mut next = rec.clone();
         next.attempt += 1;
@@ -267,26 +377,48 @@ impl Engine {
             }
             Ok((req, provider))
         });
-        let claimed = settle::claim(step, &rec, &self.config.owner, now, ms.timeout.ms() + self.config.step_lease_margin_ms);
+        let claimed = settle::claim(
+            step,
+            &rec,
+            &self.config.owner,
+            now,
+            ms.timeout.ms() + self.config.step_lease_margin_ms,
+        );
         let (req, provider) = match prepared {
             Ok(x) => x,
             Err(err) => {
-                // Decided before any side effect: no claim needed, one write.
-                let mut base = claimed.clone();
-                base.version = rec.version;
-                let (r, ev) = settle::fail(step, &base, err, AttemptMeta::default(), now, &cx.run_id);
+                // Decided before any side effect: no claim needed, one write, and no attempt
+                // counted (the model was never called).
+                let mut base = rec.clone();
+                base.model = settle::current_model(step, &rec);
+                let (r, ev) =
+                    settle::fail(step, &base, err, AttemptMeta::default(), now, &cx.run_id);
                 self.write_step(&cx.run_id, &r, &[ev]).await?;
                 return Ok(vec![r]);
             }
         };
-        let started = HistoryEvent::step(now, EventKind::StepStarted, &step.id, claimed.attempt, json!({"model": req.model, "prompt_version": req.prompt_version}));
+        let started = HistoryEvent::step(
+            now,
+            EventKind::StepStarted,
+            &step.id,
+            claimed.attempt,
+            json!({"model": req.model, "prompt_version": req.prompt_version}),
+        );
         self.write_step(&cx.run_id, &claimed, &[started]).await?;
         tracing::info!(run_id = %cx.run_id, step = %step.id, attempt = claimed.attempt, model = %req.model, prompt_version = ?req.prompt_version, "step started");
 
         let t0 = std::time::Instant::now();
-        let result = match tokio::time::timeout(Duration::from_millis(ms.timeout.ms()), provider.invoke(&req)).await {
+        let result = match tokio::time::timeout(
+            Duration::from_millis(ms.timeout.ms()),
+            provider.invoke(&req),
+        )
+        .await
+        {
             Ok(r) => r,
-            Err(_) => Err(StepError::new(ErrorClass::Timeout, format!("no answer within the step timeout of {}", ms.timeout))),
+            Err(_) => Err(StepError::new(
+                ErrorClass::Timeout,
+                format!("no answer within the step timeout of {}", ms.timeout),
+            )),
         };
         let latency_ms = t0.elapsed().as_millis() as u64;
         let done = self.now();
@@ -300,11 +432,29 @@ impl Engine {
             sources: out.map(|o| o.sources.clone()).unwrap_or_default(),
         };
         let (r, ev) = match result {
-            Ok(ModelResponse::Completed(out)) => self.settle_output(&cx.run_id, step, &claimed, &out, meta(Some(&out)), done).await?,
-            Ok(ModelResponse::Pending { job_id, poll_after_ms }) => {
-                let job = JobRef { provider: provider.name().to_string(), model: req.model.clone(), job_id, callback_token: token.unwrap_or_default() };
-                let poll_at = Some(done + poll_after_ms.unwrap_or(self.config.default_poll_ms));
-                settle::wait_for_job(&claimed, job, poll_at, done + ms.wait_timeout.ms(), meta(None), done)
+            Ok(ModelResponse::Completed(out)) => {
+                self.settle_output(&cx.run_id, step, &claimed, &out, meta(Some(&out)), done)
+                    .await?
+            }
+            Ok(ModelResponse::Pending {
+                job_id,
+                poll_after_ms,
+            }) => {
+                let job = JobRef {
+                    provider: provider.name().to_string(),
+                    model: req.model.clone(),
+                    job_id,
+                    callback_token: token.unwrap_or_default(),
+                };
+                let poll_at = poll_after_ms.map(|p| done + p);
+                settle::wait_for_job(
+                    &claimed,
+                    job,
+                    poll_at,
+                    done + ms.wait_timeout.ms(),
+                    meta(None),
+                    done,
+                )
             }
             Err(err) => {
                 tracing::warn!(run_id = %cx.run_id, step = %step.id, attempt = claimed.attempt, model = %req.model, error_class = %err.class, "step attempt failed");
@@ -316,7 +466,15 @@ impl Engine {
     }
 
     /// Checks a model's answer against the step's output schema and settles the attempt.
-    pub(crate) async fn settle_output(&self, run_id: &str, step: &Step, claimed: &StepRecord, out: &ModelOutput, meta: AttemptMeta, now: u64) -> Result<(StepRecord, HistoryEvent), EngineError> {
+    pub(crate) async fn settle_output(
+        &self,
+        run_id: &str,
+        step: &Step,
+        claimed: &StepRecord,
+        out: &ModelOutput,
+        meta: AttemptMeta,
+        now: u64,
+    ) -> Result<(StepRecord, HistoryEvent), EngineError> {
         let checked = match &step.kind {
             StepKind::Model(ms) => check_output(ms, out),
             _ => Ok(()),
@@ -329,33 +487,81 @@ impl Engine {
         Ok(settle::succeed(claimed, value, meta, now))
     }
 
-    async fn poll_model(&self, cx: &ActionCtx, step: &Step, ms: &ModelStep, rec: StepRecord) -> Result<Vec<StepRecord>, EngineError> {
+    async fn poll_model(
+        &self,
+        cx: &ActionCtx,
+        step: &Step,
+        ms: &ModelStep,
+        rec: StepRecord,
+    ) -> Result<Vec<StepRecord>, EngineError> {
         let now = self.now();
         let Some(job) = rec.job.clone() else {
-            return Err(EngineError::Conflict(format!("step `{}` waits without a job", step.id)));
+            return Err(EngineError::Conflict(format!(
+                "step `{}` waits without a job",
+                step.id
+            )));
         };
         let polled = async {
             let req = self.build_request(cx, step, ms, &rec, Some(&job.callback_token))?;
-            let provider = self.providers.get(&job.provider).ok_or_else(|| StepError::new(ErrorClass::Invalid, format!("no provider `{}`", job.provider)))?;
-            match tokio::time::timeout(Duration::from_millis(ms.timeout.ms()), provider.poll(&req, &job.job_id)).await {
+            let provider = self.providers.get(&job.provider).ok_or_else(|| {
+                StepError::new(
+                    ErrorClass::Invalid,
+                    format!("no provider `{}`", job.provider),
+                )
+            })?;
+            match tokio::time::timeout(
+                Duration::from_millis(ms.timeout.ms()),
+                provider.poll(&req, &job.job_id),
+            )
+            .await
+            {
                 Ok(r) => r,
                 Err(_) => Err(StepError::new(ErrorClass::Timeout, "poll timed out")),
             }
         }
         .await;
         let past_deadline = rec.deadline_at.is_some_and(|d| now >= d);
-        let polled_ev = HistoryEvent::step(now, EventKind::JobPolled, &step.id, rec.attempt, json!({"job_id": job.job_id}));
+        let polled_ev = HistoryEvent::step(
+            now,
+            EventKind::JobPolled,
+            &step.id,
+            rec.attempt,
+            json!({"job_id": job.job_id}),
+        );
         let (r, ev) = match polled {
             Ok(ModelResponse::Completed(out)) => {
-                let meta = AttemptMeta { model: Some(out.model.clone()), cost_usd: out.cost_usd, usage: out.usage, provider_request_id: out.provider_request_id.clone(), sources: out.sources.clone(), ..Default::default() };
-                self.settle_output(&cx.run_id, step, &rec, &out, meta, now).await?
+                let meta = AttemptMeta {
+                    model: Some(out.model.clone()),
+                    cost_usd: out.cost_usd,
+                    usage: out.usage,
+                    provider_request_id: out.provider_request_id.clone(),
+                    sources: out.sources.clone(),
+                    ..Default::default()
+                };
+                self.settle_output(&cx.run_id, step, &rec, &out, meta, now)
+                    .await?
             }
             Ok(ModelResponse::Pending { .. }) if !past_deadline => {
                 let r = settle::poll_again(&rec, now + self.config.default_poll_ms);
                 (r, polled_ev.clone())
             }
             Ok(ModelResponse::Pending { .. }) => {
-                let err = StepError::new(ErrorClass::Timeout, format!("the job did not finish within the wait timeout of {}", ms.wait_timeout));
+                // Give up on the job, and tell the provider so it stops (and stops billing).
+                if let (Ok(req), Some(provider)) = (
+                    self.build_request(cx, step, ms, &rec, Some(&job.callback_token)),
+                    self.providers.get(&job.provider),
+                ) {
+                    if let Err(e) = provider.cancel(&req, &job.job_id).await {
+                        tracing::warn!(run_id = %cx.run_id, step = %step.id, error = %e, "could not cancel the job");
+                    }
+                }
+                let err = StepError::new(
+                    ErrorClass::Timeout,
+                    format!(
+                        "the job did not finish within the wait timeout of {}",
+                        ms.wait_timeout
+                    ),
+                );
                 settle::fail(step, &rec, err, AttemptMeta::default(), now, &cx.run_id)
             }
             Err(err) => settle::fail(step, &rec, err, AttemptMeta::default(), now, &cx.run_id),
@@ -366,7 +572,10 @@ impl Engine {
 }
 
 fn store_err(e: StoreError) -> StepError {
-    StepError::new(ErrorClass::Transient, format!("could not store the value: {e}"))
+    StepError::new(
+        ErrorClass::Transient,
+        format!("could not store the value: {e}"),
+    )
 }
 
 /// The part of a model answer an output schema applies to: the parsed JSON of a generation,
@@ -380,12 +589,23 @@ pub fn checked_part<'a>(ms: &ModelStep, out: &'a ModelOutput) -> Option<&'a Valu
 }
 
 fn check_output(ms: &ModelStep, out: &ModelOutput) -> Result<(), StepError> {
-    let Some(s) = &ms.output_schema else { return Ok(()) };
+    let Some(s) = &ms.output_schema else {
+        return Ok(());
+    };
     let Some(part) = checked_part(ms, out) else {
-        return Err(StepError::new(ErrorClass::Malformed, "the model returned no JSON to check against output_schema")
-            .with_details(vec!["answer with a single JSON object that matches the schema".into()]));
+        return Err(StepError::new(
+            ErrorClass::Malformed,
+            "the model returned no JSON to check against output_schema",
+        )
+        .with_details(vec![
+            "answer with a single JSON object that matches the schema".into(),
+        ]));
     };
     schema::validate(s, part).map_err(|errors| {
-        StepError::new(ErrorClass::Malformed, format!("output fails output_schema ({} problem(s))", errors.len())).with_details(errors)
+        StepError::new(
+            ErrorClass::Malformed,
+            format!("output fails output_schema ({} problem(s))", errors.len()),
+        )
+        .with_details(errors)
     })
 }

@@ -5,7 +5,9 @@ use crate::{Engine, EngineError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use switchyard_core::ports::IdempotencyClaim;
-use switchyard_core::state::{EventKind, HistoryEvent, RunHeader, RunStatus, WakeReason, WakeUp, WorkflowPin};
+use switchyard_core::state::{
+    EventKind, HistoryEvent, RunHeader, RunStatus, WakeReason, WakeUp, WorkflowPin,
+};
 use switchyard_core::workflow::Workflow;
 use switchyard_core::{schema, sha256_hex};
 
@@ -34,32 +36,74 @@ pub struct Started {
 
 impl Engine {
     /// Starts a run of a registered workflow.
-    pub async fn start_run(&self, tenant: &str, req: StartRequest, idempotency_key: Option<&str>) -> Result<Started, EngineError> {
-        let wf = self.workflows.get(&req.workflow, req.version.as_deref()).ok_or_else(|| match &req.version {
-            Some(v) => EngineError::NotFound(format!("workflow `{}` version `{v}` is not served here", req.workflow)),
-            None => EngineError::NotFound(format!("workflow `{}` is not served here", req.workflow)),
-        })?;
+    pub async fn start_run(
+        &self,
+        tenant: &str,
+        req: StartRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<Started, EngineError> {
+        let wf = self
+            .workflows
+            .get(&req.workflow, req.version.as_deref())
+            .ok_or_else(|| match &req.version {
+                Some(v) => EngineError::NotFound(format!(
+                    "workflow `{}` version `{v}` is not served here",
+                    req.workflow
+                )),
+                None => {
+                    EngineError::NotFound(format!("workflow `{}` is not served here", req.workflow))
+                }
+            })?;
         self.start_workflow(tenant, &wf, req, idempotency_key).await
     }
 
     /// Starts a run of a given compiled workflow (the CLI's `run FILE`).
-    pub async fn start_workflow(&self, tenant: &str, wf: &Workflow, req: StartRequest, idempotency_key: Option<&str>) -> Result<Started, EngineError> {
-        let body = serde_json::to_vec(&req).map_err(|e| EngineError::BadRequest { field: None, message: e.to_string() })?;
+    pub async fn start_workflow(
+        &self,
+        tenant: &str,
+        wf: &Workflow,
+        req: StartRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<Started, EngineError> {
+        let body = serde_json::to_vec(&req).map_err(|e| EngineError::BadRequest {
+            field: None,
+            message: e.to_string(),
+        })?;
         if body.len() > MAX_INPUT_BYTES {
-            return Err(EngineError::TooLarge(format!("the request is {} bytes; the limit is {MAX_INPUT_BYTES}", body.len())));
+            return Err(EngineError::TooLarge(format!(
+                "the request is {} bytes; the limit is {MAX_INPUT_BYTES}",
+                body.len()
+            )));
         }
         check_input(wf, &req.input)?;
         let now = self.now();
         let run_id = new_run_id();
         if let Some(key) = idempotency_key {
-            match self.store.claim_idempotency(tenant, key, &sha256_hex(&body), &run_id, now).await? {
+            match self
+                .store
+                .claim_idempotency(tenant, key, &sha256_hex(&body), &run_id, now)
+                .await?
+            {
                 IdempotencyClaim::New => {}
-                IdempotencyClaim::Existing { run_id, same_body: true } => {
-                    let status = self.store.load(&run_id).await?.map_or(RunStatus::Pending, |s| s.header.status);
-                    return Ok(Started { run_id, status, existing: true });
+                IdempotencyClaim::Existing {
+                    run_id,
+                    same_body: true,
+                } => {
+                    let status = self
+                        .store
+                        .load(&run_id)
+                        .await?
+                        .map_or(RunStatus::Pending, |s| s.header.status);
+                    return Ok(Started {
+                        run_id,
+                        status,
+                        existing: true,
+                    });
                 }
                 IdempotencyClaim::Existing { .. } => {
-                    return Err(EngineError::Conflict(format!("Idempotency-Key `{key}` was used with another request body")));
+                    return Err(EngineError::Conflict(format!(
+                        "Idempotency-Key `{key}` was used with another request body"
+                    )));
                 }
             }
         }
@@ -68,7 +112,11 @@ impl Engine {
         let header = RunHeader {
             run_id: run_id.clone(),
             tenant: tenant.to_string(),
-            workflow: WorkflowPin { name: wf.name.clone(), version: wf.version.clone(), hash: hash.clone() },
+            workflow: WorkflowPin {
+                name: wf.name.clone(),
+                version: wf.version.clone(),
+                hash: hash.clone(),
+            },
             status: RunStatus::Pending,
             input,
             output: None,
@@ -85,17 +133,35 @@ impl Engine {
             version: 1,
         };
         self.store.create_run(&header).await?;
-        let ev = HistoryEvent::run(now, EventKind::RunCreated, json!({"workflow": wf.name, "version": wf.version, "hash": hash}));
+        let ev = HistoryEvent::run(
+            now,
+            EventKind::RunCreated,
+            json!({"workflow": wf.name, "version": wf.version, "hash": hash}),
+        );
         self.store.append_events(&run_id, &[ev]).await?;
-        self.queue.send(&WakeUp { run_id: run_id.clone(), reason: WakeReason::Start }, 0).await?;
+        self.queue
+            .send(
+                &WakeUp {
+                    run_id: run_id.clone(),
+                    reason: WakeReason::Start,
+                },
+                0,
+            )
+            .await?;
         tracing::info!(run_id = %run_id, workflow = %wf.name, version = %wf.version, "run created");
-        Ok(Started { run_id, status: RunStatus::Pending, existing: false })
+        Ok(Started {
+            run_id,
+            status: RunStatus::Pending,
+            existing: false,
+        })
     }
 }
 
 /// Checks the input against the workflow's input schema, naming the first failing field.
 pub fn check_input(wf: &Workflow, input: &Value) -> Result<(), EngineError> {
-    let Some(s) = &wf.input_schema else { return Ok(()) };
+    let Some(s) = &wf.input_schema else {
+        return Ok(());
+    };
     schema::validate(s, input).map_err(|errors| {
         let first = errors.first().cloned().unwrap_or_default();
         // "at /ticket/text: …" → field "input.ticket.text"
@@ -104,11 +170,18 @@ pub fn check_input(wf: &Workflow, input: &Value) -> Result<(), EngineError> {
             .and_then(|r| r.split(':').next())
             .map(|p| {
                 let p = p.trim_matches('/').replace('/', ".");
-                if p.is_empty() { "input".to_string() } else { format!("input.{p}") }
+                if p.is_empty() {
+                    "input".to_string()
+                } else {
+                    format!("input.{p}")
+                }
             });
         EngineError::InvalidInput {
             field,
-            message: format!("input does not match the workflow's input_schema: {}", errors.join("; ")),
+            message: format!(
+                "input does not match the workflow's input_schema: {}",
+                errors.join("; ")
+            ),
         }
     })
 }

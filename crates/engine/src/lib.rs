@@ -11,12 +11,14 @@
 //! - [`control`]: approvals, cancellation, taking over a run whose worker died.
 //! - [`view`]: the run document the CLI and the HTTP API return.
 //! - [`registry`]: the providers and workflows a deployment serves.
+//! - [`http`]: the axum routes over these use-cases (today: provider callbacks).
 //!
 //! Nothing here knows whether the ports are SQLite and files or DynamoDB, SQS and S3.
 
 pub mod control;
 pub mod error;
 pub mod exec;
+pub mod http;
 pub mod intake;
 pub mod registry;
 pub mod view;
@@ -117,7 +119,10 @@ impl Engine {
             return Ok(ValueRef::Inline { value });
         }
         let key = self.blobs.put(&bytes, "application/json").await?;
-        Ok(ValueRef::Blob { key, bytes: bytes.len() as u64 })
+        Ok(ValueRef::Blob {
+            key,
+            bytes: bytes.len() as u64,
+        })
     }
 
     pub async fn load_value(&self, r: &ValueRef) -> Result<Value, StoreError> {
@@ -125,7 +130,8 @@ impl Engine {
             ValueRef::Inline { value } => Ok(value.clone()),
             ValueRef::Blob { key, .. } => {
                 let bytes = self.blobs.get(key).await?;
-                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(format!("blob {key}: {e}")))
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| StoreError::Corrupt(format!("blob {key}: {e}")))
             }
         }
     }
@@ -142,11 +148,17 @@ impl Engine {
 
     /// The definition a run pinned.
     pub async fn definition(&self, hash: &str) -> Result<Arc<Workflow>, StoreError> {
-        if let Some(wf) = self.definitions.lock().ok().and_then(|c| c.get(hash).cloned()) {
+        if let Some(wf) = self
+            .definitions
+            .lock()
+            .ok()
+            .and_then(|c| c.get(hash).cloned())
+        {
             return Ok(wf);
         }
         let bytes = self.blobs.get(hash).await?;
-        let wf: Workflow = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(format!("definition {hash}: {e}")))?;
+        let wf: Workflow = serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::Corrupt(format!("definition {hash}: {e}")))?;
         let wf = Arc::new(wf);
         if let Ok(mut cache) = self.definitions.lock() {
             cache.insert(hash.to_string(), wf.clone());

@@ -61,8 +61,16 @@ fn step_view(wf: &Workflow, id: &str, kind: &str, r: Option<&StepRecord>) -> Ste
         latency_ms: r.latency_ms,
         cost_usd: r.cost_usd,
         fallback_used: r.fallback_used,
-        error_class: if r.status == StepStatus::Failed || r.status == StepStatus::Retrying { r.error.as_ref().map(|e| e.class) } else { None },
-        error: if r.status == StepStatus::Failed { r.error.as_ref().map(|e| e.message.clone()) } else { None },
+        error_class: if r.status == StepStatus::Failed || r.status == StepStatus::Retrying {
+            r.error.as_ref().map(|e| e.class)
+        } else {
+            None
+        },
+        error: if r.status == StepStatus::Failed {
+            r.error.as_ref().map(|e| e.message.clone())
+        } else {
+            None
+        },
         sources: r.sources.clone(),
         provider_request_id: r.provider_request_id.clone(),
     }
@@ -81,7 +89,11 @@ impl Engine {
                 serde_json::json!({"url": url, "bytes": bytes})
             }
         };
-        let steps = wf.steps.iter().map(|s| step_view(&wf, &s.id, s.kind.name(), snap.step(&s.id))).collect();
+        let steps = wf
+            .steps
+            .iter()
+            .map(|s| step_view(&wf, &s.id, s.kind.name(), snap.step(&s.id)))
+            .collect();
         Ok(RunView {
             run_id: h.run_id.clone(),
             workflow: h.workflow.name.clone(),
@@ -93,7 +105,11 @@ impl Engine {
             cost_usd: (snap.cost_usd() * 1e9).round() / 1e9,
             created_at: h.created_at,
             ended_at: h.ended_at,
-            waiting_for: h.wait.as_ref().filter(|_| h.status == switchyard_core::state::RunStatus::Waiting).map(|w| serde_json::json!(w)),
+            waiting_for: h
+                .wait
+                .as_ref()
+                .filter(|_| h.status == switchyard_core::state::RunStatus::Waiting)
+                .map(|w| serde_json::json!(w)),
             steps,
         })
     }

@@ -39,61 +39,161 @@ pub enum CallbackResult {
 }
 
 impl Engine {
-    pub async fn handle_callback(&self, req: &CallbackRequest) -> Result<CallbackResult, EngineError> {
+    pub async fn handle_callback(
+        &self,
+        req: &CallbackRequest,
+    ) -> Result<CallbackResult, EngineError> {
         if req.body.len() > MAX_CALLBACK_BYTES {
-            return Err(EngineError::TooLarge(format!("callback body over {MAX_CALLBACK_BYTES} bytes")));
+            return Err(EngineError::TooLarge(format!(
+                "callback body over {MAX_CALLBACK_BYTES} bytes"
+            )));
         }
         let header = |name: &str| req.headers.get(name).map(String::as_str).unwrap_or("");
-        let secret = self.config.webhook_secrets.get(&req.provider).or_else(|| self.config.webhook_secrets.get("*"))
-            .ok_or_else(|| EngineError::Unauthorized(format!("no webhook secret is configured for `{}`", req.provider)))?;
+        let secret = self
+            .config
+            .webhook_secrets
+            .get(&req.provider)
+            .or_else(|| self.config.webhook_secrets.get("*"))
+            .ok_or_else(|| {
+                EngineError::Unauthorized(format!(
+                    "no webhook secret is configured for `{}`",
+                    req.provider
+                ))
+            })?;
         let id = header("webhook-id");
         if id.is_empty() {
             return Err(EngineError::Unauthorized("missing webhook-id".into()));
         }
-        webhook::verify(secret, id, header("webhook-timestamp"), header("webhook-signature"), &req.body, self.now() / 1000)
-            .map_err(|e| EngineError::Unauthorized(format!("webhook signature: {e}")))?;
+        webhook::verify(
+            secret,
+            id,
+            header("webhook-timestamp"),
+            header("webhook-signature"),
+            &req.body,
+            self.now() / 1000,
+        )
+        .map_err(|e| EngineError::Unauthorized(format!("webhook signature: {e}")))?;
         let dedupe_key = format!("{}:{id}", req.provider);
         // Seen before? (Recorded only after the callback is applied, so a failed attempt to
         // apply it can be retried by the provider.)
-        let q = |k: &str| req.query.get(k).cloned().ok_or_else(|| EngineError::BadRequest { field: Some(format!("query.{k}")), message: format!("the callback URL lacks `{k}`") });
+        let q = |k: &str| {
+            req.query
+                .get(k)
+                .cloned()
+                .ok_or_else(|| EngineError::BadRequest {
+                    field: Some(format!("query.{k}")),
+                    message: format!("the callback URL lacks `{k}`"),
+                })
+        };
         let (run_id, step_id, token) = (q("run_id")?, q("step")?, q("token")?);
         let snap = self.load_for(None, &run_id).await?;
+        if snap.header.status.is_terminal() {
+            // The run ended (cancelled, or failed elsewhere) while the job ran: acknowledge the
+            // callback so the provider stops retrying, but change nothing.
+            let fresh = self
+                .store
+                .record_webhook_id(&dedupe_key, self.now())
+                .await?;
+            return Ok(if fresh {
+                CallbackResult::Stale
+            } else {
+                CallbackResult::Duplicate
+            });
+        }
         let wf = self.definition(&snap.header.workflow.hash).await?;
-        let Some(step) = wf.step(&step_id) else { return Err(EngineError::NotFound(format!("no step `{step_id}`"))) };
-        let StepKind::Model(_) = &step.kind else { return Err(EngineError::BadRequest { field: Some("query.step".into()), message: "not a model step".into() }) };
+        let Some(step) = wf.step(&step_id) else {
+            return Err(EngineError::NotFound(format!("no step `{step_id}`")));
+        };
+        let StepKind::Model(_) = &step.kind else {
+            return Err(EngineError::BadRequest {
+                field: Some("query.step".into()),
+                message: "not a model step".into(),
+            });
+        };
         let rec = match snap.step(&step_id) {
-            Some(r) if r.status == StepStatus::Waiting && r.job.as_ref().is_some_and(|j| constant_eq(&j.callback_token, &token)) => r.clone(),
+            Some(r)
+                if r.status == StepStatus::Waiting
+                    && r.job
+                        .as_ref()
+                        .is_some_and(|j| constant_eq(&j.callback_token, &token)) =>
+            {
+                r.clone()
+            }
             _ => {
-                let fresh = self.store.record_webhook_id(&dedupe_key, self.now()).await?;
-                return Ok(if fresh { CallbackResult::Stale } else { CallbackResult::Duplicate });
+                let fresh = self
+                    .store
+                    .record_webhook_id(&dedupe_key, self.now())
+                    .await?;
+                return Ok(if fresh {
+                    CallbackResult::Stale
+                } else {
+                    CallbackResult::Duplicate
+                });
             }
         };
-        let provider = self.providers.get(&req.provider).ok_or_else(|| EngineError::NotFound(format!("no provider `{}`", req.provider)))?;
-        let body: Value = serde_json::from_slice(&req.body).map_err(|e| EngineError::BadRequest { field: Some("body".into()), message: format!("callback body is not JSON: {e}") })?;
+        let provider = self
+            .providers
+            .get(&req.provider)
+            .ok_or_else(|| EngineError::NotFound(format!("no provider `{}`", req.provider)))?;
+        let body: Value =
+            serde_json::from_slice(&req.body).map_err(|e| EngineError::BadRequest {
+                field: Some("body".into()),
+                message: format!("callback body is not JSON: {e}"),
+            })?;
         let now = self.now();
         let parsed = provider.parse_callback(&body);
         if let Ok((job_id, _)) = &parsed {
             if rec.job.as_ref().is_some_and(|j| &j.job_id != job_id) {
-                return Err(EngineError::BadRequest { field: Some("body.id".into()), message: format!("callback is for job `{job_id}`, not the step's job") });
+                return Err(EngineError::BadRequest {
+                    field: Some("body.id".into()),
+                    message: format!("callback is for job `{job_id}`, not the step's job"),
+                });
             }
         }
-        let received = HistoryEvent::step(now, EventKind::WebhookReceived, &step_id, rec.attempt, json!({"webhook_id": id, "provider": req.provider}));
+        let received = HistoryEvent::step(
+            now,
+            EventKind::WebhookReceived,
+            &step_id,
+            rec.attempt,
+            json!({"webhook_id": id, "provider": req.provider}),
+        );
         let (r, ev) = match parsed {
             Ok((_, ModelResponse::Pending { .. })) => return Ok(CallbackResult::Progress),
             Ok((_, ModelResponse::Completed(out))) => {
-                let meta = AttemptMeta { model: Some(out.model.clone()), cost_usd: out.cost_usd, usage: out.usage, provider_request_id: out.provider_request_id.clone(), sources: out.sources.clone(), latency_ms: now.saturating_sub(rec.started_at.unwrap_or(now)), ..Default::default() };
-                self.settle_output(&run_id, step, &rec, &out, meta, now).await?
+                let meta = AttemptMeta {
+                    model: Some(out.model.clone()),
+                    cost_usd: out.cost_usd,
+                    usage: out.usage,
+                    provider_request_id: out.provider_request_id.clone(),
+                    sources: out.sources.clone(),
+                    latency_ms: now.saturating_sub(rec.started_at.unwrap_or(now)),
+                    ..Default::default()
+                };
+                self.settle_output(&run_id, step, &rec, &out, meta, now)
+                    .await?
             }
             Err(err) => settle::fail(step, &rec, err, AttemptMeta::default(), now, &run_id),
         };
         self.write_step(&run_id, &r, &[received, ev]).await?;
         self.store.record_webhook_id(&dedupe_key, now).await?;
-        self.queue.send(&WakeUp { run_id, reason: WakeReason::Webhook }, 0).await?;
+        self.queue
+            .send(
+                &WakeUp {
+                    run_id,
+                    reason: WakeReason::Webhook,
+                },
+                0,
+            )
+            .await?;
         Ok(CallbackResult::Applied)
     }
 }
 
 /// Compares secrets without an early exit on the first differing byte.
 fn constant_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }

@@ -14,7 +14,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use switchyard_core::planner::{self, Outcome, Plan};
 use switchyard_core::state::{
-    EventKind, HistoryEvent, Lease, RunError, RunSnapshot, RunStatus, StepRecord, StepStatus, WaitInfo, WaitReason, WakeReason, WakeUp,
+    EventKind, HistoryEvent, Lease, RunError, RunSnapshot, RunStatus, StepRecord, StepStatus,
+    WaitInfo, WaitReason, WakeReason, WakeUp,
 };
 use switchyard_core::workflow::Workflow;
 use switchyard_core::{refs, schema, ErrorClass, Millis, StoreError};
@@ -29,7 +30,10 @@ pub enum Handled {
     /// Another worker holds the lease; a wake-up was sent for when it expires.
     Busy,
     Ended(RunStatus),
-    Waiting { reason: WaitReason, until: Option<Millis> },
+    Waiting {
+        reason: WaitReason,
+        until: Option<Millis>,
+    },
     /// The invocation deadline came near; a wake-up was sent to continue.
     Yielded,
 }
@@ -38,12 +42,18 @@ pub enum Handled {
 /// (the wake-up is then retried by the queue).
 const MAX_CONFLICTS: usize = 8;
 
-type Flight = std::pin::Pin<Box<dyn std::future::Future<Output = (String, Result<Vec<StepRecord>, EngineError>)> + Send>>;
+type Flight = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (String, Result<Vec<StepRecord>, EngineError>)> + Send>,
+>;
 
 impl Engine {
     /// Handles one wake-up. `deadline` is when this invocation must stop (Lambda's remaining
     /// time); `None` runs until the run ends or waits.
-    pub async fn handle(&self, wake: &WakeUp, deadline: Option<Millis>) -> Result<Handled, EngineError> {
+    pub async fn handle(
+        &self,
+        wake: &WakeUp,
+        deadline: Option<Millis>,
+    ) -> Result<Handled, EngineError> {
         let run_id = wake.run_id.as_str();
         let Some(mut snap) = self.store.load(run_id).await? else {
             tracing::warn!(run_id, "wake-up for an unknown run");
@@ -55,23 +65,35 @@ impl Engine {
         let wf = self.definition(&snap.header.workflow.hash).await?;
         let prev_wait_until = snap.header.wait.as_ref().and_then(|w| w.until);
         let now = self.now();
-        let lease = Lease { owner: self.config.owner.clone(), until: now + self.config.run_lease_ms };
+        let lease = Lease {
+            owner: self.config.owner.clone(),
+            until: now + self.config.run_lease_ms,
+        };
         match self.store.acquire_lease(run_id, &lease, now).await {
             Ok(h) => snap.header = h,
             Err(StoreError::Conflict(_)) => {
                 let until = snap.header.lease.as_ref().map_or(now, |l| l.until);
-                self.queue.send(wake, until.saturating_sub(now) + 100).await?;
+                self.queue
+                    .send(wake, until.saturating_sub(now) + 100)
+                    .await?;
                 return Ok(Handled::Busy);
             }
             Err(e) => return Err(e.into()),
         }
         let mut conflicts = 0;
         loop {
-            match self.drive(&wf, &mut snap, wake, deadline, prev_wait_until).await {
+            match self
+                .drive(&wf, &mut snap, wake, deadline, prev_wait_until)
+                .await
+            {
                 Err(EngineError::Store(StoreError::Conflict(msg))) if conflicts < MAX_CONFLICTS => {
                     conflicts += 1;
                     tracing::debug!(run_id, %msg, "conflicting write; reloading");
-                    snap = self.store.load(run_id).await?.ok_or_else(|| EngineError::NotFound(run_id.to_string()))?;
+                    snap = self
+                        .store
+                        .load(run_id)
+                        .await?
+                        .ok_or_else(|| EngineError::NotFound(run_id.to_string()))?;
                     if snap.header.status.is_terminal() {
                         return Ok(Handled::AlreadyEnded(snap.header.status));
                     }
@@ -81,7 +103,14 @@ impl Engine {
         }
     }
 
-    async fn drive(&self, wf: &Arc<Workflow>, snap: &mut RunSnapshot, wake: &WakeUp, deadline: Option<Millis>, prev_wait_until: Option<Millis>) -> Result<Handled, EngineError> {
+    async fn drive(
+        &self,
+        wf: &Arc<Workflow>,
+        snap: &mut RunSnapshot,
+        wake: &WakeUp,
+        deadline: Option<Millis>,
+        prev_wait_until: Option<Millis>,
+    ) -> Result<Handled, EngineError> {
         let run_id = snap.header.run_id.clone();
         let mut in_flight: FuturesUnordered<Flight> = FuturesUnordered::new();
         let mut flying: HashSet<String> = HashSet::new();
@@ -90,7 +119,12 @@ impl Engine {
             let now = self.now();
             let plan = planner::plan(wf, snap, now);
             let near_deadline = deadline.is_some_and(|d| now + self.config.deadline_margin_ms >= d);
-            let fresh: Vec<_> = plan.actions.iter().filter(|a| !flying.contains(a.step())).cloned().collect();
+            let fresh: Vec<_> = plan
+                .actions
+                .iter()
+                .filter(|a| !flying.contains(a.step()))
+                .cloned()
+                .collect();
             if plan.outcome.is_none() && !near_deadline && failure.is_none() && !fresh.is_empty() {
                 if snap.header.status != RunStatus::Running {
                     self.set_status(snap, RunStatus::Running, None).await?;
@@ -99,12 +133,20 @@ impl Engine {
                     wf: wf.clone(),
                     run_id: run_id.clone(),
                     scope: Arc::new(self.scope(wf, snap).await?),
-                    records: Arc::new(snap.steps.iter().map(|r| (r.step.clone(), r.clone())).collect::<HashMap<_, _>>()),
+                    records: Arc::new(
+                        snap.steps
+                            .iter()
+                            .map(|r| (r.step.clone(), r.clone()))
+                            .collect::<HashMap<_, _>>(),
+                    ),
                     spent_usd: snap.cost_usd(),
                 };
                 for action in fresh {
                     let step = action.step().to_string();
-                    let rec = snap.step(&step).cloned().unwrap_or_else(|| StepRecord::pending(&step));
+                    let rec = snap
+                        .step(&step)
+                        .cloned()
+                        .unwrap_or_else(|| StepRecord::pending(&step));
                     flying.insert(step.clone());
                     let (this, cx) = (self.clone(), cx.clone());
                     in_flight.push(Box::pin(async move {
@@ -134,17 +176,33 @@ impl Engine {
             }
             if near_deadline && !plan.actions.is_empty() {
                 self.park(snap, &plan, None).await?;
-                self.queue.send(&WakeUp { run_id, reason: WakeReason::Resume }, 0).await?;
+                self.queue
+                    .send(
+                        &WakeUp {
+                            run_id,
+                            reason: WakeReason::Resume,
+                        },
+                        0,
+                    )
+                    .await?;
                 return Ok(Handled::Yielded);
             }
             let resend = wake.reason == WakeReason::Timer || prev_wait_until != plan.wake_at;
             let until = plan.wake_at;
             self.park(snap, &plan, until.filter(|_| resend)).await?;
-            return Ok(Handled::Waiting { reason: plan.wait.unwrap_or(WaitReason::Timer), until });
+            return Ok(Handled::Waiting {
+                reason: plan.wait.unwrap_or(WaitReason::Timer),
+                until,
+            });
         }
     }
 
-    async fn set_status(&self, snap: &mut RunSnapshot, status: RunStatus, wait: Option<WaitInfo>) -> Result<(), EngineError> {
+    async fn set_status(
+        &self,
+        snap: &mut RunSnapshot,
+        status: RunStatus,
+        wait: Option<WaitInfo>,
+    ) -> Result<(), EngineError> {
         let mut h = snap.header.clone();
         h.status = status;
         h.wait = wait;
@@ -157,10 +215,18 @@ impl Engine {
 
     /// Parks the run: releases the lease, records what it waits for, and sends a delayed
     /// wake-up for `send_at` if given.
-    async fn park(&self, snap: &mut RunSnapshot, plan: &Plan, send_at: Option<Millis>) -> Result<(), EngineError> {
+    async fn park(
+        &self,
+        snap: &mut RunSnapshot,
+        plan: &Plan,
+        send_at: Option<Millis>,
+    ) -> Result<(), EngineError> {
         let now = self.now();
         let was_waiting = snap.header.status == RunStatus::Waiting;
-        let wait = WaitInfo { reason: plan.wait.unwrap_or(WaitReason::Timer), until: plan.wake_at };
+        let wait = WaitInfo {
+            reason: plan.wait.unwrap_or(WaitReason::Timer),
+            until: plan.wake_at,
+        };
         let mut h = snap.header.clone();
         h.status = RunStatus::Waiting;
         h.wait = Some(wait.clone());
@@ -170,11 +236,18 @@ impl Engine {
         self.store.put_header(&h, snap.header.version).await?;
         snap.header = h;
         if !was_waiting {
-            let ev = HistoryEvent::run(now, EventKind::RunWaiting, json!({"for": wait.reason, "until": wait.until}));
+            let ev = HistoryEvent::run(
+                now,
+                EventKind::RunWaiting,
+                json!({"for": wait.reason, "until": wait.until}),
+            );
             self.store.append_events(&snap.header.run_id, &[ev]).await?;
         }
         if let Some(at) = send_at {
-            let wake = WakeUp { run_id: snap.header.run_id.clone(), reason: WakeReason::Timer };
+            let wake = WakeUp {
+                run_id: snap.header.run_id.clone(),
+                reason: WakeReason::Timer,
+            };
             self.queue.send(&wake, at.saturating_sub(now)).await?;
         }
         tracing::info!(run_id = %snap.header.run_id, reason = ?wait.reason, until = ?wait.until, "run waiting");
@@ -182,7 +255,12 @@ impl Engine {
     }
 
     /// Ends the run: computes and checks its output, writes the final header.
-    async fn finish(&self, wf: &Workflow, snap: &mut RunSnapshot, outcome: Outcome) -> Result<Handled, EngineError> {
+    async fn finish(
+        &self,
+        wf: &Workflow,
+        snap: &mut RunSnapshot,
+        outcome: Outcome,
+    ) -> Result<Handled, EngineError> {
         let now = self.now();
         let (status, output, error) = match outcome {
             Outcome::Succeeded => match self.final_output(wf, snap).await? {
@@ -190,7 +268,15 @@ impl Engine {
                 Err(e) => (RunStatus::Failed, None, Some(e)),
             },
             Outcome::Failed(e) => (RunStatus::Failed, None, Some(e)),
-            Outcome::Cancelled => (RunStatus::Cancelled, None, Some(RunError { class: ErrorClass::Cancelled, message: "cancelled on request".into(), step: None })),
+            Outcome::Cancelled => (
+                RunStatus::Cancelled,
+                None,
+                Some(RunError {
+                    class: ErrorClass::Cancelled,
+                    message: "cancelled on request".into(),
+                    step: None,
+                }),
+            ),
         };
         let mut h = snap.header.clone();
         h.status = status;
@@ -209,27 +295,46 @@ impl Engine {
             _ => EventKind::RunFailed,
         };
         let detail = json!({"cost_usd": snap.cost_usd(), "error": error});
-        self.store.append_events(&snap.header.run_id, &[HistoryEvent::run(now, kind, detail)]).await?;
+        self.store
+            .append_events(&snap.header.run_id, &[HistoryEvent::run(now, kind, detail)])
+            .await?;
         tracing::info!(run_id = %snap.header.run_id, status = status.as_str(), cost_usd = snap.cost_usd(), "run ended");
         Ok(Handled::Ended(status))
     }
 
     /// The run's output: the workflow's `output` template, or the output of the step that
     /// finished last; checked against `output_schema`.
-    async fn final_output(&self, wf: &Workflow, snap: &RunSnapshot) -> Result<Result<Value, RunError>, EngineError> {
+    async fn final_output(
+        &self,
+        wf: &Workflow,
+        snap: &RunSnapshot,
+    ) -> Result<Result<Value, RunError>, EngineError> {
         let scope = self.scope(wf, snap).await?;
-        let bad = |class, message: String| RunError { class, message, step: None };
+        let bad = |class, message: String| RunError {
+            class,
+            message,
+            step: None,
+        };
         let value = match &wf.output {
             Some(t) => match refs::resolve(t, &scope) {
                 Ok(v) => v,
-                Err(e) => return Ok(Err(bad(ErrorClass::Invalid, format!("the workflow's `output` cannot be built: {e}")))),
+                Err(e) => {
+                    return Ok(Err(bad(
+                        ErrorClass::Invalid,
+                        format!("the workflow's `output` cannot be built: {e}"),
+                    )))
+                }
             },
             None => {
                 // Steps that finished in the same millisecond (fast steps often do) are
                 // ordered by their place in the definition, not by record version (a model
                 // step writes more versions than the transform after it).
                 let position = |id: &str| wf.steps.iter().position(|s| s.id == id);
-                let last = snap.steps.iter().filter(|r| r.status == StepStatus::Succeeded && !r.step.contains('.')).max_by_key(|r| (r.finished_at, position(&r.step)));
+                let last = snap
+                    .steps
+                    .iter()
+                    .filter(|r| r.status == StepStatus::Succeeded && !r.step.contains('.'))
+                    .max_by_key(|r| (r.finished_at, position(&r.step)));
                 match last.and_then(|r| r.output.as_ref()) {
                     Some(o) => self.load_value(o).await?,
                     None => Value::Null,
@@ -238,7 +343,13 @@ impl Engine {
         };
         if let Some(s) = &wf.output_schema {
             if let Err(errors) = schema::validate(s, &value) {
-                return Ok(Err(bad(ErrorClass::Malformed, format!("the run's output fails output_schema: {}", errors.join("; ")))));
+                return Ok(Err(bad(
+                    ErrorClass::Malformed,
+                    format!(
+                        "the run's output fails output_schema: {}",
+                        errors.join("; ")
+                    ),
+                )));
             }
         }
         Ok(Ok(value))

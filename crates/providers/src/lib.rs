@@ -25,3 +25,7 @@
 pub mod local;
 
 pub use local::{parse_faults, price_table, Fault, LocalConfig, LocalProvider, ScheduledCallback};
+pub mod classify;
+pub mod http;
+pub mod catalog;
+pub mod hosted;

@@ -31,7 +31,9 @@ pub struct NoFiles;
 
 impl FileLoader for NoFiles {
     fn read(&self, relative_path: &str) -> Result<String, String> {
-        Err(format!("cannot read `{relative_path}`: no files available here"))
+        Err(format!(
+            "cannot read `{relative_path}`: no files available here"
+        ))
     }
 }
 
@@ -67,7 +69,10 @@ impl Ctx<'_> {
             if !allowed.contains(&k.as_str()) {
                 self.err_key(
                     &join(path, k),
-                    format!("unknown field `{k}` in {what} (expected one of: {})", allowed.join(", ")),
+                    format!(
+                        "unknown field `{k}` in {what} (expected one of: {})",
+                        allowed.join(", ")
+                    ),
                 );
             }
         }
@@ -79,7 +84,10 @@ impl Ctx<'_> {
             Some(Value::String(s)) => Some(s.clone()),
             Some(Value::Number(n)) => Some(n.to_string()),
             Some(other) => {
-                self.err(&join(path, key), format!("`{key}` must be a string, not {}", kind_of(other)));
+                self.err(
+                    &join(path, key),
+                    format!("`{key}` must be a string, not {}", kind_of(other)),
+                );
                 None
             }
         }
@@ -101,7 +109,10 @@ impl Ctx<'_> {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
             Some(other) => {
-                self.err(&join(path, key), format!("`{key}` must be true or false, not {}", kind_of(other)));
+                self.err(
+                    &join(path, key),
+                    format!("`{key}` must be true or false, not {}", kind_of(other)),
+                );
                 false
             }
         }
@@ -117,13 +128,19 @@ impl Ctx<'_> {
                 for (i, it) in items.iter().enumerate() {
                     match it.as_str() {
                         Some(s) => out.push(s.to_string()),
-                        None => self.err(&join(&p, &i.to_string()), format!("`{key}` items must be strings")),
+                        None => self.err(
+                            &join(&p, &i.to_string()),
+                            format!("`{key}` items must be strings"),
+                        ),
                     }
                 }
                 Some(out)
             }
             other => {
-                self.err(&p, format!("`{key}` must be a list of strings, not {}", kind_of(other)));
+                self.err(
+                    &p,
+                    format!("`{key}` must be a list of strings, not {}", kind_of(other)),
+                );
                 None
             }
         }
@@ -148,7 +165,13 @@ impl Ctx<'_> {
             },
             v @ (Value::Object(_) | Value::Bool(_)) => v.clone(),
             other => {
-                self.err(&p, format!("`{key}` must be a JSON Schema object or a file path, not {}", kind_of(other)));
+                self.err(
+                    &p,
+                    format!(
+                        "`{key}` must be a JSON Schema object or a file path, not {}",
+                        kind_of(other)
+                    ),
+                );
                 return None;
             }
         };
@@ -167,11 +190,30 @@ impl Ctx<'_> {
             self.err(&p, "`retry` must be a mapping");
             return r;
         };
-        self.keys(obj, &p, &["max_attempts", "initial_backoff", "max_backoff", "multiplier", "jitter"], "retry");
+        self.keys(
+            obj,
+            &p,
+            &[
+                "max_attempts",
+                "initial_backoff",
+                "max_backoff",
+                "multiplier",
+                "jitter",
+            ],
+            "retry",
+        );
         if let Some(n) = obj.get("max_attempts") {
             match n.as_u64() {
-                Some(n) if (1..=u64::from(limits::MAX_ATTEMPTS)).contains(&n) => r.max_attempts = n as u32,
-                _ => self.err(&join(&p, "max_attempts"), format!("`max_attempts` must be a whole number from 1 to {}", limits::MAX_ATTEMPTS)),
+                Some(n) if (1..=u64::from(limits::MAX_ATTEMPTS)).contains(&n) => {
+                    r.max_attempts = n as u32
+                }
+                _ => self.err(
+                    &join(&p, "max_attempts"),
+                    format!(
+                        "`max_attempts` must be a whole number from 1 to {}",
+                        limits::MAX_ATTEMPTS
+                    ),
+                ),
             }
         }
         if let Some(d) = self.dur(obj, &p, "initial_backoff") {
@@ -183,7 +225,10 @@ impl Ctx<'_> {
         if let Some(m) = obj.get("multiplier") {
             match m.as_f64() {
                 Some(m) if (1.0..=10.0).contains(&m) => r.multiplier = m,
-                _ => self.err(&join(&p, "multiplier"), "`multiplier` must be a number from 1 to 10"),
+                _ => self.err(
+                    &join(&p, "multiplier"),
+                    "`multiplier` must be a number from 1 to 10",
+                ),
             }
         }
         if obj.contains_key("jitter") {
@@ -197,14 +242,29 @@ impl Ctx<'_> {
             return Some(m.clone());
         }
         let (provider, _) = split_model(id);
-        let known: Vec<&str> = self.models.iter().filter(|m| split_model(&m.id).0 == provider).map(|m| m.id.as_str()).collect();
+        let known: Vec<&str> = self
+            .models
+            .iter()
+            .filter(|m| split_model(&m.id).0 == provider)
+            .map(|m| m.id.as_str())
+            .collect();
         if known.is_empty() {
-            let mut providers: Vec<&str> = self.models.iter().map(|m| split_model(&m.id).0).collect();
+            let mut providers: Vec<&str> =
+                self.models.iter().map(|m| split_model(&m.id).0).collect();
             providers.sort_unstable();
             providers.dedup();
-            self.err(path, format!("unknown provider in `{id}` (known providers: {})", providers.join(", ")));
+            self.err(
+                path,
+                format!(
+                    "unknown provider in `{id}` (known providers: {})",
+                    providers.join(", ")
+                ),
+            );
         } else {
-            self.err(path, format!("unknown model `{id}` (known: {})", known.join(", ")));
+            self.err(
+                path,
+                format!("unknown model `{id}` (known: {})", known.join(", ")),
+            );
         }
         None
     }
@@ -221,10 +281,45 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
-const TOP_KEYS: &[&str] = &["name", "version", "description", "input_schema", "output_schema", "defaults", "budget", "timeout", "output", "steps"];
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "version",
+    "description",
+    "input_schema",
+    "output_schema",
+    "defaults",
+    "budget",
+    "timeout",
+    "output",
+    "steps",
+];
 const COMMON: &[&str] = &["id", "kind", "needs", "description", "optional"];
-const MODEL_KEYS: &[&str] = &["model", "fallback", "fallback_on", "role", "prompt", "input", "params", "output_schema", "retry", "timeout", "max_duration", "wait_timeout"];
-const RETRIEVE_KEYS: &[&str] = &["model", "fallback", "fallback_on", "query", "corpus", "top_k", "params", "retry", "timeout", "max_duration"];
+const MODEL_KEYS: &[&str] = &[
+    "model",
+    "fallback",
+    "fallback_on",
+    "role",
+    "prompt",
+    "input",
+    "params",
+    "output_schema",
+    "retry",
+    "timeout",
+    "max_duration",
+    "wait_timeout",
+];
+const RETRIEVE_KEYS: &[&str] = &[
+    "model",
+    "fallback",
+    "fallback_on",
+    "query",
+    "corpus",
+    "top_k",
+    "params",
+    "retry",
+    "timeout",
+    "max_duration",
+];
 
 fn kind_keys(kind: &str) -> Option<&'static [&'static str]> {
     Some(match kind {
@@ -257,14 +352,36 @@ struct Raw {
 }
 
 /// Parses and checks a workflow file. `models` lists every model the deployment offers.
-pub fn compile(src: &str, files: &dyn FileLoader, models: &[ModelInfo]) -> Result<Workflow, Vec<Diagnostic>> {
+pub fn compile(
+    src: &str,
+    files: &dyn FileLoader,
+    models: &[ModelInfo],
+) -> Result<Workflow, Vec<Diagnostic>> {
     if src.len() > limits::MAX_FILE_BYTES {
-        return Err(vec![Diagnostic { line: 1, col: 1, message: format!("file is larger than {} bytes", limits::MAX_FILE_BYTES) }]);
+        return Err(vec![Diagnostic {
+            line: 1,
+            col: 1,
+            message: format!("file is larger than {} bytes", limits::MAX_FILE_BYTES),
+        }]);
     }
-    let (root, idx) = yaml::parse(src).map_err(|e| vec![Diagnostic { line: e.pos.line, col: e.pos.col, message: format!("YAML syntax: {}", e.message) }])?;
-    let mut cx = Ctx { idx, diags: Vec::new(), files, models };
+    let (root, idx) = yaml::parse(src).map_err(|e| {
+        vec![Diagnostic {
+            line: e.pos.line,
+            col: e.pos.col,
+            message: format!("YAML syntax: {}", e.message),
+        }]
+    })?;
+    let mut cx = Ctx {
+        idx,
+        diags: Vec::new(),
+        files,
+        models,
+    };
     let Some(top) = root.as_object() else {
-        cx.err("", "a workflow file must be a mapping with name, version and steps");
+        cx.err(
+            "",
+            "a workflow file must be a mapping with name, version and steps",
+        );
         return Err(cx.diags);
     };
     cx.keys(top, "", TOP_KEYS, "the workflow");
@@ -283,14 +400,37 @@ pub fn compile(src: &str, files: &dyn FileLoader, models: &[ModelInfo]) -> Resul
     let output_schema = cx.schema(top, "", "output_schema");
     let timeout = cx.dur(top, "", "timeout");
 
-    let mut defaults = Defaults { timeout: Dur(30_000), wait_timeout: Dur(3_600_000), max_duration: None, approval_deadline: Dur(86_400_000), retry: RetryPolicy::default() };
+    let mut defaults = Defaults {
+        timeout: Dur(30_000),
+        wait_timeout: Dur(3_600_000),
+        max_duration: None,
+        approval_deadline: Dur(86_400_000),
+        retry: RetryPolicy::default(),
+    };
     if let Some(d) = top.get("defaults") {
         match d.as_object() {
             Some(obj) => {
-                cx.keys(obj, "defaults", &["timeout", "wait_timeout", "max_duration", "approval_deadline", "retry"], "defaults");
-                if let Some(t) = cx.dur(obj, "defaults", "timeout") { defaults.timeout = t; }
-                if let Some(t) = cx.dur(obj, "defaults", "wait_timeout") { defaults.wait_timeout = t; }
-                if let Some(t) = cx.dur(obj, "defaults", "approval_deadline") { defaults.approval_deadline = t; }
+                cx.keys(
+                    obj,
+                    "defaults",
+                    &[
+                        "timeout",
+                        "wait_timeout",
+                        "max_duration",
+                        "approval_deadline",
+                        "retry",
+                    ],
+                    "defaults",
+                );
+                if let Some(t) = cx.dur(obj, "defaults", "timeout") {
+                    defaults.timeout = t;
+                }
+                if let Some(t) = cx.dur(obj, "defaults", "wait_timeout") {
+                    defaults.wait_timeout = t;
+                }
+                if let Some(t) = cx.dur(obj, "defaults", "approval_deadline") {
+                    defaults.approval_deadline = t;
+                }
                 defaults.max_duration = cx.dur(obj, "defaults", "max_duration");
                 defaults.retry = cx.retry(obj.get("retry"), "defaults", &RetryPolicy::default());
             }
@@ -305,7 +445,10 @@ pub fn compile(src: &str, files: &dyn FileLoader, models: &[ModelInfo]) -> Resul
                 match obj.get("max_cost_usd").and_then(Value::as_f64) {
                     Some(x) if x > 0.0 => Some(x),
                     _ => {
-                        cx.err("budget.max_cost_usd", "`budget.max_cost_usd` must be a number above 0");
+                        cx.err(
+                            "budget.max_cost_usd",
+                            "`budget.max_cost_usd` must be a number above 0",
+                        );
                         None
                     }
                 }
@@ -327,10 +470,19 @@ pub fn compile(src: &str, files: &dyn FileLoader, models: &[ModelInfo]) -> Resul
             }
         }
         Some(Value::Array(_)) | None => cx.err("steps", "`steps` must list at least one step"),
-        Some(other) => cx.err("steps", format!("`steps` must be a list, not {}", kind_of(other))),
+        Some(other) => cx.err(
+            "steps",
+            format!("`steps` must be a list, not {}", kind_of(other)),
+        ),
     }
     if raws.len() > limits::MAX_STEPS {
-        cx.err("steps", format!("a workflow may have at most {} steps (branches included)", limits::MAX_STEPS));
+        cx.err(
+            "steps",
+            format!(
+                "a workflow may have at most {} steps (branches included)",
+                limits::MAX_STEPS
+            ),
+        );
     }
 
     // Unique ids.
@@ -338,7 +490,13 @@ pub fn compile(src: &str, files: &dyn FileLoader, models: &[ModelInfo]) -> Resul
     for r in &raws {
         if let Some(first) = seen.insert(r.step.id.clone(), r.path.clone()) {
             let at = cx.idx.at(&first);
-            cx.err(&join(&r.path, "id"), format!("duplicate step id `{}` (first defined at line {})", r.step.id, at.line));
+            cx.err(
+                &join(&r.path, "id"),
+                format!(
+                    "duplicate step id `{}` (first defined at line {})",
+                    r.step.id, at.line
+                ),
+            );
         }
     }
 
@@ -351,7 +509,10 @@ pub fn compile(src: &str, files: &dyn FileLoader, models: &[ModelInfo]) -> Resul
     if let Some(out) = &output {
         for r in refs::refs_in(out) {
             match refs::check_ref(&r) {
-                Ok(Some(id)) if !steps.iter().any(|s| s.id == id) => cx.err("output", format!("`output` uses `{r}`, but there is no step `{id}`")),
+                Ok(Some(id)) if !steps.iter().any(|s| s.id == id) => cx.err(
+                    "output",
+                    format!("`output` uses `{r}`, but there is no step `{id}`"),
+                ),
                 Err(e) => cx.err("output", e),
                 _ => {}
             }
@@ -363,17 +524,41 @@ pub fn compile(src: &str, files: &dyn FileLoader, models: &[ModelInfo]) -> Resul
         cx.diags.dedup();
         return Err(cx.diags);
     }
-    Ok(Workflow { name, version, description, input_schema, output_schema, budget_usd, timeout, output, steps })
+    Ok(Workflow {
+        name,
+        version,
+        description,
+        input_schema,
+        output_schema,
+        budget_usd,
+        timeout,
+        output,
+        steps,
+    })
 }
 
 fn valid_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 #[allow(clippy::too_many_arguments)]
-fn read_step(cx: &mut Ctx, item: &Value, path: &str, top_index: usize, defaults: &Defaults, parent: Option<&str>, out: &mut Vec<Raw>) {
+fn read_step(
+    cx: &mut Ctx,
+    item: &Value,
+    path: &str,
+    top_index: usize,
+    defaults: &Defaults,
+    parent: Option<&str>,
+    out: &mut Vec<Raw>,
+) {
     let Some(obj) = item.as_object() else {
-        cx.err(path, "a step must be a mapping with at least `id` and `kind`");
+        cx.err(
+            path,
+            "a step must be a mapping with at least `id` and `kind`",
+        );
         return;
     };
     let id = match (parent, cx.string(obj, path, "id")) {
@@ -386,7 +571,10 @@ fn read_step(cx: &mut Ctx, item: &Value, path: &str, top_index: usize, defaults:
     };
     let short = id.rsplit('.').next().unwrap_or(&id).to_string();
     if !valid_id(&short) {
-        cx.err(&join(path, "id"), format!("step id `{short}` may hold letters, digits, `_` and `-` only (at most 64)"));
+        cx.err(
+            &join(path, "id"),
+            format!("step id `{short}` may hold letters, digits, `_` and `-` only (at most 64)"),
+        );
     }
     let kind = match obj.get("kind") {
         None => "model".to_string(),
@@ -404,11 +592,17 @@ fn read_step(cx: &mut Ctx, item: &Value, path: &str, top_index: usize, defaults:
     keys.extend_from_slice(allowed);
     cx.keys(obj, path, &keys, &format!("a `{kind}` step"));
     if parent.is_some() && !matches!(kind.as_str(), "model" | "retrieve" | "transform") {
-        cx.err(&join(path, "kind"), "a parallel branch must be a model, retrieve or transform step");
+        cx.err(
+            &join(path, "kind"),
+            "a parallel branch must be a model, retrieve or transform step",
+        );
     }
     let explicit_needs = if parent.is_some() {
         if obj.contains_key("needs") {
-            cx.err(&join(path, "needs"), "a parallel branch starts with its parallel step; it takes no `needs`");
+            cx.err(
+                &join(path, "needs"),
+                "a parallel branch starts with its parallel step; it takes no `needs`",
+            );
         }
         None
     } else {
@@ -421,18 +615,29 @@ fn read_step(cx: &mut Ctx, item: &Value, path: &str, top_index: usize, defaults:
     let kind_v = match kind.as_str() {
         "model" | "retrieve" => read_model(cx, obj, path, &kind, defaults),
         "route" => read_route(cx, obj, path),
-        "transform" => Some(StepKind::Transform { value: obj.get("value").cloned().unwrap_or(Value::Null) }),
+        "transform" => Some(StepKind::Transform {
+            value: obj.get("value").cloned().unwrap_or(Value::Null),
+        }),
         "validate" => read_validate(cx, obj, path),
         "approval" => {
             let on_timeout = match cx.string(obj, path, "on_timeout").as_deref() {
                 None | Some("reject") => OnTimeout::Reject,
                 Some("approve") => OnTimeout::Approve,
                 Some(other) => {
-                    cx.err(&join(path, "on_timeout"), format!("`on_timeout` must be reject or approve, not `{other}`"));
+                    cx.err(
+                        &join(path, "on_timeout"),
+                        format!("`on_timeout` must be reject or approve, not `{other}`"),
+                    );
                     OnTimeout::Reject
                 }
             };
-            Some(StepKind::Approval(ApprovalStep { deadline: cx.dur(obj, path, "deadline").unwrap_or(defaults.approval_deadline), message: cx.string(obj, path, "message"), on_timeout }))
+            Some(StepKind::Approval(ApprovalStep {
+                deadline: cx
+                    .dur(obj, path, "deadline")
+                    .unwrap_or(defaults.approval_deadline),
+                message: cx.string(obj, path, "message"),
+                on_timeout,
+            }))
         }
         "parallel" => {
             let bpath = join(path, "branches");
@@ -448,13 +653,24 @@ fn read_step(cx: &mut Ctx, item: &Value, path: &str, top_index: usize, defaults:
                             m.insert("id".into(), Value::String(name.clone()));
                         }
                         let before = out.len();
-                        read_step(cx, &spec, &join(&bpath, name), top_index, defaults, Some(&id), out);
+                        read_step(
+                            cx,
+                            &spec,
+                            &join(&bpath, name),
+                            top_index,
+                            defaults,
+                            Some(&id),
+                            out,
+                        );
                         if out.len() > before {
                             names.push(format!("{id}.{name}"));
                         }
                     }
                 }
-                _ => cx.err(&bpath, "a parallel step needs `branches`: a mapping of branch name to step"),
+                _ => cx.err(
+                    &bpath,
+                    "a parallel step needs `branches`: a mapping of branch name to step",
+                ),
             }
             Some(StepKind::Parallel { branches: names })
         }
@@ -463,7 +679,19 @@ fn read_step(cx: &mut Ctx, item: &Value, path: &str, top_index: usize, defaults:
     let Some(kind_v) = kind_v else { return };
     let parent_id = parent.map(str::to_string);
     // Branches are pushed before their parallel step; reorder so the parent comes first.
-    let raw = Raw { step: Step { id, needs: Vec::new(), gated_by, parent: parent_id, optional, kind: kind_v }, path: path.to_string(), explicit_needs, top_index };
+    let raw = Raw {
+        step: Step {
+            id,
+            needs: Vec::new(),
+            gated_by,
+            parent: parent_id,
+            optional,
+            kind: kind_v,
+        },
+        path: path.to_string(),
+        explicit_needs,
+        top_index,
+    };
     if let StepKind::Parallel { branches } = &raw.step.kind {
         let n = branches.len();
         let at = out.len().saturating_sub(n);
@@ -473,13 +701,22 @@ fn read_step(cx: &mut Ctx, item: &Value, path: &str, top_index: usize, defaults:
     }
 }
 
-fn read_model(cx: &mut Ctx, obj: &Map<String, Value>, path: &str, kind: &str, defaults: &Defaults) -> Option<StepKind> {
+fn read_model(
+    cx: &mut Ctx,
+    obj: &Map<String, Value>,
+    path: &str,
+    kind: &str,
+    defaults: &Defaults,
+) -> Option<StepKind> {
     let retrieve = kind == "retrieve";
     let primary = match cx.string(obj, path, "model") {
         Some(m) => m,
         None if retrieve => "local/keyword-retriever".to_string(),
         None => {
-            cx.err(path, "a model step needs `model` (e.g. local/keyword-classifier)");
+            cx.err(
+                path,
+                "a model step needs `model` (e.g. local/keyword-classifier)",
+            );
             return None;
         }
     };
@@ -487,7 +724,11 @@ fn read_model(cx: &mut Ctx, obj: &Map<String, Value>, path: &str, kind: &str, de
     models.extend(cx.str_list(obj, path, "fallback").unwrap_or_default());
     let mut infos = Vec::new();
     for (i, m) in models.iter().enumerate() {
-        let p = if i == 0 { join(path, "model") } else { join(&join(path, "fallback"), &(i - 1).to_string()) };
+        let p = if i == 0 {
+            join(path, "model")
+        } else {
+            join(&join(path, "fallback"), &(i - 1).to_string())
+        };
         infos.push(cx.model_info(m, &p));
     }
     let role = match obj.get("role") {
@@ -501,12 +742,26 @@ fn read_model(cx: &mut Ctx, obj: &Map<String, Value>, path: &str, kind: &str, de
         None if retrieve => Some(Role::Retrieval),
         None => None,
     };
-    let role = role.or_else(|| infos.first().and_then(|i| i.as_ref()).and_then(|i| i.roles.first().copied())).unwrap_or(Role::Generation);
+    let role = role
+        .or_else(|| {
+            infos
+                .first()
+                .and_then(|i| i.as_ref())
+                .and_then(|i| i.roles.first().copied())
+        })
+        .unwrap_or(Role::Generation);
     for (i, info) in infos.iter().enumerate() {
         if let Some(info) = info {
             if !info.roles.contains(&role) {
-                let p = if i == 0 { join(path, "model") } else { join(&join(path, "fallback"), &(i - 1).to_string()) };
-                cx.err(&p, format!("`{}` does not serve the role `{}`", info.id, role.as_str()));
+                let p = if i == 0 {
+                    join(path, "model")
+                } else {
+                    join(&join(path, "fallback"), &(i - 1).to_string())
+                };
+                cx.err(
+                    &p,
+                    format!("`{}` does not serve the role `{}`", info.id, role.as_str()),
+                );
             }
         }
     }
@@ -518,7 +773,10 @@ fn read_model(cx: &mut Ctx, obj: &Map<String, Value>, path: &str, kind: &str, de
             cx.keys(p, &pp, &["version", "template", "file"], "prompt");
             let version = cx.string(p, &pp, "version");
             if version.is_none() {
-                cx.err(&pp, "`prompt.version` is required: every step record keeps the prompt version");
+                cx.err(
+                    &pp,
+                    "`prompt.version` is required: every step record keeps the prompt version",
+                );
             }
             let template = match (cx.string(p, &pp, "template"), cx.string(p, &pp, "file")) {
                 (Some(t), None) => Some(t),
@@ -540,7 +798,10 @@ fn read_model(cx: &mut Ctx, obj: &Map<String, Value>, path: &str, kind: &str, de
             }
         }
         Some(_) => {
-            cx.err(&join(path, "prompt"), "`prompt` must be a mapping with `version` and `template` or `file`");
+            cx.err(
+                &join(path, "prompt"),
+                "`prompt` must be a mapping with `version` and `template` or `file`",
+            );
             None
         }
     };
@@ -554,7 +815,10 @@ fn read_model(cx: &mut Ctx, obj: &Map<String, Value>, path: &str, kind: &str, de
     };
     let input = if retrieve {
         if obj.get("query").is_none() {
-            cx.err(path, "a retrieve step needs `query` (e.g. \"${input.question}\")");
+            cx.err(
+                path,
+                "a retrieve step needs `query` (e.g. \"${input.question}\")",
+            );
         }
         if let Some(k) = obj.get("top_k") {
             match k.as_u64() {
@@ -563,17 +827,30 @@ fn read_model(cx: &mut Ctx, obj: &Map<String, Value>, path: &str, kind: &str, de
                         m.insert("top_k".into(), json!(k));
                     }
                 }
-                _ => cx.err(&join(path, "top_k"), "`top_k` must be a whole number from 1 to 50"),
+                _ => cx.err(
+                    &join(path, "top_k"),
+                    "`top_k` must be a whole number from 1 to 50",
+                ),
             }
         }
         if let Some(corpus) = cx.string(obj, path, "corpus") {
-            match cx.files.read(&corpus).map_err(|e| e.to_string()).and_then(|t| serde_json::from_str::<Value>(&t).map_err(|e| format!("`{corpus}` is not valid JSON: {e}"))) {
+            match cx
+                .files
+                .read(&corpus)
+                .map_err(|e| e.to_string())
+                .and_then(|t| {
+                    serde_json::from_str::<Value>(&t)
+                        .map_err(|e| format!("`{corpus}` is not valid JSON: {e}"))
+                }) {
                 Ok(Value::Array(docs)) => {
                     if let Some(m) = params.as_object_mut() {
                         m.insert("documents".into(), Value::Array(docs));
                     }
                 }
-                Ok(_) => cx.err(&join(path, "corpus"), format!("`{corpus}` must hold a JSON list of {{id, title, text}} documents")),
+                Ok(_) => cx.err(
+                    &join(path, "corpus"),
+                    format!("`{corpus}` must hold a JSON list of {{id, title, text}} documents"),
+                ),
                 Err(e) => cx.err(&join(path, "corpus"), e),
             }
         }
@@ -582,14 +859,20 @@ fn read_model(cx: &mut Ctx, obj: &Map<String, Value>, path: &str, kind: &str, de
         obj.get("input").cloned().unwrap_or(Value::Null)
     };
     let fallback_on = match cx.str_list(obj, path, "fallback_on") {
-        None => ErrorClass::ALL.into_iter().filter(|c| c.falls_back_by_default()).collect(),
+        None => ErrorClass::ALL
+            .into_iter()
+            .filter(|c| c.falls_back_by_default())
+            .collect(),
         Some(list) => {
             let mut out = Vec::new();
             for (i, c) in list.iter().enumerate() {
                 let p = join(&join(path, "fallback_on"), &i.to_string());
                 match ErrorClass::parse(c) {
                     Some(cl) if cl.may_fall_back() => out.push(cl),
-                    Some(cl) => cx.err(&p, format!("`{cl}` never falls back (a fallback cannot fix it)")),
+                    Some(cl) => cx.err(
+                        &p,
+                        format!("`{cl}` never falls back (a fallback cannot fix it)"),
+                    ),
                     None => cx.err(&p, format!("unknown error class `{c}`")),
                 }
             }
@@ -597,7 +880,10 @@ fn read_model(cx: &mut Ctx, obj: &Map<String, Value>, path: &str, kind: &str, de
         }
     };
     if obj.contains_key("fallback_on") && models.len() < 2 {
-        cx.err(&join(path, "fallback_on"), "`fallback_on` without `fallback` models has no effect");
+        cx.err(
+            &join(path, "fallback_on"),
+            "`fallback_on` without `fallback` models has no effect",
+        );
     }
     let output_schema = cx.schema(obj, path, "output_schema");
     let retry = cx.retry(obj.get("retry"), path, &defaults.retry);
@@ -612,7 +898,9 @@ fn read_model(cx: &mut Ctx, obj: &Map<String, Value>, path: &str, kind: &str, de
         retry,
         timeout: cx.dur(obj, path, "timeout").unwrap_or(defaults.timeout),
         max_duration: cx.dur(obj, path, "max_duration").or(defaults.max_duration),
-        wait_timeout: cx.dur(obj, path, "wait_timeout").unwrap_or(defaults.wait_timeout),
+        wait_timeout: cx
+            .dur(obj, path, "wait_timeout")
+            .unwrap_or(defaults.wait_timeout),
         asynchronous,
     })))
 }
@@ -631,20 +919,27 @@ fn read_route(cx: &mut Ctx, obj: &Map<String, Value>, path: &str) -> Option<Step
                 };
                 cx.keys(o, &p, &["when", "to"], "a route");
                 if let Some(first) = catch_all {
-                    cx.err(&p, format!("unreachable route: route {first} has no `when` and always matches"));
+                    cx.err(
+                        &p,
+                        format!(
+                            "unreachable route: route {first} has no `when` and always matches"
+                        ),
+                    );
                 }
                 let when = match o.get("when") {
                     None => {
                         catch_all.get_or_insert(i);
                         None
                     }
-                    Some(w) => match serde_path_to_error::deserialize::<_, refs::Condition>(w.clone()) {
-                        Ok(c) => Some(c),
-                        Err(e) => {
-                            cx.err(&join(&p, "when"), format!("`when`: {}", e.inner()));
-                            None
+                    Some(w) => {
+                        match serde_path_to_error::deserialize::<_, refs::Condition>(w.clone()) {
+                            Ok(c) => Some(c),
+                            Err(e) => {
+                                cx.err(&join(&p, "when"), format!("`when`: {}", e.inner()));
+                                None
+                            }
                         }
-                    },
+                    }
                 };
                 match cx.string(o, &p, "to") {
                     Some(to) => routes.push(RouteCase { when, to }),
@@ -652,19 +947,28 @@ fn read_route(cx: &mut Ctx, obj: &Map<String, Value>, path: &str) -> Option<Step
                 }
             }
             if catch_all.is_some() && obj.contains_key("default") {
-                cx.err(&join(path, "default"), "unreachable `default`: a route without `when` always matches first");
+                cx.err(
+                    &join(path, "default"),
+                    "unreachable `default`: a route without `when` always matches first",
+                );
             }
         }
         _ => cx.err(&rpath, "a route step needs `routes`: a list of {when, to}"),
     }
-    Some(StepKind::Route(RouteStep { routes, default: cx.string(obj, path, "default") }))
+    Some(StepKind::Route(RouteStep {
+        routes,
+        default: cx.string(obj, path, "default"),
+    }))
 }
 
 fn read_validate(cx: &mut Ctx, obj: &Map<String, Value>, path: &str) -> Option<StepKind> {
     let value = match obj.get("value") {
         Some(v) => v.clone(),
         None => {
-            cx.err(path, "a validate step needs `value` (e.g. \"${steps.draft.output.json}\")");
+            cx.err(
+                path,
+                "a validate step needs `value` (e.g. \"${steps.draft.output.json}\")",
+            );
             Value::Null
         }
     };
@@ -687,7 +991,13 @@ fn read_validate(cx: &mut Ctx, obj: &Map<String, Value>, path: &str) -> Option<S
                 Some(n) => match n.as_u64() {
                     Some(n) if (1..=u64::from(limits::MAX_REPAIRS)).contains(&n) => n as u32,
                     _ => {
-                        cx.err(&join(&p, "max_attempts"), format!("`repair.max_attempts` must be from 1 to {}", limits::MAX_REPAIRS));
+                        cx.err(
+                            &join(&p, "max_attempts"),
+                            format!(
+                                "`repair.max_attempts` must be from 1 to {}",
+                                limits::MAX_REPAIRS
+                            ),
+                        );
                         1
                     }
                 },
@@ -695,17 +1005,27 @@ fn read_validate(cx: &mut Ctx, obj: &Map<String, Value>, path: &str) -> Option<S
             match cx.string(r, &p, "step") {
                 Some(step) => Some(Repair { step, max_attempts }),
                 None => {
-                    cx.err(&p, "`repair` needs `step`: the model step to re-run with the errors");
+                    cx.err(
+                        &p,
+                        "`repair` needs `step`: the model step to re-run with the errors",
+                    );
                     None
                 }
             }
         }
         Some(_) => {
-            cx.err(&join(path, "repair"), "`repair` must be a mapping with `step` and `max_attempts`");
+            cx.err(
+                &join(path, "repair"),
+                "`repair` must be a mapping with `step` and `max_attempts`",
+            );
             None
         }
     };
-    Some(StepKind::Validate(ValidateStep { value, schema, repair }))
+    Some(StepKind::Validate(ValidateStep {
+        value,
+        schema,
+        repair,
+    }))
 }
 
 /// Decides every step's `needs` and `gated_by`.
@@ -716,10 +1036,24 @@ fn settle_needs(cx: &mut Ctx, raws: &mut [Raw]) {
     for r in raws.iter() {
         if let StepKind::Route(route) = &r.step.kind {
             for (i, case) in route.routes.iter().enumerate() {
-                check_target(cx, &ids, &r.step.id, &case.to, &join(&join(&r.path, "routes"), &format!("{i}.to")), &mut gate);
+                check_target(
+                    cx,
+                    &ids,
+                    &r.step.id,
+                    &case.to,
+                    &join(&join(&r.path, "routes"), &format!("{i}.to")),
+                    &mut gate,
+                );
             }
             if let Some(d) = &route.default {
-                check_target(cx, &ids, &r.step.id, d, &join(&r.path, "default"), &mut gate);
+                check_target(
+                    cx,
+                    &ids,
+                    &r.step.id,
+                    d,
+                    &join(&r.path, "default"),
+                    &mut gate,
+                );
             }
         }
     }
@@ -759,9 +1093,15 @@ fn settle_needs(cx: &mut Ctx, raws: &mut [Raw]) {
         }
         for (j, n) in needs.iter().enumerate() {
             if !ids.contains(n) {
-                cx.err(&join(&join(&r.path, "needs"), &j.to_string()), format!("`needs` names `{n}`, which is not a step of this workflow"));
+                cx.err(
+                    &join(&join(&r.path, "needs"), &j.to_string()),
+                    format!("`needs` names `{n}`, which is not a step of this workflow"),
+                );
             } else if n.contains('.') {
-                cx.err(&join(&join(&r.path, "needs"), &j.to_string()), format!("`{n}` is a parallel branch; depend on its parallel step instead"));
+                cx.err(
+                    &join(&join(&r.path, "needs"), &j.to_string()),
+                    format!("`{n}` is a parallel branch; depend on its parallel step instead"),
+                );
             }
         }
         r.step.gated_by = gated.clone();
@@ -782,9 +1122,19 @@ fn settle_needs(cx: &mut Ctx, raws: &mut [Raw]) {
     }
 }
 
-fn check_target(cx: &mut Ctx, ids: &HashSet<String>, route: &str, to: &str, path: &str, gate: &mut BTreeMap<String, String>) {
+fn check_target(
+    cx: &mut Ctx,
+    ids: &HashSet<String>,
+    route: &str,
+    to: &str,
+    path: &str,
+    gate: &mut BTreeMap<String, String>,
+) {
     if !ids.contains(to) || to.contains('.') {
-        cx.err(path, format!("route target `{to}` is not a step of this workflow"));
+        cx.err(
+            path,
+            format!("route target `{to}` is not a step of this workflow"),
+        );
     } else if to == route {
         cx.err(path, "a route cannot choose itself");
     } else if let Some(other) = gate.get(to) {
@@ -812,25 +1162,46 @@ fn check_graph(cx: &mut Ctx, raws: &[Raw]) {
                 match by_id.get(rep.step.as_str()) {
                     Some(t) if matches!(t.step.kind, StepKind::Model(_)) => {
                         if !r.step.needs.contains(&rep.step) {
-                            cx.err(&p, format!("repair step `{}` must be one this step directly needs", rep.step));
+                            cx.err(
+                                &p,
+                                format!(
+                                    "repair step `{}` must be one this step directly needs",
+                                    rep.step
+                                ),
+                            );
                         }
                     }
-                    Some(_) => cx.err(&p, format!("repair step `{}` must be a model step", rep.step)),
-                    None => cx.err(&p, format!("repair step `{}` is not a step of this workflow", rep.step)),
+                    Some(_) => cx.err(
+                        &p,
+                        format!("repair step `{}` must be a model step", rep.step),
+                    ),
+                    None => cx.err(
+                        &p,
+                        format!("repair step `{}` is not a step of this workflow", rep.step),
+                    ),
                 }
             }
         }
     }
 }
 
-fn visit<'a>(id: &'a str, by_id: &HashMap<&'a str, &'a Raw>, colour: &mut HashMap<&'a str, u8>, stack: &mut Vec<&'a str>, cx: &mut Ctx) {
+fn visit<'a>(
+    id: &'a str,
+    by_id: &HashMap<&'a str, &'a Raw>,
+    colour: &mut HashMap<&'a str, u8>,
+    stack: &mut Vec<&'a str>,
+    cx: &mut Ctx,
+) {
     match colour.get(id) {
         Some(2) => return,
         Some(1) => {
             let start = stack.iter().position(|s| *s == id).unwrap_or(0);
             let mut cycle: Vec<&str> = stack[start..].to_vec();
             cycle.push(id);
-            let path = by_id.get(id).map(|r| join(&r.path, "needs")).unwrap_or_default();
+            let path = by_id
+                .get(id)
+                .map(|r| join(&r.path, "needs"))
+                .unwrap_or_default();
             cx.err(&path, format!("cycle: {}", cycle.join(" → ")));
             return;
         }
@@ -841,7 +1212,16 @@ fn visit<'a>(id: &'a str, by_id: &HashMap<&'a str, &'a Raw>, colour: &mut HashMa
     stack.push(id);
     for n in &raw.step.needs {
         if by_id.contains_key(n.as_str()) {
-            visit(by_id.get(n.as_str()).map(|r| r.step.id.as_str()).unwrap_or(""), by_id, colour, stack, cx);
+            visit(
+                by_id
+                    .get(n.as_str())
+                    .map(|r| r.step.id.as_str())
+                    .unwrap_or(""),
+                by_id,
+                colour,
+                stack,
+                cx,
+            );
         }
     }
     stack.pop();
@@ -850,13 +1230,19 @@ fn visit<'a>(id: &'a str, by_id: &HashMap<&'a str, &'a Raw>, colour: &mut HashMa
 
 /// Every reference must name an existing step that runs before the one using it.
 fn check_refs(cx: &mut Ctx, raws: &[Raw], steps: &[Step]) {
-    let needs: HashMap<&str, &Vec<String>> = steps.iter().map(|s| (s.id.as_str(), &s.needs)).collect();
+    let needs: HashMap<&str, &Vec<String>> =
+        steps.iter().map(|s| (s.id.as_str(), &s.needs)).collect();
     let ancestors = |id: &str| -> HashSet<String> {
         let mut seen = HashSet::new();
         let mut todo: Vec<String> = needs.get(id).map(|n| n.to_vec()).unwrap_or_default();
         while let Some(n) = todo.pop() {
             if seen.insert(n.clone()) {
-                todo.extend(needs.get(n.as_str()).map(|x| x.to_vec()).unwrap_or_default());
+                todo.extend(
+                    needs
+                        .get(n.as_str())
+                        .map(|x| x.to_vec())
+                        .unwrap_or_default(),
+                );
             }
         }
         seen
@@ -867,19 +1253,42 @@ fn check_refs(cx: &mut Ctx, raws: &[Raw], steps: &[Step]) {
         let mut templates: Vec<(String, String)> = Vec::new();
         match &r.step.kind {
             StepKind::Model(m) => {
-                let field = if m.role == Role::Retrieval { "query" } else { "input" };
-                uses.extend(refs::refs_in(&m.input).into_iter().map(|x| (join(&r.path, field), x)));
-                uses.extend(refs::refs_in(&m.params).into_iter().map(|x| (join(&r.path, "params"), x)));
+                let field = if m.role == Role::Retrieval {
+                    "query"
+                } else {
+                    "input"
+                };
+                uses.extend(
+                    refs::refs_in(&m.input)
+                        .into_iter()
+                        .map(|x| (join(&r.path, field), x)),
+                );
+                uses.extend(
+                    refs::refs_in(&m.params)
+                        .into_iter()
+                        .map(|x| (join(&r.path, "params"), x)),
+                );
                 if let Some(p) = &m.prompt {
                     templates.push((join(&r.path, "prompt"), p.template.clone()));
                 }
             }
-            StepKind::Transform { value } => uses.extend(refs::refs_in(value).into_iter().map(|x| (join(&r.path, "value"), x))),
-            StepKind::Validate(v) => uses.extend(refs::refs_in(&v.value).into_iter().map(|x| (join(&r.path, "value"), x))),
+            StepKind::Transform { value } => uses.extend(
+                refs::refs_in(value)
+                    .into_iter()
+                    .map(|x| (join(&r.path, "value"), x)),
+            ),
+            StepKind::Validate(v) => uses.extend(
+                refs::refs_in(&v.value)
+                    .into_iter()
+                    .map(|x| (join(&r.path, "value"), x)),
+            ),
             StepKind::Route(route) => {
                 for (i, c) in route.routes.iter().enumerate() {
                     if let Some(w) = &c.when {
-                        uses.push((join(&join(&r.path, "routes"), &format!("{i}.when.path")), w.path.clone()));
+                        uses.push((
+                            join(&join(&r.path, "routes"), &format!("{i}.when.path")),
+                            w.path.clone(),
+                        ));
                     }
                 }
             }
@@ -909,7 +1318,10 @@ fn check_refs(cx: &mut Ctx, raws: &[Raw], steps: &[Step]) {
             match refs::check_ref(&reference) {
                 Ok(Some(id)) => {
                     if !needs.contains_key(id.as_str()) {
-                        cx.err(&path, format!("`{reference}` names step `{id}`, which does not exist"));
+                        cx.err(
+                            &path,
+                            format!("`{reference}` names step `{id}`, which does not exist"),
+                        );
                     } else if id == r.step.id {
                         cx.err(&path, format!("step `{id}` cannot use its own output"));
                     } else if !anc.contains(&id) {

@@ -90,9 +90,13 @@ pub enum StepKind {
     Model(Box<ModelStep>),
     Route(RouteStep),
     /// Merges the outputs of its branches (which are steps of their own) into one object.
-    Parallel { branches: Vec<String> },
+    Parallel {
+        branches: Vec<String>,
+    },
     Validate(ValidateStep),
-    Transform { value: Value },
+    Transform {
+        value: Value,
+    },
     Approval(ApprovalStep),
 }
 

@@ -29,7 +29,10 @@ pub struct PosIndex {
 impl PosIndex {
     /// The position of the key of `path`, else as [`PosIndex::at`].
     pub fn key(&self, path: &str) -> Pos {
-        self.keys.get(path).copied().unwrap_or_else(|| self.at(path))
+        self.keys
+            .get(path)
+            .copied()
+            .unwrap_or_else(|| self.at(path))
     }
 
     /// The position of the value at `path`, or of its closest ancestor that has one.
@@ -339,12 +342,10 @@ mod tests {
 
     #[test]
     fn anchors_and_scalars() {
-        let (v, _) = parse("x: &d {a: 1}\ny: *d\nz: ~\nw: 0x10\ns: 1e3\nt: 12abc\n")
-            .unwrap();
+        let (v, _) = parse("x: &d {a: 1}\ny: *d\nz: ~\nw: 0x10\ns: 1e3\nt: 12abc\n").unwrap();
         assert_eq!(
             v,
             json!({"x": {"a": 1}, "y": {"a": 1}, "z": null, "w": 16, "s": 1000.0, "t": "12abc"})
         );
     }
-
 }

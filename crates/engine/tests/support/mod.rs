@@ -255,8 +255,9 @@ impl H {
         let now = self.now();
         let due: Vec<ScheduledCallback> = {
             let mut pending = self.pending.lock().expect("pending lock");
-            let (due, later): (Vec<_>, Vec<_>) =
-                std::mem::take(&mut *pending).into_iter().partition(|(t, _)| *t <= now);
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut *pending)
+                .into_iter()
+                .partition(|(t, _)| *t <= now);
             *pending = later;
             due.into_iter().map(|(_, c)| c).collect()
         };
@@ -393,7 +394,9 @@ impl H {
     }
 
     pub async fn deliver(&self, cb: &ScheduledCallback) -> Result<CallbackResult, EngineError> {
-        self.engine.handle_callback(&self.callback_request(cb)).await
+        self.engine
+            .handle_callback(&self.callback_request(cb))
+            .await
     }
 
     pub async fn snap(&self, run_id: &str) -> RunSnapshot {
@@ -429,7 +432,12 @@ impl H {
         self.engine.store.events(run_id).await.expect("events")
     }
 
-    pub async fn step_events(&self, run_id: &str, kind: EventKind, step: &str) -> Vec<HistoryEvent> {
+    pub async fn step_events(
+        &self,
+        run_id: &str,
+        kind: EventKind,
+        step: &str,
+    ) -> Vec<HistoryEvent> {
         self.events(run_id)
             .await
             .into_iter()

@@ -1,0 +1,222 @@
+//! The model catalog and price table: which hosted models a deployment offers, for which roles,
+//! through which API, at what price.
+//!
+//! The table ships in the repository (`crates/providers/data/prices.json`, with a `version`
+//! date) and a user can override or extend it with `SWITCHYARD_PRICES=path.json` in the same
+//! format. An entry's provider prefix names its adapter unless `api` says otherwise, which is
+//! how an OpenAI-compatible server (Ollama, vLLM, LM Studio) is added: `"ollama/llama3.2":
+//! {"api": "openai", "base_url": "http://127.0.0.1:11434/v1", …}`.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use switchyard_core::model::{split_model, ModelInfo, Role};
+use switchyard_core::state::Usage;
+
+/// The table that ships with this version.
+pub const BUILTIN_PRICES: &str = include_str!("../data/prices.json");
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    pub roles: Vec<Role>,
+    /// Which adapter serves it: `openai`, `anthropic`, `bedrock`, `replicate`. Default: the prefix.
+    #[serde(default)]
+    pub api: Option<String>,
+    /// Overrides the adapter's base URL for this model (OpenAI-compatible servers).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Name of the environment variable holding this model's API key, if not the adapter's.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default, rename = "async")]
+    pub asynchronous: bool,
+    #[serde(default)]
+    pub input_per_mtok: f64,
+    #[serde(default)]
+    pub output_per_mtok: f64,
+    #[serde(default)]
+    pub per_second: f64,
+    #[serde(default)]
+    pub per_prediction: f64,
+    /// Output tokens assumed by the budget estimate when a step sets no `max_tokens`.
+    #[serde(default)]
+    pub max_output_tokens: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Table {
+    pub version: String,
+    #[serde(default)]
+    pub currency: Option<String>,
+    #[serde(default)]
+    pub note: Option<String>,
+    pub models: BTreeMap<String, Entry>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Catalog {
+    /// Versions of the tables merged, builtin first.
+    pub versions: Vec<String>,
+    pub models: BTreeMap<String, Entry>,
+}
+
+impl Catalog {
+    /// The built-in table, then the override's entries (replacing by model id).
+    pub fn load(override_json: Option<&str>) -> Result<Catalog, String> {
+        let base: Table = serde_json::from_str(BUILTIN_PRICES)
+            .map_err(|e| format!("built-in price table: {e}"))?;
+        let mut c = Catalog {
+            versions: vec![base.version],
+            models: base.models,
+        };
+        if let Some(text) = override_json {
+            let t: Table =
+                serde_json::from_str(text).map_err(|e| format!("price override: {e}"))?;
+            c.versions.push(t.version);
+            c.models.extend(t.models);
+        }
+        for (id, e) in &c.models {
+            if !id.contains('/') {
+                return Err(format!("price table: `{id}` must be `provider/model`"));
+            }
+            if e.roles.is_empty() {
+                return Err(format!("price table: `{id}` lists no roles"));
+            }
+        }
+        Ok(c)
+    }
+
+    pub fn get(&self, model: &str) -> Option<&Entry> {
+        self.models.get(model)
+    }
+
+    /// The adapter an entry uses.
+    pub fn api_of<'a>(&'a self, model: &'a str) -> Option<&'a str> {
+        let e = self.models.get(model)?;
+        Some(e.api.as_deref().unwrap_or(split_model(model).0))
+    }
+
+    /// Provider prefixes served through `api`, e.g. `openai` → `["ollama", "openai"]`.
+    pub fn prefixes_for(&self, api: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .models
+            .iter()
+            .filter(|(id, e)| e.api.as_deref().unwrap_or(split_model(id).0) == api)
+            .map(|(id, _)| split_model(id).0.to_string())
+            .collect();
+        out.dedup();
+        out
+    }
+
+    /// The models with a given provider prefix, for static checks.
+    pub fn models_with_prefix(&self, prefix: &str) -> Vec<ModelInfo> {
+        self.models
+            .iter()
+            .filter(|(id, _)| split_model(id).0 == prefix)
+            .map(|(id, e)| ModelInfo {
+                id: id.clone(),
+                roles: e.roles.clone(),
+                asynchronous: e.asynchronous,
+                description: format!("{} via the {} API", id, e.api.as_deref().unwrap_or(prefix)),
+            })
+            .collect()
+    }
+
+    /// Cost of a call from its usage (token-priced models) or its run time (per-second models).
+    pub fn cost_usd(&self, model: &str, usage: Option<Usage>, predict_seconds: Option<f64>) -> f64 {
+        let Some(e) = self.models.get(model) else {
+            return 0.0;
+        };
+        let u = usage.unwrap_or_default();
+        let tokens = u.input_tokens as f64 * e.input_per_mtok / 1e6
+            + u.output_tokens as f64 * e.output_per_mtok / 1e6;
+        tokens + predict_seconds.unwrap_or(0.0) * e.per_second + e.per_prediction
+    }
+
+    /// Upper estimate before a call: input tokens ≈ chars / 4 (rounded up), plus the output
+    /// allowance (`max_tokens` or the entry's `max_output_tokens`, default 1024), plus 60 s of
+    /// run time for per-second models.
+    pub fn estimate_usd(
+        &self,
+        model: &str,
+        input_chars: usize,
+        max_output_tokens: Option<u64>,
+    ) -> f64 {
+        let Some(e) = self.models.get(model) else {
+            return 0.0;
+        };
+        let input = input_chars.div_ceil(4) as u64;
+        let output = max_output_tokens.or(e.max_output_tokens).unwrap_or(1024);
+        self.cost_usd(
+            model,
+            Some(Usage {
+                input_tokens: input,
+                output_tokens: output,
+            }),
+            Some(60.0),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_table_loads_and_prices() {
+        let c = Catalog::load(None).unwrap();
+        assert_eq!(c.versions, vec!["2026-11-01".to_string()]);
+        let cost = c.cost_usd(
+            "openai/gpt-4o-mini",
+            Some(Usage {
+                input_tokens: 1_000_000,
+                output_tokens: 1_000_000,
+            }),
+            None,
+        );
+        assert!((cost - 0.75).abs() < 1e-9, "{cost}");
+        assert_eq!(c.api_of("ollama/llama3.2"), Some("openai"));
+        assert_eq!(
+            c.api_of("anthropic/claude-3-5-haiku-latest"),
+            Some("anthropic")
+        );
+        assert!(c.prefixes_for("openai").contains(&"ollama".to_string()));
+        assert!(c
+            .models_with_prefix("replicate")
+            .iter()
+            .all(|m| m.asynchronous));
+        assert!(
+            c.estimate_usd("openai/gpt-4o-mini", 400, Some(100))
+                >= c.cost_usd(
+                    "openai/gpt-4o-mini",
+                    Some(Usage {
+                        input_tokens: 100,
+                        output_tokens: 100
+                    }),
+                    None
+                )
+        );
+    }
+
+    #[test]
+    fn overrides_replace_and_extend() {
+        let o = r#"{"version": "mine-1", "models": {
+            "openai/gpt-4o-mini": {"roles": ["generation"], "input_per_mtok": 1.0, "output_per_mtok": 1.0},
+            "vllm/qwen": {"roles": ["generation"], "api": "openai", "base_url": "http://127.0.0.1:8000/v1"}}}"#;
+        let c = Catalog::load(Some(o)).unwrap();
+        assert_eq!(
+            c.versions,
+            vec!["2026-11-01".to_string(), "mine-1".to_string()]
+        );
+        assert_eq!(c.get("openai/gpt-4o-mini").unwrap().input_per_mtok, 1.0);
+        assert_eq!(c.api_of("vllm/qwen"), Some("openai"));
+        assert!(Catalog::load(Some(
+            r#"{"version": "x", "models": {"nope": {"roles": ["generation"]}}}"#
+        ))
+        .is_err());
+        assert!(Catalog::load(Some(
+            r#"{"version": "x", "models": {"a/b": {"roles": [], "typo": 1}}}"#
+        ))
+        .is_err());
+    }
+}

@@ -1,0 +1,269 @@
+//! What every hosted-API adapter shares, all pure: how a [`ModelRequest`] becomes chat text
+//! (instructions apart from data), how a text answer becomes a normalized output, and the
+//! per-step parameters they all read.
+//!
+//! Step parameters understood by every chat adapter (`params:` in the workflow):
+//! - `max_tokens` (default 1024), `temperature` (provider default when absent);
+//! - `labels: [..]` for the classification role (the answer is constrained to them);
+//! - `format: json` to ask for JSON without a schema.
+
+use serde_json::{json, Map, Value};
+use switchyard_core::model::{normalized, ModelRequest, Role};
+use switchyard_core::state::Usage;
+use switchyard_core::{ErrorClass, StepError};
+
+/// Default output allowance when a step gives no `params.max_tokens`.
+pub const DEFAULT_MAX_TOKENS: u64 = 1024;
+
+pub fn max_tokens(req: &ModelRequest) -> u64 {
+    req.params
+        .get("max_tokens")
+        .and_then(Value::as_u64)
+        .unwrap_or(DEFAULT_MAX_TOKENS)
+}
+
+pub fn temperature(req: &ModelRequest) -> Option<f64> {
+    req.params.get("temperature").and_then(Value::as_f64)
+}
+
+/// Labels for a classification step (`params.labels`: a list, or a map whose keys are labels).
+pub fn labels(req: &ModelRequest) -> Vec<String> {
+    match req.params.get("labels") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect(),
+        Some(Value::Object(m)) => m.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The JSON Schema the answer must follow, if any: the step's `output_schema`, or for a
+/// classification the `{label, confidence}` shape.
+pub fn answer_schema(req: &ModelRequest) -> Option<Value> {
+    if req.role == Role::Classification {
+        let labels = labels(req);
+        let mut label = json!({"type": "string"});
+        if !labels.is_empty() {
+            label["enum"] = json!(labels);
+        }
+        return Some(json!({
+            "type": "object",
+            "properties": {"label": label, "confidence": {"type": "number", "minimum": 0, "maximum": 1}},
+            "required": ["label", "confidence"],
+            "additionalProperties": false
+        }));
+    }
+    req.output_schema.clone()
+}
+
+/// Whether the answer is expected as JSON.
+pub fn wants_json(req: &ModelRequest) -> bool {
+    answer_schema(req).is_some() || req.params.get("format").and_then(Value::as_str) == Some("json")
+}
+
+/// The system part: the rendered prompt (instructions only).
+pub fn system_text(req: &ModelRequest) -> Option<String> {
+    let mut s = req.instructions.clone().unwrap_or_default();
+    if req.role == Role::Classification {
+        let labels = labels(req);
+        if !labels.is_empty() {
+            s.push_str(&format!("\n\nClassify the input as one of: {}. Answer with JSON {{\"label\", \"confidence\"}}.", labels.join(", ")));
+        }
+    }
+    let s = s.trim().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+/// The user part: the data (a string as is, anything else as JSON), then, on a repair, what
+/// was wrong with the previous answer.
+pub fn user_text(req: &ModelRequest) -> String {
+    let mut s = match &req.input {
+        Value::String(t) => t.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    if !req.feedback.is_empty() {
+        s.push_str("\n\nYour previous answer had these problems; answer again without them:\n");
+        for f in &req.feedback {
+            s.push_str("- ");
+            s.push_str(f);
+            s.push('\n');
+        }
+    }
+    s
+}
+
+/// Turns a model's text (or already-parsed JSON, from a tool call) into the normalized output
+/// of the step's role.
+pub fn normalize(
+    req: &ModelRequest,
+    text: &str,
+    parsed: Option<Value>,
+    usage: Usage,
+    finish_reason: &str,
+    model: &str,
+) -> Result<Value, StepError> {
+    let json_value = match parsed {
+        Some(v) => Some(v),
+        None if wants_json(req) => Some(parse_json_text(text)?),
+        None => None,
+    };
+    match req.role {
+        Role::Classification => {
+            let v = json_value.unwrap_or(Value::Null);
+            let label = v.get("label").and_then(Value::as_str).ok_or_else(|| {
+                StepError::new(
+                    ErrorClass::Malformed,
+                    "classification answer has no `label`",
+                )
+                .with_details(vec![
+                    "answer with JSON {\"label\": <one of the labels>, \"confidence\": <0..1>}"
+                        .into(),
+                ])
+            })?;
+            let confidence = v
+                .get("confidence")
+                .and_then(Value::as_f64)
+                .unwrap_or(1.0)
+                .clamp(0.0, 1.0);
+            let mut scores = Map::new();
+            scores.insert(label.to_string(), json!(normalized::round4(confidence)));
+            Ok(normalized::classification(label, confidence, scores))
+        }
+        _ => Ok(normalized::generation(
+            text,
+            json_value,
+            usage,
+            finish_reason,
+            model,
+        )),
+    }
+}
+
+/// Parses JSON from a model's text, tolerating a Markdown code fence around it.
+pub fn parse_json_text(text: &str) -> Result<Value, StepError> {
+    let t = text.trim();
+    let t = t
+        .strip_prefix("```json")
+        .or_else(|| t.strip_prefix("```"))
+        .map(|x| x.trim_end_matches("```").trim())
+        .unwrap_or(t);
+    serde_json::from_str(t).map_err(|e| {
+        StepError::new(ErrorClass::Malformed, "the answer is not valid JSON").with_details(vec![
+            format!("the answer must be a single JSON value ({e})"),
+        ])
+    })
+}
+
+/// A required field of a provider response, or a `malformed` error naming it.
+pub fn field<'a>(v: &'a Value, path: &[&str], provider: &str) -> Result<&'a Value, StepError> {
+    let mut cur = v;
+    for p in path {
+        cur = match (cur, p.parse::<usize>()) {
+            (Value::Array(a), Ok(i)) => a.get(i),
+            (Value::Object(m), _) => m.get(*p),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            StepError::new(
+                ErrorClass::Malformed,
+                format!("{provider} response lacks `{}`", path.join(".")),
+            )
+        })?;
+    }
+    Ok(cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(role: Role, input: Value, params: Value) -> ModelRequest {
+        ModelRequest {
+            run_id: "r".into(),
+            step: "s".into(),
+            attempt: 1,
+            model: "openai/gpt-4o-mini".into(),
+            role,
+            instructions: Some("Be brief.".into()),
+            prompt_version: Some("v1".into()),
+            input,
+            params,
+            output_schema: None,
+            feedback: vec![],
+            timeout_ms: 1000,
+            callback: None,
+        }
+    }
+
+    #[test]
+    fn instructions_and_data_stay_apart() {
+        let mut r = req(Role::Generation, json!({"ticket": "refund"}), json!({}));
+        assert_eq!(system_text(&r).as_deref(), Some("Be brief."));
+        assert_eq!(user_text(&r), r#"{"ticket":"refund"}"#);
+        r.feedback = vec!["at /title: too long".into()];
+        assert!(user_text(&r).contains("- at /title: too long"));
+    }
+
+    #[test]
+    fn classification_is_constrained_and_normalized() {
+        let r = req(
+            Role::Classification,
+            json!("refund please"),
+            json!({"labels": ["billing", "tech"]}),
+        );
+        let schema = answer_schema(&r).unwrap();
+        assert_eq!(
+            schema["properties"]["label"]["enum"],
+            json!(["billing", "tech"])
+        );
+        assert!(system_text(&r).unwrap().contains("billing, tech"));
+        let out = normalize(
+            &r,
+            r#"{"label": "billing", "confidence": 0.9}"#,
+            None,
+            Usage::default(),
+            "stop",
+            "m",
+        )
+        .unwrap();
+        assert_eq!(out["label"], "billing");
+        assert_eq!(out["scores"]["billing"], 0.9);
+        let e = normalize(&r, "billing", None, Usage::default(), "stop", "m").unwrap_err();
+        assert_eq!(e.class, ErrorClass::Malformed);
+    }
+
+    #[test]
+    fn json_answers_parse_with_or_without_fences() {
+        assert_eq!(
+            parse_json_text("```json\n{\"a\": 1}\n```").unwrap(),
+            json!({"a": 1})
+        );
+        assert_eq!(parse_json_text(" {\"a\": 1} ").unwrap(), json!({"a": 1}));
+        assert_eq!(
+            parse_json_text("Sure! {\"a\": 1}").unwrap_err().class,
+            ErrorClass::Malformed
+        );
+        let mut r = req(Role::Generation, json!("x"), json!({"format": "json"}));
+        let out = normalize(
+            &r,
+            "{\"a\": 1}",
+            None,
+            Usage {
+                input_tokens: 3,
+                output_tokens: 4,
+            },
+            "stop",
+            "m",
+        )
+        .unwrap();
+        assert_eq!(out["json"], json!({"a": 1}));
+        assert_eq!(out["usage"]["output_tokens"], 4);
+        r.params = json!({});
+        assert!(normalize(&r, "plain", None, Usage::default(), "stop", "m")
+            .unwrap()
+            .get("json")
+            .is_none());
+    }
+}

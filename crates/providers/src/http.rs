@@ -1,0 +1,174 @@
+//! The one HTTP sender every hosted-API adapter shares.
+//!
+//! Adapters are pure: `to_request` builds an [`HttpRequest`] (method, URL, headers, body) and
+//! `from_response` reads an [`HttpResponse`]. Only [`Sender::send`] does I/O, with explicit
+//! connect and request timeouts (never the library defaults), and it classifies transport
+//! failures once, here. Status codes are classified by [`crate::classify`].
+
+use std::time::Duration;
+use switchyard_core::{ErrorClass, StepError};
+
+/// A request an adapter wants sent. Header values may hold secrets: never log them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub method: &'static str,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Vec<u8>>,
+}
+
+impl HttpRequest {
+    pub fn post_json(url: impl Into<String>, body: &serde_json::Value) -> HttpRequest {
+        HttpRequest {
+            method: "POST",
+            url: url.into(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: Some(serde_json::to_vec(body).unwrap_or_default()),
+        }
+    }
+
+    pub fn get(url: impl Into<String>) -> HttpRequest {
+        HttpRequest {
+            method: "GET",
+            url: url.into(),
+            headers: Vec::new(),
+            body: None,
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: impl Into<String>) -> HttpRequest {
+        self.headers.push((name.to_ascii_lowercase(), value.into()));
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+/// Explicit limits for every call (documented in docs/providers.md).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP + TLS connect.
+    pub connect: Duration,
+    /// Whole request, when the step gives none.
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            request: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Largest response body read (a model answer larger than this is `malformed`).
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct Sender {
+    client: reqwest::Client,
+    timeouts: Timeouts,
+}
+
+impl Sender {
+    pub fn new(timeouts: Timeouts) -> Result<Sender, StepError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(timeouts.connect)
+            .timeout(timeouts.request)
+            // Provider APIs do not redirect; following one could leak the key to another host.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| StepError::new(ErrorClass::Invalid, format!("HTTP client: {e}")))?;
+        Ok(Sender { client, timeouts })
+    }
+
+    /// Sends a request; `timeout` (the step's attempt timeout) bounds the whole exchange.
+    pub async fn send(
+        &self,
+        req: HttpRequest,
+        timeout: Option<Duration>,
+    ) -> Result<HttpResponse, StepError> {
+        let method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|_| {
+            StepError::new(ErrorClass::Invalid, format!("bad method {}", req.method))
+        })?;
+        let mut b = self
+            .client
+            .request(method, &req.url)
+            .timeout(timeout.unwrap_or(self.timeouts.request));
+        for (k, v) in &req.headers {
+            b = b.header(k.as_str(), v.as_str());
+        }
+        if let Some(body) = req.body {
+            b = b.body(body);
+        }
+        let resp = b.send().await.map_err(transport)?;
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_ascii_lowercase(),
+                    v.to_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        let body = resp.bytes().await.map_err(transport)?;
+        if body.len() > MAX_RESPONSE_BYTES {
+            return Err(StepError::new(
+                ErrorClass::Malformed,
+                format!("response body over {MAX_RESPONSE_BYTES} bytes"),
+            ));
+        }
+        Ok(HttpResponse {
+            status,
+            headers,
+            body: body.to_vec(),
+        })
+    }
+}
+
+/// Transport failures: our deadline is `timeout`, a refused or reset connection `transient`.
+/// The message names the kind of failure only (a URL can carry a key in its query).
+fn transport(e: reqwest::Error) -> StepError {
+    if e.is_timeout() {
+        StepError::new(
+            ErrorClass::Timeout,
+            "no response within the request timeout",
+        )
+    } else if e.is_connect() {
+        StepError::new(ErrorClass::Transient, "could not connect to the provider")
+    } else if e.is_body() || e.is_decode() {
+        StepError::new(
+            ErrorClass::Transient,
+            "the connection failed while reading the response",
+        )
+    } else if e.is_builder() {
+        StepError::new(
+            ErrorClass::Invalid,
+            "the request could not be built (check the base URL)",
+        )
+    } else {
+        StepError::new(ErrorClass::Transient, "the request failed in transit")
+    }
+}
