@@ -22,10 +22,10 @@
 //!
 //! [`Provider`]: switchyard_core::model::Provider
 
+pub mod catalog;
+pub mod classify;
+pub mod hosted;
+pub mod http;
 pub mod local;
 
 pub use local::{parse_faults, price_table, Fault, LocalConfig, LocalProvider, ScheduledCallback};
-pub mod classify;
-pub mod http;
-pub mod catalog;
-pub mod hosted;
