@@ -107,6 +107,8 @@ pub fn classify(api: Api, resp: &HttpResponse, now_ms: u64) -> StepError {
         (_, "throttlingexception") => ErrorClass::RateLimited,
         (_, "modeltimeoutexception") => ErrorClass::Timeout,
         (_, "content_policy_violation") | (_, "content_filter") => ErrorClass::Refused,
+        // 402 Payment Required: the account is out of credit (Replicate).
+        (402, _) => ErrorClass::QuotaExhausted,
         (429, _) | (529, _) => ErrorClass::RateLimited,
         (408, _) | (504, _) => ErrorClass::Timeout,
         (401, _) | (403, _) => ErrorClass::Auth,
@@ -199,7 +201,8 @@ mod tests {
     #[test]
     fn classifier_table() {
         // (api, status, headers, body, class, retry_after_ms)
-        let table: Vec<(Api, u16, Vec<(&str, &str)>, &str, ErrorClass, Option<u64>)> = vec![
+        type Row = (Api, u16, Vec<(&'static str, &'static str)>, &'static str, ErrorClass, Option<u64>);
+        let table: Vec<Row> = vec![
             (
                 Api::OpenAi,
                 429,

@@ -22,10 +22,12 @@
 //!
 //! [`Provider`]: switchyard_core::model::Provider
 
+pub mod bedrock;
 pub mod catalog;
 pub mod classify;
 pub mod hosted;
 pub mod http;
 pub mod local;
+pub mod replicate;
 
 pub use local::{parse_faults, price_table, Fault, LocalConfig, LocalProvider, ScheduledCallback};
