@@ -63,7 +63,7 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         if f() {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(25));
+        std::thread::sleep(Duration::from_millis(50));
     }
     false
 }
@@ -79,8 +79,9 @@ fn killed_mid_run_then_resumed_runs_no_finished_step_again() {
         .arg("--data-dir")
         .arg(dir.path())
         .arg("--json")
+        .env("SWITCHYARD_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("run.stderr")).unwrap())
         .spawn()
         .unwrap();
     // Wait until step b has finished, then kill the process while the run is mid-way.
@@ -97,7 +98,11 @@ fn killed_mid_run_then_resumed_runs_no_finished_step_again() {
         let show = json(&run(&["runs", "show", &run_id, "--json"], dir.path()));
         show["steps"][1]["status"] == "succeeded"
     });
-    assert!(reached, "the run did not reach step b");
+    assert!(
+        reached,
+        "the run did not reach step b; its stderr: {}",
+        std::fs::read_to_string(dir.path().join("run.stderr")).unwrap_or_default()
+    );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 

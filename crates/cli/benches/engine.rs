@@ -87,7 +87,12 @@ async fn measure(yaml: &str, reps: usize) -> anyhow::Result<(f64, f64)> {
     });
     let wf = compile(yaml, &NoFiles, &provider.models()).map_err(|d| anyhow::anyhow!("{d:?}"))?;
     let dir = tempfile::tempdir()?;
-    let mut local = Local::open_with(dir.path(), Workflows::new(), Arc::new(SystemClock))?;
+    let mut local = Local::open_with(
+        dir.path(),
+        Workflows::new(),
+        Arc::new(SystemClock),
+        Default::default(),
+    )?;
     // Same engine, with the timed provider in place of the built-in one.
     local.engine.providers = Arc::new(Providers::new().with(provider.clone()));
     let mut walls = Vec::new();

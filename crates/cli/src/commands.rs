@@ -25,7 +25,13 @@ pub fn status_code(s: RunStatus) -> i32 {
 
 /// `switchyard validate PATH...`
 pub fn validate(paths: &[PathBuf]) -> i32 {
-    let models = Local::models();
+    let models = match Local::models() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return exit::USAGE;
+        }
+    };
     let mut problems = 0;
     for p in paths {
         if !p.is_file() {
@@ -113,7 +119,7 @@ async fn report(l: &Local, run_id: &str, json: bool) -> Result<i32> {
 /// `switchyard run WORKFLOW --input FILE`
 pub async fn run(workflow: &str, input: &Path, json: bool, dir: &Path) -> Result<i32> {
     let path = workflow_path(workflow);
-    let wf = match local::load_workflow(&path, &Local::models()) {
+    let wf = match local::load_workflow(&path, &Local::models()?) {
         Ok(wf) => wf,
         Err(diags) => {
             for d in &diags {
@@ -131,7 +137,7 @@ pub async fn run(workflow: &str, input: &Path, json: bool, dir: &Path) -> Result
     };
     let mut workflows = Workflows::new();
     workflows.add(wf.clone());
-    let l = Local::open(dir, workflows)?;
+    let l = Local::open_for_runs(dir, workflows)?;
     let req = StartRequest {
         workflow: wf.name.clone(),
         version: Some(wf.version.clone()),
@@ -163,7 +169,7 @@ pub async fn run(workflow: &str, input: &Path, json: bool, dir: &Path) -> Result
 }
 
 async fn open_existing(dir: &Path, run_id: &str) -> Result<std::result::Result<Local, i32>> {
-    let l = Local::open(dir, Workflows::new())?;
+    let l = Local::open_for_runs(dir, Workflows::new())?;
     match l.engine.load_for(None, run_id).await {
         Ok(_) => Ok(Ok(l)),
         Err(EngineError::NotFound(m)) => {
@@ -290,5 +296,38 @@ pub async fn runs_show(run_id: &str, json: bool, dir: &Path) -> Result<i32> {
         print!("{}", render::run_table(&view));
         print!("{}", render::events_table(&events));
     }
+    Ok(exit::SUCCEEDED)
+}
+
+/// `switchyard fake-provider`: the fake OpenAI, Anthropic, Bedrock and Replicate servers.
+pub async fn fake_provider(
+    addr: &str,
+    webhook_secret: Option<String>,
+    script: Option<&str>,
+    replicate_delay_ms: u64,
+) -> Result<i32> {
+    let script = match script {
+        Some(spec) => switchyard_fakes::parse_script(spec).map_err(|e| anyhow!("--script: {e}"))?,
+        None => Default::default(),
+    };
+    let secret = webhook_secret
+        .or_else(|| std::env::var("SWITCHYARD_WEBHOOK_SECRET").ok().filter(|s| !s.is_empty()))
+        .ok_or_else(|| anyhow!("give --webhook-secret whsec_... (or SWITCHYARD_WEBHOOK_SECRET): the fake signs Replicate webhooks with it"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    println!("fake providers on {url}; point Switchyard at them with:");
+    println!("  export OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY=sk-fake");
+    println!("  export ANTHROPIC_BASE_URL={url} ANTHROPIC_API_KEY=fake");
+    println!("  export AWS_ENDPOINT_URL_BEDROCK_RUNTIME={url} AWS_ACCESS_KEY_ID=AKIDFAKE AWS_SECRET_ACCESS_KEY=fake AWS_REGION=us-east-1");
+    println!("  export REPLICATE_BASE_URL={url}/v1 REPLICATE_API_TOKEN=r8_fake SWITCHYARD_WEBHOOK_SECRET={secret}");
+    println!("script more behaviours with: curl -X POST {url}/_fake/script -d '{{\"provider\":\"openai\",\"behaviors\":[\"rate_limited\"]}}'");
+    let config = switchyard_fakes::FakeConfig {
+        webhook_secret: secret,
+        replicate_delay_ms,
+        script,
+    };
+    switchyard_fakes::serve(listener, config).await?;
     Ok(exit::SUCCEEDED)
 }

@@ -2,6 +2,7 @@
 
 use anyhow::{anyhow, Context, Result};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use switchyard_engine::webhook::CallbackRequest;
 use switchyard_engine::{Config, Engine, Providers, Workflows};
 use switchyard_local::{Backend, SqliteQueue, SystemClock};
 use switchyard_providers::{parse_faults, LocalConfig, LocalProvider, ScheduledCallback};
+use tokio::sync::Notify;
 
 /// The longest in-process wait `run` / `resume` sit through (a retry's backoff, a local job).
 /// Anything longer ends the command with "waiting" (exit 3); `resume` continues later.
@@ -72,6 +74,21 @@ pub struct Local {
     pub queue: SqliteQueue,
     pub provider: Arc<LocalProvider>,
     pub backend: Backend,
+    /// Told when a provider callback arrived over HTTP, so the driver stops waiting.
+    pub applied: Arc<Notify>,
+    /// Where this process receives provider callbacks, when it listens.
+    pub listening: Option<SocketAddr>,
+    /// The bound socket, until `serve_callbacks` takes it.
+    listener: Option<std::net::TcpListener>,
+}
+
+/// How a `Local` is opened.
+#[derive(Default)]
+pub struct Options {
+    /// Receive provider callbacks over HTTP at this address (`127.0.0.1:0`: any free port).
+    pub listen: Option<SocketAddr>,
+    /// Register the hosted-API adapters (OpenAI, Anthropic, Bedrock, Replicate, OpenAI-compatible).
+    pub hosted: bool,
 }
 
 /// The lease owner id of this process: `local:<pid>:<nonce>`; `resume` checks the pid.
@@ -85,10 +102,15 @@ fn owner() -> String {
 
 impl Local {
     pub fn open(dir: &Path, workflows: Workflows) -> Result<Local> {
-        Local::open_with(dir, workflows, Arc::new(SystemClock))
+        Local::open_with(dir, workflows, Arc::new(SystemClock), Options::default())
     }
 
-    pub fn open_with(dir: &Path, workflows: Workflows, clock: Arc<dyn Clock>) -> Result<Local> {
+    pub fn open_with(
+        dir: &Path,
+        workflows: Workflows,
+        clock: Arc<dyn Clock>,
+        opts: Options,
+    ) -> Result<Local> {
         let backend =
             Backend::open(dir).map_err(|e| anyhow!("data dir `{}`: {e}", dir.display()))?;
         let faults = match std::env::var("SWITCHYARD_LOCAL_FAULTS") {
@@ -98,20 +120,36 @@ impl Local {
             _ => HashMap::new(),
         };
         let provider = Arc::new(LocalProvider::new(LocalConfig { faults }));
+        let mut providers = Providers::new().with(provider.clone());
+        if opts.hosted {
+            let hosted = switchyard_providers::registry::from_env()
+                .map_err(|e| anyhow!("{e}"))?
+                .providers;
+            for p in hosted {
+                providers = providers.with(p);
+            }
+        }
         let queue = backend.queue("work", clock.clone());
-        // In-process callbacks are signed like any provider's, with the configured secret or
-        // one made for this process.
-        let secret = std::env::var("SWITCHYARD_WEBHOOK_SECRET")
+        // Bind before building the engine: callback URLs carry the address.
+        let (listener, listening) = match opts.listen {
+            Some(addr) => {
+                let l = std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("cannot listen for callbacks on {addr}"))?;
+                l.set_nonblocking(true)?;
+                let a = l.local_addr()?;
+                (Some(l), Some(a))
+            }
+            None => (None, None),
+        };
+        let public_url = std::env::var("SWITCHYARD_PUBLIC_URL")
             .ok()
             .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| webhook::secret_from_bytes(uuid::Uuid::new_v4().as_bytes()));
-        let mut secrets = HashMap::new();
-        secrets.insert("*".to_string(), secret);
+            .or_else(|| listening.map(|a| format!("http://{a}")))
+            .unwrap_or_else(|| "http://127.0.0.1:8080".into());
         let config = Config {
             owner: owner(),
-            webhook_secrets: secrets,
-            public_url: std::env::var("SWITCHYARD_PUBLIC_URL")
-                .unwrap_or_else(|_| "http://127.0.0.1:8080".into()),
+            webhook_secrets: webhook_secrets(),
+            public_url,
             ..Config::default()
         };
         let engine = Engine::new(
@@ -119,7 +157,7 @@ impl Local {
             Arc::new(queue.clone()),
             Arc::new(backend.blobs()),
             clock,
-            Arc::new(Providers::new().with(provider.clone())),
+            Arc::new(providers),
             Arc::new(workflows),
             config,
         );
@@ -128,18 +166,70 @@ impl Local {
             queue,
             provider,
             backend,
+            applied: Arc::new(Notify::new()),
+            listening,
+            listener,
         })
     }
 
-    /// The models the embedded deployment offers.
-    pub fn models() -> Vec<ModelInfo> {
-        use switchyard_core::model::Provider;
-        LocalProvider::new(LocalConfig::default()).models()
+    /// Starts answering `POST /hooks/{provider}` on the bound address, in the background.
+    pub fn serve_callbacks(&mut self) -> Result<()> {
+        let Some(std_listener) = self.listener.take() else {
+            return Ok(());
+        };
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        let router =
+            switchyard_engine::http::hooks_router(self.engine.clone(), Some(self.applied.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "callback listener stopped");
+            }
+        });
+        Ok(())
     }
 
-    /// Drives `run_id` until it ends, or waits on something outside this process.
+    /// The models this deployment offers: the built-in ones and every hosted model of the price
+    /// table (a hosted model without its key still passes static checks; calling it fails `auth`).
+    pub fn models() -> Result<Vec<ModelInfo>> {
+        use switchyard_core::model::Provider;
+        let mut models = LocalProvider::new(LocalConfig::default()).models();
+        let hosted = switchyard_providers::registry::from_env()
+            .map_err(|e| anyhow!("{e}"))?
+            .providers;
+        for p in hosted {
+            models.extend(p.models());
+        }
+        Ok(models)
+    }
+
+    /// Opens the backend for commands that drive runs: hosted providers registered, and a
+    /// listener for provider callbacks (`SWITCHYARD_LISTEN`, default any free port on 127.0.0.1).
+    pub fn open_for_runs(dir: &Path, workflows: Workflows) -> Result<Local> {
+        let listen = match std::env::var("SWITCHYARD_LISTEN") {
+            Ok(a) if !a.trim().is_empty() => a.trim().parse().map_err(|_| {
+                anyhow!("SWITCHYARD_LISTEN `{a}` is not an address like 127.0.0.1:8788")
+            })?,
+            _ => SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let mut local = Local::open_with(
+            dir,
+            workflows,
+            Arc::new(SystemClock),
+            Options {
+                listen: Some(listen),
+                hosted: true,
+            },
+        )?;
+        local.serve_callbacks()?;
+        Ok(local)
+    }
+
+    /// Drives `run_id` until it ends, or waits on something outside this process: a person, or
+    /// a remote job whose callback cannot reach us (not listening) — or nothing happened for
+    /// [`MAX_IN_PROCESS_WAIT_MS`].
     pub async fn drive(&self, run_id: &str) -> Result<RunStatus> {
         let mut callbacks: Vec<(u64, ScheduledCallback)> = Vec::new();
+        let mut idle_since = self.engine.now();
         loop {
             let now = self.engine.now();
             callbacks.extend(
@@ -151,25 +241,34 @@ impl Local {
             let (due, later): (Vec<_>, Vec<_>) =
                 callbacks.into_iter().partition(|(t, _)| *t <= now);
             callbacks = later;
+            let mut progressed = !due.is_empty();
             for (_, cb) in due {
                 self.deliver(&cb).await?;
             }
             for d in self.queue.receive(16, 60_000)? {
+                progressed = true;
                 match self.engine.handle(&d.body, None).await {
                     Ok(_) => {
                         self.queue.ack(&d.receipt)?;
                     }
                     Err(e) => {
-                        tracing::warn!(run_id = %d.body.run_id, error = %e, "wake-up failed; it will be retried")
+                        // Try again soon rather than after the whole visibility timeout: a
+                        // busy database or a conflicting writer clears in milliseconds.
+                        tracing::warn!(run_id = %d.body.run_id, error = %e, "wake-up failed; retrying");
+                        self.queue.change_visibility(&d.receipt, 250)?;
                     }
                 }
             }
+            let now = self.engine.now();
             callbacks.extend(
                 self.provider
                     .take_scheduled()
                     .into_iter()
-                    .map(|c| (self.engine.now() + c.delay_ms, c)),
+                    .map(|c| (now + c.delay_ms, c)),
             );
+            if progressed {
+                idle_since = now;
+            }
             let snap = self.engine.load_for(None, run_id).await?;
             let h = &snap.header;
             if h.status.is_terminal() {
@@ -179,9 +278,14 @@ impl Local {
             let waits_outside = h.status == RunStatus::Waiting
                 && match h.wait.as_ref().map(|w| w.reason) {
                     Some(WaitReason::Approval) => true,
-                    Some(WaitReason::Callback) => !callbacks.iter().any(|(_, c)| ours(c)),
+                    Some(WaitReason::Callback) => {
+                        self.listening.is_none() && !callbacks.iter().any(|(_, c)| ours(c))
+                    }
                     _ => false,
                 };
+            if waits_outside {
+                return Ok(h.status);
+            }
             let next = [
                 self.queue.next_visible_at()?,
                 callbacks.iter().map(|(t, _)| *t).min(),
@@ -189,13 +293,16 @@ impl Local {
             .into_iter()
             .flatten()
             .min();
-            let now = self.engine.now();
-            match next {
-                Some(t) if t <= now => continue,
-                Some(t) if !waits_outside && t - now <= MAX_IN_PROCESS_WAIT_MS => {
-                    tokio::time::sleep(Duration::from_millis(t - now)).await;
+            let give_up = idle_since + MAX_IN_PROCESS_WAIT_MS;
+            if now >= give_up {
+                return Ok(h.status);
+            }
+            let until = next.map_or(give_up, |t| t.min(give_up));
+            if until > now {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(until - now)) => {}
+                    _ = self.applied.notified() => {}
                 }
-                _ => return Ok(h.status),
             }
         }
     }
@@ -262,6 +369,28 @@ impl Local {
         }
         Ok(())
     }
+}
+
+/// `SWITCHYARD_WEBHOOK_SECRET` for every provider, `SWITCHYARD_<PROVIDER>_WEBHOOK_SECRET` for
+/// one; without them, a secret made for this process (enough for in-process callbacks).
+fn webhook_secrets() -> HashMap<String, String> {
+    let mut secrets = HashMap::new();
+    let default = std::env::var("SWITCHYARD_WEBHOOK_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| webhook::secret_from_bytes(uuid::Uuid::new_v4().as_bytes()));
+    secrets.insert("*".to_string(), default);
+    for (k, v) in std::env::vars() {
+        if let Some(p) = k
+            .strip_prefix("SWITCHYARD_")
+            .and_then(|r| r.strip_suffix("_WEBHOOK_SECRET"))
+        {
+            if !p.is_empty() && !v.is_empty() {
+                secrets.insert(p.to_ascii_lowercase(), v);
+            }
+        }
+    }
+    secrets
 }
 
 fn is_dead_local_owner(owner: &str) -> bool {

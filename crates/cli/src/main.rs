@@ -66,6 +66,20 @@ enum Command {
         #[command(subcommand)]
         command: RunsCommand,
     },
+    /// Serve fake OpenAI, Anthropic, Bedrock Converse and Replicate APIs with scripted behaviour.
+    FakeProvider {
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        addr: String,
+        /// Secret (whsec_...) the fake signs Replicate webhooks with.
+        #[arg(long)]
+        webhook_secret: Option<String>,
+        /// Behaviours to play first, e.g. `openai=rate_limited:2,answer;replicate=no_webhook`.
+        #[arg(long)]
+        script: Option<String>,
+        /// How long a fake Replicate prediction takes.
+        #[arg(long, default_value_t = 200)]
+        replicate_delay_ms: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -162,6 +176,20 @@ fn main() {
                         data_dir,
                     },
             } => commands::runs_show(run_id, *json, &dir(data_dir)).await,
+            Command::FakeProvider {
+                addr,
+                webhook_secret,
+                script,
+                replicate_delay_ms,
+            } => {
+                commands::fake_provider(
+                    addr,
+                    webhook_secret.clone(),
+                    script.as_deref(),
+                    *replicate_delay_ms,
+                )
+                .await
+            }
         }
     });
     match result {

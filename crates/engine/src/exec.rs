@@ -543,7 +543,8 @@ impl Engine {
             }
             Ok(ModelResponse::Pending { .. }) if !past_deadline => {
                 let r = settle::poll_again(&rec, now + self.config.default_poll_ms);
-                (r, polled_ev.clone())
+                self.write_step(&cx.run_id, &r, &[polled_ev]).await?;
+                return Ok(vec![r]);
             }
             Ok(ModelResponse::Pending { .. }) => {
                 // Give up on the job, and tell the provider so it stops (and stops billing).
@@ -566,7 +567,7 @@ impl Engine {
             }
             Err(err) => settle::fail(step, &rec, err, AttemptMeta::default(), now, &cx.run_id),
         };
-        self.write_step(&cx.run_id, &r, &[ev]).await?;
+        self.write_step(&cx.run_id, &r, &[polled_ev, ev]).await?;
         Ok(vec![r])
     }
 }
@@ -578,13 +579,15 @@ fn store_err(e: StoreError) -> StepError {
     )
 }
 
-/// The part of a model answer an output schema applies to: the parsed JSON of a generation,
+/// The part of a model answer an output schema applies to: the parsed JSON of a chat answer,
 /// otherwise the normalized output itself.
 pub fn checked_part<'a>(ms: &ModelStep, out: &'a ModelOutput) -> Option<&'a Value> {
-    if ms.role == Role::Generation {
-        out.output.get("json")
-    } else {
-        Some(&out.output)
+    match out.output.get("json") {
+        // A chat model's structured answer (generation, extraction…) is in `json`.
+        Some(j) => Some(j),
+        None if ms.role == Role::Generation => None,
+        // Built-in extractors and classifiers answer with the normalized object itself.
+        None => Some(&out.output),
     }
 }
 

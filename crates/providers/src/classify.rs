@@ -107,7 +107,7 @@ pub fn classify(api: Api, resp: &HttpResponse, now_ms: u64) -> StepError {
         (_, "throttlingexception") => ErrorClass::RateLimited,
         (_, "modeltimeoutexception") => ErrorClass::Timeout,
         (_, "content_policy_violation") | (_, "content_filter") => ErrorClass::Refused,
-        // 402 Payment Required: the account is out of credit (Replicate).
+        // 402 Payment Required: the account is out of credit (Replicate; Anthropic `billing_error`).
         (402, _) => ErrorClass::QuotaExhausted,
         (429, _) | (529, _) => ErrorClass::RateLimited,
         (408, _) | (504, _) => ErrorClass::Timeout,
@@ -201,7 +201,14 @@ mod tests {
     #[test]
     fn classifier_table() {
         // (api, status, headers, body, class, retry_after_ms)
-        type Row = (Api, u16, Vec<(&'static str, &'static str)>, &'static str, ErrorClass, Option<u64>);
+        type Row = (
+            Api,
+            u16,
+            Vec<(&'static str, &'static str)>,
+            &'static str,
+            ErrorClass,
+            Option<u64>,
+        );
         let table: Vec<Row> = vec![
             (
                 Api::OpenAi,

@@ -8,7 +8,7 @@
 //! - `format: json` to ask for JSON without a schema.
 
 use serde_json::{json, Map, Value};
-use switchyard_core::model::{normalized, ModelRequest, Role};
+use switchyard_core::model::{normalized, split_model, ModelRequest, Role};
 use switchyard_core::state::Usage;
 use switchyard_core::{ErrorClass, StepError};
 
@@ -131,13 +131,23 @@ pub fn normalize(
             scores.insert(label.to_string(), json!(normalized::round4(confidence)));
             Ok(normalized::classification(label, confidence, scores))
         }
-        _ => Ok(normalized::generation(
-            text,
-            json_value,
-            usage,
-            finish_reason,
-            model,
-        )),
+        _ => {
+            // Always the full id (`openai/gpt-4o-mini-2024-07-18`), whichever way the provider
+            // names its model, so outputs compare across providers.
+            let prefix = split_model(&req.model).0;
+            let model = if model.contains('/') || prefix.is_empty() {
+                model.to_string()
+            } else {
+                format!("{prefix}/{model}")
+            };
+            Ok(normalized::generation(
+                text,
+                json_value,
+                usage,
+                finish_reason,
+                &model,
+            ))
+        }
     }
 }
 

@@ -17,17 +17,28 @@
 //!   - `local/retrieve.rs`: keyword retriever over inline documents.
 //!   - `local/async_job.rs`: the asynchronous asset job (Replicate-shaped callbacks).
 //!
-//! Adapters for hosted APIs would live next to `local` and implement the same trait; nothing
-//! outside this crate knows which provider answered.
+//! - Hosted APIs, each a pair of pure functions (`to_request`, `from_response`) around the one
+//!   shared sender: [`openai`] (and any OpenAI-compatible server), [`anthropic`], [`bedrock`]
+//!   (Converse, SigV4), [`replicate`] (asynchronous predictions + webhooks).
+//!   - [`http`]: the sender (explicit connect/request timeouts, transport errors classified);
+//!   - [`classify`]: the one classifier of HTTP errors into the taxonomy;
+//!   - [`hosted`]: instructions apart from data, JSON answers, normalized outputs;
+//!   - [`catalog`]: the versioned price table and model catalog (`SWITCHYARD_PRICES` overrides);
+//!   - [`registry`]: the adapters a deployment offers, from the environment.
+//!
+//! Nothing outside this crate knows which provider answered.
 //!
 //! [`Provider`]: switchyard_core::model::Provider
 
+pub mod anthropic;
 pub mod bedrock;
 pub mod catalog;
 pub mod classify;
 pub mod hosted;
 pub mod http;
 pub mod local;
+pub mod openai;
+pub mod registry;
 pub mod replicate;
 
 pub use local::{parse_faults, price_table, Fault, LocalConfig, LocalProvider, ScheduledCallback};

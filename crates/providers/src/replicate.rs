@@ -580,6 +580,11 @@ impl Provider for Replicate {
         let role = role_for(&self.catalog, &full, body);
         read_prediction(&full, role, body, &self.catalog)
     }
+
+    /// The engine gave up waiting (wait timeout): stop the prediction, and its billing.
+    async fn cancel(&self, _request: &ModelRequest, job_id: &str) -> Result<(), StepError> {
+        Replicate::cancel(self, job_id).await
+    }
 }
 
 #[cfg(test)]

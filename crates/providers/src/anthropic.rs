@@ -1,0 +1,858 @@
+//! Anthropic Messages API.
+//!
+//! Pure: [`to_request`] builds the HTTP request, [`from_response`] reads the answer. The
+//! [`Anthropic`] provider only picks the base URL and key, sends, and logs metadata (model,
+//! status, latency, request id — never prompts, outputs or keys).
+//!
+//! Wire format: `POST {base}/v1/messages` with `x-api-key`, `anthropic-version: 2023-06-01`,
+//! `max_tokens` (required by the API), `system` (the rendered instructions) and one `user`
+//! message (the data, then any repair feedback). A JSON Schema answer is forced through a tool:
+//! `tools: [{name: "answer", description, input_schema}]`, `tool_choice: {type: "tool", name:
+//! "answer"}`, and read back from the `tool_use` block's `input`. `format: json` without a
+//! schema asks for JSON in the system text and parses the text.
+
+use crate::catalog::Catalog;
+use crate::classify::{classify, Api};
+use crate::hosted;
+use crate::http::{HttpRequest, HttpResponse, Sender};
+use crate::openai::{
+    answered_by, attempt_timeout, malformed, now_ms, object_schema, prompt_chars, resolve_key,
+    truncated, unwrap_answer, ANSWER, JSON_ONLY,
+};
+use async_trait::async_trait;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+use std::time::Instant;
+use switchyard_core::model::{ModelInfo, ModelOutput, ModelRequest, ModelResponse, Provider, Role};
+use switchyard_core::state::Usage;
+use switchyard_core::{ErrorClass, StepError};
+
+/// The public Anthropic API (paths include `/v1`).
+pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
+
+/// The API version every request pins.
+pub const API_VERSION: &str = "2023-06-01";
+
+const NAME: &str = "anthropic";
+
+/// The adapter for `anthropic/*` models.
+pub struct Anthropic {
+    base_url: String,
+    api_key: Option<String>,
+    catalog: Arc<Catalog>,
+    sender: Sender,
+}
+
+impl std::fmt::Debug for Anthropic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Anthropic")
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "[set]"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Same as [`Anthropic::new`].
+pub fn new(
+    base_url: &str,
+    api_key: Option<String>,
+    catalog: Arc<Catalog>,
+    sender: Sender,
+) -> Anthropic {
+    Anthropic::new(base_url, api_key, catalog, sender)
+}
+
+impl Anthropic {
+    /// Serves `anthropic/*`; `base_url` (default [`DEFAULT_BASE_URL`]) is used for models whose
+    /// catalog entry names none. An empty key counts as none.
+    pub fn new(
+        base_url: &str,
+        api_key: Option<String>,
+        catalog: Arc<Catalog>,
+        sender: Sender,
+    ) -> Anthropic {
+        Anthropic {
+            base_url: base_url.to_string(),
+            api_key: api_key.filter(|k| !k.trim().is_empty()),
+            catalog,
+            sender,
+        }
+    }
+
+    fn base_for<'a>(&'a self, model: &str) -> &'a str {
+        self.catalog
+            .get(model)
+            .and_then(|e| e.base_url.as_deref())
+            .unwrap_or(&self.base_url)
+    }
+
+    fn key_for(&self, model: &str) -> Result<Option<String>, StepError> {
+        let entry = self.catalog.get(model);
+        resolve_key(
+            NAME,
+            &self.base_url,
+            self.api_key.as_deref(),
+            entry.and_then(|e| e.base_url.as_deref()),
+            entry.and_then(|e| e.api_key_env.as_deref()),
+            "ANTHROPIC_API_KEY",
+            |var| std::env::var(var).ok(),
+        )
+    }
+}
+
+/// `{base}/v1/messages`; a base that already ends in `/v1` is not doubled.
+fn messages_url(base_url: &str) -> String {
+    let base = base_url.trim_end_matches('/');
+    if base.ends_with("/v1") {
+        format!("{base}/messages")
+    } else {
+        format!("{base}/v1/messages")
+    }
+}
+
+/// Builds the Messages request. `x-api-key` is sent only when a key is given.
+pub fn to_request(
+    base_url: &str,
+    api_key: Option<&str>,
+    req: &ModelRequest,
+) -> Result<HttpRequest, StepError> {
+    match req.role {
+        Role::Classification | Role::Extraction | Role::Generation | Role::Moderation => {}
+        Role::Embedding => {
+            return Err(StepError::new(
+                ErrorClass::Invalid,
+                "Anthropic has no embeddings API",
+            ))
+        }
+        Role::Transcription | Role::Asset | Role::Retrieval => {
+            return Err(StepError::new(
+                ErrorClass::Invalid,
+                format!(
+                    "the Anthropic adapter does not serve the {} role",
+                    req.role.as_str()
+                ),
+            ))
+        }
+    }
+    let user = hosted::user_text(req);
+    if user.trim().is_empty() {
+        // The API rejects empty text content; say why before spending a call.
+        return Err(StepError::new(
+            ErrorClass::Invalid,
+            "the step's input is empty: Anthropic needs a non-empty user message",
+        ));
+    }
+    let schema = hosted::answer_schema(req);
+    let mut system = hosted::system_text(req).unwrap_or_default();
+    if schema.is_none() && hosted::wants_json(req) {
+        if !system.is_empty() {
+            system.push_str("\n\n");
+        }
+        system.push_str(JSON_ONLY);
+    }
+
+    let mut body = Map::new();
+    body.insert("model".into(), json!(req.model_name()));
+    body.insert("max_tokens".into(), json!(hosted::max_tokens(req)));
+    if !system.is_empty() {
+        body.insert("system".into(), json!(system));
+    }
+    body.insert(
+        "messages".into(),
+        json!([{"role": "user", "content": user}]),
+    );
+    if let Some(t) = hosted::temperature(req) {
+        body.insert("temperature".into(), json!(t));
+    }
+    if let Some(schema) = schema {
+        body.insert(
+            "tools".into(),
+            json!([{
+                "name": ANSWER,
+                "description": "Records the answer. Call it exactly once; its input is the whole answer and must follow the input schema.",
+                "input_schema": object_schema(schema).0,
+            }]),
+        );
+        body.insert(
+            "tool_choice".into(),
+            json!({"type": "tool", "name": ANSWER}),
+        );
+    }
+    let mut http = HttpRequest::post_json(messages_url(base_url), &Value::Object(body))
+        .header("anthropic-version", API_VERSION);
+    if let Some(key) = api_key.filter(|k| !k.trim().is_empty()) {
+        http = http.header("x-api-key", key);
+    }
+    Ok(http)
+}
+
+/// Reads an answer: non-2xx through the one classifier (529 `overloaded_error` is
+/// `rate_limited` there); `stop_reason: "refusal"` is `refused`; the forced tool's input is
+/// the parsed answer; text blocks are joined.
+pub fn from_response(
+    req: &ModelRequest,
+    resp: &HttpResponse,
+    catalog: &Catalog,
+    now_ms: u64,
+) -> Result<ModelResponse, StepError> {
+    if !(200..300).contains(&resp.status) {
+        return Err(classify(Api::Anthropic, resp, now_ms));
+    }
+    if req.role == Role::Embedding {
+        return Err(StepError::new(
+            ErrorClass::Invalid,
+            "Anthropic has no embeddings API",
+        ));
+    }
+    let body = resp
+        .json()
+        .ok_or_else(|| malformed("the Anthropic answer is not JSON"))?;
+    if !body.is_object() {
+        return Err(malformed("the Anthropic answer is not a JSON object"));
+    }
+    let stop_reason = body
+        .get("stop_reason")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown");
+    if stop_reason == "refusal" {
+        return Err(StepError::new(
+            ErrorClass::Refused,
+            "anthropic: the model refused to answer (stop_reason refusal)",
+        ));
+    }
+    let blocks = hosted::field(&body, &["content"], NAME)?
+        .as_array()
+        .ok_or_else(|| malformed("anthropic response `content` is not a list"))?;
+    let wants_json = hosted::wants_json(req);
+    let finish = finish_reason(stop_reason);
+    if finish == "length" && wants_json {
+        return Err(truncated(req));
+    }
+    let tool_input = blocks
+        .iter()
+        .find(|b| {
+            b.get("type").and_then(Value::as_str) == Some("tool_use")
+                && b.get("name").and_then(Value::as_str) == Some(ANSWER)
+        })
+        .map(|b| b.get("input").cloned().unwrap_or(Value::Null));
+    let joined: String = blocks
+        .iter()
+        .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+        .filter_map(|b| b.get("text").and_then(Value::as_str))
+        .collect();
+    let (text, parsed) = match tool_input {
+        // The forced tool's input is the answer; its JSON is the text.
+        Some(input) if wants_json => {
+            let answer = unwrap_answer(req, input)?;
+            (answer.to_string(), Some(answer))
+        }
+        _ if wants_json => {
+            let value = hosted::parse_json_text(&joined)?;
+            (joined, Some(unwrap_answer(req, value)?))
+        }
+        _ => (joined, None),
+    };
+
+    let usage = body.get("usage").filter(|u| u.is_object()).map(|u| Usage {
+        input_tokens: u.get("input_tokens").and_then(Value::as_u64).unwrap_or(0),
+        output_tokens: u.get("output_tokens").and_then(Value::as_u64).unwrap_or(0),
+    });
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+        .unwrap_or(req.model_name())
+        .to_string();
+    let output = hosted::normalize(
+        req,
+        &text,
+        parsed,
+        usage.unwrap_or_default(),
+        finish,
+        &model,
+    )?;
+    let provider_request_id = resp
+        .header("request-id")
+        .filter(|v| !v.trim().is_empty())
+        .map(str::to_string)
+        .or_else(|| body.get("id").and_then(Value::as_str).map(str::to_string));
+    Ok(ModelResponse::Completed(ModelOutput {
+        output,
+        usage,
+        cost_usd: catalog.cost_usd(&req.model, usage, None),
+        model: answered_by(req, &model),
+        provider_request_id,
+        sources: Vec::new(),
+    }))
+}
+
+/// Anthropic's stop reasons in the shared vocabulary (`stop`, `length`, else as given). The
+/// forced `answer` tool ends with `tool_use`, which is a normal stop here.
+fn finish_reason(stop_reason: &str) -> &str {
+    match stop_reason {
+        "end_turn" | "stop_sequence" | "tool_use" => "stop",
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        other => other,
+    }
+}
+
+#[async_trait]
+impl Provider for Anthropic {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn models(&self) -> Vec<ModelInfo> {
+        self.catalog.models_with_prefix(NAME)
+    }
+
+    fn estimate_cost_usd(&self, request: &ModelRequest) -> f64 {
+        self.catalog.estimate_usd(
+            &request.model,
+            prompt_chars(request),
+            Some(hosted::max_tokens(request)),
+        )
+    }
+
+    async fn invoke(&self, request: &ModelRequest) -> Result<ModelResponse, StepError> {
+        let key = self.key_for(&request.model)?;
+        let http = to_request(self.base_for(&request.model), key.as_deref(), request)?;
+        let started = Instant::now();
+        let resp = match self.sender.send(http, attempt_timeout(request)).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::warn!(provider = NAME, model = %request.model,
+                    latency_ms = started.elapsed().as_millis() as u64, error_class = %e.class,
+                    "model call failed before an answer");
+                return Err(e);
+            }
+        };
+        let latency_ms = started.elapsed().as_millis() as u64;
+        let result = from_response(request, &resp, &self.catalog, now_ms());
+        let request_id = resp.header("request-id").unwrap_or("");
+        match &result {
+            Ok(_) => tracing::info!(provider = NAME, model = %request.model,
+                status = resp.status, latency_ms, request_id, "model call answered"),
+            Err(e) => tracing::warn!(provider = NAME, model = %request.model,
+                status = resp.status, latency_ms, request_id, error_class = %e.class,
+                "model call failed"),
+        }
+        result
+    }
+
+    async fn poll(
+        &self,
+        _request: &ModelRequest,
+        _job_id: &str,
+    ) -> Result<ModelResponse, StepError> {
+        Err(StepError::new(
+            ErrorClass::Invalid,
+            "the Anthropic adapter is a synchronous provider: there is no job to poll",
+        ))
+    }
+
+    fn parse_callback(&self, _body: &Value) -> Result<(String, ModelResponse), StepError> {
+        Err(StepError::new(
+            ErrorClass::Invalid,
+            "the Anthropic adapter is a synchronous provider: it takes no callbacks",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MESSAGE: &str = include_str!("../tests/fixtures/anthropic_message.json");
+    const TOOL_USE: &str = include_str!("../tests/fixtures/anthropic_tool_use.json");
+    const NOW: u64 = 1_700_000_000_000;
+    const HAIKU: &str = "anthropic/claude-3-5-haiku-latest";
+
+    fn req(role: Role, input: Value, params: Value) -> ModelRequest {
+        ModelRequest {
+            run_id: "r1".into(),
+            step: "s1".into(),
+            attempt: 1,
+            model: HAIKU.into(),
+            role,
+            instructions: Some("Be brief.".into()),
+            prompt_version: Some("v1".into()),
+            input,
+            params,
+            output_schema: None,
+            feedback: vec![],
+            timeout_ms: 30_000,
+            callback: None,
+        }
+    }
+
+    fn gen() -> ModelRequest {
+        req(Role::Generation, json!("Hello, Claude"), json!({}))
+    }
+
+    fn classify_req() -> ModelRequest {
+        req(
+            Role::Classification,
+            json!("I was charged twice"),
+            json!({"labels": ["billing", "tech"]}),
+        )
+    }
+
+    fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> HttpResponse {
+        HttpResponse {
+            status,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+                .collect(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn header<'a>(r: &'a HttpRequest, name: &str) -> Option<&'a str> {
+        r.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn catalog() -> Catalog {
+        Catalog::load(None).unwrap()
+    }
+
+    fn completed(r: Result<ModelResponse, StepError>) -> ModelOutput {
+        match r.unwrap() {
+            ModelResponse::Completed(o) => o,
+            other => panic!("not completed: {other:?}"),
+        }
+    }
+
+    /// Every field of `expected` is in `actual` (arrays element by element).
+    fn assert_subset(expected: &Value, actual: &Value, ctx: &str) {
+        match (expected, actual) {
+            (Value::Object(e), Value::Object(a)) => {
+                for (k, v) in e {
+                    let got = a
+                        .get(k)
+                        .unwrap_or_else(|| panic!("{ctx}: missing `{k}` in {actual}"));
+                    assert_subset(v, got, ctx);
+                }
+            }
+            (Value::Array(e), Value::Array(a)) => {
+                assert_eq!(e.len(), a.len(), "{ctx}: array length in {actual}");
+                for (x, y) in e.iter().zip(a) {
+                    assert_subset(x, y, ctx);
+                }
+            }
+            _ => assert_eq!(expected, actual, "{ctx}"),
+        }
+    }
+
+    #[test]
+    fn request_shapes() {
+        let mut with_schema = req(
+            Role::Extraction,
+            json!({"doc": "Ada, 36"}),
+            json!({"temperature": 0.0}),
+        );
+        with_schema.output_schema =
+            Some(json!({"type": "object", "properties": {"name": {"type": "string"}}}));
+        let mut array_schema = gen();
+        array_schema.output_schema = Some(json!({"type": "array"}));
+        let json_mode = req(
+            Role::Generation,
+            json!("x"),
+            json!({"format": "json", "max_tokens": 64}),
+        );
+        let mut no_instructions = gen();
+        no_instructions.instructions = None;
+        let mut feedback = gen();
+        feedback.feedback = vec!["at /name: required".into()];
+
+        // (name, request, expected body subset, absent body keys)
+        let table: Vec<(&str, ModelRequest, Value, Vec<&str>)> = vec![
+            (
+                "plain generation",
+                gen(),
+                json!({"model": "claude-3-5-haiku-latest", "max_tokens": 1024, "system": "Be brief.",
+                       "messages": [{"role": "user", "content": "Hello, Claude"}]}),
+                vec!["tools", "tool_choice", "temperature"],
+            ),
+            (
+                "schema through a forced tool",
+                with_schema,
+                json!({"system": "Be brief.", "temperature": 0.0,
+                       "messages": [{"role": "user", "content": "{\"doc\":\"Ada, 36\"}"}],
+                       "tools": [{"name": "answer", "input_schema": {"type": "object", "properties": {"name": {"type": "string"}}}}],
+                       "tool_choice": {"type": "tool", "name": "answer"}}),
+                vec![],
+            ),
+            (
+                "non-object schema is wrapped",
+                array_schema,
+                json!({"tools": [{"input_schema": {"type": "object", "properties": {"answer": {"type": "array"}}, "required": ["answer"]}}]}),
+                vec![],
+            ),
+            (
+                "classification labels",
+                classify_req(),
+                json!({"tools": [{"name": "answer", "input_schema": {"properties": {"label": {"enum": ["billing", "tech"]}}}}],
+                       "tool_choice": {"type": "tool", "name": "answer"}}),
+                vec![],
+            ),
+            (
+                "format json asks in the system text",
+                json_mode,
+                json!({"max_tokens": 64, "system": format!("Be brief.\n\n{JSON_ONLY}")}),
+                vec!["tools", "tool_choice"],
+            ),
+            (
+                "no instructions, no system",
+                no_instructions,
+                json!({}),
+                vec!["system"],
+            ),
+            (
+                "feedback after the data",
+                feedback,
+                json!({"messages": [{"role": "user", "content": "Hello, Claude\n\nYour previous answer had these problems; answer again without them:\n- at /name: required\n"}]}),
+                vec![],
+            ),
+        ];
+        for (name, r, expected, absent) in table {
+            let http = to_request(DEFAULT_BASE_URL, Some("sk-ant-test"), &r).unwrap();
+            assert_eq!(http.method, "POST", "{name}");
+            assert_eq!(http.url, "https://api.anthropic.com/v1/messages", "{name}");
+            assert_eq!(header(&http, "x-api-key"), Some("sk-ant-test"), "{name}");
+            assert_eq!(
+                header(&http, "anthropic-version"),
+                Some("2023-06-01"),
+                "{name}"
+            );
+            assert_eq!(
+                header(&http, "content-type"),
+                Some("application/json"),
+                "{name}"
+            );
+            assert_eq!(header(&http, "authorization"), None, "{name}");
+            let body: Value = serde_json::from_slice(http.body.as_deref().unwrap()).unwrap();
+            assert_subset(&expected, &body, name);
+            for k in absent {
+                assert!(
+                    body.get(k).is_none(),
+                    "{name}: `{k}` should be absent in {body}"
+                );
+            }
+        }
+        // No key, no header; a base that ends in /v1 is not doubled.
+        let http = to_request("http://127.0.0.1:9/v1/", None, &gen()).unwrap();
+        assert_eq!(http.url, "http://127.0.0.1:9/v1/messages");
+        assert_eq!(header(&http, "x-api-key"), None);
+    }
+
+    #[test]
+    fn invalid_requests() {
+        let cases = [
+            req(Role::Embedding, json!("x"), json!({})),
+            req(Role::Asset, json!("x"), json!({})),
+            req(Role::Generation, Value::Null, json!({})),
+        ];
+        for r in cases {
+            let e = to_request(DEFAULT_BASE_URL, Some("k"), &r).unwrap_err();
+            assert_eq!(e.class, ErrorClass::Invalid, "{e}");
+        }
+        let e = to_request(
+            DEFAULT_BASE_URL,
+            Some("k"),
+            &req(Role::Embedding, json!("x"), json!({})),
+        )
+        .unwrap_err();
+        assert_eq!(e.message, "Anthropic has no embeddings API");
+        let e = from_response(
+            &req(Role::Embedding, json!("x"), json!({})),
+            &resp(200, &[], MESSAGE),
+            &catalog(),
+            NOW,
+        )
+        .unwrap_err();
+        assert_eq!(e.class, ErrorClass::Invalid);
+    }
+
+    #[test]
+    fn message_fixture_normalizes() {
+        let c = catalog();
+        let out = completed(from_response(
+            &gen(),
+            &resp(
+                200,
+                &[("request-id", "req_018EeWyXxfu5pfWkrYcMdjWG")],
+                MESSAGE,
+            ),
+            &c,
+            NOW,
+        ));
+        assert_eq!(out.output["text"], "Hi! My name is Claude.");
+        assert_eq!(out.output["finish_reason"], "stop");
+        assert_eq!(out.output["model"], "anthropic/claude-3-5-haiku-20241022");
+        assert_eq!(
+            out.output["usage"],
+            json!({"input_tokens": 2095, "output_tokens": 503})
+        );
+        assert!(out.output.get("json").is_none());
+        assert_eq!(
+            out.usage,
+            Some(Usage {
+                input_tokens: 2095,
+                output_tokens: 503
+            })
+        );
+        assert_eq!(out.model, "anthropic/claude-3-5-haiku-20241022");
+        assert_eq!(
+            out.provider_request_id.as_deref(),
+            Some("req_018EeWyXxfu5pfWkrYcMdjWG")
+        );
+        let expected = 2095.0 * 0.80 / 1e6 + 503.0 * 4.00 / 1e6;
+        assert!(
+            out.cost_usd > 0.0 && (out.cost_usd - expected).abs() < 1e-12,
+            "{}",
+            out.cost_usd
+        );
+        // Without the header, the body's id.
+        let out = completed(from_response(&gen(), &resp(200, &[], MESSAGE), &c, NOW));
+        assert_eq!(
+            out.provider_request_id.as_deref(),
+            Some("msg_013Zva2CMHLNnXjNJJKqJ2EF")
+        );
+    }
+
+    #[test]
+    fn tool_use_answers() {
+        let c = catalog();
+        let out = completed(from_response(
+            &classify_req(),
+            &resp(200, &[], TOOL_USE),
+            &c,
+            NOW,
+        ));
+        assert_eq!(
+            out.output,
+            json!({"label": "billing", "confidence": 0.92, "scores": {"billing": 0.92}})
+        );
+        assert!(out.cost_usd > 0.0);
+
+        let mut r = gen();
+        r.output_schema = Some(json!({"type": "object"}));
+        let out = completed(from_response(&r, &resp(200, &[], TOOL_USE), &c, NOW));
+        assert_eq!(
+            out.output["json"],
+            json!({"label": "billing", "confidence": 0.92})
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(out.output["text"].as_str().unwrap()).unwrap(),
+            out.output["json"]
+        );
+        assert_eq!(out.output["finish_reason"], "stop");
+
+        // Wrapped schema: the answer is unwrapped.
+        r.output_schema = Some(json!({"type": "array"}));
+        let wrapped = TOOL_USE.replace(
+            r#""label": "billing",
+        "confidence": 0.92"#,
+            r#""answer": ["a", "b"]"#,
+        );
+        assert_ne!(wrapped, TOOL_USE);
+        let out = completed(from_response(&r, &resp(200, &[], &wrapped), &c, NOW));
+        assert_eq!(out.output["json"], json!(["a", "b"]));
+
+        // format: json without a schema: the text is parsed.
+        let r = req(Role::Generation, json!("x"), json!({"format": "json"}));
+        let body = MESSAGE.replace(
+            "\"Hi! My name is Claude.\"",
+            r#""```json\n{\"a\": 1}\n```""#,
+        );
+        let out = completed(from_response(&r, &resp(200, &[], &body), &c, NOW));
+        assert_eq!(out.output["json"], json!({"a": 1}));
+    }
+
+    #[test]
+    fn failures_are_classified() {
+        let c = catalog();
+        let refusal = MESSAGE.replace("\"end_turn\"", "\"refusal\"");
+        let cut_tool = TOOL_USE.replace(
+            "\"tool_use\",\n  \"stop_sequence\"",
+            "\"max_tokens\",\n  \"stop_sequence\"",
+        );
+        let prose = MESSAGE.replace("\"Hi! My name is Claude.\"", "\"It is about billing.\"");
+        // (name, request, status, headers, body, class, retry_after_ms)
+        type Case<'a> = (
+            &'a str,
+            ModelRequest,
+            u16,
+            Vec<(&'a str, &'a str)>,
+            &'a str,
+            ErrorClass,
+            Option<u64>,
+        );
+        let table: Vec<Case> = vec![
+            (
+                "529 overloaded",
+                gen(),
+                529,
+                vec![],
+                r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+                ErrorClass::RateLimited,
+                None,
+            ),
+            (
+                "429 with retry-after",
+                gen(),
+                429,
+                vec![("retry-after", "12")],
+                r#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of request tokens has exceeded your per-minute rate limit"}}"#,
+                ErrorClass::RateLimited,
+                Some(12_000),
+            ),
+            (
+                "401",
+                gen(),
+                401,
+                vec![],
+                r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#,
+                ErrorClass::Auth,
+                None,
+            ),
+            (
+                "500",
+                gen(),
+                500,
+                vec![],
+                r#"{"type":"error","error":{"type":"api_error","message":"An unexpected error has occurred internal to Anthropic's systems."}}"#,
+                ErrorClass::Transient,
+                None,
+            ),
+            (
+                "context too long",
+                gen(),
+                400,
+                vec![],
+                r#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 215000 tokens > 200000 maximum"}}"#,
+                ErrorClass::Invalid,
+                None,
+            ),
+            (
+                "refusal",
+                gen(),
+                200,
+                vec![],
+                &refusal,
+                ErrorClass::Refused,
+                None,
+            ),
+            (
+                "tool input cut off",
+                classify_req(),
+                200,
+                vec![],
+                &cut_tool,
+                ErrorClass::Malformed,
+                None,
+            ),
+            (
+                "prose where JSON was wanted",
+                classify_req(),
+                200,
+                vec![],
+                &prose,
+                ErrorClass::Malformed,
+                None,
+            ),
+            (
+                "body not JSON",
+                gen(),
+                200,
+                vec![],
+                "upstream connect error",
+                ErrorClass::Malformed,
+                None,
+            ),
+            (
+                "no content",
+                gen(),
+                200,
+                vec![],
+                r#"{"type":"message","stop_reason":"end_turn"}"#,
+                ErrorClass::Malformed,
+                None,
+            ),
+        ];
+        for (name, r, status, headers, body, class, after) in table {
+            let e = from_response(&r, &resp(status, &headers, body), &c, NOW).unwrap_err();
+            assert_eq!(e.class, class, "{name}: {e}");
+            assert_eq!(e.retry_after_ms, after, "{name}");
+            assert!(
+                !e.message.contains("Hi! My name"),
+                "{name}: output leaked: {}",
+                e.message
+            );
+        }
+        let e = from_response(&gen(), &resp(400, &[], r#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 215000 tokens > 200000 maximum"}}"#), &c, NOW).unwrap_err();
+        assert!(e.message.contains("context too long"), "{}", e.message);
+    }
+
+    #[test]
+    fn finish_reasons() {
+        for (given, want) in [
+            ("end_turn", "stop"),
+            ("stop_sequence", "stop"),
+            ("tool_use", "stop"),
+            ("max_tokens", "length"),
+            ("pause_turn", "pause_turn"),
+        ] {
+            assert_eq!(finish_reason(given), want);
+        }
+        let body = MESSAGE.replace("\"end_turn\"", "\"max_tokens\"");
+        let out = completed(from_response(
+            &gen(),
+            &resp(200, &[], &body),
+            &catalog(),
+            NOW,
+        ));
+        assert_eq!(out.output["finish_reason"], "length");
+    }
+
+    #[tokio::test]
+    async fn provider_surface() {
+        let sender = Sender::new(crate::http::Timeouts::default()).unwrap();
+        let c = Arc::new(catalog());
+        let p = Anthropic::new(DEFAULT_BASE_URL, None, c.clone(), sender.clone());
+        assert_eq!(p.name(), "anthropic");
+        assert!(p.models().iter().any(|m| m.id == HAIKU));
+        assert!(p.models().iter().all(|m| m.id.starts_with("anthropic/")));
+        assert!(p.estimate_cost_usd(&gen()) > 0.0);
+        let e = p.invoke(&gen()).await.unwrap_err();
+        assert_eq!(
+            (e.class, e.message.as_str()),
+            (ErrorClass::Auth, "ANTHROPIC_API_KEY is not set")
+        );
+        assert_eq!(
+            p.poll(&gen(), "j").await.unwrap_err().class,
+            ErrorClass::Invalid
+        );
+        assert_eq!(
+            p.parse_callback(&json!({})).unwrap_err().class,
+            ErrorClass::Invalid
+        );
+        let keyed = new(
+            DEFAULT_BASE_URL,
+            Some("sk-ant-secret-1234".into()),
+            c,
+            sender,
+        );
+        assert!(!format!("{keyed:?}").contains("sk-ant-secret"));
+        assert_eq!(
+            keyed.key_for(HAIKU).unwrap().as_deref(),
+            Some("sk-ant-secret-1234")
+        );
+        assert_eq!(keyed.base_for(HAIKU), DEFAULT_BASE_URL);
+    }
+}

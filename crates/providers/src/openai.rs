@@ -1,0 +1,1152 @@
+//! OpenAI Chat Completions and Embeddings, and every server that speaks them (Ollama, vLLM,
+//! LM Studio: catalog entries with `"api": "openai"` and their own `base_url`).
+//!
+//! Pure: [`to_request`] builds the HTTP request, [`from_response`] reads the answer. The
+//! [`OpenAi`] provider only picks the base URL and key, sends, and logs metadata (model,
+//! status, latency, request id — never prompts, outputs or keys).
+//!
+//! Wire format (Chat Completions): `POST {base}/chat/completions` with a `system` message (the
+//! rendered instructions) and a `user` message (the data, then any repair feedback). A JSON
+//! Schema answer goes through `response_format: {type: "json_schema", json_schema: {name,
+//! schema, strict: false}}`; `format: json` alone through `{type: "json_object"}`. The output
+//! limit is `max_completion_tokens` for `openai/*` models (OpenAI deprecated `max_tokens`, and
+//! reasoning models reject it) and `max_tokens` for OpenAI-compatible servers, which document
+//! only that one. Embeddings: `POST {base}/embeddings` with `{model, input}`.
+
+use crate::catalog::Catalog;
+use crate::classify::{classify, Api};
+use crate::hosted;
+use crate::http::{HttpRequest, HttpResponse, Sender};
+use async_trait::async_trait;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use switchyard_core::model::{
+    normalized, split_model, ModelInfo, ModelOutput, ModelRequest, ModelResponse, Provider, Role,
+};
+use switchyard_core::state::Usage;
+use switchyard_core::{ErrorClass, StepError};
+
+/// The public OpenAI API.
+pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+
+/// The name of the tool / response format that carries a structured answer.
+pub(crate) const ANSWER: &str = "answer";
+
+/// Added to the instructions when JSON is wanted without a schema. OpenAI's `json_object` mode
+/// requires the word "JSON" in the messages; Anthropic has no JSON mode at all.
+pub(crate) const JSON_ONLY: &str = "Answer with a single JSON value and nothing else.";
+
+/// The adapter for one provider prefix served through the OpenAI API.
+pub struct OpenAi {
+    name: String,
+    base_url: String,
+    api_key: Option<String>,
+    catalog: Arc<Catalog>,
+    sender: Sender,
+}
+
+impl std::fmt::Debug for OpenAi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAi")
+            .field("name", &self.name)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "[set]"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Same as [`OpenAi::new`].
+pub fn new(
+    name: &str,
+    base_url: &str,
+    api_key: Option<String>,
+    catalog: Arc<Catalog>,
+    sender: Sender,
+) -> OpenAi {
+    OpenAi::new(name, base_url, api_key, catalog, sender)
+}
+
+impl OpenAi {
+    /// `name` is the prefix it serves (`openai`, `ollama`, `vllm`...); `base_url` is used for
+    /// models whose catalog entry names none. An empty key counts as none.
+    pub fn new(
+        name: &str,
+        base_url: &str,
+        api_key: Option<String>,
+        catalog: Arc<Catalog>,
+        sender: Sender,
+    ) -> OpenAi {
+        OpenAi {
+            name: name.to_string(),
+            base_url: base_url.to_string(),
+            api_key: api_key.filter(|k| !k.trim().is_empty()),
+            catalog,
+            sender,
+        }
+    }
+
+    /// The catalog entry's `base_url`, else the adapter's.
+    fn base_for<'a>(&'a self, model: &str) -> &'a str {
+        self.catalog
+            .get(model)
+            .and_then(|e| e.base_url.as_deref())
+            .unwrap_or(&self.base_url)
+    }
+
+    /// The key for a model: its entry's `api_key_env` variable if it names one; otherwise the
+    /// adapter's key, but only when the model is served from the adapter's own base URL (an
+    /// entry pointing at another server never receives the adapter's key).
+    fn key_for(&self, model: &str) -> Result<Option<String>, StepError> {
+        let entry = self.catalog.get(model);
+        resolve_key(
+            &self.name,
+            &self.base_url,
+            self.api_key.as_deref(),
+            entry.and_then(|e| e.base_url.as_deref()),
+            entry.and_then(|e| e.api_key_env.as_deref()),
+            "OPENAI_API_KEY",
+            |var| std::env::var(var).ok(),
+        )
+    }
+}
+
+/// Which key a call uses (see [`OpenAi`]'s `key_for`); shared with the Anthropic adapter.
+/// `openai` and `anthropic` cannot work without a key: a missing one is `auth`, naming
+/// `adapter_key_env` (or the entry's variable). Messages name variables, never values.
+pub(crate) fn resolve_key(
+    adapter: &str,
+    adapter_base: &str,
+    adapter_key: Option<&str>,
+    entry_base: Option<&str>,
+    entry_key_env: Option<&str>,
+    adapter_key_env: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<String>, StepError> {
+    if let Some(var) = entry_key_env {
+        return match env(var).filter(|k| !k.trim().is_empty()) {
+            Some(k) => Ok(Some(k)),
+            None => Err(StepError::new(
+                ErrorClass::Auth,
+                format!("{var} is not set"),
+            )),
+        };
+    }
+    let own_server = entry_base.is_none_or(|b| same_base(b, adapter_base));
+    if !own_server {
+        return Ok(None);
+    }
+    match adapter_key.filter(|k| !k.trim().is_empty()) {
+        Some(k) => Ok(Some(k.to_string())),
+        None if adapter == "openai" || adapter == "anthropic" => Err(StepError::new(
+            ErrorClass::Auth,
+            format!("{adapter_key_env} is not set"),
+        )),
+        None => Ok(None),
+    }
+}
+
+fn same_base(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
+}
+
+/// Builds the HTTP request for a step: chat completions, or embeddings for the embedding role.
+/// The `Authorization` header is sent only when a key is given (Ollama needs none).
+pub fn to_request(
+    base_url: &str,
+    api_key: Option<&str>,
+    req: &ModelRequest,
+) -> Result<HttpRequest, StepError> {
+    let base = base_url.trim_end_matches('/');
+    let (url, body) = match req.role {
+        Role::Embedding => (
+            format!("{base}/embeddings"),
+            json!({"model": req.model_name(), "input": hosted::user_text(req)}),
+        ),
+        Role::Classification | Role::Extraction | Role::Generation | Role::Moderation => {
+            (format!("{base}/chat/completions"), chat_body(req))
+        }
+        Role::Transcription | Role::Asset | Role::Retrieval => {
+            return Err(StepError::new(
+                ErrorClass::Invalid,
+                format!(
+                    "the OpenAI adapter does not serve the {} role",
+                    req.role.as_str()
+                ),
+            ))
+        }
+    };
+    let mut http = HttpRequest::post_json(url, &body);
+    if let Some(key) = api_key.filter(|k| !k.trim().is_empty()) {
+        http = http.header("authorization", format!("Bearer {key}"));
+    }
+    Ok(http)
+}
+
+fn chat_body(req: &ModelRequest) -> Value {
+    let schema = hosted::answer_schema(req);
+    let mut system = hosted::system_text(req).unwrap_or_default();
+    if schema.is_none() && hosted::wants_json(req) {
+        if !system.is_empty() {
+            system.push_str("\n\n");
+        }
+        system.push_str(JSON_ONLY);
+    }
+    let mut messages = Vec::new();
+    if !system.is_empty() {
+        messages.push(json!({"role": "system", "content": system}));
+    }
+    messages.push(json!({"role": "user", "content": hosted::user_text(req)}));
+
+    let mut body = Map::new();
+    body.insert("model".into(), json!(req.model_name()));
+    body.insert("messages".into(), Value::Array(messages));
+    let limit = if split_model(&req.model).0 == "openai" {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
+    body.insert(limit.into(), json!(hosted::max_tokens(req)));
+    if let Some(t) = hosted::temperature(req) {
+        body.insert("temperature".into(), json!(t));
+    }
+    if let Some(schema) = schema {
+        body.insert(
+            "response_format".into(),
+            json!({
+                "type": "json_schema",
+                "json_schema": {"name": ANSWER, "schema": object_schema(schema).0, "strict": false}
+            }),
+        );
+    } else if hosted::wants_json(req) {
+        body.insert("response_format".into(), json!({"type": "json_object"}));
+    }
+    Value::Object(body)
+}
+
+/// Structured-output APIs want an object at the root (OpenAI's structured outputs, Anthropic's
+/// tool `input_schema`). A schema of another type is wrapped as `{answer: schema}`; the bool
+/// says whether it was, and [`unwrap_answer`] undoes it.
+pub(crate) fn object_schema(schema: Value) -> (Value, bool) {
+    if schema.get("type").and_then(Value::as_str) == Some("object") {
+        (schema, false)
+    } else {
+        (
+            json!({
+                "type": "object",
+                "properties": {ANSWER: schema},
+                "required": [ANSWER],
+                "additionalProperties": false
+            }),
+            true,
+        )
+    }
+}
+
+/// The answer inside a structured reply, undoing [`object_schema`]'s wrapping if it applied.
+pub(crate) fn unwrap_answer(req: &ModelRequest, value: Value) -> Result<Value, StepError> {
+    let wrapped = hosted::answer_schema(req).is_some_and(|s| object_schema(s).1);
+    if !wrapped {
+        return Ok(value);
+    }
+    match value {
+        Value::Object(mut m) if m.contains_key(ANSWER) => Ok(m.remove(ANSWER).unwrap_or_default()),
+        _ => Err(
+            malformed("the structured answer lacks its `answer` field").with_details(vec![
+                format!("answer with a JSON object {{\"{ANSWER}\": <the answer>}}"),
+            ]),
+        ),
+    }
+}
+
+pub(crate) fn malformed(message: &str) -> StepError {
+    StepError::new(ErrorClass::Malformed, message)
+}
+
+/// The error for an answer cut off at the output limit when JSON was expected.
+pub(crate) fn truncated(req: &ModelRequest) -> StepError {
+    malformed(&format!(
+        "the answer was cut off at the output limit ({} tokens) before its JSON was complete",
+        hosted::max_tokens(req)
+    ))
+    .with_details(vec![
+        "the previous answer was too long and was cut off; give a shorter answer".into(),
+    ])
+}
+
+/// `provider/model` for the model that answered: the request's prefix, the response's name.
+pub(crate) fn answered_by(req: &ModelRequest, response_model: &str) -> String {
+    match split_model(&req.model).0 {
+        "" => response_model.to_string(),
+        prefix => format!("{prefix}/{response_model}"),
+    }
+}
+
+/// Reads an answer: non-2xx through the one classifier; then the normalized output of the
+/// step's role, usage, cost (catalog price of the requested model) and the request id.
+pub fn from_response(
+    req: &ModelRequest,
+    resp: &HttpResponse,
+    catalog: &Catalog,
+    now_ms: u64,
+) -> Result<ModelResponse, StepError> {
+    if !(200..300).contains(&resp.status) {
+        return Err(classify(Api::OpenAi, resp, now_ms));
+    }
+    let body = resp
+        .json()
+        .ok_or_else(|| malformed("the OpenAI answer is not JSON"))?;
+    if !body.is_object() {
+        return Err(malformed("the OpenAI answer is not a JSON object"));
+    }
+    let usage = read_usage(&body);
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+        .unwrap_or(req.model_name())
+        .to_string();
+    let output = match req.role {
+        Role::Embedding => embedding(&body)?,
+        _ => chat(req, &body, usage.unwrap_or_default(), &model)?,
+    };
+    let provider_request_id = resp
+        .header("x-request-id")
+        .filter(|v| !v.trim().is_empty())
+        .map(str::to_string)
+        .or_else(|| body.get("id").and_then(Value::as_str).map(str::to_string));
+    Ok(ModelResponse::Completed(ModelOutput {
+        output,
+        usage,
+        cost_usd: catalog.cost_usd(&req.model, usage, None),
+        model: answered_by(req, &model),
+        provider_request_id,
+        sources: Vec::new(),
+    }))
+}
+
+/// `usage.prompt_tokens` / `completion_tokens` (embeddings have no completion tokens).
+fn read_usage(body: &Value) -> Option<Usage> {
+    let u = body.get("usage").filter(|u| u.is_object())?;
+    Some(Usage {
+        input_tokens: u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
+        output_tokens: u
+            .get("completion_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+    })
+}
+
+fn chat(req: &ModelRequest, body: &Value, usage: Usage, model: &str) -> Result<Value, StepError> {
+    let choice = hosted::field(body, &["choices", "0"], "openai")?;
+    let message = hosted::field(choice, &["message"], "openai")?;
+    let finish = choice
+        .get("finish_reason")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown");
+    // The refusal text is model output: it stays out of the error message.
+    let refused = message
+        .get("refusal")
+        .and_then(Value::as_str)
+        .is_some_and(|r| !r.trim().is_empty());
+    if refused {
+        return Err(StepError::new(
+            ErrorClass::Refused,
+            "openai: the model refused to answer",
+        ));
+    }
+    if finish == "content_filter" {
+        return Err(StepError::new(
+            ErrorClass::Refused,
+            "openai: the answer was withheld by the content filter",
+        ));
+    }
+    let wants_json = hosted::wants_json(req);
+    if finish == "length" && wants_json {
+        return Err(truncated(req));
+    }
+    let text = message
+        .get("content")
+        .and_then(Value::as_str)
+        .ok_or_else(|| malformed("openai response lacks `choices.0.message.content`"))?;
+    let parsed = if wants_json {
+        Some(unwrap_answer(req, hosted::parse_json_text(text)?)?)
+    } else {
+        None
+    };
+    hosted::normalize(req, text, parsed, usage, finish, model)
+}
+
+fn embedding(body: &Value) -> Result<Value, StepError> {
+    let values = hosted::field(body, &["data", "0", "embedding"], "openai")?
+        .as_array()
+        .ok_or_else(|| malformed("openai embedding is not a list of numbers"))?;
+    let vector = values
+        .iter()
+        .map(Value::as_f64)
+        .collect::<Option<Vec<f64>>>()
+        .ok_or_else(|| malformed("openai embedding is not a list of numbers"))?;
+    if vector.is_empty() {
+        return Err(malformed("openai embedding is empty"));
+    }
+    Ok(normalized::embedding(vector))
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The attempt timeout as the sender wants it (`0` means "the sender's default").
+pub(crate) fn attempt_timeout(req: &ModelRequest) -> Option<Duration> {
+    (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms))
+}
+
+/// The instructions plus the data, in characters, for the budget estimate.
+pub(crate) fn prompt_chars(req: &ModelRequest) -> usize {
+    hosted::system_text(req).map_or(0, |s| s.chars().count())
+        + hosted::user_text(req).chars().count()
+}
+
+#[async_trait]
+impl Provider for OpenAi {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn models(&self) -> Vec<ModelInfo> {
+        self.catalog.models_with_prefix(&self.name)
+    }
+
+    fn estimate_cost_usd(&self, request: &ModelRequest) -> f64 {
+        self.catalog.estimate_usd(
+            &request.model,
+            prompt_chars(request),
+            Some(hosted::max_tokens(request)),
+        )
+    }
+
+    async fn invoke(&self, request: &ModelRequest) -> Result<ModelResponse, StepError> {
+        let key = self.key_for(&request.model)?;
+        let http = to_request(self.base_for(&request.model), key.as_deref(), request)?;
+        let started = Instant::now();
+        let resp = match self.sender.send(http, attempt_timeout(request)).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::warn!(provider = %self.name, model = %request.model,
+                    latency_ms = started.elapsed().as_millis() as u64, error_class = %e.class,
+                    "model call failed before an answer");
+                return Err(e);
+            }
+        };
+        let latency_ms = started.elapsed().as_millis() as u64;
+        let result = from_response(request, &resp, &self.catalog, now_ms());
+        let request_id = resp.header("x-request-id").unwrap_or("");
+        match &result {
+            Ok(_) => tracing::info!(provider = %self.name, model = %request.model,
+                status = resp.status, latency_ms, request_id, "model call answered"),
+            Err(e) => tracing::warn!(provider = %self.name, model = %request.model,
+                status = resp.status, latency_ms, request_id, error_class = %e.class,
+                "model call failed"),
+        }
+        result
+    }
+
+    async fn poll(
+        &self,
+        _request: &ModelRequest,
+        _job_id: &str,
+    ) -> Result<ModelResponse, StepError> {
+        Err(StepError::new(
+            ErrorClass::Invalid,
+            "the OpenAI adapter is a synchronous provider: there is no job to poll",
+        ))
+    }
+
+    fn parse_callback(&self, _body: &Value) -> Result<(String, ModelResponse), StepError> {
+        Err(StepError::new(
+            ErrorClass::Invalid,
+            "the OpenAI adapter is a synchronous provider: it takes no callbacks",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHAT: &str = include_str!("../tests/fixtures/openai_chat_completion.json");
+    const STRUCTURED: &str = include_str!("../tests/fixtures/openai_chat_structured.json");
+    const REFUSAL: &str = include_str!("../tests/fixtures/openai_chat_refusal.json");
+    const EMBEDDINGS: &str = include_str!("../tests/fixtures/openai_embeddings.json");
+    const NOW: u64 = 1_700_000_000_000;
+
+    fn req(model: &str, role: Role, input: Value, params: Value) -> ModelRequest {
+        ModelRequest {
+            run_id: "r1".into(),
+            step: "s1".into(),
+            attempt: 1,
+            model: model.into(),
+            role,
+            instructions: Some("Be brief.".into()),
+            prompt_version: Some("v1".into()),
+            input,
+            params,
+            output_schema: None,
+            feedback: vec![],
+            timeout_ms: 30_000,
+            callback: None,
+        }
+    }
+
+    fn gen() -> ModelRequest {
+        req(
+            "openai/gpt-4o-mini",
+            Role::Generation,
+            json!("Hello!"),
+            json!({}),
+        )
+    }
+
+    fn classify_req() -> ModelRequest {
+        req(
+            "openai/gpt-4o-mini",
+            Role::Classification,
+            json!("I was charged twice"),
+            json!({"labels": ["billing", "tech"]}),
+        )
+    }
+
+    fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> HttpResponse {
+        HttpResponse {
+            status,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+                .collect(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn body_of(r: &HttpRequest) -> Value {
+        serde_json::from_slice(r.body.as_deref().unwrap()).unwrap()
+    }
+
+    fn header<'a>(r: &'a HttpRequest, name: &str) -> Option<&'a str> {
+        r.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn catalog() -> Catalog {
+        Catalog::load(None).unwrap()
+    }
+
+    fn completed(r: Result<ModelResponse, StepError>) -> ModelOutput {
+        match r.unwrap() {
+            ModelResponse::Completed(o) => o,
+            other => panic!("not completed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn request_shapes() {
+        let mut with_feedback = gen();
+        with_feedback.feedback = vec!["at /title: too long".into()];
+        let mut with_schema = gen();
+        with_schema.role = Role::Extraction;
+        with_schema.output_schema =
+            Some(json!({"type": "object", "properties": {"name": {"type": "string"}}}));
+        let mut array_schema = gen();
+        array_schema.output_schema = Some(json!({"type": "array", "items": {"type": "string"}}));
+        let mut no_instructions = gen();
+        no_instructions.instructions = None;
+        let json_mode = req(
+            "openai/gpt-4o-mini",
+            Role::Generation,
+            json!({"a": 1}),
+            json!({"format": "json", "max_tokens": 50, "temperature": 0.2}),
+        );
+        let ollama = req("ollama/llama3.2", Role::Generation, json!("hi"), json!({}));
+        let embed = req(
+            "openai/text-embedding-3-small",
+            Role::Embedding,
+            json!("The food was delicious"),
+            json!({}),
+        );
+
+        // (name, request, key, url, expected body subset, absent body keys, bearer)
+        type Case<'a> = (
+            &'a str,
+            ModelRequest,
+            Option<&'a str>,
+            &'a str,
+            Value,
+            Vec<&'a str>,
+            Option<&'a str>,
+        );
+        let table: Vec<Case> = vec![
+            (
+                "plain generation",
+                gen(),
+                Some("sk-test"),
+                "https://api.openai.com/v1/chat/completions",
+                json!({"model": "gpt-4o-mini", "max_completion_tokens": 1024,
+                       "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"}]}),
+                vec!["response_format", "temperature", "max_tokens"],
+                Some("Bearer sk-test"),
+            ),
+            (
+                "repair feedback goes to the user message",
+                with_feedback,
+                Some("sk-test"),
+                "https://api.openai.com/v1/chat/completions",
+                json!({"messages": [{"role": "system", "content": "Be brief."},
+                       {"role": "user", "content": "Hello!\n\nYour previous answer had these problems; answer again without them:\n- at /title: too long\n"}]}),
+                vec![],
+                Some("Bearer sk-test"),
+            ),
+            (
+                "schema in response_format",
+                with_schema,
+                Some("sk-test"),
+                "https://api.openai.com/v1/chat/completions",
+                json!({"response_format": {"type": "json_schema", "json_schema": {"name": "answer", "strict": false,
+                       "schema": {"type": "object", "properties": {"name": {"type": "string"}}}}}}),
+                vec![],
+                Some("Bearer sk-test"),
+            ),
+            (
+                "non-object schema is wrapped",
+                array_schema,
+                Some("sk-test"),
+                "https://api.openai.com/v1/chat/completions",
+                json!({"response_format": {"json_schema": {"schema": {"type": "object", "required": ["answer"],
+                       "properties": {"answer": {"type": "array", "items": {"type": "string"}}}}}}}),
+                vec![],
+                Some("Bearer sk-test"),
+            ),
+            (
+                "classification gets the label schema",
+                classify_req(),
+                Some("sk-test"),
+                "https://api.openai.com/v1/chat/completions",
+                json!({"response_format": {"type": "json_schema", "json_schema": {"name": "answer",
+                       "schema": {"properties": {"label": {"enum": ["billing", "tech"]}}}}},
+                       "messages": [{"role": "system"}, {"role": "user", "content": "I was charged twice"}]}),
+                vec![],
+                Some("Bearer sk-test"),
+            ),
+            (
+                "format json without schema",
+                json_mode,
+                Some("sk-test"),
+                "https://api.openai.com/v1/chat/completions",
+                json!({"response_format": {"type": "json_object"}, "max_completion_tokens": 50, "temperature": 0.2,
+                       "messages": [{"role": "system", "content": format!("Be brief.\n\n{JSON_ONLY}")}, {"role": "user", "content": "{\"a\":1}"}]}),
+                vec![],
+                Some("Bearer sk-test"),
+            ),
+            (
+                "no instructions, no system message",
+                no_instructions,
+                Some("sk-test"),
+                "https://api.openai.com/v1/chat/completions",
+                json!({"messages": [{"role": "user", "content": "Hello!"}]}),
+                vec![],
+                Some("Bearer sk-test"),
+            ),
+            (
+                "compatible server: max_tokens, no key",
+                ollama,
+                None,
+                "http://127.0.0.1:11434/v1/chat/completions",
+                json!({"model": "llama3.2", "max_tokens": 1024}),
+                vec!["max_completion_tokens"],
+                None,
+            ),
+            (
+                "embeddings",
+                embed,
+                Some("sk-test"),
+                "https://api.openai.com/v1/embeddings",
+                json!({"model": "text-embedding-3-small", "input": "The food was delicious"}),
+                vec!["messages", "max_tokens", "max_completion_tokens"],
+                Some("Bearer sk-test"),
+            ),
+        ];
+        for (name, r, key, url, expected, absent, bearer) in table {
+            let base = if url.starts_with("http://127") {
+                "http://127.0.0.1:11434/v1/"
+            } else {
+                DEFAULT_BASE_URL
+            };
+            let http = to_request(base, key, &r).unwrap();
+            assert_eq!(http.method, "POST", "{name}");
+            assert_eq!(http.url, url, "{name}");
+            assert_eq!(
+                header(&http, "content-type"),
+                Some("application/json"),
+                "{name}"
+            );
+            assert_eq!(header(&http, "authorization"), bearer, "{name}");
+            let body = body_of(&http);
+            assert_subset(&expected, &body, name);
+            for k in absent {
+                assert!(
+                    body.get(k).is_none(),
+                    "{name}: `{k}` should be absent in {body}"
+                );
+            }
+        }
+    }
+
+    /// Every field of `expected` is in `actual` (arrays element by element).
+    fn assert_subset(expected: &Value, actual: &Value, ctx: &str) {
+        match (expected, actual) {
+            (Value::Object(e), Value::Object(a)) => {
+                for (k, v) in e {
+                    let got = a
+                        .get(k)
+                        .unwrap_or_else(|| panic!("{ctx}: missing `{k}` in {actual}"));
+                    assert_subset(v, got, ctx);
+                }
+            }
+            (Value::Array(e), Value::Array(a)) => {
+                assert_eq!(e.len(), a.len(), "{ctx}: array length in {actual}");
+                for (x, y) in e.iter().zip(a) {
+                    assert_subset(x, y, ctx);
+                }
+            }
+            _ => assert_eq!(expected, actual, "{ctx}"),
+        }
+    }
+
+    #[test]
+    fn unsupported_roles_are_invalid() {
+        for role in [Role::Transcription, Role::Asset, Role::Retrieval] {
+            let r = req("openai/gpt-4o-mini", role, json!("x"), json!({}));
+            assert_eq!(
+                to_request(DEFAULT_BASE_URL, None, &r).unwrap_err().class,
+                ErrorClass::Invalid
+            );
+        }
+    }
+
+    #[test]
+    fn chat_fixture_normalizes() {
+        let c = catalog();
+        let r = resp(200, &[("x-request-id", "req_8d3f1c2b")], CHAT);
+        let out = completed(from_response(&gen(), &r, &c, NOW));
+        assert_eq!(out.output["text"], "Hello! How can I assist you today?");
+        assert_eq!(out.output["finish_reason"], "stop");
+        assert_eq!(out.output["model"], "openai/gpt-4o-mini-2024-07-18");
+        assert_eq!(
+            out.output["usage"],
+            json!({"input_tokens": 19, "output_tokens": 10})
+        );
+        assert!(out.output.get("json").is_none());
+        assert_eq!(
+            out.usage,
+            Some(Usage {
+                input_tokens: 19,
+                output_tokens: 10
+            })
+        );
+        assert_eq!(out.model, "openai/gpt-4o-mini-2024-07-18");
+        assert_eq!(out.provider_request_id.as_deref(), Some("req_8d3f1c2b"));
+        let expected = 19.0 * 0.15 / 1e6 + 10.0 * 0.60 / 1e6;
+        assert!(
+            out.cost_usd > 0.0 && (out.cost_usd - expected).abs() < 1e-12,
+            "{}",
+            out.cost_usd
+        );
+
+        // Without the header, the body's id.
+        let out = completed(from_response(&gen(), &resp(200, &[], CHAT), &c, NOW));
+        assert_eq!(
+            out.provider_request_id.as_deref(),
+            Some("chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT")
+        );
+    }
+
+    #[test]
+    fn structured_answers() {
+        let c = catalog();
+        // Classification: {label, confidence, scores}.
+        let out = completed(from_response(
+            &classify_req(),
+            &resp(200, &[], STRUCTURED),
+            &c,
+            NOW,
+        ));
+        assert_eq!(
+            out.output,
+            json!({"label": "billing", "confidence": 0.92, "scores": {"billing": 0.92}})
+        );
+        assert_eq!(
+            out.usage,
+            Some(Usage {
+                input_tokens: 112,
+                output_tokens: 12
+            })
+        );
+        assert!(out.cost_usd > 0.0);
+
+        // Generation with a schema: the parsed answer in `json`.
+        let mut r = gen();
+        r.output_schema = Some(json!({"type": "object"}));
+        let out = completed(from_response(&r, &resp(200, &[], STRUCTURED), &c, NOW));
+        assert_eq!(
+            out.output["json"],
+            json!({"label": "billing", "confidence": 0.92})
+        );
+
+        // A wrapped (non-object) schema is unwrapped.
+        r.output_schema = Some(json!({"type": "array"}));
+        let body = CHAT.replace(
+            "\"Hello! How can I assist you today?\"",
+            r#""{\"answer\": [\"a\", \"b\"]}""#,
+        );
+        let out = completed(from_response(&r, &resp(200, &[], &body), &c, NOW));
+        assert_eq!(out.output["json"], json!(["a", "b"]));
+        let body = CHAT.replace("\"Hello! How can I assist you today?\"", r#""[\"a\"]""#);
+        assert_eq!(
+            from_response(&r, &resp(200, &[], &body), &c, NOW)
+                .unwrap_err()
+                .class,
+            ErrorClass::Malformed
+        );
+    }
+
+    #[test]
+    fn embeddings_fixture_normalizes() {
+        let c = catalog();
+        let r = req(
+            "openai/text-embedding-3-small",
+            Role::Embedding,
+            json!("The food was delicious"),
+            json!({}),
+        );
+        let out = completed(from_response(
+            &r,
+            &resp(200, &[("x-request-id", "req_e1")], EMBEDDINGS),
+            &c,
+            NOW,
+        ));
+        assert_eq!(
+            out.output,
+            json!({"vector": [0.0023064255, -0.009327292, 0.015797347, -0.0077780345, -0.0046922187]})
+        );
+        assert_eq!(
+            out.usage,
+            Some(Usage {
+                input_tokens: 8,
+                output_tokens: 0
+            })
+        );
+        assert!(out.cost_usd > 0.0);
+        assert_eq!(out.model, "openai/text-embedding-3-small");
+        assert_eq!(out.provider_request_id.as_deref(), Some("req_e1"));
+    }
+
+    #[test]
+    fn failures_are_classified() {
+        let c = catalog();
+        let length = CHAT
+            .replace(
+                "\"finish_reason\": \"stop\"",
+                "\"finish_reason\": \"length\"",
+            )
+            .replace(
+                "\"Hello! How can I assist you today?\"",
+                r#""{\"label\": \"bil""#,
+            );
+        let filtered = CHAT.replace(
+            "\"finish_reason\": \"stop\"",
+            "\"finish_reason\": \"content_filter\"",
+        );
+        let not_json = CHAT.replace(
+            "\"Hello! How can I assist you today?\"",
+            "\"billing, I think\"",
+        );
+        // (name, request, status, headers, body, class, retry_after_ms)
+        type Case<'a> = (
+            &'a str,
+            ModelRequest,
+            u16,
+            Vec<(&'a str, &'a str)>,
+            &'a str,
+            ErrorClass,
+            Option<u64>,
+        );
+        let table: Vec<Case> = vec![
+            (
+                "429 with retry-after",
+                gen(),
+                429,
+                vec![("retry-after", "7")],
+                r#"{"error":{"message":"Rate limit reached for gpt-4o-mini","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
+                ErrorClass::RateLimited,
+                Some(7000),
+            ),
+            (
+                "insufficient quota",
+                gen(),
+                429,
+                vec![],
+                r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#,
+                ErrorClass::QuotaExhausted,
+                None,
+            ),
+            (
+                "401",
+                gen(),
+                401,
+                vec![],
+                r#"{"error":{"message":"Incorrect API key provided: sk-proj-abcdefghijk. You can find your API key at https://platform.openai.com/account/api-keys.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#,
+                ErrorClass::Auth,
+                None,
+            ),
+            (
+                "500",
+                gen(),
+                500,
+                vec![],
+                r#"{"error":{"message":"The server had an error while processing your request. Sorry about that!","type":"server_error","param":null,"code":null}}"#,
+                ErrorClass::Transient,
+                None,
+            ),
+            (
+                "context too long",
+                gen(),
+                400,
+                vec![],
+                r#"{"error":{"message":"This model's maximum context length is 128000 tokens. However, your messages resulted in 130000 tokens.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#,
+                ErrorClass::Invalid,
+                None,
+            ),
+            (
+                "refusal field",
+                classify_req(),
+                200,
+                vec![],
+                REFUSAL,
+                ErrorClass::Refused,
+                None,
+            ),
+            (
+                "content filter",
+                gen(),
+                200,
+                vec![],
+                &filtered,
+                ErrorClass::Refused,
+                None,
+            ),
+            (
+                "cut off JSON",
+                classify_req(),
+                200,
+                vec![],
+                &length,
+                ErrorClass::Malformed,
+                None,
+            ),
+            (
+                "JSON expected, prose given",
+                classify_req(),
+                200,
+                vec![],
+                &not_json,
+                ErrorClass::Malformed,
+                None,
+            ),
+            (
+                "body not JSON",
+                gen(),
+                200,
+                vec![],
+                "<html>oops</html>",
+                ErrorClass::Malformed,
+                None,
+            ),
+            (
+                "no choices",
+                gen(),
+                200,
+                vec![],
+                r#"{"id":"x","choices":[]}"#,
+                ErrorClass::Malformed,
+                None,
+            ),
+            (
+                "null content",
+                gen(),
+                200,
+                vec![],
+                r#"{"choices":[{"index":0,"message":{"role":"assistant","content":null},"finish_reason":"tool_calls"}]}"#,
+                ErrorClass::Malformed,
+                None,
+            ),
+            (
+                "embedding not numbers",
+                req(
+                    "openai/text-embedding-3-small",
+                    Role::Embedding,
+                    json!("x"),
+                    json!({}),
+                ),
+                200,
+                vec![],
+                r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":"AAAA"}]}"#,
+                ErrorClass::Malformed,
+                None,
+            ),
+        ];
+        for (name, r, status, headers, body, class, after) in table {
+            let e = from_response(&r, &resp(status, &headers, body), &c, NOW).unwrap_err();
+            assert_eq!(e.class, class, "{name}: {e}");
+            assert_eq!(e.retry_after_ms, after, "{name}");
+            assert!(
+                !e.message.contains("sk-proj-abcdefghijk"),
+                "{name}: {}",
+                e.message
+            );
+            assert!(
+                !e.message.contains("I'm sorry"),
+                "{name}: refusal text leaked: {}",
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn keys_go_only_where_they_belong() {
+        let env = |v: &str| (v == "VLLM_KEY").then(|| "vk-1".to_string());
+        let base = DEFAULT_BASE_URL;
+        // (adapter, adapter key, entry base, entry key env, expected key or error class)
+        type Case<'a> = (
+            &'a str,
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<&'a str>,
+            Result<Option<&'a str>, ErrorClass>,
+        );
+        let table: Vec<Case> = vec![
+            ("openai", Some("sk-1"), None, None, Ok(Some("sk-1"))),
+            ("openai", None, None, None, Err(ErrorClass::Auth)),
+            ("openai", Some(""), None, None, Err(ErrorClass::Auth)),
+            (
+                "openai",
+                Some("sk-1"),
+                Some("https://api.openai.com/v1/"),
+                None,
+                Ok(Some("sk-1")),
+            ),
+            // Another server never receives the adapter's key.
+            (
+                "openai",
+                Some("sk-1"),
+                Some("http://127.0.0.1:11434/v1"),
+                None,
+                Ok(None),
+            ),
+            (
+                "ollama",
+                None,
+                Some("http://127.0.0.1:11434/v1"),
+                None,
+                Ok(None),
+            ),
+            ("ollama", None, None, None, Ok(None)),
+            (
+                "vllm",
+                None,
+                Some("http://127.0.0.1:8000/v1"),
+                Some("VLLM_KEY"),
+                Ok(Some("vk-1")),
+            ),
+            (
+                "vllm",
+                None,
+                Some("http://127.0.0.1:8000/v1"),
+                Some("UNSET_KEY"),
+                Err(ErrorClass::Auth),
+            ),
+        ];
+        for (adapter, key, entry_base, entry_env, expected) in table {
+            let got = resolve_key(
+                adapter,
+                base,
+                key,
+                entry_base,
+                entry_env,
+                "OPENAI_API_KEY",
+                env,
+            );
+            match expected {
+                Ok(k) => assert_eq!(got.unwrap().as_deref(), k, "{adapter} {entry_base:?}"),
+                Err(class) => {
+                    let e = got.unwrap_err();
+                    assert_eq!(e.class, class);
+                    assert!(e.message.ends_with("is not set"), "{}", e.message);
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn provider_surface() {
+        let sender = Sender::new(crate::http::Timeouts::default()).unwrap();
+        let c = Arc::new(catalog());
+        let p = OpenAi::new("openai", DEFAULT_BASE_URL, None, c.clone(), sender.clone());
+        assert_eq!(p.name(), "openai");
+        assert!(p.models().iter().any(|m| m.id == "openai/gpt-4o-mini"));
+        assert!(p.models().iter().all(|m| m.id.starts_with("openai/")));
+        assert!(p.estimate_cost_usd(&gen()) > 0.0);
+        // No key for OpenAI proper: auth, before any network.
+        let e = p.invoke(&gen()).await.unwrap_err();
+        assert_eq!(
+            (e.class, e.message.as_str()),
+            (ErrorClass::Auth, "OPENAI_API_KEY is not set")
+        );
+        assert_eq!(
+            p.poll(&gen(), "j").await.unwrap_err().class,
+            ErrorClass::Invalid
+        );
+        assert_eq!(
+            p.parse_callback(&json!({})).unwrap_err().class,
+            ErrorClass::Invalid
+        );
+        let dbg = format!(
+            "{:?}",
+            new(
+                "openai",
+                DEFAULT_BASE_URL,
+                Some("sk-secret-123456".into()),
+                c.clone(),
+                sender.clone()
+            )
+        );
+        assert!(!dbg.contains("sk-secret"), "{dbg}");
+
+        let o = new(
+            "ollama",
+            "http://127.0.0.1:11434/v1",
+            None,
+            c.clone(),
+            sender,
+        );
+        assert_eq!(o.name(), "ollama");
+        assert_eq!(
+            o.models().iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            vec!["ollama/llama3.2"]
+        );
+        assert_eq!(o.base_for("ollama/llama3.2"), "http://127.0.0.1:11434/v1");
+        assert_eq!(o.key_for("ollama/llama3.2").unwrap(), None);
+    }
+}

@@ -1,0 +1,668 @@
+//! The hosted-API adapters against the fake provider servers (`switchyard-fakes`), over real
+//! HTTP on localhost: each adapter is built with the fake's URL as its base URL and exercised
+//! through the `Provider` port only (`invoke`, `poll`, `parse_callback`). Every scripted
+//! behaviour must come back as the right normalized output or error class.
+//!
+//! `schema_invalid` answers are *successes* for the adapters (the engine validates outputs
+//! against their schema), so those tests check that the adapter passes the JSON through.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test crate: failing is the point
+
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use switchyard_core::model::{Callback, ModelOutput, ModelRequest, ModelResponse, Provider, Role};
+use switchyard_core::{ErrorClass, StepError};
+use switchyard_fakes::{Behavior, FakeConfig, FakeServer, WebhookReceiver};
+use switchyard_providers::anthropic::Anthropic;
+use switchyard_providers::bedrock::{AwsCredentials, Bedrock};
+use switchyard_providers::catalog::Catalog;
+use switchyard_providers::http::{Sender, Timeouts};
+use switchyard_providers::openai::OpenAi;
+use switchyard_providers::replicate::Replicate;
+
+const GPT: &str = "openai/gpt-4o-mini";
+const EMBED: &str = "openai/text-embedding-3-small";
+const HAIKU: &str = "anthropic/claude-3-5-haiku-latest";
+const BEDROCK_HAIKU: &str = "bedrock/anthropic.claude-3-haiku-20240307-v1:0";
+const BEDROCK_LLAMA: &str = "bedrock/meta.llama3-1-8b-instruct-v1:0";
+const FLUX: &str = "replicate/black-forest-labs/flux-schnell";
+const WHISPER: &str = "replicate/openai/whisper";
+
+fn catalog() -> Arc<Catalog> {
+    Arc::new(Catalog::load(None).unwrap())
+}
+
+fn sender() -> Sender {
+    Sender::new(Timeouts {
+        connect: Duration::from_secs(2),
+        request: Duration::from_secs(20),
+    })
+    .unwrap()
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn request(model: &str, role: Role, input: Value) -> ModelRequest {
+    ModelRequest {
+        run_id: "run-1".into(),
+        step: "step-1".into(),
+        attempt: 1,
+        model: model.into(),
+        role,
+        instructions: Some("Answer briefly.".into()),
+        prompt_version: Some("v1".into()),
+        input,
+        params: json!({}),
+        output_schema: None,
+        feedback: vec![],
+        timeout_ms: 10_000,
+        callback: None,
+    }
+}
+
+fn generation(model: &str) -> ModelRequest {
+    request(
+        model,
+        Role::Generation,
+        json!("Please summarise the refund policy for annual plans"),
+    )
+}
+
+fn classification(model: &str) -> ModelRequest {
+    let mut r = request(model, Role::Classification, json!("I was charged twice"));
+    r.params = json!({"labels": ["billing", "tech"]});
+    r
+}
+
+fn order_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "order_id": {"type": "integer", "minimum": 1},
+            "customer": {"type": "string", "minLength": 2},
+            "items": {"type": "array", "items": {"type": "string"}, "minItems": 1}
+        },
+        "required": ["order_id", "customer", "items"],
+        "additionalProperties": false
+    })
+}
+
+fn extraction(model: &str) -> ModelRequest {
+    let mut r = request(
+        model,
+        Role::Extraction,
+        json!("Order 42 for Ada: two lamps"),
+    );
+    r.output_schema = Some(order_schema());
+    r
+}
+
+fn completed(r: Result<ModelResponse, StepError>) -> ModelOutput {
+    match r {
+        Ok(ModelResponse::Completed(o)) => o,
+        other => panic!("expected a completed answer, got {other:?}"),
+    }
+}
+
+/// Whether a value follows a schema, by the engine's own validator.
+fn follows(schema: &Value, v: &Value) -> bool {
+    switchyard_core::schema::validate(schema, v).is_ok()
+}
+
+/// The checks every successful chat answer passes: text, usage, cost, model, request id.
+fn check_chat_success(out: &ModelOutput, model: &str, request_id_prefix: &str) {
+    assert!(
+        out.output["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Fake answer: Please summarise"),
+        "{}",
+        out.output
+    );
+    let usage = out.usage.expect("usage");
+    assert!(
+        usage.input_tokens > 0 && usage.output_tokens > 0,
+        "{usage:?}"
+    );
+    assert_eq!(out.output["usage"]["input_tokens"], usage.input_tokens);
+    assert!(out.cost_usd > 0.0, "cost {}", out.cost_usd);
+    assert_eq!(out.model, model);
+    assert_eq!(out.output["finish_reason"], "stop");
+    let id = out.provider_request_id.as_deref().expect("request id");
+    assert!(id.starts_with(request_id_prefix), "{id}");
+}
+
+/// Scripts each behaviour, invokes once, and checks the error class (and `retry_after_ms`).
+async fn check_errors(
+    fake: &FakeServer,
+    api: &str,
+    provider: &dyn Provider,
+    req: &ModelRequest,
+    table: &[(Behavior, ErrorClass, Option<u64>)],
+) {
+    for (behavior, class, retry_after) in table {
+        fake.script(api, vec![behavior.clone()]);
+        let e = provider
+            .invoke(req)
+            .await
+            .expect_err(&format!("{api} {behavior} should fail"));
+        assert_eq!(e.class, *class, "{api} {behavior}: {e}");
+        assert_eq!(
+            e.retry_after_ms, *retry_after,
+            "{api} {behavior}: retry-after"
+        );
+        if *behavior == Behavior::ContextTooLong {
+            assert!(
+                e.message.contains("context too long"),
+                "{api}: {}",
+                e.message
+            );
+        }
+    }
+    assert!(
+        fake.queued().get(api).is_none_or(Vec::is_empty),
+        "{api}: every scripted behaviour was used"
+    );
+}
+
+/// A scripted delay longer than the step's timeout is a `timeout`, cut at the step's deadline.
+async fn check_timeout(fake: &FakeServer, api: &str, provider: &dyn Provider, req: &ModelRequest) {
+    let mut req = req.clone();
+    req.timeout_ms = 300;
+    fake.script(api, vec![Behavior::Slow { ms: 3_000 }]);
+    let started = Instant::now();
+    let e = provider
+        .invoke(&req)
+        .await
+        .expect_err("slow answer should time out");
+    assert_eq!(e.class, ErrorClass::Timeout, "{api}: {e}");
+    assert!(
+        started.elapsed() < Duration::from_millis(2_500),
+        "{api}: the step timeout was not applied"
+    );
+}
+
+/// The error table shared by the chat adapters (overload is API-specific).
+fn chat_errors(overloaded: ErrorClass) -> Vec<(Behavior, ErrorClass, Option<u64>)> {
+    vec![
+        (
+            Behavior::RateLimited {
+                retry_after_secs: 2,
+            },
+            ErrorClass::RateLimited,
+            Some(2_000),
+        ),
+        (Behavior::Quota, ErrorClass::QuotaExhausted, None),
+        (Behavior::ServerError, ErrorClass::Transient, None),
+        (Behavior::Overloaded, overloaded, None),
+        (Behavior::Unauthorized, ErrorClass::Auth, None),
+        (Behavior::ContextTooLong, ErrorClass::Invalid, None),
+        (Behavior::Malformed, ErrorClass::Malformed, None),
+        (Behavior::Refusal, ErrorClass::Refused, None),
+    ]
+}
+
+// ---------------------------------------------------------------- OpenAI
+
+fn openai(fake: &FakeServer) -> OpenAi {
+    OpenAi::new(
+        "openai",
+        &format!("{}/v1", fake.url()),
+        Some("sk-test-0123456789".into()),
+        catalog(),
+        sender(),
+    )
+}
+
+#[tokio::test]
+async fn openai_success_shapes() {
+    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    let p = openai(&fake);
+
+    let out = completed(p.invoke(&generation(GPT)).await);
+    check_chat_success(&out, GPT, "req_");
+
+    let out = completed(p.invoke(&classification(GPT)).await);
+    assert_eq!(out.output["label"], "billing");
+    assert!(out.output["confidence"].as_f64().unwrap() <= 1.0);
+
+    let out = completed(p.invoke(&extraction(GPT)).await);
+    assert!(
+        follows(&order_schema(), &out.output["json"]),
+        "{}",
+        out.output
+    );
+
+    let out = completed(
+        p.invoke(&request(EMBED, Role::Embedding, json!("refund policy")))
+            .await,
+    );
+    assert_eq!(out.output["vector"].as_array().unwrap().len(), 8);
+    assert!(out.cost_usd > 0.0);
+    let again = completed(
+        p.invoke(&request(EMBED, Role::Embedding, json!("refund policy")))
+            .await,
+    );
+    assert_eq!(again.output, out.output, "embeddings are deterministic");
+
+    let sent = fake.requests();
+    assert_eq!(sent[0].path, "/v1/chat/completions");
+    assert_eq!(sent[0].headers["authorization"], "Bearer");
+    assert_eq!(sent[1].body["response_format"]["type"], "json_schema");
+    assert_eq!(sent[3].path, "/v1/embeddings");
+}
+
+#[tokio::test]
+async fn openai_error_classes() {
+    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    let p = openai(&fake);
+    check_errors(
+        &fake,
+        "openai",
+        &p,
+        &generation(GPT),
+        &chat_errors(ErrorClass::Transient),
+    )
+    .await;
+    check_timeout(&fake, "openai", &p, &generation(GPT)).await;
+
+    // A structured answer that breaks its schema is still an answer: the engine validates it.
+    fake.script("openai", vec![Behavior::SchemaInvalid]);
+    let out = completed(p.invoke(&extraction(GPT)).await);
+    assert!(out.output["json"].is_object());
+    assert!(!follows(&order_schema(), &out.output["json"]));
+
+    // Without a key the adapter refuses before calling.
+    let keyless = OpenAi::new(
+        "openai",
+        &format!("{}/v1", fake.url()),
+        None,
+        catalog(),
+        sender(),
+    );
+    let before = fake.requests().len();
+    assert_eq!(
+        keyless.invoke(&generation(GPT)).await.unwrap_err().class,
+        ErrorClass::Auth
+    );
+    assert_eq!(fake.requests().len(), before);
+}
+
+// ---------------------------------------------------------------- Anthropic
+
+fn anthropic(fake: &FakeServer) -> Anthropic {
+    Anthropic::new(
+        &fake.url(),
+        Some("sk-ant-test-0123456789".into()),
+        catalog(),
+        sender(),
+    )
+}
+
+#[tokio::test]
+async fn anthropic_success_shapes() {
+    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    let p = anthropic(&fake);
+
+    let out = completed(p.invoke(&generation(HAIKU)).await);
+    check_chat_success(&out, HAIKU, "req_");
+
+    let out = completed(p.invoke(&classification(HAIKU)).await);
+    assert_eq!(out.output["label"], "billing");
+
+    let out = completed(p.invoke(&extraction(HAIKU)).await);
+    assert!(
+        follows(&order_schema(), &out.output["json"]),
+        "{}",
+        out.output
+    );
+
+    let sent = fake.requests();
+    assert!(sent.iter().all(|r| r.path == "/v1/messages"));
+    assert_eq!(sent[0].headers["x-api-key"], "[redacted]");
+    assert!(sent[0].headers.contains_key("anthropic-version"));
+    assert_eq!(
+        sent[2].body["tool_choice"],
+        json!({"type": "tool", "name": "answer"})
+    );
+}
+
+#[tokio::test]
+async fn anthropic_error_classes() {
+    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    let p = anthropic(&fake);
+    // 529 overloaded_error is a rate limit for the classifier.
+    check_errors(
+        &fake,
+        "anthropic",
+        &p,
+        &generation(HAIKU),
+        &chat_errors(ErrorClass::RateLimited),
+    )
+    .await;
+    check_timeout(&fake, "anthropic", &p, &generation(HAIKU)).await;
+
+    fake.script("anthropic", vec![Behavior::SchemaInvalid]);
+    let out = completed(p.invoke(&extraction(HAIKU)).await);
+    assert!(
+        !follows(&order_schema(), &out.output["json"]),
+        "{}",
+        out.output
+    );
+}
+
+// ---------------------------------------------------------------- Bedrock
+
+fn bedrock(fake: &FakeServer) -> Bedrock {
+    let creds = AwsCredentials {
+        access_key_id: "AKIDEXAMPLE".into(),
+        secret_access_key: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into(),
+        session_token: None,
+    };
+    Bedrock::new(&fake.url(), "eu-west-1", Some(creds), catalog(), sender())
+}
+
+#[tokio::test]
+async fn bedrock_success_shapes() {
+    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    let p = bedrock(&fake);
+
+    let out = completed(p.invoke(&generation(BEDROCK_HAIKU)).await);
+    let id = out.provider_request_id.clone().unwrap();
+    assert_eq!(id.len(), 36, "x-amzn-RequestId: {id}");
+    check_chat_success(&out, BEDROCK_HAIKU, "");
+
+    let out = completed(p.invoke(&classification(BEDROCK_HAIKU)).await);
+    assert_eq!(out.output["label"], "billing");
+
+    for model in [BEDROCK_HAIKU, BEDROCK_LLAMA] {
+        let out = completed(p.invoke(&extraction(model)).await);
+        assert!(
+            follows(&order_schema(), &out.output["json"]),
+            "{model}: {}",
+            out.output
+        );
+    }
+
+    let sent = fake.requests();
+    assert_eq!(
+        sent[0].path, "/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse",
+        "the model id is percent-encoded"
+    );
+    assert_eq!(
+        sent[3].path,
+        "/model/meta.llama3-1-8b-instruct-v1%3A0/converse"
+    );
+    assert_eq!(sent[0].headers["authorization"], "AWS4-HMAC-SHA256");
+    assert!(sent[0].headers["authorization-scope"].ends_with("/eu-west-1/bedrock/aws4_request"));
+    assert!(sent[0].headers.contains_key("x-amz-date"));
+    assert_eq!(
+        sent[2].body["toolConfig"]["toolChoice"],
+        json!({"tool": {"name": "answer"}})
+    );
+}
+
+#[tokio::test]
+async fn bedrock_error_classes() {
+    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    let p = bedrock(&fake);
+    check_errors(
+        &fake,
+        "bedrock",
+        &p,
+        &generation(BEDROCK_HAIKU),
+        &chat_errors(ErrorClass::Transient),
+    )
+    .await;
+    check_timeout(&fake, "bedrock", &p, &generation(BEDROCK_HAIKU)).await;
+
+    fake.script("bedrock", vec![Behavior::SchemaInvalid]);
+    let out = completed(p.invoke(&extraction(BEDROCK_HAIKU)).await);
+    assert!(
+        !follows(&order_schema(), &out.output["json"]),
+        "{}",
+        out.output
+    );
+
+    // No credentials: the adapter refuses before sending; the fake would refuse unsigned calls.
+    let unsigned = Bedrock::new(&fake.url(), "eu-west-1", None, catalog(), sender());
+    assert_eq!(
+        unsigned
+            .invoke(&generation(BEDROCK_HAIKU))
+            .await
+            .unwrap_err()
+            .class,
+        ErrorClass::Auth
+    );
+}
+
+// ---------------------------------------------------------------- Replicate
+
+fn replicate(fake: &FakeServer) -> Replicate {
+    Replicate::new(
+        &format!("{}/v1", fake.url()),
+        Some("r8_test_0123456789".into()),
+        catalog(),
+        sender(),
+    )
+}
+
+fn asset_request(hook: &WebhookReceiver) -> ModelRequest {
+    let mut r = request(
+        FLUX,
+        Role::Asset,
+        json!({"prompt": "a fox in snow", "num_outputs": 1}),
+    );
+    r.callback = Some(Callback {
+        url: format!("{}?run_id=run-1&step=step-1&token=tok-1", hook.url()),
+        run_id: "run-1".into(),
+        step: "step-1".into(),
+        token: "tok-1".into(),
+    });
+    r
+}
+
+fn pending_job(r: Result<ModelResponse, StepError>) -> String {
+    match r {
+        Ok(ModelResponse::Pending { job_id, .. }) => job_id,
+        other => panic!("expected a pending job, got {other:?}"),
+    }
+}
+
+/// Polls until the prediction is no longer pending (bounded).
+async fn poll_until_done(
+    p: &Replicate,
+    req: &ModelRequest,
+    job: &str,
+) -> Result<ModelResponse, StepError> {
+    for _ in 0..500 {
+        match p.poll(req, job).await {
+            Ok(ModelResponse::Pending { .. }) => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            other => return other,
+        }
+    }
+    panic!("prediction {job} never finished");
+}
+
+#[tokio::test]
+async fn replicate_webhook_and_poll() {
+    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    let mut hook = WebhookReceiver::start().await.unwrap();
+    let p = replicate(&fake);
+    let req = asset_request(&hook);
+
+    let job = pending_job(p.invoke(&req).await);
+    let delivery = hook.next(Duration::from_secs(5)).await.expect("a webhook");
+    delivery
+        .verify(fake.webhook_secret(), now_secs())
+        .expect("signed with the configured secret");
+    assert_eq!(
+        delivery.path_and_query,
+        "/webhook?run_id=run-1&step=step-1&token=tok-1"
+    );
+    let (id, response) = p.parse_callback(&delivery.json().unwrap()).unwrap();
+    assert_eq!(id, job);
+    let out = completed(Ok(response));
+    let url = format!("https://replicate.delivery/fake/{job}/out-0.png");
+    assert_eq!(out.output["url"], url);
+    assert_eq!(out.output["content_type"], "image/png");
+    assert!(out.cost_usd > 0.0);
+    assert_eq!(out.provider_request_id.as_deref(), Some(job.as_str()));
+
+    let polled = completed(p.poll(&req, &job).await);
+    assert_eq!(polled.output, out.output, "poll and callback agree");
+
+    let sent = fake.requests();
+    assert_eq!(
+        sent[0].path,
+        "/v1/models/black-forest-labs/flux-schnell/predictions"
+    );
+    assert_eq!(sent[0].body["webhook_events_filter"], json!(["completed"]));
+    assert_eq!(sent[0].headers["authorization"], "Bearer");
+
+    // Whisper: the transcription object becomes text.
+    let mut whisper = request(
+        WHISPER,
+        Role::Transcription,
+        json!({"audio": "https://example.com/a.mp3"}),
+    );
+    whisper.callback = req.callback.clone();
+    let job = pending_job(p.invoke(&whisper).await);
+    let body = hook
+        .next(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let (_, response) = p.parse_callback(&body).unwrap();
+    assert_eq!(
+        completed(Ok(response)).output["text"],
+        "Fake transcription of the audio."
+    );
+    assert_eq!(
+        completed(p.poll(&whisper, &job).await).output["text"],
+        "Fake transcription of the audio."
+    );
+}
+
+#[tokio::test]
+async fn replicate_polling_path_and_failures() {
+    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    let mut hook = WebhookReceiver::start().await.unwrap();
+    let p = replicate(&fake);
+    let req = asset_request(&hook);
+
+    // The webhook never comes: polling finishes the job.
+    fake.script("replicate", vec![Behavior::NoWebhook]);
+    let job = pending_job(p.invoke(&req).await);
+    let out = completed(poll_until_done(&p, &req, &job).await);
+    assert!(out.output["url"].as_str().unwrap().contains(&job));
+    assert!(
+        hook.next(Duration::from_millis(300)).await.is_none(),
+        "no_webhook sent a webhook"
+    );
+
+    // Failed predictions, by callback and by poll.
+    let table = [
+        (Behavior::Fail, ErrorClass::Transient),
+        (Behavior::Refusal, ErrorClass::Refused),
+        (Behavior::SchemaInvalid, ErrorClass::Malformed),
+    ];
+    for (behavior, class) in table {
+        fake.script("replicate", vec![behavior.clone()]);
+        let job = pending_job(p.invoke(&req).await);
+        let body = hook
+            .next(Duration::from_secs(5))
+            .await
+            .expect("a webhook")
+            .json()
+            .unwrap();
+        let e = p.parse_callback(&body).unwrap_err();
+        assert_eq!(e.class, class, "{behavior} by callback: {e}");
+        let e = poll_until_done(&p, &req, &job).await.unwrap_err();
+        assert_eq!(e.class, class, "{behavior} by poll: {e}");
+    }
+
+    // A missing callback URL is a workflow mistake, reported before any call.
+    let before = fake.requests().len();
+    let mut no_callback = req.clone();
+    no_callback.callback = None;
+    assert_eq!(
+        p.invoke(&no_callback).await.unwrap_err().class,
+        ErrorClass::Invalid
+    );
+    assert_eq!(fake.requests().len(), before);
+
+    // A callback body that is not a prediction is malformed.
+    assert_eq!(
+        p.parse_callback(&json!({"hello": "world"}))
+            .unwrap_err()
+            .class,
+        ErrorClass::Malformed
+    );
+}
+
+#[tokio::test]
+async fn replicate_error_classes_and_cancel() {
+    let fake = FakeServer::start(FakeConfig {
+        replicate_delay_ms: 60_000,
+        ..FakeConfig::default()
+    })
+    .await
+    .unwrap();
+    let hook = WebhookReceiver::start().await.unwrap();
+    let p = replicate(&fake);
+    let req = asset_request(&hook);
+    let table = vec![
+        (
+            Behavior::RateLimited {
+                retry_after_secs: 2,
+            },
+            ErrorClass::RateLimited,
+            Some(2_000),
+        ),
+        (Behavior::Quota, ErrorClass::QuotaExhausted, None),
+        (Behavior::ServerError, ErrorClass::Transient, None),
+        (Behavior::Overloaded, ErrorClass::Transient, None),
+        (Behavior::Unauthorized, ErrorClass::Auth, None),
+        (Behavior::Malformed, ErrorClass::Malformed, None),
+    ];
+    check_errors(&fake, "replicate", &p, &req, &table).await;
+    fake.script("replicate", vec![Behavior::ContextTooLong]);
+    assert_eq!(p.invoke(&req).await.unwrap_err().class, ErrorClass::Invalid);
+    check_timeout(&fake, "replicate", &p, &req).await;
+
+    // Cancel a running prediction: polling then reports it as canceled (transient).
+    let job = pending_job(p.invoke(&req).await);
+    assert!(matches!(
+        p.poll(&req, &job).await,
+        Ok(ModelResponse::Pending { .. })
+    ));
+    p.cancel(&job).await.unwrap();
+    assert_eq!(
+        p.poll(&req, &job).await.unwrap_err().class,
+        ErrorClass::Transient
+    );
+    let last = fake.requests().last().cloned().unwrap();
+    assert_eq!(last.path, format!("/v1/predictions/{job}"));
+
+    // Polling an unknown prediction is a 404: invalid.
+    assert_eq!(
+        p.poll(&req, "doesnotexist").await.unwrap_err().class,
+        ErrorClass::Invalid
+    );
+    // No token: auth, before any call.
+    let tokenless = Replicate::new(&format!("{}/v1", fake.url()), None, catalog(), sender());
+    assert_eq!(
+        tokenless.invoke(&req).await.unwrap_err().class,
+        ErrorClass::Auth
+    );
+}

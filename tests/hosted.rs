@@ -1,0 +1,295 @@
+//! End-to-end tests of the hosted-provider adapters through the `switchyard` binary, against
+//! the fake provider servers (`switchyard-fakes`) on localhost. No real provider is called.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test crate: failing is the point
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use switchyard_fakes::{Behavior, FakeConfig, FakeServer};
+
+const SECRET: &str = "whsec_ZmFrZWZha2VmYWtlZmFrZWZha2U=";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A fake server on its own runtime (it keeps serving while the test blocks on a process).
+struct Fake {
+    server: FakeServer,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn fake() -> Fake {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = FakeConfig {
+        webhook_secret: SECRET.into(),
+        replicate_delay_ms: 150,
+        ..FakeConfig::default()
+    };
+    let server = rt.block_on(FakeServer::start(config)).unwrap();
+    Fake { server, _rt: rt }
+}
+
+fn switchyard(fake: &Fake, dir: &Path, args: &[&str]) -> Output {
+    let url = fake.server.url();
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .env_remove("SWITCHYARD_PUBLIC_URL")
+        .env_remove("SWITCHYARD_LISTEN")
+        .env_remove("SWITCHYARD_PRICES")
+        .env("OPENAI_BASE_URL", format!("{url}/v1"))
+        .env("OPENAI_API_KEY", "sk-fake-key-for-tests")
+        .env("ANTHROPIC_BASE_URL", &url)
+        .env("ANTHROPIC_API_KEY", "fake-anthropic-key")
+        .env("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", &url)
+        .env("AWS_ACCESS_KEY_ID", "AKIDFAKEFAKE")
+        .env("AWS_SECRET_ACCESS_KEY", "fake-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("REPLICATE_BASE_URL", format!("{url}/v1"))
+        .env("REPLICATE_API_TOKEN", "r8_fake_token_for_tests")
+        .env("SWITCHYARD_WEBHOOK_SECRET", SECRET)
+        .output()
+        .unwrap()
+}
+
+fn doc(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn events(fake: &Fake, dir: &Path, run_id: &str) -> Vec<Value> {
+    doc(&switchyard(fake, dir, &["runs", "show", run_id, "--json"]))["events"]
+        .as_array()
+        .cloned()
+        .unwrap()
+}
+
+fn launch_kit(fake: &Fake, dir: &Path) -> Output {
+    let wf = root().join("workflows/hosted/launch-kit.yaml");
+    let input = root().join("events/inputs/hosted/launch-kit.json");
+    switchyard(
+        fake,
+        dir,
+        &[
+            "run",
+            wf.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--json",
+        ],
+    )
+}
+
+#[test]
+fn launch_kit_runs_across_four_providers_and_the_signed_webhook_reaches_the_waiting_run() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let out = launch_kit(&fake, dir.path());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = doc(&out);
+    assert_eq!(d["status"], "succeeded");
+    assert!(["developers", "consumers", "enterprise"]
+        .contains(&d["output"]["audience"].as_str().unwrap()));
+    assert_eq!(d["output"]["copy"]["bullets"].as_array().unwrap().len(), 3);
+    assert!(d["output"]["image"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://replicate.delivery/"));
+    assert!(d["cost_usd"].as_f64().unwrap() > 0.0);
+    let steps = d["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["provider"], "openai");
+    assert_eq!(steps[1]["provider"], "anthropic");
+    assert_eq!(steps[2]["provider"], "replicate");
+    let ev = events(&fake, dir.path(), d["run_id"].as_str().unwrap());
+    assert!(
+        ev.iter()
+            .any(|e| e["kind"] == "webhook_received" && e["step"] == "image"),
+        "the result came by webhook"
+    );
+    assert!(
+        !ev.iter().any(|e| e["kind"] == "job_polled"),
+        "no polling was needed"
+    );
+    // What the adapters sent: keys never recorded, instructions apart from data.
+    let reqs = fake.server.requests();
+    let providers: Vec<&str> = reqs.iter().map(|r| r.provider.as_str()).collect();
+    for p in ["openai", "anthropic", "replicate"] {
+        assert!(providers.contains(&p), "{providers:?}");
+    }
+}
+
+#[test]
+fn overload_and_rate_limits_retry_then_fall_back_on_purpose() {
+    let fake = fake();
+    fake.server.script(
+        "openai",
+        vec![Behavior::RateLimited {
+            retry_after_secs: 1,
+        }],
+    );
+    fake.server.script(
+        "anthropic",
+        vec![Behavior::Overloaded, Behavior::Overloaded],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = launch_kit(&fake, dir.path());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = doc(&out);
+    let steps = d["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["attempts"], 2, "rate limit retried");
+    assert_eq!(
+        steps[1]["fallback_used"], true,
+        "Anthropic overloaded twice → Bedrock"
+    );
+    assert_eq!(steps[1]["provider"], "bedrock");
+    let ev = events(&fake, dir.path(), d["run_id"].as_str().unwrap());
+    let retry = ev
+        .iter()
+        .find(|e| e["kind"] == "step_retry_scheduled" && e["step"] == "audience")
+        .unwrap();
+    assert_eq!(retry["detail"]["class"], "rate_limited");
+    assert!(
+        retry["detail"]["delay_ms"].as_u64().unwrap() >= 1000,
+        "Retry-After honoured: {retry}"
+    );
+    assert!(ev
+        .iter()
+        .any(|e| e["kind"] == "step_fallback" && e["detail"]["class"] == "rate_limited"));
+    // Bedrock was called with a SigV4 signature.
+    assert!(fake
+        .server
+        .requests()
+        .iter()
+        .any(|r| r.provider == "bedrock"));
+}
+
+#[test]
+fn errors_that_must_not_fall_back_fail_the_run_with_their_class() {
+    // (behaviour for OpenAI's classification step, expected error class)
+    let table = [
+        (Behavior::Unauthorized, "auth"),
+        (Behavior::ContextTooLong, "invalid"),
+        (Behavior::Refusal, "refused"),
+        (Behavior::Quota, "quota_exhausted"),
+    ];
+    for (behavior, class) in table {
+        let fake = fake();
+        fake.server.script("openai", vec![behavior.clone()]);
+        let dir = tempfile::tempdir().unwrap();
+        let out = launch_kit(&fake, dir.path());
+        assert_eq!(out.status.code(), Some(1), "{behavior:?}");
+        let d = doc(&out);
+        assert_eq!(d["error"]["class"], class, "{behavior:?}");
+        assert_eq!(d["error"]["step"], "audience");
+        assert_eq!(d["steps"][0]["attempts"], 1, "{behavior:?} is not retried");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("sk-fake-key-for-tests")
+                && !out.stdout.windows(8).any(|w| w == b"sk-fake-"),
+            "no key in output"
+        );
+    }
+}
+
+#[test]
+fn a_webhook_that_never_comes_is_replaced_by_polling_after_the_wait() {
+    let fake = fake();
+    fake.server.script("replicate", vec![Behavior::NoWebhook]);
+    let dir = tempfile::tempdir().unwrap();
+    let wf = root().join("tests/fixtures/replicate-poll.yaml");
+    let input = root().join("tests/fixtures/prompt.json");
+    let out = switchyard(
+        &fake,
+        dir.path(),
+        &[
+            "run",
+            wf.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = doc(&out);
+    assert!(d["output"]["image"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://replicate.delivery/"));
+    let ev = events(&fake, dir.path(), d["run_id"].as_str().unwrap());
+    assert!(ev.iter().any(|e| e["kind"] == "job_polled"), "polled");
+    assert!(!ev.iter().any(|e| e["kind"] == "webhook_received"));
+    let gets = fake
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.provider == "replicate" && r.method == "GET")
+        .count();
+    assert_eq!(gets, 1, "one poll, once the wait deadline passed");
+}
+
+#[test]
+fn a_schema_breaking_answer_is_re_asked_with_the_errors() {
+    let fake = fake();
+    fake.server
+        .script("anthropic", vec![Behavior::SchemaInvalid]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = launch_kit(&fake, dir.path());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = doc(&out);
+    assert_eq!(d["steps"][1]["attempts"], 2);
+    assert_eq!(d["steps"][1]["fallback_used"], false);
+    let ev = events(&fake, dir.path(), d["run_id"].as_str().unwrap());
+    let retry = ev
+        .iter()
+        .find(|e| e["kind"] == "step_retry_scheduled" && e["step"] == "copy")
+        .unwrap();
+    assert_eq!(retry["detail"]["class"], "malformed");
+    // The second request carried the schema errors as feedback.
+    let second = fake
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.provider == "anthropic")
+        .nth(1)
+        .unwrap();
+    assert!(
+        second
+            .body
+            .to_string()
+            .contains("previous answer had these problems"),
+        "{}",
+        second.body
+    );
+}
