@@ -293,3 +293,39 @@ fn a_schema_breaking_answer_is_re_asked_with_the_errors() {
         second.body
     );
 }
+
+#[test]
+fn a_failed_replicate_prediction_is_retried_as_a_new_prediction() {
+    let fake = fake();
+    fake.server.script("replicate", vec![Behavior::Fail]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = launch_kit(&fake, dir.path());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = doc(&out);
+    assert_eq!(d["steps"][2]["attempts"], 2);
+    let ev = events(&fake, dir.path(), d["run_id"].as_str().unwrap());
+    let retry = ev
+        .iter()
+        .find(|e| e["kind"] == "step_retry_scheduled" && e["step"] == "image")
+        .unwrap();
+    assert_eq!(retry["detail"]["class"], "transient");
+    // Two webhooks arrived (one per prediction); the run moved on after the second.
+    assert_eq!(
+        ev.iter()
+            .filter(|e| e["kind"] == "webhook_received")
+            .count(),
+        2
+    );
+    let creates = fake
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.provider == "replicate" && r.method == "POST")
+        .count();
+    assert_eq!(creates, 2, "a retry submits a new prediction");
+}

@@ -153,11 +153,32 @@ pub trait Provider: Send + Sync {
     async fn invoke(&self, request: &ModelRequest) -> Result<ModelResponse, StepError>;
 
     /// Asks about a job whose callback has not come. `request` is the same request that
-    /// submitted it, rebuilt from persisted state.
-    async fn poll(&self, request: &ModelRequest, job_id: &str) -> Result<ModelResponse, StepError>;
+    /// submitted it, rebuilt from persisted state. Synchronous providers keep the default.
+    async fn poll(
+        &self,
+        _request: &ModelRequest,
+        _job_id: &str,
+    ) -> Result<ModelResponse, StepError> {
+        Err(StepError::new(
+            crate::error::ErrorClass::Invalid,
+            format!(
+                "`{}` answers synchronously: it has no jobs to poll",
+                self.name()
+            ),
+        ))
+    }
 
     /// Reads a provider callback body: the job it is about and its result so far.
-    fn parse_callback(&self, body: &Value) -> Result<(String, ModelResponse), StepError>;
+    /// Synchronous providers keep the default.
+    fn parse_callback(&self, _body: &Value) -> Result<(String, ModelResponse), StepError> {
+        Err(StepError::new(
+            crate::error::ErrorClass::Invalid,
+            format!(
+                "`{}` answers synchronously: it takes no callbacks",
+                self.name()
+            ),
+        ))
+    }
 
     /// Asks the provider to stop a job the run gave up on (its wait timed out). Best effort:
     /// providers without jobs, or without a cancel call, do nothing.

@@ -482,22 +482,6 @@ impl Provider for Bedrock {
         );
         from_response(request, &resp, &self.catalog, now_ms())
     }
-
-    async fn poll(
-        &self,
-        _request: &ModelRequest,
-        _job_id: &str,
-    ) -> Result<ModelResponse, StepError> {
-        Err(invalid(
-            "bedrock answers synchronously; it has no jobs to poll",
-        ))
-    }
-
-    fn parse_callback(&self, _body: &Value) -> Result<(String, ModelResponse), StepError> {
-        Err(invalid(
-            "bedrock answers synchronously; it sends no callbacks",
-        ))
-    }
 }
 
 #[cfg(test)]

@@ -453,24 +453,6 @@ impl Provider for OpenAi {
         }
         result
     }
-
-    async fn poll(
-        &self,
-        _request: &ModelRequest,
-        _job_id: &str,
-    ) -> Result<ModelResponse, StepError> {
-        Err(StepError::new(
-            ErrorClass::Invalid,
-            "the OpenAI adapter is a synchronous provider: there is no job to poll",
-        ))
-    }
-
-    fn parse_callback(&self, _body: &Value) -> Result<(String, ModelResponse), StepError> {
-        Err(StepError::new(
-            ErrorClass::Invalid,
-            "the OpenAI adapter is a synchronous provider: it takes no callbacks",
-        ))
-    }
 }
 
 #[cfg(test)]
