@@ -309,36 +309,20 @@ impl Local {
 
     /// Delivers a built-in model's callback through the same handler as `POST /hooks/{provider}`.
     async fn deliver(&self, cb: &ScheduledCallback) -> Result<()> {
-        let body = serde_json::to_vec(&cb.body)?;
-        let ts = self.engine.now() / 1000;
         let secret = self
             .engine
-            .config
-            .webhook_secrets
-            .get("*")
+            .webhook_secret(&cb.provider)
             .cloned()
             .unwrap_or_default();
-        let sig = webhook::sign(&secret, &cb.webhook_id, ts, &body).map_err(|e| anyhow!("{e}"))?;
-        let headers = HashMap::from([
-            ("webhook-id".to_string(), cb.webhook_id.clone()),
-            ("webhook-timestamp".to_string(), ts.to_string()),
-            ("webhook-signature".to_string(), sig),
-        ]);
-        let query = cb
-            .url
-            .split_once('?')
-            .map(|(_, q)| q)
-            .unwrap_or("")
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let req = CallbackRequest {
-            provider: cb.provider.clone(),
-            query,
-            headers,
-            body,
-        };
+        let req = CallbackRequest::signed(
+            &cb.provider,
+            &cb.url,
+            &cb.webhook_id,
+            &cb.body,
+            &secret,
+            self.engine.now() / 1000,
+        )
+        .map_err(|e| anyhow!("{e}"))?;
         match self.engine.handle_callback(&req).await {
             Ok(r) => tracing::debug!(result = ?r, "local callback delivered"),
             Err(e) => tracing::warn!(error = %e, "local callback rejected"),

@@ -26,6 +26,40 @@ pub struct CallbackRequest {
     pub body: Vec<u8>,
 }
 
+impl CallbackRequest {
+    /// A callback as `POST /hooks/{provider}` would receive it for `url`, signed the Standard
+    /// Webhooks way — how in-process providers (the built-in async model) deliver theirs.
+    pub fn signed(
+        provider: &str,
+        url: &str,
+        webhook_id: &str,
+        body: &Value,
+        secret: &str,
+        now_secs: u64,
+    ) -> Result<CallbackRequest, webhook::SignatureError> {
+        let body = serde_json::to_vec(body).unwrap_or_default();
+        let signature = webhook::sign(secret, webhook_id, now_secs, &body)?;
+        let headers = HashMap::from([
+            ("webhook-id".to_string(), webhook_id.to_string()),
+            ("webhook-timestamp".to_string(), now_secs.to_string()),
+            ("webhook-signature".to_string(), signature),
+        ]);
+        let query = url
+            .split_once('?')
+            .map_or("", |(_, q)| q)
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Ok(CallbackRequest {
+            provider: provider.to_string(),
+            query,
+            headers,
+            body,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallbackResult {
     /// The step was settled and the run woken.
@@ -39,6 +73,14 @@ pub enum CallbackResult {
 }
 
 impl Engine {
+    /// The secret that verifies `provider`'s callbacks: its own, else the default (`*`).
+    pub fn webhook_secret(&self, provider: &str) -> Option<&String> {
+        self.config
+            .webhook_secrets
+            .get(provider)
+            .or_else(|| self.config.webhook_secrets.get("*"))
+    }
+
     pub async fn handle_callback(
         &self,
         req: &CallbackRequest,
@@ -49,17 +91,12 @@ impl Engine {
             )));
         }
         let header = |name: &str| req.headers.get(name).map(String::as_str).unwrap_or("");
-        let secret = self
-            .config
-            .webhook_secrets
-            .get(&req.provider)
-            .or_else(|| self.config.webhook_secrets.get("*"))
-            .ok_or_else(|| {
-                EngineError::Unauthorized(format!(
-                    "no webhook secret is configured for `{}`",
-                    req.provider
-                ))
-            })?;
+        let secret = self.webhook_secret(&req.provider).ok_or_else(|| {
+            EngineError::Unauthorized(format!(
+                "no webhook secret is configured for `{}`",
+                req.provider
+            ))
+        })?;
         let id = header("webhook-id");
         if id.is_empty() {
             return Err(EngineError::Unauthorized("missing webhook-id".into()));

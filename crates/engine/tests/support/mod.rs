@@ -368,29 +368,15 @@ impl H {
 
     /// A callback as the HTTP route would build it, signed with the engine's secret.
     pub fn callback_request(&self, cb: &ScheduledCallback) -> CallbackRequest {
-        let body = serde_json::to_vec(&cb.body).expect("callback body");
-        let ts = self.now() / 1000;
-        let sig = webhook::sign(&secret(), &cb.webhook_id, ts, &body).expect("sign");
-        let headers = HashMap::from([
-            ("webhook-id".to_string(), cb.webhook_id.clone()),
-            ("webhook-timestamp".to_string(), ts.to_string()),
-            ("webhook-signature".to_string(), sig),
-        ]);
-        let query = cb
-            .url
-            .split_once('?')
-            .map(|(_, q)| q)
-            .unwrap_or("")
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        CallbackRequest {
-            provider: cb.provider.clone(),
-            query,
-            headers,
-            body,
-        }
+        CallbackRequest::signed(
+            &cb.provider,
+            &cb.url,
+            &cb.webhook_id,
+            &cb.body,
+            &secret(),
+            self.now() / 1000,
+        )
+        .expect("sign")
     }
 
     pub async fn deliver(&self, cb: &ScheduledCallback) -> Result<CallbackResult, EngineError> {
