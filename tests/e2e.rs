@@ -98,11 +98,17 @@ fn killed_mid_run_then_resumed_runs_no_finished_step_again() {
         let show = json(&run(&["runs", "show", &run_id, "--json"], dir.path()));
         show["steps"][1]["status"] == "succeeded"
     });
-    assert!(
-        reached,
-        "the run did not reach step b; its stderr: {}",
-        std::fs::read_to_string(dir.path().join("run.stderr")).unwrap_or_default()
-    );
+    if !reached {
+        let status = child.try_wait().ok().flatten();
+        let _ = child.kill();
+        panic!(
+            "the run did not reach step b; the process {}; its stderr: {}",
+            status.map_or("was still running".to_string(), |s| format!(
+                "exited with {s}"
+            )),
+            std::fs::read_to_string(dir.path().join("run.stderr")).unwrap_or_default()
+        );
+    }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 

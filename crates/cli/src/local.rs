@@ -245,7 +245,18 @@ impl Local {
             for (_, cb) in due {
                 self.deliver(&cb).await?;
             }
-            for d in self.queue.receive(16, 60_000)? {
+            let deliveries = match self.queue.receive(16, 60_000) {
+                Ok(d) => d,
+                // Another process holds the database longer than its busy timeout: wait a
+                // moment and go on, rather than abandoning the run.
+                Err(switchyard_core::StoreError::Unavailable(e)) => {
+                    tracing::warn!(error = %e, "queue busy; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            for d in deliveries {
                 progressed = true;
                 match self.engine.handle(&d.body, None).await {
                     Ok(_) => {
@@ -269,7 +280,17 @@ impl Local {
             if progressed {
                 idle_since = now;
             }
-            let snap = self.engine.load_for(None, run_id).await?;
+            let snap = match self.engine.load_for(None, run_id).await {
+                Ok(s) => s,
+                Err(switchyard_engine::EngineError::Store(
+                    switchyard_core::StoreError::Unavailable(e),
+                )) => {
+                    tracing::warn!(error = %e, "store busy; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let h = &snap.header;
             if h.status.is_terminal() {
                 return Ok(h.status);

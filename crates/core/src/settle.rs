@@ -78,7 +78,7 @@ pub fn claim(step: &Step, rec: &StepRecord, owner: &str, now: Millis, lease_ms: 
     if r.started_at.is_none() {
         r.started_at = Some(now);
         if let StepKind::Model(m) = &step.kind {
-            r.deadline_at = m.max_duration.map(|d| now + d.ms());
+            r.deadline_at = m.max_duration.map(|d| now.saturating_add(d.ms()));
         }
     }
     if let Some(m) = current_model(step, &r) {
@@ -180,16 +180,16 @@ pub fn fail(
         r.deadline_at = m
             .max_duration
             .zip(r.started_at)
-            .map(|(d, start)| start + d.ms());
+            .map(|(d, start)| start.saturating_add(d.ms()));
     }
     let within_deadline = |t: Millis| r.deadline_at.is_none_or(|d| t < d);
     if let Some((policy, fallback_on, chain)) = retry_policy(step) {
         if err.class.is_retryable() && r.model_attempt < policy.max_attempts {
             let delay = backoff_ms(policy, r.model_attempt, &format!("{seed}/{}", r.step))
                 .max(err.retry_after_ms.unwrap_or(0));
-            if within_deadline(now + delay) {
+            if within_deadline(now.saturating_add(delay)) {
                 r.status = StepStatus::Retrying;
-                r.next_at = Some(now + delay);
+                r.next_at = Some(now.saturating_add(delay));
                 // A malformed answer is re-asked with what was wrong with it.
                 r.feedback = if err.class == ErrorClass::Malformed {
                     err.details.clone()

@@ -6,6 +6,7 @@
 
 use crate::{Engine, EngineError};
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_core::model::{Callback, ModelOutput, ModelRequest, ModelResponse, Role};
@@ -25,8 +26,32 @@ pub struct ActionCtx {
     pub scope: Arc<Value>,
     /// The step records when the action started.
     pub records: Arc<std::collections::HashMap<String, StepRecord>>,
-    /// Cost of the run so far (for the budget check).
-    pub spent_usd: f64,
+    /// The run's spending, shared by the actions of one invocation.
+    pub ledger: Arc<std::sync::Mutex<Ledger>>,
+}
+
+/// What a run has spent and what its in-flight model calls may still spend. Parallel steps
+/// that start together must not each see the whole remaining budget: each reserves its
+/// estimate until the worker has its record, and with it its real cost.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    pub committed_usd: f64,
+    pub reserved_usd: HashMap<String, f64>,
+}
+
+impl Ledger {
+    pub fn new(committed_usd: f64) -> Ledger {
+        Ledger {
+            committed_usd,
+            reserved_usd: HashMap::new(),
+        }
+    }
+
+    /// A step's attempt ended: its reservation goes, the change in its recorded cost stays.
+    pub fn settle(&mut self, step: &str, cost_delta_usd: f64) {
+        self.reserved_usd.remove(step);
+        self.committed_usd += cost_delta_usd;
+    }
 }
 
 impl Engine {
@@ -146,7 +171,7 @@ impl Engine {
                 let mut claimed = rec.clone();
                 claimed.attempt += 1;
                 let (mut r, mut ev) =
-                    settle::wait_for_approval(&claimed, now + a.deadline.ms(), now);
+                    settle::wait_for_approval(&claimed, now.saturating_add(a.deadline.ms()), now);
                 r.started_at = Some(now);
                 if let Some(m) = &a.message {
                     // The gate opens even if its message cannot be rendered; the reason is kept.
@@ -163,7 +188,10 @@ impl Engine {
                 started.started_at.get_or_insert(now);
                 match self.pure_step(cx, step, kind, &started, now).await {
                     Ok(done) => done,
-                    Err(err) => {
+                    // A storage failure is the engine's, not the step's: the wake-up is
+                    // retried, instead of failing a step that has no retry policy.
+                    Err(PureFail::Store(e)) => return Err(e.into()),
+                    Err(PureFail::Step(err)) => {
                         let (r, ev) = settle::fail(
                             step,
                             &started,
@@ -207,8 +235,8 @@ impl Engine {
         kind: &StepKind,
         rec: &StepRecord,
         now: u64,
-    ) -> Result<(Vec<StepRecord>, Vec<HistoryEvent>), StepError> {
-        let invalid = |e: String| StepError::new(ErrorClass::Invalid, e);
+    ) -> Result<(Vec<StepRecord>, Vec<HistoryEvent>), PureFail> {
+        let invalid = |e: String| PureFail::Step(StepError::new(ErrorClass::Invalid, e));
         match kind {
             StepKind::Route(route) => {
                 let mut chosen = None;
@@ -274,12 +302,16 @@ impl Engine {
                         match target_rec
                             .and_then(|t| settle::request_repair(step, rec, &t, &errors, now))
                         {
-                            Some((val, target, ev)) => Ok((vec![val, target], vec![ev])),
-                            None => Err(StepError::new(
-                                ErrorClass::Malformed,
-                                format!("value fails its schema ({} problem(s))", errors.len()),
-                            )
-                            .with_details(errors)),
+                            // The target is reset first: a crash between the two writes then repeats the
+                            // repair rather than spending it without running it.
+                            Some((val, target, ev)) => Ok((vec![target, val], vec![ev])),
+                            None => Err(PureFail::Step(
+                                StepError::new(
+                                    ErrorClass::Malformed,
+                                    format!("value fails its schema ({} problem(s))", errors.len()),
+                                )
+                                .with_details(errors),
+                            )),
                         }
                     }
                 }
@@ -370,10 +402,14 @@ impl Engine {
             let provider = self.providers.for_model(&req.model).ok_or_else(|| StepError::new(ErrorClass::Invalid, format!("no provider serves `{}`", req.model)))?;
             if let Some(budget) = cx.wf.budget_usd {
                 let estimate = provider.estimate_cost_usd(&req);
-                if cx.spent_usd + estimate > budget {
+                let mut ledger = cx.ledger.lock().map_err(|_| StepError::new(ErrorClass::Transient, "budget ledger unavailable"))?;
+                let in_flight: f64 = ledger.reserved_usd.values().sum();
+                let spent = ledger.committed_usd;
+                if spent + in_flight + estimate > budget {
                     return Err(StepError::new(ErrorClass::BudgetExceeded, format!(
-                        "`{}` may cost up to ${estimate:.6}; the run has spent ${:.6} of its ${budget:.6} budget", req.model, cx.spent_usd)));
+                        "`{}` may cost up to ${estimate:.6}; the run has spent ${spent:.6} (and ${in_flight:.6} is in flight) of its ${budget:.6} budget", req.model)));
                 }
+                ledger.reserved_usd.insert(step.id.clone(), estimate);
             }
             Ok((req, provider))
         });
@@ -397,6 +433,17 @@ impl Engine {
                 return Ok(vec![r]);
             }
         };
+        // A callback may arrive before the submit call returns: the claim already carries
+        // the attempt's token, so the webhook can match it.
+        let mut claimed = claimed;
+        if let Some(t) = &token {
+            claimed.job = Some(JobRef {
+                provider: provider.name().to_string(),
+                model: req.model.clone(),
+                job_id: String::new(),
+                callback_token: t.clone(),
+            });
+        }
         let started = HistoryEvent::step(
             now,
             EventKind::StepStarted,
@@ -421,6 +468,7 @@ impl Engine {
             )),
         };
         let latency_ms = t0.elapsed().as_millis() as u64;
+
         let done = self.now();
         let meta = |out: Option<&ModelOutput>| AttemptMeta {
             model: Some(out.map_or(req.model.clone(), |o| o.model.clone())),
@@ -446,12 +494,12 @@ impl Engine {
                     job_id,
                     callback_token: token.unwrap_or_default(),
                 };
-                let poll_at = poll_after_ms.map(|p| done + p);
+                let poll_at = poll_after_ms.map(|p| done.saturating_add(p));
                 settle::wait_for_job(
                     &claimed,
                     job,
                     poll_at,
-                    done + ms.wait_timeout.ms(),
+                    done.saturating_add(ms.wait_timeout.ms()),
                     meta(None),
                     done,
                 )
@@ -485,6 +533,25 @@ impl Engine {
         }
         let value = self.store_value(out.output.clone()).await?;
         Ok(settle::succeed(claimed, value, meta, now))
+    }
+
+    /// Gives up on a job: tells the provider so it stops (and stops billing). Best effort.
+    async fn cancel_job(
+        &self,
+        cx: &ActionCtx,
+        step: &Step,
+        ms: &ModelStep,
+        rec: &StepRecord,
+        job: &JobRef,
+    ) {
+        if let (Ok(req), Some(provider)) = (
+            self.build_request(cx, step, ms, rec, Some(&job.callback_token)),
+            self.providers.get(&job.provider),
+        ) {
+            if let Err(e) = provider.cancel(&req, &job.job_id).await {
+                tracing::warn!(run_id = %cx.run_id, step = %step.id, error = %e, "could not cancel the job");
+            }
+        }
     }
 
     async fn poll_model(
@@ -547,15 +614,7 @@ impl Engine {
                 return Ok(vec![r]);
             }
             Ok(ModelResponse::Pending { .. }) => {
-                // Give up on the job, and tell the provider so it stops (and stops billing).
-                if let (Ok(req), Some(provider)) = (
-                    self.build_request(cx, step, ms, &rec, Some(&job.callback_token)),
-                    self.providers.get(&job.provider),
-                ) {
-                    if let Err(e) = provider.cancel(&req, &job.job_id).await {
-                        tracing::warn!(run_id = %cx.run_id, step = %step.id, error = %e, "could not cancel the job");
-                    }
-                }
+                self.cancel_job(cx, step, ms, &rec, &job).await;
                 let err = StepError::new(
                     ErrorClass::Timeout,
                     format!(
@@ -565,18 +624,34 @@ impl Engine {
                 );
                 settle::fail(step, &rec, err, AttemptMeta::default(), now, &cx.run_id)
             }
-            Err(err) => settle::fail(step, &rec, err, AttemptMeta::default(), now, &cx.run_id),
+            // A poll that failed for a passing reason is just tried again later: the job may
+            // well be running fine.
+            Err(err) if err.class.is_retryable() && !past_deadline => {
+                tracing::warn!(run_id = %cx.run_id, step = %step.id, error_class = %err.class, "poll failed; polling again later");
+                let r = settle::poll_again(&rec, now + self.config.default_poll_ms);
+                self.write_step(&cx.run_id, &r, &[polled_ev]).await?;
+                return Ok(vec![r]);
+            }
+            Err(err) => {
+                self.cancel_job(cx, step, ms, &rec, &job).await;
+                settle::fail(step, &rec, err, AttemptMeta::default(), now, &cx.run_id)
+            }
         };
         self.write_step(&cx.run_id, &r, &[polled_ev, ev]).await?;
         Ok(vec![r])
     }
 }
 
-fn store_err(e: StoreError) -> StepError {
-    StepError::new(
-        ErrorClass::Transient,
-        format!("could not store the value: {e}"),
-    )
+/// Why a pure step did not produce its records.
+enum PureFail {
+    /// The step itself failed (bad reference, no route matched, value fails its schema).
+    Step(StepError),
+    /// Storing its value failed: not the step's fault.
+    Store(StoreError),
+}
+
+fn store_err(e: StoreError) -> PureFail {
+    PureFail::Store(e)
 }
 
 /// The part of a model answer an output schema applies to: the parsed JSON of a chat answer,

@@ -78,6 +78,7 @@ impl Engine {
         check_input(wf, &req.input)?;
         let now = self.now();
         let run_id = new_run_id();
+        let mut run_id = run_id;
         if let Some(key) = idempotency_key {
             match self
                 .store
@@ -86,20 +87,29 @@ impl Engine {
             {
                 IdempotencyClaim::New => {}
                 IdempotencyClaim::Existing {
-                    run_id,
+                    run_id: existing,
                     same_body: true,
-                } => {
-                    let status = self
-                        .store
-                        .load(&run_id)
-                        .await?
-                        .map_or(RunStatus::Pending, |s| s.header.status);
-                    return Ok(Started {
-                        run_id,
-                        status,
-                        existing: true,
-                    });
-                }
+                } => match self.store.load(&existing).await? {
+                    Some(snap) => {
+                        // The first request may have died before its wake-up was sent: a
+                        // pending run gets another (a duplicate wake-up is harmless).
+                        if snap.header.status == RunStatus::Pending {
+                            let wake = WakeUp {
+                                run_id: existing.clone(),
+                                reason: WakeReason::Start,
+                            };
+                            self.queue.send(&wake, 0).await?;
+                        }
+                        return Ok(Started {
+                            run_id: existing,
+                            status: snap.header.status,
+                            existing: true,
+                        });
+                    }
+                    // The first request claimed the key but failed before creating the run:
+                    // create it now, under the id the key points at.
+                    None => run_id = existing,
+                },
                 IdempotencyClaim::Existing { .. } => {
                     return Err(EngineError::Conflict(format!(
                         "Idempotency-Key `{key}` was used with another request body"
@@ -132,7 +142,18 @@ impl Engine {
             metadata: req.metadata.unwrap_or(Value::Null),
             version: 1,
         };
-        self.store.create_run(&header).await?;
+        match self.store.create_run(&header).await {
+            Ok(()) => {}
+            // Two requests with one idempotency key raced to create the same run: one did.
+            Err(switchyard_core::StoreError::Conflict(_)) if idempotency_key.is_some() => {
+                return Ok(Started {
+                    run_id,
+                    status: RunStatus::Pending,
+                    existing: true,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
         let ev = HistoryEvent::run(
             now,
             EventKind::RunCreated,

@@ -148,8 +148,10 @@ impl Engine {
             });
         };
         let rec = match snap.step(&step_id) {
+            // Waiting for the job, or still in the submit call (a fast job can call back
+            // before the provider's answer to the submit arrives): the claim holds the token.
             Some(r)
-                if r.status == StepStatus::Waiting
+                if matches!(r.status, StepStatus::Waiting | StepStatus::Running)
                     && r.job
                         .as_ref()
                         .is_some_and(|j| constant_eq(&j.callback_token, &token)) =>
@@ -160,6 +162,17 @@ impl Engine {
                 let fresh = self
                     .store
                     .record_webhook_id(&dedupe_key, self.now())
+                    .await?;
+                // An earlier delivery may have been applied without its wake-up being sent
+                // (a crash between the two): wake the run again; a spare wake-up is harmless.
+                self.queue
+                    .send(
+                        &WakeUp {
+                            run_id: run_id.clone(),
+                            reason: WakeReason::Webhook,
+                        },
+                        0,
+                    )
                     .await?;
                 return Ok(if fresh {
                     CallbackResult::Stale
@@ -180,7 +193,11 @@ impl Engine {
         let now = self.now();
         let parsed = provider.parse_callback(&body);
         if let Ok((job_id, _)) = &parsed {
-            if rec.job.as_ref().is_some_and(|j| &j.job_id != job_id) {
+            if rec
+                .job
+                .as_ref()
+                .is_some_and(|j| !j.job_id.is_empty() && &j.job_id != job_id)
+            {
                 return Err(EngineError::BadRequest {
                     field: Some("body.id".into()),
                     message: format!("callback is for job `{job_id}`, not the step's job"),

@@ -115,6 +115,9 @@ impl Engine {
         let mut in_flight: FuturesUnordered<Flight> = FuturesUnordered::new();
         let mut flying: HashSet<String> = HashSet::new();
         let mut failure: Option<EngineError> = None;
+        let ledger = Arc::new(std::sync::Mutex::new(crate::exec::Ledger::new(
+            snap.cost_usd(),
+        )));
         loop {
             let now = self.now();
             let plan = planner::plan(wf, snap, now);
@@ -139,7 +142,7 @@ impl Engine {
                             .map(|r| (r.step.clone(), r.clone()))
                             .collect::<HashMap<_, _>>(),
                     ),
-                    spent_usd: snap.cost_usd(),
+                    ledger: ledger.clone(),
                 };
                 for action in fresh {
                     let step = action.step().to_string();
@@ -159,8 +162,19 @@ impl Engine {
             if let Some((step, result)) = in_flight.next().await {
                 flying.remove(&step);
                 match result {
-                    Ok(records) => records.into_iter().for_each(|r| snap.upsert(r)),
+                    Ok(records) => {
+                        for r in records {
+                            let before = snap.step(&r.step).map_or(0.0, |old| old.cost_usd);
+                            if let Ok(mut l) = ledger.lock() {
+                                l.settle(&r.step, r.cost_usd - before);
+                            }
+                            snap.upsert(r);
+                        }
+                    }
                     Err(e) => {
+                        if let Ok(mut l) = ledger.lock() {
+                            l.settle(&step, 0.0);
+                        }
                         tracing::warn!(run_id = %run_id, step = %step, error = %e, "step action failed to checkpoint");
                         failure.get_or_insert(e);
                     }
@@ -187,7 +201,10 @@ impl Engine {
                     .await?;
                 return Ok(Handled::Yielded);
             }
-            let resend = wake.reason == WakeReason::Timer || prev_wait_until != plan.wake_at;
+            // The header says a timer for `prev_wait_until` is queued; that is only sure when
+            // this wake-up is not that timer (or a resume after yielding, which queued none).
+            let resend = matches!(wake.reason, WakeReason::Timer | WakeReason::Resume)
+                || prev_wait_until != plan.wake_at;
             let until = plan.wake_at;
             self.park(snap, &plan, until.filter(|_| resend)).await?;
             return Ok(Handled::Waiting {
@@ -227,6 +244,15 @@ impl Engine {
             reason: plan.wait.unwrap_or(WaitReason::Timer),
             until: plan.wake_at,
         };
+        // The timer goes out before the header says it exists: if anything fails after it,
+        // an extra timer is harmless, a missing one would strand the run.
+        if let Some(at) = send_at {
+            let wake = WakeUp {
+                run_id: snap.header.run_id.clone(),
+                reason: WakeReason::Timer,
+            };
+            self.queue.send(&wake, at.saturating_sub(now)).await?;
+        }
         let mut h = snap.header.clone();
         h.status = RunStatus::Waiting;
         h.wait = Some(wait.clone());
@@ -242,13 +268,6 @@ impl Engine {
                 json!({"for": wait.reason, "until": wait.until}),
             );
             self.store.append_events(&snap.header.run_id, &[ev]).await?;
-        }
-        if let Some(at) = send_at {
-            let wake = WakeUp {
-                run_id: snap.header.run_id.clone(),
-                reason: WakeReason::Timer,
-            };
-            self.queue.send(&wake, at.saturating_sub(now)).await?;
         }
         tracing::info!(run_id = %snap.header.run_id, reason = ?wait.reason, until = ?wait.until, "run waiting");
         Ok(())

@@ -1524,7 +1524,7 @@ async fn crash_after_claiming_b(
         run_id: run.clone(),
         scope: Arc::new(dead.scope(&wf, &snap).await.unwrap()),
         records: Arc::new(HashMap::new()),
-        spent_usd: 0.0,
+        ledger: Default::default(),
     };
     let a = dead
         .execute(
@@ -1847,6 +1847,36 @@ async fn idempotency_key_returns_the_same_run_or_conflicts() {
     assert_eq!(h.engine.store.list_runs(None, 10).await.unwrap().len(), 2);
 }
 
+/// A request that claimed its key but died before creating the run: the retry creates the run
+/// under the id the key points at, instead of reporting a run that does not exist.
+#[tokio::test]
+async fn a_retry_after_a_half_done_start_creates_the_run() {
+    let h = H::new();
+    let wf = h.compile(TYPED);
+    let req = H::request(&wf, json!({"x": 1}));
+    let body = serde_json::to_vec(&req).unwrap();
+    let claimed = h
+        .engine
+        .store
+        .claim_idempotency(
+            support::TENANT,
+            "key-9",
+            &switchyard_core::sha256_hex(&body),
+            "run_orphan",
+            h.now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed, switchyard_core::ports::IdempotencyClaim::New);
+    let retry = h
+        .try_start(&wf, json!({"x": 1}), Some("key-9"))
+        .await
+        .unwrap();
+    assert_eq!(retry.run_id, "run_orphan");
+    assert!(h.engine.store.load("run_orphan").await.unwrap().is_some());
+    assert_eq!(h.drive("run_orphan").await, RunStatus::Succeeded);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 17. Property: extra wake-ups at random points change nothing
 
@@ -1971,4 +2001,60 @@ proptest! {
 fn property_workflow_compiles() {
     let wf = compile_with(PROP, &LocalModels::catalog());
     assert_eq!(wf.steps.len(), 7);
+}
+
+/// Parallel branches that start together share the budget: each one's estimate is reserved
+/// until its real cost is recorded, so three branches cannot all spend what only two may.
+#[tokio::test]
+async fn parallel_branches_cannot_overspend_the_budget_together() {
+    use switchyard_core::model::Provider;
+    let h = H::new();
+    let branch = |n: u32| {
+        format!(
+            "      b{n}:\n        model: local/template-generator\n        input: {{text: \"${{input.text}}\"}}\n        params: {{template: \"{{{{ input.text }}}}\"}}\n        optional: true\n"
+        )
+    };
+    let text = "word ".repeat(200);
+    // The estimate of one branch, as the engine will compute it.
+    let probe = switchyard_providers::LocalProvider::new(Default::default());
+    let req = switchyard_core::model::ModelRequest {
+        run_id: "r".into(),
+        step: "fan.b0".into(),
+        attempt: 1,
+        model: "local/template-generator".into(),
+        role: switchyard_core::model::Role::Generation,
+        instructions: None,
+        prompt_version: None,
+        input: json!({"text": text}),
+        params: json!({"template": "{{ input.text }}"}),
+        output_schema: None,
+        feedback: vec![],
+        timeout_ms: 30_000,
+        callback: None,
+    };
+    let estimate = probe.estimate_cost_usd(&req);
+    assert!(estimate > 0.0);
+    let budget = estimate * 2.5;
+    let yaml = format!(
+        "name: fan\nversion: \"1\"\nbudget: {{max_cost_usd: {budget}}}\nsteps:\n  - id: fan\n    kind: parallel\n    branches:\n{}{}{}",
+        branch(0),
+        branch(1),
+        branch(2)
+    );
+    let (run, status) = h.run(&yaml, json!({"text": text})).await;
+    assert_eq!(status, RunStatus::Succeeded);
+    let snap = h.snap(&run).await;
+    let failed: Vec<_> = snap
+        .steps
+        .iter()
+        .filter(|r| r.status == StepStatus::Failed)
+        .map(|r| (r.step.clone(), r.error.clone().unwrap().class))
+        .collect();
+    assert_eq!(failed.len(), 1, "exactly one branch is refused: {failed:?}");
+    assert_eq!(failed[0].1, ErrorClass::BudgetExceeded);
+    assert!(
+        snap.cost_usd() <= budget,
+        "spent {} of {budget}",
+        snap.cost_usd()
+    );
 }

@@ -185,18 +185,18 @@ impl Backend {
                  upgrade switchyard"
             )));
         }
-        if version == 0 {
-            let tables: i64 = conn
-                .query_row(
-                    "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'",
-                    [],
-                    |r| r.get(0),
-                )
-                .map_err(not_db)?;
-            if tables > 0 {
-                return Err(corrupt(
-                    "has tables but no switchyard schema version; not a switchyard database".into(),
-                ));
+        if version < SCHEMA_VERSION {
+            // Several processes may open a new data dir at once (`switchyard run` and a
+            // `runs list` beside it): migrate under the write lock, re-reading the version
+            // there, so exactly one of them creates the schema.
+            match migrate(&mut conn).map_err(not_db)? {
+                Migration::Done => {}
+                Migration::Foreign => {
+                    return Err(corrupt(
+                        "has tables but no switchyard schema version; not a switchyard database"
+                            .into(),
+                    ))
+                }
             }
         }
         // WAL lets readers (the CLI listing runs) proceed while a worker writes; NORMAL sync is
@@ -207,7 +207,6 @@ impl Backend {
             .map_err(not_db)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(not_db)?;
-        migrate(&mut conn, version).map_err(not_db)?;
 
         Ok(Backend {
             db: Db {
@@ -260,24 +259,57 @@ fn check_magic(path: &Path) -> Result<(), StoreError> {
     )))
 }
 
-/// Runs the migrations after `from`, all in one transaction with the version bump, so a crash
-/// mid-migration leaves the old schema rather than half of the new one.
-fn migrate(conn: &mut Connection, from: i64) -> rusqlite::Result<()> {
-    if from >= SCHEMA_VERSION {
-        return Ok(());
+enum Migration {
+    Done,
+    /// Tables exist but no switchyard schema version: someone else's database.
+    Foreign,
+}
+
+/// Runs the missing migrations in one `BEGIN IMMEDIATE` transaction with the version bump: the
+/// write lock makes concurrent openers wait (busy timeout) and then see the new version, and a
+/// crash mid-migration leaves the old schema rather than half of the new one.
+fn migrate(conn: &mut Connection) -> rusqlite::Result<Migration> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let from: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if from == 0 {
+        let tables: i64 = tx.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'",
+            [],
+            |r| r.get(0),
+        )?;
+        if tables > 0 {
+            return Ok(Migration::Foreign);
+        }
     }
-    let tx = conn.transaction()?;
     for (i, step) in MIGRATIONS.iter().enumerate().skip(from.max(0) as usize) {
         tx.execute_batch(step)?;
         tx.pragma_update(None, "user_version", i as i64 + 1)?;
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(Migration::Done)
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_first_opens_create_the_schema_once() {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let handles: Vec<_> = (0..6)
+                .map(|_| {
+                    let d = dir.path().to_path_buf();
+                    std::thread::spawn(move || Backend::open(&d).map(|_| ()))
+                })
+                .collect();
+            for h in handles {
+                let r = h.join().unwrap();
+                assert!(r.is_ok(), "{r:?}");
+            }
+        }
+    }
 
     fn open_err(dir: &Path) -> String {
         match Backend::open(dir) {

@@ -81,6 +81,9 @@ fn said(api: Api, resp: &HttpResponse) -> Said {
     }
 }
 
+/// The longest `Retry-After` honoured (one day); longer values are capped.
+pub const MAX_RETRY_AFTER_MS: u64 = 86_400_000;
+
 /// Phrases providers use for "the input is longer than the model's context".
 const CONTEXT_TOO_LONG: [&str; 6] = [
     "context_length_exceeded",
@@ -133,7 +136,7 @@ pub fn classify(api: Api, resp: &HttpResponse, now_ms: u64) -> StepError {
         resp.status,
         redact(&detail)
     );
-    message.truncate(400);
+    truncate_chars(&mut message, 400);
     let mut err = StepError::new(class, message);
     if class == ErrorClass::RateLimited {
         let after = resp
@@ -161,20 +164,43 @@ pub fn retry_after_ms(value: &str, now_ms: u64) -> Option<u64> {
     Some(at_ms.saturating_sub(now_ms))
 }
 
-/// Removes anything that looks like a credential from text that goes into errors and logs.
+/// Cuts a string to at most `max` characters (never inside a character).
+pub fn truncate_chars(s: &mut String, max: usize) {
+    if let Some((at, _)) = s.char_indices().nth(max) {
+        s.truncate(at);
+    }
+}
+
+/// Key prefixes of the providers we talk to (OpenAI `sk-`, Anthropic `sk-ant-`, Replicate
+/// `r8_`, AWS access key ids).
+const KEY_PREFIXES: [&str; 4] = ["sk-", "r8_", "AKIA", "ASIA"];
+
+/// Removes anything that looks like a credential from text that goes into errors and logs:
+/// words with a known key prefix (also inside quotes or after `=`), and whatever follows
+/// `Bearer`.
 pub fn redact(text: &str) -> String {
-    const PREFIXES: [&str; 5] = ["sk-", "r8_", "AKIA", "ASIA", "Bearer "];
     let mut out = String::with_capacity(text.len());
+    let mut after_bearer = false;
     for word in text.split_inclusive(char::is_whitespace) {
         let bare = word.trim_end();
-        if PREFIXES
+        let trailing = &word[bare.len()..];
+        let core = bare.trim_matches(|c: char| !c.is_alphanumeric() && c != '-' && c != '_');
+        let candidate = core
+            .rsplit(['=', ':'])
+            .next()
+            .unwrap_or(core)
+            .trim_matches(|c: char| !c.is_alphanumeric() && c != '-' && c != '_');
+        let looks_like_key = KEY_PREFIXES
             .iter()
-            .any(|p| bare.starts_with(p) && bare.len() > p.len() + 6)
-        {
+            .any(|p| candidate.starts_with(p) && candidate.len() > p.len() + 6);
+        if (after_bearer && !bare.is_empty()) || looks_like_key {
             out.push_str("[redacted]");
-            out.push_str(&word[bare.len()..]);
+            out.push_str(trailing);
         } else {
             out.push_str(word);
+        }
+        if !bare.is_empty() {
+            after_bearer = core.eq_ignore_ascii_case("bearer");
         }
     }
     out
@@ -442,6 +468,18 @@ mod tests {
             "token [redacted] here"
         );
         assert_eq!(redact("short sk-1 stays"), "short sk-1 stays");
+        assert_eq!(
+            redact("Authorization: Bearer abc.def-ghi was refused"),
+            "Authorization: Bearer [redacted] was refused"
+        );
+        assert_eq!(
+            redact("key='sk-proj-0123456789' is bad"),
+            "[redacted] is bad"
+        );
+        assert_eq!(redact("(AKIAABCDEFGHIJKL)"), "[redacted]");
+        let mut long = "é".repeat(300);
+        truncate_chars(&mut long, 250);
+        assert_eq!(long.chars().count(), 250);
     }
 
     #[test]
