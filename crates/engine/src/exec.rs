@@ -536,7 +536,7 @@ impl Engine {
     }
 
     /// Gives up on a job: tells the provider so it stops (and stops billing). Best effort.
-    async fn cancel_job(
+    pub(crate) async fn cancel_job(
         &self,
         cx: &ActionCtx,
         step: &Step,

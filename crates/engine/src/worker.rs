@@ -132,6 +132,16 @@ impl Engine {
                 if snap.header.status != RunStatus::Running {
                     self.set_status(snap, RunStatus::Running, None).await?;
                 }
+                // A long invocation renews its lease at half-time, so no other worker takes
+                // the run over while this one is still driving it.
+                let lease_until = snap.header.lease.as_ref().map_or(0, |l| l.until);
+                if now + self.config.run_lease_ms / 2 >= lease_until {
+                    let lease = Lease {
+                        owner: self.config.owner.clone(),
+                        until: now + self.config.run_lease_ms,
+                    };
+                    snap.header = self.store.acquire_lease(&run_id, &lease, now).await?;
+                }
                 let cx = ActionCtx {
                     wf: wf.clone(),
                     run_id: run_id.clone(),
@@ -276,10 +286,11 @@ impl Engine {
     /// Ends the run: computes and checks its output, writes the final header.
     async fn finish(
         &self,
-        wf: &Workflow,
+        wf: &Arc<Workflow>,
         snap: &mut RunSnapshot,
         outcome: Outcome,
     ) -> Result<Handled, EngineError> {
+        self.cancel_abandoned_jobs(wf, snap).await;
         let now = self.now();
         let (status, output, error) = match outcome {
             Outcome::Succeeded => match self.final_output(wf, snap).await? {
@@ -319,6 +330,36 @@ impl Engine {
             .await?;
         tracing::info!(run_id = %snap.header.run_id, status = status.as_str(), cost_usd = snap.cost_usd(), "run ended");
         Ok(Handled::Ended(status))
+    }
+
+    /// A run that ends (failed elsewhere, cancelled) while jobs still run at providers tells
+    /// them to stop, so they stop billing. Best effort.
+    async fn cancel_abandoned_jobs(&self, wf: &Arc<Workflow>, snap: &RunSnapshot) {
+        let waiting: Vec<&StepRecord> = snap
+            .steps
+            .iter()
+            .filter(|r| r.status == StepStatus::Waiting && r.job.is_some())
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let Ok(scope) = self.scope(wf, snap).await else {
+            return;
+        };
+        let cx = ActionCtx {
+            wf: wf.clone(),
+            run_id: snap.header.run_id.clone(),
+            scope: Arc::new(scope),
+            records: Arc::new(HashMap::new()),
+            ledger: Default::default(),
+        };
+        for r in waiting {
+            if let (Some(step), Some(job)) = (wf.step(&r.step), &r.job) {
+                if let switchyard_core::workflow::StepKind::Model(ms) = &step.kind {
+                    self.cancel_job(&cx, step, ms, r, job).await;
+                }
+            }
+        }
     }
 
     /// The run's output: the workflow's `output` template, or the output of the step that

@@ -2058,3 +2058,74 @@ async fn parallel_branches_cannot_overspend_the_budget_together() {
         snap.cost_usd()
     );
 }
+
+/// A job provider that never finishes and counts the jobs it was asked to cancel.
+struct Cancellable(Arc<std::sync::atomic::AtomicUsize>);
+
+#[async_trait]
+impl Provider for Cancellable {
+    fn name(&self) -> &str {
+        "slowjob"
+    }
+
+    fn models(&self) -> Vec<ModelInfo> {
+        vec![ModelInfo {
+            id: "slowjob/render".into(),
+            roles: vec![Role::Asset],
+            asynchronous: true,
+            description: "never finishes; counts cancels".into(),
+        }]
+    }
+
+    fn estimate_cost_usd(&self, _request: &ModelRequest) -> f64 {
+        0.0
+    }
+
+    async fn invoke(&self, request: &ModelRequest) -> Result<ModelResponse, StepError> {
+        Ok(ModelResponse::Pending {
+            job_id: format!("job-{}", request.attempt),
+            poll_after_ms: None,
+        })
+    }
+
+    async fn poll(
+        &self,
+        _request: &ModelRequest,
+        job_id: &str,
+    ) -> Result<ModelResponse, StepError> {
+        Ok(ModelResponse::Pending {
+            job_id: job_id.into(),
+            poll_after_ms: None,
+        })
+    }
+
+    async fn cancel(&self, _request: &ModelRequest, _job_id: &str) -> Result<(), StepError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Jobs a run gives up on are cancelled at the provider: when their wait times out, and when
+/// the run is cancelled while they run.
+#[tokio::test]
+async fn abandoned_jobs_are_cancelled_at_the_provider() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let yaml = "name: job\nversion: \"1\"\nsteps:\n  - id: render\n    model: slowjob/render\n    input: x\n    wait_timeout: 3s\n    retry: {max_attempts: 1}\n";
+
+    // The wait times out: one poll at the deadline, then the job is cancelled.
+    let cancels = Arc::new(AtomicUsize::new(0));
+    let h = H::build(|_| {}, vec![Arc::new(Cancellable(cancels.clone()))]);
+    let run = h.start(yaml, json!({})).await;
+    assert_eq!(drive_through_waits(&h, &run).await, RunStatus::Failed);
+    assert_eq!(run_class(&h.snap(&run).await), Some(ErrorClass::Timeout));
+    assert_eq!(cancels.load(Ordering::SeqCst), 1);
+
+    // The run is cancelled while the job runs.
+    let cancels = Arc::new(AtomicUsize::new(0));
+    let h = H::build(|_| {}, vec![Arc::new(Cancellable(cancels.clone()))]);
+    let run = h.start(yaml, json!({})).await;
+    assert_eq!(h.drive(&run).await, RunStatus::Waiting);
+    h.engine.cancel(None, &run).await.unwrap();
+    assert_eq!(h.drive(&run).await, RunStatus::Cancelled);
+    assert_eq!(cancels.load(Ordering::SeqCst), 1);
+}
