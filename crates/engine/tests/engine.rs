@@ -1332,7 +1332,11 @@ async fn without_a_callback_the_engine_polls_after_poll_after() {
 }
 
 /// A provider whose asynchronous jobs never finish and never call back.
-struct Stuck;
+/// A job provider whose jobs never finish; it counts the jobs it was asked to cancel.
+#[derive(Default)]
+struct Stuck {
+    cancels: Arc<std::sync::atomic::AtomicUsize>,
+}
 
 #[async_trait]
 impl Provider for Stuck {
@@ -1369,6 +1373,12 @@ impl Provider for Stuck {
             job_id: job_id.into(),
             poll_after_ms: None,
         })
+    }
+
+    async fn cancel(&self, _request: &ModelRequest, _job_id: &str) -> Result<(), StepError> {
+        self.cancels
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     fn parse_callback(&self, _body: &Value) -> Result<(String, ModelResponse), StepError> {
@@ -1418,7 +1428,7 @@ async fn a_wait_timeout_fails_the_attempt_and_retry_and_fallback_rules_apply() {
         ),
     ];
     for (extra, status, attempts, model, class) in table {
-        let h = H::build(|_| {}, vec![Arc::new(Stuck)]);
+        let h = H::build(|_| {}, vec![Arc::new(Stuck::default())]);
         let yaml = format!(
             "name: stuck\nversion: \"1\"\nsteps:\n  - id: render\n    model: stuck/job\n    input: x\n    wait_timeout: 3s\n    {extra}\n"
         );
@@ -2059,70 +2069,26 @@ async fn parallel_branches_cannot_overspend_the_budget_together() {
     );
 }
 
-/// A job provider that never finishes and counts the jobs it was asked to cancel.
-struct Cancellable(Arc<std::sync::atomic::AtomicUsize>);
-
-#[async_trait]
-impl Provider for Cancellable {
-    fn name(&self) -> &str {
-        "slowjob"
-    }
-
-    fn models(&self) -> Vec<ModelInfo> {
-        vec![ModelInfo {
-            id: "slowjob/render".into(),
-            roles: vec![Role::Asset],
-            asynchronous: true,
-            description: "never finishes; counts cancels".into(),
-        }]
-    }
-
-    fn estimate_cost_usd(&self, _request: &ModelRequest) -> f64 {
-        0.0
-    }
-
-    async fn invoke(&self, request: &ModelRequest) -> Result<ModelResponse, StepError> {
-        Ok(ModelResponse::Pending {
-            job_id: format!("job-{}", request.attempt),
-            poll_after_ms: None,
-        })
-    }
-
-    async fn poll(
-        &self,
-        _request: &ModelRequest,
-        job_id: &str,
-    ) -> Result<ModelResponse, StepError> {
-        Ok(ModelResponse::Pending {
-            job_id: job_id.into(),
-            poll_after_ms: None,
-        })
-    }
-
-    async fn cancel(&self, _request: &ModelRequest, _job_id: &str) -> Result<(), StepError> {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Ok(())
-    }
-}
-
 /// Jobs a run gives up on are cancelled at the provider: when their wait times out, and when
 /// the run is cancelled while they run.
 #[tokio::test]
 async fn abandoned_jobs_are_cancelled_at_the_provider() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let yaml = "name: job\nversion: \"1\"\nsteps:\n  - id: render\n    model: slowjob/render\n    input: x\n    wait_timeout: 3s\n    retry: {max_attempts: 1}\n";
+    use std::sync::atomic::Ordering;
+    let yaml = "name: job\nversion: \"1\"\nsteps:\n  - id: render\n    model: stuck/job\n    input: x\n    wait_timeout: 3s\n    retry: {max_attempts: 1}\n";
 
     // The wait times out: one poll at the deadline, then the job is cancelled.
-    let cancels = Arc::new(AtomicUsize::new(0));
-    let h = H::build(|_| {}, vec![Arc::new(Cancellable(cancels.clone()))]);
+    let stuck = Arc::new(Stuck::default());
+    let cancels = stuck.cancels.clone();
+    let h = H::build(|_| {}, vec![stuck]);
     let run = h.start(yaml, json!({})).await;
     assert_eq!(drive_through_waits(&h, &run).await, RunStatus::Failed);
     assert_eq!(run_class(&h.snap(&run).await), Some(ErrorClass::Timeout));
     assert_eq!(cancels.load(Ordering::SeqCst), 1);
 
     // The run is cancelled while the job runs.
-    let cancels = Arc::new(AtomicUsize::new(0));
-    let h = H::build(|_| {}, vec![Arc::new(Cancellable(cancels.clone()))]);
+    let stuck = Arc::new(Stuck::default());
+    let cancels = stuck.cancels.clone();
+    let h = H::build(|_| {}, vec![stuck]);
     let run = h.start(yaml, json!({})).await;
     assert_eq!(h.drive(&run).await, RunStatus::Waiting);
     h.engine.cancel(None, &run).await.unwrap();
