@@ -13,9 +13,8 @@ use crate::util::{
     tokens_for_chars, truncated,
 };
 use crate::{Behavior, Incoming, Shared};
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, Uri};
+
 use axum::response::Response;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -73,19 +72,7 @@ fn scripted_error(b: &Behavior, request_id: &str) -> Option<Response> {
     })
 }
 
-pub(crate) async fn messages(
-    State(s): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let req = Incoming {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &body,
-    };
+pub(crate) async fn messages(State(s): State<Arc<Shared>>, req: Incoming) -> Response {
     let request_id = format!("req_01{}", random_alnum(22));
     if req.header("x-api-key").is_none_or(str::is_empty) && req.header("authorization").is_none() {
         s.note(PROVIDER, &req, "missing_auth");
@@ -114,7 +101,7 @@ pub(crate) async fn messages(
     if let Behavior::Slow { ms } = b {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    let Some(v) = parse_body(&body).filter(Value::is_object) else {
+    let Some(v) = parse_body(&req.body).filter(Value::is_object) else {
         return error(
             400,
             &request_id,

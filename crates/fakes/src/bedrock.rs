@@ -19,9 +19,8 @@ use crate::util::{
     tokens_for_chars, truncated,
 };
 use crate::{Behavior, Incoming, Shared};
-use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, Uri};
+
 use axum::response::Response;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -89,10 +88,7 @@ fn scripted_error(b: &Behavior, request_id: &str) -> Option<Response> {
 
 /// Checks that the request is SigV4-signed for the `bedrock` service (without verifying the
 /// signature). Returns the AWS error to send otherwise.
-fn check_signature(
-    req: &Incoming<'_>,
-    request_id: &str,
-) -> Result<(), Box<(&'static str, Response)>> {
+fn check_signature(req: &Incoming, request_id: &str) -> Result<(), Box<(&'static str, Response)>> {
     let Some(auth) = req.header("authorization") else {
         return Err(Box::new((
             "missing_auth",
@@ -158,18 +154,9 @@ fn check_signature(
 pub(crate) async fn converse(
     State(s): State<Arc<Shared>>,
     Path(_model_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    req: Incoming,
 ) -> Response {
     let started = Instant::now();
-    let req = Incoming {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &body,
-    };
     let request_id = uuid::Uuid::new_v4().to_string();
     if let Err(refused) = check_signature(&req, &request_id) {
         let (why, response) = *refused;
@@ -183,7 +170,7 @@ pub(crate) async fn converse(
     if let Behavior::Slow { ms } = b {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    let Some(v) = parse_body(&body).filter(Value::is_object) else {
+    let Some(v) = parse_body(&req.body).filter(Value::is_object) else {
         return error(
             400,
             &request_id,

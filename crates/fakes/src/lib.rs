@@ -224,7 +224,7 @@ impl Shared {
         lock(&self.requests).clone()
     }
 
-    fn record(&self, provider: &str, req: &Incoming<'_>, behavior: &str) {
+    fn record(&self, provider: &str, req: &Incoming, behavior: &str) {
         tracing::debug!(provider, method = %req.method, path = req.uri.path(), behavior, "fake provider request");
         let mut headers = BTreeMap::new();
         for name in RECORDED_HEADERS {
@@ -263,8 +263,8 @@ impl Shared {
         let body = if req.body.is_empty() {
             Value::Null
         } else {
-            util::parse_body(req.body)
-                .unwrap_or_else(|| Value::String(String::from_utf8_lossy(req.body).into_owned()))
+            util::parse_body(&req.body)
+                .unwrap_or_else(|| Value::String(String::from_utf8_lossy(&req.body).into_owned()))
         };
         let rec = RecordedRequest {
             provider: provider.to_string(),
@@ -284,14 +284,14 @@ impl Shared {
     }
 
     /// Takes the provider's next behaviour and records the request with it.
-    pub(crate) fn begin(&self, provider: &str, req: &Incoming<'_>) -> Behavior {
+    pub(crate) fn begin(&self, provider: &str, req: &Incoming) -> Behavior {
         let b = self.next_behavior(provider);
         self.record(provider, req, &b.to_string());
         b
     }
 
     /// Records a request refused before its script was consulted (the script is not consumed).
-    pub(crate) fn note(&self, provider: &str, req: &Incoming<'_>, why: &str) {
+    pub(crate) fn note(&self, provider: &str, req: &Incoming, why: &str) {
         self.record(provider, req, why);
     }
 
@@ -317,15 +317,35 @@ fn sigv4_field<'a>(rest: &'a str, field: &str) -> Option<&'a str> {
         .find_map(|part| part.strip_prefix(field))
 }
 
-/// What a handler received.
-pub(crate) struct Incoming<'a> {
-    pub method: &'a Method,
-    pub uri: &'a Uri,
-    pub headers: &'a HeaderMap,
-    pub body: &'a [u8],
+/// What a handler received: one extractor instead of four in every handler.
+pub(crate) struct Incoming {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
 }
 
-impl Incoming<'_> {
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Incoming {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        let body = Bytes::from_request(
+            axum::extract::Request::from_parts(parts.clone(), body),
+            state,
+        )
+        .await
+        .map_err(axum::response::IntoResponse::into_response)?;
+        Ok(Incoming {
+            method: parts.method,
+            uri: parts.uri,
+            headers: parts.headers,
+            body,
+        })
+    }
+}
+
+impl Incoming {
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -407,24 +427,12 @@ async fn admin_requests(State(s): State<Arc<Shared>>) -> Response {
     util::json_response(200, vec![], &json!(s.requests()))
 }
 
-async fn no_route(
-    State(s): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let req = Incoming {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &body,
-    };
+async fn no_route(State(s): State<Arc<Shared>>, req: Incoming) -> Response {
     s.note("unknown", &req, "no_route");
     util::json_response(
         404,
         vec![],
-        &json!({"error": format!("the fake provider has no route {method} {}", uri.path())}),
+        &json!({"error": format!("the fake provider has no route {} {}", req.method, req.uri.path())}),
     )
 }
 

@@ -11,9 +11,8 @@ use crate::util::{
     tokens_for_chars, truncated,
 };
 use crate::{Behavior, Incoming, Shared};
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, Uri};
+
 use axum::response::Response;
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -131,22 +130,10 @@ fn bad_json(request_id: &str) -> Response {
     )
 }
 
-pub(crate) async fn chat(
-    State(s): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let req = Incoming {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &body,
-    };
+pub(crate) async fn chat(State(s): State<Arc<Shared>>, req: Incoming) -> Response {
     let b = s.begin(PROVIDER, &req);
     let request_id = format!("req_{}", random_hex(32));
-    let parsed = parse_body(&body);
+    let parsed = parse_body(&req.body);
     let model = parsed
         .as_ref()
         .and_then(|v| v.get("model"))
@@ -305,22 +292,10 @@ fn completion(v: &Value, b: &Behavior, model: &str) -> Value {
 /// Default embedding size when the request gives no `dimensions`.
 const DEFAULT_DIMENSIONS: u64 = 8;
 
-pub(crate) async fn embeddings(
-    State(s): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let req = Incoming {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &body,
-    };
+pub(crate) async fn embeddings(State(s): State<Arc<Shared>>, req: Incoming) -> Response {
     let b = s.begin(PROVIDER, &req);
     let request_id = format!("req_{}", random_hex(32));
-    let parsed = parse_body(&body);
+    let parsed = parse_body(&req.body);
     let model = parsed
         .as_ref()
         .and_then(|v| v.get("model"))

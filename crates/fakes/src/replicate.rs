@@ -19,9 +19,8 @@ use crate::util::{
     now_ms, parse_body, random_alnum, random_lower, respond, rfc3339_micros, truncated,
 };
 use crate::{lock, Behavior, Incoming, Shared};
-use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, Uri};
+
 use axum::response::Response;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -99,7 +98,7 @@ fn unauthenticated() -> Response {
 }
 
 /// `Authorization: Bearer <token>` (or the older `Token <token>`), non-empty.
-fn authorized(req: &Incoming<'_>) -> bool {
+fn authorized(req: &Incoming) -> bool {
     let Some(auth) = req.header("authorization") else {
         return false;
     };
@@ -146,33 +145,12 @@ fn scripted_error(b: &Behavior) -> Option<Response> {
 pub(crate) async fn create_for_model(
     State(s): State<Arc<Shared>>,
     Path((owner, name)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    req: Incoming,
 ) -> Response {
-    let req = Incoming {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &body,
-    };
     create_common(s, req, Some(format!("{owner}/{name}"))).await
 }
 
-pub(crate) async fn create(
-    State(s): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let req = Incoming {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &body,
-    };
+pub(crate) async fn create(State(s): State<Arc<Shared>>, req: Incoming) -> Response {
     create_common(s, req, None).await
 }
 
@@ -190,7 +168,7 @@ fn invalid(detail: &str, field: &str) -> Response {
     )
 }
 
-async fn create_common(s: Arc<Shared>, req: Incoming<'_>, official: Option<String>) -> Response {
+async fn create_common(s: Arc<Shared>, req: Incoming, official: Option<String>) -> Response {
     if !authorized(&req) {
         s.note(PROVIDER, &req, "missing_auth");
         return unauthenticated();
@@ -202,7 +180,7 @@ async fn create_common(s: Arc<Shared>, req: Incoming<'_>, official: Option<Strin
     if let Behavior::Slow { ms } = b {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    let Some(v) = parse_body(req.body).filter(Value::is_object) else {
+    let Some(v) = parse_body(&req.body).filter(Value::is_object) else {
         return problem(
             400,
             "Bad Request",
@@ -424,17 +402,8 @@ fn output_for(model: &str, id: &str) -> Value {
 pub(crate) async fn get(
     State(s): State<Arc<Shared>>,
     Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    req: Incoming,
 ) -> Response {
-    let req = Incoming {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &body,
-    };
     if !authorized(&req) {
         s.note(PROVIDER, &req, "missing_auth");
         return unauthenticated();
@@ -454,17 +423,8 @@ pub(crate) async fn get(
 pub(crate) async fn cancel(
     State(s): State<Arc<Shared>>,
     Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    req: Incoming,
 ) -> Response {
-    let req = Incoming {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &body,
-    };
     if !authorized(&req) {
         s.note(PROVIDER, &req, "missing_auth");
         return unauthenticated();
