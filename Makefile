@@ -9,7 +9,7 @@ SY := $(CARGO_TARGET_DIR)/debug/switchyard
 endif
 EXAMPLES := support-triage knowledge-answer product-copy document-enrichment resilient-summary
 
-.PHONY: all build demo test lint fmt check-core bench clean-demo
+.PHONY: all build demo test lint fmt check-core check-msrv bench clean-demo
 
 all: lint test
 
@@ -37,8 +37,9 @@ demo: build
 test:
 	$(CARGO) test --workspace --all-targets
 
-## lint: formatting, clippy with warnings as errors, and the pure-core dependency rule.
-lint: check-core
+## lint: formatting, clippy with warnings as errors, the pure-core dependency rule, and the
+## minimum Rust version against the lock.
+lint: check-core check-msrv
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
@@ -47,6 +48,10 @@ check-core:
 	@bad=$$($(CARGO) tree -p switchyard-core -e normal --prefix none | grep -E '^(tokio|reqwest|hyper|aws-|lambda)' | sort -u); \
 	  if [ -n "$$bad" ]; then echo "switchyard-core must stay pure, but depends on:"; echo "$$bad"; exit 1; fi; \
 	  echo "switchyard-core is pure (no tokio, HTTP or AWS crates)"
+
+## check-msrv: the workspace's rust-version covers every locked dependency's, and this toolchain.
+check-msrv:
+	@python3 .ci/check_msrv.py
 
 fmt:
 	$(CARGO) fmt --all

@@ -398,3 +398,179 @@ fn every_example_workflow_validates_and_runs() {
         }
     }
 }
+
+/// Issue 6 regressions that a user meets at the command line.
+#[test]
+fn validate_refuses_alias_bombs_with_file_line_col() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut src = String::from(
+        "name: bomb\nversion: \"1\"\nsteps:\n  - {id: a, kind: transform, value: 1}\nx0: &x0 [a, a, a, a, a, a, a, a, a, a]\n",
+    );
+    for i in 1..=8 {
+        src.push_str(&format!(
+            "x{i}: &x{i} [{}]\n",
+            vec![format!("*x{}", i - 1); 10].join(", ")
+        ));
+    }
+    assert!(src.len() < 700, "a small file: {} bytes", src.len());
+    let wf = dir.path().join("bomb.yaml");
+    std::fs::write(&wf, &src).unwrap();
+    let started = Instant::now();
+    let out = bin().arg("validate").arg(&wf).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("bomb.yaml:8:") && text.contains("alias expansion exceeds 10000 nodes"),
+        "{text}"
+    );
+    // Refused before the copies are built (it used to take minutes and gigabytes).
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn included_files_cannot_escape_the_workflow_folder_through_symlinks() {
+    use std::os::unix::fs::symlink;
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.txt"), "root:x:0:0").unwrap();
+    std::fs::write(
+        outside.path().join("corpus.json"),
+        r#"[{"id": "s", "title": "t", "text": "root:x:0:0"}]"#,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("prompts")).unwrap();
+    std::fs::write(
+        dir.path().join("prompts/ok.txt"),
+        "Say hi to {{ input.text }}",
+    )
+    .unwrap();
+    symlink(
+        outside.path().join("secret.txt"),
+        dir.path().join("prompts/p.txt"),
+    )
+    .unwrap();
+    symlink(outside.path(), dir.path().join("linked")).unwrap();
+    symlink(
+        dir.path().join("prompts/ok.txt"),
+        dir.path().join("prompts/inside.txt"),
+    )
+    .unwrap();
+    let wf = |prompt: &str, corpus: &str| {
+        format!(
+            "name: esc\nversion: \"1\"\nsteps:\n  - id: find\n    kind: retrieve\n    query: \"${{input.text}}\"\n    corpus: {corpus}\n  - id: draft\n    model: local/template-generator\n    prompt: {{version: \"1\", file: {prompt}}}\n    input: {{text: \"${{input.text}}\"}}\n    params: {{template: \"{{{{ input.text }}}}\"}}\n"
+        )
+    };
+    let table = [
+        (
+            "file symlink",
+            wf("prompts/p.txt", "linked/../linked/corpus.json"),
+            "10:",
+        ),
+        (
+            "directory symlink",
+            wf("prompts/ok.txt", "linked/corpus.json"),
+            "7:",
+        ),
+        (
+            "directory symlink to a prompt",
+            wf("linked/secret.txt", "corpus.json"),
+            "10:",
+        ),
+    ];
+    std::fs::write(
+        dir.path().join("corpus.json"),
+        r#"[{"id": "d", "title": "t", "text": "hi"}]"#,
+    )
+    .unwrap();
+    for (what, src, line) in table {
+        let path = dir.path().join("esc.yaml");
+        std::fs::write(&path, src).unwrap();
+        let out = bin().arg("validate").arg(&path).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{what}: {text}");
+        assert!(
+            text.lines().any(|l| l.contains(&format!("esc.yaml:{line}"))
+                && l.contains("must be a path inside the workflow's folder")),
+            "{what}: {text}"
+        );
+    }
+    // A symlink that stays inside the folder is fine.
+    let path = dir.path().join("esc.yaml");
+    std::fs::write(&path, wf("prompts/inside.txt", "corpus.json")).unwrap();
+    let out = bin().arg("validate").arg(&path).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn runs_list_pages_with_limit_and_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = dir.path().join("tiny.yaml");
+    std::fs::write(
+        &wf,
+        "name: tiny\nversion: \"1\"\nsteps:\n  - {id: a, kind: transform, value: \"${input.n}\"}\n",
+    )
+    .unwrap();
+    let mut started = Vec::new();
+    for n in 0..5 {
+        let input = dir.path().join(format!("in{n}.json"));
+        std::fs::write(&input, format!("{{\"n\": {n}}}")).unwrap();
+        let out = run(
+            &[
+                "run",
+                wf.to_str().unwrap(),
+                "--input",
+                input.to_str().unwrap(),
+                "--json",
+            ],
+            dir.path(),
+        );
+        assert_eq!(out.status.code(), Some(0));
+        started.push(json(&out)["run_id"].as_str().unwrap().to_string());
+    }
+    started.reverse(); // newest first
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut remaining = Vec::new();
+    loop {
+        let mut args = vec!["runs", "list", "--json", "--limit", "2"];
+        if let Some(a) = &after {
+            args.extend(["--after", a.as_str()]);
+        }
+        let doc = json(&run(&args, dir.path()));
+        for r in doc["runs"].as_array().unwrap() {
+            seen.push(r["run_id"].as_str().unwrap().to_string());
+        }
+        remaining.push(doc["remaining"].as_u64().unwrap());
+        match doc["next_cursor"].as_str() {
+            Some(c) => after = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, started);
+    assert_eq!(remaining, [3, 1, 0]);
+    // The table says how many more there are and how to get them.
+    let out = run(&["runs", "list", "--limit", "4"], dir.path());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("… 1 more; next page: switchyard runs list --after c1."),
+        "{text}"
+    );
+    // A cursor we did not hand out, and a bad limit, are usage errors.
+    assert_eq!(
+        run(&["runs", "list", "--after", "nope"], dir.path())
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        run(&["runs", "list", "--limit", "0"], dir.path())
+            .status
+            .code(),
+        Some(2)
+    );
+}

@@ -7,7 +7,9 @@ use anyhow::{anyhow, Context, Result};
 use serde_json::Value;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use switchyard_core::ports::{RunQuery, MAX_LIST_LIMIT};
 use switchyard_core::state::RunStatus;
+use switchyard_core::StoreError;
 use switchyard_engine::intake::StartRequest;
 use switchyard_engine::{EngineError, Workflows};
 
@@ -247,26 +249,58 @@ pub async fn cancel(run_id: &str, json: bool, dir: &Path) -> Result<i32> {
 }
 
 /// `switchyard runs list`
-pub async fn runs_list(json: bool, dir: &Path) -> Result<i32> {
+pub async fn runs_list(args: &ListArgs, dir: &Path) -> Result<i32> {
+    let status = match args.status.as_deref() {
+        None => None,
+        Some(s) => match serde_json::from_value::<RunStatus>(Value::String(s.to_string())) {
+            Ok(st) => Some(st),
+            Err(_) => {
+                eprintln!(
+                    "error: --status `{s}` is not a run status (pending, running, waiting, succeeded, failed, cancelled)"
+                );
+                return Ok(exit::USAGE);
+            }
+        },
+    };
+    if !(1..=MAX_LIST_LIMIT).contains(&args.limit) {
+        eprintln!("error: --limit must be from 1 to {MAX_LIST_LIMIT}");
+        return Ok(exit::USAGE);
+    }
     let l = Local::open(dir, Workflows::new())?;
-    let runs = l.engine.store.list_runs(None, 200).await?;
-    if json {
-        let rows: Vec<Value> = runs.iter().map(|r| serde_json::json!({
+    let query = RunQuery {
+        tenant: None,
+        status,
+        workflow: args.workflow.clone(),
+        cursor: args.after.clone(),
+        limit: args.limit,
+    };
+    let page = match l.engine.list_runs(&query).await {
+        Ok(p) => p,
+        Err(switchyard_engine::EngineError::Store(StoreError::Invalid(e))) => {
+            eprintln!("error: --after: {e}");
+            return Ok(exit::USAGE);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let remaining = page.remaining.unwrap_or(0);
+    if args.json {
+        let rows: Vec<Value> = page.runs.iter().map(|r| serde_json::json!({
             "run_id": r.run_id, "workflow": r.workflow, "version": r.version, "status": r.status.as_str(),
             "created_at": r.created_at, "updated_at": r.updated_at,
         })).collect();
-        println!(
-            "{}",
-            serde_json::to_string(&serde_json::json!({"runs": rows}))?
-        );
-    } else if runs.is_empty() {
+        let doc =
+            serde_json::json!({"runs": rows, "next_cursor": page.cursor, "remaining": remaining});
+        println!("{}", serde_json::to_string(&doc)?);
+        return Ok(exit::SUCCEEDED);
+    }
+    if page.runs.is_empty() {
         println!("no runs in `{}`", dir.display());
     } else {
         println!(
             "{:<42}  {:<22}  {:<8}  {:<10}",
             "RUN", "WORKFLOW", "VERSION", "STATUS"
         );
-        for r in runs {
+        for r in &page.runs {
             println!(
                 "{:<42}  {:<22}  {:<8}  {:<10}",
                 r.run_id,
@@ -276,7 +310,30 @@ pub async fn runs_list(json: bool, dir: &Path) -> Result<i32> {
             );
         }
     }
+    if let Some(cursor) = &page.cursor {
+        println!("… {remaining} more; next page: switchyard runs list --after {cursor}");
+    }
     Ok(exit::SUCCEEDED)
+}
+
+/// What `runs list` lists.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ListArgs {
+    /// Print one JSON document: `{runs, next_cursor, remaining}`.
+    #[arg(long)]
+    pub json: bool,
+    /// Rows per page (1 to 1000).
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Continue after this cursor (printed at the end of the previous page).
+    #[arg(long)]
+    pub after: Option<String>,
+    /// Only runs with this status.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only runs of this workflow.
+    #[arg(long)]
+    pub workflow: Option<String>,
 }
 
 /// `switchyard runs show RUN_ID`
@@ -287,7 +344,7 @@ pub async fn runs_show(run_id: &str, json: bool, dir: &Path) -> Result<i32> {
     };
     let snap = l.engine.load_for(None, run_id).await?;
     let view = l.engine.view(&snap).await?;
-    let events = l.engine.store.events(run_id).await?;
+    let events = l.engine.history(None, run_id).await?;
     if json {
         let mut doc = render::run_json(&view);
         doc["events"] = serde_json::to_value(&events)?;

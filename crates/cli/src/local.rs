@@ -20,6 +20,10 @@ use tokio::sync::Notify;
 /// Anything longer ends the command with "waiting" (exit 3); `resume` continues later.
 pub const MAX_IN_PROCESS_WAIT_MS: u64 = 120_000;
 
+/// How often a driver that has nothing to do looks at its run again (a read of the header):
+/// another process sharing the data dir may have moved the run on.
+pub const RUN_WATCH_MS: u64 = 100;
+
 /// Where the embedded backend lives: `--data-dir`, else `$SWITCHYARD_DATA_DIR`, else `./.switchyard`.
 pub fn data_dir(flag: Option<&Path>) -> PathBuf {
     flag.map(Path::to_path_buf)
@@ -32,26 +36,41 @@ pub struct DirFiles(pub PathBuf);
 
 impl FileLoader for DirFiles {
     fn read(&self, rel: &str) -> Result<String, String> {
-        // Included files stay inside the workflow's folder: no absolute paths, no `..`.
+        // Included files stay inside the workflow's folder: no absolute paths, no `..`, and no
+        // symlink (to a file or through a directory) whose real path leaves the folder. The
+        // lexical check gives the clearer message; the canonical one is what makes it hold.
         let relative = Path::new(rel);
+        let outside = || format!("`{rel}` must be a path inside the workflow's folder");
         if relative.is_absolute()
             || relative
                 .components()
                 .any(|c| matches!(c, std::path::Component::ParentDir))
         {
+            return Err(outside());
+        }
+        let base = std::fs::canonicalize(&self.0)
+            .map_err(|e| format!("cannot read the workflow's folder: {e}"))?;
+        let real = std::fs::canonicalize(self.0.join(relative))
+            .map_err(|e| format!("cannot read `{rel}`: {e}"))?;
+        if !real.starts_with(&base) {
             return Err(format!(
-                "`{rel}` must be a path inside the workflow's folder"
+                "{} (it resolves through a symlink to `{}`)",
+                outside(),
+                real.display()
             ));
         }
-        let p = self.0.join(relative);
-        let meta = std::fs::metadata(&p).map_err(|e| format!("cannot read `{rel}`: {e}"))?;
+        // Read the checked path, not the name: a symlink swapped in between cannot redirect it.
+        let meta = std::fs::metadata(&real).map_err(|e| format!("cannot read `{rel}`: {e}"))?;
+        if !meta.is_file() {
+            return Err(format!("`{rel}` is not a file"));
+        }
         if meta.len() as usize > workflow::limits::MAX_FILE_BYTES {
             return Err(format!(
                 "`{rel}` is larger than {} bytes",
                 workflow::limits::MAX_FILE_BYTES
             ));
         }
-        std::fs::read_to_string(&p).map_err(|e| format!("cannot read `{rel}`: {e}"))
+        std::fs::read_to_string(&real).map_err(|e| format!("cannot read `{rel}`: {e}"))
     }
 }
 
@@ -318,7 +337,12 @@ impl Local {
             if now >= give_up {
                 return Ok(h.status);
             }
-            let until = next.map_or(give_up, |t| t.min(give_up));
+            // Never sleep longer than RUN_WATCH_MS between looks at the run: with a shared data
+            // dir, another process may hold this run's message (hidden for its visibility
+            // timeout) and drive the run to its end or park it while we sleep.
+            let until = next
+                .map_or(give_up, |t| t.min(give_up))
+                .min(now + RUN_WATCH_MS);
             if until > now {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(until - now)) => {}
@@ -410,5 +434,63 @@ fn is_dead_local_owner(owner: &str) -> bool {
                 && !Path::new(&format!("/proc/{pid}")).exists()
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use switchyard_engine::intake::StartRequest;
+
+    fn workflows() -> Workflows {
+        let src = "name: two\nversion: \"1\"\nsteps:\n  - {id: a, model: local/echo, input: \"${input.text}\"}\n  - {id: b, model: local/echo, input: \"${steps.a.output.text}\"}\n";
+        let wf = workflow::compile(src, &workflow::NoFiles, &Local::models().unwrap()).unwrap();
+        let mut w = Workflows::new();
+        w.add(wf);
+        w
+    }
+
+    /// Two processes share a data dir. B holds the run's wake-up (hidden for 60 s) and drives
+    /// the run to its end while A, which started it, has nothing visible to receive. A must
+    /// notice the run ended, not sleep until B's message would become visible again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_driver_returns_when_another_process_ends_its_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Local::open(dir.path(), workflows()).unwrap();
+        let b = Local::open(dir.path(), workflows()).unwrap();
+        let started = a
+            .engine
+            .start_run(
+                "local",
+                StartRequest {
+                    workflow: "two".into(),
+                    version: None,
+                    input: serde_json::json!({"text": "hi"}),
+                    callback_url: None,
+                    metadata: None,
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        let held = b.queue.receive(16, 60_000).unwrap();
+        assert_eq!(held.len(), 1);
+        let run_id = started.run_id.clone();
+        let driver = tokio::spawn(async move { a.drive(&run_id).await });
+        // B finishes the run with the message it holds (and the wake-ups that follows).
+        for d in held {
+            b.engine.handle(&d.body, None).await.unwrap();
+            b.queue.ack(&d.receipt).unwrap();
+        }
+        let status = b.engine.load_for(None, &started.run_id).await.unwrap();
+        assert_eq!(status.header.status, RunStatus::Succeeded);
+        // Before the fix A slept until B's 60 s visibility ran out; a bound far below that.
+        let ended = tokio::time::timeout(Duration::from_secs(20), driver)
+            .await
+            .expect("the driver noticed the run ended")
+            .unwrap()
+            .unwrap();
+        assert_eq!(ended, RunStatus::Succeeded);
     }
 }

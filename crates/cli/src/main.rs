@@ -85,8 +85,8 @@ enum Command {
 #[derive(Subcommand)]
 enum RunsCommand {
     List {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        args: commands::ListArgs,
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
@@ -166,8 +166,8 @@ fn main() {
                 data_dir,
             } => commands::cancel(run_id, *json, &dir(data_dir)).await,
             Command::Runs {
-                command: RunsCommand::List { json, data_dir },
-            } => commands::runs_list(*json, &dir(data_dir)).await,
+                command: RunsCommand::List { args, data_dir },
+            } => commands::runs_list(args, &dir(data_dir)).await,
             Command::Runs {
                 command:
                     RunsCommand::Show {

@@ -165,6 +165,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The request itself is wrong (a listing cursor this store did not hand out): the
+    /// caller's mistake, never retried.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 #[cfg(test)]

@@ -87,6 +87,19 @@ impl ModelRequest {
     }
 }
 
+/// The model a pinned version belongs to: `replicate/owner/name:version` → `replicate/owner/name`.
+/// Only Replicate writes versions this way; other ids may contain `:` as part of the name
+/// (Bedrock's `anthropic.claude-3-haiku-20240307-v1:0`) and are returned unchanged.
+pub fn unversioned(id: &str) -> &str {
+    match split_model(id) {
+        ("replicate", name) => match name.split_once(':') {
+            Some((base, _)) => &id[.."replicate/".len() + base.len()],
+            None => id,
+        },
+        _ => id,
+    }
+}
+
 /// Splits `provider/model` into its parts; a bare name has provider `""`.
 pub fn split_model(id: &str) -> (&str, &str) {
     match id.split_once('/') {

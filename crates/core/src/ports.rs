@@ -30,6 +30,33 @@ pub struct RunSummary {
     pub updated_at: Millis,
 }
 
+/// Which runs to list, and how many.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunQuery {
+    /// Only this tenant's runs; `None` for an operator's listing of all tenants.
+    pub tenant: Option<String>,
+    pub status: Option<crate::state::RunStatus>,
+    pub workflow: Option<String>,
+    /// Continue after the page this cursor ended.
+    pub cursor: Option<String>,
+    /// Rows of this page (at least 1; adapters cap it at [`MAX_LIST_LIMIT`]).
+    pub limit: usize,
+}
+
+/// The most rows one listing page returns.
+pub const MAX_LIST_LIMIT: usize = 1000;
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunPage {
+    pub runs: Vec<RunSummary>,
+    /// Where the next page starts; `None` on the last page.
+    pub cursor: Option<String>,
+    /// How many matching runs come after this page, where the store can count them cheaply
+    /// (the embedded one can; DynamoDB would have to read them all, and says `None`).
+    pub remaining: Option<u64>,
+}
+
 #[async_trait]
 pub trait StateStore: Send + Sync {
     /// Writes a new run header (version 1). `Conflict` if the run id exists.
@@ -67,12 +94,11 @@ pub trait StateStore: Send + Sync {
     /// The run's history, oldest first.
     async fn events(&self, run_id: &str) -> Result<Vec<HistoryEvent>, StoreError>;
 
-    /// Runs, newest first; a tenant filter of `None` lists all tenants (CLI, operators).
-    async fn list_runs(
-        &self,
-        tenant: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<RunSummary>, StoreError>;
+    /// One page of runs, newest first. `tenant: None` lists every tenant's runs (the CLI and
+    /// operators); the HTTP API always passes the caller's tenant. `cursor` is the
+    /// `RunPage::cursor` of the previous page, opaque to callers (each adapter encodes its own
+    /// position); a cursor the store did not hand out is `StoreError::Invalid`.
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, StoreError>;
 
     /// Maps `(tenant, key)` to `run_id` unless it is mapped already.
     async fn claim_idempotency(

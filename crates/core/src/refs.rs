@@ -257,11 +257,13 @@ fn loosely_equal(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// A MiniJinja environment with strict undefined: a typo in a prompt is an error, not an
-/// empty string silently sent to a model.
+/// A MiniJinja environment with strict undefined (a typo in a prompt is an error, not an
+/// empty string silently sent to a model) and the render fuel of
+/// [`limits::MAX_RENDER_FUEL`](crate::workflow::limits::MAX_RENDER_FUEL).
 fn env() -> minijinja::Environment<'static> {
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env.set_fuel(Some(crate::workflow::limits::MAX_RENDER_FUEL));
     env
 }
 
@@ -277,13 +279,68 @@ pub fn check_template(template: &str) -> Result<Vec<String>, String> {
     Ok(vars)
 }
 
-/// Renders a prompt template against the scope.
+/// Renders a prompt template against the scope, within the render limits.
 pub fn render_template(template: &str, scope: &Value) -> Result<String, String> {
-    let env = env();
+    render_with(&env(), template, scope)
+}
+
+/// Renders a template with lenient undefined (a missing field renders empty), within the
+/// render limits: what `local/template-generator` uses for `params.template`.
+pub fn render_lenient(template: &str, context: &Value) -> Result<String, String> {
+    let mut env = minijinja::Environment::new();
+    env.set_fuel(Some(crate::workflow::limits::MAX_RENDER_FUEL));
+    render_with(&env, template, context)
+}
+
+/// Every render goes through here, so no template — an author's or a provider's — can run
+/// without the fuel and output caps of [`crate::workflow::limits`].
+fn render_with(
+    env: &minijinja::Environment<'_>,
+    template: &str,
+    context: &Value,
+) -> Result<String, String> {
+    use crate::workflow::limits::MAX_RENDER_BYTES;
     let t = env
         .template_from_str(template)
         .map_err(|e| format!("template error: {e}"))?;
-    t.render(scope).map_err(|e| format!("template error: {e}"))
+    let mut out = Capped {
+        buf: Vec::new(),
+        cap: MAX_RENDER_BYTES,
+    };
+    match t.render_captured_to(context, &mut out) {
+        Ok(_) => String::from_utf8(out.buf).map_err(|e| format!("template error: {e}")),
+        Err(_) if out.buf.len() >= MAX_RENDER_BYTES => Err(format!(
+            "template error: the rendered text exceeds {MAX_RENDER_BYTES} bytes"
+        )),
+        Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => Err(format!(
+            "template error: rendering took more than {} steps (fuel); is a loop unbounded?",
+            crate::workflow::limits::MAX_RENDER_FUEL
+        )),
+        Err(e) => Err(format!("template error: {e}")),
+    }
+}
+
+/// A writer that refuses to grow past `cap` bytes, so a runaway render stops at the cap
+/// instead of after it has filled memory.
+struct Capped {
+    buf: Vec<u8>,
+    cap: usize,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > self.cap {
+            let room = self.cap - self.buf.len();
+            self.buf.extend_from_slice(&data[..room]);
+            return Err(std::io::Error::other("render output cap reached"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -322,6 +379,45 @@ mod tests {
         for (tpl, want) in table {
             assert_eq!(resolve(&tpl, &scope()).unwrap(), want, "{tpl}");
         }
+    }
+
+    /// Runaway templates stop at the documented caps instead of taking the process down.
+    #[test]
+    fn renders_are_bounded_in_output_and_fuel() {
+        let table = [
+            // Output: 2 MB of text from one expression.
+            ("{{ 'x' * 2000000 }}", "exceeds 1048576 bytes"),
+            // Output from nested loops (10^10 iterations were it not for the caps).
+            (
+                "{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxxxx{% endfor %}{% endfor %}",
+                "template error",
+            ),
+            // Fuel: a loop that writes nothing never reaches the output cap.
+            (
+                "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+                "fuel",
+            ),
+        ];
+        for (tpl, needle) in table {
+            for result in [
+                render_template(tpl, &scope()),
+                render_lenient(tpl, &scope()),
+            ] {
+                let e = result.unwrap_err();
+                assert!(e.contains(needle), "{tpl}: {e}");
+            }
+        }
+        // Data is never template code: an input that looks like a template renders as text.
+        let data = json!({"input": {"text": "{{ 7*7 }}{% for x in range(9) %}!{% endfor %}"}});
+        assert_eq!(
+            render_lenient("Hello {{ input.text }}", &data).unwrap(),
+            "Hello {{ 7*7 }}{% for x in range(9) %}!{% endfor %}"
+        );
+        // Ordinary templates are far inside both caps.
+        assert_eq!(
+            render_template("{{ steps.classify.output.label }}", &scope()).unwrap(),
+            "billing"
+        );
     }
 
     #[test]

@@ -40,6 +40,7 @@ impl EngineError {
             EngineError::TooLarge(_) => 413,
             EngineError::Store(StoreError::Conflict(_)) => 409,
             EngineError::Store(StoreError::NotFound(_)) => 404,
+            EngineError::Store(StoreError::Invalid(_)) => 400,
             EngineError::Store(_) => 503,
         }
     }
@@ -53,6 +54,7 @@ impl EngineError {
             EngineError::Unauthorized(_) => "unauthorized",
             EngineError::TooLarge(_) => "too_large",
             EngineError::Store(StoreError::Corrupt(_)) => "corrupt_state",
+            EngineError::Store(StoreError::Invalid(_)) => "bad_request",
             EngineError::Store(_) => "storage_unavailable",
         }
     }

@@ -4,6 +4,7 @@
 use crate::webhook::{CallbackRequest, CallbackResult};
 use crate::{Engine, EngineError};
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -21,11 +22,82 @@ struct Hooks {
     applied: Option<Arc<Notify>>,
 }
 
+/// Largest provider callback body accepted, in bytes (a Replicate prediction with inline
+/// outputs fits well inside). Larger bodies get 413 with the contract's JSON error.
+pub const MAX_CALLBACK_BYTES: usize = 2 * 1024 * 1024;
+
 /// `POST /hooks/{provider}`: provider callbacks.
 pub fn hooks_router(engine: Engine, applied: Option<Arc<Notify>>) -> Router {
-    Router::new()
-        .route("/hooks/{provider}", post(hook))
-        .with_state(Hooks { engine, applied })
+    json_errors(
+        Router::new()
+            .route("/hooks/{provider}", post(hook))
+            .with_state(Hooks { engine, applied }),
+        MAX_CALLBACK_BYTES,
+    )
+}
+
+/// Makes every error response of `router` the contract's JSON error body — including those
+/// no handler wrote: axum's extractor rejections (a body over the limit, a bad path or query),
+/// unknown routes and wrong methods, which are plain text by default. Bodies are capped at
+/// `body_limit` bytes.
+pub fn json_errors(router: Router, body_limit: usize) -> Router {
+    router
+        .fallback(|| async { (StatusCode::NOT_FOUND, "no such route") })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::map_response(
+            move |resp: Response| async move { to_json_error(resp, body_limit).await },
+        ))
+}
+
+async fn to_json_error(resp: Response, body_limit: usize) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (code, message) = match status.as_u16() {
+        400 => ("bad_request", None),
+        401 => ("unauthorized", None),
+        404 => ("not_found", None),
+        405 => (
+            "method_not_allowed",
+            Some("this route does not take that method".to_string()),
+        ),
+        413 => (
+            "too_large",
+            Some(format!(
+                "the request body is larger than the {body_limit}-byte limit of this route"
+            )),
+        ),
+        415 => ("unsupported_media_type", None),
+        422 => ("invalid_input", None),
+        s if s >= 500 => ("internal", None),
+        _ => ("bad_request", None),
+    };
+    let message = match message {
+        Some(m) => m,
+        None => {
+            // Rejection texts are short; the cap only guards against a handler's large body.
+            let bytes = axum::body::to_bytes(resp.into_body(), 4096)
+                .await
+                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&bytes).trim().to_string();
+            if text.is_empty() {
+                status.canonical_reason().unwrap_or("error").to_string()
+            } else {
+                text
+            }
+        }
+    };
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
 }
 
 /// The error body of CONTRACT.md: `{"error": {"code", "message", "field"?}}`.

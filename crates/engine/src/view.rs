@@ -77,6 +77,24 @@ fn step_view(wf: &Workflow, id: &str, kind: &str, r: Option<&StepRecord>) -> Ste
 }
 
 impl Engine {
+    /// One page of runs, newest first (the CLI's `runs list`, the API's `GET /v1/runs`).
+    pub async fn list_runs(
+        &self,
+        query: &switchyard_core::ports::RunQuery,
+    ) -> Result<switchyard_core::ports::RunPage, EngineError> {
+        Ok(self.store.list_runs(query).await?)
+    }
+
+    /// A run's history, oldest first, as `tenant` sees it (another tenant's run is not found).
+    pub async fn history(
+        &self,
+        tenant: Option<&str>,
+        run_id: &str,
+    ) -> Result<Vec<switchyard_core::state::HistoryEvent>, EngineError> {
+        self.load_for(tenant, run_id).await?;
+        Ok(self.store.events(run_id).await?)
+    }
+
     /// The run document; large outputs are returned as a presigned link.
     pub async fn view(&self, snap: &RunSnapshot) -> Result<RunView, EngineError> {
         let wf = self.definition(&snap.header.workflow.hash).await?;

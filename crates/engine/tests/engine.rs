@@ -1809,7 +1809,13 @@ async fn input_failing_its_schema_is_refused_and_nothing_is_stored() {
         assert_eq!(err.field(), Some(field), "{input}");
         assert_eq!((err.status(), err.code()), (422, "invalid_input"));
     }
-    assert!(h.engine.store.list_runs(None, 10).await.unwrap().is_empty());
+    assert!(h
+        .engine
+        .list_runs(&all_runs())
+        .await
+        .unwrap()
+        .runs
+        .is_empty());
     assert!(h.queue.is_empty().unwrap());
     // The key was not used up by the refused requests.
     let ok = h.try_start(&wf, json!({"x": 1}), Some("k")).await.unwrap();
@@ -1836,7 +1842,7 @@ async fn idempotency_key_returns_the_same_run_or_conflicts() {
     let other = h.try_start(&wf, json!({"x": 2}), Some("key-1")).await;
     assert!(matches!(&other, Err(EngineError::Conflict(_))), "{other:?}");
     assert_eq!(other.unwrap_err().status(), 409);
-    assert_eq!(h.engine.store.list_runs(None, 10).await.unwrap().len(), 1);
+    assert_eq!(h.engine.list_runs(&all_runs()).await.unwrap().runs.len(), 1);
 
     // Once the run ended, the same request reports its status.
     assert_eq!(h.drive(&first.run_id).await, RunStatus::Succeeded);
@@ -1854,7 +1860,7 @@ async fn idempotency_key_returns_the_same_run_or_conflicts() {
         .await
         .unwrap();
     assert!(!fresh.existing);
-    assert_eq!(h.engine.store.list_runs(None, 10).await.unwrap().len(), 2);
+    assert_eq!(h.engine.list_runs(&all_runs()).await.unwrap().runs.len(), 2);
 }
 
 /// A request that claimed its key but died before creating the run: the retry creates the run
@@ -2094,4 +2100,65 @@ async fn abandoned_jobs_are_cancelled_at_the_provider() {
     h.engine.cancel(None, &run).await.unwrap();
     assert_eq!(h.drive(&run).await, RunStatus::Cancelled);
     assert_eq!(cancels.load(Ordering::SeqCst), 1);
+}
+
+fn all_runs() -> switchyard_core::ports::RunQuery {
+    switchyard_core::ports::RunQuery {
+        limit: 100,
+        ..Default::default()
+    }
+}
+
+/// Every error of the webhook route is the contract's JSON error body — the handler's own, and
+/// the ones axum writes before the handler runs (a body over the limit, an unknown route, a
+/// wrong method), which are plain text unless the router converts them.
+#[tokio::test]
+async fn webhook_route_errors_are_json_bodies() {
+    let h = H::new();
+    let router = switchyard_engine::http::hooks_router(h.engine.clone(), None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let client = reqwest::Client::new();
+    let too_big = vec![b'x'; switchyard_engine::http::MAX_CALLBACK_BYTES + 1];
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            "over the body limit",
+            client.post(format!("{base}/hooks/local")).body(too_big),
+            413,
+            "too_large",
+        ),
+        (
+            "unsigned",
+            client.post(format!("{base}/hooks/local")).body("{}"),
+            401,
+            "unauthorized",
+        ),
+        (
+            "unknown route",
+            client.post(format!("{base}/hooks")).body("{}"),
+            404,
+            "not_found",
+        ),
+        (
+            "wrong method",
+            client.get(format!("{base}/hooks/local")),
+            405,
+            "method_not_allowed",
+        ),
+    ];
+    for (what, req, status, code) in cases {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{what}");
+        let text = resp.text().await.unwrap();
+        let body: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {text}"));
+        assert_eq!(body["error"]["code"], code, "{what}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}: {body}"
+        );
+    }
 }

@@ -7,7 +7,9 @@ use crate::db::{is_constraint, Db, DbError};
 use async_trait::async_trait;
 use rusqlite::{ffi, params, Connection, OptionalExtension, TransactionBehavior};
 use serde::de::DeserializeOwned;
-use switchyard_core::ports::{IdempotencyClaim, RunSummary, StateStore};
+use switchyard_core::ports::{
+    IdempotencyClaim, RunPage, RunQuery, RunSummary, StateStore, MAX_LIST_LIMIT,
+};
 use switchyard_core::state::{HistoryEvent, Lease, RunHeader, RunSnapshot, RunStatus, StepRecord};
 use switchyard_core::{Millis, StoreError};
 
@@ -250,21 +252,35 @@ impl StateStore for SqliteStore {
         })
     }
 
-    async fn list_runs(
-        &self,
-        tenant: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<RunSummary>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, StoreError> {
+        let limit = query.limit.clamp(1, MAX_LIST_LIMIT);
+        let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
+        let (after_at, after_id) = match &after {
+            Some((at, id)) => (Some(*at), Some(id.as_str())),
+            None => (None, None),
+        };
+        let status = query.status.map(|s| s.as_str());
         self.db.with(|c| {
-            // `?1 IS NULL` makes the filter optional without building SQL strings.
-            let mut stmt = c.prepare(
+            // `?N IS NULL` makes each filter optional without building SQL strings; the row
+            // comparison continues strictly after the cursor's (created_at, run_id).
+            const WHERE: &str = "WHERE (?1 IS NULL OR tenant = ?1)
+                   AND (?2 IS NULL OR status = ?2)
+                   AND (?3 IS NULL OR workflow = ?3)
+                   AND (?4 IS NULL OR (created_at, run_id) < (?4, ?5))";
+            let mut stmt = c.prepare(&format!(
                 "SELECT run_id, tenant, workflow, version_label, status, created_at, updated_at
-                 FROM runs WHERE (?1 IS NULL OR tenant = ?1)
-                 ORDER BY created_at DESC, run_id DESC LIMIT ?2",
-            )?;
+                 FROM runs {WHERE} ORDER BY created_at DESC, run_id DESC LIMIT ?6"
+            ))?;
+            let filters = params![
+                query.tenant,
+                status,
+                query.workflow,
+                after_at,
+                after_id,
+                i64::try_from(limit + 1).unwrap_or(i64::MAX)
+            ];
             let rows = stmt
-                .query_map(params![tenant, limit], |r| {
+                .query_map(filters, |r| {
                     let summary = RunSummary {
                         run_id: r.get(0)?,
                         tenant: r.get(1)?,
@@ -277,15 +293,40 @@ impl StateStore for SqliteStore {
                     Ok((summary, r.get::<_, String>(4)?))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut out = Vec::with_capacity(rows.len());
+            let mut runs = Vec::with_capacity(rows.len());
             for (mut summary, status) in rows {
                 summary.status = serde_json::from_value(serde_json::Value::String(status))
                     .map_err(|e| {
                         StoreError::Corrupt(format!("status of run {}: {e}", summary.run_id))
                     })?;
-                out.push(summary);
+                runs.push(summary);
             }
-            Ok(out)
+            // One row more than the page was read to know whether another page follows.
+            if runs.len() <= limit {
+                return Ok(RunPage {
+                    runs,
+                    cursor: None,
+                    remaining: Some(0),
+                });
+            }
+            runs.truncate(limit);
+            let last = runs.last().map(|r| (r.created_at, r.run_id.clone()));
+            let (remaining, cursor) = match last {
+                Some((at, id)) => {
+                    let n: i64 = c.query_row(
+                        &format!("SELECT COUNT(*) FROM runs {WHERE}"),
+                        params![query.tenant, status, query.workflow, at, id],
+                        |r| r.get(0),
+                    )?;
+                    (Some(n.max(0) as u64), Some(encode_cursor(at, &id)))
+                }
+                None => (Some(0), None),
+            };
+            Ok(RunPage {
+                runs,
+                cursor,
+                remaining,
+            })
         })
     }
 
@@ -331,6 +372,23 @@ impl StateStore for SqliteStore {
             Ok(n == 1)
         })
     }
+}
+
+/// A listing cursor: `c1.<created_at>.<run_id>` of the last row of a page. Callers treat it as
+/// opaque; the prefix lets a later format be told apart.
+fn encode_cursor(created_at: Millis, run_id: &str) -> String {
+    format!("c1.{created_at}.{run_id}")
+}
+
+fn decode_cursor(cursor: &str) -> Result<(i64, String), StoreError> {
+    let bad = || StoreError::Invalid(format!("`{cursor}` is not a cursor this store handed out"));
+    let rest = cursor.strip_prefix("c1.").ok_or_else(bad)?;
+    let (at, id) = rest.split_once('.').ok_or_else(bad)?;
+    let at = at.parse::<i64>().map_err(|_| bad())?;
+    if id.is_empty() {
+        return Err(bad());
+    }
+    Ok((at, id.to_string()))
 }
 
 #[cfg(test)]
@@ -571,18 +629,57 @@ pub(crate) mod tests {
         ] {
             s.create_run(&header(id, tenant, at)).await.unwrap();
         }
-        let table: [(Option<&str>, usize, &[&str]); 4] = [
-            (None, 10, &["b", "d", "c", "a"]),
-            (Some("t1"), 10, &["d", "c", "a"]),
-            (Some("t1"), 2, &["d", "c"]),
-            (Some("t9"), 10, &[]),
+        let q = |tenant: Option<&str>, limit: usize| RunQuery {
+            tenant: tenant.map(str::to_string),
+            limit,
+            ..RunQuery::default()
+        };
+        let table: [(Option<&str>, usize, &[&str], Option<u64>); 4] = [
+            (None, 10, &["b", "d", "c", "a"], Some(0)),
+            (Some("t1"), 10, &["d", "c", "a"], Some(0)),
+            (Some("t1"), 2, &["d", "c"], Some(1)),
+            (Some("t9"), 10, &[], Some(0)),
         ];
-        for (tenant, limit, want) in table {
-            let got = s.list_runs(tenant, limit).await.unwrap();
-            let ids: Vec<_> = got.iter().map(|r| r.run_id.as_str()).collect();
+        for (tenant, limit, want, remaining) in table {
+            let got = s.list_runs(&q(tenant, limit)).await.unwrap();
+            let ids: Vec<_> = got.runs.iter().map(|r| r.run_id.as_str()).collect();
             assert_eq!(ids, want, "{tenant:?} {limit}");
+            assert_eq!(got.remaining, remaining, "{tenant:?} {limit}");
+            assert_eq!(got.cursor.is_some(), remaining != Some(0));
         }
-        let top = &s.list_runs(None, 1).await.unwrap()[0];
+        // Pages of one, by cursor, visit every run once in order (ties on created_at too).
+        let mut seen = Vec::new();
+        let mut query = q(None, 1);
+        loop {
+            let page = s.list_runs(&query).await.unwrap();
+            seen.extend(page.runs.iter().map(|r| r.run_id.clone()));
+            match page.cursor {
+                Some(c) => query.cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["b", "d", "c", "a"]);
+        // Filters by workflow and status.
+        let none = RunQuery {
+            workflow: Some("other".into()),
+            ..q(None, 10)
+        };
+        assert!(s.list_runs(&none).await.unwrap().runs.is_empty());
+        let pending = RunQuery {
+            status: Some(RunStatus::Pending),
+            ..q(Some("t2"), 10)
+        };
+        assert_eq!(s.list_runs(&pending).await.unwrap().runs.len(), 1);
+        // A made-up cursor is the caller's mistake.
+        let forged = RunQuery {
+            cursor: Some("page2".into()),
+            ..q(None, 10)
+        };
+        assert!(matches!(
+            s.list_runs(&forged).await,
+            Err(StoreError::Invalid(_))
+        ));
+        let top = &s.list_runs(&q(None, 1)).await.unwrap().runs[0];
         assert_eq!(
             (top.workflow.as_str(), top.version.as_str(), top.status),
             ("summarize", "v1", RunStatus::Pending)

@@ -241,6 +241,16 @@ impl Ctx<'_> {
         if let Some(m) = self.models.iter().find(|m| m.id == id) {
             return Some(m.clone());
         }
+        // A pinned version (`replicate/owner/name:version`) is the model it belongs to.
+        let base = crate::model::unversioned(id);
+        if base != id {
+            if let Some(m) = self.models.iter().find(|m| m.id == base) {
+                return Some(ModelInfo {
+                    id: id.to_string(),
+                    ..m.clone()
+                });
+            }
+        }
         let (provider, _) = split_model(id);
         let known: Vec<&str> = self
             .models
@@ -813,6 +823,19 @@ fn read_model(
             json!({})
         }
     };
+    // `${...}` references are substituted into params before the model sees them, so a
+    // reference inside template text would turn data (a user's input) into template code:
+    // `{{ 7*7 }}` in an input would be evaluated. Templates read data as variables instead.
+    if let Some(t) = params.get("template").and_then(Value::as_str) {
+        if t.contains("${") {
+            cx.err(
+                &join(&join(path, "params"), "template"),
+                "`params.template` must not contain `${...}` references: they would make \
+                 data part of the template; pass the value through `input:` and write \
+                 `{{ input.NAME }}` in the template",
+            );
+        }
+    }
     let input = if retrieve {
         if obj.get("query").is_none() {
             cx.err(

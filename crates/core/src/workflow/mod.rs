@@ -32,6 +32,12 @@ pub mod limits {
     pub const MAX_REPAIRS: u32 = 5;
     /// Bytes of a workflow file, or of a file it includes.
     pub const MAX_FILE_BYTES: usize = 1024 * 1024;
+    /// Bytes one template render (a prompt, an approval message, `params.template`) may
+    /// produce; past it the render fails with `invalid` instead of filling memory.
+    pub const MAX_RENDER_BYTES: usize = 1024 * 1024;
+    /// MiniJinja fuel (instructions) one render may spend: loops that run away stop here.
+    /// Rendering the examples' templates takes a few hundred.
+    pub const MAX_RENDER_FUEL: u64 = 1_000_000;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

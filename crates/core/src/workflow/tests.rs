@@ -19,6 +19,11 @@ fn catalog() -> Vec<ModelInfo> {
         m("local/extractive-summarizer", &[Role::Generation], false),
         m("local/keyword-retriever", &[Role::Retrieval], false),
         m("local/async-job", &[Role::Asset], true),
+        m(
+            "replicate/black-forest-labs/flux-schnell",
+            &[Role::Asset],
+            true,
+        ),
     ]
 }
 
@@ -1002,6 +1007,46 @@ fn diagnostics_point_at_the_problem() {
             1,
             "there is no step `ghost`",
         ),
+        (
+            "a reference inside params.template would make data template code",
+            with_head(
+                r#"
+                  - id: draft
+                    model: local/template-generator
+                    input: {text: "${input.text}"}
+                    params:
+                      template: "Hello ${input.text}"
+                "#,
+            ),
+            11,
+            "`params.template` must not contain `${...}` references",
+        ),
+        (
+            "a billion-laughs alias bomb",
+            format!(
+                "{}x0: &x0 [a, a, a, a, a, a, a, a, a, a]\n{}",
+                dedent(HEAD),
+                (1..=8)
+                    .map(|i| format!(
+                        "x{i}: &x{i} [{}]\n",
+                        vec![format!("*x{}", i - 1); 10].join(", ")
+                    ))
+                    .collect::<String>()
+            ),
+            10,
+            "alias expansion exceeds 10000 nodes",
+        ),
+        (
+            "a versioned id of an unknown replicate model",
+            with_head(
+                r#"
+                  - id: art
+                    model: replicate/acme/nope:5c7d5dc6dd8bf75c1acaa8565735e7986bc5b66206b55cca93cb72c9bf15ccaa
+                "#,
+            ),
+            8,
+            "unknown model `replicate/acme/nope:5c7d",
+        ),
     ];
     let mut failures = Vec::new();
     for (what, src, line, needle) in &table {
@@ -1119,4 +1164,22 @@ fn no_files_loader_reports_the_path() {
     assert_eq!(d.len(), 1, "{d:#?}");
     assert_eq!(d[0].line, 6);
     assert!(d[0].message.contains("cannot read `p.j2`"), "{d:?}");
+}
+
+#[test]
+fn a_pinned_replicate_version_is_the_model_it_belongs_to() {
+    let wf = ok(r#"
+        name: art
+        version: "1"
+        steps:
+          - id: art
+            model: replicate/black-forest-labs/flux-schnell:5599ed30703defd1d160a25a63321b4dec97101d98b4674bcc56e41f62f35637
+            input: {prompt: "${input.text}"}
+        "#);
+    let m = model(&wf, "art");
+    assert_eq!(
+        m.models,
+        vec!["replicate/black-forest-labs/flux-schnell:5599ed30703defd1d160a25a63321b4dec97101d98b4674bcc56e41f62f35637"]
+    );
+    assert!(m.asynchronous, "the versioned id keeps the model's traits");
 }

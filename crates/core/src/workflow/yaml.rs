@@ -65,24 +65,39 @@ pub fn join(parent: &str, seg: &str) -> String {
     }
 }
 
+/// How many nodes aliases may add to a document, in all. Aliases are a legitimate way to share
+/// a block (`defaults: &d {...}`), but each one copies its anchor's whole value, so a few
+/// hundred bytes of nested aliases ("billion laughs") expand to billions of nodes. The 1 MiB file
+/// limit bounds what is written, not what aliases expand to; this bounds the latter. Real
+/// workflows use a handful of small aliases; 10,000 nodes is far above that.
+pub const MAX_ALIAS_NODES: usize = 10_000;
+
 enum Frame {
     Seq {
         items: Vec<Value>,
         path: String,
         anchor: usize,
+        /// `Builder::nodes` when this collection started: its size is the difference at its end.
+        nodes_at_start: usize,
     },
     Map {
         map: Map<String, Value>,
         path: String,
         key: Option<String>,
         anchor: usize,
+        nodes_at_start: usize,
     },
 }
 
 struct Builder {
     stack: Vec<Frame>,
     root: Option<Value>,
-    anchors: HashMap<usize, Value>,
+    /// Each anchor's value and its size in nodes (aliases inside it counted expanded).
+    anchors: HashMap<usize, (Value, usize)>,
+    /// Nodes built so far, alias expansions included.
+    nodes: usize,
+    /// Nodes added by aliases so far, checked against [`MAX_ALIAS_NODES`].
+    alias_nodes: usize,
     index: PosIndex,
     error: Option<YamlError>,
     documents: usize,
@@ -222,8 +237,9 @@ impl MarkedEventReceiver for Builder {
                 if !self.expecting_key() {
                     self.next_path(&mark, false);
                 }
+                self.nodes += 1;
                 if anchor > 0 {
-                    self.anchors.insert(anchor, value.clone());
+                    self.anchors.insert(anchor, (value.clone(), 1));
                 }
                 self.place(value, &mark);
             }
@@ -231,9 +247,26 @@ impl MarkedEventReceiver for Builder {
                 if !self.expecting_key() {
                     self.next_path(&mark, false);
                 }
-                match self.anchors.get(&id).cloned() {
-                    Some(v) => self.place(v, &mark),
-                    None => self.fail(&mark, "alias to an unknown anchor".into()),
+                let Some(&(_, size)) = self.anchors.get(&id) else {
+                    self.fail(&mark, "alias to an unknown anchor".into());
+                    return;
+                };
+                // Checked before the copy is made: the copy is what exhausts memory.
+                self.alias_nodes = self.alias_nodes.saturating_add(size);
+                if self.alias_nodes > MAX_ALIAS_NODES {
+                    self.fail(
+                        &mark,
+                        format!(
+                            "alias expansion exceeds {MAX_ALIAS_NODES} nodes (aliases here \
+                             copy {} nodes in all); share less through anchors",
+                            self.alias_nodes
+                        ),
+                    );
+                    return;
+                }
+                self.nodes += size;
+                if let Some((v, _)) = self.anchors.get(&id).cloned() {
+                    self.place(v, &mark);
                 }
             }
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
@@ -242,11 +275,13 @@ impl MarkedEventReceiver for Builder {
                     return;
                 }
                 let path = self.next_path(&mark, true).unwrap_or_default();
+                let nodes_at_start = self.nodes;
                 let frame = if matches!(ev, Event::SequenceStart(..)) {
                     Frame::Seq {
                         items: Vec::new(),
                         path,
                         anchor,
+                        nodes_at_start,
                     }
                 } else {
                     Frame::Map {
@@ -254,18 +289,31 @@ impl MarkedEventReceiver for Builder {
                         path,
                         key: None,
                         anchor,
+                        nodes_at_start,
                     }
                 };
                 self.stack.push(frame);
             }
             Event::SequenceEnd | Event::MappingEnd => {
-                let (value, anchor) = match self.stack.pop() {
-                    Some(Frame::Seq { items, anchor, .. }) => (Value::Array(items), anchor),
-                    Some(Frame::Map { map, anchor, .. }) => (Value::Object(map), anchor),
+                let (value, anchor, start) = match self.stack.pop() {
+                    Some(Frame::Seq {
+                        items,
+                        anchor,
+                        nodes_at_start,
+                        ..
+                    }) => (Value::Array(items), anchor, nodes_at_start),
+                    Some(Frame::Map {
+                        map,
+                        anchor,
+                        nodes_at_start,
+                        ..
+                    }) => (Value::Object(map), anchor, nodes_at_start),
                     None => return,
                 };
+                self.nodes += 1;
                 if anchor > 0 {
-                    self.anchors.insert(anchor, value.clone());
+                    let size = self.nodes - start;
+                    self.anchors.insert(anchor, (value.clone(), size));
                 }
                 self.place(value, &mark);
             }
@@ -280,6 +328,8 @@ pub fn parse(src: &str) -> Result<(Value, PosIndex), YamlError> {
         stack: Vec::new(),
         root: None,
         anchors: HashMap::new(),
+        nodes: 0,
+        alias_nodes: 0,
         index: PosIndex::default(),
         error: None,
         documents: 0,
@@ -338,6 +388,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// "Billion laughs": ten levels of ten aliases each would expand to 10^9 nodes. It must be
+    /// refused at the alias that crosses the budget, quickly and without building the copies.
+    #[test]
+    fn alias_bombs_are_refused_with_a_position() {
+        let mut src = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for level in 1..=8 {
+            let prev = format!("*a{}", level - 1);
+            let items = vec![prev; 10].join(", ");
+            src.push_str(&format!("a{level}: &a{level} [{items}]\n"));
+        }
+        let e = parse(&src).unwrap_err();
+        assert!(
+            e.message.contains("alias expansion exceeds 10000 nodes"),
+            "{e:?}"
+        );
+        // Aliases copy 110 nodes on line 2 and 1,110 on line 3; line 4's aliases (1,111 nodes
+        // each) cross the budget, long before the expensive levels are built.
+        assert_eq!(e.pos.line, 4, "{e:?}");
+
+        // A workflow's ordinary sharing of a defaults block stays accepted.
+        let ok = "d: &d {retry: {max_attempts: 3}, timeout: 30s}\ns1: *d\ns2: *d\ns3: *d\n";
+        assert!(parse(ok).is_ok());
     }
 
     #[test]

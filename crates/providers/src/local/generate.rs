@@ -19,8 +19,8 @@ pub(super) fn render(request: &ModelRequest) -> Result<String, StepError> {
         "attempt": request.attempt,
     });
     // No auto-escaping: the output is text or JSON, not HTML (use `|tojson` for JSON values).
-    minijinja::Environment::new()
-        .render_str(template, context)
+    // The core's render applies the fuel and output caps every template runs under.
+    switchyard_core::refs::render_lenient(template, &context)
         .map_err(|e| invalid(format!("params.template failed to render: {e}")))
 }
 
