@@ -634,7 +634,9 @@ pub(crate) mod tests {
             limit,
             ..RunQuery::default()
         };
-        let table: [(Option<&str>, usize, &[&str], Option<u64>); 4] = [
+        // (tenant, limit, the page's run ids, how many remain after it)
+        type Row<'a> = (Option<&'a str>, usize, &'a [&'a str], Option<u64>);
+        let table: [Row; 4] = [
             (None, 10, &["b", "d", "c", "a"], Some(0)),
             (Some("t1"), 10, &["d", "c", "a"], Some(0)),
             (Some("t1"), 2, &["d", "c"], Some(1)),
