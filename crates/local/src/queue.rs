@@ -78,6 +78,17 @@ impl SqliteQueue {
         let hidden_until = now.saturating_add(visibility_timeout_ms);
         let q = &*self.name;
         self.db.with(|c| {
+            // An empty poll is the common case of an idle worker: answer it with a read (no
+            // write lock, no journal write) and take the write transaction only when there
+            // is something visible to take or to dead-letter.
+            let visible: bool = c.query_row(
+                "SELECT EXISTS(SELECT 1 FROM queue_messages WHERE queue = ?1 AND visible_at <= ?2)",
+                params![q, now],
+                |r| r.get(0),
+            )?;
+            if !visible {
+                return Ok(Vec::new());
+            }
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             // Dead-letter in bulk first, so the LIMIT below only sees deliverable messages.
             let reason = format!("received {} times without ack", self.max_receive_count);
