@@ -105,7 +105,7 @@ async fn report(l: &Local, run_id: &str, json: bool) -> Result<i32> {
         println!("{}", serde_json::to_string(&render::run_json(&view))?);
     } else {
         print!("{}", render::run_table(&view));
-        if view.status == "waiting" {
+        if view.status == RunStatus::Waiting {
             if let Some(step) = snap.steps.iter().find(|s| {
                 s.status == switchyard_core::state::StepStatus::Waiting && s.job.is_none()
             }) {

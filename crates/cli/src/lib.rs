@@ -17,4 +17,27 @@ pub mod exit {
     pub const USAGE: i32 = 2;
     pub const WAITING: i32 = 3;
     pub const CANCELLED: i32 = 4;
+
+    /// An error that is the user's to fix (a data dir that cannot be opened, a bad flag value)
+    /// rather than a failed run: the process exits with [`USAGE`]. Carried inside `anyhow`
+    /// errors and found again by type, never by the wording of a message.
+    #[derive(Debug)]
+    pub struct UsageError(pub String);
+
+    impl std::fmt::Display for UsageError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    impl std::error::Error for UsageError {}
+
+    /// The exit status of a command that ended with an error.
+    pub fn status_of(e: &anyhow::Error) -> i32 {
+        if e.chain().any(|c| c.is::<UsageError>()) {
+            USAGE
+        } else {
+            FAILED
+        }
+    }
 }

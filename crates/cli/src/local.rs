@@ -130,8 +130,12 @@ impl Local {
         clock: Arc<dyn Clock>,
         opts: Options,
     ) -> Result<Local> {
-        let backend =
-            Backend::open(dir).map_err(|e| anyhow!("data dir `{}`: {e}", dir.display()))?;
+        let backend = Backend::open(dir).map_err(|e| {
+            anyhow::Error::new(crate::exit::UsageError(format!(
+                "data dir `{}`: {e}",
+                dir.display()
+            )))
+        })?;
         let faults = match std::env::var("SWITCHYARD_LOCAL_FAULTS") {
             Ok(spec) if !spec.trim().is_empty() => {
                 parse_faults(&spec).map_err(|e| anyhow!("SWITCHYARD_LOCAL_FAULTS: {e}"))?

@@ -197,11 +197,7 @@ fn main() {
         Err(e) => {
             eprintln!("error: {e:#}");
             // A data dir that cannot be opened is a usage problem, not a run failure.
-            std::process::exit(if format!("{e:#}").contains("data dir") {
-                exit::USAGE
-            } else {
-                exit::FAILED
-            });
+            std::process::exit(exit::status_of(&e));
         }
     }
 }

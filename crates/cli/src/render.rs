@@ -29,7 +29,7 @@ pub fn run_table(v: &RunView) -> String {
         v.run_id,
         v.workflow,
         v.version,
-        v.status.to_uppercase(),
+        v.status.as_str().to_uppercase(),
         money(v.cost_usd)
     );
     let rows: Vec<[String; 7]> = v
@@ -41,8 +41,8 @@ pub fn run_table(v: &RunView) -> String {
                 model.push_str(" (fallback)");
             }
             let status = match &s.error_class {
-                Some(c) => format!("{} ({c})", s.status),
-                None => s.status.clone(),
+                Some(c) => format!("{} ({c})", s.status.as_str()),
+                None => s.status.as_str().to_string(),
             };
             [
                 s.name.clone(),

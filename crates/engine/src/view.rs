@@ -4,7 +4,7 @@
 use crate::{Engine, EngineError};
 use serde::Serialize;
 use serde_json::Value;
-use switchyard_core::state::{RunError, RunSnapshot, StepRecord, StepStatus};
+use switchyard_core::state::{RunError, RunSnapshot, RunStatus, StepRecord, StepStatus};
 use switchyard_core::workflow::Workflow;
 use switchyard_core::ErrorClass;
 
@@ -12,7 +12,7 @@ use switchyard_core::ErrorClass;
 pub struct StepView {
     pub name: String,
     pub kind: String,
-    pub status: String,
+    pub status: StepStatus,
     pub provider: Option<String>,
     pub model: Option<String>,
     pub prompt_version: Option<String>,
@@ -35,7 +35,7 @@ pub struct RunView {
     pub workflow: String,
     pub version: String,
     pub definition_hash: String,
-    pub status: String,
+    pub status: RunStatus,
     pub output: Value,
     pub error: Option<RunError>,
     pub cost_usd: f64,
@@ -53,7 +53,7 @@ fn step_view(wf: &Workflow, id: &str, kind: &str, r: Option<&StepRecord>) -> Ste
     StepView {
         name: id.to_string(),
         kind: kind.to_string(),
-        status: r.status.as_str().to_string(),
+        status: r.status,
         provider: r.provider.clone(),
         model: r.model.clone(),
         prompt_version: r.prompt_version.clone(),
@@ -117,7 +117,7 @@ impl Engine {
             workflow: h.workflow.name.clone(),
             version: h.workflow.version.clone(),
             definition_hash: h.workflow.hash.clone(),
-            status: h.status.as_str().to_string(),
+            status: h.status,
             output,
             error: h.error.clone(),
             cost_usd: (snap.cost_usd() * 1e9).round() / 1e9,

@@ -166,7 +166,7 @@ async fn chain_succeeds_with_outputs_by_reference_and_summed_cost() {
     assert!(close(snap.cost_usd(), total));
     let view = h.engine.view(&snap).await.unwrap();
     assert!((view.cost_usd - total).abs() < 1e-9);
-    assert_eq!(view.status, "succeeded");
+    assert_eq!(view.status, RunStatus::Succeeded);
     let names: Vec<(&str, &str, u32)> = view
         .steps
         .iter()
