@@ -130,12 +130,17 @@ pub fn classify(api: Api, resp: &HttpResponse, now_ms: u64) -> StepError {
         .copied()
         .collect::<Vec<_>>()
         .join(": ");
-    let mut message = format!(
-        "{} answered {}: {what}{}",
-        api.name(),
-        resp.status,
-        redact(&detail)
-    );
+    // Say what was called, so a wrong `*_BASE_URL` or model path is obvious from the error.
+    let mut message = format!("{} answered {}", api.name(), resp.status);
+    if !resp.request.is_empty() {
+        message.push_str(" to ");
+        message.push_str(&resp.request);
+    }
+    let detail = format!("{what}{detail}");
+    if !detail.is_empty() {
+        message.push_str(": ");
+        message.push_str(&redact(&detail));
+    }
     truncate_chars(&mut message, 400);
     let mut err = StepError::new(class, message);
     if class == ErrorClass::RateLimited {
@@ -175,10 +180,51 @@ pub fn truncate_chars(s: &mut String, max: usize) {
 /// `r8_`, AWS access key ids).
 const KEY_PREFIXES: [&str; 4] = ["sk-", "r8_", "AKIA", "ASIA"];
 
+/// Patterns of credentials that are not single key-prefixed words, each with what replaces it:
+/// - an echoed `Authorization`, `X-Amz-Security-Token`, `X-Api-Key` or `api-key` header (any
+///   scheme: `Bearer`, `AWS4-HMAC-SHA256 Credential=…, Signature=…`), plain or JSON-escaped,
+///   up to the end of its value;
+/// - SigV4 parts anywhere (`Credential=AKID…/20260101/us-east-1/bedrock/aws4_request`,
+///   `Signature=…`, their presigned-URL forms `X-Amz-Credential=`, `X-Amz-Signature=`,
+///   `X-Amz-Security-Token=`);
+/// - AWS access key ids by their documented prefixes (`AKIA…`, `ASIA…`, 16 more characters).
+static CREDENTIAL_PATTERNS: std::sync::LazyLock<Vec<(regex::Regex, &'static str)>> =
+    std::sync::LazyLock::new(|| {
+        [
+            (
+                r#"(?i)((?:authorization|x-amz-security-token|x-api-key|api-key)\\?["']?\s*[:=]\s*\\?["']?)[^"'\\\r\n]+"#,
+                "${1}[redacted]",
+            ),
+            (
+                r"(?i)((?:x-amz-)?(?:credential|signature|security-token)=)[^\s,&;\\]+",
+                "${1}[redacted]",
+            ),
+            (
+                r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|ABIA|ACCA)[A-Z0-9]{16}\b",
+                "[redacted]",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(p, with)| regex::Regex::new(p).ok().map(|r| (r, with)))
+        .collect()
+    });
+
 /// Removes anything that looks like a credential from text that goes into errors and logs:
-/// words with a known key prefix (also inside quotes or after `=`), and whatever follows
-/// `Bearer`.
+/// the [`CREDENTIAL_PATTERNS`], words with a known key prefix (also inside quotes or after
+/// `=`), and whatever follows `Bearer`.
 pub fn redact(text: &str) -> String {
+    if CREDENTIAL_PATTERNS.len() != 3 {
+        // Unreachable with the patterns above (a test compiles them); if one ever failed to
+        // compile, saying nothing is the safe answer.
+        return "[redacted: credential patterns unavailable]".to_string();
+    }
+    let mut text = std::borrow::Cow::Borrowed(text);
+    for (re, with) in CREDENTIAL_PATTERNS.iter() {
+        if let std::borrow::Cow::Owned(s) = re.replace_all(&text, *with) {
+            text = std::borrow::Cow::Owned(s);
+        }
+    }
+    let text: &str = &text;
     let mut out = String::with_capacity(text.len());
     let mut after_bearer = false;
     for word in text.split_inclusive(char::is_whitespace) {
@@ -219,6 +265,7 @@ mod tests {
                 .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
                 .collect(),
             body: body.as_bytes().to_vec(),
+            ..Default::default()
         }
     }
 
@@ -470,16 +517,90 @@ mod tests {
         assert_eq!(redact("short sk-1 stays"), "short sk-1 stays");
         assert_eq!(
             redact("Authorization: Bearer abc.def-ghi was refused"),
-            "Authorization: Bearer [redacted] was refused"
+            "Authorization: [redacted]"
+        );
+        assert_eq!(
+            redact("a Bearer abc.def-ghi token"),
+            "a Bearer [redacted] token"
         );
         assert_eq!(
             redact("key='sk-proj-0123456789' is bad"),
             "[redacted] is bad"
         );
         assert_eq!(redact("(AKIAABCDEFGHIJKL)"), "[redacted]");
+    }
+
+    /// AWS credentials echoed back in every shape seen from Bedrock and proxies in front of it.
+    #[test]
+    fn aws_credentials_are_redacted_in_every_echo() {
+        let sig = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20260101/us-east-1/bedrock/aws4_request, SignedHeaders=host;x-amz-date, Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7";
+        let table = [
+            format!("Authorization: {sig}"),
+            format!(r#"{{"message":"bad request","headers":{{"authorization":"{sig}"}}}}"#),
+            // JSON inside a JSON string (a proxy that wraps the upstream error).
+            format!(r#"{{"message":"{{\"Authorization\":\"{sig}\"}}"}}"#),
+            format!("signature mismatch for {sig}"),
+            "X-Amz-Security-Token: IQoJb3JpZ2luX2VjEJr//////////wEaCXVzLWVhc3QtMSJHMEUCIQ".into(),
+            "https://bedrock/x?X-Amz-Credential=ASIAXAMPLE%2F20260101&X-Amz-Signature=abcdef0123&X-Amz-Security-Token=FwoGZ".into(),
+            "key AKIAIOSFODNN7EXAMPLE and ASIAIOSFODNN7EXAMPLE".into(),
+        ];
+        let secrets = [
+            "AKIDEXAMPLE",
+            "5d672d79c15b",
+            "IQoJb3JpZ2lu",
+            "ASIAXAMPLE",
+            "abcdef0123",
+            "FwoGZ",
+            "AKIAIOSFODNN7EXAMPLE",
+            "ASIAIOSFODNN7EXAMPLE",
+        ];
+        for text in &table {
+            let out = redact(text);
+            for s in secrets {
+                assert!(!out.contains(s), "{s} survived in {out:?} (from {text:?})");
+            }
+            assert!(out.contains("[redacted]"), "{out}");
+        }
+        // The classifier's message of a Bedrock 403 that echoes the header.
+        let body = format!(
+            r#"{{"message":"The request signature we calculated does not match. Authorization={sig}"}}"#
+        );
+        let e = classify(Api::Bedrock, &resp(403, &[], &body), NOW);
+        assert!(!e.message.contains("AKIDEXAMPLE"), "{}", e.message);
+        assert!(!e.message.contains("5d672d79"), "{}", e.message);
         let mut long = "é".repeat(300);
         truncate_chars(&mut long, 250);
         assert_eq!(long.chars().count(), 250);
+    }
+
+    /// An error names the call (method and path, no query), and never ends in a dangling `: `.
+    #[test]
+    fn messages_say_what_was_called() {
+        let called = |status, body: &str| HttpResponse {
+            status,
+            body: body.as_bytes().to_vec(),
+            request: crate::http::request_line(
+                "POST",
+                "https://user:pw@api.replicate.com/v1/predictions?key=r8_secret",
+            ),
+            ..Default::default()
+        };
+        let table = [
+            (404, "", "replicate answered 404 to POST /v1/predictions"),
+            (
+                404,
+                r#"{"title":"Not found","detail":"The requested resource could not be found."}"#,
+                "replicate answered 404 to POST /v1/predictions: Not found: The requested resource could not be found.",
+            ),
+            (502, "<html>bad gateway</html>", "replicate answered 502 to POST /v1/predictions"),
+        ];
+        for (status, body, want) in table {
+            let e = classify(Api::Replicate, &called(status, body), NOW);
+            assert_eq!(e.message, want);
+        }
+        // Without a recorded call (adapter unit tests), the message stays well-formed.
+        let e = classify(Api::Replicate, &resp(404, &[], ""), NOW);
+        assert_eq!(e.message, "replicate answered 404");
     }
 
     #[test]

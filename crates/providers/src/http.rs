@@ -42,12 +42,15 @@ impl HttpRequest {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HttpResponse {
     pub status: u16,
     /// Names in lower case.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// What was called, for error messages: method and path (`POST /v1/predictions`), never
+    /// the host's credentials or the query string (which can carry a key). Empty in tests.
+    pub request: String,
 }
 
 impl HttpResponse {
@@ -121,6 +124,7 @@ impl Sender {
         if let Some(body) = req.body {
             b = b.body(body);
         }
+        let called = request_line(req.method, &req.url);
         let resp = b.send().await.map_err(transport)?;
         let status = resp.status().as_u16();
         let headers = resp
@@ -144,7 +148,16 @@ impl Sender {
             status,
             headers,
             body: body.to_vec(),
+            request: called,
         })
+    }
+}
+
+/// `METHOD /path` of a URL: no scheme, host, user info, query or fragment.
+pub fn request_line(method: &str, url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!("{method} {}", u.path()),
+        Err(_) => method.to_string(),
     }
 }
 

@@ -509,6 +509,7 @@ mod tests {
                 .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
                 .collect(),
             body: body.as_bytes().to_vec(),
+            ..Default::default()
         }
     }
 

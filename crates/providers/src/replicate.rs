@@ -1015,6 +1015,7 @@ mod tests {
                 .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
                 .collect(),
             body: body.as_bytes().to_vec(),
+            ..Default::default()
         };
         let (id, r) = from_response(FLUX, Role::Asset, &resp(201, &[], CREATED), &c, NOW).unwrap();
         assert_eq!(

@@ -654,10 +654,23 @@ async fn replicate_error_classes_and_cancel() {
     let last = fake.requests().last().cloned().unwrap();
     assert_eq!(last.path, format!("/v1/predictions/{job}"));
 
-    // Polling an unknown prediction is a 404: invalid.
-    assert_eq!(
-        p.poll(&req, "doesnotexist").await.unwrap_err().class,
-        ErrorClass::Invalid
+    // Polling an unknown prediction is a 404: invalid, and the message says what was called.
+    let e = p.poll(&req, "doesnotexist").await.unwrap_err();
+    assert_eq!(e.class, ErrorClass::Invalid);
+    assert!(
+        e.message
+            .starts_with("replicate answered 404 to GET /v1/predictions/doesnotexist"),
+        "{}",
+        e.message
+    );
+    assert!(!e.message.ends_with(": "), "{}", e.message);
+    // A base URL that misses the `/v1` prefix: the 404 names the path, so the mistake shows.
+    let wrong = Replicate::new(&fake.url(), Some("r8_fake".into()), catalog(), sender());
+    let e = wrong.invoke(&req).await.unwrap_err();
+    assert!(
+        e.message.contains(" to POST /models/") || e.message.contains(" to POST /predictions"),
+        "{}",
+        e.message
     );
     // No token: auth, before any call.
     let tokenless = Replicate::new(&format!("{}/v1", fake.url()), None, catalog(), sender());
