@@ -122,6 +122,21 @@ pub fn normalize(
                         .into(),
                 ])
             })?;
+            // The schema's `enum` asks for one of the labels, but not every API enforces a
+            // schema (and some answer in text): a label outside the declared set would make a
+            // route take no branch it was written for, so it is a malformed answer, re-asked
+            // with the allowed labels as feedback.
+            let allowed = labels(req);
+            if !allowed.is_empty() && !allowed.iter().any(|l| l == label) {
+                return Err(StepError::new(
+                    ErrorClass::Malformed,
+                    format!("classification label `{label}` is not one of the step's labels"),
+                )
+                .with_details(vec![format!(
+                    "the label must be exactly one of: {} (you answered `{label}`)",
+                    allowed.join(", ")
+                )]));
+            }
             let confidence = v
                 .get("confidence")
                 .and_then(Value::as_f64)
@@ -204,6 +219,32 @@ mod tests {
             feedback: vec![],
             timeout_ms: 1000,
             callback: None,
+        }
+    }
+
+    /// A label outside `params.labels` is malformed, with the allowed labels as feedback;
+    /// without declared labels any label is taken.
+    #[test]
+    fn classification_labels_are_checked() {
+        let usage = Usage::default();
+        // (params, answer, Ok(label) or Err(part of the feedback))
+        let table: Vec<(Value, &str, Result<&str, &str>)> = vec![
+            (json!({"labels": ["developers", "consumers"]}), r#"{"label":"consumers","confidence":0.8}"#, Ok("consumers")),
+            (json!({"labels": ["developers", "consumers"]}), r#"{"label":"billing","confidence":0.9}"#, Err("exactly one of: developers, consumers (you answered `billing`)")),
+            (json!({"labels": {"developers": [], "consumers": []}}), r#"{"label":"Consumers"}"#, Err("exactly one of: developers, consumers")),
+            (json!({}), r#"{"label":"billing","confidence":0.9}"#, Ok("billing")),
+        ];
+        for (params, answer, want) in table {
+            let r = req(Role::Classification, json!("text"), params.clone());
+            let got = normalize(&r, answer, None, usage, "stop", "m");
+            match (got, want) {
+                (Ok(v), Ok(label)) => assert_eq!(v["label"], label, "{params} {answer}"),
+                (Err(e), Err(feedback)) => {
+                    assert_eq!(e.class, ErrorClass::Malformed);
+                    assert!(e.details.iter().any(|d| d.contains(feedback)), "{e:?}");
+                }
+                (got, want) => panic!("{params} {answer}: got {got:?}, want {want:?}"),
+            }
         }
     }
 
