@@ -51,8 +51,12 @@ impl Provider for Timed {
     async fn poll(&self, r: &ModelRequest, job: &str) -> Result<ModelResponse, StepError> {
         self.inner.poll(r, job).await
     }
-    fn parse_callback(&self, body: &Value) -> Result<(String, ModelResponse), StepError> {
-        self.inner.parse_callback(body)
+    fn parse_callback(
+        &self,
+        model: &str,
+        body: &Value,
+    ) -> Result<(String, ModelResponse), StepError> {
+        self.inner.parse_callback(model, body)
     }
 }
 

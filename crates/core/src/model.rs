@@ -181,9 +181,15 @@ pub trait Provider: Send + Sync {
         ))
     }
 
-    /// Reads a provider callback body: the job it is about and its result so far.
-    /// Synchronous providers keep the default.
-    fn parse_callback(&self, _body: &Value) -> Result<(String, ModelResponse), StepError> {
+    /// Reads a provider callback body: the job it is about and its result so far. `model` is
+    /// the model the waiting attempt called, as the step declared it (`:version` included):
+    /// the recorded model and its price come from it, never from what the body says (a body
+    /// may name a version hash, or another model). Synchronous providers keep the default.
+    fn parse_callback(
+        &self,
+        _model: &str,
+        _body: &Value,
+    ) -> Result<(String, ModelResponse), StepError> {
         Err(StepError::new(
             crate::error::ErrorClass::Invalid,
             format!(

@@ -191,7 +191,14 @@ impl Engine {
                 message: format!("callback body is not JSON: {e}"),
             })?;
         let now = self.now();
-        let parsed = provider.parse_callback(&body);
+        // The model this attempt called, as the step declared it: what the record keeps and
+        // what is priced, whatever the callback body names.
+        let model = rec
+            .model
+            .clone()
+            .or_else(|| settle::current_model(step, &rec))
+            .unwrap_or_default();
+        let parsed = provider.parse_callback(&model, &body);
         if let Ok((job_id, _)) = &parsed {
             if rec
                 .job

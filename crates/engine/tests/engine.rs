@@ -1381,7 +1381,11 @@ impl Provider for Stuck {
         Ok(())
     }
 
-    fn parse_callback(&self, _body: &Value) -> Result<(String, ModelResponse), StepError> {
+    fn parse_callback(
+        &self,
+        _model: &str,
+        _body: &Value,
+    ) -> Result<(String, ModelResponse), StepError> {
         Err(StepError::new(ErrorClass::Malformed, "no callbacks"))
     }
 }

@@ -822,7 +822,9 @@ mod tests {
             ErrorClass::Invalid
         );
         assert_eq!(
-            p.parse_callback(&json!({})).unwrap_err().class,
+            p.parse_callback("anthropic/x", &json!({}))
+                .unwrap_err()
+                .class,
             ErrorClass::Invalid
         );
         let keyed = new(

@@ -1129,7 +1129,7 @@ mod tests {
             ErrorClass::Invalid
         );
         assert_eq!(
-            p.parse_callback(&json!({})).unwrap_err().class,
+            p.parse_callback("bedrock/x", &json!({})).unwrap_err().class,
             ErrorClass::Invalid
         );
     }

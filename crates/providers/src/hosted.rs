@@ -229,10 +229,26 @@ mod tests {
         let usage = Usage::default();
         // (params, answer, Ok(label) or Err(part of the feedback))
         let table: Vec<(Value, &str, Result<&str, &str>)> = vec![
-            (json!({"labels": ["developers", "consumers"]}), r#"{"label":"consumers","confidence":0.8}"#, Ok("consumers")),
-            (json!({"labels": ["developers", "consumers"]}), r#"{"label":"billing","confidence":0.9}"#, Err("exactly one of: developers, consumers (you answered `billing`)")),
-            (json!({"labels": {"developers": [], "consumers": []}}), r#"{"label":"Consumers"}"#, Err("exactly one of: developers, consumers")),
-            (json!({}), r#"{"label":"billing","confidence":0.9}"#, Ok("billing")),
+            (
+                json!({"labels": ["developers", "consumers"]}),
+                r#"{"label":"consumers","confidence":0.8}"#,
+                Ok("consumers"),
+            ),
+            (
+                json!({"labels": ["developers", "consumers"]}),
+                r#"{"label":"billing","confidence":0.9}"#,
+                Err("exactly one of: developers, consumers (you answered `billing`)"),
+            ),
+            (
+                json!({"labels": {"developers": [], "consumers": []}}),
+                r#"{"label":"Consumers"}"#,
+                Err("exactly one of: developers, consumers"),
+            ),
+            (
+                json!({}),
+                r#"{"label":"billing","confidence":0.9}"#,
+                Ok("billing"),
+            ),
         ];
         for (params, answer, want) in table {
             let r = req(Role::Classification, json!("text"), params.clone());

@@ -1102,7 +1102,7 @@ mod tests {
             ErrorClass::Invalid
         );
         assert_eq!(
-            p.parse_callback(&json!({})).unwrap_err().class,
+            p.parse_callback("openai/x", &json!({})).unwrap_err().class,
             ErrorClass::Invalid
         );
         let dbg = format!(

@@ -570,15 +570,15 @@ impl Provider for Replicate {
         Ok(response)
     }
 
-    fn parse_callback(&self, body: &Value) -> Result<(String, ModelResponse), StepError> {
-        let model = body
-            .get("model")
-            .and_then(Value::as_str)
-            .filter(|m| !m.is_empty())
-            .ok_or_else(|| malformed("replicate callback lacks `model`"))?;
-        let full = format!("{PROVIDER}/{model}");
-        let role = role_for(&self.catalog, &full, body);
-        read_prediction(&full, role, body, &self.catalog)
+    fn parse_callback(
+        &self,
+        model: &str,
+        body: &Value,
+    ) -> Result<(String, ModelResponse), StepError> {
+        // The step's declared model, not the body's `model`/`version`: a callback of a
+        // prediction created by version names the hash, which prices as nothing.
+        let role = role_for(&self.catalog, model, body);
+        read_prediction(model, role, body, &self.catalog)
     }
 
     /// The engine gave up waiting (wait timeout): stop the prediction, and its billing.
@@ -1073,13 +1073,13 @@ mod tests {
     }
 
     #[test]
-    fn callbacks_use_the_model_in_the_body() {
+    fn callbacks_record_the_declared_model() {
         let sender = Sender::new(crate::http::Timeouts::default()).unwrap();
         let p = Replicate::new(BASE, Some(TOKEN.into()), Arc::new(catalog()), sender);
         assert_eq!(p.name(), "replicate");
         assert!(p.models().iter().any(|m| m.id == FLUX && m.asynchronous));
         // Asset model from the catalog.
-        let (id, r) = p.parse_callback(&v(SUCCEEDED)).unwrap();
+        let (id, r) = p.parse_callback(FLUX, &v(SUCCEEDED)).unwrap();
         let ModelResponse::Completed(out) = r else {
             panic!("completed")
         };
@@ -1087,7 +1087,7 @@ mod tests {
         assert_eq!(out.model, FLUX);
         assert_eq!(out.output["content_type"], "image/webp");
         // Transcription model (created with a version; the body names owner/name).
-        let (_, r) = p.parse_callback(&v(WEBHOOK)).unwrap();
+        let (_, r) = p.parse_callback(WHISPER, &v(WEBHOOK)).unwrap();
         let ModelResponse::Completed(out) = r else {
             panic!("completed")
         };
@@ -1099,19 +1099,33 @@ mod tests {
         assert!(out.cost_usd > 0.0);
         // Pending, failed, and a body without a model.
         assert!(matches!(
-            p.parse_callback(&v(CREATED)).unwrap().1,
+            p.parse_callback(FLUX, &v(CREATED)).unwrap().1,
             ModelResponse::Pending { .. }
         ));
         assert_eq!(
-            p.parse_callback(&v(FAILED)).unwrap_err().class,
+            p.parse_callback(FLUX, &v(FAILED)).unwrap_err().class,
             ErrorClass::Refused
         );
-        assert_eq!(
-            p.parse_callback(&json!({"id": "p", "status": "succeeded"}))
-                .unwrap_err()
-                .class,
-            ErrorClass::Malformed
-        );
+        // A body without a model still belongs to the step's model.
+        let (_, r) = p
+            .parse_callback(FLUX, &json!({"id": "p", "status": "succeeded", "output": ["https://replicate.delivery/x/out.webp"], "metrics": {"predict_time": 1.0}}))
+            .unwrap();
+        let ModelResponse::Completed(out) = r else {
+            panic!("completed")
+        };
+        assert_eq!(out.model, FLUX);
+        // A callback whose body names a version hash, for a step that pinned that version:
+        // recorded as the declared id and priced as the model it belongs to (not 0.0).
+        let pinned =
+            format!("{FLUX}:5599ed30703defd1d160a25a63321b4dec97101d98b4674bcc56e41f62f35637");
+        let hashed = json!({"id": "p2", "status": "succeeded", "model": "", "version": "5599ed30703defd1d160a25a63321b4dec97101d98b4674bcc56e41f62f35637",
+            "output": ["https://replicate.delivery/x/out.webp"], "metrics": {"predict_time": 1.0}});
+        let (_, r) = p.parse_callback(&pinned, &hashed).unwrap();
+        let ModelResponse::Completed(out) = r else {
+            panic!("completed")
+        };
+        assert_eq!(out.model, pinned);
+        assert!(out.cost_usd > 0.0, "priced as {FLUX}: {}", out.cost_usd);
         // A model the catalog does not list: the output decides.
         let c = catalog();
         assert_eq!(

@@ -508,7 +508,9 @@ async fn replicate_webhook_and_poll() {
         delivery.path_and_query,
         "/webhook?run_id=run-1&step=step-1&token=tok-1"
     );
-    let (id, response) = p.parse_callback(&delivery.json().unwrap()).unwrap();
+    let (id, response) = p
+        .parse_callback(&req.model, &delivery.json().unwrap())
+        .unwrap();
     assert_eq!(id, job);
     let out = completed(Ok(response));
     let url = format!("https://replicate.delivery/fake/{job}/out-0.png");
@@ -542,7 +544,7 @@ async fn replicate_webhook_and_poll() {
         .unwrap()
         .json()
         .unwrap();
-    let (_, response) = p.parse_callback(&body).unwrap();
+    let (_, response) = p.parse_callback(&whisper.model, &body).unwrap();
     assert_eq!(
         completed(Ok(response)).output["text"],
         "Fake transcription of the audio."
@@ -585,7 +587,7 @@ async fn replicate_polling_path_and_failures() {
             .expect("a webhook")
             .json()
             .unwrap();
-        let e = p.parse_callback(&body).unwrap_err();
+        let e = p.parse_callback(&req.model, &body).unwrap_err();
         assert_eq!(e.class, class, "{behavior} by callback: {e}");
         let e = poll_until_done(&p, &req, &job).await.unwrap_err();
         assert_eq!(e.class, class, "{behavior} by poll: {e}");
@@ -603,7 +605,7 @@ async fn replicate_polling_path_and_failures() {
 
     // A callback body that is not a prediction is malformed.
     assert_eq!(
-        p.parse_callback(&json!({"hello": "world"}))
+        p.parse_callback(&req.model, &json!({"hello": "world"}))
             .unwrap_err()
             .class,
         ErrorClass::Malformed

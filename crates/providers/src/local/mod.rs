@@ -244,7 +244,11 @@ impl Provider for LocalProvider {
         async_job::poll(request, job_id)
     }
 
-    fn parse_callback(&self, body: &Value) -> Result<(String, ModelResponse), StepError> {
+    fn parse_callback(
+        &self,
+        _model: &str,
+        body: &Value,
+    ) -> Result<(String, ModelResponse), StepError> {
         async_job::parse_callback(body)
     }
 }

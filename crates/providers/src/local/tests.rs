@@ -338,7 +338,7 @@ async fn async_job_schedules_callback_and_poll_agrees() {
     );
     assert_eq!(cb.body["metrics"]["predict_time"], 0.01);
 
-    let (cb_job, from_callback) = p.parse_callback(&cb.body).unwrap();
+    let (cb_job, from_callback) = p.parse_callback("local/async-job", &cb.body).unwrap();
     assert_eq!(cb_job, job_id);
     let from_poll = p.poll(&r, &job_id).await.unwrap();
     assert_eq!(from_callback, from_poll);
@@ -395,7 +395,10 @@ async fn async_job_schedules_callback_and_poll_agrees() {
 fn parse_callback_statuses() {
     let p = LocalProvider::default();
     let pending = p
-        .parse_callback(&json!({"id": "j", "status": "processing"}))
+        .parse_callback(
+            "local/async-job",
+            &json!({"id": "j", "status": "processing"}),
+        )
         .unwrap();
     let expected = ModelResponse::Pending {
         job_id: "j".into(),
@@ -418,7 +421,7 @@ fn parse_callback_statuses() {
         (bad_metrics, ErrorClass::Malformed, "callback body: `metrics.input_token_count` must be an integer"),
     ];
     for (body, class, message) in failures {
-        let e = p.parse_callback(&body).unwrap_err();
+        let e = p.parse_callback("local/async-job", &body).unwrap_err();
         assert_eq!((e.class, e.message.as_str()), (class, message), "{body}");
     }
 }
