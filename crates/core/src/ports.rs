@@ -59,16 +59,27 @@ pub struct RunPage {
 
 #[async_trait]
 pub trait StateStore: Send + Sync {
-    /// Writes a new run header (version 1). `Conflict` if the run id exists.
-    async fn create_run(&self, header: &RunHeader) -> Result<(), StoreError>;
+    /// Writes a new run header, stored at version 1, with its first history events in the
+    /// same write. `Conflict` if the run id exists.
+    async fn create_run(
+        &self,
+        header: &RunHeader,
+        events: &[HistoryEvent],
+    ) -> Result<(), StoreError>;
 
     /// The header and every step record of a run; `None` if there is no such run.
     async fn load(&self, run_id: &str) -> Result<Option<RunSnapshot>, StoreError>;
 
-    /// Writes the header if its stored version is `expected_version`; the stored version becomes
-    /// `header.version`, which the caller sets to `expected_version + 1`.
-    async fn put_header(&self, header: &RunHeader, expected_version: u64)
-        -> Result<(), StoreError>;
+    /// Writes the header if its stored version is still `header.version` (the version it was
+    /// read at), together with the history events that belong to the change, in one write (an
+    /// adapter puts them in the same item or transaction). The store owns the version
+    /// arithmetic: it returns the version now stored, which the caller keeps. A stale
+    /// `header.version` is `Conflict`; a missing run `NotFound`.
+    async fn put_header(
+        &self,
+        header: &RunHeader,
+        events: &[HistoryEvent],
+    ) -> Result<u64, StoreError>;
 
     /// Takes the run's lease for `owner` until `lease.until`, if the lease is free, expired at
     /// `now`, or already held by the same owner. Returns the header as written (version bumped).
@@ -79,16 +90,18 @@ pub trait StateStore: Send + Sync {
         now: Millis,
     ) -> Result<RunHeader, StoreError>;
 
-    /// Writes a step record if its stored version is `expected_version` (0: must not exist).
-    /// The stored version becomes `record.version` (`expected_version + 1`).
+    /// Writes a step record if its stored version is still `record.version` (0: the record must
+    /// not exist yet), with the step's history events in the same write. Returns the version
+    /// now stored. A failed condition — including a record that does not exist — is `Conflict`.
     async fn put_step(
         &self,
         run_id: &str,
         record: &StepRecord,
-        expected_version: u64,
-    ) -> Result<(), StoreError>;
+        events: &[HistoryEvent],
+    ) -> Result<u64, StoreError>;
 
-    /// Appends history events (each on its own: no read-modify-write).
+    /// Appends history events that belong to no state change (each on its own: no
+    /// read-modify-write). State changes carry their events in `put_header` / `put_step`.
     async fn append_events(&self, run_id: &str, events: &[HistoryEvent]) -> Result<(), StoreError>;
 
     /// The run's history, oldest first.

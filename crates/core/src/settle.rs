@@ -51,10 +51,10 @@ fn apply_meta(rec: &mut StepRecord, meta: AttemptMeta) {
     }
 }
 
+/// The next state of a record. It keeps the version it was read at: the store checks that
+/// version and returns the new one (it owns the arithmetic).
 fn next(rec: &StepRecord) -> StepRecord {
-    let mut r = rec.clone();
-    r.version = rec.version + 1;
-    r
+    rec.clone()
 }
 
 /// The model a step uses at its current place in the fallback chain.
@@ -232,7 +232,6 @@ pub fn fail(
         }
     }
     let mut r = finish(&r, StepStatus::Failed, now);
-    r.version -= 1; // `finish` bumped it again; one write, one version.
     let ev = HistoryEvent::step(
         now,
         EventKind::StepFailed,
@@ -523,12 +522,15 @@ mod tests {
         }
     }
 
+    /// Transitions never touch the version: each record carries the version it was read at,
+    /// which is the condition of its one write.
     #[test]
-    fn versions_bump_once_per_write() {
+    fn transitions_keep_the_version_read() {
         let step = model_step(&["a/x"], 1, &[], None);
         let rec = StepRecord::pending("s");
-        let c = claim(&step, &rec, "w", 0, 10);
-        assert_eq!(c.version, 1);
+        let mut c = claim(&step, &rec, "w", 0, 10);
+        assert_eq!(c.version, 0);
+        c.version = 1; // as stored
         let (f, _) = fail(
             &step,
             &c,
@@ -537,7 +539,7 @@ mod tests {
             1,
             "r",
         );
-        assert_eq!((f.status, f.version), (StepStatus::Failed, 2));
+        assert_eq!((f.status, f.version), (StepStatus::Failed, 1));
         let (s, _) = succeed(
             &c,
             ValueRef::Inline { value: json!(1) },
@@ -550,7 +552,7 @@ mod tests {
         );
         assert_eq!(
             (s.status, s.version, s.cost_usd, s.latency_ms),
-            (StepStatus::Succeeded, 2, 0.5, 3)
+            (StepStatus::Succeeded, 1, 0.5, 3)
         );
     }
 

@@ -62,8 +62,8 @@ impl Engine {
                     "step `{step}` is not waiting for approval (it is {status})"
                 ))
             })?;
-        let (r, ev) = settle::decide(&rec, approved, comment, self.now());
-        self.write_step(run_id, &r, &[ev]).await?;
+        let (mut r, ev) = settle::decide(&rec, approved, comment, self.now());
+        self.write_step(run_id, &mut r, &[ev]).await?;
         self.queue
             .send(
                 &WakeUp {
@@ -96,15 +96,13 @@ impl Engine {
             let mut h = snap.header.clone();
             h.cancel_requested = true;
             h.updated_at = self.now();
-            h.version += 1;
-            match self.store.put_header(&h, snap.header.version).await {
-                Ok(()) => {
-                    let ev = HistoryEvent::run(
-                        self.now(),
-                        EventKind::RunCancelRequested,
-                        serde_json::Value::Null,
-                    );
-                    self.store.append_events(run_id, &[ev]).await?;
+            let ev = HistoryEvent::run(
+                self.now(),
+                EventKind::RunCancelRequested,
+                serde_json::Value::Null,
+            );
+            match self.store.put_header(&h, &[ev]).await {
+                Ok(_) => {
                     self.queue
                         .send(
                             &WakeUp {
@@ -136,9 +134,9 @@ impl Engine {
         }) {
             let mut r = rec.clone();
             r.lease_until = Some(now);
-            r.version += 1;
-            self.store.put_step(run_id, &r, rec.version).await?;
+            self.store.put_step(run_id, &r, &[]).await?;
         }
+        let ev = HistoryEvent::run(now, EventKind::LeaseTakenOver, json!({"from": dead_owner}));
         if snap
             .header
             .lease
@@ -147,11 +145,11 @@ impl Engine {
         {
             let mut h = snap.header.clone();
             h.lease = None;
-            h.version += 1;
-            self.store.put_header(&h, snap.header.version).await?;
+            self.store.put_header(&h, &[ev]).await?;
+        } else {
+            // Only step claims were taken over: the event belongs to no header change.
+            self.store.append_events(run_id, &[ev]).await?;
         }
-        let ev = HistoryEvent::run(now, EventKind::LeaseTakenOver, json!({"from": dead_owner}));
-        self.store.append_events(run_id, &[ev]).await?;
         Ok(())
     }
 }

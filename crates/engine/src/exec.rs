@@ -89,19 +89,16 @@ impl Engine {
         }))
     }
 
-    /// Writes a step record whose version the caller bumped by one, then its events.
+    /// Writes a step record with its events in one port call (one item or transaction), on
+    /// the condition that the store still holds the version `rec` was read at; `rec` then
+    /// carries the version the store returns.
     pub(crate) async fn write_step(
         &self,
         run_id: &str,
-        rec: &StepRecord,
+        rec: &mut StepRecord,
         events: &[HistoryEvent],
     ) -> Result<(), EngineError> {
-        self.store
-            .put_step(run_id, rec, rec.version.saturating_sub(1))
-            .await?;
-        if !events.is_empty() {
-            self.store.append_events(run_id, events).await?;
-        }
+        rec.version = self.store.put_step(run_id, rec, events).await?;
         Ok(())
     }
 
@@ -211,18 +208,17 @@ impl Engine {
                 )))
             }
         };
-        for (r, ev) in records
-            .iter()
-            .zip(events.iter().map(Some).chain(std::iter::repeat(None)))
-        {
-            let evs: Vec<HistoryEvent> = ev.cloned().into_iter().collect();
-            self.write_step(&cx.run_id, r, &evs).await?;
-        }
-        // Any events beyond one per record (e.g. lease expiry + failure) go in order.
-        if events.len() > records.len() {
-            self.store
-                .append_events(&cx.run_id, &events[records.len()..])
-                .await?;
+        // One event per record, in order; any beyond that (e.g. lease expiry + failure) ride
+        // with the last record's write, so every write carries its own history.
+        let mut records = records;
+        let n = records.len();
+        for (i, r) in records.iter_mut().enumerate() {
+            let evs: &[HistoryEvent] = match (i + 1 == n, events.get(i)) {
+                (true, Some(_)) => &events[i..],
+                (false, Some(_)) => &events[i..=i],
+                (_, None) => &[],
+            };
+            self.write_step(&cx.run_id, r, evs).await?;
         }
         Ok(records)
     }
@@ -427,9 +423,9 @@ impl Engine {
                 // counted (the model was never called).
                 let mut base = rec.clone();
                 base.model = settle::current_model(step, &rec);
-                let (r, ev) =
+                let (mut r, ev) =
                     settle::fail(step, &base, err, AttemptMeta::default(), now, &cx.run_id);
-                self.write_step(&cx.run_id, &r, &[ev]).await?;
+                self.write_step(&cx.run_id, &mut r, &[ev]).await?;
                 return Ok(vec![r]);
             }
         };
@@ -451,7 +447,8 @@ impl Engine {
             claimed.attempt,
             json!({"model": req.model, "prompt_version": req.prompt_version}),
         );
-        self.write_step(&cx.run_id, &claimed, &[started]).await?;
+        self.write_step(&cx.run_id, &mut claimed, &[started])
+            .await?;
         tracing::info!(run_id = %cx.run_id, step = %step.id, attempt = claimed.attempt, model = %req.model, prompt_version = ?req.prompt_version, "step started");
 
         let t0 = std::time::Instant::now();
@@ -479,7 +476,7 @@ impl Engine {
             provider_request_id: out.and_then(|o| o.provider_request_id.clone()),
             sources: out.map(|o| o.sources.clone()).unwrap_or_default(),
         };
-        let (r, ev) = match result {
+        let (mut r, ev) = match result {
             Ok(ModelResponse::Completed(out)) => {
                 self.settle_output(&cx.run_id, step, &claimed, &out, meta(Some(&out)), done)
                     .await?
@@ -509,7 +506,7 @@ impl Engine {
                 settle::fail(step, &claimed, err, meta(None), done, &cx.run_id)
             }
         };
-        self.write_step(&cx.run_id, &r, &[ev]).await?;
+        self.write_step(&cx.run_id, &mut r, &[ev]).await?;
         Ok(vec![r])
     }
 
@@ -595,7 +592,7 @@ impl Engine {
             rec.attempt,
             json!({"job_id": job.job_id}),
         );
-        let (r, ev) = match polled {
+        let (mut r, ev) = match polled {
             Ok(ModelResponse::Completed(out)) => {
                 let meta = AttemptMeta {
                     model: Some(out.model.clone()),
@@ -609,8 +606,8 @@ impl Engine {
                     .await?
             }
             Ok(ModelResponse::Pending { .. }) if !past_deadline => {
-                let r = settle::poll_again(&rec, now + self.config.default_poll_ms);
-                self.write_step(&cx.run_id, &r, &[polled_ev]).await?;
+                let mut r = settle::poll_again(&rec, now + self.config.default_poll_ms);
+                self.write_step(&cx.run_id, &mut r, &[polled_ev]).await?;
                 return Ok(vec![r]);
             }
             Ok(ModelResponse::Pending { .. }) => {
@@ -628,8 +625,8 @@ impl Engine {
             // well be running fine.
             Err(err) if err.class.is_retryable() && !past_deadline => {
                 tracing::warn!(run_id = %cx.run_id, step = %step.id, error_class = %err.class, "poll failed; polling again later");
-                let r = settle::poll_again(&rec, now + self.config.default_poll_ms);
-                self.write_step(&cx.run_id, &r, &[polled_ev]).await?;
+                let mut r = settle::poll_again(&rec, now + self.config.default_poll_ms);
+                self.write_step(&cx.run_id, &mut r, &[polled_ev]).await?;
                 return Ok(vec![r]);
             }
             Err(err) => {
@@ -637,7 +634,8 @@ impl Engine {
                 settle::fail(step, &rec, err, AttemptMeta::default(), now, &cx.run_id)
             }
         };
-        self.write_step(&cx.run_id, &r, &[polled_ev, ev]).await?;
+        self.write_step(&cx.run_id, &mut r, &[polled_ev, ev])
+            .await?;
         Ok(vec![r])
     }
 }

@@ -142,7 +142,12 @@ impl Engine {
             metadata: req.metadata.unwrap_or(Value::Null),
             version: 1,
         };
-        match self.store.create_run(&header).await {
+        let created = HistoryEvent::run(
+            now,
+            EventKind::RunCreated,
+            json!({"workflow": wf.name, "version": wf.version, "hash": hash}),
+        );
+        match self.store.create_run(&header, &[created]).await {
             Ok(()) => {}
             // Two requests with one idempotency key raced to create the same run: one did.
             Err(switchyard_core::StoreError::Conflict(_)) if idempotency_key.is_some() => {
@@ -154,12 +159,6 @@ impl Engine {
             }
             Err(e) => return Err(e.into()),
         }
-        let ev = HistoryEvent::run(
-            now,
-            EventKind::RunCreated,
-            json!({"workflow": wf.name, "version": wf.version, "hash": hash}),
-        );
-        self.store.append_events(&run_id, &[ev]).await?;
         self.queue
             .send(
                 &WakeUp {

@@ -218,7 +218,7 @@ impl Engine {
             rec.attempt,
             json!({"webhook_id": id, "provider": req.provider}),
         );
-        let (r, ev) = match parsed {
+        let (mut r, ev) = match parsed {
             Ok((_, ModelResponse::Pending { .. })) => return Ok(CallbackResult::Progress),
             Ok((_, ModelResponse::Completed(out))) => {
                 let meta = AttemptMeta {
@@ -235,7 +235,7 @@ impl Engine {
             }
             Err(err) => settle::fail(step, &rec, err, AttemptMeta::default(), now, &run_id),
         };
-        self.write_step(&run_id, &r, &[received, ev]).await?;
+        self.write_step(&run_id, &mut r, &[received, ev]).await?;
         self.store.record_webhook_id(&dedupe_key, now).await?;
         self.queue
             .send(

@@ -234,8 +234,7 @@ impl Engine {
         h.status = status;
         h.wait = wait;
         h.updated_at = self.now();
-        h.version += 1;
-        self.store.put_header(&h, snap.header.version).await?;
+        h.version = self.store.put_header(&h, &[]).await?;
         snap.header = h;
         Ok(())
     }
@@ -268,17 +267,19 @@ impl Engine {
         h.wait = Some(wait.clone());
         h.lease = None;
         h.updated_at = now;
-        h.version += 1;
-        self.store.put_header(&h, snap.header.version).await?;
+        // The history says when the run started waiting, not each re-park of a waiting run.
+        let events: Vec<HistoryEvent> = (!was_waiting)
+            .then(|| {
+                HistoryEvent::run(
+                    now,
+                    EventKind::RunWaiting,
+                    json!({"for": wait.reason, "until": wait.until}),
+                )
+            })
+            .into_iter()
+            .collect();
+        h.version = self.store.put_header(&h, &events).await?;
         snap.header = h;
-        if !was_waiting {
-            let ev = HistoryEvent::run(
-                now,
-                EventKind::RunWaiting,
-                json!({"for": wait.reason, "until": wait.until}),
-            );
-            self.store.append_events(&snap.header.run_id, &[ev]).await?;
-        }
         tracing::info!(run_id = %snap.header.run_id, reason = ?wait.reason, until = ?wait.until, "run waiting");
         Ok(())
     }
@@ -316,18 +317,15 @@ impl Engine {
         h.updated_at = now;
         h.lease = None;
         h.wait = None;
-        h.version += 1;
-        self.store.put_header(&h, snap.header.version).await?;
-        snap.header = h;
         let kind = match status {
             RunStatus::Succeeded => EventKind::RunSucceeded,
             RunStatus::Cancelled => EventKind::RunCancelled,
             _ => EventKind::RunFailed,
         };
         let detail = json!({"cost_usd": snap.cost_usd(), "error": error});
-        self.store
-            .append_events(&snap.header.run_id, &[HistoryEvent::run(now, kind, detail)])
-            .await?;
+        let ended = HistoryEvent::run(now, kind, detail);
+        h.version = self.store.put_header(&h, &[ended]).await?;
+        snap.header = h;
         tracing::info!(run_id = %snap.header.run_id, status = status.as_str(), cost_usd = snap.cost_usd(), "run ended");
         Ok(Handled::Ended(status))
     }

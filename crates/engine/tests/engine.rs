@@ -1556,7 +1556,6 @@ async fn crash_after_claiming_b(
         h.now(),
         step_lease_ms,
     );
-    h.engine.store.put_step(&run, &claimed, 0).await.unwrap();
     let started = HistoryEvent::step(
         h.now(),
         EventKind::StepStarted,
@@ -1566,7 +1565,7 @@ async fn crash_after_claiming_b(
     );
     h.engine
         .store
-        .append_events(&run, &[started])
+        .put_step(&run, &claimed, &[started])
         .await
         .unwrap();
     (run, a[0].clone())

@@ -842,14 +842,17 @@ impl Sim {
         }
     }
 
-    /// A conditional write: the new record must be exactly one version ahead.
-    fn write(&mut self, r: StepRecord) {
+    /// A conditional write, as a store does it: the record must carry the version stored now
+    /// (it was derived from it), and is stored one version ahead.
+    fn write(&mut self, mut r: StepRecord) -> u64 {
         let old = self.snap.step(&r.step).map_or(0, |o| o.version);
-        assert_eq!(r.version, old + 1, "write of `{}` skips a version", r.step);
+        assert_eq!(r.version, old, "write of `{}` from a stale version", r.step);
+        r.version = old + 1;
         if r.status == StepStatus::Succeeded {
             self.succeeded.insert(r.step.clone());
         }
         self.snap.upsert(r);
+        old + 1
     }
 
     fn apply(&mut self, action: Action, now: Millis) {
@@ -871,8 +874,8 @@ impl Sim {
                     "`{id}` claimed while {:?}",
                     rec.status
                 );
-                let claimed = settle::claim(&step, &rec, "worker", now, LEASE_MS);
-                self.write(claimed.clone());
+                let mut claimed = settle::claim(&step, &rec, "worker", now, LEASE_MS);
+                claimed.version = self.write(claimed.clone());
                 *self.claims.entry(id.clone()).or_default() += 1;
                 let (next, _event) = match self.execute(&step, claimed.attempt) {
                     Exec::Output(v) => settle::succeed(

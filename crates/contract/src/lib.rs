@@ -1,0 +1,67 @@
+//! The port contract suite.
+//!
+//! Every adapter of a port must behave the same way, or the engine's guarantees (nothing lost,
+//! nothing done twice) hold on one backend and not on another. So the behaviour is written once
+//! here, against the traits of `switchyard_core::ports`, and each adapter crate runs it on its
+//! own implementation: [`state_store_contract!`] expands to one `#[tokio::test]` per rule.
+//!
+//! - [`state`]: conditional writes and conflicts, events written with their state change,
+//!   leases, idempotency claims, webhook-id dedupe, listing with filters and a cursor.
+//! - [`blobs`]: content-addressed round trips, and refusing keys that do not match.
+//!
+//! The functions take a fresh, empty store each. They panic on a broken rule: this crate is a
+//! test library, and only test targets depend on it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test library
+
+pub mod blobs;
+pub mod state;
+
+/// Expands to one `#[tokio::test]` per rule of the state store contract. `$make` is an
+/// expression that evaluates to `(guard, store)`: a fresh, empty store behind
+/// `Arc<dyn StateStore>`, and whatever must live as long as it (a temp dir).
+#[macro_export]
+macro_rules! state_store_contract {
+    ($make:expr) => {
+        $crate::state_store_contract!(@tests $make;
+            create_load_round_trip,
+            put_header_is_conditional_and_owns_the_version,
+            put_step_is_conditional_and_owns_the_version,
+            a_write_and_its_events_are_one,
+            lease_rules,
+            idempotency_claims_and_webhook_ids,
+            events_keep_append_order_per_run,
+            listing_filters_and_pages_by_cursor
+        );
+    };
+    (@tests $make:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let (_guard, store) = $make;
+                $crate::state::$name(&*store).await;
+            }
+        )*
+    };
+}
+
+/// Expands to one `#[tokio::test]` per rule of the blob store contract (see
+/// [`state_store_contract!`] for `$make`).
+#[macro_export]
+macro_rules! blob_store_contract {
+    ($make:expr) => {
+        $crate::blob_store_contract!(@tests $make;
+            put_get_round_trip_is_content_addressed,
+            bad_and_missing_keys_are_refused
+        );
+    };
+    (@tests $make:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let (_guard, blobs) = $make;
+                $crate::blobs::$name(&*blobs).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,359 @@
+//! The state store contract (DESIGN §7): every write is conditional on the version the caller
+//! read, the store owns the version arithmetic, and a state change's history events are
+//! written with it.
+
+use serde_json::json;
+use switchyard_core::ports::{IdempotencyClaim, RunQuery, StateStore};
+use switchyard_core::state::{
+    EventKind, HistoryEvent, Lease, RunHeader, RunSnapshot, RunStatus, StepRecord, StepStatus,
+    ValueRef, WorkflowPin,
+};
+use switchyard_core::{Millis, StoreError};
+
+/// A run header as intake writes it (version 1).
+pub fn header(run_id: &str, tenant: &str, created_at: Millis) -> RunHeader {
+    RunHeader {
+        run_id: run_id.into(),
+        tenant: tenant.into(),
+        workflow: WorkflowPin {
+            name: "summarize".into(),
+            version: "v1".into(),
+            hash: "ab".repeat(32),
+        },
+        status: RunStatus::Pending,
+        input: ValueRef::Inline {
+            value: json!({"text": "hi"}),
+        },
+        output: None,
+        error: None,
+        created_at,
+        updated_at: created_at,
+        ended_at: None,
+        deadline_at: None,
+        wait: None,
+        cancel_requested: false,
+        lease: None,
+        callback_url: None,
+        metadata: json!(null),
+        version: 1,
+    }
+}
+
+fn ev(at: Millis, kind: EventKind) -> HistoryEvent {
+    HistoryEvent::run(at, kind, json!(null))
+}
+
+fn conflict<T: std::fmt::Debug>(r: Result<T, StoreError>) -> bool {
+    is_conflict(&r)
+}
+
+fn is_conflict<T>(r: &Result<T, StoreError>) -> bool {
+    matches!(r, Err(StoreError::Conflict(_)))
+}
+
+/// Create, load, duplicate create; step records come back in the order they were created.
+pub async fn create_load_round_trip(s: &dyn StateStore) {
+    assert!(s.load("r1").await.unwrap().is_none());
+    let h = header("r1", "t", 100);
+    s.create_run(&h, &[ev(100, EventKind::RunCreated)])
+        .await
+        .unwrap();
+    assert!(conflict(s.create_run(&h, &[]).await), "a run id is unique");
+    let a = StepRecord::pending("a");
+    let mut b = StepRecord::pending("b");
+    b.status = StepStatus::Succeeded;
+    // b first: load returns creation order, not name order.
+    assert_eq!(s.put_step("r1", &b, &[]).await.unwrap(), 1);
+    assert_eq!(s.put_step("r1", &a, &[]).await.unwrap(), 1);
+    let mut want_b = b.clone();
+    want_b.version = 1;
+    let mut want_a = a.clone();
+    want_a.version = 1;
+    let want = RunSnapshot {
+        header: h,
+        steps: vec![want_b, want_a],
+    };
+    assert_eq!(s.load("r1").await.unwrap(), Some(want));
+    assert_eq!(
+        s.events("r1").await.unwrap().len(),
+        1,
+        "create wrote its event"
+    );
+}
+
+/// A header write succeeds only from the version stored now, and returns the next one.
+pub async fn put_header_is_conditional_and_owns_the_version(s: &dyn StateStore) {
+    let h = header("r1", "t", 100);
+    s.create_run(&h, &[]).await.unwrap();
+    let mut running = h.clone();
+    running.status = RunStatus::Running;
+    assert_eq!(s.put_header(&running, &[]).await.unwrap(), 2);
+    // A second writer that read version 1 loses, and writes nothing.
+    let mut stale = h.clone();
+    stale.status = RunStatus::Cancelled;
+    assert!(conflict(
+        s.put_header(&stale, &[ev(1, EventKind::RunCancelRequested)])
+            .await
+    ));
+    assert!(
+        s.events("r1").await.unwrap().is_empty(),
+        "a lost write adds no history"
+    );
+    assert!(matches!(
+        s.put_header(&header("ghost", "t", 1), &[]).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let loaded = s.load("r1").await.unwrap().unwrap().header;
+    assert_eq!((loaded.status, loaded.version), (RunStatus::Running, 2));
+    running.version = 2;
+    assert_eq!(s.put_header(&running, &[]).await.unwrap(), 3);
+}
+
+/// A step write succeeds only from the stored version (0: the record must not exist).
+pub async fn put_step_is_conditional_and_owns_the_version(s: &dyn StateStore) {
+    s.create_run(&header("r1", "t", 1), &[]).await.unwrap();
+    let mut rec = StepRecord::pending("a");
+    // (version the writer read, wants conflict, version stored after)
+    let table = [
+        (0, false, 1),
+        (0, true, 1),  // created twice
+        (2, true, 1),  // from the future
+        (1, false, 2), // the right one
+        (1, true, 2),  // a second writer that read 1
+        (2, false, 3),
+    ];
+    for (read, wants_conflict, stored) in table {
+        rec.version = read;
+        rec.attempt = stored as u32;
+        let got = s.put_step("r1", &rec, &[]).await;
+        assert_eq!(is_conflict(&got), wants_conflict, "read {read}: {got:?}");
+        if let Ok(v) = got {
+            assert_eq!(v, stored);
+        }
+        let steps = s.load("r1").await.unwrap().unwrap().steps;
+        assert_eq!(steps[0].version, stored, "read {read}");
+    }
+    rec.version = 0;
+    assert!(
+        matches!(
+            s.put_step("nope", &rec, &[]).await,
+            Err(StoreError::NotFound(_)) | Err(StoreError::Conflict(_))
+        ),
+        "a step of no run is refused"
+    );
+}
+
+/// The events of a write land with it, after the history before it, in order.
+pub async fn a_write_and_its_events_are_one(s: &dyn StateStore) {
+    s.create_run(&header("r1", "t", 1), &[ev(1, EventKind::RunCreated)])
+        .await
+        .unwrap();
+    let started = HistoryEvent::step(2, EventKind::StepStarted, "a", 1, json!({"model": "m"}));
+    let done = HistoryEvent::step(3, EventKind::StepSucceeded, "a", 1, json!(null));
+    let mut rec = StepRecord::pending("a");
+    rec.version = s
+        .put_step("r1", &rec, std::slice::from_ref(&started))
+        .await
+        .unwrap();
+    // A conflicting write of the same record adds nothing.
+    let mut stale = rec.clone();
+    stale.version = 0;
+    assert!(conflict(s.put_step("r1", &stale, &[done.clone()]).await));
+    s.put_step("r1", &rec, std::slice::from_ref(&done))
+        .await
+        .unwrap();
+    let mut h = header("r1", "t", 1);
+    h.status = RunStatus::Succeeded;
+    s.put_header(&h, &[ev(4, EventKind::RunSucceeded)])
+        .await
+        .unwrap();
+    let kinds: Vec<EventKind> = s
+        .events("r1")
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::RunCreated,
+            EventKind::StepStarted,
+            EventKind::StepSucceeded,
+            EventKind::RunSucceeded
+        ]
+    );
+}
+
+/// A lease is taken when free, expired, or held by the same owner; each take is one write.
+pub async fn lease_rules(s: &dyn StateStore) {
+    s.create_run(&header("r1", "t", 1), &[]).await.unwrap();
+    let lease = |owner: &str, until| Lease {
+        owner: owner.into(),
+        until,
+    };
+    // (owner, until, now, ok) applied in order on the same run.
+    let table = [
+        ("w1", 1_000, 10, true),    // free → taken
+        ("w2", 2_000, 500, false),  // held by w1, not expired
+        ("w1", 1_500, 600, true),   // same owner extends
+        ("w2", 2_000, 1_500, true), // expired exactly at `until` → taken
+        ("w1", 3_000, 1_600, false),
+    ];
+    let mut version = 1;
+    for (owner, until, now, ok) in table {
+        match s.acquire_lease("r1", &lease(owner, until), now).await {
+            Ok(h) => {
+                assert!(ok, "{owner} at {now} should have been refused");
+                version += 1;
+                assert_eq!(h.version, version);
+                assert_eq!(h.updated_at, now);
+                assert_eq!(h.lease, Some(lease(owner, until)));
+                assert_eq!(s.load("r1").await.unwrap().unwrap().header, h);
+            }
+            Err(StoreError::Conflict(m)) => assert!(!ok, "{owner} at {now}: {m}"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(matches!(
+        s.acquire_lease("nope", &lease("w1", 1), 0).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+fn existing(run_id: &str, same_body: bool) -> IdempotencyClaim {
+    IdempotencyClaim::Existing {
+        run_id: run_id.into(),
+        same_body,
+    }
+}
+
+/// Keys are per tenant; a reused key reports its run and whether the body matched. A webhook
+/// id is new once.
+pub async fn idempotency_claims_and_webhook_ids(s: &dyn StateStore) {
+    let table = [
+        ("t1", "k", "h1", "r1", IdempotencyClaim::New),
+        ("t1", "k", "h1", "r2", existing("r1", true)),
+        ("t1", "k", "h2", "r3", existing("r1", false)),
+        ("t2", "k", "h2", "r4", IdempotencyClaim::New),
+    ];
+    for (tenant, key, hash, run, want) in table {
+        assert_eq!(
+            s.claim_idempotency(tenant, key, hash, run, 5)
+                .await
+                .unwrap(),
+            want,
+            "{tenant} {key} {hash}"
+        );
+    }
+    for (id, new) in [("w1", true), ("w2", true), ("w1", false)] {
+        assert_eq!(s.record_webhook_id(id, 5).await.unwrap(), new, "{id}");
+    }
+}
+
+/// History is in append order (not timestamp order), per run.
+pub async fn events_keep_append_order_per_run(s: &dyn StateStore) {
+    s.create_run(&header("r1", "t", 1), &[]).await.unwrap();
+    s.create_run(&header("r2", "t", 1), &[]).await.unwrap();
+    let first = vec![
+        ev(30, EventKind::RunCreated),
+        ev(10, EventKind::LeaseTakenOver),
+    ];
+    s.append_events("r1", &first).await.unwrap();
+    s.append_events("r2", &[ev(5, EventKind::RunCreated)])
+        .await
+        .unwrap();
+    let step = HistoryEvent::step(20, EventKind::StepStarted, "a", 1, json!({"m": 1}));
+    s.append_events("r1", std::slice::from_ref(&step))
+        .await
+        .unwrap();
+    let mut want = first;
+    want.push(step);
+    assert_eq!(s.events("r1").await.unwrap(), want);
+    assert_eq!(s.events("r2").await.unwrap().len(), 1);
+    assert!(s.events("none").await.unwrap().is_empty());
+    assert!(matches!(
+        s.append_events("none", &[ev(1, EventKind::RunCreated)])
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+/// Newest first; by tenant, status and workflow; pages by an opaque cursor that visits every
+/// run once; a cursor the store did not hand out is `Invalid`.
+pub async fn listing_filters_and_pages_by_cursor(s: &dyn StateStore) {
+    for (id, tenant, at) in [
+        ("a", "t1", 10),
+        ("b", "t2", 30),
+        ("c", "t1", 20),
+        ("d", "t1", 20),
+    ] {
+        s.create_run(&header(id, tenant, at), &[]).await.unwrap();
+    }
+    let q = |tenant: Option<&str>, limit: usize| RunQuery {
+        tenant: tenant.map(str::to_string),
+        limit,
+        ..RunQuery::default()
+    };
+    // (tenant, limit, the page's run ids, whether another page follows)
+    type Row<'a> = (Option<&'a str>, usize, &'a [&'a str], bool);
+    let table: [Row; 4] = [
+        (None, 10, &["b", "d", "c", "a"], false),
+        (Some("t1"), 10, &["d", "c", "a"], false),
+        (Some("t1"), 2, &["d", "c"], true),
+        (Some("t9"), 10, &[], false),
+    ];
+    for (tenant, limit, want, more) in table {
+        let got = s.list_runs(&q(tenant, limit)).await.unwrap();
+        let ids: Vec<_> = got.runs.iter().map(|r| r.run_id.as_str()).collect();
+        assert_eq!(ids, want, "{tenant:?} {limit}");
+        assert_eq!(got.cursor.is_some(), more, "{tenant:?} {limit}");
+        if let Some(n) = got.remaining {
+            assert_eq!(n > 0, more, "{tenant:?} {limit}: remaining {n}");
+        }
+    }
+    let mut seen = Vec::new();
+    let mut query = q(None, 1);
+    loop {
+        let page = s.list_runs(&query).await.unwrap();
+        seen.extend(page.runs.iter().map(|r| r.run_id.clone()));
+        match page.cursor {
+            Some(c) => query.cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        ["b", "d", "c", "a"],
+        "pages of one visit every run once, in order"
+    );
+    let other_workflow = RunQuery {
+        workflow: Some("other".into()),
+        ..q(None, 10)
+    };
+    assert!(s.list_runs(&other_workflow).await.unwrap().runs.is_empty());
+    let pending = RunQuery {
+        status: Some(RunStatus::Pending),
+        workflow: Some("summarize".into()),
+        ..q(Some("t2"), 10)
+    };
+    assert_eq!(s.list_runs(&pending).await.unwrap().runs.len(), 1);
+    let running = RunQuery {
+        status: Some(RunStatus::Running),
+        ..q(None, 10)
+    };
+    assert!(s.list_runs(&running).await.unwrap().runs.is_empty());
+    let forged = RunQuery {
+        cursor: Some("page2".into()),
+        ..q(None, 10)
+    };
+    assert!(matches!(
+        s.list_runs(&forged).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let top = &s.list_runs(&q(None, 1)).await.unwrap().runs[0];
+    assert_eq!(
+        (top.workflow.as_str(), top.version.as_str(), top.status),
+        ("summarize", "v1", RunStatus::Pending)
+    );
+}
