@@ -158,7 +158,9 @@ pub async fn a_write_and_its_events_are_one(s: &dyn StateStore) {
     // A conflicting write of the same record adds nothing.
     let mut stale = rec.clone();
     stale.version = 0;
-    assert!(conflict(s.put_step("r1", &stale, &[done.clone()]).await));
+    assert!(conflict(
+        s.put_step("r1", &stale, std::slice::from_ref(&done)).await
+    ));
     s.put_step("r1", &rec, std::slice::from_ref(&done))
         .await
         .unwrap();
