@@ -82,6 +82,10 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// an indexed point read or write that takes well under a millisecond, so the hop to the blocking
 /// pool would cost more than the work. The mutex serializes this process's writers the way a
 /// single SQLite writer must be serialized anyway; other processes wait on `busy_timeout`.
+/// How often a first open retries switching a new file to WAL while another opener holds it
+/// (20 ms apart: at most about 5 s, like the busy timeout).
+const WAL_SWITCH_TRIES: u32 = 250;
+
 #[derive(Clone)]
 pub(crate) struct Db {
     conn: Arc<Mutex<Connection>>,
@@ -201,8 +205,29 @@ impl Backend {
         }
         // WAL lets readers (the CLI listing runs) proceed while a worker writes; NORMAL sync is
         // durable across process crashes and only risks the last commits on power loss.
-        conn.pragma_update(None, "journal_mode", "WAL")
+        // WAL mode is stored in the file: only the first opener switches it. The switch needs
+        // an exclusive lock, and SQLite answers BUSY at once (without its busy handler) while
+        // another connection opening the same new file holds a shared one, so concurrent first
+        // opens retry it briefly. The bound keeps a stuck lock from hanging `open`.
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .map_err(not_db)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            let mut tries = 0;
+            loop {
+                match conn.pragma_update(None, "journal_mode", "WAL") {
+                    Ok(()) => break,
+                    Err(e)
+                        if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy)
+                            && tries < WAL_SWITCH_TRIES =>
+                    {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => return Err(not_db(e)),
+                }
+            }
+        }
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(not_db)?;
         conn.pragma_update(None, "foreign_keys", "ON")
