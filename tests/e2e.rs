@@ -34,6 +34,20 @@ fn run(args: &[&str], dir: &Path) -> Output {
         .unwrap()
 }
 
+/// `switchyard run WORKFLOW --input INPUT --json` on the data dir `dir`.
+fn run_json(workflow: &Path, input: &Path, dir: &Path) -> Output {
+    run(
+        &[
+            "run",
+            workflow.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--json",
+        ],
+        dir,
+    )
+}
+
 fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -357,16 +371,7 @@ fn every_example_workflow_validates_and_runs() {
         let dir = tempfile::tempdir().unwrap();
         let wf = wf_dir.join(format!("{name}.yaml"));
         let input = root().join("events/inputs").join(format!("{name}.json"));
-        let out = run(
-            &[
-                "run",
-                wf.to_str().unwrap(),
-                "--input",
-                input.to_str().unwrap(),
-                "--json",
-            ],
-            dir.path(),
-        );
+        let out = run_json(&wf, &input, dir.path());
         let doc = json(&out);
         match out.status.code() {
             Some(0) => assert_eq!(doc["status"], "succeeded", "{name}"),
@@ -519,16 +524,7 @@ fn runs_list_pages_with_limit_and_after() {
     for n in 0..5 {
         let input = dir.path().join(format!("in{n}.json"));
         std::fs::write(&input, format!("{{\"n\": {n}}}")).unwrap();
-        let out = run(
-            &[
-                "run",
-                wf.to_str().unwrap(),
-                "--input",
-                input.to_str().unwrap(),
-                "--json",
-            ],
-            dir.path(),
-        );
+        let out = run_json(&wf, &input, dir.path());
         assert_eq!(out.status.code(), Some(0));
         started.push(json(&out)["run_id"].as_str().unwrap().to_string());
     }
