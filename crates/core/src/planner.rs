@@ -57,6 +57,27 @@ pub struct Plan {
     pub running: Vec<String>,
 }
 
+/// Whether an action may start in an invocation that must end by `deadline` (Lambda's), keeping
+/// `margin_ms` for the checkpoint after it. A model call is started only if its whole attempt
+/// timeout fits: one the platform kills mid-call is paid for and then made again. Other
+/// actions (pure steps, polls, skips) take milliseconds and fit whenever the margin does.
+pub fn fits_before_deadline(
+    wf: &Workflow,
+    action: &Action,
+    now: Millis,
+    deadline: Option<Millis>,
+    margin_ms: u64,
+) -> bool {
+    let Some(deadline) = deadline else {
+        return true;
+    };
+    let needs = match (action, wf.step(action.step()).map(|s| &s.kind)) {
+        (Action::Start { .. }, Some(StepKind::Model(m))) => m.timeout.ms(),
+        _ => 0,
+    };
+    now.saturating_add(needs).saturating_add(margin_ms) < deadline
+}
+
 fn min_opt(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
     match (a, b) {
         (Some(x), Some(y)) => Some(x.min(y)),

@@ -28,6 +28,8 @@ pub struct ActionCtx {
     pub records: Arc<std::collections::HashMap<String, StepRecord>>,
     /// The run's spending, shared by the actions of one invocation.
     pub ledger: Arc<std::sync::Mutex<Ledger>>,
+    /// Who claims the steps: the `handle` call that holds the run's lease.
+    pub owner: String,
 }
 
 /// What a run has spent and what its in-flight model calls may still spend. Parallel steps
@@ -412,7 +414,7 @@ impl Engine {
         let claimed = settle::claim(
             step,
             &rec,
-            &self.config.owner,
+            &cx.owner,
             now,
             ms.timeout.ms() + self.config.step_lease_margin_ms,
         );

@@ -65,8 +65,15 @@ impl Engine {
         let wf = self.definition(&snap.header.workflow.hash).await?;
         let prev_wait_until = snap.header.wait.as_ref().and_then(|w| w.until);
         let now = self.now();
+        // The lease owner is this call, not the process: two records of one SQS batch for the
+        // same run (handled concurrently in one invocation) must not both hold the run.
+        let owner = format!(
+            "{}:{}",
+            self.config.owner,
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
         let lease = Lease {
-            owner: self.config.owner.clone(),
+            owner: owner.clone(),
             until: now + self.config.run_lease_ms,
         };
         match self.store.acquire_lease(run_id, &lease, now).await {
@@ -83,7 +90,7 @@ impl Engine {
         let mut conflicts = 0;
         loop {
             match self
-                .drive(&wf, &mut snap, wake, deadline, prev_wait_until)
+                .drive(&wf, &mut snap, wake, deadline, prev_wait_until, &owner)
                 .await
             {
                 Err(EngineError::Store(StoreError::Conflict(msg))) if conflicts < MAX_CONFLICTS => {
@@ -110,6 +117,7 @@ impl Engine {
         wake: &WakeUp,
         deadline: Option<Millis>,
         prev_wait_until: Option<Millis>,
+        owner: &str,
     ) -> Result<Handled, EngineError> {
         let run_id = snap.header.run_id.clone();
         let mut in_flight: FuturesUnordered<Flight> = FuturesUnordered::new();
@@ -122,12 +130,16 @@ impl Engine {
             let now = self.now();
             let plan = planner::plan(wf, snap, now);
             let near_deadline = deadline.is_some_and(|d| now + self.config.deadline_margin_ms >= d);
-            let fresh: Vec<_> = plan
+            let margin = self.config.deadline_margin_ms;
+            let (fresh, held_back): (Vec<_>, Vec<_>) = plan
                 .actions
                 .iter()
                 .filter(|a| !flying.contains(a.step()))
                 .cloned()
-                .collect();
+                .partition(|a| planner::fits_before_deadline(wf, a, now, deadline, margin));
+            // An action that does not fit this invocation is left to the next one: yield once
+            // nothing is in flight rather than start a call the platform would kill.
+            let near_deadline = near_deadline || !held_back.is_empty();
             if plan.outcome.is_none() && !near_deadline && failure.is_none() && !fresh.is_empty() {
                 if snap.header.status != RunStatus::Running {
                     self.set_status(snap, RunStatus::Running, None).await?;
@@ -137,7 +149,7 @@ impl Engine {
                 let lease_until = snap.header.lease.as_ref().map_or(0, |l| l.until);
                 if now + self.config.run_lease_ms / 2 >= lease_until {
                     let lease = Lease {
-                        owner: self.config.owner.clone(),
+                        owner: owner.to_string(),
                         until: now + self.config.run_lease_ms,
                     };
                     snap.header = self.store.acquire_lease(&run_id, &lease, now).await?;
@@ -153,6 +165,7 @@ impl Engine {
                             .collect::<HashMap<_, _>>(),
                     ),
                     ledger: ledger.clone(),
+                    owner: owner.to_string(),
                 };
                 for action in fresh {
                     let step = action.step().to_string();
@@ -350,6 +363,7 @@ impl Engine {
             scope: Arc::new(scope),
             records: Arc::new(HashMap::new()),
             ledger: Default::default(),
+            owner: self.config.owner.clone(),
         };
         for r in waiting {
             if let (Some(step), Some(job)) = (wf.step(&r.step), &r.job) {

@@ -1539,6 +1539,7 @@ async fn crash_after_claiming_b(
         scope: Arc::new(dead.scope(&wf, &snap).await.unwrap()),
         records: Arc::new(HashMap::new()),
         ledger: Default::default(),
+        owner: DEAD.into(),
     };
     let a = dead
         .execute(
@@ -2164,4 +2165,71 @@ async fn webhook_route_errors_are_json_bodies() {
             "{what}: {body}"
         );
     }
+}
+
+/// Two records of one SQS batch for the same run, handled concurrently by one invocation (one
+/// engine, one configured owner): the lease is per `handle` call, so only one drives the run.
+#[tokio::test(start_paused = true)]
+async fn two_records_of_one_batch_for_one_run_are_handled_once() {
+    let h = H::new();
+    let yaml = r#"
+        name: two
+        version: "1"
+        steps:
+          - id: slow
+            model: local/echo
+            input: "x"
+            params: {delay_ms: 1000}
+    "#;
+    let run = h.start(yaml, json!({})).await;
+    let wake = WakeUp {
+        run_id: run.clone(),
+        reason: WakeReason::Start,
+    };
+    let (first, second) = tokio::join!(h.engine.handle(&wake, None), h.engine.handle(&wake, None));
+    let mut got = [first.unwrap(), second.unwrap()];
+    got.sort_by_key(|r| format!("{r:?}"));
+    assert_eq!(
+        got,
+        [Handled::Busy, Handled::Ended(RunStatus::Succeeded)],
+        "one drove the run, the other found it busy"
+    );
+    assert_eq!(h.started_count(&run, "slow").await, 1);
+}
+
+/// A model call is started only if its whole attempt timeout fits before the invocation's
+/// deadline; otherwise the run is handed to the next invocation without starting it.
+#[tokio::test]
+async fn a_call_that_would_outlive_the_invocation_is_not_started() {
+    let h = H::new();
+    let yaml = r#"
+        name: long
+        version: "1"
+        steps:
+          - id: first
+            kind: transform
+            value: "${input.text}"
+          - id: call
+            model: local/echo
+            input: "${steps.first.output}"
+            timeout: 30s
+    "#;
+    let run = h.start(yaml, json!({"text": "hi"})).await;
+    h.queue.receive(16, 60_000).unwrap(); // the Start wake-up, taken by this "invocation"
+    let wake = WakeUp {
+        run_id: run.clone(),
+        reason: WakeReason::Start,
+    };
+    // 10 s left: enough for the transform, not for a call that may take 30 s.
+    let handled = h
+        .engine
+        .handle(&wake, Some(h.now() + 10_000))
+        .await
+        .unwrap();
+    assert_eq!(handled, Handled::Yielded);
+    assert_eq!(h.rec(&run, "first").await.status, StepStatus::Succeeded);
+    assert_eq!(h.started_count(&run, "call").await, 0, "not started");
+    // The next invocation (no deadline here) runs it.
+    assert_eq!(h.drive(&run).await, RunStatus::Succeeded);
+    assert_eq!(h.started_count(&run, "call").await, 1);
 }

@@ -1197,3 +1197,38 @@ proptest! {
         }
     }
 }
+
+/// A model call starts only when its attempt timeout and the margin fit before the deadline;
+/// everything else needs only the margin; without a deadline everything fits.
+#[test]
+fn actions_fit_before_an_invocation_deadline() {
+    let wf = crate::workflow::compile(
+        "name: d\nversion: \"1\"\nsteps:\n  - {id: m, model: local/echo, input: x, timeout: 10s}\n  - {id: t, kind: transform, value: 1}\n",
+        &crate::workflow::NoFiles,
+        &[crate::model::ModelInfo {
+            id: "local/echo".into(),
+            roles: vec![crate::model::Role::Generation],
+            asynchronous: false,
+            description: String::new(),
+        }],
+    )
+    .unwrap();
+    let start = |s: &str| Action::Start { step: s.into() };
+    // (action, now, deadline, fits) with a 1 s margin
+    let table = [
+        (start("m"), 0, None, true),
+        (start("m"), 0, Some(11_001), true),
+        (start("m"), 0, Some(11_000), false),
+        (start("m"), 5_000, Some(15_000), false),
+        (start("t"), 0, Some(1_001), true),
+        (start("t"), 0, Some(1_000), false),
+        (Action::Poll { step: "m".into() }, 0, Some(2_000), true),
+    ];
+    for (action, now, deadline, fits) in table {
+        assert_eq!(
+            crate::planner::fits_before_deadline(&wf, &action, now, deadline, 1_000),
+            fits,
+            "{action:?} at {now} before {deadline:?}"
+        );
+    }
+}
