@@ -27,6 +27,10 @@ pub enum EngineError {
     TooLarge(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An invariant of the engine broke (a planner action that does not fit its step, a
+    /// waiting step without its job): a bug to report, never the caller's fault (500).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl EngineError {
@@ -38,6 +42,7 @@ impl EngineError {
             EngineError::Conflict(_) => 409,
             EngineError::Unauthorized(_) => 401,
             EngineError::TooLarge(_) => 413,
+            EngineError::Internal(_) => 500,
             EngineError::Store(StoreError::Conflict(_)) => 409,
             EngineError::Store(StoreError::NotFound(_)) => 404,
             EngineError::Store(StoreError::Invalid(_)) => 400,
@@ -53,6 +58,9 @@ impl EngineError {
             EngineError::Conflict(_) => "conflict",
             EngineError::Unauthorized(_) => "unauthorized",
             EngineError::TooLarge(_) => "too_large",
+            EngineError::Internal(_) => "internal",
+            EngineError::Store(StoreError::Conflict(_)) => "conflict",
+            EngineError::Store(StoreError::NotFound(_)) => "not_found",
             EngineError::Store(StoreError::Corrupt(_)) => "corrupt_state",
             EngineError::Store(StoreError::Invalid(_)) => "bad_request",
             EngineError::Store(_) => "storage_unavailable",
@@ -65,6 +73,46 @@ impl EngineError {
                 field.as_deref()
             }
             _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each error's HTTP status and stable code (CONTRACT.md): an invariant failure is a 500
+    /// `internal`, never a 409 a client would retry; a bad cursor is the caller's 400.
+    #[test]
+    fn statuses_and_codes() {
+        let table = [
+            (EngineError::NotFound("x".into()), 404, "not_found"),
+            (EngineError::Conflict("x".into()), 409, "conflict"),
+            (EngineError::Internal("x".into()), 500, "internal"),
+            (EngineError::TooLarge("x".into()), 413, "too_large"),
+            (
+                EngineError::Store(StoreError::Conflict("x".into())),
+                409,
+                "conflict",
+            ),
+            (
+                EngineError::Store(StoreError::Invalid("x".into())),
+                400,
+                "bad_request",
+            ),
+            (
+                EngineError::Store(StoreError::Unavailable("x".into())),
+                503,
+                "storage_unavailable",
+            ),
+            (
+                EngineError::Store(StoreError::Corrupt("x".into())),
+                503,
+                "corrupt_state",
+            ),
+        ];
+        for (e, status, code) in table {
+            assert_eq!((e.status(), e.code()), (status, code), "{e:?}");
         }
     }
 }

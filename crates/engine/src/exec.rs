@@ -204,7 +204,7 @@ impl Engine {
                 }
             }
             (other, _) => {
-                return Err(EngineError::Conflict(format!(
+                return Err(EngineError::Internal(format!(
                     "action {other:?} does not apply to step `{}`",
                     step.id
                 )))
@@ -562,7 +562,7 @@ impl Engine {
     ) -> Result<Vec<StepRecord>, EngineError> {
         let now = self.now();
         let Some(job) = rec.job.clone() else {
-            return Err(EngineError::Conflict(format!(
+            return Err(EngineError::Internal(format!(
                 "step `{}` waits without a job",
                 step.id
             )));
