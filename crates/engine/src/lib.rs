@@ -84,6 +84,20 @@ pub struct Engine {
     pub config: Arc<Config>,
     /// Definitions by content hash, so a worker reads each pinned definition once.
     definitions: Arc<Mutex<HashMap<String, Arc<Workflow>>>>,
+    /// Offloaded values by content hash: they never change, so a re-plan (which rebuilds the
+    /// scope) reads each one once per process (a Lambda container), within a byte budget.
+    values: Arc<Mutex<ValueCache>>,
+}
+
+/// Bytes of offloaded values kept in memory per engine (a Lambda container or a `dev`
+/// process). When a new value would pass it, the cache starts over: values are read again
+/// rather than ever holding more.
+pub const VALUE_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
+#[derive(Default)]
+struct ValueCache {
+    values: HashMap<String, Value>,
+    bytes: u64,
 }
 
 impl Engine {
@@ -105,6 +119,7 @@ impl Engine {
             workflows,
             config: Arc::new(config),
             definitions: Arc::new(Mutex::new(HashMap::new())),
+            values: Arc::new(Mutex::new(ValueCache::default())),
         }
     }
 
@@ -128,10 +143,28 @@ impl Engine {
     pub async fn load_value(&self, r: &ValueRef) -> Result<Value, StoreError> {
         match r {
             ValueRef::Inline { value } => Ok(value.clone()),
-            ValueRef::Blob { key, .. } => {
+            ValueRef::Blob { key, bytes: size } => {
+                if let Some(v) = self
+                    .values
+                    .lock()
+                    .ok()
+                    .and_then(|c| c.values.get(key).cloned())
+                {
+                    return Ok(v);
+                }
                 let bytes = self.blobs.get(key).await?;
-                serde_json::from_slice(&bytes)
-                    .map_err(|e| StoreError::Corrupt(format!("blob {key}: {e}")))
+                let value: Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| StoreError::Corrupt(format!("blob {key}: {e}")))?;
+                if *size <= VALUE_CACHE_BYTES {
+                    if let Ok(mut c) = self.values.lock() {
+                        if c.bytes + size > VALUE_CACHE_BYTES {
+                            *c = ValueCache::default();
+                        }
+                        c.bytes += size;
+                        c.values.insert(key.clone(), value.clone());
+                    }
+                }
+                Ok(value)
             }
         }
     }

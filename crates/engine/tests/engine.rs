@@ -2233,3 +2233,34 @@ async fn a_call_that_would_outlive_the_invocation_is_not_started() {
     assert_eq!(h.drive(&run).await, RunStatus::Succeeded);
     assert_eq!(h.started_count(&run, "call").await, 1);
 }
+
+/// Offloaded values are content-addressed and never change: once read, a re-plan takes them
+/// from memory (here: the blob file is gone, and the value still loads).
+#[tokio::test]
+async fn offloaded_values_are_read_once() {
+    let h = H::new();
+    let big = json!({"text": "x".repeat(100_000)});
+    let r = h.engine.store_value(big.clone()).await.unwrap();
+    let ValueRef::Blob { key, .. } = &r else {
+        panic!("a 100 kB value is offloaded: {r:?}")
+    };
+    assert_eq!(h.engine.load_value(&r).await.unwrap(), big);
+    let file = h
+        .backend
+        .data_dir()
+        .join("blobs")
+        .join(&key[..2])
+        .join(&key[2..]);
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(
+        h.engine.load_value(&r).await.unwrap(),
+        big,
+        "served from memory"
+    );
+    // Another engine on the same store has no such memory: the read goes to the store.
+    let other = h.other_worker("w2");
+    assert!(matches!(
+        other.load_value(&r).await,
+        Err(switchyard_core::StoreError::NotFound(_))
+    ));
+}
