@@ -7,7 +7,7 @@ use anyhow::{anyhow, Context, Result};
 use serde_json::Value;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use switchyard_core::ports::{RunQuery, MAX_LIST_LIMIT};
+use switchyard_core::ports::{ListScope, RunQuery, MAX_LIST_LIMIT};
 use switchyard_core::state::RunStatus;
 use switchyard_core::StoreError;
 use switchyard_engine::intake::StartRequest;
@@ -268,7 +268,7 @@ pub async fn runs_list(args: &ListArgs, dir: &Path) -> Result<i32> {
     }
     let l = Local::open(dir, Workflows::new())?;
     let query = RunQuery {
-        tenant: None,
+        scope: ListScope::AllTenants,
         status,
         workflow: args.workflow.clone(),
         cursor: args.after.clone(),

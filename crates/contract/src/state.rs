@@ -3,7 +3,7 @@
 //! written with it.
 
 use serde_json::json;
-use switchyard_core::ports::{IdempotencyClaim, RunQuery, StateStore};
+use switchyard_core::ports::{IdempotencyClaim, ListScope, RunQuery, StateStore};
 use switchyard_core::state::{
     EventKind, HistoryEvent, Lease, RunHeader, RunSnapshot, RunStatus, StepRecord, StepStatus,
     ValueRef, WorkflowPin,
@@ -292,10 +292,12 @@ pub async fn listing_filters_and_pages_by_cursor(s: &dyn StateStore) {
     ] {
         s.create_run(&header(id, tenant, at), &[]).await.unwrap();
     }
-    let q = |tenant: Option<&str>, limit: usize| RunQuery {
-        tenant: tenant.map(str::to_string),
-        limit,
-        ..RunQuery::default()
+    let q = |tenant: Option<&str>, limit: usize| {
+        let scope = match tenant {
+            Some(t) => ListScope::Tenant(t.to_string()),
+            None => ListScope::AllTenants,
+        };
+        RunQuery::new(scope, limit)
     };
     // (tenant, limit, the page's run ids, whether another page follows)
     type Row<'a> = (Option<&'a str>, usize, &'a [&'a str], bool);

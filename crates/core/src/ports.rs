@@ -30,17 +30,49 @@ pub struct RunSummary {
     pub updated_at: Millis,
 }
 
+/// Whose runs a listing covers. There is no default: a tenant's view and an operator's view
+/// of every tenant are different calls, and code that serves a tenant must say so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListScope {
+    /// One tenant's runs (the HTTP API: the caller's tenant).
+    Tenant(String),
+    /// Every tenant's runs: operators and the local CLI only.
+    AllTenants,
+}
+
+impl ListScope {
+    /// The tenant to filter by, if any.
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            ListScope::Tenant(t) => Some(t),
+            ListScope::AllTenants => None,
+        }
+    }
+}
+
 /// Which runs to list, and how many.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RunQuery {
-    /// Only this tenant's runs; `None` for an operator's listing of all tenants.
-    pub tenant: Option<String>,
+    pub scope: ListScope,
     pub status: Option<crate::state::RunStatus>,
     pub workflow: Option<String>,
     /// Continue after the page this cursor ended.
     pub cursor: Option<String>,
     /// Rows of this page (at least 1; adapters cap it at [`MAX_LIST_LIMIT`]).
     pub limit: usize,
+}
+
+impl RunQuery {
+    /// The first page of `scope`'s runs, `limit` rows, no filter.
+    pub fn new(scope: ListScope, limit: usize) -> RunQuery {
+        RunQuery {
+            scope,
+            status: None,
+            workflow: None,
+            cursor: None,
+            limit,
+        }
+    }
 }
 
 /// The most rows one listing page returns.
@@ -107,8 +139,7 @@ pub trait StateStore: Send + Sync {
     /// The run's history, oldest first.
     async fn events(&self, run_id: &str) -> Result<Vec<HistoryEvent>, StoreError>;
 
-    /// One page of runs, newest first. `tenant: None` lists every tenant's runs (the CLI and
-    /// operators); the HTTP API always passes the caller's tenant. `cursor` is the
+    /// One page of runs, newest first, of one tenant or (operators, the local CLI) all. `cursor` is the
     /// `RunPage::cursor` of the previous page, opaque to callers (each adapter encodes its own
     /// position); a cursor the store did not hand out is `StoreError::Invalid`.
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, StoreError>;

@@ -2107,10 +2107,7 @@ async fn abandoned_jobs_are_cancelled_at_the_provider() {
 }
 
 fn all_runs() -> switchyard_core::ports::RunQuery {
-    switchyard_core::ports::RunQuery {
-        limit: 100,
-        ..Default::default()
-    }
+    switchyard_core::ports::RunQuery::new(switchyard_core::ports::ListScope::AllTenants, 100)
 }
 
 /// Every error of the webhook route is the contract's JSON error body — the handler's own, and

@@ -302,7 +302,7 @@ impl StateStore for SqliteStore {
                  FROM runs {WHERE} ORDER BY created_at DESC, run_id DESC LIMIT ?6"
             ))?;
             let filters = params![
-                query.tenant,
+                query.scope.tenant(),
                 status,
                 query.workflow,
                 after_at,
@@ -345,7 +345,7 @@ impl StateStore for SqliteStore {
                 Some((at, id)) => {
                     let n: i64 = c.query_row(
                         &format!("SELECT COUNT(*) FROM runs {WHERE}"),
-                        params![query.tenant, status, query.workflow, at, id],
+                        params![query.scope.tenant(), status, query.workflow, at, id],
                         |r| r.get(0),
                     )?;
                     (Some(n.max(0) as u64), Some(encode_cursor(at, &id)))
