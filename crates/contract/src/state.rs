@@ -187,7 +187,8 @@ pub async fn a_write_and_its_events_are_one(s: &dyn StateStore) {
     );
 }
 
-/// A lease is taken when free, expired, or held by the same owner; each take is one write.
+/// A lease is taken when free, expired, or held by the same owner; each take is one write,
+/// which also marks the run running.
 pub async fn lease_rules(s: &dyn StateStore) {
     s.create_run(&header("r1", "t", 1), &[]).await.unwrap();
     let lease = |owner: &str, until| Lease {
@@ -211,6 +212,7 @@ pub async fn lease_rules(s: &dyn StateStore) {
                 assert_eq!(h.version, version);
                 assert_eq!(h.updated_at, now);
                 assert_eq!(h.lease, Some(lease(owner, until)));
+                assert_eq!(h.status, RunStatus::Running, "the lease write marks it running");
                 assert_eq!(s.load("r1").await.unwrap().unwrap().header, h);
             }
             Err(StoreError::Conflict(m)) => assert!(!ok, "{owner} at {now}: {m}"),

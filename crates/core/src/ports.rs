@@ -114,7 +114,9 @@ pub trait StateStore: Send + Sync {
     ) -> Result<u64, StoreError>;
 
     /// Takes the run's lease for `owner` until `lease.until`, if the lease is free, expired at
-    /// `now`, or already held by the same owner. Returns the header as written (version bumped).
+    /// `now`, or already held by the same owner, and marks a run that has not ended `running`
+    /// in the same write (a worker that holds the lease is driving it). Returns the header as
+    /// written (version bumped).
     async fn acquire_lease(
         &self,
         run_id: &str,

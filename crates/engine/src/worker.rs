@@ -64,6 +64,9 @@ impl Engine {
         }
         let wf = self.definition(&snap.header.workflow.hash).await?;
         let prev_wait_until = snap.header.wait.as_ref().and_then(|w| w.until);
+        // Taking the lease marks the run running; whether it was waiting before decides if
+        // parking it again is news for its history.
+        let was_waiting = snap.header.status == RunStatus::Waiting;
         let now = self.now();
         // The lease owner is this call, not the process: two records of one SQS batch for the
         // same run (handled concurrently in one invocation) must not both hold the run.
@@ -90,7 +93,14 @@ impl Engine {
         let mut conflicts = 0;
         loop {
             match self
-                .drive(&wf, &mut snap, wake, deadline, prev_wait_until, &owner)
+                .drive(
+                    &wf,
+                    &mut snap,
+                    wake,
+                    deadline,
+                    (prev_wait_until, was_waiting),
+                    &owner,
+                )
                 .await
             {
                 Err(EngineError::Store(StoreError::Conflict(msg))) if conflicts < MAX_CONFLICTS => {
@@ -116,7 +126,7 @@ impl Engine {
         snap: &mut RunSnapshot,
         wake: &WakeUp,
         deadline: Option<Millis>,
-        prev_wait_until: Option<Millis>,
+        (prev_wait_until, was_waiting): (Option<Millis>, bool),
         owner: &str,
     ) -> Result<Handled, EngineError> {
         let run_id = snap.header.run_id.clone();
@@ -212,7 +222,7 @@ impl Engine {
                 return self.finish(wf, snap, outcome).await;
             }
             if near_deadline && !plan.actions.is_empty() {
-                self.park(snap, &plan, None).await?;
+                self.park(snap, &plan, None, was_waiting).await?;
                 self.queue
                     .send(
                         &WakeUp {
@@ -229,7 +239,8 @@ impl Engine {
             let resend = matches!(wake.reason, WakeReason::Timer | WakeReason::Resume)
                 || prev_wait_until != plan.wake_at;
             let until = plan.wake_at;
-            self.park(snap, &plan, until.filter(|_| resend)).await?;
+            self.park(snap, &plan, until.filter(|_| resend), was_waiting)
+                .await?;
             return Ok(Handled::Waiting {
                 reason: plan.wait.unwrap_or(WaitReason::Timer),
                 until,
@@ -259,9 +270,9 @@ impl Engine {
         snap: &mut RunSnapshot,
         plan: &Plan,
         send_at: Option<Millis>,
+        was_waiting: bool,
     ) -> Result<(), EngineError> {
         let now = self.now();
-        let was_waiting = snap.header.status == RunStatus::Waiting;
         let wait = WaitInfo {
             reason: plan.wait.unwrap_or(WaitReason::Timer),
             until: plan.wake_at,

@@ -212,6 +212,9 @@ impl StateStore for SqliteStore {
             }
             let expected = h.version;
             h.lease = Some(lease.clone());
+            if !h.status.is_terminal() {
+                h.status = RunStatus::Running;
+            }
             h.version = expected + 1;
             h.updated_at = now;
             update_header(&tx, &h, expected, h.version)?;
