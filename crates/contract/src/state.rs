@@ -212,7 +212,11 @@ pub async fn lease_rules(s: &dyn StateStore) {
                 assert_eq!(h.version, version);
                 assert_eq!(h.updated_at, now);
                 assert_eq!(h.lease, Some(lease(owner, until)));
-                assert_eq!(h.status, RunStatus::Running, "the lease write marks it running");
+                assert_eq!(
+                    h.status,
+                    RunStatus::Running,
+                    "the lease write marks it running"
+                );
                 assert_eq!(s.load("r1").await.unwrap().unwrap().header, h);
             }
             Err(StoreError::Conflict(m)) => assert!(!ok, "{owner} at {now}: {m}"),

@@ -118,7 +118,7 @@ impl Engine {
             }
         }
         let hash = self.pin_definition(wf).await?;
-        let input = self.store_value(req.input).await?;
+        let input = self.store_header_value(req.input).await?;
         let header = RunHeader {
             run_id: run_id.clone(),
             tenant: tenant.to_string(),

@@ -45,8 +45,12 @@ pub struct Config {
     pub run_lease_ms: u64,
     /// Added to a step's timeout to get its claim's lease.
     pub step_lease_margin_ms: u64,
-    /// Values whose JSON is larger go to the blob store (DynamoDB items are capped at 400 KB).
+    /// Step values whose JSON is larger go to the blob store (DynamoDB items are capped at 400 KB).
     pub inline_limit_bytes: usize,
+    /// The run header's input and output above this size go to the blob store: the header is
+    /// rewritten at every status change, and DynamoDB bills an update by the larger of the
+    /// item before and after it, per KB.
+    pub header_inline_bytes: usize,
     /// Base URL providers call back (`<public_url>/hooks/<provider>?…`).
     pub public_url: String,
     /// Secret used to verify provider webhooks, per provider, with `*` as the default.
@@ -64,6 +68,7 @@ impl Default for Config {
             run_lease_ms: 60_000,
             step_lease_margin_ms: 5_000,
             inline_limit_bytes: 32 * 1024,
+            header_inline_bytes: 1024,
             public_url: "http://127.0.0.1:8080".into(),
             webhook_secrets: HashMap::new(),
             default_poll_ms: 5_000,
@@ -127,10 +132,21 @@ impl Engine {
         self.clock.now_ms()
     }
 
-    /// Keeps small values inline and puts large ones in the blob store.
+    /// Keeps small step values inline and puts large ones in the blob store.
     pub async fn store_value(&self, value: Value) -> Result<ValueRef, StoreError> {
+        self.store_value_within(value, self.config.inline_limit_bytes)
+            .await
+    }
+
+    /// The same for a value the run header holds, under the header's smaller limit.
+    pub async fn store_header_value(&self, value: Value) -> Result<ValueRef, StoreError> {
+        self.store_value_within(value, self.config.header_inline_bytes)
+            .await
+    }
+
+    async fn store_value_within(&self, value: Value, limit: usize) -> Result<ValueRef, StoreError> {
         let bytes = serde_json::to_vec(&value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        if bytes.len() <= self.config.inline_limit_bytes {
+        if bytes.len() <= limit {
             return Ok(ValueRef::Inline { value });
         }
         let key = self.blobs.put(&bytes, "application/json").await?;

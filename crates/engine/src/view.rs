@@ -102,6 +102,13 @@ impl Engine {
         let output = match &h.output {
             None => Value::Null,
             Some(switchyard_core::state::ValueRef::Inline { value }) => value.clone(),
+            // Kept by reference to keep the header small, but small enough to show inline
+            // (the same limit as step values): the document reads as before.
+            Some(r @ switchyard_core::state::ValueRef::Blob { bytes, .. })
+                if *bytes <= self.config.inline_limit_bytes as u64 =>
+            {
+                self.load_value(r).await?
+            }
             Some(switchyard_core::state::ValueRef::Blob { key, bytes }) => {
                 let url = self.blobs.presign(key, 3_600_000).await?;
                 serde_json::json!({"url": url, "bytes": bytes})

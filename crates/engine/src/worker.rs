@@ -319,7 +319,11 @@ impl Engine {
         let now = self.now();
         let (status, output, error) = match outcome {
             Outcome::Succeeded => match self.final_output(wf, snap).await? {
-                Ok(v) => (RunStatus::Succeeded, Some(self.store_value(v).await?), None),
+                Ok(v) => (
+                    RunStatus::Succeeded,
+                    Some(self.store_header_value(v).await?),
+                    None,
+                ),
                 Err(e) => (RunStatus::Failed, None, Some(e)),
             },
             Outcome::Failed(e) => (RunStatus::Failed, None, Some(e)),

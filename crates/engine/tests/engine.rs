@@ -2261,3 +2261,36 @@ async fn offloaded_values_are_read_once() {
         Err(switchyard_core::StoreError::NotFound(_))
     ));
 }
+
+/// The run header stays small: an input or output above `header_inline_bytes` (1 KiB) is
+/// kept in the blob store and the header holds its reference; small ones stay inline.
+#[tokio::test]
+async fn the_run_header_keeps_large_inputs_and_outputs_by_reference() {
+    let h = H::new();
+    let yaml = r#"
+        name: big
+        version: "1"
+        steps:
+          - {id: echo, kind: transform, value: "${input.text}"}
+        output: {text: "${steps.echo.output}"}
+    "#;
+    for (len, offloaded) in [(100, false), (5_000, true)] {
+        let text = "y".repeat(len);
+        let (run, status) = h.run(yaml, json!({"text": text})).await;
+        assert_eq!(status, RunStatus::Succeeded);
+        let header = h.snap(&run).await.header;
+        let is_blob = |v: &Option<ValueRef>| matches!(v, Some(ValueRef::Blob { .. }));
+        assert_eq!(
+            is_blob(&Some(header.input.clone())),
+            offloaded,
+            "input of {len}"
+        );
+        assert_eq!(is_blob(&header.output), offloaded, "output of {len}");
+        let out = h
+            .engine
+            .load_value(header.output.as_ref().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(out["text"], text);
+    }
+}
