@@ -78,6 +78,21 @@ pub fn fits_before_deadline(
     now.saturating_add(needs).saturating_add(margin_ms) < deadline
 }
 
+/// Whether parking a run must send a delayed wake-up for `wake_at`. The header says a timer
+/// for `prev_wait_until` is already queued; that is only sure when the wake-up being handled is
+/// not that timer itself (nor a resume after a yield, which queued none). So: send when this
+/// wake-up was the timer or a resume, or when the time changed. Sending one too many is
+/// harmless (a wake-up re-plans); one too few would strand the run.
+pub fn must_send_timer(
+    reason: crate::state::WakeReason,
+    prev_wait_until: Option<Millis>,
+    wake_at: Option<Millis>,
+) -> bool {
+    use crate::state::WakeReason;
+    wake_at.is_some()
+        && (matches!(reason, WakeReason::Timer | WakeReason::Resume) || prev_wait_until != wake_at)
+}
+
 fn min_opt(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
     match (a, b) {
         (Some(x), Some(y)) => Some(x.min(y)),

@@ -80,6 +80,29 @@ pub fn verify(
     Err(SignatureError::Mismatch)
 }
 
+/// Whether a provider callback carrying `token` belongs to the attempt `rec` is on: the step
+/// waits for its job, or is still in the submit call (a fast job can call back before the
+/// provider's answer to the submit arrives; the claim already holds the token), and the token
+/// is that attempt's. Anything else — an old attempt's callback, a step that moved on — is
+/// stale: acknowledged, not applied. Tokens compare in constant time.
+pub fn callback_is_current(rec: &crate::state::StepRecord, token: &str) -> bool {
+    use crate::state::StepStatus;
+    matches!(rec.status, StepStatus::Waiting | StepStatus::Running)
+        && rec
+            .job
+            .as_ref()
+            .is_some_and(|j| constant_eq(&j.callback_token, token))
+}
+
+/// Compares secrets without an early exit on the first differing byte.
+pub fn constant_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 /// A new random-looking secret is not the core's business (no randomness here); this builds
 /// the `whsec_` form from bytes the caller chose.
 pub fn secret_from_bytes(bytes: &[u8]) -> String {
@@ -89,6 +112,40 @@ pub fn secret_from_bytes(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Which callbacks settle a step: only the current attempt's, while it waits or submits.
+    #[test]
+    fn only_the_current_attempts_callback_applies() {
+        use crate::state::{JobRef, StepRecord, StepStatus};
+        let rec = |status, token: Option<&str>| {
+            let mut r = StepRecord::pending("s");
+            r.status = status;
+            r.job = token.map(|t| JobRef {
+                provider: "replicate".into(),
+                model: "replicate/a/b".into(),
+                job_id: "p1".into(),
+                callback_token: t.into(),
+            });
+            r
+        };
+        // (status, token held by the step, token in the callback, applies)
+        let table = [
+            (StepStatus::Waiting, Some("tok-2"), "tok-2", true),
+            (StepStatus::Running, Some("tok-2"), "tok-2", true),
+            (StepStatus::Waiting, Some("tok-2"), "tok-1", false),
+            (StepStatus::Waiting, Some("tok-2"), "tok-", false),
+            (StepStatus::Waiting, None, "tok-2", false),
+            (StepStatus::Succeeded, Some("tok-2"), "tok-2", false),
+            (StepStatus::Retrying, Some("tok-2"), "tok-2", false),
+        ];
+        for (status, held, sent, applies) in table {
+            assert_eq!(
+                callback_is_current(&rec(status, held), sent),
+                applies,
+                "{status:?} {held:?} {sent}"
+            );
+        }
+    }
 
     // The example from the Standard Webhooks specification.
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use switchyard_core::model::ModelResponse;
 use switchyard_core::settle::{self, AttemptMeta};
-use switchyard_core::state::{EventKind, HistoryEvent, StepStatus, WakeReason, WakeUp};
+use switchyard_core::state::{EventKind, HistoryEvent, WakeReason, WakeUp};
 use switchyard_core::webhook;
 use switchyard_core::workflow::StepKind;
 
@@ -150,14 +150,7 @@ impl Engine {
         let rec = match snap.step(&step_id) {
             // Waiting for the job, or still in the submit call (a fast job can call back
             // before the provider's answer to the submit arrives): the claim holds the token.
-            Some(r)
-                if matches!(r.status, StepStatus::Waiting | StepStatus::Running)
-                    && r.job
-                        .as_ref()
-                        .is_some_and(|j| constant_eq(&j.callback_token, &token)) =>
-            {
-                r.clone()
-            }
+            Some(r) if webhook::callback_is_current(r, &token) => r.clone(),
             _ => {
                 let fresh = self
                     .store
@@ -248,13 +241,4 @@ impl Engine {
             .await?;
         Ok(CallbackResult::Applied)
     }
-}
-
-/// Compares secrets without an early exit on the first differing byte.
-fn constant_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }

@@ -234,10 +234,7 @@ impl Engine {
                     .await?;
                 return Ok(Handled::Yielded);
             }
-            // The header says a timer for `prev_wait_until` is queued; that is only sure when
-            // this wake-up is not that timer (or a resume after yielding, which queued none).
-            let resend = matches!(wake.reason, WakeReason::Timer | WakeReason::Resume)
-                || prev_wait_until != plan.wake_at;
+            let resend = planner::must_send_timer(wake.reason, prev_wait_until, plan.wake_at);
             let until = plan.wake_at;
             self.park(snap, &plan, until.filter(|_| resend), was_waiting)
                 .await?;

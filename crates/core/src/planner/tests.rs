@@ -1232,3 +1232,28 @@ fn actions_fit_before_an_invocation_deadline() {
         );
     }
 }
+
+/// The timer re-send rule: a re-park that keeps the queued timer's time sends none, unless the
+/// wake-up being handled was that timer (or a resume, which queued none).
+#[test]
+fn timers_are_sent_once_per_wait() {
+    use crate::state::WakeReason::*;
+    // (reason, prev_wait_until, wake_at, send)
+    let table = [
+        (Start, None, Some(10), true),
+        (Webhook, Some(10), Some(10), false),
+        (Approval, Some(10), Some(10), false),
+        (Timer, Some(10), Some(10), true),
+        (Resume, Some(10), Some(10), true),
+        (Webhook, Some(10), Some(20), true),
+        (Webhook, Some(10), None, false),
+        (Timer, None, None, false),
+    ];
+    for (reason, prev, at, send) in table {
+        assert_eq!(
+            crate::planner::must_send_timer(reason, prev, at),
+            send,
+            "{reason:?} {prev:?} {at:?}"
+        );
+    }
+}
