@@ -18,6 +18,7 @@
 //!
 //! No tokio, no AWS, no HTTP: CI fails if `cargo tree -p switchyard-core` shows any of them.
 
+pub mod budget;
 pub mod error;
 pub mod model;
 pub mod planner;

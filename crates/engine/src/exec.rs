@@ -6,7 +6,6 @@
 
 use crate::{Engine, EngineError};
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_core::model::{Callback, ModelOutput, ModelRequest, ModelResponse, Role};
@@ -32,29 +31,7 @@ pub struct ActionCtx {
     pub owner: String,
 }
 
-/// What a run has spent and what its in-flight model calls may still spend. Parallel steps
-/// that start together must not each see the whole remaining budget: each reserves its
-/// estimate until the worker has its record, and with it its real cost.
-#[derive(Debug, Default)]
-pub struct Ledger {
-    pub committed_usd: f64,
-    pub reserved_usd: HashMap<String, f64>,
-}
-
-impl Ledger {
-    pub fn new(committed_usd: f64) -> Ledger {
-        Ledger {
-            committed_usd,
-            reserved_usd: HashMap::new(),
-        }
-    }
-
-    /// A step's attempt ended: its reservation goes, the change in its recorded cost stays.
-    pub fn settle(&mut self, step: &str, cost_delta_usd: f64) {
-        self.reserved_usd.remove(step);
-        self.committed_usd += cost_delta_usd;
-    }
-}
+pub use switchyard_core::budget::Ledger;
 
 impl Engine {
     /// Builds the reference scope of a run from its records.
@@ -396,21 +373,24 @@ impl Engine {
         let mut next = rec.clone();
         next.attempt += 1;
         next.model_attempt += 1;
-        let prepared = self.build_request(cx, step, ms, &next, token.as_deref()).and_then(|req| {
-            let provider = self.providers.for_model(&req.model).ok_or_else(|| StepError::new(ErrorClass::Invalid, format!("no provider serves `{}`", req.model)))?;
-            if let Some(budget) = cx.wf.budget_usd {
-                let estimate = provider.estimate_cost_usd(&req);
-                let mut ledger = cx.ledger.lock().map_err(|_| StepError::new(ErrorClass::Transient, "budget ledger unavailable"))?;
-                let in_flight: f64 = ledger.reserved_usd.values().sum();
-                let spent = ledger.committed_usd;
-                if spent + in_flight + estimate > budget {
-                    return Err(StepError::new(ErrorClass::BudgetExceeded, format!(
-                        "`{}` may cost up to ${estimate:.6}; the run has spent ${spent:.6} (and ${in_flight:.6} is in flight) of its ${budget:.6} budget", req.model)));
+        let prepared = self
+            .build_request(cx, step, ms, &next, token.as_deref())
+            .and_then(|req| {
+                let provider = self.providers.for_model(&req.model).ok_or_else(|| {
+                    StepError::new(
+                        ErrorClass::Invalid,
+                        format!("no provider serves `{}`", req.model),
+                    )
+                })?;
+                if let Some(budget) = cx.wf.budget_usd {
+                    let estimate = provider.estimate_cost_usd(&req);
+                    let mut ledger = cx.ledger.lock().map_err(|_| {
+                        StepError::new(ErrorClass::Transient, "budget ledger unavailable")
+                    })?;
+                    ledger.reserve(&step.id, &req.model, estimate, budget)?;
                 }
-                ledger.reserved_usd.insert(step.id.clone(), estimate);
-            }
-            Ok((req, provider))
-        });
+                Ok((req, provider))
+            });
         let claimed = settle::claim(
             step,
             &rec,
