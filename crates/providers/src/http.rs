@@ -137,17 +137,32 @@ impl Sender {
                 )
             })
             .collect();
-        let body = resp.bytes().await.map_err(transport)?;
-        if body.len() > MAX_RESPONSE_BYTES {
-            return Err(StepError::new(
+        let too_large = || {
+            StepError::new(
                 ErrorClass::Malformed,
                 format!("response body over {MAX_RESPONSE_BYTES} bytes"),
-            ));
+            )
+        };
+        // Refuse a declared length over the cap before reading, and stop reading at the cap
+        // otherwise: a runaway body costs at most the cap in memory and transfer.
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        let mut resp = resp;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
         Ok(HttpResponse {
             status,
             headers,
-            body: body.to_vec(),
+            body,
             request: called,
         })
     }

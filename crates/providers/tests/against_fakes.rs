@@ -681,3 +681,43 @@ async fn replicate_error_classes_and_cancel() {
         ErrorClass::Auth
     );
 }
+
+/// A response body over the cap is refused without being read to its end: a server that
+/// declares no length and streams 64 MiB gets its connection closed after about the cap.
+#[tokio::test]
+async fn oversized_bodies_stop_at_the_cap() {
+    use switchyard_providers::http::{HttpRequest, MAX_RESPONSE_BYTES};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = sock.read(&mut buf).await.unwrap();
+        sock.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let chunk = vec![b' '; 64 * 1024];
+        let mut written = 0usize;
+        while written < 64 * 1024 * 1024 {
+            if sock.write_all(&chunk).await.is_err() {
+                break;
+            }
+            written += chunk.len();
+        }
+        written
+    });
+    let err = sender()
+        .send(HttpRequest::get(format!("http://{addr}/big")), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Malformed);
+    assert!(err.message.contains("over"), "{err}");
+    let written = server.await.unwrap();
+    assert!(
+        written < 2 * MAX_RESPONSE_BYTES,
+        "the client stopped reading near the cap, not at the end ({written} bytes sent)"
+    );
+}
