@@ -87,22 +87,37 @@ impl Default for Timeouts {
 /// Largest response body read (a model answer larger than this is `malformed`).
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
+/// The HTTP client every hosted adapter shares. It is built on the first call, not when the
+/// sender is made: building it loads the system's CA certificates (milliseconds), which a run
+/// of local models only, and a Lambda cold start that never calls a hosted API, should not pay.
 #[derive(Clone)]
 pub struct Sender {
-    client: reqwest::Client,
+    client: std::sync::Arc<tokio::sync::OnceCell<reqwest::Client>>,
     timeouts: Timeouts,
 }
 
 impl Sender {
     pub fn new(timeouts: Timeouts) -> Result<Sender, StepError> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeouts.connect)
-            .timeout(timeouts.request)
-            // Provider APIs do not redirect; following one could leak the key to another host.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| StepError::new(ErrorClass::Invalid, format!("HTTP client: {e}")))?;
-        Ok(Sender { client, timeouts })
+        Ok(Sender {
+            client: std::sync::Arc::new(tokio::sync::OnceCell::new()),
+            timeouts,
+        })
+    }
+
+    /// The client, built once (clones of this sender share it).
+    async fn client(&self) -> Result<&reqwest::Client, StepError> {
+        self.client
+            .get_or_try_init(|| async {
+                reqwest::Client::builder()
+                    .connect_timeout(self.timeouts.connect)
+                    .timeout(self.timeouts.request)
+                    // Provider APIs do not redirect; following one could leak the key to
+                    // another host.
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .map_err(|e| StepError::new(ErrorClass::Invalid, format!("HTTP client: {e}")))
+            })
+            .await
     }
 
     /// Sends a request; `timeout` (the step's attempt timeout) bounds the whole exchange.
@@ -115,7 +130,8 @@ impl Sender {
             StepError::new(ErrorClass::Invalid, format!("bad method {}", req.method))
         })?;
         let mut b = self
-            .client
+            .client()
+            .await?
             .request(method, &req.url)
             .timeout(timeout.unwrap_or(self.timeouts.request));
         for (k, v) in &req.headers {
