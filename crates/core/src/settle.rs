@@ -390,9 +390,91 @@ pub fn invalid(message: impl Into<String>) -> StepError {
     StepError::new(ErrorClass::Invalid, message)
 }
 
+/// What a poll of an asynchronous job comes to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PollNext<'a> {
+    /// The job ended: settle its output like a synchronous answer.
+    Settle(&'a crate::model::ModelOutput),
+    /// Not done yet, or the poll itself failed for a passing reason while there is time
+    /// left: poll again later (the job may well be running fine).
+    PollAgain,
+    /// Give up on this job: cancel it at the provider (stopping its billing), then settle the
+    /// attempt with this error (retried or falling back per the step's policy).
+    CancelAndFail(StepError),
+}
+
+/// Decides what a poll's result means for the waiting attempt, given whether its wait
+/// deadline (`wait_timeout`, shown in the message) has passed.
+pub fn after_poll<'a>(
+    polled: &'a Result<crate::model::ModelResponse, StepError>,
+    past_deadline: bool,
+    wait_timeout: &crate::time::Dur,
+) -> PollNext<'a> {
+    use crate::model::ModelResponse;
+    match polled {
+        Ok(ModelResponse::Completed(out)) => PollNext::Settle(out),
+        Ok(ModelResponse::Pending { .. }) if !past_deadline => PollNext::PollAgain,
+        Ok(ModelResponse::Pending { .. }) => PollNext::CancelAndFail(StepError::new(
+            ErrorClass::Timeout,
+            format!("the job did not finish within the wait timeout of {wait_timeout}"),
+        )),
+        Err(e) if e.class.is_retryable() && !past_deadline => PollNext::PollAgain,
+        Err(e) => PollNext::CancelAndFail(e.clone()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A poll's result, table by table: done settles; not done (or a passing poll failure)
+    /// polls again while there is time; past the wait deadline, or on a lasting failure, the
+    /// job is cancelled and the attempt fails.
+    #[test]
+    fn what_a_poll_comes_to() {
+        use crate::model::{ModelOutput, ModelResponse};
+        use crate::time::Dur;
+        let out = ModelOutput {
+            output: json!({"text": "done"}),
+            usage: None,
+            cost_usd: 0.01,
+            model: "replicate/a/b".into(),
+            provider_request_id: None,
+            sources: vec![],
+        };
+        let done: Result<ModelResponse, StepError> = Ok(ModelResponse::Completed(out.clone()));
+        let pending = Ok(ModelResponse::Pending {
+            job_id: "j".into(),
+            poll_after_ms: None,
+        });
+        let flaky = Err(StepError::new(ErrorClass::Transient, "502"));
+        let gone = Err(StepError::new(ErrorClass::Invalid, "404"));
+        let wait = Dur(600_000);
+        assert_eq!(after_poll(&done, false, &wait), PollNext::Settle(&out));
+        assert_eq!(after_poll(&done, true, &wait), PollNext::Settle(&out));
+        assert_eq!(after_poll(&pending, false, &wait), PollNext::PollAgain);
+        assert_eq!(after_poll(&flaky, false, &wait), PollNext::PollAgain);
+        let class = |n: PollNext| match n {
+            PollNext::CancelAndFail(e) => Some(e.class),
+            _ => None,
+        };
+        assert_eq!(
+            class(after_poll(&pending, true, &wait)),
+            Some(ErrorClass::Timeout)
+        );
+        assert_eq!(
+            class(after_poll(&flaky, true, &wait)),
+            Some(ErrorClass::Transient)
+        );
+        assert_eq!(
+            class(after_poll(&gone, false, &wait)),
+            Some(ErrorClass::Invalid)
+        );
+        match after_poll(&pending, true, &wait) {
+            PollNext::CancelAndFail(e) => assert!(e.message.contains("wait timeout of 10m"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
     use crate::model::Role;
     use crate::time::Dur;
     use crate::workflow::{ModelStep, Step};

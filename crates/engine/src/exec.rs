@@ -574,8 +574,8 @@ impl Engine {
             rec.attempt,
             json!({"job_id": job.job_id}),
         );
-        let (mut r, ev) = match polled {
-            Ok(ModelResponse::Completed(out)) => {
+        let (mut r, ev) = match settle::after_poll(&polled, past_deadline, &ms.wait_timeout) {
+            settle::PollNext::Settle(out) => {
                 let meta = AttemptMeta {
                     model: Some(out.model.clone()),
                     cost_usd: out.cost_usd,
@@ -584,34 +584,18 @@ impl Engine {
                     sources: out.sources.clone(),
                     ..Default::default()
                 };
-                self.settle_output(&cx.run_id, step, &rec, &out, meta, now)
+                self.settle_output(&cx.run_id, step, &rec, out, meta, now)
                     .await?
             }
-            Ok(ModelResponse::Pending { .. }) if !past_deadline => {
+            settle::PollNext::PollAgain => {
+                if let Err(err) = &polled {
+                    tracing::warn!(run_id = %cx.run_id, step = %step.id, error_class = %err.class, "poll failed; polling again later");
+                }
                 let mut r = settle::poll_again(&rec, now + self.config.default_poll_ms);
                 self.write_step(&cx.run_id, &mut r, &[polled_ev]).await?;
                 return Ok(vec![r]);
             }
-            Ok(ModelResponse::Pending { .. }) => {
-                self.cancel_job(cx, step, ms, &rec, &job).await;
-                let err = StepError::new(
-                    ErrorClass::Timeout,
-                    format!(
-                        "the job did not finish within the wait timeout of {}",
-                        ms.wait_timeout
-                    ),
-                );
-                settle::fail(step, &rec, err, AttemptMeta::default(), now, &cx.run_id)
-            }
-            // A poll that failed for a passing reason is just tried again later: the job may
-            // well be running fine.
-            Err(err) if err.class.is_retryable() && !past_deadline => {
-                tracing::warn!(run_id = %cx.run_id, step = %step.id, error_class = %err.class, "poll failed; polling again later");
-                let mut r = settle::poll_again(&rec, now + self.config.default_poll_ms);
-                self.write_step(&cx.run_id, &mut r, &[polled_ev]).await?;
-                return Ok(vec![r]);
-            }
-            Err(err) => {
+            settle::PollNext::CancelAndFail(err) => {
                 self.cancel_job(cx, step, ms, &rec, &job).await;
                 settle::fail(step, &rec, err, AttemptMeta::default(), now, &cx.run_id)
             }
