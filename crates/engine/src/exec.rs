@@ -43,29 +43,44 @@ impl Engine {
         let input = self.load_value(&snap.header.input).await?;
         let mut steps = Map::new();
         for r in &snap.steps {
-            let mut s = Map::new();
-            s.insert("status".into(), json!(r.status.as_str()));
-            if let (StepStatus::Succeeded | StepStatus::Failed, Some(o)) = (r.status, &r.output) {
-                s.insert("output".into(), self.load_value(o).await?);
-            } else if r.status == StepStatus::Failed || r.status == StepStatus::Skipped {
-                s.insert("output".into(), Value::Null);
-            }
-            if r.status == StepStatus::Succeeded || !r.sources.is_empty() {
-                s.insert("sources".into(), json!(r.sources));
-            }
-            if let Some(e) = &r.error {
-                s.insert(
-                    "error".into(),
-                    json!({"class": e.class, "message": e.message}),
-                );
-            }
-            steps.insert(r.step.clone(), Value::Object(s));
+            steps.insert(r.step.clone(), self.step_scope(r).await?);
         }
         Ok(json!({
             "input": input,
             "steps": steps,
             "run": {"id": snap.header.run_id, "workflow": wf.name, "version": wf.version},
         }))
+    }
+
+    /// Brings a scope up to date with one changed record, so a worker re-planning after each
+    /// step does not rebuild the scope of the whole chain (which grew with its length).
+    pub async fn update_scope(&self, scope: &mut Value, r: &StepRecord) -> Result<(), StoreError> {
+        let entry = self.step_scope(r).await?;
+        if let Some(steps) = scope.get_mut("steps").and_then(Value::as_object_mut) {
+            steps.insert(r.step.clone(), entry);
+        }
+        Ok(())
+    }
+
+    /// One step's part of the scope: `{status, output?, sources?, error?}`.
+    async fn step_scope(&self, r: &StepRecord) -> Result<Value, StoreError> {
+        let mut s = Map::new();
+        s.insert("status".into(), json!(r.status.as_str()));
+        if let (StepStatus::Succeeded | StepStatus::Failed, Some(o)) = (r.status, &r.output) {
+            s.insert("output".into(), self.load_value(o).await?);
+        } else if r.status == StepStatus::Failed || r.status == StepStatus::Skipped {
+            s.insert("output".into(), Value::Null);
+        }
+        if r.status == StepStatus::Succeeded || !r.sources.is_empty() {
+            s.insert("sources".into(), json!(r.sources));
+        }
+        if let Some(e) = &r.error {
+            s.insert(
+                "error".into(),
+                json!({"class": e.class, "message": e.message}),
+            );
+        }
+        Ok(Value::Object(s))
     }
 
     /// Writes a step record with its events in one port call (one item or transaction), on

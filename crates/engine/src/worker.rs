@@ -136,6 +136,9 @@ impl Engine {
         let ledger = Arc::new(std::sync::Mutex::new(crate::exec::Ledger::new(
             snap.cost_usd(),
         )));
+        // Built once per call and updated record by record (copied only while an action that
+        // still reads the previous one is in flight).
+        let mut scope = Arc::new(self.scope(wf, snap).await?);
         loop {
             let now = self.now();
             let plan = planner::plan(wf, snap, now);
@@ -167,7 +170,7 @@ impl Engine {
                 let cx = ActionCtx {
                     wf: wf.clone(),
                     run_id: run_id.clone(),
-                    scope: Arc::new(self.scope(wf, snap).await?),
+                    scope: scope.clone(),
                     records: Arc::new(
                         snap.steps
                             .iter()
@@ -197,6 +200,9 @@ impl Engine {
                 match result {
                     Ok(records) => {
                         for r in records {
+                            if let Err(e) = self.update_scope(Arc::make_mut(&mut scope), &r).await {
+                                failure.get_or_insert(e.into());
+                            }
                             let before = snap.step(&r.step).map_or(0.0, |old| old.cost_usd);
                             if let Ok(mut l) = ledger.lock() {
                                 l.settle(&r.step, r.cost_usd - before);
