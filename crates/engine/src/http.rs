@@ -22,9 +22,9 @@ struct Hooks {
     applied: Option<Arc<Notify>>,
 }
 
-/// Largest provider callback body accepted, in bytes (a Replicate prediction with inline
-/// outputs fits well inside). Larger bodies get 413 with the contract's JSON error.
-pub const MAX_CALLBACK_BYTES: usize = 2 * 1024 * 1024;
+/// Largest provider callback body accepted (the webhook use-case's limit, enforced by the
+/// router before the body is buffered). Larger bodies get 413 with the contract's JSON error.
+pub use crate::webhook::MAX_CALLBACK_BYTES;
 
 /// `POST /hooks/{provider}`: provider callbacks.
 pub fn hooks_router(engine: Engine, applied: Option<Arc<Notify>>) -> Router {
