@@ -1628,10 +1628,9 @@ async fn take_over_ends_a_dead_workers_leases_at_once() {
     assert_eq!(h.rec(&run, "a").await, a);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_second_worker_finds_the_run_busy_and_comes_back_later() {
-    // Latency matters: the first worker is inside a 1 s model call when the second arrives.
-    let h = H::new();
+/// Starts a run of one 1 s model call; returns it with its start wake-up, for tests of two
+/// workers meeting on one run.
+async fn start_one_slow_step(h: &H) -> (String, WakeUp) {
     let yaml = r#"
         name: two
         version: "1"
@@ -1646,6 +1645,14 @@ async fn a_second_worker_finds_the_run_busy_and_comes_back_later() {
         run_id: run.clone(),
         reason: WakeReason::Start,
     };
+    (run, wake)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_worker_finds_the_run_busy_and_comes_back_later() {
+    // Latency matters: the first worker is inside a 1 s model call when the second arrives.
+    let h = H::new();
+    let (run, wake) = start_one_slow_step(&h).await;
     let other = h.other_worker("worker-2");
     let (first, second) = tokio::join!(h.engine.handle(&wake, None), other.handle(&wake, None));
     assert_eq!(first.unwrap(), Handled::Ended(RunStatus::Succeeded));
@@ -2169,20 +2176,7 @@ async fn webhook_route_errors_are_json_bodies() {
 #[tokio::test(start_paused = true)]
 async fn two_records_of_one_batch_for_one_run_are_handled_once() {
     let h = H::new();
-    let yaml = r#"
-        name: two
-        version: "1"
-        steps:
-          - id: slow
-            model: local/echo
-            input: "x"
-            params: {delay_ms: 1000}
-    "#;
-    let run = h.start(yaml, json!({})).await;
-    let wake = WakeUp {
-        run_id: run.clone(),
-        reason: WakeReason::Start,
-    };
+    let (run, wake) = start_one_slow_step(&h).await;
     let (first, second) = tokio::join!(h.engine.handle(&wake, None), h.engine.handle(&wake, None));
     let mut got = [first.unwrap(), second.unwrap()];
     got.sort_by_key(|r| format!("{r:?}"));
