@@ -177,3 +177,64 @@ pub trait BlobStore: Send + Sync {
     /// A URL a client can read the blob from, valid for `ttl_ms`.
     async fn presign(&self, key: &str, ttl_ms: u64) -> Result<String, StoreError>;
 }
+
+/// Where secrets and settings come from: the process environment locally (and in a Lambda's
+/// configuration), SSM Parameter Store or Secrets Manager on AWS. Reads are synchronous on
+/// purpose: an adapter that fetches remotely loads what it serves once, at start-up (a Lambda
+/// cold start), and answers from memory, so no model call ever waits on a secrets lookup.
+///
+/// Values are never logged; error messages name the variable, never its value.
+pub trait Secrets: Send + Sync {
+    /// The value of `name`, or `None` when it is unset or empty (blank counts as unset).
+    fn get(&self, name: &str) -> Option<String>;
+    /// Every `(name, value)` whose name starts with `prefix` (e.g. per-provider webhook
+    /// secrets `SWITCHYARD_<PROVIDER>_WEBHOOK_SECRET`), blank values left out.
+    fn with_prefix(&self, prefix: &str) -> Vec<(String, String)>;
+}
+
+/// [`Secrets`] from the process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EnvSecrets;
+
+impl Secrets for EnvSecrets {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    }
+
+    fn with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, v)| k.starts_with(prefix) && !v.trim().is_empty())
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+/// [`Secrets`] from a fixed map: tests, and adapters that load a parameter path at start-up.
+#[derive(Debug, Clone, Default)]
+pub struct MapSecrets(pub std::collections::BTreeMap<String, String>);
+
+impl MapSecrets {
+    pub fn new<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
+        MapSecrets(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+}
+
+impl Secrets for MapSecrets {
+    fn get(&self, name: &str) -> Option<String> {
+        self.0.get(name).filter(|v| !v.trim().is_empty()).cloned()
+    }
+
+    fn with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        self.0
+            .iter()
+            .filter(|(k, v)| k.starts_with(prefix) && !v.trim().is_empty())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
