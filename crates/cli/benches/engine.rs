@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use switchyard_cli::local::Local;
+use switchyard_cli::local::{Local, Options};
 use switchyard_core::model::{ModelInfo, ModelRequest, ModelResponse, Provider};
 use switchyard_core::workflow::{compile, NoFiles};
 use switchyard_core::StepError;
@@ -92,14 +92,16 @@ async fn measure(yaml: &str, reps: usize) -> anyhow::Result<(f64, f64)> {
     });
     let wf = compile(yaml, &NoFiles, &provider.models()).map_err(|d| anyhow::anyhow!("{d:?}"))?;
     let dir = tempfile::tempdir()?;
-    let mut local = Local::open_with(
+    // Same engine, with the timed provider in place of the built-in one.
+    let local = Local::open_with(
         dir.path(),
         Workflows::new(),
         Arc::new(SystemClock),
-        Default::default(),
+        Options {
+            providers: Some(Providers::new().with(provider.clone())),
+            ..Options::default()
+        },
     )?;
-    // Same engine, with the timed provider in place of the built-in one.
-    local.engine.providers = Arc::new(Providers::new().with(provider.clone()));
     let mut walls = Vec::new();
     let mut models = Vec::new();
     for i in 0..reps + 2 {

@@ -5,24 +5,18 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
-use switchyard_core::model::ModelInfo;
-use switchyard_core::state::{RunStatus, WaitReason};
+use std::sync::OnceLock;
+use switchyard_core::model::{ModelInfo, Provider};
+use switchyard_core::ports::{EnvSecrets, QueueName, Secrets};
+use switchyard_core::state::RunStatus;
 use switchyard_core::workflow::{self, Diagnostic, FileLoader, Workflow};
-use switchyard_core::{webhook, Clock};
-use switchyard_engine::webhook::CallbackRequest;
+use switchyard_core::Clock;
+use switchyard_engine::driver::{self, Driver};
 use switchyard_engine::{Config, Engine, Providers, Workflows};
 use switchyard_local::{Backend, SqliteQueue, SystemClock};
-use switchyard_providers::{parse_faults, LocalConfig, LocalProvider, ScheduledCallback};
-use tokio::sync::Notify;
+use switchyard_providers::{parse_faults, LocalConfig, LocalProvider};
 
-/// The longest in-process wait `run` / `resume` sit through (a retry's backoff, a local job).
-/// Anything longer ends the command with "waiting" (exit 3); `resume` continues later.
-pub const MAX_IN_PROCESS_WAIT_MS: u64 = 120_000;
-
-/// How often a driver that has nothing to do looks at its run again (a read of the header):
-/// another process sharing the data dir may have moved the run on.
-pub const RUN_WATCH_MS: u64 = 100;
+pub use switchyard_engine::driver::{MAX_IN_PROCESS_WAIT_MS, RUN_WATCH_MS};
 
 /// Where the embedded backend lives: `--data-dir`, else `$SWITCHYARD_DATA_DIR`, else `./.switchyard`.
 pub fn data_dir(flag: Option<&Path>) -> PathBuf {
@@ -87,14 +81,14 @@ pub fn load_workflow(path: &Path, models: &[ModelInfo]) -> Result<Workflow, Vec<
     workflow::compile(&src, &DirFiles(dir), models)
 }
 
-/// An engine on the embedded backend, with the built-in models.
+/// An engine on the embedded backend, with the built-in models, and the driver that moves its
+/// runs in this process.
 pub struct Local {
     pub engine: Engine,
     pub queue: SqliteQueue,
     pub provider: Arc<LocalProvider>,
     pub backend: Backend,
-    /// Told when a provider callback arrived over HTTP, so the driver stops waiting.
-    pub applied: Arc<Notify>,
+    pub driver: Driver,
     /// Where this process receives provider callbacks, when it listens.
     pub listening: Option<SocketAddr>,
     /// The bound socket, until `serve_callbacks` takes it.
@@ -108,15 +102,29 @@ pub struct Options {
     pub listen: Option<SocketAddr>,
     /// Register the hosted-API adapters (OpenAI, Anthropic, Bedrock, Replicate, OpenAI-compatible).
     pub hosted: bool,
+    /// Serve these providers instead of the built-in and hosted ones (the benchmark's timed
+    /// provider). The built-in provider still delivers its scheduled callbacks.
+    pub providers: Option<Providers>,
 }
 
-/// The lease owner id of this process: `local:<pid>:<nonce>`; `resume` checks the pid.
+/// The lease owner prefix of this process: `local:<pid>:<nonce>`; `resume` checks the pid.
+/// Each `handle` call adds its own suffix.
 fn owner() -> String {
     format!(
         "local:{}:{}",
         std::process::id(),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     )
+}
+
+/// The hosted adapters and their catalog, built once per process (building them loads the
+/// system's CA certificates): `validate` and `run` need the models, `run` the adapters too.
+fn hosted() -> Result<&'static [Arc<dyn Provider>]> {
+    static HOSTED: OnceLock<Result<Vec<Arc<dyn Provider>>, String>> = OnceLock::new();
+    HOSTED
+        .get_or_init(|| switchyard_providers::registry::from_env().map(|h| h.providers))
+        .as_deref()
+        .map_err(|e| anyhow!("{e}"))
 }
 
 impl Local {
@@ -136,23 +144,27 @@ impl Local {
                 dir.display()
             )))
         })?;
-        let faults = match std::env::var("SWITCHYARD_LOCAL_FAULTS") {
-            Ok(spec) if !spec.trim().is_empty() => {
+        let secrets = EnvSecrets;
+        let faults = match secrets.get("SWITCHYARD_LOCAL_FAULTS") {
+            Some(spec) => {
                 parse_faults(&spec).map_err(|e| anyhow!("SWITCHYARD_LOCAL_FAULTS: {e}"))?
             }
-            _ => HashMap::new(),
+            None => HashMap::new(),
         };
         let provider = Arc::new(LocalProvider::new(LocalConfig { faults }));
-        let mut providers = Providers::new().with(provider.clone());
-        if opts.hosted {
-            let hosted = switchyard_providers::registry::from_env()
-                .map_err(|e| anyhow!("{e}"))?
-                .providers;
-            for p in hosted {
-                providers = providers.with(p);
+        let providers = match opts.providers {
+            Some(p) => p,
+            None => {
+                let mut providers = Providers::new().with(provider.clone());
+                if opts.hosted {
+                    for p in hosted()? {
+                        providers = providers.with(p.clone());
+                    }
+                }
+                providers
             }
-        }
-        let queue = backend.queue("work", clock.clone());
+        };
+        let queue = backend.queue(QueueName::Work, clock.clone());
         // Bind before building the engine: callback URLs carry the address.
         let (listener, listening) = match opts.listen {
             Some(addr) => {
@@ -164,17 +176,11 @@ impl Local {
             }
             None => (None, None),
         };
-        let public_url = std::env::var("SWITCHYARD_PUBLIC_URL")
-            .ok()
-            .filter(|s| !s.is_empty())
-            .or_else(|| listening.map(|a| format!("http://{a}")))
-            .unwrap_or_else(|| "http://127.0.0.1:8080".into());
-        let config = Config {
-            owner: owner(),
-            webhook_secrets: webhook_secrets(),
-            public_url,
-            ..Config::default()
-        };
+        let fallback_url = listening.map_or_else(
+            || "http://127.0.0.1:8080".to_string(),
+            |a| format!("http://{a}"),
+        );
+        let config = Config::from_secrets(&secrets, owner(), &fallback_url);
         let engine = Engine::new(
             Arc::new(backend.store()),
             Arc::new(queue.clone()),
@@ -184,12 +190,21 @@ impl Local {
             Arc::new(workflows),
             config,
         );
+        let driver = Driver::new(
+            engine.clone(),
+            Arc::new(queue.clone()),
+            driver::Options {
+                listening: listening.is_some(),
+                ..driver::Options::default()
+            },
+        )
+        .with_callbacks(provider.clone());
         Ok(Local {
             engine,
             queue,
             provider,
             backend,
-            applied: Arc::new(Notify::new()),
+            driver,
             listening,
             listener,
         })
@@ -202,7 +217,7 @@ impl Local {
         };
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
         let router =
-            switchyard_engine::http::hooks_router(self.engine.clone(), Some(self.applied.clone()));
+            switchyard_engine::http::hooks_router(self.engine.clone(), Some(self.driver.applied()));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, router).await {
                 tracing::error!(error = %e, "callback listener stopped");
@@ -214,12 +229,8 @@ impl Local {
     /// The models this deployment offers: the built-in ones and every hosted model of the price
     /// table (a hosted model without its key still passes static checks; calling it fails `auth`).
     pub fn models() -> Result<Vec<ModelInfo>> {
-        use switchyard_core::model::Provider;
         let mut models = LocalProvider::new(LocalConfig::default()).models();
-        let hosted = switchyard_providers::registry::from_env()
-            .map_err(|e| anyhow!("{e}"))?
-            .providers;
-        for p in hosted {
+        for p in hosted()? {
             models.extend(p.models());
         }
         Ok(models)
@@ -228,11 +239,11 @@ impl Local {
     /// Opens the backend for commands that drive runs: hosted providers registered, and a
     /// listener for provider callbacks (`SWITCHYARD_LISTEN`, default any free port on 127.0.0.1).
     pub fn open_for_runs(dir: &Path, workflows: Workflows) -> Result<Local> {
-        let listen = match std::env::var("SWITCHYARD_LISTEN") {
-            Ok(a) if !a.trim().is_empty() => a.trim().parse().map_err(|_| {
+        let listen = match EnvSecrets.get("SWITCHYARD_LISTEN") {
+            Some(a) => a.trim().parse().map_err(|_| {
                 anyhow!("SWITCHYARD_LISTEN `{a}` is not an address like 127.0.0.1:8788")
             })?,
-            _ => SocketAddr::from(([127, 0, 0, 1], 0)),
+            None => SocketAddr::from(([127, 0, 0, 1], 0)),
         };
         let mut local = Local::open_with(
             dir,
@@ -241,142 +252,17 @@ impl Local {
             Options {
                 listen: Some(listen),
                 hosted: true,
+                providers: None,
             },
         )?;
         local.serve_callbacks()?;
         Ok(local)
     }
 
-    /// Drives `run_id` until it ends, or waits on something outside this process: a person, or
-    /// a remote job whose callback cannot reach us (not listening) — or nothing happened for
-    /// [`MAX_IN_PROCESS_WAIT_MS`].
+    /// Drives `run_id` until it ends or waits on something outside this process (see
+    /// [`Driver::drive`]).
     pub async fn drive(&self, run_id: &str) -> Result<RunStatus> {
-        let mut callbacks: Vec<(u64, ScheduledCallback)> = Vec::new();
-        let mut idle_since = self.engine.now();
-        loop {
-            let now = self.engine.now();
-            callbacks.extend(
-                self.provider
-                    .take_scheduled()
-                    .into_iter()
-                    .map(|c| (now + c.delay_ms, c)),
-            );
-            let (due, later): (Vec<_>, Vec<_>) =
-                callbacks.into_iter().partition(|(t, _)| *t <= now);
-            callbacks = later;
-            let mut progressed = !due.is_empty();
-            for (_, cb) in due {
-                self.deliver(&cb).await?;
-            }
-            let deliveries = match self.queue.receive(16, 60_000) {
-                Ok(d) => d,
-                // Another process holds the database longer than its busy timeout: wait a
-                // moment and go on, rather than abandoning the run.
-                Err(switchyard_core::StoreError::Unavailable(e)) => {
-                    tracing::warn!(error = %e, "queue busy; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            for d in deliveries {
-                progressed = true;
-                match self.engine.handle(&d.body, None).await {
-                    Ok(_) => {
-                        self.queue.ack(&d.receipt)?;
-                    }
-                    Err(e) => {
-                        // Try again soon rather than after the whole visibility timeout: a
-                        // busy database or a conflicting writer clears in milliseconds.
-                        tracing::warn!(run_id = %d.body.run_id, error = %e, "wake-up failed; retrying");
-                        self.queue.change_visibility(&d.receipt, 250)?;
-                    }
-                }
-            }
-            let now = self.engine.now();
-            callbacks.extend(
-                self.provider
-                    .take_scheduled()
-                    .into_iter()
-                    .map(|c| (now + c.delay_ms, c)),
-            );
-            if progressed {
-                idle_since = now;
-            }
-            let snap = match self.engine.load_for(None, run_id).await {
-                Ok(s) => s,
-                Err(switchyard_engine::EngineError::Store(
-                    switchyard_core::StoreError::Unavailable(e),
-                )) => {
-                    tracing::warn!(error = %e, "store busy; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let h = &snap.header;
-            if h.status.is_terminal() {
-                return Ok(h.status);
-            }
-            let ours = |c: &ScheduledCallback| c.url.contains(&format!("run_id={run_id}&"));
-            let waits_outside = h.status == RunStatus::Waiting
-                && match h.wait.as_ref().map(|w| w.reason) {
-                    Some(WaitReason::Approval) => true,
-                    Some(WaitReason::Callback) => {
-                        self.listening.is_none() && !callbacks.iter().any(|(_, c)| ours(c))
-                    }
-                    _ => false,
-                };
-            if waits_outside {
-                return Ok(h.status);
-            }
-            let next = [
-                self.queue.next_visible_at()?,
-                callbacks.iter().map(|(t, _)| *t).min(),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            let give_up = idle_since + MAX_IN_PROCESS_WAIT_MS;
-            if now >= give_up {
-                return Ok(h.status);
-            }
-            // Never sleep longer than RUN_WATCH_MS between looks at the run: with a shared data
-            // dir, another process may hold this run's message (hidden for its visibility
-            // timeout) and drive the run to its end or park it while we sleep.
-            let until = next
-                .map_or(give_up, |t| t.min(give_up))
-                .min(now + RUN_WATCH_MS);
-            if until > now {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(until - now)) => {}
-                    _ = self.applied.notified() => {}
-                }
-            }
-        }
-    }
-
-    /// Delivers a built-in model's callback through the same handler as `POST /hooks/{provider}`.
-    async fn deliver(&self, cb: &ScheduledCallback) -> Result<()> {
-        let secret = self
-            .engine
-            .webhook_secret(&cb.provider)
-            .cloned()
-            .unwrap_or_default();
-        let req = CallbackRequest::signed(
-            &cb.provider,
-            &cb.url,
-            &cb.webhook_id,
-            &cb.body,
-            &secret,
-            self.engine.now() / 1000,
-        )
-        .map_err(|e| anyhow!("{e}"))?;
-        match self.engine.handle_callback(&req).await {
-            Ok(r) => tracing::debug!(result = ?r, "local callback delivered"),
-            Err(e) => tracing::warn!(error = %e, "local callback rejected"),
-        }
-        Ok(())
+        Ok(self.driver.drive(run_id).await?)
     }
 
     /// Ends leases held by processes of this machine that no longer exist, so a run whose
@@ -404,28 +290,6 @@ impl Local {
     }
 }
 
-/// `SWITCHYARD_WEBHOOK_SECRET` for every provider, `SWITCHYARD_<PROVIDER>_WEBHOOK_SECRET` for
-/// one; without them, a secret made for this process (enough for in-process callbacks).
-fn webhook_secrets() -> HashMap<String, String> {
-    let mut secrets = HashMap::new();
-    let default = std::env::var("SWITCHYARD_WEBHOOK_SECRET")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| webhook::secret_from_bytes(uuid::Uuid::new_v4().as_bytes()));
-    secrets.insert("*".to_string(), default);
-    for (k, v) in std::env::vars() {
-        if let Some(p) = k
-            .strip_prefix("SWITCHYARD_")
-            .and_then(|r| r.strip_suffix("_WEBHOOK_SECRET"))
-        {
-            if !p.is_empty() && !v.is_empty() {
-                secrets.insert(p.to_ascii_lowercase(), v);
-            }
-        }
-    }
-    secrets
-}
-
 fn is_dead_local_owner(owner: &str) -> bool {
     let mut parts = owner.split(':');
     match (
@@ -445,6 +309,7 @@ fn is_dead_local_owner(owner: &str) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+    use std::time::Duration;
     use switchyard_engine::intake::StartRequest;
 
     fn workflows() -> Workflows {
@@ -484,7 +349,10 @@ mod tests {
         let driver = tokio::spawn(async move { a.drive(&run_id).await });
         // B finishes the run with the message it holds (and the wake-ups that follows).
         for d in held {
-            b.engine.handle(&d.body, None).await.unwrap();
+            let switchyard_core::ports::Message::Wake(w) = &d.message else {
+                panic!("not a wake-up")
+            };
+            b.engine.handle(w, None).await.unwrap();
             b.queue.ack(&d.receipt).unwrap();
         }
         let status = b.engine.load_for(None, &started.run_id).await.unwrap();

@@ -8,6 +8,8 @@
 //! - [`state`]: conditional writes and conflicts, events written with their state change,
 //!   leases, idempotency claims, webhook-id dedupe, listing with filters and a cursor.
 //! - [`blobs`]: content-addressed round trips, and refusing keys that do not match.
+//! - [`queues`]: SQS semantics on both queues (work, notify): delays, visibility timeouts,
+//!   receive counts, dead-lettering into each queue's own place, redrive.
 //!
 //! The functions take a fresh, empty store each. They panic on a broken rule: this crate is a
 //! test library, and only test targets depend on it.
@@ -15,6 +17,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test library
 
 pub mod blobs;
+pub mod queues;
 pub mod state;
 
 /// Expands to one `#[tokio::test]` per rule of the state store contract. `$make` is an
@@ -61,6 +64,31 @@ macro_rules! blob_store_contract {
             async fn $name() {
                 let (_guard, blobs) = $make;
                 $crate::blobs::$name(&*blobs).await;
+            }
+        )*
+    };
+}
+
+/// Expands to one `#[tokio::test]` per rule of the queue contract. `$make` evaluates to
+/// `(guard, fixture)` with a fresh [`queues::QueueFixture`].
+#[macro_export]
+macro_rules! queue_contract {
+    ($make:expr) => {
+        $crate::queue_contract!(@tests $make;
+            messages_round_trip_on_their_own_queue,
+            delays_are_honoured,
+            receive_takes_at_most_max,
+            visibility_timeout_receive_count_and_ack,
+            dead_letters_after_max_receives_and_redrive,
+            redrive_moves_only_the_listed_ids
+        );
+    };
+    (@tests $make:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let (_guard, fixture) = $make;
+                $crate::queues::$name(&fixture).await;
             }
         )*
     };

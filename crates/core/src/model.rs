@@ -246,3 +246,28 @@ pub mod normalized {
         (x * 10_000.0).round() / 10_000.0
     }
 }
+
+/// A webhook a provider running in this process wants delivered to the engine: the built-in
+/// asynchronous job calls back this way, so its submit → callback path runs offline through
+/// the same signed handler as `POST /hooks/{provider}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScheduledCallback {
+    /// Deliver it this long after it was scheduled.
+    pub delay_ms: u64,
+    /// The provider whose webhook route receives it (`"local"`).
+    pub provider: String,
+    /// The job it finishes: what a waiting step's `job.job_id` names.
+    pub job_id: String,
+    /// `request.callback.url`, which carries run, step and token.
+    pub url: String,
+    /// Standard Webhooks `webhook-id`; deterministic, so redelivery is recognisable.
+    pub webhook_id: String,
+    pub body: Value,
+}
+
+/// A provider that delivers its own webhooks in-process (see [`ScheduledCallback`]). A driver
+/// takes what it scheduled after each round and delivers each when due.
+pub trait CallbackSource: Send + Sync {
+    /// Everything scheduled since the last call (the source forgets it).
+    fn take_scheduled(&self) -> Vec<ScheduledCallback>;
+}

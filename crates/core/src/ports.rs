@@ -5,7 +5,7 @@
 //! dyn-compatible and the core keeps no dependency on tokio.
 
 use crate::error::StoreError;
-use crate::state::{HistoryEvent, Lease, RunHeader, RunSnapshot, StepRecord, WakeUp};
+use crate::state::{HistoryEvent, Lease, Notification, RunHeader, RunSnapshot, StepRecord, WakeUp};
 use crate::time::Millis;
 use async_trait::async_trait;
 
@@ -160,12 +160,144 @@ pub trait StateStore: Send + Sync {
     async fn record_webhook_id(&self, id: &str, now: Millis) -> Result<bool, StoreError>;
 }
 
-/// Sends wake-ups. Receiving is the trigger's business (SQS → Lambda, or the local poller).
+/// The deployment's queues. Each carries one kind of message and has its own dead-letter
+/// place (two SQS queues with a redrive policy each on AWS; two queue names locally).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum QueueName {
+    /// Wake-ups for the worker: start, continue, timers, callbacks, cancellation.
+    Work,
+    /// Notifications for the notifier: a run ended or waits for a person.
+    Notify,
+}
+
+impl QueueName {
+    pub const ALL: [QueueName; 2] = [QueueName::Work, QueueName::Notify];
+
+    /// The queue's name in configuration, the CLI (`--queue work|notify`) and the embedded
+    /// backend's tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueName::Work => "work",
+            QueueName::Notify => "notify",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<QueueName> {
+        QueueName::ALL.into_iter().find(|q| q.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for QueueName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A message on one of the queues. Its body on the wire is the inner value's JSON (each queue
+/// holds one kind, so no tag is needed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Wake(WakeUp),
+    Notify(Notification),
+}
+
+impl Message {
+    /// The queue this message travels on.
+    pub fn queue(&self) -> QueueName {
+        match self {
+            Message::Wake(_) => QueueName::Work,
+            Message::Notify(_) => QueueName::Notify,
+        }
+    }
+
+    /// The run it is about (for logs and dead-letter listings).
+    pub fn run_id(&self) -> &str {
+        match self {
+            Message::Wake(w) => &w.run_id,
+            Message::Notify(n) => &n.run_id,
+        }
+    }
+
+    pub fn to_body(&self) -> Result<String, StoreError> {
+        let json = match self {
+            Message::Wake(w) => serde_json::to_string(w),
+            Message::Notify(n) => serde_json::to_string(n),
+        };
+        json.map_err(|e| StoreError::Corrupt(format!("message for run {}: {e}", self.run_id())))
+    }
+
+    /// Reads a body received on `queue`; the error says why it cannot be a message there
+    /// (the receiver dead-letters such a body rather than failing on it forever).
+    pub fn from_body(queue: QueueName, body: &str) -> Result<Message, String> {
+        match queue {
+            QueueName::Work => serde_json::from_str(body).map(Message::Wake),
+            QueueName::Notify => serde_json::from_str(body).map(Message::Notify),
+        }
+        .map_err(|e| format!("not a {queue} message: {e}"))
+    }
+}
+
+/// Sends messages. The adapter puts each on the queue it belongs to ([`Message::queue`]).
 #[async_trait]
 pub trait Queue: Send + Sync {
-    /// Sends a wake-up, visible after `delay_ms` (SQS caps a delay at 15 minutes: adapters send
+    /// Sends a message, visible after `delay_ms` (SQS caps a delay at 15 minutes: adapters send
     /// the capped delay and the worker re-plans and sends again if it is early).
-    async fn send(&self, message: &WakeUp, delay_ms: u64) -> Result<(), StoreError>;
+    async fn send(&self, message: &Message, delay_ms: u64) -> Result<(), StoreError>;
+}
+
+/// A received message. The receipt is valid until the message is received again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The message's id, the same on every delivery of it.
+    pub id: String,
+    pub receipt: String,
+    pub message: Message,
+    /// Deliveries so far, this one included (1 on the first).
+    pub receive_count: u32,
+}
+
+/// A message taken out of circulation. `body` is kept raw: it may be the reason it is there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub id: String,
+    pub body: String,
+    pub receive_count: u32,
+    pub reason: String,
+    pub failed_at: Millis,
+}
+
+/// The receiving side of one queue: what the local driver and `switchyard dev` poll, and what
+/// SQS plus its Lambda trigger do on AWS (where the trigger receives and the function's answer
+/// acks). Semantics are SQS's: a received message is hidden for the visibility timeout, then
+/// comes back with its receive count raised unless acked; past the queue's maximum receive
+/// count it moves to the queue's dead-letter place.
+#[async_trait]
+pub trait Inbox: Send + Sync {
+    /// Which queue this is.
+    fn queue(&self) -> QueueName;
+
+    /// Takes up to `max` visible messages, hiding each for `visibility_ms`. A body that cannot
+    /// be a message of this queue is dead-lettered, not returned.
+    async fn receive(&self, max: usize, visibility_ms: u64) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Deletes a received message; `false` if the receipt is stale (received again since, or
+    /// acked already): the caller just moves on.
+    async fn ack(&self, receipt: &str) -> Result<bool, StoreError>;
+
+    /// Makes a received message visible again `delay_ms` from now; `false` if the receipt is
+    /// stale.
+    async fn change_visibility(&self, receipt: &str, delay_ms: u64) -> Result<bool, StoreError>;
+
+    /// When the earliest message (in flight ones included) becomes visible, if the adapter can
+    /// tell (SQS cannot: `None`, and a driver long-polls instead). Past values mean now.
+    async fn next_visible_at(&self) -> Result<Option<Millis>, StoreError>;
+
+    /// This queue's dead letters, oldest first.
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Puts dead letters back on the queue, visible now, with a fresh receive count: all of
+    /// them, or those whose id is listed. Returns how many moved.
+    async fn redrive(&self, ids: Option<&[String]>) -> Result<usize, StoreError>;
 }
 
 /// Content-addressed blobs: the key is the sha256 of the bytes, in hex.

@@ -399,3 +399,43 @@ pub struct WakeUp {
     pub run_id: String,
     pub reason: WakeReason,
 }
+
+/// What a notification tells the run's `callback_url` (the Standard Webhooks event type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NotifyEvent {
+    #[serde(rename = "run.succeeded")]
+    RunSucceeded,
+    #[serde(rename = "run.failed")]
+    RunFailed,
+    #[serde(rename = "run.cancelled")]
+    RunCancelled,
+    #[serde(rename = "run.waiting_for_approval")]
+    RunWaitingForApproval,
+}
+
+impl NotifyEvent {
+    /// The event type as it appears on the wire (`run.succeeded`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyEvent::RunSucceeded => "run.succeeded",
+            NotifyEvent::RunFailed => "run.failed",
+            NotifyEvent::RunCancelled => "run.cancelled",
+            NotifyEvent::RunWaitingForApproval => "run.waiting_for_approval",
+        }
+    }
+}
+
+/// A message on the notify queue: tell a run's caller what happened. It carries only
+/// identities; the notifier reads the run's state when it delivers, so a message stays small
+/// whatever the output's size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notification {
+    pub run_id: String,
+    pub event: NotifyEvent,
+    /// Standard Webhooks `webhook-id`: the same for every delivery attempt of this
+    /// notification, so a receiver can drop a repeat.
+    pub webhook_id: String,
+    /// Delivery attempts made before this message was sent (0 the first time).
+    #[serde(default)]
+    pub attempt: u32,
+}

@@ -4,7 +4,7 @@
 use crate::{Engine, EngineError};
 use serde_json::json;
 use switchyard_core::settle;
-use switchyard_core::state::{EventKind, HistoryEvent, RunStatus, StepStatus, WakeReason, WakeUp};
+use switchyard_core::state::{EventKind, HistoryEvent, RunStatus, StepStatus, WakeReason};
 use switchyard_core::workflow::StepKind;
 use switchyard_core::StoreError;
 
@@ -64,15 +64,7 @@ impl Engine {
             })?;
         let (mut r, ev) = settle::decide(&rec, approved, comment, self.now());
         self.write_step(run_id, &mut r, &[ev]).await?;
-        self.queue
-            .send(
-                &WakeUp {
-                    run_id: run_id.to_string(),
-                    reason: WakeReason::Approval,
-                },
-                0,
-            )
-            .await?;
+        self.wake(&run_id, WakeReason::Approval, 0).await?;
         Ok(())
     }
 
@@ -103,15 +95,7 @@ impl Engine {
             );
             match self.store.put_header(&h, &[ev]).await {
                 Ok(_) => {
-                    self.queue
-                        .send(
-                            &WakeUp {
-                                run_id: run_id.to_string(),
-                                reason: WakeReason::Cancel,
-                            },
-                            0,
-                        )
-                        .await?;
+                    self.wake(&run_id, WakeReason::Cancel, 0).await?;
                     return Ok(h.status);
                 }
                 Err(StoreError::Conflict(_)) => continue,

@@ -5,6 +5,7 @@ use crate::{Engine, EngineError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use switchyard_core::ports::IdempotencyClaim;
+use switchyard_core::ports::Message;
 use switchyard_core::state::{
     EventKind, HistoryEvent, RunHeader, RunStatus, WakeReason, WakeUp, WorkflowPin,
 };
@@ -98,7 +99,7 @@ impl Engine {
                                 run_id: existing.clone(),
                                 reason: WakeReason::Start,
                             };
-                            self.queue.send(&wake, 0).await?;
+                            self.queue.send(&Message::Wake(wake), 0).await?;
                         }
                         return Ok(Started {
                             run_id: existing,
@@ -159,15 +160,7 @@ impl Engine {
             }
             Err(e) => return Err(e.into()),
         }
-        self.queue
-            .send(
-                &WakeUp {
-                    run_id: run_id.clone(),
-                    reason: WakeReason::Start,
-                },
-                0,
-            )
-            .await?;
+        self.wake(&run_id, WakeReason::Start, 0).await?;
         tracing::info!(run_id = %run_id, workflow = %wf.name, version = %wf.version, "run created");
         Ok(Started {
             run_id,

@@ -8,6 +8,7 @@
 //! - [`exec`]: what executing one step of each kind means (model calls, routes, validation…).
 //! - [`webhook`]: provider callbacks (signature, dedupe, callback token) that finish a waiting
 //!   step and wake the run.
+//! - [`driver`]: the in-process loop (receive → handle → ack) every local entry point shares.
 //! - [`control`]: approvals, cancellation, taking over a run whose worker died.
 //! - [`view`]: the run document the CLI and the HTTP API return.
 //! - [`registry`]: the providers and workflows a deployment serves.
@@ -16,11 +17,13 @@
 //! Nothing here knows whether the ports are SQLite and files or DynamoDB, SQS and S3.
 
 pub mod control;
+pub mod driver;
 pub mod error;
 pub mod exec;
 pub mod http;
 pub mod intake;
 pub mod registry;
+pub mod settings;
 pub mod view;
 pub mod webhook;
 pub mod worker;
@@ -130,6 +133,22 @@ impl Engine {
 
     pub fn now(&self) -> u64 {
         self.clock.now_ms()
+    }
+
+    /// Sends the run a wake-up on the work queue, visible after `delay_ms`.
+    pub(crate) async fn wake(
+        &self,
+        run_id: &str,
+        reason: switchyard_core::state::WakeReason,
+        delay_ms: u64,
+    ) -> Result<(), StoreError> {
+        let wake = switchyard_core::state::WakeUp {
+            run_id: run_id.to_string(),
+            reason,
+        };
+        self.queue
+            .send(&switchyard_core::ports::Message::Wake(wake), delay_ms)
+            .await
     }
 
     /// Keeps small step values inline and puts large ones in the blob store.

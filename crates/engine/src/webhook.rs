@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use switchyard_core::model::ModelResponse;
 use switchyard_core::settle::{self, AttemptMeta};
-use switchyard_core::state::{EventKind, HistoryEvent, WakeReason, WakeUp};
+use switchyard_core::state::{EventKind, HistoryEvent, WakeReason};
 use switchyard_core::webhook;
 use switchyard_core::workflow::StepKind;
 
@@ -158,15 +158,7 @@ impl Engine {
                     .await?;
                 // An earlier delivery may have been applied without its wake-up being sent
                 // (a crash between the two): wake the run again; a spare wake-up is harmless.
-                self.queue
-                    .send(
-                        &WakeUp {
-                            run_id: run_id.clone(),
-                            reason: WakeReason::Webhook,
-                        },
-                        0,
-                    )
-                    .await?;
+                self.wake(&run_id, WakeReason::Webhook, 0).await?;
                 return Ok(if fresh {
                     CallbackResult::Stale
                 } else {
@@ -230,15 +222,7 @@ impl Engine {
         };
         self.write_step(&run_id, &mut r, &[received, ev]).await?;
         self.store.record_webhook_id(&dedupe_key, now).await?;
-        self.queue
-            .send(
-                &WakeUp {
-                    run_id,
-                    reason: WakeReason::Webhook,
-                },
-                0,
-            )
-            .await?;
+        self.wake(&run_id, WakeReason::Webhook, 0).await?;
         Ok(CallbackResult::Applied)
     }
 }

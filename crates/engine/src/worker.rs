@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use switchyard_core::planner::{self, Outcome, Plan};
+use switchyard_core::ports::Message;
 use switchyard_core::state::{
     EventKind, HistoryEvent, Lease, RunError, RunSnapshot, RunStatus, StepRecord, StepStatus,
     WaitInfo, WaitReason, WakeReason, WakeUp,
@@ -84,7 +85,10 @@ impl Engine {
             Err(StoreError::Conflict(_)) => {
                 let until = snap.header.lease.as_ref().map_or(now, |l| l.until);
                 self.queue
-                    .send(wake, until.saturating_sub(now) + 100)
+                    .send(
+                        &Message::Wake(wake.clone()),
+                        until.saturating_sub(now) + 100,
+                    )
                     .await?;
                 return Ok(Handled::Busy);
             }
@@ -229,15 +233,7 @@ impl Engine {
             }
             if near_deadline && !plan.actions.is_empty() {
                 self.park(snap, &plan, None, was_waiting).await?;
-                self.queue
-                    .send(
-                        &WakeUp {
-                            run_id,
-                            reason: WakeReason::Resume,
-                        },
-                        0,
-                    )
-                    .await?;
+                self.wake(&run_id, WakeReason::Resume, 0).await?;
                 return Ok(Handled::Yielded);
             }
             let resend = planner::must_send_timer(wake.reason, prev_wait_until, plan.wake_at);
@@ -287,7 +283,9 @@ impl Engine {
                 run_id: snap.header.run_id.clone(),
                 reason: WakeReason::Timer,
             };
-            self.queue.send(&wake, at.saturating_sub(now)).await?;
+            self.queue
+                .send(&Message::Wake(wake), at.saturating_sub(now))
+                .await?;
         }
         let mut h = snap.header.clone();
         h.status = RunStatus::Waiting;

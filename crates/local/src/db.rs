@@ -6,6 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use switchyard_core::ports::QueueName;
 use switchyard_core::{Clock, StoreError};
 
 /// The database file name inside the data directory.
@@ -252,7 +253,8 @@ impl Backend {
 
     /// A named queue; all queues share one table. The clock decides visibility, so tests pass a
     /// [`crate::ManualClock`].
-    pub fn queue(&self, name: &str, clock: Arc<dyn Clock>) -> SqliteQueue {
+    /// A handle on one of the queues (see [`SqliteQueue`]).
+    pub fn queue(&self, name: QueueName, clock: Arc<dyn Clock>) -> SqliteQueue {
         SqliteQueue::new(self.db.clone(), name, clock)
     }
 

@@ -7,8 +7,7 @@ use async_trait::async_trait;
 use rusqlite::{params, TransactionBehavior};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use switchyard_core::ports::Queue;
-use switchyard_core::state::WakeUp;
+use switchyard_core::ports::{DeadLetter, Delivery, Inbox, Message, Queue, QueueName};
 use switchyard_core::{Clock, Millis, StoreError};
 
 /// Deliveries allowed before a message is dead-lettered (SQS `maxReceiveCount`).
@@ -17,40 +16,26 @@ pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 5;
 /// Makes receipts of the same message at the same millisecond differ even across queues.
 static RECEIPTS: AtomicU64 = AtomicU64::new(0);
 
-/// A received message. The receipt is valid until the message is received again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    pub id: i64,
-    pub receipt: String,
-    pub body: WakeUp,
-    /// Deliveries so far, this one included (1 on the first).
-    pub receive_count: u32,
-}
-
-/// A message taken out of circulation. `body` is kept raw: it may be the reason it is here.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    pub id: i64,
-    pub body: String,
-    pub receive_count: u32,
-    pub reason: String,
-    pub failed_at: Millis,
-}
-
-/// One named queue; all queues share the `queue_messages` table. Cheap to clone.
+/// One of the deployment's queues; all share the `queue_messages` table, keyed by the queue's
+/// name, and the `dead_letters` table the same way (each queue's dead letters are its own).
+/// Cheap to clone.
+///
+/// As a [`Queue`] (the sending side) a handle puts each message on the queue the message
+/// belongs to, as the AWS adapter does with its two queue URLs; as an [`Inbox`] it receives
+/// from its own queue only.
 #[derive(Clone)]
 pub struct SqliteQueue {
     db: Db,
-    name: Arc<str>,
+    name: QueueName,
     clock: Arc<dyn Clock>,
     max_receive_count: u32,
 }
 
 impl SqliteQueue {
-    pub(crate) fn new(db: Db, name: &str, clock: Arc<dyn Clock>) -> SqliteQueue {
+    pub(crate) fn new(db: Db, name: QueueName, clock: Arc<dyn Clock>) -> SqliteQueue {
         SqliteQueue {
             db,
-            name: name.into(),
+            name,
             clock,
             max_receive_count: DEFAULT_MAX_RECEIVE_COUNT,
         }
@@ -62,8 +47,8 @@ impl SqliteQueue {
         self
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
+    pub fn name(&self) -> QueueName {
+        self.name
     }
 
     /// Takes up to `max` visible messages, oldest visibility first, hiding each for
@@ -76,7 +61,7 @@ impl SqliteQueue {
     ) -> Result<Vec<Delivery>, StoreError> {
         let now = self.clock.now_ms();
         let hidden_until = now.saturating_add(visibility_timeout_ms);
-        let q = &*self.name;
+        let q = self.name.as_str();
         self.db.with(|c| {
             // An empty poll is the common case of an idle worker: answer it with a read (no
             // write lock, no journal write) and take the write transaction only when there
@@ -127,8 +112,8 @@ impl SqliteQueue {
 
             let mut out = Vec::with_capacity(candidates.len());
             for (id, body, count) in candidates {
-                let body = match serde_json::from_str::<WakeUp>(&body) {
-                    Ok(b) => b,
+                let message = match Message::from_body(self.name, &body) {
+                    Ok(m) => m,
                     Err(e) => {
                         tracing::warn!(queue = q, id, "unreadable message moved to dead letters");
                         tx.execute(
@@ -154,9 +139,9 @@ impl SqliteQueue {
                     params![count, receipt, hidden_until, id],
                 )?;
                 out.push(Delivery {
-                    id,
+                    id: id.to_string(),
                     receipt,
-                    body,
+                    message,
                     receive_count: count,
                 });
             }
@@ -171,7 +156,7 @@ impl SqliteQueue {
         self.db.with(|c| {
             let n = c.execute(
                 "DELETE FROM queue_messages WHERE queue = ?1 AND receipt = ?2",
-                params![&*self.name, receipt],
+                params![self.name.as_str(), receipt],
             )?;
             Ok(n == 1)
         })
@@ -184,7 +169,7 @@ impl SqliteQueue {
         self.db.with(|c| {
             let n = c.execute(
                 "UPDATE queue_messages SET visible_at = ?1 WHERE queue = ?2 AND receipt = ?3",
-                params![at, &*self.name, receipt],
+                params![at, self.name.as_str(), receipt],
             )?;
             Ok(n == 1)
         })
@@ -196,7 +181,7 @@ impl SqliteQueue {
         self.db.with(|c| {
             Ok(c.query_row(
                 "SELECT MIN(visible_at) FROM queue_messages WHERE queue = ?1",
-                [&*self.name],
+                [self.name.as_str()],
                 |r| r.get(0),
             )?)
         })
@@ -207,7 +192,7 @@ impl SqliteQueue {
         self.db.with(|c| {
             Ok(c.query_row(
                 "SELECT COUNT(*) FROM queue_messages WHERE queue = ?1",
-                [&*self.name],
+                [self.name.as_str()],
                 |r| r.get(0),
             )?)
         })
@@ -224,9 +209,9 @@ impl SqliteQueue {
                 "SELECT id, body, receive_count, reason, failed_at FROM dead_letters
                      WHERE queue = ?1 ORDER BY id",
             )?;
-            let rows = stmt.query_map([&*self.name], |r| {
+            let rows = stmt.query_map([self.name.as_str()], |r| {
                 Ok(DeadLetter {
-                    id: r.get(0)?,
+                    id: r.get::<_, i64>(0)?.to_string(),
                     body: r.get(1)?,
                     receive_count: r.get(2)?,
                     reason: r.get(3)?,
@@ -237,18 +222,35 @@ impl SqliteQueue {
         })
     }
 
-    /// Puts every dead letter of this queue back, visible now, with a fresh receive count.
-    /// Returns how many moved.
-    pub fn redrive_dead_letters(&self) -> Result<usize, StoreError> {
+    /// Puts dead letters of this queue back, visible now, with a fresh receive count: every
+    /// one, or those whose id is in `ids`. Returns how many moved.
+    pub fn redrive(&self, ids: Option<&[String]>) -> Result<usize, StoreError> {
         let now = self.clock.now_ms();
+        let q = self.name.as_str();
         self.db.with(|c| {
             let tx = c.transaction()?;
-            let moved = tx.execute(
-                "INSERT INTO queue_messages (queue, body, visible_at, receive_count, sent_at)
-                     SELECT queue, body, ?2, 0, ?2 FROM dead_letters WHERE queue = ?1 ORDER BY id",
-                params![&*self.name, now],
-            )?;
-            tx.execute("DELETE FROM dead_letters WHERE queue = ?1", [&*self.name])?;
+            let ids: Vec<i64> = match ids {
+                Some(ids) => ids.iter().filter_map(|i| i.parse().ok()).collect(),
+                None => {
+                    let mut stmt = tx.prepare("SELECT id FROM dead_letters WHERE queue = ?1")?;
+                    let rows = stmt.query_map([q], |r| r.get(0))?;
+                    rows.collect::<Result<Vec<i64>, _>>()?
+                }
+            };
+            let mut moved = 0;
+            for id in ids {
+                // The message keeps its id, so a redriven message is recognisably the same one.
+                moved += tx.execute(
+                    "INSERT INTO queue_messages (id, queue, body, visible_at, receive_count, sent_at)
+                         SELECT id, queue, body, ?3, 0, ?3 FROM dead_letters
+                         WHERE queue = ?1 AND id = ?2",
+                    params![q, id, now],
+                )?;
+                tx.execute(
+                    "DELETE FROM dead_letters WHERE queue = ?1 AND id = ?2",
+                    params![q, id],
+                )?;
+            }
             tx.commit()?;
             Ok(moved)
         })
@@ -257,18 +259,53 @@ impl SqliteQueue {
 
 #[async_trait]
 impl Queue for SqliteQueue {
-    async fn send(&self, message: &WakeUp, delay_ms: u64) -> Result<(), StoreError> {
-        let body = serde_json::to_string(message)
-            .map_err(|e| StoreError::Corrupt(format!("wake-up for run {}: {e}", message.run_id)))?;
+    async fn send(&self, message: &Message, delay_ms: u64) -> Result<(), StoreError> {
+        let body = message.to_body()?;
         let now = self.clock.now_ms();
         self.db.with(|c| {
             c.execute(
                 "INSERT INTO queue_messages (queue, body, visible_at, receive_count, sent_at)
                  VALUES (?1, ?2, ?3, 0, ?4)",
-                params![&*self.name, body, now.saturating_add(delay_ms), now],
+                params![
+                    message.queue().as_str(),
+                    body,
+                    now.saturating_add(delay_ms),
+                    now
+                ],
             )?;
             Ok(())
         })
+    }
+}
+
+#[async_trait]
+impl Inbox for SqliteQueue {
+    fn queue(&self) -> QueueName {
+        self.name
+    }
+
+    async fn receive(&self, max: usize, visibility_ms: u64) -> Result<Vec<Delivery>, StoreError> {
+        SqliteQueue::receive(self, max, visibility_ms)
+    }
+
+    async fn ack(&self, receipt: &str) -> Result<bool, StoreError> {
+        SqliteQueue::ack(self, receipt)
+    }
+
+    async fn change_visibility(&self, receipt: &str, delay_ms: u64) -> Result<bool, StoreError> {
+        SqliteQueue::change_visibility(self, receipt, delay_ms)
+    }
+
+    async fn next_visible_at(&self) -> Result<Option<Millis>, StoreError> {
+        SqliteQueue::next_visible_at(self)
+    }
+
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        SqliteQueue::dead_letters(self)
+    }
+
+    async fn redrive(&self, ids: Option<&[String]>) -> Result<usize, StoreError> {
+        SqliteQueue::redrive(self, ids)
     }
 }
 
@@ -277,104 +314,58 @@ impl Queue for SqliteQueue {
 mod tests {
     use super::*;
     use crate::{Backend, ManualClock};
-    use switchyard_core::state::WakeReason;
-
-    fn wake(run: &str) -> WakeUp {
-        WakeUp {
-            run_id: run.into(),
-            reason: WakeReason::Start,
-        }
-    }
+    use switchyard_contract::queues::{wake, QueueFixture};
 
     fn setup() -> (tempfile::TempDir, Backend, ManualClock, SqliteQueue) {
         let dir = tempfile::tempdir().unwrap();
         let b = Backend::open(dir.path()).unwrap();
         let clock = ManualClock::new(1_000);
-        let q = b.queue("work", Arc::new(clock.clone()));
+        let q = b.queue(QueueName::Work, Arc::new(clock.clone()));
         (dir, b, clock, q)
     }
 
-    fn runs(d: &[Delivery]) -> Vec<&str> {
-        d.iter().map(|d| d.body.run_id.as_str()).collect()
+    fn fresh() -> (tempfile::TempDir, QueueFixture) {
+        let (dir, b, clock, _) = setup();
+        let c: Arc<dyn Clock> = Arc::new(clock.clone());
+        let work = b
+            .queue(QueueName::Work, c.clone())
+            .with_max_receive_count(3);
+        let notify = b.queue(QueueName::Notify, c).with_max_receive_count(3);
+        let fixture = QueueFixture {
+            sender: Arc::new(work.clone()),
+            work: Arc::new(work),
+            notify: Arc::new(notify),
+            max_receive_count: 3,
+            elapse: Box::new(move |ms| {
+                clock.advance(ms);
+                Box::pin(async {})
+            }),
+        };
+        (dir, fixture)
     }
 
+    // The port contract, on SQLite: the same rules the SQS adapter is held to.
+    switchyard_contract::queue_contract!(fresh());
+
+    /// What SQLite can tell and SQS cannot: when the next message shows, and that a receipt
+    /// is stale.
     #[tokio::test]
-    async fn delay_is_honoured_and_queues_are_separate() {
-        let (_dir, b, clock, q) = setup();
-        let other = b.queue("other", Arc::new(clock.clone()));
-        q.send(&wake("late"), 500).await.unwrap();
-        q.send(&wake("now"), 0).await.unwrap();
-        other.send(&wake("elsewhere"), 0).await.unwrap();
-        assert_eq!(q.len().unwrap(), 2);
-        assert_eq!(q.next_visible_at().unwrap(), Some(1_000));
-        assert_eq!(runs(&q.receive(10, 30_000).unwrap()), ["now"]);
+    async fn next_visible_at_and_stale_receipts() {
+        let (_dir, _b, clock, q) = setup();
+        assert_eq!(q.next_visible_at().unwrap(), None);
+        q.send(&wake("r"), 500).await.unwrap();
         assert_eq!(q.next_visible_at().unwrap(), Some(1_500));
-        // (advance by, expected deliveries)
-        for (step, want) in [(499, vec![]), (1, vec!["late"])] {
-            clock.advance(step);
-            assert_eq!(runs(&q.receive(10, 30_000).unwrap()), want);
-        }
-        assert_eq!(runs(&other.receive(10, 1).unwrap()), ["elsewhere"]);
-    }
-
-    #[tokio::test]
-    async fn receive_respects_max_and_order() {
-        let (_dir, _b, clock, q) = setup();
-        for (run, delay) in [("c", 30), ("a", 10), ("b", 20)] {
-            q.send(&wake(run), delay).await.unwrap();
-        }
-        clock.advance(100);
-        assert_eq!(runs(&q.receive(2, 1_000).unwrap()), ["a", "b"]);
-        assert_eq!(runs(&q.receive(2, 1_000).unwrap()), ["c"]);
-        assert!(q.receive(2, 1_000).unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn visibility_timeout_ack_and_stale_receipts() {
-        let (_dir, _b, clock, q) = setup();
-        q.send(&wake("r"), 0).await.unwrap();
+        clock.advance(500);
         let first = q.receive(1, 100).unwrap().remove(0);
-        assert_eq!(first.receive_count, 1);
-        assert!(q.receive(1, 100).unwrap().is_empty());
+        assert_eq!(q.next_visible_at().unwrap(), Some(clock.now_ms() + 100));
         clock.advance(100);
         let second = q.receive(1, 100).unwrap().remove(0);
-        assert_eq!((second.id, second.receive_count), (first.id, 2));
-        assert_ne!(second.receipt, first.receipt);
         // The first worker's receipt died when the message was received again.
         assert!(!q.ack(&first.receipt).unwrap());
         assert!(!q.change_visibility(&first.receipt, 0).unwrap());
-        // A worker can hand the message back early.
-        assert!(q.change_visibility(&second.receipt, 10).unwrap());
-        assert_eq!(q.next_visible_at().unwrap(), Some(clock.now_ms() + 10));
         assert!(q.ack(&second.receipt).unwrap());
         assert!(!q.ack(&second.receipt).unwrap());
         assert!(q.is_empty().unwrap());
-        assert_eq!(q.next_visible_at().unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn dead_letters_after_max_receives_and_redrive() {
-        let (_dir, _b, clock, q) = setup();
-        let q = q.with_max_receive_count(3);
-        q.send(&wake("poison"), 0).await.unwrap();
-        for n in 1..=3 {
-            let d = q.receive(1, 10).unwrap();
-            assert_eq!(d[0].receive_count, n);
-            clock.advance(10);
-        }
-        assert!(q.receive(1, 10).unwrap().is_empty());
-        assert_eq!(q.len().unwrap(), 0);
-        let dead = q.dead_letters().unwrap();
-        assert_eq!(dead.len(), 1);
-        assert_eq!(
-            (dead[0].receive_count, dead[0].failed_at),
-            (3, clock.now_ms())
-        );
-        assert!(dead[0].reason.contains("3 times"), "{}", dead[0].reason);
-        assert_eq!(q.redrive_dead_letters().unwrap(), 1);
-        assert!(q.dead_letters().unwrap().is_empty());
-        let again = q.receive(1, 10).unwrap();
-        assert_eq!((runs(&again), again[0].receive_count), (vec!["poison"], 1));
     }
 
     #[tokio::test]
@@ -384,9 +375,15 @@ mod tests {
         let sql = "INSERT INTO queue_messages (queue, body, visible_at, sent_at)
                    VALUES ('work', 'not json', 0, 0)";
         b.db.with(|c| Ok(c.execute(sql, [])?)).unwrap();
-        assert_eq!(runs(&q.receive(10, 10).unwrap()), ["good"]);
+        let got = q.receive(10, 10).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].message.run_id(), "good");
         let dead = q.dead_letters().unwrap();
         assert_eq!(dead[0].body, "not json");
-        assert!(dead[0].reason.starts_with("unreadable body"));
+        assert!(
+            dead[0].reason.starts_with("unreadable body"),
+            "{}",
+            dead[0].reason
+        );
     }
 }

@@ -1,20 +1,22 @@
 //! Test harness: an [`Engine`] on the embedded backend (SQLite + files in a temp dir) with the
-//! built-in `local/*` models and a [`ManualClock`]. It mirrors the CLI's in-process driver
-//! (`crates/cli/src/local.rs`), but never sleeps: when nothing is due it moves the manual clock
-//! to the next visible wake-up or the next scheduled provider callback.
+//! built-in `local/*` models and a [`ManualClock`], moved by the same driver as the CLI
+//! ([`switchyard_engine::driver`]) in strict mode. It never sleeps: the driver's pause moves
+//! the manual clock to the next visible wake-up or the next held provider callback.
 
 #![allow(dead_code)] // each test uses a part of the harness
 
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use switchyard_core::drive::Next;
 use switchyard_core::model::{ModelInfo, Provider};
+use switchyard_core::ports::{Message, QueueName};
 use switchyard_core::state::{
-    EventKind, HistoryEvent, RunSnapshot, RunStatus, StepRecord, WaitReason, WakeReason, WakeUp,
+    EventKind, HistoryEvent, RunSnapshot, RunStatus, StepRecord, WakeReason, WakeUp,
 };
 use switchyard_core::workflow::{compile, NoFiles, Workflow};
 use switchyard_core::{webhook, Clock, ErrorClass};
+use switchyard_engine::driver::{self, Driver, Pause};
 use switchyard_engine::intake::{StartRequest, Started};
 use switchyard_engine::webhook::{CallbackRequest, CallbackResult};
 use switchyard_engine::worker::Handled;
@@ -51,6 +53,18 @@ pub fn compile_with(src: &str, models: &[ModelInfo]) -> Workflow {
     }
 }
 
+/// The driver's pause in tests: jump the manual clock to the time, never sleep.
+struct ManualPause(ManualClock);
+
+#[async_trait::async_trait]
+impl Pause for ManualPause {
+    async fn until(&self, _engine: &Engine, until: u64, _wake: &tokio::sync::Notify) {
+        if until > self.0.now_ms() {
+            self.0.set(until);
+        }
+    }
+}
+
 /// What a test compares between two runs: everything about a step except times, ids and
 /// versions.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,10 +85,9 @@ pub struct H {
     pub provider: Arc<LocalProvider>,
     pub clock: ManualClock,
     pub backend: Backend,
-    /// Callbacks the local provider scheduled, with the time they are due.
-    pending: Mutex<Vec<(u64, ScheduledCallback)>>,
-    /// Whether `drive` delivers due callbacks itself (tests of the webhook turn it off).
-    auto_deliver: AtomicBool,
+    /// The driver every local entry point uses, strict (a failed wake-up fails the test) and
+    /// the only one moving runs.
+    pub driver: Driver,
     /// Every wake-up handled, with the clock at the time and what it came to.
     log: Mutex<Vec<(u64, WakeUp, Handled)>>,
     _dir: TempDir,
@@ -96,7 +109,7 @@ impl H {
         let backend = Backend::open(dir.path()).expect("open backend");
         let clock = ManualClock::new(T0);
         let clock_dyn: Arc<dyn Clock> = Arc::new(clock.clone());
-        let queue = backend.queue("work", clock_dyn.clone());
+        let queue = backend.queue(QueueName::Work, clock_dyn.clone());
         let provider = Arc::new(LocalProvider::new(LocalConfig::default()));
         let mut providers = Providers::new().with(provider.clone());
         for p in extra {
@@ -118,14 +131,26 @@ impl H {
             Arc::new(Workflows::new()),
             config,
         );
+        let driver = Driver::new(
+            engine.clone(),
+            Arc::new(queue.clone()),
+            driver::Options {
+                watch_ms: None,
+                // Only the iteration bound ends a drive that makes no progress.
+                max_idle_ms: u64::MAX / 4,
+                strict: true,
+                ..driver::Options::default()
+            },
+        )
+        .with_callbacks(provider.clone())
+        .with_pause(Arc::new(ManualPause(clock.clone())));
         H {
             engine,
             queue,
             provider,
             clock,
             backend,
-            pending: Mutex::new(Vec::new()),
-            auto_deliver: AtomicBool::new(true),
+            driver,
             log: Mutex::new(Vec::new()),
             _dir: dir,
         }
@@ -151,8 +176,9 @@ impl H {
         self.clock.now_ms()
     }
 
+    /// Whether `drive` delivers due callbacks itself (tests of the webhook turn it off).
     pub fn set_auto_deliver(&self, on: bool) {
-        self.auto_deliver.store(on, Ordering::SeqCst);
+        self.driver.set_deliver(on);
     }
 
     pub fn compile(&self, src: &str) -> Workflow {
@@ -205,66 +231,31 @@ impl H {
             run_id: run_id.into(),
             reason,
         };
-        switchyard_core::ports::Queue::send(&self.queue, &w, delay_ms)
+        switchyard_core::ports::Queue::send(&self.queue, &Message::Wake(w), delay_ms)
             .await
             .expect("send wake-up");
     }
 
-    fn collect_callbacks(&self) {
-        let now = self.now();
-        let fresh = self.provider.take_scheduled();
-        let mut pending = self.pending.lock().expect("pending lock");
-        pending.extend(fresh.into_iter().map(|c| (now + c.delay_ms, c)));
-    }
-
     /// Takes every callback the provider scheduled that was not delivered yet.
     pub fn take_callbacks(&self) -> Vec<ScheduledCallback> {
-        self.collect_callbacks();
-        let mut pending = self.pending.lock().expect("pending lock");
-        std::mem::take(&mut *pending)
-            .into_iter()
-            .map(|(_, c)| c)
-            .collect()
+        self.driver.take_held()
+    }
+
+    fn record(&self, handled: &[(WakeUp, Handled)]) {
+        let now = self.now();
+        let mut log = self.log.lock().expect("log lock");
+        log.extend(handled.iter().map(|(w, h)| (now, w.clone(), h.clone())));
     }
 
     /// Handles every wake-up visible now, once, without moving the clock. Returns what each
     /// came to.
     pub async fn step(&self) -> Vec<Handled> {
-        let mut out = Vec::new();
-        for d in self.queue.receive(16, 60_000).expect("receive") {
-            let handled = match self.engine.handle(&d.body, None).await {
-                Ok(h) => h,
-                Err(e) => panic!("handling {:?} failed: {e}", d.body),
-            };
-            self.log
-                .lock()
-                .expect("log lock")
-                .push((self.now(), d.body.clone(), handled.clone()));
-            assert!(self.queue.ack(&d.receipt).expect("ack"), "stale receipt");
-            out.push(handled);
-        }
-        out
-    }
-
-    /// Delivers the callbacks that are due now (when auto delivery is on).
-    async fn deliver_due(&self) {
-        if !self.auto_deliver.load(Ordering::SeqCst) {
-            return;
-        }
-        self.collect_callbacks();
-        let now = self.now();
-        let due: Vec<ScheduledCallback> = {
-            let mut pending = self.pending.lock().expect("pending lock");
-            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut *pending)
-                .into_iter()
-                .partition(|(t, _)| *t <= now);
-            *pending = later;
-            due.into_iter().map(|(_, c)| c).collect()
+        let handled = match self.driver.pump().await {
+            Ok(h) => h,
+            Err(e) => panic!("handling a wake-up failed: {e}"),
         };
-        for cb in due {
-            let r = self.deliver(&cb).await;
-            assert!(r.is_ok(), "local callback rejected: {r:?}");
-        }
+        self.record(&handled);
+        handled.into_iter().map(|(_, h)| h).collect()
     }
 
     /// Drives a run until it ends or waits on something outside (an approval, or a callback
@@ -280,47 +271,31 @@ impl H {
         run_id: &str,
         inject: &[(usize, WakeReason, u64)],
     ) -> RunStatus {
+        let mut idle_since = self.now();
         for i in 0..MAX_ITERATIONS {
             for (_, reason, delay) in inject.iter().filter(|(at, _, _)| *at == i) {
                 self.wake(run_id, *reason, *delay).await;
             }
-            self.deliver_due().await;
-            self.step().await;
-            self.collect_callbacks();
-            let h = self.snap(run_id).await.header;
-            if h.status.is_terminal() {
-                return h.status;
-            }
-            let now = self.now();
-            let next_msg = self.queue.next_visible_at().expect("next visible");
-            if next_msg.is_some_and(|t| t <= now) {
-                continue;
-            }
-            let auto = self.auto_deliver.load(Ordering::SeqCst);
-            let next_cb = if auto {
-                let ours = format!("run_id={run_id}&");
-                let pending = self.pending.lock().expect("pending lock");
-                pending
-                    .iter()
-                    .filter(|(_, c)| c.url.contains(&ours))
-                    .map(|(t, _)| *t)
-                    .min()
-            } else {
-                None
+            let round = match self.driver.round().await {
+                Ok(r) => r,
+                Err(e) => panic!("driving {run_id} failed: {e}"),
             };
-            let waits_outside = h.status == RunStatus::Waiting
-                && match h.wait.as_ref().map(|w| w.reason) {
-                    Some(WaitReason::Approval) => true,
-                    Some(WaitReason::Callback) => next_cb.is_none(),
-                    _ => false,
-                };
-            if waits_outside {
-                return h.status;
+            self.record(&round.handled);
+            if round.progressed() {
+                idle_since = self.now();
             }
-            match [next_msg, next_cb].into_iter().flatten().min() {
-                Some(t) if t > now => self.clock.set(t),
-                Some(_) => {}
-                None => return h.status,
+            let next = self
+                .driver
+                .next(run_id, round.progressed(), idle_since)
+                .await;
+            match next.expect("look at the run") {
+                Next::Return(status) => return status,
+                Next::Again => {}
+                Next::SleepUntil(t) => {
+                    if t > self.now() {
+                        self.clock.set(t);
+                    }
+                }
             }
         }
         panic!("run {run_id} did not settle within {MAX_ITERATIONS} iterations");

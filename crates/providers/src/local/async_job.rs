@@ -11,25 +11,13 @@ use super::{
     tokens,
 };
 use base64::Engine as _;
-use serde::Serialize;
 use serde_json::{json, Value};
 use std::sync::Mutex;
 use switchyard_core::model::{normalized, ModelOutput, ModelRequest, ModelResponse};
 use switchyard_core::state::Usage;
 use switchyard_core::{sha256_hex, ErrorClass, StepError};
 
-/// A webhook the provider wants delivered: POST `body` to `url` after `delay_ms`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ScheduledCallback {
-    pub delay_ms: u64,
-    /// The provider whose webhook route receives it (`"local"`).
-    pub provider: String,
-    /// `request.callback.url`, which carries run, step and token.
-    pub url: String,
-    /// Standard Webhooks `webhook-id`; deterministic, so redelivery is recognisable.
-    pub webhook_id: String,
-    pub body: Value,
-}
+pub use switchyard_core::model::ScheduledCallback;
 
 const DEFAULT_DELAY_MS: u64 = 50;
 const DEFAULT_POLL_AFTER_MS: u64 = 1000;
@@ -65,6 +53,7 @@ pub(super) fn submit(
         let entry = ScheduledCallback {
             delay_ms,
             provider: super::PROVIDER.to_string(),
+            job_id: id.clone(),
             url: callback.url.clone(),
             webhook_id: format!("msg_{}", hex_prefix(&id, 16)),
             body,

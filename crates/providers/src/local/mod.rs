@@ -141,7 +141,15 @@ impl LocalProvider {
         let mut guard = self.scheduled.lock().unwrap_or_else(|e| e.into_inner());
         std::mem::take(&mut *guard)
     }
+}
 
+impl switchyard_core::model::CallbackSource for LocalProvider {
+    fn take_scheduled(&self) -> Vec<ScheduledCallback> {
+        LocalProvider::take_scheduled(self)
+    }
+}
+
+impl LocalProvider {
     /// The fault to fire for this request, if any: `params.fault` first, then the table.
     fn fault_for(&self, request: &ModelRequest) -> Result<Option<Fault>, StepError> {
         let fault = match Fault::from_params(&request.params)? {
