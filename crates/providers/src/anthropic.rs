@@ -11,19 +11,17 @@
 //! "answer"}`, and read back from the `tool_use` block's `input`. `format: json` without a
 //! schema asks for JSON in the system text and parses the text.
 
+use crate::call::{Chat, ChatApi, FromResponse, ToRequest};
 use crate::catalog::Catalog;
 use crate::classify::{classify, Api};
-use crate::hosted;
-use crate::http::{HttpRequest, HttpResponse, Sender};
-use crate::openai::{
-    answered_by, attempt_timeout, malformed, now_ms, object_schema, prompt_chars, resolve_key,
-    truncated, unwrap_answer, ANSWER, JSON_ONLY,
+use crate::hosted::{
+    self, answered_by, malformed, object_schema, truncated, unwrap_answer, ANSWER, JSON_ONLY,
 };
-use async_trait::async_trait;
+use crate::http::{HttpRequest, HttpResponse, Sender};
+use crate::keys::Endpoint;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
-use std::time::Instant;
-use switchyard_core::model::{ModelInfo, ModelOutput, ModelRequest, ModelResponse, Provider, Role};
+use switchyard_core::model::{ModelOutput, ModelRequest, ModelResponse, Role};
 use switchyard_core::state::Usage;
 use switchyard_core::{ErrorClass, StepError};
 
@@ -35,22 +33,19 @@ pub const API_VERSION: &str = "2023-06-01";
 
 const NAME: &str = "anthropic";
 
-/// The adapter for `anthropic/*` models.
-pub struct Anthropic {
-    base_url: String,
-    api_key: Option<String>,
-    catalog: Arc<Catalog>,
-    sender: Sender,
+/// The Anthropic Messages API's pure halves.
+#[derive(Debug, Clone, Copy)]
+pub struct AnthropicApi;
+
+impl ChatApi for AnthropicApi {
+    const TYPE_NAME: &'static str = "Anthropic";
+    const REQUEST_ID_HEADER: &'static str = "request-id";
+    const TO_REQUEST: ToRequest = to_request;
+    const FROM_RESPONSE: FromResponse = from_response;
 }
 
-impl std::fmt::Debug for Anthropic {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Anthropic")
-            .field("base_url", &self.base_url)
-            .field("api_key", &self.api_key.as_ref().map(|_| "[set]"))
-            .finish_non_exhaustive()
-    }
-}
+/// The adapter for `anthropic/*` models.
+pub type Anthropic = Chat<AnthropicApi>;
 
 /// Same as [`Anthropic::new`].
 pub fn new(
@@ -62,40 +57,20 @@ pub fn new(
     Anthropic::new(base_url, api_key, catalog, sender)
 }
 
-impl Anthropic {
+impl Chat<AnthropicApi> {
     /// Serves `anthropic/*`; `base_url` (default [`DEFAULT_BASE_URL`]) is used for models whose
-    /// catalog entry names none. An empty key counts as none.
+    /// catalog entry names none. An empty key counts as none. Entries' own key variables are
+    /// read from the environment unless [`Anthropic::with_secrets`] says otherwise.
     pub fn new(
         base_url: &str,
         api_key: Option<String>,
         catalog: Arc<Catalog>,
         sender: Sender,
     ) -> Anthropic {
-        Anthropic {
-            base_url: base_url.to_string(),
-            api_key: api_key.filter(|k| !k.trim().is_empty()),
+        Chat::from_parts(
+            Endpoint::new(NAME, base_url, api_key, "ANTHROPIC_API_KEY"),
             catalog,
             sender,
-        }
-    }
-
-    fn base_for<'a>(&'a self, model: &str) -> &'a str {
-        self.catalog
-            .get(model)
-            .and_then(|e| e.base_url.as_deref())
-            .unwrap_or(&self.base_url)
-    }
-
-    fn key_for(&self, model: &str) -> Result<Option<String>, StepError> {
-        let entry = self.catalog.get(model);
-        resolve_key(
-            NAME,
-            &self.base_url,
-            self.api_key.as_deref(),
-            entry.and_then(|e| e.base_url.as_deref()),
-            entry.and_then(|e| e.api_key_env.as_deref()),
-            "ANTHROPIC_API_KEY",
-            |var| std::env::var(var).ok(),
         )
     }
 }
@@ -296,54 +271,10 @@ fn finish_reason(stop_reason: &str) -> &str {
     }
 }
 
-#[async_trait]
-impl Provider for Anthropic {
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    fn models(&self) -> Vec<ModelInfo> {
-        self.catalog.models_with_prefix(NAME)
-    }
-
-    fn estimate_cost_usd(&self, request: &ModelRequest) -> f64 {
-        self.catalog.estimate_usd(
-            &request.model,
-            prompt_chars(request),
-            Some(hosted::max_tokens(request)),
-        )
-    }
-
-    async fn invoke(&self, request: &ModelRequest) -> Result<ModelResponse, StepError> {
-        let key = self.key_for(&request.model)?;
-        let http = to_request(self.base_for(&request.model), key.as_deref(), request)?;
-        let started = Instant::now();
-        let resp = match self.sender.send(http, attempt_timeout(request)).await {
-            Ok(resp) => resp,
-            Err(e) => {
-                tracing::warn!(provider = NAME, model = %request.model,
-                    latency_ms = started.elapsed().as_millis() as u64, error_class = %e.class,
-                    "model call failed before an answer");
-                return Err(e);
-            }
-        };
-        let latency_ms = started.elapsed().as_millis() as u64;
-        let result = from_response(request, &resp, &self.catalog, now_ms());
-        let request_id = resp.header("request-id").unwrap_or("");
-        match &result {
-            Ok(_) => tracing::info!(provider = NAME, model = %request.model,
-                status = resp.status, latency_ms, request_id, "model call answered"),
-            Err(e) => tracing::warn!(provider = NAME, model = %request.model,
-                status = resp.status, latency_ms, request_id, error_class = %e.class,
-                "model call failed"),
-        }
-        result
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchyard_core::model::Provider;
 
     const MESSAGE: &str = include_str!("../tests/fixtures/anthropic_message.json");
     const TOOL_USE: &str = include_str!("../tests/fixtures/anthropic_tool_use.json");
@@ -830,14 +761,14 @@ mod tests {
         let keyed = new(
             DEFAULT_BASE_URL,
             Some("sk-ant-secret-1234".into()),
-            c,
+            c.clone(),
             sender,
         );
         assert!(!format!("{keyed:?}").contains("sk-ant-secret"));
         assert_eq!(
-            keyed.key_for(HAIKU).unwrap().as_deref(),
+            keyed.endpoint.key_for(&c, HAIKU).unwrap().as_deref(),
             Some("sk-ant-secret-1234")
         );
-        assert_eq!(keyed.base_for(HAIKU), DEFAULT_BASE_URL);
+        assert_eq!(keyed.endpoint.base_for(&c, HAIKU), DEFAULT_BASE_URL);
     }
 }

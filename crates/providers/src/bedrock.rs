@@ -37,10 +37,12 @@
 //! Converse has no embeddings, images or audio: the `embedding`, `asset`, `transcription` and
 //! `retrieval` roles are `invalid` here.
 
-use crate::catalog::Catalog;
+use crate::call::Call;
+use crate::catalog::{estimate_tokens, Catalog};
 use crate::classify::{classify, Api};
-use crate::hosted;
+use crate::hosted::{self, invalid, malformed};
 use crate::http::{HttpRequest, HttpResponse, Sender};
+use crate::keys::{first_secret, secret};
 use async_trait::async_trait;
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningParams, SigningSettings};
@@ -49,8 +51,9 @@ use serde_json::{json, Value};
 use std::fmt;
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 use switchyard_core::model::{ModelInfo, ModelOutput, ModelRequest, ModelResponse, Provider, Role};
+use switchyard_core::ports::{EnvSecrets, Secrets};
 use switchyard_core::state::Usage;
 use switchyard_core::{ErrorClass, StepError};
 
@@ -75,18 +78,17 @@ pub struct AwsCredentials {
 impl AwsCredentials {
     /// `AWS_ACCESS_KEY_ID` + `AWS_SECRET_ACCESS_KEY` (+ `AWS_SESSION_TOKEN` when set); `None`
     /// unless both of the first two are set and non-empty.
-    pub fn from_env() -> Option<AwsCredentials> {
-        let var = |k: &str| {
-            std::env::var(k)
-                .ok()
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-        };
+    pub fn from_secrets(secrets: &dyn Secrets) -> Option<AwsCredentials> {
         Some(AwsCredentials {
-            access_key_id: var("AWS_ACCESS_KEY_ID")?,
-            secret_access_key: var("AWS_SECRET_ACCESS_KEY")?,
-            session_token: var("AWS_SESSION_TOKEN"),
+            access_key_id: secret(secrets, "AWS_ACCESS_KEY_ID")?,
+            secret_access_key: secret(secrets, "AWS_SECRET_ACCESS_KEY")?,
+            session_token: secret(secrets, "AWS_SESSION_TOKEN"),
         })
+    }
+
+    /// [`AwsCredentials::from_secrets`] of the process environment.
+    pub fn from_env() -> Option<AwsCredentials> {
+        AwsCredentials::from_secrets(&EnvSecrets)
     }
 }
 
@@ -107,23 +109,28 @@ impl fmt::Debug for AwsCredentials {
 
 /// The Bedrock Runtime endpoint: `AWS_ENDPOINT_URL_BEDROCK_RUNTIME`, else `AWS_ENDPOINT_URL`,
 /// else `https://bedrock-runtime.{region}.amazonaws.com`.
+pub fn endpoint_from_secrets(secrets: &dyn Secrets, region: &str) -> String {
+    first_secret(
+        secrets,
+        &["AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "AWS_ENDPOINT_URL"],
+    )
+    .unwrap_or_else(|| format!("https://bedrock-runtime.{region}.amazonaws.com"))
+}
+
+/// [`endpoint_from_secrets`] of the process environment.
 pub fn endpoint_from_env(region: &str) -> String {
-    ["AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "AWS_ENDPOINT_URL"]
-        .iter()
-        .filter_map(|k| std::env::var(k).ok())
-        .map(|v| v.trim().to_string())
-        .find(|v| !v.is_empty())
-        .unwrap_or_else(|| format!("https://bedrock-runtime.{region}.amazonaws.com"))
+    endpoint_from_secrets(&EnvSecrets, region)
 }
 
 /// `AWS_REGION` (set by Lambda), else `AWS_DEFAULT_REGION`, else [`DEFAULT_REGION`].
-pub fn region_from_env() -> String {
-    ["AWS_REGION", "AWS_DEFAULT_REGION"]
-        .iter()
-        .filter_map(|k| std::env::var(k).ok())
-        .map(|v| v.trim().to_string())
-        .find(|v| !v.is_empty())
+pub fn region_from_secrets(secrets: &dyn Secrets) -> String {
+    first_secret(secrets, &["AWS_REGION", "AWS_DEFAULT_REGION"])
         .unwrap_or_else(|| DEFAULT_REGION.to_string())
+}
+
+/// [`region_from_secrets`] of the process environment.
+pub fn region_from_env() -> String {
+    region_from_secrets(&EnvSecrets)
 }
 
 /// The Bedrock adapter.
@@ -151,14 +158,6 @@ impl Bedrock {
             sender,
         }
     }
-}
-
-fn invalid(message: impl Into<String>) -> StepError {
-    StepError::new(ErrorClass::Invalid, message)
-}
-
-fn malformed(message: impl Into<String>) -> StepError {
-    StepError::new(ErrorClass::Malformed, message)
 }
 
 /// Percent-encodes one path segment: everything but RFC 3986 unreserved characters.
@@ -377,20 +376,52 @@ pub fn from_response(
         .find(|t| t.get("name").and_then(Value::as_str) == Some(TOOL_NAME))
         .and_then(|t| t.get("input"))
         .cloned();
+    let usage = read_usage(&body);
+    let (text, parsed) = read_answer(req, tool_input, &texts, stop)?;
+    let output = hosted::normalize(
+        req,
+        &text,
+        parsed,
+        usage.unwrap_or_default(),
+        finish_reason(stop),
+        &req.model,
+    )?;
+    Ok(ModelResponse::Completed(ModelOutput {
+        output,
+        usage,
+        cost_usd: catalog.cost_usd(&req.model, usage, None),
+        model: req.model.clone(),
+        provider_request_id: resp.header("x-amzn-requestid").map(str::to_string),
+        sources: Vec::new(),
+    }))
+}
+
+/// `usage.inputTokens` / `outputTokens`, when the answer reports either.
+fn read_usage(body: &Value) -> Option<Usage> {
     let count = |k: &str| {
         body.get("usage")
             .and_then(|u| u.get(k))
             .and_then(Value::as_u64)
     };
-    let usage = match (count("inputTokens"), count("outputTokens")) {
+    match (count("inputTokens"), count("outputTokens")) {
         (None, None) => None,
         (i, o) => Some(Usage {
             input_tokens: i.unwrap_or(0),
             output_tokens: o.unwrap_or(0),
         }),
-    };
+    }
+}
+
+/// The answer's text and, when it came as JSON, its value: the tool call's input (unwrapped
+/// from `{value: …}` if the schema had to be wrapped), else the text blocks joined.
+fn read_answer(
+    req: &ModelRequest,
+    tool_input: Option<Value>,
+    texts: &[&str],
+    stop: &str,
+) -> Result<(String, Option<Value>), StepError> {
     let wrapped = hosted::answer_schema(req).is_some_and(|s| needs_wrap(&s));
-    let (text, parsed) = match tool_input {
+    Ok(match tool_input {
         Some(input) => {
             let value = if wrapped {
                 input.get("value").cloned().ok_or_else(|| {
@@ -418,30 +449,7 @@ pub fn from_response(
             };
             (text, parsed)
         }
-    };
-    let output = hosted::normalize(
-        req,
-        &text,
-        parsed,
-        usage.unwrap_or_default(),
-        finish_reason(stop),
-        &req.model,
-    )?;
-    Ok(ModelResponse::Completed(ModelOutput {
-        output,
-        usage,
-        cost_usd: catalog.cost_usd(&req.model, usage, None),
-        model: req.model.clone(),
-        provider_request_id: resp.header("x-amzn-requestid").map(str::to_string),
-        sources: Vec::new(),
-    }))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    })
 }
 
 #[async_trait]
@@ -455,39 +463,43 @@ impl Provider for Bedrock {
     }
 
     fn estimate_cost_usd(&self, request: &ModelRequest) -> f64 {
-        let schema_chars = hosted::answer_schema(request).map_or(0, |s| s.to_string().len());
-        let chars = hosted::system_text(request).map_or(0, |s| s.len())
-            + hosted::user_text(request).len()
-            + schema_chars;
-        self.catalog
-            .estimate_usd(&request.model, chars, Some(hosted::max_tokens(request)))
+        // The schema travels as a tool definition, so it is input too.
+        let schema_tokens =
+            hosted::answer_schema(request).map_or(0, |s| estimate_tokens(&s.to_string()));
+        self.catalog.estimate_usd(
+            &request.model,
+            hosted::prompt_tokens(request) + schema_tokens,
+            Some(hosted::max_tokens(request)),
+        )
     }
 
     async fn invoke(&self, request: &ModelRequest) -> Result<ModelResponse, StepError> {
-        let unsigned = to_request(&self.endpoint, request)?;
-        let creds = self.credentials.as_ref().ok_or_else(|| {
-            StepError::new(
-                ErrorClass::Auth,
-                "AWS credentials are not set (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)",
+        Call::invoke(PROVIDER, request)
+            .request_id_header("x-amzn-requestid")
+            .run(
+                &self.sender,
+                || {
+                    // The request is checked before the credentials, so a workflow mistake is
+                    // reported as such.
+                    let unsigned = to_request(&self.endpoint, request)?;
+                    let creds = self.credentials.as_ref().ok_or_else(|| {
+                        StepError::new(
+                            ErrorClass::Auth,
+                            "AWS credentials are not set (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)",
+                        )
+                    })?;
+                    sign(unsigned, &self.region, creds, SystemTime::now())
+                },
+                |resp, now| from_response(request, resp, &self.catalog, now),
             )
-        })?;
-        let signed = sign(unsigned, &self.region, creds, SystemTime::now())?;
-        let timeout = (request.timeout_ms > 0).then(|| Duration::from_millis(request.timeout_ms));
-        let resp = self.sender.send(signed, timeout).await?;
-        tracing::debug!(
-            model = %request.model,
-            status = resp.status,
-            request_id = resp.header("x-amzn-requestid").unwrap_or(""),
-            "bedrock converse answered"
-        );
-        from_response(request, &resp, &self.catalog, now_ms())
+            .await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     const ENDPOINT: &str = "https://bedrock-runtime.us-east-1.amazonaws.com";
     const HAIKU: &str = "bedrock/anthropic.claude-3-haiku-20240307-v1:0";
@@ -502,19 +514,12 @@ mod tests {
         schema: Option<Value>,
     ) -> ModelRequest {
         ModelRequest {
-            run_id: "r1".into(),
-            step: "s1".into(),
-            attempt: 1,
-            model: model.into(),
-            role,
-            instructions: Some("Be brief.".into()),
-            prompt_version: None,
             input,
             params,
             output_schema: schema,
-            feedback: vec![],
             timeout_ms: 5000,
             callback: None,
+            ..crate::testing::request(model, role)
         }
     }
 

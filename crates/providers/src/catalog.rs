@@ -12,6 +12,13 @@ use std::collections::BTreeMap;
 use switchyard_core::model::{split_model, ModelInfo, Role};
 use switchyard_core::state::Usage;
 
+/// The one token estimate every budget check and simulated usage uses: about one token per
+/// four characters, rounded up. Characters, not bytes, so a non-Latin prompt is not counted
+/// four times over; an estimate, so one rule everywhere matters more than its precision.
+pub fn estimate_tokens(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(4)
+}
+
 /// The table that ships with this version.
 pub const BUILTIN_PRICES: &str = include_str!("../data/prices.json");
 
@@ -133,19 +140,19 @@ impl Catalog {
         tokens + predict_seconds.unwrap_or(0.0) * e.per_second + e.per_prediction
     }
 
-    /// Upper estimate before a call: input tokens ≈ chars / 4 (rounded up), plus the output
+    /// Upper estimate before a call: `input_tokens` (from [`estimate_tokens`]), plus the output
     /// allowance (`max_tokens` or the entry's `max_output_tokens`, default 1024), plus 60 s of
     /// run time for per-second models.
     pub fn estimate_usd(
         &self,
         model: &str,
-        input_chars: usize,
+        input_tokens: u64,
         max_output_tokens: Option<u64>,
     ) -> f64 {
         let Some(e) = self.models.get(model) else {
             return 0.0;
         };
-        let input = input_chars.div_ceil(4) as u64;
+        let input = input_tokens;
         let output = max_output_tokens.or(e.max_output_tokens).unwrap_or(1024);
         self.cost_usd(
             model,
@@ -186,7 +193,7 @@ mod tests {
             .iter()
             .all(|m| m.asynchronous));
         assert!(
-            c.estimate_usd("openai/gpt-4o-mini", 400, Some(100))
+            c.estimate_usd("openai/gpt-4o-mini", 100, Some(100))
                 >= c.cost_usd(
                     "openai/gpt-4o-mini",
                     Some(Usage {
@@ -196,6 +203,24 @@ mod tests {
                     None
                 )
         );
+    }
+
+    #[test]
+    fn one_token_estimate() {
+        // (text, tokens): a quarter of the characters, rounded up; characters, not bytes.
+        let table = [
+            ("", 0),
+            ("a", 1),
+            ("abcd", 1),
+            ("abcde", 2),
+            ("abcdefgh", 2),
+            ("héllo wörld", 3),
+            ("日本語のテキスト", 2),
+            ("🦀🦀🦀🦀🦀", 2),
+        ];
+        for (text, tokens) in table {
+            assert_eq!(estimate_tokens(text), tokens, "{text:?}");
+        }
     }
 
     #[test]

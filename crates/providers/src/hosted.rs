@@ -7,6 +7,7 @@
 //! - `labels: [..]` for the classification role (the answer is constrained to them);
 //! - `format: json` to ask for JSON without a schema.
 
+use crate::catalog::estimate_tokens;
 use serde_json::{json, Map, Value};
 use switchyard_core::model::{normalized, split_model, ModelRequest, Role};
 use switchyard_core::state::Usage;
@@ -198,6 +199,81 @@ pub fn field<'a>(v: &'a Value, path: &[&str], provider: &str) -> Result<&'a Valu
         })?;
     }
     Ok(cur)
+}
+
+/// The name of the tool / response format that carries a structured answer.
+pub const ANSWER: &str = "answer";
+
+/// Added to the instructions when JSON is wanted without a schema. OpenAI's `json_object` mode
+/// requires the word "JSON" in the messages; Anthropic has no JSON mode at all.
+pub const JSON_ONLY: &str = "Answer with a single JSON value and nothing else.";
+
+pub fn malformed(message: impl Into<String>) -> StepError {
+    StepError::new(ErrorClass::Malformed, message)
+}
+
+pub fn invalid(message: impl Into<String>) -> StepError {
+    StepError::new(ErrorClass::Invalid, message)
+}
+
+/// Structured-output APIs want an object at the root (OpenAI's structured outputs, Anthropic's
+/// tool `input_schema`). A schema of another type is wrapped as `{answer: schema}`; the bool
+/// says whether it was, and [`unwrap_answer`] undoes it.
+pub fn object_schema(schema: Value) -> (Value, bool) {
+    if schema.get("type").and_then(Value::as_str) == Some("object") {
+        (schema, false)
+    } else {
+        (
+            json!({
+                "type": "object",
+                "properties": {ANSWER: schema},
+                "required": [ANSWER],
+                "additionalProperties": false
+            }),
+            true,
+        )
+    }
+}
+
+/// The answer inside a structured reply, undoing [`object_schema`]'s wrapping if it applied.
+pub fn unwrap_answer(req: &ModelRequest, value: Value) -> Result<Value, StepError> {
+    let wrapped = answer_schema(req).is_some_and(|s| object_schema(s).1);
+    if !wrapped {
+        return Ok(value);
+    }
+    match value {
+        Value::Object(mut m) if m.contains_key(ANSWER) => Ok(m.remove(ANSWER).unwrap_or_default()),
+        _ => Err(
+            malformed("the structured answer lacks its `answer` field").with_details(vec![
+                format!("answer with a JSON object {{\"{ANSWER}\": <the answer>}}"),
+            ]),
+        ),
+    }
+}
+
+/// The error for an answer cut off at the output limit when JSON was expected.
+pub fn truncated(req: &ModelRequest) -> StepError {
+    malformed(format!(
+        "the answer was cut off at the output limit ({} tokens) before its JSON was complete",
+        max_tokens(req)
+    ))
+    .with_details(vec![
+        "the previous answer was too long and was cut off; give a shorter answer".into(),
+    ])
+}
+
+/// `provider/model` for the model that answered: the request's prefix, the response's name.
+pub fn answered_by(req: &ModelRequest, response_model: &str) -> String {
+    match split_model(&req.model).0 {
+        "" => response_model.to_string(),
+        prefix => format!("{prefix}/{response_model}"),
+    }
+}
+
+/// The input tokens a chat call is estimated to send, for the budget: the instructions and the
+/// data, by the one estimate ([`estimate_tokens`]).
+pub fn prompt_tokens(req: &ModelRequest) -> u64 {
+    system_text(req).map_or(0, |s| estimate_tokens(&s)) + estimate_tokens(&user_text(req))
 }
 
 #[cfg(test)]

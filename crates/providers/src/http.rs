@@ -153,28 +153,7 @@ impl Sender {
                 )
             })
             .collect();
-        let too_large = || {
-            StepError::new(
-                ErrorClass::Malformed,
-                format!("response body over {MAX_RESPONSE_BYTES} bytes"),
-            )
-        };
-        // Refuse a declared length over the cap before reading, and stop reading at the cap
-        // otherwise: a runaway body costs at most the cap in memory and transfer.
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
-        {
-            return Err(too_large());
-        }
-        let mut resp = resp;
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
-            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_capped(resp, MAX_RESPONSE_BYTES).await?;
         Ok(HttpResponse {
             status,
             headers,
@@ -182,6 +161,29 @@ impl Sender {
             request: called,
         })
     }
+}
+
+/// The body, read chunk by chunk and abandoned as soon as it passes `cap`: a runaway (or
+/// never-ending) body costs at most the cap in memory and transfer, and fails at once rather
+/// than at the request timeout. A declared length over the cap is refused before any read.
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, StepError> {
+    let too_large = || {
+        StepError::new(
+            ErrorClass::Malformed,
+            format!("response body over {cap} bytes"),
+        )
+    };
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > cap {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// `METHOD /path` of a URL: no scheme, host, user info, query or fragment.
@@ -214,5 +216,111 @@ fn transport(e: reqwest::Error) -> StepError {
         )
     } else {
         StepError::new(ErrorClass::Transient, "the request failed in transit")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers one request with `head`, then `body_bytes` bytes, then holds the
+    /// connection open without ending the body (as a stuck or hostile upstream would).
+    async fn stalling_server(head: &'static str, body_bytes: usize) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = sock.read(&mut buf).await;
+            if sock.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let chunk = vec![b' '; 64 * 1024];
+            let mut written = 0;
+            while written < body_bytes {
+                if sock.write_all(&chunk).await.is_err() {
+                    return;
+                }
+                written += chunk.len();
+            }
+            // Never finish: only the client can end this exchange early.
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            drop(sock);
+        });
+        addr
+    }
+
+    /// GETs `addr` with a 120 s request timeout, but fails the test unless the send returns
+    /// within `within`: the point of these tests is that the sender does not wait.
+    async fn send_within(
+        addr: std::net::SocketAddr,
+        path: &str,
+        within: Duration,
+    ) -> Result<HttpResponse, StepError> {
+        let sender = Sender::new(Timeouts {
+            connect: Duration::from_secs(2),
+            request: Duration::from_secs(120),
+        })
+        .unwrap();
+        let get = HttpRequest::get(format!("http://{addr}{path}"));
+        tokio::time::timeout(within, sender.send(get, None))
+            .await
+            .unwrap_or_else(|_| panic!("no answer within {within:?}"))
+    }
+
+    /// Past the cap the send fails at once, long before the request timeout: had it read on to
+    /// the end of the body it would wait for a server that never ends it.
+    #[tokio::test]
+    async fn an_endless_body_over_the_cap_fails_at_the_cap() {
+        let addr = stalling_server(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n",
+            MAX_RESPONSE_BYTES + 256 * 1024,
+        )
+        .await;
+        let started = Instant::now();
+        let err = send_within(addr, "/big", Duration::from_secs(30))
+            .await
+            .unwrap_err();
+        assert_eq!(err.class, ErrorClass::Malformed);
+        assert_eq!(
+            err.message,
+            format!("response body over {MAX_RESPONSE_BYTES} bytes")
+        );
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+
+    /// A declared length over the cap is refused before reading any of the body.
+    #[tokio::test]
+    async fn a_declared_length_over_the_cap_is_refused_unread() {
+        let addr = stalling_server(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 99999999999\r\n\r\n",
+            0,
+        )
+        .await;
+        let err = send_within(addr, "/big", Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert_eq!(err.class, ErrorClass::Malformed);
+        assert!(err.message.starts_with("response body over"), "{err}");
+    }
+
+    /// A body under the cap is read whole, and its declared length ends it: the sender does
+    /// not wait for the connection to close.
+    #[tokio::test]
+    async fn a_small_body_is_read_whole() {
+        let addr = stalling_server(
+            "HTTP/1.1 200 OK\r\nx-request-id: r1\r\ncontent-length: 11\r\n\r\n{\"ok\":true}",
+            0,
+        )
+        .await;
+        let resp = send_within(addr, "/v1/x?key=secret", Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("X-Request-Id"), Some("r1"));
+        assert_eq!(resp.json(), Some(serde_json::json!({"ok": true})));
+        assert_eq!(resp.request, "GET /v1/x");
     }
 }

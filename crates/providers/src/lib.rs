@@ -20,11 +20,14 @@
 //! - Hosted APIs, each a pair of pure functions (`to_request`, `from_response`) around the one
 //!   shared sender: [`openai`] (and any OpenAI-compatible server), [`anthropic`], [`bedrock`]
 //!   (Converse, SigV4), [`replicate`] (asynchronous predictions + webhooks).
+//!   - [`call`]: the one glue around them (build, send under the step's timeout, time, read,
+//!     log), so every adapter logs the same fields;
+//!   - [`keys`]: which key a call carries, read through the core's `Secrets` seam;
 //!   - [`http`]: the sender (explicit connect/request timeouts, transport errors classified);
 //!   - [`classify`]: the one classifier of HTTP errors into the taxonomy;
 //!   - [`hosted`]: instructions apart from data, JSON answers, normalized outputs;
 //!   - [`catalog`]: the versioned price table and model catalog (`SWITCHYARD_PRICES` overrides);
-//!   - [`registry`]: the adapters a deployment offers, from the environment.
+//!   - [`registry`]: the adapters a deployment offers, from its secrets (the environment).
 //!
 //! Nothing outside this crate knows which provider answered.
 //!
@@ -32,13 +35,17 @@
 
 pub mod anthropic;
 pub mod bedrock;
+pub mod call;
 pub mod catalog;
 pub mod classify;
 pub mod hosted;
 pub mod http;
+pub mod keys;
 pub mod local;
 pub mod openai;
 pub mod registry;
 pub mod replicate;
+#[cfg(test)]
+mod testing;
 
 pub use local::{parse_faults, price_table, Fault, LocalConfig, LocalProvider, ScheduledCallback};

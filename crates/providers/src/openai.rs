@@ -13,16 +13,18 @@
 //! reasoning models reject it) and `max_tokens` for OpenAI-compatible servers, which document
 //! only that one. Embeddings: `POST {base}/embeddings` with `{model, input}`.
 
+use crate::call::{Chat, ChatApi, FromResponse, ToRequest};
 use crate::catalog::Catalog;
 use crate::classify::{classify, Api};
-use crate::hosted;
+use crate::hosted::{
+    self, answered_by, malformed, object_schema, truncated, unwrap_answer, ANSWER,
+};
 use crate::http::{HttpRequest, HttpResponse, Sender};
-use async_trait::async_trait;
+use crate::keys::Endpoint;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use switchyard_core::model::{
-    normalized, split_model, ModelInfo, ModelOutput, ModelRequest, ModelResponse, Provider, Role,
+    normalized, split_model, ModelOutput, ModelRequest, ModelResponse, Role,
 };
 use switchyard_core::state::Usage;
 use switchyard_core::{ErrorClass, StepError};
@@ -30,31 +32,19 @@ use switchyard_core::{ErrorClass, StepError};
 /// The public OpenAI API.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 
-/// The name of the tool / response format that carries a structured answer.
-pub(crate) const ANSWER: &str = "answer";
+/// The OpenAI API's pure halves.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenAiApi;
 
-/// Added to the instructions when JSON is wanted without a schema. OpenAI's `json_object` mode
-/// requires the word "JSON" in the messages; Anthropic has no JSON mode at all.
-pub(crate) const JSON_ONLY: &str = "Answer with a single JSON value and nothing else.";
+impl ChatApi for OpenAiApi {
+    const TYPE_NAME: &'static str = "OpenAi";
+    const REQUEST_ID_HEADER: &'static str = "x-request-id";
+    const TO_REQUEST: ToRequest = to_request;
+    const FROM_RESPONSE: FromResponse = from_response;
+}
 
 /// The adapter for one provider prefix served through the OpenAI API.
-pub struct OpenAi {
-    name: String,
-    base_url: String,
-    api_key: Option<String>,
-    catalog: Arc<Catalog>,
-    sender: Sender,
-}
-
-impl std::fmt::Debug for OpenAi {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAi")
-            .field("name", &self.name)
-            .field("base_url", &self.base_url)
-            .field("api_key", &self.api_key.as_ref().map(|_| "[set]"))
-            .finish_non_exhaustive()
-    }
-}
+pub type OpenAi = Chat<OpenAiApi>;
 
 /// Same as [`OpenAi::new`].
 pub fn new(
@@ -67,9 +57,10 @@ pub fn new(
     OpenAi::new(name, base_url, api_key, catalog, sender)
 }
 
-impl OpenAi {
+impl Chat<OpenAiApi> {
     /// `name` is the prefix it serves (`openai`, `ollama`, `vllm`...); `base_url` is used for
-    /// models whose catalog entry names none. An empty key counts as none.
+    /// models whose catalog entry names none. An empty key counts as none. Entries' own key
+    /// variables are read from the environment unless [`OpenAi::with_secrets`] says otherwise.
     pub fn new(
         name: &str,
         base_url: &str,
@@ -77,77 +68,12 @@ impl OpenAi {
         catalog: Arc<Catalog>,
         sender: Sender,
     ) -> OpenAi {
-        OpenAi {
-            name: name.to_string(),
-            base_url: base_url.to_string(),
-            api_key: api_key.filter(|k| !k.trim().is_empty()),
+        Chat::from_parts(
+            Endpoint::new(name, base_url, api_key, "OPENAI_API_KEY"),
             catalog,
             sender,
-        }
-    }
-
-    /// The catalog entry's `base_url`, else the adapter's.
-    fn base_for<'a>(&'a self, model: &str) -> &'a str {
-        self.catalog
-            .get(model)
-            .and_then(|e| e.base_url.as_deref())
-            .unwrap_or(&self.base_url)
-    }
-
-    /// The key for a model: its entry's `api_key_env` variable if it names one; otherwise the
-    /// adapter's key, but only when the model is served from the adapter's own base URL (an
-    /// entry pointing at another server never receives the adapter's key).
-    fn key_for(&self, model: &str) -> Result<Option<String>, StepError> {
-        let entry = self.catalog.get(model);
-        resolve_key(
-            &self.name,
-            &self.base_url,
-            self.api_key.as_deref(),
-            entry.and_then(|e| e.base_url.as_deref()),
-            entry.and_then(|e| e.api_key_env.as_deref()),
-            "OPENAI_API_KEY",
-            |var| std::env::var(var).ok(),
         )
     }
-}
-
-/// Which key a call uses (see [`OpenAi`]'s `key_for`); shared with the Anthropic adapter.
-/// `openai` and `anthropic` cannot work without a key: a missing one is `auth`, naming
-/// `adapter_key_env` (or the entry's variable). Messages name variables, never values.
-pub(crate) fn resolve_key(
-    adapter: &str,
-    adapter_base: &str,
-    adapter_key: Option<&str>,
-    entry_base: Option<&str>,
-    entry_key_env: Option<&str>,
-    adapter_key_env: &str,
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<Option<String>, StepError> {
-    if let Some(var) = entry_key_env {
-        return match env(var).filter(|k| !k.trim().is_empty()) {
-            Some(k) => Ok(Some(k)),
-            None => Err(StepError::new(
-                ErrorClass::Auth,
-                format!("{var} is not set"),
-            )),
-        };
-    }
-    let own_server = entry_base.is_none_or(|b| same_base(b, adapter_base));
-    if !own_server {
-        return Ok(None);
-    }
-    match adapter_key.filter(|k| !k.trim().is_empty()) {
-        Some(k) => Ok(Some(k.to_string())),
-        None if adapter == "openai" || adapter == "anthropic" => Err(StepError::new(
-            ErrorClass::Auth,
-            format!("{adapter_key_env} is not set"),
-        )),
-        None => Ok(None),
-    }
-}
-
-fn same_base(a: &str, b: &str) -> bool {
-    a.trim_end_matches('/') == b.trim_end_matches('/')
 }
 
 /// Builds the HTTP request for a step: chat completions, or embeddings for the embedding role.
@@ -190,7 +116,7 @@ fn chat_body(req: &ModelRequest) -> Value {
         if !system.is_empty() {
             system.push_str("\n\n");
         }
-        system.push_str(JSON_ONLY);
+        system.push_str(hosted::JSON_ONLY);
     }
     let mut messages = Vec::new();
     if !system.is_empty() {
@@ -222,64 +148,6 @@ fn chat_body(req: &ModelRequest) -> Value {
         body.insert("response_format".into(), json!({"type": "json_object"}));
     }
     Value::Object(body)
-}
-
-/// Structured-output APIs want an object at the root (OpenAI's structured outputs, Anthropic's
-/// tool `input_schema`). A schema of another type is wrapped as `{answer: schema}`; the bool
-/// says whether it was, and [`unwrap_answer`] undoes it.
-pub(crate) fn object_schema(schema: Value) -> (Value, bool) {
-    if schema.get("type").and_then(Value::as_str) == Some("object") {
-        (schema, false)
-    } else {
-        (
-            json!({
-                "type": "object",
-                "properties": {ANSWER: schema},
-                "required": [ANSWER],
-                "additionalProperties": false
-            }),
-            true,
-        )
-    }
-}
-
-/// The answer inside a structured reply, undoing [`object_schema`]'s wrapping if it applied.
-pub(crate) fn unwrap_answer(req: &ModelRequest, value: Value) -> Result<Value, StepError> {
-    let wrapped = hosted::answer_schema(req).is_some_and(|s| object_schema(s).1);
-    if !wrapped {
-        return Ok(value);
-    }
-    match value {
-        Value::Object(mut m) if m.contains_key(ANSWER) => Ok(m.remove(ANSWER).unwrap_or_default()),
-        _ => Err(
-            malformed("the structured answer lacks its `answer` field").with_details(vec![
-                format!("answer with a JSON object {{\"{ANSWER}\": <the answer>}}"),
-            ]),
-        ),
-    }
-}
-
-pub(crate) fn malformed(message: &str) -> StepError {
-    StepError::new(ErrorClass::Malformed, message)
-}
-
-/// The error for an answer cut off at the output limit when JSON was expected.
-pub(crate) fn truncated(req: &ModelRequest) -> StepError {
-    malformed(&format!(
-        "the answer was cut off at the output limit ({} tokens) before its JSON was complete",
-        hosted::max_tokens(req)
-    ))
-    .with_details(vec![
-        "the previous answer was too long and was cut off; give a shorter answer".into(),
-    ])
-}
-
-/// `provider/model` for the model that answered: the request's prefix, the response's name.
-pub(crate) fn answered_by(req: &ModelRequest, response_model: &str) -> String {
-    match split_model(&req.model).0 {
-        "" => response_model.to_string(),
-        prefix => format!("{prefix}/{response_model}"),
-    }
 }
 
 /// Reads an answer: non-2xx through the one classifier; then the normalized output of the
@@ -392,72 +260,11 @@ fn embedding(body: &Value) -> Result<Value, StepError> {
     Ok(normalized::embedding(vector))
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// The attempt timeout as the sender wants it (`0` means "the sender's default").
-pub(crate) fn attempt_timeout(req: &ModelRequest) -> Option<Duration> {
-    (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms))
-}
-
-/// The instructions plus the data, in characters, for the budget estimate.
-pub(crate) fn prompt_chars(req: &ModelRequest) -> usize {
-    hosted::system_text(req).map_or(0, |s| s.chars().count())
-        + hosted::user_text(req).chars().count()
-}
-
-#[async_trait]
-impl Provider for OpenAi {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn models(&self) -> Vec<ModelInfo> {
-        self.catalog.models_with_prefix(&self.name)
-    }
-
-    fn estimate_cost_usd(&self, request: &ModelRequest) -> f64 {
-        self.catalog.estimate_usd(
-            &request.model,
-            prompt_chars(request),
-            Some(hosted::max_tokens(request)),
-        )
-    }
-
-    async fn invoke(&self, request: &ModelRequest) -> Result<ModelResponse, StepError> {
-        let key = self.key_for(&request.model)?;
-        let http = to_request(self.base_for(&request.model), key.as_deref(), request)?;
-        let started = Instant::now();
-        let resp = match self.sender.send(http, attempt_timeout(request)).await {
-            Ok(resp) => resp,
-            Err(e) => {
-                tracing::warn!(provider = %self.name, model = %request.model,
-                    latency_ms = started.elapsed().as_millis() as u64, error_class = %e.class,
-                    "model call failed before an answer");
-                return Err(e);
-            }
-        };
-        let latency_ms = started.elapsed().as_millis() as u64;
-        let result = from_response(request, &resp, &self.catalog, now_ms());
-        let request_id = resp.header("x-request-id").unwrap_or("");
-        match &result {
-            Ok(_) => tracing::info!(provider = %self.name, model = %request.model,
-                status = resp.status, latency_ms, request_id, "model call answered"),
-            Err(e) => tracing::warn!(provider = %self.name, model = %request.model,
-                status = resp.status, latency_ms, request_id, error_class = %e.class,
-                "model call failed"),
-        }
-        result
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hosted::JSON_ONLY;
+    use switchyard_core::model::Provider;
 
     const CHAT: &str = include_str!("../tests/fixtures/openai_chat_completion.json");
     const STRUCTURED: &str = include_str!("../tests/fixtures/openai_chat_structured.json");
@@ -467,19 +274,12 @@ mod tests {
 
     fn req(model: &str, role: Role, input: Value, params: Value) -> ModelRequest {
         ModelRequest {
-            run_id: "r1".into(),
-            step: "s1".into(),
-            attempt: 1,
-            model: model.into(),
-            role,
-            instructions: Some("Be brief.".into()),
             prompt_version: Some("v1".into()),
             input,
             params,
-            output_schema: None,
-            feedback: vec![],
             timeout_ms: 30_000,
             callback: None,
+            ..crate::testing::request(model, role)
         }
     }
 
@@ -1007,81 +807,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn keys_go_only_where_they_belong() {
-        let env = |v: &str| (v == "VLLM_KEY").then(|| "vk-1".to_string());
-        let base = DEFAULT_BASE_URL;
-        // (adapter, adapter key, entry base, entry key env, expected key or error class)
-        type Case<'a> = (
-            &'a str,
-            Option<&'a str>,
-            Option<&'a str>,
-            Option<&'a str>,
-            Result<Option<&'a str>, ErrorClass>,
-        );
-        let table: Vec<Case> = vec![
-            ("openai", Some("sk-1"), None, None, Ok(Some("sk-1"))),
-            ("openai", None, None, None, Err(ErrorClass::Auth)),
-            ("openai", Some(""), None, None, Err(ErrorClass::Auth)),
-            (
-                "openai",
-                Some("sk-1"),
-                Some("https://api.openai.com/v1/"),
-                None,
-                Ok(Some("sk-1")),
-            ),
-            // Another server never receives the adapter's key.
-            (
-                "openai",
-                Some("sk-1"),
-                Some("http://127.0.0.1:11434/v1"),
-                None,
-                Ok(None),
-            ),
-            (
-                "ollama",
-                None,
-                Some("http://127.0.0.1:11434/v1"),
-                None,
-                Ok(None),
-            ),
-            ("ollama", None, None, None, Ok(None)),
-            (
-                "vllm",
-                None,
-                Some("http://127.0.0.1:8000/v1"),
-                Some("VLLM_KEY"),
-                Ok(Some("vk-1")),
-            ),
-            (
-                "vllm",
-                None,
-                Some("http://127.0.0.1:8000/v1"),
-                Some("UNSET_KEY"),
-                Err(ErrorClass::Auth),
-            ),
-        ];
-        for (adapter, key, entry_base, entry_env, expected) in table {
-            let got = resolve_key(
-                adapter,
-                base,
-                key,
-                entry_base,
-                entry_env,
-                "OPENAI_API_KEY",
-                env,
-            );
-            match expected {
-                Ok(k) => assert_eq!(got.unwrap().as_deref(), k, "{adapter} {entry_base:?}"),
-                Err(class) => {
-                    let e = got.unwrap_err();
-                    assert_eq!(e.class, class);
-                    assert!(e.message.ends_with("is not set"), "{}", e.message);
-                }
-            }
-        }
-    }
-
     #[tokio::test]
     async fn provider_surface() {
         let sender = Sender::new(crate::http::Timeouts::default()).unwrap();
@@ -1129,7 +854,10 @@ mod tests {
             o.models().iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
             vec!["ollama/llama3.2"]
         );
-        assert_eq!(o.base_for("ollama/llama3.2"), "http://127.0.0.1:11434/v1");
-        assert_eq!(o.key_for("ollama/llama3.2").unwrap(), None);
+        assert_eq!(
+            o.endpoint.base_for(&c, "ollama/llama3.2"),
+            "http://127.0.0.1:11434/v1"
+        );
+        assert_eq!(o.endpoint.key_for(&c, "ollama/llama3.2").unwrap(), None);
     }
 }

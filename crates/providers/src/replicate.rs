@@ -40,17 +40,19 @@
 //! `metrics`. Replicate has no idempotency key: an attempt that is submitted again (after a
 //! crash between the call and the checkpoint) creates a second prediction.
 
-use crate::catalog::Catalog;
+use crate::call::Call;
+use crate::catalog::{estimate_tokens, Catalog};
 use crate::classify::{classify, redact, Api};
-use crate::hosted;
+use crate::hosted::{self, invalid, malformed};
 use crate::http::{HttpRequest, HttpResponse, Sender};
+use crate::keys;
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchyard_core::model::{
     normalized, ModelInfo, ModelOutput, ModelRequest, ModelResponse, Provider, Role,
 };
+use switchyard_core::ports::{EnvSecrets, Secrets};
 use switchyard_core::state::Usage;
 use switchyard_core::{ErrorClass, StepError};
 
@@ -69,12 +71,17 @@ pub struct Replicate {
     sender: Sender,
 }
 
+/// The variable holding the API token.
+pub const TOKEN_VAR: &str = "REPLICATE_API_TOKEN";
+
 /// `REPLICATE_API_TOKEN`, when set and non-empty.
+pub fn token_from_secrets(secrets: &dyn Secrets) -> Option<String> {
+    keys::secret(secrets, TOKEN_VAR)
+}
+
+/// [`token_from_secrets`] of the process environment.
 pub fn token_from_env() -> Option<String> {
-    std::env::var("REPLICATE_API_TOKEN")
-        .ok()
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
+    token_from_secrets(&EnvSecrets)
 }
 
 impl Replicate {
@@ -95,29 +102,38 @@ impl Replicate {
     fn token(&self) -> Result<&str, StepError> {
         self.api_token
             .as_deref()
-            .ok_or_else(|| StepError::new(ErrorClass::Auth, "REPLICATE_API_TOKEN is not set"))
+            .ok_or_else(|| keys::missing(TOKEN_VAR))
     }
 
     /// Cancels a prediction (for the engine, when it gives up waiting). Cancelling one that
     /// already ended is not an error for Replicate.
     pub async fn cancel(&self, job_id: &str) -> Result<(), StepError> {
-        let req = to_cancel_request(&self.base_url, self.token()?, job_id)?;
-        let resp = self.sender.send(req, None).await?;
-        tracing::debug!(job_id, status = resp.status, "replicate cancel answered");
-        if (200..300).contains(&resp.status) {
-            Ok(())
-        } else {
-            Err(classify(Api::Replicate, &resp, now_ms()))
-        }
+        self.cancel_for(PROVIDER, job_id).await
     }
-}
 
-fn invalid(message: impl Into<String>) -> StepError {
-    StepError::new(ErrorClass::Invalid, message)
-}
-
-fn malformed(message: impl Into<String>) -> StepError {
-    StepError::new(ErrorClass::Malformed, message)
+    /// [`Replicate::cancel`], logged under the step's model when there is one. No attempt
+    /// timeout: the step's has already run out when the engine gives up.
+    async fn cancel_for(&self, model: &str, job_id: &str) -> Result<(), StepError> {
+        let call = Call {
+            provider: PROVIDER,
+            model,
+            operation: "cancel",
+            request_id_header: None,
+            timeout: None,
+        };
+        call.run(
+            &self.sender,
+            || to_cancel_request(&self.base_url, self.token()?, job_id),
+            |resp, now| {
+                if (200..300).contains(&resp.status) {
+                    Ok(())
+                } else {
+                    Err(classify(Api::Replicate, resp, now))
+                }
+            },
+        )
+        .await
+    }
 }
 
 fn is_name(s: &str) -> bool {
@@ -515,17 +531,6 @@ pub fn role_for(catalog: &Catalog, model: &str, body: &Value) -> Role {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn timeout_of(req: &ModelRequest) -> Option<Duration> {
-    (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms))
-}
-
 #[async_trait]
 impl Provider for Replicate {
     fn name(&self) -> &str {
@@ -537,31 +542,38 @@ impl Provider for Replicate {
     }
 
     fn estimate_cost_usd(&self, request: &ModelRequest) -> f64 {
-        let chars = prediction_input(request).map_or(0, |v| v.to_string().len());
+        let tokens = prediction_input(request).map_or(0, |v| estimate_tokens(&v.to_string()));
         self.catalog
-            .estimate_usd(catalog_key(&self.catalog, &request.model), chars, None)
+            .estimate_usd(catalog_key(&self.catalog, &request.model), tokens, None)
     }
 
     async fn invoke(&self, request: &ModelRequest) -> Result<ModelResponse, StepError> {
-        // The request is checked before the token, so a workflow mistake is reported as such.
-        let http = to_create_request(
-            &self.base_url,
-            self.api_token.as_deref().unwrap_or(""),
-            request,
-        )?;
-        self.token()?;
-        let resp = self.sender.send(http, timeout_of(request)).await?;
-        let result = from_response(&request.model, request.role, &resp, &self.catalog, now_ms());
-        tracing::debug!(model = %request.model, status = resp.status, job_id = result.as_ref().map(|(id, _)| id.as_str()).unwrap_or(""), "replicate prediction created");
-        result.map(|(_, response)| response)
+        let (_, response) = Call::invoke(PROVIDER, request)
+            .run(
+                &self.sender,
+                || {
+                    // The request is checked before the token, so a workflow mistake is
+                    // reported as such.
+                    let token = self.api_token.as_deref().unwrap_or("");
+                    let http = to_create_request(&self.base_url, token, request)?;
+                    self.token()?;
+                    Ok(http)
+                },
+                |resp, now| from_response(&request.model, request.role, resp, &self.catalog, now),
+            )
+            .await?;
+        Ok(response)
     }
 
     async fn poll(&self, request: &ModelRequest, job_id: &str) -> Result<ModelResponse, StepError> {
-        let http = to_get_request(&self.base_url, self.token()?, job_id)?;
-        let resp = self.sender.send(http, timeout_of(request)).await?;
-        tracing::debug!(model = %request.model, job_id, status = resp.status, "replicate prediction read");
-        let (id, response) =
-            from_response(&request.model, request.role, &resp, &self.catalog, now_ms())?;
+        let (id, response) = Call::invoke(PROVIDER, request)
+            .operation("poll")
+            .run(
+                &self.sender,
+                || to_get_request(&self.base_url, self.token()?, job_id),
+                |resp, now| from_response(&request.model, request.role, resp, &self.catalog, now),
+            )
+            .await?;
         if id != job_id {
             return Err(malformed(format!(
                 "replicate answered for prediction {id}, not {job_id}"
@@ -582,8 +594,8 @@ impl Provider for Replicate {
     }
 
     /// The engine gave up waiting (wait timeout): stop the prediction, and its billing.
-    async fn cancel(&self, _request: &ModelRequest, job_id: &str) -> Result<(), StepError> {
-        Replicate::cancel(self, job_id).await
+    async fn cancel(&self, request: &ModelRequest, job_id: &str) -> Result<(), StepError> {
+        self.cancel_for(&request.model, job_id).await
     }
 }
 

@@ -8,8 +8,8 @@
 
 use super::{
     cost_of, hex_prefix, input_text, instruction_tokens, invalid, json_string, param, param_u64,
-    tokens,
 };
+use crate::catalog::estimate_tokens;
 use base64::Engine as _;
 use serde_json::{json, Value};
 use std::sync::Mutex;
@@ -94,7 +94,7 @@ fn result_body(request: &ModelRequest, id: &str) -> Result<Value, StepError> {
         svg.len() as u64,
         &sha256_hex(svg.as_bytes()),
     );
-    let input_tokens = tokens(&json_string(&request.input)) + instruction_tokens(request);
+    let input_tokens = estimate_tokens(&json_string(&request.input)) + instruction_tokens(request);
     Ok(json!({
         "id": id,
         "status": "succeeded",

@@ -21,6 +21,8 @@ mod text;
 pub use async_job::ScheduledCallback;
 pub use faults::{parse_faults, Fault};
 
+// Simulated usage counts tokens the way budgets estimate them: one rule for both.
+use crate::catalog::estimate_tokens;
 use async_trait::async_trait;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -184,12 +186,12 @@ impl Provider for LocalProvider {
         };
         // Every model reads at most the whole input as JSON: a text field or a string input is
         // never longer than its JSON encoding.
-        let input = tokens(&json_string(&request.input)) + instruction_tokens(request);
+        let input = estimate_tokens(&json_string(&request.input)) + instruction_tokens(request);
         let output = match spec.algo {
             // A summary is a subset of the input's sentences.
             Algo::ExtractiveSummarizer => input,
             // Rendering is deterministic and cheap, so the estimate is exact.
-            Algo::TemplateGenerator => generate::render(request).map_or(0, |s| tokens(&s)),
+            Algo::TemplateGenerator => generate::render(request).map_or(0, |s| estimate_tokens(&s)),
             // Priced at zero per output token (checked by a test).
             _ => 0,
         };
@@ -327,19 +329,14 @@ fn hex_prefix(key: &str, n: usize) -> String {
     sha256_hex(key.as_bytes()).chars().take(n).collect()
 }
 
-/// The usual token approximation: one token per four characters, rounded up.
-fn tokens(s: &str) -> u64 {
-    (s.chars().count() as u64).div_ceil(4)
-}
-
 fn instruction_tokens(request: &ModelRequest) -> u64 {
-    request.instructions.as_deref().map_or(0, tokens)
+    request.instructions.as_deref().map_or(0, estimate_tokens)
 }
 
 fn usage(request: &ModelRequest, read: &str, written: &str) -> Usage {
     Usage {
-        input_tokens: tokens(read) + instruction_tokens(request),
-        output_tokens: tokens(written),
+        input_tokens: estimate_tokens(read) + instruction_tokens(request),
+        output_tokens: estimate_tokens(written),
     }
 }
 
