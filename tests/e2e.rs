@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_switchyard"));
     c.env_remove("SWITCHYARD_DATA_DIR")
-        .env_remove("SWITCHYARD_LOCAL_FAULTS");
+        .env_remove("SWITCHYARD_LOCAL_FAULTS")
+        .env_remove("SWITCHYARD_DURABILITY");
     c
 }
 
@@ -332,6 +333,21 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let out = run(&["run", gate, "--input", bad.to_str().unwrap()], dir.path());
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid JSON"));
+    // A durability setting that does not exist names the choices.
+    let good = dir.path().join("good.json");
+    std::fs::write(&good, r#"{"title": "t"}"#).unwrap();
+    let out = bin()
+        .args(["run", gate, "--input", good.to_str().unwrap(), "--data-dir"])
+        .arg(dir.path())
+        .env("SWITCHYARD_DURABILITY", "paranoid")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("`normal` or `full`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Nothing was stored by any of them.
     let list = json(&run(&["runs", "list", "--json"], dir.path()));
     assert_eq!(list["runs"].as_array().unwrap().len(), 0);

@@ -13,7 +13,7 @@ use switchyard_core::workflow::{self, Diagnostic, FileLoader, Workflow};
 use switchyard_core::Clock;
 use switchyard_engine::driver::{self, Driver};
 use switchyard_engine::{Config, Engine, Providers, Workflows};
-use switchyard_local::{Backend, SqliteQueue, SystemClock};
+use switchyard_local::{Backend, Durability, SqliteQueue, SystemClock};
 use switchyard_providers::{parse_faults, LocalConfig, LocalProvider};
 
 pub use switchyard_engine::driver::{MAX_IN_PROCESS_WAIT_MS, RUN_WATCH_MS};
@@ -138,13 +138,19 @@ impl Local {
         clock: Arc<dyn Clock>,
         opts: Options,
     ) -> Result<Local> {
-        let backend = Backend::open(dir).map_err(|e| {
+        let secrets = EnvSecrets;
+        let durability = match secrets.get("SWITCHYARD_DURABILITY") {
+            Some(v) => {
+                Durability::parse(&v).map_err(|e| anyhow::Error::new(crate::exit::UsageError(e)))?
+            }
+            None => Durability::Normal,
+        };
+        let backend = Backend::open_with(dir, durability).map_err(|e| {
             anyhow::Error::new(crate::exit::UsageError(format!(
                 "data dir `{}`: {e}",
                 dir.display()
             )))
         })?;
-        let secrets = EnvSecrets;
         let faults = match secrets.get("SWITCHYARD_LOCAL_FAULTS") {
             Some(spec) => {
                 parse_faults(&spec).map_err(|e| anyhow!("SWITCHYARD_LOCAL_FAULTS: {e}"))?

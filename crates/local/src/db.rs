@@ -151,11 +151,48 @@ pub struct Backend {
     data_dir: PathBuf,
 }
 
+/// How hard a commit holds on the embedded backend (`SWITCHYARD_DURABILITY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous=NORMAL` in WAL mode (the default): a commit survives the process being
+    /// killed; a power loss or OS crash may lose the last commits.
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: every commit is fsynced before it returns, so every checkpoint
+    /// survives a power loss, at the price of one fsync per commit.
+    Full,
+}
+
+impl Durability {
+    /// `normal` or `full` (case-insensitive); anything else is an error naming the choices.
+    pub fn parse(s: &str) -> Result<Durability, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "normal" => Ok(Durability::Normal),
+            "full" => Ok(Durability::Full),
+            other => Err(format!(
+                "SWITCHYARD_DURABILITY must be `normal` or `full`, not `{other}`"
+            )),
+        }
+    }
+
+    fn pragma(self) -> &'static str {
+        match self {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        }
+    }
+}
+
 impl Backend {
+    /// [`Backend::open_with`] at [`Durability::Normal`].
+    pub fn open(data_dir: &Path) -> Result<Backend, StoreError> {
+        Backend::open_with(data_dir, Durability::Normal)
+    }
+
     /// Opens (creating if needed) `data_dir` and `data_dir/switchyard.sqlite`, migrating the
     /// schema. A file that is not a SQLite database, is some other program's database, or has a
     /// schema newer than this build gives `Corrupt` and is left byte-for-byte untouched.
-    pub fn open(data_dir: &Path) -> Result<Backend, StoreError> {
+    pub fn open_with(data_dir: &Path, durability: Durability) -> Result<Backend, StoreError> {
         let io = |what: &str, p: &Path, e: std::io::Error| {
             StoreError::Unavailable(format!("{what} {}: {e}", p.display()))
         };
@@ -229,7 +266,7 @@ impl Backend {
                 }
             }
         }
-        conn.pragma_update(None, "synchronous", "NORMAL")
+        conn.pragma_update(None, "synchronous", durability.pragma())
             .map_err(not_db)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(not_db)?;
@@ -382,6 +419,25 @@ mod tests {
             assert!(msg.contains(DB_FILE), "{msg}");
             assert_eq!(std::fs::read(&path).unwrap(), before);
         }
+    }
+
+    #[test]
+    fn durability_sets_the_sync_mode() {
+        // (setting, SQLite's `PRAGMA synchronous` answer: 1 NORMAL, 2 FULL)
+        for (text, want) in [("normal", 1), ("FULL", 2), (" full ", 2)] {
+            let dir = tempfile::tempdir().unwrap();
+            let d = Durability::parse(text).unwrap();
+            let b = Backend::open_with(dir.path(), d).unwrap();
+            let got: i64 =
+                b.db.with(|c| Ok(c.pragma_query_value(None, "synchronous", |r| r.get(0))?))
+                    .unwrap();
+            assert_eq!(got, want, "{text}");
+        }
+        let e = Durability::parse("paranoid").unwrap_err();
+        assert!(
+            e.contains("`normal` or `full`") && e.contains("paranoid"),
+            "{e}"
+        );
     }
 
     #[test]
