@@ -8,7 +8,7 @@ use crate::{Engine, EngineError};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_core::model::{Callback, ModelOutput, ModelRequest, ModelResponse, Role};
+use switchyard_core::model::{Callback, ModelOutput, ModelRequest, ModelResponse, Provider, Role};
 use switchyard_core::planner::Action;
 use switchyard_core::refs;
 use switchyard_core::settle::{self, AttemptMeta};
@@ -32,6 +32,15 @@ pub struct ActionCtx {
 }
 
 pub use switchyard_core::budget::Ledger;
+
+/// What came back from one provider call, besides the result itself.
+struct Answer<'a> {
+    req: &'a ModelRequest,
+    provider: &'a str,
+    /// The attempt's callback token (asynchronous steps).
+    token: Option<String>,
+    latency_ms: u64,
+}
 
 impl Engine {
     /// Builds the reference scope of a run from its records.
@@ -388,24 +397,7 @@ impl Engine {
         let mut next = rec.clone();
         next.attempt += 1;
         next.model_attempt += 1;
-        let prepared = self
-            .build_request(cx, step, ms, &next, token.as_deref())
-            .and_then(|req| {
-                let provider = self.providers.for_model(&req.model).ok_or_else(|| {
-                    StepError::new(
-                        ErrorClass::Invalid,
-                        format!("no provider serves `{}`", req.model),
-                    )
-                })?;
-                if let Some(budget) = cx.wf.budget_usd {
-                    let estimate = provider.estimate_cost_usd(&req);
-                    let mut ledger = cx.ledger.lock().map_err(|_| {
-                        StepError::new(ErrorClass::Transient, "budget ledger unavailable")
-                    })?;
-                    ledger.reserve(&step.id, &req.model, estimate, budget)?;
-                }
-                Ok((req, provider))
-            });
+        let prepared = self.prepare_call(cx, step, ms, &next, token.as_deref());
         let claimed = settle::claim(
             step,
             &rec,
@@ -463,19 +455,71 @@ impl Engine {
         };
         let latency_ms = t0.elapsed().as_millis() as u64;
 
+        let answer = Answer {
+            req: &req,
+            provider: provider.name(),
+            token,
+            latency_ms,
+        };
+        let (mut r, ev) = self
+            .settle_answer(cx, step, ms, &claimed, answer, result)
+            .await?;
+        self.write_step(&cx.run_id, &mut r, &[ev]).await?;
+        Ok(vec![r])
+    }
+
+    /// The request for the attempt about to be claimed, the provider that serves it, and its
+    /// budget reservation: everything decided before any side effect.
+    fn prepare_call(
+        &self,
+        cx: &ActionCtx,
+        step: &Step,
+        ms: &ModelStep,
+        next: &StepRecord,
+        token: Option<&str>,
+    ) -> Result<(ModelRequest, Arc<dyn Provider>), StepError> {
+        let req = self.build_request(cx, step, ms, next, token)?;
+        let provider = self.providers.for_model(&req.model).ok_or_else(|| {
+            StepError::new(
+                ErrorClass::Invalid,
+                format!("no provider serves `{}`", req.model),
+            )
+        })?;
+        if let Some(budget) = cx.wf.budget_usd {
+            let estimate = provider.estimate_cost_usd(&req);
+            let mut ledger = cx
+                .ledger
+                .lock()
+                .map_err(|_| StepError::new(ErrorClass::Transient, "budget ledger unavailable"))?;
+            ledger.reserve(&step.id, &req.model, estimate, budget)?;
+        }
+        Ok((req, provider))
+    }
+
+    /// What a provider's answer (or failure) makes of the claimed attempt.
+    async fn settle_answer(
+        &self,
+        cx: &ActionCtx,
+        step: &Step,
+        ms: &ModelStep,
+        claimed: &StepRecord,
+        answer: Answer<'_>,
+        result: Result<ModelResponse, StepError>,
+    ) -> Result<(StepRecord, HistoryEvent), EngineError> {
         let done = self.now();
+        let req = answer.req;
         let meta = |out: Option<&ModelOutput>| AttemptMeta {
             model: Some(out.map_or(req.model.clone(), |o| o.model.clone())),
             prompt_version: req.prompt_version.clone(),
-            latency_ms,
+            latency_ms: answer.latency_ms,
             cost_usd: out.map_or(0.0, |o| o.cost_usd),
             usage: out.and_then(|o| o.usage),
             provider_request_id: out.and_then(|o| o.provider_request_id.clone()),
             sources: out.map(|o| o.sources.clone()).unwrap_or_default(),
         };
-        let (mut r, ev) = match result {
+        Ok(match result {
             Ok(ModelResponse::Completed(out)) => {
-                self.settle_output(&cx.run_id, step, &claimed, &out, meta(Some(&out)), done)
+                self.settle_output(&cx.run_id, step, claimed, &out, meta(Some(&out)), done)
                     .await?
             }
             Ok(ModelResponse::Pending {
@@ -483,14 +527,14 @@ impl Engine {
                 poll_after_ms,
             }) => {
                 let job = JobRef {
-                    provider: provider.name().to_string(),
+                    provider: answer.provider.to_string(),
                     model: req.model.clone(),
                     job_id,
-                    callback_token: token.unwrap_or_default(),
+                    callback_token: answer.token.unwrap_or_default(),
                 };
                 let poll_at = poll_after_ms.map(|p| done.saturating_add(p));
                 settle::wait_for_job(
-                    &claimed,
+                    claimed,
                     job,
                     poll_at,
                     done.saturating_add(ms.wait_timeout.ms()),
@@ -500,11 +544,9 @@ impl Engine {
             }
             Err(err) => {
                 tracing::warn!(run_id = %cx.run_id, step = %step.id, attempt = claimed.attempt, model = %req.model, error_class = %err.class, "step attempt failed");
-                settle::fail(step, &claimed, err, meta(None), done, &cx.run_id)
+                settle::fail(step, claimed, err, meta(None), done, &cx.run_id)
             }
-        };
-        self.write_step(&cx.run_id, &mut r, &[ev]).await?;
-        Ok(vec![r])
+        })
     }
 
     /// Checks a model's answer against the step's output schema and settles the attempt.

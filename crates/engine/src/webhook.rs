@@ -85,57 +85,16 @@ impl Engine {
         &self,
         req: &CallbackRequest,
     ) -> Result<CallbackResult, EngineError> {
-        if req.body.len() > MAX_CALLBACK_BYTES {
-            return Err(EngineError::TooLarge(format!(
-                "callback body over {MAX_CALLBACK_BYTES} bytes"
-            )));
-        }
-        let header = |name: &str| req.headers.get(name).map(String::as_str).unwrap_or("");
-        let secret = self.webhook_secret(&req.provider).ok_or_else(|| {
-            EngineError::Unauthorized(format!(
-                "no webhook secret is configured for `{}`",
-                req.provider
-            ))
-        })?;
-        let id = header("webhook-id");
-        if id.is_empty() {
-            return Err(EngineError::Unauthorized("missing webhook-id".into()));
-        }
-        webhook::verify(
-            secret,
-            id,
-            header("webhook-timestamp"),
-            header("webhook-signature"),
-            &req.body,
-            self.now() / 1000,
-        )
-        .map_err(|e| EngineError::Unauthorized(format!("webhook signature: {e}")))?;
-        let dedupe_key = format!("{}:{id}", req.provider);
+        let id = self.authenticate(req)?;
         // Seen before? (Recorded only after the callback is applied, so a failed attempt to
         // apply it can be retried by the provider.)
-        let q = |k: &str| {
-            req.query
-                .get(k)
-                .cloned()
-                .ok_or_else(|| EngineError::BadRequest {
-                    field: Some(format!("query.{k}")),
-                    message: format!("the callback URL lacks `{k}`"),
-                })
-        };
-        let (run_id, step_id, token) = (q("run_id")?, q("step")?, q("token")?);
+        let dedupe_key = format!("{}:{id}", req.provider);
+        let (run_id, step_id, token) = target(req)?;
         let snap = self.load_for(None, &run_id).await?;
         if snap.header.status.is_terminal() {
             // The run ended (cancelled, or failed elsewhere) while the job ran: acknowledge the
             // callback so the provider stops retrying, but change nothing.
-            let fresh = self
-                .store
-                .record_webhook_id(&dedupe_key, self.now())
-                .await?;
-            return Ok(if fresh {
-                CallbackResult::Stale
-            } else {
-                CallbackResult::Duplicate
-            });
+            return self.not_applied(&dedupe_key, None).await;
         }
         let wf = self.definition(&snap.header.workflow.hash).await?;
         let Some(step) = wf.step(&step_id) else {
@@ -151,20 +110,9 @@ impl Engine {
             // Waiting for the job, or still in the submit call (a fast job can call back
             // before the provider's answer to the submit arrives): the claim holds the token.
             Some(r) if webhook::callback_is_current(r, &token) => r.clone(),
-            _ => {
-                let fresh = self
-                    .store
-                    .record_webhook_id(&dedupe_key, self.now())
-                    .await?;
-                // An earlier delivery may have been applied without its wake-up being sent
-                // (a crash between the two): wake the run again; a spare wake-up is harmless.
-                self.wake(&run_id, WakeReason::Webhook, 0).await?;
-                return Ok(if fresh {
-                    CallbackResult::Stale
-                } else {
-                    CallbackResult::Duplicate
-                });
-            }
+            // An earlier delivery may have been applied without its wake-up being sent (a
+            // crash between the two): wake the run again; a spare wake-up is harmless.
+            _ => return self.not_applied(&dedupe_key, Some(&run_id)).await,
         };
         let provider = self
             .providers
@@ -225,4 +173,67 @@ impl Engine {
         self.wake(&run_id, WakeReason::Webhook, 0).await?;
         Ok(CallbackResult::Applied)
     }
+
+    /// Checks size, secret and Standard Webhooks signature; returns the `webhook-id`.
+    fn authenticate<'r>(&self, req: &'r CallbackRequest) -> Result<&'r str, EngineError> {
+        if req.body.len() > MAX_CALLBACK_BYTES {
+            return Err(EngineError::TooLarge(format!(
+                "callback body over {MAX_CALLBACK_BYTES} bytes"
+            )));
+        }
+        let header = |name: &str| req.headers.get(name).map(String::as_str).unwrap_or("");
+        let secret = self.webhook_secret(&req.provider).ok_or_else(|| {
+            EngineError::Unauthorized(format!(
+                "no webhook secret is configured for `{}`",
+                req.provider
+            ))
+        })?;
+        let id = header("webhook-id");
+        if id.is_empty() {
+            return Err(EngineError::Unauthorized("missing webhook-id".into()));
+        }
+        webhook::verify(
+            secret,
+            id,
+            header("webhook-timestamp"),
+            header("webhook-signature"),
+            &req.body,
+            self.now() / 1000,
+        )
+        .map_err(|e| EngineError::Unauthorized(format!("webhook signature: {e}")))?;
+        Ok(id)
+    }
+
+    /// Acknowledges a callback that changes nothing (its run ended, or its attempt is no
+    /// longer the current one): `Stale` the first time, `Duplicate` after. With `wake`, the
+    /// run is woken in case an earlier, applied delivery never sent its wake-up.
+    async fn not_applied(
+        &self,
+        dedupe_key: &str,
+        wake: Option<&str>,
+    ) -> Result<CallbackResult, EngineError> {
+        let fresh = self.store.record_webhook_id(dedupe_key, self.now()).await?;
+        if let Some(run_id) = wake {
+            self.wake(run_id, WakeReason::Webhook, 0).await?;
+        }
+        Ok(if fresh {
+            CallbackResult::Stale
+        } else {
+            CallbackResult::Duplicate
+        })
+    }
+}
+
+/// The run, step and per-attempt token the callback URL names.
+fn target(req: &CallbackRequest) -> Result<(String, String, String), EngineError> {
+    let q = |k: &str| {
+        req.query
+            .get(k)
+            .cloned()
+            .ok_or_else(|| EngineError::BadRequest {
+                field: Some(format!("query.{k}")),
+                message: format!("the callback URL lacks `{k}`"),
+            })
+    };
+    Ok((q("run_id")?, q("step")?, q("token")?))
 }
