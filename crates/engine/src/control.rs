@@ -64,7 +64,7 @@ impl Engine {
             })?;
         let (mut r, ev) = settle::decide(&rec, approved, comment, self.now());
         self.write_step(run_id, &mut r, &[ev]).await?;
-        self.wake(&run_id, WakeReason::Approval, 0).await?;
+        self.wake(run_id, WakeReason::Approval, 0).await?;
         Ok(())
     }
 
@@ -95,7 +95,7 @@ impl Engine {
             );
             match self.store.put_header(&h, &[ev]).await {
                 Ok(_) => {
-                    self.wake(&run_id, WakeReason::Cancel, 0).await?;
+                    self.wake(run_id, WakeReason::Cancel, 0).await?;
                     return Ok(h.status);
                 }
                 Err(StoreError::Conflict(_)) => continue,
