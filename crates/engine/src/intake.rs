@@ -5,9 +5,8 @@ use crate::{Engine, EngineError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use switchyard_core::ports::IdempotencyClaim;
-use switchyard_core::ports::Message;
 use switchyard_core::state::{
-    EventKind, HistoryEvent, RunHeader, RunStatus, WakeReason, WakeUp, WorkflowPin,
+    EventKind, HistoryEvent, RunHeader, RunStatus, ValueRef, WakeReason, WorkflowPin,
 };
 use switchyard_core::workflow::Workflow;
 use switchyard_core::{schema, sha256_hex};
@@ -78,71 +77,17 @@ impl Engine {
         }
         check_input(wf, &req.input)?;
         let now = self.now();
-        let run_id = new_run_id();
-        let mut run_id = run_id;
-        if let Some(key) = idempotency_key {
-            match self
-                .store
-                .claim_idempotency(tenant, key, &sha256_hex(&body), &run_id, now)
-                .await?
-            {
-                IdempotencyClaim::New => {}
-                IdempotencyClaim::Existing {
-                    run_id: existing,
-                    same_body: true,
-                } => match self.store.load(&existing).await? {
-                    Some(snap) => {
-                        // The first request may have died before its wake-up was sent: a
-                        // pending run gets another (a duplicate wake-up is harmless).
-                        if snap.header.status == RunStatus::Pending {
-                            let wake = WakeUp {
-                                run_id: existing.clone(),
-                                reason: WakeReason::Start,
-                            };
-                            self.queue.send(&Message::Wake(wake), 0).await?;
-                        }
-                        return Ok(Started {
-                            run_id: existing,
-                            status: snap.header.status,
-                            existing: true,
-                        });
-                    }
-                    // The first request claimed the key but failed before creating the run:
-                    // create it now, under the id the key points at.
-                    None => run_id = existing,
-                },
-                IdempotencyClaim::Existing { .. } => {
-                    return Err(EngineError::Conflict(format!(
-                        "Idempotency-Key `{key}` was used with another request body"
-                    )));
-                }
-            }
-        }
+        let run_id = match idempotency_key {
+            None => new_run_id(),
+            Some(key) => match self.claim_key(tenant, key, &body, now).await? {
+                Claim::Create(run_id) => run_id,
+                Claim::Replay(started) => return Ok(started),
+            },
+        };
         let hash = self.pin_definition(wf).await?;
         let input = self.store_header_value(req.input).await?;
-        let header = RunHeader {
-            run_id: run_id.clone(),
-            tenant: tenant.to_string(),
-            workflow: WorkflowPin {
-                name: wf.name.clone(),
-                version: wf.version.clone(),
-                hash: hash.clone(),
-            },
-            status: RunStatus::Pending,
-            input,
-            output: None,
-            error: None,
-            created_at: now,
-            updated_at: now,
-            ended_at: None,
-            deadline_at: wf.timeout.map(|t| now + t.ms()),
-            wait: None,
-            cancel_requested: false,
-            lease: None,
-            callback_url: req.callback_url,
-            metadata: req.metadata.unwrap_or(Value::Null),
-            version: 1,
-        };
+        let extra = (req.callback_url, req.metadata.unwrap_or(Value::Null));
+        let header = new_header(&run_id, tenant, wf, &hash, input, extra, now);
         let created = HistoryEvent::run(
             now,
             EventKind::RunCreated,
@@ -167,6 +112,94 @@ impl Engine {
             status: RunStatus::Pending,
             existing: false,
         })
+    }
+
+    /// Claims `(tenant, key)` for a new run id, or finds the run it already names: the same
+    /// body replays that run (and re-sends the start of a run that is still pending, in case
+    /// the first request died before sending it); another body is a conflict.
+    async fn claim_key(
+        &self,
+        tenant: &str,
+        key: &str,
+        body: &[u8],
+        now: u64,
+    ) -> Result<Claim, EngineError> {
+        let run_id = new_run_id();
+        let existing = match self
+            .store
+            .claim_idempotency(tenant, key, &sha256_hex(body), &run_id, now)
+            .await?
+        {
+            IdempotencyClaim::New => return Ok(Claim::Create(run_id)),
+            IdempotencyClaim::Existing {
+                run_id: existing,
+                same_body: true,
+            } => existing,
+            IdempotencyClaim::Existing { .. } => {
+                return Err(EngineError::Conflict(format!(
+                    "Idempotency-Key `{key}` was used with another request body"
+                )));
+            }
+        };
+        match self.store.load(&existing).await? {
+            Some(snap) => {
+                // A duplicate wake-up is harmless; a lost one would strand the run.
+                if snap.header.status == RunStatus::Pending {
+                    self.wake(&existing, WakeReason::Start, 0).await?;
+                }
+                Ok(Claim::Replay(Started {
+                    run_id: existing,
+                    status: snap.header.status,
+                    existing: true,
+                }))
+            }
+            // The first request claimed the key but failed before creating the run: create it
+            // now, under the id the key points at.
+            None => Ok(Claim::Create(existing)),
+        }
+    }
+}
+
+/// What an idempotency key comes to.
+enum Claim {
+    /// Create the run under this id.
+    Create(String),
+    /// The key's run exists: answer with it.
+    Replay(Started),
+}
+
+/// The header of a run intake is about to create (version 1, pending).
+fn new_header(
+    run_id: &str,
+    tenant: &str,
+    wf: &Workflow,
+    hash: &str,
+    input: ValueRef,
+    (callback_url, metadata): (Option<String>, Value),
+    now: u64,
+) -> RunHeader {
+    RunHeader {
+        run_id: run_id.to_string(),
+        tenant: tenant.to_string(),
+        workflow: WorkflowPin {
+            name: wf.name.clone(),
+            version: wf.version.clone(),
+            hash: hash.to_string(),
+        },
+        status: RunStatus::Pending,
+        input,
+        output: None,
+        error: None,
+        created_at: now,
+        updated_at: now,
+        ended_at: None,
+        deadline_at: wf.timeout.map(|t| now + t.ms()),
+        wait: None,
+        cancel_requested: false,
+        lease: None,
+        callback_url,
+        metadata,
+        version: 1,
     }
 }
 
