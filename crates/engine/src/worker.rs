@@ -161,16 +161,7 @@ impl Engine {
                 if snap.header.status != RunStatus::Running {
                     self.set_status(snap, RunStatus::Running, None).await?;
                 }
-                // A long invocation renews its lease at half-time, so no other worker takes
-                // the run over while this one is still driving it.
-                let lease_until = snap.header.lease.as_ref().map_or(0, |l| l.until);
-                if now + self.config.run_lease_ms / 2 >= lease_until {
-                    let lease = Lease {
-                        owner: owner.to_string(),
-                        until: now + self.config.run_lease_ms,
-                    };
-                    snap.header = self.store.acquire_lease(&run_id, &lease, now).await?;
-                }
+                self.renew_lease_at_half_time(snap, owner, now).await?;
                 let cx = ActionCtx {
                     wf: wf.clone(),
                     run_id: run_id.clone(),
@@ -201,26 +192,8 @@ impl Engine {
             }
             if let Some((step, result)) = in_flight.next().await {
                 flying.remove(&step);
-                match result {
-                    Ok(records) => {
-                        for r in records {
-                            if let Err(e) = self.update_scope(Arc::make_mut(&mut scope), &r).await {
-                                failure.get_or_insert(e.into());
-                            }
-                            let before = snap.step(&r.step).map_or(0.0, |old| old.cost_usd);
-                            if let Ok(mut l) = ledger.lock() {
-                                l.settle(&r.step, r.cost_usd - before);
-                            }
-                            snap.upsert(r);
-                        }
-                    }
-                    Err(e) => {
-                        if let Ok(mut l) = ledger.lock() {
-                            l.settle(&step, 0.0);
-                        }
-                        tracing::warn!(run_id = %run_id, step = %step, error = %e, "step action failed to checkpoint");
-                        failure.get_or_insert(e);
-                    }
+                if let Err(e) = self.absorb(snap, &mut scope, &ledger, &step, result).await {
+                    failure.get_or_insert(e);
                 }
                 continue;
             }
@@ -228,23 +201,96 @@ impl Engine {
             if let Some(e) = failure {
                 return Err(e);
             }
-            if let Some(outcome) = plan.outcome {
-                return self.finish(wf, snap, outcome).await;
-            }
-            if near_deadline && !plan.actions.is_empty() {
-                self.park(snap, &plan, None, was_waiting).await?;
-                self.wake(&run_id, WakeReason::Resume, 0).await?;
-                return Ok(Handled::Yielded);
-            }
-            let resend = planner::must_send_timer(wake.reason, prev_wait_until, plan.wake_at);
-            let until = plan.wake_at;
-            self.park(snap, &plan, until.filter(|_| resend), was_waiting)
-                .await?;
-            return Ok(Handled::Waiting {
-                reason: plan.wait.unwrap_or(WaitReason::Timer),
-                until,
-            });
+            let prev = (prev_wait_until, was_waiting);
+            return self
+                .come_to_rest(wf, snap, plan, near_deadline, wake, prev)
+                .await;
         }
+    }
+
+    /// A long invocation renews its lease at half-time, so no other worker takes the run over
+    /// while this one is still driving it.
+    async fn renew_lease_at_half_time(
+        &self,
+        snap: &mut RunSnapshot,
+        owner: &str,
+        now: Millis,
+    ) -> Result<(), EngineError> {
+        let lease_until = snap.header.lease.as_ref().map_or(0, |l| l.until);
+        if now + self.config.run_lease_ms / 2 >= lease_until {
+            let lease = Lease {
+                owner: owner.to_string(),
+                until: now + self.config.run_lease_ms,
+            };
+            snap.header = self
+                .store
+                .acquire_lease(&snap.header.run_id, &lease, now)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Takes a finished action's records into the snapshot, the scope and the budget ledger.
+    async fn absorb(
+        &self,
+        snap: &mut RunSnapshot,
+        scope: &mut Arc<Value>,
+        ledger: &std::sync::Mutex<crate::exec::Ledger>,
+        step: &str,
+        result: Result<Vec<StepRecord>, EngineError>,
+    ) -> Result<(), EngineError> {
+        let records = match result {
+            Ok(records) => records,
+            Err(e) => {
+                if let Ok(mut l) = ledger.lock() {
+                    l.settle(step, 0.0);
+                }
+                tracing::warn!(run_id = %snap.header.run_id, step = %step, error = %e, "step action failed to checkpoint");
+                return Err(e);
+            }
+        };
+        let mut failure = None;
+        for r in records {
+            if let Err(e) = self.update_scope(Arc::make_mut(scope), &r).await {
+                failure.get_or_insert(e.into());
+            }
+            let before = snap.step(&r.step).map_or(0.0, |old| old.cost_usd);
+            if let Ok(mut l) = ledger.lock() {
+                l.settle(&r.step, r.cost_usd - before);
+            }
+            snap.upsert(r);
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Nothing is in flight and nothing more starts in this call: end the run, yield it to
+    /// the next invocation, or park it until what it waits for.
+    async fn come_to_rest(
+        &self,
+        wf: &Arc<Workflow>,
+        snap: &mut RunSnapshot,
+        plan: planner::Plan,
+        near_deadline: bool,
+        wake: &WakeUp,
+        (prev_wait_until, was_waiting): (Option<Millis>, bool),
+    ) -> Result<Handled, EngineError> {
+        if let Some(outcome) = plan.outcome {
+            return self.finish(wf, snap, outcome).await;
+        }
+        if near_deadline && !plan.actions.is_empty() {
+            self.park(snap, &plan, None, was_waiting).await?;
+            self.wake(&snap.header.run_id, WakeReason::Resume, 0)
+                .await?;
+            return Ok(Handled::Yielded);
+        }
+        let resend = planner::must_send_timer(wake.reason, prev_wait_until, plan.wake_at);
+        let until = plan.wake_at;
+        self.park(snap, &plan, until.filter(|_| resend), was_waiting)
+            .await?;
+        Ok(Handled::Waiting {
+            reason: plan.wait.unwrap_or(WaitReason::Timer),
+            until,
+        })
     }
 
     async fn set_status(
