@@ -296,21 +296,20 @@ impl Driver {
             Err(e) => return Err(e),
         };
         let now = self.engine.now();
-        let (held_jobs, next_callback): (Vec<(String, String)>, Option<Millis>) = {
+        // Callbacks this driver will not deliver (delivery turned off) bring nothing.
+        let held: Vec<(Millis, String, String)> = if self.deliver.load(Ordering::SeqCst) {
             let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-            let deliver = self.deliver.load(Ordering::SeqCst);
-            (
-                held.iter()
-                    .filter(|_| deliver)
-                    .map(|(_, c)| (c.provider.clone(), c.job_id.clone()))
-                    .collect(),
-                held.iter().filter(|_| deliver).map(|(t, _)| *t).min(),
-            )
+            held.iter()
+                .map(|(t, c)| (*t, c.provider.clone(), c.job_id.clone()))
+                .collect()
+        } else {
+            Vec::new()
         };
-        let held_refs: Vec<(&str, &str)> = held_jobs
+        let held_refs: Vec<(&str, &str)> = held
             .iter()
-            .map(|(p, j)| (p.as_str(), j.as_str()))
+            .map(|(_, p, j)| (p.as_str(), j.as_str()))
             .collect();
+        let next_callback = held.iter().map(|(t, _, _)| *t).min();
         let next_message = self.work.next_visible_at().await?;
         let look = Look {
             header: &snap.header,
