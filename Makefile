@@ -56,9 +56,13 @@ check-msrv:
 fmt:
 	$(CARGO) fmt --all
 
-## bench: engine overhead figures (release build); see docs/benchmarks.md.
+## bench: engine overhead figures for both durability settings, then process-level figures
+## (fsyncs per step, `switchyard run` time); release build; see docs/benchmarks.md.
+SY_RELEASE := $(or $(CARGO_TARGET_DIR),target)/release/switchyard
 bench:
 	$(CARGO) bench -p switchyard-cli --bench engine
+	$(CARGO) build --release -p switchyard-cli
+	python3 tests/bench/process.py $(SY_RELEASE)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -105,6 +105,8 @@ pub struct Options {
     /// Serve these providers instead of the built-in and hosted ones (the benchmark's timed
     /// provider). The built-in provider still delivers its scheduled callbacks.
     pub providers: Option<Providers>,
+    /// The embedded backend's durability; `None`: `SWITCHYARD_DURABILITY`, else `normal`.
+    pub durability: Option<Durability>,
 }
 
 /// The lease owner prefix of this process: `local:<pid>:<nonce>`; `resume` checks the pid.
@@ -139,11 +141,12 @@ impl Local {
         opts: Options,
     ) -> Result<Local> {
         let secrets = EnvSecrets;
-        let durability = match secrets.get("SWITCHYARD_DURABILITY") {
-            Some(v) => {
+        let durability = match (opts.durability, secrets.get("SWITCHYARD_DURABILITY")) {
+            (Some(d), _) => d,
+            (None, Some(v)) => {
                 Durability::parse(&v).map_err(|e| anyhow::Error::new(crate::exit::UsageError(e)))?
             }
-            None => Durability::Normal,
+            (None, None) => Durability::Normal,
         };
         let backend = Backend::open_with(dir, durability).map_err(|e| {
             anyhow::Error::new(crate::exit::UsageError(format!(
@@ -259,6 +262,7 @@ impl Local {
                 listen: Some(listen),
                 hosted: true,
                 providers: None,
+                durability: None,
             },
         )?;
         local.serve_callbacks()?;
@@ -316,6 +320,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use std::time::Duration;
+    use switchyard_core::ports::Inbox;
     use switchyard_engine::intake::StartRequest;
 
     fn workflows() -> Workflows {
@@ -349,7 +354,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let held = b.queue.receive(16, 60_000).unwrap();
+        let held = b.queue.receive(16, 60_000).await.unwrap();
         assert_eq!(held.len(), 1);
         let run_id = started.run_id.clone();
         let driver = tokio::spawn(async move { a.drive(&run_id).await });
@@ -359,7 +364,7 @@ mod tests {
                 panic!("not a wake-up")
             };
             b.engine.handle(w, None).await.unwrap();
-            b.queue.ack(&d.receipt).unwrap();
+            b.queue.ack(&d.receipt).await.unwrap();
         }
         let status = b.engine.load_for(None, &started.run_id).await.unwrap();
         assert_eq!(status.header.status, RunStatus::Succeeded);

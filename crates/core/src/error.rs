@@ -155,7 +155,7 @@ impl fmt::Display for StepError {
 
 /// Failures of the ports (state store, queue, blob store). `Conflict` is the optimistic
 /// concurrency signal: the caller re-loads and re-plans; it is not an error to report.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("conflict: {0}")]
     Conflict(String),

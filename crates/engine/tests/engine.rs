@@ -18,6 +18,7 @@ use std::sync::Arc;
 use support::{compile_with, run_class, H, T0};
 use switchyard_core::model::{ModelInfo, ModelRequest, ModelResponse, Provider, Role};
 use switchyard_core::planner::Action;
+use switchyard_core::ports::Inbox;
 use switchyard_core::retry::backoff_ms;
 use switchyard_core::settle;
 use switchyard_core::state::{
@@ -345,8 +346,8 @@ async fn early_timer_changes_nothing_and_reschedules_then_a_late_one_proceeds() 
             until: Some(T0 + 2000)
         }]
     );
-    assert_eq!(h.queue.len().unwrap(), 1);
-    assert_eq!(h.queue.next_visible_at().unwrap(), Some(T0 + 2000));
+    assert_eq!(h.queue.len().await.unwrap(), 1);
+    assert_eq!(h.queue.next_visible_at().await.unwrap(), Some(T0 + 2000));
     let before = h.snap(&run).await;
     let events_before = h.events(&run).await;
 
@@ -366,8 +367,8 @@ async fn early_timer_changes_nothing_and_reschedules_then_a_late_one_proceeds() 
     assert_eq!(after.header.wait, before.header.wait);
     assert_eq!(h.events(&run).await, events_before, "no event was written");
     // ... and a timer wake-up was (re)scheduled for when the retry is due.
-    assert_eq!(h.queue.len().unwrap(), 2);
-    assert_eq!(h.queue.next_visible_at().unwrap(), Some(T0 + 2000));
+    assert_eq!(h.queue.len().await.unwrap(), 2);
+    assert_eq!(h.queue.next_visible_at().await.unwrap(), Some(T0 + 2000));
 
     // A late wake-up (the original timer, 0.5 s after it was due) proceeds.
     h.clock.set(T0 + 2500);
@@ -394,7 +395,7 @@ async fn wake_ups_for_unknown_runs_and_near_the_deadline() {
 
     // An invocation that is already at its deadline starts nothing and hands over.
     let run = h.start(FLAKY, json!({"text": "refund"})).await;
-    h.queue.receive(16, 60_000).unwrap(); // the Start wake-up, taken by this "invocation"
+    h.queue.receive(16, 60_000).await.unwrap(); // the Start wake-up, taken by this "invocation"
     let wake = WakeUp {
         run_id: run.clone(),
         reason: WakeReason::Start,
@@ -571,7 +572,7 @@ async fn rate_limit_retry_after_is_honoured_without_sleeping() {
         Some(ErrorClass::RateLimited)
     );
     // The next wake-up is not before 5 s later (not the 100 ms backoff).
-    assert_eq!(h.queue.next_visible_at().unwrap(), Some(T0 + 5000));
+    assert_eq!(h.queue.next_visible_at().await.unwrap(), Some(T0 + 5000));
     assert_eq!(retry_delays(&h, &run, "gen").await, [5000]);
     // 4.9 s in, nothing is due.
     h.clock.set(T0 + 4900);
@@ -1320,7 +1321,7 @@ async fn without_a_callback_the_engine_polls_after_poll_after() {
                 until: Some(finished)
             }
         );
-        assert_eq!(h.skip_to_next_wake(), Some(finished));
+        assert_eq!(h.skip_to_next_wake().await, Some(finished));
         assert_eq!(h.drive(&run).await, RunStatus::Succeeded, "{params}");
         let r = h.rec(&run, "render").await;
         assert_eq!((r.finished_at, r.attempt), (Some(finished), 1), "{params}");
@@ -1394,7 +1395,7 @@ impl Provider for Stuck {
 async fn drive_through_waits(h: &H, run: &str) -> RunStatus {
     let mut status = h.drive(run).await;
     for _ in 0..50 {
-        if status != RunStatus::Waiting || h.skip_to_next_wake().is_none() {
+        if status != RunStatus::Waiting || h.skip_to_next_wake().await.is_none() {
             break;
         }
         status = h.drive(run).await;
@@ -1628,8 +1629,10 @@ async fn take_over_ends_a_dead_workers_leases_at_once() {
     assert_eq!(h.rec(&run, "a").await, a);
 }
 
-/// Starts a run of one 1 s model call; returns it with its start wake-up, for tests of two
-/// workers meeting on one run.
+/// Starts a run of one 300 ms model call; returns it with its start wake-up, for tests of two
+/// workers meeting on one run. Real time, not tokio's paused clock: the store answers from its
+/// own thread, and a paused runtime waiting on it would skip the call's sleep ahead and let the
+/// first worker finish before the second arrives.
 async fn start_one_slow_step(h: &H) -> (String, WakeUp) {
     let yaml = r#"
         name: two
@@ -1638,7 +1641,7 @@ async fn start_one_slow_step(h: &H) -> (String, WakeUp) {
           - id: slow
             model: local/echo
             input: "x"
-            params: {delay_ms: 1000}
+            params: {delay_ms: 300}
     "#;
     let run = h.start(yaml, json!({})).await;
     let wake = WakeUp {
@@ -1648,18 +1651,20 @@ async fn start_one_slow_step(h: &H) -> (String, WakeUp) {
     (run, wake)
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn a_second_worker_finds_the_run_busy_and_comes_back_later() {
-    // Latency matters: the first worker is inside a 1 s model call when the second arrives.
+    // Latency matters: the first worker is inside a 300 ms model call when the second arrives.
     let h = H::new();
     let (run, wake) = start_one_slow_step(&h).await;
     let other = h.other_worker("worker-2");
     let (first, second) = tokio::join!(h.engine.handle(&wake, None), other.handle(&wake, None));
-    assert_eq!(first.unwrap(), Handled::Ended(RunStatus::Succeeded));
-    assert_eq!(second.unwrap(), Handled::Busy);
+    // Either may take the lease first (each store call is a hop to the SQLite thread).
+    let mut got = [first.unwrap(), second.unwrap()];
+    got.sort_by_key(|r| format!("{r:?}"));
+    assert_eq!(got, [Handled::Busy, Handled::Ended(RunStatus::Succeeded)]);
     assert_eq!(h.started_count(&run, "slow").await, 1);
     // The busy worker sent a wake-up for after the lease; it finds the run ended.
-    h.queue.receive(16, 60_000).unwrap(); // the original Start, handled above
+    h.queue.receive(16, 60_000).await.unwrap(); // the original Start, handled above
     let later = h.drain().await;
     assert!(
         later
@@ -1827,7 +1832,7 @@ async fn input_failing_its_schema_is_refused_and_nothing_is_stored() {
         .unwrap()
         .runs
         .is_empty());
-    assert!(h.queue.is_empty().unwrap());
+    assert!(h.queue.is_empty().await.unwrap());
     // The key was not used up by the refused requests.
     let ok = h.try_start(&wf, json!({"x": 1}), Some("k")).await.unwrap();
     assert!(!ok.existing);
@@ -2173,7 +2178,7 @@ async fn webhook_route_errors_are_json_bodies() {
 
 /// Two records of one SQS batch for the same run, handled concurrently by one invocation (one
 /// engine, one configured owner): the lease is per `handle` call, so only one drives the run.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn two_records_of_one_batch_for_one_run_are_handled_once() {
     let h = H::new();
     let (run, wake) = start_one_slow_step(&h).await;
@@ -2206,7 +2211,7 @@ async fn a_call_that_would_outlive_the_invocation_is_not_started() {
             timeout: 30s
     "#;
     let run = h.start(yaml, json!({"text": "hi"})).await;
-    h.queue.receive(16, 60_000).unwrap(); // the Start wake-up, taken by this "invocation"
+    h.queue.receive(16, 60_000).await.unwrap(); // the Start wake-up, taken by this "invocation"
     let wake = WakeUp {
         run_id: run.clone(),
         reason: WakeReason::Start,

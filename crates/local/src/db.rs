@@ -4,10 +4,12 @@ use crate::{FsBlobStore, SqliteQueue, SqliteStore};
 use rusqlite::{Connection, ErrorCode};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use switchyard_core::ports::QueueName;
 use switchyard_core::{Clock, StoreError};
+use tokio::sync::oneshot;
 
 /// The database file name inside the data directory.
 pub const DB_FILE: &str = "switchyard.sqlite";
@@ -77,22 +79,65 @@ CREATE TABLE dead_letters (
 /// The schema version this build writes: the number of migrations.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-/// The one connection, shared by every handle.
-///
-/// Calls run directly on the caller's thread rather than in `spawn_blocking`: every statement is
-/// an indexed point read or write that takes well under a millisecond, so the hop to the blocking
-/// pool would cost more than the work. The mutex serializes this process's writers the way a
-/// single SQLite writer must be serialized anyway; other processes wait on `busy_timeout`.
 /// How often a first open retries switching a new file to WAL while another opener holds it
 /// (20 ms apart: at most about 5 s, like the busy timeout).
 const WAL_SWITCH_TRIES: u32 = 250;
 
+/// The most jobs one group commit takes. Bounds how long the first job of a batch waits for
+/// the last one's statements (each is an indexed point read or write, well under 0.1 ms).
+pub const MAX_GROUP_COMMIT: usize = 64;
+
+/// Under concurrency (the last batch had several jobs), how long the writer waits for each
+/// further job, up to the last batch's size, before committing: a fraction of one fsync.
+pub const GROUP_COMMIT_WAIT: Duration = Duration::from_micros(150);
+
+/// The handle on the one connection. Every store and queue call is a *job*: a closure run on
+/// the connection inside its own savepoint of a batch transaction. Who runs the batch depends on
+/// the durability setting, because what a commit costs does:
+///
+/// - `normal`: a commit writes the WAL without an fsync and takes microseconds, so the caller
+///   runs its job itself, on its own thread, under a mutex (a batch of one). Handing it to
+///   another thread would cost more than the work: measured, 0.39 ms per step instead of
+///   0.09 ms, from the two thread wake-ups per call.
+/// - `full`: every commit is an fsync (~0.4 ms on the CI machine). Jobs go to a dedicated
+///   thread (the *writer*), so no async runtime thread ever blocks on a sync, and whatever
+///   arrives while one commit is syncing is committed together with one fsync (group commit).
+///
+/// Either way a job's answer is sent only after the commit holding its writes returned, so
+/// `Ok` means durable at the chosen setting, and a job that fails is rolled back to its
+/// savepoint alone while the others of its batch still commit.
 #[derive(Clone)]
 pub(crate) struct Db {
-    conn: Arc<Mutex<Connection>>,
+    runner: Runner,
+    stats: Arc<Stats>,
 }
 
-/// What closures passed to [`Db::with`] return, so `?` works on rusqlite and store errors alike.
+#[derive(Clone)]
+enum Runner {
+    /// The caller runs its job (see [`Db`]).
+    Inline(Arc<Mutex<Connection>>),
+    /// The writer thread runs it, in group commits.
+    Writer(mpsc::Sender<Job>),
+}
+
+/// What the writer has done, for benchmarks and tests (relaxed counters: figures, not locks).
+#[derive(Default)]
+struct Stats {
+    jobs: AtomicU64,
+    write_commits: AtomicU64,
+}
+
+/// Counters of the SQLite thread since the backend was opened: `jobs` store and queue calls
+/// run, `write_commits` transactions that could write (each one fsync under `FULL`; several
+/// jobs share one when they arrive together).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbStats {
+    pub jobs: u64,
+    pub write_commits: u64,
+}
+
+/// What closures passed to [`Db::read`] / [`Db::write`] return, so `?` works on rusqlite and
+/// store errors alike.
 pub(crate) enum DbError {
     Sql(rusqlite::Error),
     Store(StoreError),
@@ -110,20 +155,218 @@ impl From<StoreError> for DbError {
     }
 }
 
+fn store_error(e: DbError) -> StoreError {
+    match e {
+        DbError::Sql(e) => sql(e),
+        DbError::Store(e) => e,
+    }
+}
+
+/// One caller's work, type-erased: run it on the connection inside its savepoint (or, if the
+/// batch's transaction could not begin, answer with that error unrun), learn whether it
+/// succeeded, and later tell it how the commit went.
+/// Runs a job on the connection, or (given the batch's error) answers it unrun.
+type RunJob = Box<dyn FnOnce(Result<&Connection, &StoreError>) -> Ran + Send>;
+
+/// Sends the caller its answer, given the batch's commit error if there was one.
+type Answer = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
+struct Job {
+    writes: bool,
+    run: RunJob,
+}
+
+struct Ran {
+    ok: bool,
+    /// Sends the caller its answer, given the batch's commit error if there was one.
+    answer: Answer,
+}
+
 impl Db {
-    pub(crate) fn with<T>(
+    fn start(conn: Connection, durability: Durability) -> Result<Db, StoreError> {
+        let stats = Arc::new(Stats::default());
+        let runner = match durability {
+            Durability::Normal => Runner::Inline(Arc::new(Mutex::new(conn))),
+            Durability::Full => {
+                let (jobs, inbox) = mpsc::channel::<Job>();
+                let counters = stats.clone();
+                std::thread::Builder::new()
+                    .name("switchyard-sqlite".into())
+                    .spawn(move || writer(conn, inbox, &counters))
+                    .map_err(|e| {
+                        StoreError::Unavailable(format!("cannot start the sqlite thread: {e}"))
+                    })?;
+                Runner::Writer(jobs)
+            }
+        };
+        Ok(Db { runner, stats })
+    }
+
+    pub(crate) fn stats(&self) -> DbStats {
+        DbStats {
+            jobs: self.stats.jobs.load(Ordering::Relaxed),
+            write_commits: self.stats.write_commits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs `f` on the connection in a read transaction (no write lock is taken if every job of
+    /// its batch reads).
+    pub(crate) async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, DbError>,
+        f: impl FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        // A poisoned lock means a thread panicked mid-call; SQLite rolled back whatever it was
-        // doing, but we report rather than guess, and never unwrap.
-        let mut conn = self.conn.lock().map_err(|_| {
-            StoreError::Unavailable("sqlite connection lock poisoned by a panicked thread".into())
-        })?;
-        f(&mut conn).map_err(|e| match e {
-            DbError::Sql(e) => sql(e),
-            DbError::Store(e) => e,
+        self.submit(false, f).await
+    }
+
+    /// Runs `f` on the connection inside the write transaction of its batch; its writes are
+    /// committed (and, under `FULL`, synced) before this returns `Ok`.
+    pub(crate) async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.submit(true, f).await
+    }
+
+    async fn submit<T: Send + 'static>(
+        &self,
+        writes: bool,
+        f: impl FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
+        let run = Box::new(move |c: Result<&Connection, &StoreError>| {
+            let out = match c {
+                Ok(c) => f(c).map_err(store_error),
+                Err(e) => Err(e.clone()),
+            };
+            Ran {
+                ok: out.is_ok(),
+                answer: Box::new(move |commit: Option<&StoreError>| {
+                    let out = match (out, commit) {
+                        (Ok(_), Some(e)) => Err(e.clone()),
+                        (out, _) => out,
+                    };
+                    // The caller may have stopped waiting (its future was dropped): nothing to do.
+                    let _ = tx.send(out);
+                }),
+            }
+        });
+        let gone = || StoreError::Unavailable("the sqlite thread has stopped".into());
+        let job = Job { writes, run };
+        match &self.runner {
+            Runner::Inline(conn) => {
+                // A poisoned lock means a thread panicked mid-job; SQLite rolled back what it
+                // was doing, but we report rather than guess.
+                let mut conn = conn.lock().map_err(|_| {
+                    StoreError::Unavailable("sqlite connection lock poisoned by a panic".into())
+                })?;
+                commit_batch(&mut conn, vec![job], &self.stats);
+            }
+            Runner::Writer(jobs) => jobs.send(job).map_err(|_| gone())?,
+        }
+        rx.await.map_err(|_| gone())?
+    }
+}
+
+/// The writer thread: takes the next job, then every job already waiting (up to
+/// [`MAX_GROUP_COMMIT`]), and commits them as one transaction. Ends when every handle is gone.
+fn writer(mut conn: Connection, inbox: mpsc::Receiver<Job>, stats: &Stats) {
+    // How many jobs the last batch had: more than one means several callers are active, and
+    // then waiting a moment for the next one costs less than the fsync it saves.
+    let mut last = 0usize;
+    while let Ok(first) = inbox.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_GROUP_COMMIT {
+            let next = if last > 1 && batch.len() < last {
+                inbox.recv_timeout(GROUP_COMMIT_WAIT)
+            } else {
+                inbox
+                    .try_recv()
+                    .map_err(|_| mpsc::RecvTimeoutError::Timeout)
+            };
+            match next {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        last = batch.len();
+        commit_batch(&mut conn, batch, stats);
+    }
+}
+
+fn commit_batch(conn: &mut Connection, batch: Vec<Job>, stats: &Stats) {
+    stats.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    if batch.iter().any(|j| j.writes) {
+        stats.write_commits.fetch_add(1, Ordering::Relaxed);
+    }
+    run_batch(conn, batch);
+}
+
+/// Runs a transaction-control statement from the statement cache (no re-parse per job).
+fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
+    let writes = batch.iter().any(|j| j.writes);
+    let begin = if writes { "BEGIN IMMEDIATE" } else { "BEGIN" };
+    if let Err(e) = control(conn, begin) {
+        // Busy past the timeout, or the file is gone: every job of the batch gets the reason.
+        let e = sql(e);
+        for job in batch {
+            ((job.run)(Err(&e)).answer)(None);
+        }
+        return;
+    }
+    // A batch of one needs no savepoint: its own failure rolls back the transaction.
+    let alone = batch.len() == 1;
+    let mut failed = false;
+    let answers: Vec<_> = batch
+        .into_iter()
+        .map(|job| {
+            let (ok, answer) = run_job(conn, job, !alone);
+            failed |= !ok;
+            answer
         })
+        .collect();
+    let commit = if alone && failed {
+        control(conn, "ROLLBACK").err().map(sql)
+    } else {
+        control(conn, "COMMIT").err().map(sql)
+    };
+    if commit.is_some() {
+        // Leave no half-open transaction behind for the next batch.
+        let _ = control(conn, "ROLLBACK");
+    }
+    for answer in answers {
+        answer(commit.as_ref());
+    }
+}
+
+/// Runs one job, inside its own savepoint when it shares the transaction: a failure (or a
+/// panic, which must not take the thread and every later caller with it) undoes that job's
+/// statements only. Returns whether it succeeded, and how to answer it.
+fn run_job(conn: &Connection, job: Job, savepoint: bool) -> (bool, Answer) {
+    if savepoint {
+        if let Err(e) = control(conn, "SAVEPOINT job") {
+            let e = sql(e);
+            return (false, (job.run)(Err(&e)).answer);
+        }
+    }
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.run)(Ok(conn))));
+    let ok = matches!(&ran, Ok(r) if r.ok);
+    if savepoint {
+        if !ok {
+            let _ = control(conn, "ROLLBACK TO job");
+        }
+        let _ = control(conn, "RELEASE job");
+    }
+    match ran {
+        Ok(r) => (ok, r.answer),
+        // The job's sender went down with the panic, so its caller hears "stopped".
+        Err(_) => {
+            tracing::error!("a sqlite job panicked; its statements were rolled back");
+            (false, Box::new(|_| {}))
+        }
     }
 }
 
@@ -272,9 +515,7 @@ impl Backend {
             .map_err(not_db)?;
 
         Ok(Backend {
-            db: Db {
-                conn: Arc::new(Mutex::new(conn)),
-            },
+            db: Db::start(conn, durability)?,
             data_dir,
         })
     }
@@ -282,6 +523,11 @@ impl Backend {
     /// The absolute data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// What the SQLite thread has done since this backend was opened (see [`DbStats`]).
+    pub fn stats(&self) -> DbStats {
+        self.db.stats()
     }
 
     pub fn store(&self) -> SqliteStore {
@@ -421,15 +667,78 @@ mod tests {
         }
     }
 
-    #[test]
-    fn durability_sets_the_sync_mode() {
+    /// Jobs that arrive while the thread is busy share one commit, and one failing job is rolled
+    /// back alone: the others of its batch still commit.
+    #[tokio::test]
+    async fn waiting_writes_share_one_commit_and_a_failure_stays_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Backend::open_with(dir.path(), Durability::Full).unwrap();
+        b.db.write(|c| Ok(c.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY)")?))
+            .await
+            .unwrap();
+        let before = b.stats();
+        // Hold the thread inside a job until ten more have been sent.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, running) = std::sync::mpsc::channel::<()>();
+        let blocker = b.db.write(move |_| {
+            let _ = started.send(());
+            Ok(held.recv().is_ok())
+        });
+        let writes: Vec<_> = (0..10)
+            .map(|k| {
+                b.db.write(move |c| {
+                    // Job 3 inserts a row and then fails: its row must not survive.
+                    c.execute("INSERT INTO t (k) VALUES (?1)", [k + 100])?;
+                    if k == 3 {
+                        return Err(StoreError::Conflict("job 3 fails".into()).into());
+                    }
+                    Ok(c.execute("INSERT INTO t (k) VALUES (?1)", [k])?)
+                })
+            })
+            .collect();
+        let (held_ok, results) = tokio::join!(blocker, async {
+            // `join!` polled the blocker first (a job is sent on its future's first poll); once
+            // it runs on the thread, send the ten writes (their first poll), then release it.
+            running.recv().unwrap();
+            let all = futures::future::join_all(writes);
+            let (results, ()) = tokio::join!(all, async {
+                let _ = release.send(());
+            });
+            results
+        });
+        assert!(held_ok.unwrap());
+        for (k, r) in results.iter().enumerate() {
+            assert_eq!(r.is_ok(), k != 3, "job {k}: {r:?}");
+        }
+        let after = b.stats();
+        // One commit for the blocker, one for the ten that waited behind it.
+        assert_eq!(after.write_commits - before.write_commits, 2);
+        assert_eq!(after.jobs - before.jobs, 11);
+        let keys: Vec<i64> =
+            b.db.read(|c| {
+                let mut st = c.prepare("SELECT k FROM t ORDER BY k")?;
+                let rows = st.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<Result<Vec<i64>, _>>()?)
+            })
+            .await
+            .unwrap();
+        let want: Vec<i64> = (0..10)
+            .filter(|k| *k != 3)
+            .chain((100..110).filter(|k| *k != 103))
+            .collect();
+        assert_eq!(keys, want);
+    }
+
+    #[tokio::test]
+    async fn durability_sets_the_sync_mode() {
         // (setting, SQLite's `PRAGMA synchronous` answer: 1 NORMAL, 2 FULL)
         for (text, want) in [("normal", 1), ("FULL", 2), (" full ", 2)] {
             let dir = tempfile::tempdir().unwrap();
             let d = Durability::parse(text).unwrap();
             let b = Backend::open_with(dir.path(), d).unwrap();
             let got: i64 =
-                b.db.with(|c| Ok(c.pragma_query_value(None, "synchronous", |r| r.get(0))?))
+                b.db.read(|c| Ok(c.pragma_query_value(None, "synchronous", |r| r.get(0))?))
+                    .await
                     .unwrap();
             assert_eq!(got, want, "{text}");
         }
@@ -440,8 +749,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn opens_fresh_and_again() {
+    #[tokio::test]
+    async fn opens_fresh_and_again() {
         let dir = tempfile::tempdir().unwrap();
         let nested = dir.path().join("a/b");
         let b = Backend::open(&nested).unwrap();
@@ -449,7 +758,7 @@ mod tests {
         assert!(nested.join("blobs").is_dir());
         drop(b);
         let b = Backend::open(&nested).unwrap();
-        let pragmas = |c: &mut Connection| {
+        let pragmas = |c: &Connection| {
             let get =
                 |name| c.pragma_query_value(None, name, |r| r.get::<_, rusqlite::types::Value>(0));
             Ok([
@@ -460,6 +769,6 @@ mod tests {
         };
         use rusqlite::types::Value::{Integer, Text};
         let want = [Integer(SCHEMA_VERSION), Text("wal".into()), Integer(1)];
-        assert_eq!(b.db.with(pragmas).unwrap(), want);
+        assert_eq!(b.db.read(pragmas).await.unwrap(), want);
     }
 }

@@ -5,7 +5,7 @@
 
 use crate::db::{is_constraint, Db, DbError};
 use async_trait::async_trait;
-use rusqlite::{ffi, params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{ffi, params, Connection, OptionalExtension};
 use serde::de::DeserializeOwned;
 use switchyard_core::ports::{
     IdempotencyClaim, RunPage, RunQuery, RunSummary, StateStore, MAX_LIST_LIMIT,
@@ -56,46 +56,73 @@ fn read_header(c: &Connection, run_id: &str) -> Result<Option<RunHeader>, DbErro
     Ok(Some(h))
 }
 
-/// Conditional header write; returns the rows changed (0: wrong version or no such run).
-/// Writes `h` at version `new_version` if the stored version is `expected`.
-fn update_header(
-    c: &Connection,
-    h: &RunHeader,
-    expected: u64,
-    new_version: u64,
-) -> Result<usize, DbError> {
+/// A header ready to write: its columns and its JSON at the version it will have.
+struct HeaderRow {
+    run_id: String,
+    tenant: String,
+    workflow: String,
+    version_label: String,
+    status: &'static str,
+    updated_at: Millis,
+    json: String,
+    version: u64,
+}
+
+fn header_row(h: &RunHeader, new_version: u64) -> Result<HeaderRow, StoreError> {
     let mut h = h.clone();
     h.version = new_version;
-    let h = &h;
-    let json = to_json(h, &format!("header of run {}", h.run_id))?;
-    Ok(c.execute(
+    Ok(HeaderRow {
+        json: to_json(&h, &format!("header of run {}", h.run_id))?,
+        status: h.status.as_str(),
+        run_id: h.run_id,
+        tenant: h.tenant,
+        workflow: h.workflow.name,
+        version_label: h.workflow.version,
+        updated_at: h.updated_at,
+        version: new_version,
+    })
+}
+
+/// Conditional header write: `row` if the stored version is `expected`. Returns the rows
+/// changed (0: wrong version or no such run).
+fn update_header(c: &Connection, row: &HeaderRow, expected: u64) -> Result<usize, DbError> {
+    Ok(c.prepare_cached(
         "UPDATE runs SET tenant = ?1, workflow = ?2, version_label = ?3, status = ?4,
                 updated_at = ?5, header = ?6, version = ?7
          WHERE run_id = ?8 AND version = ?9",
-        params![
-            h.tenant,
-            h.workflow.name,
-            h.workflow.version,
-            h.status.as_str(),
-            h.updated_at,
-            json,
-            new_version,
-            h.run_id,
-            expected
-        ],
-    )?)
+    )?
+    .execute(params![
+        row.tenant,
+        row.workflow,
+        row.version_label,
+        row.status,
+        row.updated_at,
+        row.json,
+        row.version,
+        row.run_id,
+        expected
+    ])?)
 }
 
-/// Appends events inside the caller's transaction, so a state change and its history are one
-/// commit (one fsync), as they are one item write or transaction on DynamoDB.
-fn insert_events(c: &Connection, run_id: &str, events: &[HistoryEvent]) -> Result<(), DbError> {
-    for e in events {
-        let json = to_json(e, &format!("event of run {run_id}"))?;
-        c.execute(
-            "INSERT INTO events (run_id, at, event) VALUES (?1, ?2, ?3)",
-            params![run_id, e.at, json],
-        )
-        .map_err(|e| insert_err(e, "event", run_id))?;
+/// Events serialized on the caller's thread, so the SQLite thread only runs statements.
+type EventRows = Vec<(Millis, String)>;
+
+fn event_rows(run_id: &str, events: &[HistoryEvent]) -> Result<EventRows, StoreError> {
+    let what = format!("event of run {run_id}");
+    events
+        .iter()
+        .map(|e| Ok((e.at, to_json(e, &what)?)))
+        .collect()
+}
+
+/// Appends events in the same job as the state change they belong to, so both are one commit
+/// (one fsync), as they are one item write or transaction on DynamoDB.
+fn insert_events(c: &Connection, run_id: &str, rows: &EventRows) -> Result<(), DbError> {
+    let mut stmt =
+        c.prepare_cached("INSERT INTO events (run_id, at, event) VALUES (?1, ?2, ?3)")?;
+    for (at, json) in rows {
+        stmt.execute(params![run_id, at, json])
+            .map_err(|e| insert_err(e, "event", run_id))?;
     }
     Ok(())
 }
@@ -111,15 +138,16 @@ impl StateStore for SqliteStore {
     async fn create_run(&self, h: &RunHeader, events: &[HistoryEvent]) -> Result<(), StoreError> {
         let mut h = h.clone();
         h.version = 1;
-        let h = &h;
-        let json = to_json(h, &format!("header of run {}", h.run_id))?;
-        self.db.with(|c| {
-            let tx = c.transaction()?;
-            tx.execute(
-                "INSERT INTO runs (run_id, tenant, workflow, version_label, status, created_at,
-                                   updated_at, header, version)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
+        let json = to_json(&h, &format!("header of run {}", h.run_id))?;
+        let rows = event_rows(&h.run_id, events)?;
+        self.db
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT INTO runs (run_id, tenant, workflow, version_label, status, created_at,
+                                       updated_at, header, version)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?
+                .execute(params![
                     h.run_id,
                     h.tenant,
                     h.workflow.name,
@@ -129,67 +157,72 @@ impl StateStore for SqliteStore {
                     h.updated_at,
                     json,
                     h.version
-                ],
-            )
-            .map_err(|e| insert_err(e, &format!("run {}", h.run_id), &h.run_id))?;
-            insert_events(&tx, &h.run_id, events)?;
-            Ok(tx.commit()?)
-        })
+                ])
+                .map_err(|e| insert_err(e, &format!("run {}", h.run_id), &h.run_id))?;
+                insert_events(c, &h.run_id, &rows)
+            })
+            .await
     }
 
     async fn load(&self, run_id: &str) -> Result<Option<RunSnapshot>, StoreError> {
-        self.db.with(|c| {
-            // One read transaction, so another process cannot slip a write between the header
-            // and the steps.
-            let tx = c.transaction()?;
-            let Some(header) = read_header(&tx, run_id)? else {
-                return Ok(None);
-            };
-            let mut stmt = tx.prepare(
-                "SELECT step, record, version FROM steps WHERE run_id = ?1 ORDER BY rowid",
-            )?;
-            let rows = stmt
-                .query_map([run_id], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut steps = Vec::with_capacity(rows.len());
-            for (step, json, version) in rows {
-                let mut rec: StepRecord =
-                    from_json(&json, &format!("step {step} of run {run_id}"))?;
-                rec.version = version;
-                steps.push(rec);
-            }
-            Ok(Some(RunSnapshot { header, steps }))
-        })
+        let run_id = run_id.to_string();
+        // One job is one transaction: another process cannot slip a write between the header
+        // and the steps.
+        self.db
+            .read(move |c| {
+                let Some(header) = read_header(c, &run_id)? else {
+                    return Ok(None);
+                };
+                let mut stmt = c.prepare_cached(
+                    "SELECT step, record, version FROM steps WHERE run_id = ?1 ORDER BY rowid",
+                )?;
+                let rows = stmt
+                    .query_map([&run_id], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut steps = Vec::with_capacity(rows.len());
+                for (step, json, version) in rows {
+                    let mut rec: StepRecord =
+                        from_json(&json, &format!("step {step} of run {run_id}"))?;
+                    rec.version = version;
+                    steps.push(rec);
+                }
+                Ok(Some(RunSnapshot { header, steps }))
+            })
+            .await
     }
 
     async fn put_header(&self, h: &RunHeader, events: &[HistoryEvent]) -> Result<u64, StoreError> {
         let expected_version = h.version;
         let new_version = expected_version + 1;
-        self.db.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if update_header(&tx, h, expected_version, new_version)? == 1 {
-                insert_events(&tx, &h.run_id, events)?;
-                tx.commit()?;
-                return Ok(new_version);
-            }
-            let exists = tx
-                .query_row("SELECT 1 FROM runs WHERE run_id = ?1", [&h.run_id], |_| {
-                    Ok(())
-                })
-                .optional()?
-                .is_some();
-            Err(if exists {
-                StoreError::Conflict(format!(
-                    "run {} is not at version {expected_version}",
-                    h.run_id
-                ))
-            } else {
-                StoreError::NotFound(format!("run {}", h.run_id))
-            }
-            .into())
-        })
+        let run_id = h.run_id.clone();
+        let row = header_row(h, new_version)?;
+        let rows = event_rows(&run_id, events)?;
+        self.db
+            .write(move |c| {
+                if update_header(c, &row, expected_version)? == 1 {
+                    insert_events(c, &run_id, &rows)?;
+                    return Ok(new_version);
+                }
+                let exists = c
+                    .query_row(
+                        "SELECT 1 FROM runs WHERE run_id = ?1",
+                        [&run_id],
+                        |_| Ok(()),
+                    )
+                    .optional()?
+                    .is_some();
+                Err(if exists {
+                    StoreError::Conflict(format!(
+                        "run {run_id} is not at version {expected_version}"
+                    ))
+                } else {
+                    StoreError::NotFound(format!("run {run_id}"))
+                }
+                .into())
+            })
+            .await
     }
 
     async fn acquire_lease(
@@ -198,29 +231,31 @@ impl StateStore for SqliteStore {
         lease: &Lease,
         now: Millis,
     ) -> Result<RunHeader, StoreError> {
-        self.db.with(|c| {
-            // IMMEDIATE takes the write lock before the read, so another process cannot write
-            // between the check and the update.
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut h = read_header(&tx, run_id)?
-                .ok_or_else(|| StoreError::NotFound(format!("run {run_id}")))?;
-            if let Some(held) = &h.lease {
-                if held.until > now && held.owner != lease.owner {
-                    let msg = format!("lease held by {} until {}", held.owner, held.until);
-                    return Err(StoreError::Conflict(msg).into());
+        let run_id = run_id.to_string();
+        let lease = lease.clone();
+        // The write lock of the job's transaction is taken before the read, so another process
+        // cannot write between the check and the update.
+        self.db
+            .write(move |c| {
+                let mut h = read_header(c, &run_id)?
+                    .ok_or_else(|| StoreError::NotFound(format!("run {run_id}")))?;
+                if let Some(held) = &h.lease {
+                    if held.until > now && held.owner != lease.owner {
+                        let msg = format!("lease held by {} until {}", held.owner, held.until);
+                        return Err(StoreError::Conflict(msg).into());
+                    }
                 }
-            }
-            let expected = h.version;
-            h.lease = Some(lease.clone());
-            if !h.status.is_terminal() {
-                h.status = RunStatus::Running;
-            }
-            h.version = expected + 1;
-            h.updated_at = now;
-            update_header(&tx, &h, expected, h.version)?;
-            tx.commit()?;
-            Ok(h)
-        })
+                let expected = h.version;
+                h.lease = Some(lease);
+                if !h.status.is_terminal() {
+                    h.status = RunStatus::Running;
+                }
+                h.version = expected + 1;
+                h.updated_at = now;
+                update_header(c, &header_row(&h, h.version)?, expected)?;
+                Ok(h)
+            })
+            .await
     }
 
     async fn put_step(
@@ -229,138 +264,90 @@ impl StateStore for SqliteStore {
         rec: &StepRecord,
         events: &[HistoryEvent],
     ) -> Result<u64, StoreError> {
+        let run_id = run_id.to_string();
         let what = format!("step {} of run {run_id}", rec.step);
+        let step = rec.step.clone();
         let expected_version = rec.version;
         let new_version = expected_version + 1;
         let mut stored = rec.clone();
         stored.version = new_version;
         let json = to_json(&stored, &what)?;
-        self.db.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if expected_version == 0 {
-                tx.execute(
-                    "INSERT INTO steps (run_id, step, record, version) VALUES (?1, ?2, ?3, ?4)",
-                    params![run_id, rec.step, json, new_version],
-                )
-                .map_err(|e| insert_err(e, &what, run_id))?;
-            } else {
-                let n = tx.execute(
-                    "UPDATE steps SET record = ?1, version = ?2
-                     WHERE run_id = ?3 AND step = ?4 AND version = ?5",
-                    params![json, new_version, run_id, rec.step, expected_version],
-                )?;
-                // A missing record is a failed condition too, as in DynamoDB.
-                if n == 0 {
-                    let msg = format!("{what} is not at version {expected_version}");
-                    return Err(StoreError::Conflict(msg).into());
+        let rows = event_rows(&run_id, events)?;
+        self.db
+            .write(move |c| {
+                if expected_version == 0 {
+                    c.prepare_cached(
+                        "INSERT INTO steps (run_id, step, record, version) VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![run_id, step, json, new_version])
+                    .map_err(|e| insert_err(e, &what, &run_id))?;
+                } else {
+                    let n = c
+                        .prepare_cached(
+                            "UPDATE steps SET record = ?1, version = ?2
+                             WHERE run_id = ?3 AND step = ?4 AND version = ?5",
+                        )?
+                        .execute(params![json, new_version, run_id, step, expected_version])?;
+                    // A missing record is a failed condition too, as in DynamoDB.
+                    if n == 0 {
+                        let msg = format!("{what} is not at version {expected_version}");
+                        return Err(StoreError::Conflict(msg).into());
+                    }
                 }
-            }
-            insert_events(&tx, run_id, events)?;
-            tx.commit()?;
-            Ok(new_version)
-        })
+                insert_events(c, &run_id, &rows)?;
+                Ok(new_version)
+            })
+            .await
     }
 
     async fn append_events(&self, run_id: &str, events: &[HistoryEvent]) -> Result<(), StoreError> {
-        self.db.with(|c| {
-            let tx = c.transaction()?;
-            insert_events(&tx, run_id, events)?;
-            Ok(tx.commit()?)
-        })
+        let run_id = run_id.to_string();
+        let rows = event_rows(&run_id, events)?;
+        self.db
+            .write(move |c| insert_events(c, &run_id, &rows))
+            .await
     }
 
     async fn events(&self, run_id: &str) -> Result<Vec<HistoryEvent>, StoreError> {
-        self.db.with(|c| {
-            let mut stmt =
-                c.prepare("SELECT seq, event FROM events WHERE run_id = ?1 ORDER BY seq")?;
-            let rows = stmt
-                .query_map([run_id], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            let parse = |(seq, json): (i64, String)| {
-                from_json(&json, &format!("event {seq} of run {run_id}"))
-            };
-            Ok(rows.into_iter().map(parse).collect::<Result<_, _>>()?)
-        })
+        let run_id = run_id.to_string();
+        self.db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT seq, event FROM events WHERE run_id = ?1 ORDER BY seq",
+                )?;
+                let rows = stmt
+                    .query_map([&run_id], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                let parse = |(seq, json): (i64, String)| {
+                    from_json(&json, &format!("event {seq} of run {run_id}"))
+                };
+                Ok(rows.into_iter().map(parse).collect::<Result<_, _>>()?)
+            })
+            .await
     }
 
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, StoreError> {
         let limit = query.limit.clamp(1, MAX_LIST_LIMIT);
         let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
-        let (after_at, after_id) = match &after {
-            Some((at, id)) => (Some(*at), Some(id.as_str())),
-            None => (None, None),
-        };
+        let tenant = query.scope.tenant().map(str::to_string);
         let status = query.status.map(|s| s.as_str());
-        self.db.with(|c| {
-            // `?N IS NULL` makes each filter optional without building SQL strings; the row
-            // comparison continues strictly after the cursor's (created_at, run_id).
-            const WHERE: &str = "WHERE (?1 IS NULL OR tenant = ?1)
-                   AND (?2 IS NULL OR status = ?2)
-                   AND (?3 IS NULL OR workflow = ?3)
-                   AND (?4 IS NULL OR (created_at, run_id) < (?4, ?5))";
-            let mut stmt = c.prepare(&format!(
-                "SELECT run_id, tenant, workflow, version_label, status, created_at, updated_at
-                 FROM runs {WHERE} ORDER BY created_at DESC, run_id DESC LIMIT ?6"
-            ))?;
-            let filters = params![
-                query.scope.tenant(),
-                status,
-                query.workflow,
-                after_at,
-                after_id,
-                i64::try_from(limit + 1).unwrap_or(i64::MAX)
-            ];
-            let rows = stmt
-                .query_map(filters, |r| {
-                    let summary = RunSummary {
-                        run_id: r.get(0)?,
-                        tenant: r.get(1)?,
-                        workflow: r.get(2)?,
-                        version: r.get(3)?,
-                        status: RunStatus::Pending, // replaced below, where errors are ours
-                        created_at: r.get(5)?,
-                        updated_at: r.get(6)?,
-                    };
-                    Ok((summary, r.get::<_, String>(4)?))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut runs = Vec::with_capacity(rows.len());
-            for (mut summary, status) in rows {
-                summary.status = serde_json::from_value(serde_json::Value::String(status))
-                    .map_err(|e| {
-                        StoreError::Corrupt(format!("status of run {}: {e}", summary.run_id))
-                    })?;
-                runs.push(summary);
-            }
-            // One row more than the page was read to know whether another page follows.
-            if runs.len() <= limit {
-                return Ok(RunPage {
-                    runs,
-                    cursor: None,
-                    remaining: Some(0),
-                });
-            }
-            runs.truncate(limit);
-            let last = runs.last().map(|r| (r.created_at, r.run_id.clone()));
-            let (remaining, cursor) = match last {
-                Some((at, id)) => {
-                    let n: i64 = c.query_row(
-                        &format!("SELECT COUNT(*) FROM runs {WHERE}"),
-                        params![query.scope.tenant(), status, query.workflow, at, id],
-                        |r| r.get(0),
-                    )?;
-                    (Some(n.max(0) as u64), Some(encode_cursor(at, &id)))
-                }
-                None => (Some(0), None),
-            };
-            Ok(RunPage {
-                runs,
-                cursor,
-                remaining,
+        let workflow = query.workflow.clone();
+        self.db
+            .read(move |c| {
+                list_page(
+                    c,
+                    &Filters {
+                        tenant,
+                        status,
+                        workflow,
+                    },
+                    after,
+                    limit,
+                )
             })
-        })
+            .await
     }
 
     async fn claim_idempotency(
@@ -371,40 +358,127 @@ impl StateStore for SqliteStore {
         run_id: &str,
         now: Millis,
     ) -> Result<IdempotencyClaim, StoreError> {
-        self.db.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let inserted = tx.execute(
-                "INSERT INTO idempotency (tenant, key, body_hash, run_id, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (tenant, key) DO NOTHING",
-                params![tenant, key, body_hash, run_id, now],
-            )?;
-            let claim = if inserted == 1 {
-                IdempotencyClaim::New
-            } else {
-                let (stored_hash, run_id): (String, String) = tx.query_row(
+        let (tenant, key) = (tenant.to_string(), key.to_string());
+        let (body_hash, run_id) = (body_hash.to_string(), run_id.to_string());
+        self.db
+            .write(move |c| {
+                let inserted = c.execute(
+                    "INSERT INTO idempotency (tenant, key, body_hash, run_id, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (tenant, key) DO NOTHING",
+                    params![tenant, key, body_hash, run_id, now],
+                )?;
+                if inserted == 1 {
+                    return Ok(IdempotencyClaim::New);
+                }
+                let (stored_hash, run_id): (String, String) = c.query_row(
                     "SELECT body_hash, run_id FROM idempotency WHERE tenant = ?1 AND key = ?2",
                     params![tenant, key],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )?;
-                IdempotencyClaim::Existing {
+                Ok(IdempotencyClaim::Existing {
                     run_id,
                     same_body: stored_hash == body_hash,
-                }
-            };
-            tx.commit()?;
-            Ok(claim)
-        })
+                })
+            })
+            .await
     }
 
     async fn record_webhook_id(&self, id: &str, now: Millis) -> Result<bool, StoreError> {
-        self.db.with(|c| {
-            let n = c.execute(
-                "INSERT INTO webhook_ids (id, seen_at) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
-                params![id, now],
-            )?;
-            Ok(n == 1)
-        })
+        let id = id.to_string();
+        self.db
+            .write(move |c| {
+                let n = c.execute(
+                    "INSERT INTO webhook_ids (id, seen_at) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
+                    params![id, now],
+                )?;
+                Ok(n == 1)
+            })
+            .await
     }
+}
+
+/// A listing's filters, owned so they can travel to the SQLite thread.
+struct Filters {
+    tenant: Option<String>,
+    status: Option<&'static str>,
+    workflow: Option<String>,
+}
+
+/// One page of runs, newest first, strictly after the cursor's (created_at, run_id).
+fn list_page(
+    c: &Connection,
+    f: &Filters,
+    after: Option<(i64, String)>,
+    limit: usize,
+) -> Result<RunPage, DbError> {
+    // `?N IS NULL` makes each filter optional without building SQL strings; the row
+    // comparison continues strictly after the cursor's (created_at, run_id).
+    const WHERE: &str = "WHERE (?1 IS NULL OR tenant = ?1)
+           AND (?2 IS NULL OR status = ?2)
+           AND (?3 IS NULL OR workflow = ?3)
+           AND (?4 IS NULL OR (created_at, run_id) < (?4, ?5))";
+    let (after_at, after_id) = match &after {
+        Some((at, id)) => (Some(*at), Some(id.as_str())),
+        None => (None, None),
+    };
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT run_id, tenant, workflow, version_label, status, created_at, updated_at
+         FROM runs {WHERE} ORDER BY created_at DESC, run_id DESC LIMIT ?6"
+    ))?;
+    let filters = params![
+        f.tenant,
+        f.status,
+        f.workflow,
+        after_at,
+        after_id,
+        i64::try_from(limit + 1).unwrap_or(i64::MAX)
+    ];
+    let rows = stmt
+        .query_map(filters, |r| {
+            let summary = RunSummary {
+                run_id: r.get(0)?,
+                tenant: r.get(1)?,
+                workflow: r.get(2)?,
+                version: r.get(3)?,
+                status: RunStatus::Pending, // replaced below, where errors are ours
+                created_at: r.get(5)?,
+                updated_at: r.get(6)?,
+            };
+            Ok((summary, r.get::<_, String>(4)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut runs = Vec::with_capacity(rows.len());
+    for (mut summary, status) in rows {
+        summary.status = serde_json::from_value(serde_json::Value::String(status))
+            .map_err(|e| StoreError::Corrupt(format!("status of run {}: {e}", summary.run_id)))?;
+        runs.push(summary);
+    }
+    // One row more than the page was read to know whether another page follows.
+    if runs.len() <= limit {
+        return Ok(RunPage {
+            runs,
+            cursor: None,
+            remaining: Some(0),
+        });
+    }
+    runs.truncate(limit);
+    let last = runs.last().map(|r| (r.created_at, r.run_id.clone()));
+    let (remaining, cursor) = match last {
+        Some((at, id)) => {
+            let n: i64 = c.query_row(
+                &format!("SELECT COUNT(*) FROM runs {WHERE}"),
+                params![f.tenant, f.status, f.workflow, at, id],
+                |r| r.get(0),
+            )?;
+            (Some(n.max(0) as u64), Some(encode_cursor(at, &id)))
+        }
+        None => (Some(0), None),
+    };
+    Ok(RunPage {
+        runs,
+        cursor,
+        remaining,
+    })
 }
 
 /// A listing cursor: `c1.<created_at>.<run_id>` of the last row of a page. Callers treat it as
@@ -464,7 +538,8 @@ mod tests {
         s.put_step("r1", &StepRecord::pending("a"), &[])
             .await
             .unwrap();
-        b.db.with(|c| Ok(c.execute("UPDATE steps SET record = '{'", [])?))
+        b.db.write(|c| Ok(c.execute("UPDATE steps SET record = '{'", [])?))
+            .await
             .unwrap();
         match s.load("r1").await {
             Err(StoreError::Corrupt(m)) => assert!(m.contains("step a of run r1"), "{m}"),

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use switchyard_core::drive::Next;
 use switchyard_core::model::{ModelInfo, Provider};
-use switchyard_core::ports::{Message, QueueName};
+use switchyard_core::ports::{Inbox, Message, QueueName};
 use switchyard_core::state::{
     EventKind, HistoryEvent, RunSnapshot, RunStatus, StepRecord, WakeReason, WakeUp,
 };
@@ -302,8 +302,8 @@ impl H {
     }
 
     /// Moves the clock to the next visible wake-up (if later than now); returns that time.
-    pub fn skip_to_next_wake(&self) -> Option<u64> {
-        let t = self.queue.next_visible_at().expect("next visible")?;
+    pub async fn skip_to_next_wake(&self) -> Option<u64> {
+        let t = self.queue.next_visible_at().await.expect("next visible")?;
         if t > self.now() {
             self.clock.set(t);
         }
@@ -315,7 +315,7 @@ impl H {
     pub async fn drain(&self) -> Vec<Handled> {
         let mut out = Vec::new();
         for _ in 0..MAX_ITERATIONS {
-            if self.skip_to_next_wake().is_none() {
+            if self.skip_to_next_wake().await.is_none() {
                 return out;
             }
             out.extend(self.step().await);
