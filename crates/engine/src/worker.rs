@@ -11,6 +11,9 @@ use crate::{Engine, EngineError};
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
+
+/// Step records by step name, as actions read them.
+type Records = HashMap<String, StepRecord>;
 use std::sync::Arc;
 use switchyard_core::planner::{self, Outcome, Plan};
 use switchyard_core::ports::Message;
@@ -143,6 +146,13 @@ impl Engine {
         // Built once per call and updated record by record (copied only while an action that
         // still reads the previous one is in flight).
         let mut scope = Arc::new(self.scope(wf, snap).await?);
+        // The same for the records actions read: one map per call, not one per round.
+        let mut records: Arc<Records> = Arc::new(
+            snap.steps
+                .iter()
+                .map(|r| (r.step.clone(), r.clone()))
+                .collect(),
+        );
         loop {
             let now = self.now();
             let plan = planner::plan(wf, snap, now);
@@ -166,12 +176,7 @@ impl Engine {
                     wf: wf.clone(),
                     run_id: run_id.clone(),
                     scope: scope.clone(),
-                    records: Arc::new(
-                        snap.steps
-                            .iter()
-                            .map(|r| (r.step.clone(), r.clone()))
-                            .collect::<HashMap<_, _>>(),
-                    ),
+                    records: records.clone(),
                     ledger: ledger.clone(),
                     owner: owner.to_string(),
                 };
@@ -192,7 +197,8 @@ impl Engine {
             }
             if let Some((step, result)) = in_flight.next().await {
                 flying.remove(&step);
-                if let Err(e) = self.absorb(snap, &mut scope, &ledger, &step, result).await {
+                let views = (&mut scope, &mut records);
+                if let Err(e) = self.absorb(snap, views, &ledger, &step, result).await {
                     failure.get_or_insert(e);
                 }
                 continue;
@@ -230,11 +236,12 @@ impl Engine {
         Ok(())
     }
 
-    /// Takes a finished action's records into the snapshot, the scope and the budget ledger.
+    /// Takes a finished action's records into the snapshot, the scope, the records map and the
+    /// budget ledger.
     async fn absorb(
         &self,
         snap: &mut RunSnapshot,
-        scope: &mut Arc<Value>,
+        (scope, map): (&mut Arc<Value>, &mut Arc<Records>),
         ledger: &std::sync::Mutex<crate::exec::Ledger>,
         step: &str,
         result: Result<Vec<StepRecord>, EngineError>,
@@ -258,6 +265,7 @@ impl Engine {
             if let Ok(mut l) = ledger.lock() {
                 l.settle(&r.step, r.cost_usd - before);
             }
+            Arc::make_mut(map).insert(r.step.clone(), r.clone());
             snap.upsert(r);
         }
         failure.map_or(Ok(()), Err)
@@ -423,7 +431,7 @@ impl Engine {
             wf: wf.clone(),
             run_id: snap.header.run_id.clone(),
             scope: Arc::new(scope),
-            records: Arc::new(HashMap::new()),
+            records: Arc::new(Records::new()),
             ledger: Default::default(),
             owner: self.config.owner.clone(),
         };
