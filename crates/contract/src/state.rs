@@ -257,6 +257,21 @@ pub async fn idempotency_claims_and_webhook_ids(s: &dyn StateStore) {
     for (id, new) in [("w1", true), ("w2", true), ("w1", false)] {
         assert_eq!(s.record_webhook_id(id, 5).await.unwrap(), new, "{id}");
     }
+    // A key expires IDEMPOTENCY_TTL_MS after its claim (at 5): one millisecond before, it
+    // still names r1; at the limit it is free, and the new claim holds from then on.
+    let ttl = switchyard_core::ports::IDEMPOTENCY_TTL_MS;
+    let later = [
+        (5 + ttl - 1, "h9", "r5", existing("r1", false)),
+        (5 + ttl, "h9", "r6", IdempotencyClaim::New),
+        (5 + ttl + 1, "h9", "r7", existing("r6", true)),
+    ];
+    for (now, hash, run, want) in later {
+        let got = s
+            .claim_idempotency("t1", "k", hash, run, now)
+            .await
+            .unwrap();
+        assert_eq!(got, want, "at {now}");
+    }
 }
 
 /// History is in append order (not timestamp order), per run.

@@ -89,6 +89,10 @@ pub struct RunPage {
     pub remaining: Option<u64>,
 }
 
+/// How long an `Idempotency-Key` names its run: 24 hours, as Stripe and most APIs that take
+/// the header. A retry after that starts a new run.
+pub const IDEMPOTENCY_TTL_MS: Millis = 24 * 60 * 60 * 1000;
+
 #[async_trait]
 pub trait StateStore: Send + Sync {
     /// Writes a new run header, stored at version 1, with its first history events in the
@@ -146,7 +150,8 @@ pub trait StateStore: Send + Sync {
     /// position); a cursor the store did not hand out is `StoreError::Invalid`.
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, StoreError>;
 
-    /// Maps `(tenant, key)` to `run_id` unless it is mapped already.
+    /// Maps `(tenant, key)` to `run_id` unless it is mapped already. A mapping older than
+    /// [`IDEMPOTENCY_TTL_MS`] at `now` has expired: the key is claimed afresh, as if unused.
     async fn claim_idempotency(
         &self,
         tenant: &str,

@@ -18,9 +18,15 @@ pub enum EngineError {
         field: Option<String>,
         message: String,
     },
-    /// Idempotency conflict or an illegal state change (409).
+    /// An illegal state change (409 `conflict`).
     #[error("{0}")]
     Conflict(String),
+    /// An `Idempotency-Key` reused with another request body (409 `idempotency_conflict`).
+    #[error("{0}")]
+    IdempotencyConflict(String),
+    /// The request body is not JSON (415).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -39,7 +45,8 @@ impl EngineError {
             EngineError::NotFound(_) => 404,
             EngineError::BadRequest { .. } => 400,
             EngineError::InvalidInput { .. } => 422,
-            EngineError::Conflict(_) => 409,
+            EngineError::Conflict(_) | EngineError::IdempotencyConflict(_) => 409,
+            EngineError::UnsupportedMediaType(_) => 415,
             EngineError::Unauthorized(_) => 401,
             EngineError::TooLarge(_) => 413,
             EngineError::Internal(_) => 500,
@@ -56,6 +63,8 @@ impl EngineError {
             EngineError::BadRequest { .. } => "bad_request",
             EngineError::InvalidInput { .. } => "invalid_input",
             EngineError::Conflict(_) => "conflict",
+            EngineError::IdempotencyConflict(_) => "idempotency_conflict",
+            EngineError::UnsupportedMediaType(_) => "unsupported_media_type",
             EngineError::Unauthorized(_) => "unauthorized",
             EngineError::TooLarge(_) => "too_large",
             EngineError::Internal(_) => "internal",
@@ -88,6 +97,16 @@ mod tests {
         let table = [
             (EngineError::NotFound("x".into()), 404, "not_found"),
             (EngineError::Conflict("x".into()), 409, "conflict"),
+            (
+                EngineError::IdempotencyConflict("x".into()),
+                409,
+                "idempotency_conflict",
+            ),
+            (
+                EngineError::UnsupportedMediaType("x".into()),
+                415,
+                "unsupported_media_type",
+            ),
             (EngineError::Internal("x".into()), 500, "internal"),
             (EngineError::TooLarge("x".into()), 413, "too_large"),
             (

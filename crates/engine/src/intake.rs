@@ -136,7 +136,7 @@ impl Engine {
                 same_body: true,
             } => existing,
             IdempotencyClaim::Existing { .. } => {
-                return Err(EngineError::Conflict(format!(
+                return Err(EngineError::IdempotencyConflict(format!(
                     "Idempotency-Key `{key}` was used with another request body"
                 )));
             }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use rusqlite::{ffi, params, Connection, OptionalExtension};
 use serde::de::DeserializeOwned;
 use switchyard_core::ports::{
-    IdempotencyClaim, RunPage, RunQuery, RunSummary, StateStore, MAX_LIST_LIMIT,
+    IdempotencyClaim, RunPage, RunQuery, RunSummary, StateStore, IDEMPOTENCY_TTL_MS, MAX_LIST_LIMIT,
 };
 use switchyard_core::state::{HistoryEvent, Lease, RunHeader, RunSnapshot, RunStatus, StepRecord};
 use switchyard_core::{Millis, StoreError};
@@ -362,10 +362,16 @@ impl StateStore for SqliteStore {
         let (body_hash, run_id) = (body_hash.to_string(), run_id.to_string());
         self.db
             .write(move |c| {
+                // An expired claim is overwritten, as if the key were new (DynamoDB: a
+                // conditional put on `attribute_not_exists OR created_at <= :expired`).
+                let expired = now.saturating_sub(IDEMPOTENCY_TTL_MS);
                 let inserted = c.execute(
                     "INSERT INTO idempotency (tenant, key, body_hash, run_id, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (tenant, key) DO NOTHING",
-                    params![tenant, key, body_hash, run_id, now],
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (tenant, key) DO UPDATE SET
+                       body_hash = excluded.body_hash, run_id = excluded.run_id,
+                       created_at = excluded.created_at
+                     WHERE idempotency.created_at <= ?6",
+                    params![tenant, key, body_hash, run_id, now, expired],
                 )?;
                 if inserted == 1 {
                     return Ok(IdempotencyClaim::New);
