@@ -13,7 +13,9 @@ use switchyard_core::planner::Action;
 use switchyard_core::refs;
 use switchyard_core::settle::{self, AttemptMeta};
 use switchyard_core::state::{EventKind, HistoryEvent, JobRef, StepRecord, StepStatus};
-use switchyard_core::workflow::{ModelStep, OnTimeout, Step, StepKind, Workflow};
+use switchyard_core::workflow::{
+    ApprovalStep, ModelStep, OnTimeout, RouteStep, Step, StepKind, ValidateStep, Workflow,
+};
 use switchyard_core::{schema, ErrorClass, StepError, StoreError};
 
 /// What an action needs to know about the run, captured when it starts.
@@ -119,91 +121,22 @@ impl Engine {
             )));
         };
         let now = self.now();
-        let one = |r: StepRecord, ev: HistoryEvent| (vec![r], vec![ev]);
         let (records, events) = match (action, &step.kind) {
-            (Action::Skip { reason, .. }, _) => {
-                let (r, ev) = settle::skip(&step.id, &rec, reason, now);
-                one(r, ev)
-            }
+            (Action::Skip { reason, .. }, _) => one(settle::skip(&step.id, &rec, reason, now)),
             (Action::Start { .. }, StepKind::Model(ms)) => {
                 return self.start_model(cx, step, ms, rec).await
             }
             (Action::Poll { .. }, StepKind::Model(ms)) => {
                 return self.poll_model(cx, step, ms, rec).await
             }
-            (Action::Expire { .. }, _) => {
-                let err = StepError::new(
-                    ErrorClass::Timeout,
-                    "attempt lost: its worker stopped before checkpointing (lease expired)",
-                );
-                let (r, ev) =
-                    settle::fail(step, &rec, err, AttemptMeta::default(), now, &cx.run_id);
-                let lost = HistoryEvent::step(
-                    now,
-                    EventKind::StepLeaseExpired,
-                    &step.id,
-                    rec.attempt,
-                    Value::Null,
-                );
-                (vec![r], vec![lost, ev])
+            (Action::Expire { .. }, _) => expire(step, &rec, now, &cx.run_id),
+            (Action::ApprovalTimeout { .. }, StepKind::Approval(a)) => {
+                one(approval_timeout(step, a, &rec, now, &cx.run_id))
             }
-            (Action::ApprovalTimeout { .. }, StepKind::Approval(a)) => match a.on_timeout {
-                OnTimeout::Approve => {
-                    let (r, ev) = settle::decide(
-                        &rec,
-                        true,
-                        Some("approved automatically at the deadline".into()),
-                        now,
-                    );
-                    one(r, ev)
-                }
-                OnTimeout::Reject => {
-                    let err = StepError::new(
-                        ErrorClass::Timeout,
-                        "nobody decided the approval before its deadline",
-                    );
-                    let (r, ev) =
-                        settle::fail(step, &rec, err, AttemptMeta::default(), now, &cx.run_id);
-                    one(r, ev)
-                }
-            },
             (Action::Start { .. }, StepKind::Approval(a)) => {
-                let mut claimed = rec.clone();
-                claimed.attempt += 1;
-                let (mut r, mut ev) =
-                    settle::wait_for_approval(&claimed, now.saturating_add(a.deadline.ms()), now);
-                r.started_at = Some(now);
-                if let Some(m) = &a.message {
-                    // The gate opens even if its message cannot be rendered; the reason is kept.
-                    match refs::render_template(m, &cx.scope) {
-                        Ok(text) => ev.detail["message"] = json!(text),
-                        Err(e) => ev.detail["message_error"] = json!(e),
-                    }
-                }
-                one(r, ev)
+                one(open_approval(a, &rec, &cx.scope, now))
             }
-            (Action::Start { .. }, kind) => {
-                let mut started = rec.clone();
-                started.attempt += 1;
-                started.started_at.get_or_insert(now);
-                match self.pure_step(cx, step, kind, &started, now).await {
-                    Ok(done) => done,
-                    // A storage failure is the engine's, not the step's: the wake-up is
-                    // retried, instead of failing a step that has no retry policy.
-                    Err(PureFail::Store(e)) => return Err(e.into()),
-                    Err(PureFail::Step(err)) => {
-                        let (r, ev) = settle::fail(
-                            step,
-                            &started,
-                            err,
-                            AttemptMeta::default(),
-                            now,
-                            &cx.run_id,
-                        );
-                        one(r, ev)
-                    }
-                }
-            }
+            (Action::Start { .. }, kind) => self.start_pure(cx, step, kind, &rec, now).await?,
             (other, _) => {
                 return Err(EngineError::Internal(format!(
                     "action {other:?} does not apply to step `{}`",
@@ -211,19 +144,50 @@ impl Engine {
                 )))
             }
         };
-        // One event per record, in order; any beyond that (e.g. lease expiry + failure) ride
-        // with the last record's write, so every write carries its own history.
-        let mut records = records;
+        self.write_records(&cx.run_id, records, &events).await
+    }
+
+    /// Writes an action's records one by one in the order it gave them: that order is what
+    /// makes a crash between two writes safe (see the repair in `validate_step`).
+    async fn write_records(
+        &self,
+        run_id: &str,
+        mut records: Vec<StepRecord>,
+        events: &[HistoryEvent],
+    ) -> Result<Vec<StepRecord>, EngineError> {
         let n = records.len();
         for (i, r) in records.iter_mut().enumerate() {
-            let evs: &[HistoryEvent] = match (i + 1 == n, events.get(i)) {
-                (true, Some(_)) => &events[i..],
-                (false, Some(_)) => &events[i..=i],
-                (_, None) => &[],
-            };
-            self.write_step(&cx.run_id, r, evs).await?;
+            self.write_step(run_id, r, events_for(i, n, events)).await?;
         }
         Ok(records)
+    }
+
+    /// Runs a pure step's attempt; its own failure settles the step, a storage failure does not.
+    async fn start_pure(
+        &self,
+        cx: &ActionCtx,
+        step: &Step,
+        kind: &StepKind,
+        rec: &StepRecord,
+        now: u64,
+    ) -> Result<Writes, EngineError> {
+        let mut started = rec.clone();
+        started.attempt += 1;
+        started.started_at.get_or_insert(now);
+        match self.pure_step(cx, step, kind, &started, now).await {
+            Ok(done) => Ok(done),
+            // A storage failure is the engine's, not the step's: the wake-up is
+            // retried, instead of failing a step that has no retry policy.
+            Err(PureFail::Store(e)) => Err(e.into()),
+            Err(PureFail::Step(err)) => Ok(one(settle::fail(
+                step,
+                &started,
+                err,
+                AttemptMeta::default(),
+                now,
+                &cx.run_id,
+            ))),
+        }
     }
 
     /// Route, transform, validate and parallel merge: decided from the scope alone.
@@ -234,90 +198,67 @@ impl Engine {
         kind: &StepKind,
         rec: &StepRecord,
         now: u64,
-    ) -> Result<(Vec<StepRecord>, Vec<HistoryEvent>), PureFail> {
-        let invalid = |e: String| PureFail::Step(StepError::new(ErrorClass::Invalid, e));
+    ) -> Result<Writes, PureFail> {
         match kind {
             StepKind::Route(route) => {
-                let mut chosen = None;
-                for case in &route.routes {
-                    let hit = match &case.when {
-                        None => true,
-                        Some(c) => c.holds(&cx.scope).map_err(invalid)?,
-                    };
-                    if hit {
-                        chosen = Some(case.to.clone());
-                        break;
-                    }
-                }
-                let chosen = chosen.or_else(|| route.default.clone()).ok_or_else(|| {
-                    invalid("no route matched and the route has no `default`".into())
-                })?;
-                let (r, ev) = settle::routed(rec, &chosen, now);
-                Ok((vec![r], vec![ev]))
+                let chosen = choose_route(route, &cx.scope)?;
+                Ok(one(settle::routed(rec, &chosen, now)))
             }
             StepKind::Transform { value } => {
                 let v = refs::resolve(value, &cx.scope).map_err(invalid)?;
-                let out = self.store_value(v).await.map_err(store_err)?;
-                let (r, ev) = settle::succeed(rec, out, AttemptMeta::default(), now);
-                Ok((vec![r], vec![ev]))
+                self.succeed_with(rec, v, now).await
             }
             StepKind::Parallel { branches } => {
-                let mut merged = Map::new();
-                let mut errors = Map::new();
-                for b in branches {
-                    let short = b.rsplit('.').next().unwrap_or(b).to_string();
-                    let s = &cx.scope["steps"][b];
-                    merged.insert(
-                        short.clone(),
-                        s.get("output").cloned().unwrap_or(Value::Null),
-                    );
-                    if let Some(e) = s.get("error").filter(|_| s["status"] == "failed") {
-                        errors.insert(short, e.clone());
-                    }
-                }
-                if !errors.is_empty() {
-                    merged.insert("_errors".into(), Value::Object(errors));
-                }
-                let out = self
-                    .store_value(Value::Object(merged))
+                self.succeed_with(rec, merge_branches(branches, &cx.scope), now)
                     .await
-                    .map_err(store_err)?;
-                let (r, ev) = settle::succeed(rec, out, AttemptMeta::default(), now);
-                Ok((vec![r], vec![ev]))
             }
-            StepKind::Validate(v) => {
-                let value = refs::resolve(&v.value, &cx.scope).map_err(invalid)?;
-                match schema::validate(&v.schema, &value) {
-                    Ok(()) => {
-                        let out = self.store_value(value).await.map_err(store_err)?;
-                        let (r, ev) = settle::succeed(rec, out, AttemptMeta::default(), now);
-                        Ok((vec![r], vec![ev]))
-                    }
-                    Err(errors) => {
-                        let target_rec = v
-                            .repair
-                            .as_ref()
-                            .and_then(|rep| self.cached_record(cx, &rep.step));
-                        match target_rec
-                            .and_then(|t| settle::request_repair(step, rec, &t, &errors, now))
-                        {
-                            // The target is reset first: a crash between the two writes then repeats the
-                            // repair rather than spending it without running it.
-                            Some((val, target, ev)) => Ok((vec![target, val], vec![ev])),
-                            None => Err(PureFail::Step(
-                                StepError::new(
-                                    ErrorClass::Malformed,
-                                    format!("value fails its schema ({} problem(s))", errors.len()),
-                                )
-                                .with_details(errors),
-                            )),
-                        }
-                    }
-                }
-            }
+            StepKind::Validate(v) => self.validate_step(cx, step, v, rec, now).await,
             StepKind::Model(_) | StepKind::Approval(_) => {
                 Err(invalid("internal: not a pure step".into()))
             }
+        }
+    }
+
+    /// A pure step's value must be stored before the record can point to it.
+    async fn succeed_with(
+        &self,
+        rec: &StepRecord,
+        value: Value,
+        now: u64,
+    ) -> Result<Writes, PureFail> {
+        let out = self.store_value(value).await.map_err(store_err)?;
+        Ok(one(settle::succeed(rec, out, AttemptMeta::default(), now)))
+    }
+
+    /// A value that fails its schema asks its repair step to run again, if it has one.
+    async fn validate_step(
+        &self,
+        cx: &ActionCtx,
+        step: &Step,
+        v: &ValidateStep,
+        rec: &StepRecord,
+        now: u64,
+    ) -> Result<Writes, PureFail> {
+        let value = refs::resolve(&v.value, &cx.scope).map_err(invalid)?;
+        let errors = match schema::validate(&v.schema, &value) {
+            Ok(()) => return self.succeed_with(rec, value, now).await,
+            Err(errors) => errors,
+        };
+        let target_rec = v
+            .repair
+            .as_ref()
+            .and_then(|rep| self.cached_record(cx, &rep.step));
+        match target_rec.and_then(|t| settle::request_repair(step, rec, &t, &errors, now)) {
+            // The target is reset first: a crash between the two writes then repeats the
+            // repair rather than spending it without running it.
+            Some((val, target, ev)) => Ok((vec![target, val], vec![ev])),
+            None => Err(PureFail::Step(
+                StepError::new(
+                    ErrorClass::Malformed,
+                    format!("value fails its schema ({} problem(s))", errors.len()),
+                )
+                .with_details(errors),
+            )),
         }
     }
 
@@ -407,54 +348,21 @@ impl Engine {
         );
         let (req, provider) = match prepared {
             Ok(x) => x,
-            Err(err) => {
-                // Decided before any side effect: no claim needed, one write, and no attempt
-                // counted (the model was never called).
-                let mut base = rec.clone();
-                base.model = settle::current_model(step, &rec);
-                let (mut r, ev) =
-                    settle::fail(step, &base, err, AttemptMeta::default(), now, &cx.run_id);
-                self.write_step(&cx.run_id, &mut r, &[ev]).await?;
-                return Ok(vec![r]);
-            }
+            Err(err) => return self.fail_uncalled(cx, step, &rec, err, now).await,
         };
-        // A callback may arrive before the submit call returns: the claim already carries
-        // the attempt's token, so the webhook can match it.
-        let mut claimed = claimed;
-        if let Some(t) = &token {
-            claimed.job = Some(JobRef {
-                provider: provider.name().to_string(),
-                model: req.model.clone(),
-                job_id: String::new(),
-                callback_token: t.clone(),
-            });
-        }
-        let started = HistoryEvent::step(
-            now,
-            EventKind::StepStarted,
+        let (mut claimed, started) = with_job_started(
+            claimed,
             &step.id,
-            claimed.attempt,
-            json!({"model": req.model, "prompt_version": req.prompt_version}),
+            token.as_deref(),
+            provider.name(),
+            &req,
+            now,
         );
         self.write_step(&cx.run_id, &mut claimed, &[started])
             .await?;
         tracing::info!(run_id = %cx.run_id, step = %step.id, attempt = claimed.attempt, model = %req.model, prompt_version = ?req.prompt_version, "step started");
 
-        let t0 = std::time::Instant::now();
-        let result = match tokio::time::timeout(
-            Duration::from_millis(ms.timeout.ms()),
-            provider.invoke(&req),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(StepError::new(
-                ErrorClass::Timeout,
-                format!("no answer within the step timeout of {}", ms.timeout),
-            )),
-        };
-        let latency_ms = t0.elapsed().as_millis() as u64;
-
+        let (result, latency_ms) = invoke_within(provider.as_ref(), &req, ms).await;
         let answer = Answer {
             req: &req,
             provider: provider.name(),
@@ -464,6 +372,23 @@ impl Engine {
         let (mut r, ev) = self
             .settle_answer(cx, step, ms, &claimed, answer, result)
             .await?;
+        self.write_step(&cx.run_id, &mut r, &[ev]).await?;
+        Ok(vec![r])
+    }
+
+    /// A call refused before any side effect: no claim needed, one write, and no attempt
+    /// counted (the model was never called).
+    async fn fail_uncalled(
+        &self,
+        cx: &ActionCtx,
+        step: &Step,
+        rec: &StepRecord,
+        err: StepError,
+        now: u64,
+    ) -> Result<Vec<StepRecord>, EngineError> {
+        let mut base = rec.clone();
+        base.model = settle::current_model(step, rec);
+        let (mut r, ev) = settle::fail(step, &base, err, AttemptMeta::default(), now, &cx.run_id);
         self.write_step(&cx.run_id, &mut r, &[ev]).await?;
         Ok(vec![r])
     }
@@ -663,6 +588,55 @@ impl Engine {
     }
 }
 
+/// A callback may arrive before the submit call returns: the claim already carries the
+/// attempt's token, so the webhook can match it. Returns the claim and its `StepStarted` event.
+fn with_job_started(
+    mut claimed: StepRecord,
+    step_id: &str,
+    token: Option<&str>,
+    provider: &str,
+    req: &ModelRequest,
+    now: u64,
+) -> (StepRecord, HistoryEvent) {
+    if let Some(t) = token {
+        claimed.job = Some(JobRef {
+            provider: provider.to_string(),
+            model: req.model.clone(),
+            job_id: String::new(),
+            callback_token: t.to_string(),
+        });
+    }
+    let started = HistoryEvent::step(
+        now,
+        EventKind::StepStarted,
+        step_id,
+        claimed.attempt,
+        json!({"model": req.model, "prompt_version": req.prompt_version}),
+    );
+    (claimed, started)
+}
+
+/// Calls the provider, bounded by the step's timeout so a hung call cannot outlive its lease;
+/// returns the result and how long it took.
+async fn invoke_within(
+    provider: &dyn Provider,
+    req: &ModelRequest,
+    ms: &ModelStep,
+) -> (Result<ModelResponse, StepError>, u64) {
+    let t0 = std::time::Instant::now();
+    let result =
+        match tokio::time::timeout(Duration::from_millis(ms.timeout.ms()), provider.invoke(req))
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(StepError::new(
+                ErrorClass::Timeout,
+                format!("no answer within the step timeout of {}", ms.timeout),
+            )),
+        };
+    (result, t0.elapsed().as_millis() as u64)
+}
+
 /// Why a pure step did not produce its records.
 enum PureFail {
     /// The step itself failed (bad reference, no route matched, value fails its schema).
@@ -673,6 +647,133 @@ enum PureFail {
 
 fn store_err(e: StoreError) -> PureFail {
     PureFail::Store(e)
+}
+
+/// A pure step's own mistake (bad reference, no match): the step fails, the engine does not.
+fn invalid(e: String) -> PureFail {
+    PureFail::Step(StepError::new(ErrorClass::Invalid, e))
+}
+
+/// The first case whose condition holds, else the default: routes are tried in order.
+fn choose_route(route: &RouteStep, scope: &Value) -> Result<String, PureFail> {
+    let mut chosen = None;
+    for case in &route.routes {
+        let hit = match &case.when {
+            None => true,
+            Some(c) => c.holds(scope).map_err(invalid)?,
+        };
+        if hit {
+            chosen = Some(case.to.clone());
+            break;
+        }
+    }
+    chosen
+        .or_else(|| route.default.clone())
+        .ok_or_else(|| invalid("no route matched and the route has no `default`".into()))
+}
+
+/// The branches' outputs under their short names; failed ones also list their errors under
+/// `_errors`, so later steps can tell a failed branch from one that answered null.
+fn merge_branches(branches: &[String], scope: &Value) -> Value {
+    let mut merged = Map::new();
+    let mut errors = Map::new();
+    for b in branches {
+        let short = b.rsplit('.').next().unwrap_or(b).to_string();
+        let s = &scope["steps"][b];
+        merged.insert(
+            short.clone(),
+            s.get("output").cloned().unwrap_or(Value::Null),
+        );
+        if let Some(e) = s.get("error").filter(|_| s["status"] == "failed") {
+            errors.insert(short, e.clone());
+        }
+    }
+    if !errors.is_empty() {
+        merged.insert("_errors".into(), Value::Object(errors));
+    }
+    Value::Object(merged)
+}
+
+/// Records to write and the events that go with them, in order.
+type Writes = (Vec<StepRecord>, Vec<HistoryEvent>);
+
+/// Most actions settle one record with one event; this wraps that pair as [`Writes`].
+fn one((r, ev): (StepRecord, HistoryEvent)) -> Writes {
+    (vec![r], vec![ev])
+}
+
+/// One event per record, in order; any beyond that (e.g. lease expiry + failure) ride with the
+/// last record's write, so every write carries its own history.
+fn events_for(i: usize, n: usize, events: &[HistoryEvent]) -> &[HistoryEvent] {
+    match (i + 1 == n, events.get(i)) {
+        (true, Some(_)) => &events[i..],
+        (false, Some(_)) => &events[i..=i],
+        (_, None) => &[],
+    }
+}
+
+/// An attempt whose worker vanished: the lease expiry is recorded before the failure it causes.
+fn expire(step: &Step, rec: &StepRecord, now: u64, run_id: &str) -> Writes {
+    let err = StepError::new(
+        ErrorClass::Timeout,
+        "attempt lost: its worker stopped before checkpointing (lease expired)",
+    );
+    let (r, ev) = settle::fail(step, rec, err, AttemptMeta::default(), now, run_id);
+    let lost = HistoryEvent::step(
+        now,
+        EventKind::StepLeaseExpired,
+        &step.id,
+        rec.attempt,
+        Value::Null,
+    );
+    (vec![r], vec![lost, ev])
+}
+
+/// Nobody decided before the deadline: the step's `on_timeout` says which way it goes.
+fn approval_timeout(
+    step: &Step,
+    a: &ApprovalStep,
+    rec: &StepRecord,
+    now: u64,
+    run_id: &str,
+) -> (StepRecord, HistoryEvent) {
+    match a.on_timeout {
+        OnTimeout::Approve => settle::decide(
+            rec,
+            true,
+            Some("approved automatically at the deadline".into()),
+            now,
+        ),
+        OnTimeout::Reject => {
+            let err = StepError::new(
+                ErrorClass::Timeout,
+                "nobody decided the approval before its deadline",
+            );
+            settle::fail(step, rec, err, AttemptMeta::default(), now, run_id)
+        }
+    }
+}
+
+/// Opens an approval gate: a new attempt that waits until its deadline for a decision.
+fn open_approval(
+    a: &ApprovalStep,
+    rec: &StepRecord,
+    scope: &Value,
+    now: u64,
+) -> (StepRecord, HistoryEvent) {
+    let mut claimed = rec.clone();
+    claimed.attempt += 1;
+    let (mut r, mut ev) =
+        settle::wait_for_approval(&claimed, now.saturating_add(a.deadline.ms()), now);
+    r.started_at = Some(now);
+    if let Some(m) = &a.message {
+        // The gate opens even if its message cannot be rendered; the reason is kept.
+        match refs::render_template(m, scope) {
+            Ok(text) => ev.detail["message"] = json!(text),
+            Err(e) => ev.detail["message_error"] = json!(e),
+        }
+    }
+    (r, ev)
 }
 
 /// The part of a model answer an output schema applies to: the parsed JSON of a chat answer,

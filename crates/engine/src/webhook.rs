@@ -8,11 +8,13 @@
 use crate::{Engine, EngineError};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use switchyard_core::model::ModelResponse;
+use std::sync::Arc;
+use switchyard_core::model::{ModelOutput, ModelResponse, Provider};
 use switchyard_core::settle::{self, AttemptMeta};
-use switchyard_core::state::{EventKind, HistoryEvent, WakeReason};
+use switchyard_core::state::{EventKind, HistoryEvent, StepRecord, WakeReason};
 use switchyard_core::webhook;
-use switchyard_core::workflow::StepKind;
+use switchyard_core::workflow::{Step, StepKind, Workflow};
+use switchyard_core::StepError;
 
 /// Largest accepted callback body (documented limit).
 pub const MAX_CALLBACK_BYTES: usize = 1024 * 1024;
@@ -97,15 +99,7 @@ impl Engine {
             return self.not_applied(&dedupe_key, None).await;
         }
         let wf = self.definition(&snap.header.workflow.hash).await?;
-        let Some(step) = wf.step(&step_id) else {
-            return Err(EngineError::NotFound(format!("no step `{step_id}`")));
-        };
-        let StepKind::Model(_) = &step.kind else {
-            return Err(EngineError::BadRequest {
-                field: Some("query.step".into()),
-                message: "not a model step".into(),
-            });
-        };
+        let step = model_step(&wf, &step_id)?;
         let rec = match snap.step(&step_id) {
             // Waiting for the job, or still in the submit call (a fast job can call back
             // before the provider's answer to the submit arrives): the claim holds the token.
@@ -114,36 +108,9 @@ impl Engine {
             // crash between the two): wake the run again; a spare wake-up is harmless.
             _ => return self.not_applied(&dedupe_key, Some(&run_id)).await,
         };
-        let provider = self
-            .providers
-            .get(&req.provider)
-            .ok_or_else(|| EngineError::NotFound(format!("no provider `{}`", req.provider)))?;
-        let body: Value =
-            serde_json::from_slice(&req.body).map_err(|e| EngineError::BadRequest {
-                field: Some("body".into()),
-                message: format!("callback body is not JSON: {e}"),
-            })?;
+        let (provider, body) = self.callback_input(req)?;
         let now = self.now();
-        // The model this attempt called, as the step declared it: what the record keeps and
-        // what is priced, whatever the callback body names.
-        let model = rec
-            .model
-            .clone()
-            .or_else(|| settle::current_model(step, &rec))
-            .unwrap_or_default();
-        let parsed = provider.parse_callback(&model, &body);
-        if let Ok((job_id, _)) = &parsed {
-            if rec
-                .job
-                .as_ref()
-                .is_some_and(|j| !j.job_id.is_empty() && &j.job_id != job_id)
-            {
-                return Err(EngineError::BadRequest {
-                    field: Some("body.id".into()),
-                    message: format!("callback is for job `{job_id}`, not the step's job"),
-                });
-            }
-        }
+        let parsed = parse_for_attempt(provider.as_ref(), step, &rec, &body)?;
         let received = HistoryEvent::step(
             now,
             EventKind::WebhookReceived,
@@ -154,15 +121,7 @@ impl Engine {
         let (mut r, ev) = match parsed {
             Ok((_, ModelResponse::Pending { .. })) => return Ok(CallbackResult::Progress),
             Ok((_, ModelResponse::Completed(out))) => {
-                let meta = AttemptMeta {
-                    model: Some(out.model.clone()),
-                    cost_usd: out.cost_usd,
-                    usage: out.usage,
-                    provider_request_id: out.provider_request_id.clone(),
-                    sources: out.sources.clone(),
-                    latency_ms: now.saturating_sub(rec.started_at.unwrap_or(now)),
-                    ..Default::default()
-                };
+                let meta = callback_meta(&out, &rec, now);
                 self.settle_output(&run_id, step, &rec, &out, meta, now)
                     .await?
             }
@@ -172,6 +131,24 @@ impl Engine {
         self.store.record_webhook_id(&dedupe_key, now).await?;
         self.wake(&run_id, WakeReason::Webhook, 0).await?;
         Ok(CallbackResult::Applied)
+    }
+
+    /// The provider that parses the callback and its body as JSON: both checked before the
+    /// callback can touch the step.
+    fn callback_input(
+        &self,
+        req: &CallbackRequest,
+    ) -> Result<(Arc<dyn Provider>, Value), EngineError> {
+        let provider = self
+            .providers
+            .get(&req.provider)
+            .ok_or_else(|| EngineError::NotFound(format!("no provider `{}`", req.provider)))?;
+        let body: Value =
+            serde_json::from_slice(&req.body).map_err(|e| EngineError::BadRequest {
+                field: Some("body".into()),
+                message: format!("callback body is not JSON: {e}"),
+            })?;
+        Ok((provider, body))
     }
 
     /// Checks size, secret and Standard Webhooks signature; returns the `webhook-id`.
@@ -221,6 +198,64 @@ impl Engine {
         } else {
             CallbackResult::Duplicate
         })
+    }
+}
+
+/// Only model steps wait for callbacks: any other step named in the URL is the caller's error.
+fn model_step<'w>(wf: &'w Workflow, step_id: &str) -> Result<&'w Step, EngineError> {
+    let Some(step) = wf.step(step_id) else {
+        return Err(EngineError::NotFound(format!("no step `{step_id}`")));
+    };
+    let StepKind::Model(_) = &step.kind else {
+        return Err(EngineError::BadRequest {
+            field: Some("query.step".into()),
+            message: "not a model step".into(),
+        });
+    };
+    Ok(step)
+}
+
+/// The provider's reading of the callback, priced as the attempt's model; a body naming another
+/// job than the step's is the caller's error (outer `Err`), not a failure of the step.
+fn parse_for_attempt(
+    provider: &dyn Provider,
+    step: &Step,
+    rec: &StepRecord,
+    body: &Value,
+) -> Result<Result<(String, ModelResponse), StepError>, EngineError> {
+    // The model this attempt called, as the step declared it: what the record keeps and
+    // what is priced, whatever the callback body names.
+    let model = rec
+        .model
+        .clone()
+        .or_else(|| settle::current_model(step, rec))
+        .unwrap_or_default();
+    let parsed = provider.parse_callback(&model, body);
+    if let Ok((job_id, _)) = &parsed {
+        if rec
+            .job
+            .as_ref()
+            .is_some_and(|j| !j.job_id.is_empty() && &j.job_id != job_id)
+        {
+            return Err(EngineError::BadRequest {
+                field: Some("body.id".into()),
+                message: format!("callback is for job `{job_id}`, not the step's job"),
+            });
+        }
+    }
+    Ok(parsed)
+}
+
+/// A callback's answer has no call to time: its latency runs from the attempt's start.
+fn callback_meta(out: &ModelOutput, rec: &StepRecord, now: u64) -> AttemptMeta {
+    AttemptMeta {
+        model: Some(out.model.clone()),
+        cost_usd: out.cost_usd,
+        usage: out.usage,
+        provider_request_id: out.provider_request_id.clone(),
+        sources: out.sources.clone(),
+        latency_ms: now.saturating_sub(rec.started_at.unwrap_or(now)),
+        ..Default::default()
     }
 }
 

@@ -179,12 +179,52 @@ pub fn from_response(
             "Anthropic has no embeddings API",
         ));
     }
+    let body = answer_object(resp)?;
+    let stop_reason = checked_stop_reason(&body)?;
+    let blocks = hosted::field(&body, &["content"], NAME)?
+        .as_array()
+        .ok_or_else(|| malformed("anthropic response `content` is not a list"))?;
+    let wants_json = hosted::wants_json(req);
+    let finish = finish_reason(stop_reason);
+    if finish == "length" && wants_json {
+        return Err(truncated(req));
+    }
+    let (text, parsed) = answer_text(req, blocks, wants_json)?;
+    let usage = reported_usage(&body);
+    let model = answering_model(req, &body);
+    let output = hosted::normalize(
+        req,
+        &text,
+        parsed,
+        usage.unwrap_or_default(),
+        finish,
+        &model,
+    )?;
+    Ok(ModelResponse::Completed(ModelOutput {
+        output,
+        usage,
+        cost_usd: catalog.cost_usd(&req.model, usage, None),
+        model: answered_by(req, &model),
+        provider_request_id: request_id(resp, &body),
+        sources: Vec::new(),
+    }))
+}
+
+/// The answer body, which must be a JSON object: anything else (e.g. a proxy's plain-text
+/// error behind a 200) is `malformed`, not a success with no content.
+fn answer_object(resp: &HttpResponse) -> Result<Value, StepError> {
     let body = resp
         .json()
         .ok_or_else(|| malformed("the Anthropic answer is not JSON"))?;
     if !body.is_object() {
         return Err(malformed("the Anthropic answer is not a JSON object"));
     }
+    Ok(body)
+}
+
+/// The raw stop reason; a refusal is reported as `refused` before any content is read,
+/// whatever the content holds.
+fn checked_stop_reason(body: &Value) -> Result<&str, StepError> {
     let stop_reason = body
         .get("stop_reason")
         .and_then(Value::as_str)
@@ -195,27 +235,18 @@ pub fn from_response(
             "anthropic: the model refused to answer (stop_reason refusal)",
         ));
     }
-    let blocks = hosted::field(&body, &["content"], NAME)?
-        .as_array()
-        .ok_or_else(|| malformed("anthropic response `content` is not a list"))?;
-    let wants_json = hosted::wants_json(req);
-    let finish = finish_reason(stop_reason);
-    if finish == "length" && wants_json {
-        return Err(truncated(req));
-    }
-    let tool_input = blocks
-        .iter()
-        .find(|b| {
-            b.get("type").and_then(Value::as_str) == Some("tool_use")
-                && b.get("name").and_then(Value::as_str) == Some(ANSWER)
-        })
-        .map(|b| b.get("input").cloned().unwrap_or(Value::Null));
-    let joined: String = blocks
-        .iter()
-        .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
-        .filter_map(|b| b.get("text").and_then(Value::as_str))
-        .collect();
-    let (text, parsed) = match tool_input {
+    Ok(stop_reason)
+}
+
+/// The answer's text and, when JSON is wanted, its parsed value: the forced tool's input if
+/// the model called it, else the JSON in its text.
+fn answer_text(
+    req: &ModelRequest,
+    blocks: &[Value],
+    wants_json: bool,
+) -> Result<(String, Option<Value>), StepError> {
+    let joined = joined_text(blocks);
+    Ok(match forced_tool_input(blocks) {
         // The forced tool's input is the answer; its JSON is the text.
         Some(input) if wants_json => {
             let answer = unwrap_answer(req, input)?;
@@ -226,39 +257,55 @@ pub fn from_response(
             (joined, Some(unwrap_answer(req, value)?))
         }
         _ => (joined, None),
-    };
+    })
+}
 
-    let usage = body.get("usage").filter(|u| u.is_object()).map(|u| Usage {
+/// The input of the `answer` tool call, if any: where a schema-forced answer arrives.
+fn forced_tool_input(blocks: &[Value]) -> Option<Value> {
+    blocks
+        .iter()
+        .find(|b| {
+            b.get("type").and_then(Value::as_str) == Some("tool_use")
+                && b.get("name").and_then(Value::as_str) == Some(ANSWER)
+        })
+        .map(|b| b.get("input").cloned().unwrap_or(Value::Null))
+}
+
+/// The text blocks joined: an answer may come in several blocks.
+fn joined_text(blocks: &[Value]) -> String {
+    blocks
+        .iter()
+        .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+        .filter_map(|b| b.get("text").and_then(Value::as_str))
+        .collect()
+}
+
+/// Token counts as the answer reports them (a missing count is 0); `None` without a `usage`
+/// object, so "not reported" stays distinct from zero.
+fn reported_usage(body: &Value) -> Option<Usage> {
+    body.get("usage").filter(|u| u.is_object()).map(|u| Usage {
         input_tokens: u.get("input_tokens").and_then(Value::as_u64).unwrap_or(0),
         output_tokens: u.get("output_tokens").and_then(Value::as_u64).unwrap_or(0),
-    });
-    let model = body
-        .get("model")
+    })
+}
+
+/// The model that answered as the body names it (a dated snapshot of an alias), else the
+/// one requested.
+fn answering_model(req: &ModelRequest, body: &Value) -> String {
+    body.get("model")
         .and_then(Value::as_str)
         .filter(|m| !m.is_empty())
         .unwrap_or(req.model_name())
-        .to_string();
-    let output = hosted::normalize(
-        req,
-        &text,
-        parsed,
-        usage.unwrap_or_default(),
-        finish,
-        &model,
-    )?;
-    let provider_request_id = resp
-        .header("request-id")
+        .to_string()
+}
+
+/// The id to quote to Anthropic about this call: the `request-id` header, else the message id
+/// in the body.
+fn request_id(resp: &HttpResponse, body: &Value) -> Option<String> {
+    resp.header("request-id")
         .filter(|v| !v.trim().is_empty())
         .map(str::to_string)
-        .or_else(|| body.get("id").and_then(Value::as_str).map(str::to_string));
-    Ok(ModelResponse::Completed(ModelOutput {
-        output,
-        usage,
-        cost_usd: catalog.cost_usd(&req.model, usage, None),
-        model: answered_by(req, &model),
-        provider_request_id,
-        sources: Vec::new(),
-    }))
+        .or_else(|| body.get("id").and_then(Value::as_str).map(str::to_string))
 }
 
 /// Anthropic's stop reasons in the shared vocabulary (`stop`, `length`, else as given). The
