@@ -1856,8 +1856,15 @@ async fn idempotency_key_returns_the_same_run_or_conflicts() {
         (first.run_id.as_str(), true)
     );
     let other = h.try_start(&wf, json!({"x": 2}), Some("key-1")).await;
-    assert!(matches!(&other, Err(EngineError::Conflict(_))), "{other:?}");
-    assert_eq!(other.unwrap_err().status(), 409);
+    assert!(
+        matches!(&other, Err(EngineError::IdempotencyConflict(_))),
+        "{other:?}"
+    );
+    let other = other.unwrap_err();
+    assert_eq!(
+        (other.status(), other.code()),
+        (409, "idempotency_conflict")
+    );
     assert_eq!(h.engine.list_runs(&all_runs()).await.unwrap().runs.len(), 1);
 
     // Once the run ended, the same request reports its status.
