@@ -63,6 +63,7 @@ struct HeaderRow {
     workflow: String,
     version_label: String,
     status: &'static str,
+    created_at: Millis,
     updated_at: Millis,
     json: String,
     version: u64,
@@ -78,6 +79,7 @@ fn header_row(h: &RunHeader, new_version: u64) -> Result<HeaderRow, StoreError> 
         tenant: h.tenant,
         workflow: h.workflow.name,
         version_label: h.workflow.version,
+        created_at: h.created_at,
         updated_at: h.updated_at,
         version: new_version,
     })
@@ -136,10 +138,8 @@ impl SqliteStore {
 #[async_trait]
 impl StateStore for SqliteStore {
     async fn create_run(&self, h: &RunHeader, events: &[HistoryEvent]) -> Result<(), StoreError> {
-        let mut h = h.clone();
-        h.version = 1;
-        let json = to_json(&h, &format!("header of run {}", h.run_id))?;
-        let rows = event_rows(&h.run_id, events)?;
+        let row = header_row(h, 1)?;
+        let rows = event_rows(&row.run_id, events)?;
         self.db
             .write(move |c| {
                 c.prepare_cached(
@@ -148,18 +148,18 @@ impl StateStore for SqliteStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )?
                 .execute(params![
-                    h.run_id,
-                    h.tenant,
-                    h.workflow.name,
-                    h.workflow.version,
-                    h.status.as_str(),
-                    h.created_at,
-                    h.updated_at,
-                    json,
-                    h.version
+                    row.run_id,
+                    row.tenant,
+                    row.workflow,
+                    row.version_label,
+                    row.status,
+                    row.created_at,
+                    row.updated_at,
+                    row.json,
+                    row.version
                 ])
-                .map_err(|e| insert_err(e, &format!("run {}", h.run_id), &h.run_id))?;
-                insert_events(c, &h.run_id, &rows)
+                .map_err(|e| insert_err(e, &format!("run {}", row.run_id), &row.run_id))?;
+                insert_events(c, &row.run_id, &rows)
             })
             .await
     }
