@@ -61,6 +61,7 @@ fmt:
 SY_RELEASE := $(or $(CARGO_TARGET_DIR),target)/release/switchyard
 bench:
 	$(CARGO) bench -p switchyard-cli --bench engine
+	$(CARGO) bench -p switchyard-cli --bench writes
 	$(CARGO) build --release -p switchyard-cli
 	python3 tests/bench/process.py $(SY_RELEASE)
 

@@ -20,7 +20,7 @@ use switchyard_core::{schema, ErrorClass, StepError, StoreError};
 
 /// What an action needs to know about the run, captured when it starts.
 #[derive(Clone)]
-pub struct ActionCtx {
+pub(crate) struct ActionCtx {
     pub wf: Arc<Workflow>,
     pub run_id: String,
     /// `{input, steps: {id: {status, output, sources, error}}, run}`.
@@ -33,7 +33,7 @@ pub struct ActionCtx {
     pub owner: String,
 }
 
-pub use switchyard_core::budget::Ledger;
+pub(crate) use switchyard_core::budget::Ledger;
 
 /// What came back from one provider call, besides the result itself.
 struct Answer<'a> {
@@ -46,7 +46,7 @@ struct Answer<'a> {
 
 impl Engine {
     /// Builds the reference scope of a run from its records.
-    pub async fn scope(
+    pub(crate) async fn scope(
         &self,
         wf: &Workflow,
         snap: &switchyard_core::state::RunSnapshot,
@@ -65,7 +65,11 @@ impl Engine {
 
     /// Brings a scope up to date with one changed record, so a worker re-planning after each
     /// step does not rebuild the scope of the whole chain (which grew with its length).
-    pub async fn update_scope(&self, scope: &mut Value, r: &StepRecord) -> Result<(), StoreError> {
+    pub(crate) async fn update_scope(
+        &self,
+        scope: &mut Value,
+        r: &StepRecord,
+    ) -> Result<(), StoreError> {
         let entry = self.step_scope(r).await?;
         if let Some(steps) = scope.get_mut("steps").and_then(Value::as_object_mut) {
             steps.insert(r.step.clone(), entry);
@@ -108,7 +112,7 @@ impl Engine {
     }
 
     /// Executes one action; returns the records it wrote (the caller updates its snapshot).
-    pub async fn execute(
+    pub(crate) async fn execute(
         &self,
         cx: &ActionCtx,
         action: &Action,
@@ -778,7 +782,7 @@ fn open_approval(
 
 /// The part of a model answer an output schema applies to: the parsed JSON of a chat answer,
 /// otherwise the normalized output itself.
-pub fn checked_part<'a>(ms: &ModelStep, out: &'a ModelOutput) -> Option<&'a Value> {
+pub(crate) fn checked_part<'a>(ms: &ModelStep, out: &'a ModelOutput) -> Option<&'a Value> {
     match out.output.get("json") {
         // A chat model's structured answer (generation, extraction…) is in `json`.
         Some(j) => Some(j),

@@ -19,7 +19,7 @@
 pub mod control;
 pub mod driver;
 pub mod error;
-pub mod exec;
+mod exec;
 pub mod http;
 pub mod intake;
 pub mod registry;

@@ -180,19 +180,7 @@ impl Engine {
                     ledger: ledger.clone(),
                     owner: owner.to_string(),
                 };
-                for action in fresh {
-                    let step = action.step().to_string();
-                    let rec = snap
-                        .step(&step)
-                        .cloned()
-                        .unwrap_or_else(|| StepRecord::pending(&step));
-                    flying.insert(step.clone());
-                    let (this, cx) = (self.clone(), cx.clone());
-                    in_flight.push(Box::pin(async move {
-                        let r = this.execute(&cx, &action, rec).await;
-                        (step, r)
-                    }));
-                }
+                self.launch(snap, &cx, fresh, (&mut in_flight, &mut flying));
                 continue;
             }
             if let Some((step, result)) = in_flight.next().await {
@@ -211,6 +199,29 @@ impl Engine {
             return self
                 .come_to_rest(wf, snap, plan, near_deadline, wake, prev)
                 .await;
+        }
+    }
+
+    /// Starts each action as a future of its own; they run concurrently with the planning loop.
+    fn launch(
+        &self,
+        snap: &RunSnapshot,
+        cx: &ActionCtx,
+        actions: Vec<planner::Action>,
+        (in_flight, flying): (&mut FuturesUnordered<Flight>, &mut HashSet<String>),
+    ) {
+        for action in actions {
+            let step = action.step().to_string();
+            let rec = snap
+                .step(&step)
+                .cloned()
+                .unwrap_or_else(|| StepRecord::pending(&step));
+            flying.insert(step.clone());
+            let (this, cx) = (self.clone(), cx.clone());
+            in_flight.push(Box::pin(async move {
+                let r = this.execute(&cx, &action, rec).await;
+                (step, r)
+            }));
         }
     }
 

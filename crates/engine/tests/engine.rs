@@ -13,11 +13,9 @@ mod support;
 use async_trait::async_trait;
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::sync::Arc;
 use support::{compile_with, run_class, H, T0};
 use switchyard_core::model::{ModelInfo, ModelRequest, ModelResponse, Provider, Role};
-use switchyard_core::planner::Action;
 use switchyard_core::ports::Inbox;
 use switchyard_core::retry::backoff_ms;
 use switchyard_core::settle;
@@ -27,7 +25,6 @@ use switchyard_core::state::{
 };
 use switchyard_core::workflow::StepKind;
 use switchyard_core::{ErrorClass, StepError};
-use switchyard_engine::exec::ActionCtx;
 use switchyard_engine::webhook::CallbackResult;
 use switchyard_engine::worker::Handled;
 use switchyard_engine::EngineError;
@@ -1534,23 +1531,20 @@ async fn crash_after_claiming_b(
         .acquire_lease(&run, &lease, h.now())
         .await
         .unwrap();
-    let cx = ActionCtx {
-        wf: wf.clone(),
-        run_id: run.clone(),
-        scope: Arc::new(dead.scope(&wf, &snap).await.unwrap()),
-        records: Arc::new(HashMap::new()),
-        ledger: Default::default(),
-        owner: DEAD.into(),
+    // `a` ran to its checkpoint: the classifier's answer for "refund" is `billing`.
+    let a_step = wf.step("a").unwrap();
+    let claimed_a = settle::claim(a_step, &StepRecord::pending("a"), DEAD, h.now(), 15_000);
+    let meta = settle::AttemptMeta {
+        model: Some("local/keyword-classifier".into()),
+        ..Default::default()
     };
-    let a = dead
-        .execute(
-            &cx,
-            &Action::Start { step: "a".into() },
-            StepRecord::pending("a"),
-        )
-        .await
-        .unwrap();
-    assert_eq!(a[0].status, StepStatus::Succeeded);
+    let output = ValueRef::Inline {
+        value: json!({"label": "billing", "confidence": 1.0}),
+    };
+    let (mut a, done) = settle::succeed(&claimed_a, output, meta, h.now());
+    let started_a = HistoryEvent::step(h.now(), EventKind::StepStarted, "a", 1, json!({}));
+    let events = [started_a, done];
+    a.version = h.engine.store.put_step(&run, &a, &events).await.unwrap();
     let claimed = settle::claim(
         wf.step("b").unwrap(),
         &StepRecord::pending("b"),
@@ -1570,7 +1564,7 @@ async fn crash_after_claiming_b(
         .put_step(&run, &claimed, &[started])
         .await
         .unwrap();
-    (run, a[0].clone())
+    (run, a)
 }
 
 #[tokio::test]

@@ -125,15 +125,18 @@ enum Runner {
 struct Stats {
     jobs: AtomicU64,
     write_commits: AtomicU64,
+    changed: AtomicU64,
 }
 
 /// Counters of the SQLite thread since the backend was opened: `jobs` store and queue calls
 /// run, `write_commits` transactions that could write (each one fsync under `FULL`; several
-/// jobs share one when they arrive together).
+/// jobs share one when they arrive together), `changed` committed jobs that changed at least
+/// one row (the writes a per-item-billed store such as DynamoDB would be charged for).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DbStats {
     pub jobs: u64,
     pub write_commits: u64,
+    pub changed: u64,
 }
 
 /// What closures passed to [`Db::read`] / [`Db::write`] return, so `?` works on rusqlite and
@@ -206,6 +209,7 @@ impl Db {
         DbStats {
             jobs: self.stats.jobs.load(Ordering::Relaxed),
             write_commits: self.stats.write_commits.load(Ordering::Relaxed),
+            changed: self.stats.changed.load(Ordering::Relaxed),
         }
     }
 
@@ -298,7 +302,8 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Job>, stats: &Stats) {
     if batch.iter().any(|j| j.writes) {
         stats.write_commits.fetch_add(1, Ordering::Relaxed);
     }
-    run_batch(conn, batch);
+    let changed = run_batch(conn, batch);
+    stats.changed.fetch_add(changed, Ordering::Relaxed);
 }
 
 /// Runs a transaction-control statement from the statement cache (no re-parse per job).
@@ -306,7 +311,8 @@ fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
-fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
+/// Returns how many of the batch's jobs changed rows and were committed.
+fn run_batch(conn: &mut Connection, batch: Vec<Job>) -> u64 {
     let writes = batch.iter().any(|j| j.writes);
     let begin = if writes { "BEGIN IMMEDIATE" } else { "BEGIN" };
     if let Err(e) = control(conn, begin) {
@@ -315,16 +321,18 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
         for job in batch {
             ((job.run)(Err(&e)).answer)(None);
         }
-        return;
+        return 0;
     }
     // A batch of one needs no savepoint: its own failure rolls back the transaction.
     let alone = batch.len() == 1;
-    let mut failed = false;
+    let (mut failed, mut changed) = (false, 0);
     let answers: Vec<_> = batch
         .into_iter()
         .map(|job| {
+            let before = conn.total_changes();
             let (ok, answer) = run_job(conn, job, !alone);
             failed |= !ok;
+            changed += u64::from(ok && conn.total_changes() != before);
             answer
         })
         .collect();
@@ -337,8 +345,14 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
         // Leave no half-open transaction behind for the next batch.
         let _ = control(conn, "ROLLBACK");
     }
+    let committed = commit.is_none() && !(alone && failed);
     for answer in answers {
         answer(commit.as_ref());
+    }
+    if committed {
+        changed
+    } else {
+        0
     }
 }
 
@@ -714,6 +728,8 @@ mod tests {
         // One commit for the blocker, one for the ten that waited behind it.
         assert_eq!(after.write_commits - before.write_commits, 2);
         assert_eq!(after.jobs - before.jobs, 11);
+        // Nine jobs changed rows; the blocker wrote nothing and job 3 was rolled back.
+        assert_eq!(after.changed - before.changed, 9);
         let keys: Vec<i64> =
             b.db.read(|c| {
                 let mut st = c.prepare("SELECT k FROM t ORDER BY k")?;
