@@ -7,6 +7,7 @@
 //! - [`render`]: the human table and the one-document JSON output.
 
 pub mod commands;
+pub mod dev;
 pub mod local;
 pub mod render;
 

@@ -88,7 +88,7 @@ pub struct Local {
     pub queue: SqliteQueue,
     pub provider: Arc<LocalProvider>,
     pub backend: Backend,
-    pub driver: Driver,
+    pub driver: Arc<Driver>,
     /// Where this process receives provider callbacks, when it listens.
     pub listening: Option<SocketAddr>,
     /// The bound socket, until `serve_callbacks` takes it.
@@ -107,6 +107,35 @@ pub struct Options {
     pub providers: Option<Providers>,
     /// The embedded backend's durability; `None`: `SWITCHYARD_DURABILITY`, else `normal`.
     pub durability: Option<Durability>,
+    /// Settings that win over the environment (`dev`'s generated callback secret).
+    pub settings: Vec<(String, String)>,
+}
+
+/// The environment, with some settings given by the process itself on top.
+struct Layered<'a> {
+    over: &'a [(String, String)],
+}
+
+impl Secrets for Layered<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        self.over
+            .iter()
+            .find(|(k, v)| k == name && !v.trim().is_empty())
+            .map(|(_, v)| v.clone())
+            .or_else(|| EnvSecrets.get(name))
+    }
+
+    fn with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        let mut all = EnvSecrets.with_prefix(prefix);
+        all.retain(|(k, _)| !self.over.iter().any(|(o, _)| o == k));
+        all.extend(
+            self.over
+                .iter()
+                .filter(|(k, v)| k.starts_with(prefix) && !v.trim().is_empty())
+                .cloned(),
+        );
+        all
+    }
 }
 
 /// The lease owner prefix of this process: `local:<pid>:<nonce>`; `resume` checks the pid.
@@ -140,7 +169,9 @@ impl Local {
         clock: Arc<dyn Clock>,
         opts: Options,
     ) -> Result<Local> {
-        let secrets = EnvSecrets;
+        let secrets = Layered {
+            over: &opts.settings,
+        };
         let durability = match (opts.durability, secrets.get("SWITCHYARD_DURABILITY")) {
             (Some(d), _) => d,
             (None, Some(v)) => {
@@ -199,15 +230,17 @@ impl Local {
             Arc::new(workflows),
             config,
         );
-        let driver = Driver::new(
-            engine.clone(),
-            Arc::new(queue.clone()),
-            driver::Options {
-                listening: listening.is_some(),
-                ..driver::Options::default()
-            },
-        )
-        .with_callbacks(provider.clone());
+        let driver = Arc::new(
+            Driver::new(
+                engine.clone(),
+                Arc::new(queue.clone()),
+                driver::Options {
+                    listening: listening.is_some(),
+                    ..driver::Options::default()
+                },
+            )
+            .with_callbacks(provider.clone()),
+        );
         Ok(Local {
             engine,
             queue,
@@ -217,6 +250,11 @@ impl Local {
             listening,
             listener,
         })
+    }
+
+    /// The bound socket, for a caller that serves more than the hooks route on it (`dev`).
+    pub fn take_listener(&mut self) -> Option<std::net::TcpListener> {
+        self.listener.take()
     }
 
     /// Starts answering `POST /hooks/{provider}` on the bound address, in the background.
@@ -261,8 +299,7 @@ impl Local {
             Options {
                 listen: Some(listen),
                 hosted: true,
-                providers: None,
-                durability: None,
+                ..Options::default()
             },
         )?;
         local.serve_callbacks()?;

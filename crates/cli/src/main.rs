@@ -66,6 +66,20 @@ enum Command {
         #[command(subcommand)]
         command: RunsCommand,
     },
+    /// Serve the HTTP API and the webhook route, and run the workers and the notifier, in one
+    /// process on the embedded backend.
+    Dev {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Directory of workflow files to serve (subdirectories included).
+        #[arg(long, default_value = "workflows")]
+        workflows: PathBuf,
+        /// Concurrent work loops.
+        #[arg(long, default_value_t = switchyard_engine::pool::DEFAULT_WORKERS)]
+        workers: usize,
+    },
     /// Serve fake OpenAI, Anthropic, Bedrock Converse and Replicate APIs with scripted behaviour.
     FakeProvider {
         #[arg(long, default_value = "127.0.0.1:9090")]
@@ -176,6 +190,20 @@ fn main() {
                         data_dir,
                     },
             } => commands::runs_show(run_id, *json, &dir(data_dir)).await,
+            Command::Dev {
+                addr,
+                data_dir,
+                workflows,
+                workers,
+            } => {
+                switchyard_cli::dev::dev(switchyard_cli::dev::DevArgs {
+                    addr: *addr,
+                    data_dir: dir(data_dir),
+                    workflows: workflows.clone(),
+                    workers: *workers,
+                })
+                .await
+            }
             Command::FakeProvider {
                 addr,
                 webhook_secret,

@@ -14,6 +14,7 @@
 //! - [`ports`] and [`model`]: the traits adapters implement (`StateStore`, `Queue`,
 //!   `BlobStore`, `Provider`) and the normalized model shapes.
 //! - [`webhook`]: Standard Webhooks signing and verification (pure HMAC arithmetic).
+//! - [`outbound`]: callback URL and address policy (SSRF), delivery decisions, signatures.
 //! - [`time`]: `Millis`, `Clock`, and workflow durations.
 //!
 //! No tokio, no AWS, no HTTP: CI fails if `cargo tree -p switchyard-core` shows any of them.
@@ -22,6 +23,7 @@ pub mod budget;
 pub mod drive;
 pub mod error;
 pub mod model;
+pub mod outbound;
 pub mod planner;
 pub mod ports;
 pub mod refs;

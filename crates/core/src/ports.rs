@@ -315,6 +315,29 @@ pub trait BlobStore: Send + Sync {
     async fn presign(&self, key: &str, ttl_ms: u64) -> Result<String, StoreError>;
 }
 
+/// One outbound callback attempt, as the sender saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundAttempt {
+    pub result: crate::outbound::DeliveryResult,
+    pub latency_ms: u64,
+    /// The address the connection went to (after the address check), when one was made.
+    pub address: Option<String>,
+}
+
+/// POSTs a notification to a run's `callback_url` under the address policy of
+/// [`crate::outbound`] (resolve, check, connect to the checked address, no redirects, capped
+/// time and response size). The reqwest implementation is `switchyard_providers::outbound`.
+#[async_trait]
+pub trait CallbackSender: Send + Sync {
+    async fn deliver(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+        allow_private: bool,
+    ) -> OutboundAttempt;
+}
+
 /// Where secrets and settings come from: the process environment locally (and in a Lambda's
 /// configuration), SSM Parameter Store or Secrets Manager on AWS. Reads are synchronous on
 /// purpose: an adapter that fetches remotely loads what it serves once, at start-up (a Lambda

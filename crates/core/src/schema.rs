@@ -36,8 +36,66 @@ pub fn validate(schema: &Value, instance: &Value) -> Result<(), Vec<String>> {
     }
 }
 
+/// The dotted path of the field the first problem is about (`ticket.customer.name`), `""`
+/// for the instance itself: a missing required property names the property, not the object
+/// that lacks it. `None` when `instance` is valid (or the schema cannot be compiled).
+pub fn first_error_field(schema: &Value, instance: &Value) -> Option<String> {
+    let validator = jsonschema::validator_for(schema).ok()?;
+    let e = validator.iter_errors(instance).next()?;
+    let mut parts: Vec<String> = e
+        .instance_path()
+        .to_string()
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.replace("~1", "/").replace("~0", "~"))
+        .collect();
+    if let jsonschema::error::ValidationErrorKind::Required { property } = e.kind() {
+        parts.push(
+            property
+                .as_str()
+                .map_or_else(|| property.to_string(), str::to_string),
+        );
+    }
+    Some(parts.join("."))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_first_error_names_its_field() {
+        let schema = json!({"type": "object", "required": ["ticket"], "properties": {"ticket": {
+            "type": "object", "required": ["id", "customer"], "properties": {
+                "id": {"type": "string"},
+                "customer": {"type": "object", "required": ["name"]}}}}});
+        let table = [
+            (json!({}), Some("ticket")),
+            (
+                json!({"ticket": {"customer": {"name": "x"}}}),
+                Some("ticket.id"),
+            ),
+            (
+                json!({"ticket": {"id": 5, "customer": {"name": "x"}}}),
+                Some("ticket.id"),
+            ),
+            (
+                json!({"ticket": {"id": "5", "customer": {}}}),
+                Some("ticket.customer.name"),
+            ),
+            (json!([]), Some("")),
+            (
+                json!({"ticket": {"id": "5", "customer": {"name": "x"}}}),
+                None,
+            ),
+        ];
+        for (instance, want) in table {
+            assert_eq!(
+                first_error_field(&schema, &instance).as_deref(),
+                want,
+                "{instance}"
+            );
+        }
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -16,6 +16,7 @@ pub enum ValueRef {
     Blob { key: String, bytes: u64 },
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
@@ -61,6 +62,7 @@ pub enum WaitReason {
 }
 
 /// The error a run ended with.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunError {
     pub class: crate::error::ErrorClass,
@@ -126,6 +128,7 @@ pub struct Lease {
     pub until: Millis,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
@@ -322,6 +325,7 @@ impl RunSnapshot {
 }
 
 /// One entry of a run's append-only history.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryEvent {
     pub at: Millis,
@@ -356,6 +360,7 @@ impl HistoryEvent {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
@@ -378,6 +383,8 @@ pub enum EventKind {
     WebhookReceived,
     JobPolled,
     ApprovalDecided,
+    /// One delivery attempt of a notification to the run's `callback_url`.
+    NotificationAttempted,
 }
 
 /// Why a worker is asked to look at a run. Messages are wake-ups, not state: the worker
@@ -401,6 +408,7 @@ pub struct WakeUp {
 }
 
 /// What a notification tells the run's `callback_url` (the Standard Webhooks event type).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum NotifyEvent {
     #[serde(rename = "run.succeeded")]
@@ -438,4 +446,20 @@ pub struct Notification {
     /// Delivery attempts made before this message was sent (0 the first time).
     #[serde(default)]
     pub attempt: u32,
+}
+
+impl Notification {
+    /// The notification of `event` for a run; `about` tells apart two notifications of one
+    /// event type in one run (the approval step and its attempt). The `webhook-id` is derived
+    /// from these, so re-queueing the same notification (after a crash, a duplicate wake-up)
+    /// gives the receiver the same id to drop it by.
+    pub fn new(run_id: &str, event: NotifyEvent, about: &str) -> Notification {
+        let digest = crate::sha256_hex(format!("{run_id}\n{}\n{about}", event.as_str()).as_bytes());
+        Notification {
+            run_id: run_id.to_string(),
+            event,
+            webhook_id: format!("msg_{}", &digest[..32]),
+            attempt: 0,
+        }
+    }
 }

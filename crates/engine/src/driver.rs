@@ -168,6 +168,16 @@ impl Driver {
             .collect()
     }
 
+    /// When the earliest held callback is due (after taking what the sources scheduled).
+    pub fn next_callback_at(&self) -> Option<Millis> {
+        if !self.deliver.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.collect();
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.iter().map(|(t, _)| *t).min()
+    }
+
     /// Moves what the sources scheduled into `held`, each due `delay_ms` from now.
     fn collect(&self) {
         let now = self.engine.now();

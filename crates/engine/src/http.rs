@@ -26,30 +26,32 @@ struct Hooks {
 /// router before the body is buffered). Larger bodies get 413 with the contract's JSON error.
 pub use crate::webhook::MAX_CALLBACK_BYTES;
 
-/// `POST /hooks/{provider}`: provider callbacks.
+/// `POST /hooks/{provider}`: provider callbacks, standing alone (`switchyard run`'s listener).
 pub fn hooks_router(engine: Engine, applied: Option<Arc<Notify>>) -> Router {
-    json_errors(
-        Router::new()
-            .route("/hooks/{provider}", post(hook))
-            .with_state(Hooks { engine, applied }),
-        MAX_CALLBACK_BYTES,
-    )
+    json_errors(hooks_routes(engine, applied))
+}
+
+/// The hooks route with its body limit, to merge into a larger router (the public API's),
+/// which then applies [`json_errors`] once to the whole.
+pub fn hooks_routes(engine: Engine, applied: Option<Arc<Notify>>) -> Router {
+    Router::new()
+        .route("/hooks/{provider}", post(hook))
+        .with_state(Hooks { engine, applied })
+        .layer(DefaultBodyLimit::max(MAX_CALLBACK_BYTES))
 }
 
 /// Makes every error response of `router` the contract's JSON error body — including those
-/// no handler wrote: axum's extractor rejections (a body over the limit, a bad path or query),
-/// unknown routes and wrong methods, which are plain text by default. Bodies are capped at
-/// `body_limit` bytes.
-pub fn json_errors(router: Router, body_limit: usize) -> Router {
+/// no handler wrote: axum's extractor rejections (a body over its route's limit, a bad path or
+/// query), unknown routes and wrong methods, which are plain text by default.
+pub fn json_errors(router: Router) -> Router {
     router
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such route") })
-        .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::map_response(
-            move |resp: Response| async move { to_json_error(resp, body_limit).await },
+            |resp: Response| async move { to_json_error(resp).await },
         ))
 }
 
-async fn to_json_error(resp: Response, body_limit: usize) -> Response {
+async fn to_json_error(resp: Response) -> Response {
     let status = resp.status();
     let is_json = resp
         .headers()
@@ -69,9 +71,10 @@ async fn to_json_error(resp: Response, body_limit: usize) -> Response {
         ),
         413 => (
             "too_large",
-            Some(format!(
-                "the request body is larger than the {body_limit}-byte limit of this route"
-            )),
+            Some(
+                "the request body is larger than this route's limit (see docs/api.md#limits)"
+                    .to_string(),
+            ),
         ),
         415 => ("unsupported_media_type", None),
         422 => ("invalid_input", None),

@@ -209,19 +209,14 @@ pub fn check_input(wf: &Workflow, input: &Value) -> Result<(), EngineError> {
         return Ok(());
     };
     schema::validate(s, input).map_err(|errors| {
-        let first = errors.first().cloned().unwrap_or_default();
-        // "at /ticket/text: …" → field "input.ticket.text"
-        let field = first
-            .strip_prefix("at ")
-            .and_then(|r| r.split(':').next())
-            .map(|p| {
-                let p = p.trim_matches('/').replace('/', ".");
-                if p.is_empty() {
-                    "input".to_string()
-                } else {
-                    format!("input.{p}")
-                }
-            });
+        // The first failing field, a missing required property included: `input.ticket.id`.
+        let field = schema::first_error_field(s, input).map(|p| {
+            if p.is_empty() {
+                "input".to_string()
+            } else {
+                format!("input.{p}")
+            }
+        });
         EngineError::InvalidInput {
             field,
             message: format!(

@@ -22,6 +22,8 @@ pub mod error;
 mod exec;
 pub mod http;
 pub mod intake;
+pub mod notifier;
+pub mod pool;
 pub mod registry;
 pub mod settings;
 pub mod view;
@@ -62,6 +64,11 @@ pub struct Config {
     pub default_poll_ms: u64,
     /// Stop starting new steps this long before the invocation deadline.
     pub deadline_margin_ms: u64,
+    /// `whsec_…` secrets that sign outbound notifications, space-separated (each signs while
+    /// a rotation is under way). Empty: this deployment sends no notifications.
+    pub callback_secrets: String,
+    /// `http` and private callback addresses allowed (local development only).
+    pub allow_private_callbacks: bool,
 }
 
 impl Default for Config {
@@ -76,6 +83,8 @@ impl Default for Config {
             webhook_secrets: HashMap::new(),
             default_poll_ms: 5_000,
             deadline_margin_ms: 2_000,
+            callback_secrets: String::new(),
+            allow_private_callbacks: false,
         }
     }
 }

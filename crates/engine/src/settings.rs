@@ -12,6 +12,10 @@ use switchyard_core::webhook;
 pub const WEBHOOK_SECRET: &str = "SWITCHYARD_WEBHOOK_SECRET";
 /// Base URL providers call back.
 pub const PUBLIC_URL: &str = "SWITCHYARD_PUBLIC_URL";
+/// Secrets that sign outbound notifications (space-separated while rotating).
+pub const CALLBACK_SECRET: &str = "SWITCHYARD_CALLBACK_SECRET";
+/// `1` allows `http` and private callback addresses (local development only).
+pub const ALLOW_PRIVATE_CALLBACKS: &str = "SWITCHYARD_ALLOW_PRIVATE_CALLBACKS";
 
 impl Config {
     /// The settings `secrets` gives, on top of the defaults.
@@ -45,6 +49,8 @@ impl Config {
                 .get(PUBLIC_URL)
                 .unwrap_or_else(|| fallback_public_url.to_string()),
             webhook_secrets,
+            callback_secrets: secrets.get(CALLBACK_SECRET).unwrap_or_default(),
+            allow_private_callbacks: secrets.get(ALLOW_PRIVATE_CALLBACKS).as_deref() == Some("1"),
             ..Config::default()
         }
     }

@@ -8,6 +8,7 @@ use switchyard_core::state::{RunError, RunSnapshot, RunStatus, StepRecord, StepS
 use switchyard_core::workflow::Workflow;
 use switchyard_core::ErrorClass;
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct StepView {
     pub name: String,
@@ -29,6 +30,7 @@ pub struct StepView {
     pub provider_request_id: Option<String>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct RunView {
     pub run_id: String,
@@ -44,7 +46,12 @@ pub struct RunView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<Value>,
     pub steps: Vec<StepView>,
+    /// Delivery attempts of the run's notifications to its `callback_url`, oldest first.
+    pub notifications: Vec<crate::notifier::NotificationAttempt>,
 }
+
+/// How long a presigned link to an offloaded output stays valid (1 hour).
+pub const PRESIGN_TTL_MS: u64 = 3_600_000;
 
 fn step_view(wf: &Workflow, id: &str, kind: &str, r: Option<&StepRecord>) -> StepView {
     let pending = StepRecord::pending(id);
@@ -99,21 +106,10 @@ impl Engine {
     pub async fn view(&self, snap: &RunSnapshot) -> Result<RunView, EngineError> {
         let wf = self.definition(&snap.header.workflow.hash).await?;
         let h = &snap.header;
-        let output = match &h.output {
-            None => Value::Null,
-            Some(switchyard_core::state::ValueRef::Inline { value }) => value.clone(),
-            // Kept by reference to keep the header small, but small enough to show inline
-            // (the same limit as step values): the document reads as before.
-            Some(r @ switchyard_core::state::ValueRef::Blob { bytes, .. })
-                if *bytes <= self.config.inline_limit_bytes as u64 =>
-            {
-                self.load_value(r).await?
-            }
-            Some(switchyard_core::state::ValueRef::Blob { key, bytes }) => {
-                let url = self.blobs.presign(key, 3_600_000).await?;
-                serde_json::json!({"url": url, "bytes": bytes})
-            }
-        };
+        let output = self.public_output(h.output.as_ref()).await?;
+        let notifications = crate::notifier::NotificationAttempt::from_history(
+            &self.store.events(&h.run_id).await?,
+        );
         let steps = wf
             .steps
             .iter()
@@ -136,6 +132,31 @@ impl Engine {
                 .filter(|_| h.status == switchyard_core::state::RunStatus::Waiting)
                 .map(|w| serde_json::json!(w)),
             steps,
+            notifications,
+        })
+    }
+
+    /// A run output as clients see it: inline up to the step-value limit, else a presigned
+    /// link to the blob with its size and sha256 (the blob key is the content's sha256).
+    pub async fn public_output(
+        &self,
+        output: Option<&switchyard_core::state::ValueRef>,
+    ) -> Result<Value, EngineError> {
+        use switchyard_core::state::ValueRef;
+        Ok(match output {
+            None => Value::Null,
+            Some(ValueRef::Inline { value }) => value.clone(),
+            // Kept by reference to keep the header small, but small enough to show inline
+            // (the same limit as step values).
+            Some(r @ ValueRef::Blob { bytes, .. })
+                if *bytes <= self.config.inline_limit_bytes as u64 =>
+            {
+                self.load_value(r).await?
+            }
+            Some(ValueRef::Blob { key, bytes }) => {
+                let url = self.blobs.presign(key, PRESIGN_TTL_MS).await?;
+                serde_json::json!({"url": url, "bytes": bytes, "sha256": key})
+            }
         })
     }
 }

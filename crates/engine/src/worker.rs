@@ -21,7 +21,7 @@ use switchyard_core::state::{
     EventKind, HistoryEvent, Lease, RunError, RunSnapshot, RunStatus, StepRecord, StepStatus,
     WaitInfo, WaitReason, WakeReason, WakeUp,
 };
-use switchyard_core::workflow::Workflow;
+use switchyard_core::workflow::{StepKind, Workflow};
 use switchyard_core::{refs, schema, ErrorClass, Millis, StoreError};
 
 /// What handling a wake-up came to.
@@ -64,6 +64,7 @@ impl Engine {
             return Ok(Handled::Gone);
         };
         if snap.header.status.is_terminal() {
+            self.renotify_if_lost(&snap.header).await?;
             return Ok(Handled::AlreadyEnded(snap.header.status));
         }
         let wf = self.definition(&snap.header.workflow.hash).await?;
@@ -186,7 +187,7 @@ impl Engine {
             if let Some((step, result)) = in_flight.next().await {
                 flying.remove(&step);
                 let views = (&mut scope, &mut records);
-                if let Err(e) = self.absorb(snap, views, &ledger, &step, result).await {
+                if let Err(e) = self.absorb(wf, snap, views, &ledger, (&step, result)).await {
                     failure.get_or_insert(e);
                 }
                 continue;
@@ -251,11 +252,11 @@ impl Engine {
     /// budget ledger.
     async fn absorb(
         &self,
+        wf: &Workflow,
         snap: &mut RunSnapshot,
         (scope, map): (&mut Arc<Value>, &mut Arc<Records>),
         ledger: &std::sync::Mutex<crate::exec::Ledger>,
-        step: &str,
-        result: Result<Vec<StepRecord>, EngineError>,
+        (step, result): (&str, Result<Vec<StepRecord>, EngineError>),
     ) -> Result<(), EngineError> {
         let records = match result {
             Ok(records) => records,
@@ -275,6 +276,16 @@ impl Engine {
             let before = snap.step(&r.step).map_or(0.0, |old| old.cost_usd);
             if let Ok(mut l) = ledger.lock() {
                 l.settle(&r.step, r.cost_usd - before);
+            }
+            let opened_gate = r.status == StepStatus::Waiting
+                && snap.step(&r.step).map(|o| (o.status, o.attempt)) != Some((r.status, r.attempt))
+                && wf
+                    .step(&r.step)
+                    .is_some_and(|s| matches!(s.kind, StepKind::Approval(_)));
+            if opened_gate {
+                if let Err(e) = self.notify_approval(&snap.header, &r.step, r.attempt).await {
+                    failure.get_or_insert(e);
+                }
             }
             Arc::make_mut(map).insert(r.step.clone(), r.clone());
             snap.upsert(r);
@@ -420,6 +431,8 @@ impl Engine {
         let ended = HistoryEvent::run(now, kind, detail);
         h.version = self.store.put_header(&h, &[ended]).await?;
         snap.header = h;
+        // After the state that it reports: a notification never runs ahead of the run.
+        self.notify_ended(&snap.header).await?;
         tracing::info!(run_id = %snap.header.run_id, status = status.as_str(), cost_usd = snap.cost_usd(), "run ended");
         Ok(Handled::Ended(status))
     }

@@ -166,7 +166,10 @@ impl Sender {
 /// The body, read chunk by chunk and abandoned as soon as it passes `cap`: a runaway (or
 /// never-ending) body costs at most the cap in memory and transfer, and fails at once rather
 /// than at the request timeout. A declared length over the cap is refused before any read.
-async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, StepError> {
+pub(crate) async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: usize,
+) -> Result<Vec<u8>, StepError> {
     let too_large = || {
         StepError::new(
             ErrorClass::Malformed,

@@ -29,6 +29,9 @@
 //!   - [`catalog`]: the versioned price table and model catalog (`SWITCHYARD_PRICES` overrides);
 //!   - [`registry`]: the adapters a deployment offers, from its secrets (the environment).
 //!
+//! - [`outbound`]: the callback client the notifier delivers with (address pinned to what
+//!   the core's SSRF policy checked, no redirects, time and size caps).
+//!
 //! Nothing outside this crate knows which provider answered.
 //!
 //! [`Provider`]: switchyard_core::model::Provider
@@ -43,6 +46,7 @@ pub mod http;
 pub mod keys;
 pub mod local;
 pub mod openai;
+pub mod outbound;
 pub mod registry;
 pub mod replicate;
 #[cfg(test)]

@@ -1,0 +1,151 @@
+//! The public HTTP API (CONTRACT.md, "HTTP API"), as one axum router.
+//!
+//! The same router is served by `switchyard dev` on the embedded backend and, wrapped by
+//! `lambda_http`, by the AWS intake function: nothing here assumes a local process. Handlers
+//! only translate HTTP to the engine's use-cases and back; every decision stays in the engine
+//! and core.
+//!
+//! Layout:
+//! - [`auth`]: API keys (kept hashed) → tenants, compared in constant time.
+//! - [`body`]: JSON-only bodies, parse errors naming the field (400), 415 for non-JSON.
+//! - [`routes`]: the handlers, each documented with `#[utoipa::path]`; the OpenAPI 3.1
+//!   document is generated from them, so a route cannot exist without its documentation
+//!   (routes are only added through `utoipa_axum`'s `routes!`).
+//! - this file: the state, the router, the request-id middleware and the error type.
+
+pub mod auth;
+pub mod body;
+pub mod routes;
+
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+use switchyard_engine::{Engine, EngineError};
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+pub use auth::ApiKeys;
+
+/// Largest request body the API buffers: the run input limit plus room for the envelope.
+/// Larger bodies are refused with 413 before they are read.
+pub const MAX_BODY_BYTES: usize = switchyard_engine::intake::MAX_INPUT_BYTES + 64 * 1024;
+
+/// The response (and log) header that carries the request id.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub engine: Engine,
+    pub keys: Arc<ApiKeys>,
+    /// Told when a request queued work (a run started, approved, cancelled), so an in-process
+    /// worker pool looks at the queue at once instead of at its next idle poll.
+    pub kick: Option<Arc<Notify>>,
+    /// Whether callback URLs may be `http` or private (`SWITCHYARD_ALLOW_PRIVATE_CALLBACKS=1`).
+    pub allow_private_callbacks: bool,
+    /// The OpenAPI document, rendered once.
+    doc: Arc<OnceLock<String>>,
+}
+
+impl ApiState {
+    pub fn new(engine: Engine, keys: ApiKeys) -> ApiState {
+        ApiState {
+            engine,
+            keys: Arc::new(keys),
+            kick: None,
+            allow_private_callbacks: false,
+            doc: Arc::default(),
+        }
+    }
+
+    pub(crate) fn kicked(&self) {
+        if let Some(k) = &self.kick {
+            k.notify_waiters();
+            k.notify_one();
+        }
+    }
+}
+
+/// An error as the API answers it: the contract's JSON body and status.
+#[derive(Debug)]
+pub struct ApiError(pub EngineError);
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.0.status() >= 500 {
+            tracing::error!(error_code = self.0.code(), error = %self.0, "request failed");
+        }
+        let mut resp = switchyard_engine::http::error_response(&self.0);
+        if self.0.status() == 401 {
+            resp.headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// The whole public surface: `/v1/…`, `/healthz` and the provider callback route
+/// `/hooks/{provider}` (which authenticates by signature, not by API key).
+pub fn router(state: ApiState) -> Router {
+    let (api, doc) = routes::documented().split_for_parts();
+    let rendered = doc.to_pretty_json().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "rendering the OpenAPI document failed");
+        "{}".to_string()
+    });
+    let _ = state.doc.set(rendered);
+    let hooks = switchyard_engine::http::hooks_routes(state.engine.clone(), state.kick.clone());
+    let api = api
+        .with_state(state)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));
+    switchyard_engine::http::json_errors(api.merge(hooks))
+        .layer(axum::middleware::from_fn(request_id))
+}
+
+/// The OpenAPI document of [`router`], as served at `/v1/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes::documented().split_for_parts().1
+}
+
+/// A request id for every request: the caller's `x-request-id` when it is sane (1–128
+/// visible ASCII characters), else a new UUIDv7. It is on the response and on every log line
+/// of the request (a tracing span).
+async fn request_id(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %req.method(),
+        path = %req.uri().path(),
+    );
+    let started = Instant::now();
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    let status = resp.status();
+    span.in_scope(|| {
+        let latency_ms = started.elapsed().as_millis() as u64;
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(status = status.as_u16(), latency_ms, "request");
+        } else {
+            tracing::info!(status = status.as_u16(), latency_ms, "request");
+        }
+    });
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    resp
+}

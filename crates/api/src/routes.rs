@@ -1,0 +1,600 @@
+//! The handlers of the public API and the types of their bodies. Each handler carries its
+//! OpenAPI description (`#[utoipa::path]`); [`documented`] is the only place routes are added,
+//! through `utoipa_axum::routes!`, which documents what it serves.
+
+use crate::auth::ApiKeys;
+use crate::body::JsonBody;
+use crate::{ApiError, ApiState};
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use switchyard_core::ports::{ListScope, RunQuery, MAX_LIST_LIMIT};
+use switchyard_core::state::{HistoryEvent, RunStatus};
+use switchyard_engine::intake::StartRequest;
+use switchyard_engine::view::RunView;
+use switchyard_engine::EngineError;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// Longest accepted `Idempotency-Key`.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+/// Rows of a `GET /v1/runs` page when `limit` is not given.
+pub const DEFAULT_LIST_LIMIT: usize = 50;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Switchyard API",
+        description = "Start and follow durable multi-model AI pipeline runs. Every /v1 route \
+            takes `Authorization: Bearer <api key>`; a tenant sees only its own runs.",
+        license(name = "Apache-2.0")
+    ),
+    paths(hook_doc),
+    modifiers(&BearerAuth),
+    tags((name = "runs"), (name = "workflows"), (name = "service"), (name = "hooks"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key from SWITCHYARD_API_KEYS"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every route of the API with its documentation.
+pub(crate) fn documented() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(create_run, list_runs))
+        .routes(routes!(get_run))
+        .routes(routes!(get_events))
+        .routes(routes!(decide))
+        .routes(routes!(cancel))
+        .routes(routes!(list_workflows))
+        .routes(routes!(openapi_json))
+        .routes(routes!(healthz))
+}
+
+// ---- authentication ----
+
+/// The caller's tenant, from `Authorization: Bearer <key>`.
+pub struct Tenant(pub String);
+
+impl FromRequestParts<ApiState> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        authenticate(&parts.headers, &state.keys).map(Tenant)
+    }
+}
+
+fn authenticate(headers: &HeaderMap, keys: &ApiKeys) -> Result<String, ApiError> {
+    let unauthorized = |m: &str| ApiError(EngineError::Unauthorized(m.to_string()));
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized("an `Authorization: Bearer <api key>` header is required"))?;
+    let key = value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            let (scheme, key) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+        })
+        .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <api key>`"))?;
+    keys.tenant(key)
+        .map(str::to_string)
+        .ok_or_else(|| unauthorized("the API key is not valid"))
+}
+
+// ---- bodies ----
+
+/// The error body of every 4xx and 5xx answer.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable snake_case code, e.g. `invalid_input`, `idempotency_conflict`, `not_found`.
+    pub code: String,
+    /// A human sentence.
+    pub message: String,
+    /// The JSON path of the field the error is about, when there is one (e.g. `input.ticket`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// `POST /v1/runs` body.
+#[derive(Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartRun {
+    /// The workflow's name (see `GET /v1/workflows`).
+    pub workflow: String,
+    /// A version of it; the newest served version when absent.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The run input; checked against the workflow's input schema (422 on mismatch).
+    #[schema(value_type = Object)]
+    pub input: Value,
+    /// Where to POST signed notifications when the run ends or waits for an approval.
+    #[serde(default)]
+    pub callback_url: Option<String>,
+    /// Free-form data kept with the run.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Links {
+    #[serde(rename = "self")]
+    pub self_: String,
+    pub events: String,
+}
+
+/// A run that was accepted (202), or found again by its idempotency key (200).
+#[derive(Serialize, ToSchema)]
+pub struct Accepted {
+    pub run_id: String,
+    pub status: RunStatus,
+    pub links: Links,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RunItem {
+    pub run_id: String,
+    pub workflow: String,
+    pub version: String,
+    pub status: RunStatus,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RunList {
+    /// Newest first.
+    pub runs: Vec<RunItem>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+    /// Matching runs after this page, when the store can count them cheaply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<u64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Events {
+    pub run_id: String,
+    /// Oldest first.
+    pub events: Vec<HistoryEvent>,
+}
+
+#[derive(Deserialize, Serialize, ToSchema, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Approve,
+    Reject,
+}
+
+/// `POST /v1/runs/{id}/approvals/{step}` body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    pub decision: Verdict,
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+/// Longest approval comment kept.
+pub const MAX_COMMENT_BYTES: usize = 4096;
+
+#[derive(Serialize, ToSchema)]
+pub struct Decided {
+    pub run_id: String,
+    pub step: String,
+    pub decision: Verdict,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CancelRequested {
+    pub run_id: String,
+    /// The run's status when cancellation was recorded; it ends `cancelled` once steps in
+    /// flight have finished.
+    pub status: RunStatus,
+    pub cancel_requested: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WorkflowItem {
+    pub name: String,
+    /// Served versions, oldest first.
+    pub versions: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WorkflowList {
+    pub workflows: Vec<WorkflowItem>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+/// `GET /v1/runs` query.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Rows per page, 1–1000 (default 50).
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Only runs with this status.
+    pub status: Option<RunStatus>,
+    /// Only runs of this workflow.
+    pub workflow: Option<String>,
+}
+
+fn links(run_id: &str) -> Links {
+    Links {
+        self_: format!("/v1/runs/{run_id}"),
+        events: format!("/v1/runs/{run_id}/events"),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = |m: String| {
+        ApiError(EngineError::BadRequest {
+            field: Some("Idempotency-Key".into()),
+            message: m,
+        })
+    };
+    let key = v
+        .to_str()
+        .map_err(|_| bad("the Idempotency-Key header must be visible ASCII".into()))?;
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+        return Err(bad(format!(
+            "the Idempotency-Key header must be 1-{MAX_IDEMPOTENCY_KEY_BYTES} characters"
+        )));
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Err(bad(
+            "the Idempotency-Key header must be visible ASCII".into()
+        ));
+    }
+    Ok(Some(key.to_string()))
+}
+
+// ---- handlers ----
+
+/// Start a run.
+///
+/// With an `Idempotency-Key` (scoped to the tenant, kept 24 hours): the same key and body
+/// answer the same run again (200, `Idempotent-Replayed: true`); the same key with another
+/// body is a 409 `idempotency_conflict`; concurrent identical requests start one run.
+#[utoipa::path(
+    post, path = "/v1/runs", tag = "runs",
+    request_body = StartRun,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters")),
+    responses(
+        (status = 202, description = "Run accepted", body = Accepted),
+        (status = 200, description = "Replayed: the run this idempotency key started", body = Accepted,
+            headers(("Idempotent-Replayed" = String, description = "`true`"))),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 404, description = "No such workflow or version", body = ErrorBody),
+        (status = 409, description = "Idempotency-Key reused with another body", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 422, description = "Input fails the workflow's input schema, or the callback URL can never be called", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn create_run(
+    State(s): State<ApiState>,
+    Tenant(tenant): Tenant,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<StartRun>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    if let Some(url) = &body.callback_url {
+        switchyard_core::outbound::check_callback_url(url, s.allow_private_callbacks).map_err(
+            |e| EngineError::InvalidInput {
+                field: Some("callback_url".into()),
+                message: e.to_string(),
+            },
+        )?;
+    }
+    let req = StartRequest {
+        workflow: body.workflow,
+        version: body.version,
+        input: body.input,
+        callback_url: body.callback_url,
+        metadata: body.metadata,
+    };
+    let started = s.engine.start_run(&tenant, req, key.as_deref()).await?;
+    s.kicked();
+    let doc = Accepted {
+        links: links(&started.run_id),
+        run_id: started.run_id,
+        status: started.status,
+    };
+    Ok(if started.existing {
+        let mut resp = (StatusCode::OK, Json(doc)).into_response();
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        resp
+    } else {
+        (StatusCode::ACCEPTED, Json(doc)).into_response()
+    })
+}
+
+/// List the tenant's runs, newest first.
+#[utoipa::path(
+    get, path = "/v1/runs", tag = "runs",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of runs", body = RunList),
+        (status = 400, description = "Bad limit, cursor or filter", body = ErrorBody),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_runs(
+    State(s): State<ApiState>,
+    Tenant(tenant): Tenant,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<RunList>, ApiError> {
+    let p: ListParams = serde_urlencoded_params(raw.as_deref().unwrap_or(""))?;
+    let limit = p.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+        return Err(EngineError::BadRequest {
+            field: Some("limit".into()),
+            message: format!("limit must be 1-{MAX_LIST_LIMIT}"),
+        }
+        .into());
+    }
+    let mut q = RunQuery::new(ListScope::Tenant(tenant), limit);
+    q.status = p.status;
+    q.workflow = p.workflow;
+    q.cursor = p.cursor;
+    let page = s.engine.list_runs(&q).await?;
+    Ok(Json(RunList {
+        runs: page
+            .runs
+            .into_iter()
+            .map(|r| RunItem {
+                run_id: r.run_id,
+                workflow: r.workflow,
+                version: r.version,
+                status: r.status,
+                created_at: r.created_at,
+                updated_at: r.updated_at,
+            })
+            .collect(),
+        next_cursor: page.cursor,
+        remaining: page.remaining,
+    }))
+}
+
+/// Parses a query string; an error names the parameter.
+fn serde_urlencoded_params<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T, ApiError> {
+    let uri: axum::http::Uri = format!("/?{raw}")
+        .parse()
+        .map_err(|_| EngineError::BadRequest {
+            field: None,
+            message: "the query string is malformed".into(),
+        })?;
+    axum::extract::Query::<T>::try_from_uri(&uri)
+        .map(|q| q.0)
+        .map_err(|e| {
+            let text = e.body_text();
+            let field = ["limit", "cursor", "status", "workflow"]
+                .into_iter()
+                .find(|f| text.contains(f))
+                .map(str::to_string);
+            EngineError::BadRequest {
+                field,
+                message: text,
+            }
+            .into()
+        })
+}
+
+/// The run document: status, output (inline, or a presigned link when large), steps, cost,
+/// timings and notification attempts.
+#[utoipa::path(
+    get, path = "/v1/runs/{id}", tag = "runs",
+    params(("id" = String, Path, description = "Run id")),
+    responses(
+        (status = 200, description = "The run", body = RunView),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 404, description = "No such run for this tenant", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_run(
+    State(s): State<ApiState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<RunView>, ApiError> {
+    let snap = s.engine.load_for(Some(&tenant), &id).await?;
+    Ok(Json(s.engine.view(&snap).await?))
+}
+
+/// The run's history, oldest first.
+#[utoipa::path(
+    get, path = "/v1/runs/{id}/events", tag = "runs",
+    params(("id" = String, Path, description = "Run id")),
+    responses(
+        (status = 200, description = "The history", body = Events),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 404, description = "No such run for this tenant", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_events(
+    State(s): State<ApiState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<Events>, ApiError> {
+    let events = s.engine.history(Some(&tenant), &id).await?;
+    Ok(Json(Events { run_id: id, events }))
+}
+
+/// Approve or reject a step that waits for a person.
+#[utoipa::path(
+    post, path = "/v1/runs/{id}/approvals/{step}", tag = "runs",
+    params(("id" = String, Path, description = "Run id"), ("step" = String, Path, description = "The approval step")),
+    request_body = Decision,
+    responses(
+        (status = 200, description = "Decision recorded; the run continues", body = Decided),
+        (status = 400, description = "Malformed request, or the step is not an approval step", body = ErrorBody),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 404, description = "No such run or step for this tenant", body = ErrorBody),
+        (status = 409, description = "The step is not waiting, or the run has ended", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn decide(
+    State(s): State<ApiState>,
+    Tenant(tenant): Tenant,
+    Path((id, step)): Path<(String, String)>,
+    JsonBody(d): JsonBody<Decision>,
+) -> Result<Json<Decided>, ApiError> {
+    if d.comment
+        .as_ref()
+        .is_some_and(|c| c.len() > MAX_COMMENT_BYTES)
+    {
+        return Err(EngineError::BadRequest {
+            field: Some("comment".into()),
+            message: format!("the comment is longer than {MAX_COMMENT_BYTES} bytes"),
+        }
+        .into());
+    }
+    let approved = d.decision == Verdict::Approve;
+    s.engine
+        .decide(Some(&tenant), &id, &step, approved, d.comment)
+        .await?;
+    s.kicked();
+    Ok(Json(Decided {
+        run_id: id,
+        step,
+        decision: d.decision,
+    }))
+}
+
+/// Cancel a run that has not ended: steps in flight finish, nothing new starts.
+#[utoipa::path(
+    post, path = "/v1/runs/{id}/cancel", tag = "runs",
+    params(("id" = String, Path, description = "Run id")),
+    responses(
+        (status = 202, description = "Cancellation recorded", body = CancelRequested),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 404, description = "No such run for this tenant", body = ErrorBody),
+        (status = 409, description = "The run has already ended", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn cancel(
+    State(s): State<ApiState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<CancelRequested>), ApiError> {
+    let status = s.engine.cancel(Some(&tenant), &id).await?;
+    s.kicked();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(CancelRequested {
+            run_id: id,
+            status,
+            cancel_requested: true,
+        }),
+    ))
+}
+
+/// The workflows this deployment serves, with their versions.
+#[utoipa::path(
+    get, path = "/v1/workflows", tag = "workflows",
+    responses(
+        (status = 200, description = "Served workflows", body = WorkflowList),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_workflows(State(s): State<ApiState>, Tenant(_): Tenant) -> Json<WorkflowList> {
+    let workflows = s
+        .engine
+        .workflows
+        .list()
+        .into_iter()
+        .map(|(name, versions)| WorkflowItem { name, versions })
+        .collect();
+    Json(WorkflowList { workflows })
+}
+
+/// This document (OpenAPI 3.1). No authentication.
+#[utoipa::path(
+    get, path = "/v1/openapi.json", tag = "service",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object))
+)]
+async fn openapi_json(State(s): State<ApiState>) -> Response {
+    let doc = s.doc.get().cloned().unwrap_or_else(|| "{}".into());
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        doc,
+    )
+        .into_response()
+}
+
+/// Liveness. No authentication.
+#[utoipa::path(
+    get, path = "/healthz", tag = "service",
+    responses((status = 200, description = "Alive", body = Health))
+)]
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// Provider callbacks (webhook function URL), verified by their Standard Webhooks signature
+/// (`webhook-id`, `webhook-timestamp`, `webhook-signature`) and a per-attempt token, not by API
+/// key. Served by the engine's hooks router; documented here.
+#[utoipa::path(
+    post, path = "/hooks/{provider}", tag = "hooks",
+    params(("provider" = String, Path, description = "e.g. `replicate`, `local`")),
+    request_body(content = Object, description = "The provider's callback body", content_type = "application/json"),
+    responses(
+        (status = 200, description = "`applied`, `progress`, `duplicate` or `stale`", body = Object),
+        (status = 400, description = "Malformed callback", body = ErrorBody),
+        (status = 401, description = "Bad signature or token", body = ErrorBody),
+        (status = 404, description = "No such provider or step", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+    )
+)]
+#[allow(dead_code)]
+fn hook_doc() {}

@@ -1,0 +1,264 @@
+//! The notifier use-case: tell a run's `callback_url` that the run ended, or that it waits for
+//! a person's approval.
+//!
+//! A notification is queued (on the notify queue) by the worker when the run ends or an
+//! approval gate opens, carrying only identities; the notifier reads the run when it delivers,
+//! so what the receiver gets is the run as it is then. Delivery is a Standard Webhooks POST
+//! signed with every secret of `SWITCHYARD_CALLBACK_SECRET`, with a `webhook-id` derived from
+//! the run and event (the same on every attempt and every re-queue, so a receiver drops
+//! repeats by it). What an attempt's result means — delivered, stop, retry after a delay,
+//! give up — is decided in core ([`switchyard_core::outbound::decide`]); retries are the
+//! message coming back after that delay (a visibility change, as SQS does it), and the
+//! queue dead-letters it after [`MAX_NOTIFY_ATTEMPTS`] receives. Every attempt is a
+//! `notification_attempted` event in the run's history: `GET /v1/runs/{id}` and
+//! `runs show` list them.
+
+use crate::{Engine, EngineError};
+use serde::Serialize;
+use serde_json::{json, Value};
+pub use switchyard_core::outbound::MAX_NOTIFY_ATTEMPTS;
+use switchyard_core::outbound::{self, Decision, DeliveryResult};
+use switchyard_core::ports::{CallbackSender, Message};
+use switchyard_core::state::{
+    EventKind, HistoryEvent, Notification, NotifyEvent, RunHeader, RunSnapshot, RunStatus,
+    StepStatus,
+};
+use switchyard_core::workflow::StepKind;
+
+/// What handling one notification message came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notified {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// The receiver answered 410 Gone: it asked not to be called again.
+    Stopped,
+    /// Deliver again after this long (the message's visibility is set to it).
+    Retry { delay_ms: u64 },
+    /// Attempts spent, or the address refused by policy: give up.
+    GaveUp,
+    /// Nothing to send (the run is gone, has no callback URL, was notified already, or this
+    /// deployment has no signing secret).
+    Skipped(&'static str),
+}
+
+/// One delivery attempt, as the run document shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NotificationAttempt {
+    pub webhook_id: String,
+    /// `run.succeeded`, `run.failed`, `run.cancelled` or `run.waiting_for_approval`.
+    pub event: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// Milliseconds since the Unix epoch.
+    pub at: u64,
+    /// The receiver's HTTP status, when it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Why there was no answer: `timeout`, `connect`, `refused`, `other`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub latency_ms: u64,
+    /// `delivered`, `stopped`, `retry` or `gave_up`.
+    pub outcome: String,
+}
+
+impl NotificationAttempt {
+    /// Reads the attempts out of a run's history.
+    pub fn from_history(events: &[HistoryEvent]) -> Vec<NotificationAttempt> {
+        events
+            .iter()
+            .filter(|e| e.kind == EventKind::NotificationAttempted)
+            .filter_map(|e| {
+                let d = &e.detail;
+                Some(NotificationAttempt {
+                    webhook_id: d.get("webhook_id")?.as_str()?.to_string(),
+                    event: d.get("event")?.as_str()?.to_string(),
+                    attempt: e.attempt.unwrap_or(1),
+                    at: e.at,
+                    status: d.get("status").and_then(Value::as_u64).map(|s| s as u16),
+                    error: d.get("error").and_then(Value::as_str).map(str::to_string),
+                    latency_ms: d.get("latency_ms").and_then(Value::as_u64).unwrap_or(0),
+                    outcome: d.get("outcome")?.as_str()?.to_string(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The event a run's status is news of, if any.
+fn end_event(status: RunStatus) -> Option<NotifyEvent> {
+    match status {
+        RunStatus::Succeeded => Some(NotifyEvent::RunSucceeded),
+        RunStatus::Failed => Some(NotifyEvent::RunFailed),
+        RunStatus::Cancelled => Some(NotifyEvent::RunCancelled),
+        _ => None,
+    }
+}
+
+impl Engine {
+    /// Queues the notification that a run ended (if it has a callback URL).
+    pub(crate) async fn notify_ended(&self, header: &RunHeader) -> Result<(), EngineError> {
+        match end_event(header.status) {
+            Some(event) if header.callback_url.is_some() => {
+                let n = Notification::new(&header.run_id, event, "end");
+                self.queue.send(&Message::Notify(n), 0).await?;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Queues the notification that an approval gate opened (attempt `attempt` of `step`).
+    pub(crate) async fn notify_approval(
+        &self,
+        header: &RunHeader,
+        step: &str,
+        attempt: u32,
+    ) -> Result<(), EngineError> {
+        if header.callback_url.is_none() {
+            return Ok(());
+        }
+        let about = format!("approval:{step}:{attempt}");
+        let n = Notification::new(&header.run_id, NotifyEvent::RunWaitingForApproval, &about);
+        self.queue.send(&Message::Notify(n), 0).await?;
+        Ok(())
+    }
+
+    /// A wake-up came for a run that has ended: if its end notification was never attempted
+    /// (the worker that ended it died before queueing it), queue it again. The `webhook-id`
+    /// is the same, so a receiver that did get it drops the repeat.
+    pub(crate) async fn renotify_if_lost(&self, header: &RunHeader) -> Result<(), EngineError> {
+        let Some(event) = end_event(header.status) else {
+            return Ok(());
+        };
+        if header.callback_url.is_none() {
+            return Ok(());
+        }
+        let n = Notification::new(&header.run_id, event, "end");
+        let events = self.store.events(&header.run_id).await?;
+        if !attempted(&events, &n.webhook_id) {
+            self.queue.send(&Message::Notify(n), 0).await?;
+        }
+        Ok(())
+    }
+
+    /// Delivers one notification; `attempt` is this delivery's number (the message's receive
+    /// count). Records the attempt in the run's history.
+    pub async fn notify(
+        &self,
+        n: &Notification,
+        attempt: u32,
+        sender: &dyn CallbackSender,
+    ) -> Result<Notified, EngineError> {
+        let Some(snap) = self.store.load(&n.run_id).await? else {
+            return Ok(Notified::Skipped("the run no longer exists"));
+        };
+        let Some(url) = snap.header.callback_url.clone() else {
+            return Ok(Notified::Skipped("the run has no callback_url"));
+        };
+        if self.config.callback_secrets.trim().is_empty() {
+            tracing::warn!(run_id = %n.run_id, "SWITCHYARD_CALLBACK_SECRET is not set: notification not sent");
+            return Ok(Notified::Skipped("no SWITCHYARD_CALLBACK_SECRET"));
+        }
+        let history = self.store.events(&n.run_id).await?;
+        if delivered(&history, &n.webhook_id) {
+            return Ok(Notified::Skipped("delivered already"));
+        }
+        let body = serde_json::to_vec(&self.notification_body(&snap, n).await?)
+            .map_err(|e| EngineError::Internal(format!("encoding a notification: {e}")))?;
+        let ts = self.now() / 1000;
+        let signature =
+            outbound::signature_header(&self.config.callback_secrets, &n.webhook_id, ts, &body)
+                .map_err(|e| {
+                    EngineError::Internal(format!("SWITCHYARD_CALLBACK_SECRET is unusable: {e}"))
+                })?;
+        let headers = vec![
+            ("content-type".to_string(), "application/json".to_string()),
+            ("webhook-id".to_string(), n.webhook_id.clone()),
+            ("webhook-timestamp".to_string(), ts.to_string()),
+            ("webhook-signature".to_string(), signature),
+        ];
+        let sent = sender
+            .deliver(&url, &headers, body, self.config.allow_private_callbacks)
+            .await;
+        let decision = outbound::decide(&sent.result, attempt);
+        let (status, error) = match &sent.result {
+            DeliveryResult::Status(s) => (Some(*s), None),
+            DeliveryResult::Failed(e) => (None, Some(e.as_str())),
+        };
+        let (outcome, notified) = match decision {
+            Decision::Delivered => ("delivered", Notified::Delivered),
+            Decision::Stop => ("stopped", Notified::Stopped),
+            Decision::Retry { delay_ms } => ("retry", Notified::Retry { delay_ms }),
+            Decision::DeadLetter => ("gave_up", Notified::GaveUp),
+        };
+        let mut ev = HistoryEvent::run(
+            self.now(),
+            EventKind::NotificationAttempted,
+            json!({
+                "webhook_id": n.webhook_id, "event": n.event.as_str(), "status": status,
+                "error": error, "latency_ms": sent.latency_ms, "outcome": outcome,
+            }),
+        );
+        ev.attempt = Some(attempt);
+        self.store.append_events(&n.run_id, &[ev]).await?;
+        tracing::info!(
+            run_id = %n.run_id, webhook_id = %n.webhook_id, event = n.event.as_str(), attempt,
+            status, error, latency_ms = sent.latency_ms, outcome, "notification attempt"
+        );
+        Ok(notified)
+    }
+
+    /// The notification body: `{type, timestamp, data}` as Standard Webhooks suggests.
+    async fn notification_body(
+        &self,
+        snap: &RunSnapshot,
+        n: &Notification,
+    ) -> Result<Value, EngineError> {
+        let h = &snap.header;
+        let mut data = json!({
+            "run_id": h.run_id,
+            "workflow": h.workflow.name,
+            "version": h.workflow.version,
+            "status": h.status,
+            "output": self.public_output(h.output.as_ref()).await?,
+            "error": h.error,
+            "cost_usd": (snap.cost_usd() * 1e9).round() / 1e9,
+            "links": {"self": format!("/v1/runs/{}", h.run_id), "events": format!("/v1/runs/{}/events", h.run_id)},
+        });
+        if n.event == NotifyEvent::RunWaitingForApproval {
+            let wf = self.definition(&h.workflow.hash).await?;
+            let waiting: Vec<&str> = snap
+                .steps
+                .iter()
+                .filter(|r| r.status == StepStatus::Waiting)
+                .filter(|r| {
+                    wf.step(&r.step)
+                        .is_some_and(|s| matches!(s.kind, StepKind::Approval(_)))
+                })
+                .map(|r| r.step.as_str())
+                .collect();
+            data["waiting_for_approval"] = json!(waiting);
+        }
+        Ok(json!({
+            "type": n.event.as_str(),
+            "timestamp": switchyard_core::time::rfc3339_ms(self.now()),
+            "data": data,
+        }))
+    }
+}
+
+fn attempted(history: &[HistoryEvent], webhook_id: &str) -> bool {
+    history
+        .iter()
+        .any(|e| e.kind == EventKind::NotificationAttempted && e.detail["webhook_id"] == webhook_id)
+}
+
+fn delivered(history: &[HistoryEvent], webhook_id: &str) -> bool {
+    history.iter().any(|e| {
+        e.kind == EventKind::NotificationAttempted
+            && e.detail["webhook_id"] == webhook_id
+            && matches!(e.detail["outcome"].as_str(), Some("delivered" | "stopped"))
+    })
+}

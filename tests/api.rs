@@ -1,0 +1,801 @@
+//! End-to-end tests of the HTTP API over real HTTP: the `switchyard dev` binary on the
+//! embedded backend, driven with reqwest. Every route and error code, tenant isolation,
+//! idempotency (replay, conflict, 20 concurrent identical starts), approvals and cancel,
+//! signed notifications verified by the `standardwebhooks` package (tests/api/receiver.py),
+//! and a `dev` killed with SIGKILL finishing its runs after a restart.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test crate: failing is the point
+
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ACME: &str = "key-acme-0123456789";
+const GLOBEX: &str = "key-globex-0123456789";
+const SECRET: &str = "whsec_dGVzdC1jYWxsYmFjay1zZWNyZXQtMTIzNA==";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A workflows directory with the fixtures these tests start.
+fn workflows(dir: &Path) -> PathBuf {
+    let wf = dir.join("workflows");
+    std::fs::create_dir_all(&wf).unwrap();
+    for f in ["gate.yaml", "slow-chain.yaml"] {
+        std::fs::copy(root().join("tests/fixtures").join(f), wf.join(f)).unwrap();
+    }
+    std::fs::write(
+        wf.join("quick.yaml"),
+        r#"name: quick
+version: "1"
+input_schema:
+  type: object
+  required: [text]
+  properties:
+    text: {type: string, maxLength: 100}
+output: {echo: "${steps.a.output.json}"}
+steps:
+  - id: a
+    model: local/echo
+    input: {text: "${input.text}"}
+"#,
+    )
+    .unwrap();
+    wf
+}
+
+/// A running `switchyard dev`.
+struct Dev {
+    child: Child,
+    url: String,
+    data: PathBuf,
+    workflows: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Dev {
+    fn start(data: &Path, workflows: &Path, env: &[(&str, &str)]) -> Dev {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Dev::spawn(data.to_path_buf(), workflows.to_path_buf(), env)
+    }
+
+    fn spawn(data: PathBuf, workflows: PathBuf, env: Vec<(String, String)>) -> Dev {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        cmd.args(["dev", "--addr", "127.0.0.1:0", "--workers", "4"])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--workflows")
+            .arg(&workflows)
+            .env(
+                "SWITCHYARD_API_KEYS",
+                format!("{ACME}:acme,{GLOBEX}:globex"),
+            )
+            .env_remove("SWITCHYARD_PUBLIC_URL")
+            .env_remove("SWITCHYARD_CALLBACK_SECRET")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().unwrap().unwrap();
+        let url = first
+            .strip_prefix("switchyard dev: serving ")
+            .unwrap_or_else(|| panic!("unexpected banner: {first}"))
+            .to_string();
+        // Keep draining stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        Dev {
+            child,
+            url,
+            data,
+            workflows,
+            env,
+        }
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn restart(&mut self) -> Dev {
+        Dev::spawn(self.data.clone(), self.workflows.clone(), self.env.clone())
+    }
+
+    fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+async fn post(dev: &Dev, key: &str, path: &str, body: &Value) -> (StatusCode, Value) {
+    let r = client()
+        .post(dev.at(path))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(dev: &Dev, key: &str, path: &str) -> (StatusCode, Value) {
+    let r = client()
+        .get(dev.at(path))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn start(dev: &Dev, key: &str, body: Value) -> String {
+    let (s, b) = post(dev, key, "/v1/runs", &body).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+    b["run_id"].as_str().unwrap().to_string()
+}
+
+/// Polls the run until its status is one of `want` (real time: `dev` runs on the system clock).
+async fn until_status(dev: &Dev, key: &str, run: &str, want: &[&str]) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let (s, doc) = get(dev, key, &format!("/v1/runs/{run}")).await;
+        assert_eq!(s, StatusCode::OK, "{doc}");
+        if want.contains(&doc["status"].as_str().unwrap_or("")) {
+            return doc;
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            let (_, ev) = get(dev, key, &format!("/v1/runs/{run}/events")).await;
+            panic!("run {run} stuck at {}: {doc}\nevents: {ev}", doc["status"]);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn routes_auth_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(&dir.path().join("data"), &workflows(dir.path()), &[]);
+    let c = client();
+
+    // No auth on liveness and the document; every /v1 route needs a key.
+    let r = c.get(dev.at("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("x-request-id"));
+    let r = c
+        .get(dev.at("/healthz"))
+        .header("x-request-id", "req-abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "req-abc-123");
+    let r = c.get(dev.at("/v1/runs")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    assert_eq!(code(&r.json().await.unwrap()), "unauthorized");
+    let (s, b) = get(&dev, "not-a-key-at-all", "/v1/workflows").await;
+    assert_eq!((s.as_u16(), code(&b)), (401, "unauthorized"));
+
+    let (s, wfs) = get(&dev, ACME, "/v1/workflows").await;
+    assert_eq!(s, 200);
+    let names: Vec<&str> = wfs["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["gate", "quick", "slow-chain"]);
+
+    // A run: 202 with links, then its document, events and listing.
+    let (s, b) = post(
+        &dev,
+        ACME,
+        "/v1/runs",
+        &json!({"workflow": "quick", "input": {"text": "hi"}}),
+    )
+    .await;
+    assert_eq!(s, 202, "{b}");
+    let run = b["run_id"].as_str().unwrap().to_string();
+    assert_eq!(b["links"]["self"], format!("/v1/runs/{run}"));
+    assert_eq!(b["links"]["events"], format!("/v1/runs/{run}/events"));
+    let doc = until_status(&dev, ACME, &run, &["succeeded"]).await;
+    assert_eq!(doc["output"]["echo"]["text"], "hi");
+    assert_eq!(doc["notifications"], json!([]));
+    let (s, ev) = get(&dev, ACME, &format!("/v1/runs/{run}/events")).await;
+    assert_eq!(s, 200);
+    let kinds: Vec<&str> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"run_created"));
+    assert_eq!(kinds.last(), Some(&"run_succeeded"));
+    let (s, list) = get(
+        &dev,
+        ACME,
+        "/v1/runs?limit=10&status=succeeded&workflow=quick",
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(list["runs"][0]["run_id"], run.as_str());
+
+    // Another tenant sees none of it, on every route.
+    for path in [format!("/v1/runs/{run}"), format!("/v1/runs/{run}/events")] {
+        let (s, b) = get(&dev, GLOBEX, &path).await;
+        assert_eq!((s.as_u16(), code(&b)), (404, "not_found"), "{path}");
+    }
+    for (path, body) in [
+        (format!("/v1/runs/{run}/cancel"), json!({})),
+        (
+            format!("/v1/runs/{run}/approvals/a"),
+            json!({"decision": "approve"}),
+        ),
+    ] {
+        let (s, b) = post(&dev, GLOBEX, &path, &body).await;
+        assert_eq!((s.as_u16(), code(&b)), (404, "not_found"), "{path}");
+    }
+    let (_, list) = get(&dev, GLOBEX, "/v1/runs").await;
+    assert_eq!(list["runs"], json!([]));
+
+    // Bad input: a clear error naming the field, never a 5xx.
+    let table: Vec<(Value, u16, &str, Option<&str>)> = vec![
+        (
+            json!({"workflow": "quick", "input": {}}),
+            422,
+            "invalid_input",
+            Some("input.text"),
+        ),
+        (
+            json!({"workflow": "quick", "input": {"text": 5}}),
+            422,
+            "invalid_input",
+            Some("input.text"),
+        ),
+        (
+            json!({"workflow": "quick", "input": {"text": "x"}, "extra": 1}),
+            400,
+            "bad_request",
+            None,
+        ),
+        (
+            json!({"workflow": 7, "input": {}}),
+            400,
+            "bad_request",
+            Some("workflow"),
+        ),
+        (
+            json!({"workflow": "nope", "input": {}}),
+            404,
+            "not_found",
+            None,
+        ),
+        (
+            json!({"workflow": "quick", "input": {"text": "x"}, "callback_url": "http://example.com/hook"}),
+            422,
+            "invalid_input",
+            Some("callback_url"),
+        ),
+        (
+            json!({"workflow": "quick", "input": {"text": "x"}, "callback_url": "https://127.0.0.1/hook"}),
+            422,
+            "invalid_input",
+            Some("callback_url"),
+        ),
+        (
+            json!({"workflow": "quick", "input": {"text": "x"}, "callback_url": "https://169.254.169.254/latest"}),
+            422,
+            "invalid_input",
+            Some("callback_url"),
+        ),
+    ];
+    for (body, status, want, field) in table {
+        let (s, b) = post(&dev, ACME, "/v1/runs", &body).await;
+        assert_eq!((s.as_u16(), code(&b)), (status, want), "{body} → {b}");
+        if let Some(f) = field {
+            assert_eq!(b["error"]["field"], f, "{body} → {b}");
+        }
+    }
+    let r = c
+        .post(dev.at("/v1/runs"))
+        .bearer_auth(ACME)
+        .header("content-type", "text/plain")
+        .body("workflow=quick")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    assert_eq!(code(&r.json().await.unwrap()), "unsupported_media_type");
+    let r = c
+        .post(dev.at("/v1/runs"))
+        .bearer_auth(ACME)
+        .header("content-type", "application/json")
+        .body("{\"workflow\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let big = "x".repeat(switchyard_api::MAX_BODY_BYTES + 10);
+    let r = c
+        .post(dev.at("/v1/runs"))
+        .bearer_auth(ACME)
+        .json(&json!({"workflow": "quick", "input": {"text": big}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(code(&r.json().await.unwrap()), "too_large");
+    let (s, b) = get(&dev, ACME, "/v1/runs?limit=0").await;
+    assert_eq!(
+        (s.as_u16(), b["error"]["field"].as_str()),
+        (400, Some("limit"))
+    );
+    let (s, b) = get(&dev, ACME, "/v1/runs?status=sleeping").await;
+    assert_eq!((s.as_u16(), code(&b)), (400, "bad_request"));
+    let (s, b) = get(&dev, ACME, "/v1/runs?cursor=garbage").await;
+    assert_eq!((s.as_u16(), code(&b)), (400, "bad_request"), "{b}");
+    let (s, b) = get(&dev, ACME, "/v1/nope").await;
+    assert_eq!((s.as_u16(), code(&b)), (404, "not_found"));
+    let r = c
+        .delete(dev.at("/v1/runs"))
+        .bearer_auth(ACME)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+
+    // Cancelling a run that ended is a conflict.
+    let (s, b) = post(&dev, ACME, &format!("/v1/runs/{run}/cancel"), &json!({})).await;
+    assert_eq!((s.as_u16(), code(&b)), (409, "conflict"));
+}
+
+#[tokio::test]
+async fn every_documented_route_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(&dir.path().join("data"), &workflows(dir.path()), &[]);
+    let doc: Value = client()
+        .get(dev.at("/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        doc["openapi"].as_str().map(|v| v.starts_with("3.1")),
+        Some(true)
+    );
+    let paths = doc["paths"].as_object().unwrap();
+    let want = [
+        "/v1/runs",
+        "/v1/runs/{id}",
+        "/v1/runs/{id}/events",
+        "/v1/runs/{id}/approvals/{step}",
+        "/v1/runs/{id}/cancel",
+        "/v1/workflows",
+        "/v1/openapi.json",
+        "/healthz",
+        "/hooks/{provider}",
+    ];
+    let mut have: Vec<&str> = paths.keys().map(String::as_str).collect();
+    have.sort();
+    let mut want_sorted = want.to_vec();
+    want_sorted.sort();
+    assert_eq!(have, want_sorted);
+    // Each documented operation is routed (not the router's 404/405), and each method the
+    // document does not list on a path is refused with 405.
+    for (path, ops) in paths {
+        let concrete = path
+            .replace("{id}", "run-that-does-not-exist")
+            .replace("{step}", "s")
+            .replace("{provider}", "nope");
+        for method in ["get", "post", "put", "delete", "patch"] {
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let r = client()
+                .request(m, dev.at(&concrete))
+                .bearer_auth(ACME)
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            let documented = ops.get(method).is_some();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            if documented {
+                assert_ne!(status, 405, "{method} {path} is documented but not served");
+                assert!(
+                    !(status == 404 && body["error"]["message"] == "no such route"),
+                    "{method} {path} is documented but not routed"
+                );
+                assert!(status < 500, "{method} {path}: {status} {body}");
+            } else {
+                assert_eq!(status, 405, "{method} {path} is served but not documented");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn idempotency_replays_conflicts_and_races_to_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(&dir.path().join("data"), &workflows(dir.path()), &[]);
+    let body = json!({"workflow": "quick", "input": {"text": "once"}});
+    let send = |key: &'static str, body: Value| {
+        let url = dev.at("/v1/runs");
+        async move {
+            let r = client()
+                .post(url)
+                .bearer_auth(ACME)
+                .header("idempotency-key", key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let replayed = r
+                .headers()
+                .get("idempotent-replayed")
+                .map(|v| v.to_str().unwrap().to_string());
+            (
+                r.status().as_u16(),
+                replayed,
+                r.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let (s1, rep1, b1) = send("order-1", body.clone()).await;
+    assert_eq!((s1, rep1), (202, None));
+    let (s2, rep2, b2) = send("order-1", body.clone()).await;
+    assert_eq!((s2, rep2.as_deref()), (200, Some("true")));
+    assert_eq!(b1["run_id"], b2["run_id"]);
+    let (s3, _, b3) = send(
+        "order-1",
+        json!({"workflow": "quick", "input": {"text": "other"}}),
+    )
+    .await;
+    assert_eq!((s3, code(&b3)), (409, "idempotency_conflict"));
+    // Keys are per tenant: globex's order-1 is its own run.
+    let r = client()
+        .post(dev.at("/v1/runs"))
+        .bearer_auth(GLOBEX)
+        .header("idempotency-key", "order-1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let bad = client()
+        .post(dev.at("/v1/runs"))
+        .bearer_auth(ACME)
+        .header("idempotency-key", "x".repeat(300))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert_eq!(
+        bad.json::<Value>().await.unwrap()["error"]["field"],
+        "Idempotency-Key"
+    );
+
+    // Twenty identical requests at once: one run.
+    let race = json!({"workflow": "quick", "input": {"text": "race"}});
+    let all = futures::future::join_all((0..20).map(|_| send("race-1", race.clone()))).await;
+    let ids: std::collections::BTreeSet<String> = all
+        .iter()
+        .map(|(_, _, b)| b["run_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 1, "{all:?}");
+    let created = all.iter().filter(|(s, _, _)| *s == 202).count();
+    assert_eq!(created, 1, "{all:?}");
+    assert!(all.iter().all(|(s, _, _)| *s == 202 || *s == 200));
+    let run = ids.into_iter().next().unwrap();
+    until_status(&dev, ACME, &run, &["succeeded"]).await;
+    let (_, list) = get(&dev, ACME, "/v1/runs?workflow=quick&limit=100").await;
+    let races = list["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["run_id"] == run.as_str())
+        .count();
+    assert_eq!(races, 1);
+    assert_eq!(
+        list["runs"].as_array().unwrap().len(),
+        2,
+        "order-1 and race-1 only: {list}"
+    );
+}
+
+#[tokio::test]
+async fn approval_and_cancel_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(&dir.path().join("data"), &workflows(dir.path()), &[]);
+    let run = start(
+        &dev,
+        ACME,
+        json!({"workflow": "gate", "input": {"title": "Spring"}}),
+    )
+    .await;
+    let doc = until_status(&dev, ACME, &run, &["waiting"]).await;
+    assert_eq!(doc["waiting_for"]["reason"], "approval", "{doc}");
+    let path = format!("/v1/runs/{run}/approvals/review");
+    let (s, b) = post(&dev, ACME, &path, &json!({"decision": "maybe"})).await;
+    assert_eq!((s.as_u16(), code(&b)), (400, "bad_request"));
+    let (s, b) = post(
+        &dev,
+        ACME,
+        &format!("/v1/runs/{run}/approvals/nope"),
+        &json!({"decision": "approve"}),
+    )
+    .await;
+    assert_eq!((s.as_u16(), code(&b)), (404, "not_found"));
+    let (s, b) = post(
+        &dev,
+        ACME,
+        &path,
+        &json!({"decision": "approve", "comment": "ship it"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["decision"], "approve");
+    let done = until_status(&dev, ACME, &run, &["succeeded"]).await;
+    assert_eq!(done["output"]["title"], "Spring");
+    let (s, b) = post(&dev, ACME, &path, &json!({"decision": "approve"})).await;
+    assert_eq!((s.as_u16(), code(&b)), (409, "conflict"));
+
+    let slow = start(
+        &dev,
+        ACME,
+        json!({"workflow": "slow-chain", "input": {"text": "t"}}),
+    )
+    .await;
+    until_status(&dev, ACME, &slow, &["running"]).await;
+    let (s, b) = post(&dev, ACME, &format!("/v1/runs/{slow}/cancel"), &json!({})).await;
+    assert_eq!(s, 202, "{b}");
+    assert_eq!(b["cancel_requested"], true);
+    let doc = until_status(&dev, ACME, &slow, &["cancelled"]).await;
+    assert_eq!(doc["error"]["class"], "cancelled");
+}
+
+/// Makes the test venv (tests/api/venv.sh) and returns its python.
+fn venv_python() -> PathBuf {
+    let out = Command::new("bash")
+        .arg(root().join("tests/api/venv.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "venv.sh failed");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let venv = stdout.lines().last().unwrap().trim().to_string();
+    PathBuf::from(venv).join("bin/python")
+}
+
+struct Receiver {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Receiver {
+    fn start(dir: &Path, statuses: &str) -> Receiver {
+        let log = dir.join("deliveries.jsonl");
+        let mut child = Command::new(venv_python())
+            .arg(root().join("tests/api/receiver.py"))
+            .args([
+                "--port",
+                "0",
+                "--secret",
+                SECRET,
+                "--statuses",
+                statuses,
+                "--log",
+            ])
+            .arg(&log)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line.trim().strip_prefix("listening ").unwrap().to_string();
+        Receiver { child, url, log }
+    }
+
+    fn deliveries(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn notifications_are_signed_retried_with_one_webhook_id_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    // The first delivery fails (500), the retry (1 s later) is accepted.
+    let receiver = Receiver::start(dir.path(), "500,200");
+    let dev = Dev::start(
+        &dir.path().join("data"),
+        &workflows(dir.path()),
+        &[
+            ("SWITCHYARD_CALLBACK_SECRET", SECRET),
+            ("SWITCHYARD_ALLOW_PRIVATE_CALLBACKS", "1"),
+        ],
+    );
+    let hook = format!("{}/hook", receiver.url);
+    let run = start(
+        &dev,
+        ACME,
+        json!({"workflow": "gate", "input": {"title": "T"}, "callback_url": hook}),
+    )
+    .await;
+    until_status(&dev, ACME, &run, &["waiting"]).await;
+    let t0 = Instant::now();
+    while receiver.deliveries().len() < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            receiver.deliveries()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (s, _) = post(
+        &dev,
+        ACME,
+        &format!("/v1/runs/{run}/approvals/review"),
+        &json!({"decision": "reject"}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    until_status(&dev, ACME, &run, &["failed"]).await;
+    while receiver.deliveries().len() < 3 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            receiver.deliveries()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let d = receiver.deliveries();
+    // Verified by an independent implementation (the standardwebhooks package).
+    assert!(d.iter().all(|x| x["verified"] == true), "{d:?}");
+    assert_eq!(d[0]["status_answered"], 500);
+    assert_eq!(d[1]["status_answered"], 200);
+    assert_eq!(
+        d[0]["webhook_id"], d[1]["webhook_id"],
+        "a retry keeps its webhook-id"
+    );
+    assert_eq!(d[0]["body"]["type"], "run.waiting_for_approval");
+    assert_eq!(
+        d[0]["body"]["data"]["waiting_for_approval"],
+        json!(["review"])
+    );
+    assert_eq!(d[2]["body"]["type"], "run.failed");
+    assert_ne!(d[2]["webhook_id"], d[0]["webhook_id"]);
+    assert_eq!(d[2]["body"]["data"]["run_id"], run.as_str());
+    assert_eq!(d[2]["body"]["data"]["error"]["class"], "rejected");
+    // Every attempt is on the run.
+    let t1 = Instant::now();
+    loop {
+        let (_, doc) = get(&dev, ACME, &format!("/v1/runs/{run}")).await;
+        let n = doc["notifications"].as_array().unwrap().clone();
+        if n.len() == 3 {
+            let outcomes: Vec<&str> = n.iter().map(|a| a["outcome"].as_str().unwrap()).collect();
+            assert_eq!(outcomes, ["retry", "delivered", "delivered"]);
+            assert_eq!(n[0]["status"], 500);
+            assert_eq!(
+                (n[0]["attempt"].as_u64(), n[1]["attempt"].as_u64()),
+                (Some(1), Some(2))
+            );
+            break;
+        }
+        assert!(t1.elapsed() < Duration::from_secs(10), "{n:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_killed_dev_finishes_its_runs_after_a_restart_without_rerunning_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut dev = Dev::start(&dir.path().join("data"), &workflows(dir.path()), &[]);
+    let mut runs = Vec::new();
+    for i in 0..6 {
+        runs.push(
+            start(
+                &dev,
+                ACME,
+                json!({"workflow": "slow-chain", "input": {"text": format!("r{i}")}}),
+            )
+            .await,
+        );
+    }
+    // Let them get going (each step takes 400 ms), then kill the process mid-step.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    dev.kill9();
+    let dev = dev.restart();
+    for run in &runs {
+        let doc = until_status(&dev, ACME, run, &["succeeded", "failed"]).await;
+        assert_eq!(doc["status"], "succeeded", "{doc}");
+        let (_, ev) = get(&dev, ACME, &format!("/v1/runs/{run}/events")).await;
+        for step in ["a", "b", "c", "d"] {
+            let succeeded = ev["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["kind"] == "step_succeeded" && e["step"] == step)
+                .count();
+            assert_eq!(succeeded, 1, "run {run} step {step}: {ev}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut dev = Dev::start(&dir.path().join("data"), &workflows(dir.path()), &[]);
+    let run = start(
+        &dev,
+        ACME,
+        json!({"workflow": "slow-chain", "input": {"text": "t"}}),
+    )
+    .await;
+    until_status(&dev, ACME, &run, &["running"]).await;
+    let pid = dev.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = dev.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "dev did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    // The run was left parked or ended, not leased to a stopped process.
+    let dev = dev.restart();
+    let doc = until_status(&dev, ACME, &run, &["succeeded"]).await;
+    assert_eq!(doc["status"], "succeeded");
+}
