@@ -33,9 +33,12 @@ demo: build
 	  $(SY) approve $$run_id $$gate --comment 'looks good' --data-dir $(DEMO_DIR)
 	@echo; echo "Runs are kept in $(DEMO_DIR)/: try '$(SY) runs list --data-dir $(DEMO_DIR)'"
 
-## test: every test of the workspace (unit, property, engine, end-to-end).
+## test: every test of the workspace (unit, property, engine, end-to-end over HTTP), then
+## schemathesis against `switchyard dev`'s OpenAPI document (tests/api/venv.sh installs it).
 test:
 	$(CARGO) test --workspace --all-targets
+	$(CARGO) build -p switchyard-cli
+	bash tests/api/fuzz-dev.sh $(SY) 30
 
 ## lint: formatting, clippy with warnings as errors, the pure-core dependency rule, and the
 ## minimum Rust version against the lock.
