@@ -9,7 +9,7 @@ SY := $(CARGO_TARGET_DIR)/debug/switchyard
 endif
 EXAMPLES := support-triage knowledge-answer product-copy document-enrichment resilient-summary
 
-.PHONY: all build demo test lint fmt check-core check-msrv bench clean-demo
+.PHONY: all build demo test lint fmt check-core check-msrv bench bench-api clean-demo
 
 all: lint test
 
@@ -67,6 +67,12 @@ bench:
 	$(CARGO) bench -p switchyard-cli --bench writes
 	$(CARGO) build --release -p switchyard-cli
 	python3 tests/bench/process.py $(SY_RELEASE)
+
+## bench-api: load figures for `switchyard dev` over HTTP (accepted starts/s and latency at 32
+## clients, completed 5-step runs/s, peak RSS) for both durability settings; release build.
+bench-api:
+	$(CARGO) build --release -p switchyard-cli
+	$(CARGO) bench -p switchyard-cli --bench api -- $(abspath $(SY_RELEASE))
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -726,6 +726,15 @@ async fn notifications_are_signed_retried_with_one_webhook_id_and_recorded() {
                 (n[0]["attempt"].as_u64(), n[1]["attempt"].as_u64()),
                 (Some(1), Some(2))
             );
+            // `runs show` lists them too (the CLI reads the same data dir).
+            let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+                .args(["runs", "show", &run, "--data-dir"])
+                .arg(&dev.data)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("notifications:"), "{text}");
+            assert!(text.contains("run.waiting_for_approval   #1 HTTP 500"), "{text}");
             break;
         }
         assert!(t1.elapsed() < Duration::from_secs(10), "{n:?}");

@@ -16,6 +16,7 @@ pub fn run_json(v: &RunView) -> Value {
         "status": v.status, "output": v.output,
         "error": v.error.as_ref().map(|e| json!({"class": e.class, "message": e.message, "step": e.step})),
         "cost_usd": v.cost_usd, "waiting_for": v.waiting_for, "steps": steps,
+        "notifications": v.notifications,
     })
 }
 
@@ -100,6 +101,20 @@ pub fn run_table(v: &RunView) -> String {
         out.push_str("output:\n");
         out.push_str(&serde_json::to_string_pretty(&v.output).unwrap_or_default());
         out.push('\n');
+    }
+    if !v.notifications.is_empty() {
+        out.push_str("notifications:\n");
+        for n in &v.notifications {
+            let answer = match (n.status, &n.error) {
+                (Some(s), _) => format!("HTTP {s}"),
+                (None, Some(e)) => e.clone(),
+                (None, None) => "-".into(),
+            };
+            out.push_str(&format!(
+                "  {:<26} #{} {:<10} {:>5} ms  {:<9} {}\n",
+                n.event, n.attempt, answer, n.latency_ms, n.outcome, n.webhook_id
+            ));
+        }
     }
     out
 }

@@ -2294,3 +2294,114 @@ async fn the_run_header_keeps_large_inputs_and_outputs_by_reference() {
         assert_eq!(out["text"], text);
     }
 }
+
+/// A receiver that never answers 2xx: every attempt is a 503, with the headers it was sent.
+#[derive(Default)]
+struct DownReceiver {
+    seen: std::sync::Mutex<Vec<Vec<(String, String)>>>,
+}
+
+#[async_trait]
+impl switchyard_core::ports::CallbackSender for DownReceiver {
+    async fn deliver(
+        &self,
+        _url: &str,
+        headers: &[(String, String)],
+        _body: Vec<u8>,
+        _allow_private: bool,
+    ) -> switchyard_core::ports::OutboundAttempt {
+        self.seen.lock().unwrap().push(headers.to_vec());
+        switchyard_core::ports::OutboundAttempt {
+            result: switchyard_core::outbound::DeliveryResult::Status(503),
+            latency_ms: 3,
+            address: Some("203.0.113.7:443".into()),
+        }
+    }
+}
+
+/// The notifier retries a receiver that stays down with backoff (the message comes back after
+/// each delay), with one `webhook-id` on every attempt, records each attempt on the run, and
+/// moves the message to the notify dead letters after the last one.
+#[tokio::test]
+async fn a_receiver_that_stays_down_is_retried_then_dead_lettered() {
+    use switchyard_core::outbound::{backoff_ms as notify_backoff, MAX_NOTIFY_ATTEMPTS};
+    use switchyard_core::ports::QueueName;
+    use switchyard_engine::pool::{Pool, PoolOptions};
+
+    let h = H::with_config(|c| c.callback_secrets = support::secret());
+    let wf = h.compile("name: quick\nversion: \"1\"\nsteps:\n  - {id: a, kind: transform, value: 1}\n");
+    let mut req = H::request(&wf, json!({}));
+    req.callback_url = Some("https://receiver.example/hook".into());
+    let run = h
+        .engine
+        .start_workflow(support::TENANT, &wf, req, None)
+        .await
+        .unwrap()
+        .run_id;
+    assert_eq!(h.drive(&run).await, RunStatus::Succeeded);
+
+    let clock: Arc<dyn switchyard_core::Clock> = Arc::new(h.clock.clone());
+    let notify = h
+        .backend
+        .queue(QueueName::Notify, clock)
+        .with_max_receive_count(MAX_NOTIFY_ATTEMPTS);
+    let down = Arc::new(DownReceiver::default());
+    let callbacks = switchyard_engine::driver::Driver::new(
+        h.engine.clone(),
+        Arc::new(h.queue.clone()),
+        Default::default(),
+    );
+    let pool = Arc::new(Pool {
+        engine: h.engine.clone(),
+        work: Arc::new(h.queue.clone()),
+        notify: Arc::new(notify.clone()),
+        sender: down.clone(),
+        callbacks: Arc::new(callbacks),
+        kick: Arc::new(tokio::sync::Notify::new()),
+        opts: PoolOptions {
+            workers: 1,
+            idle_ms: 2,
+            ..PoolOptions::default()
+        },
+    });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(pool.run(stopped));
+    // Move the engine's clock on while the pool works (its loops sleep at most 2 ms real).
+    let mut steps = 0;
+    while notify.dead_letters().await.unwrap().is_empty() {
+        steps += 1;
+        assert!(steps < 5_000, "never dead-lettered: {} attempts", down.seen.lock().unwrap().len());
+        h.clock.advance(500);
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap();
+
+    let seen = down.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), MAX_NOTIFY_ATTEMPTS as usize);
+    let ids: std::collections::BTreeSet<String> = seen
+        .iter()
+        .map(|hs| hs.iter().find(|(k, _)| k == "webhook-id").unwrap().1.clone())
+        .collect();
+    assert_eq!(ids.len(), 1, "one webhook-id across retries: {ids:?}");
+    let attempts: Vec<HistoryEvent> = h
+        .events(&run)
+        .await
+        .into_iter()
+        .filter(|e| e.kind == EventKind::NotificationAttempted)
+        .collect();
+    let outcomes: Vec<&str> = attempts
+        .iter()
+        .map(|e| e.detail["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["retry", "retry", "retry", "retry", "retry", "gave_up"]);
+    // Each retry came after (at least) its backoff.
+    for (i, pair) in attempts.windows(2).enumerate() {
+        let gap = pair[1].at - pair[0].at;
+        assert!(gap >= notify_backoff(i as u32 + 1), "attempt {}: {gap} ms", i + 2);
+    }
+    assert_eq!(attempts[0].attempt, Some(1));
+    let dead = notify.dead_letters().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].body.contains(ids.iter().next().unwrap()), "{:?}", dead[0]);
+}
