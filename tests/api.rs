@@ -29,6 +29,20 @@ fn workflows(dir: &Path) -> PathBuf {
         std::fs::copy(root().join("tests/fixtures").join(f), wf.join(f)).unwrap();
     }
     std::fs::write(
+        wf.join("image.yaml"),
+        r#"name: image
+version: "1"
+output: {image: "${steps.render.output.url}"}
+steps:
+  - id: render
+    model: replicate/black-forest-labs/flux-schnell
+    role: asset
+    input: {prompt: "${input.prompt}"}
+    wait_timeout: 10m
+"#,
+    )
+    .unwrap();
+    std::fs::write(
         wf.join("quick.yaml"),
         r#"name: quick
 version: "1"
@@ -213,7 +227,7 @@ async fn routes_auth_and_errors() {
         .iter()
         .map(|w| w["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["gate", "quick", "slow-chain"]);
+    assert_eq!(names, ["gate", "image", "quick", "slow-chain"]);
 
     // A run: 202 with links, then its document, events and listing.
     let (s, b) = post(
@@ -807,4 +821,37 @@ async fn sigterm_drains_and_exits_zero() {
     let dev = dev.restart();
     let doc = until_status(&dev, ACME, &run, &["succeeded"]).await;
     assert_eq!(doc["status"], "succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicate_job_finishes_through_the_hooks_route_while_dev_serves() {
+    const FAKE_SECRET: &str = "whsec_ZmFrZWZha2VmYWtlZmFrZWZha2U=";
+    let fake = switchyard_fakes::FakeServer::start(switchyard_fakes::FakeConfig {
+        webhook_secret: FAKE_SECRET.into(),
+        replicate_delay_ms: 150,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("{}/v1", fake.url());
+    let dev = Dev::start(
+        &dir.path().join("data"),
+        &workflows(dir.path()),
+        &[
+            ("REPLICATE_BASE_URL", base.as_str()),
+            ("REPLICATE_API_TOKEN", "r8_fake_token_for_tests"),
+            ("SWITCHYARD_WEBHOOK_SECRET", FAKE_SECRET),
+        ],
+    );
+    let run = start(&dev, ACME, json!({"workflow": "image", "input": {"prompt": "a lighthouse"}})).await;
+    let doc = until_status(&dev, ACME, &run, &["succeeded", "failed"]).await;
+    assert_eq!(doc["status"], "succeeded", "{doc}");
+    assert!(doc["output"]["image"].as_str().unwrap().starts_with("https://replicate.delivery/"));
+    let (_, ev) = get(&dev, ACME, &format!("/v1/runs/{run}/events")).await;
+    let kinds: Vec<&str> = ev["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"webhook_received"), "{kinds:?}");
+    assert!(!kinds.contains(&"job_polled"), "finished by the webhook, not by polling: {kinds:?}");
+    let posts = fake.requests().iter().filter(|r| r.provider == "replicate" && r.method == "POST").count();
+    assert_eq!(posts, 1);
 }
