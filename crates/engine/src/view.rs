@@ -66,7 +66,7 @@ fn step_view(wf: &Workflow, id: &str, kind: &str, r: Option<&StepRecord>) -> Ste
         prompt_version: r.prompt_version.clone(),
         attempts: r.attempt,
         latency_ms: r.latency_ms,
-        cost_usd: r.cost_usd,
+        cost_usd: (r.cost_usd * 1e9).round() / 1e9,
         fallback_used: r.fallback_used,
         error_class: if r.status == StepStatus::Failed || r.status == StepStatus::Retrying {
             r.error.as_ref().map(|e| e.class)
