@@ -11,7 +11,6 @@
 
 use crate::driver::Driver;
 use crate::notifier::Notified;
-use crate::worker::Handled;
 use crate::Engine;
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,9 +113,7 @@ impl Pool {
         let deadline = self.engine.now() + self.opts.invocation_ms;
         match self.engine.handle(&wake, Some(deadline)).await {
             Ok(handled) => {
-                if let Handled::Ended(status) = &handled {
-                    tracing::info!(run_id = %wake.run_id, status = status.as_str(), "run ended");
-                }
+                tracing::debug!(run_id = %wake.run_id, ?handled, "wake-up handled");
                 self.ack(&*self.work, &d.receipt).await;
             }
             Err(e) => {
