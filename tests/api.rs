@@ -748,7 +748,10 @@ async fn notifications_are_signed_retried_with_one_webhook_id_and_recorded() {
                 .unwrap();
             let text = String::from_utf8_lossy(&out.stdout);
             assert!(text.contains("notifications:"), "{text}");
-            assert!(text.contains("run.waiting_for_approval   #1 HTTP 500"), "{text}");
+            assert!(
+                text.contains("run.waiting_for_approval   #1 HTTP 500"),
+                "{text}"
+            );
             break;
         }
         assert!(t1.elapsed() < Duration::from_secs(10), "{n:?}");
@@ -844,14 +847,34 @@ async fn a_replicate_job_finishes_through_the_hooks_route_while_dev_serves() {
             ("SWITCHYARD_WEBHOOK_SECRET", FAKE_SECRET),
         ],
     );
-    let run = start(&dev, ACME, json!({"workflow": "image", "input": {"prompt": "a lighthouse"}})).await;
+    let run = start(
+        &dev,
+        ACME,
+        json!({"workflow": "image", "input": {"prompt": "a lighthouse"}}),
+    )
+    .await;
     let doc = until_status(&dev, ACME, &run, &["succeeded", "failed"]).await;
     assert_eq!(doc["status"], "succeeded", "{doc}");
-    assert!(doc["output"]["image"].as_str().unwrap().starts_with("https://replicate.delivery/"));
+    assert!(doc["output"]["image"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://replicate.delivery/"));
     let (_, ev) = get(&dev, ACME, &format!("/v1/runs/{run}/events")).await;
-    let kinds: Vec<&str> = ev["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
     assert!(kinds.contains(&"webhook_received"), "{kinds:?}");
-    assert!(!kinds.contains(&"job_polled"), "finished by the webhook, not by polling: {kinds:?}");
-    let posts = fake.requests().iter().filter(|r| r.provider == "replicate" && r.method == "POST").count();
+    assert!(
+        !kinds.contains(&"job_polled"),
+        "finished by the webhook, not by polling: {kinds:?}"
+    );
+    let posts = fake
+        .requests()
+        .iter()
+        .filter(|r| r.provider == "replicate" && r.method == "POST")
+        .count();
     assert_eq!(posts, 1);
 }

@@ -2329,7 +2329,8 @@ async fn a_receiver_that_stays_down_is_retried_then_dead_lettered() {
     use switchyard_engine::pool::{Pool, PoolOptions};
 
     let h = H::with_config(|c| c.callback_secrets = support::secret());
-    let wf = h.compile("name: quick\nversion: \"1\"\nsteps:\n  - {id: a, kind: transform, value: 1}\n");
+    let wf =
+        h.compile("name: quick\nversion: \"1\"\nsteps:\n  - {id: a, kind: transform, value: 1}\n");
     let mut req = H::request(&wf, json!({}));
     req.callback_url = Some("https://receiver.example/hook".into());
     let run = h
@@ -2370,7 +2371,11 @@ async fn a_receiver_that_stays_down_is_retried_then_dead_lettered() {
     let mut steps = 0;
     while notify.dead_letters().await.unwrap().is_empty() {
         steps += 1;
-        assert!(steps < 5_000, "never dead-lettered: {} attempts", down.seen.lock().unwrap().len());
+        assert!(
+            steps < 5_000,
+            "never dead-lettered: {} attempts",
+            down.seen.lock().unwrap().len()
+        );
         h.clock.advance(500);
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
@@ -2381,7 +2386,13 @@ async fn a_receiver_that_stays_down_is_retried_then_dead_lettered() {
     assert_eq!(seen.len(), MAX_NOTIFY_ATTEMPTS as usize);
     let ids: std::collections::BTreeSet<String> = seen
         .iter()
-        .map(|hs| hs.iter().find(|(k, _)| k == "webhook-id").unwrap().1.clone())
+        .map(|hs| {
+            hs.iter()
+                .find(|(k, _)| k == "webhook-id")
+                .unwrap()
+                .1
+                .clone()
+        })
         .collect();
     assert_eq!(ids.len(), 1, "one webhook-id across retries: {ids:?}");
     let attempts: Vec<HistoryEvent> = h
@@ -2394,14 +2405,25 @@ async fn a_receiver_that_stays_down_is_retried_then_dead_lettered() {
         .iter()
         .map(|e| e.detail["outcome"].as_str().unwrap())
         .collect();
-    assert_eq!(outcomes, ["retry", "retry", "retry", "retry", "retry", "gave_up"]);
+    assert_eq!(
+        outcomes,
+        ["retry", "retry", "retry", "retry", "retry", "gave_up"]
+    );
     // Each retry came after (at least) its backoff.
     for (i, pair) in attempts.windows(2).enumerate() {
         let gap = pair[1].at - pair[0].at;
-        assert!(gap >= notify_backoff(i as u32 + 1), "attempt {}: {gap} ms", i + 2);
+        assert!(
+            gap >= notify_backoff(i as u32 + 1),
+            "attempt {}: {gap} ms",
+            i + 2
+        );
     }
     assert_eq!(attempts[0].attempt, Some(1));
     let dead = notify.dead_letters().await.unwrap();
     assert_eq!(dead.len(), 1);
-    assert!(dead[0].body.contains(ids.iter().next().unwrap()), "{:?}", dead[0]);
+    assert!(
+        dead[0].body.contains(ids.iter().next().unwrap()),
+        "{:?}",
+        dead[0]
+    );
 }
