@@ -29,6 +29,11 @@ fn workflows(dir: &Path) -> PathBuf {
         std::fs::copy(root().join("tests/fixtures").join(f), wf.join(f)).unwrap();
     }
     std::fs::write(
+        wf.join("big.yaml"),
+        "name: big\nversion: \"1\"\noutput: {text: \"${steps.a.output}\"}\nsteps:\n  - {id: a, kind: transform, value: \"${input.text}\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
         wf.join("image.yaml"),
         r#"name: image
 version: "1"
@@ -227,7 +232,7 @@ async fn routes_auth_and_errors() {
         .iter()
         .map(|w| w["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["gate", "image", "quick", "slow-chain"]);
+    assert_eq!(names, ["big", "gate", "image", "quick", "slow-chain"]);
 
     // A run: 202 with links, then its document, events and listing.
     let (s, b) = post(
@@ -417,6 +422,7 @@ async fn every_documented_route_is_served() {
         "/v1/runs/{id}/cancel",
         "/v1/workflows",
         "/v1/openapi.json",
+        "/v1/blobs/{key}",
         "/healthz",
         "/hooks/{provider}",
     ];
@@ -431,7 +437,8 @@ async fn every_documented_route_is_served() {
         let concrete = path
             .replace("{id}", "run-that-does-not-exist")
             .replace("{step}", "s")
-            .replace("{provider}", "nope");
+            .replace("{provider}", "nope")
+            .replace("{key}", "nope");
         for method in ["get", "post", "put", "delete", "patch"] {
             let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let r = client()
@@ -877,4 +884,52 @@ async fn a_replicate_job_finishes_through_the_hooks_route_while_dev_serves() {
         .filter(|r| r.provider == "replicate" && r.method == "POST")
         .count();
     assert_eq!(posts, 1);
+}
+
+#[tokio::test]
+async fn a_large_output_is_a_presigned_link_with_its_size_and_sha256() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(&dir.path().join("data"), &workflows(dir.path()), &[]);
+    let text = "lorem ipsum ".repeat(4_000);
+    let run = start(
+        &dev,
+        ACME,
+        json!({"workflow": "big", "input": {"text": text}}),
+    )
+    .await;
+    let doc = until_status(&dev, ACME, &run, &["succeeded"]).await;
+    let out = &doc["output"];
+    let url = out["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not offloaded: {}", &doc.to_string()[..300]));
+    assert!(url.starts_with(&dev.url), "{url}");
+    let bytes = client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(bytes.len() as u64, out["bytes"].as_u64().unwrap());
+    assert_eq!(
+        hex::encode(Sha256::digest(&bytes)),
+        out["sha256"].as_str().unwrap()
+    );
+    let value: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(value["text"], text.as_str());
+    // The link is the credential: a changed expiry or signature does not open it.
+    let forged = url.replace("expires=", "expires=9");
+    let r = client().get(&forged).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(code(&r.json().await.unwrap()), "forbidden");
+    let (base, sig) = url.split_once("sig=").unwrap();
+    let flipped = if sig.starts_with('0') { "1" } else { "0" };
+    let r = client()
+        .get(format!("{base}sig={flipped}{}", &sig[1..]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
 }

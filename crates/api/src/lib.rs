@@ -47,6 +47,9 @@ pub struct ApiState {
     pub kick: Option<Arc<Notify>>,
     /// Whether callback URLs may be `http` or private (`SWITCHYARD_ALLOW_PRIVATE_CALLBACKS=1`).
     pub allow_private_callbacks: bool,
+    /// The secret that signs presigned blob links, when this process serves
+    /// `/v1/blobs/{key}` (the embedded backend; on AWS, S3 serves presigned links).
+    pub blob_links: Option<Arc<Vec<u8>>>,
     /// The OpenAPI document, rendered once.
     doc: Arc<OnceLock<String>>,
 }
@@ -58,6 +61,7 @@ impl ApiState {
             keys: Arc::new(keys),
             kick: None,
             allow_private_callbacks: false,
+            blob_links: None,
             doc: Arc::default(),
         }
     }

@@ -68,6 +68,7 @@ pub(crate) fn documented() -> OpenApiRouter<ApiState> {
         .routes(routes!(cancel))
         .routes(routes!(list_workflows))
         .routes(routes!(openapi_json))
+        .routes(routes!(get_blob))
         .routes(routes!(healthz))
 }
 
@@ -410,7 +411,7 @@ fn serde_urlencoded_params<T: serde::de::DeserializeOwned>(raw: &str) -> Result<
         .map(|q| q.0)
         .map_err(|e| {
             let text = e.body_text();
-            let field = ["limit", "cursor", "status", "workflow"]
+            let field = ["limit", "cursor", "status", "workflow", "expires", "sig"]
                 .into_iter()
                 .find(|f| text.contains(f))
                 .map(str::to_string);
@@ -568,6 +569,47 @@ async fn openapi_json(State(s): State<ApiState>) -> Response {
         doc,
     )
         .into_response()
+}
+
+/// `GET /v1/blobs/{key}` query: what a presigned link carries.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LinkParams {
+    /// Milliseconds since the Unix epoch after which the link no longer opens.
+    pub expires: u64,
+    /// Hex HMAC-SHA256 of the key and `expires`.
+    pub sig: String,
+}
+
+/// A blob (an offloaded run output), through a presigned link from the run document. The
+/// link is the credential: no API key.
+#[utoipa::path(
+    get, path = "/v1/blobs/{key}", tag = "runs",
+    params(("key" = String, Path, description = "The blob's sha256, hex"), LinkParams),
+    responses(
+        (status = 200, description = "The blob's bytes (JSON)", content_type = "application/json", body = Object),
+        (status = 400, description = "Malformed link", body = ErrorBody),
+        (status = 403, description = "Expired or forged link", body = ErrorBody),
+        (status = 404, description = "No such blob, or this deployment does not serve blobs", body = ErrorBody),
+    )
+)]
+async fn get_blob(
+    State(s): State<ApiState>,
+    Path(key): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let Some(secret) = &s.blob_links else {
+        return Err(EngineError::NotFound("this deployment does not serve blobs".into()).into());
+    };
+    let p: LinkParams = serde_urlencoded_params(raw.as_deref().unwrap_or(""))?;
+    switchyard_core::presign::check(secret, &key, p.expires, &p.sig, s.engine.now())
+        .map_err(|e| EngineError::Forbidden(e.to_string()))?;
+    let bytes = s.engine.blobs.get(&key).await.map_err(EngineError::from)?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        bytes,
+    )
+        .into_response())
 }
 
 /// Liveness. No authentication.

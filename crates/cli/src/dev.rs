@@ -112,6 +112,7 @@ pub async fn dev(args: DevArgs) -> Result<i32> {
             listen: Some(args.addr),
             hosted: true,
             settings,
+            serve_blobs: true,
             ..Options::default()
         },
     )?;
@@ -125,6 +126,7 @@ pub async fn dev(args: DevArgs) -> Result<i32> {
     let mut state = ApiState::new(l.engine.clone(), keys);
     state.kick = Some(kick.clone());
     state.allow_private_callbacks = l.engine.config.allow_private_callbacks;
+    state.blob_links = l.blob_secret.clone().map(Arc::new);
     let router = switchyard_api::router(state);
 
     let sender: Arc<dyn CallbackSender> = Arc::new(

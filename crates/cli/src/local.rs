@@ -93,6 +93,8 @@ pub struct Local {
     pub listening: Option<SocketAddr>,
     /// The bound socket, until `serve_callbacks` takes it.
     listener: Option<std::net::TcpListener>,
+    /// The secret blob links are signed with, when this process serves them.
+    pub blob_secret: Option<Vec<u8>>,
 }
 
 /// How a `Local` is opened.
@@ -109,6 +111,8 @@ pub struct Options {
     pub durability: Option<Durability>,
     /// Settings that win over the environment (`dev`'s generated callback secret).
     pub settings: Vec<(String, String)>,
+    /// Presigned blob links point at this process's `/v1/blobs/{key}` (`dev` serves it).
+    pub serve_blobs: bool,
 }
 
 /// The environment, with some settings given by the process itself on top.
@@ -221,10 +225,21 @@ impl Local {
             |a| format!("http://{a}"),
         );
         let config = Config::from_secrets(&secrets, owner(), &fallback_url);
+        let blob_secret = opts
+            .serve_blobs
+            .then(|| uuid::Uuid::new_v4().as_bytes().to_vec());
+        let blobs = match &blob_secret {
+            Some(secret) => {
+                backend
+                    .blobs()
+                    .served_at(&config.public_url, secret.clone(), clock.clone())
+            }
+            None => backend.blobs(),
+        };
         let engine = Engine::new(
             Arc::new(backend.store()),
             Arc::new(queue.clone()),
-            Arc::new(backend.blobs()),
+            Arc::new(blobs),
             clock,
             Arc::new(providers),
             Arc::new(workflows),
@@ -249,6 +264,7 @@ impl Local {
             driver,
             listening,
             listener,
+            blob_secret,
         })
     }
 

@@ -26,6 +26,7 @@ pub mod model;
 pub mod outbound;
 pub mod planner;
 pub mod ports;
+pub mod presign;
 pub mod refs;
 pub mod retry;
 pub mod schema;

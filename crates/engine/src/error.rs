@@ -29,6 +29,9 @@ pub enum EngineError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unauthorized(String),
+    /// Authenticated, but not allowed (an expired or forged blob link) (403).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     TooLarge(String),
     #[error(transparent)]
@@ -48,6 +51,7 @@ impl EngineError {
             EngineError::Conflict(_) | EngineError::IdempotencyConflict(_) => 409,
             EngineError::UnsupportedMediaType(_) => 415,
             EngineError::Unauthorized(_) => 401,
+            EngineError::Forbidden(_) => 403,
             EngineError::TooLarge(_) => 413,
             EngineError::Internal(_) => 500,
             EngineError::Store(StoreError::Conflict(_)) => 409,
@@ -66,6 +70,7 @@ impl EngineError {
             EngineError::IdempotencyConflict(_) => "idempotency_conflict",
             EngineError::UnsupportedMediaType(_) => "unsupported_media_type",
             EngineError::Unauthorized(_) => "unauthorized",
+            EngineError::Forbidden(_) => "forbidden",
             EngineError::TooLarge(_) => "too_large",
             EngineError::Internal(_) => "internal",
             EngineError::Store(StoreError::Conflict(_)) => "conflict",
@@ -108,6 +113,7 @@ mod tests {
                 "unsupported_media_type",
             ),
             (EngineError::Internal("x".into()), 500, "internal"),
+            (EngineError::Forbidden("x".into()), 403, "forbidden"),
             (EngineError::TooLarge("x".into()), 413, "too_large"),
             (
                 EngineError::Store(StoreError::Conflict("x".into())),

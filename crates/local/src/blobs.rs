@@ -5,7 +5,9 @@ use async_trait::async_trait;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use switchyard_core::ports::BlobStore;
+use switchyard_core::Clock;
 use switchyard_core::{sha256_hex, StoreError};
 
 /// Distinguishes temp files of concurrent writers in this process.
@@ -15,9 +17,29 @@ static TEMP_FILES: AtomicU64 = AtomicU64::new(0);
 ///
 /// File I/O runs on the caller's thread: blobs here are prompts, outputs and definitions of at
 /// most a few megabytes, on a local disk, and the `Db` handles make the same choice.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FsBlobStore {
     root: PathBuf,
+    /// When this process serves blobs over HTTP (`switchyard dev`): presigned links point
+    /// there instead of at the file.
+    served: Option<Served>,
+}
+
+/// Where blobs are served, and the secret their links are signed with.
+#[derive(Clone)]
+struct Served {
+    base_url: String,
+    secret: Arc<Vec<u8>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for FsBlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsBlobStore")
+            .field("root", &self.root)
+            .field("served", &self.served.as_ref().map(|s| &s.base_url))
+            .finish()
+    }
 }
 
 fn unavailable(p: &Path, e: std::io::Error) -> StoreError {
@@ -26,7 +48,18 @@ fn unavailable(p: &Path, e: std::io::Error) -> StoreError {
 
 impl FsBlobStore {
     pub(crate) fn new(root: PathBuf) -> FsBlobStore {
-        FsBlobStore { root }
+        FsBlobStore { root, served: None }
+    }
+
+    /// Presigned links become `{base_url}/v1/blobs/{key}?expires=MS&sig=HEX`, signed with
+    /// `secret` ([`switchyard_core::presign`]), for a process that serves that route.
+    pub fn served_at(mut self, base_url: &str, secret: Vec<u8>, clock: Arc<dyn Clock>) -> Self {
+        self.served = Some(Served {
+            base_url: base_url.trim_end_matches('/').to_string(),
+            secret: Arc::new(secret),
+            clock,
+        });
+        self
     }
 
     /// The file for `key`, after checking that the key is a lowercase sha256 hex digest: keys
@@ -97,12 +130,19 @@ impl BlobStore for FsBlobStore {
 
     /// A `file://` URL of the blob's absolute path. `ttl_ms` is ignored: a local file has no
     /// expiring signature; anyone who can read the data directory can read the blob.
-    async fn presign(&self, key: &str, _ttl_ms: u64) -> Result<String, StoreError> {
+    async fn presign(&self, key: &str, ttl_ms: u64) -> Result<String, StoreError> {
         let path = self.path(key)?;
         if !path.is_file() {
             return Err(StoreError::NotFound(format!("blob {key}")));
         }
-        Ok(file_url(&path))
+        Ok(match &self.served {
+            None => file_url(&path),
+            Some(s) => {
+                let expires = s.clock.now_ms().saturating_add(ttl_ms);
+                let sig = switchyard_core::presign::signature(&s.secret, key, expires);
+                format!("{}/v1/blobs/{key}?expires={expires}&sig={sig}", s.base_url)
+            }
+        })
     }
 }
 
