@@ -51,11 +51,14 @@ pub fn check(
 mod tests {
     use super::*;
 
+    /// (secret, key, expires, signature, now, verdict)
+    type Row<'a> = (&'a [u8], &'a str, u64, &'a str, u64, Result<(), LinkError>);
+
     #[test]
     fn links_open_their_blob_until_they_expire() {
         let s = b"server-secret";
         let sig = signature(s, "ab12", 1_000);
-        let table: [(&[u8], &str, u64, &str, u64, Result<(), LinkError>); 6] = [
+        let table: [Row; 6] = [
             (s, "ab12", 1_000, &sig, 999, Ok(())),
             (s, "ab12", 1_000, &sig, 1_000, Ok(())),
             (s, "ab12", 1_000, &sig, 1_001, Err(LinkError::Expired)),
