@@ -605,6 +605,15 @@ async fn approval_and_cancel_through_the_api() {
     assert_eq!(b["cancel_requested"], true);
     let doc = until_status(&dev, ACME, &slow, &["cancelled"]).await;
     assert_eq!(doc["error"]["class"], "cancelled");
+    // Nothing new started after the cancellation: the step in flight finished, the rest
+    // never ran (each step takes 400 ms; the worker looks for a cancellation every 200 ms).
+    let ran = doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["status"] == "succeeded")
+        .count();
+    assert!(ran <= 2, "{ran} steps ran after a cancel: {doc}");
 }
 
 /// Makes the test venv (tests/api/venv.sh) and returns its python.

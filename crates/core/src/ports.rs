@@ -106,6 +106,12 @@ pub trait StateStore: Send + Sync {
     /// The header and every step record of a run; `None` if there is no such run.
     async fn load(&self, run_id: &str) -> Result<Option<RunSnapshot>, StoreError>;
 
+    /// The run header alone: one item instead of the whole run (a worker driving a long chain
+    /// checks it for a cancellation). The default reads the whole run.
+    async fn load_header(&self, run_id: &str) -> Result<Option<RunHeader>, StoreError> {
+        Ok(self.load(run_id).await?.map(|s| s.header))
+    }
+
     /// Writes the header if its stored version is still `header.version` (the version it was
     /// read at), together with the history events that belong to the change, in one write (an
     /// adapter puts them in the same item or transaction). The store owns the version

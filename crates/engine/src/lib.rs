@@ -69,6 +69,9 @@ pub struct Config {
     pub callback_secrets: String,
     /// `http` and private callback addresses allowed (local development only).
     pub allow_private_callbacks: bool,
+    /// A worker driving a run re-reads its header before starting a step at most this often,
+    /// to see a cancellation requested meanwhile (one header read, not a write).
+    pub cancel_check_ms: u64,
 }
 
 impl Default for Config {
@@ -85,6 +88,7 @@ impl Default for Config {
             deadline_margin_ms: 2_000,
             callback_secrets: String::new(),
             allow_private_callbacks: false,
+            cancel_check_ms: 200,
         }
     }
 }

@@ -154,6 +154,8 @@ impl Engine {
                 .map(|r| (r.step.clone(), r.clone()))
                 .collect(),
         );
+        // When the header was last read (`handle` just loaded it).
+        let mut header_read_at = self.now();
         loop {
             let now = self.now();
             let plan = planner::plan(wf, snap, now);
@@ -169,6 +171,12 @@ impl Engine {
             // nothing is in flight rather than start a call the platform would kill.
             let near_deadline = near_deadline || !held_back.is_empty();
             if plan.outcome.is_none() && !near_deadline && failure.is_none() && !fresh.is_empty() {
+                if self
+                    .cancelled_meanwhile(snap, &mut header_read_at, now)
+                    .await?
+                {
+                    continue;
+                }
                 if snap.header.status != RunStatus::Running {
                     self.set_status(snap, RunStatus::Running, None).await?;
                 }
@@ -223,6 +231,30 @@ impl Engine {
                 let r = this.execute(&cx, &action, rec).await;
                 (step, r)
             }));
+        }
+    }
+
+    /// Whether a cancellation was requested since the header was read (read again at most
+    /// every `cancel_check_ms`): then the run is planned again, and starts nothing new.
+    async fn cancelled_meanwhile(
+        &self,
+        snap: &mut RunSnapshot,
+        read_at: &mut Millis,
+        now: Millis,
+    ) -> Result<bool, EngineError> {
+        if snap.header.cancel_requested
+            || now.saturating_sub(*read_at) < self.config.cancel_check_ms
+        {
+            return Ok(false);
+        }
+        *read_at = now;
+        match self.store.load_header(&snap.header.run_id).await? {
+            Some(h) if h.cancel_requested => {
+                tracing::info!(run_id = %h.run_id, "cancellation seen while driving");
+                snap.header = h;
+                Ok(true)
+            }
+            _ => Ok(false),
         }
     }
 

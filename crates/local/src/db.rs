@@ -302,8 +302,7 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Job>, stats: &Stats) {
     if batch.iter().any(|j| j.writes) {
         stats.write_commits.fetch_add(1, Ordering::Relaxed);
     }
-    let changed = run_batch(conn, batch);
-    stats.changed.fetch_add(changed, Ordering::Relaxed);
+    run_batch(conn, batch, stats);
 }
 
 /// Runs a transaction-control statement from the statement cache (no re-parse per job).
@@ -311,8 +310,9 @@ fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
-/// Returns how many of the batch's jobs changed rows and were committed.
-fn run_batch(conn: &mut Connection, batch: Vec<Job>) -> u64 {
+/// Counts the batch's committed jobs that changed rows in `stats` before answering anyone
+/// (a caller that reads the figures after its answer sees its own job counted).
+fn run_batch(conn: &mut Connection, batch: Vec<Job>, stats: &Stats) {
     let writes = batch.iter().any(|j| j.writes);
     let begin = if writes { "BEGIN IMMEDIATE" } else { "BEGIN" };
     if let Err(e) = control(conn, begin) {
@@ -321,7 +321,7 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) -> u64 {
         for job in batch {
             ((job.run)(Err(&e)).answer)(None);
         }
-        return 0;
+        return;
     }
     // A batch of one needs no savepoint: its own failure rolls back the transaction.
     let alone = batch.len() == 1;
@@ -345,14 +345,11 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) -> u64 {
         // Leave no half-open transaction behind for the next batch.
         let _ = control(conn, "ROLLBACK");
     }
-    let committed = commit.is_none() && !(alone && failed);
+    if commit.is_none() && !(alone && failed) {
+        stats.changed.fetch_add(changed, Ordering::Relaxed);
+    }
     for answer in answers {
         answer(commit.as_ref());
-    }
-    if committed {
-        changed
-    } else {
-        0
     }
 }
 

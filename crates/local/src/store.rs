@@ -193,6 +193,11 @@ impl StateStore for SqliteStore {
             .await
     }
 
+    async fn load_header(&self, run_id: &str) -> Result<Option<RunHeader>, StoreError> {
+        let run_id = run_id.to_string();
+        self.db.read(move |c| read_header(c, &run_id)).await
+    }
+
     async fn put_header(&self, h: &RunHeader, events: &[HistoryEvent]) -> Result<u64, StoreError> {
         let expected_version = h.version;
         let new_version = expected_version + 1;
