@@ -73,7 +73,13 @@ pub async fn create_load_round_trip(s: &dyn StateStore) {
         header: h,
         steps: vec![want_b, want_a],
     };
-    assert_eq!(s.load("r1").await.unwrap(), Some(want));
+    assert_eq!(s.load("r1").await.unwrap(), Some(want.clone()));
+    assert_eq!(
+        s.load_header("r1").await.unwrap(),
+        Some(want.header),
+        "the header alone is the loaded run's header"
+    );
+    assert!(s.load_header("nope").await.unwrap().is_none());
     assert_eq!(
         s.events("r1").await.unwrap().len(),
         1,
