@@ -13,7 +13,7 @@ use switchyard_core::workflow::{self, Diagnostic, FileLoader, Workflow};
 use switchyard_core::Clock;
 use switchyard_engine::driver::{self, Driver};
 use switchyard_engine::{Config, Engine, Providers, Workflows};
-use switchyard_local::{Backend, Durability, SqliteQueue, SystemClock};
+use switchyard_local::{Backend, Durability, SqliteQueue, SystemClock, Threading};
 use switchyard_providers::{parse_faults, LocalConfig, LocalProvider};
 
 pub use switchyard_engine::driver::{MAX_IN_PROCESS_WAIT_MS, RUN_WATCH_MS};
@@ -113,6 +113,8 @@ pub struct Options {
     pub settings: Vec<(String, String)>,
     /// Presigned blob links point at this process's `/v1/blobs/{key}` (`dev` serves it).
     pub serve_blobs: bool,
+    /// Who runs the SQLite work; `None`: the durability's default.
+    pub threading: Option<Threading>,
 }
 
 /// The environment, with some settings given by the process itself on top.
@@ -183,7 +185,10 @@ impl Local {
             }
             (None, None) => Durability::Normal,
         };
-        let backend = Backend::open_with(dir, durability).map_err(|e| {
+        let threading = opts
+            .threading
+            .unwrap_or(Threading::for_durability(durability));
+        let backend = Backend::open_threaded(dir, durability, threading).map_err(|e| {
             anyhow::Error::new(crate::exit::UsageError(format!(
                 "data dir `{}`: {e}",
                 dir.display()

@@ -186,11 +186,11 @@ struct Ran {
 }
 
 impl Db {
-    fn start(conn: Connection, durability: Durability) -> Result<Db, StoreError> {
+    fn start(conn: Connection, threading: Threading) -> Result<Db, StoreError> {
         let stats = Arc::new(Stats::default());
-        let runner = match durability {
-            Durability::Normal => Runner::Inline(Arc::new(Mutex::new(conn))),
-            Durability::Full => {
+        let runner = match threading {
+            Threading::Inline => Runner::Inline(Arc::new(Mutex::new(conn))),
+            Threading::Writer => {
                 let (jobs, inbox) = mpsc::channel::<Job>();
                 let counters = stats.clone();
                 std::thread::Builder::new()
@@ -437,6 +437,26 @@ impl Durability {
     }
 }
 
+/// Who runs the SQLite work: the caller, inline under a lock (cheapest per call: no thread
+/// hop), or a dedicated writer thread with group commit (keeps SQLite off the async worker
+/// threads, so a server's HTTP answers do not wait behind commits and WAL checkpoints).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threading {
+    Inline,
+    Writer,
+}
+
+impl Threading {
+    /// The default for a durability: inline for `normal` (a commit does not fsync),
+    /// the writer thread for `full` (fsyncs are shared by group commit).
+    pub fn for_durability(d: Durability) -> Threading {
+        match d {
+            Durability::Normal => Threading::Inline,
+            Durability::Full => Threading::Writer,
+        }
+    }
+}
+
 impl Backend {
     /// [`Backend::open_with`] at [`Durability::Normal`].
     pub fn open(data_dir: &Path) -> Result<Backend, StoreError> {
@@ -447,6 +467,16 @@ impl Backend {
     /// schema. A file that is not a SQLite database, is some other program's database, or has a
     /// schema newer than this build gives `Corrupt` and is left byte-for-byte untouched.
     pub fn open_with(data_dir: &Path, durability: Durability) -> Result<Backend, StoreError> {
+        Backend::open_threaded(data_dir, durability, Threading::for_durability(durability))
+    }
+
+    /// [`Backend::open_with`], choosing who runs the SQLite work (`switchyard dev` always uses
+    /// the writer thread).
+    pub fn open_threaded(
+        data_dir: &Path,
+        durability: Durability,
+        threading: Threading,
+    ) -> Result<Backend, StoreError> {
         let io = |what: &str, p: &Path, e: std::io::Error| {
             StoreError::Unavailable(format!("{what} {}: {e}", p.display()))
         };
@@ -526,7 +556,7 @@ impl Backend {
             .map_err(not_db)?;
 
         Ok(Backend {
-            db: Db::start(conn, durability)?,
+            db: Db::start(conn, threading)?,
             data_dir,
         })
     }

@@ -25,7 +25,7 @@ pub mod store;
 
 pub use blobs::FsBlobStore;
 pub use clock::{ManualClock, SystemClock};
-pub use db::{Backend, DbStats, Durability, MAX_GROUP_COMMIT};
+pub use db::{Backend, DbStats, Durability, Threading, MAX_GROUP_COMMIT};
 pub use queue::{SqliteQueue, DEFAULT_MAX_RECEIVE_COUNT};
 pub use store::SqliteStore;
 pub use switchyard_core::ports::{DeadLetter, Delivery, QueueName};
