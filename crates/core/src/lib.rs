@@ -19,6 +19,7 @@
 //!
 //! No tokio, no AWS, no HTTP: CI fails if `cargo tree -p switchyard-core` shows any of them.
 
+pub mod batch;
 pub mod budget;
 pub mod drive;
 pub mod error;

@@ -16,6 +16,7 @@
 //!
 //! Nothing here knows whether the ports are SQLite and files or DynamoDB, SQS and S3.
 
+pub mod batch;
 pub mod control;
 pub mod driver;
 pub mod error;

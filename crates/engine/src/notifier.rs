@@ -41,6 +41,28 @@ pub enum Notified {
     Skipped(&'static str),
 }
 
+/// What becomes of a notification message after [`Engine::notify`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Delete it: delivered, stopped by the receiver, skipped, or refused by the address
+    /// policy (which no retry changes; the attempt is in the run's history).
+    Done,
+    /// Bring it back after this long (its visibility).
+    Later(u64),
+    /// Attempts spent: let it come back once more, past the queue's receive count, which
+    /// moves it to the dead letters (`dlq` shows it there).
+    DeadLetter,
+}
+
+/// The disposition of a message delivered for the `receive_count`-th time.
+pub fn disposition(notified: &Notified, receive_count: u32) -> Disposition {
+    match notified {
+        Notified::Retry { delay_ms } => Disposition::Later(*delay_ms),
+        Notified::GaveUp if receive_count >= MAX_NOTIFY_ATTEMPTS => Disposition::DeadLetter,
+        _ => Disposition::Done,
+    }
+}
+
 /// One delivery attempt, as the run document shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

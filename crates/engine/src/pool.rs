@@ -10,7 +10,7 @@
 //! lease, so nothing waits for a lease to expire after a clean stop.
 
 use crate::driver::Driver;
-use crate::notifier::Notified;
+use crate::notifier::{disposition, Disposition};
 use crate::Engine;
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,17 +150,14 @@ impl Pool {
             return;
         };
         match self.engine.notify(n, d.receive_count, &*self.sender).await {
-            Ok(Notified::Retry { delay_ms }) => {
-                self.later(&*self.notify, &d.receipt, delay_ms).await;
-            }
-            Ok(Notified::GaveUp) if d.receive_count >= crate::notifier::MAX_NOTIFY_ATTEMPTS => {
-                // Visible again at once: the next receive finds it past its receive count
-                // and moves it to the notify dead letters, where `dlq` shows it.
-                self.later(&*self.notify, &d.receipt, 0).await;
-            }
-            // Delivered, stopped by the receiver, skipped, or refused by the address policy
-            // (which no retry changes; the attempt is in the run's history).
-            Ok(_) => self.ack(&*self.notify, &d.receipt).await,
+            Ok(notified) => match disposition(&notified, d.receive_count) {
+                Disposition::Done => self.ack(&*self.notify, &d.receipt).await,
+                Disposition::Later(delay_ms) => {
+                    self.later(&*self.notify, &d.receipt, delay_ms).await
+                }
+                // Visible again at once: the next receive finds it past its receive count.
+                Disposition::DeadLetter => self.later(&*self.notify, &d.receipt, 0).await,
+            },
             Err(e) => {
                 tracing::warn!(run_id = %n.run_id, error = %e, "notification failed; retrying");
                 self.later(&*self.notify, &d.receipt, self.opts.retry_ms)

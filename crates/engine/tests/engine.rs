@@ -2427,3 +2427,84 @@ async fn a_receiver_that_stays_down_is_retried_then_dead_lettered() {
         dead[0]
     );
 }
+
+fn record(id: &str, body: &str, receive_count: u32) -> switchyard_engine::batch::Record {
+    switchyard_engine::batch::Record {
+        message_id: id.into(),
+        receipt: format!("rcpt-{id}"),
+        body: body.into(),
+        receive_count,
+    }
+}
+
+/// An SQS batch as the worker function gets it: two records of one run (a duplicate
+/// delivery) are handled once, a poisoned body is reported failed (SQS dead-letters it after
+/// its max receives), and the other runs go on.
+#[tokio::test]
+async fn a_work_batch_handles_each_run_once_and_reports_only_the_failed_records() {
+    let h = H::new();
+    let wf = h.compile(CHAIN);
+    let a = h.start_wf(&wf, json!({"text": "a"})).await;
+    let b = h.start_wf(&wf, json!({"text": "b"})).await;
+    let wake = |run: &str, reason: &str| format!(r#"{{"run_id": "{run}", "reason": "{reason}"}}"#);
+    let records = [
+        record("m1", &wake(&a, "start"), 1),
+        record("m2", "{not json", 1),
+        record("m3", &wake(&a, "start"), 2),
+        record("m4", &wake(&b, "start"), 1),
+        record("m5", r#"{"run_id": "x"}"#, 1),
+    ];
+    let report = h.engine.handle_work_batch(&records, None).await;
+    assert_eq!(report.failures, ["m2", "m5"]);
+    let runs: Vec<&str> = report.handled.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(runs, [a.as_str(), b.as_str()], "one handle per run");
+    for (_, handled) in &report.handled {
+        assert_eq!(*handled, Handled::Ended(RunStatus::Succeeded));
+    }
+    assert_eq!(h.started_count(&a, "classify").await, 1);
+}
+
+/// A notification batch: a receiver that answers 503 gets the record back after the backoff
+/// (its visibility is set, and it is reported failed); a delivered one is not reported.
+#[tokio::test]
+async fn a_notify_batch_reports_retries_and_sets_their_visibility() {
+    use switchyard_core::ports::{Message, QueueName};
+    let h = H::with_config(|c| c.callback_secrets = support::secret());
+    let wf =
+        h.compile("name: quick\nversion: \"1\"\nsteps:\n  - {id: a, kind: transform, value: 1}\n");
+    let mut req = H::request(&wf, json!({}));
+    req.callback_url = Some("https://receiver.example/hook".into());
+    let run = h
+        .engine
+        .start_workflow(support::TENANT, &wf, req, None)
+        .await
+        .unwrap()
+        .run_id;
+    assert_eq!(h.drive(&run).await, RunStatus::Succeeded);
+    let clock: Arc<dyn switchyard_core::Clock> = Arc::new(h.clock.clone());
+    let notify = h.backend.queue(QueueName::Notify, clock);
+    let got = notify.receive(10, 30_000).await.unwrap();
+    assert_eq!(got.len(), 1, "the end notification was queued");
+    let Message::Notify(n) = &got[0].message else {
+        panic!()
+    };
+    let body = Message::Notify(n.clone()).to_body().unwrap();
+    let records = [
+        switchyard_engine::batch::Record {
+            message_id: got[0].id.clone(),
+            receipt: got[0].receipt.clone(),
+            body,
+            receive_count: got[0].receive_count,
+        },
+        record("junk", "[]", 1),
+    ];
+    let down = DownReceiver::default();
+    let report = h.engine.handle_notify_batch(&records, &notify, &down).await;
+    let mut failed = report.failures.clone();
+    failed.sort();
+    assert_eq!(failed, [got[0].id.clone(), "junk".to_string()]);
+    // Hidden for the first backoff (1 s), then back.
+    assert!(notify.receive(10, 30_000).await.unwrap().is_empty());
+    h.clock.advance(1_000);
+    assert_eq!(notify.receive(10, 30_000).await.unwrap().len(), 1);
+}
