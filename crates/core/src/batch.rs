@@ -52,10 +52,12 @@ mod tests {
 
     /// (run, merged reason, record indexes) of one group.
     type Group<'a> = (&'a str, WakeReason, Vec<usize>);
+    /// (the batch's parsed wake-ups, the groups expected).
+    type Row<'a> = (Vec<(usize, WakeUp)>, Vec<Group<'a>>);
 
     #[test]
     fn one_group_per_run_with_the_timer_kept() {
-        let table: Vec<(Vec<(usize, WakeUp)>, Vec<Group>)> = vec![
+        let table: Vec<Row> = vec![
             (vec![], vec![]),
             (vec![(0, w("a", Start))], vec![("a", Start, vec![0])]),
             // A duplicate delivery: one handle.
