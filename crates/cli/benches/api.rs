@@ -32,9 +32,28 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const KEY: &str = "bench-key-0123456789";
 const CLIENTS: usize = 32;
 const WORKERS: usize = 8;
-const WARMUP_STARTS: usize = 1000;
-const MEASURED_STARTS: usize = 5000;
-const CHAIN_RUNS: usize = 500;
+/// How many requests each figure takes.
+#[derive(Clone, Copy)]
+struct Sizes {
+    warmup_starts: usize,
+    measured_starts: usize,
+    chain_runs: usize,
+}
+
+/// `cargo bench` / `make bench-api`.
+const MEASURE: Sizes = Sizes {
+    warmup_starts: 1000,
+    measured_starts: 5000,
+    chain_runs: 500,
+};
+
+/// `cargo test --all-targets` runs this file without `--bench`: a smoke run of every code
+/// path on the debug binary, so the benchmark cannot rot, with figures that mean nothing.
+const SMOKE: Sizes = Sizes {
+    warmup_starts: 40,
+    measured_starts: 100,
+    chain_runs: 20,
+};
 const ECHO: &str = "bench-echo";
 const CHAIN: &str = "bench-chain5";
 
@@ -459,15 +478,20 @@ fn epoch_ms(t: SystemTime) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
-async fn bench(bin: &Path, durability: &str) -> Result<()> {
+async fn bench(bin: &Path, durability: &str, sizes: Sizes) -> Result<()> {
+    let Sizes {
+        warmup_starts,
+        measured_starts,
+        chain_runs,
+    } = sizes;
     println!("== switchyard dev, SWITCHYARD_DURABILITY={durability}, {WORKERS} workers, {CLIENTS} clients");
     let mut dev = Dev::spawn(bin, durability)?;
     let base = dev.url.clone();
     let c = client()?;
 
     // Warm-up: connections, SQLite pages, the allocator.
-    let warm = starts(&base, ECHO, WARMUP_STARTS, "warm").await?;
-    if warm.accepted != WARMUP_STARTS {
+    let warm = starts(&base, ECHO, warmup_starts, "warm").await?;
+    if warm.accepted != warmup_starts {
         println!("  warm-up: {}", problems(&warm));
     }
     until_succeeded(
@@ -481,7 +505,7 @@ async fn bench(bin: &Path, durability: &str) -> Result<()> {
 
     // 1. Accepted starts/s and latency.
     let cpu = Cpu::start(dev.pid())?;
-    let o = starts(&base, ECHO, MEASURED_STARTS, "run").await?;
+    let o = starts(&base, ECHO, measured_starts, "run").await?;
     let cpu_line = cpu.report()?;
     let rate = o.accepted as f64 / o.elapsed.as_secs_f64();
     let (p50, p99) = (
@@ -494,7 +518,7 @@ async fn bench(bin: &Path, durability: &str) -> Result<()> {
         .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
     println!(
         "POST /v1/runs (one-step workflow), {} requests after {} warm-up: {rate:.0} accepted starts/s, p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.1} ms  (target >= 1000/s, p99 <= 20 ms)",
-        MEASURED_STARTS, WARMUP_STARTS
+        measured_starts, warmup_starts
     );
     println!("  {}; {}", problems(&o), cpu_line);
     // Let the pool finish that backlog so it does not count against the next figure.
@@ -510,8 +534,8 @@ async fn bench(bin: &Path, durability: &str) -> Result<()> {
     let cpu = Cpu::start(dev.pid())?;
     let wall0 = SystemTime::now();
     let t0 = Instant::now();
-    let o = starts(&base, CHAIN, CHAIN_RUNS, "chain").await?;
-    if o.accepted != CHAIN_RUNS {
+    let o = starts(&base, CHAIN, chain_runs, "chain").await?;
+    if o.accepted != chain_runs {
         println!("  5-step starts: {}", problems(&o));
     }
     let seen = until_succeeded(
@@ -558,25 +582,32 @@ async fn bench(bin: &Path, durability: &str) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    let smoke = !std::env::args().any(|a| a == "--bench");
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
     let durabilities: Vec<&str> = match args.iter().find(|a| *a == "normal" || *a == "full") {
         Some(d) => vec![d.as_str()],
+        None if smoke => vec!["normal"],
         None => vec!["normal", "full"],
     };
-    let bin = binary(
-        args.iter()
+    let (bin, sizes) = if smoke {
+        println!("smoke run (cargo test, debug binary): the figures below are not measurements");
+        (PathBuf::from(env!("CARGO_BIN_EXE_switchyard")), SMOKE)
+    } else {
+        let path = args
+            .iter()
             .find(|a| *a != "normal" && *a != "full")
-            .map(String::as_str),
-    )?;
+            .map(String::as_str);
+        (binary(path)?, MEASURE)
+    };
     println!("binary: {}", bin.display());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     for d in durabilities {
-        rt.block_on(bench(&bin, d))?;
+        rt.block_on(bench(&bin, d, sizes))?;
     }
     Ok(())
 }
