@@ -9,7 +9,7 @@ SY := $(CARGO_TARGET_DIR)/debug/switchyard
 endif
 EXAMPLES := support-triage knowledge-answer product-copy document-enrichment resilient-summary
 
-.PHONY: all build demo test lint fmt check-core check-msrv bench bench-api clean-demo
+.PHONY: all build demo test test-aws lint fmt check-core check-msrv bench bench-api clean-demo
 
 all: lint test
 
@@ -45,6 +45,14 @@ test:
 lint: check-core check-msrv
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## test-aws: the AWS adapters (crates/aws) against moto: starts it (infra/moto.sh installs it
+## into a venv on first use), runs their tests with SWITCHYARD_TEST_AWS_ENDPOINT, stops it
+## (also when a test fails). Not part of `make test` yet.
+test-aws:
+	@url=$$(infra/moto.sh start) || exit 1; \
+	  SWITCHYARD_TEST_AWS_ENDPOINT=$$url $(CARGO) test -p switchyard-aws; code=$$?; \
+	  infra/moto.sh stop; exit $$code
 
 ## check-core: switchyard-core must not depend on tokio, HTTP or AWS crates.
 check-core:
