@@ -165,3 +165,81 @@ where
         shared("DynamoDB", op, &f, &err)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodb::error::ErrorMetadata;
+    use aws_sdk_dynamodb::operation::put_item::PutItemError;
+    use aws_sdk_s3::primitives::SdkBody;
+
+    fn service(code: &str, message: &str, status: u16) -> SdkError<PutItemError, HttpResponse> {
+        let meta = ErrorMetadata::builder().code(code).message(message).build();
+        let raw = HttpResponse::new(status.try_into().unwrap(), SdkBody::empty());
+        SdkError::service_error(PutItemError::generic(meta), raw)
+    }
+
+    #[test]
+    fn each_sdk_classifies_its_codes() {
+        let conflict = |e| matches!(e, StoreError::Conflict(_));
+        assert!(conflict(dynamo_error(
+            "PutItem",
+            service(
+                "ConditionalCheckFailedException",
+                "The conditional request failed",
+                400
+            )
+        )));
+        assert!(conflict(dynamo_error(
+            "TransactWriteItems",
+            service(
+                "TransactionCanceledException",
+                "Transaction cancelled, please refer cancellation reasons for specific reasons [ConditionalCheckFailed, None]",
+                400
+            )
+        )));
+        assert!(conflict(s3_error(
+            "PutObject",
+            service("PreconditionFailed", "", 412)
+        )));
+        assert!(matches!(
+            s3_error("GetObject", service("NoSuchKey", "", 404)),
+            StoreError::NotFound(_)
+        ));
+        assert!(matches!(
+            s3_error("GetObject", service("NoSuchBucket", "", 404)),
+            StoreError::Unavailable(_)
+        ));
+        for (code, status) in [
+            ("ProvisionedThroughputExceededException", 400),
+            ("ThrottlingException", 400),
+            ("RequestThrottled", 403),
+            ("", 429),
+        ] {
+            match dynamo_error("PutItem", service(code, "slow down", status)) {
+                StoreError::Unavailable(m) => {
+                    assert!(m.starts_with("throttled by DynamoDB"), "{m}")
+                }
+                other => panic!("{code}: {other:?}"),
+            }
+        }
+        match sqs_error(
+            "SendMessage",
+            service("AWS.SimpleQueueService.NonExistentQueue", "no", 400),
+        ) {
+            StoreError::Unavailable(m) => {
+                assert!(
+                    m.contains("SQS SendMessage") && !m.contains("throttled"),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(sqs_stale_receipt(&service(
+            "ReceiptHandleIsInvalid",
+            "",
+            400
+        )));
+        assert!(!sqs_stale_receipt(&service("AccessDenied", "", 403)));
+    }
+}

@@ -163,3 +163,63 @@ async fn sqs_specifics() {
     assert_eq!(work.next_visible_at().await.unwrap(), None);
     assert!(!work.change_visibility("not-a-receipt", 0).await.unwrap());
 }
+
+/// A delay past SQS's 15 minutes is sent capped (SQS would refuse `DelaySeconds` > 900).
+#[tokio::test]
+async fn long_delays_are_capped_not_refused() {
+    let (all, _) = queues().await;
+    all.send(&switchyard_contract::queues::wake("later"), 3_600_000)
+        .await
+        .unwrap();
+    assert!(all
+        .queue(QueueName::Work)
+        .receive(10, 30_000)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// The conditional put is real: S3 refuses to overwrite (412, classified `Conflict`), which
+/// the blob store's put takes as "stored already".
+#[tokio::test]
+async fn second_put_is_refused_by_the_precondition() {
+    let config = emulator_config(&endpoint()).await;
+    let client = s3_client(&config, true);
+    let bucket = unique("sy-blobs");
+    client.create_bucket().bucket(&bucket).send().await.unwrap();
+    let store = S3BlobStore::new(client.clone(), &bucket);
+    let key = store.put(b"once", "text/plain").await.unwrap();
+    let again = client
+        .put_object()
+        .bucket(&bucket)
+        .key(&key)
+        .if_none_match("*")
+        .body(b"twice".to_vec().into())
+        .send()
+        .await
+        .map_err(|e| switchyard_aws::error::s3_error("PutObject", e));
+    assert!(
+        matches!(again, Err(switchyard_core::StoreError::Conflict(_))),
+        "{again:?}"
+    );
+    assert_eq!(store.put(b"once", "text/plain").await.unwrap(), key);
+    assert_eq!(store.get(&key).await.unwrap(), b"once");
+    let url = store.presign(&key, 60_000).await.unwrap();
+    assert!(
+        url.contains(&bucket) && url.contains("X-Amz-Signature"),
+        "{url}"
+    );
+}
+
+/// An unreachable endpoint is `Unavailable`, naming the service and the operation.
+#[tokio::test]
+async fn unreachable_endpoint_is_unavailable() {
+    let config = emulator_config("http://127.0.0.1:9").await;
+    let store = S3BlobStore::new(s3_client(&config, true), "nowhere");
+    match store.put(b"x", "text/plain").await {
+        Err(switchyard_core::StoreError::Unavailable(m)) => {
+            assert!(m.contains("S3 PutObject"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
