@@ -35,8 +35,10 @@ demo: build
 
 ## test: every test of the workspace (unit, property, engine, end-to-end over HTTP), then
 ## schemathesis against `switchyard dev`'s OpenAPI document (tests/api/venv.sh installs it).
+## switchyard-aws is left out: its tests need the AWS emulator (`make test-aws`) and fail
+## without it; they join `make test` once their CI time is checked.
 test:
-	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --all-targets --exclude switchyard-aws
 	$(CARGO) build -p switchyard-cli
 	bash tests/api/fuzz-dev.sh $(SY) 30
 
