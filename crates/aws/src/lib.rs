@@ -1,0 +1,50 @@
+//! The AWS backend of Switchyard: the core's ports on SQS and S3 (DynamoDB's state store comes
+//! next; see `docs/aws-progress.md`). The core and the engine never depend on this crate: the
+//! Lambda mains and the CLI pick it (DESIGN §3).
+//!
+//! Layout:
+//!
+//! - [`error`]: SDK errors into `StoreError`, classified once — one function per SDK
+//!   (`sqs_error`, `s3_error`, `dynamo_error`) over a shared table (throttling, transport).
+//! - [`sqs`]: [`SqsQueues`] (the deployment's `Queue`: each message to its own queue) and
+//!   [`SqsQueue`] (`Inbox` of one queue, with its DLQ): delays capped at 15 minutes,
+//!   visibility, receive counts, dead letters, redrive.
+//! - [`s3`]: [`S3BlobStore`], content-addressed blobs with conditional puts and presigned GETs.
+//! - [`sdk_config`]: one `SdkConfig` for all clients, with an optional endpoint (an emulator
+//!   such as moto, `infra/moto.sh`).
+//!
+//! Tests: `tests/contract.rs` runs the port contract suite (`switchyard-contract`) against moto
+//! at `SWITCHYARD_TEST_AWS_ENDPOINT` (`make test-aws` starts and stops it).
+
+pub mod error;
+pub mod s3;
+pub mod sqs;
+
+pub use s3::{s3_client, S3BlobStore};
+pub use sqs::{SqsQueue, SqsQueueUrls, SqsQueues};
+
+use aws_config::{BehaviorVersion, Region};
+
+/// Loads the SDK configuration the usual way (environment, profile, instance role), with
+/// `region` and `endpoint` overriding it when given (an emulator: `http://127.0.0.1:5055`).
+pub async fn sdk_config(region: Option<&str>, endpoint: Option<&str>) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(r) = region {
+        loader = loader.region(Region::new(r.to_string()));
+    }
+    if let Some(e) = endpoint {
+        loader = loader.endpoint_url(e);
+    }
+    loader.load().await
+}
+
+/// The configuration for an emulator at `endpoint`: fixed test credentials, `us-east-1`.
+pub async fn emulator_config(endpoint: &str) -> aws_config::SdkConfig {
+    let creds = aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "emulator");
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(creds)
+        .load()
+        .await
+}

@@ -1,0 +1,225 @@
+//! The port contract suite on the AWS adapters, against an emulator (moto: `infra/moto.sh start`,
+//! or `make test-aws`, which starts it, runs these, and stops it).
+//!
+//! Each test makes its own queues (work and notify, each with a DLQ and a redrive policy
+//! whose `maxReceiveCount` is the fixture's) and bucket, with unique names, so tests run in
+//! parallel and a rerun needs no cleanup. Without `SWITCHYARD_TEST_AWS_ENDPOINT` every test
+//! fails, saying how to start the emulator: a missing emulator is not a pass.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use std::sync::Arc;
+use std::time::Duration;
+use switchyard_aws::sqs::redrive_policy;
+use switchyard_aws::{emulator_config, s3_client, S3BlobStore, SqsQueueUrls, SqsQueues};
+use switchyard_contract::queues::QueueFixture;
+use switchyard_core::ports::{BlobStore, Inbox, Queue, QueueName};
+
+const MAX_RECEIVE_COUNT: u32 = 3;
+
+fn endpoint() -> String {
+    match std::env::var("SWITCHYARD_TEST_AWS_ENDPOINT") {
+        Ok(e) if !e.trim().is_empty() => e,
+        _ => panic!(
+            "SWITCHYARD_TEST_AWS_ENDPOINT is not set: these tests need the AWS emulator. \
+             Run `infra/moto.sh start` and set SWITCHYARD_TEST_AWS_ENDPOINT to the URL it prints \
+             (or run `make test-aws`, which does both)."
+        ),
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn make_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> SqsQueueUrls {
+    let dlq_url = sqs
+        .create_queue()
+        .queue_name(format!("{name}-dlq"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let dlq_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&dlq_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()
+        .remove(&QueueAttributeName::QueueArn)
+        .unwrap();
+    let url = sqs
+        .create_queue()
+        .queue_name(name)
+        .attributes(
+            QueueAttributeName::RedrivePolicy,
+            redrive_policy(&dlq_arn, MAX_RECEIVE_COUNT),
+        )
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    SqsQueueUrls {
+        url,
+        dlq_url,
+        max_receive_count: MAX_RECEIVE_COUNT,
+    }
+}
+
+async fn queues() -> (SqsQueues, aws_sdk_sqs::Client) {
+    let config = emulator_config(&endpoint()).await;
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let base = unique("sy");
+    let work = make_queue(&sqs, &format!("{base}-work")).await;
+    let notify = make_queue(&sqs, &format!("{base}-notify")).await;
+    (SqsQueues::new(sqs.clone(), work, notify), sqs)
+}
+
+async fn queue_fixture() -> ((), QueueFixture) {
+    let (all, _) = queues().await;
+    let fixture = QueueFixture {
+        sender: Arc::new(all.clone()),
+        work: Arc::new(all.queue(QueueName::Work)),
+        notify: Arc::new(all.queue(QueueName::Notify)),
+        max_receive_count: MAX_RECEIVE_COUNT,
+        // Real time passes on the emulator.
+        elapse: Box::new(|ms| Box::pin(tokio::time::sleep(Duration::from_millis(ms)))),
+    };
+    ((), fixture)
+}
+
+async fn blob_store() -> ((), Arc<dyn BlobStore>) {
+    let config = emulator_config(&endpoint()).await;
+    let client = s3_client(&config, true);
+    let bucket = unique("sy-blobs");
+    client.create_bucket().bucket(&bucket).send().await.unwrap();
+    (
+        (),
+        Arc::new(S3BlobStore::new(client, bucket).with_prefix("blobs")),
+    )
+}
+
+mod queue {
+    use super::*;
+    switchyard_contract::queue_contract!(queue_fixture().await);
+}
+
+mod blobs {
+    use super::*;
+    switchyard_contract::blob_store_contract!(blob_store().await);
+}
+
+/// A body that is no message of the queue is dead-lettered with its reason, not returned.
+#[tokio::test]
+async fn unreadable_body_is_dead_lettered_not_returned() {
+    let (all, sqs) = queues().await;
+    let work = all.queue(QueueName::Work);
+    all.send(&switchyard_contract::queues::wake("good"), 0)
+        .await
+        .unwrap();
+    let url = all.urls(QueueName::Work).url.clone();
+    sqs.send_message()
+        .queue_url(url)
+        .message_body("not json")
+        .send()
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.extend(work.receive(10, 30_000).await.unwrap());
+    }
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message.run_id(), "good");
+    let dead = work.dead_letters().await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].body, "not json");
+    assert!(
+        dead[0].reason.starts_with("unreadable body"),
+        "{}",
+        dead[0].reason
+    );
+    assert_eq!(dead[0].receive_count, 1);
+    // Listing is a look, not a take.
+    assert_eq!(work.dead_letters().await.unwrap().len(), 1);
+    assert!(all
+        .queue(QueueName::Notify)
+        .dead_letters()
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// Stale receipts answer `false`; next_visible_at is unknown on SQS.
+#[tokio::test]
+async fn sqs_specifics() {
+    let (all, _) = queues().await;
+    let work = all.queue(QueueName::Work);
+    assert_eq!(work.next_visible_at().await.unwrap(), None);
+    assert!(!work.change_visibility("not-a-receipt", 0).await.unwrap());
+}
+
+/// A delay past SQS's 15 minutes is sent capped (SQS would refuse `DelaySeconds` > 900).
+#[tokio::test]
+async fn long_delays_are_capped_not_refused() {
+    let (all, _) = queues().await;
+    all.send(&switchyard_contract::queues::wake("later"), 3_600_000)
+        .await
+        .unwrap();
+    assert!(all
+        .queue(QueueName::Work)
+        .receive(10, 30_000)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// The conditional put is real: S3 refuses to overwrite (412, classified `Conflict`), which
+/// the blob store's put takes as "stored already".
+#[tokio::test]
+async fn second_put_is_refused_by_the_precondition() {
+    let config = emulator_config(&endpoint()).await;
+    let client = s3_client(&config, true);
+    let bucket = unique("sy-blobs");
+    client.create_bucket().bucket(&bucket).send().await.unwrap();
+    let store = S3BlobStore::new(client.clone(), &bucket);
+    let key = store.put(b"once", "text/plain").await.unwrap();
+    let again = client
+        .put_object()
+        .bucket(&bucket)
+        .key(&key)
+        .if_none_match("*")
+        .body(b"twice".to_vec().into())
+        .send()
+        .await
+        .map_err(|e| switchyard_aws::error::s3_error("PutObject", e));
+    assert!(
+        matches!(again, Err(switchyard_core::StoreError::Conflict(_))),
+        "{again:?}"
+    );
+    assert_eq!(store.put(b"once", "text/plain").await.unwrap(), key);
+    assert_eq!(store.get(&key).await.unwrap(), b"once");
+    let url = store.presign(&key, 60_000).await.unwrap();
+    assert!(
+        url.contains(&bucket) && url.contains("X-Amz-Signature"),
+        "{url}"
+    );
+}
+
+/// An unreachable endpoint is `Unavailable`, naming the service and the operation.
+#[tokio::test]
+async fn unreachable_endpoint_is_unavailable() {
+    let config = emulator_config("http://127.0.0.1:9").await;
+    let store = S3BlobStore::new(s3_client(&config, true), "nowhere");
+    match store.put(b"x", "text/plain").await {
+        Err(switchyard_core::StoreError::Unavailable(m)) => {
+            assert!(m.contains("S3 PutObject"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
