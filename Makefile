@@ -33,12 +33,13 @@ demo: build
 	  $(SY) approve $$run_id $$gate --comment 'looks good' --data-dir $(DEMO_DIR)
 	@echo; echo "Runs are kept in $(DEMO_DIR)/: try '$(SY) runs list --data-dir $(DEMO_DIR)'"
 
-## test: every test of the workspace (unit, property, engine, end-to-end over HTTP), then
+## test: every test of the workspace (unit, property, engine, end-to-end over HTTP, the AWS
+## adapters against moto, which infra/moto.sh installs and starts, and stops after), then
 ## schemathesis against `switchyard dev`'s OpenAPI document (tests/api/venv.sh installs it).
-## switchyard-aws is left out: its tests need the AWS emulator (`make test-aws`) and fail
-## without it; they join `make test` once their CI time is checked.
 test:
-	$(CARGO) test --workspace --all-targets --exclude switchyard-aws
+	@url=$$(infra/moto.sh start) || exit 1; \
+	  SWITCHYARD_TEST_AWS_ENDPOINT=$$url $(CARGO) test --workspace --all-targets; code=$$?; \
+	  infra/moto.sh stop; exit $$code
 	$(CARGO) build -p switchyard-cli
 	bash tests/api/fuzz-dev.sh $(SY) 30
 
@@ -50,7 +51,7 @@ lint: check-core check-msrv
 
 ## test-aws: the AWS adapters (crates/aws) against moto: starts it (infra/moto.sh installs it
 ## into a venv on first use), runs their tests with SWITCHYARD_TEST_AWS_ENDPOINT, stops it
-## (also when a test fails). Not part of `make test` yet.
+## (also when a test fails). `make test` runs them too; this runs only them.
 test-aws:
 	@url=$$(infra/moto.sh start) || exit 1; \
 	  SWITCHYARD_TEST_AWS_ENDPOINT=$$url $(CARGO) test -p switchyard-aws; code=$$?; \
