@@ -32,7 +32,7 @@ const THROTTLING_CODES: &[&str] = &[
 ];
 
 /// What an SDK error says, service-independently.
-struct Fault<'a> {
+pub(crate) struct Fault<'a> {
     code: Option<&'a str>,
     message: Option<&'a str>,
     status: Option<u16>,
@@ -40,7 +40,7 @@ struct Fault<'a> {
     transport: Option<&'static str>,
 }
 
-fn fault<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Fault<'_> {
+pub(crate) fn fault<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Fault<'_> {
     match err {
         SdkError::ServiceError(se) => Fault {
             code: se.err().code(),
@@ -91,7 +91,7 @@ where
 }
 
 /// The classes every service shares; `None` when the service-specific table must decide.
-fn shared<E>(service: &str, op: &str, f: &Fault<'_>, err: &SdkError<E, HttpResponse>) -> StoreError
+pub(crate) fn shared<E>(service: &str, op: &str, f: &Fault<'_>, err: &SdkError<E, HttpResponse>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {

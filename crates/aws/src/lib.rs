@@ -10,6 +10,7 @@
 //!   [`SqsQueue`] (`Inbox` of one queue, with its DLQ): delays capped at 15 minutes,
 //!   visibility, receive counts, dead letters, redrive.
 //! - [`s3`]: [`S3BlobStore`], content-addressed blobs with conditional puts and presigned GETs.
+//! - [`secrets`]: the deployment's settings map, one Secrets Manager secret read per cold start.
 //! - [`sdk_config`]: one `SdkConfig` for all clients, with an optional endpoint (an emulator
 //!   such as moto, `infra/moto.sh`).
 //!
@@ -18,6 +19,7 @@
 
 pub mod error;
 pub mod s3;
+pub mod secrets;
 pub mod sqs;
 
 pub use s3::{s3_client, S3BlobStore};

@@ -1,4 +1,5 @@
-//! Time as data. The core never reads a clock: callers pass `now` in, as epoch milliseconds.
+//! Time as data. The core's decisions never read a clock: callers pass `now` in, as epoch
+//! milliseconds ([`SystemClock`] is here so every adapter shares one).
 //! Durations in workflow files are strings such as `250ms`, `30s`, `5m`, `2h`, `1d`.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -11,6 +12,21 @@ pub type Millis = u64;
 /// so no test sleeps.
 pub trait Clock: Send + Sync {
     fn now_ms(&self) -> Millis;
+}
+
+/// Wall-clock time in epoch milliseconds: what every adapter in production reads (the one
+/// place outside tests where time comes from the host).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> Millis {
+        // A clock set before 1970 is a broken host; 0 keeps everything ordered instead of panicking.
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
 }
 
 /// A duration written in a workflow file, kept in milliseconds.

@@ -3,22 +3,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 use switchyard_core::{Clock, Millis};
 
-/// Wall-clock time in epoch milliseconds.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> Millis {
-        // A clock set before 1970 is a broken host; 0 keeps everything ordered instead of panicking.
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0)
-    }
-}
+pub use switchyard_core::time::SystemClock;
 
 /// A clock that only moves when told to. Clones share the same time, so a test keeps one handle
 /// and gives another to the queue.

@@ -1,0 +1,30 @@
+//! notifier: batches of run notifications from the notify queue, delivered to each run's
+//! `callback_url` signed the Standard Webhooks way, through the SSRF guard. A retry sets the
+//! record's visibility to its backoff and reports it failed; past the attempt limit the queue
+//! dead-letters it.
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use lambda_runtime::{service_fn, LambdaEvent};
+use std::sync::Arc;
+use switchyard_lambdas::{init_tracing, sqs, Deployment};
+use switchyard_providers::outbound::CallbackClient;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    init_tracing();
+    let d = Arc::new(Deployment::from_env().await?);
+    let sender = Arc::new(CallbackClient::new(Default::default()));
+    lambda_runtime::run(service_fn(move |ev: LambdaEvent<SqsEvent>| {
+        let d = d.clone();
+        let sender = sender.clone();
+        async move {
+        let records = sqs::records(&ev.payload);
+        let report = d
+            .engine
+            .handle_notify_batch(&records, d.notify.as_ref(), sender.as_ref())
+            .await;
+        Ok::<SqsBatchResponse, lambda_runtime::Error>(sqs::response(&report))
+        }
+    }))
+    .await
+}

@@ -1,0 +1,12 @@
+//! webhook: provider callbacks (`POST /hooks/{provider}`) on a Lambda function URL. Requests
+//! are authenticated by their Standard Webhooks signature and the step's callback token, not
+//! by IAM; a verified callback settles the waiting step and sends the run's wake-up.
+
+use switchyard_lambdas::{init_tracing, Deployment};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    init_tracing();
+    let d = Deployment::from_env().await?;
+    lambda_http::run(switchyard_engine::http::hooks_router(d.engine, None)).await
+}

@@ -1,0 +1,26 @@
+//! worker: batches of wake-ups from the work queue. Records are handled concurrently (records
+//! of one run once), each run is advanced until the invocation's deadline allows no further
+//! step, and only the records that must come back are reported (`ReportBatchItemFailures`).
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use lambda_runtime::{service_fn, LambdaEvent};
+use std::sync::Arc;
+use switchyard_lambdas::{init_tracing, sqs, Deployment};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    init_tracing();
+    let d = Arc::new(Deployment::from_env().await?);
+    lambda_runtime::run(service_fn(move |ev: LambdaEvent<SqsEvent>| {
+        let d = d.clone();
+        async move {
+        let records = sqs::records(&ev.payload);
+        let report = d
+            .engine
+            .handle_work_batch(&records, Some(ev.context.deadline))
+            .await;
+        Ok::<SqsBatchResponse, lambda_runtime::Error>(sqs::response(&report))
+        }
+    }))
+    .await
+}

@@ -1,0 +1,197 @@
+//! One deployment's wiring, built once per container (cold start) and shared by every
+//! invocation: the settings, the AWS clients, the ports on DynamoDB, SQS and S3, the providers
+//! and the bundled workflows, and the [`Engine`] over them.
+//!
+//! Settings come through the `Secrets` seam: the Secrets Manager secret named by
+//! `SWITCHYARD_SECRET_ID` (read once, here) layered over the function's environment, which
+//! holds only resource names (template.yaml sets them). Nothing slow runs that an invocation
+//! does not need: building SDK clients does no I/O, and the secret is one `GetSecretValue`.
+
+use crate::bundle;
+use anyhow::{anyhow, Context, Result};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use switchyard_aws::{s3_client, DynamoStore, S3BlobStore, SqsQueue, SqsQueueUrls, SqsQueues};
+use switchyard_core::ports::{EnvSecrets, QueueName, Secrets};
+use switchyard_core::time::SystemClock;
+use switchyard_engine::{Config, Engine, Providers};
+use switchyard_providers::local::{LocalConfig, LocalProvider};
+
+/// The table, bucket, queues and secret of a deployment (environment names: CONTRACT.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resources {
+    pub table: String,
+    pub bucket: String,
+    /// Key prefix of the content-addressed blobs (`SWITCHYARD_BLOB_PREFIX`, default `blobs/`).
+    pub blob_prefix: String,
+    pub work: SqsQueueUrls,
+    pub notify: SqsQueueUrls,
+    /// `SWITCHYARD_SECRET_ID`: the Secrets Manager secret with the settings map, if any.
+    pub secret_id: Option<String>,
+    /// Path-style S3 addressing (`SWITCHYARD_S3_PATH_STYLE=1`; default: on when
+    /// `AWS_ENDPOINT_URL` points at an emulator).
+    pub s3_path_style: bool,
+}
+
+/// The work queue's `maxReceiveCount` when `SWITCHYARD_MAX_RECEIVE_COUNT` is unset (the
+/// template's default).
+pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 5;
+
+fn required(env: &dyn Secrets, name: &str) -> Result<String> {
+    env.get(name)
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| anyhow!("{name} is not set (template.yaml sets it; see docs/deploy.md)"))
+}
+
+impl Resources {
+    /// Reads the resource names; an error names the missing or malformed variable.
+    pub fn from_env(env: &dyn Secrets) -> Result<Resources> {
+        let max_receive_count = match env.get("SWITCHYARD_MAX_RECEIVE_COUNT") {
+            Some(v) => v.trim().parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                anyhow!("SWITCHYARD_MAX_RECEIVE_COUNT `{v}` is not a whole number ≥ 1")
+            })?,
+            None => DEFAULT_MAX_RECEIVE_COUNT,
+        };
+        let s3_path_style = match env.get("SWITCHYARD_S3_PATH_STYLE").as_deref().map(str::trim) {
+            Some("1") | Some("true") => true,
+            Some("0") | Some("false") => false,
+            Some(v) => return Err(anyhow!("SWITCHYARD_S3_PATH_STYLE `{v}`: expected 1 or 0")),
+            None => env.get("AWS_ENDPOINT_URL").is_some(),
+        };
+        Ok(Resources {
+            table: required(env, "SWITCHYARD_TABLE")?,
+            bucket: required(env, "SWITCHYARD_BUCKET")?,
+            blob_prefix: env
+                .get("SWITCHYARD_BLOB_PREFIX")
+                .unwrap_or_else(|| "blobs/".into()),
+            work: SqsQueueUrls {
+                url: required(env, "SWITCHYARD_WORK_QUEUE_URL")?,
+                dlq_url: required(env, "SWITCHYARD_WORK_DLQ_URL")?,
+                max_receive_count,
+            },
+            // The notify queue's redrive count is the notifier's attempt limit: the template
+            // sets it from the same constant (docs/deploy.md).
+            notify: SqsQueueUrls {
+                url: required(env, "SWITCHYARD_NOTIFY_QUEUE_URL")?,
+                dlq_url: required(env, "SWITCHYARD_NOTIFY_DLQ_URL")?,
+                max_receive_count: switchyard_engine::notifier::MAX_NOTIFY_ATTEMPTS,
+            },
+            secret_id: env.get("SWITCHYARD_SECRET_ID").filter(|v| !v.trim().is_empty()),
+            s3_path_style,
+        })
+    }
+}
+
+/// The secret's settings over the environment: a name set in both means the secret's value.
+pub struct Layered {
+    pub secret: BTreeMap<String, String>,
+}
+
+impl Secrets for Layered {
+    fn get(&self, name: &str) -> Option<String> {
+        self.secret
+            .get(name)
+            .filter(|v| !v.trim().is_empty())
+            .cloned()
+            .or_else(|| EnvSecrets.get(name))
+    }
+
+    fn with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        let mut all = EnvSecrets.with_prefix(prefix);
+        all.retain(|(k, _)| !self.secret.contains_key(k));
+        all.extend(
+            self.secret
+                .iter()
+                .filter(|(k, v)| k.starts_with(prefix) && !v.trim().is_empty())
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        all
+    }
+}
+
+/// Everything an invocation needs.
+pub struct Deployment {
+    pub engine: Engine,
+    /// The receiving side of each queue (the notifier changes visibility on its records).
+    pub work: Arc<SqsQueue>,
+    pub notify: Arc<SqsQueue>,
+    pub secrets: Arc<dyn Secrets>,
+    pub resources: Resources,
+}
+
+/// The lease-owner prefix of this container: each `handle` call adds its own suffix.
+fn owner() -> String {
+    let stream = std::env::var("AWS_LAMBDA_LOG_STREAM_NAME").unwrap_or_default();
+    let tag = if stream.is_empty() {
+        uuid::Uuid::new_v4().simple().to_string()
+    } else {
+        stream
+    };
+    format!("aws:{tag}")
+}
+
+impl Deployment {
+    /// From the process environment and the default AWS configuration chain (which honours
+    /// `AWS_ENDPOINT_URL` for an emulator).
+    pub async fn from_env() -> Result<Deployment> {
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Deployment::new(&sdk, Resources::from_env(&EnvSecrets)?).await
+    }
+
+    /// With the settings secret `resources.secret_id` names (read here, once).
+    pub async fn new(sdk: &aws_config::SdkConfig, resources: Resources) -> Result<Deployment> {
+        let secret = match &resources.secret_id {
+            Some(id) => {
+                let client = aws_sdk_secretsmanager::Client::new(sdk);
+                switchyard_aws::secrets::load_secret_map(&client, id)
+                    .await
+                    .with_context(|| format!("reading the settings secret `{id}`"))?
+            }
+            None => BTreeMap::new(),
+        };
+        Deployment::with_settings(sdk, resources, secret)
+    }
+
+    /// With `settings` standing for the secret's map (tests, `dev --backend aws`).
+    pub fn with_settings(
+        sdk: &aws_config::SdkConfig,
+        resources: Resources,
+        settings: BTreeMap<String, String>,
+    ) -> Result<Deployment> {
+        let secrets: Arc<dyn Secrets> = Arc::new(Layered { secret: settings });
+        let hosted = switchyard_providers::registry::from_secrets(secrets.clone())
+            .map_err(|e| anyhow!("providers: {e}"))?;
+        let mut providers = Providers::new().with(Arc::new(LocalProvider::new(LocalConfig::default())));
+        for p in hosted.providers {
+            providers = providers.with(p);
+        }
+        let workflows = bundle::workflows(&providers.models()).map_err(|e| anyhow!("{e}"))?;
+        let queues = SqsQueues::new(
+            aws_sdk_sqs::Client::new(sdk),
+            resources.work.clone(),
+            resources.notify.clone(),
+        );
+        let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), resources.table.clone());
+        let blobs = S3BlobStore::new(s3_client(sdk, resources.s3_path_style), resources.bucket.clone())
+            .with_prefix(&resources.blob_prefix);
+        let config = Config::from_secrets(secrets.as_ref(), owner(), "http://127.0.0.1:9000");
+        let work = Arc::new(queues.queue(QueueName::Work));
+        let notify = Arc::new(queues.queue(QueueName::Notify));
+        let engine = Engine::new(
+            Arc::new(store),
+            Arc::new(queues),
+            Arc::new(blobs),
+            Arc::new(SystemClock),
+            Arc::new(providers),
+            Arc::new(workflows),
+            config,
+        );
+        Ok(Deployment {
+            engine,
+            work,
+            notify,
+            secrets,
+            resources,
+        })
+    }
+}
