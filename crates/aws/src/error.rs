@@ -95,14 +95,26 @@ pub(crate) fn shared<E>(service: &str, op: &str, f: &Fault<'_>, err: &SdkError<E
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let text = describe(service, op, f, err);
     if f.throttled() {
-        StoreError::Unavailable(format!(
-            "throttled by {service} (retry with backoff, or raise the table's/queue's capacity): {text}"
-        ))
+        throttled(service, op, f, err)
     } else {
-        StoreError::Unavailable(text)
+        StoreError::Unavailable(describe(service, op, f, err))
     }
+}
+
+fn throttled<E>(
+    service: &str,
+    op: &str,
+    f: &Fault<'_>,
+    err: &SdkError<E, HttpResponse>,
+) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    StoreError::Unavailable(format!(
+        "throttled by {service} (retry with backoff, or raise the table's/queue's capacity): {}",
+        describe(service, op, f, err)
+    ))
 }
 
 /// An SQS error. Nothing in SQS is a `Conflict`; a stale receipt is told apart by
@@ -150,20 +162,84 @@ where
 }
 
 /// A DynamoDB error: a failed condition — on a single write, or as the reason a transaction
-/// was cancelled — is `Conflict` (the engine re-plans); throttling is `Unavailable`.
+/// was cancelled — is `Conflict` (the engine re-plans), and so is a transaction cancelled
+/// because another write was busy with one of its items (`TransactionConflict`: re-reading is
+/// the answer there too); throttling, also as a cancellation reason, is `Unavailable`.
 pub fn dynamo_error<E>(op: &str, err: SdkError<E, HttpResponse>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     let f = fault(&err);
-    let cancelled_by_condition = f.code_is(&["TransactionCanceledException"])
-        && f.message
-            .is_some_and(|m| m.contains("ConditionalCheckFailed"));
-    if f.code_is(&["ConditionalCheckFailedException"]) || cancelled_by_condition {
+    // A cancelled transaction lists one reason per item in its message
+    // (`[None, ConditionalCheckFailed]`); the typed reasons are read by `dynamo_failed_condition`.
+    let reason = |r: &str| {
+        f.code_is(&["TransactionCanceledException"]) && f.message.is_some_and(|m| m.contains(r))
+    };
+    if f.code_is(&["ConditionalCheckFailedException"])
+        || reason("ConditionalCheckFailed")
+        || reason("TransactionConflict")
+    {
         StoreError::Conflict(describe("DynamoDB", op, &f, &err))
+    } else if reason("ThrottlingError") || reason("ProvisionedThroughputExceeded") {
+        throttled("DynamoDB", op, &f, &err)
     } else {
         shared("DynamoDB", op, &f, &err)
     }
+}
+
+/// A DynamoDB item, as the SDK hands it out.
+pub type DynamoItem = std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>;
+
+/// The DynamoDB write errors that can say "the condition failed", and with which stored item
+/// (the request asks `ReturnValuesOnConditionCheckFailure = ALL_OLD`).
+pub trait FailedCondition {
+    /// `Some(old)` if the write failed on its condition, `old` being the item as stored (`None`:
+    /// there was none); `None` for any other error.
+    fn failed_condition(&self) -> Option<Option<&DynamoItem>>;
+}
+
+impl FailedCondition for aws_sdk_dynamodb::operation::put_item::PutItemError {
+    fn failed_condition(&self) -> Option<Option<&DynamoItem>> {
+        match self {
+            Self::ConditionalCheckFailedException(e) => Some(e.item()),
+            _ => None,
+        }
+    }
+}
+
+impl FailedCondition for aws_sdk_dynamodb::operation::update_item::UpdateItemError {
+    fn failed_condition(&self) -> Option<Option<&DynamoItem>> {
+        match self {
+            Self::ConditionalCheckFailedException(e) => Some(e.item()),
+            _ => None,
+        }
+    }
+}
+
+impl FailedCondition
+    for aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError
+{
+    /// The first item whose condition failed (reasons come one per item, in request order).
+    fn failed_condition(&self) -> Option<Option<&DynamoItem>> {
+        match self {
+            Self::TransactionCanceledException(e) => e
+                .cancellation_reasons()
+                .iter()
+                .find(|r| r.code() == Some("ConditionalCheckFailed"))
+                .map(|r| r.item()),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a DynamoDB write error is a failed condition, and the item it found (see
+/// [`FailedCondition`]); the caller decides between `Conflict` and `NotFound` from it.
+pub fn dynamo_failed_condition<E: FailedCondition>(
+    err: &SdkError<E, HttpResponse>,
+) -> Option<Option<DynamoItem>> {
+    err.as_service_error()
+        .and_then(FailedCondition::failed_condition)
+        .map(|old| old.cloned())
 }
 
 #[cfg(test)]

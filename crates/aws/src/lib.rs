@@ -1,11 +1,13 @@
-//! The AWS backend of Switchyard: the core's ports on SQS and S3 (DynamoDB's state store comes
-//! next; see `docs/aws-progress.md`). The core and the engine never depend on this crate: the
+//! The AWS backend of Switchyard: the core's ports on DynamoDB, SQS and S3 (see
+//! `docs/aws-progress.md`). The core and the engine never depend on this crate: the
 //! Lambda mains and the CLI pick it (DESIGN §3).
 //!
 //! Layout:
 //!
 //! - [`error`]: SDK errors into `StoreError`, classified once — one function per SDK
 //!   (`sqs_error`, `s3_error`, `dynamo_error`) over a shared table (throttling, transport).
+//! - [`dynamo`]: [`DynamoStore`], the `StateStore` on one table (layout and costs in the
+//!   module docs), and [`create_table`], which makes that table.
 //! - [`sqs`]: [`SqsQueues`] (the deployment's `Queue`: each message to its own queue) and
 //!   [`SqsQueue`] (`Inbox` of one queue, with its DLQ): delays capped at 15 minutes,
 //!   visibility, receive counts, dead letters, redrive.
@@ -14,14 +16,17 @@
 //! - [`sdk_config`]: one `SdkConfig` for all clients, with an optional endpoint (an emulator
 //!   such as moto, `infra/moto.sh`).
 //!
-//! Tests: `tests/contract.rs` runs the port contract suite (`switchyard-contract`) against moto
-//! at `SWITCHYARD_TEST_AWS_ENDPOINT` (`make test-aws` starts and stops it).
+//! Tests: `tests/contract.rs` (queues, blobs) and `tests/state_contract.rs` (state) run the port
+//! contract suite (`switchyard-contract`) against moto at `SWITCHYARD_TEST_AWS_ENDPOINT`
+//! (`make test-aws` starts and stops it).
 
+pub mod dynamo;
 pub mod error;
 pub mod s3;
 pub mod secrets;
 pub mod sqs;
 
+pub use dynamo::{create_table, DynamoStore};
 pub use s3::{s3_client, S3BlobStore};
 pub use sqs::{SqsQueue, SqsQueueUrls, SqsQueues};
 

@@ -1,0 +1,1516 @@
+//! [`StateStore`] on DynamoDB: one table, string keys `PK`/`SK`, on-demand capacity.
+//!
+//! # Why this layout
+//!
+//! DynamoDB bills a write per started KB of the item written, and an update bills the larger of
+//! the item before and after it. So nothing is one growing document: the run header, each step
+//! record, and each batch of history events that belongs to no step are items of their own,
+//! each written with its own condition, and each stays well under 1 KB in the common case
+//! (large values are blob references already: the engine keeps header values ≤ 1 KB inline).
+//! All items of a run share its partition, so loading a run is one `Query`.
+//!
+//! | item | `PK` | `SK` | other attributes |
+//! |---|---|---|---|
+//! | run header | `RUN#<run_id>` | `H` | `ver` (N), `body` (the `RunHeader` JSON), `workflow`, `GSI1PK` = `TENANT#<tenant>`, `GSI1SK` = `GSI2SK` = `<created_at, 13 digits>#<run_id>`, `GSI2PK` = `ALL` |
+//! | step record | `RUN#<run_id>` | `S#<step>` | `ver` (N), `body` (`StepRecord` JSON), `cseq` (creation order), `ev` (the step's history, see below) |
+//! | other history | `RUN#<run_id>` | `E#<seq>` | `ev` |
+//! | idempotency key | `IDEM#<tenant, `%`/`#` escaped>#<key>` | `I` | `run_id`, `body_hash`, `created_at` (N, ms), `ttl` (N, s) |
+//! | webhook id | `WH#<id>` | `W` | `seen_at` (N, ms), `ttl` (N, s) |
+//!
+//! - **Versions**: `ver` is what conditions compare (`ver = :read`); the store writes
+//!   `read + 1` and returns it. Header and step updates `SET body, ver` (and `ev`) only.
+//! - **History**: every write that carries events stores them as one *batch*, the string
+//!   `<seq> <JSON array>`, where `seq` is a UUIDv7 (32 hex digits) made at write time. A step
+//!   write appends its batch to the step item's `ev` list (`list_append`: one `UpdateItem`, no
+//!   second item); a header write or `append_events` puts an `E#<seq>` item, in the same
+//!   `TransactWriteItems` as the header when there is one. `events()` queries the partition and
+//!   sorts the batches by `seq`: append order, as long as one process writes a run's history at
+//!   a time (the lease), because UUIDv7s of one process are ordered; writers on different
+//!   machines are ordered by their clocks (milliseconds; they race anyway).
+//! - **Existence**: a step write of version 0 and `append_events` must not create items for a
+//!   run that does not exist; they read the header first (one strongly consistent `GetItem`),
+//!   skipped for runs this store has seen exist: runs are never deleted, so once seen, a run
+//!   exists (the cache is per process and bounded).
+//! - **Lease**: read the header, decide in Rust, write it back on `ver = :read`. The version
+//!   condition alone makes the check exact (any header write moves `ver`); a moved version is
+//!   re-read a few times before it is a `Conflict`.
+//! - **Expiry**: idempotency keys (24 h, `IDEMPOTENCY_TTL_MS`) and webhook ids
+//!   ([`WEBHOOK_ID_TTL_MS`]) carry `ttl`, but DynamoDB deletes expired items late (up to days),
+//!   so expiry is decided by the write's condition (`attribute_not_exists(PK) OR created_at <=
+//!   :expired`); TTL only cleans up. `ttl` is an hour past the expiry, so clock skew never lets
+//!   DynamoDB delete a key that is still live.
+//! - **Listing**: `Query` on `by_tenant` (one tenant) or `all_runs` (operators), newest first
+//!   (`ScanIndexForward = false`; ties by run id, descending). The indexes project only
+//!   `workflow`, which never changes: a header update touches no indexed or projected
+//!   attribute, so it writes no index item (projecting `status`/`updated_at` would add a write
+//!   per index to every lease take and status change). The page's rows are then read from their
+//!   headers (`BatchGetItem`, eventually consistent, ½ read unit each), where the status filter
+//!   is applied; the workflow filter is a `FilterExpression` on the index. The adapter keeps
+//!   querying until the page is full, plus one row to know whether another page follows.
+//!   `remaining` is `None` (it would mean reading every row).
+//! - **Cursor**: `v1.` + base64url(JSON of the last row's `created_at` and run id, and the
+//!   query's tenant and filters). A cursor that does not decode, or was made for another tenant
+//!   or other filters, is `StoreError::Invalid`. It is not signed: the query always runs on
+//!   the caller's own index partition (`TENANT#<caller>`), so a forged position can only skip
+//!   within the caller's own runs, never into another tenant's.
+//! - `all_runs` has one partition (`GSI2PK = ALL`), written once per run (at creation): about
+//!   a thousand new runs a second across all tenants before it needs sharding (`ALL#<n>`, with
+//!   the listing merging the shards).
+//!
+//! # The table (for `template.yaml`)
+//!
+//! [`create_table`] makes it; [`TABLE_SCHEMA`] is the same table as CloudFormation properties,
+//! to copy into a template:
+//!
+//! ```yaml
+#![doc = include_str!("dynamo_table.yaml")]
+//! ```
+
+use crate::error::{dynamo_error, dynamo_failed_condition, DynamoItem, FailedCondition};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::{BuildError, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, KeysAndAttributes, Projection, ProjectionType, Put,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus, TimeToLiveSpecification,
+    TimeToLiveStatus, TransactWriteItem, Update,
+};
+use aws_sdk_dynamodb::Client;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use switchyard_core::ports::{
+    IdempotencyClaim, ListScope, RunPage, RunQuery, RunSummary, StateStore, IDEMPOTENCY_TTL_MS,
+    MAX_LIST_LIMIT,
+};
+use switchyard_core::state::{HistoryEvent, Lease, RunHeader, RunSnapshot, RunStatus, StepRecord};
+use switchyard_core::{Millis, StoreError};
+
+/// The table as CloudFormation `AWS::DynamoDB::Table` properties: what [`create_table`] makes.
+pub const TABLE_SCHEMA: &str = include_str!("dynamo_table.yaml");
+
+/// The index of one tenant's runs (`GSI1PK`, `GSI1SK`).
+pub const INDEX_BY_TENANT: &str = "by_tenant";
+/// The index of every tenant's runs, for operators (`GSI2PK`, `GSI2SK`).
+pub const INDEX_ALL_RUNS: &str = "all_runs";
+/// The one attribute the indexes project besides the keys.
+pub const INDEX_PROJECTED: &str = "workflow";
+/// The TTL attribute (epoch seconds).
+pub const TTL_ATTRIBUTE: &str = "ttl";
+
+/// How long a webhook id is remembered: longer than providers retry a delivery (days, not
+/// weeks). The embedded store keeps ids forever; both answer "seen" within this window.
+pub const WEBHOOK_ID_TTL_MS: Millis = 7 * 24 * 60 * 60 * 1000;
+
+/// `ttl` lies this far past the expiry, so a clock ahead of ours never deletes a live record.
+const TTL_SLACK_S: u64 = 3600;
+/// Reads of the header before a lease take gives up on a header that keeps changing.
+const LEASE_ATTEMPTS: usize = 4;
+/// Bodies from this many bytes of JSON on are stored deflated: JSON shrinks to about 60%,
+/// which keeps a model step with a paragraph of output, or a header with inline values, in one
+/// write unit. Smaller bodies stay text, readable in the console.
+const COMPRESS_FROM: usize = 512;
+/// A body that inflates past this is corrupt (an item holds at most 400 KB).
+const MAX_BODY: usize = 4 << 20;
+/// Run ids remembered as existing before the set starts afresh.
+const KNOWN_RUNS_MAX: usize = 10_000;
+/// `BatchGetItem` reads at most 100 keys; a listing asks for its rows in such chunks.
+const BATCH_GET_MAX: usize = 100;
+/// Tries of a `BatchGetItem` whose keys come back unprocessed (throttling).
+const BATCH_GET_ATTEMPTS: u32 = 5;
+
+const HEADER_SK: &str = "H";
+const ALL_RUNS_PK: &str = "ALL";
+/// A write whose item must not exist yet.
+const NEW_ITEM: &str = "attribute_not_exists(PK)";
+/// Claims of a key that is free or expired (see [`expiring_put`]).
+const IDEMPOTENCY_CONDITION: &str = "attribute_not_exists(PK) OR created_at <= :expired";
+const WEBHOOK_ID_CONDITION: &str = "attribute_not_exists(PK) OR seen_at <= :expired";
+
+type Values = HashMap<String, AttributeValue>;
+
+/// [`StateStore`] on one DynamoDB table (layout in the module docs). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+    known: Arc<KnownRuns>,
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>) -> DynamoStore {
+        DynamoStore {
+            client,
+            table: table.into(),
+            known: Arc::default(),
+        }
+    }
+
+    /// The table this store reads and writes.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys and attribute values
+
+fn run_pk(run_id: &str) -> String {
+    format!("RUN#{run_id}")
+}
+
+fn step_sk(step: &str) -> String {
+    format!("S#{step}")
+}
+
+/// `%` and `#` escaped, so `tenant#key` cannot be read two ways (tenant `a#b`, key `c` vs
+/// tenant `a`, key `b#c`): one tenant's key must never name another tenant's run.
+fn escape(part: &str) -> String {
+    part.replace('%', "%25").replace('#', "%23")
+}
+
+fn idempotency_pk(tenant: &str, key: &str) -> String {
+    format!("IDEM#{}#{key}", escape(tenant))
+}
+
+fn tenant_pk(tenant: &str) -> String {
+    format!("TENANT#{tenant}")
+}
+
+/// The index sort key: zero-padded so strings sort as numbers (13 digits of milliseconds last
+/// until the year 2286), then the run id to break ties.
+fn index_sk(created_at: Millis, run_id: &str) -> String {
+    format!("{created_at:013}#{run_id}")
+}
+
+fn item_key(pk: String, sk: impl Into<String>) -> DynamoItem {
+    HashMap::from([
+        ("PK".to_string(), AttributeValue::S(pk)),
+        ("SK".to_string(), AttributeValue::S(sk.into())),
+    ])
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: u64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn values<const N: usize>(pairs: [(&str, AttributeValue); N]) -> Values {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+fn attr_s<'a>(item: &'a DynamoItem, name: &str, what: &str) -> Result<&'a str, StoreError> {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => Ok(v),
+        _ => Err(StoreError::Corrupt(format!("{what}: no string `{name}`"))),
+    }
+}
+
+fn attr_n(item: &DynamoItem, name: &str, what: &str) -> Result<u64, StoreError> {
+    match item.get(name) {
+        Some(AttributeValue::N(v)) => v
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("{what}: `{name}` = {v} is not a version"))),
+        _ => Err(StoreError::Corrupt(format!("{what}: no number `{name}`"))),
+    }
+}
+
+fn to_json<T: Serialize + ?Sized>(value: &T, what: &str) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn from_json<T: DeserializeOwned>(text: &str, what: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+/// Epoch seconds for `ttl`: the expiry rounded up, plus the slack.
+fn ttl_at(expires_ms: Millis) -> AttributeValue {
+    n(expires_ms.div_ceil(1000) + TTL_SLACK_S)
+}
+
+/// The size of an item as DynamoDB bills it: attribute names and values in UTF-8 bytes; a
+/// number 1 byte per two significant digits plus 1; a list or map 3 bytes plus 1 per element
+/// plus its elements; booleans and nulls 1 byte. A write costs one unit per started 1,024
+/// bytes (an update: of the larger of the item before and after), a strongly consistent read
+/// one unit per started 4 KB.
+pub fn item_size(item: &DynamoItem) -> usize {
+    item.iter().map(|(k, v)| k.len() + value_size(v)).sum()
+}
+
+fn value_size(v: &AttributeValue) -> usize {
+    match v {
+        AttributeValue::S(s) => s.len(),
+        AttributeValue::N(num) => number_size(num),
+        AttributeValue::B(b) => b.as_ref().len(),
+        AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
+        AttributeValue::L(l) => 3 + l.iter().map(|e| 1 + value_size(e)).sum::<usize>(),
+        AttributeValue::M(m) => {
+            3 + m
+                .iter()
+                .map(|(k, e)| 1 + k.len() + value_size(e))
+                .sum::<usize>()
+        }
+        AttributeValue::Ss(v) => v.iter().map(String::len).sum(),
+        AttributeValue::Ns(v) => v.iter().map(|x| number_size(x)).sum(),
+        AttributeValue::Bs(v) => v.iter().map(|b| b.as_ref().len()).sum(),
+        _ => 0,
+    }
+}
+
+fn number_size(num: &str) -> usize {
+    let digits: String = num.chars().filter(char::is_ascii_digit).collect();
+    let significant = digits
+        .trim_start_matches('0')
+        .trim_end_matches('0')
+        .len()
+        .max(1);
+    significant.div_ceil(2) + 1
+}
+
+// ---------------------------------------------------------------------------------------------
+// Items
+
+/// A fresh history position: UUIDv7s of one process sort in creation order.
+fn new_seq() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// One write's events as stored: `<seq> <JSON array>`.
+fn event_batch(
+    seq: &str,
+    run_id: &str,
+    events: &[HistoryEvent],
+) -> Result<AttributeValue, StoreError> {
+    let json = to_json(events, &format!("events of run {run_id}"))?;
+    Ok(s(format!("{seq} {json}")))
+}
+
+/// An `E#<seq>` item holding the events of a header write or an `append_events` call.
+fn events_item(run_id: &str, events: &[HistoryEvent]) -> Result<DynamoItem, StoreError> {
+    let seq = new_seq();
+    let mut item = item_key(run_pk(run_id), format!("E#{seq}"));
+    item.insert(
+        "ev".into(),
+        AttributeValue::L(vec![event_batch(&seq, run_id, events)?]),
+    );
+    Ok(item)
+}
+
+/// A record's JSON as its `body` attribute: text while it is small, deflated (binary) from
+/// [`COMPRESS_FROM`] bytes on, when that is smaller.
+fn body_value(json: String) -> AttributeValue {
+    if json.len() >= COMPRESS_FROM {
+        let packed = miniz_oxide::deflate::compress_to_vec(json.as_bytes(), 6);
+        if packed.len() < json.len() {
+            return AttributeValue::B(Blob::new(packed));
+        }
+    }
+    AttributeValue::S(json)
+}
+
+/// The record in an item's `body`, text or deflated.
+fn read_body<T: DeserializeOwned>(item: &DynamoItem, what: &str) -> Result<T, StoreError> {
+    let corrupt = |why: String| StoreError::Corrupt(format!("{what}: {why}"));
+    match item.get("body") {
+        Some(AttributeValue::S(text)) => from_json(text, what),
+        Some(AttributeValue::B(packed)) => {
+            let json =
+                miniz_oxide::inflate::decompress_to_vec_with_limit(packed.as_ref(), MAX_BODY)
+                    .map_err(|e| corrupt(format!("body does not inflate: {e}")))?;
+            serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))
+        }
+        _ => Err(corrupt("no `body`".into())),
+    }
+}
+
+/// The header's JSON at the version it will have once written.
+fn header_body(h: &RunHeader, version: u64) -> Result<AttributeValue, StoreError> {
+    let mut h = h.clone();
+    h.version = version;
+    Ok(body_value(to_json(
+        &h,
+        &format!("header of run {}", h.run_id),
+    )?))
+}
+
+/// The whole header item, as `create_run` puts it: the index keys are written once, here.
+fn header_item(h: &RunHeader) -> Result<DynamoItem, StoreError> {
+    let sk = index_sk(h.created_at, &h.run_id);
+    let mut item = item_key(run_pk(&h.run_id), HEADER_SK);
+    item.extend([
+        ("ver".to_string(), n(1)),
+        ("body".to_string(), header_body(h, 1)?),
+        (INDEX_PROJECTED.to_string(), s(&h.workflow.name)),
+        ("GSI1PK".to_string(), s(tenant_pk(&h.tenant))),
+        ("GSI1SK".to_string(), s(sk.clone())),
+        ("GSI2PK".to_string(), s(ALL_RUNS_PK)),
+        ("GSI2SK".to_string(), s(sk)),
+    ]);
+    Ok(item)
+}
+
+/// A stored header, with `ver` (what conditions compare) as its version.
+fn read_header(item: &DynamoItem, run_id: &str) -> Result<RunHeader, StoreError> {
+    let what = format!("header of run {run_id}");
+    let mut h: RunHeader = read_body(item, &what)?;
+    h.version = attr_n(item, "ver", &what)?;
+    Ok(h)
+}
+
+fn read_step(item: &DynamoItem, run_id: &str) -> Result<(String, StepRecord), StoreError> {
+    let sk = attr_s(item, "SK", &format!("an item of run {run_id}"))?;
+    let what = format!("step {} of run {run_id}", sk.trim_start_matches("S#"));
+    let mut rec: StepRecord = read_body(item, &what)?;
+    rec.version = attr_n(item, "ver", &what)?;
+    Ok((attr_s(item, "cseq", &what)?.to_string(), rec))
+}
+
+/// The event batches of an item (`ev`), as `(seq, events)`.
+fn read_batches(
+    item: &DynamoItem,
+    run_id: &str,
+    out: &mut Vec<(String, Vec<HistoryEvent>)>,
+) -> Result<(), StoreError> {
+    let Some(AttributeValue::L(list)) = item.get("ev") else {
+        return Ok(());
+    };
+    let what = format!("events of run {run_id}");
+    for entry in list {
+        let AttributeValue::S(text) = entry else {
+            return Err(StoreError::Corrupt(format!(
+                "{what}: a batch is not a string"
+            )));
+        };
+        let (seq, json) = text
+            .split_once(' ')
+            .ok_or_else(|| StoreError::Corrupt(format!("{what}: a batch has no sequence")))?;
+        out.push((seq.to_string(), from_json(json, &what)?));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conditional writes
+
+/// How a conditional write ended, short of an error.
+#[derive(Debug, PartialEq)]
+enum Written {
+    Yes,
+    /// The condition failed; the item as stored (`None`: there was none).
+    ConditionFailed(Option<DynamoItem>),
+}
+
+/// A write's result in the adapter's words: a failed condition is a value (the caller decides
+/// between `Conflict`, `NotFound` and an answer), everything else is classified in `error.rs`.
+fn outcome<T, E>(op: &str, res: Result<T, SdkError<E, HttpResponse>>) -> Result<Written, StoreError>
+where
+    E: FailedCondition + ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match res {
+        Ok(_) => Ok(Written::Yes),
+        Err(e) => match dynamo_failed_condition(&e) {
+            Some(old) => Ok(Written::ConditionFailed(old)),
+            None => Err(dynamo_error(op, e)),
+        },
+    }
+}
+
+fn built<T>(r: Result<T, BuildError>) -> Result<T, StoreError> {
+    r.map_err(|e| StoreError::Unavailable(format!("DynamoDB: could not build the request: {e}")))
+}
+
+/// One conditional write: a whole item, or some attributes of one. Every write of the adapter
+/// asks for the stored item back when its condition fails (`ALL_OLD`, no extra cost).
+enum Write {
+    Put {
+        item: DynamoItem,
+        condition: &'static str,
+        values: Values,
+    },
+    Update {
+        key: DynamoItem,
+        update: String,
+        condition: &'static str,
+        values: Values,
+    },
+}
+
+/// `None` for an empty map: DynamoDB refuses empty expression values.
+fn some(values: Values) -> Option<Values> {
+    (!values.is_empty()).then_some(values)
+}
+
+impl Write {
+    fn put_new(item: DynamoItem) -> Write {
+        Write::Put {
+            item,
+            condition: NEW_ITEM,
+            values: Values::new(),
+        }
+    }
+
+    fn transact_item(self, table: &str) -> Result<TransactWriteItem, StoreError> {
+        let old = ReturnValuesOnConditionCheckFailure::AllOld;
+        Ok(match self {
+            Write::Put {
+                item,
+                condition,
+                values,
+            } => TransactWriteItem::builder()
+                .put(built(
+                    Put::builder()
+                        .table_name(table)
+                        .set_item(Some(item))
+                        .condition_expression(condition)
+                        .set_expression_attribute_values(some(values))
+                        .return_values_on_condition_check_failure(old)
+                        .build(),
+                )?)
+                .build(),
+            Write::Update {
+                key,
+                update,
+                condition,
+                values,
+            } => TransactWriteItem::builder()
+                .update(built(
+                    Update::builder()
+                        .table_name(table)
+                        .set_key(Some(key))
+                        .update_expression(update)
+                        .condition_expression(condition)
+                        .set_expression_attribute_values(some(values))
+                        .return_values_on_condition_check_failure(old)
+                        .build(),
+                )?)
+                .build(),
+        })
+    }
+}
+
+impl DynamoStore {
+    /// Sends `write` on its own, or — when `events` carries an `E#` item — both in one
+    /// transaction (a header change and its history are one write, or neither happens).
+    async fn commit(
+        &self,
+        write: Write,
+        events: Option<DynamoItem>,
+    ) -> Result<Written, StoreError> {
+        if let Some(ev) = events {
+            let items = vec![
+                write.transact_item(&self.table)?,
+                Write::put_new(ev).transact_item(&self.table)?,
+            ];
+            let res = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items))
+                .send()
+                .await;
+            return outcome("TransactWriteItems", res);
+        }
+        let old = ReturnValuesOnConditionCheckFailure::AllOld;
+        match write {
+            Write::Put {
+                item,
+                condition,
+                values,
+            } => {
+                let res = self
+                    .client
+                    .put_item()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .condition_expression(condition)
+                    .set_expression_attribute_values(some(values))
+                    .return_values_on_condition_check_failure(old)
+                    .send()
+                    .await;
+                outcome("PutItem", res)
+            }
+            Write::Update {
+                key,
+                update,
+                condition,
+                values,
+            } => {
+                let res = self
+                    .client
+                    .update_item()
+                    .table_name(&self.table)
+                    .set_key(Some(key))
+                    .update_expression(update)
+                    .condition_expression(condition)
+                    .set_expression_attribute_values(some(values))
+                    .return_values_on_condition_check_failure(old)
+                    .send()
+                    .await;
+                outcome("UpdateItem", res)
+            }
+        }
+    }
+
+    /// The header write of `put_header` and `acquire_lease`: body and version only, so the
+    /// index keys and the projected `workflow` are untouched and no index item is rewritten.
+    fn header_update(h: &RunHeader, new_version: u64) -> Result<Write, StoreError> {
+        Ok(Write::Update {
+            key: item_key(run_pk(&h.run_id), HEADER_SK),
+            update: "SET body = :body, ver = :new".into(),
+            condition: "ver = :read",
+            values: values([
+                (":body", header_body(h, new_version)?),
+                (":new", n(new_version)),
+                (":read", n(h.version)),
+            ]),
+        })
+    }
+
+    /// The step write: body and version, and the step's events appended to its `ev` list.
+    fn step_write(
+        run_id: &str,
+        rec: &StepRecord,
+        events: &[HistoryEvent],
+    ) -> Result<Write, StoreError> {
+        let new_version = rec.version + 1;
+        let mut stored = rec.clone();
+        stored.version = new_version;
+        let body = to_json(&stored, &format!("step {} of run {run_id}", rec.step))?;
+        let mut vals = values([(":body", body_value(body)), (":new", n(new_version))]);
+        let seq = new_seq();
+        let mut update = String::from("SET body = :body, ver = :new");
+        if rec.version == 0 {
+            update.push_str(", cseq = :seq");
+            vals.insert(":seq".into(), s(seq.clone()));
+        } else {
+            vals.insert(":read".into(), n(rec.version));
+        }
+        if !events.is_empty() {
+            update.push_str(", ev = list_append(if_not_exists(ev, :none), :batch)");
+            vals.insert(":none".into(), AttributeValue::L(Vec::new()));
+            let batch = event_batch(&seq, run_id, events)?;
+            vals.insert(":batch".into(), AttributeValue::L(vec![batch]));
+        }
+        Ok(Write::Update {
+            key: item_key(run_pk(run_id), step_sk(&rec.step)),
+            update,
+            condition: if rec.version == 0 {
+                NEW_ITEM
+            } else {
+                "ver = :read"
+            },
+            values: vals,
+        })
+    }
+
+    /// The `E#` item for `events`, if there are any.
+    fn history(run_id: &str, events: &[HistoryEvent]) -> Result<Option<DynamoItem>, StoreError> {
+        if events.is_empty() {
+            Ok(None)
+        } else {
+            events_item(run_id, events).map(Some)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reads
+
+impl DynamoStore {
+    /// The header item, strongly consistent (a worker must see the write before its own).
+    async fn header_item(&self, run_id: &str) -> Result<Option<DynamoItem>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(item_key(run_pk(run_id), HEADER_SK)))
+            .projection_expression("body, ver")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| dynamo_error("GetItem", e))?;
+        if out.item.is_some() {
+            self.known.insert(run_id);
+        }
+        Ok(out.item)
+    }
+
+    /// `NotFound` unless the run exists: before writes that would otherwise create items for
+    /// a run that is not there.
+    async fn ensure_run(&self, run_id: &str) -> Result<(), StoreError> {
+        if self.known.contains(run_id) || self.header_item(run_id).await?.is_some() {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound(format!("run {run_id}")))
+        }
+    }
+
+    /// Every item of a run's partition from `SK >= from` on (all of them without), strongly
+    /// consistent, page after page.
+    async fn partition(
+        &self,
+        run_id: &str,
+        from: Option<&str>,
+        projection: &str,
+    ) -> Result<Vec<DynamoItem>, StoreError> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let mut q = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .projection_expression(projection)
+                .expression_attribute_values(":pk", s(run_pk(run_id)))
+                .set_exclusive_start_key(start);
+            q = match from {
+                Some(sk) => q
+                    .key_condition_expression("PK = :pk AND SK >= :from")
+                    .expression_attribute_values(":from", s(sk)),
+                None => q.key_condition_expression("PK = :pk"),
+            };
+            let out = q.send().await.map_err(|e| dynamo_error("Query", e))?;
+            items.extend(out.items.unwrap_or_default());
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(items);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Listing
+
+/// Where a listing page ended, and for which query: `v1.` + base64url(JSON).
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Cursor {
+    /// The tenant (`None`: all tenants).
+    t: Option<String>,
+    s: Option<RunStatus>,
+    w: Option<String>,
+    at: Millis,
+    id: String,
+}
+
+impl Cursor {
+    fn encode(&self) -> Result<String, StoreError> {
+        Ok(format!(
+            "v1.{}",
+            URL_SAFE_NO_PAD.encode(to_json(self, "listing cursor")?)
+        ))
+    }
+
+    /// The cursor, if it is one this store made for this very query.
+    fn decode(text: &str, q: &RunQuery) -> Result<Cursor, StoreError> {
+        let bad = |why: &str| {
+            StoreError::Invalid(format!("`{text}` is not a cursor of this listing: {why}"))
+        };
+        let raw = text
+            .strip_prefix("v1.")
+            .ok_or_else(|| bad("unknown format"))?;
+        let json = URL_SAFE_NO_PAD
+            .decode(raw)
+            .map_err(|_| bad("not base64url"))?;
+        let c: Cursor = serde_json::from_slice(&json).map_err(|_| bad("not a position"))?;
+        if c.t.as_deref() != q.scope.tenant() || c.s != q.status || c.w != q.workflow {
+            return Err(bad("made for another tenant or other filters"));
+        }
+        Ok(c)
+    }
+}
+
+/// The index a listing reads, its partition, and the names of its keys.
+struct Index {
+    name: &'static str,
+    pk: (&'static str, String),
+    sk: &'static str,
+}
+
+impl Index {
+    fn of(scope: &ListScope) -> Index {
+        match scope {
+            ListScope::Tenant(t) => Index {
+                name: INDEX_BY_TENANT,
+                pk: ("GSI1PK", tenant_pk(t)),
+                sk: "GSI1SK",
+            },
+            ListScope::AllTenants => Index {
+                name: INDEX_ALL_RUNS,
+                pk: ("GSI2PK", ALL_RUNS_PK.to_string()),
+                sk: "GSI2SK",
+            },
+        }
+    }
+
+    /// The `ExclusiveStartKey` after a cursor's row: the index keys and the table keys.
+    fn start_after(&self, c: &Cursor) -> DynamoItem {
+        let mut k = item_key(run_pk(&c.id), HEADER_SK);
+        k.insert(self.pk.0.into(), s(self.pk.1.clone()));
+        k.insert(self.sk.into(), s(index_sk(c.at, &c.id)));
+        k
+    }
+}
+
+fn summary(h: RunHeader) -> RunSummary {
+    RunSummary {
+        run_id: h.run_id,
+        tenant: h.tenant,
+        workflow: h.workflow.name,
+        version: h.workflow.version,
+        status: h.status,
+        created_at: h.created_at,
+        updated_at: h.updated_at,
+    }
+}
+
+impl DynamoStore {
+    /// Up to `max` run ids of the index after `start`, newest first, the workflow filter
+    /// applied; and where the index continues.
+    async fn index_page(
+        &self,
+        index: &Index,
+        workflow: Option<&str>,
+        start: Option<DynamoItem>,
+        max: usize,
+    ) -> Result<(Vec<String>, Option<DynamoItem>), StoreError> {
+        let mut q = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(index.name)
+            .key_condition_expression(format!("{} = :pk", index.pk.0))
+            .expression_attribute_values(":pk", s(index.pk.1.clone()))
+            .scan_index_forward(false)
+            .limit(i32::try_from(max).unwrap_or(i32::MAX))
+            .set_exclusive_start_key(start);
+        if let Some(w) = workflow {
+            q = q
+                .filter_expression("workflow = :wf")
+                .expression_attribute_values(":wf", s(w));
+        }
+        let out = q.send().await.map_err(|e| dynamo_error("Query", e))?;
+        let ids = out
+            .items()
+            .iter()
+            .map(|item| {
+                let pk = attr_s(item, "PK", &format!("an entry of index {}", index.name))?;
+                Ok(pk.trim_start_matches("RUN#").to_string())
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok((ids, out.last_evaluated_key))
+    }
+
+    /// The headers of `ids` (≤ 100), eventually consistent: a listing may lag a write by
+    /// moments, as its index does anyway. Unprocessed keys (throttling) are asked again.
+    async fn headers(&self, ids: &[String]) -> Result<HashMap<String, RunHeader>, StoreError> {
+        let mut pending: Vec<DynamoItem> = ids
+            .iter()
+            .map(|id| item_key(run_pk(id), HEADER_SK))
+            .collect();
+        let mut found = HashMap::new();
+        for attempt in 0..BATCH_GET_ATTEMPTS {
+            if pending.is_empty() {
+                break;
+            }
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(25 << attempt)).await;
+            }
+            let keys = built(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(std::mem::take(&mut pending)))
+                    .projection_expression("PK, body, ver")
+                    .build(),
+            )?;
+            let out = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, keys)
+                .send()
+                .await
+                .map_err(|e| dynamo_error("BatchGetItem", e))?;
+            for item in out
+                .responses
+                .and_then(|mut r| r.remove(&self.table))
+                .unwrap_or_default()
+            {
+                let id = attr_s(&item, "PK", "a listed header")?
+                    .trim_start_matches("RUN#")
+                    .to_string();
+                let h = read_header(&item, &id)?;
+                found.insert(id, h);
+            }
+            pending = out
+                .unprocessed_keys
+                .and_then(|mut u| u.remove(&self.table))
+                .map(|k| k.keys)
+                .unwrap_or_default();
+        }
+        if pending.is_empty() {
+            Ok(found)
+        } else {
+            Err(StoreError::Unavailable(format!(
+                "throttled by DynamoDB (retry with backoff): BatchGetItem left {} headers unread",
+                pending.len()
+            )))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runs known to exist
+
+/// Run ids this process has seen exist. Runs are never deleted, so a hit is always right; the
+/// set starts afresh when full rather than tracking age (a miss costs one read).
+#[derive(Debug, Default)]
+struct KnownRuns(Mutex<HashSet<String>>);
+
+impl KnownRuns {
+    fn contains(&self, run_id: &str) -> bool {
+        self.0.lock().map(|s| s.contains(run_id)).unwrap_or(false)
+    }
+
+    fn insert(&self, run_id: &str) {
+        if let Ok(mut s) = self.0.lock() {
+            if s.len() >= KNOWN_RUNS_MAX {
+                s.clear();
+            }
+            s.insert(run_id.to_string());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The port
+
+#[async_trait]
+impl StateStore for DynamoStore {
+    async fn create_run(&self, h: &RunHeader, events: &[HistoryEvent]) -> Result<(), StoreError> {
+        let write = Write::put_new(header_item(h)?);
+        match self
+            .commit(write, Self::history(&h.run_id, events)?)
+            .await?
+        {
+            Written::Yes => {
+                self.known.insert(&h.run_id);
+                Ok(())
+            }
+            Written::ConditionFailed(_) => Err(StoreError::Conflict(format!(
+                "run {} already exists",
+                h.run_id
+            ))),
+        }
+    }
+
+    async fn load(&self, run_id: &str) -> Result<Option<RunSnapshot>, StoreError> {
+        // `SK >= H`: the header and the `S#` steps, not the `E#` history (`E` < `H` < `S`).
+        let items = self
+            .partition(run_id, Some(HEADER_SK), "SK, body, ver, cseq")
+            .await?;
+        let mut header = None;
+        let mut steps = Vec::new();
+        for item in &items {
+            match attr_s(item, "SK", &format!("an item of run {run_id}"))? {
+                HEADER_SK => header = Some(read_header(item, run_id)?),
+                _ => steps.push(read_step(item, run_id)?),
+            }
+        }
+        let Some(header) = header else {
+            return Ok(None);
+        };
+        self.known.insert(run_id);
+        steps.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Some(RunSnapshot {
+            header,
+            steps: steps.into_iter().map(|(_, rec)| rec).collect(),
+        }))
+    }
+
+    async fn load_header(&self, run_id: &str) -> Result<Option<RunHeader>, StoreError> {
+        self.header_item(run_id)
+            .await?
+            .map(|item| read_header(&item, run_id))
+            .transpose()
+    }
+
+    async fn put_header(&self, h: &RunHeader, events: &[HistoryEvent]) -> Result<u64, StoreError> {
+        let new_version = h.version + 1;
+        let write = Self::header_update(h, new_version)?;
+        match self
+            .commit(write, Self::history(&h.run_id, events)?)
+            .await?
+        {
+            Written::Yes => Ok(new_version),
+            Written::ConditionFailed(Some(_)) => Err(StoreError::Conflict(format!(
+                "run {} is not at version {}",
+                h.run_id, h.version
+            ))),
+            Written::ConditionFailed(None) => {
+                Err(StoreError::NotFound(format!("run {}", h.run_id)))
+            }
+        }
+    }
+
+    async fn acquire_lease(
+        &self,
+        run_id: &str,
+        lease: &Lease,
+        now: Millis,
+    ) -> Result<RunHeader, StoreError> {
+        for _ in 0..LEASE_ATTEMPTS {
+            let item = self
+                .header_item(run_id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("run {run_id}")))?;
+            let mut h = read_header(&item, run_id)?;
+            if let Some(held) = &h.lease {
+                if held.until > now && held.owner != lease.owner {
+                    let msg = format!(
+                        "lease of run {run_id} held by {} until {}",
+                        held.owner, held.until
+                    );
+                    return Err(StoreError::Conflict(msg));
+                }
+            }
+            h.lease = Some(lease.clone());
+            if !h.status.is_terminal() {
+                h.status = RunStatus::Running;
+            }
+            h.updated_at = now;
+            let new_version = h.version + 1;
+            // Another write moved the version between the read and this write: read again.
+            if self
+                .commit(Self::header_update(&h, new_version)?, None)
+                .await?
+                == Written::Yes
+            {
+                h.version = new_version;
+                return Ok(h);
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "run {run_id}: the header kept changing while the lease was taken"
+        )))
+    }
+
+    async fn put_step(
+        &self,
+        run_id: &str,
+        rec: &StepRecord,
+        events: &[HistoryEvent],
+    ) -> Result<u64, StoreError> {
+        if rec.version == 0 {
+            self.ensure_run(run_id).await?;
+        }
+        match self
+            .commit(Self::step_write(run_id, rec, events)?, None)
+            .await?
+        {
+            Written::Yes => Ok(rec.version + 1),
+            Written::ConditionFailed(_) => Err(StoreError::Conflict(format!(
+                "step {} of run {run_id} is not at version {}",
+                rec.step, rec.version
+            ))),
+        }
+    }
+
+    async fn append_events(&self, run_id: &str, events: &[HistoryEvent]) -> Result<(), StoreError> {
+        let Some(item) = Self::history(run_id, events)? else {
+            return Ok(());
+        };
+        self.ensure_run(run_id).await?;
+        match self.commit(Write::put_new(item), None).await? {
+            Written::Yes => Ok(()),
+            Written::ConditionFailed(_) => Err(StoreError::Conflict(format!(
+                "events of run {run_id}: the sequence number is taken"
+            ))),
+        }
+    }
+
+    async fn events(&self, run_id: &str) -> Result<Vec<HistoryEvent>, StoreError> {
+        let mut batches = Vec::new();
+        for item in self.partition(run_id, None, "ev").await? {
+            read_batches(&item, run_id, &mut batches)?;
+        }
+        // Stable: the events of one batch keep their order.
+        batches.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(batches.into_iter().flat_map(|(_, evs)| evs).collect())
+    }
+
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, StoreError> {
+        let limit = query.limit.clamp(1, MAX_LIST_LIMIT);
+        let after = query
+            .cursor
+            .as_deref()
+            .map(|c| Cursor::decode(c, query))
+            .transpose()?;
+        let index = Index::of(&query.scope);
+        let mut start = after.as_ref().map(|c| index.start_after(c));
+        // One row past the page tells whether another page follows.
+        let mut rows: Vec<RunSummary> = Vec::with_capacity(limit + 1);
+        'pages: loop {
+            let want = (limit + 1 - rows.len()).min(BATCH_GET_MAX);
+            let (ids, next) = self
+                .index_page(&index, query.workflow.as_deref(), start, want)
+                .await?;
+            let mut headers = self.headers(&ids).await?;
+            for id in &ids {
+                // Missing: the index saw the header before this read did; the next page will.
+                let Some(h) = headers.remove(id) else {
+                    continue;
+                };
+                if query.status.is_none_or(|st| st == h.status) {
+                    rows.push(summary(h));
+                    if rows.len() > limit {
+                        break 'pages;
+                    }
+                }
+            }
+            start = next;
+            if start.is_none() {
+                break;
+            }
+        }
+        let cursor = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last()
+                .map(|last| {
+                    Cursor {
+                        t: query.scope.tenant().map(str::to_string),
+                        s: query.status,
+                        w: query.workflow.clone(),
+                        at: last.created_at,
+                        id: last.run_id.clone(),
+                    }
+                    .encode()
+                })
+                .transpose()?
+        } else {
+            None
+        };
+        Ok(RunPage {
+            runs: rows,
+            cursor,
+            remaining: None,
+        })
+    }
+
+    async fn claim_idempotency(
+        &self,
+        tenant: &str,
+        key: &str,
+        body_hash: &str,
+        run_id: &str,
+        now: Millis,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        let mut item = item_key(idempotency_pk(tenant, key), "I");
+        item.extend([
+            ("run_id".to_string(), s(run_id)),
+            ("body_hash".to_string(), s(body_hash)),
+            ("created_at".to_string(), n(now)),
+            (TTL_ATTRIBUTE.to_string(), ttl_at(now + IDEMPOTENCY_TTL_MS)),
+        ]);
+        let old = match self
+            .commit(
+                expiring_put(item, IDEMPOTENCY_CONDITION, now, IDEMPOTENCY_TTL_MS),
+                None,
+            )
+            .await?
+        {
+            Written::Yes => return Ok(IdempotencyClaim::New),
+            Written::ConditionFailed(old) => old,
+        };
+        let what = format!("idempotency key {key:?} of tenant {tenant}");
+        let old = old
+            .ok_or_else(|| StoreError::Conflict(format!("{what}: changed while claimed, retry")))?;
+        Ok(IdempotencyClaim::Existing {
+            run_id: attr_s(&old, "run_id", &what)?.to_string(),
+            same_body: attr_s(&old, "body_hash", &what)? == body_hash,
+        })
+    }
+
+    async fn record_webhook_id(&self, id: &str, now: Millis) -> Result<bool, StoreError> {
+        let mut item = item_key(format!("WH#{id}"), "W");
+        item.extend([
+            ("seen_at".to_string(), n(now)),
+            (TTL_ATTRIBUTE.to_string(), ttl_at(now + WEBHOOK_ID_TTL_MS)),
+        ]);
+        let written = self
+            .commit(
+                expiring_put(item, WEBHOOK_ID_CONDITION, now, WEBHOOK_ID_TTL_MS),
+                None,
+            )
+            .await?;
+        Ok(written == Written::Yes)
+    }
+}
+
+/// A put that succeeds if the item is absent or expired at `now` (`condition` compares its
+/// time with `:expired` = `now - ttl_ms`): an expired record that DynamoDB has not deleted yet
+/// counts as absent.
+fn expiring_put(item: DynamoItem, condition: &'static str, now: Millis, ttl_ms: Millis) -> Write {
+    match now.checked_sub(ttl_ms) {
+        Some(expired) => Write::Put {
+            item,
+            condition,
+            values: values([(":expired", n(expired))]),
+        },
+        // Nothing written since the epoch can have expired yet.
+        None => Write::put_new(item),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The table
+
+fn attribute(name: &str) -> Result<AttributeDefinition, StoreError> {
+    built(
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build(),
+    )
+}
+
+fn key_schema(hash: &str, range: &str) -> Result<Vec<KeySchemaElement>, StoreError> {
+    let element = |name: &str, kind| {
+        built(
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build(),
+        )
+    };
+    Ok(vec![
+        element(hash, KeyType::Hash)?,
+        element(range, KeyType::Range)?,
+    ])
+}
+
+fn index(name: &str, hash: &str, range: &str) -> Result<GlobalSecondaryIndex, StoreError> {
+    let projection = Projection::builder()
+        .projection_type(ProjectionType::Include)
+        .non_key_attributes(INDEX_PROJECTED)
+        .build();
+    built(
+        GlobalSecondaryIndex::builder()
+            .index_name(name)
+            .set_key_schema(Some(key_schema(hash, range)?))
+            .projection(projection)
+            .build(),
+    )
+}
+
+/// Creates the state table `name` ([`TABLE_SCHEMA`]: on-demand, both indexes, TTL on `ttl`)
+/// and waits until it and its indexes are `ACTIVE`. A table of that name that exists already
+/// is waited for and given its TTL, not created again: `switchyard dev --backend aws` can run
+/// twice. Its key schema is checked, not its indexes' projections.
+pub async fn create_table(client: &Client, name: &str) -> Result<(), StoreError> {
+    let mut attributes = Vec::new();
+    for a in ["PK", "SK", "GSI1PK", "GSI1SK", "GSI2PK", "GSI2SK"] {
+        attributes.push(attribute(a)?);
+    }
+    let res = client
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .set_attribute_definitions(Some(attributes))
+        .set_key_schema(Some(key_schema("PK", "SK")?))
+        .global_secondary_indexes(index(INDEX_BY_TENANT, "GSI1PK", "GSI1SK")?)
+        .global_secondary_indexes(index(INDEX_ALL_RUNS, "GSI2PK", "GSI2SK")?)
+        .send()
+        .await;
+    if let Err(e) = res {
+        let exists = e
+            .as_service_error()
+            .is_some_and(|se| se.is_resource_in_use_exception());
+        if !exists {
+            return Err(dynamo_error("CreateTable", e));
+        }
+    }
+    wait_active(client, name).await?;
+    enable_ttl(client, name).await
+}
+
+/// Polls `DescribeTable` until the table and every index are `ACTIVE` (seconds on AWS, at once
+/// on an emulator), for at most five minutes.
+async fn wait_active(client: &Client, name: &str) -> Result<(), StoreError> {
+    for _ in 0..600 {
+        let out = client
+            .describe_table()
+            .table_name(name)
+            .send()
+            .await
+            .map_err(|e| dynamo_error("DescribeTable", e))?;
+        let Some(t) = out.table else {
+            return Err(StoreError::Unavailable(format!(
+                "DynamoDB DescribeTable {name}: no table"
+            )));
+        };
+        let keys: Vec<_> = t.key_schema().iter().map(|k| k.attribute_name()).collect();
+        if keys != ["PK", "SK"] {
+            return Err(StoreError::Invalid(format!(
+                "table {name} exists with keys {keys:?}, not the state table's PK/SK"
+            )));
+        }
+        let active = t.table_status() == Some(&TableStatus::Active)
+            && t.global_secondary_indexes()
+                .iter()
+                .all(|i| i.index_status() == Some(&aws_sdk_dynamodb::types::IndexStatus::Active));
+        if active {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(StoreError::Unavailable(format!(
+        "DynamoDB table {name} not ACTIVE after 5 minutes"
+    )))
+}
+
+async fn enable_ttl(client: &Client, name: &str) -> Result<(), StoreError> {
+    let current = client
+        .describe_time_to_live()
+        .table_name(name)
+        .send()
+        .await
+        .map_err(|e| dynamo_error("DescribeTimeToLive", e))?;
+    let on = current.time_to_live_description().is_some_and(|d| {
+        matches!(
+            d.time_to_live_status(),
+            Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+        ) && d.attribute_name() == Some(TTL_ATTRIBUTE)
+    });
+    if on {
+        return Ok(());
+    }
+    let spec = built(
+        TimeToLiveSpecification::builder()
+            .enabled(true)
+            .attribute_name(TTL_ATTRIBUTE)
+            .build(),
+    )?;
+    client
+        .update_time_to_live()
+        .table_name(name)
+        .time_to_live_specification(spec)
+        .send()
+        .await
+        .map_err(|e| dynamo_error("UpdateTimeToLive", e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodb::error::ErrorMetadata;
+    use aws_sdk_dynamodb::operation::put_item::PutItemError;
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+    use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+    use aws_sdk_dynamodb::types::error::{
+        ConditionalCheckFailedException, TransactionCanceledException,
+    };
+    use aws_sdk_dynamodb::types::CancellationReason;
+    use aws_sdk_s3::primitives::SdkBody;
+
+    fn raw(status: u16) -> HttpResponse {
+        HttpResponse::new(status.try_into().unwrap(), SdkBody::empty())
+    }
+
+    fn old_item() -> DynamoItem {
+        item_key(run_pk("r1"), HEADER_SK)
+    }
+
+    #[test]
+    fn a_failed_condition_is_a_value_with_the_stored_item() {
+        let found = ConditionalCheckFailedException::builder()
+            .message("The conditional request failed")
+            .set_item(Some(old_item()))
+            .build();
+        let err = SdkError::service_error(
+            PutItemError::ConditionalCheckFailedException(found),
+            raw(400),
+        );
+        assert_eq!(
+            outcome::<(), _>("PutItem", Err(err)).unwrap(),
+            Written::ConditionFailed(Some(old_item()))
+        );
+        let absent = ConditionalCheckFailedException::builder().build();
+        let err = SdkError::service_error(
+            UpdateItemError::ConditionalCheckFailedException(absent),
+            raw(400),
+        );
+        assert_eq!(
+            outcome::<(), _>("UpdateItem", Err(err)).unwrap(),
+            Written::ConditionFailed(None)
+        );
+    }
+
+    #[test]
+    fn a_transaction_reports_the_item_whose_condition_failed() {
+        let cancelled = |reasons: Vec<CancellationReason>| {
+            let e = TransactionCanceledException::builder()
+                .message("Transaction cancelled")
+                .set_cancellation_reasons(Some(reasons))
+                .build();
+            SdkError::service_error(
+                TransactWriteItemsError::TransactionCanceledException(e),
+                raw(400),
+            )
+        };
+        let none = CancellationReason::builder().code("None").build();
+        let failed = CancellationReason::builder()
+            .code("ConditionalCheckFailed")
+            .set_item(Some(old_item()))
+            .build();
+        let got = outcome::<(), _>(
+            "TransactWriteItems",
+            Err(cancelled(vec![failed, none.clone()])),
+        );
+        assert_eq!(got.unwrap(), Written::ConditionFailed(Some(old_item())));
+        // Cancelled because another write was busy with the item: no condition failed, but
+        // re-reading is the answer all the same (error.rs reads the reasons in the message).
+        let busy = CancellationReason::builder()
+            .code("TransactionConflict")
+            .build();
+        let message = "Transaction cancelled, please refer cancellation reasons for specific reasons [TransactionConflict, None]";
+        let meta = ErrorMetadata::builder()
+            .code("TransactionCanceledException")
+            .message(message)
+            .build();
+        let e = TransactionCanceledException::builder()
+            .message(message)
+            .set_cancellation_reasons(Some(vec![busy, none]))
+            .meta(meta)
+            .build();
+        let err = SdkError::service_error(
+            TransactWriteItemsError::TransactionCanceledException(e),
+            raw(400),
+        );
+        let got = outcome::<(), _>("TransactWriteItems", Err(err));
+        assert!(matches!(got, Err(StoreError::Conflict(_))), "{got:?}");
+    }
+
+    #[test]
+    fn throttling_on_a_write_is_unavailable_saying_throttled() {
+        for code in [
+            "ProvisionedThroughputExceededException",
+            "ThrottlingException",
+            "RequestLimitExceeded",
+        ] {
+            let meta = ErrorMetadata::builder()
+                .code(code)
+                .message("slow down")
+                .build();
+            let err = SdkError::service_error(UpdateItemError::generic(meta), raw(400));
+            match outcome::<(), _>("UpdateItem", Err(err)) {
+                Err(StoreError::Unavailable(m)) => {
+                    assert!(
+                        m.starts_with("throttled by DynamoDB") && m.contains("UpdateItem"),
+                        "{m}"
+                    )
+                }
+                other => panic!("{code}: {other:?}"),
+            }
+        }
+        let meta = ErrorMetadata::builder()
+            .code("TransactionCanceledException")
+            .message("Transaction cancelled, please refer cancellation reasons for specific reasons [ThrottlingError, None]")
+            .build();
+        let err = SdkError::service_error(TransactWriteItemsError::generic(meta), raw(400));
+        match outcome::<(), _>("TransactWriteItems", Err(err)) {
+            Err(StoreError::Unavailable(m)) => {
+                assert!(m.starts_with("throttled by DynamoDB"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn keys_cannot_be_read_two_ways() {
+        assert_ne!(idempotency_pk("a#b", "c"), idempotency_pk("a", "b#c"));
+        assert_ne!(idempotency_pk("a%23", "c"), idempotency_pk("a#", "c"));
+        assert_eq!(idempotency_pk("t1", "k"), "IDEM#t1#k");
+        // Zero-padded: string order is number order.
+        assert!(index_sk(9, "z") < index_sk(10, "a"));
+        assert!(index_sk(20, "c") < index_sk(20, "d"));
+    }
+
+    #[test]
+    fn item_sizes_follow_the_billing_rules() {
+        let item = values([
+            ("PK", s("RUN#r1")),                              // 2 + 6
+            ("ver", n(12)),                                   // 3 + (1 + 1)
+            ("ev", AttributeValue::L(vec![s("ab"), s("c")])), // 2 + 3 + (1 + 2) + (1 + 1)
+            ("big", n(1_000_000)), // 3 + (1 + 1): trailing zeros do not count
+        ]);
+        assert_eq!(item_size(&item), 8 + 5 + 10 + 5);
+    }
+
+    #[test]
+    fn cursors_name_their_query() {
+        let q = RunQuery::new(ListScope::Tenant("t1".into()), 2);
+        let c = Cursor {
+            t: Some("t1".into()),
+            s: None,
+            w: None,
+            at: 20,
+            id: "c".into(),
+        };
+        let text = c.encode().unwrap();
+        assert!(text.starts_with("v1."), "{text}");
+        assert_eq!(Cursor::decode(&text, &q).unwrap(), c);
+        let other = RunQuery::new(ListScope::Tenant("t2".into()), 2);
+        let all = RunQuery::new(ListScope::AllTenants, 2);
+        let filtered = RunQuery {
+            status: Some(RunStatus::Failed),
+            ..q.clone()
+        };
+        for q in [other, all, filtered] {
+            assert!(
+                matches!(Cursor::decode(&text, &q), Err(StoreError::Invalid(_))),
+                "{q:?}"
+            );
+        }
+        for junk in [
+            "page2",
+            "v1.",
+            "v1.***",
+            "v2.e30",
+            &format!("v1.{}", URL_SAFE_NO_PAD.encode("{}")),
+        ] {
+            assert!(
+                matches!(Cursor::decode(junk, &q), Err(StoreError::Invalid(_))),
+                "{junk}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_schema_document_names_what_create_table_makes() {
+        for name in [
+            "PK",
+            "SK",
+            "GSI1PK",
+            "GSI1SK",
+            "GSI2PK",
+            "GSI2SK",
+            INDEX_BY_TENANT,
+            INDEX_ALL_RUNS,
+            INDEX_PROJECTED,
+            TTL_ATTRIBUTE,
+            "PAY_PER_REQUEST",
+            "INCLUDE",
+        ] {
+            assert!(TABLE_SCHEMA.contains(name), "{name}");
+        }
+    }
+}
