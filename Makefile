@@ -9,7 +9,7 @@ SY := $(CARGO_TARGET_DIR)/debug/switchyard
 endif
 EXAMPLES := support-triage knowledge-answer product-copy document-enrichment resilient-summary
 
-.PHONY: all build demo test test-aws lint fmt check-core check-msrv bench bench-api clean-demo
+.PHONY: all build demo test test-aws test-local-aws sam-validate sam-build local-aws local-aws-down lint fmt check-core check-msrv bench bench-api clean-demo
 
 all: lint test
 
@@ -34,12 +34,16 @@ demo: build
 	@echo; echo "Runs are kept in $(DEMO_DIR)/: try '$(SY) runs list --data-dir $(DEMO_DIR)'"
 
 ## test: every test of the workspace (unit, property, engine, end-to-end over HTTP, the AWS
-## adapters against moto, which infra/moto.sh installs and starts, and stops after), then
-## schemathesis against `switchyard dev`'s OpenAPI document (tests/api/venv.sh installs it).
+## adapters and the four Lambda handlers against moto, which infra/moto.sh installs and starts,
+## and stops after; infra/local_aws.py's check that provisioning matches template.yaml), then
+## `sam validate --lint` (infra/sam.sh installs SAM CLI), then schemathesis against
+## `switchyard dev`'s OpenAPI document (tests/api/venv.sh installs it).
 test:
 	@url=$$(infra/moto.sh start) || exit 1; \
-	  SWITCHYARD_TEST_AWS_ENDPOINT=$$url $(CARGO) test --workspace --all-targets; code=$$?; \
-	  infra/moto.sh stop; exit $$code
+	  SWITCHYARD_TEST_AWS_ENDPOINT=$$url $(CARGO) test --workspace --all-targets \
+	  && SWITCHYARD_TEST_AWS_ENDPOINT=$$url $(AWS_PY) -m unittest discover -s infra -p 'test_local_aws.py'; \
+	  code=$$?; infra/moto.sh stop; exit $$code
+	infra/sam.sh validate --lint
 	$(CARGO) build -p switchyard-cli
 	bash tests/api/fuzz-dev.sh $(SY) 30
 
@@ -87,3 +91,31 @@ bench-api:
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
+
+AWS_PY := $(or $(SWITCHYARD_VENV_AWS),/var/tmp/switchyard-aws-venv)/bin/python
+LOCAL_AWS_PREFIX ?= sy-dev
+
+## sam-validate: template.yaml through the SAM transform and cfn-lint (infra/sam.sh installs SAM CLI).
+sam-validate:
+	infra/sam.sh validate --lint
+
+## sam-build: the four Lambda binaries for arm64 (cargo-lambda; installed by infra/sam.sh).
+sam-build:
+	infra/sam.sh build
+
+## local-aws: start moto, provision template.yaml's table/queues/bucket/secret; eval "$$(make -s local-aws)".
+local-aws:
+	@url=$$(infra/moto.sh start) || exit 1; \
+	  $(AWS_PY) infra/local_aws.py provision --endpoint $$url --prefix $(LOCAL_AWS_PREFIX)
+
+## local-aws-down: remove what local-aws made, stop moto.
+local-aws-down:
+	@url=$$(infra/moto.sh url); \
+	  $(AWS_PY) infra/local_aws.py teardown --endpoint $$url --prefix $(LOCAL_AWS_PREFIX); \
+	  infra/moto.sh stop
+
+## test-local-aws: infra/local_aws.py's self-test against moto (starts and stops it).
+test-local-aws:
+	@url=$$(infra/moto.sh start) || exit 1; \
+	  SWITCHYARD_TEST_AWS_ENDPOINT=$$url $(AWS_PY) -m unittest discover -s infra -p 'test_local_aws.py' -v; \
+	  code=$$?; infra/moto.sh stop; exit $$code

@@ -234,18 +234,20 @@ class EmulatorTest(unittest.TestCase):
             "VisibilityTimeout"]
         self.assertEqual(env["SWITCHYARD_MAX_RECEIVE_COUNT"], str(default_receives))
         cases = [
-            ("SWITCHYARD_WORK_QUEUE_URL", "SWITCHYARD_WORK_DLQ_URL", "work", work_vis),
+            ("SWITCHYARD_WORK_QUEUE_URL", "SWITCHYARD_WORK_DLQ_URL", "work", work_vis,
+             default_receives),
+            # The notify queue dead-letters after the notifier's attempt limit (MAX_NOTIFY_ATTEMPTS).
             ("SWITCHYARD_NOTIFY_QUEUE_URL", "SWITCHYARD_NOTIFY_DLQ_URL", "notify",
-             self.t["Resources"]["NotifyQueue"]["Properties"]["VisibilityTimeout"]),
+             self.t["Resources"]["NotifyQueue"]["Properties"]["VisibilityTimeout"], 6),
         ]
-        for q, dlq, suffix, vis in cases:
+        for q, dlq, suffix, vis, receives in cases:
             self.assertTrue(env[q].endswith(f"/{self.prefix}-{suffix}"), env[q])
             self.assertTrue(env[dlq].endswith(f"/{self.prefix}-{suffix}-dlq"), env[dlq])
             a = self.queue_attrs(env[q])
             d = self.queue_attrs(env[dlq])
             redrive = json.loads(a["RedrivePolicy"])
             self.assertEqual(redrive["deadLetterTargetArn"], d["QueueArn"], suffix)
-            self.assertEqual(int(redrive["maxReceiveCount"]), default_receives, suffix)
+            self.assertEqual(int(redrive["maxReceiveCount"]), receives, suffix)
             self.assertEqual(int(a["VisibilityTimeout"]), int(vis), suffix)
             self.assertEqual(a["MaximumMessageSize"], "262144", suffix)
             self.assertEqual(a["SqsManagedSseEnabled"], "true", suffix)

@@ -68,9 +68,12 @@ pub fn parse_secret_map(text: &str) -> Result<BTreeMap<String, String>, String> 
 mod tests {
     use super::*;
 
+    /// A case: the secret's text, and the pairs it gives or a part of the error.
+    type Case<'a> = (&'a str, Result<&'a [(&'a str, &'a str)], &'a str>);
+
     #[test]
     fn settings_maps() {
-        let cases: &[(&str, Result<&[(&str, &str)], &str>)] = &[
+        let cases: &[Case] = &[
             (
                 r#"{"OPENAI_API_KEY":"sk-1","SWITCHYARD_API_KEYS":"sha256:ab:acme"}"#,
                 Ok(&[

@@ -16,7 +16,9 @@ struct Bundled<'a> {
 impl FileLoader for Bundled<'_> {
     fn read(&self, rel: &str) -> Result<String, String> {
         if rel.starts_with('/') || rel.split('/').any(|c| c == "..") {
-            return Err(format!("`{rel}` must be a path inside the workflow's folder"));
+            return Err(format!(
+                "`{rel}` must be a path inside the workflow's folder"
+            ));
         }
         let path = if self.dir.is_empty() {
             rel.to_string()
@@ -69,7 +71,10 @@ mod tests {
         let b = Bundled { dir: "" };
         assert!(b.read("../Cargo.toml").unwrap_err().contains("inside"));
         assert!(b.read("/etc/passwd").unwrap_err().contains("inside"));
-        assert!(b.read("missing.json").unwrap_err().contains("not in the bundled"));
+        assert!(b
+            .read("missing.json")
+            .unwrap_err()
+            .contains("not in the bundled"));
     }
 
     #[test]

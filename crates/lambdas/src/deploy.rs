@@ -47,12 +47,21 @@ impl Resources {
     /// Reads the resource names; an error names the missing or malformed variable.
     pub fn from_env(env: &dyn Secrets) -> Result<Resources> {
         let max_receive_count = match env.get("SWITCHYARD_MAX_RECEIVE_COUNT") {
-            Some(v) => v.trim().parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
-                anyhow!("SWITCHYARD_MAX_RECEIVE_COUNT `{v}` is not a whole number ≥ 1")
-            })?,
+            Some(v) => v
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| {
+                    anyhow!("SWITCHYARD_MAX_RECEIVE_COUNT `{v}` is not a whole number ≥ 1")
+                })?,
             None => DEFAULT_MAX_RECEIVE_COUNT,
         };
-        let s3_path_style = match env.get("SWITCHYARD_S3_PATH_STYLE").as_deref().map(str::trim) {
+        let s3_path_style = match env
+            .get("SWITCHYARD_S3_PATH_STYLE")
+            .as_deref()
+            .map(str::trim)
+        {
             Some("1") | Some("true") => true,
             Some("0") | Some("false") => false,
             Some(v) => return Err(anyhow!("SWITCHYARD_S3_PATH_STYLE `{v}`: expected 1 or 0")),
@@ -76,7 +85,9 @@ impl Resources {
                 dlq_url: required(env, "SWITCHYARD_NOTIFY_DLQ_URL")?,
                 max_receive_count: switchyard_engine::notifier::MAX_NOTIFY_ATTEMPTS,
             },
-            secret_id: env.get("SWITCHYARD_SECRET_ID").filter(|v| !v.trim().is_empty()),
+            secret_id: env
+                .get("SWITCHYARD_SECRET_ID")
+                .filter(|v| !v.trim().is_empty()),
             s3_path_style,
         })
     }
@@ -117,6 +128,8 @@ pub struct Deployment {
     pub notify: Arc<SqsQueue>,
     pub secrets: Arc<dyn Secrets>,
     pub resources: Resources,
+    /// The built-in provider, whose async jobs' callbacks the worker sends (`callbacks`).
+    pub local: Arc<LocalProvider>,
 }
 
 /// The lease-owner prefix of this container: each `handle` call adds its own suffix.
@@ -161,7 +174,8 @@ impl Deployment {
         let secrets: Arc<dyn Secrets> = Arc::new(Layered { secret: settings });
         let hosted = switchyard_providers::registry::from_secrets(secrets.clone())
             .map_err(|e| anyhow!("providers: {e}"))?;
-        let mut providers = Providers::new().with(Arc::new(LocalProvider::new(LocalConfig::default())));
+        let local = Arc::new(LocalProvider::new(LocalConfig::default()));
+        let mut providers = Providers::new().with(local.clone());
         for p in hosted.providers {
             providers = providers.with(p);
         }
@@ -172,8 +186,11 @@ impl Deployment {
             resources.notify.clone(),
         );
         let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), resources.table.clone());
-        let blobs = S3BlobStore::new(s3_client(sdk, resources.s3_path_style), resources.bucket.clone())
-            .with_prefix(&resources.blob_prefix);
+        let blobs = S3BlobStore::new(
+            s3_client(sdk, resources.s3_path_style),
+            resources.bucket.clone(),
+        )
+        .with_prefix(&resources.blob_prefix);
         let config = Config::from_secrets(secrets.as_ref(), owner(), "http://127.0.0.1:9000");
         let work = Arc::new(queues.queue(QueueName::Work));
         let notify = Arc::new(queues.queue(QueueName::Notify));
@@ -192,6 +209,7 @@ impl Deployment {
             notify,
             secrets,
             resources,
+            local,
         })
     }
 }

@@ -12,6 +12,8 @@
 //! Layout:
 //! - [`deploy`]: resources from the environment, settings from Secrets Manager, the ports on
 //!   DynamoDB / SQS / S3, the engine.
+//! - [`callbacks`]: the built-in async job's callbacks, sent to the webhook function like a
+//!   hosted provider's.
 //! - [`bundle`]: the workflows compiled into the binary (`build.rs`).
 //! - [`poller`]: the SQS event source mapping's loop, for running the handlers outside Lambda.
 //! - [`provision`]: the table, queues and bucket on an emulator, for tests and `dev --backend aws`.
@@ -19,6 +21,7 @@
 //! - [`init_tracing`]: JSON logs (CloudWatch), level from `RUST_LOG`.
 
 pub mod bundle;
+pub mod callbacks;
 pub mod deploy;
 pub mod poller;
 pub mod provision;

@@ -28,8 +28,8 @@ impl Default for Mapping {
     fn default() -> Self {
         Mapping {
             batch_size: 10,
-            visibility_ms: 6 * 60_000,
-            function_timeout_ms: 60_000,
+            visibility_ms: 6 * 180_000,
+            function_timeout_ms: 180_000,
         }
     }
 }
@@ -78,7 +78,10 @@ pub async fn poll_once(
         Function::Notifier(sender) => engine.handle_notify_batch(&records, inbox, *sender).await,
     };
     let mut deleted = 0;
-    for r in records.iter().filter(|r| !report.failures.contains(&r.message_id)) {
+    for r in records
+        .iter()
+        .filter(|r| !report.failures.contains(&r.message_id))
+    {
         if inbox.ack(&r.receipt).await? {
             deleted += 1;
         }

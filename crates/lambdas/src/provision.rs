@@ -10,8 +10,9 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use switchyard_aws::sqs::redrive_policy;
 use switchyard_aws::SqsQueueUrls;
 
-/// The work queue's visibility timeout: 6 × the worker's timeout (template.yaml).
-pub const WORK_VISIBILITY_SECONDS: u32 = 6 * 60;
+/// The work queue's visibility timeout: 6 × the worker's timeout (template.yaml's default
+/// `WorkerTimeout` of 180 s).
+pub const WORK_VISIBILITY_SECONDS: u32 = 6 * 180;
 /// The notify queue's visibility timeout: 6 × the notifier's timeout.
 pub const NOTIFY_VISIBILITY_SECONDS: u32 = 6 * 30;
 
@@ -47,7 +48,10 @@ async fn queue(
             QueueAttributeName::RedrivePolicy,
             redrive_policy(&dlq_arn, max_receive_count),
         )
-        .attributes(QueueAttributeName::VisibilityTimeout, visibility_s.to_string())
+        .attributes(
+            QueueAttributeName::VisibilityTimeout,
+            visibility_s.to_string(),
+        )
         .send()
         .await
         .with_context(|| format!("creating queue {name}"))?

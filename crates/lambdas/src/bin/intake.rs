@@ -10,10 +10,9 @@ use switchyard_lambdas::{init_tracing, Deployment};
 async fn main() -> Result<(), lambda_http::Error> {
     init_tracing();
     let d = Deployment::from_env().await?;
-    let spec = d
-        .secrets
-        .get("SWITCHYARD_API_KEYS")
-        .ok_or_else(|| anyhow!("SWITCHYARD_API_KEYS is not in the settings secret: no client could call the API"))?;
+    let spec = d.secrets.get("SWITCHYARD_API_KEYS").ok_or_else(|| {
+        anyhow!("SWITCHYARD_API_KEYS is not in the settings secret: no client could call the API")
+    })?;
     let keys = ApiKeys::parse(&spec).context("SWITCHYARD_API_KEYS")?;
     let mut state = ApiState::new(d.engine.clone(), keys);
     state.allow_private_callbacks = d.engine.config.allow_private_callbacks;

@@ -18,12 +18,12 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         let d = d.clone();
         let sender = sender.clone();
         async move {
-        let records = sqs::records(&ev.payload);
-        let report = d
-            .engine
-            .handle_notify_batch(&records, d.notify.as_ref(), sender.as_ref())
-            .await;
-        Ok::<SqsBatchResponse, lambda_runtime::Error>(sqs::response(&report))
+            let records = sqs::records(&ev.payload);
+            let report = d
+                .engine
+                .handle_notify_batch(&records, d.notify.as_ref(), sender.as_ref())
+                .await;
+            Ok::<SqsBatchResponse, lambda_runtime::Error>(sqs::response(&report))
         }
     }))
     .await

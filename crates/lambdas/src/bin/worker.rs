@@ -5,21 +5,26 @@
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{service_fn, LambdaEvent};
 use std::sync::Arc;
-use switchyard_lambdas::{init_tracing, sqs, Deployment};
+use switchyard_lambdas::{callbacks, init_tracing, sqs, Deployment};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let d = Arc::new(Deployment::from_env().await?);
+    let http = reqwest::Client::new();
     lambda_runtime::run(service_fn(move |ev: LambdaEvent<SqsEvent>| {
         let d = d.clone();
+        let http = http.clone();
         async move {
-        let records = sqs::records(&ev.payload);
-        let report = d
-            .engine
-            .handle_work_batch(&records, Some(ev.context.deadline))
-            .await;
-        Ok::<SqsBatchResponse, lambda_runtime::Error>(sqs::response(&report))
+            let records = sqs::records(&ev.payload);
+            let report = d
+                .engine
+                .handle_work_batch(&records, Some(ev.context.deadline))
+                .await;
+            // Built-in async jobs call back through the webhook function, like a provider would.
+            let budget = ev.context.deadline.saturating_sub(d.engine.now() + 1_000);
+            callbacks::send(&http, callbacks::take(&d), budget).await;
+            Ok::<SqsBatchResponse, lambda_runtime::Error>(sqs::response(&report))
         }
     }))
     .await
