@@ -91,7 +91,12 @@ where
 }
 
 /// The classes every service shares; `None` when the service-specific table must decide.
-pub(crate) fn shared<E>(service: &str, op: &str, f: &Fault<'_>, err: &SdkError<E, HttpResponse>) -> StoreError
+pub(crate) fn shared<E>(
+    service: &str,
+    op: &str,
+    f: &Fault<'_>,
+    err: &SdkError<E, HttpResponse>,
+) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
