@@ -408,6 +408,58 @@ pub fn redrive_policy(dlq_arn: &str, max_receive_count: u32) -> String {
     .to_string()
 }
 
+/// Creates (or finds: `CreateQueue` is idempotent for the same attributes) queue `name` and its
+/// dead-letter queue `<name>-dlq` (14 days' retention), joined by a redrive policy of
+/// `max_receive_count`; `visibility_s` sets the queue's visibility timeout. For emulators and
+/// tests: on AWS, template.yaml creates the queues.
+pub async fn create_queue_with_dlq(
+    client: &Client,
+    name: &str,
+    visibility_s: Option<u32>,
+    max_receive_count: u32,
+) -> Result<SqsQueueUrls, StoreError> {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let missing =
+        |what: &str| StoreError::Unavailable(format!("SQS CreateQueue {name}: no {what}"));
+    let dlq_url = client
+        .create_queue()
+        .queue_name(format!("{name}-dlq"))
+        .attributes(A::MessageRetentionPeriod, "1209600")
+        .send()
+        .await
+        .map_err(|e| sqs_error("CreateQueue", e))?
+        .queue_url
+        .ok_or_else(|| missing("dead-letter queue URL"))?;
+    let dlq_arn = client
+        .get_queue_attributes()
+        .queue_url(&dlq_url)
+        .attribute_names(A::QueueArn)
+        .send()
+        .await
+        .map_err(|e| sqs_error("GetQueueAttributes", e))?
+        .attributes
+        .and_then(|mut a| a.remove(&A::QueueArn))
+        .ok_or_else(|| missing("dead-letter queue ARN"))?;
+    let mut create = client.create_queue().queue_name(name).attributes(
+        A::RedrivePolicy,
+        redrive_policy(&dlq_arn, max_receive_count),
+    );
+    if let Some(v) = visibility_s {
+        create = create.attributes(A::VisibilityTimeout, v.to_string());
+    }
+    let url = create
+        .send()
+        .await
+        .map_err(|e| sqs_error("CreateQueue", e))?
+        .queue_url
+        .ok_or_else(|| missing("queue URL"))?;
+    Ok(SqsQueueUrls {
+        url,
+        dlq_url,
+        max_receive_count,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,10 +8,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use aws_sdk_sqs::types::QueueAttributeName;
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_aws::sqs::redrive_policy;
+use switchyard_aws::sqs::create_queue_with_dlq;
 use switchyard_aws::{emulator_config, s3_client, S3BlobStore, SqsQueueUrls, SqsQueues};
 use switchyard_contract::queues::QueueFixture;
 use switchyard_core::ports::{BlobStore, Inbox, Queue, QueueName};
@@ -19,14 +18,7 @@ use switchyard_core::ports::{BlobStore, Inbox, Queue, QueueName};
 const MAX_RECEIVE_COUNT: u32 = 3;
 
 fn endpoint() -> String {
-    match std::env::var("SWITCHYARD_TEST_AWS_ENDPOINT") {
-        Ok(e) if !e.trim().is_empty() => e,
-        _ => panic!(
-            "SWITCHYARD_TEST_AWS_ENDPOINT is not set: these tests need the AWS emulator. \
-             Run `infra/moto.sh start` and set SWITCHYARD_TEST_AWS_ENDPOINT to the URL it prints \
-             (or run `make test-aws`, which does both)."
-        ),
-    }
+    switchyard_contract::emulator_endpoint()
 }
 
 fn unique(prefix: &str) -> String {
@@ -34,42 +26,9 @@ fn unique(prefix: &str) -> String {
 }
 
 async fn make_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> SqsQueueUrls {
-    let dlq_url = sqs
-        .create_queue()
-        .queue_name(format!("{name}-dlq"))
-        .send()
+    create_queue_with_dlq(sqs, name, None, MAX_RECEIVE_COUNT)
         .await
         .unwrap()
-        .queue_url
-        .unwrap();
-    let dlq_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()
-        .remove(&QueueAttributeName::QueueArn)
-        .unwrap();
-    let url = sqs
-        .create_queue()
-        .queue_name(name)
-        .attributes(
-            QueueAttributeName::RedrivePolicy,
-            redrive_policy(&dlq_arn, MAX_RECEIVE_COUNT),
-        )
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    SqsQueueUrls {
-        url,
-        dlq_url,
-        max_receive_count: MAX_RECEIVE_COUNT,
-    }
 }
 
 async fn queues() -> (SqsQueues, aws_sdk_sqs::Client) {

@@ -26,16 +26,8 @@ use switchyard_core::state::{
 };
 use switchyard_core::{Millis, StoreError};
 
-// The same endpoint rule as tests/contract.rs (a separate test binary cannot share it).
 fn endpoint() -> String {
-    match std::env::var("SWITCHYARD_TEST_AWS_ENDPOINT") {
-        Ok(e) if !e.trim().is_empty() => e,
-        _ => panic!(
-            "SWITCHYARD_TEST_AWS_ENDPOINT is not set: these tests need the AWS emulator. \
-             Run `infra/moto.sh start` and set SWITCHYARD_TEST_AWS_ENDPOINT to the URL it prints \
-             (or run `make test-aws`, which does both)."
-        ),
-    }
+    switchyard_contract::emulator_endpoint()
 }
 
 /// A store on a fresh table, the client, and the table's name.

@@ -20,6 +20,19 @@ pub mod blobs;
 pub mod queues;
 pub mod state;
 
+/// The AWS emulator's URL for adapter tests, from `SWITCHYARD_TEST_AWS_ENDPOINT`. Unset, the
+/// test fails saying how to start it: a missing emulator is not a pass.
+pub fn emulator_endpoint() -> String {
+    match std::env::var("SWITCHYARD_TEST_AWS_ENDPOINT") {
+        Ok(e) if !e.trim().is_empty() => e,
+        _ => panic!(
+            "SWITCHYARD_TEST_AWS_ENDPOINT is not set: these tests need the AWS emulator. \
+             Run `infra/moto.sh start` and set SWITCHYARD_TEST_AWS_ENDPOINT to the URL it prints \
+             (`make test` and `make test-aws` do both)."
+        ),
+    }
+}
+
 /// Expands to one `#[tokio::test]` per rule of the state store contract. `$make` is an
 /// expression that evaluates to `(guard, store)`: a fresh, empty store behind
 /// `Arc<dyn StateStore>`, and whatever must live as long as it (a temp dir).

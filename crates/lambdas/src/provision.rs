@@ -6,8 +6,7 @@
 
 use crate::deploy::{Resources, DEFAULT_MAX_RECEIVE_COUNT};
 use anyhow::{Context, Result};
-use aws_sdk_sqs::types::QueueAttributeName;
-use switchyard_aws::sqs::redrive_policy;
+use switchyard_aws::sqs::create_queue_with_dlq;
 use switchyard_aws::SqsQueueUrls;
 
 /// The work queue's visibility timeout: 6 × the worker's timeout (template.yaml's default
@@ -22,46 +21,9 @@ async fn queue(
     visibility_s: u32,
     max_receive_count: u32,
 ) -> Result<SqsQueueUrls> {
-    let dlq_url = sqs
-        .create_queue()
-        .queue_name(format!("{name}-dlq"))
-        .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
-        .send()
+    create_queue_with_dlq(sqs, name, Some(visibility_s), max_receive_count)
         .await
-        .with_context(|| format!("creating queue {name}-dlq"))?
-        .queue_url
-        .context("CreateQueue returned no URL")?;
-    let dlq_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .context("reading the DLQ's ARN")?
-        .attributes
-        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
-        .context("the DLQ has no ARN")?;
-    let url = sqs
-        .create_queue()
-        .queue_name(name)
-        .attributes(
-            QueueAttributeName::RedrivePolicy,
-            redrive_policy(&dlq_arn, max_receive_count),
-        )
-        .attributes(
-            QueueAttributeName::VisibilityTimeout,
-            visibility_s.to_string(),
-        )
-        .send()
-        .await
-        .with_context(|| format!("creating queue {name}"))?
-        .queue_url
-        .context("CreateQueue returned no URL")?;
-    Ok(SqsQueueUrls {
-        url,
-        dlq_url,
-        max_receive_count,
-    })
+        .with_context(|| format!("creating queue {name} and its DLQ"))
 }
 
 /// Creates (or finds) the resources named `<prefix>-table`, `<prefix>-work`(`-dlq`),

@@ -20,13 +20,7 @@ use switchyard_lambdas::{provision::provision, Deployment};
 const FIXTURE_KEY: &str = "sy_example_key_0123456789abcdef";
 
 fn endpoint() -> String {
-    match std::env::var("SWITCHYARD_TEST_AWS_ENDPOINT") {
-        Ok(e) if !e.trim().is_empty() => e,
-        _ => panic!(
-            "SWITCHYARD_TEST_AWS_ENDPOINT is not set: these tests need the AWS emulator. \
-             Run `infra/moto.sh start` and set it to the URL printed (`make test` does both)."
-        ),
-    }
+    switchyard_contract::emulator_endpoint()
 }
 
 fn fixture(name: &str) -> String {
