@@ -326,6 +326,17 @@ async fn create_run(
                 message: e.to_string(),
             },
         )?;
+        // A notification that cannot be signed is never sent: say so now rather than accept
+        // a run whose caller waits for a callback that will not come.
+        if s.engine.config.callback_secrets.trim().is_empty() {
+            return Err(EngineError::InvalidInput {
+                field: Some("callback_url".into()),
+                message: "this deployment cannot sign notifications: SWITCHYARD_CALLBACK_SECRET \
+                          is not set (docs/deploy.md)"
+                    .into(),
+            }
+            .into());
+        }
     }
     let req = StartRequest {
         workflow: body.workflow,

@@ -1,0 +1,703 @@
+//! The failure cases of the AWS deployment, through the functions' handlers on the local AWS
+//! emulator (moto at `SWITCHYARD_TEST_AWS_ENDPOINT`; `make test` starts it): duplicate and
+//! concurrent deliveries, a worker killed mid-step, two records of one run in a batch,
+//! poisoned messages, forged / stale / replayed webhooks on the function URL, a 2 MB output
+//! through S3, callback URLs pointing at this host, a notification retried to success and
+//! DynamoDB throttling. Each test has its own table, queues and bucket.
+//!
+//! Waits here are the emulator's real ones (SQS visibility and delays are wall-clock);
+//! leases are moved past with a [`JumpClock`], not sat through.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use axum::body::Body;
+use axum::extract::State;
+use common::*;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use switchyard_core::ports::{Inbox, Message};
+use switchyard_core::state::{EventKind, WakeReason, WakeUp};
+use switchyard_core::time::SystemClock;
+use switchyard_engine::worker::Handled;
+use switchyard_lambdas::poller::{poll_once, Function, Mapping};
+use switchyard_providers::outbound::CallbackClient;
+
+/// Three quick steps, deterministic: how many times each started is the whole story.
+const PAIR: &str = r#"
+name: pair
+version: "1"
+steps:
+  - id: first
+    model: local/template-generator
+    input: {text: "${input.text}"}
+    params: {template: "first={{ input.text }}"}
+  - id: second
+    model: local/template-generator
+    input: {text: "${steps.first.output.text}"}
+    params: {template: "second={{ input.text }}"}
+  - {id: out, kind: transform, value: "${steps.second.output.text}"}
+"#;
+
+/// The second step takes 1.5 s (the built-in model's `delay_ms`), long enough to kill the
+/// worker in it.
+const SLOW: &str = r#"
+name: slow-pair
+version: "1"
+defaults:
+  retry: {max_attempts: 3, initial_backoff: 100ms, jitter: false}
+steps:
+  - id: first
+    model: local/template-generator
+    input: {text: "${input.text}"}
+    params: {template: "first={{ input.text }}"}
+  - id: slow
+    model: local/template-generator
+    input: {text: "${steps.first.output.text}"}
+    timeout: 10s
+    params: {template: "slow={{ input.text }}", delay_ms: 1500}
+  - {id: out, kind: transform, value: "${steps.slow.output.text}"}
+"#;
+
+/// A job that finishes only by its webhook (no polling within the test's time).
+const JOB: &str = r#"
+name: job
+version: "1"
+steps:
+  - id: render
+    model: local/async-job
+    role: asset
+    input: {title: "${input.title}", text: "${input.text}"}
+    params: {delay_ms: 0, callback: true, poll_after_ms: 600000}
+    timeout: 10s
+    wait_timeout: 20m
+"#;
+
+/// The input, as the output: a value far over the inline limit.
+const BIG: &str = r#"
+name: big
+version: "1"
+steps:
+  - {id: copy, kind: transform, value: "${input.text}"}
+"#;
+
+async fn deployment_for(yaml: &[&str], extra: &[(&str, &str)]) -> switchyard_lambdas::Deployment {
+    let mut d = deployment_with(extra).await;
+    rewire(&mut d, yaml, Arc::new(SystemClock), None);
+    d
+}
+
+async fn each_step_started_once(d: &switchyard_lambdas::Deployment, run: &str, steps: &[&str]) {
+    for s in steps {
+        assert_eq!(started(d, run, s).await, 1, "step {s} of {run}");
+    }
+}
+
+#[tokio::test]
+async fn the_same_message_delivered_twice_runs_each_step_once() {
+    let d = deployment_for(&[PAIR], &[]).await;
+    let api = router(&d);
+    let run = start(&api, "pair", json!({"text": "x"})).await;
+    let records = receive_records(&d, 30_000).await;
+    assert_eq!(records.len(), 1);
+
+    // SQS hands the same message to two invocations at once (at-least-once delivery)...
+    let deadline = Some(d.engine.now() + 60_000);
+    let (a, b) = tokio::join!(
+        d.engine.handle_work_batch(&records, deadline),
+        d.engine.handle_work_batch(&records, deadline)
+    );
+    assert!(
+        a.failures.is_empty() && b.failures.is_empty(),
+        "{a:?} {b:?}"
+    );
+    // ...and once more after the run ended.
+    let late = d.engine.handle_work_batch(&records, deadline).await;
+    assert!(
+        matches!(late.handled[0].1, Handled::AlreadyEnded(_)),
+        "{late:?}"
+    );
+    d.work.ack(&records[0].receipt).await.unwrap();
+
+    let doc = work_until_done(&d, &api, &run).await;
+    assert_eq!(doc["status"], "succeeded", "{doc}");
+    assert_eq!(doc["output"], "second=first=x");
+    each_step_started_once(&d, &run, &["first", "second"]).await;
+}
+
+#[tokio::test]
+async fn two_records_of_one_run_in_one_batch_are_handled_once() {
+    let d = deployment_for(&[PAIR], &[]).await;
+    let api = router(&d);
+    let run = start(&api, "pair", json!({"text": "y"})).await;
+    let wake = Message::Wake(WakeUp {
+        run_id: run.clone(),
+        reason: WakeReason::Resume,
+    });
+    d.engine.queue.send(&wake, 0).await.unwrap();
+
+    let polled = poll_work(&d, Mapping::default()).await;
+    assert_eq!(polled.received, 2, "{polled:?}");
+    assert_eq!(polled.report.handled.len(), 1, "{polled:?}");
+    assert!(polled.report.failures.is_empty(), "{polled:?}");
+    assert_eq!(polled.deleted, 2, "both records are deleted: {polled:?}");
+    let (_, doc) = get(&api, &format!("/v1/runs/{run}")).await;
+    assert_eq!(doc["status"], "succeeded", "{doc}");
+    each_step_started_once(&d, &run, &["first", "second"]).await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_step_is_redelivered_after_the_visibility_timeout() {
+    let mut d = deployment_with(&[]).await;
+    let clock = Arc::new(JumpClock::default());
+    rewire(&mut d, &[SLOW], clock.clone(), None);
+    let api = router(&d);
+    let run = start(&api, "slow-pair", json!({"text": "k"})).await;
+
+    // The event source mapping hands the wake-up to a worker (hidden for 2 s)...
+    let records = receive_records(&d, 2_000).await;
+    assert_eq!(records.len(), 1);
+    let engine = d.engine.clone();
+    let batch = records.clone();
+    let deadline = Some(d.engine.now() + 60_000);
+    let worker = tokio::spawn(async move { engine.handle_work_batch(&batch, deadline).await });
+    // ...which is killed while `slow` runs: its claim is stored, its result never is, and
+    // the message is not deleted.
+    let mut claimed = false;
+    for _ in 0..200 {
+        let (_, doc) = get(&api, &format!("/v1/runs/{run}")).await;
+        if doc["steps"].as_array().is_some_and(|s| {
+            s.iter()
+                .any(|s| s["name"] == "slow" && s["status"] == "running")
+        }) {
+            claimed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(claimed, "the worker never reached `slow`");
+    worker.abort();
+    assert!(worker.await.unwrap_err().is_cancelled());
+
+    // The dead worker's run lease (60 s) and step claim (10 s + 5 s) lapse.
+    clock.jump(61_000);
+    // SQS brings the message back once its visibility timeout passes.
+    let mut again = Vec::new();
+    for _ in 0..50 {
+        again = receive_records(&d, 30_000).await;
+        if !again.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(again.len(), 1, "the message did not come back");
+    assert_eq!(again[0].message_id, records[0].message_id);
+    assert_eq!(again[0].receive_count, 2);
+    let report = d
+        .engine
+        .handle_work_batch(&again, Some(d.engine.now() + 60_000))
+        .await;
+    assert!(report.failures.is_empty(), "{report:?}");
+    d.work.ack(&again[0].receipt).await.unwrap();
+
+    let doc = work_until_done(&d, &api, &run).await;
+    assert_eq!(doc["status"], "succeeded", "{doc}");
+    assert_eq!(doc["output"], "slow=first=k");
+    // `first` had finished before the kill and did not run again; `slow`'s lost attempt
+    // counts as a timeout and a second one ran.
+    assert_eq!(started(&d, &run, "first").await, 1);
+    assert_eq!(started(&d, &run, "slow").await, 2);
+    let expired: Vec<_> = history(&d, &run)
+        .await
+        .into_iter()
+        .filter(|e| e.kind == EventKind::StepLeaseExpired)
+        .collect();
+    assert_eq!(expired.len(), 1, "{expired:?}");
+    assert_eq!(
+        (expired[0].step.as_deref(), expired[0].attempt),
+        (Some("slow"), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn poisoned_messages_land_in_the_dead_letter_queue() {
+    let d = deployment().await;
+    let sdk = switchyard_aws::emulator_config(&endpoint()).await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let queue_url = d.resources.work.url.clone();
+
+    // Through the poller: a body that is no wake-up is moved to the DLQ with its reason.
+    sqs.send_message()
+        .queue_url(&queue_url)
+        .message_body("this is not a wake-up")
+        .send()
+        .await
+        .unwrap();
+    let polled = poll_work(&d, Mapping::default()).await;
+    assert_eq!(polled.received, 0, "{polled:?}");
+    let dead = d.work.dead_letters().await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].body, "this is not a wake-up");
+    assert!(!dead[0].reason.is_empty());
+
+    // On Lambda the mapping hands every record over: the worker reports it failed each time
+    // and the queue's redrive policy moves it after `maxReceiveCount` (5) receives.
+    let body = r#"{"run_id": 42}"#;
+    sqs.send_message()
+        .queue_url(&queue_url)
+        .message_body(body)
+        .send()
+        .await
+        .unwrap();
+    let mut receives = 0;
+    for _ in 0..40 {
+        let got = sqs
+            .receive_message()
+            .queue_url(&queue_url)
+            .max_number_of_messages(10)
+            .visibility_timeout(1)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .send()
+            .await
+            .unwrap();
+        let msgs = got.messages.unwrap_or_default();
+        if msgs.is_empty() {
+            if d.work.dead_letters().await.unwrap().len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        }
+        receives += 1;
+        let event = json!({"Records": msgs.iter().map(|m| json!({
+            "messageId": m.message_id(),
+            "receiptHandle": m.receipt_handle(),
+            "body": m.body(),
+            "attributes": {"ApproximateReceiveCount": m.attributes().and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)).cloned().unwrap_or_default()},
+            "messageAttributes": {},
+            "eventSource": "aws:sqs",
+        })).collect::<Vec<_>>()});
+        let event = serde_json::from_value(event).unwrap();
+        let records = switchyard_lambdas::sqs::records(&event);
+        let report = d.engine.handle_work_batch(&records, None).await;
+        let answer = serde_json::to_value(switchyard_lambdas::sqs::response(&report)).unwrap();
+        assert_eq!(
+            answer["batchItemFailures"][0]["itemIdentifier"],
+            msgs[0].message_id().unwrap(),
+            "{answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+    }
+    assert_eq!(receives, 5, "received {receives} times before the redrive");
+    let dead = d.work.dead_letters().await.unwrap();
+    assert!(dead.iter().any(|m| m.body == body), "{dead:?}");
+}
+
+/// The fixture function-URL event, carrying `url`'s path and query, `headers` and `body`.
+fn function_url_event(url: &str, headers: &[(String, String)], body: &[u8]) -> String {
+    let mut ev: Value = serde_json::from_str(&fixture("webhook-function-url.json")).unwrap();
+    let (path, query) = url
+        .split_once("/hooks/")
+        .map(|(_, p)| format!("/hooks/{p}"))
+        .unwrap()
+        .split_once('?')
+        .map(|(p, q)| (p.to_string(), q.to_string()))
+        .unwrap();
+    ev["rawPath"] = json!(path);
+    ev["requestContext"]["http"]["path"] = json!(path);
+    ev["rawQueryString"] = json!(query);
+    let params: serde_json::Map<String, Value> = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    ev["queryStringParameters"] = Value::Object(params);
+    for (k, v) in headers {
+        ev["headers"][k.to_ascii_lowercase()] = json!(v);
+    }
+    ev["headers"]["content-length"] = json!(body.len().to_string());
+    ev["body"] = json!(String::from_utf8(body.to_vec()).unwrap());
+    ev.to_string()
+}
+
+fn with_header(headers: &[(String, String)], name: &str, value: &str) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            if k.eq_ignore_ascii_case(name) {
+                (k.clone(), value.to_string())
+            } else {
+                (k.clone(), v.clone())
+            }
+        })
+        .collect()
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn forged_stale_and_replayed_webhooks_on_the_function_url_change_nothing() {
+    let d = deployment_for(&[JOB], &[]).await;
+    let api = router(&d);
+    let hooks = switchyard_engine::http::hooks_router(d.engine.clone(), None);
+    let run = start(&api, "job", json!({"title": "Card", "text": "Hello"})).await;
+    poll_work(&d, Mapping::default()).await;
+    let (_, doc) = get(&api, &format!("/v1/runs/{run}")).await;
+    assert_eq!(doc["status"], "waiting", "{doc}");
+    let mut out = switchyard_lambdas::callbacks::take(&d);
+    assert_eq!(out.len(), 1);
+    let cb = out.remove(0);
+    let webhook = |headers: Vec<(String, String)>| {
+        let ev = function_url_event(&cb.url, &headers, &cb.body);
+        let hooks = hooks.clone();
+        async move { invoke_http(&hooks, &ev).await }
+    };
+
+    // Forged: a signature made with another secret.
+    let id = header(&cb.headers, "webhook-id").to_string();
+    let ts: u64 = header(&cb.headers, "webhook-timestamp").parse().unwrap();
+    let forged =
+        switchyard_core::webhook::sign("whsec_bm90LXRoZS1zZWNyZXQtYXQtYWxs", &id, ts, &cb.body)
+            .unwrap();
+    let (status, _, body) = webhook(with_header(&cb.headers, "webhook-signature", &forged)).await;
+    assert_eq!(status, 401, "{body}");
+    // Stale: signed with the right secret ten minutes ago (tolerance ±5 min).
+    let secret = d.engine.webhook_secret("local").unwrap().clone();
+    let old = ts - 600;
+    let stale_sig = switchyard_core::webhook::sign(&secret, &id, old, &cb.body).unwrap();
+    let stale = with_header(
+        &with_header(&cb.headers, "webhook-timestamp", &old.to_string()),
+        "webhook-signature",
+        &stale_sig,
+    );
+    let (status, _, body) = webhook(stale).await;
+    assert_eq!(status, 401, "{body}");
+    let (_, doc) = get(&api, &format!("/v1/runs/{run}")).await;
+    assert_eq!(
+        doc["status"], "waiting",
+        "refused callbacks settled nothing: {doc}"
+    );
+
+    // The genuine one settles the step; its replay is recognised and applies nothing.
+    let (status, _, body) = webhook(cb.headers.clone()).await;
+    assert_eq!(
+        (status, body["result"].as_str()),
+        (200, Some("applied")),
+        "{body}"
+    );
+    let (status, _, body) = webhook(cb.headers.clone()).await;
+    assert_eq!(
+        (status, body["result"].as_str()),
+        (200, Some("duplicate")),
+        "{body}"
+    );
+
+    let doc = work_until_done(&d, &api, &run).await;
+    assert_eq!(doc["status"], "succeeded", "{doc}");
+    assert_eq!(started(&d, &run, "render").await, 1);
+    let received = history(&d, &run)
+        .await
+        .iter()
+        .filter(|e| e.kind == EventKind::WebhookReceived)
+        .count();
+    assert_eq!(received, 1);
+}
+
+#[tokio::test]
+async fn a_2_mb_output_goes_through_s3_and_is_served_by_a_presigned_url() {
+    let d = deployment_for(&[BIG], &[]).await;
+    let api = router(&d);
+    let text = "0123456789abcdef".repeat(2 * 1024 * 1024 / 16);
+    let run = start(&api, "big", json!({"text": text})).await;
+    let doc = work_until_done(&d, &api, &run).await;
+    assert_eq!(doc["status"], "succeeded");
+    let out = &doc["output"];
+    let url = out["url"].as_str().unwrap_or_else(|| panic!("{out}"));
+    assert!(url.contains(&d.resources.bucket), "{url}");
+    assert!(url.contains("X-Amz-Signature="), "{url}");
+    let bytes = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+    assert_eq!(bytes.len() as u64, out["bytes"].as_u64().unwrap());
+    assert!(bytes.len() > 2 * 1024 * 1024);
+    let served: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(served, json!(text));
+    use sha2::Digest;
+    assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), out["sha256"]);
+}
+
+#[tokio::test]
+async fn callback_urls_pointing_at_this_host_are_refused() {
+    let d = deployment_for(&[PAIR], &[]).await;
+    let api = router(&d);
+    // An address literal is refused at intake, with the field named.
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "https://127.0.0.1/hook",
+        "https://[::1]/hook",
+    ] {
+        let (status, body) = post(
+            &api,
+            "/v1/runs",
+            json!({"workflow": "pair", "input": {"text": "z"}, "callback_url": url}),
+        )
+        .await;
+        assert_eq!(status, 422, "{url}: {body}");
+        assert!(body.to_string().contains("callback_url"), "{url}: {body}");
+    }
+    // So is a name for this host; names resolving to private addresses are refused when the
+    // notifier connects (tests/api.rs: a redirect to loopback).
+    let (status, body) = post(
+        &api,
+        "/v1/runs",
+        json!({"workflow": "pair", "input": {"text": "z"}, "callback_url": "https://localhost:9/hook"}),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["field"], "callback_url", "{body}");
+    // A public URL is fine, but this deployment's settings have no callback secret: a
+    // notification it cannot sign would never be sent, so the run is refused, not accepted.
+    let (status, body) = post(
+        &api,
+        "/v1/runs",
+        json!({"workflow": "pair", "input": {"text": "z"}, "callback_url": "https://example.com/hook"}),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("SWITCHYARD_CALLBACK_SECRET")),
+        "{body}"
+    );
+}
+
+async fn poll_notify(
+    d: &switchyard_lambdas::Deployment,
+    client: &CallbackClient,
+) -> switchyard_lambdas::poller::Polled {
+    let mapping = Mapping {
+        batch_size: 10,
+        visibility_ms: 180_000,
+        function_timeout_ms: 30_000,
+    };
+    poll_once(
+        &d.engine,
+        d.notify.as_ref(),
+        &Function::Notifier(client),
+        mapping,
+        d.engine.clock.as_ref(),
+    )
+    .await
+    .unwrap()
+}
+
+/// A receiver that answers 503 to its first request and 204 after, keeping the ids it saw.
+async fn flaky_receiver() -> (String, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(
+                |State(seen): State<Arc<Mutex<Vec<String>>>>, headers: http::HeaderMap| async move {
+                    let mut s = seen.lock().unwrap();
+                    s.push(
+                        headers
+                            .get("webhook-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
+                    if s.len() == 1 {
+                        http::StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        http::StatusCode::NO_CONTENT
+                    }
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/hook"), seen)
+}
+
+#[tokio::test]
+async fn a_notification_is_retried_to_success_through_the_notifier() {
+    // The receiver is on this host, so this deployment allows private callbacks (dev only).
+    let d = deployment_for(
+        &[PAIR],
+        &[
+            ("SWITCHYARD_ALLOW_PRIVATE_CALLBACKS", "1"),
+            (
+                "SWITCHYARD_CALLBACK_SECRET",
+                "whsec_c3dpdGNoeWFyZC1ub3RpZmljYXRpb25z",
+            ),
+        ],
+    )
+    .await;
+    let api = router(&d);
+    let (url, seen) = flaky_receiver().await;
+    let run = start_with(
+        &api,
+        json!({"workflow": "pair", "input": {"text": "n"}, "callback_url": url}),
+    )
+    .await;
+    work_until_done(&d, &api, &run).await;
+    let client = CallbackClient::new(Default::default());
+
+    // First attempt: 503 → reported failed, back after its 1 s backoff (not deleted).
+    let first = poll_notify(&d, &client).await;
+    let (_, doc) = get(&api, &format!("/v1/runs/{run}")).await;
+    assert_eq!((first.received, first.deleted), (1, 0), "{first:?} {doc}");
+    assert_eq!(first.report.failures.len(), 1);
+    let mut delivered = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let p = poll_notify(&d, &client).await;
+        if p.deleted == 1 {
+            delivered = true;
+            break;
+        }
+    }
+    assert!(delivered, "the notification was not retried");
+    let ids = seen.lock().unwrap().clone();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_eq!(ids[0], ids[1], "one webhook-id across retries");
+    let (_, doc) = get(&api, &format!("/v1/runs/{run}")).await;
+    let statuses: Vec<_> = doc["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["attempt"].as_u64(), a["status"].as_u64()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [(Some(1), Some(503)), (Some(2), Some(204))],
+        "{doc}"
+    );
+}
+
+/// DynamoDB as the functions see it, through a proxy that answers write requests with
+/// `ThrottlingException` while `on` (a test double of the service, so the SDK's retries and
+/// the adapter's classification are the real ones).
+struct Throttle {
+    upstream: String,
+    http: reqwest::Client,
+    on: AtomicBool,
+    throttled: AtomicUsize,
+}
+
+const WRITES: [&str; 5] = [
+    "PutItem",
+    "UpdateItem",
+    "DeleteItem",
+    "TransactWriteItems",
+    "BatchWriteItem",
+];
+
+async fn forward(State(t): State<Arc<Throttle>>, req: http::Request<Body>) -> http::Response<Body> {
+    let (parts, body) = req.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    let op = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.rsplit('.').next())
+        .unwrap_or_default();
+    if t.on.load(Ordering::SeqCst) && WRITES.contains(&op) {
+        t.throttled.fetch_add(1, Ordering::SeqCst);
+        let body = json!({
+            "__type": "com.amazonaws.dynamodb.v20120810#ThrottlingException",
+            "message": "Rate of requests exceeds the allowed throughput."
+        });
+        return http::Response::builder()
+            .status(400)
+            .header("content-type", "application/x-amz-json-1.0")
+            .header("x-amzn-errortype", "ThrottlingException")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+    }
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut up = t
+        .http
+        .request(parts.method.clone(), format!("{}{path}", t.upstream));
+    for (k, v) in &parts.headers {
+        if k != "host" && k != "content-length" {
+            up = up.header(k, v);
+        }
+    }
+    let resp = up.body(bytes).send().await.unwrap();
+    let mut out = http::Response::builder().status(resp.status().as_u16());
+    for (k, v) in resp.headers() {
+        if k != "transfer-encoding" && k != "content-length" {
+            out = out.header(k, v);
+        }
+    }
+    out.body(Body::from(resp.bytes().await.unwrap())).unwrap()
+}
+
+async fn throttling_proxy() -> (String, Arc<Throttle>) {
+    let t = Arc::new(Throttle {
+        upstream: endpoint().trim_end_matches('/').to_string(),
+        http: reqwest::Client::new(),
+        on: AtomicBool::new(false),
+        throttled: AtomicUsize::new(0),
+    });
+    let app = axum::Router::new().fallback(forward).with_state(t.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), t)
+}
+
+#[tokio::test]
+async fn dynamodb_throttling_ends_in_a_retried_wake_up_not_a_lost_one() {
+    let mut d = deployment_with(&[]).await;
+    let (proxy, throttle) = throttling_proxy().await;
+    let sdk = switchyard_aws::emulator_config(&proxy).await;
+    let store = switchyard_aws::DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        d.resources.table.clone(),
+    );
+    rewire(
+        &mut d,
+        &[PAIR],
+        Arc::new(SystemClock),
+        Some(Arc::new(store)),
+    );
+    let api = router(&d);
+    let run = start(&api, "pair", json!({"text": "t"})).await;
+
+    // Every write throttled while the worker handles the wake-up: the SDK retries (its
+    // standard policy), then the store answers `rate_limited`, the record is reported
+    // failed and stays in the queue.
+    throttle.on.store(true, Ordering::SeqCst);
+    let mapping = Mapping {
+        visibility_ms: 1_000,
+        ..Mapping::default()
+    };
+    let polled = poll_work(&d, mapping).await;
+    assert_eq!(polled.received, 1);
+    assert_eq!(polled.report.failures.len(), 1, "{polled:?}");
+    assert_eq!(polled.deleted, 0);
+    assert!(throttle.throttled.load(Ordering::SeqCst) >= 1);
+    let (_, doc) = get(&api, &format!("/v1/runs/{run}")).await;
+    assert_eq!(doc["status"], "pending", "{doc}");
+    assert_eq!(doc["steps"][0]["attempts"], 0, "{doc}");
+
+    // Capacity is back: the same wake-up comes back after its visibility and the run ends.
+    throttle.on.store(false, Ordering::SeqCst);
+    let doc = work_until_done_with(&d, &api, &run, mapping).await;
+    assert_eq!(doc["status"], "succeeded", "{doc}");
+    each_step_started_once(&d, &run, &["first", "second"]).await;
+}
