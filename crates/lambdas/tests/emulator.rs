@@ -68,3 +68,47 @@ async fn the_offline_examples_run_to_the_end() {
         assert_eq!(run["status"], "succeeded", "{name}: {run}");
     }
 }
+
+/// One run through all four functions: intake starts it, the worker runs it, its job finishes
+/// through the webhook function, a person approves through intake, and the notifier delivers
+/// both notifications, signed, to the run's `callback_url`.
+#[tokio::test]
+async fn a_run_goes_through_all_four_functions() {
+    let d = deployment_with(&LOCAL_NOTIFICATIONS).await;
+    let api = router(&d);
+    let (url, seen) = receiver(0).await;
+    let input: Value = serde_json::from_str(&fixture("inputs/asset-pipeline.json")).unwrap();
+    let run_id = start_with(
+        &api,
+        serde_json::json!({"workflow": "asset-pipeline", "input": input, "callback_url": url}),
+    )
+    .await;
+    let run = work_until_done(&d, &api, &run_id).await;
+    assert_eq!(run["status"], "waiting", "{run}");
+    approve(&api, &run).await;
+    let run = work_until_done(&d, &api, &run_id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+
+    let client = switchyard_providers::outbound::CallbackClient::new(Default::default());
+    let mut delivered = 0;
+    for _ in 0..20 {
+        let p = poll_notify(&d, &client).await;
+        delivered += p.deleted;
+        if p.received == 0 && delivered >= 2 {
+            break;
+        }
+    }
+    // Standard queues do not keep order, and the notifier delivers a batch concurrently.
+    let mut types: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, body)| body["type"].as_str().unwrap_or_default().to_string())
+        .collect();
+    types.sort();
+    assert_eq!(
+        types,
+        ["run.succeeded", "run.waiting_for_approval"],
+        "{types:?}"
+    );
+}

@@ -18,13 +18,13 @@ use common::*;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use switchyard_core::ports::{Inbox, Message};
 use switchyard_core::state::{EventKind, WakeReason, WakeUp};
 use switchyard_core::time::SystemClock;
 use switchyard_engine::worker::Handled;
-use switchyard_lambdas::poller::{poll_once, Function, Mapping};
+use switchyard_lambdas::poller::Mapping;
 use switchyard_providers::outbound::CallbackClient;
 
 /// Three quick steps, deterministic: how many times each started is the whole story.
@@ -480,57 +480,6 @@ async fn callback_urls_pointing_at_this_host_are_refused() {
     );
 }
 
-async fn poll_notify(
-    d: &switchyard_lambdas::Deployment,
-    client: &CallbackClient,
-) -> switchyard_lambdas::poller::Polled {
-    let mapping = Mapping {
-        batch_size: 10,
-        visibility_ms: 180_000,
-        function_timeout_ms: 30_000,
-    };
-    poll_once(
-        &d.engine,
-        d.notify.as_ref(),
-        &Function::Notifier(client),
-        mapping,
-        d.engine.clock.as_ref(),
-    )
-    .await
-    .unwrap()
-}
-
-/// A receiver that answers 503 to its first request and 204 after, keeping the ids it saw.
-async fn flaky_receiver() -> (String, Arc<Mutex<Vec<String>>>) {
-    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
-    let app = axum::Router::new()
-        .route(
-            "/hook",
-            axum::routing::post(
-                |State(seen): State<Arc<Mutex<Vec<String>>>>, headers: http::HeaderMap| async move {
-                    let mut s = seen.lock().unwrap();
-                    s.push(
-                        headers
-                            .get("webhook-id")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default()
-                            .to_string(),
-                    );
-                    if s.len() == 1 {
-                        http::StatusCode::SERVICE_UNAVAILABLE
-                    } else {
-                        http::StatusCode::NO_CONTENT
-                    }
-                },
-            ),
-        )
-        .with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}/hook"), seen)
-}
-
 #[tokio::test]
 async fn a_notification_is_retried_to_success_through_the_notifier() {
     // The receiver is on this host, so this deployment allows private callbacks (dev only).
@@ -546,7 +495,7 @@ async fn a_notification_is_retried_to_success_through_the_notifier() {
     )
     .await;
     let api = router(&d);
-    let (url, seen) = flaky_receiver().await;
+    let (url, seen) = receiver(1).await;
     let run = start_with(
         &api,
         json!({"workflow": "pair", "input": {"text": "n"}, "callback_url": url}),
@@ -570,7 +519,12 @@ async fn a_notification_is_retried_to_success_through_the_notifier() {
         }
     }
     assert!(delivered, "the notification was not retried");
-    let ids = seen.lock().unwrap().clone();
+    let ids: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(id, _)| id.clone())
+        .collect();
     assert_eq!(ids.len(), 2, "{ids:?}");
     assert_eq!(ids[0], ids[1], "one webhook-id across retries");
     let (_, doc) = get(&api, &format!("/v1/runs/{run}")).await;

@@ -306,3 +306,70 @@ pub async fn approve(router: &axum::Router, run: &Value) {
         "approval answered {status}: {v}"
     );
 }
+
+/// One invocation of the notifier by the notify queue's event source mapping.
+pub async fn poll_notify(
+    d: &Deployment,
+    client: &switchyard_providers::outbound::CallbackClient,
+) -> switchyard_lambdas::poller::Polled {
+    let mapping = Mapping {
+        batch_size: 10,
+        visibility_ms: 180_000,
+        function_timeout_ms: 30_000,
+    };
+    poll_once(
+        &d.engine,
+        d.notify.as_ref(),
+        &Function::Notifier(client),
+        mapping,
+        d.engine.clock.as_ref(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Notifications a receiver on this host got: `webhook-id` and body, in arrival order.
+pub type Received = Arc<std::sync::Mutex<Vec<(String, Value)>>>;
+
+/// A notification receiver on 127.0.0.1 that answers 503 to its first `fail_first` requests
+/// and 204 after.
+pub async fn receiver(fail_first: usize) -> (String, Received) {
+    use axum::extract::State;
+    let seen: Received = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(
+                move |State(seen): State<Received>,
+                      headers: http::HeaderMap,
+                      body: axum::body::Bytes| async move {
+                    let mut s = seen.lock().unwrap();
+                    let id = headers
+                        .get("webhook-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    s.push((id, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+                    if s.len() <= fail_first {
+                        http::StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        http::StatusCode::NO_CONTENT
+                    }
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/hook"), seen)
+}
+
+/// Settings for a deployment whose notifications go to a receiver on this host.
+pub const LOCAL_NOTIFICATIONS: [(&str, &str); 2] = [
+    ("SWITCHYARD_ALLOW_PRIVATE_CALLBACKS", "1"),
+    (
+        "SWITCHYARD_CALLBACK_SECRET",
+        "whsec_c3dpdGNoeWFyZC1ub3RpZmljYXRpb25z",
+    ),
+];
