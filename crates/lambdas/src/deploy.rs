@@ -132,6 +132,18 @@ pub struct Deployment {
     pub local: Arc<LocalProvider>,
 }
 
+/// The settings secret's entry `name`, or an error naming it and what is lost without it (a
+/// function that cannot work without a setting stops at its cold start, where the log says
+/// so, instead of failing each request later).
+pub fn required_setting(secrets: &dyn Secrets, name: &str, why: &str) -> Result<String> {
+    secrets
+        .get(name)
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| {
+            anyhow!("{name} is not in the settings secret: {why} (put it there; docs/deploy.md)")
+        })
+}
+
 /// The lease-owner prefix of this container: each `handle` call adds its own suffix.
 fn owner() -> String {
     let stream = std::env::var("AWS_LAMBDA_LOG_STREAM_NAME").unwrap_or_default();
@@ -211,5 +223,30 @@ impl Deployment {
             resources,
             local,
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_required_setting_names_itself_when_missing_or_blank() {
+        let secrets = Layered {
+            secret: BTreeMap::from([
+                ("SWITCHYARD_TEST_SET".to_string(), "v".to_string()),
+                ("SWITCHYARD_TEST_BLANK".to_string(), "  ".to_string()),
+            ]),
+        };
+        assert_eq!(
+            required_setting(&secrets, "SWITCHYARD_TEST_SET", "x").unwrap(),
+            "v"
+        );
+        for name in ["SWITCHYARD_TEST_BLANK", "SWITCHYARD_TEST_UNSET_ANYWHERE"] {
+            let e = required_setting(&secrets, name, "nothing works").unwrap_err();
+            assert!(e.to_string().starts_with(name), "{e}");
+            assert!(e.to_string().contains("nothing works"), "{e}");
+        }
     }
 }

@@ -2,17 +2,20 @@
 //! behind API Gateway's HTTP API. The router is the one `switchyard dev` serves; API keys come
 //! from the settings secret (`SWITCHYARD_API_KEYS`, `sha256:<hex>:tenant` entries).
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use switchyard_api::{ApiKeys, ApiState};
+use switchyard_lambdas::deploy::required_setting;
 use switchyard_lambdas::{init_tracing, Deployment};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     init_tracing();
     let d = Deployment::from_env().await?;
-    let spec = d.secrets.get("SWITCHYARD_API_KEYS").ok_or_else(|| {
-        anyhow!("SWITCHYARD_API_KEYS is not in the settings secret: no client could call the API")
-    })?;
+    let spec = required_setting(
+        d.secrets.as_ref(),
+        "SWITCHYARD_API_KEYS",
+        "no client could call the API",
+    )?;
     let keys = ApiKeys::parse(&spec).context("SWITCHYARD_API_KEYS")?;
     let mut state = ApiState::new(d.engine.clone(), keys);
     state.allow_private_callbacks = d.engine.config.allow_private_callbacks;

@@ -2,11 +2,14 @@
 //! are authenticated by their Standard Webhooks signature and the step's callback token, not
 //! by IAM; a verified callback settles the waiting step and sends the run's wake-up.
 
+use switchyard_engine::settings::WEBHOOK_SECRET;
+use switchyard_lambdas::deploy::required_setting;
 use switchyard_lambdas::{init_tracing, Deployment};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     init_tracing();
     let d = Deployment::from_env().await?;
+    required_setting(d.secrets.as_ref(), WEBHOOK_SECRET, "without one secret shared by all instances, each makes its own and callbacks signed elsewhere fail verification")?;
     lambda_http::run(switchyard_engine::http::hooks_router(d.engine, None)).await
 }

@@ -5,12 +5,15 @@
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{service_fn, LambdaEvent};
 use std::sync::Arc;
+use switchyard_engine::settings::WEBHOOK_SECRET;
+use switchyard_lambdas::deploy::required_setting;
 use switchyard_lambdas::{callbacks, init_tracing, sqs, Deployment};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let d = Arc::new(Deployment::from_env().await?);
+    required_setting(d.secrets.as_ref(), WEBHOOK_SECRET, "without one secret shared by all instances, built-in jobs' callbacks signed here fail verification in the webhook function")?;
     let http = reqwest::Client::new();
     lambda_runtime::run(service_fn(move |ev: LambdaEvent<SqsEvent>| {
         let d = d.clone();
