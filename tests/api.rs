@@ -873,10 +873,15 @@ async fn a_replicate_job_finishes_through_the_hooks_route_while_dev_serves() {
     .await;
     let doc = until_status(&dev, ACME, &run, &["succeeded", "failed"]).await;
     assert_eq!(doc["status"], "succeeded", "{doc}");
-    assert!(doc["output"]["image"]
-        .as_str()
-        .unwrap()
-        .starts_with("https://replicate.delivery/"));
+    // The image is our copy, served by `dev` through a presigned link.
+    let image = doc["output"]["image"].as_str().unwrap();
+    assert!(image.contains("/v1/blobs/"), "{image}");
+    let got = reqwest::get(image).await.unwrap();
+    assert_eq!(got.status(), 200, "{image}");
+    assert_eq!(
+        got.bytes().await.unwrap().as_ref(),
+        switchyard_fakes::FAKE_PNG
+    );
     let (_, ev) = get(&dev, ACME, &format!("/v1/runs/{run}/events")).await;
     let kinds: Vec<&str> = ev["events"]
         .as_array()

@@ -108,10 +108,8 @@ fn launch_kit_runs_across_four_providers_and_the_signed_webhook_reaches_the_wait
     assert!(["developers", "consumers", "enterprise"]
         .contains(&d["output"]["audience"].as_str().unwrap()));
     assert_eq!(d["output"]["copy"]["bullets"].as_array().unwrap().len(), 3);
-    assert!(d["output"]["image"]
-        .as_str()
-        .unwrap()
-        .starts_with("https://replicate.delivery/"));
+    // The image is kept in the blob store (a file on the embedded backend), not linked.
+    assert_kept_png(&d["output"]["image"]);
     assert!(d["cost_usd"].as_f64().unwrap() > 0.0);
     let steps = d["steps"].as_array().unwrap();
     assert_eq!(steps[0]["provider"], "openai");
@@ -238,20 +236,21 @@ fn a_webhook_that_never_comes_is_replaced_by_polling_after_the_wait() {
         String::from_utf8_lossy(&out.stderr)
     );
     let d = doc(&out);
-    assert!(d["output"]["image"]
-        .as_str()
-        .unwrap()
-        .starts_with("https://replicate.delivery/"));
+    assert_kept_png(&d["output"]["image"]);
     let ev = events(&fake, dir.path(), d["run_id"].as_str().unwrap());
     assert!(ev.iter().any(|e| e["kind"] == "job_polled"), "polled");
     assert!(!ev.iter().any(|e| e["kind"] == "webhook_received"));
-    let gets = fake
+    let gets: Vec<String> = fake
         .server
         .requests()
         .iter()
         .filter(|r| r.provider == "replicate" && r.method == "GET")
-        .count();
-    assert_eq!(gets, 1, "one poll, once the wait deadline passed");
+        .map(|r| r.path.clone())
+        .collect();
+    // One poll, once the wait deadline passed, then the download of the output file.
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    assert!(gets[0].starts_with("/v1/predictions/"), "{gets:?}");
+    assert!(gets[1].starts_with("/v1/files/"), "{gets:?}");
 }
 
 #[test]
@@ -328,4 +327,20 @@ fn a_failed_replicate_prediction_is_retried_as_a_new_prediction() {
         .filter(|r| r.provider == "replicate" && r.method == "POST")
         .count();
     assert_eq!(creates, 2, "a retry submits a new prediction");
+}
+
+/// `url` is a `file://` link to our copy of the fake's PNG.
+fn assert_kept_png(url: &serde_json::Value) {
+    let url = url
+        .as_str()
+        .unwrap_or_else(|| panic!("no image url: {url}"));
+    let path = url
+        .strip_prefix("file://")
+        .unwrap_or_else(|| panic!("not a kept file: {url}"));
+    let path = path.replace("%20", " ");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        switchyard_fakes::FAKE_PNG,
+        "{url}"
+    );
 }

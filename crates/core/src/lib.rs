@@ -16,9 +16,11 @@
 //! - [`webhook`]: Standard Webhooks signing and verification (pure HMAC arithmetic).
 //! - [`outbound`]: callback URL and address policy (SSRF), delivery decisions, signatures.
 //! - [`time`]: `Millis`, `Clock`, and workflow durations.
+//! - [`asset`]: kept assets (`data:` URLs read, outputs shaped and relinked to our copy).
 //!
 //! No tokio, no AWS, no HTTP: CI fails if `cargo tree -p switchyard-core` shows any of them.
 
+pub mod asset;
 pub mod batch;
 pub mod budget;
 pub mod drive;

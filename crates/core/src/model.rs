@@ -181,6 +181,24 @@ pub trait Provider: Send + Sync {
         ))
     }
 
+    /// Downloads an asset file this provider produced (`url` from its normalized asset
+    /// output), so the engine keeps a copy of it (`crate::asset`). `timeout_ms` bounds the
+    /// download. Providers without files keep the default; `data:` URLs never get here.
+    async fn fetch_asset(
+        &self,
+        url: &str,
+        _timeout_ms: u64,
+    ) -> Result<crate::asset::Fetched, StepError> {
+        Err(StepError::new(
+            crate::error::ErrorClass::Invalid,
+            format!(
+                "`{}` has no files to fetch, so its asset `{}` cannot be kept",
+                self.name(),
+                url.split('?').next().unwrap_or_default()
+            ),
+        ))
+    }
+
     /// Reads a provider callback body: the job it is about and its result so far. `model` is
     /// the model the waiting attempt called, as the step declared it (`:version` included):
     /// the recorded model and its price come from it, never from what the body says (a body

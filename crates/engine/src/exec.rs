@@ -496,8 +496,55 @@ impl Engine {
             tracing::warn!(run_id, step = %step.id, error_class = %err.class, "model output failed its schema");
             return Ok(settle::fail(step, claimed, err, meta, now, run_id));
         }
-        let value = self.store_value(out.output.clone()).await?;
+        let output = match &step.kind {
+            StepKind::Model(ms) if ms.role == Role::Asset => {
+                match self.keep_asset(ms, out).await? {
+                    Ok(v) => v,
+                    Err(err) => {
+                        tracing::warn!(run_id, step = %step.id, error_class = %err.class, "the asset could not be kept");
+                        return Ok(settle::fail(step, claimed, err, meta, now, run_id));
+                    }
+                }
+            }
+            _ => out.output.clone(),
+        };
+        let value = self.store_value(output).await?;
         Ok(settle::succeed(claimed, value, meta, now))
+    }
+
+    /// An asset step's output with its file copied into the blob store (`core::asset`): the
+    /// provider's URL expires, our copy does not. A download the provider refuses is the
+    /// attempt's error (retried by the step's rules); a store failure is the engine's.
+    async fn keep_asset(
+        &self,
+        ms: &ModelStep,
+        out: &ModelOutput,
+    ) -> Result<Result<Value, StepError>, EngineError> {
+        use switchyard_core::asset;
+        let Some(source) = asset::needs_keeping(&out.output) else {
+            return Ok(Ok(out.output.clone()));
+        };
+        let fetched = if asset::is_data_url(source) {
+            asset::decode_data_url(source).map_err(|e| StepError::new(ErrorClass::Malformed, e))
+        } else {
+            match self.providers.for_model(&out.model) {
+                Some(p) => p.fetch_asset(source, ms.timeout.ms()).await,
+                None => Err(StepError::new(
+                    ErrorClass::Invalid,
+                    format!("no provider serves `{}`, whose asset this is", out.model),
+                )),
+            }
+        };
+        let file = match fetched {
+            Ok(f) => f,
+            Err(e) => return Ok(Err(e)),
+        };
+        let key = self.blobs.put(&file.bytes, &file.content_type).await?;
+        let url = self
+            .blobs
+            .presign(&key, crate::view::PRESIGN_TTL_MS)
+            .await?;
+        Ok(Ok(asset::kept(source, &file, &key, &url)))
     }
 
     /// Gives up on a job: tells the provider so it stops (and stops billing). Best effort.

@@ -143,7 +143,7 @@ impl Engine {
         output: Option<&switchyard_core::state::ValueRef>,
     ) -> Result<Value, EngineError> {
         use switchyard_core::state::ValueRef;
-        Ok(match output {
+        let mut value = match output {
             None => Value::Null,
             Some(ValueRef::Inline { value }) => value.clone(),
             // Kept by reference to keep the header small, but small enough to show inline
@@ -155,8 +155,17 @@ impl Engine {
             }
             Some(ValueRef::Blob { key, bytes }) => {
                 let url = self.blobs.presign(key, PRESIGN_TTL_MS).await?;
-                serde_json::json!({"url": url, "bytes": bytes, "sha256": key})
+                return Ok(serde_json::json!({"url": url, "bytes": bytes, "sha256": key}));
             }
-        })
+        };
+        // Kept assets get a fresh link on every read: the one made with the output may have
+        // expired (or been signed with credentials that have).
+        let mut links = std::collections::BTreeMap::new();
+        for key in switchyard_core::asset::kept_keys(&value) {
+            let url = self.blobs.presign(&key, PRESIGN_TTL_MS).await?;
+            links.insert(key, url);
+        }
+        switchyard_core::asset::relink(&mut value, &links);
+        Ok(value)
     }
 }

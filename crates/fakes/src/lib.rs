@@ -54,6 +54,7 @@ mod behavior;
 mod openai;
 mod receiver;
 mod replicate;
+pub use replicate::FAKE_PNG;
 mod schema;
 mod util;
 
@@ -369,6 +370,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/predictions", post(replicate::create))
         .route("/v1/predictions/{id}", get(replicate::get))
         .route("/v1/predictions/{id}/cancel", post(replicate::cancel))
+        .route("/v1/files/{id}/{name}", get(replicate::file))
         .route("/_fake/script", post(admin_script).get(admin_get_script))
         .route("/_fake/reset", post(admin_reset))
         .route("/_fake/requests", get(admin_requests))

@@ -357,7 +357,7 @@ fn finish(p: &mut Prediction) {
     let model = p.obj["model"].as_str().unwrap_or("").to_string();
     let elapsed = now.saturating_sub(p.created_ms) as f64 / 1000.0;
     let (status, output, error, logs) = match p.outcome {
-        Outcome::Succeed => ("succeeded", output_for(&model, &id), Value::Null, "Running prediction...\nPrediction completed.\n"),
+        Outcome::Succeed => ("succeeded", output_for(&model, &id, &base_of(&p.obj)), Value::Null, "Running prediction...\nPrediction completed.\n"),
         Outcome::SchemaInvalid => ("succeeded", json!({"unexpected": "shape"}), Value::Null, "Running prediction...\nPrediction completed.\n"),
         Outcome::Fail => (
             "failed",
@@ -383,9 +383,50 @@ fn finish(p: &mut Prediction) {
     p.obj["metrics"] = json!({"predict_time": elapsed, "total_time": elapsed});
 }
 
+/// `http://host:port` the prediction was created through (its `urls.get` minus the path).
+fn base_of(obj: &Value) -> String {
+    let get = obj["urls"]["get"].as_str().unwrap_or_default();
+    get.split("/v1/").next().unwrap_or_default().to_string()
+}
+
+/// The file every fake image prediction outputs: a 1×1 PNG.
+pub const FAKE_PNG: &[u8] = &[
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f, 0x15, 0xc4,
+    0x89, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0xf8, 0xcf, 0xc0, 0xf0,
+    0x1f, 0x00, 0x05, 0x00, 0x01, 0xff, 0x89, 0x99, 0x3d, 0x1d, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45,
+    0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+];
+
+/// `GET /v1/files/{id}/{name}`: a prediction's output file, behind the API token like
+/// Replicate's files API (so an adapter that sends the token elsewhere, or not at all, shows).
+pub(crate) async fn file(
+    State(s): State<Arc<Shared>>,
+    Path((id, name)): Path<(String, String)>,
+    req: Incoming,
+) -> Response {
+    if !authorized(&req) {
+        s.note(PROVIDER, &req, "missing_auth");
+        return unauthenticated();
+    }
+    s.note(PROVIDER, &req, "file");
+    let known = id
+        .strip_prefix("fake-")
+        .is_some_and(|p| lock(&s.predictions).contains_key(p));
+    if !known || name != "out-0.png" {
+        return not_found();
+    }
+    let mut resp = axum::response::IntoResponse::into_response(FAKE_PNG);
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("image/png"),
+    );
+    resp
+}
+
 /// A successful output: a list with one file URL; for Whisper-style transcription models the
 /// transcription object they return.
-fn output_for(model: &str, id: &str) -> Value {
+fn output_for(model: &str, id: &str, base: &str) -> Value {
     if model.ends_with("/whisper") || model.contains("whisper") {
         return json!({
             "transcription": "Fake transcription of the audio.",
@@ -396,7 +437,7 @@ fn output_for(model: &str, id: &str) -> Value {
             "detected_language": "english"
         });
     }
-    json!([format!("https://replicate.delivery/fake/{id}/out-0.png")])
+    json!([format!("{base}/v1/files/fake-{id}/out-0.png")])
 }
 
 pub(crate) async fn get(

@@ -94,10 +94,23 @@ async fn create_then_succeed_with_a_signed_webhook() {
     let body = d.json();
     assert_eq!(body["id"], id.as_str());
     assert_eq!(body["status"], "succeeded");
+    let file = format!("{}/v1/files/fake-{id}/out-0.png", s.url());
+    assert_eq!(body["output"], json!([file]));
+    // The output file is served behind the API token, as a 1×1 PNG.
+    let got = reqwest::Client::new()
+        .get(&file)
+        .header("authorization", "Bearer r8_fake")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.headers()["content-type"], "image/png");
     assert_eq!(
-        body["output"],
-        json!([format!("https://replicate.delivery/fake/{id}/out-0.png")])
+        got.bytes().await.unwrap().as_ref(),
+        switchyard_fakes::FAKE_PNG
     );
+    let anonymous = reqwest::Client::new().get(&file).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
     assert!(body["metrics"]["predict_time"].as_f64().unwrap() > 0.0);
     assert!(body["completed_at"].is_string());
     assert!(

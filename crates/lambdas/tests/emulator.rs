@@ -88,6 +88,19 @@ async fn a_run_goes_through_all_four_functions() {
     approve(&api, &run).await;
     let run = work_until_done(&d, &api, &run_id).await;
     assert_eq!(run["status"], "succeeded", "{run}");
+    // The card the job delivered as a data: URL is kept in S3; the run links to our copy.
+    let asset = &run["output"]["asset"];
+    let link = asset["url"].as_str().unwrap_or_else(|| panic!("{run}"));
+    assert!(
+        link.contains(&d.resources.bucket) && link.contains("X-Amz-Signature="),
+        "{link}"
+    );
+    let served = reqwest::get(link).await.unwrap();
+    assert_eq!(served.headers()["content-type"], "image/svg+xml");
+    let bytes = served.bytes().await.unwrap();
+    assert_eq!(bytes.len() as u64, asset["bytes"].as_u64().unwrap());
+    use sha2::Digest;
+    assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), asset["blob"]);
 
     let client = switchyard_providers::outbound::CallbackClient::new(Default::default());
     let mut delivered = 0;

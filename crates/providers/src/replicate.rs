@@ -260,6 +260,44 @@ pub fn to_get_request(base: &str, token: &str, job_id: &str) -> Result<HttpReque
     ))
 }
 
+/// `GET` of a prediction's output file, to keep a copy (delivery URLs expire). The API
+/// token goes only to the API's own host (files under `base`); delivery URLs are public and
+/// must not see it. Anything but `https` is refused unless it is under `base` (a fake).
+pub fn to_file_request(base: &str, token: &str, url: &str) -> Result<HttpRequest, StepError> {
+    let base = base.trim_end_matches('/');
+    let on_api = url.starts_with(&format!("{base}/"));
+    if on_api {
+        return Ok(bearer(HttpRequest::get(url), token));
+    }
+    if !url.starts_with("https://") {
+        return Err(invalid(format!(
+            "replicate output file `{}` is not an https URL",
+            url.split('?').next().unwrap_or_default()
+        )));
+    }
+    Ok(HttpRequest::get(url))
+}
+
+/// The file of a [`to_file_request`]: its bytes and content type (declared, else from the
+/// URL's extension). A refused download is classified like any other answer (an expired
+/// delivery URL is a 404: `invalid`, not retried).
+pub fn from_file_response(
+    url: &str,
+    resp: &HttpResponse,
+    now_ms: u64,
+) -> Result<switchyard_core::asset::Fetched, StepError> {
+    if !(200..300).contains(&resp.status) {
+        return Err(classify(Api::Replicate, resp, now_ms));
+    }
+    Ok(switchyard_core::asset::Fetched {
+        bytes: resp.body.clone(),
+        content_type: switchyard_core::asset::content_type(
+            resp.header("content-type"),
+            &content_type_of(url),
+        ),
+    })
+}
+
 /// `POST …/predictions/{id}/cancel`.
 pub fn to_cancel_request(base: &str, token: &str, job_id: &str) -> Result<HttpRequest, StepError> {
     check_job_id(job_id)?;
@@ -591,6 +629,19 @@ impl Provider for Replicate {
         // prediction created by version names the hash, which prices as nothing.
         let role = role_for(&self.catalog, model, body);
         read_prediction(model, role, body, &self.catalog)
+    }
+
+    async fn fetch_asset(
+        &self,
+        url: &str,
+        timeout_ms: u64,
+    ) -> Result<switchyard_core::asset::Fetched, StepError> {
+        let req = to_file_request(&self.base_url, self.api_token.as_deref().unwrap_or(""), url)?;
+        let resp = self
+            .sender
+            .send(req, Some(std::time::Duration::from_millis(timeout_ms)))
+            .await?;
+        from_file_response(url, &resp, crate::call::now_ms())
     }
 
     /// The engine gave up waiting (wait timeout): stop the prediction, and its billing.

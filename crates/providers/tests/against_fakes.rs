@@ -513,8 +513,22 @@ async fn replicate_webhook_and_poll() {
         .unwrap();
     assert_eq!(id, job);
     let out = completed(Ok(response));
-    let url = format!("https://replicate.delivery/fake/{job}/out-0.png");
+    let url = format!("{}/v1/files/fake-{job}/out-0.png", fake.url());
     assert_eq!(out.output["url"], url);
+    // The engine keeps a copy of the file: the adapter fetches it with the API token (the
+    // URL is under the API's base), and refuses a plain-http one elsewhere.
+    let file = p.fetch_asset(&url, 5_000).await.unwrap();
+    assert_eq!(file.bytes, switchyard_fakes::FAKE_PNG);
+    assert_eq!(file.content_type, "image/png");
+    let elsewhere = p
+        .fetch_asset("http://198.51.100.7/out.png", 5_000)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        elsewhere.class,
+        switchyard_core::ErrorClass::Invalid,
+        "{elsewhere:?}"
+    );
     assert_eq!(out.output["content_type"], "image/png");
     assert!(out.cost_usd > 0.0);
     assert_eq!(out.provider_request_id.as_deref(), Some(job.as_str()));
