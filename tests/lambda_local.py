@@ -153,6 +153,21 @@ def run_checks(port: int, tmp: Path) -> int:
         c.ok(resp.get("batchItemFailures") == [],
              "worker < the fixture with the started run's id: no batchItemFailures", resp)
 
+    if run_id:
+        # GET /v1/runs/{id}: the list fixture with another path and no query.
+        event = json.loads(fx("intake-apigw-v2-list-runs.json").read_text())
+        path = f"/v1/runs/{run_id}"
+        event["rawPath"] = event["requestContext"]["http"]["path"] = path
+        event["pathParameters"] = {"proxy": path.lstrip("/")}
+        event["rawQueryString"] = ""
+        event.pop("queryStringParameters", None)
+        derived = tmp / "intake-get-run.json"
+        derived.write_text(json.dumps(event))
+        status, _, run = http_answer(invoke(port, "intake", derived))
+        c.ok(status == 200 and isinstance(run, dict) and run.get("status") == "succeeded",
+             "intake < GET /v1/runs/{id} (derived from the list fixture): the run succeeded",
+             (status, run))
+
     status, _, listed = http_answer(invoke(port, "intake", fx("intake-apigw-v2-list-runs.json")))
     runs = listed.get("runs", []) if isinstance(listed, dict) else []
     c.ok(status == 200 and any(r.get("run_id") == run_id for r in runs),
