@@ -3,8 +3,8 @@
 #
 #   infra/demo_aws.sh SWITCHYARD_BINARY
 #
-# Starts moto on ${DEMO_MOTO_PORT:-5077} (not 5055, CI's: `moto.sh stop` would stop a server
-# someone else started on the same port), starts the binary (built with `--features aws`)
+# Starts moto on ${DEMO_MOTO_PORT:-5077} (not 5055, CI's; a port that is already in use is
+# refused, since `moto.sh stop` would stop a server someone else started there), starts the binary (built with `--features aws`)
 # as `dev --backend aws`, which provisions its table, queues and bucket under a fresh prefix,
 # then starts each example from events/inputs/ over the HTTP API (curl-equivalent calls from
 # python3's standard library), approves asset-pipeline's gate through
@@ -31,6 +31,14 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+# A server already on the port is someone else's (CI's, a test's): stopping it after would
+# break them, so pick another port instead.
+if python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.5)' "$MOTO_PORT" 2>/dev/null; then
+  echo "demo-aws: 127.0.0.1:$MOTO_PORT is in use; set DEMO_MOTO_PORT to a free port" >&2
+  trap - EXIT INT TERM
+  rm -f "$log"
+  exit 2
+fi
 url=$(infra/moto.sh start)
 echo "=== moto at $url"
 

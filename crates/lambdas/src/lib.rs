@@ -46,18 +46,6 @@ pub fn invocation_deadline(header_ms: u64, now_ms: u64) -> u64 {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::invocation_deadline;
-
-    #[test]
-    fn a_deadline_is_epoch_time_or_a_duration_from_cargo_lambda() {
-        let now = 1_796_321_795_566;
-        assert_eq!(invocation_deadline(now + 180_000, now), now + 180_000);
-        assert_eq!(invocation_deadline(600_000, now), now + 600_000);
-    }
-}
-
 /// JSON logs, one object per line, with the span fields (run, step, provider, model, error
 /// class) the engine records; `RUST_LOG` sets the level (default `info`).
 pub fn init_tracing() {
@@ -69,4 +57,16 @@ pub fn init_tracing() {
         .with_current_span(true)
         .with_span_list(false)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::invocation_deadline;
+
+    #[test]
+    fn a_deadline_is_epoch_time_or_a_duration_from_cargo_lambda() {
+        let now = 1_796_321_795_566;
+        assert_eq!(invocation_deadline(now + 180_000, now), now + 180_000);
+        assert_eq!(invocation_deadline(600_000, now), now + 600_000);
+    }
 }
