@@ -82,7 +82,9 @@ def wait_port(port: int, proc: subprocess.Popen, logfile: Path, limit_s: float) 
 def invoke(port: int, function: str, data_file: Path) -> dict:
     cmd = [str(SAM_SH), "lambda", "invoke", "--invoke-address", "127.0.0.1", "--invoke-port",
            str(port), "--data-file", str(data_file), "--output-format", "json", function]
+    t = time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    log(f"invoke {function} < {data_file.name}: {time.monotonic() - t:.1f} s")
     if out.returncode != 0:
         raise Failed(f"{function} < {data_file.name}: cargo lambda invoke exited "
                      f"{out.returncode}: {out.stderr.strip()[-2000:]}")
