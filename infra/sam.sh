@@ -7,6 +7,10 @@
 #                                       aarch64-unknown-linux-gnu target through rustup if missing
 #   infra/sam.sh deploy --guided        deploy (needs AWS credentials; see docs/deploy.md)
 #   infra/sam.sh --version
+#   infra/sam.sh lambda watch|invoke ARGS
+#                                       cargo-lambda (installed first, no cross target needed)
+#                                       for `cargo lambda watch` / `invoke` on this machine
+#                                       (tests/lambda_local.py, docs/deploy.md)
 #
 # Venv:   ${SWITCHYARD_VENV_SAM:-/var/tmp/switchyard-sam-venv} (outside the repo, kept across
 #         runs). Not moto's venv: aws-sam-cli pins boto3/botocore and would move moto's.
@@ -48,6 +52,7 @@ install_cargo_lambda() {
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$CARGO_LAMBDA_PIN" >&2
     echo "$CARGO_LAMBDA_PIN" > "$cstamp"
   fi
+  [ "${1:-}" = host ] && return
   if command -v rustup >/dev/null 2>&1 \
      && ! rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then
     echo "sam.sh: rustup target add aarch64-unknown-linux-gnu" >&2
@@ -58,6 +63,10 @@ install_cargo_lambda() {
 install
 case "${1:-}" in
   build|sync) install_cargo_lambda ;;
+  lambda)
+    # `cargo lambda watch` builds for this machine: no aarch64 target, no SAM involved.
+    install_cargo_lambda host
+    exec "$venv/bin/cargo-lambda" "$@" ;;
 esac
 export PATH="$venv/bin:$PATH"
 if [ "${SAM_NO_CD:-}" != 1 ]; then

@@ -1,5 +1,5 @@
 //! `switchyard dev`: the HTTP API, the provider webhook route, the worker pool and the
-//! notifier in one process, on the embedded backend.
+//! notifier in one process, on the embedded backend (`--backend aws`: [`dev_aws`]).
 //!
 //! Start-up: load every workflow under `--workflows`, open the data dir, take over the runs a
 //! killed earlier process left (their leases name a dead pid) and wake them, then serve.
@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use switchyard_api::{ApiKeys, ApiState};
+use switchyard_core::model::ModelInfo;
 use switchyard_core::ports::{CallbackSender, ListScope, Message, QueueName, RunQuery, Secrets};
 use switchyard_core::state::{RunStatus, WakeReason, WakeUp};
 use switchyard_engine::pool::{Pool, PoolOptions};
@@ -51,7 +52,14 @@ fn workflow_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Compiles the workflows; a file that is not a workflow (a schema, a corpus) is skipped
 /// only if it has no `steps:` key, any real problem stops start-up with its positions.
 fn load_workflows(dir: &Path) -> Result<std::result::Result<Workflows, i32>> {
-    let models = Local::models()?;
+    load_workflows_for(dir, &Local::models()?)
+}
+
+/// [`load_workflows`] against `models` (`--backend aws`: the deployment's providers' models).
+pub(crate) fn load_workflows_for(
+    dir: &Path,
+    models: &[ModelInfo],
+) -> Result<std::result::Result<Workflows, i32>> {
     let mut workflows = Workflows::new();
     let mut failed = false;
     for path in workflow_files(dir)? {
@@ -59,7 +67,7 @@ fn load_workflows(dir: &Path) -> Result<std::result::Result<Workflows, i32>> {
         if !text.lines().any(|l| l.starts_with("steps:")) {
             continue;
         }
-        match local::load_workflow(&path, &models) {
+        match local::load_workflow(&path, models) {
             Ok(wf) => workflows.add(wf),
             Err(diags) => {
                 failed = true;
@@ -76,7 +84,7 @@ fn load_workflows(dir: &Path) -> Result<std::result::Result<Workflows, i32>> {
     })
 }
 
-fn random_token(prefix: &str) -> String {
+pub(crate) fn random_token(prefix: &str) -> String {
     format!("{prefix}{}", uuid::Uuid::new_v4().simple())
 }
 
@@ -178,6 +186,25 @@ pub async fn dev(args: DevArgs) -> Result<i32> {
     Ok(crate::exit::SUCCEEDED)
 }
 
+/// `switchyard dev --backend aws` ([`crate::dev_aws`]), in a build with the `aws` feature.
+pub async fn dev_aws(args: DevArgs) -> Result<i32> {
+    #[cfg(feature = "aws")]
+    {
+        crate::dev_aws::dev(args).await
+    }
+    #[cfg(not(feature = "aws"))]
+    {
+        // The default build stays free of the AWS SDK (`make demo`); say how to get the other.
+        let _ = args;
+        Err(crate::exit::UsageError(
+            "--backend aws needs a switchyard built with the `aws` feature: \
+             `cargo build -p switchyard-cli --features aws` (or `make demo-aws`)"
+                .into(),
+        )
+        .into())
+    }
+}
+
 /// Takes over the runs an earlier, killed process was driving (their leases name its pid),
 /// and wakes every run that is pending or running, so nothing waits for a lease or a hidden
 /// message to expire.
@@ -235,6 +262,11 @@ fn print_banner(
     if let Some(s) = generated_secret {
         println!("  callback signing secret (SWITCHYARD_CALLBACK_SECRET): {s}");
     }
+    print_try(addr, dev_key, &served);
+}
+
+/// The banner's closing lines: a curl that starts a run (when `support-triage` is served).
+pub(crate) fn print_try(addr: SocketAddr, dev_key: Option<&str>, served: &[String]) {
     let key = dev_key.unwrap_or("<your key>");
     let example = served.iter().find(|n| *n == "support-triage").cloned();
     if let Some(wf) = example {
@@ -247,7 +279,7 @@ fn print_banner(
     let _ = std::io::stdout().flush();
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -5,9 +5,13 @@
 //!   models, and the in-process driver that runs a run until it ends or waits on the outside.
 //! - [`commands`]: one function per subcommand, returning the process exit status.
 //! - [`render`]: the human table and the one-document JSON output.
+//! - [`dev`]: `switchyard dev` on the embedded backend; `dev_aws` (cargo feature `aws`) is
+//!   `--backend aws`, over DynamoDB, SQS and S3.
 
 pub mod commands;
 pub mod dev;
+#[cfg(feature = "aws")]
+pub mod dev_aws;
 pub mod local;
 pub mod render;
 

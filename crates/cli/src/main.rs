@@ -76,9 +76,14 @@ enum Command {
         /// Directory of workflow files to serve (subdirectories included).
         #[arg(long, default_value = "workflows")]
         workflows: PathBuf,
-        /// Concurrent work loops.
+        /// Concurrent work loops (on aws: work-queue pollers).
         #[arg(long, default_value_t = switchyard_engine::pool::DEFAULT_WORKERS)]
         workers: usize,
+        /// Where runs live: `embedded` (SQLite + files under --data-dir) or `aws` (DynamoDB,
+        /// SQS, S3; a build with `--features aws`; resources from SWITCHYARD_TABLE etc., or
+        /// provisioned on the emulator at AWS_ENDPOINT_URL).
+        #[arg(long, value_enum, default_value_t = Backend::Embedded)]
+        backend: Backend,
     },
     /// Serve fake OpenAI, Anthropic, Bedrock Converse and Replicate APIs with scripted behaviour.
     FakeProvider {
@@ -94,6 +99,12 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         replicate_delay_ms: u64,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Backend {
+    Embedded,
+    Aws,
 }
 
 #[derive(Subcommand)]
@@ -195,14 +206,23 @@ fn main() {
                 data_dir,
                 workflows,
                 workers,
+                backend,
             } => {
-                switchyard_cli::dev::dev(switchyard_cli::dev::DevArgs {
+                let args = switchyard_cli::dev::DevArgs {
                     addr: *addr,
                     data_dir: dir(data_dir),
                     workflows: workflows.clone(),
                     workers: *workers,
-                })
-                .await
+                };
+                match backend {
+                    Backend::Embedded => switchyard_cli::dev::dev(args).await,
+                    Backend::Aws if data_dir.is_some() => Err(exit::UsageError(
+                        "--data-dir is for --backend embedded: on aws, runs live in DynamoDB and S3"
+                            .into(),
+                    )
+                    .into()),
+                    Backend::Aws => switchyard_cli::dev::dev_aws(args).await,
+                }
             }
             Command::FakeProvider {
                 addr,

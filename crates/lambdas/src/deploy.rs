@@ -12,9 +12,10 @@ use anyhow::{anyhow, Context, Result};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use switchyard_aws::{s3_client, DynamoStore, S3BlobStore, SqsQueue, SqsQueueUrls, SqsQueues};
+use switchyard_core::model::ModelInfo;
 use switchyard_core::ports::{EnvSecrets, QueueName, Secrets};
 use switchyard_core::time::SystemClock;
-use switchyard_engine::{Config, Engine, Providers};
+use switchyard_engine::{Config, Engine, Providers, Workflows};
 use switchyard_providers::local::{LocalConfig, LocalProvider};
 
 /// The table, bucket, queues and secret of a deployment (environment names: CONTRACT.md).
@@ -120,6 +121,22 @@ impl Secrets for Layered {
     }
 }
 
+/// The settings map of the secret `resources.secret_id` names (empty when none is named).
+pub async fn load_settings(
+    sdk: &aws_config::SdkConfig,
+    resources: &Resources,
+) -> Result<BTreeMap<String, String>> {
+    match &resources.secret_id {
+        Some(id) => {
+            let client = aws_sdk_secretsmanager::Client::new(sdk);
+            switchyard_aws::secrets::load_secret_map(&client, id)
+                .await
+                .with_context(|| format!("reading the settings secret `{id}`"))
+        }
+        None => Ok(BTreeMap::new()),
+    }
+}
+
 /// Everything an invocation needs.
 pub struct Deployment {
     pub engine: Engine,
@@ -165,23 +182,29 @@ impl Deployment {
 
     /// With the settings secret `resources.secret_id` names (read here, once).
     pub async fn new(sdk: &aws_config::SdkConfig, resources: Resources) -> Result<Deployment> {
-        let secret = match &resources.secret_id {
-            Some(id) => {
-                let client = aws_sdk_secretsmanager::Client::new(sdk);
-                switchyard_aws::secrets::load_secret_map(&client, id)
-                    .await
-                    .with_context(|| format!("reading the settings secret `{id}`"))?
-            }
-            None => BTreeMap::new(),
-        };
+        let secret = load_settings(sdk, &resources).await?;
         Deployment::with_settings(sdk, resources, secret)
     }
 
-    /// With `settings` standing for the secret's map (tests, `dev --backend aws`).
+    /// With `settings` standing for the secret's map (tests), serving the bundled workflows.
     pub fn with_settings(
         sdk: &aws_config::SdkConfig,
         resources: Resources,
         settings: BTreeMap<String, String>,
+    ) -> Result<Deployment> {
+        Deployment::with_workflows(sdk, resources, settings, &|models| {
+            bundle::workflows(models).map_err(|e| anyhow!("{e}"))
+        })
+    }
+
+    /// With `settings` standing for the secret's map, serving what `workflows` compiles
+    /// against the deployment's models: `switchyard dev --backend aws` reads a directory at
+    /// start-up instead of the set bundled at build time.
+    pub fn with_workflows(
+        sdk: &aws_config::SdkConfig,
+        resources: Resources,
+        settings: BTreeMap<String, String>,
+        workflows: &dyn Fn(&[ModelInfo]) -> Result<Workflows>,
     ) -> Result<Deployment> {
         let secrets: Arc<dyn Secrets> = Arc::new(Layered { secret: settings });
         let hosted = switchyard_providers::registry::from_secrets(secrets.clone())
@@ -191,7 +214,7 @@ impl Deployment {
         for p in hosted.providers {
             providers = providers.with(p);
         }
-        let workflows = bundle::workflows(&providers.models()).map_err(|e| anyhow!("{e}"))?;
+        let workflows = workflows(&providers.models())?;
         let queues = SqsQueues::new(
             aws_sdk_sqs::Client::new(sdk),
             resources.work.clone(),

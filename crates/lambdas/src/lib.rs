@@ -19,6 +19,7 @@
 //! - [`provision`]: the table, queues and bucket on an emulator, for tests and `dev --backend aws`.
 //! - [`sqs`]: SQS events into engine records, batch reports into `batchItemFailures`.
 //! - [`init_tracing`]: JSON logs (CloudWatch), level from `RUST_LOG`.
+//! - [`invocation_deadline`]: the worker's deadline, also under `cargo lambda watch`.
 
 pub mod bundle;
 pub mod callbacks;
@@ -28,6 +29,22 @@ pub mod provision;
 pub mod sqs;
 
 pub use deploy::{Deployment, Resources};
+
+/// Epoch milliseconds of 2001-01-01: no real invocation deadline is earlier.
+const EPOCH_2001_MS: u64 = 978_307_200_000;
+
+/// The invocation's deadline in epoch milliseconds, from the runtime API's
+/// `Lambda-Runtime-Deadline-Ms`. Lambda sends an epoch time; `cargo lambda watch` (1.9.2) sends
+/// the function timeout as a duration (`600000`), which read as an epoch time is 1970 and would
+/// make the worker hand back every run at once ("deadline near"). A value before 2001 is
+/// therefore taken as relative to `now_ms`.
+pub fn invocation_deadline(header_ms: u64, now_ms: u64) -> u64 {
+    if header_ms < EPOCH_2001_MS {
+        now_ms.saturating_add(header_ms)
+    } else {
+        header_ms
+    }
+}
 
 /// JSON logs, one object per line, with the span fields (run, step, provider, model, error
 /// class) the engine records; `RUST_LOG` sets the level (default `info`).
@@ -40,4 +57,16 @@ pub fn init_tracing() {
         .with_current_span(true)
         .with_span_list(false)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::invocation_deadline;
+
+    #[test]
+    fn a_deadline_is_epoch_time_or_a_duration_from_cargo_lambda() {
+        let now = 1_796_321_795_566;
+        assert_eq!(invocation_deadline(now + 180_000, now), now + 180_000);
+        assert_eq!(invocation_deadline(600_000, now), now + 600_000);
+    }
 }

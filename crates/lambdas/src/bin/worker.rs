@@ -7,7 +7,7 @@ use lambda_runtime::{service_fn, LambdaEvent};
 use std::sync::Arc;
 use switchyard_engine::settings::WEBHOOK_SECRET;
 use switchyard_lambdas::deploy::required_setting;
-use switchyard_lambdas::{callbacks, init_tracing, sqs, Deployment};
+use switchyard_lambdas::{callbacks, init_tracing, invocation_deadline, sqs, Deployment};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
@@ -20,12 +20,10 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         let http = http.clone();
         async move {
             let records = sqs::records(&ev.payload);
-            let report = d
-                .engine
-                .handle_work_batch(&records, Some(ev.context.deadline))
-                .await;
+            let deadline = invocation_deadline(ev.context.deadline, d.engine.now());
+            let report = d.engine.handle_work_batch(&records, Some(deadline)).await;
             // Built-in async jobs call back through the webhook function, like a provider would.
-            let budget = ev.context.deadline.saturating_sub(d.engine.now() + 1_000);
+            let budget = deadline.saturating_sub(d.engine.now() + 1_000);
             callbacks::send(&http, callbacks::take(&d), budget).await;
             Ok::<SqsBatchResponse, lambda_runtime::Error>(sqs::response(&report))
         }

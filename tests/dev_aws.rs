@@ -1,0 +1,318 @@
+//! `switchyard dev --backend aws` end to end on the AWS emulator (moto at
+//! `SWITCHYARD_TEST_AWS_ENDPOINT`; `make test` starts it and runs this file with
+//! `--features aws`): the binary provisions its own table, queues and bucket under a unique
+//! prefix, runs are started and approved over real HTTP, the built-in async job calls back to
+//! the process's own `/hooks`, the notifier delivers a signed callback, and SIGTERM stops it
+//! with exit 0.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test crate: failing is the point
+
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "sy_devaws_test_key_0123456789";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn endpoint() -> String {
+    match std::env::var("SWITCHYARD_TEST_AWS_ENDPOINT") {
+        Ok(e) if !e.trim().is_empty() => e,
+        _ => panic!(
+            "SWITCHYARD_TEST_AWS_ENDPOINT is not set: this test needs the AWS emulator. \
+             Run `infra/moto.sh start` and set it to the URL printed (`make test` does both)."
+        ),
+    }
+}
+
+/// Variables of the caller's shell that would change what dev connects to.
+const CLEARED: [&str; 10] = [
+    "SWITCHYARD_TABLE",
+    "SWITCHYARD_BUCKET",
+    "SWITCHYARD_WORK_QUEUE_URL",
+    "SWITCHYARD_WORK_DLQ_URL",
+    "SWITCHYARD_NOTIFY_QUEUE_URL",
+    "SWITCHYARD_NOTIFY_DLQ_URL",
+    "SWITCHYARD_SECRET_ID",
+    "SWITCHYARD_PUBLIC_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_PROFILE",
+];
+
+fn command(env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    cmd.args(["dev", "--backend", "aws", "--addr", "127.0.0.1:0"])
+        .args(["--workers", "2"])
+        .arg("--workflows")
+        .arg(root().join("workflows"));
+    for v in CLEARED {
+        cmd.env_remove(v);
+    }
+    cmd.env_remove("AWS_ENDPOINT_URL");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+struct Dev {
+    child: Child,
+    url: String,
+}
+
+impl Dev {
+    fn start(prefix: &str) -> Dev {
+        let endpoint = endpoint();
+        let mut child = command(&[
+            ("AWS_ENDPOINT_URL", &endpoint),
+            ("SWITCHYARD_DEV_PREFIX", prefix),
+            ("SWITCHYARD_API_KEYS", &format!("{KEY}:acme")),
+            // The test's callback receiver is on loopback.
+            ("SWITCHYARD_ALLOW_PRIVATE_CALLBACKS", "1"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines
+            .next()
+            .unwrap_or_else(|| panic!("dev exited before its banner"))
+            .unwrap();
+        let url = first
+            .strip_prefix("switchyard dev: serving ")
+            .unwrap_or_else(|| panic!("unexpected banner: {first}"))
+            .to_string();
+        let second = lines.next().unwrap().unwrap();
+        assert!(
+            second.contains(&format!("provisioned `{prefix}-*`")),
+            "dev must say it provisioned: {second}"
+        );
+        // Keep draining stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        Dev { child, url }
+    }
+
+    fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn post(dev: &Dev, path: &str, body: &Value, idem: Option<&str>) -> (StatusCode, Value) {
+    let mut req = Client::new().post(dev.at(path)).bearer_auth(KEY).json(body);
+    if let Some(k) = idem {
+        req = req.header("idempotency-key", k);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(dev: &Dev, path: &str) -> Value {
+    let resp = Client::new()
+        .get(dev.at(path))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "GET {path}");
+    resp.json().await.unwrap()
+}
+
+/// Polls until the run's status is one of `want` (moto is slow-ish: a generous limit).
+async fn until_status(dev: &Dev, run: &str, want: &[&str]) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let doc = get(dev, &format!("/v1/runs/{run}")).await;
+        if want.contains(&doc["status"].as_str().unwrap_or("")) {
+            return doc;
+        }
+        if t0.elapsed() > Duration::from_secs(90) {
+            let events = get(dev, &format!("/v1/runs/{run}/events")).await;
+            panic!(
+                "run {run} stuck at {}: {doc}\nevents: {events}",
+                doc["status"]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn input(name: &str) -> Value {
+    let path = root().join(format!("events/inputs/{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A callback receiver on loopback: every POST's `webhook-id` header and JSON body.
+async fn receiver() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<(String, Value)>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/cb",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let tx = tx.clone();
+                async move {
+                    let id = headers
+                        .get("webhook-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    let _ = tx.send((id, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+                    StatusCode::NO_CONTENT
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/cb"), rx)
+}
+
+fn sigterm(child: &mut Child) -> std::process::ExitStatus {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "dev did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_start_finish_notify_and_sigterm_exits_zero() {
+    let prefix = format!(
+        "sy-devt-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
+    let mut dev = Dev::start(&prefix);
+
+    let health = Client::new().get(dev.at("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+
+    // A synchronous example, with a callback URL and an idempotency key.
+    let (cb_url, mut delivered) = receiver().await;
+    let body = json!({"workflow": "support-triage", "input": input("support-triage"), "callback_url": cb_url});
+    let (s, started) = post(&dev, "/v1/runs", &body, Some("devaws-1")).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{started}");
+    let triage = started["run_id"].as_str().unwrap().to_string();
+    let (s, again) = post(&dev, "/v1/runs", &body, Some("devaws-1")).await;
+    assert_eq!(s, StatusCode::OK, "{again}");
+    assert_eq!(again["run_id"], triage.as_str());
+
+    // The async job calls back to dev's own /hooks; then a person approves.
+    let body = json!({"workflow": "asset-pipeline", "input": input("asset-pipeline")});
+    let (s, started) = post(&dev, "/v1/runs", &body, None).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{started}");
+    let asset = started["run_id"].as_str().unwrap().to_string();
+
+    let run = until_status(&dev, &triage, &["succeeded", "failed"]).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert!(run["output"].is_object(), "{run}");
+
+    // `waiting` comes first for the job's callback, then (after the callback's wake-up) for
+    // the approval gate: wait for the gate's step.
+    let t0 = Instant::now();
+    let gate = loop {
+        let run = until_status(&dev, &asset, &["waiting", "failed", "succeeded"]).await;
+        assert_eq!(run["status"], "waiting", "{run}");
+        let waiting = run["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["status"] == "waiting" && s["kind"] == "approval")
+            .map(|s| s["name"].as_str().unwrap().to_string());
+        if let Some(g) = waiting {
+            break g;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "no approval gate: {run}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (s, b) = post(
+        &dev,
+        &format!("/v1/runs/{asset}/approvals/{gate}"),
+        &json!({"decision": "approve", "comment": "looks good"}),
+        None,
+    )
+    .await;
+    assert!(s.is_success(), "approval answered {s}: {b}");
+    let run = until_status(&dev, &asset, &["succeeded", "failed"]).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+
+    // The notifier delivered run.succeeded for the triage run, signed.
+    let (id, note) = tokio::time::timeout(Duration::from_secs(60), delivered.recv())
+        .await
+        .expect("no notification within 60 s")
+        .unwrap();
+    assert!(!id.is_empty(), "the notification carries a webhook-id");
+    assert_eq!(note["type"], "run.succeeded", "{note}");
+    assert_eq!(note["data"]["run_id"], triage.as_str(), "{note}");
+
+    let listed = get(&dev, "/v1/runs?limit=10").await;
+    assert_eq!(listed["runs"].as_array().unwrap().len(), 2, "{listed}");
+
+    let status = sigterm(&mut dev.child);
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn without_resources_or_an_emulator_it_says_what_to_set() {
+    let out = command(&[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SWITCHYARD_TABLE") && err.contains("AWS_ENDPOINT_URL"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_partial_set_of_resource_variables_names_the_missing_one() {
+    let out = command(&[
+        ("SWITCHYARD_TABLE", "t"),
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SWITCHYARD_BUCKET is not set"), "{err}");
+}
+
+#[test]
+fn data_dir_is_refused_on_aws() {
+    let out = command(&[])
+        .args(["--data-dir", "/tmp/x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--data-dir"));
+}
