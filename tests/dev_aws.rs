@@ -30,14 +30,9 @@ fn endpoint() -> String {
     }
 }
 
-/// Variables of the caller's shell that would change what dev connects to.
-const CLEARED: [&str; 10] = [
-    "SWITCHYARD_TABLE",
-    "SWITCHYARD_BUCKET",
-    "SWITCHYARD_WORK_QUEUE_URL",
-    "SWITCHYARD_WORK_DLQ_URL",
-    "SWITCHYARD_NOTIFY_QUEUE_URL",
-    "SWITCHYARD_NOTIFY_DLQ_URL",
+/// Variables of the caller's shell that would change what dev connects to: the resource
+/// names (dev's own list) and these.
+const CLEARED: [&str; 4] = [
     "SWITCHYARD_SECRET_ID",
     "SWITCHYARD_PUBLIC_URL",
     "AWS_ACCESS_KEY_ID",
@@ -50,7 +45,10 @@ fn command(env: &[(&str, &str)]) -> Command {
         .args(["--workers", "2"])
         .arg("--workflows")
         .arg(root().join("workflows"));
-    for v in CLEARED {
+    for v in switchyard_cli::dev_aws::RESOURCE_VARS
+        .iter()
+        .chain(&CLEARED)
+    {
         cmd.env_remove(v);
     }
     cmd.env_remove("AWS_ENDPOINT_URL");

@@ -255,14 +255,20 @@ fn print_banner(
         args.workers,
         served.join(", ")
     );
+    print_keys(dev_key, generated_secret, "SWITCHYARD_API_KEYS");
+    print_try(addr, dev_key, &served);
+}
+
+/// The banner's key lines: the made-up dev key, or where the keys come from; the callback
+/// secret when dev generated it.
+pub(crate) fn print_keys(dev_key: Option<&str>, generated_secret: Option<&str>, keys_from: &str) {
     match dev_key {
         Some(k) => println!("  API key (tenant `{DEV_TENANT}`): {k}"),
-        None => println!("  API keys: from SWITCHYARD_API_KEYS"),
+        None => println!("  API keys: from {keys_from}"),
     }
     if let Some(s) = generated_secret {
         println!("  callback signing secret (SWITCHYARD_CALLBACK_SECRET): {s}");
     }
-    print_try(addr, dev_key, &served);
 }
 
 /// The banner's closing lines: a curl that starts a run (when `support-triage` is served).

@@ -36,7 +36,7 @@ use switchyard_lambdas::{callbacks, deploy, provision, Deployment, Resources};
 use tokio::sync::watch;
 
 /// The resource variables; with none of them set (and an emulator endpoint), dev provisions.
-const RESOURCE_VARS: [&str; 6] = [
+pub const RESOURCE_VARS: [&str; 6] = [
     "SWITCHYARD_TABLE",
     "SWITCHYARD_BUCKET",
     "SWITCHYARD_WORK_QUEUE_URL",
@@ -315,12 +315,10 @@ fn print_banner(
         args.workflows.display(),
         served.join(", ")
     );
-    match dev_key {
-        Some(k) => println!("  API key (tenant `{DEV_TENANT}`): {k}"),
-        None => println!("  API keys: from SWITCHYARD_API_KEYS (settings secret or environment)"),
-    }
-    if let Some(s) = generated_secret {
-        println!("  callback signing secret (SWITCHYARD_CALLBACK_SECRET): {s}");
-    }
+    dev::print_keys(
+        dev_key,
+        generated_secret,
+        "SWITCHYARD_API_KEYS (settings secret or environment)",
+    );
     dev::print_try(addr, dev_key, served);
 }
