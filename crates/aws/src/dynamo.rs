@@ -574,6 +574,10 @@ impl DynamoStore {
     }
 
     /// The step write: body and version, and the step's events appended to its `ev` list.
+    ///
+    /// A new step is one whole-item `PutItem` rather than an `UpdateItem` that creates it: the
+    /// result is the same on DynamoDB, but moto creates an updated item keys-first and fills
+    /// the attributes after, so a concurrent read there saw a step without its `body`.
     fn step_write(
         run_id: &str,
         rec: &StepRecord,
@@ -582,30 +586,42 @@ impl DynamoStore {
         let new_version = rec.version + 1;
         let mut stored = rec.clone();
         stored.version = new_version;
-        let body = to_json(&stored, &format!("step {} of run {run_id}", rec.step))?;
-        let mut vals = values([(":body", body_value(body)), (":new", n(new_version))]);
+        let body = body_value(to_json(
+            &stored,
+            &format!("step {} of run {run_id}", rec.step),
+        )?);
         let seq = new_seq();
-        let mut update = String::from("SET body = :body, ver = :new");
-        if rec.version == 0 {
-            update.push_str(", cseq = :seq");
-            vals.insert(":seq".into(), s(seq.clone()));
+        let batch = if events.is_empty() {
+            None
         } else {
-            vals.insert(":read".into(), n(rec.version));
+            Some(event_batch(&seq, run_id, events)?)
+        };
+        let key = item_key(run_pk(run_id), step_sk(&rec.step));
+        if rec.version == 0 {
+            let mut item = key;
+            item.insert("body".into(), body);
+            item.insert("ver".into(), n(new_version));
+            item.insert("cseq".into(), s(seq));
+            if let Some(batch) = batch {
+                item.insert("ev".into(), AttributeValue::L(vec![batch]));
+            }
+            return Ok(Write::put_new(item));
         }
-        if !events.is_empty() {
+        let mut vals = values([
+            (":body", body),
+            (":new", n(new_version)),
+            (":read", n(rec.version)),
+        ]);
+        let mut update = String::from("SET body = :body, ver = :new");
+        if let Some(batch) = batch {
             update.push_str(", ev = list_append(if_not_exists(ev, :none), :batch)");
             vals.insert(":none".into(), AttributeValue::L(Vec::new()));
-            let batch = event_batch(&seq, run_id, events)?;
             vals.insert(":batch".into(), AttributeValue::L(vec![batch]));
         }
         Ok(Write::Update {
-            key: item_key(run_pk(run_id), step_sk(&rec.step)),
+            key,
             update,
-            condition: if rec.version == 0 {
-                NEW_ITEM
-            } else {
-                "ver = :read"
-            },
+            condition: "ver = :read",
             values: vals,
         })
     }
