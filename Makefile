@@ -9,7 +9,7 @@ SY := $(CARGO_TARGET_DIR)/debug/switchyard
 endif
 EXAMPLES := support-triage knowledge-answer product-copy document-enrichment resilient-summary
 
-.PHONY: all build demo demo-aws test-lambda-local test test-aws test-local-aws sam-validate sam-build local-aws local-aws-down lint fmt check-core check-msrv bench bench-api clean-demo
+.PHONY: all build demo demo-aws test-lambda-local test test-aws test-local-aws sam-validate sam-build local-aws local-aws-down lint fmt check-core check-msrv bench bench-api bench-aws clean-demo
 
 all: lint test
 
@@ -107,6 +107,22 @@ bench:
 bench-api:
 	$(CARGO) build --release -p switchyard-cli
 	$(CARGO) bench -p switchyard-cli --bench api -- $(abspath $(SY_RELEASE))
+
+## bench-aws: the AWS backend's figures (issue 9), on moto at its own port (BENCH_MOTO_PORT,
+## stopped after, also on failure): per step of each example, DynamoDB write/read request
+## units, SQS and S3 requests and orchestration $ per 1M steps (crates/lambdas/benches/aws.rs);
+## worker init, first-invoke time and peak RSS against a hello-world function on a local
+## Runtime API (x86_64 release builds, tests/bench/lambda_runtime_api.py); the four functions'
+## arm64 release sizes (cargo-lambda, tests/bench/lambda_sizes.sh). See docs/benchmarks.md.
+BENCH_MOTO_PORT ?= 5077
+RELEASE_DIR := $(or $(CARGO_TARGET_DIR),target)/release
+bench-aws:
+	@url=$$(MOTO_PORT=$(BENCH_MOTO_PORT) infra/moto.sh start) || exit 1; \
+	  SWITCHYARD_TEST_AWS_ENDPOINT=$$url $(CARGO) bench -p switchyard-lambdas --bench aws \
+	  && $(CARGO) build --release -p switchyard-lambdas --bins --example hello \
+	  && $(AWS_PY) tests/bench/lambda_runtime_api.py --endpoint $$url --bin-dir $(RELEASE_DIR) --runs 10; \
+	  code=$$?; MOTO_PORT=$(BENCH_MOTO_PORT) infra/moto.sh stop; [ $$code -eq 0 ] || exit $$code
+	tests/bench/lambda_sizes.sh
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

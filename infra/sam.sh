@@ -7,10 +7,10 @@
 #                                       aarch64-unknown-linux-gnu target through rustup if missing
 #   infra/sam.sh deploy --guided        deploy (needs AWS credentials; see docs/deploy.md)
 #   infra/sam.sh --version
-#   infra/sam.sh lambda watch|invoke ARGS
-#                                       cargo-lambda (installed first, no cross target needed)
-#                                       for `cargo lambda watch` / `invoke` on this machine
-#                                       (tests/lambda_local.py, docs/deploy.md)
+#   infra/sam.sh lambda ARGS...         `cargo lambda ARGS...` (installed first): watch/invoke on
+#                                       this machine (tests/lambda_local.py, docs/deploy.md), or
+#                                       `build --release --arm64` (make bench-aws; the aarch64
+#                                       target is added through rustup when --arm64 is given)
 #
 # Venv:   ${SWITCHYARD_VENV_SAM:-/var/tmp/switchyard-sam-venv} (outside the repo, kept across
 #         runs). Not moto's venv: aws-sam-cli pins boto3/botocore and would move moto's.
@@ -65,7 +65,11 @@ case "${1:-}" in
   build|sync) install_cargo_lambda ;;
   lambda)
     # `cargo lambda watch` builds for this machine: no aarch64 target, no SAM involved.
-    install_cargo_lambda host
+    case " $* " in
+      *" --arm64 "*) install_cargo_lambda ;;
+      *) install_cargo_lambda host ;;
+    esac
+    export PATH="$venv/bin:$PATH"
     exec "$venv/bin/cargo-lambda" "$@" ;;
 esac
 export PATH="$venv/bin:$PATH"

@@ -159,7 +159,8 @@ pub async fn dev(args: DevArgs) -> Result<i32> {
     };
 
     let dir = args.workflows.clone();
-    let d = Deployment::with_workflows(&sdk, resources, settings, &|models| {
+    let clients = switchyard_lambdas::deploy::Clients::new(&sdk, resources.s3_path_style);
+    let d = Deployment::with_workflows(clients, resources, settings, &|models| {
         match dev::load_workflows_for(&dir, models)? {
             Ok(w) => Ok(w),
             Err(_) => Err(UsageError(format!(

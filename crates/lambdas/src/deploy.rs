@@ -137,6 +137,55 @@ pub async fn load_settings(
     }
 }
 
+/// The SDK clients the ports use.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    pub dynamo: aws_sdk_dynamodb::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub s3: aws_sdk_s3::Client,
+}
+
+impl Clients {
+    /// From one SDK configuration (`path_style`: S3 path-style addressing, for emulators).
+    pub fn new(sdk: &aws_config::SdkConfig, path_style: bool) -> Clients {
+        Clients {
+            dynamo: aws_sdk_dynamodb::Client::new(sdk),
+            sqs: aws_sdk_sqs::Client::new(sdk),
+            s3: s3_client(sdk, path_style),
+        }
+    }
+
+    /// The same, with `interceptor` on every client (a request meter:
+    /// `switchyard_aws::metrics::Meter`).
+    pub fn with_interceptor<I>(
+        sdk: &aws_config::SdkConfig,
+        path_style: bool,
+        interceptor: I,
+    ) -> Clients
+    where
+        I: aws_sdk_dynamodb::config::Intercept + Clone + 'static,
+    {
+        Clients {
+            dynamo: aws_sdk_dynamodb::Client::from_conf(
+                aws_sdk_dynamodb::config::Builder::from(sdk)
+                    .interceptor(interceptor.clone())
+                    .build(),
+            ),
+            sqs: aws_sdk_sqs::Client::from_conf(
+                aws_sdk_sqs::config::Builder::from(sdk)
+                    .interceptor(interceptor.clone())
+                    .build(),
+            ),
+            s3: aws_sdk_s3::Client::from_conf(
+                aws_sdk_s3::config::Builder::from(sdk)
+                    .force_path_style(path_style)
+                    .interceptor(interceptor)
+                    .build(),
+            ),
+        }
+    }
+}
+
 /// Everything an invocation needs.
 pub struct Deployment {
     pub engine: Engine,
@@ -192,7 +241,17 @@ impl Deployment {
         resources: Resources,
         settings: BTreeMap<String, String>,
     ) -> Result<Deployment> {
-        Deployment::with_workflows(sdk, resources, settings, &|models| {
+        let clients = Clients::new(sdk, resources.s3_path_style);
+        Deployment::with_clients(clients, resources, settings)
+    }
+
+    /// With clients made by the caller (`make bench-aws` attaches a request meter to them).
+    pub fn with_clients(
+        clients: Clients,
+        resources: Resources,
+        settings: BTreeMap<String, String>,
+    ) -> Result<Deployment> {
+        Deployment::with_workflows(clients, resources, settings, &|models| {
             bundle::workflows(models).map_err(|e| anyhow!("{e}"))
         })
     }
@@ -201,7 +260,7 @@ impl Deployment {
     /// against the deployment's models: `switchyard dev --backend aws` reads a directory at
     /// start-up instead of the set bundled at build time.
     pub fn with_workflows(
-        sdk: &aws_config::SdkConfig,
+        clients: Clients,
         resources: Resources,
         settings: BTreeMap<String, String>,
         workflows: &dyn Fn(&[ModelInfo]) -> Result<Workflows>,
@@ -216,16 +275,13 @@ impl Deployment {
         }
         let workflows = workflows(&providers.models())?;
         let queues = SqsQueues::new(
-            aws_sdk_sqs::Client::new(sdk),
+            clients.sqs,
             resources.work.clone(),
             resources.notify.clone(),
         );
-        let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), resources.table.clone());
-        let blobs = S3BlobStore::new(
-            s3_client(sdk, resources.s3_path_style),
-            resources.bucket.clone(),
-        )
-        .with_prefix(&resources.blob_prefix);
+        let store = DynamoStore::new(clients.dynamo, resources.table.clone());
+        let blobs = S3BlobStore::new(clients.s3, resources.bucket.clone())
+            .with_prefix(&resources.blob_prefix);
         let config = Config::from_secrets(secrets.as_ref(), owner(), "http://127.0.0.1:9000");
         let work = Arc::new(queues.queue(QueueName::Work));
         let notify = Arc::new(queues.queue(QueueName::Notify));

@@ -15,6 +15,8 @@
 //! - [`callbacks`]: the built-in async job's callbacks, sent to the webhook function like a
 //!   hosted provider's.
 //! - [`bundle`]: the workflows compiled into the binary (`build.rs`).
+//! - [`drive`]: the handlers invoked in-process (intake's router, the webhook handler, the
+//!   worker's batches through `poller`) until a run ends: the emulator tests, `make bench-aws`.
 //! - [`poller`]: the SQS event source mapping's loop, for running the handlers outside Lambda.
 //! - [`provision`]: the table, queues and bucket on an emulator, for tests and `dev --backend aws`.
 //! - [`sqs`]: SQS events into engine records, batch reports into `batchItemFailures`.
@@ -24,11 +26,12 @@
 pub mod bundle;
 pub mod callbacks;
 pub mod deploy;
+pub mod drive;
 pub mod poller;
 pub mod provision;
 pub mod sqs;
 
-pub use deploy::{Deployment, Resources};
+pub use deploy::{Clients, Deployment, Resources};
 
 /// Epoch milliseconds of 2001-01-01: no real invocation deadline is earlier.
 const EPOCH_2001_MS: u64 = 978_307_200_000;

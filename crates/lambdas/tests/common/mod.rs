@@ -4,14 +4,9 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use axum::body::Body;
-use http_body_util::BodyExt;
-use lambda_http::tower::ServiceExt;
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use switchyard_api::{ApiKeys, ApiState};
 use switchyard_core::model::ModelInfo;
 use switchyard_core::state::HistoryEvent;
 use switchyard_core::time::SystemClock;
@@ -20,10 +15,7 @@ use switchyard_core::Clock;
 use switchyard_engine::batch::Record;
 use switchyard_engine::{Config, Engine};
 use switchyard_lambdas::poller::{poll_once, Function, Mapping};
-use switchyard_lambdas::{bundle, provision::provision, Deployment};
-
-/// The key the `events/intake-*.json` fixtures carry.
-pub const FIXTURE_KEY: &str = "sy_example_key_0123456789abcdef";
+use switchyard_lambdas::{bundle, drive, provision::provision, Deployment};
 
 pub fn endpoint() -> String {
     switchyard_contract::emulator_endpoint()
@@ -46,10 +38,7 @@ pub fn unique_prefix() -> String {
 pub async fn deployment_with(extra: &[(&str, &str)]) -> Deployment {
     let sdk = switchyard_aws::emulator_config(&endpoint()).await;
     let resources = provision(&sdk, &unique_prefix()).await.unwrap();
-    let mut settings = BTreeMap::from([(
-        "SWITCHYARD_API_KEYS".to_string(),
-        format!("{FIXTURE_KEY}:acme"),
-    )]);
+    let mut settings = drive::fixture_settings();
     for (k, v) in extra {
         settings.insert((*k).to_string(), (*v).to_string());
     }
@@ -114,92 +103,38 @@ pub fn rewire(
 }
 
 pub fn router(d: &Deployment) -> axum::Router {
-    let keys = ApiKeys::parse(&d.secrets.get("SWITCHYARD_API_KEYS").unwrap()).unwrap();
-    let mut state = ApiState::new(d.engine.clone(), keys);
-    state.allow_private_callbacks = d.engine.config.allow_private_callbacks;
-    switchyard_api::router(state)
-}
-
-async fn answer(resp: http::Response<Body>) -> (u16, http::HeaderMap, Value) {
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        headers,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    drive::api_router(d).unwrap()
 }
 
 /// An API Gateway v2 event (or a function URL's, the same shape) through `router`, as
 /// `lambda_http` hands it over on Lambda.
 pub async fn invoke_http(router: &axum::Router, event: &str) -> (u16, http::HeaderMap, Value) {
-    let req = lambda_http::request::from_str(event).unwrap();
-    answer(router.clone().oneshot(req).await.unwrap()).await
+    drive::intake_event(router, event).await.unwrap()
 }
 
 pub async fn get(router: &axum::Router, path: &str) -> (u16, Value) {
-    let req = http::Request::get(path)
-        .header("authorization", format!("Bearer {FIXTURE_KEY}"))
-        .body(Body::empty())
-        .unwrap();
-    let (status, _, v) = answer(router.clone().oneshot(req).await.unwrap()).await;
-    (status, v)
+    drive::request(router, "GET", path, None).await.unwrap()
 }
 
 pub async fn post(router: &axum::Router, path: &str, body: Value) -> (u16, Value) {
-    let req = http::Request::post(path)
-        .header("authorization", format!("Bearer {FIXTURE_KEY}"))
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    let (status, _, v) = answer(router.clone().oneshot(req).await.unwrap()).await;
-    (status, v)
+    drive::request(router, "POST", path, Some(&body))
+        .await
+        .unwrap()
 }
 
 /// `POST /v1/runs` with `body`; the run id of the 202.
 pub async fn start_with(router: &axum::Router, body: Value) -> String {
-    let (status, v) = post(router, "/v1/runs", body.clone()).await;
-    assert_eq!(status, 202, "{body}: {v}");
-    v["run_id"].as_str().unwrap().to_string()
+    drive::start_with(router, &body).await.unwrap()
 }
 
 pub async fn start(router: &axum::Router, workflow: &str, input: Value) -> String {
-    start_with(
-        router,
-        serde_json::json!({"workflow": workflow, "input": input}),
-    )
-    .await
+    drive::start(router, workflow, input).await.unwrap()
 }
 
 /// The built-in job's callbacks the worker's batch scheduled, through the webhook
 /// function's handler (the router its main serves on the function URL).
 pub async fn send_callbacks(d: &Deployment) -> usize {
-    let hooks = switchyard_engine::http::hooks_router(d.engine.clone(), None);
-    let out = switchyard_lambdas::callbacks::take(d);
-    let n = out.len();
-    for o in out {
-        let path = o
-            .url
-            .split_once("/hooks/")
-            .map(|(_, p)| format!("/hooks/{p}"))
-            .unwrap();
-        let mut req = http::Request::post(path).header("content-type", "application/json");
-        for (k, v) in &o.headers {
-            req = req.header(k, v);
-        }
-        let resp = hooks
-            .clone()
-            .oneshot(req.body(Body::from(o.body)).unwrap())
-            .await
-            .unwrap();
-        assert!(
-            resp.status().is_success(),
-            "callback answered {}",
-            resp.status()
-        );
-    }
-    n
+    drive::send_callbacks(d).await.unwrap()
 }
 
 /// One invocation of the worker by the event source mapping.
@@ -218,7 +153,7 @@ pub async fn poll_work(d: &Deployment, mapping: Mapping) -> switchyard_lambdas::
 /// Polls the work queue like the worker's event source mapping (sending the built-in job's
 /// callbacks like the worker main) until `run_id` ends or waits with nothing left to do.
 pub async fn work_until_done(d: &Deployment, router: &axum::Router, run_id: &str) -> Value {
-    work_until_done_with(d, router, run_id, Mapping::default()).await
+    drive::work_until_done(d, router, run_id).await.unwrap()
 }
 
 pub async fn work_until_done_with(
@@ -227,29 +162,9 @@ pub async fn work_until_done_with(
     run_id: &str,
     mapping: Mapping,
 ) -> Value {
-    let mut idle = 0;
-    for _ in 0..150 {
-        let polled = poll_work(d, mapping).await;
-        let sent = send_callbacks(d).await;
-        let (_, run) = get(router, &format!("/v1/runs/{run_id}")).await;
-        let status = run["status"].as_str().unwrap_or_default().to_string();
-        if matches!(status.as_str(), "succeeded" | "failed" | "cancelled") {
-            return run;
-        }
-        idle = if polled.received == 0 && sent == 0 {
-            idle + 1
-        } else {
-            0
-        };
-        // A timer's wake-up is a delayed SQS message (delays round up to whole seconds).
-        if status == "waiting" && run["waiting_for"]["reason"] != "timer" && idle >= 3 {
-            return run;
-        }
-        if polled.received == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-    }
-    panic!("run {run_id} did not end");
+    drive::work_until_done_with(d, router, run_id, mapping)
+        .await
+        .unwrap()
 }
 
 /// The records the event source mapping would hand the worker now (hidden for
@@ -287,24 +202,7 @@ pub async fn started(d: &Deployment, run_id: &str, step: &str) -> usize {
 }
 
 pub async fn approve(router: &axum::Router, run: &Value) {
-    let run_id = run["run_id"].as_str().unwrap();
-    let gate = run["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["status"] == "waiting")
-        .map(|s| s["name"].as_str().unwrap().to_string())
-        .unwrap_or_else(|| panic!("no waiting step: {run}"));
-    let (status, v) = post(
-        router,
-        &format!("/v1/runs/{run_id}/approvals/{gate}"),
-        serde_json::json!({"decision": "approve", "comment": "looks good"}),
-    )
-    .await;
-    assert!(
-        (200..300).contains(&status),
-        "approval answered {status}: {v}"
-    );
+    drive::approve(router, run).await.unwrap()
 }
 
 /// One invocation of the notifier by the notify queue's event source mapping.

@@ -1,0 +1,310 @@
+//! `make bench-aws`, part 1: what each example asks of AWS per step — DynamoDB write and read
+//! request units, SQS and S3 requests — and what that orchestration costs per million steps at
+//! us-east-1 on-demand list prices. Figures, not assertions.
+//!
+//! Each of the six examples runs once on moto (`SWITCHYARD_TEST_AWS_ENDPOINT`) through the
+//! same handlers as `tests/emulator.rs` (`switchyard_lambdas::drive`): started through intake's
+//! router, its wake-ups through the worker's batches (`poller` plays the event source mapping),
+//! asset-pipeline's job callbacks through the webhook handler, then an approval. Every SDK
+//! client of that deployment carries a `switchyard_aws::metrics::Meter`; the run's status is
+//! polled through a second, unmetered deployment on the same resources, so the bench's own
+//! reads are not counted.
+//!
+//! Capacity units are the meter's, computed from item sizes by DynamoDB's documented rules
+//! (see `crates/aws/src/metrics.rs`); moto's `ConsumedCapacity` answer is printed beside
+//! them, marked as moto's (it is a rough constant per request there, not a size-based figure).
+//!
+//! Usage: `cargo bench -p switchyard-lambdas --bench aws` with the endpoint set. Run by
+//! `cargo test --all-targets` (no `--bench` argument), it only says how to run it.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use switchyard_aws::metrics::{Meter, Usage};
+use switchyard_lambdas::drive;
+use switchyard_lambdas::{provision::provision, Clients, Deployment};
+
+const EXAMPLES: [&str; 6] = [
+    "support-triage",
+    "knowledge-answer",
+    "product-copy",
+    "document-enrichment",
+    "resilient-summary",
+    "asset-pipeline",
+];
+
+/// us-east-1 list prices (USD), on-demand / standard, as of 2026-12.
+const DYNAMO_PER_WRITE_UNIT: f64 = 0.625 / 1e6;
+const DYNAMO_PER_READ_UNIT: f64 = 0.125 / 1e6;
+const SQS_PER_REQUEST: f64 = 0.40 / 1e6;
+/// S3 Standard: PUT, COPY, POST, LIST per 1,000 requests; GET, SELECT and the rest.
+const S3_PER_PUT: f64 = 0.005 / 1e3;
+const S3_PER_GET: f64 = 0.0004 / 1e3;
+/// Step Functions Standard, per state transition (for comparison).
+const SFN_PER_TRANSITION: f64 = 25.0 / 1e6;
+/// The goal (issue 9): orchestration cost per million steps.
+const GOAL_PER_MILLION: f64 = 1.5;
+
+fn s3_is_put_class(op: &str) -> bool {
+    matches!(
+        op,
+        "PutObject"
+            | "CopyObject"
+            | "ListObjects"
+            | "ListObjectsV2"
+            | "CreateMultipartUpload"
+            | "UploadPart"
+            | "CompleteMultipartUpload"
+            | "CreateBucket"
+    )
+}
+
+struct Figures {
+    name: &'static str,
+    status: String,
+    steps: usize,
+    skipped: usize,
+    usage: Usage,
+}
+
+impl Figures {
+    fn per_step(&self, x: f64) -> f64 {
+        x / self.steps.max(1) as f64
+    }
+
+    fn sqs(&self) -> f64 {
+        let mut n = self.usage.service("SQS").billed as f64;
+        // Empty receives are the event source mapping's polling: a cost per queue and hour,
+        // not per step (shown apart).
+        if let Some(c) = self
+            .usage
+            .requests
+            .get(&("SQS".into(), "ReceiveMessage (empty)".into()))
+        {
+            n -= c.billed as f64;
+        }
+        n
+    }
+
+    fn empty_receives(&self) -> u64 {
+        self.usage
+            .requests
+            .get(&("SQS".into(), "ReceiveMessage (empty)".into()))
+            .map_or(0, |c| c.requests)
+    }
+
+    fn s3(&self) -> (f64, f64) {
+        let (mut put, mut get) = (0.0, 0.0);
+        for ((service, op), c) in &self.usage.requests {
+            if service.eq_ignore_ascii_case("s3") {
+                if s3_is_put_class(op) {
+                    put += c.requests as f64;
+                } else {
+                    get += c.requests as f64;
+                }
+            }
+        }
+        (put, get)
+    }
+
+    /// Orchestration dollars per million steps: DynamoDB, SQS and S3 requests.
+    fn cost_per_million(&self) -> (f64, f64, f64, f64) {
+        let m = 1e6;
+        let dynamo = self.per_step(self.usage.total_write_units()) * DYNAMO_PER_WRITE_UNIT * m
+            + self.per_step(self.usage.total_read_units()) * DYNAMO_PER_READ_UNIT * m;
+        let sqs = self.per_step(self.sqs()) * SQS_PER_REQUEST * m;
+        let (put, get) = self.s3();
+        let s3 = self.per_step(put) * S3_PER_PUT * m + self.per_step(get) * S3_PER_GET * m;
+        (dynamo + sqs + s3, dynamo, sqs, s3)
+    }
+}
+
+fn fixture(name: &str) -> Result<String> {
+    let path = format!("{}/../../events/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))
+}
+
+async fn run_example(
+    name: &'static str,
+    metered: &Deployment,
+    api: &axum::Router,
+    observer: &axum::Router,
+    meter: &Meter,
+) -> Result<Figures> {
+    let input: Value = serde_json::from_str(&fixture(&format!("inputs/{name}.json"))?)?;
+    meter.take();
+    let run_id = drive::start(api, name, input).await?;
+    let mut run = drive::work_until_done(metered, observer, &run_id).await?;
+    if name == "asset-pipeline" {
+        // Its job finished through the webhook handler; now a person approves.
+        if run["status"] != "waiting" {
+            bail!("{name}: expected a run waiting for approval, got {run}");
+        }
+        drive::approve(api, &run).await?;
+        run = drive::work_until_done(metered, observer, &run_id).await?;
+    }
+    let usage = meter.take();
+    let steps = run["steps"]
+        .as_array()
+        .ok_or_else(|| anyhow!("{name}: no steps in {run}"))?;
+    let skipped = steps.iter().filter(|s| s["status"] == "skipped").count();
+    Ok(Figures {
+        name,
+        status: run["status"].as_str().unwrap_or_default().to_string(),
+        steps: steps.len() - skipped,
+        skipped,
+        usage,
+    })
+}
+
+fn print_summary(all: &[Figures]) {
+    println!("## Per step (steps that ran; skipped branches are not counted as steps)\n");
+    println!(
+        "| example | steps (+skipped) | status | WRU/step | RRU/step | moto WCU/step | moto RCU/step | SQS req/step | S3 req/step | $ per 1M steps (DynamoDB + SQS + S3) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for f in all {
+        let (total, dynamo, sqs, s3) = f.cost_per_million();
+        let (put, get) = f.s3();
+        let moto = |x: f64| {
+            if f.usage.reported {
+                format!("{:.2}", f.per_step(x))
+            } else {
+                "—".into()
+            }
+        };
+        println!(
+            "| {} | {} (+{}) | {} | {:.2} | {:.2} | {} | {} | {:.2} | {:.2} | **{:.2}** ({:.2} + {:.2} + {:.2}) |",
+            f.name,
+            f.steps,
+            f.skipped,
+            f.status,
+            f.per_step(f.usage.total_write_units()),
+            f.per_step(f.usage.total_read_units()),
+            moto(f.usage.reported_write_units),
+            moto(f.usage.reported_read_units),
+            f.per_step(f.sqs()),
+            f.per_step(put + get),
+            total,
+            dynamo,
+            sqs,
+            s3,
+        );
+    }
+    let steps: usize = all.iter().map(|f| f.steps).sum();
+    let cost: f64 = all
+        .iter()
+        .map(|f| f.cost_per_million().0 * f.steps as f64)
+        .sum::<f64>()
+        / steps.max(1) as f64;
+    println!(
+        "\nAll six, weighted by steps: ${cost:.2} per 1M steps (goal <= ${GOAL_PER_MILLION:.2}; \
+         Step Functions Standard: ${:.2} per 1M state transitions).",
+        SFN_PER_TRANSITION * 1e6
+    );
+    println!(
+        "Prices (us-east-1): DynamoDB on-demand $0.625 per 1M write request units, $0.125 per 1M read \
+         request units; SQS standard $0.40 per 1M requests (64 KB chunks); S3 PUT-class $0.005 and \
+         GET-class $0.0004 per 1,000. Lambda is not included."
+    );
+    println!(
+        "WRU/RRU: the meter's, from item sizes (DynamoDB's documented rules); moto WCU/RCU: the \
+         ConsumedCapacity moto answered (a per-request constant there, not size-based)."
+    );
+}
+
+fn print_breakdown(f: &Figures) {
+    println!(
+        "\n### {}: {} steps, {:.2} WRU, {:.2} RRU in all",
+        f.name,
+        f.steps,
+        f.usage.total_write_units(),
+        f.usage.total_read_units()
+    );
+    println!("\n| write | items | WRU | WRU/step |\n|---|---|---|---|");
+    for (slot, wru) in &f.usage.write_units {
+        let n = f.usage.writes.get(slot).copied().unwrap_or(0);
+        println!(
+            "| {} {} | {} | {:.1} | {:.2} |",
+            slot.0,
+            slot.1,
+            n,
+            wru,
+            f.per_step(*wru)
+        );
+    }
+    println!("\n| read | RRU | RRU/step |\n|---|---|---|");
+    for ((op, kind), rru) in &f.usage.read_units {
+        println!("| {op} {kind} | {rru:.1} | {:.2} |", f.per_step(*rru));
+    }
+    println!("\n| requests | count | billed | per step |\n|---|---|---|---|");
+    for ((service, op), c) in &f.usage.requests {
+        println!(
+            "| {service} {op} | {} | {} | {:.2} |",
+            c.requests,
+            c.billed,
+            f.per_step(c.billed as f64)
+        );
+    }
+    if f.usage.unparsed_updates > 0 {
+        println!(
+            "\n({} update clauses the meter could not apply: those sizes are low)",
+            f.usage.unparsed_updates
+        );
+    }
+}
+
+async fn bench(endpoint: &str) -> Result<()> {
+    let sdk = switchyard_aws::emulator_config(endpoint).await;
+    let prefix = format!(
+        "sy-bench-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let resources = provision(&sdk, &prefix).await?;
+    let meter = Meter::for_table().ask_consumed_capacity();
+    let metered = Deployment::with_clients(
+        Clients::with_interceptor(&sdk, resources.s3_path_style, meter.clone()),
+        resources.clone(),
+        drive::fixture_settings(),
+    )?;
+    let observer = Deployment::with_settings(&sdk, resources, drive::fixture_settings())?;
+    let api = drive::api_router(&metered)?;
+    let observer_api = drive::api_router(&observer)?;
+    println!(
+        "# AWS requests per step on moto at {endpoint} (table, queues, bucket `{prefix}-*`)\n"
+    );
+    let mut all = Vec::new();
+    for name in EXAMPLES {
+        let f = run_example(name, &metered, &api, &observer_api, &meter).await?;
+        if f.status != "succeeded" {
+            bail!("{name} ended {}", f.status);
+        }
+        all.push(f);
+    }
+    print_summary(&all);
+    println!("\n## Breakdown (whole run, all handlers)");
+    for f in &all {
+        print_breakdown(f);
+    }
+    let empty: BTreeMap<&str, u64> = all.iter().map(|f| (f.name, f.empty_receives())).collect();
+    println!(
+        "\nEmpty receives (the poller's, standing in for the event source mapping's long polls; not \
+         counted per step): {empty:?}"
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("aws bench: run it with `cargo bench -p switchyard-lambdas --bench aws` (make bench-aws)");
+        return Ok(());
+    }
+    let endpoint = std::env::var("SWITCHYARD_TEST_AWS_ENDPOINT")
+        .ok()
+        .filter(|e| !e.trim().is_empty())
+        .ok_or_else(|| {
+            anyhow!("SWITCHYARD_TEST_AWS_ENDPOINT is not set: start moto (`infra/moto.sh start`) or run `make bench-aws`")
+        })?;
+    bench(endpoint.trim()).await
+}
