@@ -64,6 +64,30 @@ steps:
 "#,
     )
     .unwrap();
+    std::fs::write(
+        wf.join("read-upload.yaml"),
+        r#"name: read-upload
+version: "1"
+input_schema:
+  type: object
+  required: [doc]
+  properties:
+    doc:
+      type: object
+      required: [$upload, content_type]
+      properties:
+        content_type: {enum: ["text/plain; charset=utf-8", "application/json"]}
+        bytes: {maximum: 8000000}
+output:
+  bytes: "${input.doc.bytes}"
+  echo: "${steps.a.output.json}"
+steps:
+  - id: a
+    model: local/echo
+    input: "${input.doc}"
+"#,
+    )
+    .unwrap();
     wf
 }
 
@@ -232,7 +256,10 @@ async fn routes_auth_and_errors() {
         .iter()
         .map(|w| w["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["big", "gate", "image", "quick", "slow-chain"]);
+    assert_eq!(
+        names,
+        ["big", "gate", "image", "quick", "read-upload", "slow-chain"]
+    );
 
     // A run: 202 with links, then its document, events and listing.
     let (s, b) = post(
@@ -425,6 +452,8 @@ async fn every_documented_route_is_served() {
         "/v1/workflows",
         "/v1/openapi.json",
         "/v1/blobs/{key}",
+        "/v1/uploads",
+        "/v1/uploads/{sha256}",
         "/healthz",
         "/hooks/{provider}",
     ];
@@ -440,7 +469,8 @@ async fn every_documented_route_is_served() {
             .replace("{id}", "run-that-does-not-exist")
             .replace("{step}", "s")
             .replace("{provider}", "nope")
-            .replace("{key}", "nope");
+            .replace("{key}", "nope")
+            .replace("{sha256}", "nope");
         for method in ["get", "post", "put", "delete", "patch"] {
             let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let r = client()
@@ -948,4 +978,160 @@ async fn a_large_output_is_a_presigned_link_with_its_size_and_sha256() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+}
+
+/// Declares an upload of `bytes` as `ct`; returns the ticket.
+async fn declare(dev: &Dev, key: &str, bytes: &[u8], ct: &str) -> Value {
+    use sha2::{Digest, Sha256};
+    let (s, ticket) = post(
+        dev,
+        key,
+        "/v1/uploads",
+        &json!({"sha256": hex::encode(Sha256::digest(bytes)), "bytes": bytes.len(), "content_type": ct}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{ticket}");
+    ticket
+}
+
+/// PUTs `body` to a ticket's URL with its headers, `content_type` replacing the declared one
+/// when given.
+async fn put_upload(
+    ticket: &Value,
+    body: Vec<u8>,
+    content_type: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut req = client().put(ticket["url"].as_str().unwrap()).body(body);
+    for (k, v) in ticket["headers"].as_object().unwrap() {
+        let v = match (k.as_str(), content_type) {
+            ("content-type", Some(ct)) => ct,
+            _ => v.as_str().unwrap(),
+        };
+        req = req.header(k, v);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// An input larger than a request body travels by upload: declared (bad declarations named
+/// by field), PUT to the presigned link (other bytes, another type, a forged link refused),
+/// adopted when the run starts (another tenant's reference is a 422 naming the field), and
+/// read by the model step as its content.
+#[tokio::test]
+async fn a_large_input_arrives_by_upload_and_reaches_the_model_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(&dir.path().join("data"), &workflows(dir.path()), &[]);
+    let text = "the quick brown fox. ".repeat(280_000); // 5.9 MB: over the 5 MB body limit
+    let (s, _) = post(
+        &dev,
+        ACME,
+        "/v1/runs",
+        &json!({"workflow": "read-upload", "input": {"doc": text}}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+
+    for (body, field) in [
+        (
+            json!({"sha256": "ABC", "bytes": 1, "content_type": "text/plain"}),
+            "sha256",
+        ),
+        (
+            json!({"sha256": "a".repeat(64), "bytes": 0, "content_type": "text/plain"}),
+            "bytes",
+        ),
+        (
+            json!({"sha256": "a".repeat(64), "bytes": 1u64 << 40, "content_type": "text/plain"}),
+            "bytes",
+        ),
+        (
+            json!({"sha256": "a".repeat(64), "bytes": 1, "content_type": "plain"}),
+            "content_type",
+        ),
+    ] {
+        let (s, b) = post(&dev, ACME, "/v1/uploads", &body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+        assert_eq!(b["error"]["field"], field, "{b}");
+    }
+
+    let ct = "text/plain; charset=utf-8";
+    let ticket = declare(&dev, ACME, text.as_bytes(), ct).await;
+    assert_eq!(ticket["method"], "PUT");
+    assert_eq!(ticket["reference"]["$upload"], ticket["sha256"]);
+    let reference = ticket["reference"].clone();
+
+    // Not yet uploaded: the run is refused, naming the field.
+    let input = json!({"workflow": "read-upload", "input": {"doc": reference}});
+    let (s, b) = post(&dev, ACME, "/v1/runs", &input).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(b["error"]["field"], "input.doc", "{b}");
+
+    let mut other = text.clone().into_bytes();
+    other[0] = b'T';
+    let (s, b) = put_upload(&ticket, other, None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "other bytes: {b}");
+    let (s, b) = put_upload(&ticket, text.as_bytes()[1..].to_vec(), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "fewer bytes: {b}");
+    let (s, b) = put_upload(&ticket, text.clone().into_bytes(), Some("text/html")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "another type: {b}");
+    let mut forged = ticket.clone();
+    forged["url"] = json!(ticket["url"]
+        .as_str()
+        .unwrap()
+        .replace("tenant=acme", "tenant=globex"));
+    let (s, b) = put_upload(&forged, text.clone().into_bytes(), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "another tenant's link: {b}");
+    let (s, b) = put_upload(&ticket, text.clone().into_bytes(), None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+
+    // Another tenant cannot use acme's upload, even knowing its hash.
+    let (s, b) = post(&dev, GLOBEX, "/v1/runs", &input).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(b["error"]["field"], "input.doc", "{b}");
+
+    let run = start(&dev, ACME, input).await;
+    let doc = until_status(&dev, ACME, &run, &["succeeded"]).await;
+    let url = doc["output"]["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{doc}"));
+    let out: Value = client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        out["bytes"],
+        text.len(),
+        "the reference was completed with the stored size"
+    );
+    assert_eq!(out["echo"], text.as_str(), "the model step got the content");
+
+    // A JSON upload reaches the model parsed; the schema refuses a type it does not list.
+    let data = serde_json::to_vec(&json!({"rows": [1, 2, 3]})).unwrap();
+    let ticket = declare(&dev, ACME, &data, "application/json").await;
+    assert_eq!(put_upload(&ticket, data, None).await.0, StatusCode::OK);
+    let run = start(
+        &dev,
+        ACME,
+        json!({"workflow": "read-upload", "input": {"doc": ticket["reference"]}}),
+    )
+    .await;
+    let doc = until_status(&dev, ACME, &run, &["succeeded"]).await;
+    assert_eq!(doc["output"]["echo"], json!({"rows": [1, 2, 3]}), "{doc}");
+    let png = b"\x89PNG not really".to_vec();
+    let ticket = declare(&dev, ACME, &png, "image/png").await;
+    assert_eq!(put_upload(&ticket, png, None).await.0, StatusCode::OK);
+    let (s, b) = post(
+        &dev,
+        ACME,
+        "/v1/runs",
+        &json!({"workflow": "read-upload", "input": {"doc": ticket["reference"]}}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(b["error"]["field"], "input.doc.content_type", "{b}");
 }

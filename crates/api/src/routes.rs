@@ -69,8 +69,20 @@ pub(crate) fn documented() -> OpenApiRouter<ApiState> {
         .routes(routes!(list_workflows))
         .routes(routes!(openapi_json))
         .routes(routes!(get_blob))
+        .routes(routes!(declare_upload))
         .routes(routes!(healthz))
+        // An upload's PUT carries up to `upload::MAX_BYTES`: its own body limit, inner to the
+        // API's (the innermost limit applies).
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(put_upload))
+                .layer(axum::extract::DefaultBodyLimit::max(UPLOAD_BODY_BYTES)),
+        )
 }
+
+/// Largest body of `PUT /v1/uploads/{sha256}` (the upload limit itself; a declared size is
+/// checked against the body exactly).
+pub const UPLOAD_BODY_BYTES: usize = switchyard_core::upload::MAX_BYTES as usize;
 
 // ---- authentication ----
 
@@ -422,10 +434,20 @@ fn serde_urlencoded_params<T: serde::de::DeserializeOwned>(raw: &str) -> Result<
         .map(|q| q.0)
         .map_err(|e| {
             let text = e.body_text();
-            let field = ["limit", "cursor", "status", "workflow", "expires", "sig"]
-                .into_iter()
-                .find(|f| text.contains(f))
-                .map(str::to_string);
+            let field = [
+                "limit",
+                "cursor",
+                "status",
+                "workflow",
+                "expires",
+                "sig",
+                "tenant",
+                "bytes",
+                "content_type",
+            ]
+            .into_iter()
+            .find(|f| text.contains(f))
+            .map(str::to_string);
             EngineError::BadRequest {
                 field,
                 message: text,
@@ -621,6 +643,146 @@ async fn get_blob(
         bytes,
     )
         .into_response())
+}
+
+/// `POST /v1/uploads` body: what the client will PUT.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeclareUpload {
+    /// sha256 of the bytes, 64 lower-case hex digits.
+    pub sha256: String,
+    /// Size in bytes, 1 to 67108864 (64 MiB).
+    pub bytes: u64,
+    /// Media type, e.g. `application/pdf`, `text/plain; charset=utf-8`, `image/png`.
+    pub content_type: String,
+}
+
+/// Where to PUT an upload, and the reference a run's input carries.
+#[derive(Serialize, ToSchema)]
+pub struct UploadTicket {
+    /// `{"$upload": "<sha256>"}`: place it in a run's input where the content belongs.
+    #[schema(value_type = Object)]
+    pub reference: Value,
+    /// `PUT`.
+    pub method: String,
+    /// Presigned: no API key with the PUT.
+    pub url: String,
+    /// Send each of these with the PUT (the signature covers them).
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Milliseconds since the Unix epoch after which the URL refuses the upload (15 minutes).
+    pub expires_at: u64,
+    pub sha256: String,
+    pub bytes: u64,
+    pub content_type: String,
+}
+
+/// Declare an upload: an input too large for a request body (5 MB here; API Gateway takes
+/// 10 MB, Lambda 6 MB) goes to the blob store by a presigned PUT. Then start a run whose
+/// input carries the answer's `reference`; the run adopts the upload when it starts (422 if
+/// nothing was PUT), and model steps receive its content (JSON parsed, `text/*` as a string,
+/// anything else as a `data:` URL). Uploads not used by a run are deleted after a few days.
+#[utoipa::path(
+    post, path = "/v1/uploads", tag = "runs",
+    request_body = DeclareUpload,
+    responses(
+        (status = 201, description = "Presigned PUT", body = UploadTicket),
+        (status = 400, description = "A field is malformed or out of range", body = ErrorBody),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn declare_upload(
+    State(s): State<ApiState>,
+    Tenant(tenant): Tenant,
+    JsonBody(body): JsonBody<DeclareUpload>,
+) -> Result<Response, ApiError> {
+    let declared = switchyard_core::upload::Declared {
+        sha256: body.sha256,
+        bytes: body.bytes,
+        content_type: body.content_type,
+    };
+    let t = s.engine.declare_upload(&tenant, declared).await?;
+    let ticket = UploadTicket {
+        reference: t.reference,
+        method: t.method.to_string(),
+        url: t.url,
+        headers: t.headers,
+        expires_at: t.expires_at,
+        sha256: t.sha256,
+        bytes: t.bytes,
+        content_type: t.content_type,
+    };
+    Ok((StatusCode::CREATED, Json(ticket)).into_response())
+}
+
+/// `PUT /v1/uploads/{sha256}` query: what a presigned upload link carries.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UploadLinkParams {
+    pub tenant: String,
+    pub bytes: u64,
+    pub content_type: String,
+    /// Milliseconds since the Unix epoch after which the link no longer opens.
+    pub expires: u64,
+    /// Hex HMAC-SHA256 of the tenant, the declaration and `expires`.
+    pub sig: String,
+}
+
+/// The PUT of an upload, through the presigned link `POST /v1/uploads` gave (served by
+/// `switchyard dev`; on AWS the link points at S3). The link is the credential: no API key.
+/// The body must be exactly the declared bytes, sent with the declared `Content-Type`.
+#[utoipa::path(
+    put, path = "/v1/uploads/{sha256}", tag = "runs",
+    params(("sha256" = String, Path, description = "The declared sha256, hex"), UploadLinkParams),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 200, description = "Stored", body = Object),
+        (status = 400, description = "Not the declared bytes or type", body = ErrorBody),
+        (status = 403, description = "Expired or forged link", body = ErrorBody),
+        (status = 404, description = "This deployment takes uploads at S3, not here", body = ErrorBody),
+        (status = 413, description = "Larger than the upload limit", body = ErrorBody),
+    )
+)]
+async fn put_upload(
+    State(s): State<ApiState>,
+    Path(sha256): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let Some(secret) = &s.blob_links else {
+        return Err(EngineError::NotFound(
+            "this deployment takes uploads at the presigned URL POST /v1/uploads answers".into(),
+        )
+        .into());
+    };
+    let p: UploadLinkParams = serde_urlencoded_params(raw.as_deref().unwrap_or(""))?;
+    let declared = switchyard_core::upload::Declared {
+        sha256,
+        bytes: p.bytes,
+        content_type: p.content_type,
+    };
+    let subject = switchyard_core::upload::link_subject(&p.tenant, &declared);
+    switchyard_core::presign::check(secret, &subject, p.expires, &p.sig, s.engine.now())
+        .map_err(|e| EngineError::Forbidden(e.to_string()))?;
+    let sent = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    if sent != Some(declared.content_type.as_str()) {
+        return Err(EngineError::BadRequest {
+            field: Some("Content-Type".into()),
+            message: format!(
+                "the PUT must be sent with `Content-Type: {}`, as declared",
+                declared.content_type
+            ),
+        }
+        .into());
+    }
+    s.engine.receive_upload(&p.tenant, &declared, &body).await?;
+    Ok(
+        Json(serde_json::json!({"sha256": declared.sha256, "bytes": declared.bytes}))
+            .into_response(),
+    )
 }
 
 /// Liveness. No authentication.

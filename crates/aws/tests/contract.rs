@@ -182,3 +182,59 @@ async fn unreachable_endpoint_is_unavailable() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A presigned upload is a PUT any HTTP client can send with the headers it names (the
+/// signature covers type, length and checksum); a run then adopts it from `uploads/`.
+#[tokio::test]
+async fn presigned_upload_put_then_adopt() {
+    use switchyard_core::upload::Declared;
+    let config = emulator_config(&endpoint()).await;
+    let client = s3_client(&config, true);
+    let bucket = unique("sy-blobs");
+    client.create_bucket().bucket(&bucket).send().await.unwrap();
+    let store = S3BlobStore::new(client.clone(), &bucket).with_prefix("blobs");
+    let bytes = vec![b'x'; 300 * 1024];
+    let declared = Declared {
+        sha256: switchyard_core::sha256_hex(&bytes),
+        bytes: bytes.len() as u64,
+        content_type: "text/plain; charset=utf-8".into(),
+    };
+    let put = store
+        .presign_upload("acme", &declared, 60_000)
+        .await
+        .unwrap();
+    assert!(put.url.contains("X-Amz-Signature"), "{}", put.url);
+    assert!(
+        put.url
+            .contains(&format!("uploads/acme/{}", declared.sha256)),
+        "{}",
+        put.url
+    );
+    let names: Vec<&str> = put.headers.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(names.contains(&"content-type"), "{names:?}");
+    assert!(names.contains(&"x-amz-checksum-sha256"), "{names:?}");
+    let http = reqwest::Client::new();
+    let mut req = http.put(&put.url).body(bytes.clone());
+    for (k, v) in &put.headers {
+        req = req.header(k, v);
+    }
+    let resp = req.send().await.unwrap();
+    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+    assert!(matches!(
+        store.adopt_upload("globex", &declared.sha256).await,
+        Err(switchyard_core::StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        store.adopt_upload("acme", &declared.sha256).await.unwrap(),
+        declared
+    );
+    assert_eq!(store.get(&declared.sha256).await.unwrap(), bytes);
+    let head = client
+        .head_object()
+        .bucket(&bucket)
+        .key(format!("blobs/{}", declared.sha256))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_type(), Some("text/plain; charset=utf-8"));
+}

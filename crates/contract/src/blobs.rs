@@ -40,3 +40,71 @@ pub async fn bad_and_missing_keys_are_refused(blobs: &dyn BlobStore) {
         );
     }
 }
+
+/// Uploads are per tenant: bytes other than the declared ones are refused; adopting moves the
+/// tenant's own upload into the blob store (and says what was stored), twice harmlessly;
+/// another tenant, or a hash nobody uploaded, finds nothing.
+pub async fn uploads_are_adopted_per_tenant(blobs: &dyn BlobStore) {
+    use switchyard_core::upload::Declared;
+    let bytes = b"%PDF-1.7 a large document".to_vec();
+    let declared = Declared {
+        sha256: sha256_hex(&bytes),
+        bytes: bytes.len() as u64,
+        content_type: "application/pdf".into(),
+    };
+    let short = &bytes[..bytes.len() - 1];
+    assert!(
+        matches!(
+            blobs.accept_upload("acme", &declared, short).await,
+            Err(StoreError::Invalid(_))
+        ),
+        "a short body is refused"
+    );
+    let mut other = bytes.clone();
+    other[0] = b'#';
+    assert!(
+        matches!(
+            blobs.accept_upload("acme", &declared, &other).await,
+            Err(StoreError::Invalid(_))
+        ),
+        "other bytes of the same size are refused"
+    );
+    assert!(matches!(
+        blobs.adopt_upload("acme", &declared.sha256).await,
+        Err(StoreError::NotFound(_))
+    ));
+    blobs
+        .accept_upload("acme", &declared, &bytes)
+        .await
+        .unwrap();
+    for tenant in ["globex", "..", "acme/.."] {
+        assert!(
+            matches!(
+                blobs.adopt_upload(tenant, &declared.sha256).await,
+                Err(StoreError::NotFound(_))
+            ),
+            "tenant {tenant:?} adopts nothing of acme's"
+        );
+    }
+    assert!(
+        matches!(
+            blobs.get(&declared.sha256).await,
+            Err(StoreError::NotFound(_))
+        ),
+        "not a blob before it is adopted"
+    );
+    assert_eq!(
+        blobs.adopt_upload("acme", &declared.sha256).await.unwrap(),
+        declared
+    );
+    assert_eq!(
+        blobs.adopt_upload("acme", &declared.sha256).await.unwrap(),
+        declared,
+        "adopting again (a retried start) is harmless"
+    );
+    assert_eq!(blobs.get(&declared.sha256).await.unwrap(), bytes);
+    assert!(matches!(
+        blobs.adopt_upload("acme", "../../etc/passwd").await,
+        Err(StoreError::NotFound(_))
+    ));
+}

@@ -68,7 +68,8 @@ macro_rules! blob_store_contract {
     ($make:expr) => {
         $crate::blob_store_contract!(@tests $make;
             put_get_round_trip_is_content_addressed,
-            bad_and_missing_keys_are_refused
+            bad_and_missing_keys_are_refused,
+            uploads_are_adopted_per_tenant
         );
     };
     (@tests $make:expr; $($name:ident),*) => {

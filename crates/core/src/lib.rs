@@ -17,6 +17,7 @@
 //! - [`outbound`]: callback URL and address policy (SSRF), delivery decisions, signatures.
 //! - [`time`]: `Millis`, `Clock`, and workflow durations.
 //! - [`asset`]: kept assets (`data:` URLs read, outputs shaped and relinked to our copy).
+//! - [`upload`]: client uploads (declarations, `{"$upload"}` references, decoding for models).
 //!
 //! No tokio, no AWS, no HTTP: CI fails if `cargo tree -p switchyard-core` shows any of them.
 
@@ -36,6 +37,7 @@ pub mod schema;
 pub mod settle;
 pub mod state;
 pub mod time;
+pub mod upload;
 pub mod webhook;
 pub mod workflow;
 

@@ -7,6 +7,7 @@
 use crate::error::StoreError;
 use crate::state::{HistoryEvent, Lease, Notification, RunHeader, RunSnapshot, StepRecord, WakeUp};
 use crate::time::Millis;
+use crate::upload::Declared;
 use async_trait::async_trait;
 
 /// Result of claiming an idempotency key.
@@ -319,6 +320,37 @@ pub trait BlobStore: Send + Sync {
     async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError>;
     /// A URL a client can read the blob from, valid for `ttl_ms`.
     async fn presign(&self, key: &str, ttl_ms: u64) -> Result<String, StoreError>;
+
+    /// A URL a client PUTs a declared upload to, valid for `ttl_ms` ([`crate::upload`]). The
+    /// store refuses other bytes where it can check (S3 signs size, type and sha256).
+    async fn presign_upload(
+        &self,
+        tenant: &str,
+        declared: &Declared,
+        ttl_ms: u64,
+    ) -> Result<PresignedPut, StoreError>;
+
+    /// Stores an upload's bytes as the PUT behind a presigned URL would (`switchyard dev`
+    /// serves that PUT and calls this after checking the link). `Invalid` when the bytes are
+    /// not the declared ones.
+    async fn accept_upload(
+        &self,
+        tenant: &str,
+        declared: &Declared,
+        bytes: &[u8],
+    ) -> Result<(), StoreError>;
+
+    /// Takes the tenant's upload of `sha256` into the blob store (after this, `get(sha256)`
+    /// returns its bytes, however long the upload itself lives) and says what was stored.
+    /// `NotFound` when this tenant uploaded nothing under that hash.
+    async fn adopt_upload(&self, tenant: &str, sha256: &str) -> Result<Declared, StoreError>;
+}
+
+/// A presigned upload: PUT the bytes to `url`, sending every one of `headers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresignedPut {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
 }
 
 /// One outbound callback attempt, as the sender saw it.

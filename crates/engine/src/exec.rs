@@ -4,6 +4,7 @@
 //! record's version. Only model calls are claimed before they start ("state before side
 //! effects"); pure steps have no side effect to protect and write their result once.
 
+use crate::uploads::ReadFail;
 use crate::{Engine, EngineError};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
@@ -342,7 +343,9 @@ impl Engine {
         let mut next = rec.clone();
         next.attempt += 1;
         next.model_attempt += 1;
-        let prepared = self.prepare_call(cx, step, ms, &next, token.as_deref());
+        let prepared = self
+            .prepare_call(cx, step, ms, &next, token.as_deref())
+            .await;
         let claimed = settle::claim(
             step,
             &rec,
@@ -352,7 +355,8 @@ impl Engine {
         );
         let (req, provider) = match prepared {
             Ok(x) => x,
-            Err(err) => return self.fail_uncalled(cx, step, &rec, err, now).await,
+            Err(ReadFail::Step(err)) => return self.fail_uncalled(cx, step, &rec, err, now).await,
+            Err(ReadFail::Store(e)) => return Err(e.into()),
         };
         let (mut claimed, started) = with_job_started(
             claimed,
@@ -397,17 +401,30 @@ impl Engine {
         Ok(vec![r])
     }
 
-    /// The request for the attempt about to be claimed, the provider that serves it, and its
-    /// budget reservation: everything decided before any side effect.
-    fn prepare_call(
+    /// The request for the attempt about to be claimed (its uploads read in), the provider
+    /// that serves it, and its budget reservation: everything decided before any side effect.
+    async fn prepare_call(
         &self,
         cx: &ActionCtx,
         step: &Step,
         ms: &ModelStep,
         next: &StepRecord,
         token: Option<&str>,
+    ) -> Result<(ModelRequest, Arc<dyn Provider>), ReadFail> {
+        let mut req = self
+            .build_request(cx, step, ms, next, token)
+            .map_err(ReadFail::Step)?;
+        self.read_uploads(&cx.scope["input"], &mut req).await?;
+        self.reserve(cx, step, req).map_err(ReadFail::Step)
+    }
+
+    /// The provider of a built request and its budget reservation.
+    fn reserve(
+        &self,
+        cx: &ActionCtx,
+        step: &Step,
+        req: ModelRequest,
     ) -> Result<(ModelRequest, Arc<dyn Provider>), StepError> {
-        let req = self.build_request(cx, step, ms, next, token)?;
         let provider = self.providers.for_model(&req.model).ok_or_else(|| {
             StepError::new(
                 ErrorClass::Invalid,

@@ -75,6 +75,10 @@ impl Engine {
                 body.len()
             )));
         }
+        // Uploads are adopted (and their references completed) before the schema sees the
+        // input, so a schema can bound their size or type.
+        let mut req = req;
+        req.input = self.adopt_uploads(tenant, req.input).await?;
         check_input(wf, &req.input)?;
         let now = self.now();
         let run_id = match idempotency_key {

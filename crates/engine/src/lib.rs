@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`Engine`] (this file): the ports and settings one deployment runs with.
 //! - [`intake`]: start a run (input schema check, idempotency, pinned definition, first wake-up).
+//! - [`uploads`]: client uploads (presigned PUTs, adoption at a run's start, reading for models).
 //! - [`worker`]: handle one wake-up — lease the run, plan, execute ready steps concurrently,
 //!   checkpoint each, and either end the run or schedule the next wake-up.
 //! - [`exec`]: what executing one step of each kind means (model calls, routes, validation…).
@@ -27,6 +28,7 @@ pub mod notifier;
 pub mod pool;
 pub mod registry;
 pub mod settings;
+pub mod uploads;
 pub mod view;
 pub mod webhook;
 pub mod worker;

@@ -2,7 +2,7 @@
 //! emulator (moto at `SWITCHYARD_TEST_AWS_ENDPOINT`; `make test` starts it): duplicate and
 //! concurrent deliveries, a worker killed mid-step, two records of one run in a batch,
 //! poisoned messages, forged / stale / replayed webhooks on the function URL, a 2 MB output
-//! through S3, callback URLs pointing at this host, a notification retried to success and
+//! through S3, a 7 MB input uploaded by presigned PUT, callback URLs pointing at this host, a notification retried to success and
 //! DynamoDB throttling. Each test has its own table, queues and bucket.
 //!
 //! Waits here are the emulator's real ones (SQS visibility and delays are wall-clock);
@@ -432,6 +432,77 @@ async fn a_2_mb_output_goes_through_s3_and_is_served_by_a_presigned_url() {
     assert_eq!(served, json!(text));
     use sha2::Digest;
     assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), out["sha256"]);
+}
+
+/// A model step that receives an uploaded document.
+const READ_UPLOAD: &str = r#"
+name: read-upload
+version: "1"
+output: {bytes: "${input.doc.bytes}", echo: "${steps.a.output.text}"}
+steps:
+  - {id: a, model: local/echo, input: "${input.doc}"}
+"#;
+
+/// An input over the Lambda payload limit goes by presigned S3 PUT: intake declares it, the
+/// client PUTs it to S3 with the signed headers, the run adopts it from `uploads/<tenant>/`
+/// into `blobs/`, and the worker's model step reads it from there.
+#[tokio::test]
+async fn an_upload_over_the_payload_limit_reaches_the_model_step_through_s3() {
+    use sha2::Digest;
+    let d = deployment_for(&[READ_UPLOAD], &[]).await;
+    let api = router(&d);
+    let text = "lorem ipsum dolor ".repeat(400_000); // 7.2 MB: over Lambda's 6 MB
+    let sha = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+    let (status, ticket) = post(
+        &api,
+        "/v1/uploads",
+        json!({"sha256": sha, "bytes": text.len(), "content_type": "text/plain"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{ticket}");
+    let url = ticket["url"].as_str().unwrap();
+    assert!(
+        url.contains(&d.resources.bucket) && url.contains("X-Amz-Signature="),
+        "{url}"
+    );
+    assert!(url.contains(&format!("uploads/acme/{sha}")), "{url}");
+    // Not uploaded yet: the start is refused, naming the field, and no run exists.
+    let input = json!({"workflow": "read-upload", "input": {"doc": ticket["reference"]}});
+    let (status, refused) = post(&api, "/v1/runs", input.clone()).await;
+    assert_eq!(
+        (status, &refused["error"]["field"]),
+        (422, &json!("input.doc")),
+        "{refused}"
+    );
+
+    let mut put = reqwest::Client::new().put(url).body(text.clone());
+    for (k, v) in ticket["headers"].as_object().unwrap() {
+        put = put.header(k, v.as_str().unwrap());
+    }
+    let resp = put.send().await.unwrap();
+    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+
+    let run = start_with(&api, input).await;
+    let doc = work_until_done(&d, &api, &run).await;
+    assert_eq!(doc["status"], "succeeded", "{doc}");
+    let link = doc["output"]["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{doc}"));
+    let body = reqwest::get(link).await.unwrap().bytes().await.unwrap();
+    let out: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        out["bytes"],
+        text.len(),
+        "the reference was completed with the stored size"
+    );
+    assert_eq!(
+        out["echo"],
+        text.as_str(),
+        "the model step got the upload's content"
+    );
+    // The run's copy is a blob (under the blob prefix, apart from the upload the lifecycle
+    // rule deletes).
+    assert_eq!(d.engine.blobs.get(&sha).await.unwrap(), text.as_bytes());
 }
 
 #[tokio::test]

@@ -1,12 +1,17 @@
 //! The `BlobStore` port as content-addressed files: `blobs/ab/cdef…` holds the bytes whose
 //! sha256 is `abcdef…`. Two hex characters of fan-out keep directories small.
+//!
+//! Client uploads wait in `blobs/uploads/<tenant>/<sha256>` (with the declared media type in
+//! `<sha256>.type`) until a run adopts them: then they are renamed into the blob tree
+//! (`uploads` cannot be a fan-out directory: `u` is not a hex digit).
 
 use async_trait::async_trait;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use switchyard_core::ports::BlobStore;
+use switchyard_core::ports::{BlobStore, PresignedPut};
+use switchyard_core::upload::{self, Declared};
 use switchyard_core::Clock;
 use switchyard_core::{sha256_hex, StoreError};
 
@@ -73,6 +78,43 @@ impl FsBlobStore {
         }
         Ok(self.root.join(&key[..2]).join(&key[2..]))
     }
+
+    /// Where a tenant's upload of `sha256` waits (the key checked as in [`Self::path`]).
+    fn upload_path(&self, tenant: &str, sha256: &str) -> Result<PathBuf, StoreError> {
+        if !upload::is_sha256_hex(sha256) {
+            return Err(StoreError::NotFound(format!(
+                "upload {sha256:?}: not a sha256 hex digest (64 lowercase hex characters)"
+            )));
+        }
+        Ok(self
+            .root
+            .join("uploads")
+            .join(upload::tenant_segment(tenant))
+            .join(sha256))
+    }
+}
+
+/// Writes `bytes` to `path` through a temp file in the same directory and a rename: readers
+/// see the whole file or nothing, and a crash cannot leave a complete name on partial content.
+fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(path);
+    std::fs::create_dir_all(dir).map_err(|e| unavailable(dir, e))?;
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        TEMP_FILES.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(unavailable(path, e));
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -86,26 +128,7 @@ impl BlobStore for FsBlobStore {
         if std::fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64) {
             return Ok(key);
         }
-        let dir = path.parent().unwrap_or(&self.root);
-        std::fs::create_dir_all(dir).map_err(|e| unavailable(dir, e))?;
-        // Temp file in the same directory, then rename: readers see the whole blob or nothing.
-        let tmp = dir.join(format!(
-            ".tmp-{}-{}",
-            std::process::id(),
-            TEMP_FILES.fetch_add(1, Ordering::Relaxed)
-        ));
-        let written = std::fs::File::create(&tmp)
-            .and_then(|mut f| {
-                f.write_all(bytes)?;
-                // Flushed before the rename, so a crash cannot leave a complete name on
-                // incomplete content.
-                f.sync_all()
-            })
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(unavailable(&path, e));
-        }
+        write_whole(&path, bytes)?;
         Ok(key)
     }
 
@@ -144,19 +167,121 @@ impl BlobStore for FsBlobStore {
             }
         })
     }
+
+    /// dev's `PUT /v1/uploads/{sha256}?tenant=…&bytes=…&content_type=…&expires=…&sig=…`,
+    /// signed over the tenant and every declared field. A store that serves no HTTP has no
+    /// URL to give (`Invalid`): the CLI's local runs read their input from files.
+    async fn presign_upload(
+        &self,
+        tenant: &str,
+        declared: &Declared,
+        ttl_ms: u64,
+    ) -> Result<PresignedPut, StoreError> {
+        let Some(s) = &self.served else {
+            return Err(StoreError::Invalid(
+                "uploads need a server to PUT to: run `switchyard dev`".into(),
+            ));
+        };
+        self.upload_path(tenant, &declared.sha256)?;
+        let expires = s.clock.now_ms().saturating_add(ttl_ms);
+        let sig = switchyard_core::presign::signature(
+            &s.secret,
+            &upload::link_subject(tenant, declared),
+            expires,
+        );
+        let query = url_query(&[
+            ("tenant", tenant),
+            ("bytes", &declared.bytes.to_string()),
+            ("content_type", &declared.content_type),
+            ("expires", &expires.to_string()),
+            ("sig", &sig),
+        ]);
+        Ok(PresignedPut {
+            url: format!("{}/v1/uploads/{}?{query}", s.base_url, declared.sha256),
+            headers: vec![("content-type".into(), declared.content_type.clone())],
+        })
+    }
+
+    async fn accept_upload(
+        &self,
+        tenant: &str,
+        declared: &Declared,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let path = self.upload_path(tenant, &declared.sha256)?;
+        declared.verify(bytes).map_err(StoreError::Invalid)?;
+        write_whole(
+            &path.with_extension("type"),
+            declared.content_type.as_bytes(),
+        )?;
+        write_whole(&path, bytes)
+    }
+
+    async fn adopt_upload(&self, tenant: &str, sha256: &str) -> Result<Declared, StoreError> {
+        let from = self.upload_path(tenant, sha256)?;
+        let to = self.path(sha256)?;
+        let content_type = match std::fs::read_to_string(from.with_extension("type")) {
+            Ok(ct) => ct,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(format!("upload {sha256}")))
+            }
+            Err(e) => return Err(unavailable(&from, e)),
+        };
+        // Adopted before (a retried start) and the upload file already moved: the blob is the
+        // upload. Otherwise move the file into the blob tree, checked on the way.
+        let bytes = if from.is_file() {
+            let bytes = std::fs::read(&from).map_err(|e| unavailable(&from, e))?;
+            if sha256_hex(&bytes) != sha256 {
+                return Err(StoreError::Corrupt(format!(
+                    "upload file {} does not hash to its name",
+                    from.display()
+                )));
+            }
+            let dir = to.parent().unwrap_or(&self.root);
+            std::fs::create_dir_all(dir).map_err(|e| unavailable(dir, e))?;
+            std::fs::rename(&from, &to).map_err(|e| unavailable(&to, e))?;
+            bytes.len() as u64
+        } else {
+            std::fs::metadata(&to)
+                .map_err(|_| StoreError::NotFound(format!("upload {sha256}")))?
+                .len()
+        };
+        Ok(Declared {
+            sha256: sha256.to_string(),
+            bytes,
+            content_type,
+        })
+    }
+}
+
+/// `k=v&…` with values percent-encoded (content types carry `/`, `;`, spaces).
+fn url_query(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", percent_encode(v, b"-._~")))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// `file://` + the path, percent-encoding anything outside the URL-safe set (spaces, say).
 fn file_url(path: &Path) -> String {
-    let mut url = String::from("file://");
-    for b in path.to_string_lossy().bytes() {
-        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
-            url.push(char::from(b));
+    format!(
+        "file://{}",
+        percent_encode(&path.to_string_lossy(), b"/-._~")
+    )
+}
+
+/// `s` with every byte that is neither alphanumeric nor in `safe` percent-encoded.
+fn percent_encode(s: &str, safe: &[u8]) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || safe.contains(&b) {
+            out.push(char::from(b));
         } else {
-            url.push_str(&format!("%{b:02X}"));
+            out.push_str(&format!("%{b:02X}"));
         }
     }
-    url
+    out
 }
 
 #[cfg(test)]
