@@ -688,6 +688,8 @@ pub struct UploadTicket {
         (status = 201, description = "Presigned PUT", body = UploadTicket),
         (status = 400, description = "A field is malformed or out of range", body = ErrorBody),
         (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -737,7 +739,7 @@ pub struct UploadLinkParams {
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
         (status = 200, description = "Stored", body = Object),
-        (status = 400, description = "Not the declared bytes or type", body = ErrorBody),
+        (status = 400, description = "A malformed declaration, or not the declared bytes or type", body = ErrorBody),
         (status = 403, description = "Expired or forged link", body = ErrorBody),
         (status = 404, description = "This deployment takes uploads at S3, not here", body = ErrorBody),
         (status = 413, description = "Larger than the upload limit", body = ErrorBody),
@@ -762,6 +764,14 @@ async fn put_upload(
         bytes: p.bytes,
         content_type: p.content_type,
     };
+    // A malformed declaration can never have been signed: say what is wrong with it before
+    // looking at the signature.
+    declared
+        .check(switchyard_core::upload::MAX_BYTES)
+        .map_err(|r| EngineError::BadRequest {
+            field: Some(r.field.into()),
+            message: r.message,
+        })?;
     let subject = switchyard_core::upload::link_subject(&p.tenant, &declared);
     switchyard_core::presign::check(secret, &subject, p.expires, &p.sig, s.engine.now())
         .map_err(|e| EngineError::Forbidden(e.to_string()))?;
