@@ -30,7 +30,7 @@ pub enum ErrorClass {
     Refused,
     /// The run's cost budget would be exceeded by this step.
     BudgetExceeded,
-    /// A person rejected an approval gate.
+    /// A person rejected an approval gate, or a judge failed a value with no repair left.
     Rejected,
     /// The run was cancelled.
     Cancelled,

@@ -26,6 +26,7 @@ pub mod batch;
 pub mod budget;
 pub mod drive;
 pub mod error;
+pub mod judge;
 pub mod model;
 pub mod outbound;
 pub mod planner;

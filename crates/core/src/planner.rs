@@ -71,8 +71,8 @@ pub fn fits_before_deadline(
     let Some(deadline) = deadline else {
         return true;
     };
-    let needs = match (action, wf.step(action.step()).map(|s| &s.kind)) {
-        (Action::Start { .. }, Some(StepKind::Model(m))) => m.timeout.ms(),
+    let needs = match (action, wf.step(action.step()).and_then(Step::call)) {
+        (Action::Start { .. }, Some(m)) => m.timeout.ms(),
         _ => 0,
     };
     now.saturating_add(needs).saturating_add(margin_ms) < deadline

@@ -59,10 +59,8 @@ fn next(rec: &StepRecord) -> StepRecord {
 
 /// The model a step uses at its current place in the fallback chain.
 pub fn current_model(step: &Step, rec: &StepRecord) -> Option<String> {
-    match &step.kind {
-        StepKind::Model(m) => m.models.get(rec.model_index).cloned(),
-        _ => None,
-    }
+    step.call()
+        .and_then(|m| m.models.get(rec.model_index).cloned())
 }
 
 /// Claims the next attempt: the record written *before* any side effect.
@@ -77,7 +75,7 @@ pub fn claim(step: &Step, rec: &StepRecord, owner: &str, now: Millis, lease_ms: 
     r.error = None;
     if r.started_at.is_none() {
         r.started_at = Some(now);
-        if let StepKind::Model(m) = &step.kind {
+        if let Some(m) = step.call() {
             r.deadline_at = m.max_duration.map(|d| now.saturating_add(d.ms()));
         }
     }
@@ -153,10 +151,8 @@ pub fn skip(step: &str, rec: &StepRecord, reason: &str, now: Millis) -> (StepRec
 }
 
 fn retry_policy(step: &Step) -> Option<(&RetryPolicy, &[ErrorClass], usize)> {
-    match &step.kind {
-        StepKind::Model(m) => Some((&m.retry, &m.fallback_on, m.models.len())),
-        _ => None,
-    }
+    step.call()
+        .map(|m| (&m.retry, m.fallback_on.as_slice(), m.models.len()))
 }
 
 /// The attempt failed: retry on the same model, fall back to the next one, or fail the step.
@@ -176,7 +172,7 @@ pub fn fail(
     // A waiting attempt holds its wait deadline in `deadline_at`. That deadline ends the
     // attempt, not the step: retries and fallbacks follow the step's own deadline again
     // (`max_duration` from its first start, as `claim` set it).
-    if let (StepStatus::Waiting, StepKind::Model(m)) = (rec.status, &step.kind) {
+    if let (StepStatus::Waiting, Some(m)) = (rec.status, step.call()) {
         r.deadline_at = m
             .max_duration
             .zip(r.started_at)
@@ -344,11 +340,14 @@ pub fn decide(
 /// A validate step found problems. With repairs left, the model step it names is reset to run
 /// again with the problems as feedback, and the validate step goes back to pending. Returns
 /// `None` when no repair is configured or the repairs are used up (the caller then fails it).
+/// `why` says what found them (`value failed its schema`, `the judge failed the value`). A
+/// judge's chain starts over for the new value: first model, fresh attempts, no feedback.
 pub fn request_repair(
     step: &Step,
     validate_rec: &StepRecord,
     target_rec: &StepRecord,
     errors: &[String],
+    why: &str,
     now: Millis,
 ) -> Option<(StepRecord, StepRecord, HistoryEvent)> {
     let StepKind::Validate(v) = &step.kind else {
@@ -363,10 +362,11 @@ pub fn request_repair(
     val.repairs += 1;
     val.lease_until = None;
     val.lease_owner = None;
-    val.error = Some(
-        StepError::new(ErrorClass::Malformed, "value failed its schema")
-            .with_details(errors.to_vec()),
-    );
+    val.next_at = None;
+    val.model_index = 0;
+    val.model_attempt = 0;
+    val.feedback.clear();
+    val.error = Some(StepError::new(ErrorClass::Malformed, why).with_details(errors.to_vec()));
     let mut target = next(target_rec);
     target.status = StepStatus::Retrying;
     target.next_at = Some(now);
@@ -383,6 +383,36 @@ pub fn request_repair(
         }),
     );
     Some((val, target, ev))
+}
+
+/// The record with one attempt's cost and model added (a judge's, before its verdict is
+/// acted on).
+pub fn with_meta(rec: &StepRecord, meta: AttemptMeta) -> StepRecord {
+    let mut r = next(rec);
+    apply_meta(&mut r, meta);
+    r
+}
+
+/// Fails the step without retry or fallback: a validation that found problems has nothing
+/// a second attempt at the same value could change.
+pub fn fail_outright(
+    rec: &StepRecord,
+    err: StepError,
+    meta: AttemptMeta,
+    now: Millis,
+) -> (StepRecord, HistoryEvent) {
+    let mut r = finish(rec, StepStatus::Failed, now);
+    apply_meta(&mut r, meta);
+    r.job = None;
+    let ev = HistoryEvent::step(
+        now,
+        EventKind::StepFailed,
+        &r.step,
+        r.attempt,
+        json!({"class": err.class, "message": err.message}),
+    );
+    r.error = Some(err);
+    (r, ev)
 }
 
 /// The error a non-model step fails with when its value cannot be built.

@@ -380,6 +380,8 @@ pub enum EventKind {
     StepSkipped,
     StepLeaseExpired,
     StepRepairRequested,
+    /// A validate step's judge answered: its verdict (`pass`, `score`, `reasons`).
+    StepJudged,
     WebhookReceived,
     JobPolled,
     ApprovalDecided,

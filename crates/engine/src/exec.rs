@@ -9,6 +9,7 @@ use crate::{Engine, EngineError};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
+use switchyard_core::judge::{self, Verdict};
 use switchyard_core::model::{Callback, ModelOutput, ModelRequest, ModelResponse, Provider, Role};
 use switchyard_core::planner::Action;
 use switchyard_core::refs;
@@ -131,6 +132,9 @@ impl Engine {
             (Action::Start { .. }, StepKind::Model(ms)) => {
                 return self.start_model(cx, step, ms, rec).await
             }
+            (Action::Start { .. }, StepKind::Validate(v)) if v.judge.is_some() => {
+                return self.start_judged(cx, step, v, rec).await
+            }
             (Action::Poll { .. }, StepKind::Model(ms)) => {
                 return self.poll_model(cx, step, ms, rec).await
             }
@@ -245,26 +249,147 @@ impl Engine {
         now: u64,
     ) -> Result<Writes, PureFail> {
         let value = refs::resolve(&v.value, &cx.scope).map_err(invalid)?;
-        let errors = match schema::validate(&v.schema, &value) {
-            Ok(()) => return self.succeed_with(rec, value, now).await,
-            Err(errors) => errors,
-        };
+        match schema_problems(v, &value) {
+            None => self.succeed_with(rec, value, now).await,
+            Some(errors) => self
+                .repair_or(cx, step, v, rec, errors, "value failed its schema", now)
+                .map_err(PureFail::Step),
+        }
+    }
+
+    /// Problems found in a validate step's value go back to its repair step as feedback
+    /// while repairs are left; otherwise the validation's own error comes back.
+    #[allow(clippy::too_many_arguments)]
+    fn repair_or(
+        &self,
+        cx: &ActionCtx,
+        step: &Step,
+        v: &ValidateStep,
+        rec: &StepRecord,
+        errors: Vec<String>,
+        why: &str,
+        now: u64,
+    ) -> Result<Writes, StepError> {
         let target_rec = v
             .repair
             .as_ref()
             .and_then(|rep| self.cached_record(cx, &rep.step));
-        match target_rec.and_then(|t| settle::request_repair(step, rec, &t, &errors, now)) {
+        match target_rec.and_then(|t| settle::request_repair(step, rec, &t, &errors, why, now)) {
             // The target is reset first: a crash between the two writes then repeats the
             // repair rather than spending it without running it.
             Some((val, target, ev)) => Ok((vec![target, val], vec![ev])),
-            None => Err(PureFail::Step(
-                StepError::new(
-                    ErrorClass::Malformed,
-                    format!("value fails its schema ({} problem(s))", errors.len()),
-                )
-                .with_details(errors),
-            )),
+            None => Err(StepError::new(
+                if why.starts_with("the judge") {
+                    ErrorClass::Rejected
+                } else {
+                    ErrorClass::Malformed
+                },
+                format!("{why} ({} problem(s))", errors.len()),
+            )
+            .with_details(errors)),
         }
+    }
+
+    /// A validate step with a judge: the schema first (a value that fails it is repaired or
+    /// fails without a judge call), then the judge's call, made like a model step's.
+    async fn start_judged(
+        &self,
+        cx: &ActionCtx,
+        step: &Step,
+        v: &ValidateStep,
+        rec: StepRecord,
+    ) -> Result<Vec<StepRecord>, EngineError> {
+        let now = self.now();
+        let Some(judge) = &v.judge else {
+            return Err(EngineError::Internal(format!(
+                "step `{}` has no judge",
+                step.id
+            )));
+        };
+        // A check the schema settles counts as an attempt, as on a validate step without a
+        // judge; otherwise the judge's call is the attempt (`start_model` counts it).
+        let mut checked = rec.clone();
+        checked.attempt += 1;
+        checked.started_at.get_or_insert(now);
+        let outcome = refs::resolve(&v.value, &cx.scope)
+            .map_err(|e| StepError::new(ErrorClass::Invalid, e))
+            .and_then(|value| match schema_problems(v, &value) {
+                None => Ok(None),
+                Some(errors) => self
+                    .repair_or(
+                        cx,
+                        step,
+                        v,
+                        &checked,
+                        errors,
+                        "value failed its schema",
+                        now,
+                    )
+                    .map(Some),
+            });
+        match outcome {
+            Ok(None) => self.start_model(cx, step, &judge.call, rec).await,
+            Ok(Some((records, events))) => self.write_records(&cx.run_id, records, &events).await,
+            Err(err) => {
+                // Nothing a retry of the judge could change: the value itself is wrong.
+                let (r, ev) = settle::fail_outright(&checked, err, AttemptMeta::default(), now);
+                self.write_records(&cx.run_id, vec![r], &[ev]).await
+            }
+        }
+    }
+
+    /// A judge's verdict settles its validate step: pass → the value is the step's output;
+    /// fail → a repair of the step that produced it, or the step fails `rejected`.
+    async fn settle_verdict(
+        &self,
+        cx: &ActionCtx,
+        step: &Step,
+        claimed: &StepRecord,
+        verdict: Verdict,
+        meta: AttemptMeta,
+        now: u64,
+    ) -> Result<Writes, EngineError> {
+        let StepKind::Validate(v) = &step.kind else {
+            return Err(EngineError::Internal(format!(
+                "step `{}` has no judge",
+                step.id
+            )));
+        };
+        let min_score = v.judge.as_ref().and_then(|j| j.min_score);
+        let problems = judge::problems(&verdict, min_score);
+        let judged = HistoryEvent::step(
+            now,
+            EventKind::StepJudged,
+            &step.id,
+            claimed.attempt,
+            json!({
+                "pass": problems.is_ok(),
+                "verdict": verdict,
+                "model": meta.model,
+                "cost_usd": meta.cost_usd,
+            }),
+        );
+        let rec = settle::with_meta(claimed, meta);
+        let lines = match problems {
+            Ok(()) => {
+                let value = refs::resolve(&v.value, &cx.scope)
+                    .map_err(|e| EngineError::Internal(format!("the judged value: {e}")))?;
+                let out = self.store_value(value).await?;
+                let (r, ev) = settle::succeed(&rec, out, AttemptMeta::default(), now);
+                return Ok((vec![r], vec![judged, ev]));
+            }
+            Err(lines) => lines,
+        };
+        tracing::info!(run_id = %cx.run_id, step = %step.id, score = verdict.score, "the judge failed the value");
+        Ok(
+            match self.repair_or(cx, step, v, &rec, lines, "the judge failed the value", now) {
+                Ok((records, events)) => (records, [vec![judged], events].concat()),
+                Err(err) => {
+                    let (r, ev) = settle::fail_outright(&rec, err, AttemptMeta::default(), now);
+                    (vec![r], vec![judged, ev])
+                }
+            },
+        )
     }
 
     /// The record of another step, as captured in the action's context.
@@ -377,11 +502,10 @@ impl Engine {
             token,
             latency_ms,
         };
-        let (mut r, ev) = self
+        let (records, events) = self
             .settle_answer(cx, step, ms, &claimed, answer, result)
             .await?;
-        self.write_step(&cx.run_id, &mut r, &[ev]).await?;
-        Ok(vec![r])
+        self.write_records(&cx.run_id, records, &events).await
     }
 
     /// A call refused before any side effect: no claim needed, one write, and no attempt
@@ -451,7 +575,7 @@ impl Engine {
         claimed: &StepRecord,
         answer: Answer<'_>,
         result: Result<ModelResponse, StepError>,
-    ) -> Result<(StepRecord, HistoryEvent), EngineError> {
+    ) -> Result<Writes, EngineError> {
         let done = self.now();
         let req = answer.req;
         let meta = |out: Option<&ModelOutput>| AttemptMeta {
@@ -463,8 +587,29 @@ impl Engine {
             provider_request_id: out.and_then(|o| o.provider_request_id.clone()),
             sources: out.map(|o| o.sources.clone()).unwrap_or_default(),
         };
-        Ok(match result {
+        Ok(one(match result {
             Ok(ModelResponse::Completed(out)) => {
+                if let StepKind::Validate(_) = &step.kind {
+                    // A judge's answer: a verdict once it has the verdict's shape.
+                    match check_output(ms, &out).and_then(|()| judge::read(&out.output)) {
+                        Ok(verdict) => {
+                            return self
+                                .settle_verdict(cx, step, claimed, verdict, meta(Some(&out)), done)
+                                .await
+                        }
+                        Err(err) => {
+                            tracing::warn!(run_id = %cx.run_id, step = %step.id, error_class = %err.class, "the judge's answer is not a verdict");
+                            return Ok(one(settle::fail(
+                                step,
+                                claimed,
+                                err,
+                                meta(Some(&out)),
+                                done,
+                                &cx.run_id,
+                            )));
+                        }
+                    }
+                }
                 self.settle_output(&cx.run_id, step, claimed, &out, meta(Some(&out)), done)
                     .await?
             }
@@ -492,10 +637,11 @@ impl Engine {
                 tracing::warn!(run_id = %cx.run_id, step = %step.id, attempt = claimed.attempt, model = %req.model, error_class = %err.class, "step attempt failed");
                 settle::fail(step, claimed, err, meta(None), done, &cx.run_id)
             }
-        })
+        }))
     }
 
-    /// Checks a model's answer against the step's output schema and settles the attempt.
+    /// Checks a model's answer against the step's output schema and settles the attempt (a
+    /// judge's answer is settled by `settle_verdict`: judges answer synchronously).
     pub(crate) async fn settle_output(
         &self,
         run_id: &str,
@@ -842,6 +988,13 @@ fn open_approval(
         }
     }
     (r, ev)
+}
+
+/// The schema problems of a validate step's value (`None`: no schema, or it holds).
+fn schema_problems(v: &ValidateStep, value: &Value) -> Option<Vec<String>> {
+    v.schema
+        .as_ref()
+        .and_then(|s| schema::validate(s, value).err())
 }
 
 /// The part of a model answer an output schema applies to: the parsed JSON of a chat answer,

@@ -337,7 +337,7 @@ fn kind_keys(kind: &str) -> Option<&'static [&'static str]> {
         "retrieve" => RETRIEVE_KEYS,
         "route" => &["routes", "default"],
         "parallel" => &["branches"],
-        "validate" => &["value", "schema", "repair"],
+        "validate" => &["value", "schema", "judge", "repair"],
         "transform" => &["value"],
         "approval" => &["deadline", "message", "on_timeout"],
         _ => return None,
@@ -628,7 +628,7 @@ fn read_step(
         "transform" => Some(StepKind::Transform {
             value: obj.get("value").cloned().unwrap_or(Value::Null),
         }),
-        "validate" => read_validate(cx, obj, path),
+        "validate" => read_validate(cx, obj, path, defaults),
         "approval" => {
             let on_timeout = match cx.string(obj, path, "on_timeout").as_deref() {
                 None | Some("reject") => OnTimeout::Reject,
@@ -984,7 +984,72 @@ fn read_route(cx: &mut Ctx, obj: &Map<String, Value>, path: &str) -> Option<Step
     }))
 }
 
-fn read_validate(cx: &mut Ctx, obj: &Map<String, Value>, path: &str) -> Option<StepKind> {
+/// Keys of a validate step's `judge`.
+const JUDGE_KEYS: &[&str] = &[
+    "model",
+    "fallback",
+    "fallback_on",
+    "criteria",
+    "params",
+    "retry",
+    "timeout",
+    "max_duration",
+    "min_score",
+];
+
+/// A validate step's `judge`: read as a model step whose prompt is `criteria`, whose input is
+/// the step's value and whose answer must be a verdict.
+fn read_judge(
+    cx: &mut Ctx,
+    j: &Map<String, Value>,
+    path: &str,
+    value: &Value,
+    defaults: &Defaults,
+) -> Option<crate::workflow::Judge> {
+    cx.keys(j, path, JUDGE_KEYS, "judge");
+    let mut call = j.clone();
+    call.remove("min_score");
+    if let Some(c) = call.remove("criteria") {
+        call.insert("prompt".into(), c);
+    }
+    call.insert("input".into(), value.clone());
+    call.insert("role".into(), json!("generation"));
+    let rules_judge = j.get("model").and_then(Value::as_str) == Some("local/rules-judge");
+    if !rules_judge && !j.contains_key("criteria") {
+        cx.err(
+            path,
+            "a judge needs `criteria` ({version, template}): what the value must satisfy",
+        );
+    }
+    let Some(StepKind::Model(mut m)) = read_model(cx, &call, path, "model", defaults) else {
+        return None;
+    };
+    if m.asynchronous {
+        cx.err(&join(path, "model"), "a judge must answer synchronously");
+    }
+    m.output_schema = Some(crate::judge::verdict_schema());
+    let min_score = match j.get("min_score") {
+        None => None,
+        Some(v) => match v.as_f64() {
+            Some(x) if (0.0..=1.0).contains(&x) => Some(x),
+            _ => {
+                cx.err(
+                    &join(path, "min_score"),
+                    "`min_score` must be a number from 0 to 1",
+                );
+                None
+            }
+        },
+    };
+    Some(crate::workflow::Judge { call: m, min_score })
+}
+
+fn read_validate(
+    cx: &mut Ctx,
+    obj: &Map<String, Value>,
+    path: &str,
+    defaults: &Defaults,
+) -> Option<StepKind> {
     let value = match obj.get("value") {
         Some(v) => v.clone(),
         None => {
@@ -995,15 +1060,27 @@ fn read_validate(cx: &mut Ctx, obj: &Map<String, Value>, path: &str) -> Option<S
             Value::Null
         }
     };
-    let schema = match cx.schema(obj, path, "schema") {
-        Some(s) => s,
-        None => {
-            if !obj.contains_key("schema") {
-                cx.err(path, "a validate step needs `schema`");
-            }
-            return None;
+    let schema = cx.schema(obj, path, "schema");
+    let judge = match obj.get("judge") {
+        None => None,
+        Some(Value::Object(j)) => read_judge(cx, j, &join(path, "judge"), &value, defaults),
+        Some(_) => {
+            cx.err(
+                &join(path, "judge"),
+                "`judge` must be a mapping with `model` and `criteria`",
+            );
+            None
         }
     };
+    if !obj.contains_key("schema") && !obj.contains_key("judge") {
+        cx.err(path, "a validate step needs `schema`, `judge` or both");
+        return None;
+    }
+    if (obj.contains_key("schema") && schema.is_none())
+        || (obj.contains_key("judge") && judge.is_none())
+    {
+        return None;
+    }
     let repair = match obj.get("repair") {
         None => None,
         Some(Value::Object(r)) => {
@@ -1047,6 +1124,7 @@ fn read_validate(cx: &mut Ctx, obj: &Map<String, Value>, path: &str) -> Option<S
     Some(StepKind::Validate(ValidateStep {
         value,
         schema,
+        judge,
         repair,
     }))
 }
@@ -1300,11 +1378,24 @@ fn check_refs(cx: &mut Ctx, raws: &[Raw], steps: &[Step]) {
                     .into_iter()
                     .map(|x| (join(&r.path, "value"), x)),
             ),
-            StepKind::Validate(v) => uses.extend(
-                refs::refs_in(&v.value)
-                    .into_iter()
-                    .map(|x| (join(&r.path, "value"), x)),
-            ),
+            StepKind::Validate(v) => {
+                uses.extend(
+                    refs::refs_in(&v.value)
+                        .into_iter()
+                        .map(|x| (join(&r.path, "value"), x)),
+                );
+                if let Some(j) = &v.judge {
+                    let at = join(&r.path, "judge");
+                    uses.extend(
+                        refs::refs_in(&j.call.params)
+                            .into_iter()
+                            .map(|x| (join(&at, "params"), x)),
+                    );
+                    if let Some(p) = &j.call.prompt {
+                        templates.push((join(&at, "criteria"), p.template.clone()));
+                    }
+                }
+            }
             StepKind::Route(route) => {
                 for (i, c) in route.routes.iter().enumerate() {
                     if let Some(w) = &c.when {

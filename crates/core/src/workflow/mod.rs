@@ -106,6 +106,18 @@ pub enum StepKind {
     Approval(ApprovalStep),
 }
 
+impl Step {
+    /// The model call this step makes, if it makes one: a model step's, or a validate step's
+    /// judge. Retries, fallbacks, leases and deadlines follow it.
+    pub fn call(&self) -> Option<&ModelStep> {
+        match &self.kind {
+            StepKind::Model(m) => Some(m),
+            StepKind::Validate(ValidateStep { judge: Some(j), .. }) => Some(&j.call),
+            _ => None,
+        }
+    }
+}
+
 impl StepKind {
     pub fn name(&self) -> &'static str {
         match self {
@@ -207,9 +219,23 @@ impl RouteStep {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ValidateStep {
     pub value: Value,
-    pub schema: Value,
+    /// Checked first; at least one of `schema` and `judge` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<Value>,
+    /// A model asked for a verdict on values that pass the schema (`crate::judge`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<Judge>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repair: Option<Repair>,
+}
+
+/// A validate step's judge: the call (its `input` is the step's value, its prompt the
+/// criteria, its `output_schema` the verdict's) and the score a passing verdict needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Judge {
+    pub call: Box<ModelStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_score: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

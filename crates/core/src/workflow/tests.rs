@@ -19,6 +19,7 @@ fn catalog() -> Vec<ModelInfo> {
         m("local/extractive-summarizer", &[Role::Generation], false),
         m("local/keyword-retriever", &[Role::Retrieval], false),
         m("local/async-job", &[Role::Asset], true),
+        m("local/rules-judge", &[Role::Generation], false),
         m(
             "replicate/black-forest-labs/flux-schnell",
             &[Role::Asset],
@@ -363,7 +364,7 @@ fn included_files_are_inlined() {
     let Some(StepKind::Validate(v)) = wf.step("check").map(|s| &s.kind) else {
         panic!("check is not a validate step");
     };
-    assert_eq!(v.schema, reply_schema);
+    assert_eq!(v.schema, Some(reply_schema));
     assert_eq!(
         v.repair,
         Some(Repair {
@@ -1035,6 +1036,92 @@ fn diagnostics_point_at_the_problem() {
             ),
             10,
             "alias expansion exceeds 10000 nodes",
+        ),
+        (
+            "a validate step with neither schema nor judge",
+            with_head(
+                r#"
+                  - id: check
+                    kind: validate
+                    value: "${steps.classify.output}"
+                "#,
+            ),
+            7,
+            "a validate step needs `schema`, `judge` or both",
+        ),
+        (
+            "a hosted judge without criteria",
+            with_head(
+                r#"
+                  - id: check
+                    kind: validate
+                    value: "${steps.classify.output}"
+                    judge: {model: local/template-generator}
+                "#,
+            ),
+            10,
+            "a judge needs `criteria`",
+        ),
+        (
+            "a judge's min_score outside 0-1",
+            with_head(
+                r#"
+                  - id: check
+                    kind: validate
+                    value: "${steps.classify.output}"
+                    judge:
+                      model: local/rules-judge
+                      params: {rules: [{forbid: x}]}
+                      min_score: 2
+                "#,
+            ),
+            13,
+            "`min_score` must be a number from 0 to 1",
+        ),
+        (
+            "a judge key of a model step that a judge does not take",
+            with_head(
+                r#"
+                  - id: check
+                    kind: validate
+                    value: "${steps.classify.output}"
+                    judge:
+                      model: local/rules-judge
+                      input: "${input.text}"
+                "#,
+            ),
+            12,
+            "unknown field `input` in judge",
+        ),
+        (
+            "an asynchronous judge",
+            with_head(
+                r#"
+                  - id: check
+                    kind: validate
+                    value: "${steps.classify.output}"
+                    judge:
+                      model: local/async-job
+                      criteria: {version: v1, template: judge it}
+                "#,
+            ),
+            11,
+            "local/async-job",
+        ),
+        (
+            "judge criteria naming an unknown step",
+            with_head(
+                r#"
+                  - id: check
+                    kind: validate
+                    value: "${steps.classify.output}"
+                    judge:
+                      model: local/template-generator
+                      criteria: {version: v1, template: "{{ steps.ghost.output }}"}
+                "#,
+            ),
+            12,
+            "names step `ghost`",
         ),
         (
             "a versioned id of an unknown replicate model",

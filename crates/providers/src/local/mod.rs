@@ -13,6 +13,7 @@
 mod async_job;
 mod faults;
 mod generate;
+mod judge;
 mod retrieve;
 #[cfg(test)]
 mod tests;
@@ -47,6 +48,7 @@ enum Algo {
     KeywordRetriever,
     Echo,
     AsyncJob,
+    RulesJudge,
 }
 
 struct ModelSpec {
@@ -84,6 +86,8 @@ const MODELS: &[ModelSpec] = &[
         "Returns its input unchanged; for benchmarks and plumbing tests."),
     spec("local/async-job", Algo::AsyncJob, Role::Asset, 0.002, 0.0,
         "Asynchronous job that draws a titled SVG card and delivers it by callback."),
+    spec("local/rules-judge", Algo::RulesJudge, Role::Generation, 0.0001, 0.0,
+        "Judges a value by regex rules (forbid/require) for validate steps; not a model."),
 ];
 
 const fn spec(
@@ -231,6 +235,7 @@ impl Provider for LocalProvider {
             Algo::Echo => generate::echo(request),
             Algo::KeywordRetriever => retrieve::keyword_retriever(request)?,
             Algo::AsyncJob => return async_job::submit(request, &self.scheduled),
+            Algo::RulesJudge => judge::rules_judge(request)?,
         };
         let cost_usd = price(spec, answer.usage);
         Ok(ModelResponse::Completed(ModelOutput {
