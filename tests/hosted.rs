@@ -36,27 +36,33 @@ fn fake() -> Fake {
 }
 
 fn switchyard(fake: &Fake, dir: &Path, args: &[&str]) -> Output {
-    let url = fake.server.url();
-    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    command(&fake.server.url(), dir)
         .args(args)
-        .arg("--data-dir")
-        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+/// `switchyard` with its data in `dir` and every provider pointed at the fakes at `url`.
+fn command(url: &str, dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    cmd.env("SWITCHYARD_DATA_DIR", dir)
         .env_remove("SWITCHYARD_PUBLIC_URL")
         .env_remove("SWITCHYARD_LISTEN")
         .env_remove("SWITCHYARD_PRICES")
         .env("OPENAI_BASE_URL", format!("{url}/v1"))
         .env("OPENAI_API_KEY", "sk-fake-key-for-tests")
-        .env("ANTHROPIC_BASE_URL", &url)
+        .env("ANTHROPIC_BASE_URL", url)
         .env("ANTHROPIC_API_KEY", "fake-anthropic-key")
-        .env("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", &url)
+        .env("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", url)
         .env("AWS_ACCESS_KEY_ID", "AKIDFAKEFAKE")
         .env("AWS_SECRET_ACCESS_KEY", "fake-secret")
         .env("AWS_REGION", "us-east-1")
         .env("REPLICATE_BASE_URL", format!("{url}/v1"))
         .env("REPLICATE_API_TOKEN", "r8_fake_token_for_tests")
         .env("SWITCHYARD_WEBHOOK_SECRET", SECRET)
-        .output()
-        .unwrap()
+        .env_remove("SWITCHYARD_RECORD")
+        .env_remove("SWITCHYARD_REPLAY");
+    cmd
 }
 
 fn doc(out: &Output) -> Value {
@@ -342,5 +348,175 @@ fn assert_kept_png(url: &serde_json::Value) {
         std::fs::read(&path).unwrap(),
         switchyard_fakes::FAKE_PNG,
         "{url}"
+    );
+}
+
+/// Every file under `dir`, read as text.
+fn files_under(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                let text = std::fs::read_to_string(&p).unwrap();
+                out.push((p, text));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_run_recorded_against_the_fakes_replays_offline_with_the_same_output() {
+    let wf = root().join("tests/fixtures/taped.yaml");
+    let input = root().join("events/inputs/hosted/launch-kit.json");
+    let tape = tempfile::tempdir().unwrap();
+    let run = |cmd: &mut Command| -> Output {
+        cmd.args([
+            "run",
+            wf.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap()
+    };
+
+    // 1. Record, with one rate limit on the way: the retry is recorded too.
+    let fake = fake();
+    fake.server.script(
+        "openai",
+        vec![Behavior::RateLimited {
+            retry_after_secs: 1,
+        }],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(&fake.server.url(), dir.path());
+    let recorded = run(cmd.env("SWITCHYARD_RECORD", tape.path()));
+    assert_eq!(
+        recorded.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&recorded.stderr)
+    );
+    let first = doc(&recorded);
+    assert_eq!(first["status"], "succeeded");
+    assert_eq!(first["steps"][0]["attempts"], 2);
+    let cassettes = files_under(tape.path());
+    let providers: std::collections::BTreeSet<String> = cassettes
+        .iter()
+        .map(|(p, _)| {
+            p.strip_prefix(tape.path())
+                .unwrap()
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(
+        providers.into_iter().collect::<Vec<_>>(),
+        ["anthropic", "bedrock", "openai"]
+    );
+    // Keys and signatures are not written.
+    for (path, text) in &cassettes {
+        for secret in [
+            "sk-fake-key-for-tests",
+            "fake-anthropic-key",
+            "fake-secret",
+            "Signature=",
+        ] {
+            assert!(!text.contains(secret), "{} holds {secret}", path.display());
+        }
+    }
+    let openai: Value = serde_json::from_str(
+        &cassettes
+            .iter()
+            .find(|(p, _)| p.to_string_lossy().contains("openai"))
+            .unwrap()
+            .1,
+    )
+    .unwrap();
+    assert_eq!(
+        openai["exchanges"].as_array().unwrap().len(),
+        2,
+        "429, then the answer"
+    );
+    let url = fake.server.url();
+    drop(fake);
+
+    // 2. Replay with the fakes stopped and no keys: the same run, call for call.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(&url, dir.path());
+    for var in [
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "REPLICATE_API_TOKEN",
+    ] {
+        cmd.env_remove(var);
+    }
+    let replayed = run(cmd.env("SWITCHYARD_REPLAY", tape.path()));
+    assert_eq!(
+        replayed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    let second = doc(&replayed);
+    assert_eq!(second["output"], first["output"]);
+    assert_eq!(second["cost_usd"], first["cost_usd"]);
+    let summary = |d: &Value| -> Vec<(Value, Value, Value, Value)> {
+        d["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["name"].clone(),
+                    s["model"].clone(),
+                    s["attempts"].clone(),
+                    s["status"].clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(summary(&second), summary(&first));
+
+    // 3. A request nobody recorded fails loudly, naming the cassette it looked for.
+    let other = tempfile::tempdir().unwrap();
+    let changed = other.path().join("input.json");
+    std::fs::write(
+        &changed,
+        r#"{"product": "Other", "announcement": "Something that was never recorded."}"#,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let missed = command(&url, dir.path())
+        .env("SWITCHYARD_REPLAY", tape.path())
+        .args([
+            "run",
+            wf.to_str().unwrap(),
+            "--input",
+            changed.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let d = doc(&missed);
+    assert_eq!(d["status"], "failed");
+    assert_eq!(d["error"]["class"], "invalid");
+    let msg = d["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("SWITCHYARD_REPLAY: no cassette") && msg.contains("openai"),
+        "{msg}"
     );
 }

@@ -72,6 +72,10 @@ pub struct Call<'a> {
     /// The response header carrying the provider's request id (`x-request-id`...), if any.
     pub request_id_header: Option<&'static str>,
     pub timeout: Option<Duration>,
+    /// The step's request, when the exchange is a model call: with a record/replay tape, its
+    /// normalized form names the cassette (`crate::tape::Key::for_request`); without, the
+    /// exchange is keyed by method and URL.
+    pub request: Option<&'a ModelRequest>,
 }
 
 impl<'a> Call<'a> {
@@ -83,6 +87,7 @@ impl<'a> Call<'a> {
             operation: "invoke",
             request_id_header: None,
             timeout: attempt_timeout(request),
+            request: Some(request),
         }
     }
 
@@ -113,7 +118,12 @@ impl<'a> Call<'a> {
     ) -> Result<T, StepError> {
         let http = prepare()?;
         let started = Instant::now();
-        let resp = match sender.send(http, self.timeout).await {
+        let key = sender
+            .taped()
+            .then_some(self.request)
+            .flatten()
+            .map(|r| crate::tape::Key::for_request(self.provider, self.operation, r));
+        let resp = match sender.send_keyed(key, http, self.timeout).await {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::warn!(provider = %self.provider, model = %self.model,
@@ -339,6 +349,7 @@ mod tests {
             operation: "invoke",
             request_id_header: None,
             timeout: None,
+            request: None,
         };
         let mut read_called = false;
         let e = call

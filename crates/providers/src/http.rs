@@ -5,6 +5,7 @@
 //! connect and request timeouts (never the library defaults), and it classifies transport
 //! failures once, here. Status codes are classified by [`crate::classify`].
 
+use crate::tape::{Key, Mode, Tape};
 use std::time::Duration;
 use switchyard_core::{ErrorClass, StepError};
 
@@ -90,10 +91,14 @@ pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// The HTTP client every hosted adapter shares. It is built on the first call, not when the
 /// sender is made: building it loads the system's CA certificates (milliseconds), which a run
 /// of local models only, and a Lambda cold start that never calls a hosted API, should not pay.
+///
+/// With a [`Tape`] it records every exchange, or answers from the recording without network
+/// (`crate::tape`).
 #[derive(Clone)]
 pub struct Sender {
     client: std::sync::Arc<tokio::sync::OnceCell<reqwest::Client>>,
     timeouts: Timeouts,
+    tape: Option<std::sync::Arc<Tape>>,
 }
 
 impl Sender {
@@ -101,7 +106,49 @@ impl Sender {
         Ok(Sender {
             client: std::sync::Arc::new(tokio::sync::OnceCell::new()),
             timeouts,
+            tape: None,
         })
+    }
+
+    /// This sender recording into, or replaying from, `tape`.
+    pub fn with_tape(self, tape: Option<Tape>) -> Sender {
+        Sender {
+            tape: tape.map(std::sync::Arc::new),
+            ..self
+        }
+    }
+
+    /// Whether exchanges are recorded or replayed.
+    pub fn taped(&self) -> bool {
+        self.tape.is_some()
+    }
+
+    /// Whether calls are answered from a recording (no network, no keys needed).
+    pub fn replaying(&self) -> bool {
+        self.tape.as_ref().is_some_and(|t| t.mode() == Mode::Replay)
+    }
+
+    /// Sends a model call's request: with a tape, `key` (the normalized request's) names its
+    /// cassette. Without a key, the request is keyed by method and URL.
+    pub async fn send_keyed(
+        &self,
+        key: Option<Key>,
+        req: HttpRequest,
+        timeout: Option<Duration>,
+    ) -> Result<HttpResponse, StepError> {
+        let Some(tape) = &self.tape else {
+            return self.send_http(req, timeout).await;
+        };
+        let key = key.unwrap_or_else(|| Key::for_http(&req));
+        match tape.mode() {
+            Mode::Replay => tape.replay(&key),
+            Mode::Record => {
+                let sent = req.clone();
+                let resp = self.send_http(req, timeout).await?;
+                tape.record(&key, &sent, &resp);
+                Ok(resp)
+            }
+        }
     }
 
     /// The client, built once (clones of this sender share it).
@@ -121,7 +168,17 @@ impl Sender {
     }
 
     /// Sends a request; `timeout` (the step's attempt timeout) bounds the whole exchange.
+    /// With a tape, it is recorded or replayed keyed by method and URL (a download).
     pub async fn send(
+        &self,
+        req: HttpRequest,
+        timeout: Option<Duration>,
+    ) -> Result<HttpResponse, StepError> {
+        self.send_keyed(None, req, timeout).await
+    }
+
+    /// The network exchange itself.
+    async fn send_http(
         &self,
         req: HttpRequest,
         timeout: Option<Duration>,

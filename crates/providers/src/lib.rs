@@ -49,6 +49,7 @@ pub mod openai;
 pub mod outbound;
 pub mod registry;
 pub mod replicate;
+pub mod tape;
 #[cfg(test)]
 mod testing;
 

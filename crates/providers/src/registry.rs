@@ -2,7 +2,8 @@
 //! today, through the core's `Secrets` seam; CONTRACT.md):
 //! `OPENAI_API_KEY`/`OPENAI_BASE_URL`, `ANTHROPIC_API_KEY`/`ANTHROPIC_BASE_URL`, the standard
 //! AWS variables for Bedrock (`AWS_REGION`, credentials, `AWS_ENDPOINT_URL_BEDROCK_RUNTIME`),
-//! `REPLICATE_API_TOKEN`/`REPLICATE_BASE_URL`, and `SWITCHYARD_PRICES` for the price table.
+//! `REPLICATE_API_TOKEN`/`REPLICATE_BASE_URL`, `SWITCHYARD_PRICES` for the price table, and
+//! `SWITCHYARD_RECORD` / `SWITCHYARD_REPLAY` for record and replay (`crate::tape`).
 //!
 //! Every adapter is registered even without its key, so workflows naming its models pass the
 //! static checks; a call without a key fails with class `auth` and names the variable to set.
@@ -17,6 +18,7 @@ use crate::http::{Sender, Timeouts};
 use crate::keys::secret;
 use crate::openai::OpenAi;
 use crate::replicate::{self, Replicate};
+use crate::tape::{Mode, ReplaySecrets, Tape};
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_core::model::Provider;
@@ -37,8 +39,18 @@ pub fn from_env() -> Result<Hosted, String> {
 /// The catalog and the hosted adapters, from `secrets`. Adapters keep the seam, so keys that
 /// catalog entries name (`api_key_env`) are read from it at call time too.
 pub fn from_secrets(secrets: Arc<dyn Secrets>) -> Result<Hosted, String> {
+    let tape = Tape::from_vars(|k| secret(secrets.as_ref(), k))?;
+    let secrets: Arc<dyn Secrets> = match tape.as_ref().map(Tape::mode) {
+        Some(Mode::Replay) => Arc::new(ReplaySecrets(secrets)),
+        _ => secrets,
+    };
+    if let Some(t) = &tape {
+        tracing::info!(mode = ?t.mode(), dir = %t.dir().display(), "provider exchanges are taped");
+    }
     let catalog = Arc::new(load_catalog(secrets.as_ref())?);
-    let sender = Sender::new(timeouts(secrets.as_ref())?).map_err(|e| e.message)?;
+    let sender = Sender::new(timeouts(secrets.as_ref())?)
+        .map_err(|e| e.message)?
+        .with_tape(tape);
     let s = secrets.as_ref();
     let mut out: Vec<Arc<dyn Provider>> = Vec::new();
     for prefix in catalog.prefixes_for("openai") {

@@ -120,6 +120,7 @@ impl Replicate {
             operation: "cancel",
             request_id_header: None,
             timeout: None,
+            request: None,
         };
         call.run(
             &self.sender,

@@ -204,6 +204,10 @@ impl Tape {
         self.mode
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The recorded answer to the call `key` names: the next exchange of its cassette (the
     /// last one again once all have been served). No cassette: `invalid`, naming the file.
     pub fn replay(&self, key: &Key) -> Result<HttpResponse, StepError> {
@@ -282,6 +286,29 @@ impl Tape {
         let tmp = path.with_extension("json.tmp");
         std::fs::write(&tmp, text).map_err(|e| e.to_string())?;
         std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+    }
+}
+
+/// What a replaying process is given for a provider key it does not have.
+pub const PLACEHOLDER_KEY: &str = "replayed-without-a-key";
+
+/// Secrets for a replaying process: a replay sends nothing, so CI needs no provider keys.
+/// Every credential-like name that is not set (`OPENAI_API_KEY`, `AWS_SECRET_ACCESS_KEY`, a
+/// catalog entry's `api_key_env`…) reads as [`PLACEHOLDER_KEY`], so adapters build their
+/// requests (and the keys they would carry are never recorded anyway). Webhook secrets are
+/// left alone: they guard our own endpoint, not a provider call.
+pub struct ReplaySecrets(pub std::sync::Arc<dyn switchyard_core::ports::Secrets>);
+
+impl switchyard_core::ports::Secrets for ReplaySecrets {
+    fn get(&self, name: &str) -> Option<String> {
+        self.0.get(name).or_else(|| {
+            (secret_name(name) && !name.to_ascii_lowercase().contains("webhook"))
+                .then(|| PLACEHOLDER_KEY.to_string())
+        })
+    }
+
+    fn with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        self.0.with_prefix(prefix)
     }
 }
 
@@ -444,7 +471,10 @@ mod tests {
         let k = Key::for_request("bedrock", "invoke", &r);
         let p = k.path(Path::new("/tapes"));
         let s = p.to_string_lossy();
-        assert!(s.starts_with("/tapes/bedrock/bedrock_anthropic.claude-3-haiku-20240307-v1_0/invoke-"), "{s}");
+        assert!(
+            s.starts_with("/tapes/bedrock/bedrock_anthropic.claude-3-haiku-20240307-v1_0/invoke-"),
+            "{s}"
+        );
         assert_eq!(slug(".."), "_..");
         assert_eq!(slug(""), "_");
     }
@@ -491,7 +521,10 @@ mod tests {
 
         let play = Tape::new(Mode::Replay, &dir);
         let first = play.replay(&key).unwrap();
-        assert_eq!((first.status, first.body.as_slice()), (503, &b"overloaded"[..]));
+        assert_eq!(
+            (first.status, first.body.as_slice()),
+            (503, &b"overloaded"[..])
+        );
         assert_eq!(first.header("x-request-id"), Some("req_1"));
         let second = play.replay(&key).unwrap();
         assert_eq!(second.status, 200);
@@ -509,7 +542,11 @@ mod tests {
             .replay(&Key::for_request("openai", "invoke", &other))
             .unwrap_err();
         assert_eq!(e.class, ErrorClass::Invalid);
-        assert!(e.message.contains("no cassette") && e.message.contains(".json"), "{}", e.message);
+        assert!(
+            e.message.contains("no cassette") && e.message.contains(".json"),
+            "{}",
+            e.message
+        );
 
         // A new recording process replaces the cassette instead of growing it.
         let again = Tape::new(Mode::Record, &dir);
@@ -526,7 +563,9 @@ mod tests {
         let both = |_: &str| Some("/tmp".to_string());
         assert!(Tape::from_vars(both).unwrap_err().contains("both set"));
         let missing = |k: &str| (k == REPLAY_VAR).then(|| "/nonexistent/tapes".to_string());
-        assert!(Tape::from_vars(missing).unwrap_err().contains("no such directory"));
+        assert!(Tape::from_vars(missing)
+            .unwrap_err()
+            .contains("no such directory"));
         let rec = |k: &str| (k == RECORD_VAR).then(|| "/tmp/new-tapes".to_string());
         assert_eq!(Tape::from_vars(rec).unwrap().unwrap().mode(), Mode::Record);
     }

@@ -612,7 +612,7 @@ async fn outputs_carry_model_and_stable_request_ids() {
 fn model_list_and_price_table() {
     let p = LocalProvider::default();
     let models = p.models();
-    assert_eq!((p.name(), models.len()), ("local", 8));
+    assert_eq!((p.name(), models.len()), ("local", 9));
     let ids: Vec<&str> = models.iter().map(|m| m.id.as_str()).collect();
     let priced: Vec<&str> = price_table().into_iter().map(|(id, _, _)| id).collect();
     assert_eq!(ids, priced);
