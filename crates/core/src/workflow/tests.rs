@@ -1270,3 +1270,39 @@ fn a_pinned_replicate_version_is_the_model_it_belongs_to() {
     );
     assert!(m.asynchronous, "the versioned id keeps the model's traits");
 }
+
+/// The editor schema users point their YAML at (docs/workflow.schema.json) accepts every
+/// example, and refuses what the loader refuses (here: a judge key it does not know).
+#[test]
+fn the_editor_schema_accepts_every_example() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let text = std::fs::read_to_string(root.join("docs/workflow.schema.json")).unwrap();
+    let editor: Value = serde_json::from_str(&text).unwrap();
+    let mut seen = 0;
+    for dir in ["workflows", "workflows/hosted"] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml") {
+                let (doc, _) = super::yaml::parse(&std::fs::read_to_string(&p).unwrap()).unwrap();
+                if let Err(errors) = crate::schema::validate(&editor, &doc) {
+                    panic!("{}: {errors:?}", p.display());
+                }
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 7, "{seen} examples");
+    let (bad, _) = super::yaml::parse(&dedent(
+        r#"
+        name: bad
+        version: "1"
+        steps:
+          - id: check
+            kind: validate
+            value: 1
+            judge: {model: local/rules-judge, prompt: {version: v, template: t}}
+        "#,
+    ))
+    .unwrap();
+    assert!(crate::schema::validate(&editor, &bad).is_err());
+}
