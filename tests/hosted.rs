@@ -520,3 +520,69 @@ fn a_run_recorded_against_the_fakes_replays_offline_with_the_same_output() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_replayed_asynchronous_job_is_finished_by_its_recorded_poll() {
+    let wf = root().join("tests/fixtures/replicate-poll.yaml");
+    let input = root().join("tests/fixtures/prompt.json");
+    let tape = tempfile::tempdir().unwrap();
+    let args = [
+        "run",
+        wf.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--json",
+    ];
+    // Recorded where no webhook reaches the run, so the job is polled (and the poll taped).
+    let fake = fake();
+    fake.server.script("replicate", vec![Behavior::NoWebhook]);
+    let dir = tempfile::tempdir().unwrap();
+    let recorded = command(&fake.server.url(), dir.path())
+        .env("SWITCHYARD_RECORD", tape.path())
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(
+        recorded.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&recorded.stderr)
+    );
+    let first = doc(&recorded);
+    let url = fake.server.url();
+    drop(fake);
+
+    let dir = tempfile::tempdir().unwrap();
+    let replayed = command(&url, dir.path())
+        .env_remove("REPLICATE_API_TOKEN")
+        .env("SWITCHYARD_REPLAY", tape.path())
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(
+        replayed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    let second = doc(&replayed);
+    assert_kept_png(&second["output"]["image"]);
+    // The same file, kept again from the taped download.
+    // The same file (the blob's name is its sha256), kept again from the taped download.
+    let blob = |d: &Value| {
+        let url = d["output"]["image"].as_str().unwrap().to_string();
+        url.rsplit('/').next().unwrap().to_string()
+    };
+    assert_eq!(blob(&second), blob(&first));
+    assert_eq!(second["cost_usd"], first["cost_usd"]);
+    let files = files_under(tape.path());
+    for part in ["/invoke-", "/poll-", "http/"] {
+        assert!(
+            files
+                .iter()
+                .any(|(p, _)| p.to_string_lossy().contains(part)),
+            "no {part} cassette in {:?}",
+            files.iter().map(|(p, _)| p).collect::<Vec<_>>()
+        );
+    }
+}

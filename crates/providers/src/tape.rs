@@ -26,7 +26,8 @@
 //!
 //! Not covered: the built-in `local/*` models (no HTTP; already deterministic) and webhooks a
 //! provider sends *to* us — a replayed asynchronous job is finished by polling once its wait
-//! times out (shorten `wait_timeout` for replayed workflows).
+//! times out, so its poll must have been recorded (record where no webhook reaches the run;
+//! shorten `wait_timeout` for replayed workflows).
 
 use crate::http::{HttpRequest, HttpResponse};
 use base64::Engine as _;
