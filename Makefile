@@ -7,7 +7,7 @@ SY := target/debug/switchyard
 ifdef CARGO_TARGET_DIR
 SY := $(CARGO_TARGET_DIR)/debug/switchyard
 endif
-EXAMPLES := support-triage knowledge-answer product-copy document-enrichment resilient-summary
+EXAMPLES := support-triage knowledge-answer product-copy document-enrichment resilient-summary classifier-cascade moderated-reply
 
 .PHONY: all build demo demo-aws test-lambda-local test test-aws test-local-aws sam-validate sam-build local-aws local-aws-down lint fmt check-core check-msrv bench bench-api bench-aws clean-demo
 
@@ -24,6 +24,12 @@ demo: build
 	  echo; echo "=== $$wf"; \
 	  $(SY) run workflows/$$wf.yaml --input events/inputs/$$wf.json --data-dir $(DEMO_DIR) || exit 1; \
 	done
+	@echo; echo "=== classifier-cascade: an unclear message escalates to the dearer tier"
+	@$(SY) run workflows/classifier-cascade.yaml --input events/inputs/classifier-cascade-unclear.json --data-dir $(DEMO_DIR)
+	@echo; echo "=== classifier-cascade: what the cascade saved against always using the top tier"
+	@$(SY) stats --workflow classifier-cascade --data-dir $(DEMO_DIR)
+	@echo; echo "=== moderated-reply: a flagged message is refused before any reply is drafted"
+	@$(SY) run workflows/moderated-reply.yaml --input events/inputs/moderated-reply-flagged.json --data-dir $(DEMO_DIR)
 	@echo; echo "=== asset-pipeline: async job finished by webhook, then a person approves"
 	@$(SY) run workflows/asset-pipeline.yaml --input events/inputs/asset-pipeline.json --data-dir $(DEMO_DIR); \
 	  code=$$?; [ $$code -eq 3 ] || { echo "expected exit 3 (waiting for approval), got $$code"; exit 1; }

@@ -450,6 +450,7 @@ async fn every_documented_route_is_served() {
         "/v1/runs/{id}/approvals/{step}",
         "/v1/runs/{id}/cancel",
         "/v1/workflows",
+        "/v1/stats",
         "/v1/openapi.json",
         "/v1/blobs/{key}",
         "/v1/uploads",
@@ -496,6 +497,106 @@ async fn every_documented_route_is_served() {
             }
         }
     }
+}
+
+/// `GET /v1/stats` counts the caller's runs only, filters by workflow and window, and refuses a
+/// bad `since` or `workflow` with 400 naming the field.
+#[tokio::test]
+async fn stats_count_only_the_callers_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(&dir.path().join("data"), &workflows(dir.path()), &[]);
+    let quick = |i: usize| json!({"workflow": "quick", "input": {"text": format!("t{i}")}});
+    let mut acme = Vec::new();
+    for i in 0..3 {
+        acme.push(start(&dev, ACME, quick(i)).await);
+    }
+    let mut globex = Vec::new();
+    for i in 0..2 {
+        globex.push(start(&dev, GLOBEX, quick(i)).await);
+    }
+    globex.push(
+        start(
+            &dev,
+            GLOBEX,
+            json!({"workflow": "big", "input": {"text": "x"}}),
+        )
+        .await,
+    );
+    for run in &acme {
+        until_status(&dev, ACME, run, &["succeeded"]).await;
+    }
+    for run in &globex {
+        until_status(&dev, GLOBEX, run, &["succeeded"]).await;
+    }
+
+    let (s, doc) = get(&dev, ACME, "/v1/stats").await;
+    assert_eq!(s, StatusCode::OK, "{doc}");
+    assert_eq!(doc["tenant"], "acme");
+    assert_eq!(doc["window"]["since"], "24h");
+    assert_eq!(doc["runs"], 3, "{doc}");
+    let names = |doc: &Value| -> Vec<String> {
+        doc["workflows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["workflow"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&doc), ["quick"]);
+    let w = &doc["workflows"][0];
+    assert_eq!(
+        (&w["runs"], &w["succeeded"], &w["ended"], &w["success_rate"]),
+        (&json!(3), &json!(3), &json!(3), &json!(1.0))
+    );
+    assert_eq!(w["latency_ms"]["count"], 3);
+    let step = &w["steps"][0];
+    assert_eq!(
+        (&step["step"], &step["kind"]),
+        (&json!("a"), &json!("model"))
+    );
+    assert_eq!(step["executions"], 3);
+    assert_eq!(step["answered_by"], json!({"local/echo": 3}));
+
+    let (s, doc) = get(&dev, GLOBEX, "/v1/stats").await;
+    assert_eq!(s, StatusCode::OK, "{doc}");
+    assert_eq!(
+        (&doc["tenant"], &doc["runs"]),
+        (&json!("globex"), &json!(3))
+    );
+    assert_eq!(names(&doc), ["big", "quick"]);
+    assert_eq!(doc["workflows"][1]["runs"], 2);
+
+    // The workflow filter: acme ran no `big`; globex ran one.
+    let (_, doc) = get(&dev, ACME, "/v1/stats?workflow=big").await;
+    assert_eq!((&doc["runs"], &doc["workflow"]), (&json!(0), &json!("big")));
+    assert_eq!(doc["workflows"], json!([]));
+    let (_, doc) = get(&dev, GLOBEX, "/v1/stats?workflow=big&since=7d").await;
+    assert_eq!(
+        (&doc["runs"], &doc["window"]["since"]),
+        (&json!(1), &json!("7d"))
+    );
+    // A window that ends before these runs were created holds none of them.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (s, doc) = get(&dev, ACME, "/v1/stats?since=10ms").await;
+    assert_eq!((s, &doc["runs"]), (StatusCode::OK, &json!(0)), "{doc}");
+
+    for (query, field) in [
+        ("since=soon", "since"),
+        ("since=0s", "since"),
+        ("since=", "since"),
+        ("since=-1h", "since"),
+        ("since=1h&since=2h", "since"),
+        ("workflow=", "workflow"),
+        ("workflow=a%2Fb", "workflow"),
+        ("workflow=%00", "workflow"),
+    ] {
+        let (s, b) = get(&dev, ACME, &format!("/v1/stats?{query}")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{query}: {b}");
+        assert_eq!(code(&b), "bad_request", "{query}");
+        assert_eq!(b["error"]["field"], field, "{query}: {b}");
+    }
+    let r = client().get(dev.at("/v1/stats")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]

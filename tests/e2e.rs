@@ -586,3 +586,86 @@ fn runs_list_pages_with_limit_and_after() {
         Some(2)
     );
 }
+
+/// Issue 10: the classifier cascade as a user runs it. The sure message stays on the cheap
+/// tier and saves against the top one; the unclear one escalates, and `runs show` says from
+/// which model to which, why, and what going straight to the top tier would have cost.
+#[test]
+fn the_classifier_cascade_records_who_answered_why_and_the_saving() {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = root().join("workflows/classifier-cascade.yaml");
+    let inputs = root().join("events/inputs");
+    let sure = json(&run_json(
+        &wf,
+        &inputs.join("classifier-cascade.json"),
+        dir.path(),
+    ));
+    let unclear = json(&run_json(
+        &wf,
+        &inputs.join("classifier-cascade-unclear.json"),
+        dir.path(),
+    ));
+    let classify = |doc: &Value| {
+        doc["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "classify")
+            .unwrap()
+            .clone()
+    };
+    let (a, b) = (classify(&sure), classify(&unclear));
+    assert_eq!(sure["output"]["label"], "billing");
+    assert_eq!(a["model"], "local/keyword-classifier");
+    assert!(a.get("escalations").is_none(), "{a}");
+    assert!(a["saving_usd"].as_f64().unwrap() > 0.0, "{a}");
+    assert_eq!(unclear["output"]["label"], "shipping");
+    assert_eq!(b["model"], "local/example-classifier");
+    let e = &b["escalations"][0];
+    assert_eq!(
+        (e["from"].as_str(), e["to"].as_str()),
+        (
+            Some("local/keyword-classifier"),
+            Some("local/example-classifier")
+        )
+    );
+    assert!(
+        e["reason"].as_str().unwrap().starts_with("output.label"),
+        "{e}"
+    );
+    let (base, cost, saved) = (
+        b["baseline_usd"].as_f64().unwrap(),
+        b["cost_usd"].as_f64().unwrap(),
+        b["saving_usd"].as_f64().unwrap(),
+    );
+    assert!((base - cost - saved).abs() < 1e-9, "{b}");
+    // The draft's model was selected by the price table's estimate, and says so.
+    let draft = sure["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "draft")
+        .unwrap();
+    assert_eq!(draft["model"], "local/template-generator");
+    assert!(
+        draft["selected_because"]
+            .as_str()
+            .unwrap()
+            .starts_with("estimate_usd = "),
+        "{draft}"
+    );
+    // The table a person reads says the same.
+    let run_id = unclear["run_id"].as_str().unwrap();
+    let out = run(&["runs", "show", run_id], dir.path());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "classify: escalated local/keyword-classifier -> local/example-classifier: output.label"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("always using the top tier would have cost"),
+        "{text}"
+    );
+}

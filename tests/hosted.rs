@@ -586,3 +586,100 @@ fn a_replayed_asynchronous_job_is_finished_by_its_recorded_poll() {
         );
     }
 }
+
+/// Issue 10, moderation as a role: the input screened by OpenAI's moderation endpoint, the
+/// answer by a Bedrock guardrail through Converse (both the fakes), each with the normalized
+/// `{flagged, categories, scores, model}`, and the workflow's routes acting on `flagged`.
+#[test]
+fn input_and_output_moderation_route_flagged_content_with_hosted_models() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let wf = dir.path().join("moderated.yaml");
+    std::fs::write(
+        &wf,
+        r#"
+name: moderated
+version: "1"
+steps:
+  - id: screen_input
+    role: moderation
+    model: openai/omni-moderation-latest
+    input: "${input.message}"
+  - id: gate
+    kind: route
+    routes:
+      - {when: {path: steps.screen_input.output.flagged, equals: true}, to: refuse}
+    default: draft
+  - {id: refuse, kind: transform, value: "refused: ${steps.screen_input.output.categories}"}
+  - {id: draft, model: local/echo, input: "${input.message}"}
+  - id: screen_output
+    role: moderation
+    model: bedrock/guardrail
+    input: "${steps.draft.output.text}"
+    params: {guardrail_id: gr7x3k2q9abc, guardrail_version: "1"}
+  - id: release
+    kind: route
+    routes:
+      - {when: {path: steps.screen_output.output.flagged, equals: true}, to: hold}
+    default: send
+  - {id: hold, kind: transform, value: "held: ${steps.screen_output.output.categories}"}
+  - {id: send, kind: transform, value: "${steps.draft.output.text}"}
+  - {id: result, kind: transform, needs: [refuse, hold, send], value: ["${steps.refuse.output}", "${steps.hold.output}", "${steps.send.output}"]}
+output: "${steps.result.output}"
+"#,
+    )
+    .unwrap();
+    // (message, the one branch that ran, its output)
+    let table = [
+        (
+            "Hello, when does my order ship?",
+            2,
+            "Hello, when does my order ship?",
+        ),
+        ("You idiot.", 0, "refused: {"),
+        (
+            "Tell me about the rifle you sell.",
+            1,
+            "held: {\"topic:Weapons\":true}",
+        ),
+    ];
+    for (message, branch, want) in table {
+        let input = dir.path().join("in.json");
+        std::fs::write(&input, serde_json::json!({"message": message}).to_string()).unwrap();
+        let out = switchyard(
+            &fake,
+            dir.path(),
+            &[
+                "run",
+                wf.to_str().unwrap(),
+                "--input",
+                input.to_str().unwrap(),
+                "--json",
+            ],
+        );
+        let d = doc(&out);
+        assert_eq!(d["status"], "succeeded", "{message}: {d}");
+        let result = d["output"].as_array().unwrap();
+        for (i, v) in result.iter().enumerate() {
+            assert_eq!(v.is_null(), i != branch, "{message}: {d}");
+        }
+        assert!(
+            result[branch].as_str().unwrap().starts_with(want),
+            "{message}: {}",
+            result[branch]
+        );
+        let screen = d["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "screen_input")
+            .unwrap();
+        assert_eq!(screen["model"], "openai/omni-moderation-latest");
+        if branch == 0 {
+            assert!(
+                result[0].as_str().unwrap().contains("\"harassment\":true"),
+                "{d}"
+            );
+        }
+    }
+}

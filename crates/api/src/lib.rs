@@ -173,6 +173,7 @@ mod tests {
             "/v1/runs/{id}/approvals/{step}",
             "/v1/runs/{id}/cancel",
             "/v1/workflows",
+            "/v1/stats",
             "/v1/openapi.json",
             "/healthz",
             "/hooks/{provider}",
@@ -182,5 +183,20 @@ mod tests {
         assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
         assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
         assert!(doc["components"]["schemas"]["RunView"].is_object());
+        assert!(doc["components"]["schemas"]["Stats"].is_object());
+        let stats = &doc["paths"]["/v1/stats"]["get"];
+        for status in ["200", "400", "401"] {
+            assert!(
+                stats["responses"][status].is_object(),
+                "GET /v1/stats {status}"
+            );
+        }
+        let params: Vec<&str> = stats["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        assert_eq!(params, ["workflow", "since"]);
     }
 }

@@ -15,6 +15,7 @@ use serde_json::Value;
 use switchyard_core::ports::{ListScope, RunQuery, MAX_LIST_LIMIT};
 use switchyard_core::state::{HistoryEvent, RunStatus};
 use switchyard_engine::intake::StartRequest;
+use switchyard_engine::stats::{Stats, StatsQuery};
 use switchyard_engine::view::RunView;
 use switchyard_engine::EngineError;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -37,7 +38,7 @@ pub const DEFAULT_LIST_LIMIT: usize = 50;
     ),
     paths(hook_doc),
     modifiers(&BearerAuth),
-    tags((name = "runs"), (name = "workflows"), (name = "service"), (name = "hooks"))
+    tags((name = "runs"), (name = "workflows"), (name = "stats"), (name = "service"), (name = "hooks"))
 )]
 struct ApiDoc;
 
@@ -67,6 +68,7 @@ pub(crate) fn documented() -> OpenApiRouter<ApiState> {
         .routes(routes!(decide))
         .routes(routes!(cancel))
         .routes(routes!(list_workflows))
+        .routes(routes!(get_stats))
         .routes(routes!(openapi_json))
         .routes(routes!(get_blob))
         .routes(routes!(declare_upload))
@@ -439,6 +441,7 @@ fn serde_urlencoded_params<T: serde::de::DeserializeOwned>(raw: &str) -> Result<
                 "cursor",
                 "status",
                 "workflow",
+                "since",
                 "expires",
                 "sig",
                 "tenant",
@@ -588,6 +591,50 @@ async fn list_workflows(State(s): State<ApiState>, Tenant(_): Tenant) -> Json<Wo
         .map(|(name, versions)| WorkflowItem { name, versions })
         .collect();
     Json(WorkflowList { workflows })
+}
+
+/// `GET /v1/stats` query.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StatsParams {
+    /// Only runs of this workflow: its name, 1-64 letters, digits, `_` or `-`.
+    #[param(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
+    pub workflow: Option<String>,
+    /// Runs created at most this long ago: a positive duration such as `30m`, `24h`, `7d`
+    /// (units `ms`, `s`, `m`, `h`, `d`; a bare number is milliseconds). Default `24h`.
+    #[param(pattern = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h|d)?$")]
+    pub since: Option<String>,
+}
+
+/// Figures of the tenant's runs created in a window, per workflow and per step: outcomes,
+/// failures by error class, p50/p95/p99 latency (nearest-rank), cost, retry, fallback,
+/// validation-failure and escalation rates, the models that answered, and what cascades saved
+/// against always using their top model (docs/api.md, "GET /v1/stats"). The same document as
+/// `switchyard stats --json`. At most the newest 10000 runs of the window are read
+/// (`truncated` says when there were more).
+#[utoipa::path(
+    get, path = "/v1/stats", tag = "stats",
+    params(StatsParams),
+    responses(
+        (status = 200, description = "The figures", body = Stats),
+        (status = 400, description = "A `since` that is not a positive duration, or a `workflow` that is not a workflow name", body = ErrorBody),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 503, description = "The state store is unavailable; try again", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_stats(
+    State(s): State<ApiState>,
+    Tenant(tenant): Tenant,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Stats>, ApiError> {
+    let p: StatsParams = serde_urlencoded_params(raw.as_deref().unwrap_or(""))?;
+    let q = StatsQuery::parse(
+        ListScope::Tenant(tenant),
+        p.workflow.as_deref(),
+        p.since.as_deref(),
+    )?;
+    Ok(Json(s.engine.stats(&q).await?))
 }
 
 /// This document (OpenAPI 3.1). No authentication.

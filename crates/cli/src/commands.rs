@@ -356,6 +356,30 @@ pub async fn runs_show(run_id: &str, json: bool, dir: &Path) -> Result<i32> {
     Ok(exit::SUCCEEDED)
 }
 
+/// `switchyard stats [--workflow W] [--since 24h] [--json]`: every tenant's runs in the data
+/// dir (the local CLI is the operator's view).
+pub async fn stats(workflow: Option<&str>, since: &str, json: bool, dir: &Path) -> Result<i32> {
+    let query = match switchyard_engine::stats::StatsQuery::parse(
+        ListScope::AllTenants,
+        workflow,
+        Some(since),
+    ) {
+        Ok(q) => q,
+        Err(e) => {
+            eprintln!("error: --{}: {e}", e.field().unwrap_or("since"));
+            return Ok(exit::USAGE);
+        }
+    };
+    let l = Local::open(dir, Workflows::new())?;
+    let stats = l.engine.stats(&query).await?;
+    if json {
+        println!("{}", serde_json::to_string(&stats)?);
+    } else {
+        print!("{}", render::stats_table(&stats));
+    }
+    Ok(exit::SUCCEEDED)
+}
+
 /// `switchyard fake-provider`: the fake OpenAI, Anthropic, Bedrock and Replicate servers.
 pub async fn fake_provider(
     addr: &str,

@@ -66,6 +66,22 @@ enum Command {
         #[command(subcommand)]
         command: RunsCommand,
     },
+    /// Per workflow and step, over the runs created in a window: outcomes, failures by
+    /// error class, p50/p95/p99 latency, cost, retry, fallback, validation-failure and
+    /// escalation rates, and what cascades saved against always using their top model.
+    Stats {
+        /// Only runs of this workflow.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Runs created at most this long ago: `30m`, `24h`, `7d` (ms, s, m, h, d).
+        #[arg(long, default_value = switchyard_engine::stats::DEFAULT_SINCE)]
+        since: String,
+        /// Print one JSON document (the `GET /v1/stats` document).
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Serve the HTTP API and the webhook route, and run the workers and the notifier, in one
     /// process on the embedded backend.
     Dev {
@@ -201,6 +217,12 @@ fn main() {
                         data_dir,
                     },
             } => commands::runs_show(run_id, *json, &dir(data_dir)).await,
+            Command::Stats {
+                workflow,
+                since,
+                json,
+                data_dir,
+            } => commands::stats(workflow.as_deref(), since, *json, &dir(data_dir)).await,
             Command::Dev {
                 addr,
                 data_dir,

@@ -10,7 +10,24 @@ pub fn run_json(v: &RunView) -> Value {
         "prompt_version": s.prompt_version, "attempts": s.attempts, "latency_ms": s.latency_ms,
         "cost_usd": s.cost_usd, "fallback_used": s.fallback_used, "error_class": s.error_class,
         "error": s.error, "sources": s.sources,
-    })).collect();
+    })).map(|mut doc: Value| {
+        // Cost-aware choice, only on the steps that made one (CONTRACT.md's fields stay as
+        // they were for every other step).
+        let s = v.steps.iter().find(|s| doc["name"] == s.name.as_str());
+        if let (Some(s), Some(obj)) = (s, doc.as_object_mut()) {
+            if !s.escalations.is_empty() {
+                obj.insert("escalations".into(), json!(s.escalations));
+            }
+            if let Some(b) = s.baseline_usd {
+                obj.insert("baseline_usd".into(), json!(b));
+                obj.insert("saving_usd".into(), json!(s.saving_usd));
+            }
+            if let Some(r) = &s.selected_because {
+                obj.insert("selected_because".into(), json!(r));
+            }
+        }
+        doc
+    }).collect();
     json!({
         "run_id": v.run_id, "workflow": v.workflow, "version": v.version, "definition_hash": v.definition_hash,
         "status": v.status, "output": v.output,
@@ -18,6 +35,43 @@ pub fn run_json(v: &RunView) -> Value {
         "cost_usd": v.cost_usd, "waiting_for": v.waiting_for, "steps": steps,
         "notifications": v.notifications,
     })
+}
+
+/// How a step chose its model, under the table: each escalation of a cascade with its
+/// reason, the saving against always using the top tier, and a selection's reason.
+fn choice_lines(s: &switchyard_engine::view::StepView) -> String {
+    let mut out = String::new();
+    for e in &s.escalations {
+        out.push_str(&format!(
+            "{}: escalated {} -> {}: {} (paid {})\n",
+            s.name,
+            e.from,
+            e.to,
+            e.reason,
+            money(e.cost_usd)
+        ));
+    }
+    if let (Some(b), Some(saved)) = (s.baseline_usd, s.saving_usd) {
+        out.push_str(&format!(
+            "{}: answered by {}; always using the top tier would have cost {}: {}\n",
+            s.name,
+            s.model.as_deref().unwrap_or("-"),
+            money(b),
+            if saved >= 0.0 {
+                format!("saved {}", money(saved))
+            } else {
+                format!("cost {} more", money(-saved))
+            }
+        ));
+    }
+    if let Some(r) = &s.selected_because {
+        out.push_str(&format!(
+            "{}: selected {} because {r}\n",
+            s.name,
+            s.model.as_deref().unwrap_or("-")
+        ));
+    }
+    out
 }
 
 fn money(x: f64) -> String {
@@ -74,6 +128,9 @@ pub fn run_table(v: &RunView) -> String {
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
+    }
+    for s in &v.steps {
+        out.push_str(&choice_lines(s));
     }
     if let Some(e) = &v.error {
         out.push_str(&format!(
@@ -143,4 +200,285 @@ pub fn events_table(events: &[HistoryEvent]) -> String {
         ));
     }
     out
+}
+
+/// `1 run`, `2 runs`.
+fn runs(n: u64) -> String {
+    format!("{n} run{}", if n == 1 { "" } else { "s" })
+}
+
+/// A fraction as a percentage with one decimal; `-` for none.
+fn pct(rate: Option<f64>) -> String {
+    rate.map_or_else(|| "-".into(), |r| format!("{:.1}%", r * 100.0))
+}
+
+fn when(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// `saving $X (Y% of $Z always-top-model)`.
+fn saving_line(s: &switchyard_engine::stats::Saving) -> String {
+    let share = s
+        .saving_pct
+        .map(|p| format!("{p:.1}% of "))
+        .unwrap_or_default();
+    format!(
+        "saving {} ({share}{} always-top-model)",
+        money(s.saving_usd),
+        money(s.baseline_usd)
+    )
+}
+
+fn counts(map: &std::collections::BTreeMap<String, u64>) -> String {
+    if map.is_empty() {
+        return "-".into();
+    }
+    map.iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Rows padded to their columns' widths, two spaces apart, each line indented.
+fn aligned(indent: &str, rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = Vec::new();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            let w = c.chars().count();
+            match widths.get_mut(i) {
+                Some(x) => *x = (*x).max(w),
+                None => widths.push(w),
+            }
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(indent);
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `switchyard stats`: a summary line, then per workflow its outcomes and a step table.
+pub fn stats_table(s: &switchyard_engine::stats::Stats) -> String {
+    let scope = match &s.tenant {
+        Some(t) => format!("tenant {t}"),
+        None => "all tenants".into(),
+    };
+    let mut out = format!(
+        "runs created in the last {} ({} to {}), {scope}{}: {}, cost {}\n",
+        s.window.since,
+        when(s.window.from),
+        when(s.window.to),
+        s.workflow
+            .as_ref()
+            .map(|w| format!(", workflow {w}"))
+            .unwrap_or_default(),
+        runs(s.runs),
+        money(s.cost_usd)
+    );
+    if s.truncated {
+        out.push_str(&format!(
+            "(only the newest {} runs of the window are counted: narrow --since or give --workflow)\n",
+            s.runs
+        ));
+    }
+    if let Some(c) = &s.cascade {
+        out.push_str(&format!("cascades: {}\n", saving_line(c)));
+    }
+    for w in &s.workflows {
+        out.push('\n');
+        out.push_str(&format!(
+            "{}: {}: {} succeeded, {} failed, {} cancelled, {} waiting, {} running\n",
+            w.workflow,
+            runs(w.runs),
+            w.succeeded,
+            w.failed,
+            w.cancelled,
+            w.waiting,
+            w.running
+        ));
+        let classes = if w.failures_by_class.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", counts(&w.failures_by_class))
+        };
+        out.push_str(&format!(
+            "  success {}  failure {}{classes}\n",
+            pct(w.success_rate),
+            pct(w.failure_rate)
+        ));
+        let latency = w.latency_ms.map_or_else(
+            || "latency -".to_string(),
+            |l| format!("latency p50 {}ms  p95 {}ms  p99 {}ms", l.p50, l.p95, l.p99),
+        );
+        out.push_str(&format!(
+            "  {latency}  cost {} (mean {} a run)\n",
+            money(w.cost_usd),
+            money(w.mean_cost_usd)
+        ));
+        if let Some(c) = &w.cascade {
+            out.push_str(&format!("  cascade: {}\n", saving_line(c)));
+        }
+        let mut rows = vec![[
+            "STEP",
+            "KIND",
+            "EXECUTIONS",
+            "SUCCESS",
+            "FAILURES",
+            "P50",
+            "P95",
+            "P99",
+            "COST",
+            "RETRIED",
+            "FALLBACK",
+            "VALIDATION-FAILED",
+            "ESCALATED",
+        ]
+        .map(String::from)
+        .to_vec()];
+        for st in &w.steps {
+            let (p50, p95, p99) = st.latency_ms.map_or_else(
+                || ("-".to_string(), "-".to_string(), "-".to_string()),
+                |l| {
+                    (
+                        format!("{}ms", l.p50),
+                        format!("{}ms", l.p95),
+                        format!("{}ms", l.p99),
+                    )
+                },
+            );
+            rows.push(vec![
+                st.step.clone(),
+                st.kind.clone(),
+                st.executions.to_string(),
+                pct(st.success_rate),
+                counts(&st.failures_by_class),
+                p50,
+                p95,
+                p99,
+                money(st.cost_usd),
+                pct(Some(st.retry_rate)),
+                pct(Some(st.fallback_rate)),
+                pct(st.validation_failure_rate),
+                pct(st.escalation_rate),
+            ]);
+        }
+        out.push_str(&aligned("  ", &rows));
+        for st in &w.steps {
+            if st.answered_by.len() > 1 || st.escalation_rate.is_some() || st.cascade.is_some() {
+                out.push_str(&format!(
+                    "  {}: answered by {}",
+                    st.step,
+                    counts(&st.answered_by)
+                ));
+                if let Some(c) = &st.cascade {
+                    out.push_str(&format!("; {}", saving_line(c)));
+                }
+                out.push('\n');
+            }
+        }
+    }
+    if s.workflows.is_empty() {
+        out.push_str("no runs in this window\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use switchyard_core::state::{RunStatus, StepStatus};
+    use switchyard_core::ErrorClass;
+    use switchyard_engine::stats::{aggregate, RunFacts, StepFacts, Window};
+
+    fn answer(cost: f64, baseline: f64, escalations: usize, model: &str) -> StepFacts {
+        StepFacts {
+            step: "answer".into(),
+            kind: "model".into(),
+            status: StepStatus::Succeeded,
+            error_class: None,
+            attempts: 1 + escalations as u32,
+            latency_ms: 120,
+            cost_usd: cost,
+            fallback_used: false,
+            repairs: 0,
+            model: Some(model.into()),
+            escalations,
+            baseline_usd: Some(baseline),
+        }
+    }
+
+    fn run(status: RunStatus, steps: Vec<StepFacts>) -> RunFacts {
+        RunFacts {
+            workflow: "triage".into(),
+            status,
+            error_class: (status == RunStatus::Failed).then_some(ErrorClass::Transient),
+            created_at: 1_000,
+            ended_at: Some(1_250),
+            cost_usd: steps.iter().map(|s| s.cost_usd).sum(),
+            steps,
+        }
+    }
+
+    /// The table: a cascade line per workflow and per cascade step, failure classes, and
+    /// every row's columns starting where the header's do.
+    #[test]
+    fn stats_table_shows_cascade_saving_and_aligns_columns() {
+        let runs = vec![
+            run(
+                RunStatus::Succeeded,
+                vec![answer(0.001, 0.01, 0, "local/small")],
+            ),
+            run(
+                RunStatus::Succeeded,
+                vec![answer(0.001, 0.01, 0, "local/small")],
+            ),
+            run(
+                RunStatus::Failed,
+                vec![answer(0.012, 0.01, 1, "local/large-model-name")],
+            ),
+        ];
+        let window = Window {
+            since: "24h".into(),
+            from: 0,
+            to: 86_400_000,
+        };
+        let text = super::stats_table(&aggregate(window, None, None, runs, false));
+        for want in [
+            "all tenants: 3 runs, cost $0.014000",
+            "triage: 3 runs: 2 succeeded, 1 failed, 0 cancelled, 0 waiting, 0 running",
+            "success 66.7%  failure 33.3% (transient 1)",
+            "latency p50 250ms  p95 250ms  p99 250ms",
+            "cascades: saving $0.016000 (53.3% of $0.030000 always-top-model)",
+            "  cascade: saving $0.016000 (53.3% of $0.030000 always-top-model)",
+            "answer: answered by local/large-model-name 1, local/small 2; saving $0.016000 (53.3% of $0.030000 always-top-model)",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        let h = lines
+            .iter()
+            .position(|l| l.trim_start().starts_with("STEP"))
+            .unwrap();
+        let (header, row) = (lines[h], lines[h + 1]);
+        assert!(row.trim_start().starts_with("answer"), "{row}");
+        for col in ["KIND", "EXECUTIONS", "SUCCESS", "P50", "COST", "ESCALATED"] {
+            let at = header.find(col).unwrap();
+            let b = row.as_bytes();
+            assert!(
+                b[at - 1] == b' ' && b[at] != b' ',
+                "{col} is not aligned:\n{header}\n{row}"
+            );
+        }
+        assert!(row.ends_with("33.3%"), "escalated 1 of 3: {row}");
+    }
 }

@@ -24,6 +24,7 @@
 pub mod asset;
 pub mod batch;
 pub mod budget;
+pub mod cascade;
 pub mod drive;
 pub mod error;
 pub mod judge;

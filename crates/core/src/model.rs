@@ -100,6 +100,13 @@ pub fn unversioned(id: &str) -> &str {
     }
 }
 
+/// The one token estimate every budget check, selection and simulated usage uses: about one
+/// token per four characters, rounded up. Characters, not bytes, so a non-Latin prompt is not
+/// counted four times over; an estimate, so one rule everywhere matters more than its precision.
+pub fn estimate_tokens(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(4)
+}
+
 /// Splits `provider/model` into its parts; a bare name has provider `""`.
 pub fn split_model(id: &str) -> (&str, &str) {
     match id.split_once('/') {
@@ -161,6 +168,13 @@ pub trait Provider: Send + Sync {
 
     /// Upper estimate of what the call will cost, used by the budget check before the call.
     fn estimate_cost_usd(&self, request: &ModelRequest) -> f64;
+
+    /// What `usage` costs on `model` at this provider's list prices, when it prices by
+    /// tokens: what a cascade's top model would have charged for a call another tier
+    /// answered (`crate::cascade`). `None`: this provider does not price that way.
+    fn price_usd(&self, _model: &str, _usage: Usage) -> Option<f64> {
+        None
+    }
 
     /// Calls the model (or submits the job).
     async fn invoke(&self, request: &ModelRequest) -> Result<ModelResponse, StepError>;
@@ -262,6 +276,36 @@ pub mod normalized {
 
     pub fn round4(x: f64) -> f64 {
         (x * 10_000.0).round() / 10_000.0
+    }
+
+    /// `{flagged, categories, scores, model}` (moderation role). `categories` maps each
+    /// category to whether it was flagged and `scores` each category to a 0–1 score; both come
+    /// out sorted by name (the maps are ordered), scores clamped to 0–1 (a non-finite one is 0)
+    /// and rounded to 4 places. `flagged` is the provider's verdict on the whole text, OR'd
+    /// with every category: a flagged category always flags the output.
+    pub fn moderation(
+        flagged: bool,
+        categories: std::collections::BTreeMap<String, bool>,
+        scores: std::collections::BTreeMap<String, f64>,
+        model: &str,
+    ) -> Value {
+        let flagged = flagged || categories.values().any(|c| *c);
+        let categories: Map<String, Value> = categories
+            .into_iter()
+            .map(|(k, v)| (k, Value::Bool(v)))
+            .collect();
+        let scores: Map<String, Value> = scores
+            .into_iter()
+            .map(|(k, v)| {
+                let v = if v.is_finite() {
+                    v.clamp(0.0, 1.0)
+                } else {
+                    0.0
+                };
+                (k, json!(round4(v)))
+            })
+            .collect();
+        json!({"flagged": flagged, "categories": categories, "scores": scores, "model": model})
     }
 }
 

@@ -26,7 +26,7 @@ pub struct AttemptMeta {
     pub sources: Vec<String>,
 }
 
-fn apply_meta(rec: &mut StepRecord, meta: AttemptMeta) {
+pub(crate) fn apply_meta(rec: &mut StepRecord, meta: AttemptMeta) {
     rec.latency_ms += meta.latency_ms;
     rec.cost_usd += meta.cost_usd;
     if let Some(m) = meta.model {
@@ -150,9 +150,8 @@ pub fn skip(step: &str, rec: &StepRecord, reason: &str, now: Millis) -> (StepRec
     (r, ev)
 }
 
-fn retry_policy(step: &Step) -> Option<(&RetryPolicy, &[ErrorClass], usize)> {
-    step.call()
-        .map(|m| (&m.retry, m.fallback_on.as_slice(), m.models.len()))
+fn retry_policy(step: &Step) -> Option<(&RetryPolicy, &[ErrorClass], &crate::workflow::ModelStep)> {
+    step.call().map(|m| (&m.retry, m.fallback_on.as_slice(), m))
 }
 
 /// The attempt failed: retry on the same model, fall back to the next one, or fail the step.
@@ -205,15 +204,22 @@ pub fn fail(
                 return (r, ev);
             }
         }
-        if r.model_index + 1 < chain && fallback_on.contains(&err.class) && within_deadline(now) {
+        let next_model = chain.next_index(r.model_index);
+        if let (Some(next_model), true) = (
+            next_model,
+            fallback_on.contains(&err.class) && within_deadline(now),
+        ) {
             let from = r.model.clone();
-            r.model_index += 1;
+            r.model_index = next_model;
             r.model_attempt = 0;
             r.fallback_used = true;
             r.status = StepStatus::Retrying;
             r.next_at = Some(now);
             r.feedback.clear();
             r.model = current_model(step, &r);
+            if chain.cascade.is_some() {
+                crate::cascade::note_error_escalation(&mut r, from.clone(), &err, now);
+            }
             let ev = HistoryEvent::step(
                 now,
                 EventKind::StepFallback,
@@ -344,6 +350,7 @@ pub fn decide(
 /// judge's chain starts over for the new value: first model, fresh attempts, no feedback.
 pub fn request_repair(
     step: &Step,
+    target_step: Option<&Step>,
     validate_rec: &StepRecord,
     target_rec: &StepRecord,
     errors: &[String],
@@ -367,20 +374,44 @@ pub fn request_repair(
     val.model_attempt = 0;
     val.feedback.clear();
     val.error = Some(StepError::new(ErrorClass::Malformed, why).with_details(errors.to_vec()));
-    let mut target = next(target_rec);
+    // With `escalate`, a cascade target moves up a tier (fresh, no feedback: the next model
+    // answers the original request); at its top tier, or if it is no cascade, it is re-asked
+    // with the problems like any repair.
+    let first = errors.first().map_or(String::new(), |e| format!(": {e}"));
+    let escalated = match (repair.escalate, target_step.and_then(Step::call)) {
+        (true, Some(ms)) => crate::cascade::escalate_for_repair(
+            ms,
+            target_rec,
+            &format!("`{}`: {why}{first}", step.id),
+            now,
+        ),
+        _ => None,
+    };
+    let escalated_to = escalated.as_ref().and_then(|t| t.model.clone());
+    let mut target = match escalated {
+        Some(t) => t,
+        None => {
+            let mut t = next(target_rec);
+            t.model_attempt = 0;
+            t.feedback = errors.to_vec();
+            t
+        }
+    };
     target.status = StepStatus::Retrying;
     target.next_at = Some(now);
-    target.model_attempt = 0;
     target.finished_at = None;
-    target.feedback = errors.to_vec();
+    let mut detail = json!({
+        "target": repair.step, "repair": val.repairs, "errors": errors,
+    });
+    if let Some(to) = escalated_to {
+        detail["escalated_to"] = json!(to);
+    }
     let ev = HistoryEvent::step(
         now,
         EventKind::StepRepairRequested,
         &step.id,
         validate_rec.attempt,
-        json!({
-            "target": repair.step, "repair": val.repairs, "errors": errors,
-        }),
+        detail,
     );
     Some((val, target, ev))
 }
@@ -541,6 +572,8 @@ mod tests {
                 max_duration: max_duration.map(Dur),
                 wait_timeout: Dur(60_000),
                 asynchronous: false,
+                cascade: None,
+                select: None,
             })),
         }
     }

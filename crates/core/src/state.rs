@@ -259,7 +259,42 @@ pub struct StepRecord {
     pub repairs: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalDecision>,
+    /// Cascade steps: each move to the next tier, oldest first (`crate::cascade`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub escalations: Vec<Escalation>,
+    /// Cascade steps: what the cascade's top model would have charged, at the price table's
+    /// rates, for the calls the step made — the cost of "always use the top model".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_usd: Option<f64>,
+    /// Steps with `select`: the model chosen and why (`crate::cascade::select`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected: Option<Selection>,
     pub version: u64,
+}
+
+/// A cascade's move from one tier to the next: which model answered, which one is asked
+/// next, and the declared condition that held (or the error or judge that sent it on).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Escalation {
+    pub from: String,
+    pub to: String,
+    /// `output.confidence 0.55 < 0.8`, `judge on check: …`, `transient: …`.
+    pub reason: String,
+    /// What the tier that was passed over cost (its answer is kept in the history only).
+    #[serde(default)]
+    pub cost_usd: f64,
+    pub at: Millis,
+}
+
+/// The model a `select` list chose for a step, and the case that chose it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Selection {
+    pub model: String,
+    /// `estimate_usd 0.0012 <= 0.002`, `input.tier = "premium"`, `default`.
+    pub reason: String,
+    /// The price table's estimate of the chosen model's call.
+    #[serde(default)]
+    pub estimate_usd: f64,
 }
 
 impl StepRecord {
@@ -293,6 +328,9 @@ impl StepRecord {
             feedback: Vec::new(),
             repairs: 0,
             approval: None,
+            escalations: Vec::new(),
+            baseline_usd: None,
+            selected: None,
             version: 0,
         }
     }
@@ -376,6 +414,8 @@ pub enum EventKind {
     StepFailed,
     StepRetryScheduled,
     StepFallback,
+    /// A cascade passed a tier's answer over for the next tier's (`crate::cascade`).
+    StepEscalated,
     StepWaiting,
     StepSkipped,
     StepLeaseExpired,

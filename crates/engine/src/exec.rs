@@ -12,12 +12,12 @@ use std::time::Duration;
 use switchyard_core::judge::{self, Verdict};
 use switchyard_core::model::{Callback, ModelOutput, ModelRequest, ModelResponse, Provider, Role};
 use switchyard_core::planner::Action;
-use switchyard_core::refs;
 use switchyard_core::settle::{self, AttemptMeta};
 use switchyard_core::state::{EventKind, HistoryEvent, JobRef, StepRecord, StepStatus};
 use switchyard_core::workflow::{
     ApprovalStep, ModelStep, OnTimeout, RouteStep, Step, StepKind, ValidateStep, Workflow,
 };
+use switchyard_core::{cascade, refs};
 use switchyard_core::{schema, ErrorClass, StepError, StoreError};
 
 /// What an action needs to know about the run, captured when it starts.
@@ -274,7 +274,10 @@ impl Engine {
             .repair
             .as_ref()
             .and_then(|rep| self.cached_record(cx, &rep.step));
-        match target_rec.and_then(|t| settle::request_repair(step, rec, &t, &errors, why, now)) {
+        let target_step = v.repair.as_ref().and_then(|rep| cx.wf.step(&rep.step));
+        match target_rec
+            .and_then(|t| settle::request_repair(step, target_step, rec, &t, &errors, why, now))
+        {
             // The target is reset first: a crash between the two writes then repeats the
             // repair rather than spending it without running it.
             Some((val, target, ev)) => Ok((vec![target, val], vec![ev])),
@@ -409,7 +412,7 @@ impl Engine {
         let model = settle::current_model(step, rec)
             .ok_or_else(|| invalid("no model left in the fallback chain".into()))?;
         let input = refs::resolve(&ms.input, &cx.scope).map_err(invalid)?;
-        let params = refs::resolve(&ms.params, &cx.scope).map_err(invalid)?;
+        let params = refs::resolve(&ms.params_for(rec.model_index), &cx.scope).map_err(invalid)?;
         let instructions = match &ms.prompt {
             None => None,
             Some(p) => {
@@ -464,6 +467,15 @@ impl Engine {
         let token = ms
             .asynchronous
             .then(|| uuid::Uuid::new_v4().simple().to_string());
+        // A `select` step picks its model once, before its first call; the choice is written
+        // with the claim, so a retried or resumed step keeps it.
+        let rec = match (&ms.select, &rec.selected) {
+            (Some(_), None) => match self.select_model(cx, step, ms, &rec) {
+                Ok(r) => r,
+                Err(err) => return self.fail_uncalled(cx, step, &rec, err, now).await,
+            },
+            _ => rec,
+        };
         // The request is built for the attempt about to be claimed.
         let mut next = rec.clone();
         next.attempt += 1;
@@ -506,6 +518,68 @@ impl Engine {
             .settle_answer(cx, step, ms, &claimed, answer, result)
             .await?;
         self.write_records(&cx.run_id, records, &events).await
+    }
+
+    /// Reads a `select` step's cases against the run and each candidate's estimated call
+    /// (`estimate_usd` from its provider's price table, `input_tokens`), and points the
+    /// record at the model the first matching case names.
+    fn select_model(
+        &self,
+        cx: &ActionCtx,
+        step: &Step,
+        ms: &ModelStep,
+        rec: &StepRecord,
+    ) -> Result<StepRecord, StepError> {
+        let n = ms.select.as_ref().map_or(0, Vec::len);
+        let (mut scopes, mut estimates) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for (i, model) in ms.models.iter().take(n).enumerate() {
+            let mut probe = rec.clone();
+            probe.model_index = i;
+            probe.attempt += 1;
+            let req = self.build_request(cx, step, ms, &probe, None)?;
+            let provider = self.providers.for_model(model).ok_or_else(|| {
+                StepError::new(ErrorClass::Invalid, format!("no provider serves `{model}`"))
+            })?;
+            let estimate = provider.estimate_cost_usd(&req);
+            let tokens = switchyard_core::model::estimate_tokens(&req.input.to_string())
+                + req
+                    .instructions
+                    .as_deref()
+                    .map_or(0, switchyard_core::model::estimate_tokens);
+            scopes.push(cascade::select_scope(&cx.scope, model, estimate, tokens));
+            estimates.push(estimate);
+        }
+        let (index, selection) = cascade::select(ms, &scopes, &estimates)
+            .map_err(|e| StepError::new(ErrorClass::Invalid, format!("`select`: {e}")))?;
+        tracing::info!(run_id = %cx.run_id, step = %step.id, model = %selection.model, reason = %selection.reason, "model selected");
+        Ok(cascade::selected(rec, index, selection))
+    }
+
+    /// A cascade tier's answer is checked against its `escalate_if` before it settles: the
+    /// reason to pass it over, if one holds. A condition that cannot be evaluated is the
+    /// workflow's error (`invalid`).
+    fn escalation(
+        &self,
+        cx: &ActionCtx,
+        ms: &ModelStep,
+        claimed: &StepRecord,
+        out: &ModelOutput,
+        meta: &AttemptMeta,
+    ) -> Result<Option<String>, StepError> {
+        if ms.cascade.is_none() {
+            return Ok(None);
+        }
+        let schema_valid = check_output(ms, out).is_ok();
+        let scope = cascade::escalation_scope(&cx.scope, &out.output, meta, schema_valid);
+        cascade::escalation(ms, claimed.model_index, &scope)
+            .map_err(|e| StepError::new(ErrorClass::Invalid, format!("`escalate_if`: {e}")))
+    }
+
+    /// What the cascade's top model would have charged for the answering call's usage.
+    fn baseline(&self, ms: &ModelStep, out: &ModelOutput) -> Option<f64> {
+        let top = cascade::top_model(ms)?;
+        let usage = out.usage?;
+        self.providers.for_model(top)?.price_usd(top, usage)
     }
 
     /// A call refused before any side effect: no claim needed, one write, and no attempt
@@ -609,6 +683,34 @@ impl Engine {
                             )));
                         }
                     }
+                }
+                if let StepKind::Model(ms) = &step.kind {
+                    match self.escalation(cx, ms, claimed, &out, &meta(Some(&out))) {
+                        Ok(Some(reason)) => {
+                            if let Some(up) =
+                                cascade::escalate(ms, claimed, &reason, meta(Some(&out)), done)
+                            {
+                                tracing::info!(run_id = %cx.run_id, step = %step.id, from = %req.model, reason = %reason, "cascade escalated");
+                                return Ok(one(up));
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(err) => {
+                            return Ok(one(settle::fail_outright(
+                                claimed,
+                                err,
+                                meta(Some(&out)),
+                                done,
+                            )))
+                        }
+                    }
+                    let (mut r, ev) = self
+                        .settle_output(&cx.run_id, step, claimed, &out, meta(Some(&out)), done)
+                        .await?;
+                    if r.status == StepStatus::Succeeded {
+                        r.baseline_usd = self.baseline(ms, &out);
+                    }
+                    return Ok(one((r, ev)));
                 }
                 self.settle_output(&cx.run_id, step, claimed, &out, meta(Some(&out)), done)
                     .await?

@@ -28,6 +28,7 @@ pub mod notifier;
 pub mod pool;
 pub mod registry;
 pub mod settings;
+pub mod stats;
 pub mod uploads;
 pub mod view;
 pub mod webhook;

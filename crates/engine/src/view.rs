@@ -28,6 +28,19 @@ pub struct StepView {
     pub sources: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider_request_id: Option<String>,
+    /// Cascade steps: each move to a higher tier and why, oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
+    pub escalations: Vec<switchyard_core::state::Escalation>,
+    /// Cascade steps: what the top tier would have cost for the same calls (price table).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_usd: Option<f64>,
+    /// Cascade steps: `baseline_usd - cost_usd` (negative when escalating cost more).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub saving_usd: Option<f64>,
+    /// Steps with `select`: the case that chose the model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selected_because: Option<String>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -53,6 +66,11 @@ pub struct RunView {
 /// How long a presigned link to an offloaded output stays valid (1 hour).
 pub const PRESIGN_TTL_MS: u64 = 3_600_000;
 
+/// Dollars to nine places: sums of float prices print without noise.
+fn round9(usd: f64) -> f64 {
+    (usd * 1e9).round() / 1e9
+}
+
 fn step_view(wf: &Workflow, id: &str, kind: &str, r: Option<&StepRecord>) -> StepView {
     let pending = StepRecord::pending(id);
     let r = r.unwrap_or(&pending);
@@ -66,7 +84,7 @@ fn step_view(wf: &Workflow, id: &str, kind: &str, r: Option<&StepRecord>) -> Ste
         prompt_version: r.prompt_version.clone(),
         attempts: r.attempt,
         latency_ms: r.latency_ms,
-        cost_usd: (r.cost_usd * 1e9).round() / 1e9,
+        cost_usd: round9(r.cost_usd),
         fallback_used: r.fallback_used,
         error_class: if r.status == StepStatus::Failed || r.status == StepStatus::Retrying {
             r.error.as_ref().map(|e| e.class)
@@ -80,6 +98,17 @@ fn step_view(wf: &Workflow, id: &str, kind: &str, r: Option<&StepRecord>) -> Ste
         },
         sources: r.sources.clone(),
         provider_request_id: r.provider_request_id.clone(),
+        escalations: r
+            .escalations
+            .iter()
+            .map(|e| switchyard_core::state::Escalation {
+                cost_usd: round9(e.cost_usd),
+                ..e.clone()
+            })
+            .collect(),
+        baseline_usd: r.baseline_usd.map(round9),
+        saving_usd: r.baseline_usd.map(|b| round9(b - r.cost_usd)),
+        selected_because: r.selected.as_ref().map(|s| s.reason.clone()),
     }
 }
 

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use support::{compile_with, run_class, H, T0};
+use support::{close, compile_with, local_price, run_class, H, T0};
 use switchyard_core::model::{ModelInfo, ModelRequest, ModelResponse, Provider, Role};
 use switchyard_core::ports::Inbox;
 use switchyard_core::retry::backoff_ms;
@@ -31,19 +31,6 @@ use switchyard_engine::EngineError;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// Simulated price of a local model's usage, from the provider's own price table.
-fn local_price(model: &str, input_tokens: u64, output_tokens: u64) -> f64 {
-    let (_, per_in, per_out) = switchyard_providers::price_table()
-        .into_iter()
-        .find(|(id, _, _)| *id == model)
-        .expect("a local model");
-    input_tokens as f64 / 1000.0 * per_in + output_tokens as f64 / 1000.0 * per_out
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() < 1e-12
-}
 
 /// The `delay_ms` of every StepRetryScheduled event of a step.
 async fn retry_delays(h: &H, run: &str, step: &str) -> Vec<u64> {

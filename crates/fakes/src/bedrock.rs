@@ -12,6 +12,12 @@
 //! AWS4-HMAC-SHA256 Credential=…/<date>/<region>/bedrock/aws4_request, SignedHeaders=…,
 //! Signature=…` header and `X-Amz-Date` (or `Date`). Without them, or scoped to another service
 //! than `bedrock`, the request is refused with 403 as AWS does, before the script is consulted.
+//!
+//! A request with `guardrailConfig` is judged by a fake guardrail ([`guardrail`]): it intervenes
+//! on a few trigger words (`stopReason: "guardrail_intervened"`) and, with `trace: "enabled"`,
+//! reports its assessments in `trace.guardrail`.
+
+pub(crate) mod guardrail;
 
 use crate::schema::{instance_for, violating_object_for};
 use crate::util::{
@@ -185,7 +191,18 @@ pub(crate) async fn converse(
     {
         return service_error(400, &request_id, "ValidationException", "A conversation must start with a user message. Try again with a conversation that starts with a user message.");
     }
-    let out = response(&v, &b, started);
+    let guard = match guardrail::config(&v) {
+        Some(Err(message)) => {
+            return service_error(400, &request_id, "ValidationException", message)
+        }
+        Some(Ok(g)) => Some(g),
+        None => None,
+    };
+    let mut out = response(&v, &b, started);
+    // `refusal` already stands for an intervention (without a trace).
+    if let (Some((id, _version, trace)), false) = (guard, b == Behavior::Refusal) {
+        out = guardrail::apply(&v, &id, trace, out);
+    }
     if b == Behavior::Malformed {
         return respond(
             200,

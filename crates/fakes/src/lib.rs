@@ -6,7 +6,7 @@
 //!
 //! | provider | base URL to configure | routes |
 //! |---|---|---|
-//! | OpenAI | `{url}/v1` | `POST /v1/chat/completions`, `POST /v1/embeddings` |
+//! | OpenAI | `{url}/v1` | `POST /v1/chat/completions`, `POST /v1/embeddings`, `POST /v1/moderations` |
 //! | Anthropic | `{url}` | `POST /v1/messages` |
 //! | Bedrock Runtime | `{url}` (endpoint) | `POST /model/{modelId}/converse` (SigV4 `Authorization` required, not verified) |
 //! | Replicate | `{url}/v1` | `POST /v1/models/{owner}/{name}/predictions`, `POST /v1/predictions`, `GET /v1/predictions/{id}`, `POST /v1/predictions/{id}/cancel` (`Authorization: Bearer` required) |
@@ -33,6 +33,13 @@
 //! | `context_too_long` | 400 `context_length_exceeded` | 400 "prompt is too long" | 400 `ValidationException` "Input is too long" | 422 input validation |
 //! | `refusal` | `message.refusal`, content null | `stop_reason: "refusal"` | `stopReason: "guardrail_intervened"` | `failed`, "NSFW content detected" |
 //! | `succeed` / `no_webhook` / `fail` | answer / answer / 500 | same | same | `succeeded` / `succeeded` without webhook / `failed` |
+//!
+//! Moderation, deterministic: `POST /v1/moderations` flags categories from a few trigger words
+//! (`kill`, `gore`, `idiot`, `vermin`, `suicide`, `nude`, `cocaine`; see
+//! `openai/moderation.rs`); a Converse request with `guardrailConfig` is judged by a
+//! fake guardrail that intervenes on its own trigger words (`stopReason: "guardrail_intervened"`,
+//! the blocked message as output, and with `trace: "enabled"` the `trace.guardrail` assessments;
+//! see `bedrock/guardrail.rs`). Scripted behaviours apply to both as to the other routes.
 //!
 //! Refused before the script is consulted (and without consuming it), as the real APIs do:
 //! Anthropic without `x-api-key` (401) or `anthropic-version` (400); Bedrock without a SigV4
@@ -361,6 +368,7 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/moderations", post(openai::moderation::moderations))
         .route("/v1/messages", post(anthropic::messages))
         .route("/model/{model_id}/converse", post(bedrock::converse))
         .route(

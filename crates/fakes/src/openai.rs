@@ -3,7 +3,9 @@
 //! Shapes follow the API reference's chat completion object (`choices[0].message.content`,
 //! `refusal`, `annotations`, `finish_reason`, `usage.prompt_tokens/completion_tokens/total_tokens`
 //! with their `*_details`) and its error object `{"error": {"message", "type", "param", "code"}}`;
-//! every response carries `x-request-id`.
+//! every response carries `x-request-id`. Moderations (`POST /v1/moderations`): [`moderation`].
+
+pub(crate) mod moderation;
 
 use crate::schema::{instance_for, violating_instance};
 use crate::util::{
@@ -130,34 +132,84 @@ fn bad_json(request_id: &str) -> Response {
     )
 }
 
-pub(crate) async fn chat(State(s): State<Arc<Shared>>, req: Incoming) -> Response {
-    let b = s.begin(PROVIDER, &req);
+/// What every OpenAI route has read and decided before its own work.
+struct Prelude {
+    b: Behavior,
+    request_id: String,
+    /// The body's `model`, else the route's default.
+    model: String,
+    /// The body, a JSON object.
+    body: Value,
+}
+
+/// What every OpenAI route does first: takes the script's next behaviour, names the request,
+/// reads the body and its model (`default_model` when it names none), answers a scripted
+/// failure, waits out `slow`, and refuses a body that is not a JSON object. `Err` is the
+/// response already due.
+async fn prelude(s: &Shared, req: &Incoming, default_model: &str) -> Result<Prelude, Response> {
+    let b = s.begin(PROVIDER, req);
     let request_id = format!("req_{}", random_hex(32));
     let parsed = parse_body(&req.body);
     let model = parsed
         .as_ref()
         .and_then(|v| v.get("model"))
         .and_then(Value::as_str)
-        .unwrap_or("gpt-4o-mini")
+        .unwrap_or(default_model)
         .to_string();
     if let Some(r) = scripted_error(&b, &request_id, &model) {
-        return r;
+        return Err(r);
     }
     if let Behavior::Slow { ms } = b {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    let Some(v) = parsed.filter(Value::is_object) else {
-        return bad_json(&request_id);
+    let Some(body) = parsed.filter(Value::is_object) else {
+        return Err(bad_json(&request_id));
     };
-    if !v.get("model").is_some_and(Value::is_string) {
-        return error(
-            400,
-            &request_id,
-            "you must provide a model parameter",
-            "invalid_request_error",
-            None,
-            None,
-        );
+    Ok(Prelude {
+        b,
+        request_id,
+        model,
+        body,
+    })
+}
+
+/// The 400 for a body without a `model` string, which chat and embeddings require.
+fn missing_model(v: &Value, request_id: &str) -> Option<Response> {
+    if v.get("model").is_some_and(Value::is_string) {
+        return None;
+    }
+    Some(error(
+        400,
+        request_id,
+        "you must provide a model parameter",
+        "invalid_request_error",
+        None,
+        None,
+    ))
+}
+
+/// A route's answer: `out` with the usual headers, or under `malformed` its JSON cut short.
+fn answer(b: &Behavior, request_id: &str, out: &Value) -> Response {
+    if *b == Behavior::Malformed {
+        let mut h = response_headers(request_id);
+        h.insert(0, ("content-type", "application/json".into()));
+        return crate::util::respond(200, &h, truncated(out));
+    }
+    json_response(200, response_headers(request_id), out)
+}
+
+pub(crate) async fn chat(State(s): State<Arc<Shared>>, req: Incoming) -> Response {
+    let Prelude {
+        b,
+        request_id,
+        model,
+        body: v,
+    } = match prelude(&s, &req, "gpt-4o-mini").await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if let Some(r) = missing_model(&v, &request_id) {
+        return r;
     }
     if v.get("messages")
         .and_then(Value::as_array)
@@ -172,13 +224,7 @@ pub(crate) async fn chat(State(s): State<Arc<Shared>>, req: Incoming) -> Respons
             Some("empty_array"),
         );
     }
-    let completion = completion(&v, &b, &model);
-    if b == Behavior::Malformed {
-        let mut h = response_headers(&request_id);
-        h.insert(0, ("content-type", "application/json".into()));
-        return crate::util::respond(200, &h, truncated(&completion));
-    }
-    json_response(200, response_headers(&request_id), &completion)
+    answer(&b, &request_id, &completion(&v, &b, &model))
 }
 
 /// The tool the request forces, if any: `tool_choice: {"type": "function", "function": {"name"}}`
@@ -293,33 +339,17 @@ fn completion(v: &Value, b: &Behavior, model: &str) -> Value {
 const DEFAULT_DIMENSIONS: u64 = 8;
 
 pub(crate) async fn embeddings(State(s): State<Arc<Shared>>, req: Incoming) -> Response {
-    let b = s.begin(PROVIDER, &req);
-    let request_id = format!("req_{}", random_hex(32));
-    let parsed = parse_body(&req.body);
-    let model = parsed
-        .as_ref()
-        .and_then(|v| v.get("model"))
-        .and_then(Value::as_str)
-        .unwrap_or("text-embedding-3-small")
-        .to_string();
-    if let Some(r) = scripted_error(&b, &request_id, &model) {
-        return r;
-    }
-    if let Behavior::Slow { ms } = b {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
-    let Some(v) = parsed.filter(Value::is_object) else {
-        return bad_json(&request_id);
+    let Prelude {
+        b,
+        request_id,
+        model,
+        body: v,
+    } = match prelude(&s, &req, "text-embedding-3-small").await {
+        Ok(p) => p,
+        Err(r) => return r,
     };
-    if !v.get("model").is_some_and(Value::is_string) {
-        return error(
-            400,
-            &request_id,
-            "you must provide a model parameter",
-            "invalid_request_error",
-            None,
-            None,
-        );
+    if let Some(r) = missing_model(&v, &request_id) {
+        return r;
     }
     let inputs: Vec<String> = match v.get("input") {
         Some(Value::String(t)) => vec![t.clone()],
@@ -371,10 +401,5 @@ pub(crate) async fn embeddings(State(s): State<Arc<Shared>>, req: Incoming) -> R
         "model": model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}
     });
-    if b == Behavior::Malformed {
-        let mut h = response_headers(&request_id);
-        h.insert(0, ("content-type", "application/json".into()));
-        return crate::util::respond(200, &h, truncated(&out));
-    }
-    json_response(200, response_headers(&request_id), &out)
+    answer(&b, &request_id, &out)
 }

@@ -53,6 +53,7 @@ async fn the_offline_examples_run_to_the_end() {
         "product-copy",
         "document-enrichment",
         "resilient-summary",
+        "classifier-cascade",
         "asset-pipeline",
     ];
     for name in examples {

@@ -13,7 +13,7 @@
 
 use crate::call::{Chat, ChatApi, FromResponse, ToRequest};
 use crate::catalog::Catalog;
-use crate::classify::{classify, Api};
+use crate::classify::{check_status, Api};
 use crate::hosted::{
     self, answered_by, malformed, object_schema, truncated, unwrap_answer, ANSWER, JSON_ONLY,
 };
@@ -92,14 +92,14 @@ pub fn to_request(
     req: &ModelRequest,
 ) -> Result<HttpRequest, StepError> {
     match req.role {
-        Role::Classification | Role::Extraction | Role::Generation | Role::Moderation => {}
+        Role::Classification | Role::Extraction | Role::Generation => {}
         Role::Embedding => {
             return Err(StepError::new(
                 ErrorClass::Invalid,
                 "Anthropic has no embeddings API",
             ))
         }
-        Role::Transcription | Role::Asset | Role::Retrieval => {
+        Role::Moderation | Role::Transcription | Role::Asset | Role::Retrieval => {
             return Err(StepError::new(
                 ErrorClass::Invalid,
                 format!(
@@ -170,9 +170,7 @@ pub fn from_response(
     catalog: &Catalog,
     now_ms: u64,
 ) -> Result<ModelResponse, StepError> {
-    if !(200..300).contains(&resp.status) {
-        return Err(classify(Api::Anthropic, resp, now_ms));
-    }
+    check_status(Api::Anthropic, resp, now_ms)?;
     if req.role == Role::Embedding {
         return Err(StepError::new(
             ErrorClass::Invalid,
@@ -321,6 +319,7 @@ fn finish_reason(stop_reason: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{catalog, response as resp};
     use switchyard_core::model::Provider;
 
     const MESSAGE: &str = include_str!("../tests/fixtures/anthropic_message.json");
@@ -358,27 +357,11 @@ mod tests {
         )
     }
 
-    fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> HttpResponse {
-        HttpResponse {
-            status,
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
-                .collect(),
-            body: body.as_bytes().to_vec(),
-            ..Default::default()
-        }
-    }
-
     fn header<'a>(r: &'a HttpRequest, name: &str) -> Option<&'a str> {
         r.headers
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
-    }
-
-    fn catalog() -> Catalog {
-        Catalog::load(None).unwrap()
     }
 
     fn completed(r: Result<ModelResponse, StepError>) -> ModelOutput {

@@ -36,10 +36,15 @@
 //!
 //! Converse has no embeddings, images or audio: the `embedding`, `asset`, `transcription` and
 //! `retrieval` roles are `invalid` here.
+//!
+//! `bedrock/guardrail` is a moderation model: a Bedrock guardrail run over the step's text
+//! through Converse's `guardrailConfig` ([`guardrail`]).
+
+pub mod guardrail;
 
 use crate::call::Call;
 use crate::catalog::{estimate_tokens, Catalog};
-use crate::classify::{classify, Api};
+use crate::classify::{check_status, Api};
 use crate::hosted::{self, invalid, malformed};
 use crate::http::{HttpRequest, HttpResponse, Sender};
 use crate::keys::{first_secret, secret};
@@ -257,8 +262,11 @@ pub fn request_body(req: &ModelRequest) -> Result<Value, StepError> {
 
 /// The unsigned Converse request for `req`, against `endpoint`.
 pub fn to_request(endpoint: &str, req: &ModelRequest) -> Result<HttpRequest, StepError> {
+    if guardrail::is_guardrail(&req.model) {
+        return guardrail::to_request(endpoint, req);
+    }
     match req.role {
-        Role::Classification | Role::Extraction | Role::Generation | Role::Moderation => {}
+        Role::Classification | Role::Extraction | Role::Generation => {}
         Role::Embedding => {
             return Err(invalid("the Bedrock Converse API has no embeddings; use an embedding model of another provider"))
         }
@@ -350,9 +358,10 @@ pub fn from_response(
     catalog: &Catalog,
     now_ms: u64,
 ) -> Result<ModelResponse, StepError> {
-    if !(200..300).contains(&resp.status) {
-        return Err(classify(Api::Bedrock, resp, now_ms));
+    if guardrail::is_guardrail(&req.model) {
+        return guardrail::from_response(req, resp, catalog, now_ms);
     }
+    check_status(Api::Bedrock, resp, now_ms)?;
     let body = resp
         .json()
         .ok_or_else(|| malformed("bedrock response is not JSON"))?;
@@ -463,6 +472,9 @@ impl Provider for Bedrock {
     }
 
     fn estimate_cost_usd(&self, request: &ModelRequest) -> f64 {
+        if guardrail::is_guardrail(&request.model) {
+            return guardrail::estimate_usd(&self.catalog, request);
+        }
         // The schema travels as a tool definition, so it is input too.
         let schema_tokens =
             hosted::answer_schema(request).map_or(0, |s| estimate_tokens(&s.to_string()));
@@ -471,6 +483,10 @@ impl Provider for Bedrock {
             hosted::prompt_tokens(request) + schema_tokens,
             Some(hosted::max_tokens(request)),
         )
+    }
+
+    fn price_usd(&self, model: &str, usage: Usage) -> Option<f64> {
+        self.catalog.price_tokens(model, usage)
     }
 
     async fn invoke(&self, request: &ModelRequest) -> Result<ModelResponse, StepError> {
@@ -499,6 +515,7 @@ impl Provider for Bedrock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{catalog, response as resp};
     use std::time::{Duration, UNIX_EPOCH};
 
     const ENDPOINT: &str = "https://bedrock-runtime.us-east-1.amazonaws.com";
@@ -533,27 +550,11 @@ mod tests {
         )
     }
 
-    fn catalog() -> Catalog {
-        Catalog::load(None).unwrap()
-    }
-
     fn creds(token: Option<&str>) -> AwsCredentials {
         AwsCredentials {
             access_key_id: "AKID".into(),
             secret_access_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
             session_token: token.map(String::from),
-        }
-    }
-
-    fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> HttpResponse {
-        HttpResponse {
-            status,
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
-                .collect(),
-            body: body.as_bytes().to_vec(),
-            ..Default::default()
         }
     }
 

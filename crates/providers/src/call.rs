@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use switchyard_core::model::{ModelInfo, ModelRequest, ModelResponse, Provider};
 use switchyard_core::ports::Secrets;
+use switchyard_core::state::Usage;
 use switchyard_core::StepError;
 
 /// Wall-clock milliseconds, for `Retry-After` dates in the classifier.
@@ -222,6 +223,10 @@ impl<A: ChatApi> Provider for Chat<A> {
         )
     }
 
+    fn price_usd(&self, model: &str, usage: Usage) -> Option<f64> {
+        self.catalog.price_tokens(model, usage)
+    }
+
     async fn invoke(&self, request: &ModelRequest) -> Result<ModelResponse, StepError> {
         let (endpoint, catalog) = (&self.endpoint, self.catalog.as_ref());
         Call::invoke(&endpoint.adapter, request)
@@ -263,19 +268,9 @@ fn request_id<'r, T: Answered>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::response;
     use switchyard_core::model::ModelOutput;
     use switchyard_core::ErrorClass;
-
-    fn resp(headers: &[(&str, &str)]) -> HttpResponse {
-        HttpResponse {
-            status: 200,
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        }
-    }
 
     fn completed(id: Option<&str>) -> Result<ModelResponse, StepError> {
         Ok(ModelResponse::Completed(ModelOutput {
@@ -290,9 +285,9 @@ mod tests {
 
     #[test]
     fn the_logged_request_id() {
-        let with = resp(&[("x-request-id", "req_1")]);
-        let blank = resp(&[("x-request-id", " ")]);
-        let none = resp(&[]);
+        let with = response(200, &[("x-request-id", "req_1")], "");
+        let blank = response(200, &[("x-request-id", " ")], "");
+        let none = response(200, &[], "");
         let failed: Result<ModelResponse, StepError> =
             Err(StepError::new(ErrorClass::Transient, "x"));
         let pending: Result<ModelResponse, StepError> = Ok(ModelResponse::Pending {

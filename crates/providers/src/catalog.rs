@@ -12,12 +12,8 @@ use std::collections::BTreeMap;
 use switchyard_core::model::{split_model, ModelInfo, Role};
 use switchyard_core::state::Usage;
 
-/// The one token estimate every budget check and simulated usage uses: about one token per
-/// four characters, rounded up. Characters, not bytes, so a non-Latin prompt is not counted
-/// four times over; an estimate, so one rule everywhere matters more than its precision.
-pub fn estimate_tokens(text: &str) -> u64 {
-    (text.chars().count() as u64).div_ceil(4)
-}
+/// The one token estimate (it lives in core, where `select` reads it too).
+pub use switchyard_core::model::estimate_tokens;
 
 /// The table that ships with this version.
 pub const BUILTIN_PRICES: &str = include_str!("../data/prices.json");
@@ -138,6 +134,14 @@ impl Catalog {
         let tokens = u.input_tokens as f64 * e.input_per_mtok / 1e6
             + u.output_tokens as f64 * e.output_per_mtok / 1e6;
         tokens + predict_seconds.unwrap_or(0.0) * e.per_second + e.per_prediction
+    }
+
+    /// What `usage` costs on a token-priced model (a cascade's baseline); `None` for a model
+    /// not in the table or priced by time or per prediction, where tokens say nothing.
+    pub fn price_tokens(&self, model: &str, usage: Usage) -> Option<f64> {
+        let e = self.models.get(model)?;
+        (e.per_second == 0.0 && e.per_prediction == 0.0)
+            .then(|| self.cost_usd(model, Some(usage), None))
     }
 
     /// Upper estimate before a call: `input_tokens` (from [`estimate_tokens`]), plus the output

@@ -158,6 +158,15 @@ pub fn classify(api: Api, resp: &HttpResponse, now_ms: u64) -> StepError {
     err
 }
 
+/// `Ok` for a 2xx answer; any other status is an error, classified by [`classify`].
+pub fn check_status(api: Api, resp: &HttpResponse, now_ms: u64) -> Result<(), StepError> {
+    if (200..300).contains(&resp.status) {
+        Ok(())
+    } else {
+        Err(classify(api, resp, now_ms))
+    }
+}
+
 /// `Retry-After` as delay-seconds or an HTTP-date, in milliseconds from `now_ms`.
 pub fn retry_after_ms(value: &str, now_ms: u64) -> Option<u64> {
     let v = value.trim();
@@ -255,19 +264,8 @@ pub fn redact(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::response as resp;
     use ErrorClass::*;
-
-    fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> HttpResponse {
-        HttpResponse {
-            status,
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
-                .collect(),
-            body: body.as_bytes().to_vec(),
-            ..Default::default()
-        }
-    }
 
     const NOW: u64 = 1_700_000_000_000;
 

@@ -95,6 +95,20 @@ pub fn user_text(req: &ModelRequest) -> String {
     s
 }
 
+/// The text a moderation model judges (and the built-in text models read): `input.text` when the
+/// input is a mapping with a `text` string, else a string input, else the input's JSON. One
+/// rule for every moderation model, so switching the model never changes what is judged.
+pub fn input_text(input: &Value) -> String {
+    match input {
+        Value::String(s) => s.clone(),
+        Value::Object(o) => match o.get("text") {
+            Some(Value::String(s)) => s.clone(),
+            _ => input.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
 /// Turns a model's text (or already-parsed JSON, from a tool call) into the normalized output
 /// of the step's role.
 pub fn normalize(
@@ -408,5 +422,67 @@ mod tests {
             .unwrap()
             .get("json")
             .is_none());
+    }
+
+    #[test]
+    fn moderated_text_is_read_one_way() {
+        // (input, text judged)
+        let table = [
+            (json!("plain text"), "plain text"),
+            (json!({"text": "from text", "other": 1}), "from text"),
+            (json!({"text": 5}), r#"{"text":5}"#),
+            (json!({"title": "t"}), r#"{"title":"t"}"#),
+            (json!(["a", 1]), r#"["a",1]"#),
+            (Value::Null, "null"),
+        ];
+        for (input, text) in table {
+            assert_eq!(input_text(&input), text, "{input}");
+        }
+    }
+
+    /// The normalized moderation shape: sorted maps, clamped and rounded scores, and a
+    /// flagged category always flags the whole.
+    #[test]
+    fn normalized_moderation_shape() {
+        use std::collections::BTreeMap;
+        let cats = |pairs: &[(&str, bool)]| -> BTreeMap<String, bool> {
+            pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        let scores = |pairs: &[(&str, f64)]| -> BTreeMap<String, f64> {
+            pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        // (provider verdict, categories, scores, expected flagged, expected scores)
+        let table = vec![
+            (
+                false,
+                cats(&[("violence", true), ("hate", false)]),
+                scores(&[("violence", 0.666_666), ("hate", 0.0)]),
+                true,
+                json!({"hate": 0.0, "violence": 0.6667}),
+            ),
+            (
+                false,
+                cats(&[("hate", false)]),
+                scores(&[("hate", 1.7), ("sexual", -0.2), ("x", f64::NAN)]),
+                false,
+                json!({"hate": 1.0, "sexual": 0.0, "x": 0.0}),
+            ),
+            (true, cats(&[]), scores(&[]), true, json!({})),
+        ];
+        for (verdict, c, s, flagged, want_scores) in table {
+            let out = normalized::moderation(verdict, c.clone(), s, "local/m");
+            assert_eq!(out["flagged"], flagged, "{out}");
+            assert_eq!(out["scores"], want_scores, "{out}");
+            assert_eq!(out["model"], "local/m");
+            let keys: Vec<&String> = out["categories"].as_object().unwrap().keys().collect();
+            let mut sorted = keys.clone();
+            sorted.sort();
+            assert_eq!(keys, sorted, "categories are sorted");
+            assert_eq!(keys.len(), c.len());
+            let score_keys: Vec<&String> = out["scores"].as_object().unwrap().keys().collect();
+            let mut sorted = score_keys.clone();
+            sorted.sort();
+            assert_eq!(score_keys, sorted, "scores are sorted");
+        }
     }
 }

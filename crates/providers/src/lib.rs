@@ -16,6 +16,7 @@
 //!   - `local/generate.rs`: template generator (MiniJinja) and echo.
 //!   - `local/retrieve.rs`: keyword retriever over inline documents.
 //!   - `local/async_job.rs`: the asynchronous asset job (Replicate-shaped callbacks).
+//!   - `local/moderation.rs`: lexicon moderation (a word list per category).
 //!
 //! - Hosted APIs, each a pair of pure functions (`to_request`, `from_response`) around the one
 //!   shared sender: [`openai`] (and any OpenAI-compatible server), [`anthropic`], [`bedrock`]

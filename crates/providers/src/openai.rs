@@ -11,11 +11,15 @@
 //! schema, strict: false}}`; `format: json` alone through `{type: "json_object"}`. The output
 //! limit is `max_completion_tokens` for `openai/*` models (OpenAI deprecated `max_tokens`, and
 //! reasoning models reject it) and `max_tokens` for OpenAI-compatible servers, which document
-//! only that one. Embeddings: `POST {base}/embeddings` with `{model, input}`.
+//! only that one. Embeddings: `POST {base}/embeddings` with `{model, input}`. The moderation
+//! models (`omni-moderation-*`, `text-moderation-*`): `POST {base}/moderations`, see
+//! [`moderation`].
+
+pub mod moderation;
 
 use crate::call::{Chat, ChatApi, FromResponse, ToRequest};
 use crate::catalog::Catalog;
-use crate::classify::{classify, Api};
+use crate::classify::{check_status, Api};
 use crate::hosted::{
     self, answered_by, malformed, object_schema, truncated, unwrap_answer, ANSWER,
 };
@@ -83,30 +87,38 @@ pub fn to_request(
     api_key: Option<&str>,
     req: &ModelRequest,
 ) -> Result<HttpRequest, StepError> {
+    if moderation::is_moderation_model(&req.model) {
+        return moderation::to_request(base_url, api_key, req);
+    }
     let base = base_url.trim_end_matches('/');
     let (url, body) = match req.role {
         Role::Embedding => (
             format!("{base}/embeddings"),
             json!({"model": req.model_name(), "input": hosted::user_text(req)}),
         ),
-        Role::Classification | Role::Extraction | Role::Generation | Role::Moderation => {
+        Role::Classification | Role::Extraction | Role::Generation => {
             (format!("{base}/chat/completions"), chat_body(req))
         }
-        Role::Transcription | Role::Asset | Role::Retrieval => {
+        Role::Moderation | Role::Transcription | Role::Asset | Role::Retrieval => {
             return Err(StepError::new(
                 ErrorClass::Invalid,
                 format!(
-                    "the OpenAI adapter does not serve the {} role",
+                    "the OpenAI adapter does not serve the {} role with this model",
                     req.role.as_str()
                 ),
             ))
         }
     };
-    let mut http = HttpRequest::post_json(url, &body);
-    if let Some(key) = api_key.filter(|k| !k.trim().is_empty()) {
-        http = http.header("authorization", format!("Bearer {key}"));
+    Ok(post(url, &body, api_key))
+}
+
+/// `POST url` with a JSON body, and the `Authorization` header only when a key is given.
+fn post(url: String, body: &Value, api_key: Option<&str>) -> HttpRequest {
+    let http = HttpRequest::post_json(url, body);
+    match api_key.filter(|k| !k.trim().is_empty()) {
+        Some(key) => http.header("authorization", format!("Bearer {key}")),
+        None => http,
     }
-    Ok(http)
 }
 
 fn chat_body(req: &ModelRequest) -> Value {
@@ -158,9 +170,10 @@ pub fn from_response(
     catalog: &Catalog,
     now_ms: u64,
 ) -> Result<ModelResponse, StepError> {
-    if !(200..300).contains(&resp.status) {
-        return Err(classify(Api::OpenAi, resp, now_ms));
+    if moderation::is_moderation_model(&req.model) {
+        return moderation::from_response(req, resp, catalog, now_ms);
     }
+    check_status(Api::OpenAi, resp, now_ms)?;
     let body = resp
         .json()
         .ok_or_else(|| malformed("the OpenAI answer is not JSON"))?;
@@ -168,29 +181,35 @@ pub fn from_response(
         return Err(malformed("the OpenAI answer is not a JSON object"));
     }
     let usage = read_usage(&body);
-    let model = body
-        .get("model")
-        .and_then(Value::as_str)
-        .filter(|m| !m.is_empty())
-        .unwrap_or(req.model_name())
-        .to_string();
+    let model = answer_model(req, &body).to_string();
     let output = match req.role {
         Role::Embedding => embedding(&body)?,
         _ => chat(req, &body, usage.unwrap_or_default(), &model)?,
     };
-    let provider_request_id = resp
-        .header("x-request-id")
-        .filter(|v| !v.trim().is_empty())
-        .map(str::to_string)
-        .or_else(|| body.get("id").and_then(Value::as_str).map(str::to_string));
     Ok(ModelResponse::Completed(ModelOutput {
         output,
         usage,
         cost_usd: catalog.cost_usd(&req.model, usage, None),
         model: answered_by(req, &model),
-        provider_request_id,
+        provider_request_id: request_id(resp, &body),
         sources: Vec::new(),
     }))
+}
+
+/// The model the answer names (`model`), else the requested one.
+fn answer_model<'a>(req: &'a ModelRequest, body: &'a Value) -> &'a str {
+    body.get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+        .unwrap_or(req.model_name())
+}
+
+/// The `x-request-id` header, else the answer's `id`.
+fn request_id(resp: &HttpResponse, body: &Value) -> Option<String> {
+    resp.header("x-request-id")
+        .filter(|v| !v.trim().is_empty())
+        .map(str::to_string)
+        .or_else(|| body.get("id").and_then(Value::as_str).map(str::to_string))
 }
 
 /// `usage.prompt_tokens` / `completion_tokens` (embeddings have no completion tokens).
@@ -264,6 +283,7 @@ fn embedding(body: &Value) -> Result<Value, StepError> {
 mod tests {
     use super::*;
     use crate::hosted::JSON_ONLY;
+    use crate::testing::{catalog, response as resp};
     use switchyard_core::model::Provider;
 
     const CHAT: &str = include_str!("../tests/fixtures/openai_chat_completion.json");
@@ -301,18 +321,6 @@ mod tests {
         )
     }
 
-    fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> HttpResponse {
-        HttpResponse {
-            status,
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
-                .collect(),
-            body: body.as_bytes().to_vec(),
-            ..Default::default()
-        }
-    }
-
     fn body_of(r: &HttpRequest) -> Value {
         serde_json::from_slice(r.body.as_deref().unwrap()).unwrap()
     }
@@ -322,10 +330,6 @@ mod tests {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
-    }
-
-    fn catalog() -> Catalog {
-        Catalog::load(None).unwrap()
     }
 
     fn completed(r: Result<ModelResponse, StepError>) -> ModelOutput {

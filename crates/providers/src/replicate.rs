@@ -42,7 +42,7 @@
 
 use crate::call::Call;
 use crate::catalog::{estimate_tokens, Catalog};
-use crate::classify::{classify, redact, Api};
+use crate::classify::{check_status, redact, Api};
 use crate::hosted::{self, invalid, malformed};
 use crate::http::{HttpRequest, HttpResponse, Sender};
 use crate::keys;
@@ -125,13 +125,7 @@ impl Replicate {
         call.run(
             &self.sender,
             || to_cancel_request(&self.base_url, self.token()?, job_id),
-            |resp, now| {
-                if (200..300).contains(&resp.status) {
-                    Ok(())
-                } else {
-                    Err(classify(Api::Replicate, resp, now))
-                }
-            },
+            |resp, now| check_status(Api::Replicate, resp, now),
         )
         .await
     }
@@ -287,9 +281,7 @@ pub fn from_file_response(
     resp: &HttpResponse,
     now_ms: u64,
 ) -> Result<switchyard_core::asset::Fetched, StepError> {
-    if !(200..300).contains(&resp.status) {
-        return Err(classify(Api::Replicate, resp, now_ms));
-    }
+    check_status(Api::Replicate, resp, now_ms)?;
     Ok(switchyard_core::asset::Fetched {
         bytes: resp.body.clone(),
         content_type: switchyard_core::asset::content_type(
@@ -548,9 +540,7 @@ pub fn from_response(
     catalog: &Catalog,
     now_ms: u64,
 ) -> Result<(String, ModelResponse), StepError> {
-    if !(200..300).contains(&resp.status) {
-        return Err(classify(Api::Replicate, resp, now_ms));
-    }
+    check_status(Api::Replicate, resp, now_ms)?;
     let body = resp
         .json()
         .ok_or_else(|| malformed("replicate response is not JSON"))?;
@@ -654,6 +644,7 @@ impl Provider for Replicate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{catalog, response as resp};
     use switchyard_core::model::Callback;
 
     const BASE: &str = "https://api.replicate.com/v1";
@@ -705,10 +696,6 @@ mod tests {
             timeout_ms: 5000,
             callback: Some(cb()),
         }
-    }
-
-    fn catalog() -> Catalog {
-        Catalog::load(None).unwrap()
     }
 
     fn v(text: &str) -> Value {
@@ -1072,15 +1059,6 @@ mod tests {
     #[test]
     fn http_answers() {
         let c = catalog();
-        let resp = |status: u16, headers: &[(&str, &str)], body: &str| HttpResponse {
-            status,
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
-                .collect(),
-            body: body.as_bytes().to_vec(),
-            ..Default::default()
-        };
         let (id, r) = from_response(FLUX, Role::Asset, &resp(201, &[], CREATED), &c, NOW).unwrap();
         assert_eq!(
             r,

@@ -735,3 +735,226 @@ async fn oversized_bodies_stop_at_the_cap() {
         "the client stopped reading near the cap, not at the end ({written} bytes sent)"
     );
 }
+
+// ---------------------------------------------------------------- Moderation
+
+const OMNI: &str = "openai/omni-moderation-latest";
+const TEXT_MODERATION: &str = "openai/text-moderation-latest";
+const GUARDRAIL: &str = "bedrock/guardrail";
+const LEXICON: &str = "local/lexicon-moderation";
+
+fn moderation(model: &str, text: &str) -> ModelRequest {
+    let mut r = request(model, Role::Moderation, json!({"text": text}));
+    if model == GUARDRAIL {
+        r.params = json!({"guardrail_id": "gr7x3k2q9abc", "guardrail_version": "1"});
+    }
+    r
+}
+
+/// The categories a normalized moderation output flags.
+fn flagged_categories(out: &Value) -> Vec<String> {
+    out["categories"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| v.as_bool() == Some(true))
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+/// The normalized moderation shape, whichever model answered.
+fn check_moderation_shape(out: &Value) {
+    let keys: Vec<&String> = out.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["flagged", "categories", "scores", "model"], "{out}");
+    assert_eq!(
+        out["flagged"].as_bool().unwrap(),
+        !flagged_categories(out).is_empty(),
+        "flagged iff a category is: {out}"
+    );
+    let cats: Vec<&String> = out["categories"].as_object().unwrap().keys().collect();
+    let mut sorted = cats.clone();
+    sorted.sort();
+    assert_eq!(cats, sorted, "sorted categories: {out}");
+    for (k, s) in out["scores"].as_object().unwrap() {
+        let s = s.as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&s), "{k}: {s}");
+    }
+}
+
+#[tokio::test]
+async fn openai_moderation_flagged_clean_and_errors() {
+    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    let p = openai(&fake);
+
+    let out = completed(p.invoke(&moderation(OMNI, "I will kill you")).await);
+    check_moderation_shape(&out.output);
+    assert_eq!(
+        flagged_categories(&out.output),
+        ["harassment/threatening", "violence"]
+    );
+    assert_eq!(out.output["scores"]["violence"], 0.9731);
+    assert_eq!(out.output["scores"]["hate"], 0.0001);
+    assert_eq!(out.output["model"], OMNI);
+    assert_eq!((out.model.as_str(), out.cost_usd), (OMNI, 0.0));
+    assert!(out
+        .provider_request_id
+        .as_deref()
+        .unwrap()
+        .starts_with("req_"));
+
+    let out = completed(p.invoke(&moderation(OMNI, "What a lovely day")).await);
+    check_moderation_shape(&out.output);
+    assert_eq!(out.output["flagged"], false);
+    assert_eq!(out.output["categories"].as_object().unwrap().len(), 13);
+
+    let out = completed(p.invoke(&moderation(TEXT_MODERATION, "you idiot")).await);
+    assert_eq!(flagged_categories(&out.output), ["harassment"]);
+    assert_eq!(out.output["model"], "openai/text-moderation-007");
+    assert_eq!(out.output["categories"].as_object().unwrap().len(), 11);
+
+    let sent = fake.requests();
+    assert!(sent.iter().all(|r| r.path == "/v1/moderations"));
+    assert_eq!(
+        sent[0].body,
+        json!({"model": "omni-moderation-latest", "input": "I will kill you"})
+    );
+    assert_eq!(sent[0].headers["authorization"], "Bearer");
+
+    let table = vec![
+        (
+            Behavior::RateLimited {
+                retry_after_secs: 2,
+            },
+            ErrorClass::RateLimited,
+            Some(2_000),
+        ),
+        (Behavior::Quota, ErrorClass::QuotaExhausted, None),
+        (Behavior::ServerError, ErrorClass::Transient, None),
+        (Behavior::Unauthorized, ErrorClass::Auth, None),
+        (Behavior::Malformed, ErrorClass::Malformed, None),
+    ];
+    check_errors(&fake, "openai", &p, &moderation(OMNI, "hi"), &table).await;
+    check_timeout(&fake, "openai", &p, &moderation(OMNI, "hi")).await;
+    fake.script("openai", vec![Behavior::ServerError]);
+    let e = p.invoke(&moderation(OMNI, "hi")).await.unwrap_err();
+    assert!(
+        e.message.contains("POST /v1/moderations"),
+        "the error names what was called: {}",
+        e.message
+    );
+}
+
+#[tokio::test]
+async fn bedrock_guardrail_flagged_clean_and_errors() {
+    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    let p = bedrock(&fake);
+
+    let out = completed(
+        p.invoke(&moderation(GUARDRAIL, "I will kill you with a rifle"))
+            .await,
+    );
+    check_moderation_shape(&out.output);
+    assert_eq!(
+        out.output,
+        json!({"flagged": true,
+               "categories": {"topic:Weapons": true, "violence": true},
+               "scores": {"topic:Weapons": 1.0, "violence": 1.0},
+               "model": "bedrock/guardrail/gr7x3k2q9abc:1"})
+    );
+    assert_eq!(out.model, GUARDRAIL);
+    assert_eq!(out.provider_request_id.as_deref().map(str::len), Some(36));
+
+    let out = completed(p.invoke(&moderation(GUARDRAIL, "What a lovely day")).await);
+    check_moderation_shape(&out.output);
+    assert_eq!(out.output["flagged"], false);
+    assert_eq!(out.output["categories"], json!({}));
+    // The carrying model answered: its tokens are priced (amazon.nova-lite-v1:0).
+    assert!(out.usage.unwrap().output_tokens > 0);
+    assert!(out.cost_usd > 0.0);
+
+    let sent = fake.requests();
+    assert_eq!(sent[0].path, "/model/amazon.nova-lite-v1%3A0/converse");
+    assert_eq!(
+        sent[0].body["guardrailConfig"],
+        json!({"guardrailIdentifier": "gr7x3k2q9abc", "guardrailVersion": "1", "trace": "enabled"})
+    );
+    assert_eq!(sent[0].headers["authorization"], "AWS4-HMAC-SHA256");
+
+    let table = vec![
+        (
+            Behavior::RateLimited {
+                retry_after_secs: 2,
+            },
+            ErrorClass::RateLimited,
+            Some(2_000),
+        ),
+        (Behavior::ServerError, ErrorClass::Transient, None),
+        (Behavior::Unauthorized, ErrorClass::Auth, None),
+        (Behavior::Malformed, ErrorClass::Malformed, None),
+    ];
+    check_errors(&fake, "bedrock", &p, &moderation(GUARDRAIL, "hi"), &table).await;
+    // A guardrail step without its guardrail is refused before sending.
+    let before = fake.requests().len();
+    let mut bare = moderation(GUARDRAIL, "hi");
+    bare.params = json!({});
+    assert_eq!(
+        p.invoke(&bare).await.unwrap_err().class,
+        ErrorClass::Invalid
+    );
+    assert_eq!(fake.requests().len(), before);
+}
+
+/// A workflow with `role: moderation` loads with each of the three models, and one text gets
+/// the same normalized shape from each.
+#[tokio::test]
+async fn moderation_models_load_and_answer_alike() {
+    use switchyard_core::workflow::{compile, NoFiles};
+    use switchyard_providers::{LocalConfig, LocalProvider};
+
+    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    let local = LocalProvider::new(LocalConfig::default());
+    let (o, b) = (openai(&fake), bedrock(&fake));
+    let mut models = local.models();
+    models.extend(o.models());
+    models.extend(b.models());
+    let src = r#"
+name: moderated
+version: "1"
+steps:
+  - id: lexicon
+    model: local/lexicon-moderation
+    role: moderation
+    input: "${input.text}"
+  - id: openai
+    model: openai/omni-moderation-latest
+    role: moderation
+    input: "${input.text}"
+  - id: guardrail
+    model: bedrock/guardrail
+    role: moderation
+    input: "${input.text}"
+    params: {guardrail_id: gr7x3k2q9abc, guardrail_version: "1"}
+"#;
+    if let Err(diags) = compile(src, &NoFiles, &models) {
+        panic!("a moderation workflow must load: {diags:#?}");
+    }
+    // The role is checked: a moderation model cannot generate.
+    let wrong = src.replacen("role: moderation", "role: generation", 1);
+    assert!(compile(&wrong, &NoFiles, &models).is_err());
+
+    let providers: [(&str, &dyn Provider); 3] = [(LEXICON, &local), (OMNI, &o), (GUARDRAIL, &b)];
+    for (model, p) in providers {
+        for (text, flagged) in [("I will kill you", true), ("What a lovely day", false)] {
+            let out = completed(p.invoke(&moderation(model, text)).await);
+            check_moderation_shape(&out.output);
+            assert_eq!(out.output["flagged"], flagged, "{model}: {text}");
+            if flagged {
+                assert!(
+                    flagged_categories(&out.output).contains(&"violence".to_string()),
+                    "{model}: {}",
+                    out.output
+                );
+            }
+        }
+    }
+}

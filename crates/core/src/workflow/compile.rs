@@ -306,6 +306,8 @@ const TOP_KEYS: &[&str] = &[
 const COMMON: &[&str] = &["id", "kind", "needs", "description", "optional"];
 const MODEL_KEYS: &[&str] = &[
     "model",
+    "cascade",
+    "select",
     "fallback",
     "fallback_on",
     "role",
@@ -719,27 +721,48 @@ fn read_model(
     defaults: &Defaults,
 ) -> Option<StepKind> {
     let retrieve = kind == "retrieve";
-    let primary = match cx.string(obj, path, "model") {
-        Some(m) => m,
-        None if retrieve => "local/keyword-retriever".to_string(),
-        None => {
-            cx.err(
-                path,
-                "a model step needs `model` (e.g. local/keyword-classifier)",
-            );
-            return None;
+    let (mut models, mut paths, cascade, select) = if obj.contains_key("cascade") {
+        for key in ["model", "fallback", "select"] {
+            if obj.contains_key(key) {
+                cx.err(
+                    &join(path, key),
+                    format!("`{key}` cannot be combined with `cascade`: the tiers are the models (errors in `fallback_on` move up them)"),
+                );
+            }
         }
-    };
-    let mut models = vec![primary];
-    models.extend(cx.str_list(obj, path, "fallback").unwrap_or_default());
-    let mut infos = Vec::new();
-    for (i, m) in models.iter().enumerate() {
-        let p = if i == 0 {
-            join(path, "model")
-        } else {
-            join(&join(path, "fallback"), &(i - 1).to_string())
+        let (models, paths, c) = read_cascade(cx, obj, path)?;
+        (models, paths, Some(c), None)
+    } else if obj.contains_key("select") {
+        if obj.contains_key("model") {
+            cx.err(
+                &join(path, "model"),
+                "`model` cannot be combined with `select`: the cases name the models",
+            );
+        }
+        let (models, paths, cases) = read_select(cx, obj, path)?;
+        (models, paths, None, Some(cases))
+    } else {
+        let primary = match cx.string(obj, path, "model") {
+            Some(m) => m,
+            None if retrieve => "local/keyword-retriever".to_string(),
+            None => {
+                cx.err(
+                    path,
+                    "a model step needs `model` (e.g. local/keyword-classifier), `cascade` or `select`",
+                );
+                return None;
+            }
         };
-        infos.push(cx.model_info(m, &p));
+        (vec![primary], vec![join(path, "model")], None, None)
+    };
+    let fallbacks = cx.str_list(obj, path, "fallback").unwrap_or_default();
+    for (i, m) in fallbacks.into_iter().enumerate() {
+        paths.push(join(&join(path, "fallback"), &i.to_string()));
+        models.push(m);
+    }
+    let mut infos = Vec::new();
+    for (m, p) in models.iter().zip(&paths) {
+        infos.push(cx.model_info(m, p));
     }
     let role = match obj.get("role") {
         Some(r) => match serde_json::from_value::<Role>(r.clone()) {
@@ -760,22 +783,23 @@ fn read_model(
                 .and_then(|i| i.roles.first().copied())
         })
         .unwrap_or(Role::Generation);
-    for (i, info) in infos.iter().enumerate() {
+    for (info, p) in infos.iter().zip(&paths) {
         if let Some(info) = info {
             if !info.roles.contains(&role) {
-                let p = if i == 0 {
-                    join(path, "model")
-                } else {
-                    join(&join(path, "fallback"), &(i - 1).to_string())
-                };
                 cx.err(
-                    &p,
+                    p,
                     format!("`{}` does not serve the role `{}`", info.id, role.as_str()),
                 );
             }
         }
     }
     let asynchronous = infos.iter().flatten().any(|i| i.asynchronous);
+    if asynchronous && cascade.is_some() {
+        cx.err(
+            &join(path, "cascade"),
+            "a cascade's tiers must answer synchronously: its conditions read each answer as it comes",
+        );
+    }
     let prompt = match obj.get("prompt") {
         None => None,
         Some(Value::Object(p)) => {
@@ -925,7 +949,181 @@ fn read_model(
             .dur(obj, path, "wait_timeout")
             .unwrap_or(defaults.wait_timeout),
         asynchronous,
+        cascade,
+        select,
     })))
+}
+
+/// Reads a condition of a cascade tier or a `select` case, whose path must start at one of
+/// `roots` (what that scope holds).
+fn read_condition(cx: &mut Ctx, v: &Value, path: &str, roots: &[&str]) -> Option<refs::Condition> {
+    match serde_path_to_error::deserialize::<_, refs::Condition>(v.clone()) {
+        Ok(c) => {
+            let first = refs::segments(&c.path)
+                .ok()
+                .and_then(|s| s.first().cloned())
+                .unwrap_or_default();
+            if roots.contains(&first.as_str()) {
+                Some(c)
+            } else {
+                cx.err(
+                    &join(path, "path"),
+                    format!(
+                        "`{}` is not something this condition can read: start the path with one of {}",
+                        c.path,
+                        roots.join(", ")
+                    ),
+                );
+                None
+            }
+        }
+        Err(e) => {
+            cx.err(path, format!("a condition: {}", e.inner()));
+            None
+        }
+    }
+}
+
+/// `cascade: [{model, params?, escalate_if?}, …]`: two tiers or more, cheapest first; every
+/// tier but the top one may say when its answer is passed over.
+fn read_cascade(
+    cx: &mut Ctx,
+    obj: &Map<String, Value>,
+    path: &str,
+) -> Option<(Vec<String>, Vec<String>, Cascade)> {
+    let cpath = join(path, "cascade");
+    let Some(Value::Array(items)) = obj.get("cascade") else {
+        cx.err(
+            &cpath,
+            "`cascade` must be a list of tiers {model, params, escalate_if}, cheapest first",
+        );
+        return None;
+    };
+    if items.len() < 2 {
+        cx.err(
+            &cpath,
+            "a cascade needs at least two tiers (cheapest first)",
+        );
+        return None;
+    }
+    let (mut models, mut paths) = (Vec::new(), Vec::new());
+    let mut c = Cascade {
+        escalate_if: Vec::new(),
+        params: Vec::new(),
+    };
+    for (i, item) in items.iter().enumerate() {
+        let p = join(&cpath, &i.to_string());
+        let Some(o) = item.as_object() else {
+            cx.err(&p, "a tier must be a mapping {model, params, escalate_if}");
+            return None;
+        };
+        cx.keys(o, &p, &["model", "params", "escalate_if"], "a cascade tier");
+        match cx.string(o, &p, "model") {
+            Some(m) => models.push(m),
+            None => {
+                cx.err(&p, "a tier needs `model`");
+                return None;
+            }
+        }
+        paths.push(join(&p, "model"));
+        c.params.push(match o.get("params") {
+            None | Some(Value::Null) => Value::Null,
+            Some(v @ Value::Object(_)) => v.clone(),
+            Some(_) => {
+                cx.err(&join(&p, "params"), "`params` must be a mapping");
+                Value::Null
+            }
+        });
+        let top = i + 1 == items.len();
+        let conds = match o.get("escalate_if") {
+            None => Vec::new(),
+            Some(_) if top => {
+                cx.err(
+                    &join(&p, "escalate_if"),
+                    "the top tier has no tier above it to escalate to: its answer stands",
+                );
+                Vec::new()
+            }
+            Some(Value::Array(list)) => list
+                .iter()
+                .enumerate()
+                .filter_map(|(j, v)| {
+                    read_condition(
+                        cx,
+                        v,
+                        &join(&join(&p, "escalate_if"), &j.to_string()),
+                        crate::cascade::ESCALATION_ROOTS,
+                    )
+                })
+                .collect(),
+            Some(v) => read_condition(
+                cx,
+                v,
+                &join(&p, "escalate_if"),
+                crate::cascade::ESCALATION_ROOTS,
+            )
+            .into_iter()
+            .collect(),
+        };
+        if !top {
+            c.escalate_if.push(conds);
+        }
+    }
+    Some((models, paths, c))
+}
+
+/// A `select` list's conditions, one per case (the last one `None`).
+type SelectCases = Vec<Option<refs::Condition>>;
+
+/// `select: [{model, when?}, …]`: the first case whose `when` holds picks the step's model;
+/// the last case has no `when` (the model used otherwise).
+fn read_select(
+    cx: &mut Ctx,
+    obj: &Map<String, Value>,
+    path: &str,
+) -> Option<(Vec<String>, Vec<String>, SelectCases)> {
+    let spath = join(path, "select");
+    let Some(Value::Array(items)) = obj
+        .get("select")
+        .filter(|v| v.as_array().is_some_and(|a| !a.is_empty()))
+    else {
+        cx.err(&spath, "`select` must be a non-empty list of {model, when}");
+        return None;
+    };
+    let (mut models, mut paths, mut cases) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, item) in items.iter().enumerate() {
+        let p = join(&spath, &i.to_string());
+        let Some(o) = item.as_object() else {
+            cx.err(&p, "a case must be a mapping {model, when}");
+            return None;
+        };
+        cx.keys(o, &p, &["model", "when"], "a select case");
+        let last = i + 1 == items.len();
+        match (o.get("when"), last) {
+            (None, false) => cx.err(
+                &p,
+                "only the last case may leave out `when`: a case without it always matches",
+            ),
+            (Some(_), true) => cx.err(
+                &join(&p, "when"),
+                "the last case must have no `when`: it names the model used when no case matches",
+            ),
+            _ => {}
+        }
+        let when = o
+            .get("when")
+            .and_then(|w| read_condition(cx, w, &join(&p, "when"), crate::cascade::SELECT_ROOTS));
+        match cx.string(o, &p, "model") {
+            Some(m) => models.push(m),
+            None => {
+                cx.err(&p, "a case needs `model`");
+                return None;
+            }
+        }
+        paths.push(join(&p, "model"));
+        cases.push(when);
+    }
+    Some((models, paths, cases))
 }
 
 fn read_route(cx: &mut Ctx, obj: &Map<String, Value>, path: &str) -> Option<StepKind> {
@@ -1085,7 +1283,8 @@ fn read_validate(
         None => None,
         Some(Value::Object(r)) => {
             let p = join(path, "repair");
-            cx.keys(r, &p, &["step", "max_attempts"], "repair");
+            cx.keys(r, &p, &["step", "max_attempts", "escalate"], "repair");
+            let escalate = cx.bool(r, &p, "escalate");
             let max_attempts = match r.get("max_attempts") {
                 None => 1,
                 Some(n) => match n.as_u64() {
@@ -1103,7 +1302,11 @@ fn read_validate(
                 },
             };
             match cx.string(r, &p, "step") {
-                Some(step) => Some(Repair { step, max_attempts }),
+                Some(step) => Some(Repair {
+                    step,
+                    max_attempts,
+                    escalate,
+                }),
                 None => {
                     cx.err(
                         &p,
@@ -1262,6 +1465,17 @@ fn check_graph(cx: &mut Ctx, raws: &[Raw]) {
                 let p = join(&join(&r.path, "repair"), "step");
                 match by_id.get(rep.step.as_str()) {
                     Some(t) if matches!(t.step.kind, StepKind::Model(_)) => {
+                        let cascade =
+                            matches!(&t.step.kind, StepKind::Model(m) if m.cascade.is_some());
+                        if rep.escalate && !cascade {
+                            cx.err(
+                                &join(&join(&r.path, "repair"), "escalate"),
+                                format!(
+                                    "`repair.escalate` moves a cascade up a tier, but `{}` has no `cascade`",
+                                    rep.step
+                                ),
+                            );
+                        }
                         if !r.step.needs.contains(&rep.step) {
                             cx.err(
                                 &p,
@@ -1371,6 +1585,43 @@ fn check_refs(cx: &mut Ctx, raws: &[Raw], steps: &[Step]) {
                 );
                 if let Some(p) = &m.prompt {
                     templates.push((join(&r.path, "prompt"), p.template.clone()));
+                }
+                // Tier parameters and the run-reading conditions of cascades and selects
+                // name steps too.
+                let run_root = |p: &str| {
+                    matches!(
+                        refs::segments(p)
+                            .ok()
+                            .and_then(|s| s.first().cloned())
+                            .as_deref(),
+                        Some("input" | "steps" | "run")
+                    )
+                };
+                if let Some(c) = &m.cascade {
+                    let at = join(&r.path, "cascade");
+                    for (i, tp) in c.params.iter().enumerate() {
+                        uses.extend(
+                            refs::refs_in(tp)
+                                .into_iter()
+                                .map(|x| (join(&join(&at, &i.to_string()), "params"), x)),
+                        );
+                    }
+                    for (i, conds) in c.escalate_if.iter().enumerate() {
+                        for w in conds.iter().filter(|w| run_root(&w.path)) {
+                            uses.push((
+                                join(&join(&at, &i.to_string()), "escalate_if"),
+                                w.path.clone(),
+                            ));
+                        }
+                    }
+                }
+                for (i, w) in m.select.iter().flatten().enumerate() {
+                    if let Some(w) = w.as_ref().filter(|w| run_root(&w.path)) {
+                        uses.push((
+                            join(&join(&r.path, "select"), &format!("{i}.when.path")),
+                            w.path.clone(),
+                        ));
+                    }
                 }
             }
             StepKind::Transform { value } => uses.extend(

@@ -163,6 +163,56 @@ pub struct ModelStep {
     pub wait_timeout: Dur,
     /// Provider job + callback instead of an answer in the call.
     pub asynchronous: bool,
+    /// A cascade: `models` are its tiers, cheapest first, and an answer that meets one of
+    /// its tier's conditions is passed over for the next tier's (`crate::cascade`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cascade: Option<Cascade>,
+    /// Model selection: the first `select.len()` entries of `models` are candidates, chosen
+    /// once per step by the first `when` that holds; the rest are the fallbacks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select: Option<Vec<Option<Condition>>>,
+}
+
+/// What turns a model step into a cascade (`crate::cascade`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cascade {
+    /// Per tier but the top one: the conditions on its answer that send the step on to the
+    /// next tier (any one holding is enough; none: only an error in `fallback_on` does).
+    pub escalate_if: Vec<Vec<Condition>>,
+    /// Per tier: parameters laid over the step's `params` (`null`: none), since tiers are
+    /// different models that want different settings (labels, examples, `max_tokens`).
+    pub params: Vec<Value>,
+}
+
+impl ModelStep {
+    /// The index of the model tried after `index` fails or escalates: the next tier or
+    /// fallback; after any `select` candidate, the first fallback.
+    pub fn next_index(&self, index: usize) -> Option<usize> {
+        let next = match &self.select {
+            Some(cands) if index < cands.len() => cands.len(),
+            _ => index + 1,
+        };
+        (next < self.models.len()).then_some(next)
+    }
+
+    /// The parameters for the model at `index`: the step's, with a cascade tier's own laid
+    /// over them key by key.
+    pub fn params_for(&self, index: usize) -> Value {
+        let tier = self
+            .cascade
+            .as_ref()
+            .and_then(|c| c.params.get(index))
+            .and_then(Value::as_object);
+        match (tier, &self.params) {
+            (Some(t), Value::Object(base)) => {
+                let mut merged = base.clone();
+                merged.extend(t.iter().map(|(k, v)| (k.clone(), v.clone())));
+                Value::Object(merged)
+            }
+            (Some(t), _) => Value::Object(t.clone()),
+            (None, p) => p.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -243,6 +293,9 @@ pub struct Repair {
     /// The model step to re-run with the validation errors as feedback.
     pub step: String,
     pub max_attempts: u32,
+    /// A cascade target moves up a tier instead of being re-asked (`crate::cascade`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub escalate: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

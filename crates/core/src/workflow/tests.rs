@@ -369,7 +369,8 @@ fn included_files_are_inlined() {
         v.repair,
         Some(Repair {
             step: "draft".into(),
-            max_attempts: 2
+            max_attempts: 2,
+            escalate: false,
         })
     );
 }
@@ -1305,4 +1306,154 @@ fn the_editor_schema_accepts_every_example() {
     ))
     .unwrap();
     assert!(crate::schema::validate(&editor, &bad).is_err());
+}
+
+const CASCADE: &str = r#"
+    name: cascade
+    version: "1"
+    steps:
+      - id: classify
+        role: classification
+        input: "${input.text}"
+        params: {default_label: none}
+        cascade:
+          - model: local/keyword-classifier
+            params: {labels: {a: [x]}}
+            escalate_if:
+              - {path: output.confidence, lt: 0.8}
+              - {path: input.tier, equals: free}
+          - model: local/keyword-classifier
+            params: {labels: {a: [x, y]}}
+        fallback_on: [transient]
+      - id: draft
+        input: "${steps.classify.output.label}"
+        select:
+          - {model: local/template-generator, when: {path: estimate_usd, lte: 0.01}}
+          - {model: local/extractive-summarizer}
+        fallback: local/template-generator
+        params: {template: "{{ input }}"}
+      - id: check
+        kind: validate
+        needs: [classify, draft]
+        value: "${steps.classify.output}"
+        schema: {type: object}
+        repair: {step: classify, escalate: true}
+"#;
+
+#[test]
+fn cascades_and_selects_compile_to_a_chain_with_their_conditions() {
+    let wf = ok(CASCADE);
+    let m = model(&wf, "classify");
+    assert_eq!(m.models, vec!["local/keyword-classifier"; 2]);
+    let c = m.cascade.clone().unwrap();
+    assert_eq!(c.escalate_if.len(), 1, "the top tier has none");
+    assert_eq!(c.escalate_if[0].len(), 2);
+    assert_eq!(
+        m.params_for(1),
+        json!({"default_label": "none", "labels": {"a": ["x", "y"]}})
+    );
+    assert_eq!(m.next_index(0), Some(1));
+    assert_eq!(m.next_index(1), None);
+    let d = model(&wf, "draft");
+    assert_eq!(
+        d.models,
+        vec![
+            "local/template-generator",
+            "local/extractive-summarizer",
+            "local/template-generator"
+        ]
+    );
+    assert_eq!(d.select.as_ref().map(Vec::len), Some(2));
+    assert_eq!(
+        d.next_index(0),
+        Some(2),
+        "after a candidate come the fallbacks"
+    );
+    match &wf.step("check").unwrap().kind {
+        StepKind::Validate(v) => assert!(v.repair.as_ref().unwrap().escalate),
+        other => panic!("{other:?}"),
+    }
+    // A workflow without the new keys hashes as before they existed (no serialized noise).
+    let plain = ok(CHAIN);
+    assert!(!serde_json::to_string(&plain).unwrap().contains("cascade"));
+}
+
+#[test]
+fn cascade_and_select_mistakes_are_reported_where_they_are() {
+    // (what, step yaml under `steps:`, part of the message)
+    let table = [
+        (
+            "one tier",
+            "- {id: a, cascade: [{model: local/keyword-classifier}]}",
+            "at least two tiers",
+        ),
+        (
+            "cascade with model",
+            "- {id: a, model: local/keyword-classifier, cascade: [{model: local/keyword-classifier}, {model: local/keyword-classifier}]}",
+            "`model` cannot be combined with `cascade`",
+        ),
+        (
+            "escalate_if on the top tier",
+            "- {id: a, cascade: [{model: local/keyword-classifier}, {model: local/keyword-classifier, escalate_if: {path: output.confidence, lt: 1}}]}",
+            "the top tier has no tier above it",
+        ),
+        (
+            "a path the answer scope lacks",
+            "- {id: a, cascade: [{model: local/keyword-classifier, escalate_if: {path: estimate_usd, gt: 1}}, {model: local/keyword-classifier}]}",
+            "start the path with one of output",
+        ),
+        (
+            "an unknown operator",
+            "- {id: a, cascade: [{model: local/keyword-classifier, escalate_if: {path: output.x, below: 1}}, {model: local/keyword-classifier}]}",
+            "unknown field `below`",
+        ),
+        (
+            "tiers of another role",
+            "- {id: a, role: classification, cascade: [{model: local/keyword-classifier}, {model: local/template-generator}]}",
+            "does not serve the role `classification`",
+        ),
+        (
+            "asynchronous tiers",
+            "- {id: a, cascade: [{model: local/async-job}, {model: local/async-job}]}",
+            "must answer synchronously",
+        ),
+        (
+            "select without a default",
+            "- {id: a, select: [{model: local/template-generator, when: {path: input.x, exists: true}}]}",
+            "the last case must have no `when`",
+        ),
+        (
+            "select default not last",
+            "- {id: a, select: [{model: local/template-generator}, {model: local/template-generator}]}",
+            "only the last case may leave out `when`",
+        ),
+        (
+            "select reads the answer",
+            "- {id: a, select: [{model: local/template-generator, when: {path: output.x, exists: true}}, {model: local/template-generator}]}",
+            "start the path with one of estimate_usd",
+        ),
+        (
+            "escalating repair of a plain step",
+            "- {id: a, model: local/template-generator}\n- {id: v, kind: validate, value: 1, schema: {type: object}, repair: {step: a, escalate: true}}",
+            "has no `cascade`",
+        ),
+    ];
+    for (what, steps, want) in table {
+        let src = format!(
+            "name: w\nversion: \"1\"\nsteps:\n{}\n",
+            steps
+                .lines()
+                .map(|l| format!("  {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let diags = match compile(&src, &files(), &catalog()) {
+            Ok(_) => panic!("{what}: expected a diagnostic"),
+            Err(d) => d,
+        };
+        assert!(
+            diags.iter().any(|d| d.message.contains(want)),
+            "{what}: {diags:#?}"
+        );
+    }
 }

@@ -449,3 +449,17 @@ pub fn secret() -> String {
 pub fn run_class(snap: &RunSnapshot) -> Option<ErrorClass> {
     snap.header.error.as_ref().map(|e| e.class)
 }
+
+/// Simulated price of a local model's usage, from the provider's own price table.
+pub fn local_price(model: &str, input_tokens: u64, output_tokens: u64) -> f64 {
+    let (_, per_in, per_out) = switchyard_providers::price_table()
+        .into_iter()
+        .find(|(id, _, _)| *id == model)
+        .expect("a local model");
+    input_tokens as f64 / 1000.0 * per_in + output_tokens as f64 / 1000.0 * per_out
+}
+
+/// Dollar figures equal but for float noise.
+pub fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-12
+}

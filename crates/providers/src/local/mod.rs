@@ -11,9 +11,11 @@
 //! Costs come from the *simulated* price table ([`price_table`]), documented as such.
 
 mod async_job;
+mod examples;
 mod faults;
 mod generate;
 mod judge;
+mod moderation;
 mod retrieve;
 #[cfg(test)]
 mod tests;
@@ -49,6 +51,8 @@ enum Algo {
     Echo,
     AsyncJob,
     RulesJudge,
+    ExampleClassifier,
+    LexiconModeration,
 }
 
 struct ModelSpec {
@@ -72,6 +76,8 @@ struct ModelSpec {
 const MODELS: &[ModelSpec] = &[
     spec("local/keyword-classifier", Algo::KeywordClassifier, Role::Classification, 0.0001, 0.0,
         "Counts configured keywords per label; not a learned model."),
+    spec("local/example-classifier", Algo::ExampleClassifier, Role::Classification, 0.003, 0.0,
+        "Labels a text by the labelled examples it shares the most rare words with; not a learned model."),
     spec("local/lexicon-sentiment", Algo::LexiconSentiment, Role::Classification, 0.0001, 0.0,
         "Counts words from a small positive/negative word list, with naive negation."),
     spec("local/extractive-summarizer", Algo::ExtractiveSummarizer, Role::Generation, 0.0005, 0.0015,
@@ -88,6 +94,8 @@ const MODELS: &[ModelSpec] = &[
         "Asynchronous job that draws a titled SVG card and delivers it by callback."),
     spec("local/rules-judge", Algo::RulesJudge, Role::Generation, 0.0001, 0.0,
         "Judges a value by regex rules (forbid/require) for validate steps; not a model."),
+    spec("local/lexicon-moderation", Algo::LexiconModeration, Role::Moderation, 0.0001, 0.0,
+        "Flags categories from whole-word matches of a small word lexicon; not a model."),
 ];
 
 const fn spec(
@@ -208,6 +216,10 @@ impl Provider for LocalProvider {
         )
     }
 
+    fn price_usd(&self, model: &str, usage: Usage) -> Option<f64> {
+        lookup(model).ok().map(|spec| price(spec, usage))
+    }
+
     async fn invoke(&self, request: &ModelRequest) -> Result<ModelResponse, StepError> {
         let spec = lookup(&request.model)?;
         if !(request.params.is_object() || request.params.is_null()) {
@@ -236,6 +248,8 @@ impl Provider for LocalProvider {
             Algo::KeywordRetriever => retrieve::keyword_retriever(request)?,
             Algo::AsyncJob => return async_job::submit(request, &self.scheduled),
             Algo::RulesJudge => judge::rules_judge(request)?,
+            Algo::LexiconModeration => moderation::lexicon_moderation(request)?,
+            Algo::ExampleClassifier => examples::example_classifier(request)?,
         };
         let cost_usd = price(spec, answer.usage);
         Ok(ModelResponse::Completed(ModelOutput {
@@ -350,16 +364,10 @@ fn json_string(v: &Value) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
-/// The text a text model works on: `input.text`, else a string input, else the input's JSON.
+/// The text a text model works on: `input.text`, else a string input, else the input's JSON
+/// (the rule every moderation model shares, [`crate::hosted::input_text`]).
 fn input_text(input: &Value) -> String {
-    match input {
-        Value::String(s) => s.clone(),
-        Value::Object(o) => match o.get("text") {
-            Some(Value::String(s)) => s.clone(),
-            _ => json_string(input),
-        },
-        _ => json_string(input),
-    }
+    crate::hosted::input_text(input)
 }
 
 /// Lowercased words: runs of letters, digits and apostrophes (curly ones normalized), so

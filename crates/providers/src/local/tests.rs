@@ -532,6 +532,13 @@ async fn unknown_models_and_bad_params_are_invalid() {
         ("echo", json!({"fault": {"kind": "boom"}}), "params.fault.kind must be one of"),
         ("echo", json!({"fault": {"kind": "auth", "times": "x"}}), "params.fault.times"),
         ("async-job", json!({"callback": "sometimes"}), "params.callback"),
+        ("lexicon-moderation", json!({"threshold": 0}), "params.threshold must be a positive"),
+        ("lexicon-moderation", json!({"threshold": "2"}), "params.threshold must be a positive"),
+        ("lexicon-moderation", json!({"lexicon": ["kill"]}), "params.lexicon must be a map"),
+        ("lexicon-moderation", json!({"lexicon": {"spam": "buy now"}}), "params.lexicon.spam is not a list"),
+        ("lexicon-moderation", json!({"lexicon": {"spam": ["ok", 3]}}), "params.lexicon.spam[1]"),
+        ("lexicon-moderation", json!({"lexicon": {"spam": ["..."]}}), "params.lexicon.spam[0]"),
+        ("lexicon-moderation", json!({"lexicon": {" ": ["x"]}}), "a category name is empty"),
     ];
     let p = LocalProvider::default();
     for (model, params, message) in cases {
@@ -561,6 +568,7 @@ async fn estimate_is_at_least_actual_cost() {
         ("template-generator", json!({"n": 3}), json!({"template": loop_template})),
         ("keyword-retriever", json!({"query": "refund"}), json!({"documents": corpus()})),
         ("echo", json!({"a": 1}), json!({})),
+        ("lexicon-moderation", json!({"text": "kill kill the idiot"}), json!({})),
     ];
     let p = LocalProvider::default();
     for (model, input, params) in cases {
@@ -612,7 +620,7 @@ async fn outputs_carry_model_and_stable_request_ids() {
 fn model_list_and_price_table() {
     let p = LocalProvider::default();
     let models = p.models();
-    assert_eq!((p.name(), models.len()), ("local", 9));
+    assert_eq!((p.name(), models.len()), ("local", 11));
     let ids: Vec<&str> = models.iter().map(|m| m.id.as_str()).collect();
     let priced: Vec<&str> = price_table().into_iter().map(|(id, _, _)| id).collect();
     assert_eq!(ids, priced);
@@ -629,4 +637,124 @@ fn model_list_and_price_table() {
         );
         assert!(bounded, "{}", spec.id);
     }
+}
+
+/// The categories of a moderation output that are flagged.
+fn flagged_categories(out: &Value) -> Vec<String> {
+    out["categories"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| v.as_bool() == Some(true))
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn lexicon_moderation_flags_categories() {
+    assert!(moderation::builtin_lexicon_is_well_formed());
+    let all = moderation::builtin_categories();
+    assert_eq!(
+        all,
+        [
+            "harassment",
+            "hate",
+            "illicit",
+            "self_harm",
+            "sexual",
+            "violence"
+        ]
+    );
+    #[rustfmt::skip]
+    let cases: Vec<(Value, Value, Vec<&str>, Value)> = vec![
+        // (input, params, flagged categories, scores that are not 0)
+        (json!("Have a lovely day"), json!({}), vec![], json!({})),
+        (json!({"text": "I will KILL you, you Idiot!"}), json!({}), vec!["harassment", "violence"],
+            json!({"harassment": 0.5, "violence": 0.5})),
+        // Whole words only, no stemming: "killer" and "skill" are not "kill".
+        (json!("a killer app, real skill"), json!({}), vec![], json!({})),
+        // Phrases across punctuation; "self-harm" is the words "self harm".
+        (json!("thoughts of self-harm; I want to die"), json!({}), vec!["self_harm"],
+            json!({"self_harm": 0.6667})),
+        // Two hits give 2/3; the threshold counts hits.
+        (json!("kill, then kill again"), json!({"threshold": 2}), vec!["violence"],
+            json!({"violence": 0.6667})),
+        (json!("kill the idiot"), json!({"threshold": 2}), vec![],
+            json!({"harassment": 0.5, "violence": 0.5})),
+        // A custom category is added; a named built-in one is replaced; [] removes one.
+        (json!("Buy now! Click here to kill time"),
+            json!({"lexicon": {"spam": ["buy now", "click here"], "violence": ["murder"], "sexual": []}}),
+            vec!["spam"], json!({"spam": 0.6667})),
+        // Structured input without `text` is judged as its JSON.
+        (json!({"comment": "you moron"}), json!({}), vec!["harassment"], json!({"harassment": 0.5})),
+    ];
+    for (input, params, flagged, nonzero) in cases {
+        let removed = params["lexicon"]["sexual"] == json!([]);
+        let custom = params["lexicon"]["spam"].is_array();
+        let out = ok(&req("lexicon-moderation", input.clone(), params.clone())).await;
+        let o = &out.output;
+        assert_eq!(flagged_categories(o), flagged, "{input} {params}");
+        assert_eq!(
+            o["flagged"],
+            !flagged.is_empty(),
+            "{input}: flagged iff a category is"
+        );
+        assert_eq!(o["model"], "local/lexicon-moderation");
+        let keys: Vec<&String> = o["categories"].as_object().unwrap().keys().collect();
+        let mut expected: Vec<String> = all
+            .iter()
+            .filter(|c| !(removed && **c == "sexual"))
+            .map(|c| c.to_string())
+            .collect();
+        if custom {
+            expected.push("spam".into());
+        }
+        expected.sort();
+        assert_eq!(
+            keys,
+            expected.iter().collect::<Vec<_>>(),
+            "{input}: every category, sorted"
+        );
+        let scores = o["scores"].as_object().unwrap();
+        assert_eq!(scores.len(), keys.len(), "{input}");
+        let got_nonzero: serde_json::Map<String, Value> = scores
+            .iter()
+            .filter(|(_, v)| v.as_f64() != Some(0.0))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        assert_eq!(Value::Object(got_nonzero), nonzero, "{input}");
+        // Input tokens only, at the simulated price.
+        let usage = out.usage.unwrap();
+        assert!(usage.input_tokens > 0 && out.cost_usd > 0.0, "{input}");
+        assert!((out.cost_usd - usage.input_tokens as f64 / 1000.0 * 0.0001).abs() < 1e-15);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn lexicon_moderation_takes_the_fault_switch_and_delay() {
+    let p = LocalProvider::default();
+    let mut r = req(
+        "lexicon-moderation",
+        json!("kill"),
+        json!({"fault": {"kind": "rate_limited", "retry_after_ms": 300}}),
+    );
+    r.role = Role::Moderation;
+    let e = err(&p, &r).await;
+    assert_eq!(
+        (e.class, e.retry_after_ms),
+        (ErrorClass::RateLimited, Some(300))
+    );
+    r.attempt = 2;
+    let started = tokio::time::Instant::now();
+    r.params = json!({"delay_ms": 700});
+    let out = ok(&r).await;
+    assert_eq!(started.elapsed(), Duration::from_millis(700));
+    assert_eq!(out.output["flagged"], true);
+    let info = p
+        .models()
+        .into_iter()
+        .find(|m| m.id == "local/lexicon-moderation")
+        .unwrap();
+    assert_eq!(info.roles, [Role::Moderation]);
+    assert!(!info.asynchronous);
 }
