@@ -70,7 +70,7 @@ import json, sys, time, urllib.request, urllib.error
 
 base, key = sys.argv[1], sys.argv[2]
 EXAMPLES = ["support-triage", "knowledge-answer", "product-copy", "document-enrichment",
-            "resilient-summary", "asset-pipeline"]
+            "resilient-summary", "classifier-cascade", "moderated-reply", "asset-pipeline"]
 
 def call(method, path, body=None):
     req = urllib.request.Request(base + path, method=method,

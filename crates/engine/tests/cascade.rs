@@ -7,9 +7,11 @@
 
 mod support;
 
+use proptest::prelude::*;
 use serde_json::{json, Value};
 use support::{close, local_price, H};
-use switchyard_core::state::{EventKind, RunStatus};
+use switchyard_core::state::{EventKind, RunStatus, WakeReason};
+use switchyard_engine::worker::Handled;
 
 const KEYWORDS: &str = "local/keyword-classifier";
 const EXAMPLES: &str = "local/example-classifier";
@@ -299,4 +301,117 @@ async fn select_picks_by_tier_and_estimate_and_keeps_its_choice() {
         models.iter().all(|m| m == "local/template-generator"),
         "{models:?}"
     );
+}
+
+/// A cascade that escalates on its answer, on an error and through a judge's repair, and a
+/// `select` step: extra wake-ups of every reason at random points, early or late, end in the
+/// same records, the same escalations and choice, and no model call made twice.
+const PROP: &str = r#"
+    name: cascade-prop
+    version: "1"
+    steps:
+      - id: classify
+        role: classification
+        input: "${input.text}"
+        retry: {max_attempts: 2, initial_backoff: 300ms}
+        cascade:
+          - model: local/keyword-classifier
+            params:
+              labels: {billing: [invoice, refund], shipping: [delivery]}
+              fault: {kind: transient, times: 1, model: local/keyword-classifier}
+            escalate_if: {path: output.confidence, lt: 0.8}
+          - model: local/keyword-classifier
+            params: {labels: {billing: [invoice, refund, paid], shipping: [delivery, courier]}}
+          - model: local/example-classifier
+            params:
+              examples:
+                billing: [I paid twice and want my money back]
+                shipping: [my parcel never arrived]
+      - id: check
+        kind: validate
+        value: "${steps.classify.output}"
+        judge:
+          model: local/rules-judge
+          params: {rules: [{id: sure, at: /label, forbid: "^other$", message: no label}]}
+        repair: {step: classify, max_attempts: 2, escalate: true}
+      - id: draft
+        input: "${steps.check.output.label}"
+        select:
+          - {model: local/template-generator, when: {path: estimate_usd, lte: 0.001}}
+          - {model: local/echo}
+        params: {template: "label {{ input }}"}
+"#;
+
+const REASONS: [WakeReason; 7] = [
+    WakeReason::Start,
+    WakeReason::Resume,
+    WakeReason::Retry,
+    WakeReason::Webhook,
+    WakeReason::Approval,
+    WakeReason::Timer,
+    WakeReason::Cancel,
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 16,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn extra_wake_ups_change_no_cascade_decision(
+        text in prop::sample::select(vec![
+            "refund my invoice",                 // tier 0 is sure (after its retried fault)
+            "refund the delivery, I paid twice", // tier 0 unsure, tier 1 answers
+            "my parcel never arrived",           // tier 1 finds nothing: the judge escalates
+        ]),
+        extra in prop::collection::vec((0usize..REASONS.len(), 0u64..3_000, 0usize..10), 0..12),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let input = json!({"text": text});
+            let clean = H::new();
+            let (clean_run, status) = clean.run(PROP, input.clone()).await;
+            assert_eq!(status, RunStatus::Succeeded, "{text}");
+            let want = clean.summary(&clean_run).await;
+            let want_rec = clean.rec(&clean_run, "classify").await;
+
+            let h = H::new();
+            let run = h.start(PROP, input).await;
+            let inject: Vec<(usize, WakeReason, u64)> =
+                extra.iter().map(|(r, delay, at)| (*at, REASONS[*r], *delay)).collect();
+            assert_eq!(h.drive_injecting(&run, &inject).await, RunStatus::Succeeded);
+            for r in h.drain().await {
+                assert_eq!(r, Handled::AlreadyEnded(RunStatus::Succeeded));
+            }
+            assert_eq!(h.summary(&run).await, want, "{text}");
+            let rec = h.rec(&run, "classify").await;
+            let moves = |r: &switchyard_core::state::StepRecord| -> Vec<(String, String, String)> {
+                r.escalations.iter().map(|e| (e.from.clone(), e.to.clone(), e.reason.clone())).collect()
+            };
+            assert_eq!(moves(&rec), moves(&want_rec), "{text}");
+            // Each text takes its own path: none, one escalation on the answer, and one on
+            // the answer then one through the judge's repair.
+            let path: Vec<char> = rec.escalations.iter().map(|e| e.reason.chars().next().unwrap_or(' ')).collect();
+            let want_path: &[char] = match text {
+                "refund my invoice" => &[],
+                "refund the delivery, I paid twice" => &['o'],
+                _ => &['o', '`'],
+            };
+            assert_eq!(path, want_path, "{text}: {:?}", rec.escalations);
+            assert_eq!(rec.baseline_usd, want_rec.baseline_usd, "{text}");
+            assert_eq!(
+                h.rec(&run, "draft").await.selected,
+                clean.rec(&clean_run, "draft").await.selected
+            );
+            // Every call of the cascade was started once: one started event per attempt.
+            assert_eq!(h.started_count(&run, "classify").await, rec.attempt as usize);
+            // Escalations on an answer have their event; a repair's is `step_repair_requested`.
+            assert_eq!(
+                h.step_events(&run, EventKind::StepEscalated, "classify").await.len(),
+                rec.escalations.iter().filter(|e| e.reason.starts_with("output")).count()
+            );
+        });
+    }
 }

@@ -54,6 +54,7 @@ async fn the_offline_examples_run_to_the_end() {
         "document-enrichment",
         "resilient-summary",
         "classifier-cascade",
+        "moderated-reply",
         "asset-pipeline",
     ];
     for name in examples {
