@@ -760,6 +760,16 @@ fn read_model(
         paths.push(join(&join(path, "fallback"), &i.to_string()));
         models.push(m);
     }
+    if models.len() > limits::MAX_MODELS {
+        cx.err(
+            path,
+            format!(
+                "a step may name at most {} models (tiers or cases, and fallbacks); this one names {}",
+                limits::MAX_MODELS,
+                models.len()
+            ),
+        );
+    }
     let mut infos = Vec::new();
     for (m, p) in models.iter().zip(&paths) {
         infos.push(cx.model_info(m, p));

@@ -28,6 +28,8 @@ pub mod limits {
     pub const MAX_STEPS: usize = 200;
     /// Attempts per model of one step.
     pub const MAX_ATTEMPTS: u32 = 20;
+    /// Models one step may name: cascade tiers or `select` cases, plus fallbacks.
+    pub const MAX_MODELS: usize = 10;
     /// Repairs a validate step may request.
     pub const MAX_REPAIRS: u32 = 5;
     /// Bytes of a workflow file, or of a file it includes.

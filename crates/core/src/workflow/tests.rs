@@ -1433,6 +1433,11 @@ fn cascade_and_select_mistakes_are_reported_where_they_are() {
             "start the path with one of estimate_usd",
         ),
         (
+            "too many models",
+            "- {id: a, model: local/template-generator, fallback: [local/template-generator, local/template-generator, local/template-generator, local/template-generator, local/template-generator, local/template-generator, local/template-generator, local/template-generator, local/template-generator, local/template-generator]}",
+            "at most 10 models",
+        ),
+        (
             "escalating repair of a plain step",
             "- {id: a, model: local/template-generator}\n- {id: v, kind: validate, value: 1, schema: {type: object}, repair: {step: a, escalate: true}}",
             "has no `cascade`",
