@@ -415,3 +415,26 @@ proptest! {
         });
     }
 }
+
+#[tokio::test]
+async fn a_tier_past_the_budget_fails_the_step_instead_of_using_the_passed_over_answer() {
+    let wf = cascade_wf(UNSURE, "").replace(
+        "        steps:\n",
+        "        budget: {max_cost_usd: 0.00002}\n        steps:\n",
+    );
+    let h = H::new();
+    let (run, status) = h
+        .run(
+            &wf,
+            json!({"text": "my parcel never arrived, the courier says so"}),
+        )
+        .await;
+    assert_eq!(status, RunStatus::Failed);
+    let rec = h.rec(&run, "classify").await;
+    assert_eq!(
+        rec.error.as_ref().map(|e| e.class),
+        Some(switchyard_core::ErrorClass::BudgetExceeded)
+    );
+    assert_eq!(rec.escalations.len(), 1, "it did escalate");
+    assert_eq!(rec.attempt, 1, "the top tier was never called");
+}
