@@ -9,7 +9,7 @@ mod support;
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use support::{close, local_price, H};
+use support::{close, local_price, H, REASONS};
 use switchyard_core::state::{EventKind, RunStatus, WakeReason};
 use switchyard_engine::worker::Handled;
 
@@ -341,16 +341,6 @@ const PROP: &str = r#"
           - {model: local/echo}
         params: {template: "label {{ input }}"}
 "#;
-
-const REASONS: [WakeReason; 7] = [
-    WakeReason::Start,
-    WakeReason::Resume,
-    WakeReason::Retry,
-    WakeReason::Webhook,
-    WakeReason::Approval,
-    WakeReason::Timer,
-    WakeReason::Cancel,
-];
 
 proptest! {
     #![proptest_config(ProptestConfig {

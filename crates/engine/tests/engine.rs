@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use support::{close, compile_with, local_price, run_class, H, T0};
+use support::{close, compile_with, local_price, run_class, H, REASONS, T0};
 use switchyard_core::model::{ModelInfo, ModelRequest, ModelResponse, Provider, Role};
 use switchyard_core::ports::Inbox;
 use switchyard_core::retry::backoff_ms;
@@ -2201,16 +2201,6 @@ const PROP: &str = r#"
           template: "done {{ input.fan | tojson }} {{ input.plain }}"
           fault: {kind: transient, times: 1}
 "#;
-
-const REASONS: [WakeReason; 7] = [
-    WakeReason::Start,
-    WakeReason::Resume,
-    WakeReason::Retry,
-    WakeReason::Webhook,
-    WakeReason::Approval,
-    WakeReason::Timer,
-    WakeReason::Cancel,
-];
 
 proptest! {
     #![proptest_config(ProptestConfig {

@@ -463,3 +463,14 @@ pub fn local_price(model: &str, input_tokens: u64, output_tokens: u64) -> f64 {
 pub fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-12
 }
+
+/// Every wake-up reason, for tests that inject extra wake-ups of any kind.
+pub const REASONS: [WakeReason; 7] = [
+    WakeReason::Start,
+    WakeReason::Resume,
+    WakeReason::Retry,
+    WakeReason::Webhook,
+    WakeReason::Approval,
+    WakeReason::Timer,
+    WakeReason::Cancel,
+];
