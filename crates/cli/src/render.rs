@@ -5,16 +5,16 @@ use switchyard_core::state::HistoryEvent;
 use switchyard_engine::view::RunView;
 
 pub fn run_json(v: &RunView) -> Value {
-    let steps: Vec<Value> = v.steps.iter().map(|s| json!({
-        "name": s.name, "kind": s.kind, "status": s.status, "provider": s.provider, "model": s.model,
-        "prompt_version": s.prompt_version, "attempts": s.attempts, "latency_ms": s.latency_ms,
-        "cost_usd": s.cost_usd, "fallback_used": s.fallback_used, "error_class": s.error_class,
-        "error": s.error, "sources": s.sources,
-    })).map(|mut doc: Value| {
+    let steps: Vec<Value> = v.steps.iter().map(|s| {
+        let mut doc = json!({
+            "name": s.name, "kind": s.kind, "status": s.status, "provider": s.provider, "model": s.model,
+            "prompt_version": s.prompt_version, "attempts": s.attempts, "latency_ms": s.latency_ms,
+            "cost_usd": s.cost_usd, "fallback_used": s.fallback_used, "error_class": s.error_class,
+            "error": s.error, "sources": s.sources,
+        });
         // Cost-aware choice, only on the steps that made one (CONTRACT.md's fields stay as
         // they were for every other step).
-        let s = v.steps.iter().find(|s| doc["name"] == s.name.as_str());
-        if let (Some(s), Some(obj)) = (s, doc.as_object_mut()) {
+        if let Some(obj) = doc.as_object_mut() {
             if !s.escalations.is_empty() {
                 obj.insert("escalations".into(), json!(s.escalations));
             }

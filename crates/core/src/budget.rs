@@ -3,6 +3,12 @@
 //! estimate. Pure; the worker keeps one [`Ledger`] per invocation behind a lock.
 
 use crate::error::{ErrorClass, StepError};
+
+/// Dollars to nine places (a nano-dollar): how every cost is shown and compared, so sums of
+/// float prices print without noise in their last digits (0.00011599999999999999).
+pub fn round_usd(usd: f64) -> f64 {
+    (usd * 1e9).round() / 1e9
+}
 use std::collections::HashMap;
 
 /// What a run has spent and what its in-flight model calls may still spend. Parallel steps

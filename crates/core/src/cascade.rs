@@ -15,6 +15,7 @@
 //!
 //! Both reuse the route conditions of [`crate::refs::Condition`]; only the scope differs.
 
+use crate::budget::round_usd;
 use crate::error::StepError;
 use crate::refs::{lookup, Condition};
 use crate::settle::{apply_meta, AttemptMeta};
@@ -121,7 +122,7 @@ pub fn describe(c: &Condition, scope: &Value) -> String {
 fn compact(v: &Value) -> String {
     // Sums of float prices carry noise in their last digits (0.00011599999999999999).
     let s = match v.as_f64() {
-        Some(x) if v.is_f64() => json!(nano(x)).to_string(),
+        Some(x) if v.is_f64() => json!(round_usd(x)).to_string(),
         _ => v.to_string(),
     };
     if s.chars().count() > 60 {
@@ -226,15 +227,10 @@ pub fn note_error_escalation(
 /// in (the run's, plus `estimate_usd` and `input_tokens` for this candidate's call).
 pub fn select_scope(run_scope: &Value, model: &str, estimate_usd: f64, input_tokens: u64) -> Value {
     let mut s = base(run_scope);
-    s.insert("estimate_usd".into(), json!(nano(estimate_usd)));
+    s.insert("estimate_usd".into(), json!(round_usd(estimate_usd)));
     s.insert("input_tokens".into(), json!(input_tokens));
     s.insert("model".into(), json!(model));
     Value::Object(s)
-}
-
-/// Dollars to nine places (a nano-dollar): what conditions compare and reasons print.
-fn nano(x: f64) -> f64 {
-    (x * 1e9).round() / 1e9
 }
 
 /// Picks the first candidate whose `when` holds (a case without `when` always does); `scopes`

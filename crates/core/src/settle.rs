@@ -11,7 +11,7 @@ use crate::state::{
     ApprovalDecision, EventKind, HistoryEvent, JobRef, StepRecord, StepStatus, Usage, ValueRef,
 };
 use crate::time::Millis;
-use crate::workflow::{RetryPolicy, Step, StepKind};
+use crate::workflow::{Step, StepKind};
 use serde_json::json;
 
 /// What one attempt cost and who answered it.
@@ -150,10 +150,6 @@ pub fn skip(step: &str, rec: &StepRecord, reason: &str, now: Millis) -> (StepRec
     (r, ev)
 }
 
-fn retry_policy(step: &Step) -> Option<(&RetryPolicy, &[ErrorClass], &crate::workflow::ModelStep)> {
-    step.call().map(|m| (&m.retry, m.fallback_on.as_slice(), m))
-}
-
 /// The attempt failed: retry on the same model, fall back to the next one, or fail the step.
 pub fn fail(
     step: &Step,
@@ -178,7 +174,8 @@ pub fn fail(
             .map(|(d, start)| start.saturating_add(d.ms()));
     }
     let within_deadline = |t: Millis| r.deadline_at.is_none_or(|d| t < d);
-    if let Some((policy, fallback_on, chain)) = retry_policy(step) {
+    if let Some(chain) = step.call() {
+        let policy = &chain.retry;
         if err.class.is_retryable() && r.model_attempt < policy.max_attempts {
             let delay = backoff_ms(policy, r.model_attempt, &format!("{seed}/{}", r.step))
                 .max(err.retry_after_ms.unwrap_or(0));
@@ -204,11 +201,10 @@ pub fn fail(
                 return (r, ev);
             }
         }
-        let next_model = chain.next_index(r.model_index);
-        if let (Some(next_model), true) = (
-            next_model,
-            fallback_on.contains(&err.class) && within_deadline(now),
-        ) {
+        let next_model = chain
+            .next_index(r.model_index)
+            .filter(|_| chain.fallback_on.contains(&err.class) && within_deadline(now));
+        if let Some(next_model) = next_model {
             let from = r.model.clone();
             r.model_index = next_model;
             r.model_attempt = 0;
@@ -538,7 +534,7 @@ mod tests {
     }
     use crate::model::Role;
     use crate::time::Dur;
-    use crate::workflow::{ModelStep, Step};
+    use crate::workflow::{ModelStep, RetryPolicy, Step};
     use serde_json::Value;
 
     fn model_step(

@@ -684,36 +684,34 @@ impl Engine {
                         }
                     }
                 }
-                if let StepKind::Model(ms) = &step.kind {
-                    match self.escalation(cx, ms, claimed, &out, &meta(Some(&out))) {
-                        Ok(Some(reason)) => {
-                            if let Some(up) =
-                                cascade::escalate(ms, claimed, &reason, meta(Some(&out)), done)
-                            {
-                                tracing::info!(run_id = %cx.run_id, step = %step.id, from = %req.model, reason = %reason, "cascade escalated");
-                                return Ok(one(up));
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(err) => {
-                            return Ok(one(settle::fail_outright(
-                                claimed,
-                                err,
-                                meta(Some(&out)),
-                                done,
-                            )))
+                // A model step's answer (`ms` is the step's own call here). A cascade tier's
+                // answer may be passed over for the next tier's before it settles.
+                match self.escalation(cx, ms, claimed, &out, &meta(Some(&out))) {
+                    Ok(Some(reason)) => {
+                        if let Some(up) =
+                            cascade::escalate(ms, claimed, &reason, meta(Some(&out)), done)
+                        {
+                            tracing::info!(run_id = %cx.run_id, step = %step.id, from = %req.model, reason = %reason, "cascade escalated");
+                            return Ok(one(up));
                         }
                     }
-                    let (mut r, ev) = self
-                        .settle_output(&cx.run_id, step, claimed, &out, meta(Some(&out)), done)
-                        .await?;
-                    if r.status == StepStatus::Succeeded {
-                        r.baseline_usd = self.baseline(ms, &out);
+                    Ok(None) => {}
+                    Err(err) => {
+                        return Ok(one(settle::fail_outright(
+                            claimed,
+                            err,
+                            meta(Some(&out)),
+                            done,
+                        )))
                     }
-                    return Ok(one((r, ev)));
                 }
-                self.settle_output(&cx.run_id, step, claimed, &out, meta(Some(&out)), done)
-                    .await?
+                let (mut r, ev) = self
+                    .settle_output(&cx.run_id, step, claimed, &out, meta(Some(&out)), done)
+                    .await?;
+                if r.status == StepStatus::Succeeded {
+                    r.baseline_usd = self.baseline(ms, &out);
+                }
+                (r, ev)
             }
             Ok(ModelResponse::Pending {
                 job_id,

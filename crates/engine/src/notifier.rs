@@ -246,7 +246,7 @@ impl Engine {
             "status": h.status,
             "output": self.public_output(h.output.as_ref()).await?,
             "error": h.error,
-            "cost_usd": (snap.cost_usd() * 1e9).round() / 1e9,
+            "cost_usd": switchyard_core::budget::round_usd(snap.cost_usd()),
             "links": {"self": format!("/v1/runs/{}", h.run_id), "events": format!("/v1/runs/{}/events", h.run_id)},
         });
         if n.event == NotifyEvent::RunWaitingForApproval {

@@ -31,6 +31,7 @@ use crate::{Engine, EngineError};
 use futures::StreamExt;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use switchyard_core::budget::round_usd as usd;
 use switchyard_core::ports::{ListScope, RunQuery, MAX_LIST_LIMIT};
 use switchyard_core::state::{RunSnapshot, RunStatus, StepStatus};
 use switchyard_core::time::Dur;
@@ -81,7 +82,7 @@ impl StatsQuery {
             ));
         }
         if let Some(w) = workflow {
-            if !valid_workflow_name(w) {
+            if !switchyard_core::workflow::valid_name(w) {
                 return Err(bad(
                     "workflow",
                     "workflow must be a workflow name: 1-64 letters, digits, `_` or `-`".into(),
@@ -95,14 +96,6 @@ impl StatsQuery {
             since_text,
         })
     }
-}
-
-/// The rule workflow files hold names to (`switchyard_core::workflow::compile`).
-fn valid_workflow_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 // ---- the document ----
@@ -353,11 +346,6 @@ fn latency(mut values: Vec<u64>) -> Option<Latency> {
         p95: percentile(&values, 95)?,
         p99: percentile(&values, 99)?,
     })
-}
-
-/// Dollars to nine places, as the run document shows them.
-fn usd(x: f64) -> f64 {
-    (x * 1e9).round() / 1e9
 }
 
 /// A fraction to four places.

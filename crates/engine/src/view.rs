@@ -4,6 +4,7 @@
 use crate::{Engine, EngineError};
 use serde::Serialize;
 use serde_json::Value;
+use switchyard_core::budget::round_usd as round9;
 use switchyard_core::state::{RunError, RunSnapshot, RunStatus, StepRecord, StepStatus};
 use switchyard_core::workflow::Workflow;
 use switchyard_core::ErrorClass;
@@ -65,11 +66,6 @@ pub struct RunView {
 
 /// How long a presigned link to an offloaded output stays valid (1 hour).
 pub const PRESIGN_TTL_MS: u64 = 3_600_000;
-
-/// Dollars to nine places: sums of float prices print without noise.
-fn round9(usd: f64) -> f64 {
-    (usd * 1e9).round() / 1e9
-}
 
 fn step_view(wf: &Workflow, id: &str, kind: &str, r: Option<&StepRecord>) -> StepView {
     let pending = StepRecord::pending(id);
@@ -152,7 +148,7 @@ impl Engine {
             status: h.status,
             output,
             error: h.error.clone(),
-            cost_usd: (snap.cost_usd() * 1e9).round() / 1e9,
+            cost_usd: round9(snap.cost_usd()),
             created_at: h.created_at,
             ended_at: h.ended_at,
             waiting_for: h

@@ -549,7 +549,8 @@ pub fn compile(
     })
 }
 
-fn valid_id(s: &str) -> bool {
+/// The rule for workflow names and step ids: letters, digits, `_`, `-`; 1–64 characters.
+pub fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.chars()

@@ -13,7 +13,7 @@
 mod compile;
 pub mod yaml;
 
-pub use compile::{compile, Diagnostic, FileLoader, NoFiles};
+pub use compile::{compile, valid_id as valid_name, Diagnostic, FileLoader, NoFiles};
 
 use crate::error::ErrorClass;
 use crate::model::Role;

@@ -372,6 +372,14 @@ fn input_text(input: &Value) -> String {
 
 /// Lowercased words: runs of letters, digits and apostrophes (curly ones normalized), so
 /// "Don’t" and "don't" are the same word and punctuation never matters.
+/// How often a phrase (already split by [`words`]) stands in a text's words, whole words only.
+fn phrase_hits(text_words: &[String], phrase: &[String]) -> usize {
+    text_words
+        .windows(phrase.len())
+        .filter(|w| *w == phrase)
+        .count()
+}
+
 fn words(text: &str) -> Vec<String> {
     text.split(|c: char| !(c.is_alphanumeric() || c == '\'' || c == '’'))
         .map(|w| w.trim_matches(|c| c == '\'' || c == '’'))

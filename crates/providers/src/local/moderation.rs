@@ -11,7 +11,7 @@
 //! an empty list. The built-in lexicon is deliberately small and mild: it exists so moderation
 //! steps, routes on `flagged` and their tests run offline, not to moderate real traffic.
 
-use super::{input_text, invalid, param, param_positive, words, Answer};
+use super::{input_text, invalid, param, param_positive, phrase_hits, words, Answer};
 use std::collections::BTreeMap;
 use switchyard_core::model::{normalized, ModelRequest};
 use switchyard_core::StepError;
@@ -135,15 +135,7 @@ pub(super) fn lexicon_moderation(request: &ModelRequest) -> Result<Answer, StepE
     let mut categories = BTreeMap::new();
     let mut scores = BTreeMap::new();
     for (category, phrases) in lexicon {
-        let hits: usize = phrases
-            .iter()
-            .map(|p| {
-                text_words
-                    .windows(p.len())
-                    .filter(|w| *w == p.as_slice())
-                    .count()
-            })
-            .sum();
+        let hits: usize = phrases.iter().map(|p| phrase_hits(&text_words, p)).sum();
         scores.insert(category.clone(), hits as f64 / (hits as f64 + 1.0));
         categories.insert(category, hits >= threshold);
     }

@@ -1,7 +1,9 @@
 //! Text models: keyword classifier, lexicon sentiment, extractive summarizer, regex extractor.
 //! All work on [`input_text`] and are pure functions of the request.
 
-use super::{input_text, invalid, is_stopword, param, param_positive, param_str, words, Answer};
+use super::{
+    input_text, invalid, is_stopword, param, param_positive, param_str, phrase_hits, words, Answer,
+};
 use regex::Regex;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -40,10 +42,7 @@ pub(super) fn keyword_classifier(request: &ModelRequest) -> Result<Answer, StepE
                         "params.labels.{label}[{i}] must be a non-empty string"
                     ))
                 })?;
-            n += text_words
-                .windows(phrase.len())
-                .filter(|w| *w == phrase.as_slice())
-                .count();
+            n += phrase_hits(&text_words, &phrase);
         }
         hits.push((label, n));
     }
