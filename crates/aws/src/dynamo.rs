@@ -85,8 +85,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_core::ports::{
-    IdempotencyClaim, ListScope, RunPage, RunQuery, RunSummary, StateStore, IDEMPOTENCY_TTL_MS,
-    MAX_LIST_LIMIT,
+    ActivePage, IdempotencyClaim, ListScope, RunPage, RunQuery, RunSummary, StateStore,
+    IDEMPOTENCY_TTL_MS, MAX_LIST_LIMIT, MAX_STEPS_PER_WRITE,
 };
 use switchyard_core::state::{HistoryEvent, Lease, RunHeader, RunSnapshot, RunStatus, StepRecord};
 use switchyard_core::{Millis, StoreError};
@@ -98,7 +98,10 @@ pub const TABLE_SCHEMA: &str = include_str!("dynamo_table.yaml");
 pub const INDEX_BY_TENANT: &str = "by_tenant";
 /// The index of every tenant's runs, for operators (`GSI2PK`, `GSI2SK`).
 pub const INDEX_ALL_RUNS: &str = "all_runs";
-/// The one attribute the indexes project besides the keys.
+/// The sparse index of runs that have not ended (`GSI3PK`, `GSI3SK`; keys only), which the
+/// stuck-run sweep reads.
+pub const INDEX_ACTIVE: &str = "active";
+/// The one attribute the listing indexes project besides the keys.
 pub const INDEX_PROJECTED: &str = "workflow";
 /// The TTL attribute (epoch seconds).
 pub const TTL_ATTRIBUTE: &str = "ttl";
@@ -126,6 +129,8 @@ const BATCH_GET_ATTEMPTS: u32 = 5;
 
 const HEADER_SK: &str = "H";
 const ALL_RUNS_PK: &str = "ALL";
+/// The one partition of the sparse `active` index.
+const ACTIVE_PK: &str = "ACTIVE";
 /// A write whose item must not exist yet.
 const NEW_ITEM: &str = "attribute_not_exists(PK)";
 /// Claims of a key that is free or expired (see [`expiring_put`]).
@@ -352,9 +357,39 @@ fn header_item(h: &RunHeader) -> Result<DynamoItem, StoreError> {
         ("GSI1PK".to_string(), s(tenant_pk(&h.tenant))),
         ("GSI1SK".to_string(), s(sk.clone())),
         ("GSI2PK".to_string(), s(ALL_RUNS_PK)),
-        ("GSI2SK".to_string(), s(sk)),
+        ("GSI2SK".to_string(), s(sk.clone())),
     ]);
+    if !h.status.is_terminal() {
+        item.extend([
+            ("GSI3PK".to_string(), s(ACTIVE_PK)),
+            ("GSI3SK".to_string(), s(sk)),
+        ]);
+    }
     Ok(item)
+}
+
+/// The `active` index's key of a run (what `ExclusiveStartKey` takes).
+fn active_key(created_at: Millis, run_id: &str) -> DynamoItem {
+    let mut key = item_key(run_pk(run_id), HEADER_SK);
+    key.insert("GSI3PK".into(), s(ACTIVE_PK));
+    key.insert("GSI3SK".into(), s(index_sk(created_at, run_id)));
+    key
+}
+
+/// The sweep's cursor: `a1.<created_at>.<run_id>` of the last run of the page.
+fn encode_active_cursor(created_at: Millis, run_id: &str) -> String {
+    format!("a1.{created_at}.{run_id}")
+}
+
+fn decode_active_cursor(cursor: &str) -> Result<(Millis, String), StoreError> {
+    let bad = || StoreError::Invalid(format!("`{cursor}` is not a cursor this store handed out"));
+    let rest = cursor.strip_prefix("a1.").ok_or_else(bad)?;
+    let (at, id) = rest.split_once('.').ok_or_else(bad)?;
+    let at = at.parse::<Millis>().map_err(|_| bad())?;
+    if id.is_empty() {
+        return Err(bad());
+    }
+    Ok((at, id.to_string()))
 }
 
 /// A stored header, with `ver` (what conditions compare) as its version.
@@ -561,9 +596,15 @@ impl DynamoStore {
     /// The header write of `put_header` and `acquire_lease`: body and version only, so the
     /// index keys and the projected `workflow` are untouched and no index item is rewritten.
     fn header_update(h: &RunHeader, new_version: u64) -> Result<Write, StoreError> {
+        // An ended run leaves the sparse `active` index (one index delete per run, at its end).
+        let update = if h.status.is_terminal() {
+            "SET body = :body, ver = :new REMOVE GSI3PK, GSI3SK"
+        } else {
+            "SET body = :body, ver = :new"
+        };
         Ok(Write::Update {
             key: item_key(run_pk(&h.run_id), HEADER_SK),
-            update: "SET body = :body, ver = :new".into(),
+            update: update.into(),
             condition: "ver = :read",
             values: values([
                 (":body", header_body(h, new_version)?),
@@ -1038,6 +1079,101 @@ impl StateStore for DynamoStore {
         }
     }
 
+    async fn put_steps(
+        &self,
+        run_id: &str,
+        writes: &[(&StepRecord, &[HistoryEvent])],
+    ) -> Result<Vec<u64>, StoreError> {
+        if writes.is_empty() || writes.len() > MAX_STEPS_PER_WRITE {
+            return Err(StoreError::Invalid(format!(
+                "put_steps takes 1 to {MAX_STEPS_PER_WRITE} records, not {}",
+                writes.len()
+            )));
+        }
+        if let [(rec, events)] = writes {
+            return Ok(vec![self.put_step(run_id, rec, events).await?]);
+        }
+        if writes.iter().any(|(rec, _)| rec.version == 0) {
+            self.ensure_run(run_id).await?;
+        }
+        let mut items = Vec::with_capacity(writes.len());
+        for (rec, events) in writes {
+            items.push(Self::step_write(run_id, rec, events)?.transact_item(&self.table)?);
+        }
+        // One transaction: every condition holds and every record is written, or none is. The
+        // SDK gives it an idempotency token, so its own retry after a lost answer is answered
+        // as the first try was instead of failing on the conditions it already moved.
+        let res = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await;
+        match outcome("TransactWriteItems", res)? {
+            Written::Yes => Ok(writes.iter().map(|(r, _)| r.version + 1).collect()),
+            Written::ConditionFailed(_) => Err(StoreError::Conflict(format!(
+                "steps {} of run {run_id}: one is not at the version read",
+                writes
+                    .iter()
+                    .map(|(r, _)| r.step.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    async fn active_runs(
+        &self,
+        created_before: Millis,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ActivePage, StoreError> {
+        let limit = limit.clamp(1, MAX_LIST_LIMIT);
+        let start = after.map(decode_active_cursor).transpose()?;
+        let mut ids = Vec::new();
+        let mut next = start.map(|(at, id)| active_key(at, &id));
+        // Keys only, oldest first, up to `created_before`; the headers are then read in
+        // batches (an ended run may linger in the index for moments: it is left out).
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(INDEX_ACTIVE)
+                .key_condition_expression("GSI3PK = :pk AND GSI3SK <= :before")
+                .expression_attribute_values(":pk", s(ACTIVE_PK))
+                .expression_attribute_values(":before", s(index_sk(created_before, "~")))
+                .scan_index_forward(true)
+                .limit(i32::try_from(limit + 1 - ids.len()).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(next.take())
+                .send()
+                .await
+                .map_err(|e| dynamo_error("Query", e))?;
+            for item in out.items() {
+                let sk = attr_s(item, "GSI3SK", "an entry of index active")?;
+                let (at, id) = sk.split_once('#').unwrap_or((sk, ""));
+                ids.push((at.parse::<Millis>().unwrap_or(0), id.to_string()));
+            }
+            next = out.last_evaluated_key;
+            if next.is_none() || ids.len() > limit {
+                break;
+            }
+        }
+        let more = ids.len() > limit;
+        ids.truncate(limit);
+        let cursor = more
+            .then(|| ids.last().map(|(at, id)| encode_active_cursor(*at, id)))
+            .flatten();
+        let ids: Vec<String> = ids.into_iter().map(|(_, id)| id).collect();
+        let mut runs = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(BATCH_GET_MAX) {
+            let mut found = self.headers(chunk).await?;
+            runs.extend(chunk.iter().filter_map(|id| found.remove(id)));
+        }
+        runs.retain(|h| !h.status.is_terminal());
+        Ok(ActivePage { runs, cursor })
+    }
+
     async fn append_events(&self, run_id: &str, events: &[HistoryEvent]) -> Result<(), StoreError> {
         let Some(item) = Self::history(run_id, events)? else {
             return Ok(());
@@ -1212,10 +1348,17 @@ fn key_schema(hash: &str, range: &str) -> Result<Vec<KeySchemaElement>, StoreErr
 }
 
 fn index(name: &str, hash: &str, range: &str) -> Result<GlobalSecondaryIndex, StoreError> {
-    let projection = Projection::builder()
-        .projection_type(ProjectionType::Include)
-        .non_key_attributes(INDEX_PROJECTED)
-        .build();
+    // The sweep's index holds keys only: it is read for run ids, never for a listing row.
+    let projection = if name == INDEX_ACTIVE {
+        Projection::builder()
+            .projection_type(ProjectionType::KeysOnly)
+            .build()
+    } else {
+        Projection::builder()
+            .projection_type(ProjectionType::Include)
+            .non_key_attributes(INDEX_PROJECTED)
+            .build()
+    };
     built(
         GlobalSecondaryIndex::builder()
             .index_name(name)
@@ -1231,7 +1374,9 @@ fn index(name: &str, hash: &str, range: &str) -> Result<GlobalSecondaryIndex, St
 /// twice. Its key schema is checked, not its indexes' projections.
 pub async fn create_table(client: &Client, name: &str) -> Result<(), StoreError> {
     let mut attributes = Vec::new();
-    for a in ["PK", "SK", "GSI1PK", "GSI1SK", "GSI2PK", "GSI2SK"] {
+    for a in [
+        "PK", "SK", "GSI1PK", "GSI1SK", "GSI2PK", "GSI2SK", "GSI3PK", "GSI3SK",
+    ] {
         attributes.push(attribute(a)?);
     }
     let res = client
@@ -1242,6 +1387,7 @@ pub async fn create_table(client: &Client, name: &str) -> Result<(), StoreError>
         .set_key_schema(Some(key_schema("PK", "SK")?))
         .global_secondary_indexes(index(INDEX_BY_TENANT, "GSI1PK", "GSI1SK")?)
         .global_secondary_indexes(index(INDEX_ALL_RUNS, "GSI2PK", "GSI2SK")?)
+        .global_secondary_indexes(index(INDEX_ACTIVE, "GSI3PK", "GSI3SK")?)
         .send()
         .await;
     if let Err(e) = res {

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard_api::{ApiKeys, ApiState};
 use switchyard_core::ports::{EnvSecrets, Secrets};
+use switchyard_core::recovery;
 use switchyard_core::time::SystemClock;
 use switchyard_engine::settings::{CALLBACK_SECRET, PUBLIC_URL};
 use switchyard_lambdas::poller::{self, Function, Mapping};
@@ -227,6 +228,7 @@ pub async fn dev(args: DevArgs) -> Result<i32> {
         })
     };
     pollers.push(notifier);
+    pollers.push(tokio::spawn(sweep_loop(d.clone(), stop_rx.clone())));
 
     // The server outlives the pollers: a batch in hand may still send callbacks to /hooks.
     let (http_stop_tx, mut http_stop) = watch::channel(false);
@@ -252,7 +254,12 @@ pub async fn dev(args: DevArgs) -> Result<i32> {
 /// One worker: the work queue's event source mapping and the worker function's handler, which
 /// sends the built-in jobs' callbacks its batch scheduled before it returns.
 async fn work_loop(d: Arc<Deployment>, http: reqwest::Client, mut stop: watch::Receiver<bool>) {
-    let mapping = Mapping::default();
+    // Received for the hold only (not the queue's 6× visibility): a receive whose answer is
+    // lost, or a dev killed mid-batch, lets go of its wake-ups within `HOLD_MS`.
+    let mapping = Mapping {
+        visibility_ms: recovery::HOLD_MS,
+        ..Mapping::default()
+    };
     while !*stop.borrow() {
         let polled = poller::poll_once(
             &d.engine,
@@ -277,6 +284,21 @@ async fn work_loop(d: Arc<Deployment>, http: reqwest::Client, mut stop: watch::R
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = stop.changed() => {}
+        }
+    }
+}
+
+/// The stuck-run sweep every [`recovery::SWEEP_INTERVAL_MS`], as the worker function's
+/// schedule runs it on AWS.
+async fn sweep_loop(d: Arc<Deployment>, mut stop: watch::Receiver<bool>) {
+    let every = Duration::from_millis(recovery::SWEEP_INTERVAL_MS);
+    while !*stop.borrow() {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => break,
+        }
+        if let Err(e) = d.engine.sweep().await {
+            tracing::warn!(error = %e, "stuck-run sweep failed; the next one tries again");
         }
     }
 }

@@ -6,7 +6,9 @@
 //! own implementation: [`state_store_contract!`] expands to one `#[tokio::test]` per rule.
 //!
 //! - [`state`]: conditional writes and conflicts, events written with their state change,
-//!   leases, idempotency claims, webhook-id dedupe, listing with filters and a cursor.
+//!   leases, idempotency claims, webhook-id dedupe, listing with filters and a cursor,
+//!   several step records written as one, the sweep's listing of runs that have not ended.
+//! - [`faults`]: a store that fails chosen writes before or after they land, for fault tests.
 //! - [`blobs`]: content-addressed round trips, and refusing keys that do not match.
 //! - [`queues`]: SQS semantics on both queues (work, notify): delays, visibility timeouts,
 //!   receive counts, dead-lettering into each queue's own place, redrive.
@@ -17,6 +19,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test library
 
 pub mod blobs;
+pub mod faults;
 pub mod queues;
 pub mod state;
 
@@ -47,7 +50,9 @@ macro_rules! state_store_contract {
             lease_rules,
             idempotency_claims_and_webhook_ids,
             events_keep_append_order_per_run,
-            listing_filters_and_pages_by_cursor
+            listing_filters_and_pages_by_cursor,
+            several_steps_are_one_write,
+            active_runs_are_the_unended_oldest_first
         );
     };
     (@tests $make:expr; $($name:ident),*) => {

@@ -8,7 +8,7 @@
 //! if any merged record is a timer or a resume, the merged wake-up is too; otherwise the first
 //! record's reason stands.
 
-use crate::state::{WakeReason, WakeUp};
+use crate::state::WakeUp;
 
 /// One run's share of a batch: the wake-up to handle and the indexes of its records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,8 +24,7 @@ pub fn group_by_run(wakes: &[(usize, WakeUp)]) -> Vec<RunGroup> {
         match groups.iter_mut().find(|g| g.wake.run_id == w.run_id) {
             Some(g) => {
                 g.records.push(*index);
-                let keeps_timer = matches!(g.wake.reason, WakeReason::Timer | WakeReason::Resume);
-                if !keeps_timer && matches!(w.reason, WakeReason::Timer | WakeReason::Resume) {
+                if !g.wake.reason.may_be_timer() && w.reason.may_be_timer() {
                     g.wake.reason = w.reason;
                 }
             }
@@ -41,7 +40,7 @@ pub fn group_by_run(wakes: &[(usize, WakeUp)]) -> Vec<RunGroup> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use WakeReason::*;
+    use crate::state::WakeReason::{self, *};
 
     fn w(run: &str, reason: WakeReason) -> WakeUp {
         WakeUp {

@@ -17,6 +17,7 @@
 //! - [`outbound`]: callback URL and address policy (SSRF), delivery decisions, signatures.
 //! - [`time`]: `Millis`, `Clock`, and workflow durations.
 //! - [`asset`]: kept assets (`data:` URLs read, outputs shaped and relinked to our copy).
+//! - [`recovery`]: the recovery bound and which runs a sweep wakes again.
 //! - [`upload`]: client uploads (declarations, `{"$upload"}` references, decoding for models).
 //!
 //! No tokio, no AWS, no HTTP: CI fails if `cargo tree -p switchyard-core` shows any of them.
@@ -33,6 +34,7 @@ pub mod outbound;
 pub mod planner;
 pub mod ports;
 pub mod presign;
+pub mod recovery;
 pub mod refs;
 pub mod retry;
 pub mod schema;

@@ -88,9 +88,7 @@ pub fn must_send_timer(
     prev_wait_until: Option<Millis>,
     wake_at: Option<Millis>,
 ) -> bool {
-    use crate::state::WakeReason;
-    wake_at.is_some()
-        && (matches!(reason, WakeReason::Timer | WakeReason::Resume) || prev_wait_until != wake_at)
+    wake_at.is_some() && (reason.may_be_timer() || prev_wait_until != wake_at)
 }
 
 fn min_opt(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {

@@ -90,6 +90,18 @@ pub struct RunPage {
     pub remaining: Option<u64>,
 }
 
+/// The most step records one [`StateStore::put_steps`] writes (a DynamoDB transaction holds
+/// 100 items; a transition changes two today).
+pub const MAX_STEPS_PER_WRITE: usize = 25;
+
+/// One page of [`StateStore::active_runs`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ActivePage {
+    pub runs: Vec<RunHeader>,
+    /// Where the next page starts; `None` on the last page.
+    pub cursor: Option<String>,
+}
+
 /// How long an `Idempotency-Key` names its run: 24 hours, as Stripe and most APIs that take
 /// the header. A retry after that starts a new run.
 pub const IDEMPOTENCY_TTL_MS: Millis = 24 * 60 * 60 * 1000;
@@ -144,6 +156,28 @@ pub trait StateStore: Send + Sync {
         record: &StepRecord,
         events: &[HistoryEvent],
     ) -> Result<u64, StoreError>;
+
+    /// Writes several step records of one run as one all-or-nothing write, each on the
+    /// condition of its own version (as [`StateStore::put_step`]), each with its events. A
+    /// transition that changes two steps — a repair: the validator asks, its target is reset —
+    /// is then never stored half-applied, whatever fails between or after. Returns the versions
+    /// now stored, in order. Any failed condition is `Conflict`, and nothing is written. At most
+    /// [`MAX_STEPS_PER_WRITE`] records.
+    async fn put_steps(
+        &self,
+        run_id: &str,
+        writes: &[(&StepRecord, &[HistoryEvent])],
+    ) -> Result<Vec<u64>, StoreError>;
+
+    /// The headers of runs that have not ended, created at or before `created_before`, oldest
+    /// first, `limit` at a time (capped at [`MAX_LIST_LIMIT`]): what the stuck-run sweep reads
+    /// ([`crate::recovery`]). `after` is the previous page's cursor, opaque to callers.
+    async fn active_runs(
+        &self,
+        created_before: Millis,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ActivePage, StoreError>;
 
     /// Appends history events that belong to no state change (each on its own: no
     /// read-modify-write). State changes carry their events in `put_header` / `put_step`.

@@ -441,6 +441,21 @@ pub enum WakeReason {
     Approval,
     Timer,
     Cancel,
+    /// Sent by the stuck-run sweep (`crate::recovery`): the run's own wake-up was lost, so
+    /// this one stands in for its timer as well.
+    Recover,
+}
+
+impl WakeReason {
+    /// Whether this wake-up may be the run's timer (a timer, a resume after a yield, or the
+    /// sweep standing in for a lost one): parking after it must queue the next timer, since
+    /// the one the header names is spent.
+    pub fn may_be_timer(self) -> bool {
+        matches!(
+            self,
+            WakeReason::Timer | WakeReason::Resume | WakeReason::Recover
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

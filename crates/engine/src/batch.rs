@@ -3,14 +3,37 @@
 //! `batchItemFailures` (`ReportBatchItemFailures`), so a failure in one record does not
 //! redeliver the others. Records of one run are handled once ([`switchyard_core::batch`]).
 //! A body that is not a message of its queue is reported failed: after the queue's
-//! `maxReceiveCount` deliveries SQS moves it to the dead-letter queue.
+//! `maxReceiveCount` deliveries SQS moves it to the dead-letter queue. Wake-ups are held by
+//! heartbeats while they are handled ([`Engine::handle_work_batch`], `core::recovery`).
 
 use crate::notifier::{disposition, Disposition};
 use crate::worker::Handled;
 use crate::{Engine, EngineError};
 use futures::future::join_all;
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Duration;
 use switchyard_core::ports::{CallbackSender, Inbox, Message, QueueName};
-use switchyard_core::Millis;
+use switchyard_core::{recovery, Millis};
+
+/// Hides the records still in hand for another [`recovery::HOLD_MS`]. A failed extension is
+/// only logged: the next heartbeat tries again, and at worst the wake-up is delivered twice,
+/// which re-plans harmlessly.
+async fn hold(records: &[Record], in_hand: &Mutex<BTreeSet<usize>>, inbox: &dyn Inbox) {
+    let held: Vec<usize> = in_hand
+        .lock()
+        .map(|h| h.iter().copied().collect())
+        .unwrap_or_default();
+    join_all(held.into_iter().map(|i| {
+        let r = &records[i];
+        async move {
+            if let Err(e) = inbox.change_visibility(&r.receipt, recovery::HOLD_MS).await {
+                tracing::debug!(message_id = %r.message_id, error = %e, "heartbeat failed; the next one tries again");
+            }
+        }
+    }))
+    .await;
+}
 
 /// One record of an SQS event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,11 +66,18 @@ fn parse(queue: QueueName, r: &Record, failures: &mut Vec<String>) -> Option<Mes
 }
 
 impl Engine {
-    /// Handles a batch of wake-ups until `deadline` (the invocation's).
+    /// Handles a batch of wake-ups until `deadline` (the invocation's), holding them through
+    /// `inbox` (the work queue) while it does: each record is hidden for
+    /// [`recovery::HOLD_MS`] at once and again every [`recovery::HEARTBEAT_MS`] until its run
+    /// is handled, so a worker that dies or times out lets go of its records within `HOLD_MS`
+    /// — not after the queue's visibility timeout, which on AWS stays at 6× the function
+    /// timeout for Lambda's throttled retries (docs/architecture.md, "Recovery"). Records
+    /// reported failed are given back after [`recovery::retry_delay_ms`].
     pub async fn handle_work_batch(
         &self,
         records: &[Record],
         deadline: Option<Millis>,
+        inbox: &dyn Inbox,
     ) -> BatchReport {
         let mut report = BatchReport::default();
         let mut wakes = Vec::new();
@@ -57,18 +87,66 @@ impl Engine {
             }
         }
         let groups = switchyard_core::batch::group_by_run(&wakes);
-        let results = join_all(groups.iter().map(|g| self.handle(&g.wake, deadline))).await;
-        for (g, result) in groups.into_iter().zip(results) {
+        let in_hand: Mutex<BTreeSet<usize>> =
+            Mutex::new(groups.iter().flat_map(|g| g.records.clone()).collect());
+        let mut work = std::pin::pin!(join_all(groups.iter().map(|g| {
+            let in_hand = &in_hand;
+            async move {
+                let result = self.handle(&g.wake, deadline).await;
+                if let Ok(mut held) = in_hand.lock() {
+                    for i in &g.records {
+                        held.remove(i);
+                    }
+                }
+                result
+            }
+        })));
+        // The first tick is at once: it shortens the hold the receive set.
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(recovery::HEARTBEAT_MS));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let results = loop {
+            tokio::select! {
+                results = &mut work => break results,
+                _ = heartbeat.tick() => hold(records, &in_hand, inbox).await,
+            }
+        };
+        // (record, when it comes back): unreadable bodies at once (sooner dead-lettered),
+        // failed wake-ups after their retry delay.
+        let mut give_back: Vec<(usize, u64)> = records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| report.failures.contains(&r.message_id))
+            .map(|(i, _)| (i, 0))
+            .collect();
+        for (g, result) in groups.iter().zip(results) {
             match result {
-                Ok(h) => report.handled.push((g.wake.run_id, h)),
+                Ok(h) => report.handled.push((g.wake.run_id.clone(), h)),
                 Err(e) => {
                     tracing::warn!(run_id = %g.wake.run_id, error = %e, "wake-up failed; its records come back");
-                    report
-                        .failures
-                        .extend(g.records.iter().map(|&i| records[i].message_id.clone()));
+                    give_back.extend(
+                        g.records
+                            .iter()
+                            .map(|&i| (i, recovery::retry_delay_ms(records[i].receive_count))),
+                    );
                 }
             }
         }
+        join_all(give_back.iter().map(|&(i, delay)| {
+            let r = &records[i];
+            async move {
+                if let Err(e) = inbox.change_visibility(&r.receipt, delay).await {
+                    tracing::debug!(message_id = %r.message_id, error = %e, "could not give a failed wake-up back early; it comes back at its hold");
+                }
+            }
+        }))
+        .await;
+        report.failures.extend(
+            give_back
+                .into_iter()
+                .map(|(i, _)| records[i].message_id.clone()),
+        );
+        report.failures.sort();
+        report.failures.dedup();
         report
     }
 

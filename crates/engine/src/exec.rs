@@ -109,8 +109,73 @@ impl Engine {
         rec: &mut StepRecord,
         events: &[HistoryEvent],
     ) -> Result<(), EngineError> {
-        rec.version = self.store.put_step(run_id, rec, events).await?;
-        Ok(())
+        self.put_records(run_id, std::slice::from_mut(rec), &[events])
+            .await
+    }
+
+    /// Writes records (one conditional write, or several as one) through storage faults: a
+    /// write that failed is tried again ([`WRITE_TRIES`] in all), and when a later try
+    /// conflicts, the records are read back — the first try may have landed with its answer
+    /// lost, and then the write is done, not a conflict. So a claim whose answer was lost is
+    /// still this worker's claim, and a verdict whose write failed is not thrown away.
+    async fn put_records(
+        &self,
+        run_id: &str,
+        records: &mut [StepRecord],
+        events: &[&[HistoryEvent]],
+    ) -> Result<(), EngineError> {
+        let mut faulted = false;
+        for attempt in 0..WRITE_TRIES {
+            let written = if let [rec] = &*records {
+                self.store
+                    .put_step(run_id, rec, events.first().copied().unwrap_or(&[]))
+                    .await
+                    .map(|v| vec![v])
+            } else {
+                let writes: Vec<(&StepRecord, &[HistoryEvent])> = records
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (r, events.get(i).copied().unwrap_or(&[])))
+                    .collect();
+                self.store.put_steps(run_id, &writes).await
+            };
+            match written {
+                Ok(versions) => {
+                    for (r, v) in records.iter_mut().zip(versions) {
+                        r.version = v;
+                    }
+                    return Ok(());
+                }
+                Err(StoreError::Unavailable(msg)) if attempt + 1 < WRITE_TRIES => {
+                    tracing::debug!(run_id, %msg, "step write failed; trying again");
+                    faulted = true;
+                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                }
+                Err(StoreError::Conflict(msg)) if faulted => {
+                    if self.landed(run_id, records).await? {
+                        for r in records.iter_mut() {
+                            r.version += 1;
+                        }
+                        return Ok(());
+                    }
+                    return Err(StoreError::Conflict(msg).into());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Unavailable(format!("run {run_id}: step write kept failing")).into())
+    }
+
+    /// Whether the store holds exactly `records`, one version on: an earlier try's write.
+    async fn landed(&self, run_id: &str, records: &[StepRecord]) -> Result<bool, StoreError> {
+        let Some(snap) = self.store.load(run_id).await? else {
+            return Ok(false);
+        };
+        Ok(records.iter().all(|r| {
+            let mut mine = r.clone();
+            mine.version += 1;
+            snap.step(&r.step) == Some(&mine)
+        }))
     }
 
     /// Executes one action; returns the records it wrote (the caller updates its snapshot).
@@ -156,8 +221,9 @@ impl Engine {
         self.write_records(&cx.run_id, records, &events).await
     }
 
-    /// Writes an action's records one by one in the order it gave them: that order is what
-    /// makes a crash between two writes safe (see the repair in `validate_step`).
+    /// Writes an action's records: one record as one conditional write, several (a repair:
+    /// the validator's request and its target's reset) as one all-or-nothing write, so no crash
+    /// or lost answer can leave the transition half-applied.
     async fn write_records(
         &self,
         run_id: &str,
@@ -165,9 +231,8 @@ impl Engine {
         events: &[HistoryEvent],
     ) -> Result<Vec<StepRecord>, EngineError> {
         let n = records.len();
-        for (i, r) in records.iter_mut().enumerate() {
-            self.write_step(run_id, r, events_for(i, n, events)).await?;
-        }
+        let per_record: Vec<&[HistoryEvent]> = (0..n).map(|i| events_for(i, n, events)).collect();
+        self.put_records(run_id, &mut records, &per_record).await?;
         Ok(records)
     }
 
@@ -278,8 +343,8 @@ impl Engine {
         match target_rec
             .and_then(|t| settle::request_repair(step, target_step, rec, &t, &errors, why, now))
         {
-            // The target is reset first: a crash between the two writes then repeats the
-            // repair rather than spending it without running it.
+            // Both records are written as one (`write_records`): the target's reset and the
+            // validator's request happen together or not at all.
             Some((val, target, ev)) => Ok((vec![target, val], vec![ev])),
             None => Err(StepError::new(
                 if why.starts_with("the judge") {
@@ -1007,6 +1072,9 @@ fn merge_branches(branches: &[String], scope: &Value) -> Value {
     }
     Value::Object(merged)
 }
+
+/// Tries of one step write through storage faults (`Engine::put_records`).
+const WRITE_TRIES: u32 = 3;
 
 /// Records to write and the events that go with them, in order.
 type Writes = (Vec<StepRecord>, Vec<HistoryEvent>);

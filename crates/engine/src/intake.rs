@@ -99,8 +99,11 @@ impl Engine {
         );
         match self.store.create_run(&header, &[created]).await {
             Ok(()) => {}
-            // Two requests with one idempotency key raced to create the same run: one did.
+            // Two requests with one idempotency key raced to create the same run: one did —
+            // or this request did, and the answer was lost and the retry found it. The start
+            // may not have been sent yet either way: a duplicate wake-up is harmless.
             Err(switchyard_core::StoreError::Conflict(_)) if idempotency_key.is_some() => {
+                self.wake(&run_id, WakeReason::Start, 0).await?;
                 return Ok(Started {
                     run_id,
                     status: RunStatus::Pending,

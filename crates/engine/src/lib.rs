@@ -26,6 +26,7 @@ pub mod http;
 pub mod intake;
 pub mod notifier;
 pub mod pool;
+pub mod recovery;
 pub mod registry;
 pub mod settings;
 pub mod stats;
@@ -82,7 +83,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             owner: format!("worker:{}", std::process::id()),
-            run_lease_ms: 60_000,
+            run_lease_ms: switchyard_core::recovery::RUN_LEASE_MS,
             step_lease_margin_ms: 5_000,
             inline_limit_bytes: 32 * 1024,
             header_inline_bytes: 1024,

@@ -4,6 +4,9 @@
 //! schedule. On AWS the SQS triggers do the receiving and the worker and notifier functions
 //! the handling; this is the same use-cases driven by a process.
 //!
+//! A further loop runs the stuck-run sweep ([`Engine::sweep`]) every
+//! [`PoolOptions::sweep_ms`].
+//!
 //! Idle loops sleep until the earliest queued message or held callback is due, at most
 //! [`PoolOptions::idle_ms`], or until kicked (a request queued work). Stopping: loops finish the
 //! message in hand and return; a run being handled parks or ends as usual, releasing its
@@ -32,6 +35,8 @@ pub struct PoolOptions {
     /// How long one `handle` may drive a run before yielding it through the queue, as a
     /// Lambda invocation would (keeps a stop prompt and one long run from holding a loop).
     pub invocation_ms: u64,
+    /// How often the stuck-run sweep runs (`core::recovery`).
+    pub sweep_ms: u64,
 }
 
 /// `switchyard dev`'s default number of work loops.
@@ -45,6 +50,7 @@ impl Default for PoolOptions {
             retry_ms: 250,
             idle_ms: 1_000,
             invocation_ms: 60_000,
+            sweep_ms: switchyard_core::recovery::SWEEP_INTERVAL_MS,
         }
     }
 }
@@ -73,6 +79,8 @@ impl Pool {
         }
         let (pool, stop2) = (self.clone(), stop.clone());
         tasks.spawn(async move { pool.notify_loop(stop2).await });
+        let (pool, stop3) = (self.clone(), stop.clone());
+        tasks.spawn(async move { pool.sweep_loop(stop3).await });
         while let Some(r) = tasks.join_next().await {
             if let Err(e) = r {
                 tracing::error!(error = %e, "a pool loop panicked");
@@ -101,6 +109,24 @@ impl Pool {
                     tracing::warn!(worker = index, error = %e, "receiving from the work queue failed");
                     self.idle(Some(self.engine.now() + self.opts.retry_ms), &mut stop)
                         .await;
+                }
+            }
+        }
+    }
+
+    /// The stuck-run sweep every `sweep_ms`: a run whose wake-up was lost (a process killed
+    /// between writing a run and queueing its start) is woken again.
+    async fn sweep_loop(&self, mut stop: watch::Receiver<bool>) {
+        while !*stop.borrow() {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(self.opts.sweep_ms)) => {}
+                _ = stop.changed() => break,
+            }
+            match self.engine.sweep().await {
+                Ok(swept) if !swept.rewoken.is_empty() => self.kick.notify_waiters(),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "stuck-run sweep failed; the next one tries again")
                 }
             }
         }

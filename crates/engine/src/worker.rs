@@ -42,9 +42,22 @@ pub enum Handled {
     Yielded,
 }
 
-/// How many times a conflicting write makes the worker reload and re-plan before giving up
-/// (the wake-up is then retried by the queue).
+/// How many times a conflicting or failed write makes the worker reload and re-plan before
+/// giving up (the wake-up is then retried by the queue).
 const MAX_CONFLICTS: usize = 8;
+
+/// Step claims this `handle` call made and no longer drives (after a failed or conflicting
+/// write nothing of it is in flight): the claim's write landed but its answer was lost, or
+/// the call was made and its checkpoint was lost. Either way nobody is running that attempt,
+/// so it is expired now — settled as a lost attempt and retried under its policy — instead
+/// of when the claim's lease ends.
+fn expire_orphaned_claims(snap: &mut RunSnapshot, owner: &str, now: Millis) {
+    for r in &mut snap.steps {
+        if r.status == StepStatus::Running && r.lease_owner.as_deref() == Some(owner) {
+            r.lease_until = Some(now);
+        }
+    }
+}
 
 type Flight = std::pin::Pin<
     Box<dyn std::future::Future<Output = (String, Result<Vec<StepRecord>, EngineError>)> + Send>,
@@ -96,11 +109,16 @@ impl Engine {
                     .await?;
                 return Ok(Handled::Busy);
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                // The take may have landed with its answer lost: give it back, so the
+                // redelivered wake-up does not wait for this call's lease to lapse.
+                self.release_lease(run_id, &owner).await;
+                return Err(e.into());
+            }
         }
-        let mut conflicts = 0;
+        let mut retries = 0;
         loop {
-            match self
+            let driven = self
                 .drive(
                     &wf,
                     &mut snap,
@@ -109,22 +127,60 @@ impl Engine {
                     (prev_wait_until, was_waiting),
                     &owner,
                 )
-                .await
-            {
-                Err(EngineError::Store(StoreError::Conflict(msg))) if conflicts < MAX_CONFLICTS => {
-                    conflicts += 1;
-                    tracing::debug!(run_id, %msg, "conflicting write; reloading");
-                    snap = self
-                        .store
-                        .load(run_id)
-                        .await?
-                        .ok_or_else(|| EngineError::NotFound(run_id.to_string()))?;
-                    if snap.header.status.is_terminal() {
-                        return Ok(Handled::AlreadyEnded(snap.header.status));
-                    }
-                }
-                other => return other,
+                .await;
+            let error = match driven {
+                Ok(handled) => return Ok(handled),
+                Err(e) => e,
+            };
+            // A conflict (another writer moved a record) or a storage fault (the write may or
+            // may not have landed: its answer was lost) is met by reading the run again and
+            // planning from what is stored, still holding the lease.
+            let again = matches!(
+                error,
+                EngineError::Store(StoreError::Conflict(_) | StoreError::Unavailable(_))
+            ) && retries < MAX_CONFLICTS;
+            if !again {
+                self.release_lease(run_id, &owner).await;
+                return Err(error);
             }
+            retries += 1;
+            tracing::debug!(run_id, error = %error, "write failed or conflicted; reloading");
+            if matches!(error, EngineError::Store(StoreError::Unavailable(_))) {
+                // The SDK has retried already; a short pause lets a brief fault pass.
+                tokio::time::sleep(std::time::Duration::from_millis(50 << retries.min(5))).await;
+            }
+            snap = match self.store.load(run_id).await {
+                Ok(Some(s)) => s,
+                Ok(None) => return Err(EngineError::NotFound(run_id.to_string())),
+                Err(e) => {
+                    self.release_lease(run_id, &owner).await;
+                    return Err(e.into());
+                }
+            };
+            if snap.header.status.is_terminal() {
+                // The end may be this call's own write whose answer was lost: its
+                // notification must still go out.
+                self.renotify_if_lost(&snap.header).await?;
+                return Ok(Handled::AlreadyEnded(snap.header.status));
+            }
+            expire_orphaned_claims(&mut snap, &owner, self.now());
+        }
+    }
+
+    /// Gives the run's lease back after a failed `handle`, so the wake-up's redelivery (or the
+    /// sweep's) takes the run at once instead of waiting for the lease to lapse. Best effort:
+    /// if this fails too, the lease lapses after [`Config::run_lease_ms`](crate::Config).
+    async fn release_lease(&self, run_id: &str, owner: &str) {
+        let Ok(Some(mut h)) = self.store.load_header(run_id).await else {
+            return;
+        };
+        if h.lease.as_ref().is_none_or(|l| l.owner != owner) {
+            return;
+        }
+        h.lease = None;
+        h.updated_at = self.now();
+        if let Err(e) = self.store.put_header(&h, &[]).await {
+            tracing::debug!(run_id, error = %e, "could not give the lease back; it lapses");
         }
     }
 
@@ -192,11 +248,29 @@ impl Engine {
                 self.launch(snap, &cx, fresh, (&mut in_flight, &mut flying));
                 continue;
             }
-            if let Some((step, result)) = in_flight.next().await {
-                flying.remove(&step);
-                let views = (&mut scope, &mut records);
-                if let Err(e) = self.absorb(wf, snap, views, &ledger, (&step, result)).await {
-                    failure.get_or_insert(e);
+            if !in_flight.is_empty() {
+                // Calls in flight keep the lease alive: a live worker's lease never lapses,
+                // so a lapsed one means a dead worker (`core::recovery`).
+                let half = self.config.run_lease_ms / 2;
+                let lease_until = snap.header.lease.as_ref().map_or(now, |l| l.until);
+                let renew_in = lease_until.saturating_sub(now).saturating_sub(half);
+                let timer =
+                    tokio::time::sleep(std::time::Duration::from_millis(renew_in.max(1_000)));
+                tokio::select! {
+                    next = in_flight.next() => {
+                        if let Some((step, result)) = next {
+                            flying.remove(&step);
+                            let views = (&mut scope, &mut records);
+                            if let Err(e) = self.absorb(wf, snap, views, &ledger, (&step, result)).await {
+                                failure.get_or_insert(e);
+                            }
+                        }
+                    }
+                    _ = timer => {
+                        if let Err(e) = self.renew_lease_at_half_time(snap, owner, self.now()).await {
+                            failure.get_or_insert(e);
+                        }
+                    }
                 }
                 continue;
             }

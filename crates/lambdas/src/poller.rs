@@ -74,7 +74,11 @@ pub async fn poll_once(
     }
     let deadline = clock.now_ms() + mapping.function_timeout_ms;
     let report = match function {
-        Function::Worker => engine.handle_work_batch(&records, Some(deadline)).await,
+        Function::Worker => {
+            engine
+                .handle_work_batch(&records, Some(deadline), inbox)
+                .await
+        }
         Function::Notifier(sender) => engine.handle_notify_batch(&records, inbox, *sender).await,
     };
     let mut deleted = 0;

@@ -3,7 +3,26 @@
 //! `batchItemFailures` answer (`ReportBatchItemFailures`), so only failed records come back.
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use serde::Deserialize;
 use switchyard_engine::batch::{BatchReport, Record};
+
+/// What invokes the worker: the work queue's event source mapping, or the EventBridge
+/// schedule of the stuck-run sweep (`template.yaml`, `WorkerFunction.Events.Sweep`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum WorkerEvent {
+    /// A scheduled event (`"detail-type": "Scheduled Event"`): run one sweep.
+    Sweep(Scheduled),
+    Batch(SqsEvent),
+}
+
+/// The fields of an EventBridge scheduled event the worker tells it apart by.
+#[derive(Debug, Deserialize)]
+pub struct Scheduled {
+    #[serde(rename = "detail-type")]
+    pub detail_type: String,
+    pub source: String,
+}
 
 /// The records of `event`. A record without a message id or receipt cannot be acked nor
 /// reported, so it is left out (logged): SQS redelivers it after its visibility timeout.
@@ -64,6 +83,25 @@ mod tests {
         assert_eq!(recs[0].receive_count, 1);
         assert!(recs[0].body.contains("\"run_id\""));
         assert_eq!(recs[1].receive_count, 2);
+    }
+
+    #[test]
+    fn the_worker_tells_a_schedule_from_a_batch() {
+        let read = |name: &str| -> WorkerEvent {
+            let path = format!("{}/../../events/{name}", env!("CARGO_MANIFEST_DIR"));
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+        };
+        match read("worker-schedule-sweep.json") {
+            WorkerEvent::Sweep(s) => {
+                assert_eq!(s.detail_type, "Scheduled Event");
+                assert_eq!(s.source, "aws.events");
+            }
+            other => panic!("a schedule read as {other:?}"),
+        }
+        match read("worker-sqs-batch.json") {
+            WorkerEvent::Batch(b) => assert_eq!(records(&b).len(), 2),
+            other => panic!("a batch read as {other:?}"),
+        }
     }
 
     #[test]

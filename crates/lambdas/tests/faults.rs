@@ -108,15 +108,20 @@ async fn the_same_message_delivered_twice_runs_each_step_once() {
     // SQS hands the same message to two invocations at once (at-least-once delivery)...
     let deadline = Some(d.engine.now() + 60_000);
     let (a, b) = tokio::join!(
-        d.engine.handle_work_batch(&records, deadline),
-        d.engine.handle_work_batch(&records, deadline)
+        d.engine
+            .handle_work_batch(&records, deadline, d.work.as_ref()),
+        d.engine
+            .handle_work_batch(&records, deadline, d.work.as_ref())
     );
     assert!(
         a.failures.is_empty() && b.failures.is_empty(),
         "{a:?} {b:?}"
     );
     // ...and once more after the run ended.
-    let late = d.engine.handle_work_batch(&records, deadline).await;
+    let late = d
+        .engine
+        .handle_work_batch(&records, deadline, d.work.as_ref())
+        .await;
     assert!(
         matches!(late.handled[0].1, Handled::AlreadyEnded(_)),
         "{late:?}"
@@ -151,20 +156,26 @@ async fn two_records_of_one_run_in_one_batch_are_handled_once() {
 }
 
 #[tokio::test]
-async fn a_worker_killed_mid_step_is_redelivered_after_the_visibility_timeout() {
+async fn a_worker_killed_mid_step_is_redelivered_within_the_hold() {
     let mut d = deployment_with(&[]).await;
     let clock = Arc::new(JumpClock::default());
     rewire(&mut d, &[SLOW], clock.clone(), None);
     let api = router(&d);
     let run = start(&api, "slow-pair", json!({"text": "k"})).await;
 
-    // The event source mapping hands the wake-up to a worker (hidden for 2 s)...
-    let records = receive_records(&d, 2_000).await;
+    // The event source mapping hands the wake-up to a worker, hidden for the queue's
+    // visibility timeout (6 × the worker's 180 s, as template.yaml sets it)...
+    let records = receive_records(&d, 6 * 180_000).await;
     assert_eq!(records.len(), 1);
     let engine = d.engine.clone();
     let batch = records.clone();
     let deadline = Some(d.engine.now() + 60_000);
-    let worker = tokio::spawn(async move { engine.handle_work_batch(&batch, deadline).await });
+    let inbox = d.work.clone();
+    let worker = tokio::spawn(async move {
+        engine
+            .handle_work_batch(&batch, deadline, inbox.as_ref())
+            .await
+    });
     // ...which is killed while `slow` runs: its claim is stored, its result never is, and
     // the message is not deleted.
     let mut claimed = false;
@@ -185,21 +196,27 @@ async fn a_worker_killed_mid_step_is_redelivered_after_the_visibility_timeout() 
 
     // The dead worker's run lease (60 s) and step claim (10 s + 5 s) lapse.
     clock.jump(61_000);
-    // SQS brings the message back once its visibility timeout passes.
+    // The worker held the message for `HOLD_MS` at a time (its heartbeat), not for the
+    // visibility timeout it was received with: dead, it lets go within the hold.
+    let hold = switchyard_core::recovery::HOLD_MS;
     let mut again = Vec::new();
-    for _ in 0..50 {
+    for _ in 0..(hold / 500 + 20) {
         again = receive_records(&d, 30_000).await;
         if !again.is_empty() {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(again.len(), 1, "the message did not come back");
+    assert_eq!(
+        again.len(),
+        1,
+        "the message did not come back within the hold"
+    );
     assert_eq!(again[0].message_id, records[0].message_id);
     assert_eq!(again[0].receive_count, 2);
     let report = d
         .engine
-        .handle_work_batch(&again, Some(d.engine.now() + 60_000))
+        .handle_work_batch(&again, Some(d.engine.now() + 60_000), d.work.as_ref())
         .await;
     assert!(report.failures.is_empty(), "{report:?}");
     d.work.ack(&again[0].receipt).await.unwrap();
@@ -283,7 +300,10 @@ async fn poisoned_messages_land_in_the_dead_letter_queue() {
         })).collect::<Vec<_>>()});
         let event = serde_json::from_value(event).unwrap();
         let records = switchyard_lambdas::sqs::records(&event);
-        let report = d.engine.handle_work_batch(&records, None).await;
+        let report = d
+            .engine
+            .handle_work_batch(&records, None, d.work.as_ref())
+            .await;
         let answer = serde_json::to_value(switchyard_lambdas::sqs::response(&report)).unwrap();
         assert_eq!(
             answer["batchItemFailures"][0]["itemIdentifier"],
@@ -725,4 +745,91 @@ async fn dynamodb_throttling_ends_in_a_retried_wake_up_not_a_lost_one() {
     let doc = work_until_done_with(&d, &api, &run, mapping).await;
     assert_eq!(doc["status"], "succeeded", "{doc}");
     each_step_started_once(&d, &run, &["first", "second"]).await;
+}
+
+/// A draft the judge fails once; the judge's repair changes two records in one transition.
+const JUDGED: &str = r#"
+name: judged
+version: "1"
+steps:
+  - id: draft
+    model: local/template-generator
+    input: "${input.topic}"
+    params:
+      format: json
+      template: '{% if feedback %}{"title": "{{ feedback[0][:13] }}"}{% else %}{"title": "The best pack"}{% endif %}'
+  - id: check
+    kind: validate
+    value: "${steps.draft.output.json}"
+    judge: {model: local/rules-judge, params: {rules: [{id: no-best, at: /title, forbid: "\\bbest\\b", message: no superlatives}]}}
+    repair: {step: draft, max_attempts: 2}
+  - {id: publish, kind: transform, value: "${steps.check.output.title}"}
+"#;
+
+/// The operator's half-applied repair, on DynamoDB: the repair's one transaction fails before
+/// it lands or after (its answer lost), and the run still makes each call once — no dangling
+/// claim, no second judge call, no lease to wait out.
+#[tokio::test]
+async fn a_repair_is_one_transaction_whatever_fails_around_it() {
+    use switchyard_contract::faults::{Fault, FaultyStore, WriteKind};
+    for fault in [Fault::Before, Fault::After] {
+        let mut d = deployment_with(&[]).await;
+        let faulty =
+            Arc::new(FaultyStore::new(d.engine.store.clone()).fail(WriteKind::PutSteps, 1, fault));
+        rewire(
+            &mut d,
+            &[JUDGED],
+            Arc::new(SystemClock),
+            Some(faulty.clone()),
+        );
+        let api = router(&d);
+        let run = start(&api, "judged", json!({"topic": "t"})).await;
+        let doc = work_until_done(&d, &api, &run).await;
+        assert_eq!(doc["status"], "succeeded", "{fault:?}: {doc}");
+        assert_eq!(faulty.injected(), [(WriteKind::PutSteps, 1, fault)]);
+        // Two drafts, two judge calls (fail, pass), one repair: as without the fault.
+        assert_eq!(started(&d, &run, "draft").await, 2, "{fault:?}");
+        assert_eq!(started(&d, &run, "check").await, 2, "{fault:?}");
+        let events = history(&d, &run).await;
+        assert!(
+            !events.iter().any(|e| e.kind == EventKind::StepLeaseExpired),
+            "{fault:?}: no claim dangled"
+        );
+        let repairs = events
+            .iter()
+            .filter(|e| e.kind == EventKind::StepRepairRequested)
+            .count();
+        assert_eq!(repairs, 1, "{fault:?}");
+    }
+}
+
+/// The stuck-run sweep on DynamoDB (the sparse `active` index) and SQS: a run whose start
+/// never reached the queue is found once it is due for longer than the grace, woken, and
+/// finished; ended runs leave the index.
+#[tokio::test]
+async fn the_sweep_finds_a_run_whose_start_was_lost() {
+    use switchyard_core::recovery::STUCK_GRACE_MS;
+    let mut d = deployment_with(&[]).await;
+    let clock = Arc::new(JumpClock::default());
+    rewire(&mut d, &[PAIR], clock.clone(), None);
+    let api = router(&d);
+    let run = start(&api, "pair", json!({"text": "x"})).await;
+    // The start is lost (received by a process that died, dead-lettered...).
+    for r in receive_records(&d, 60_000).await {
+        d.work.ack(&r.receipt).await.unwrap();
+    }
+    let swept = d.engine.sweep().await.unwrap();
+    assert!(swept.rewoken.is_empty(), "not due long enough: {swept:?}");
+    clock.jump(STUCK_GRACE_MS + 1_000);
+    let swept = d.engine.sweep().await.unwrap();
+    assert_eq!(swept.rewoken, std::slice::from_ref(&run));
+    let doc = work_until_done(&d, &api, &run).await;
+    assert_eq!(doc["status"], "succeeded", "{doc}");
+    each_step_started_once(&d, &run, &["first", "second"]).await;
+    clock.jump(STUCK_GRACE_MS + 1_000);
+    let swept = d.engine.sweep().await.unwrap();
+    assert!(
+        !swept.rewoken.contains(&run),
+        "an ended run is not woken: {swept:?}"
+    );
 }

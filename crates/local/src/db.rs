@@ -16,7 +16,8 @@ pub const DB_FILE: &str = "switchyard.sqlite";
 
 /// Schema migrations; entry `i` brings the schema from version `i` to `i + 1`. Append only:
 /// a released migration is never edited, because existing files already ran it.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE runs (
     run_id        TEXT PRIMARY KEY,
     tenant        TEXT NOT NULL,
@@ -74,7 +75,13 @@ CREATE TABLE dead_letters (
     reason        TEXT NOT NULL,
     failed_at     INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+-- The stuck-run sweep (core::recovery) reads the runs that have not ended, oldest first.
+CREATE INDEX runs_active ON runs(created_at, run_id)
+    WHERE status IN ('pending', 'running', 'waiting');
+"#,
+];
 
 /// The schema version this build writes: the number of migrations.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use rusqlite::{ffi, params, Connection, OptionalExtension};
 use serde::de::DeserializeOwned;
 use switchyard_core::ports::{
-    IdempotencyClaim, RunPage, RunQuery, RunSummary, StateStore, IDEMPOTENCY_TTL_MS, MAX_LIST_LIMIT,
+    ActivePage, IdempotencyClaim, RunPage, RunQuery, RunSummary, StateStore, IDEMPOTENCY_TTL_MS,
+    MAX_LIST_LIMIT, MAX_STEPS_PER_WRITE,
 };
 use switchyard_core::state::{HistoryEvent, Lease, RunHeader, RunSnapshot, RunStatus, StepRecord};
 use switchyard_core::{Millis, StoreError};
@@ -104,6 +105,72 @@ fn update_header(c: &Connection, row: &HeaderRow, expected: u64) -> Result<usize
         row.run_id,
         expected
     ])?)
+}
+
+/// A step record ready to write: its JSON at the version it will have, and its events.
+struct StepRow {
+    what: String,
+    step: String,
+    expected: u64,
+    json: String,
+    events: EventRows,
+}
+
+impl StepRow {
+    fn new(run_id: &str, rec: &StepRecord, events: &[HistoryEvent]) -> Result<StepRow, StoreError> {
+        let what = format!("step {} of run {run_id}", rec.step);
+        let mut stored = rec.clone();
+        stored.version = rec.version + 1;
+        Ok(StepRow {
+            json: to_json(&stored, &what)?,
+            what,
+            step: rec.step.clone(),
+            expected: rec.version,
+            events: event_rows(run_id, events)?,
+        })
+    }
+
+    /// The conditional write: insert at version 0, else update if the version still matches.
+    fn write(&self, c: &Connection, run_id: &str) -> Result<u64, DbError> {
+        let new_version = self.expected + 1;
+        if self.expected == 0 {
+            c.prepare_cached(
+                "INSERT INTO steps (run_id, step, record, version) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![run_id, self.step, self.json, new_version])
+            .map_err(|e| insert_err(e, &self.what, run_id))?;
+        } else {
+            let n = c
+                .prepare_cached(
+                    "UPDATE steps SET record = ?1, version = ?2
+                     WHERE run_id = ?3 AND step = ?4 AND version = ?5",
+                )?
+                .execute(params![
+                    self.json,
+                    new_version,
+                    run_id,
+                    self.step,
+                    self.expected
+                ])?;
+            // A missing record is a failed condition too, as in DynamoDB.
+            if n == 0 {
+                let msg = format!("{} is not at version {}", self.what, self.expected);
+                return Err(StoreError::Conflict(msg).into());
+            }
+        }
+        insert_events(c, run_id, &self.events)?;
+        Ok(new_version)
+    }
+}
+
+/// `Invalid` for a multi-step write with no records or more than the port allows.
+fn check_write_count(n: usize) -> Result<(), StoreError> {
+    if n == 0 || n > MAX_STEPS_PER_WRITE {
+        return Err(StoreError::Invalid(format!(
+            "put_steps takes 1 to {MAX_STEPS_PER_WRITE} records, not {n}"
+        )));
+    }
+    Ok(())
 }
 
 /// Events serialized on the caller's thread, so the SQLite thread only runs statements.
@@ -269,38 +336,63 @@ impl StateStore for SqliteStore {
         rec: &StepRecord,
         events: &[HistoryEvent],
     ) -> Result<u64, StoreError> {
+        let row = StepRow::new(run_id, rec, events)?;
         let run_id = run_id.to_string();
-        let what = format!("step {} of run {run_id}", rec.step);
-        let step = rec.step.clone();
-        let expected_version = rec.version;
-        let new_version = expected_version + 1;
-        let mut stored = rec.clone();
-        stored.version = new_version;
-        let json = to_json(&stored, &what)?;
-        let rows = event_rows(&run_id, events)?;
+        self.db.write(move |c| row.write(c, &run_id)).await
+    }
+
+    async fn put_steps(
+        &self,
+        run_id: &str,
+        writes: &[(&StepRecord, &[HistoryEvent])],
+    ) -> Result<Vec<u64>, StoreError> {
+        check_write_count(writes.len())?;
+        let rows = writes
+            .iter()
+            .map(|(rec, events)| StepRow::new(run_id, rec, events))
+            .collect::<Result<Vec<_>, _>>()?;
+        let run_id = run_id.to_string();
+        // One job is one transaction (a savepoint under group commit): a failed condition
+        // rolls back the rows written before it.
         self.db
-            .write(move |c| {
-                if expected_version == 0 {
-                    c.prepare_cached(
-                        "INSERT INTO steps (run_id, step, record, version) VALUES (?1, ?2, ?3, ?4)",
-                    )?
-                    .execute(params![run_id, step, json, new_version])
-                    .map_err(|e| insert_err(e, &what, &run_id))?;
-                } else {
-                    let n = c
-                        .prepare_cached(
-                            "UPDATE steps SET record = ?1, version = ?2
-                             WHERE run_id = ?3 AND step = ?4 AND version = ?5",
-                        )?
-                        .execute(params![json, new_version, run_id, step, expected_version])?;
-                    // A missing record is a failed condition too, as in DynamoDB.
-                    if n == 0 {
-                        let msg = format!("{what} is not at version {expected_version}");
-                        return Err(StoreError::Conflict(msg).into());
-                    }
+            .write(move |c| rows.iter().map(|r| r.write(c, &run_id)).collect())
+            .await
+    }
+
+    async fn active_runs(
+        &self,
+        created_before: Millis,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ActivePage, StoreError> {
+        let limit = limit.clamp(1, MAX_LIST_LIMIT);
+        let after = after.map(decode_cursor).transpose()?;
+        self.db
+            .read(move |c| {
+                let (at, id) = after.unwrap_or((0, String::new()));
+                let mut stmt = c.prepare_cached(
+                    "SELECT header, version FROM runs
+                     WHERE status IN ('pending', 'running', 'waiting') AND created_at <= ?1
+                       AND (created_at, run_id) > (?2, ?3)
+                     ORDER BY created_at, run_id LIMIT ?4",
+                )?;
+                let rows = stmt
+                    .query_map(params![created_before, at, id, limit as i64 + 1], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut runs = Vec::with_capacity(rows.len());
+                for (json, version) in rows {
+                    let mut h: RunHeader = from_json(&json, "header of an active run")?;
+                    h.version = version;
+                    runs.push(h);
                 }
-                insert_events(c, &run_id, &rows)?;
-                Ok(new_version)
+                let more = runs.len() > limit;
+                runs.truncate(limit);
+                let cursor = more
+                    .then(|| runs.last().map(|h| encode_cursor(h.created_at, &h.run_id)))
+                    .flatten();
+                Ok(ActivePage { runs, cursor })
             })
             .await
     }

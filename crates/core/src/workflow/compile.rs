@@ -411,6 +411,19 @@ pub fn compile(
     let input_schema = cx.schema(top, "", "input_schema");
     let output_schema = cx.schema(top, "", "output_schema");
     let timeout = cx.dur(top, "", "timeout");
+    if let Some(t) = timeout.filter(|t| t.ms() < crate::recovery::MIN_RUN_TIMEOUT_MS) {
+        cx.err(
+            "timeout",
+            format!(
+                "the run `timeout` must be at least {}s, not {}s: recovering from a failed \
+                 worker can take up to {}s (docs/architecture.md, \"Recovery\"), and that \
+                 time must not fail the run",
+                crate::recovery::MIN_RUN_TIMEOUT_MS / 1000,
+                t.ms() / 1000,
+                crate::recovery::RECOVERY_BOUND_MS / 1000
+            ),
+        );
+    }
 
     let mut defaults = Defaults {
         timeout: Dur(30_000),

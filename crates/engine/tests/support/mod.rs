@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use switchyard_core::drive::Next;
 use switchyard_core::model::{ModelInfo, Provider};
-use switchyard_core::ports::{Inbox, Message, QueueName};
+use switchyard_core::ports::{Inbox, Message, QueueName, StateStore};
 use switchyard_core::state::{
     EventKind, HistoryEvent, RunSnapshot, RunStatus, StepRecord, WakeReason, WakeUp,
 };
@@ -105,6 +105,22 @@ impl H {
     /// An engine with the local provider, the given extra providers, and `Config` as changed
     /// by `f`.
     pub fn build(f: impl FnOnce(&mut Config), extra: Vec<Arc<dyn Provider>>) -> H {
+        H::build_wrapped(f, extra, |s| s, true)
+    }
+
+    /// An engine whose state store is the backend's wrapped by `wrap` (a store that injects
+    /// faults). Its driver is not strict: a wake-up whose handling failed comes back, as it
+    /// would from the queue.
+    pub fn with_store(wrap: impl FnOnce(Arc<dyn StateStore>) -> Arc<dyn StateStore>) -> H {
+        H::build_wrapped(|_| {}, Vec::new(), wrap, false)
+    }
+
+    fn build_wrapped(
+        f: impl FnOnce(&mut Config),
+        extra: Vec<Arc<dyn Provider>>,
+        wrap: impl FnOnce(Arc<dyn StateStore>) -> Arc<dyn StateStore>,
+        strict: bool,
+    ) -> H {
         let dir = tempfile::tempdir().expect("temp dir");
         let backend = Backend::open(dir.path()).expect("open backend");
         let clock = ManualClock::new(T0);
@@ -123,7 +139,7 @@ impl H {
         };
         f(&mut config);
         let engine = Engine::new(
-            Arc::new(backend.store()),
+            wrap(Arc::new(backend.store())),
             Arc::new(queue.clone()),
             Arc::new(backend.blobs()),
             clock_dyn,
@@ -138,7 +154,7 @@ impl H {
                 watch_ms: None,
                 // Only the iteration bound ends a drive that makes no progress.
                 max_idle_ms: u64::MAX / 4,
-                strict: true,
+                strict,
                 ..driver::Options::default()
             },
         )

@@ -1,13 +1,15 @@
-//! worker: batches of wake-ups from the work queue. Records are handled concurrently (records
-//! of one run once), each run is advanced until the invocation's deadline allows no further
-//! step, and only the records that must come back are reported (`ReportBatchItemFailures`).
+//! worker: batches of wake-ups from the work queue, and the stuck-run sweep on a schedule.
+//! Records are handled concurrently (records of one run once) and held by heartbeats while
+//! they are, each run is advanced until the invocation's deadline allows no further step, and
+//! only the records that must come back are reported (`ReportBatchItemFailures`).
 
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use aws_lambda_events::event::sqs::SqsBatchResponse;
 use lambda_runtime::{service_fn, LambdaEvent};
 use std::sync::Arc;
 use switchyard_engine::settings::WEBHOOK_SECRET;
 use switchyard_lambdas::deploy::required_setting;
-use switchyard_lambdas::{callbacks, init_tracing, invocation_deadline, sqs, Deployment};
+use switchyard_lambdas::sqs::{self, WorkerEvent};
+use switchyard_lambdas::{callbacks, init_tracing, invocation_deadline, Deployment};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
@@ -15,13 +17,23 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let d = Arc::new(Deployment::from_env().await?);
     required_setting(d.secrets.as_ref(), WEBHOOK_SECRET, "without one secret shared by all instances, built-in jobs' callbacks signed here fail verification in the webhook function")?;
     let http = reqwest::Client::new();
-    lambda_runtime::run(service_fn(move |ev: LambdaEvent<SqsEvent>| {
+    lambda_runtime::run(service_fn(move |ev: LambdaEvent<WorkerEvent>| {
         let d = d.clone();
         let http = http.clone();
         async move {
-            let records = sqs::records(&ev.payload);
+            let batch = match ev.payload {
+                WorkerEvent::Sweep(_) => {
+                    d.engine.sweep().await?;
+                    return Ok(SqsBatchResponse::default());
+                }
+                WorkerEvent::Batch(batch) => batch,
+            };
+            let records = sqs::records(&batch);
             let deadline = invocation_deadline(ev.context.deadline, d.engine.now());
-            let report = d.engine.handle_work_batch(&records, Some(deadline)).await;
+            let report = d
+                .engine
+                .handle_work_batch(&records, Some(deadline), d.work.as_ref())
+                .await;
             // Built-in async jobs call back through the webhook function, like a provider would.
             let budget = deadline.saturating_sub(d.engine.now() + 1_000);
             callbacks::send(&http, callbacks::take(&d), budget).await;
