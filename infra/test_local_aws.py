@@ -76,10 +76,21 @@ class TemplateTest(unittest.TestCase):
     def test_sqs_functions_report_batch_item_failures(self):
         for fn, queue in [("WorkerFunction", "WorkQueue"), ("NotifierFunction", "NotifyQueue")]:
             events = self.r[fn]["Properties"]["Events"]
-            (ev,) = events.values()
-            self.assertEqual(ev["Type"], "SQS")
+            (ev,) = [e for e in events.values() if e["Type"] == "SQS"]
             self.assertEqual(ev["Properties"]["Queue"], {"Fn::GetAtt": [queue, "Arn"]})
             self.assertEqual(ev["Properties"]["FunctionResponseTypes"], ["ReportBatchItemFailures"])
+
+    def test_worker_runs_the_sweep_every_minute(self):
+        # The stuck-run sweep (docs/architecture.md, "Recovery"): the worker's only other event,
+        # and the permission its heartbeats need.
+        events = self.r["WorkerFunction"]["Properties"]["Events"]
+        sweep = events["Sweep"]
+        self.assertEqual(sweep["Type"], "Schedule")
+        self.assertEqual(sweep["Properties"]["Schedule"], "rate(1 minute)")
+        self.assertEqual(sorted(e["Type"] for e in events.values()), ["SQS", "Schedule"])
+        consume = [st for st in self.r["WorkerRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+                   if isinstance(st, dict) and st.get("Sid") == "ConsumeWork"]
+        self.assertIn("sqs:ChangeMessageVisibility", consume[0]["Action"])
 
     def test_worker_max_concurrency_cannot_go_below_two(self):
         self.assertEqual(self.t["Parameters"]["WorkerMaxConcurrency"]["MinValue"], 2)
@@ -105,6 +116,10 @@ class TemplateTest(unittest.TestCase):
 
     def test_index_projection_is_defined_once(self):
         for gsi in self.r["Table"]["Properties"]["GlobalSecondaryIndexes"]:
+            if gsi["IndexName"] == "active":
+                # The sweep's sparse index holds keys only: no header update rewrites it.
+                self.assertEqual(gsi["Projection"], {"ProjectionType": "KEYS_ONLY"})
+                continue
             self.assertEqual(gsi["Projection"]["NonKeyAttributes"],
                              {"Fn::FindInMap": ["TableIndexes", "Projection", "NonKeyAttributes"]})
 
@@ -211,10 +226,13 @@ class EmulatorTest(unittest.TestCase):
         self.assertEqual(table["BillingModeSummary"]["BillingMode"], "PAY_PER_REQUEST")
         got = {g["IndexName"]: g for g in table["GlobalSecondaryIndexes"]}
         want = {g["IndexName"]: g for g in props["GlobalSecondaryIndexes"]}
-        self.assertEqual(set(got), {"by_tenant", "all_runs"})
+        self.assertEqual(set(got), {"by_tenant", "all_runs", "active"})
         self.assertEqual(set(got), set(want))
         for name, g in want.items():
             self.assertEqual(got[name]["KeySchema"], g["KeySchema"], name)
+            if name == "active":
+                self.assertEqual(got[name]["Projection"]["ProjectionType"], "KEYS_ONLY")
+                continue
             self.assertEqual(got[name]["Projection"]["ProjectionType"], "INCLUDE", name)
             self.assertEqual(sorted(got[name]["Projection"]["NonKeyAttributes"]), sorted(mapped), name)
         self.assertIn("status", mapped)
