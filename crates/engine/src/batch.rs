@@ -9,7 +9,7 @@
 use crate::notifier::{disposition, Disposition};
 use crate::worker::Handled;
 use crate::{Engine, EngineError};
-use futures::future::join_all;
+use futures::future::{join_all, Either};
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -89,7 +89,7 @@ impl Engine {
         let groups = switchyard_core::batch::group_by_run(&wakes);
         let in_hand: Mutex<BTreeSet<usize>> =
             Mutex::new(groups.iter().flat_map(|g| g.records.clone()).collect());
-        let mut work = std::pin::pin!(join_all(groups.iter().map(|g| {
+        let work = std::pin::pin!(join_all(groups.iter().map(|g| {
             let in_hand = &in_hand;
             async move {
                 let result = self.handle(&g.wake, deadline).await;
@@ -101,14 +101,19 @@ impl Engine {
                 result
             }
         })));
-        // The first tick is at once: it shortens the hold the receive set.
+        // Heartbeats run beside the work, never in its way. The first tick is at once: it
+        // shortens the hold the receive set.
         let mut heartbeat = tokio::time::interval(Duration::from_millis(recovery::HEARTBEAT_MS));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let results = loop {
-            tokio::select! {
-                results = &mut work => break results,
-                _ = heartbeat.tick() => hold(records, &in_hand, inbox).await,
+        let beat = std::pin::pin!(async {
+            loop {
+                heartbeat.tick().await;
+                hold(records, &in_hand, inbox).await;
             }
+        });
+        let results = match futures::future::select(work, beat).await {
+            Either::Left((results, _)) => results,
+            Either::Right((_, work)) => work.await,
         };
         // (record, when it comes back): unreadable bodies at once (sooner dead-lettered),
         // failed wake-ups after their retry delay.

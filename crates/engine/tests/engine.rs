@@ -2935,7 +2935,10 @@ async fn the_sweep_wakes_runs_whose_wake_ups_were_lost() {
         "lease lapsed, within grace"
     );
     h.clock.advance(1);
-    assert_eq!(h.engine.sweep().await.unwrap().rewoken, std::slice::from_ref(&leased));
+    assert_eq!(
+        h.engine.sweep().await.unwrap().rewoken,
+        std::slice::from_ref(&leased)
+    );
     assert_eq!(h.drive(&leased).await, RunStatus::Succeeded);
 
     // 3. Waiting for an approval with a deadline; the deadline's timer is lost.

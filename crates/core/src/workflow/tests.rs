@@ -1462,3 +1462,36 @@ fn cascade_and_select_mistakes_are_reported_where_they_are() {
         );
     }
 }
+
+#[test]
+fn run_timeouts_shorter_than_the_recovery_margin_are_refused() {
+    // (run timeout, accepted?)
+    let table = [
+        ("30s", false),
+        ("1m", false),
+        ("299s", false),
+        ("5m", true),
+        ("2d", true),
+    ];
+    for (timeout, ok) in table {
+        let src = format!(
+            "name: w\nversion: \"1\"\ntimeout: {timeout}\nsteps:\n  - {{id: a, model: local/template-generator}}\n"
+        );
+        match compile(&src, &files(), &catalog()) {
+            Ok(wf) => assert!(ok, "{timeout} was accepted: {:?}", wf.timeout),
+            Err(diags) => {
+                assert!(!ok, "{timeout} was refused: {diags:#?}");
+                let d = diags
+                    .iter()
+                    .find(|d| d.message.contains("run `timeout` must be at least 300s"))
+                    .unwrap_or_else(|| panic!("{timeout}: {diags:#?}"));
+                assert!(
+                    d.message.contains("90s"),
+                    "the message names the bound: {}",
+                    d.message
+                );
+                assert_eq!(d.line, 3, "reported at the key");
+            }
+        }
+    }
+}
