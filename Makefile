@@ -58,14 +58,15 @@ test-lambda-local:
 
 ## test: every test of the workspace (unit, property, engine, end-to-end over HTTP, the AWS
 ## adapters and the four Lambda handlers against moto, which infra/moto.sh installs and starts,
-## and stops after; `switchyard dev --backend aws` end to end (`--features aws`, tests/dev_aws.rs);
+## and stops after; `switchyard dev --backend aws` end to end (`--features aws`, tests/dev_aws.rs),
+## and under injected AWS faults with a killed dev (tests/recovery_aws.rs, 40 runs, about a minute);
 ## infra/local_aws.py's check that provisioning matches template.yaml), then
 ## `sam validate --lint` (infra/sam.sh installs SAM CLI), then schemathesis against
 ## `switchyard dev`'s OpenAPI document (tests/api/venv.sh installs it).
 test:
 	@url=$$(infra/moto.sh start) || exit 1; \
 	  SWITCHYARD_TEST_AWS_ENDPOINT=$$url $(CARGO) test --workspace --all-targets \
-	  && SWITCHYARD_TEST_AWS_ENDPOINT=$$url $(CARGO) test -p switchyard-cli --features aws --test dev_aws \
+	  && SWITCHYARD_TEST_AWS_ENDPOINT=$$url $(CARGO) test -p switchyard-cli --features aws --test dev_aws --test recovery_aws \
 	  && SWITCHYARD_TEST_AWS_ENDPOINT=$$url $(AWS_PY) -m unittest discover -s infra -p 'test_local_aws.py'; \
 	  code=$$?; infra/moto.sh stop; exit $$code
 	infra/sam.sh validate --lint

@@ -151,6 +151,29 @@ pub fn skip(step: &str, rec: &StepRecord, reason: &str, now: Millis) -> (StepRec
 }
 
 /// The attempt failed: retry on the same model, fall back to the next one, or fail the step.
+/// How many attempts of one step the platform may lose (a worker that died mid-call) before
+/// a lost attempt counts against the step's retries like any timeout: a step whose call keeps
+/// killing its worker (out of memory, say) must still end.
+pub const MAX_LOST_ATTEMPTS: u32 = 3;
+
+/// An attempt whose worker stopped before checkpointing it (its claim expired: `Expire`).
+/// Nothing the step did failed, so it is retried on the same model without spending one of
+/// that model's attempts — a killed worker must not fail a run whose last attempt it held —
+/// up to [`MAX_LOST_ATTEMPTS`] per step; then it is a `timeout` like any other.
+pub fn lost(step: &Step, rec: &StepRecord, now: Millis, seed: &str) -> (StepRecord, HistoryEvent) {
+    let err = StepError::new(
+        ErrorClass::Timeout,
+        "attempt lost: its worker stopped before checkpointing (lease expired)",
+    );
+    if rec.lost < MAX_LOST_ATTEMPTS && step.call().is_some() {
+        let mut spared = rec.clone();
+        spared.model_attempt = spared.model_attempt.saturating_sub(1);
+        spared.lost += 1;
+        return fail(step, &spared, err, AttemptMeta::default(), now, seed);
+    }
+    fail(step, rec, err, AttemptMeta::default(), now, seed)
+}
+
 pub fn fail(
     step: &Step,
     rec: &StepRecord,
@@ -587,6 +610,34 @@ mod tests {
             rec = r;
         }
         out
+    }
+
+    #[test]
+    fn lost_attempts_do_not_spend_the_models_attempts_up_to_a_bound() {
+        use StepStatus::*;
+        // One attempt per model, one model: a lost attempt is retried anyway, three times;
+        // the fourth loss is a timeout like any other and, with no attempt left, fails.
+        let step = model_step(&["a/x"], 1, &[], None);
+        let mut rec = StepRecord::pending("s");
+        let mut now = 1_000;
+        let mut seen = vec![];
+        for _ in 0..=MAX_LOST_ATTEMPTS {
+            rec = claim(&step, &rec, "w", now, 5000);
+            let (r, ev) = lost(&step, &rec, now, "run");
+            seen.push((r.status, r.attempt, r.model_attempt, r.lost, ev.kind));
+            now = r.next_at.unwrap_or(now) + 1;
+            rec = r;
+        }
+        assert_eq!(
+            seen,
+            [
+                (Retrying, 1, 0, 1, EventKind::StepRetryScheduled),
+                (Retrying, 2, 0, 2, EventKind::StepRetryScheduled),
+                (Retrying, 3, 0, 3, EventKind::StepRetryScheduled),
+                (Failed, 4, 1, 3, EventKind::StepFailed),
+            ]
+        );
+        assert_eq!(rec.error.map(|e| e.class), Some(ErrorClass::Timeout));
     }
 
     #[test]

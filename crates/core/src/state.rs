@@ -269,7 +269,15 @@ pub struct StepRecord {
     /// Steps with `select`: the model chosen and why (`crate::cascade::select`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selected: Option<Selection>,
+    /// Attempts lost to the platform (their worker died before checkpointing): retried
+    /// without spending the model's attempts, at most `settle::MAX_LOST_ATTEMPTS` times.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lost: u32,
     pub version: u64,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A cascade's move from one tier to the next: which model answered, which one is asked
@@ -330,6 +338,7 @@ impl StepRecord {
             approval: None,
             escalations: Vec::new(),
             baseline_usd: None,
+            lost: 0,
             selected: None,
             version: 0,
         }

@@ -1096,11 +1096,7 @@ fn events_for(i: usize, n: usize, events: &[HistoryEvent]) -> &[HistoryEvent] {
 
 /// An attempt whose worker vanished: the lease expiry is recorded before the failure it causes.
 fn expire(step: &Step, rec: &StepRecord, now: u64, run_id: &str) -> Writes {
-    let err = StepError::new(
-        ErrorClass::Timeout,
-        "attempt lost: its worker stopped before checkpointing (lease expired)",
-    );
-    let (r, ev) = settle::fail(step, rec, err, AttemptMeta::default(), now, run_id);
+    let (r, ev) = settle::lost(step, rec, now, run_id);
     let lost = HistoryEvent::step(
         now,
         EventKind::StepLeaseExpired,

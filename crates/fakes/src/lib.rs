@@ -56,6 +56,7 @@
 //! [`serve_with_shutdown`] on a listener the caller bound.
 
 mod anthropic;
+pub mod aws_faults;
 mod bedrock;
 mod behavior;
 mod openai;
