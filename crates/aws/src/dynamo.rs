@@ -378,18 +378,11 @@ fn active_key(created_at: Millis, run_id: &str) -> DynamoItem {
 
 /// The sweep's cursor: `a1.<created_at>.<run_id>` of the last run of the page.
 fn encode_active_cursor(created_at: Millis, run_id: &str) -> String {
-    format!("a1.{created_at}.{run_id}")
+    switchyard_core::ports::encode_cursor("a1", created_at, run_id)
 }
 
 fn decode_active_cursor(cursor: &str) -> Result<(Millis, String), StoreError> {
-    let bad = || StoreError::Invalid(format!("`{cursor}` is not a cursor this store handed out"));
-    let rest = cursor.strip_prefix("a1.").ok_or_else(bad)?;
-    let (at, id) = rest.split_once('.').ok_or_else(bad)?;
-    let at = at.parse::<Millis>().map_err(|_| bad())?;
-    if id.is_empty() {
-        return Err(bad());
-    }
-    Ok((at, id.to_string()))
+    switchyard_core::ports::decode_cursor("a1", cursor)
 }
 
 /// A stored header, with `ver` (what conditions compare) as its version.

@@ -48,6 +48,26 @@ pub async fn sdk_config(region: Option<&str>, endpoint: Option<&str>) -> aws_con
     loader.load().await
 }
 
+/// How long one AWS request may take, and one operation with the SDK's retries. The SDK sets
+/// no such bound by default, so a request whose answer never comes (a half-open connection,
+/// a stalled endpoint) would hold its caller — a worker and the wake-ups it heartbeats — until
+/// the invocation's deadline. Bounded, it fails as `Unavailable` and is retried or re-planned
+/// (docs/architecture.md, "Recovery").
+pub const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// See [`ATTEMPT_TIMEOUT`]: the SDK's standard retries (3 attempts) fit in this.
+pub const OPERATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(40);
+
+/// `sdk` with [`ATTEMPT_TIMEOUT`] and [`OPERATION_TIMEOUT`] (its connect timeout kept).
+pub fn with_timeouts(sdk: &aws_config::SdkConfig) -> aws_config::SdkConfig {
+    let mut timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+        .operation_timeout(OPERATION_TIMEOUT);
+    if let Some(connect) = sdk.timeout_config().and_then(|t| t.connect_timeout()) {
+        timeouts = timeouts.connect_timeout(connect);
+    }
+    sdk.to_builder().timeout_config(timeouts.build()).build()
+}
+
 /// The configuration for an emulator at `endpoint`: fixed test credentials, `us-east-1`.
 pub async fn emulator_config(endpoint: &str) -> aws_config::SdkConfig {
     let creds = aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "emulator");

@@ -94,6 +94,27 @@ pub struct RunPage {
 /// 100 items; a transition changes two today).
 pub const MAX_STEPS_PER_WRITE: usize = 25;
 
+/// A listing cursor an adapter hands out: `<tag>.<created_at>.<run_id>` of the last row of a
+/// page. Callers treat it as opaque; the tag tells one listing's cursors from another's.
+pub fn encode_cursor(tag: &str, created_at: Millis, run_id: &str) -> String {
+    format!("{tag}.{created_at}.{run_id}")
+}
+
+/// Reads a cursor of [`encode_cursor`] with `tag`; anything else is `StoreError::Invalid`.
+pub fn decode_cursor(tag: &str, cursor: &str) -> Result<(Millis, String), StoreError> {
+    let bad = || StoreError::Invalid(format!("`{cursor}` is not a cursor this store handed out"));
+    let rest = cursor
+        .strip_prefix(tag)
+        .and_then(|r| r.strip_prefix('.'))
+        .ok_or_else(bad)?;
+    let (at, id) = rest.split_once('.').ok_or_else(bad)?;
+    let at = at.parse::<Millis>().map_err(|_| bad())?;
+    if id.is_empty() {
+        return Err(bad());
+    }
+    Ok((at, id.to_string()))
+}
+
 /// One page of [`StateStore::active_runs`].
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ActivePage {

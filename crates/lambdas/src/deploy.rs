@@ -148,6 +148,7 @@ pub struct Clients {
 impl Clients {
     /// From one SDK configuration (`path_style`: S3 path-style addressing, for emulators).
     pub fn new(sdk: &aws_config::SdkConfig, path_style: bool) -> Clients {
+        let sdk = &switchyard_aws::with_timeouts(sdk);
         Clients {
             dynamo: aws_sdk_dynamodb::Client::new(sdk),
             sqs: aws_sdk_sqs::Client::new(sdk),
@@ -165,6 +166,7 @@ impl Clients {
     where
         I: aws_sdk_dynamodb::config::Intercept + Clone + 'static,
     {
+        let sdk = &switchyard_aws::with_timeouts(sdk);
         Clients {
             dynamo: aws_sdk_dynamodb::Client::from_conf(
                 aws_sdk_dynamodb::config::Builder::from(sdk)

@@ -584,21 +584,17 @@ fn list_page(
     })
 }
 
-/// A listing cursor: `c1.<created_at>.<run_id>` of the last row of a page. Callers treat it as
-/// opaque; the prefix lets a later format be told apart.
+/// A listing cursor: `c1.<created_at>.<run_id>` of the last row of a page.
 fn encode_cursor(created_at: Millis, run_id: &str) -> String {
-    format!("c1.{created_at}.{run_id}")
+    switchyard_core::ports::encode_cursor("c1", created_at, run_id)
 }
 
 fn decode_cursor(cursor: &str) -> Result<(i64, String), StoreError> {
-    let bad = || StoreError::Invalid(format!("`{cursor}` is not a cursor this store handed out"));
-    let rest = cursor.strip_prefix("c1.").ok_or_else(bad)?;
-    let (at, id) = rest.split_once('.').ok_or_else(bad)?;
-    let at = at.parse::<i64>().map_err(|_| bad())?;
-    if id.is_empty() {
-        return Err(bad());
-    }
-    Ok((at, id.to_string()))
+    let (at, id) = switchyard_core::ports::decode_cursor("c1", cursor)?;
+    let at = i64::try_from(at).map_err(|_| {
+        StoreError::Invalid(format!("`{cursor}` is not a cursor this store handed out"))
+    })?;
+    Ok((at, id))
 }
 
 #[cfg(test)]
