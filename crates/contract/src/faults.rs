@@ -34,6 +34,9 @@ pub struct FaultyStore {
     plan: Mutex<Vec<(WriteKind, usize, Fault)>>,
     calls: Mutex<HashMap<WriteKind, usize>>,
     injected: Mutex<Vec<(WriteKind, usize, Fault)>>,
+    /// Snapshots the next `load` of their run answers instead of what is stored: a reader
+    /// that loaded the run just before another worker moved it on.
+    stale: Mutex<HashMap<String, RunSnapshot>>,
 }
 
 impl FaultyStore {
@@ -43,7 +46,17 @@ impl FaultyStore {
             plan: Mutex::new(Vec::new()),
             calls: Mutex::new(HashMap::new()),
             injected: Mutex::new(Vec::new()),
+            stale: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The next `load` of `snap`'s run answers `snap`, as it was when it was taken; later
+    /// loads read the store again.
+    pub fn load_stale_once(&self, snap: RunSnapshot) {
+        self.stale
+            .lock()
+            .unwrap()
+            .insert(snap.header.run_id.clone(), snap);
     }
 
     /// Plans a fault for the `nth` call of `kind` from now on counted since the store was made.
@@ -107,6 +120,9 @@ impl StateStore for FaultyStore {
     }
 
     async fn load(&self, run_id: &str) -> Result<Option<RunSnapshot>, StoreError> {
+        if let Some(old) = self.stale.lock().unwrap().remove(run_id) {
+            return Ok(Some(old));
+        }
         self.inner.load(run_id).await
     }
 

@@ -205,12 +205,12 @@ pub fn fail(
             if within_deadline(now.saturating_add(delay)) {
                 r.status = StepStatus::Retrying;
                 r.next_at = Some(now.saturating_add(delay));
-                // A malformed answer is re-asked with what was wrong with it.
-                r.feedback = if err.class == ErrorClass::Malformed {
-                    err.details.clone()
-                } else {
-                    Vec::new()
-                };
+                // A malformed answer is re-asked with what was wrong with it. Any other
+                // failure produced no answer, so the request stays as it was: a repair's
+                // feedback survives a timeout, an outage or a lost attempt in between.
+                if err.class == ErrorClass::Malformed {
+                    r.feedback = err.details.clone();
+                }
                 let ev = HistoryEvent::step(
                     now,
                     EventKind::StepRetryScheduled,
@@ -757,5 +757,48 @@ mod tests {
         let (r, ev) = fail(&step, &c, err, AttemptMeta::default(), 1, "r");
         assert_eq!(r.feedback, vec!["at /title: missing".to_string()]);
         assert_eq!(ev.kind, EventKind::StepRetryScheduled);
+    }
+
+    /// Found at 500 runs under faults: a repair's re-ask whose worker died was retried
+    /// without the repair's feedback, so the same faulty draft came back and spent a repair.
+    /// A failure that produced no answer leaves the request as it was.
+    #[test]
+    fn a_repair_request_survives_failures_that_produced_no_answer() {
+        let step = model_step(&["a/x"], 3, &[], None);
+        let mut asked = StepRecord::pending("s");
+        asked.status = StepStatus::Retrying;
+        asked.feedback = vec!["state the weight".into()];
+        let problems = || vec!["state the weight".to_string()];
+        // (how the attempt ended, the feedback of the next attempt)
+        let cases: Vec<(&str, Box<dyn Fn(&StepRecord) -> StepRecord>, Vec<String>)> = vec![
+            (
+                "lost (worker died)",
+                Box::new(|c: &StepRecord| lost(&step, c, 5, "r").0),
+                problems(),
+            ),
+            (
+                "transient",
+                Box::new(|c: &StepRecord| {
+                    let e = StepError::new(ErrorClass::Transient, "503");
+                    fail(&step, c, e, AttemptMeta::default(), 5, "r").0
+                }),
+                problems(),
+            ),
+            (
+                "malformed: the new problems replace the old",
+                Box::new(|c: &StepRecord| {
+                    let e = StepError::new(ErrorClass::Malformed, "schema")
+                        .with_details(vec!["at /title: missing".into()]);
+                    fail(&step, c, e, AttemptMeta::default(), 5, "r").0
+                }),
+                vec!["at /title: missing".to_string()],
+            ),
+        ];
+        for (what, end, want) in cases {
+            let claimed = claim(&step, &asked, "w", 1, 10);
+            let next = end(&claimed);
+            assert_eq!(next.status, StepStatus::Retrying, "{what}");
+            assert_eq!(next.feedback, want, "{what}");
+        }
     }
 }

@@ -98,7 +98,29 @@ impl Engine {
             until: now + self.config.run_lease_ms,
         };
         match self.store.acquire_lease(run_id, &lease, now).await {
-            Ok(h) => snap.header = h,
+            Ok(h) => {
+                // The lease is one version on from what was loaded, unless another worker
+                // wrote the run in between (its records may have moved on, or it may have
+                // ended the run and let its lease go): plan from what is stored, not from
+                // the older load, which would park or re-drive a run that is over.
+                let moved = h.version != snap.header.version + 1;
+                snap.header = h;
+                if moved {
+                    match self.store.load(run_id).await {
+                        Ok(Some(s)) => snap = s,
+                        Ok(None) => return Err(EngineError::NotFound(run_id.to_string())),
+                        Err(e) => {
+                            self.release_lease(run_id, &owner).await;
+                            return Err(e.into());
+                        }
+                    }
+                }
+                if snap.header.status.is_terminal() {
+                    self.release_lease(run_id, &owner).await;
+                    self.renotify_if_lost(&snap.header).await?;
+                    return Ok(Handled::AlreadyEnded(snap.header.status));
+                }
+            }
             Err(StoreError::Conflict(_)) => {
                 let until = snap.header.lease.as_ref().map_or(now, |l| l.until);
                 self.queue

@@ -2964,3 +2964,50 @@ async fn the_sweep_wakes_runs_whose_wake_ups_were_lost() {
     let swept = h.engine.sweep().await.unwrap();
     assert_eq!((swept.checked, swept.rewoken.len()), (0, 0));
 }
+
+/// Found at 500 runs under faults: a worker loaded a run, another ended it and let its lease
+/// go, and the first took the lease of the ended run and planned from its older load — it
+/// parked the run (`waiting`, with `ended_at` set) after it had succeeded. A lease taken on a
+/// run that moved since the load now re-reads it, and an ended run stays ended.
+#[tokio::test]
+async fn a_wake_up_loaded_before_the_run_ended_leaves_it_ended() {
+    use switchyard_contract::faults::FaultyStore;
+    let faulty = Arc::new(std::sync::Mutex::new(None::<Arc<FaultyStore>>));
+    let slot = faulty.clone();
+    let h = H::with_store(move |inner| {
+        let f = Arc::new(FaultyStore::new(inner));
+        *slot.lock().unwrap() = Some(f.clone());
+        f
+    });
+    let store = faulty.lock().unwrap().clone().unwrap();
+    let (run, waiting) = h.run(&approval_wf("reject"), json!({"what": "x"})).await;
+    assert_eq!(waiting, RunStatus::Waiting);
+    let before_end = h.snap(&run).await;
+    h.clock.advance(1000);
+    h.engine
+        .decide(None, &run, "gate", true, None)
+        .await
+        .unwrap();
+    assert_eq!(h.drive(&run).await, RunStatus::Succeeded);
+    let ended = h.snap(&run).await.header;
+
+    // A late wake-up whose load saw the run still waiting for its approval.
+    store.load_stale_once(before_end);
+    let wake = WakeUp {
+        run_id: run.clone(),
+        reason: WakeReason::Timer,
+    };
+    let handled = h.engine.handle(&wake, None).await.unwrap();
+    assert_eq!(handled, Handled::AlreadyEnded(RunStatus::Succeeded));
+    let after = h.snap(&run).await.header;
+    assert_eq!(after.status, RunStatus::Succeeded);
+    assert_eq!(after.ended_at, ended.ended_at);
+    assert_eq!(after.lease, None, "the lease taken on the ended run was given back");
+    let waits = h
+        .events(&run)
+        .await
+        .into_iter()
+        .filter(|e| e.kind == EventKind::RunWaiting)
+        .count();
+    assert_eq!(waits, 1, "parked once, while it waited for the approval");
+}
