@@ -192,6 +192,7 @@ pub async fn resume(run_id: &str, json: bool, dir: &Path) -> Result<i32> {
     let wake = switchyard_core::state::WakeUp {
         run_id: run_id.to_string(),
         reason: switchyard_core::state::WakeReason::Resume,
+        due_at: None,
     };
     l.engine.handle(&wake, None).await?;
     l.drive(run_id).await?;

@@ -112,11 +112,13 @@ pub async fn dev(args: DevArgs) -> Result<i32> {
     if let Some(s) = &generated_secret {
         settings.push((CALLBACK_SECRET.to_string(), s.clone()));
     }
+    let metrics = Arc::new(crate::prometheus::PrometheusSink::new()?);
     let mut l = Local::open_with(
         &args.data_dir,
         workflows,
         Arc::new(SystemClock),
         Options {
+            metrics: Some(metrics.clone()),
             listen: Some(args.addr),
             hosted: true,
             settings,
@@ -138,7 +140,7 @@ pub async fn dev(args: DevArgs) -> Result<i32> {
     state.kick = Some(kick.clone());
     state.allow_private_callbacks = l.engine.config.allow_private_callbacks;
     state.blob_links = l.blob_secret.clone().map(Arc::new);
-    let router = switchyard_api::router(state);
+    let router = with_metrics_route(switchyard_api::router(state), metrics);
 
     let sender: Arc<dyn CallbackSender> = Arc::new(
         switchyard_providers::outbound::CallbackClient::new(Default::default()),
@@ -223,6 +225,7 @@ async fn recover(l: &Local) -> Result<()> {
                 let wake = WakeUp {
                     run_id: r.run_id.clone(),
                     reason: WakeReason::Resume,
+                    due_at: None,
                 };
                 l.engine.queue.send(&Message::Wake(wake), 0).await?;
             }
@@ -305,4 +308,28 @@ pub(crate) async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// `GET /metrics`: the Prometheus text of this process's engine (docs/operations.md). Like
+/// `/healthz` it needs no API key: `dev` listens on 127.0.0.1 unless told otherwise, and
+/// the figures carry no run data beyond counts.
+pub fn with_metrics_route(
+    router: axum::Router,
+    sink: Arc<crate::prometheus::PrometheusSink>,
+) -> axum::Router {
+    router.route(
+        "/metrics",
+        axum::routing::get(move || {
+            let sink = sink.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    sink.render(),
+                )
+            }
+        }),
+    )
 }

@@ -171,6 +171,9 @@ pub async fn dev(args: DevArgs) -> Result<i32> {
             .into()),
         }
     })?;
+    let metrics = Arc::new(crate::prometheus::PrometheusSink::new()?);
+    let mut d = d;
+    d.engine = d.engine.clone().with_metrics(metrics.clone());
     let d = Arc::new(d);
     let spec = d
         .secrets
@@ -180,7 +183,7 @@ pub async fn dev(args: DevArgs) -> Result<i32> {
         ApiKeys::parse(&spec).map_err(|e| UsageError(format!("SWITCHYARD_API_KEYS: {e}")))?;
     let mut state = ApiState::new(d.engine.clone(), keys);
     state.allow_private_callbacks = d.engine.config.allow_private_callbacks;
-    let router = switchyard_api::router(state);
+    let router = dev::with_metrics_route(switchyard_api::router(state), metrics);
 
     let served: Vec<String> = d
         .engine

@@ -13,6 +13,7 @@ pub mod dev;
 #[cfg(feature = "aws")]
 pub mod dev_aws;
 pub mod local;
+pub mod prometheus;
 pub mod render;
 
 /// Exit statuses (CONTRACT.md).

@@ -115,6 +115,8 @@ pub struct Options {
     pub serve_blobs: bool,
     /// Who runs the SQLite work; `None`: the durability's default.
     pub threading: Option<Threading>,
+    /// Where the engine's metrics go (`dev`: its Prometheus registry); `None`: nowhere.
+    pub metrics: Option<Arc<dyn switchyard_core::telemetry::MetricSink>>,
 }
 
 /// The environment, with some settings given by the process itself on top.
@@ -250,6 +252,10 @@ impl Local {
             Arc::new(workflows),
             config,
         );
+        let engine = match &opts.metrics {
+            Some(sink) => engine.with_metrics(sink.clone()),
+            None => engine,
+        };
         let driver = Arc::new(
             Driver::new(
                 engine.clone(),

@@ -32,6 +32,7 @@ pub fn wake(run: &str) -> Message {
     Message::Wake(WakeUp {
         run_id: run.into(),
         reason: WakeReason::Start,
+        due_at: None,
     })
 }
 

@@ -46,6 +46,7 @@ mod tests {
         WakeUp {
             run_id: run.into(),
             reason,
+            due_at: None,
         }
     }
 

@@ -18,6 +18,8 @@
 //! - [`time`]: `Millis`, `Clock`, and workflow durations.
 //! - [`asset`]: kept assets (`data:` URLs read, outputs shaped and relinked to our copy).
 //! - [`recovery`]: the recovery bound and which runs a sweep wakes again.
+//! - [`telemetry`]: every metric (name, unit, dimensions) and what each write of a run reports;
+//!   the trace attribute names.
 //! - [`upload`]: client uploads (declarations, `{"$upload"}` references, decoding for models).
 //!
 //! No tokio, no AWS, no HTTP: CI fails if `cargo tree -p switchyard-core` shows any of them.
@@ -40,6 +42,7 @@ pub mod retry;
 pub mod schema;
 pub mod settle;
 pub mod state;
+pub mod telemetry;
 pub mod time;
 pub mod upload;
 pub mod webhook;

@@ -770,7 +770,8 @@ mod tests {
         asked.feedback = vec!["state the weight".into()];
         let problems = || vec!["state the weight".to_string()];
         // (how the attempt ended, the feedback of the next attempt)
-        let cases: Vec<(&str, Box<dyn Fn(&StepRecord) -> StepRecord>, Vec<String>)> = vec![
+        type End<'a> = Box<dyn Fn(&StepRecord) -> StepRecord + 'a>;
+        let cases: Vec<(&str, End, Vec<String>)> = vec![
             (
                 "lost (worker died)",
                 Box::new(|c: &StepRecord| lost(&step, c, 5, "r").0),

@@ -456,6 +456,20 @@ pub enum WakeReason {
 }
 
 impl WakeReason {
+    /// The wire name (`start`, `timer`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WakeReason::Start => "start",
+            WakeReason::Resume => "resume",
+            WakeReason::Retry => "retry",
+            WakeReason::Webhook => "webhook",
+            WakeReason::Approval => "approval",
+            WakeReason::Timer => "timer",
+            WakeReason::Cancel => "cancel",
+            WakeReason::Recover => "recover",
+        }
+    }
+
     /// Whether this wake-up may be the run's timer (a timer, a resume after a yield, or the
     /// sweep standing in for a lost one): parking after it must queue the next timer, since
     /// the one the header names is spent.
@@ -471,6 +485,10 @@ impl WakeReason {
 pub struct WakeUp {
     pub run_id: String,
     pub reason: WakeReason,
+    /// When the sender meant it to be handled (sent + its delay): the worker reports the
+    /// queue's lag from it (`queue_lag_ms`). Absent in wake-ups from older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<Millis>,
 }
 
 /// What a notification tells the run's `callback_url` (the Standard Webhooks event type).

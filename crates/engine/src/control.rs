@@ -63,7 +63,7 @@ impl Engine {
                 ))
             })?;
         let (mut r, ev) = settle::decide(&rec, approved, comment, self.now());
-        self.write_step(run_id, &mut r, &[ev]).await?;
+        self.write_step(&wf, run_id, &mut r, &[ev]).await?;
         self.wake(run_id, WakeReason::Approval, 0).await?;
         Ok(())
     }

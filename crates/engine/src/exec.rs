@@ -105,11 +105,12 @@ impl Engine {
     /// carries the version the store returns.
     pub(crate) async fn write_step(
         &self,
+        wf: &Workflow,
         run_id: &str,
         rec: &mut StepRecord,
         events: &[HistoryEvent],
     ) -> Result<(), EngineError> {
-        self.put_records(run_id, std::slice::from_mut(rec), &[events])
+        self.put_records(wf, run_id, std::slice::from_mut(rec), &[events])
             .await
     }
 
@@ -120,6 +121,7 @@ impl Engine {
     /// still this worker's claim, and a verdict whose write failed is not thrown away.
     async fn put_records(
         &self,
+        wf: &Workflow,
         run_id: &str,
         records: &mut [StepRecord],
         events: &[&[HistoryEvent]],
@@ -144,6 +146,7 @@ impl Engine {
                     for (r, v) in records.iter_mut().zip(versions) {
                         r.version = v;
                     }
+                    self.observe_steps(wf, run_id, records, events);
                     return Ok(());
                 }
                 Err(StoreError::Unavailable(msg)) if attempt + 1 < WRITE_TRIES => {
@@ -156,6 +159,7 @@ impl Engine {
                         for r in records.iter_mut() {
                             r.version += 1;
                         }
+                        self.observe_steps(wf, run_id, records, events);
                         return Ok(());
                     }
                     return Err(StoreError::Conflict(msg).into());
@@ -218,7 +222,8 @@ impl Engine {
                 )))
             }
         };
-        self.write_records(&cx.run_id, records, &events).await
+        self.write_records(&cx.wf, &cx.run_id, records, &events)
+            .await
     }
 
     /// Writes an action's records: one record as one conditional write, several (a repair:
@@ -226,13 +231,15 @@ impl Engine {
     /// or lost answer can leave the transition half-applied.
     async fn write_records(
         &self,
+        wf: &Workflow,
         run_id: &str,
         mut records: Vec<StepRecord>,
         events: &[HistoryEvent],
     ) -> Result<Vec<StepRecord>, EngineError> {
         let n = records.len();
         let per_record: Vec<&[HistoryEvent]> = (0..n).map(|i| events_for(i, n, events)).collect();
-        self.put_records(run_id, &mut records, &per_record).await?;
+        self.put_records(wf, run_id, &mut records, &per_record)
+            .await?;
         Ok(records)
     }
 
@@ -397,11 +404,14 @@ impl Engine {
             });
         match outcome {
             Ok(None) => self.start_model(cx, step, &judge.call, rec).await,
-            Ok(Some((records, events))) => self.write_records(&cx.run_id, records, &events).await,
+            Ok(Some((records, events))) => {
+                self.write_records(&cx.wf, &cx.run_id, records, &events)
+                    .await
+            }
             Err(err) => {
                 // Nothing a retry of the judge could change: the value itself is wrong.
                 let (r, ev) = settle::fail_outright(&checked, err, AttemptMeta::default(), now);
-                self.write_records(&cx.run_id, vec![r], &[ev]).await
+                self.write_records(&cx.wf, &cx.run_id, vec![r], &[ev]).await
             }
         }
     }
@@ -568,7 +578,7 @@ impl Engine {
             &req,
             now,
         );
-        self.write_step(&cx.run_id, &mut claimed, &[started])
+        self.write_step(&cx.wf, &cx.run_id, &mut claimed, &[started])
             .await?;
         tracing::info!(run_id = %cx.run_id, step = %step.id, attempt = claimed.attempt, model = %req.model, prompt_version = ?req.prompt_version, "step started");
 
@@ -582,7 +592,8 @@ impl Engine {
         let (records, events) = self
             .settle_answer(cx, step, ms, &claimed, answer, result)
             .await?;
-        self.write_records(&cx.run_id, records, &events).await
+        self.write_records(&cx.wf, &cx.run_id, records, &events)
+            .await
     }
 
     /// Reads a `select` step's cases against the run and each candidate's estimated call
@@ -660,7 +671,7 @@ impl Engine {
         let mut base = rec.clone();
         base.model = settle::current_model(step, rec);
         let (mut r, ev) = settle::fail(step, &base, err, AttemptMeta::default(), now, &cx.run_id);
-        self.write_step(&cx.run_id, &mut r, &[ev]).await?;
+        self.write_step(&cx.wf, &cx.run_id, &mut r, &[ev]).await?;
         Ok(vec![r])
     }
 
@@ -953,7 +964,8 @@ impl Engine {
                     tracing::warn!(run_id = %cx.run_id, step = %step.id, error_class = %err.class, "poll failed; polling again later");
                 }
                 let mut r = settle::poll_again(&rec, now + self.config.default_poll_ms);
-                self.write_step(&cx.run_id, &mut r, &[polled_ev]).await?;
+                self.write_step(&cx.wf, &cx.run_id, &mut r, &[polled_ev])
+                    .await?;
                 return Ok(vec![r]);
             }
             settle::PollNext::CancelAndFail(err) => {
@@ -961,7 +973,7 @@ impl Engine {
                 settle::fail(step, &rec, err, AttemptMeta::default(), now, &cx.run_id)
             }
         };
-        self.write_step(&cx.run_id, &mut r, &[polled_ev, ev])
+        self.write_step(&cx.wf, &cx.run_id, &mut r, &[polled_ev, ev])
             .await?;
         Ok(vec![r])
     }

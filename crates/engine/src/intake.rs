@@ -8,6 +8,7 @@ use switchyard_core::ports::IdempotencyClaim;
 use switchyard_core::state::{
     EventKind, HistoryEvent, RunHeader, RunStatus, ValueRef, WakeReason, WorkflowPin,
 };
+use switchyard_core::telemetry::{self, Metric};
 use switchyard_core::workflow::Workflow;
 use switchyard_core::{schema, sha256_hex};
 
@@ -98,7 +99,10 @@ impl Engine {
             json!({"workflow": wf.name, "version": wf.version, "hash": hash}),
         );
         match self.store.create_run(&header, &[created]).await {
-            Ok(()) => {}
+            Ok(()) => {
+                let started = Metric::new(&telemetry::RUNS_STARTED, &[&wf.name], 1.0);
+                self.observe(&[started.for_run(&run_id)]);
+            }
             // Two requests with one idempotency key raced to create the same run: one did —
             // or this request did, and the answer was lost and the retry found it. The start
             // may not have been sent yet either way: a duplicate wake-up is harmless.

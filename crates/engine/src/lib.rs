@@ -14,6 +14,7 @@
 //! - [`view`]: the run document the CLI and the HTTP API return.
 //! - [`registry`]: the providers and workflows a deployment serves.
 //! - [`http`]: the axum routes over these use-cases (today: provider callbacks).
+//! - `telemetry`: metrics handed to the deployment's sink right after the write they describe.
 //!
 //! Nothing here knows whether the ports are SQLite and files or DynamoDB, SQS and S3.
 
@@ -30,6 +31,7 @@ pub mod recovery;
 pub mod registry;
 pub mod settings;
 pub mod stats;
+mod telemetry;
 pub mod uploads;
 pub mod view;
 pub mod webhook;
@@ -113,6 +115,8 @@ pub struct Engine {
     /// Offloaded values by content hash: they never change, so a re-plan (which rebuilds the
     /// scope) reads each one once per process (a Lambda container), within a byte budget.
     values: Arc<Mutex<ValueCache>>,
+    /// Where metrics go ([`Engine::with_metrics`]); nowhere by default.
+    pub metrics: Arc<dyn switchyard_core::telemetry::MetricSink>,
 }
 
 /// Bytes of offloaded values kept in memory per engine (a Lambda container or a `dev`
@@ -146,6 +150,7 @@ impl Engine {
             config: Arc::new(config),
             definitions: Arc::new(Mutex::new(HashMap::new())),
             values: Arc::new(Mutex::new(ValueCache::default())),
+            metrics: Arc::new(switchyard_core::telemetry::NoMetrics),
         }
     }
 
@@ -163,6 +168,7 @@ impl Engine {
         let wake = switchyard_core::state::WakeUp {
             run_id: run_id.to_string(),
             reason,
+            due_at: Some(self.now().saturating_add(delay_ms)),
         };
         self.queue
             .send(&switchyard_core::ports::Message::Wake(wake), delay_ms)

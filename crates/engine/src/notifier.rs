@@ -23,6 +23,7 @@ use switchyard_core::state::{
     EventKind, HistoryEvent, Notification, NotifyEvent, RunHeader, RunSnapshot, RunStatus,
     StepStatus,
 };
+use switchyard_core::telemetry::{self, Metric};
 use switchyard_core::workflow::StepKind;
 
 /// What handling one notification message came to.
@@ -225,6 +226,8 @@ impl Engine {
         );
         ev.attempt = Some(attempt);
         self.store.append_events(&n.run_id, &[ev]).await?;
+        let m = Metric::new(&telemetry::NOTIFICATIONS, &[outcome], 1.0);
+        self.observe(&[m.for_run(&n.run_id)]);
         tracing::info!(
             run_id = %n.run_id, webhook_id = %n.webhook_id, event = n.event.as_str(), attempt,
             status, error, latency_ms = sent.latency_ms, outcome, "notification attempt"

@@ -9,6 +9,7 @@ use crate::{Engine, EngineError};
 use switchyard_core::ports::MAX_LIST_LIMIT;
 use switchyard_core::recovery::{self, MAX_SWEEP_RUNS, STUCK_GRACE_MS};
 use switchyard_core::state::WakeReason;
+use switchyard_core::telemetry::{self, Metric};
 
 /// What one sweep did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -44,6 +45,8 @@ impl Engine {
                     self.wake(&h.run_id, WakeReason::Recover, 0).await?;
                     tracing::info!(run_id = %h.run_id, status = h.status.as_str(), "stuck run woken again");
                     swept.rewoken.push(h.run_id.clone());
+                    let m = Metric::new(&telemetry::SWEEP_REWOKEN, &[], 1.0);
+                    self.observe(&[m.for_run(&h.run_id)]);
                 }
             }
             cursor = page.cursor;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use switchyard_core::model::{ModelOutput, ModelResponse, Provider};
 use switchyard_core::settle::{self, AttemptMeta};
 use switchyard_core::state::{EventKind, HistoryEvent, StepRecord, WakeReason};
+use switchyard_core::telemetry::{self, Metric};
 use switchyard_core::webhook;
 use switchyard_core::workflow::{Step, StepKind, Workflow};
 use switchyard_core::StepError;
@@ -83,10 +84,32 @@ impl Engine {
             .or_else(|| self.config.webhook_secrets.get("*"))
     }
 
+    /// Verifies and applies one provider callback, and counts it by verdict (`webhooks`).
     pub async fn handle_callback(
         &self,
         req: &CallbackRequest,
     ) -> Result<CallbackResult, EngineError> {
+        let result = self.apply_callback(req).await;
+        let verdict = match &result {
+            Ok(CallbackResult::Applied) => "applied",
+            Ok(CallbackResult::Progress) => "progress",
+            Ok(CallbackResult::Duplicate) => "duplicate",
+            Ok(CallbackResult::Stale) => "stale",
+            Err(EngineError::Unauthorized(_)) => "unauthorized",
+            Err(EngineError::BadRequest { .. } | EngineError::NotFound(_)) => "invalid",
+            Err(_) => "error",
+        };
+        let provider = if self.providers.get(&req.provider).is_some() {
+            req.provider.as_str()
+        } else {
+            // Anyone can call the route: an unknown name must not become a new series.
+            "unknown"
+        };
+        self.observe(&[Metric::new(&telemetry::WEBHOOKS, &[provider, verdict], 1.0)]);
+        result
+    }
+
+    async fn apply_callback(&self, req: &CallbackRequest) -> Result<CallbackResult, EngineError> {
         let id = self.authenticate(req)?;
         // Seen before? (Recorded only after the callback is applied, so a failed attempt to
         // apply it can be retried by the provider.)
@@ -127,7 +150,8 @@ impl Engine {
             }
             Err(err) => settle::fail(step, &rec, err, AttemptMeta::default(), now, &run_id),
         };
-        self.write_step(&run_id, &mut r, &[received, ev]).await?;
+        self.write_step(&wf, &run_id, &mut r, &[received, ev])
+            .await?;
         self.store.record_webhook_id(&dedupe_key, now).await?;
         self.wake(&run_id, WakeReason::Webhook, 0).await?;
         Ok(CallbackResult::Applied)

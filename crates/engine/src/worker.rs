@@ -21,6 +21,7 @@ use switchyard_core::state::{
     EventKind, HistoryEvent, Lease, RunError, RunSnapshot, RunStatus, StepRecord, StepStatus,
     WaitInfo, WaitReason, WakeReason, WakeUp,
 };
+use switchyard_core::telemetry;
 use switchyard_core::workflow::{StepKind, Workflow};
 use switchyard_core::{refs, schema, ErrorClass, Millis, StoreError};
 
@@ -72,6 +73,10 @@ impl Engine {
         deadline: Option<Millis>,
     ) -> Result<Handled, EngineError> {
         let run_id = wake.run_id.as_str();
+        if let Some(due) = wake.due_at {
+            let lag = telemetry::queue_lag(wake.reason.as_str(), due, self.now());
+            self.observe(&[lag.for_run(run_id)]);
+        }
         let Some(mut snap) = self.store.load(run_id).await? else {
             tracing::warn!(run_id, "wake-up for an unknown run");
             return Ok(Handled::Gone);
@@ -123,12 +128,12 @@ impl Engine {
             }
             Err(StoreError::Conflict(_)) => {
                 let until = snap.header.lease.as_ref().map_or(now, |l| l.until);
-                self.queue
-                    .send(
-                        &Message::Wake(wake.clone()),
-                        until.saturating_sub(now) + 100,
-                    )
-                    .await?;
+                let delay = until.saturating_sub(now) + 100;
+                let again = WakeUp {
+                    due_at: Some(now + delay),
+                    ..wake.clone()
+                };
+                self.queue.send(&Message::Wake(again), delay).await?;
                 return Ok(Handled::Busy);
             }
             Err(e) => {
@@ -486,6 +491,7 @@ impl Engine {
             let wake = WakeUp {
                 run_id: snap.header.run_id.clone(),
                 reason: WakeReason::Timer,
+                due_at: Some(at.max(now)),
             };
             self.queue
                 .send(&Message::Wake(wake), at.saturating_sub(now))
@@ -559,6 +565,7 @@ impl Engine {
         let ended = HistoryEvent::run(now, kind, detail);
         h.version = self.store.put_header(&h, &[ended]).await?;
         snap.header = h;
+        self.observe_run_end(&snap.header);
         // After the state that it reports: a notification never runs ahead of the run.
         self.notify_ended(&snap.header).await?;
         tracing::info!(run_id = %snap.header.run_id, status = status.as_str(), cost_usd = snap.cost_usd(), "run ended");

@@ -306,6 +306,7 @@ async fn duplicated_start_wake_ups_change_nothing() {
         let late = WakeUp {
             run_id: run.clone(),
             reason,
+            due_at: None,
         };
         let handled = dup.engine.handle(&late, None).await.unwrap();
         assert_eq!(handled, Handled::AlreadyEnded(RunStatus::Succeeded));
@@ -375,6 +376,7 @@ async fn wake_ups_for_unknown_runs_and_near_the_deadline() {
     let ghost = WakeUp {
         run_id: "run_nope".into(),
         reason: WakeReason::Start,
+        due_at: None,
     };
     assert_eq!(h.engine.handle(&ghost, None).await.unwrap(), Handled::Gone);
 
@@ -384,6 +386,7 @@ async fn wake_ups_for_unknown_runs_and_near_the_deadline() {
     let wake = WakeUp {
         run_id: run.clone(),
         reason: WakeReason::Start,
+        due_at: None,
     };
     let handled = h.engine.handle(&wake, Some(h.now() + 1)).await.unwrap();
     assert_eq!(handled, Handled::Yielded);
@@ -1894,6 +1897,7 @@ async fn start_one_slow_step(h: &H) -> (String, WakeUp) {
     let wake = WakeUp {
         run_id: run.clone(),
         reason: WakeReason::Start,
+        due_at: None,
     };
     (run, wake)
 }
@@ -2236,7 +2240,7 @@ proptest! {
             }
             // Injections planned after the run ended are late duplicates as well.
             for (_, reason, _) in &inject {
-                let late = WakeUp { run_id: run.clone(), reason: *reason };
+                let late = WakeUp { run_id: run.clone(), reason: *reason, due_at: None };
                 assert_eq!(
                     h.engine.handle(&late, None).await.unwrap(),
                     Handled::AlreadyEnded(RunStatus::Succeeded)
@@ -2459,6 +2463,7 @@ async fn a_call_that_would_outlive_the_invocation_is_not_started() {
     let wake = WakeUp {
         run_id: run.clone(),
         reason: WakeReason::Start,
+        due_at: None,
     };
     // 10 s left: enough for the transform, not for a call that may take 30 s.
     let handled = h
@@ -2996,13 +3001,17 @@ async fn a_wake_up_loaded_before_the_run_ended_leaves_it_ended() {
     let wake = WakeUp {
         run_id: run.clone(),
         reason: WakeReason::Timer,
+        due_at: None,
     };
     let handled = h.engine.handle(&wake, None).await.unwrap();
     assert_eq!(handled, Handled::AlreadyEnded(RunStatus::Succeeded));
     let after = h.snap(&run).await.header;
     assert_eq!(after.status, RunStatus::Succeeded);
     assert_eq!(after.ended_at, ended.ended_at);
-    assert_eq!(after.lease, None, "the lease taken on the ended run was given back");
+    assert_eq!(
+        after.lease, None,
+        "the lease taken on the ended run was given back"
+    );
     let waits = h
         .events(&run)
         .await

@@ -198,6 +198,9 @@ pub struct Deployment {
     pub resources: Resources,
     /// The built-in provider, whose async jobs' callbacks the worker sends (`callbacks`).
     pub local: Arc<LocalProvider>,
+    /// The engine's metrics, written as EMF lines at the end of each invocation
+    /// ([`crate::emf`]).
+    pub emf: Arc<crate::emf::EmfSink>,
 }
 
 /// The settings secret's entry `name`, or an error naming it and what is lost without it (a
@@ -296,6 +299,8 @@ impl Deployment {
             Arc::new(workflows),
             config,
         );
+        let emf = Arc::new(crate::emf::EmfSink::from_env());
+        let engine = engine.with_metrics(emf.clone());
         Ok(Deployment {
             engine,
             work,
@@ -303,6 +308,7 @@ impl Deployment {
             secrets,
             resources,
             local,
+            emf,
         })
     }
 }

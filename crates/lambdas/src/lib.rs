@@ -15,6 +15,8 @@
 //! - [`callbacks`]: the built-in async job's callbacks, sent to the webhook function like a
 //!   hosted provider's.
 //! - [`bundle`]: the workflows compiled into the binary (`build.rs`).
+//! - [`emf`]: the engine's metrics as CloudWatch Embedded Metric Format lines, flushed at the
+//!   end of each invocation ([`with_emf`] for the HTTP functions).
 //! - [`drive`]: the handlers invoked in-process (intake's router, the webhook handler, the
 //!   worker's batches through `poller`) until a run ends: the emulator tests, `make bench-aws`.
 //! - [`poller`]: the SQS event source mapping's loop, for running the handlers outside Lambda.
@@ -27,6 +29,7 @@ pub mod bundle;
 pub mod callbacks;
 pub mod deploy;
 pub mod drive;
+pub mod emf;
 pub mod poller;
 pub mod provision;
 pub mod sqs;
@@ -47,6 +50,26 @@ pub fn invocation_deadline(header_ms: u64, now_ms: u64) -> u64 {
     } else {
         header_ms
     }
+}
+
+/// The HTTP functions' router, counting each request as an invocation of `function` (its
+/// container's first is the cold start) and writing the metrics it produced when it is done.
+pub fn with_emf(
+    router: axum::Router,
+    emf: std::sync::Arc<emf::EmfSink>,
+    function: &'static str,
+) -> axum::Router {
+    router.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let emf = emf.clone();
+            async move {
+                emf.invoked(function);
+                let resp = next.run(req).await;
+                emf.flush();
+                resp
+            }
+        },
+    ))
 }
 
 /// JSON logs, one object per line, with the span fields (run, step, provider, model, error

@@ -142,6 +142,7 @@ async fn two_records_of_one_run_in_one_batch_are_handled_once() {
     let wake = Message::Wake(WakeUp {
         run_id: run.clone(),
         reason: WakeReason::Resume,
+        due_at: None,
     });
     d.engine.queue.send(&wake, 0).await.unwrap();
 

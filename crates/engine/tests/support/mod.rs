@@ -246,6 +246,7 @@ impl H {
         let w = WakeUp {
             run_id: run_id.into(),
             reason,
+            due_at: None,
         };
         switchyard_core::ports::Queue::send(&self.queue, &Message::Wake(w), delay_ms)
             .await

@@ -5,7 +5,7 @@
 use anyhow::Context;
 use switchyard_api::{ApiKeys, ApiState};
 use switchyard_lambdas::deploy::required_setting;
-use switchyard_lambdas::{init_tracing, Deployment};
+use switchyard_lambdas::{init_tracing, with_emf, Deployment};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
@@ -19,5 +19,6 @@ async fn main() -> Result<(), lambda_http::Error> {
     let keys = ApiKeys::parse(&spec).context("SWITCHYARD_API_KEYS")?;
     let mut state = ApiState::new(d.engine.clone(), keys);
     state.allow_private_callbacks = d.engine.config.allow_private_callbacks;
-    lambda_http::run(switchyard_api::router(state)).await
+    let router = with_emf(switchyard_api::router(state), d.emf.clone(), "intake");
+    lambda_http::run(router).await
 }

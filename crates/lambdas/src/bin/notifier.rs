@@ -18,11 +18,13 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         let d = d.clone();
         let sender = sender.clone();
         async move {
+            d.emf.invoked("notifier");
             let records = sqs::records(&ev.payload);
             let report = d
                 .engine
                 .handle_notify_batch(&records, d.notify.as_ref(), sender.as_ref())
                 .await;
+            d.emf.flush();
             Ok::<SqsBatchResponse, lambda_runtime::Error>(sqs::response(&report))
         }
     }))

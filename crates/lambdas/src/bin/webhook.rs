@@ -4,12 +4,18 @@
 
 use switchyard_engine::settings::WEBHOOK_SECRET;
 use switchyard_lambdas::deploy::required_setting;
-use switchyard_lambdas::{init_tracing, Deployment};
+use switchyard_lambdas::{init_tracing, with_emf, Deployment};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     init_tracing();
     let d = Deployment::from_env().await?;
     required_setting(d.secrets.as_ref(), WEBHOOK_SECRET, "without one secret shared by all instances, each makes its own and callbacks signed elsewhere fail verification")?;
-    lambda_http::run(switchyard_engine::http::hooks_router(d.engine, None)).await
+    let emf = d.emf.clone();
+    let router = with_emf(
+        switchyard_engine::http::hooks_router(d.engine, None),
+        emf,
+        "webhook",
+    );
+    lambda_http::run(router).await
 }

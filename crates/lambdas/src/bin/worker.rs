@@ -21,9 +21,12 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         let d = d.clone();
         let http = http.clone();
         async move {
+            d.emf.invoked("worker");
             let batch = match ev.payload {
                 WorkerEvent::Sweep(_) => {
-                    d.engine.sweep().await?;
+                    let swept = d.engine.sweep().await;
+                    d.emf.flush();
+                    swept?;
                     return Ok(SqsBatchResponse::default());
                 }
                 WorkerEvent::Batch(batch) => batch,
@@ -37,6 +40,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             // Built-in async jobs call back through the webhook function, like a provider would.
             let budget = deadline.saturating_sub(d.engine.now() + 1_000);
             callbacks::send(&http, callbacks::take(&d), budget).await;
+            d.emf.flush();
             Ok::<SqsBatchResponse, lambda_runtime::Error>(sqs::response(&report))
         }
     }))
