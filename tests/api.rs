@@ -1236,3 +1236,105 @@ async fn a_large_input_arrives_by_upload_and_reaches_the_model_step() {
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
     assert_eq!(b["error"]["field"], "input.doc.content_type", "{b}");
 }
+
+/// `GET /metrics` after a known run: the Prometheus text says what the run's history says.
+#[tokio::test]
+async fn metrics_are_scraped_as_prometheus_text_after_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = dir.path().join("examples");
+    std::fs::create_dir_all(&wf).unwrap();
+    std::fs::copy(
+        root().join("workflows/resilient-summary.yaml"),
+        wf.join("resilient-summary.yaml"),
+    )
+    .unwrap();
+    let dev = Dev::start(&dir.path().join("data"), &wf, &[]);
+    let input: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("events/inputs/resilient-summary.json")).unwrap(),
+    )
+    .unwrap();
+    let run = start(
+        &dev,
+        ACME,
+        json!({"workflow": "resilient-summary", "input": input}),
+    )
+    .await;
+    until_status(&dev, ACME, &run, &["succeeded"]).await;
+    let (_, events) = get(&dev, ACME, &format!("/v1/runs/{run}/events")).await;
+    let count = |kind: &str| {
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .count() as f64
+    };
+
+    // No API key: like /healthz.
+    let r = client().get(dev.at("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = r.text().await.unwrap();
+    // name{labels} value → the sum over the series whose labels include all of `with`.
+    let sum = |name: &str, with: &[&str]| -> f64 {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter(|(series, _)| {
+                series.split('{').next() == Some(name) && with.iter().all(|w| series.contains(w))
+            })
+            .map(|(_, v)| v.parse::<f64>().unwrap())
+            .sum()
+    };
+    let wf_label = r#"workflow="resilient-summary""#;
+    assert_eq!(
+        sum("switchyard_runs_started_total", &[wf_label]),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sum(
+            "switchyard_runs_ended_total",
+            &[wf_label, r#"outcome="succeeded""#, r#"error_class="none""#]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum("switchyard_attempts_total", &[wf_label]),
+        count("step_started")
+    );
+    assert_eq!(
+        sum(
+            "switchyard_retries_total",
+            &[wf_label, r#"error_class="transient""#]
+        ),
+        count("step_retry_scheduled")
+    );
+    assert_eq!(
+        sum(
+            "switchyard_fallbacks_total",
+            &[
+                r#"from_model="local/template-generator""#,
+                r#"to_model="local/extractive-summarizer""#
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            "switchyard_steps_ended_total",
+            &[r#"step="summarize""#, r#"outcome="succeeded""#]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum("switchyard_run_duration_ms_count", &[wf_label]),
+        1.0,
+        "one run's duration in the histogram"
+    );
+    assert!(sum("switchyard_queue_lag_ms_count", &[]) >= 1.0);
+    assert!(!text.contains(&run), "a run id is never a label");
+}
