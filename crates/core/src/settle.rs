@@ -37,11 +37,7 @@ pub(crate) fn apply_meta(rec: &mut StepRecord, meta: AttemptMeta) {
         rec.prompt_version = meta.prompt_version;
     }
     if let Some(u) = meta.usage {
-        let prev = rec.usage.unwrap_or_default();
-        rec.usage = Some(Usage {
-            input_tokens: prev.input_tokens + u.input_tokens,
-            output_tokens: prev.output_tokens + u.output_tokens,
-        });
+        rec.usage = Some(rec.usage.unwrap_or_default() + u);
     }
     if meta.provider_request_id.is_some() {
         rec.provider_request_id = meta.provider_request_id;
