@@ -514,10 +514,7 @@ async fn items_stay_small() {
     rec.provider_request_id = Some("chatcmpl-AZ8xq3Ld9mN2pQ7rT1vW4yB6".into());
     rec.latency_ms = 1_790;
     rec.cost_usd = 0.000_241_5;
-    rec.usage = Some(Usage {
-        input_tokens: 812,
-        output_tokens: 96,
-    });
+    rec.usage = Some(Usage::new(812, 96));
     let done = HistoryEvent::step(
         t0 + 1_830,
         EventKind::StepSucceeded,

@@ -1,7 +1,7 @@
 //! Output: a step table for people, one JSON document with `--json`.
 
 use serde_json::{json, Value};
-use switchyard_core::state::HistoryEvent;
+use switchyard_core::state::{HistoryEvent, Usage};
 use switchyard_engine::view::RunView;
 
 pub fn run_json(v: &RunView) -> Value {
@@ -9,7 +9,7 @@ pub fn run_json(v: &RunView) -> Value {
         let mut doc = json!({
             "name": s.name, "kind": s.kind, "status": s.status, "provider": s.provider, "model": s.model,
             "prompt_version": s.prompt_version, "attempts": s.attempts, "latency_ms": s.latency_ms,
-            "cost_usd": s.cost_usd, "fallback_used": s.fallback_used, "error_class": s.error_class,
+            "cost_usd": s.cost_usd, "usage": s.usage, "fallback_used": s.fallback_used, "error_class": s.error_class,
             "error": s.error, "sources": s.sources,
         });
         // Cost-aware choice, only on the steps that made one (CONTRACT.md's fields stay as
@@ -32,7 +32,7 @@ pub fn run_json(v: &RunView) -> Value {
         "run_id": v.run_id, "workflow": v.workflow, "version": v.version, "definition_hash": v.definition_hash,
         "status": v.status, "output": v.output,
         "error": v.error.as_ref().map(|e| json!({"class": e.class, "message": e.message, "step": e.step})),
-        "cost_usd": v.cost_usd, "waiting_for": v.waiting_for, "steps": steps,
+        "cost_usd": v.cost_usd, "usage": v.usage, "waiting_for": v.waiting_for, "steps": steps,
         "notifications": v.notifications,
     })
 }
@@ -78,16 +78,45 @@ fn money(x: f64) -> String {
     format!("${x:.6}")
 }
 
+/// `812 in / 96 out`, then the cache and reasoning parts that are not 0:
+/// `(1920 cache read, 1400 cache write, 192 reasoning)`.
+fn tokens(u: &Usage) -> String {
+    let parts: Vec<String> = [
+        (u.cache_read_tokens, "cache read"),
+        (u.cache_write_tokens, "cache write"),
+        (u.reasoning_tokens, "reasoning"),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    let detail = if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
+    };
+    format!("{} in / {} out{detail}", u.input_tokens, u.output_tokens)
+}
+
+/// A table cell: `in/out`, or `-` for a step that made no call that reported tokens.
+fn tokens_cell(u: Option<&Usage>) -> String {
+    u.map_or_else(
+        || "-".into(),
+        |u| format!("{}/{}", u.input_tokens, u.output_tokens),
+    )
+}
+
 pub fn run_table(v: &RunView) -> String {
     let mut out = format!(
-        "run {}  workflow {} v{}  status {}  cost {}\n",
+        "run {}  workflow {} v{}  status {}  cost {}  tokens {}\n",
         v.run_id,
         v.workflow,
         v.version,
         v.status.as_str().to_uppercase(),
-        money(v.cost_usd)
+        money(v.cost_usd),
+        tokens(&v.usage)
     );
-    let rows: Vec<[String; 7]> = v
+    let rows: Vec<[String; 8]> = v
         .steps
         .iter()
         .map(|s| {
@@ -107,14 +136,15 @@ pub fn run_table(v: &RunView) -> String {
                 s.attempts.to_string(),
                 format!("{}ms", s.latency_ms),
                 money(s.cost_usd),
+                tokens_cell(s.usage.as_ref()),
             ]
         })
         .collect();
     let head = [
-        "STEP", "KIND", "STATUS", "MODEL", "ATTEMPTS", "LATENCY", "COST",
+        "STEP", "KIND", "STATUS", "MODEL", "ATTEMPTS", "LATENCY", "COST", "TOKENS",
     ]
     .map(String::from);
-    let mut widths = [0usize; 7];
+    let mut widths = [0usize; 8];
     for r in std::iter::once(&head).chain(rows.iter()) {
         for (i, c) in r.iter().enumerate() {
             widths[i] = widths[i].max(c.chars().count());
@@ -273,7 +303,7 @@ pub fn stats_table(s: &switchyard_engine::stats::Stats) -> String {
         None => "all tenants".into(),
     };
     let mut out = format!(
-        "runs created in the last {} ({} to {}), {scope}{}: {}, cost {}\n",
+        "runs created in the last {} ({} to {}), {scope}{}: {}, cost {}, tokens {}\n",
         s.window.since,
         when(s.window.from),
         when(s.window.to),
@@ -282,7 +312,8 @@ pub fn stats_table(s: &switchyard_engine::stats::Stats) -> String {
             .map(|w| format!(", workflow {w}"))
             .unwrap_or_default(),
         runs(s.runs),
-        money(s.cost_usd)
+        money(s.cost_usd),
+        tokens(&s.usage)
     );
     if s.truncated {
         out.push_str(&format!(
@@ -324,6 +355,7 @@ pub fn stats_table(s: &switchyard_engine::stats::Stats) -> String {
             money(w.cost_usd),
             money(w.mean_cost_usd)
         ));
+        out.push_str(&format!("  tokens {}\n", tokens(&w.usage)));
         if let Some(c) = &w.cascade {
             out.push_str(&format!("  cascade: {}\n", saving_line(c)));
         }
@@ -337,6 +369,7 @@ pub fn stats_table(s: &switchyard_engine::stats::Stats) -> String {
             "P95",
             "P99",
             "COST",
+            "TOKENS",
             "RETRIED",
             "FALLBACK",
             "VALIDATION-FAILED",
@@ -365,6 +398,7 @@ pub fn stats_table(s: &switchyard_engine::stats::Stats) -> String {
                 p95,
                 p99,
                 money(st.cost_usd),
+                tokens_cell(Some(&st.usage)),
                 pct(Some(st.retry_rate)),
                 pct(Some(st.fallback_rate)),
                 pct(st.validation_failure_rate),
@@ -373,6 +407,10 @@ pub fn stats_table(s: &switchyard_engine::stats::Stats) -> String {
         }
         out.push_str(&aligned("  ", &rows));
         for st in &w.steps {
+            let u = &st.usage;
+            if u.cache_read_tokens + u.cache_write_tokens + u.reasoning_tokens > 0 {
+                out.push_str(&format!("  {}: tokens {}\n", st.step, tokens(u)));
+            }
             if st.answered_by.len() > 1 || st.escalation_rate.is_some() || st.cascade.is_some() {
                 out.push_str(&format!(
                     "  {}: answered by {}",
@@ -396,7 +434,7 @@ pub fn stats_table(s: &switchyard_engine::stats::Stats) -> String {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-    use switchyard_core::state::{RunStatus, StepStatus};
+    use switchyard_core::state::{RunStatus, StepStatus, Usage};
     use switchyard_core::ErrorClass;
     use switchyard_engine::stats::{aggregate, RunFacts, StepFacts, Window};
 
@@ -409,6 +447,10 @@ mod tests {
             attempts: 1 + escalations as u32,
             latency_ms: 120,
             cost_usd: cost,
+            usage: Usage {
+                cache_read_tokens: 64,
+                ..Usage::new(100, 10)
+            },
             fallback_used: false,
             repairs: 0,
             model: Some(model.into()),
@@ -425,8 +467,87 @@ mod tests {
             created_at: 1_000,
             ended_at: Some(1_250),
             cost_usd: steps.iter().map(|s| s.cost_usd).sum(),
+            usage: steps.iter().map(|s| s.usage).sum(),
             steps,
         }
+    }
+
+    fn step_view(name: &str, usage: Option<Usage>) -> switchyard_engine::view::StepView {
+        switchyard_engine::view::StepView {
+            name: name.into(),
+            kind: if usage.is_some() {
+                "model"
+            } else {
+                "transform"
+            }
+            .into(),
+            status: StepStatus::Succeeded,
+            provider: None,
+            model: usage.map(|_| "openai/o4-mini".to_string()),
+            prompt_version: None,
+            attempts: 1,
+            latency_ms: 5,
+            cost_usd: 0.001,
+            usage,
+            fallback_used: false,
+            error_class: None,
+            error: None,
+            sources: vec![],
+            provider_request_id: None,
+            escalations: vec![],
+            baseline_usd: None,
+            saving_usd: None,
+            selected_because: None,
+        }
+    }
+
+    /// `runs show`: a TOKENS column (`in/out`, `-` for a step without a call) and the run's
+    /// tokens, with the cached and reasoning parts, on the first line; `--json` has `usage`
+    /// per step and per run.
+    #[test]
+    fn run_table_and_json_show_tokens() {
+        let cached = Usage {
+            cache_read_tokens: 1920,
+            reasoning_tokens: 192,
+            ..Usage::new(2006, 300)
+        };
+        let v = switchyard_engine::view::RunView {
+            run_id: "run_1".into(),
+            workflow: "wf".into(),
+            version: "1".into(),
+            definition_hash: "h".into(),
+            status: RunStatus::Succeeded,
+            output: serde_json::Value::Null,
+            error: None,
+            cost_usd: 0.002,
+            usage: cached + Usage::new(10, 2),
+            created_at: 0,
+            ended_at: Some(1),
+            waiting_for: None,
+            steps: vec![
+                step_view("draft", Some(cached)),
+                step_view("tidy", Some(Usage::new(10, 2))),
+                step_view("shape", None),
+            ],
+            notifications: vec![],
+        };
+        let text = super::run_table(&v);
+        assert!(
+            text.lines()
+                .next()
+                .unwrap()
+                .ends_with("tokens 2016 in / 302 out (1920 cache read, 192 reasoning)"),
+            "{text}"
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines[1].find("TOKENS").unwrap();
+        for (line, cell) in [(2, "2006/300"), (3, "10/2"), (4, "-")] {
+            assert_eq!(&lines[line][at..], cell, "{text}");
+        }
+        let doc = super::run_json(&v);
+        assert_eq!(doc["usage"]["input_tokens"], 2016);
+        assert_eq!(doc["steps"][0]["usage"]["cache_read_tokens"], 1920);
+        assert_eq!(doc["steps"][2]["usage"], serde_json::Value::Null);
     }
 
     /// The table: a cascade line per workflow and per cascade step, failure classes, and
@@ -454,7 +575,9 @@ mod tests {
         };
         let text = super::stats_table(&aggregate(window, None, None, runs, false));
         for want in [
-            "all tenants: 3 runs, cost $0.014000",
+            "all tenants: 3 runs, cost $0.014000, tokens 300 in / 30 out (192 cache read)",
+            "  tokens 300 in / 30 out (192 cache read)",
+            "answer: tokens 300 in / 30 out (192 cache read)",
             "triage: 3 runs: 2 succeeded, 1 failed, 0 cancelled, 0 waiting, 0 running",
             "success 66.7%  failure 33.3% (transient 1)",
             "latency p50 250ms  p95 250ms  p99 250ms",
@@ -471,7 +594,16 @@ mod tests {
             .unwrap();
         let (header, row) = (lines[h], lines[h + 1]);
         assert!(row.trim_start().starts_with("answer"), "{row}");
-        for col in ["KIND", "EXECUTIONS", "SUCCESS", "P50", "COST", "ESCALATED"] {
+        assert!(row.contains("  300/30  "), "{row}");
+        for col in [
+            "KIND",
+            "EXECUTIONS",
+            "SUCCESS",
+            "P50",
+            "COST",
+            "TOKENS",
+            "ESCALATED",
+        ] {
             let at = header.find(col).unwrap();
             let b = row.as_bytes();
             assert!(

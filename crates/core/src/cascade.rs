@@ -58,10 +58,14 @@ pub fn escalation_scope(
     s.insert("output".into(), output.clone());
     s.insert(
         "usage".into(),
-        meta.usage.map_or(
-            Value::Null,
-            |u| json!({"input_tokens": u.input_tokens, "output_tokens": u.output_tokens}),
-        ),
+        // Every count, zeros included, so a condition can read any of them.
+        meta.usage.map_or(Value::Null, |u| {
+            json!({
+                "input_tokens": u.input_tokens, "output_tokens": u.output_tokens,
+                "cache_read_tokens": u.cache_read_tokens, "cache_write_tokens": u.cache_write_tokens,
+                "reasoning_tokens": u.reasoning_tokens,
+            })
+        }),
     );
     s.insert("cost_usd".into(), json!(meta.cost_usd));
     s.insert("model".into(), json!(meta.model));
@@ -318,10 +322,7 @@ mod tests {
         let meta = AttemptMeta {
             model: Some("local/a".into()),
             cost_usd: 0.001,
-            usage: Some(Usage {
-                input_tokens: 10,
-                output_tokens: 0,
-            }),
+            usage: Some(Usage::new(10, 0)),
             ..Default::default()
         };
         escalation_scope(

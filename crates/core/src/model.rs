@@ -256,7 +256,7 @@ pub mod normalized {
     ) -> Value {
         let mut v = json!({
             "text": text,
-            "usage": {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens},
+            "usage": usage,
             "finish_reason": finish_reason,
             "model": model,
         });

@@ -37,11 +37,7 @@ pub(crate) fn apply_meta(rec: &mut StepRecord, meta: AttemptMeta) {
         rec.prompt_version = meta.prompt_version;
     }
     if let Some(u) = meta.usage {
-        let prev = rec.usage.unwrap_or_default();
-        rec.usage = Some(Usage {
-            input_tokens: prev.input_tokens + u.input_tokens,
-            output_tokens: prev.output_tokens + u.output_tokens,
-        });
+        rec.usage = Some(rec.usage.unwrap_or_default() + u);
     }
     if meta.provider_request_id.is_some() {
         rec.provider_request_id = meta.provider_request_id;
@@ -109,15 +105,15 @@ pub fn succeed(
     r.error = None;
     r.feedback.clear();
     r.job = None;
-    let ev = HistoryEvent::step(
-        now,
-        EventKind::StepSucceeded,
-        &r.step,
-        r.attempt,
-        json!({
-            "model": r.model, "latency_ms": r.latency_ms, "cost_usd": r.cost_usd, "fallback_used": r.fallback_used,
-        }),
-    );
+    let mut detail = json!({
+        "model": r.model, "latency_ms": r.latency_ms, "cost_usd": r.cost_usd, "fallback_used": r.fallback_used,
+    });
+    // The step's tokens over all its attempts, like its latency and cost; only on steps whose
+    // calls reported any.
+    if let (Some(u), Some(obj)) = (r.usage, detail.as_object_mut()) {
+        obj.insert("usage".into(), json!(u));
+    }
+    let ev = HistoryEvent::step(now, EventKind::StepSucceeded, &r.step, r.attempt, detail);
     (r, ev)
 }
 
@@ -746,6 +742,58 @@ mod tests {
             (s.status, s.version, s.cost_usd, s.latency_ms),
             (StepStatus::Succeeded, 1, 0.5, 3)
         );
+    }
+
+    /// The step's tokens add up over its attempts, and `step_succeeded` carries the sum (as it
+    /// does latency and cost); a step whose calls reported no tokens has no `usage` there.
+    #[test]
+    fn step_succeeded_carries_the_tokens_of_every_attempt() {
+        let step = model_step(&["a/x"], 2, &[], None);
+        let first = Usage {
+            cache_read_tokens: 64,
+            reasoning_tokens: 8,
+            ..Usage::new(100, 20)
+        };
+        let second = Usage {
+            cache_write_tokens: 30,
+            ..Usage::new(40, 5)
+        };
+        let c = claim(&step, &StepRecord::pending("s"), "w", 0, 10);
+        let meta = |u: Usage| AttemptMeta {
+            usage: Some(u),
+            ..Default::default()
+        };
+        let (r, _) = fail(
+            &step,
+            &c,
+            StepError::new(ErrorClass::Transient, "502"),
+            meta(first),
+            1,
+            "r",
+        );
+        let c = claim(&step, &r, "w", 2, 10);
+        let (s, ev) = succeed(&c, ValueRef::Inline { value: json!(1) }, meta(second), 3);
+        let sum = Usage {
+            input_tokens: 140,
+            output_tokens: 25,
+            cache_read_tokens: 64,
+            cache_write_tokens: 30,
+            reasoning_tokens: 8,
+        };
+        assert_eq!(s.usage, Some(sum));
+        assert_eq!(ev.kind, EventKind::StepSucceeded);
+        assert_eq!(
+            ev.detail["usage"],
+            json!({"input_tokens": 140, "output_tokens": 25, "cache_read_tokens": 64,
+                   "cache_write_tokens": 30, "reasoning_tokens": 8})
+        );
+        let (_, ev) = succeed(
+            &StepRecord::pending("t"),
+            ValueRef::Inline { value: json!(1) },
+            AttemptMeta::default(),
+            3,
+        );
+        assert!(ev.detail.get("usage").is_none(), "{}", ev.detail);
     }
 
     #[test]

@@ -166,11 +166,113 @@ impl StepStatus {
     }
 }
 
-/// Token usage, normalized across providers.
+/// Token usage, normalized across providers: one meaning whatever the API counted.
+///
+/// - `input_tokens` is **every** input token of the call: the uncached ones plus those read
+///   from and written to the provider's prompt cache. OpenAI's `prompt_tokens` already counts
+///   its cached tokens; Anthropic's `input_tokens` and Bedrock Converse's `inputTokens` do not
+///   (their cache reads and writes come beside them), so those adapters add them in.
+/// - `cache_read_tokens` and `cache_write_tokens` are the parts of `input_tokens` read from
+///   and written to the prompt cache (OpenAI `prompt_tokens_details.cached_tokens`; Anthropic
+///   `cache_read_input_tokens` / `cache_creation_input_tokens`; Bedrock
+///   `cacheReadInputTokens` / `cacheWriteInputTokens`). OpenAI reports no writes.
+/// - `output_tokens` is every output token, reasoning included; `reasoning_tokens` is the
+///   part of it the model spent reasoning (OpenAI `completion_tokens_details.reasoning_tokens`;
+///   Anthropic and Bedrock do not report it apart).
+///
+/// The three parts are 0 when the provider did not report them, and are then left out of the
+/// stored record (so records written before they existed read back the same).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
+    /// Every input token: uncached, read from the prompt cache and written to it.
     pub input_tokens: u64,
+    /// Every output token, reasoning included.
     pub output_tokens: u64,
+    /// Of `input_tokens`: read from the provider's prompt cache.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub cache_read_tokens: u64,
+    /// Of `input_tokens`: written to the provider's prompt cache.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub cache_write_tokens: u64,
+    /// Of `output_tokens`: spent on reasoning the answer does not show.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub reasoning_tokens: u64,
+}
+
+impl Usage {
+    /// Plain input and output counts (nothing cached, no reasoning reported).
+    pub fn new(input_tokens: u64, output_tokens: u64) -> Usage {
+        Usage {
+            input_tokens,
+            output_tokens,
+            ..Usage::default()
+        }
+    }
+
+    /// The input tokens billed at the plain input price: neither read from the cache nor
+    /// written to it.
+    pub fn uncached_input_tokens(&self) -> u64 {
+        self.input_tokens.saturating_sub(
+            self.cache_read_tokens
+                .saturating_add(self.cache_write_tokens),
+        )
+    }
+
+    /// What this usage costs at `prices` (USD): uncached input at the input price, cache
+    /// reads and writes at their own prices (the input price where there is none), and every
+    /// output token, reasoning included, at the output price.
+    pub fn cost_usd(&self, prices: &TokenPrices) -> f64 {
+        let per = |tokens: u64, per_mtok: f64| tokens as f64 * per_mtok / 1e6;
+        per(self.uncached_input_tokens(), prices.input_per_mtok)
+            + per(
+                self.cache_read_tokens,
+                prices.cache_read_per_mtok.unwrap_or(prices.input_per_mtok),
+            )
+            + per(
+                self.cache_write_tokens,
+                prices.cache_write_per_mtok.unwrap_or(prices.input_per_mtok),
+            )
+            + per(self.output_tokens, prices.output_per_mtok)
+    }
+}
+
+impl std::ops::Add for Usage {
+    type Output = Usage;
+
+    /// Field by field (the usage of several calls together); saturating.
+    fn add(self, o: Usage) -> Usage {
+        Usage {
+            input_tokens: self.input_tokens.saturating_add(o.input_tokens),
+            output_tokens: self.output_tokens.saturating_add(o.output_tokens),
+            cache_read_tokens: self.cache_read_tokens.saturating_add(o.cache_read_tokens),
+            cache_write_tokens: self.cache_write_tokens.saturating_add(o.cache_write_tokens),
+            reasoning_tokens: self.reasoning_tokens.saturating_add(o.reasoning_tokens),
+        }
+    }
+}
+
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, o: Usage) {
+        *self = *self + o;
+    }
+}
+
+impl std::iter::Sum for Usage {
+    fn sum<I: Iterator<Item = Usage>>(iter: I) -> Usage {
+        iter.fold(Usage::default(), |a, b| a + b)
+    }
+}
+
+/// A token-priced model's list prices, USD per million tokens (the price table's entry).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TokenPrices {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+    /// Input read from the prompt cache; `None`: the input price.
+    pub cache_read_per_mtok: Option<f64>,
+    /// Input written to the prompt cache; `None`: the input price.
+    pub cache_write_per_mtok: Option<f64>,
 }
 
 /// A job handed to an asynchronous provider; the result arrives by webhook or by polling.
@@ -280,6 +382,10 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
 /// A cascade's move from one tier to the next: which model answered, which one is asked
 /// next, and the declared condition that held (or the error or judge that sent it on).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -368,6 +474,11 @@ impl RunSnapshot {
     /// Total cost so far, summed from step records.
     pub fn cost_usd(&self) -> f64 {
         self.steps.iter().map(|s| s.cost_usd).sum()
+    }
+
+    /// Tokens so far, summed from step records (steps that reported none add nothing).
+    pub fn usage(&self) -> Usage {
+        self.steps.iter().filter_map(|s| s.usage).sum()
     }
 }
 
@@ -545,5 +656,141 @@ impl Notification {
             webhook_id: format!("msg_{}", &digest[..32]),
             attempt: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn usage(input: u64, output: u64, read: u64, write: u64, reasoning: u64) -> Usage {
+        Usage {
+            input_tokens: input,
+            output_tokens: output,
+            cache_read_tokens: read,
+            cache_write_tokens: write,
+            reasoning_tokens: reasoning,
+        }
+    }
+
+    #[test]
+    fn usage_prices_cached_input_at_the_cache_prices() {
+        // Claude 3.5 Haiku's list prices: input 0.80, output 4.00, cache write 1.00, read 0.08.
+        let haiku = TokenPrices {
+            input_per_mtok: 0.80,
+            output_per_mtok: 4.00,
+            cache_read_per_mtok: Some(0.08),
+            cache_write_per_mtok: Some(1.00),
+        };
+        // A table without cache prices: cached input at the input price.
+        let plain = TokenPrices {
+            input_per_mtok: 0.80,
+            output_per_mtok: 4.00,
+            ..TokenPrices::default()
+        };
+        let m = 1_000_000;
+        // (usage, prices, uncached input, USD)
+        let table = [
+            (Usage::new(m, m), haiku, m, 4.80),
+            // 1M in of which 0.5M read from the cache: 0.5 × 0.80 + 0.5 × 0.08.
+            (usage(m, 0, m / 2, 0, 0), haiku, m / 2, 0.44),
+            // Written to the cache: dearer than plain input.
+            (usage(m, 0, 0, m, 0), haiku, 0, 1.00),
+            // All three kinds of input, and reasoning (billed as output, not on top of it).
+            (
+                usage(3 * m, m, m, m, m / 2),
+                haiku,
+                m,
+                0.80 + 0.08 + 1.00 + 4.00,
+            ),
+            // No cache prices in the table: every input token at the input price.
+            (usage(3 * m, m, m, m, 0), plain, m, 3.0 * 0.80 + 4.00),
+            // Counts that do not add up (more cached than input) never go below zero.
+            (usage(10, 0, 20, 0, 0), plain, 0, 20.0 * 0.80 / 1e6),
+            (Usage::default(), haiku, 0, 0.0),
+        ];
+        for (i, (u, prices, uncached, want)) in table.into_iter().enumerate() {
+            assert_eq!(u.uncached_input_tokens(), uncached, "case {i}");
+            let got = u.cost_usd(&prices);
+            assert!((got - want).abs() < 1e-12, "case {i}: {got} != {want}");
+        }
+    }
+
+    #[test]
+    fn usage_adds_field_by_field() {
+        let a = usage(100, 10, 50, 0, 4);
+        let b = usage(30, 5, 0, 30, 0);
+        assert_eq!(a + b, usage(130, 15, 50, 30, 4));
+        let mut c = a;
+        c += b;
+        assert_eq!(c, a + b);
+        assert_eq!([a, b, Usage::default()].into_iter().sum::<Usage>(), a + b);
+        assert_eq!(
+            usage(u64::MAX, 1, 0, 0, 0) + usage(1, 1, 0, 0, 0),
+            usage(u64::MAX, 2, 0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn usage_records_stay_small_and_old_ones_still_load() {
+        // (usage, its stored JSON)
+        let table = [
+            (
+                Usage::new(12, 3),
+                serde_json::json!({"input_tokens": 12, "output_tokens": 3}),
+            ),
+            (
+                usage(12, 3, 8, 0, 2),
+                serde_json::json!({"input_tokens": 12, "output_tokens": 3,
+                    "cache_read_tokens": 8, "reasoning_tokens": 2}),
+            ),
+            (
+                usage(12, 3, 0, 9, 0),
+                serde_json::json!({"input_tokens": 12, "output_tokens": 3, "cache_write_tokens": 9}),
+            ),
+        ];
+        for (u, stored) in table {
+            assert_eq!(serde_json::to_value(u).unwrap(), stored);
+            assert_eq!(serde_json::from_value::<Usage>(stored).unwrap(), u);
+        }
+    }
+
+    #[test]
+    fn a_snapshot_sums_the_usage_of_its_steps() {
+        let header = RunHeader {
+            run_id: "r".into(),
+            tenant: "t".into(),
+            workflow: WorkflowPin {
+                name: "wf".into(),
+                version: "1".into(),
+                hash: "h".into(),
+            },
+            status: RunStatus::Running,
+            input: ValueRef::Inline { value: Value::Null },
+            output: None,
+            error: None,
+            created_at: 0,
+            updated_at: 0,
+            ended_at: None,
+            deadline_at: None,
+            wait: None,
+            cancel_requested: false,
+            lease: None,
+            callback_url: None,
+            metadata: Value::Null,
+            version: 1,
+        };
+        let mut a = StepRecord::pending("a");
+        a.usage = Some(usage(100, 20, 64, 0, 8));
+        let b = StepRecord::pending("b");
+        let mut c = StepRecord::pending("c");
+        c.usage = Some(usage(10, 2, 0, 5, 0));
+        let snap = RunSnapshot {
+            header,
+            steps: vec![a, b, c],
+        };
+        assert_eq!(snap.usage(), usage(110, 22, 64, 5, 8));
     }
 }

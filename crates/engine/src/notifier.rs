@@ -250,6 +250,7 @@ impl Engine {
             "output": self.public_output(h.output.as_ref()).await?,
             "error": h.error,
             "cost_usd": switchyard_core::budget::round_usd(snap.cost_usd()),
+            "usage": snap.usage(),
             "links": {"self": format!("/v1/runs/{}", h.run_id), "events": format!("/v1/runs/{}/events", h.run_id)},
         });
         if n.event == NotifyEvent::RunWaitingForApproval {

@@ -1,7 +1,7 @@
 //! `switchyard stats` and `GET /v1/stats` (CONTRACT.md): per workflow and per step, over the
 //! runs created in a time window — outcomes and failures by error class, latency percentiles,
-//! cost, retry, fallback, validation-failure and escalation rates, and what cascades saved
-//! against always asking their top model.
+//! cost and tokens, retry, fallback, validation-failure and escalation rates, and what cascades
+//! saved against always asking their top model.
 //!
 //! Two halves:
 //! - [`RunFacts::from_snapshot`] and [`aggregate`] are pure: a run's persisted state (the same
@@ -33,7 +33,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use switchyard_core::budget::round_usd as usd;
 use switchyard_core::ports::{ListScope, RunQuery, MAX_LIST_LIMIT};
-use switchyard_core::state::{RunSnapshot, RunStatus, StepStatus};
+use switchyard_core::state::{RunSnapshot, RunStatus, StepStatus, Usage};
 use switchyard_core::time::Dur;
 use switchyard_core::workflow::Workflow;
 use switchyard_core::ErrorClass;
@@ -116,6 +116,8 @@ pub struct Stats {
     pub truncated: bool,
     /// Cost of every counted run, USD.
     pub cost_usd: f64,
+    /// Tokens of every counted run.
+    pub usage: Usage,
     /// Cascade savings over every workflow; `null` when no step execution had a baseline.
     pub cascade: Option<Saving>,
     /// By workflow name.
@@ -159,6 +161,8 @@ pub struct WorkflowStats {
     pub cost_usd: f64,
     /// `cost_usd / runs`.
     pub mean_cost_usd: f64,
+    /// Tokens of the workflow's runs together.
+    pub usage: Usage,
     /// The workflow's cascade steps together; `null` when none had a baseline.
     pub cascade: Option<Saving>,
     /// In the definition's order (newest run's definition first).
@@ -197,6 +201,8 @@ pub struct StepStats {
     pub cost_usd: f64,
     /// `cost_usd / executions`.
     pub mean_cost_usd: f64,
+    /// Tokens of the step's executions together.
+    pub usage: Usage,
     /// Executions with more than one attempt / executions.
     pub retry_rate: f64,
     /// Executions answered by a fallback model / executions.
@@ -242,6 +248,8 @@ pub struct RunFacts {
     pub created_at: u64,
     pub ended_at: Option<u64>,
     pub cost_usd: f64,
+    /// Tokens of every step together.
+    pub usage: Usage,
     /// In the definition's order; steps that never started are left out.
     pub steps: Vec<StepFacts>,
 }
@@ -256,6 +264,8 @@ pub struct StepFacts {
     pub attempts: u32,
     pub latency_ms: u64,
     pub cost_usd: f64,
+    /// Tokens of the step's calls (0 when none reported any).
+    pub usage: Usage,
     pub fallback_used: bool,
     /// Validate steps: repairs requested.
     pub repairs: u32,
@@ -301,6 +311,7 @@ impl RunFacts {
                     attempts: r.attempt,
                     latency_ms: r.latency_ms,
                     cost_usd: r.cost_usd,
+                    usage: r.usage.unwrap_or_default(),
                     fallback_used: r.fallback_used,
                     repairs: r.repairs,
                     model: r.model.clone(),
@@ -320,6 +331,7 @@ impl RunFacts {
             created_at: h.created_at,
             ended_at: h.ended_at,
             cost_usd: snap.cost_usd(),
+            usage: snap.usage(),
             steps,
         }
     }
@@ -397,6 +409,7 @@ struct StepAcc {
     failures: BTreeMap<String, u64>,
     latencies: Vec<u64>,
     cost: f64,
+    usage: Usage,
     retried: u64,
     fallbacks: u64,
     validation_failures: u64,
@@ -428,6 +441,7 @@ impl StepAcc {
             self.latencies.push(s.latency_ms);
         }
         self.cost += s.cost_usd;
+        self.usage += s.usage;
         // A cascade's move up a tier is a call on another model, not a retry.
         self.retried += u64::from(s.attempts as usize > 1 + s.escalations);
         self.fallbacks += u64::from(s.fallback_used);
@@ -457,6 +471,7 @@ impl StepAcc {
             latency_ms: latency(self.latencies),
             cost_usd: usd(self.cost),
             mean_cost_usd: usd(if n > 0 { self.cost / n as f64 } else { 0.0 }),
+            usage: self.usage,
             retry_rate: rate(self.retried, n).unwrap_or(0.0),
             fallback_rate: rate(self.fallbacks, n).unwrap_or(0.0),
             escalation_rate: if self.cascade_seen {
@@ -477,6 +492,7 @@ struct WorkflowAcc {
     failures: BTreeMap<String, u64>,
     latencies: Vec<u64>,
     cost: f64,
+    usage: Usage,
     /// Step name → figures, in first-seen order.
     steps: Vec<(String, StepAcc)>,
 }
@@ -498,6 +514,7 @@ impl WorkflowAcc {
             }
         }
         self.cost += r.cost_usd;
+        self.usage += r.usage;
         for s in &r.steps {
             let i = match self.steps.iter().position(|(name, _)| *name == s.step) {
                 Some(i) => i,
@@ -550,6 +567,7 @@ impl WorkflowAcc {
             } else {
                 0.0
             }),
+            usage: self.usage,
             cascade: saving.finish(),
             steps: self
                 .steps
@@ -570,10 +588,11 @@ pub fn aggregate(
     truncated: bool,
 ) -> Stats {
     let mut by_workflow: BTreeMap<String, WorkflowAcc> = BTreeMap::new();
-    let (mut count, mut cost) = (0u64, 0.0f64);
+    let (mut count, mut cost, mut usage) = (0u64, 0.0f64, Usage::default());
     for r in runs {
         count += 1;
         cost += r.cost_usd;
+        usage += r.usage;
         by_workflow.entry(r.workflow.clone()).or_default().add(&r);
     }
     let mut all = SavingAcc::default();
@@ -588,6 +607,7 @@ pub fn aggregate(
         runs: count,
         truncated,
         cost_usd: usd(cost),
+        usage,
         cascade: all.finish(),
         workflows,
     }
@@ -703,6 +723,7 @@ mod tests {
             attempts: 1,
             latency_ms: 10,
             cost_usd: 0.0,
+            usage: Usage::default(),
             fallback_used: false,
             repairs: 0,
             model: None,
@@ -724,6 +745,7 @@ mod tests {
             created_at: 1_000,
             ended_at: latency.map(|l| 1_000 + l),
             cost_usd: steps.iter().map(|s| s.cost_usd).sum(),
+            usage: steps.iter().map(|s| s.usage).sum(),
             steps,
         }
     }
@@ -932,6 +954,79 @@ mod tests {
         );
         assert_eq!((gen.cost_usd, gen.mean_cost_usd), (0.25, 0.05));
         assert_eq!(gen.cascade, None);
+    }
+
+    /// Tokens add up per step over its executions, per workflow over its runs and over every
+    /// run, each kind apart (cache reads and writes, reasoning).
+    #[test]
+    fn tokens_add_up_per_step_per_workflow_and_overall() {
+        let tokens = |input, output, read, write, reasoning| Usage {
+            input_tokens: input,
+            output_tokens: output,
+            cache_read_tokens: read,
+            cache_write_tokens: write,
+            reasoning_tokens: reasoning,
+        };
+        let gen = |u: Usage| StepFacts {
+            usage: u,
+            ..step("gen", "model", StepStatus::Succeeded)
+        };
+        let check = |u: Usage| StepFacts {
+            usage: u,
+            ..step("check", "validate", StepStatus::Succeeded)
+        };
+        let runs = vec![
+            run(
+                "one",
+                RunStatus::Succeeded,
+                Some(1),
+                vec![
+                    gen(tokens(2000, 300, 1920, 0, 192)),
+                    check(tokens(50, 5, 0, 0, 0)),
+                ],
+            ),
+            run(
+                "one",
+                RunStatus::Failed,
+                Some(1),
+                vec![gen(tokens(1500, 100, 0, 1400, 0))],
+            ),
+            // A step that reported no tokens (a transform) adds nothing.
+            run(
+                "two",
+                RunStatus::Succeeded,
+                Some(1),
+                vec![step("t", "transform", StepStatus::Succeeded)],
+            ),
+        ];
+        let s = aggregate(window(), None, None, runs, false);
+        let one = &s.workflows[0];
+        // (what, got, want)
+        let table = [
+            (
+                "gen",
+                one.steps[0].usage,
+                tokens(3500, 400, 1920, 1400, 192),
+            ),
+            ("check", one.steps[1].usage, tokens(50, 5, 0, 0, 0)),
+            ("one", one.usage, tokens(3550, 405, 1920, 1400, 192)),
+            ("two", s.workflows[1].usage, Usage::default()),
+            ("t", s.workflows[1].steps[0].usage, Usage::default()),
+            ("all", s.usage, tokens(3550, 405, 1920, 1400, 192)),
+        ];
+        for (what, got, want) in table {
+            assert_eq!(got, want, "{what}");
+        }
+        let doc = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            doc["workflows"][0]["steps"][0]["usage"],
+            serde_json::json!({"input_tokens": 3500, "output_tokens": 400,
+                "cache_read_tokens": 1920, "cache_write_tokens": 1400, "reasoning_tokens": 192})
+        );
+        assert_eq!(
+            doc["workflows"][1]["usage"],
+            serde_json::json!({"input_tokens": 0, "output_tokens": 0})
+        );
     }
 
     fn cascade_step(
@@ -1154,6 +1249,10 @@ mod tests {
         a.attempt = 1;
         a.cost_usd = 0.5;
         a.latency_ms = 7;
+        a.usage = Some(Usage {
+            cache_read_tokens: 64,
+            ..Usage::new(100, 20)
+        });
         a.baseline_usd = Some(2.0);
         a.escalations = vec![switchyard_core::state::Escalation {
             from: "m/small".into(),
@@ -1198,6 +1297,15 @@ mod tests {
         );
         let names: Vec<&str> = f.steps.iter().map(|s| s.step.as_str()).collect();
         assert_eq!(names, ["a", "c"]);
+        // Tokens: the record's, and nothing for a step that reported none.
+        let a_tokens = Usage {
+            cache_read_tokens: 64,
+            ..Usage::new(100, 20)
+        };
+        assert_eq!(
+            (f.steps[0].usage, f.steps[1].usage, f.usage),
+            (a_tokens, Usage::default(), a_tokens)
+        );
         let (a, c) = (&f.steps[0], &f.steps[1]);
         assert_eq!(
             (

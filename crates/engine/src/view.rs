@@ -5,7 +5,7 @@ use crate::{Engine, EngineError};
 use serde::Serialize;
 use serde_json::Value;
 use switchyard_core::budget::round_usd as round9;
-use switchyard_core::state::{RunError, RunSnapshot, RunStatus, StepRecord, StepStatus};
+use switchyard_core::state::{RunError, RunSnapshot, RunStatus, StepRecord, StepStatus, Usage};
 use switchyard_core::workflow::Workflow;
 use switchyard_core::ErrorClass;
 
@@ -21,6 +21,9 @@ pub struct StepView {
     pub attempts: u32,
     pub latency_ms: u64,
     pub cost_usd: f64,
+    /// Tokens of every attempt's calls together (`null`: the step made no call that reported
+    /// any). `cache_read_tokens`, `cache_write_tokens` and `reasoning_tokens` appear when not 0.
+    pub usage: Option<Usage>,
     pub fallback_used: bool,
     pub error_class: Option<ErrorClass>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -55,6 +58,8 @@ pub struct RunView {
     pub output: Value,
     pub error: Option<RunError>,
     pub cost_usd: f64,
+    /// The steps' tokens together.
+    pub usage: Usage,
     pub created_at: u64,
     pub ended_at: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -81,6 +86,7 @@ fn step_view(wf: &Workflow, id: &str, kind: &str, r: Option<&StepRecord>) -> Ste
         attempts: r.attempt,
         latency_ms: r.latency_ms,
         cost_usd: round9(r.cost_usd),
+        usage: r.usage,
         fallback_used: r.fallback_used,
         error_class: if r.status == StepStatus::Failed || r.status == StepStatus::Retrying {
             r.error.as_ref().map(|e| e.class)
@@ -149,6 +155,7 @@ impl Engine {
             output,
             error: h.error.clone(),
             cost_usd: round9(snap.cost_usd()),
+            usage: snap.usage(),
             created_at: h.created_at,
             ended_at: h.ended_at,
             waiting_for: h

@@ -2,7 +2,8 @@
 //!
 //! Shapes follow the API reference's Message object (`id`, `type: "message"`, `role`, `model`,
 //! `content` blocks `text` / `tool_use`, `stop_reason`, `stop_sequence`, `usage.input_tokens /
-//! output_tokens`) and the errors page (`{"type": "error", "error": {"type", "message"},
+//! cache_creation_input_tokens / cache_read_input_tokens / output_tokens`, the cache counts
+//! from the fake's prompt cache: `prompt_cache.rs`) and the errors page (`{"type": "error", "error": {"type", "message"},
 //! "request_id"}`, 402 `billing_error`, 529 `overloaded_error`); every response carries the
 //! `request-id` header. Like the real API, a request without `x-api-key` (or `Authorization`) is
 //! refused with 401 and one without `anthropic-version` with 400, before the script is consulted.
@@ -130,7 +131,7 @@ pub(crate) async fn messages(State(s): State<Arc<Shared>>, req: Incoming) -> Res
             );
         }
     }
-    let message = message(&v, &b);
+    let message = message(&s, &v, &b);
     let h = vec![("request-id", request_id.clone())];
     if b == Behavior::Malformed {
         return respond(
@@ -183,7 +184,7 @@ fn output_schema(v: &Value) -> Option<&Value> {
         .flatten()
 }
 
-fn message(v: &Value, b: &Behavior) -> Value {
+fn message(s: &Shared, v: &Value, b: &Behavior) -> Value {
     let model = v
         .get("model")
         .and_then(Value::as_str)
@@ -216,8 +217,15 @@ fn message(v: &Value, b: &Behavior) -> Value {
         let n = text.chars().count();
         (json!([{"type": "text", "text": text}]), "end_turn", n)
     };
-    let input_chars = text_chars(v.get("messages").unwrap_or(&Value::Null))
-        + text_chars(v.get("system").unwrap_or(&Value::Null));
+    let system_chars = text_chars(v.get("system").unwrap_or(&Value::Null));
+    let input_tokens =
+        tokens_for_chars(text_chars(v.get("messages").unwrap_or(&Value::Null)) + system_chars);
+    // The system prompt is what the prompt cache keeps; Anthropic counts its reads and writes
+    // beside `input_tokens`, which leaves them out.
+    let system = v.get("system").map(Value::to_string).unwrap_or_default();
+    let cached = s
+        .prompt_cache
+        .lookup("anthropic", model, &system, tokens_for_chars(system_chars));
     json!({
         "id": format!("msg_01{}", random_alnum(22)),
         "type": "message",
@@ -227,9 +235,9 @@ fn message(v: &Value, b: &Behavior) -> Value {
         "stop_reason": stop_reason,
         "stop_sequence": null,
         "usage": {
-            "input_tokens": tokens_for_chars(input_chars),
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "input_tokens": input_tokens.saturating_sub(cached.read() + cached.write()),
+            "cache_creation_input_tokens": cached.write(),
+            "cache_read_input_tokens": cached.read(),
             "output_tokens": tokens_for_chars(output_chars)
         }
     })

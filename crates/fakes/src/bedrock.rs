@@ -2,8 +2,9 @@
 //!
 //! Shapes follow the Converse API reference: `output.message.content[]` with `text` or
 //! `toolUse {toolUseId, name, input}`, `stopReason` (`end_turn`, `tool_use`,
-//! `guardrail_intervened`, ...), `usage {inputTokens, outputTokens, totalTokens}`,
-//! `metrics {latencyMs}`; errors carry `x-amzn-ErrorType` and a `{"message"}` body with the
+//! `guardrail_intervened`, ...), `usage {inputTokens, outputTokens, totalTokens}` (with
+//! `cacheReadInputTokens`, `cacheWriteInputTokens` and `cacheDetails` when the fake's prompt
+//! cache was used: `prompt_cache.rs`), `metrics {latencyMs}`; errors carry `x-amzn-ErrorType` and a `{"message"}` body with the
 //! documented status (ThrottlingException 429, ValidationException 400, AccessDeniedException
 //! 403, InternalServerException 500, ServiceUnavailableException 503,
 //! ServiceQuotaExceededException 400). Every response has `x-amzn-RequestId`.
@@ -159,7 +160,7 @@ fn check_signature(req: &Incoming, request_id: &str) -> Result<(), Box<(&'static
 
 pub(crate) async fn converse(
     State(s): State<Arc<Shared>>,
-    Path(_model_id): Path<String>,
+    Path(model_id): Path<String>,
     req: Incoming,
 ) -> Response {
     let started = Instant::now();
@@ -198,7 +199,7 @@ pub(crate) async fn converse(
         Some(Ok(g)) => Some(g),
         None => None,
     };
-    let mut out = response(&v, &b, started);
+    let mut out = response(&s, &model_id, &v, &b, started);
     // `refusal` already stands for an intervention (without a trace).
     if let (Some((id, _version, trace)), false) = (guard, b == Behavior::Refusal) {
         out = guardrail::apply(&v, &id, trace, out);
@@ -241,7 +242,7 @@ fn chosen_tool(v: &Value) -> Option<(String, Value)> {
     }
 }
 
-fn response(v: &Value, b: &Behavior, started: Instant) -> Value {
+fn response(s: &Shared, model_id: &str, v: &Value, b: &Behavior, started: Instant) -> Value {
     let user = last_user_text(v.get("messages"));
     let (content, stop_reason, output_chars) = if *b == Behavior::Refusal {
         let text = "Sorry, the model cannot answer this question.";
@@ -267,15 +268,31 @@ fn response(v: &Value, b: &Behavior, started: Instant) -> Value {
         let n = text.chars().count();
         (json!([{"text": text}]), "end_turn", n)
     };
-    let input_tokens = tokens_for_chars(
-        text_chars(v.get("messages").unwrap_or(&Value::Null))
-            + text_chars(v.get("system").unwrap_or(&Value::Null)),
-    );
+    let system_chars = text_chars(v.get("system").unwrap_or(&Value::Null));
+    let all_input =
+        tokens_for_chars(text_chars(v.get("messages").unwrap_or(&Value::Null)) + system_chars);
+    // The system prompt is what the prompt cache keeps; Converse counts its reads and writes
+    // beside `inputTokens`, which leaves them out (`totalTokens` counts them).
+    let system = v.get("system").map(Value::to_string).unwrap_or_default();
+    let cached = s
+        .prompt_cache
+        .lookup(PROVIDER, model_id, &system, tokens_for_chars(system_chars));
+    let (read, write) = (cached.read(), cached.write());
+    let input_tokens = all_input.saturating_sub(read + write);
     let output_tokens = tokens_for_chars(output_chars);
+    let mut usage = json!({"inputTokens": input_tokens, "outputTokens": output_tokens,
+        "totalTokens": input_tokens + read + write + output_tokens});
+    if read + write > 0 {
+        usage["cacheReadInputTokens"] = json!(read);
+        usage["cacheWriteInputTokens"] = json!(write);
+    }
+    if write > 0 {
+        usage["cacheDetails"] = json!([{"inputTokens": write, "ttl": "5m"}]);
+    }
     json!({
         "output": {"message": {"role": "assistant", "content": content}},
         "stopReason": stop_reason,
-        "usage": {"inputTokens": input_tokens, "outputTokens": output_tokens, "totalTokens": input_tokens + output_tokens},
+        "usage": usage,
         "metrics": {"latencyMs": (started.elapsed().as_millis() as u64).max(1)}
     })
 }

@@ -41,6 +41,17 @@
 //! the blocked message as output, and with `trace: "enabled"` the `trace.guardrail` assessments;
 //! see `bedrock/guardrail.rs`). Scripted behaviours apply to both as to the other routes.
 //!
+//! Usage: token counts are about four characters a token. The chat answers report each API's
+//! prompt-cache fields: a system prompt of at least 1024 tokens is written to a per-server
+//! cache the first time a model sees it and read from it after (Anthropic
+//! `cache_creation_input_tokens` / `cache_read_input_tokens` and Bedrock
+//! `cacheWriteInputTokens` / `cacheReadInputTokens` beside the uncached input; OpenAI
+//! `prompt_tokens_details.cached_tokens` inside `prompt_tokens`, reads only), and an OpenAI
+//! reasoning model (`o1*`, `o3*`, `o4*`, `gpt-5*`) reports
+//! `completion_tokens_details.reasoning_tokens` inside `completion_tokens`. The real Anthropic
+//! and Bedrock APIs cache only at an explicit breakpoint; the fake caches as if the system
+//! prompt ended with one (see `prompt_cache.rs`). `POST /_fake/reset` empties the cache.
+//!
 //! Refused before the script is consulted (and without consuming it), as the real APIs do:
 //! Anthropic without `x-api-key` (401) or `anthropic-version` (400); Bedrock without a SigV4
 //! `Authorization` + `X-Amz-Date`, or signed for another service than `bedrock` (403);
@@ -49,7 +60,8 @@
 //!
 //! Control routes: `POST /_fake/script` (`{"provider": "openai", "behaviors": ["rate_limited:2",
 //! "answer"]}`, appended), `GET /_fake/script` (what is queued), `POST /_fake/reset` (clears
-//! scripts and recorded requests), `GET /_fake/requests` ([`RecordedRequest`]s, secrets redacted).
+//! scripts, recorded requests and the prompt cache), `GET /_fake/requests`
+//! ([`RecordedRequest`]s, secrets redacted).
 //!
 //! In-process: [`FakeServer::start`] binds `127.0.0.1:0` and stops when dropped;
 //! [`WebhookReceiver`] records the webhooks delivered to it. For a CLI: [`serve`] /
@@ -60,6 +72,7 @@ pub mod aws_faults;
 mod bedrock;
 mod behavior;
 mod openai;
+mod prompt_cache;
 mod receiver;
 mod replicate;
 pub use replicate::FAKE_PNG;
@@ -169,6 +182,8 @@ pub(crate) struct Shared {
     scripts: Mutex<HashMap<String, VecDeque<Behavior>>>,
     requests: Mutex<Vec<RecordedRequest>>,
     pub(crate) predictions: Mutex<HashMap<String, replicate::Prediction>>,
+    /// System prompts the chat APIs have seen (`prompt_cache`).
+    pub(crate) prompt_cache: prompt_cache::PromptCache,
     tasks: Mutex<Vec<AbortHandle>>,
     pub(crate) client: reqwest::Client,
 }
@@ -192,6 +207,7 @@ impl Shared {
             scripts: Mutex::new(scripts),
             requests: Mutex::new(Vec::new()),
             predictions: Mutex::new(HashMap::new()),
+            prompt_cache: prompt_cache::PromptCache::default(),
             tasks: Mutex::new(Vec::new()),
             client,
         })
@@ -227,6 +243,7 @@ impl Shared {
     fn reset(&self) {
         lock(&self.scripts).clear();
         lock(&self.requests).clear();
+        self.prompt_cache.clear();
     }
 
     fn requests(&self) -> Vec<RecordedRequest> {
@@ -507,7 +524,7 @@ impl FakeServer {
         self.shared.requests()
     }
 
-    /// Clears the scripts and the recorded requests.
+    /// Clears the scripts, the recorded requests and the prompt cache.
     pub fn reset(&self) {
         self.shared.reset();
     }

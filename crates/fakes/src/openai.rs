@@ -7,10 +7,11 @@
 
 pub(crate) mod moderation;
 
+use crate::prompt_cache::{is_reasoning_model, OPENAI_CACHE_STEP, REASONING_PER_OUTPUT_TOKEN};
 use crate::schema::{instance_for, violating_instance};
 use crate::util::{
-    fake_answer, json_response, last_user_text, parse_body, random_alnum, random_hex, text_chars,
-    tokens_for_chars, truncated,
+    content_text, fake_answer, json_response, last_user_text, parse_body, random_alnum, random_hex,
+    text_chars, tokens_for_chars, truncated,
 };
 use crate::{Behavior, Incoming, Shared};
 use axum::extract::State;
@@ -224,7 +225,7 @@ pub(crate) async fn chat(State(s): State<Arc<Shared>>, req: Incoming) -> Respons
             Some("empty_array"),
         );
     }
-    answer(&b, &request_id, &completion(&v, &b, &model))
+    answer(&b, &request_id, &completion(&s, &v, &b, &model))
 }
 
 /// The tool the request forces, if any: `tool_choice: {"type": "function", "function": {"name"}}`
@@ -258,7 +259,7 @@ fn forced_tool(v: &Value) -> Option<(String, Value, bool)> {
 }
 
 /// The chat completion object for a request (answer, refusal or schema-violating answer).
-fn completion(v: &Value, b: &Behavior, model: &str) -> Value {
+fn completion(s: &Shared, v: &Value, b: &Behavior, model: &str) -> Value {
     let user = last_user_text(v.get("messages"));
     let format = v.get("response_format");
     let format_type = format
@@ -306,7 +307,27 @@ fn completion(v: &Value, b: &Behavior, model: &str) -> Value {
         message["content"] = json!(content);
     }
     let prompt_tokens = tokens_for_chars(text_chars(v.get("messages").unwrap_or(&Value::Null)));
-    let completion_tokens = tokens_for_chars(output_chars);
+    // The leading system (or developer) messages are the prefix the prompt cache keeps;
+    // OpenAI reports reads only, in 128-token steps, inside `prompt_tokens`.
+    let system = system_text(v.get("messages"));
+    let cached = s
+        .prompt_cache
+        .lookup(
+            PROVIDER,
+            model,
+            &system,
+            tokens_for_chars(system.chars().count()),
+        )
+        .read()
+        / OPENAI_CACHE_STEP
+        * OPENAI_CACHE_STEP;
+    let visible = tokens_for_chars(output_chars);
+    let reasoning = if is_reasoning_model(model) {
+        visible * REASONING_PER_OUTPUT_TOKEN
+    } else {
+        0
+    };
+    let completion_tokens = visible + reasoning;
     json!({
         "id": format!("chatcmpl-{}", random_alnum(29)),
         "object": "chat.completion",
@@ -322,9 +343,9 @@ fn completion(v: &Value, b: &Behavior, model: &str) -> Value {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
             "completion_tokens_details": {
-                "reasoning_tokens": 0,
+                "reasoning_tokens": reasoning,
                 "audio_tokens": 0,
                 "accepted_prediction_tokens": 0,
                 "rejected_prediction_tokens": 0
@@ -333,6 +354,25 @@ fn completion(v: &Value, b: &Behavior, model: &str) -> Value {
         "service_tier": "default",
         "system_fingerprint": "fp_fake00000"
     })
+}
+
+/// The text of the leading `system` / `developer` messages (empty when there are none).
+fn system_text(messages: Option<&Value>) -> String {
+    messages
+        .and_then(Value::as_array)
+        .map(|m| {
+            m.iter()
+                .take_while(|msg| {
+                    matches!(
+                        msg.get("role").and_then(Value::as_str),
+                        Some("system" | "developer")
+                    )
+                })
+                .map(|msg| content_text(msg.get("content").unwrap_or(&Value::Null)))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
 }
 
 /// Default embedding size when the request gives no `dimensions`.

@@ -614,3 +614,139 @@ async fn anthropic_structured_outputs_answer_json_text() {
     let text: Value = serde_json::from_str(v["content"][0]["text"].as_str().unwrap()).unwrap();
     assert!(valid(&schema, &text), "{text}");
 }
+
+/// A system prompt of about 1400 tokens: long enough for the prompt cache.
+fn long_system() -> String {
+    "Follow the refund policy to the letter. ".repeat(140)
+}
+
+/// Each chat API reports the fake's prompt cache in its own fields: written the first time a
+/// model sees a long system prompt, read after (OpenAI: reads only, inside `prompt_tokens`, in
+/// 128-token steps; Anthropic and Bedrock: beside the uncached input). Short prompts and other
+/// models are not cached; `reset` empties the cache.
+#[tokio::test]
+async fn chat_answers_report_the_prompt_cache() {
+    let s = server().await;
+    let system = long_system();
+    let system_tokens = (system.chars().count() as u64).div_ceil(4);
+    assert!(system_tokens >= 1024);
+    let cached_step = system_tokens / 128 * 128;
+
+    // OpenAI: (model, system prompt, cached tokens reported)
+    let openai = format!("{}/v1/chat/completions", s.url());
+    let table = [
+        ("gpt-4o-mini", system.as_str(), 0),
+        ("gpt-4o-mini", system.as_str(), cached_step),
+        ("gpt-4o", system.as_str(), 0),
+        ("gpt-4o-mini", "Be brief.", 0),
+        ("gpt-4o-mini", "Be brief.", 0),
+    ];
+    for (i, (model, sys, cached)) in table.into_iter().enumerate() {
+        let body = openai_chat(json!({"model": model, "messages": [
+            {"role": "system", "content": sys}, {"role": "user", "content": "Refund please"}]}));
+        let u = post(&openai, &[], &body).await.json()["usage"].clone();
+        assert_eq!(
+            u["prompt_tokens_details"]["cached_tokens"], cached,
+            "openai {i}: {u}"
+        );
+        let prompt = u["prompt_tokens"].as_u64().unwrap();
+        assert!(
+            prompt >= cached,
+            "openai {i}: cached tokens are part of the prompt"
+        );
+    }
+
+    // Anthropic: (system prompt, written, read)
+    let anthropic = format!("{}/v1/messages", s.url());
+    let table = [
+        (system.as_str(), system_tokens, 0),
+        (system.as_str(), 0, system_tokens),
+        ("Classify the ticket.", 0, 0),
+    ];
+    for (i, (sys, written, read)) in table.into_iter().enumerate() {
+        let body = anthropic_body(json!({"system": sys}));
+        let u = post(&anthropic, &ANTHROPIC_HEADERS, &body).await.json()["usage"].clone();
+        assert_eq!(
+            u["cache_creation_input_tokens"], written,
+            "anthropic {i}: {u}"
+        );
+        assert_eq!(u["cache_read_input_tokens"], read, "anthropic {i}: {u}");
+        // The uncached rest: the user message, never the cached prompt again.
+        let rest = u["input_tokens"].as_u64().unwrap();
+        assert!((1..20).contains(&rest), "anthropic {i}: {u}");
+    }
+
+    // Bedrock: (system prompt, written, read); the cache fields only when the cache was used.
+    let bedrock = format!("{}{HAIKU_PATH}", s.url());
+    let table = [
+        (system.as_str(), Some(system_tokens), Some(0)),
+        (system.as_str(), Some(0), Some(system_tokens)),
+        ("Extract the fields.", None, None),
+    ];
+    for (i, (sys, written, read)) in table.into_iter().enumerate() {
+        let body = converse_body(json!({"system": [{"text": sys}]}));
+        let u = post(&bedrock, &bedrock_headers(), &body).await.json()["usage"].clone();
+        assert_eq!(
+            u["cacheWriteInputTokens"].as_u64(),
+            written,
+            "bedrock {i}: {u}"
+        );
+        assert_eq!(u["cacheReadInputTokens"].as_u64(), read, "bedrock {i}: {u}");
+        let n = |k: &str| u[k].as_u64().unwrap_or(0);
+        assert!(n("inputTokens") < 20, "bedrock {i}: {u}");
+        assert_eq!(
+            n("totalTokens"),
+            n("inputTokens")
+                + n("cacheReadInputTokens")
+                + n("cacheWriteInputTokens")
+                + n("outputTokens"),
+            "bedrock {i}: {u}"
+        );
+        assert_eq!(
+            u.get("cacheDetails").is_some(),
+            written.unwrap_or(0) > 0,
+            "bedrock {i}: {u}"
+        );
+    }
+
+    // After a reset the prompt is new again.
+    s.reset();
+    let u = post(
+        &anthropic,
+        &ANTHROPIC_HEADERS,
+        &anthropic_body(json!({"system": system})),
+    )
+    .await
+    .json()["usage"]
+        .clone();
+    assert_eq!(u["cache_creation_input_tokens"], system_tokens, "{u}");
+}
+
+/// An OpenAI reasoning model reports reasoning tokens, counted in `completion_tokens`; other
+/// models report none.
+#[tokio::test]
+async fn openai_reasoning_models_report_reasoning_tokens() {
+    let s = server().await;
+    let url = format!("{}/v1/chat/completions", s.url());
+    for (model, reasoning) in [
+        ("o4-mini", true),
+        ("gpt-5-mini", true),
+        ("gpt-4o-mini", false),
+    ] {
+        let u = post(&url, &[], &openai_chat(json!({"model": model})))
+            .await
+            .json()["usage"]
+            .clone();
+        let thought = u["completion_tokens_details"]["reasoning_tokens"]
+            .as_u64()
+            .unwrap();
+        let completion = u["completion_tokens"].as_u64().unwrap();
+        assert_eq!(thought > 0, reasoning, "{model}: {u}");
+        assert!(completion > thought, "{model}: visible output too: {u}");
+        assert_eq!(
+            u["total_tokens"].as_u64().unwrap(),
+            u["prompt_tokens"].as_u64().unwrap() + completion,
+            "{model}: {u}"
+        );
+    }
+}

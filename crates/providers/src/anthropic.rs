@@ -279,11 +279,27 @@ fn joined_text(blocks: &[Value]) -> String {
 }
 
 /// Token counts as the answer reports them (a missing count is 0); `None` without a `usage`
-/// object, so "not reported" stays distinct from zero.
+/// object, so "not reported" stays distinct from zero. Anthropic's `input_tokens` leaves out
+/// the prompt cache's reads and writes (`cache_read_input_tokens`,
+/// `cache_creation_input_tokens`); [`Usage::input_tokens`] counts every input token, so they
+/// are added in. Thinking is in `output_tokens` and not reported apart.
 fn reported_usage(body: &Value) -> Option<Usage> {
-    body.get("usage").filter(|u| u.is_object()).map(|u| Usage {
-        input_tokens: u.get("input_tokens").and_then(Value::as_u64).unwrap_or(0),
-        output_tokens: u.get("output_tokens").and_then(Value::as_u64).unwrap_or(0),
+    body.get("usage").filter(|u| u.is_object()).map(|u| {
+        let count = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let (read, write) = (
+            count("cache_read_input_tokens"),
+            count("cache_creation_input_tokens"),
+        );
+        Usage {
+            cache_read_tokens: read,
+            cache_write_tokens: write,
+            ..Usage::new(
+                count("input_tokens")
+                    .saturating_add(read)
+                    .saturating_add(write),
+                count("output_tokens"),
+            )
+        }
     })
 }
 
@@ -389,6 +405,56 @@ mod tests {
                 }
             }
             _ => assert_eq!(expected, actual, "{ctx}"),
+        }
+    }
+
+    /// Anthropic counts cache reads and writes beside `input_tokens`: they are added into the
+    /// normalized input and priced at the table's cache prices (Claude 3.5 Haiku: 0.80 input,
+    /// 0.08 cache read, 1.00 cache write, 4.00 output).
+    #[test]
+    fn usage_adds_cache_reads_and_writes_to_the_input() {
+        let c = catalog();
+        // (usage as answered, as read, USD)
+        let table = [
+            (
+                json!({"input_tokens": 2095, "cache_creation_input_tokens": 0,
+                       "cache_read_input_tokens": 0, "output_tokens": 503}),
+                Usage::new(2095, 503),
+                (2095.0 * 0.80 + 503.0 * 4.00) / 1e6,
+            ),
+            (
+                json!({"input_tokens": 1, "cache_creation_input_tokens": 287,
+                       "cache_read_input_tokens": 30433, "output_tokens": 67}),
+                Usage {
+                    cache_read_tokens: 30433,
+                    cache_write_tokens: 287,
+                    ..Usage::new(30721, 67)
+                },
+                (0.80 + 30433.0 * 0.08 + 287.0 * 1.00 + 67.0 * 4.00) / 1e6,
+            ),
+            // Older answers without the cache fields.
+            (
+                json!({"input_tokens": 12, "output_tokens": 3}),
+                Usage::new(12, 3),
+                (12.0 * 0.80 + 3.0 * 4.00) / 1e6,
+            ),
+        ];
+        for (i, (answered, want, usd)) in table.into_iter().enumerate() {
+            let mut body: Value = serde_json::from_str(MESSAGE).unwrap();
+            body["usage"] = answered;
+            let out = completed(from_response(
+                &gen(),
+                &resp(200, &[], &body.to_string()),
+                &c,
+                NOW,
+            ));
+            assert_eq!(out.usage, Some(want), "case {i}");
+            assert_eq!(out.output["usage"], json!(want), "case {i}");
+            assert!(
+                (out.cost_usd - usd).abs() < 1e-15,
+                "case {i}: {}",
+                out.cost_usd
+            );
         }
     }
 
@@ -543,13 +609,7 @@ mod tests {
             json!({"input_tokens": 2095, "output_tokens": 503})
         );
         assert!(out.output.get("json").is_none());
-        assert_eq!(
-            out.usage,
-            Some(Usage {
-                input_tokens: 2095,
-                output_tokens: 503
-            })
-        );
+        assert_eq!(out.usage, Some(Usage::new(2095, 503)));
         assert_eq!(out.model, "anthropic/claude-3-5-haiku-20241022");
         assert_eq!(
             out.provider_request_id.as_deref(),

@@ -26,12 +26,13 @@
 //!
 //! Response: `stopReason` `guardrail_intervened` / `content_filtered` → `refused`; a tool call's
 //! `input` (already JSON) or the text blocks → [`hosted::normalize`]; `usage.inputTokens` /
-//! `outputTokens` → usage and cost; `x-amzn-RequestId` → the provider request id. Non-2xx
+//! `outputTokens` / `cacheReadInputTokens` / `cacheWriteInputTokens` → usage and cost;
+//! `x-amzn-RequestId` → the provider request id. Non-2xx
 //! answers go through [`classify`](crate::classify::classify) with the Bedrock conventions
 //! (`x-amzn-ErrorType`).
 //!
 //! Dropped by normalization: reasoning blocks, text around a tool call, the tool-use id,
-//! `usage.totalTokens` and cache counters, `metrics.latencyMs` (the engine measures latency
+//! `usage.totalTokens` and `cacheDetails`, `metrics.latencyMs` (the engine measures latency
 //! itself), guardrail `trace` and `additionalModelResponseFields`.
 //!
 //! Converse has no embeddings, images or audio: the `embedding`, `asset`, `transcription` and
@@ -405,7 +406,10 @@ pub fn from_response(
     }))
 }
 
-/// `usage.inputTokens` / `outputTokens`, when the answer reports either.
+/// `usage.inputTokens` / `outputTokens`, when the answer reports either, with the prompt
+/// cache's `cacheReadInputTokens` / `cacheWriteInputTokens`. Converse's `inputTokens` leaves
+/// the cached ones out (the total input is the three together); [`Usage::input_tokens`]
+/// counts every input token, so they are added in. Reasoning is not reported apart.
 fn read_usage(body: &Value) -> Option<Usage> {
     let count = |k: &str| {
         body.get("usage")
@@ -414,10 +418,18 @@ fn read_usage(body: &Value) -> Option<Usage> {
     };
     match (count("inputTokens"), count("outputTokens")) {
         (None, None) => None,
-        (i, o) => Some(Usage {
-            input_tokens: i.unwrap_or(0),
-            output_tokens: o.unwrap_or(0),
-        }),
+        (i, o) => {
+            let read = count("cacheReadInputTokens").unwrap_or(0);
+            let write = count("cacheWriteInputTokens").unwrap_or(0);
+            Some(Usage {
+                cache_read_tokens: read,
+                cache_write_tokens: write,
+                ..Usage::new(
+                    i.unwrap_or(0).saturating_add(read).saturating_add(write),
+                    o.unwrap_or(0),
+                )
+            })
+        }
     }
 }
 
@@ -923,13 +935,7 @@ mod tests {
         assert_eq!(out.output["finish_reason"], "stop");
         assert_eq!(out.output["model"], HAIKU);
         assert!(out.output.get("json").is_none());
-        assert_eq!(
-            out.usage,
-            Some(Usage {
-                input_tokens: 21,
-                output_tokens: 10
-            })
-        );
+        assert_eq!(out.usage, Some(Usage::new(21, 10)));
         assert_eq!(out.output["usage"]["input_tokens"], 21);
         // 21 × 0.25 / 1e6 + 10 × 1.25 / 1e6
         assert!(
@@ -960,6 +966,51 @@ mod tests {
         assert_eq!(out.output["json"], json!({"a": 1}));
     }
 
+    /// Converse counts cache reads and writes beside `inputTokens`: they are added into the
+    /// normalized input and priced at the table's cache prices (Nova Lite: 0.06 input, 0.015
+    /// cache read, no cache-write price so 0.06, 0.24 output).
+    #[test]
+    fn usage_adds_cache_reads_and_writes_to_the_input() {
+        let c = catalog();
+        let nova = "bedrock/amazon.nova-lite-v1:0";
+        // (usage as answered, as read, USD)
+        let table = [
+            (
+                json!({"inputTokens": 21, "outputTokens": 10, "totalTokens": 31}),
+                Usage::new(21, 10),
+                (21.0 * 0.06 + 10.0 * 0.24) / 1e6,
+            ),
+            (
+                json!({"inputTokens": 5, "outputTokens": 10, "totalTokens": 3015,
+                       "cacheReadInputTokens": 2000, "cacheWriteInputTokens": 1000,
+                       "cacheDetails": [{"inputTokens": 1000, "ttl": "5m"}]}),
+                Usage {
+                    cache_read_tokens: 2000,
+                    cache_write_tokens: 1000,
+                    ..Usage::new(3005, 10)
+                },
+                (5.0 * 0.06 + 2000.0 * 0.015 + 1000.0 * 0.06 + 10.0 * 0.24) / 1e6,
+            ),
+        ];
+        for (i, (answered, want, usd)) in table.into_iter().enumerate() {
+            let mut body: Value = serde_json::from_str(TEXT).unwrap();
+            body["usage"] = answered;
+            let out = completed(from_response(
+                &gen(nova),
+                &resp(200, &[], &body.to_string()),
+                &c,
+                NOW,
+            ));
+            assert_eq!(out.usage, Some(want), "case {i}");
+            assert_eq!(out.output["usage"], json!(want), "case {i}");
+            assert!(
+                (out.cost_usd - usd).abs() < 1e-15,
+                "case {i}: {}",
+                out.cost_usd
+            );
+        }
+    }
+
     #[test]
     fn reads_tool_answers() {
         let c = catalog();
@@ -975,13 +1026,7 @@ mod tests {
         let out = completed(from_response(&r, &resp(200, &[], TOOL), &c, NOW));
         assert_eq!(out.output["label"], "billing");
         assert_eq!(out.output["confidence"], 0.92);
-        assert_eq!(
-            out.usage,
-            Some(Usage {
-                input_tokens: 412,
-                output_tokens: 58
-            })
-        );
+        assert_eq!(out.usage, Some(Usage::new(412, 58)));
         // Extraction with a schema: the tool input is the JSON, the text its serialization.
         let r = req(HAIKU, Role::Extraction, json!("x"), json!({}), Some(schema));
         let out = completed(from_response(&r, &resp(200, &[], TOOL), &c, NOW));

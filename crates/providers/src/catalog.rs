@@ -10,7 +10,7 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use switchyard_core::model::{split_model, ModelInfo, Role};
-use switchyard_core::state::Usage;
+use switchyard_core::state::{TokenPrices, Usage};
 
 /// The one token estimate (it lives in core, where `select` reads it too).
 pub use switchyard_core::model::estimate_tokens;
@@ -37,6 +37,13 @@ pub struct Entry {
     pub input_per_mtok: f64,
     #[serde(default)]
     pub output_per_mtok: f64,
+    /// Input read from the provider's prompt cache, per million tokens; absent: `input_per_mtok`.
+    #[serde(default)]
+    pub cache_read_per_mtok: Option<f64>,
+    /// Input written to the provider's prompt cache, per million tokens; absent:
+    /// `input_per_mtok`.
+    #[serde(default)]
+    pub cache_write_per_mtok: Option<f64>,
     #[serde(default)]
     pub per_second: f64,
     #[serde(default)]
@@ -63,6 +70,18 @@ pub struct Catalog {
     pub models: BTreeMap<String, Entry>,
 }
 
+impl Entry {
+    /// The entry's token prices.
+    pub fn token_prices(&self) -> TokenPrices {
+        TokenPrices {
+            input_per_mtok: self.input_per_mtok,
+            output_per_mtok: self.output_per_mtok,
+            cache_read_per_mtok: self.cache_read_per_mtok,
+            cache_write_per_mtok: self.cache_write_per_mtok,
+        }
+    }
+}
+
 impl Catalog {
     /// The built-in table, then the override's entries (replacing by model id).
     pub fn load(override_json: Option<&str>) -> Result<Catalog, String> {
@@ -84,6 +103,17 @@ impl Catalog {
             }
             if e.roles.is_empty() {
                 return Err(format!("price table: `{id}` lists no roles"));
+            }
+            let cache_prices = [
+                ("cache_read_per_mtok", e.cache_read_per_mtok),
+                ("cache_write_per_mtok", e.cache_write_per_mtok),
+            ];
+            for (field, price) in cache_prices {
+                if price.is_some_and(|p| !p.is_finite() || p < 0.0) {
+                    return Err(format!(
+                        "price table: `{id}`: `{field}` must be a price >= 0"
+                    ));
+                }
             }
         }
         Ok(c)
@@ -125,14 +155,14 @@ impl Catalog {
             .collect()
     }
 
-    /// Cost of a call from its usage (token-priced models) or its run time (per-second models).
+    /// Cost of a call from its usage (token-priced models: cache reads and writes at the
+    /// entry's cache prices where it has them, [`Usage::cost_usd`]) or its run time
+    /// (per-second models).
     pub fn cost_usd(&self, model: &str, usage: Option<Usage>, predict_seconds: Option<f64>) -> f64 {
         let Some(e) = self.models.get(model) else {
             return 0.0;
         };
-        let u = usage.unwrap_or_default();
-        let tokens = u.input_tokens as f64 * e.input_per_mtok / 1e6
-            + u.output_tokens as f64 * e.output_per_mtok / 1e6;
+        let tokens = usage.unwrap_or_default().cost_usd(&e.token_prices());
         tokens + predict_seconds.unwrap_or(0.0) * e.per_second + e.per_prediction
     }
 
@@ -158,14 +188,7 @@ impl Catalog {
         };
         let input = input_tokens;
         let output = max_output_tokens.or(e.max_output_tokens).unwrap_or(1024);
-        self.cost_usd(
-            model,
-            Some(Usage {
-                input_tokens: input,
-                output_tokens: output,
-            }),
-            Some(60.0),
-        )
+        self.cost_usd(model, Some(Usage::new(input, output)), Some(60.0))
     }
 }
 
@@ -179,10 +202,7 @@ mod tests {
         assert_eq!(c.versions, vec!["2026-11-01".to_string()]);
         let cost = c.cost_usd(
             "openai/gpt-4o-mini",
-            Some(Usage {
-                input_tokens: 1_000_000,
-                output_tokens: 1_000_000,
-            }),
+            Some(Usage::new(1_000_000, 1_000_000)),
             None,
         );
         assert!((cost - 0.75).abs() < 1e-9, "{cost}");
@@ -198,15 +218,64 @@ mod tests {
             .all(|m| m.asynchronous));
         assert!(
             c.estimate_usd("openai/gpt-4o-mini", 100, Some(100))
-                >= c.cost_usd(
-                    "openai/gpt-4o-mini",
-                    Some(Usage {
-                        input_tokens: 100,
-                        output_tokens: 100
-                    }),
-                    None
-                )
+                >= c.cost_usd("openai/gpt-4o-mini", Some(Usage::new(100, 100)), None)
         );
+    }
+
+    /// Cache reads and writes are priced from the table where it has cache prices, at the
+    /// input price where it does not; an override may set them, and must set them to prices.
+    #[test]
+    fn cache_prices_from_the_table() {
+        let c = Catalog::load(Some(
+            r#"{"version": "mine-1", "models": {
+                "openai/o4-mini": {"roles": ["generation"], "input_per_mtok": 1.10,
+                    "cache_read_per_mtok": 0.275, "output_per_mtok": 4.40}}}"#,
+        ))
+        .unwrap();
+        let m = 1_000_000;
+        let usage = |read, write, reasoning| Usage {
+            cache_read_tokens: read,
+            cache_write_tokens: write,
+            reasoning_tokens: reasoning,
+            ..Usage::new(4 * m, m)
+        };
+        // (model, usage, USD)
+        let table = [
+            // 2M uncached × 0.80 + 1M read × 0.08 + 1M written × 1.00 + 1M out × 4.00.
+            (
+                "anthropic/claude-3-5-haiku-latest",
+                usage(m, m, 0),
+                1.60 + 0.08 + 1.00 + 4.00,
+            ),
+            // Reasoning is output: priced once, inside `output_tokens`.
+            ("openai/gpt-4o-mini", usage(2 * m, 0, m), 0.30 + 0.15 + 0.60),
+            ("openai/o4-mini", usage(2 * m, 0, m), 2.20 + 0.55 + 4.40),
+            // No cache prices for this model: cached input at the input price.
+            (
+                "bedrock/anthropic.claude-3-haiku-20240307-v1:0",
+                usage(m, m, 0),
+                4.0 * 0.25 + 1.25,
+            ),
+            (
+                "bedrock/amazon.nova-lite-v1:0",
+                usage(m, m, 0),
+                0.18 + 0.015 + 0.24,
+            ),
+            ("not/in-the-table", usage(m, m, 0), 0.0),
+        ];
+        for (model, u, want) in table {
+            let got = c.cost_usd(model, Some(u), None);
+            assert!((got - want).abs() < 1e-9, "{model}: {got} != {want}");
+            if model != "not/in-the-table" {
+                assert_eq!(c.price_tokens(model, u), Some(got), "{model}");
+            }
+        }
+        for bad in ["-0.1", "\"x\""] {
+            let o = format!(
+                r#"{{"version": "x", "models": {{"a/b": {{"roles": ["generation"], "cache_write_per_mtok": {bad}}}}}}}"#
+            );
+            assert!(Catalog::load(Some(&o)).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -403,18 +403,7 @@ mod tests {
             ErrorClass::Malformed
         );
         let mut r = req(Role::Generation, json!("x"), json!({"format": "json"}));
-        let out = normalize(
-            &r,
-            "{\"a\": 1}",
-            None,
-            Usage {
-                input_tokens: 3,
-                output_tokens: 4,
-            },
-            "stop",
-            "m",
-        )
-        .unwrap();
+        let out = normalize(&r, "{\"a\": 1}", None, Usage::new(3, 4), "stop", "m").unwrap();
         assert_eq!(out["json"], json!({"a": 1}));
         assert_eq!(out["usage"]["output_tokens"], 4);
         r.params = json!({});

@@ -212,15 +212,23 @@ fn request_id(resp: &HttpResponse, body: &Value) -> Option<String> {
         .or_else(|| body.get("id").and_then(Value::as_str).map(str::to_string))
 }
 
-/// `usage.prompt_tokens` / `completion_tokens` (embeddings have no completion tokens).
+/// `usage.prompt_tokens` / `completion_tokens` (embeddings have no completion tokens), and
+/// their details where given: `prompt_tokens_details.cached_tokens` (cache reads, already
+/// counted in `prompt_tokens`, as [`Usage`] counts them) and
+/// `completion_tokens_details.reasoning_tokens` (already in `completion_tokens`). OpenAI
+/// reports no cache writes (they cost nothing extra).
 fn read_usage(body: &Value) -> Option<Usage> {
     let u = body.get("usage").filter(|u| u.is_object())?;
-    Some(Usage {
-        input_tokens: u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
-        output_tokens: u
-            .get("completion_tokens")
+    let count = |path: &[&str]| {
+        path.iter()
+            .try_fold(u, |v, k| v.get(k))
             .and_then(Value::as_u64)
-            .unwrap_or(0),
+            .unwrap_or(0)
+    };
+    Some(Usage {
+        cache_read_tokens: count(&["prompt_tokens_details", "cached_tokens"]),
+        reasoning_tokens: count(&["completion_tokens_details", "reasoning_tokens"]),
+        ..Usage::new(count(&["prompt_tokens"]), count(&["completion_tokens"]))
     })
 }
 
@@ -536,13 +544,7 @@ mod tests {
             json!({"input_tokens": 19, "output_tokens": 10})
         );
         assert!(out.output.get("json").is_none());
-        assert_eq!(
-            out.usage,
-            Some(Usage {
-                input_tokens: 19,
-                output_tokens: 10
-            })
-        );
+        assert_eq!(out.usage, Some(Usage::new(19, 10)));
         assert_eq!(out.model, "openai/gpt-4o-mini-2024-07-18");
         assert_eq!(out.provider_request_id.as_deref(), Some("req_8d3f1c2b"));
         let expected = 19.0 * 0.15 / 1e6 + 10.0 * 0.60 / 1e6;
@@ -560,6 +562,58 @@ mod tests {
         );
     }
 
+    /// Cached and reasoning tokens are read from the usage details; cached input is priced at
+    /// the table's cache price (gpt-4o-mini: 0.15 input, 0.075 cached, 0.60 output).
+    #[test]
+    fn usage_keeps_cached_and_reasoning_tokens() {
+        let c = catalog();
+        let cached = |input, output, read, reasoning| Usage {
+            cache_read_tokens: read,
+            reasoning_tokens: reasoning,
+            ..Usage::new(input, output)
+        };
+        // (usage as answered, as read, USD)
+        let table = [
+            (
+                json!({"prompt_tokens": 19, "completion_tokens": 10, "total_tokens": 29}),
+                Usage::new(19, 10),
+                (19.0 * 0.15 + 10.0 * 0.60) / 1e6,
+            ),
+            (
+                json!({"prompt_tokens": 2006, "completion_tokens": 300, "total_tokens": 2306,
+                       "prompt_tokens_details": {"cached_tokens": 1920, "audio_tokens": 0},
+                       "completion_tokens_details": {"reasoning_tokens": 192, "audio_tokens": 0,
+                           "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}),
+                cached(2006, 300, 1920, 192),
+                (86.0 * 0.15 + 1920.0 * 0.075 + 300.0 * 0.60) / 1e6,
+            ),
+            // OpenAI-compatible servers may send the details as null, or leave them out.
+            (
+                json!({"prompt_tokens": 5, "completion_tokens": 1, "prompt_tokens_details": null,
+                       "completion_tokens_details": null}),
+                Usage::new(5, 1),
+                (5.0 * 0.15 + 0.60) / 1e6,
+            ),
+        ];
+        for (i, (answered, want, usd)) in table.into_iter().enumerate() {
+            let mut body: Value = serde_json::from_str(CHAT).unwrap();
+            body["usage"] = answered;
+            let out = completed(from_response(
+                &gen(),
+                &resp(200, &[], &body.to_string()),
+                &c,
+                NOW,
+            ));
+            assert_eq!(out.usage, Some(want), "case {i}");
+            assert_eq!(out.output["usage"], json!(want), "case {i}");
+            assert!(
+                (out.cost_usd - usd).abs() < 1e-15,
+                "case {i}: {}",
+                out.cost_usd
+            );
+        }
+    }
+
     #[test]
     fn structured_answers() {
         let c = catalog();
@@ -574,13 +628,7 @@ mod tests {
             out.output,
             json!({"label": "billing", "confidence": 0.92, "scores": {"billing": 0.92}})
         );
-        assert_eq!(
-            out.usage,
-            Some(Usage {
-                input_tokens: 112,
-                output_tokens: 12
-            })
-        );
+        assert_eq!(out.usage, Some(Usage::new(112, 12)));
         assert!(out.cost_usd > 0.0);
 
         // Generation with a schema: the parsed answer in `json`.
@@ -628,13 +676,7 @@ mod tests {
             out.output,
             json!({"vector": [0.0023064255, -0.009327292, 0.015797347, -0.0077780345, -0.0046922187]})
         );
-        assert_eq!(
-            out.usage,
-            Some(Usage {
-                input_tokens: 8,
-                output_tokens: 0
-            })
-        );
+        assert_eq!(out.usage, Some(Usage::new(8, 0)));
         assert!(out.cost_usd > 0.0);
         assert_eq!(out.model, "openai/text-embedding-3-small");
         assert_eq!(out.provider_request_id.as_deref(), Some("req_e1"));

@@ -485,10 +485,7 @@ fn completed(
         metric("output_token_count").and_then(Value::as_u64),
     ) {
         (None, None) => None,
-        (i, o) => Some(Usage {
-            input_tokens: i.unwrap_or(0),
-            output_tokens: o.unwrap_or(0),
-        }),
+        (i, o) => Some(Usage::new(i.unwrap_or(0), o.unwrap_or(0))),
     };
     let raw = body.get("output").unwrap_or(&Value::Null);
     if raw.is_null() {
@@ -951,13 +948,7 @@ mod tests {
             &c,
         ));
         assert_eq!(out.output["text"], "The cat sat.");
-        assert_eq!(
-            out.usage,
-            Some(Usage {
-                input_tokens: 12,
-                output_tokens: 3
-            })
-        );
+        assert_eq!(out.usage, Some(Usage::new(12, 3)));
         assert_eq!(out.output["usage"]["output_tokens"], 3);
         assert_eq!(out.cost_usd, 0.0, "not in the catalog");
         // `{text}` objects too.

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use switchyard_core::model::{Callback, ModelOutput, ModelRequest, ModelResponse, Provider, Role};
+use switchyard_core::state::Usage;
 use switchyard_core::{ErrorClass, StepError};
 use switchyard_fakes::{Behavior, FakeConfig, FakeServer, WebhookReceiver};
 use switchyard_providers::anthropic::Anthropic;
@@ -26,6 +27,7 @@ const EMBED: &str = "openai/text-embedding-3-small";
 const HAIKU: &str = "anthropic/claude-3-5-haiku-latest";
 const BEDROCK_HAIKU: &str = "bedrock/anthropic.claude-3-haiku-20240307-v1:0";
 const BEDROCK_LLAMA: &str = "bedrock/meta.llama3-1-8b-instruct-v1:0";
+const BEDROCK_NOVA: &str = "bedrock/amazon.nova-lite-v1:0";
 const FLUX: &str = "replicate/black-forest-labs/flux-schnell";
 const WHISPER: &str = "replicate/openai/whisper";
 
@@ -355,6 +357,111 @@ async fn anthropic_error_classes() {
         "{}",
         out.output
     );
+}
+
+// ---------------------------------------------------------------- Usage: prompt cache, reasoning
+
+/// A generation whose instructions are long enough for the fakes' prompt cache (~1400 tokens).
+fn cached_generation(model: &str) -> ModelRequest {
+    let mut r = generation(model);
+    r.instructions = Some("Follow the refund policy to the letter. ".repeat(140));
+    r
+}
+
+/// What `u` costs at the table's prices for `model`, worked out by hand: uncached input at the
+/// input price, cache reads and writes at theirs (else the input price), output (reasoning
+/// included) at the output price.
+fn by_hand(c: &Catalog, model: &str, u: Usage) -> f64 {
+    let e = c.get(model).unwrap();
+    let uncached = u.input_tokens - u.cache_read_tokens - u.cache_write_tokens;
+    (uncached as f64 * e.input_per_mtok
+        + u.cache_read_tokens as f64 * e.cache_read_per_mtok.unwrap_or(e.input_per_mtok)
+        + u.cache_write_tokens as f64 * e.cache_write_per_mtok.unwrap_or(e.input_per_mtok)
+        + u.output_tokens as f64 * e.output_per_mtok)
+        / 1e6
+}
+
+/// The same long prompt twice: each adapter reads its API's cache fields into one usage
+/// (input counts every input token, the cached ones a part of it) and prices the cached part
+/// at the table's cache prices, so the second call is cheaper.
+#[tokio::test]
+async fn cached_input_is_read_and_priced_by_every_chat_adapter() {
+    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    let c = catalog();
+    let (o, a, b) = (openai(&fake), anthropic(&fake), bedrock(&fake));
+    // (adapter, model, whether the API reports cache writes)
+    let table: [(&dyn Provider, &str, bool); 3] = [
+        (&o, GPT, false),
+        (&a, HAIKU, true),
+        (&b, BEDROCK_NOVA, true),
+    ];
+    for (p, model, reports_writes) in table {
+        let req = cached_generation(model);
+        let first = completed(p.invoke(&req).await);
+        let second = completed(p.invoke(&req).await);
+        let (u1, u2) = (first.usage.unwrap(), second.usage.unwrap());
+        assert_eq!(u1.input_tokens, u2.input_tokens, "{model}: {u1:?} {u2:?}");
+        assert_eq!(u1.output_tokens, u2.output_tokens, "{model}");
+        assert_eq!(u1.cache_read_tokens, 0, "{model}: {u1:?}");
+        assert!(
+            u2.cache_read_tokens >= 1024 && u2.cache_read_tokens < u2.input_tokens,
+            "{model}: {u2:?}"
+        );
+        assert_eq!(u2.cache_write_tokens, 0, "{model}: {u2:?}");
+        let written = if reports_writes {
+            u2.cache_read_tokens
+        } else {
+            0
+        };
+        assert_eq!(u1.cache_write_tokens, written, "{model}: {u1:?}");
+        assert_eq!(u2.reasoning_tokens, 0, "{model}");
+        assert_eq!(
+            second.output["usage"],
+            json!({"input_tokens": u2.input_tokens, "output_tokens": u2.output_tokens,
+                   "cache_read_tokens": u2.cache_read_tokens}),
+            "{model}"
+        );
+        for (out, u) in [(&first, u1), (&second, u2)] {
+            let want = by_hand(&c, model, u);
+            assert!(
+                (out.cost_usd - want).abs() < 1e-15,
+                "{model}: {} != {want}",
+                out.cost_usd
+            );
+        }
+        assert!(
+            second.cost_usd < first.cost_usd,
+            "{model}: a cache read is cheaper"
+        );
+    }
+}
+
+/// A reasoning model's hidden tokens are read apart, as part of the output, and priced once.
+#[tokio::test]
+async fn openai_reasoning_tokens_are_part_of_the_output() {
+    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    let c = Arc::new(
+        Catalog::load(Some(
+            r#"{"version": "test", "models": {"openai/o4-mini": {"roles": ["generation"],
+                "input_per_mtok": 1.10, "cache_read_per_mtok": 0.275, "output_per_mtok": 4.40}}}"#,
+        ))
+        .unwrap(),
+    );
+    let p = OpenAi::new(
+        "openai",
+        &format!("{}/v1", fake.url()),
+        Some("sk-test-0123456789".into()),
+        c.clone(),
+        sender(),
+    );
+    let out = completed(p.invoke(&generation("openai/o4-mini")).await);
+    let u = out.usage.unwrap();
+    assert!(
+        u.reasoning_tokens > 0 && u.reasoning_tokens < u.output_tokens,
+        "{u:?}"
+    );
+    assert_eq!(out.output["usage"]["reasoning_tokens"], u.reasoning_tokens);
+    assert!((out.cost_usd - by_hand(&c, "openai/o4-mini", u)).abs() < 1e-15);
 }
 
 // ---------------------------------------------------------------- Bedrock

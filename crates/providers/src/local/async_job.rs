@@ -184,10 +184,7 @@ pub(super) fn parse_callback(body: &Value) -> Result<(String, ModelResponse), St
                     .as_u64()
                     .ok_or_else(|| malformed(&format!("`metrics.{key}` must be an integer"))),
             };
-            let usage = Usage {
-                input_tokens: count("input_token_count")?,
-                output_tokens: count("output_token_count")?,
-            };
+            let usage = Usage::new(count("input_token_count")?, count("output_token_count")?);
             let output = ModelOutput {
                 output,
                 usage: Some(usage),

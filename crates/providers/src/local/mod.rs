@@ -207,13 +207,7 @@ impl Provider for LocalProvider {
             // Priced at zero per output token (checked by a test).
             _ => 0,
         };
-        price(
-            spec,
-            Usage {
-                input_tokens: input,
-                output_tokens: output,
-            },
-        )
+        price(spec, Usage::new(input, output))
     }
 
     fn price_usd(&self, model: &str, usage: Usage) -> Option<f64> {
@@ -353,10 +347,10 @@ fn instruction_tokens(request: &ModelRequest) -> u64 {
 }
 
 fn usage(request: &ModelRequest, read: &str, written: &str) -> Usage {
-    Usage {
-        input_tokens: estimate_tokens(read) + instruction_tokens(request),
-        output_tokens: estimate_tokens(written),
-    }
+    Usage::new(
+        estimate_tokens(read) + instruction_tokens(request),
+        estimate_tokens(written),
+    )
 }
 
 fn json_string(v: &Value) -> String {
