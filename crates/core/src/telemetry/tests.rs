@@ -50,8 +50,9 @@ fn rec(step: &str) -> StepRecord {
     r.latency_ms = 120;
     r.cost_usd = 0.002;
     r.usage = Some(Usage {
-        input_tokens: 50,
-        output_tokens: 7,
+        cache_read_tokens: 20,
+        reasoning_tokens: 3,
+        ..Usage::new(50, 7)
     });
     r
 }
@@ -114,6 +115,8 @@ fn each_step_event_gives_its_metrics() {
                 "cost_usd{wf,draft,local,local/gen}=0.002",
                 "tokens{wf,draft,local,local/gen,input}=50",
                 "tokens{wf,draft,local,local/gen,output}=7",
+                "tokens{wf,draft,local,local/gen,cache_read}=20",
+                "tokens{wf,draft,local,local/gen,reasoning}=3",
             ],
         ),
         (
@@ -133,6 +136,8 @@ fn each_step_event_gives_its_metrics() {
                 "cost_usd{wf,check,local,local/gen}=0.002",
                 "tokens{wf,check,local,local/gen,input}=50",
                 "tokens{wf,check,local,local/gen,output}=7",
+                "tokens{wf,check,local,local/gen,cache_read}=20",
+                "tokens{wf,check,local,local/gen,reasoning}=3",
             ],
         ),
         (
