@@ -243,7 +243,7 @@ metric!(
     "A worker took a wake-up: from when it was due to when it was handled."
 );
 metric!(WEBHOOKS, "webhooks", Counter, Count, ["provider", "verdict"], TOTAL,
-    "A provider callback arrived: verdict applied, progress, duplicate, stale, unauthorized or invalid.");
+    "A provider callback arrived: verdict applied, progress, duplicate, stale, unauthorized, invalid or error.");
 metric!(
     NOTIFICATIONS,
     "notifications",
@@ -251,7 +251,7 @@ metric!(
     Count,
     ["outcome"],
     TOTAL,
-    "A notification delivery was attempted: outcome delivered, retrying, stopped or failed."
+    "A notification delivery was attempted: outcome delivered, retry, stopped (the receiver refused it for good) or gave_up (attempts used up)."
 );
 metric!(
     SWEEP_REWOKEN,

@@ -286,3 +286,35 @@ fn queue_lag_is_measured_from_when_the_wake_up_was_due() {
     // A wake-up handled early (clock skew between hosts) is no lag, not a negative one.
     assert_eq!(queue_lag("timer", 1_000, 900).value, 0.0);
 }
+
+/// docs/operations.md lists every metric with its dimensions: the table users read cannot
+/// drift from the one the code reports.
+#[test]
+fn every_metric_is_documented_with_its_dimensions() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/operations.md"
+    ))
+    .unwrap();
+    for d in ALL {
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{}` |", d.name)))
+            .unwrap_or_else(|| panic!("docs/operations.md has no row for `{}`", d.name));
+        let dims = if d.dims.is_empty() {
+            "—".to_string()
+        } else {
+            d.dims.join(", ")
+        };
+        assert!(
+            row.contains(&format!("| {dims} |")),
+            "{}: dimensions {dims} in {row}",
+            d.name
+        );
+        assert!(
+            row.contains(&format!("| {} |", d.unit.as_str())),
+            "{}: unit in {row}",
+            d.name
+        );
+    }
+}
