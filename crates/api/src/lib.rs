@@ -1,4 +1,4 @@
-//! The public HTTP API (CONTRACT.md, "HTTP API"), as one axum router.
+//! The public HTTP API (docs/api.md), as one axum router.
 //!
 //! The same router is served by `switchyard dev` on the embedded backend and, wrapped by
 //! `lambda_http`, by the AWS intake function: nothing here assumes a local process. Handlers

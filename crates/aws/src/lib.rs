@@ -1,6 +1,6 @@
 //! The AWS backend of Switchyard: the core's ports on DynamoDB, SQS and S3 (see
 //! `docs/aws-progress.md`). The core and the engine never depend on this crate: the
-//! Lambda mains and the CLI pick it (DESIGN §3).
+//! Lambda mains and the CLI pick it (docs/architecture.md#crates).
 //!
 //! Layout:
 //!

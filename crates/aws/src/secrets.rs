@@ -1,5 +1,5 @@
 //! The deployment's secrets on AWS: one Secrets Manager secret whose `SecretString` is a JSON
-//! object of names → values, the names being CONTRACT.md's configuration names
+//! object of names → values, the names being docs/configuration.md's setting names
 //! (`SWITCHYARD_API_KEYS`, `SWITCHYARD_CALLBACK_SECRET`, `SWITCHYARD_WEBHOOK_SECRET`,
 //! `OPENAI_API_KEY`, …). The Lambda mains read it once per container, at cold start, and hand
 //! the map to the engine as its `Secrets` seam (layered over the function's environment), so

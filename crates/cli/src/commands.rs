@@ -1,4 +1,4 @@
-//! One function per subcommand; each returns the exit status (CONTRACT.md).
+//! One function per subcommand; each returns the exit status (README.md#the-cli).
 
 use crate::exit;
 use crate::local::{self, Local};

@@ -16,7 +16,7 @@ pub mod local;
 pub mod prometheus;
 pub mod render;
 
-/// Exit statuses (CONTRACT.md).
+/// Exit statuses (README.md#the-cli).
 pub mod exit {
     pub const SUCCEEDED: i32 = 0;
     pub const FAILED: i32 = 1;

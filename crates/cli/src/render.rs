@@ -12,8 +12,8 @@ pub fn run_json(v: &RunView) -> Value {
             "cost_usd": s.cost_usd, "usage": s.usage, "fallback_used": s.fallback_used, "error_class": s.error_class,
             "error": s.error, "sources": s.sources,
         });
-        // Cost-aware choice, only on the steps that made one (CONTRACT.md's fields stay as
-        // they were for every other step).
+        // Cost-aware choice, only on the steps that made one (the fields README.md#the-cli
+        // lists stay as they were for every other step).
         if let Some(obj) = doc.as_object_mut() {
             if !s.escalations.is_empty() {
                 obj.insert("escalations".into(), json!(s.escalations));

@@ -1,6 +1,6 @@
-//! The state store contract (DESIGN §7): every write is conditional on the version the caller
-//! read, the store owns the version arithmetic, and a state change's history events are
-//! written with it.
+//! The state store contract (docs/architecture.md#decisions): every write is conditional on the
+//! version the caller read, the store owns the version arithmetic, and a state change's history
+//! events are written with it.
 
 use serde_json::json;
 use switchyard_core::ports::{IdempotencyClaim, ListScope, RunQuery, StateStore};

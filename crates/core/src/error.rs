@@ -1,4 +1,4 @@
-//! The one error taxonomy (DESIGN §6).
+//! The one error taxonomy (docs/workflows.md#fallbacks-and-error-classes).
 //!
 //! Every failure that reaches the planner carries an [`ErrorClass`]. Adapters classify once, at
 //! the boundary where the failure happens (provider HTTP response, store write, our own

@@ -1,6 +1,7 @@
 //! The `Provider` port and the normalized shapes every model answer is turned into
-//! (DESIGN §5). Adapters hide each model API behind `invoke`/`poll`/`parse_callback`; the rest
-//! of the system only sees [`ModelRequest`], [`ModelResponse`] and [`StepError`].
+//! (docs/workflows.md#model--a-model-call, "Output shapes"). Adapters hide each model API behind
+//! `invoke`/`poll`/`parse_callback`; the rest of the system only sees [`ModelRequest`],
+//! [`ModelResponse`] and [`StepError`].
 
 use crate::error::StepError;
 use crate::state::Usage;

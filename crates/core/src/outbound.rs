@@ -2,11 +2,11 @@
 //! call, what one delivery attempt's result means, and the `webhook-signature` header.
 //!
 //! Pure decisions only; the I/O half is `switchyard_providers::outbound`. The address policy
-//! (DESIGN.md §10) is resolve-then-check: [`check_callback_url`] at intake (an IP-literal host
-//! is checked at once, so `https://127.0.0.1/` is refused with the request), then, at each
-//! delivery, [`pick_address`] over what the host resolved to, and the connection goes to the
-//! address it picked — never to a second resolution. `allow_private` (local development)
-//! lifts the address policy entirely and also allows `http`.
+//! (docs/api.md#address-rules) is resolve-then-check: [`check_callback_url`] at intake (an
+//! IP-literal host is checked at once, so `https://127.0.0.1/` is refused with the request), then,
+//! at each delivery, [`pick_address`] over what the host resolved to, and the connection goes to
+//! the address it picked — never to a second resolution. `allow_private` (local development) lifts
+//! the address policy entirely and also allows `http`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

@@ -1,6 +1,7 @@
-//! Persisted run state, shaped for DynamoDB from the first day (DESIGN §7): a small run header,
-//! one record per step, and append-only history events, each written on its own with its own
-//! condition. Loading a run is "header + step records"; steps without a record are pending.
+//! Persisted run state, shaped for DynamoDB from the first day (docs/architecture.md#decisions): a
+//! small run header, one record per step, and append-only history events, each written on its own
+//! with its own condition. Loading a run is "header + step records"; steps without a record are
+//! pending.
 
 use crate::error::StepError;
 use crate::time::Millis;

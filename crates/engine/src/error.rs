@@ -95,7 +95,7 @@ impl EngineError {
 mod tests {
     use super::*;
 
-    /// Each error's HTTP status and stable code (CONTRACT.md): an invariant failure is a 500
+    /// Each error's HTTP status and stable code (docs/api.md#errors): an invariant failure is a 500
     /// `internal`, never a 409 a client would retry; a bad cursor is the caller's 400.
     #[test]
     fn statuses_and_codes() {

@@ -103,7 +103,7 @@ async fn to_json_error(resp: Response) -> Response {
         .into_response()
 }
 
-/// The error body of CONTRACT.md: `{"error": {"code", "message", "field"?}}`.
+/// The error body of docs/api.md#errors: `{"error": {"code", "message", "field"?}}`.
 pub fn error_response(e: &EngineError) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut body = json!({"error": {"code": e.code(), "message": e.to_string()}});

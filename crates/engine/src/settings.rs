@@ -1,5 +1,5 @@
-//! Reading a deployment's settings through the [`Secrets`] seam (CONTRACT.md, Configuration):
-//! the process environment locally and in a Lambda's configuration, a parameter store on AWS.
+//! Reading a deployment's settings through the [`Secrets`] seam (docs/configuration.md): the
+//! process environment locally; on AWS, the settings secret layered over the environment.
 //! Every entry point (CLI, `dev`, the Lambda mains) builds its [`Config`] here, so a setting
 //! means the same thing everywhere.
 

@@ -1,5 +1,5 @@
-//! `switchyard stats` and `GET /v1/stats` (CONTRACT.md): per workflow and per step, over the
-//! runs created in a time window — outcomes and failures by error class, latency percentiles,
+//! `switchyard stats` and `GET /v1/stats` (docs/api.md#get-v1stats): per workflow and step, over
+//! the runs created in a time window — outcomes and failures by error class, latency percentiles,
 //! cost and tokens, retry, fallback, validation-failure and escalation rates, and what cascades
 //! saved against always asking their top model.
 //!

@@ -1,4 +1,4 @@
-//! The run document (CONTRACT.md): what `switchyard run --json`, `runs show` and
+//! The run document (docs/api.md#get-v1runsid): what `switchyard run --json`, `runs show` and
 //! `GET /v1/runs/{id}` return.
 
 use crate::{Engine, EngineError};

@@ -18,7 +18,7 @@ use switchyard_core::time::SystemClock;
 use switchyard_engine::{Config, Engine, Providers, Workflows};
 use switchyard_providers::local::{LocalConfig, LocalProvider};
 
-/// The table, bucket, queues and secret of a deployment (environment names: CONTRACT.md).
+/// The table, bucket, queues and secret of a deployment (docs/configuration.md#aws-resources).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resources {
     pub table: String,

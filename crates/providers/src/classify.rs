@@ -1,6 +1,6 @@
-//! The one error classifier for hosted APIs: HTTP status, provider error codes and bodies →
-//! the taxonomy (DESIGN §6). Pure and table-tested; adapters call it for every non-2xx answer.
-//! Transport failures are classified in [`crate::http`].
+//! The one error classifier for hosted APIs: HTTP status, provider error codes and bodies → the
+//! taxonomy (docs/providers.md#errors-one-classifier). Pure and table-tested; adapters call it for
+//! every non-2xx answer. Transport failures are classified in [`crate::http`].
 
 use crate::http::HttpResponse;
 use serde_json::Value;

@@ -1,5 +1,5 @@
-//! Building the hosted-API adapters a deployment offers, from its secrets (the environment
-//! today, through the core's `Secrets` seam; CONTRACT.md):
+//! Building the hosted-API adapters a deployment offers, from its secrets (the environment or
+//! the settings secret, through the core's `Secrets` seam; docs/configuration.md#providers):
 //! `OPENAI_API_KEY`/`OPENAI_BASE_URL`, `ANTHROPIC_API_KEY`/`ANTHROPIC_BASE_URL`, the standard
 //! AWS variables for Bedrock (`AWS_REGION`, credentials, `AWS_ENDPOINT_URL_BEDROCK_RUNTIME`),
 //! `REPLICATE_API_TOKEN`/`REPLICATE_BASE_URL`, `SWITCHYARD_PRICES` for the price table, and
