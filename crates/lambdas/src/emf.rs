@@ -2,8 +2,8 @@
 //! ([`MetricSink`]) are kept in memory during an invocation and written by [`EmfSink::flush`]
 //! at its end, one JSON object per stdout line; CloudWatch Logs turns them into metrics in the
 //! namespace `SWITCHYARD_METRICS_NAMESPACE` (default `Switchyard`; template.yaml sets it from its
-//! `MetricsNamespace` parameter). No
-//! `PutMetricData` call, no extra latency, no client: the log line is the delivery.
+//! `MetricsNamespace` parameter). No `PutMetricData` call, no extra latency, no client: the log
+//! line is the delivery.
 //!
 //! One object per run and label set, so the run id rides along as a plain property
 //! (searchable in Logs Insights, never a dimension). Counters are summed within the object;
