@@ -1,6 +1,7 @@
 //! A [`StateStore`] that fails chosen writes, for the engine's fault tests on every backend:
 //! a fault *before* a write (nothing stored, an error back) or *after* it (stored, and the
-//! answer lost — what a dropped connection or a timed-out request looks like to the caller).
+//! answer lost — what a dropped connection or a timed-out request looks like to the caller);
+//! and a read that lost a race ([`FaultyStore::answer_next_load_with`]).
 
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -34,6 +35,7 @@ pub struct FaultyStore {
     plan: Mutex<Vec<(WriteKind, usize, Fault)>>,
     calls: Mutex<HashMap<WriteKind, usize>>,
     injected: Mutex<Vec<(WriteKind, usize, Fault)>>,
+    stale: Mutex<Option<RunSnapshot>>,
 }
 
 impl FaultyStore {
@@ -43,7 +45,14 @@ impl FaultyStore {
             plan: Mutex::new(Vec::new()),
             calls: Mutex::new(HashMap::new()),
             injected: Mutex::new(Vec::new()),
+            stale: Mutex::new(None),
         }
+    }
+
+    /// The next `load` of `snap`'s run answers `snap` instead of what is stored: a read made
+    /// just before another worker's writes and acted on just after them. Once.
+    pub fn answer_next_load_with(&self, snap: RunSnapshot) {
+        *self.stale.lock().unwrap() = Some(snap);
     }
 
     /// Plans a fault for the `nth` call of `kind` from now on counted since the store was made.
@@ -107,7 +116,17 @@ impl StateStore for FaultyStore {
     }
 
     async fn load(&self, run_id: &str) -> Result<Option<RunSnapshot>, StoreError> {
-        self.inner.load(run_id).await
+        let stale = {
+            let mut slot = self.stale.lock().unwrap();
+            match slot.as_ref() {
+                Some(s) if s.header.run_id == run_id => slot.take(),
+                _ => None,
+            }
+        };
+        match stale {
+            Some(s) => Ok(Some(s)),
+            None => self.inner.load(run_id).await,
+        }
     }
 
     async fn load_header(&self, run_id: &str) -> Result<Option<RunHeader>, StoreError> {

@@ -98,6 +98,14 @@ impl Engine {
             until: now + self.config.run_lease_ms,
         };
         match self.store.acquire_lease(run_id, &lease, now).await {
+            // The run ended between the read and the lease (another worker finished it and
+            // freed the lease): this wake-up is a late duplicate. Planning on the ended header
+            // would find nothing to do and park the run as waiting, reopening it.
+            Ok(h) if h.status.is_terminal() => {
+                self.release_lease(run_id, &owner).await;
+                self.renotify_if_lost(&h).await?;
+                return Ok(Handled::AlreadyEnded(h.status));
+            }
             Ok(h) => snap.header = h,
             Err(StoreError::Conflict(_)) => {
                 let until = snap.header.lease.as_ref().map_or(now, |l| l.until);
