@@ -726,27 +726,47 @@ async fn approval_and_cancel_through_the_api() {
     let (s, b) = post(&dev, ACME, &path, &json!({"decision": "approve"})).await;
     assert_eq!((s.as_u16(), code(&b)), (409, "conflict"));
 
-    let slow = start(
-        &dev,
-        ACME,
-        json!({"workflow": "slow-chain", "input": {"text": "t"}}),
-    )
-    .await;
-    until_status(&dev, ACME, &slow, &["running"]).await;
-    let (s, b) = post(&dev, ACME, &format!("/v1/runs/{slow}/cancel"), &json!({})).await;
-    assert_eq!(s, 202, "{b}");
-    assert_eq!(b["cancel_requested"], true);
+    // A run cancelled mid-way. On a loaded machine the run may end before the cancel lands
+    // (409: it has ended); then another run is tried.
+    let mut cancelled = None;
+    for _ in 0..5 {
+        let slow = start(
+            &dev,
+            ACME,
+            json!({"workflow": "slow-chain", "input": {"text": "t"}}),
+        )
+        .await;
+        until_status(&dev, ACME, &slow, &["running", "succeeded"]).await;
+        let (s, b) = post(&dev, ACME, &format!("/v1/runs/{slow}/cancel"), &json!({})).await;
+        if s == 409 {
+            continue;
+        }
+        assert_eq!(s, 202, "{b}");
+        assert_eq!(b["cancel_requested"], true);
+        cancelled = Some(slow);
+        break;
+    }
+    let slow = cancelled.expect("no run was still going when its cancel landed");
     let doc = until_status(&dev, ACME, &slow, &["cancelled"]).await;
     assert_eq!(doc["error"]["class"], "cancelled");
-    // Nothing new started after the cancellation: the step in flight finished, the rest
-    // never ran (each step takes 400 ms; the worker looks for a cancellation every 200 ms).
-    let ran = doc["steps"]
-        .as_array()
-        .unwrap()
+    // Nothing new started after the cancellation but, at most, the one step the worker
+    // started before its next look at the run (it looks every 200 ms; each step takes
+    // 400 ms). Read from the history, not from how far the run got when the test looked.
+    let (_, ev) = get(&dev, ACME, &format!("/v1/runs/{slow}/events")).await;
+    let ev = ev["events"].as_array().unwrap();
+    let asked = ev
         .iter()
-        .filter(|s| s["status"] == "succeeded")
+        .find(|e| e["kind"] == "run_cancel_requested")
+        .and_then(|e| e["at"].as_u64())
+        .unwrap_or_else(|| panic!("no cancel request: {ev:?}"));
+    let started_after = ev
+        .iter()
+        .filter(|e| e["kind"] == "step_started" && e["at"].as_u64() > Some(asked))
         .count();
-    assert!(ran <= 2, "{ran} steps ran after a cancel: {doc}");
+    assert!(
+        started_after <= 1,
+        "{started_after} steps started after the cancel: {ev:?}"
+    );
 }
 
 /// Makes the test venv (tests/api/venv.sh) and returns its python.
@@ -832,10 +852,12 @@ async fn notifications_are_signed_retried_with_one_webhook_id_and_recorded() {
     )
     .await;
     until_status(&dev, ACME, &run, &["waiting"]).await;
+    // Each wait has its own (generous) limit: one phase slowed by a loaded machine must not
+    // eat into the next one's.
     let t0 = Instant::now();
     while receiver.deliveries().len() < 2 {
         assert!(
-            t0.elapsed() < Duration::from_secs(20),
+            t0.elapsed() < Duration::from_secs(60),
             "{:?}",
             receiver.deliveries()
         );
@@ -850,9 +872,10 @@ async fn notifications_are_signed_retried_with_one_webhook_id_and_recorded() {
     .await;
     assert_eq!(s, 200);
     until_status(&dev, ACME, &run, &["failed"]).await;
+    let t0 = Instant::now();
     while receiver.deliveries().len() < 3 {
         assert!(
-            t0.elapsed() < Duration::from_secs(20),
+            t0.elapsed() < Duration::from_secs(60),
             "{:?}",
             receiver.deliveries()
         );
@@ -903,7 +926,7 @@ async fn notifications_are_signed_retried_with_one_webhook_id_and_recorded() {
             );
             break;
         }
-        assert!(t1.elapsed() < Duration::from_secs(10), "{n:?}");
+        assert!(t1.elapsed() < Duration::from_secs(60), "{n:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -953,7 +976,9 @@ async fn sigterm_drains_and_exits_zero() {
         json!({"workflow": "slow-chain", "input": {"text": "t"}}),
     )
     .await;
-    until_status(&dev, ACME, &run, &["running"]).await;
+    // Mid-run, usually; a loaded machine may see the run only once it has ended, and the
+    // drain must exit 0 then too.
+    until_status(&dev, ACME, &run, &["running", "succeeded"]).await;
     let pid = dev.child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])

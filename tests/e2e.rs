@@ -86,9 +86,18 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 #[test]
 fn killed_mid_run_then_resumed_runs_no_finished_step_again() {
     let dir = tempfile::tempdir().unwrap();
+    // The chain with a long third step: the kill lands mid-run however slowly this machine
+    // notices that `b` has finished (it looks through two `switchyard` processes per check;
+    // under load that took longer than the 800 ms the chain's last two steps take).
+    let wf_dir = tempfile::tempdir().unwrap();
+    let third = "input: {n: 3, prev: \"${steps.b.output.json.n}\"}\n    params: {delay_ms: 400}";
+    let chain = std::fs::read_to_string(fixture("slow-chain.yaml")).unwrap();
+    assert!(chain.contains(third), "{chain}");
+    let wf = wf_dir.path().join("slow-chain.yaml");
+    std::fs::write(&wf, chain.replace(third, &third.replace("400", "5000"))).unwrap();
     let mut child = bin()
         .args(["run"])
-        .arg(fixture("slow-chain.yaml"))
+        .arg(&wf)
         .arg("--input")
         .arg(fixture("text.json"))
         .arg("--data-dir")

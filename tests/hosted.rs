@@ -335,6 +335,48 @@ fn a_failed_replicate_prediction_is_retried_as_a_new_prediction() {
     assert_eq!(creates, 2, "a retry submits a new prediction");
 }
 
+/// Issue 22: the prediction succeeds and its webhook arrives, but its output file cannot be
+/// reached at first. The download is tried again on its own backoff; the prediction is not
+/// made (or paid for) again.
+#[test]
+fn an_output_file_out_of_reach_is_downloaded_again_not_paid_for_again() {
+    let fake = fake();
+    fake.server.drop_downloads(2);
+    let dir = tempfile::tempdir().unwrap();
+    let out = launch_kit(&fake, dir.path());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = doc(&out);
+    assert_kept_png(&d["output"]["image"]);
+    let image = &d["steps"][2];
+    assert_eq!(image["attempts"], 1, "{image}");
+    assert!(
+        (image["cost_usd"].as_f64().unwrap() - 0.003).abs() < 1e-9,
+        "one prediction's price: {image}"
+    );
+    let creates = fake
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.provider == "replicate" && r.method == "POST")
+        .count();
+    assert_eq!(creates, 1, "the job is not run again");
+    let ev = events(&fake, dir.path(), d["run_id"].as_str().unwrap());
+    let downloads: Vec<&Value> = ev
+        .iter()
+        .filter(|e| e["kind"] == "asset_download_scheduled" && e["step"] == "image")
+        .map(|e| &e["detail"]["download"])
+        .collect();
+    assert_eq!(downloads, [1, 2, 3], "{ev:?}");
+    assert!(!ev
+        .iter()
+        .any(|e| e["kind"] == "step_retry_scheduled" && e["step"] == "image"));
+}
+
 /// `url` is a `file://` link to our copy of the fake's PNG.
 fn assert_kept_png(url: &serde_json::Value) {
     let url = url

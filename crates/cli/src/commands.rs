@@ -409,6 +409,7 @@ pub async fn fake_provider(
         webhook_secret: secret,
         replicate_delay_ms,
         script,
+        delivery_url: None,
     };
     switchyard_fakes::serve(listener, config).await?;
     Ok(exit::SUCCEEDED)

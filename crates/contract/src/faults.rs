@@ -1,6 +1,7 @@
 //! A [`StateStore`] that fails chosen writes, for the engine's fault tests on every backend:
 //! a fault *before* a write (nothing stored, an error back) or *after* it (stored, and the
-//! answer lost — what a dropped connection or a timed-out request looks like to the caller).
+//! answer lost — what a dropped connection or a timed-out request looks like to the caller);
+//! and a read that lost a race ([`FaultyStore::load_stale_once`]).
 
 use async_trait::async_trait;
 use std::collections::HashMap;

@@ -14,8 +14,21 @@
 //! a link signed with a Lambda's temporary credentials dies with them). `source_url` is left
 //! out for `data:` URLs. This module is the pure part: reading `data:` URLs and shaping the
 //! output; fetching and storing are the engine's and the provider's.
+//!
+//! **Downloading is not the job.** A `data:` URL is decoded where the answer arrives. A file
+//! at a URL is downloaded by an action of its own: when the job's result arrives (webhook,
+//! poll or answer), the record keeps it (`StepRecord::download`, the job's cost charged
+//! once) and the download is scheduled at once; a download that fails for a passing reason
+//! is tried again after a backoff, up to [`DOWNLOAD_ATTEMPTS`] downloads of at most
+//! [`DOWNLOAD_TIMEOUT_MS`] each, and the job itself is never submitted again for it — it
+//! succeeded and was paid for. A download that cannot succeed (refused, expired link: not a
+//! retryable class), or the last one, fails the step with the download's class and a message
+//! naming the download and the file's host ([`download_error`]).
 
+use crate::error::StepError;
 use crate::sha256_hex;
+use crate::time::Dur;
+use crate::workflow::RetryPolicy;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -84,6 +97,69 @@ fn percent_decode(s: &str) -> Result<Vec<u8>, String> {
         }
     }
     Ok(out)
+}
+
+/// Downloads of one output file, the first included.
+pub const DOWNLOAD_ATTEMPTS: u32 = 5;
+
+/// Bound on one download (connecting, and reading the whole file). It fits every worker
+/// invocation timeout the template allows (60 s and up), with room for the checkpoint.
+pub const DOWNLOAD_TIMEOUT_MS: u64 = 30_000;
+
+/// The backoff between downloads: 2 s after the first failure, doubling, at most 30 s, with
+/// equal jitter (so the delays are 1–2 s, 2–4 s, 4–8 s, 8–16 s).
+pub fn download_backoff() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: DOWNLOAD_ATTEMPTS,
+        initial_backoff: Dur(2_000),
+        max_backoff: Dur(30_000),
+        multiplier: 2.0,
+        jitter: true,
+    }
+}
+
+/// The host (and port, if any) of a URL, for messages: never its path or query, which may
+/// carry a signature. `data:` URLs have none (`inline data`).
+pub fn host_of(url: &str) -> &str {
+    if is_data_url(url) {
+        return "inline data";
+    }
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.is_empty() {
+        "an unknown host"
+    } else {
+        host
+    }
+}
+
+/// The error of the `n`-th failed download (1-based) of the file at `url`: the download's
+/// class, and a message naming the download and its host around what went wrong. `last`:
+/// no download follows (the step fails with it).
+pub fn download_error(url: &str, err: &StepError, n: u32, last: bool) -> StepError {
+    let host = host_of(url);
+    let message = if !last {
+        format!(
+            "download {n} of {DOWNLOAD_ATTEMPTS} of the output file from {host} failed: {}",
+            err.message
+        )
+    } else if err.class.is_retryable() {
+        format!(
+            "the job succeeded but its output file could not be downloaded from {host}: \
+             {n} downloads failed, the last with: {}",
+            err.message
+        )
+    } else {
+        format!(
+            "the job succeeded but its output file could not be downloaded from {host} \
+             (download {n}, not retried: {}): {}",
+            err.class, err.message
+        )
+    };
+    let mut e = StepError::new(err.class, message).with_details(err.details.clone());
+    e.retry_after_ms = err.retry_after_ms;
+    e
 }
 
 /// Whether `output` (an asset step's normalized output) still points at the provider's copy.
@@ -177,6 +253,7 @@ pub fn relink(value: &mut Value, links: &BTreeMap<String, String>) {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::error::ErrorClass;
 
     /// Bytes and content type, or a part of the error.
     type Want = Result<(&'static [u8], &'static str), &'static str>;
@@ -237,6 +314,60 @@ mod tests {
             needs_keeping(&json!({"url": "https://x"})),
             Some("https://x")
         );
+    }
+
+    #[test]
+    fn downloads_are_named_by_their_host() {
+        let table = [
+            (
+                "https://replicate.delivery/xezq/abc/out-0.webp?sig=s3cr3t",
+                "replicate.delivery",
+            ),
+            (
+                "https://user:pw@files.example.com:8443/a#x",
+                "files.example.com:8443",
+            ),
+            ("http://127.0.0.1:9/v1/files/x", "127.0.0.1:9"),
+            ("https://cdn.example?x=1", "cdn.example"),
+            ("data:image/png;base64,AAAA", "inline data"),
+            ("https:///nohost", "an unknown host"),
+        ];
+        for (url, host) in table {
+            assert_eq!(host_of(url), host, "{url}");
+        }
+        let url = "https://replicate.delivery/xezq/abc/out-0.webp?sig=s3cr3t";
+        let cause = StepError::new(ErrorClass::Transient, "could not connect");
+        let e = download_error(url, &cause, 2, false);
+        assert_eq!(e.class, ErrorClass::Transient);
+        assert_eq!(
+            e.message,
+            "download 2 of 5 of the output file from replicate.delivery failed: could not connect"
+        );
+        let e = download_error(url, &cause, 5, true);
+        assert!(e.message.contains("5 downloads failed"), "{e}");
+        assert!(e.message.contains("from replicate.delivery"), "{e}");
+        let gone = StepError::new(ErrorClass::Invalid, "404 not found");
+        let e = download_error(url, &gone, 1, true);
+        assert_eq!(e.class, ErrorClass::Invalid);
+        assert!(
+            e.message.contains("download 1, not retried: invalid"),
+            "{e}"
+        );
+        for e in [
+            download_error(url, &cause, 1, false),
+            download_error(url, &gone, 1, true),
+        ] {
+            assert!(
+                !e.message.contains("s3cr3t") && !e.message.contains("xezq"),
+                "{e}"
+            );
+        }
+        // The schedule: 1–2 s, 2–4 s, 4–8 s, 8–16 s (equal jitter).
+        let p = download_backoff();
+        for (n, full) in [(1, 2_000), (2, 4_000), (3, 8_000), (4, 16_000)] {
+            let d = crate::retry::backoff_ms(&p, n, "run/step/download");
+            assert!((full / 2..=full).contains(&d), "{n}: {d}");
+        }
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub enum Action {
     Poll { step: String },
     /// An approval gate's deadline has passed.
     ApprovalTimeout { step: String },
+    /// A finished asset job's output file is due for a download (`crate::asset`): the job
+    /// is not run again.
+    Download { step: String },
 }
 
 impl Action {
@@ -32,7 +35,8 @@ impl Action {
             | Action::Skip { step, .. }
             | Action::Expire { step }
             | Action::Poll { step }
-            | Action::ApprovalTimeout { step } => step,
+            | Action::ApprovalTimeout { step }
+            | Action::Download { step } => step,
         }
     }
 }
@@ -59,8 +63,9 @@ pub struct Plan {
 
 /// Whether an action may start in an invocation that must end by `deadline` (Lambda's), keeping
 /// `margin_ms` for the checkpoint after it. A model call is started only if its whole attempt
-/// timeout fits: one the platform kills mid-call is paid for and then made again. Other
-/// actions (pure steps, polls, skips) take milliseconds and fit whenever the margin does.
+/// timeout fits: one the platform kills mid-call is paid for and then made again. A download
+/// of an asset file needs its own bound (`asset::DOWNLOAD_TIMEOUT_MS`). Other actions (pure
+/// steps, polls, skips) take milliseconds and fit whenever the margin does.
 pub fn fits_before_deadline(
     wf: &Workflow,
     action: &Action,
@@ -73,6 +78,7 @@ pub fn fits_before_deadline(
     };
     let needs = match (action, wf.step(action.step()).and_then(Step::call)) {
         (Action::Start { .. }, Some(m)) => m.timeout.ms(),
+        (Action::Download { .. }, _) => crate::asset::DOWNLOAD_TIMEOUT_MS,
         _ => 0,
     };
     now.saturating_add(needs).saturating_add(margin_ms) < deadline
@@ -195,9 +201,12 @@ pub fn plan(wf: &Workflow, snap: &RunSnapshot, now: Millis) -> Plan {
                 if !needs_done(s, &rec) {
                     continue;
                 }
+                let step = s.id.clone();
                 match r.next_at {
                     Some(t) if t > now => p.wake_at = min_opt(p.wake_at, Some(t)),
-                    _ => p.actions.push(Action::Start { step: s.id.clone() }),
+                    // The job is done; only its file is left to download.
+                    _ if r.download.is_some() => p.actions.push(Action::Download { step }),
+                    _ => p.actions.push(Action::Start { step }),
                 }
             }
             StepStatus::Running => match r.lease_until {

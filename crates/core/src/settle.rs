@@ -8,7 +8,8 @@ use crate::error::{ErrorClass, StepError};
 use crate::model::split_model;
 use crate::retry::backoff_ms;
 use crate::state::{
-    ApprovalDecision, EventKind, HistoryEvent, JobRef, StepRecord, StepStatus, Usage, ValueRef,
+    ApprovalDecision, AssetDownload, EventKind, HistoryEvent, JobRef, StepRecord, StepStatus,
+    Usage, ValueRef,
 };
 use crate::time::Millis;
 use crate::workflow::{Step, StepKind};
@@ -105,6 +106,7 @@ pub fn succeed(
     r.error = None;
     r.feedback.clear();
     r.job = None;
+    r.download = None;
     let mut detail = json!({
         "model": r.model, "latency_ms": r.latency_ms, "cost_usd": r.cost_usd, "fallback_used": r.fallback_used,
     });
@@ -186,11 +188,8 @@ pub fn fail(
     // A waiting attempt holds its wait deadline in `deadline_at`. That deadline ends the
     // attempt, not the step: retries and fallbacks follow the step's own deadline again
     // (`max_duration` from its first start, as `claim` set it).
-    if let (StepStatus::Waiting, Some(m)) = (rec.status, step.call()) {
-        r.deadline_at = m
-            .max_duration
-            .zip(r.started_at)
-            .map(|(d, start)| start.saturating_add(d.ms()));
+    if rec.status == StepStatus::Waiting && step.call().is_some() {
+        r.deadline_at = step_deadline(step, &r);
     }
     let within_deadline = |t: Millis| r.deadline_at.is_none_or(|d| t < d);
     if let Some(chain) = step.call() {
@@ -257,6 +256,119 @@ pub fn fail(
         json!({"class": err.class, "message": err.message}),
     );
     r.error = Some(err);
+    (r, ev)
+}
+
+/// The step's own deadline: `max_duration` from its first start, if it has one.
+fn step_deadline(step: &Step, r: &StepRecord) -> Option<Millis> {
+    step.call()
+        .and_then(|m| m.max_duration)
+        .zip(r.started_at)
+        .map(|(d, start)| start.saturating_add(d.ms()))
+}
+
+/// An asset job finished and its output file is at a URL: the result is recorded — `meta`
+/// charges the job's cost, here and only here — and the file's download is scheduled at
+/// once, as an action of its own (`crate::asset`). From here on only the download is tried
+/// again ([`download_failed`]), never the job: it succeeded and was paid for.
+pub fn await_download(
+    step: &Step,
+    rec: &StepRecord,
+    output: serde_json::Value,
+    model: &str,
+    meta: AttemptMeta,
+    now: Millis,
+) -> (StepRecord, HistoryEvent) {
+    let cost_usd = meta.cost_usd;
+    let mut r = next(rec);
+    apply_meta(&mut r, meta);
+    r.status = StepStatus::Retrying;
+    r.next_at = Some(now);
+    r.lease_until = None;
+    r.lease_owner = None;
+    r.job = None;
+    r.error = None;
+    r.feedback.clear();
+    r.deadline_at = step_deadline(step, &r);
+    let host = crate::asset::needs_keeping(&output)
+        .map(crate::asset::host_of)
+        .unwrap_or_default()
+        .to_string();
+    r.download = Some(AssetDownload {
+        output,
+        model: model.to_string(),
+        failed: 0,
+    });
+    let ev = HistoryEvent::step(
+        now,
+        EventKind::AssetDownloadScheduled,
+        &r.step,
+        r.attempt,
+        json!({"download": 1, "delay_ms": 0, "host": host, "model": model, "cost_usd": cost_usd}),
+    );
+    (r, ev)
+}
+
+/// A download of a finished job's output file failed: download it again after the backoff
+/// (`asset::download_backoff`) while downloads are left, the class is retryable and the
+/// step's deadline allows; otherwise the step fails with the download's class and a message
+/// naming the download and its host. Never a new job, never a fallback: either would pay for
+/// a result the step already has.
+pub fn download_failed(
+    rec: &StepRecord,
+    err: StepError,
+    now: Millis,
+    seed: &str,
+) -> (StepRecord, HistoryEvent) {
+    use crate::asset::{download_backoff, download_error, host_of, needs_keeping};
+    let mut r = next(rec);
+    let (failed, url) = match r.download.as_mut() {
+        Some(d) => {
+            d.failed += 1;
+            let url = needs_keeping(&d.output).unwrap_or_default().to_string();
+            (d.failed, url)
+        }
+        None => (1, String::new()),
+    };
+    let mut past_deadline = false;
+    if err.class.is_retryable() && failed < crate::asset::DOWNLOAD_ATTEMPTS {
+        let seed = format!("{seed}/{}/download", r.step);
+        let delay =
+            backoff_ms(&download_backoff(), failed, &seed).max(err.retry_after_ms.unwrap_or(0));
+        let at = now.saturating_add(delay);
+        if r.deadline_at.is_none_or(|d| at < d) {
+            let e = download_error(&url, &err, failed, false);
+            r.status = StepStatus::Retrying;
+            r.next_at = Some(at);
+            let ev = HistoryEvent::step(
+                now,
+                EventKind::AssetDownloadScheduled,
+                &r.step,
+                r.attempt,
+                json!({
+                    "download": failed + 1, "delay_ms": delay, "host": host_of(&url),
+                    "class": e.class, "message": e.message,
+                }),
+            );
+            r.error = Some(e);
+            return (r, ev);
+        }
+        past_deadline = true;
+    }
+    let mut e = download_error(&url, &err, failed, true);
+    if past_deadline {
+        e.message
+            .push_str(" (the step's max_duration leaves no time for another download)");
+    }
+    let mut r = finish(&r, StepStatus::Failed, now);
+    let ev = HistoryEvent::step(
+        now,
+        EventKind::StepFailed,
+        &r.step,
+        r.attempt,
+        json!({"class": e.class, "message": e.message}),
+    );
+    r.error = Some(e);
     (r, ev)
 }
 
@@ -794,6 +906,122 @@ mod tests {
             3,
         );
         assert!(ev.detail.get("usage").is_none(), "{}", ev.detail);
+    }
+
+    /// A finished asset job: its result recorded and charged once, its download scheduled
+    /// at once. Failed downloads are tried again on the download backoff — never as a new
+    /// attempt of the job, never on a fallback model — and the last one, or one that cannot
+    /// succeed, or one the step's deadline leaves no time for, fails the step naming the
+    /// download and its host.
+    #[test]
+    fn downloads_are_retried_on_their_own_and_never_rerun_the_job() {
+        use ErrorClass::*;
+        use StepStatus::*;
+        let step = model_step(&["a/x", "b/y"], 3, &[Transient, Invalid], None);
+        let claimed = claim(&step, &StepRecord::pending("s"), "w", 1_000, 5_000);
+        let file = json!({"url": "https://replicate.delivery/x/out.png?sig=k", "content_type": "image/png"});
+        let meta = AttemptMeta {
+            model: Some("a/x".into()),
+            cost_usd: 0.003,
+            ..Default::default()
+        };
+        let (first, ev) = await_download(&step, &claimed, file.clone(), "a/x", meta, 2_000);
+        assert_eq!(
+            (first.status, first.next_at, first.attempt, first.cost_usd),
+            (Retrying, Some(2_000), 1, 0.003)
+        );
+        assert_eq!(
+            (first.lease_owner.as_deref(), first.job.as_ref()),
+            (None, None)
+        );
+        assert_eq!(ev.kind, EventKind::AssetDownloadScheduled);
+        assert_eq!(
+            (&ev.detail["download"], &ev.detail["host"]),
+            (&json!(1), &json!("replicate.delivery"))
+        );
+        let pending = first.download.clone().unwrap();
+        assert_eq!(
+            (pending.output, pending.model, pending.failed),
+            (file, "a/x".into(), 0)
+        );
+
+        // Five downloads in all; the attempt, the model and the cost never move.
+        let cause = StepError::new(Transient, "could not connect");
+        let (mut r, mut now, mut seen) = (first.clone(), 2_000, vec![]);
+        for _ in 0..crate::asset::DOWNLOAD_ATTEMPTS {
+            let (next, ev) = download_failed(&r, cause.clone(), now, "run");
+            let delay = next.next_at.map(|t| t - now);
+            seen.push((next.status, ev.kind, next.attempt, next.model_index, delay));
+            assert_eq!(next.cost_usd, 0.003);
+            now = next.next_at.unwrap_or(now);
+            r = next;
+        }
+        let retry = |(lo, hi): (u64, u64),
+                     seen: &(StepStatus, EventKind, u32, usize, Option<u64>)| {
+            seen.0 == Retrying
+                && seen.1 == EventKind::AssetDownloadScheduled
+                && (seen.2, seen.3) == (1, 0)
+                && seen.4.is_some_and(|d| (lo..=hi).contains(&d))
+        };
+        for (i, band) in [
+            (1_000, 2_000),
+            (2_000, 4_000),
+            (4_000, 8_000),
+            (8_000, 16_000),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            assert!(retry(band, &seen[i]), "download {}: {:?}", i + 1, seen[i]);
+        }
+        assert_eq!(seen[4], (Failed, EventKind::StepFailed, 1, 0, None));
+        let err = r.error.clone().unwrap();
+        assert_eq!(err.class, Transient);
+        assert!(err.message.contains("5 downloads failed"), "{err}");
+        assert!(err.message.contains("from replicate.delivery"), "{err}");
+        assert!(!err.message.contains("sig=k"), "{err}");
+
+        // A download that cannot succeed (an expired link) fails the step at once; `invalid`
+        // in `fallback_on` changes nothing: a fallback would be a new, paid job.
+        let (gone, ev) = download_failed(&first, StepError::new(Invalid, "404"), 2_000, "run");
+        assert_eq!(
+            (gone.status, gone.model_index, ev.kind),
+            (Failed, 0, EventKind::StepFailed)
+        );
+        assert!(gone.error.unwrap().message.contains("not retried"));
+
+        // No download is scheduled past the step's `max_duration`.
+        let short = model_step(&["a/x"], 3, &[], Some(3_000));
+        let claimed = claim(&short, &StepRecord::pending("s"), "w", 1_000, 5_000);
+        let (short_first, _) = await_download(
+            &short,
+            &claimed,
+            json!({"url": "https://h/f.png"}),
+            "a/x",
+            AttemptMeta::default(),
+            2_000,
+        );
+        assert_eq!(short_first.deadline_at, Some(4_000));
+        let (late, _) = download_failed(&short_first, cause.clone(), 3_500, "run");
+        assert_eq!(late.status, Failed);
+        assert!(late.error.unwrap().message.contains("max_duration"));
+
+        // A download that works settles the step; the pending result is gone, the cost stays.
+        let kept = ValueRef::Inline {
+            value: json!({"blob": "k"}),
+        };
+        let (again, _) = download_failed(&first, StepError::new(Timeout, "slow"), 2_000, "run");
+        assert_eq!(again.status, Retrying);
+        let (done, _) = succeed(&again, kept, AttemptMeta::default(), 9_000);
+        assert_eq!(
+            (
+                done.status,
+                done.download.as_ref(),
+                done.attempt,
+                done.cost_usd
+            ),
+            (Succeeded, None, 1, 0.003)
+        );
     }
 
     #[test]

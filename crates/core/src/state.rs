@@ -137,7 +137,8 @@ pub enum StepStatus {
     Pending,
     /// An attempt is in flight under a lease.
     Running,
-    /// Failed, with another attempt scheduled at `next_at`.
+    /// Failed, with another attempt scheduled at `next_at`. With a `download`, the job is
+    /// done and only its output file's download is scheduled at `next_at`.
     Retrying,
     /// Waiting for a callback, a poll time, or an approval.
     Waiting,
@@ -376,7 +377,25 @@ pub struct StepRecord {
     /// without spending the model's attempts, at most `settle::MAX_LOST_ATTEMPTS` times.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lost: u32,
+    /// Asset steps: the finished job's result while its output file is not kept yet. Its
+    /// download is an action of its own, retried on its own (`crate::asset`); the job is
+    /// never run again for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download: Option<AssetDownload>,
     pub version: u64,
+}
+
+/// A finished asset job whose file still has to be downloaded and kept (`crate::asset`).
+/// The job's cost is already in the record's `cost_usd`; what is left is the download.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssetDownload {
+    /// The job's normalized output as the provider gave it: `url` is the file to download.
+    pub output: Value,
+    /// The model that made it: its provider downloads the file (`Provider::fetch_asset`).
+    pub model: String,
+    /// Downloads tried and failed so far.
+    #[serde(default)]
+    pub failed: u32,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -447,6 +466,7 @@ impl StepRecord {
             baseline_usd: None,
             lost: 0,
             selected: None,
+            download: None,
             version: 0,
         }
     }
@@ -545,6 +565,10 @@ pub enum EventKind {
     StepJudged,
     WebhookReceived,
     JobPolled,
+    /// An asset job's output file is to be downloaded (`download`: which one, 1 for the
+    /// first; `delay_ms`; `host`; for a later one the `class` and `message` of the failure
+    /// before it). The job is done: only the download is tried again.
+    AssetDownloadScheduled,
     ApprovalDecided,
     /// One delivery attempt of a notification to the run's `callback_url`.
     NotificationAttempted,

@@ -17,7 +17,7 @@ use switchyard_core::state::{EventKind, HistoryEvent, JobRef, StepRecord, StepSt
 use switchyard_core::workflow::{
     ApprovalStep, ModelStep, OnTimeout, RouteStep, Step, StepKind, ValidateStep, Workflow,
 };
-use switchyard_core::{cascade, refs};
+use switchyard_core::{asset, cascade, refs};
 use switchyard_core::{schema, ErrorClass, StepError, StoreError};
 
 /// What an action needs to know about the run, captured when it starts.
@@ -206,6 +206,9 @@ impl Engine {
             }
             (Action::Poll { .. }, StepKind::Model(ms)) => {
                 return self.poll_model(cx, step, ms, rec).await
+            }
+            (Action::Download { .. }, StepKind::Model(_)) => {
+                return self.download_asset(cx, step, rec).await
             }
             (Action::Expire { .. }, _) => expire(step, &rec, now, &cx.run_id),
             (Action::ApprovalTimeout { .. }, StepKind::Approval(a)) => {
@@ -784,7 +787,8 @@ impl Engine {
                 let (mut r, ev) = self
                     .settle_output(&cx.run_id, step, claimed, &out, meta(Some(&out)), done)
                     .await?;
-                if r.status == StepStatus::Succeeded {
+                // The answer stands (its file may still be downloading): price it.
+                if r.status == StepStatus::Succeeded || r.download.is_some() {
                     r.baseline_usd = self.baseline(ms, &out);
                 }
                 (r, ev)
@@ -837,11 +841,31 @@ impl Engine {
         }
         let output = match &step.kind {
             StepKind::Model(ms) if ms.role == Role::Asset => {
-                match self.keep_asset(ms, out).await? {
-                    Ok(v) => v,
-                    Err(err) => {
-                        tracing::warn!(run_id, step = %step.id, error_class = %err.class, "the asset could not be kept");
-                        return Ok(settle::fail(step, claimed, err, meta, now, run_id));
+                match asset::needs_keeping(&out.output) {
+                    None => out.output.clone(),
+                    // Inline data is part of the answer: a bad one is a malformed answer.
+                    Some(source) if asset::is_data_url(source) => {
+                        match asset::decode_data_url(source) {
+                            Ok(file) => self.keep(source, &file).await?,
+                            Err(e) => {
+                                let err = StepError::new(ErrorClass::Malformed, e);
+                                tracing::warn!(run_id, step = %step.id, error_class = %err.class, "the asset's data: URL is unreadable");
+                                return Ok(settle::fail(step, claimed, err, meta, now, run_id));
+                            }
+                        }
+                    }
+                    // A file at a URL: the job is done and paid for. Its result is recorded
+                    // and the download is an action of its own (`download_asset`), retried
+                    // on its own: a failed download never runs the job again.
+                    Some(_) => {
+                        return Ok(settle::await_download(
+                            step,
+                            claimed,
+                            out.output.clone(),
+                            &out.model,
+                            meta,
+                            now,
+                        ))
                     }
                 }
             }
@@ -851,39 +875,82 @@ impl Engine {
         Ok(settle::succeed(claimed, value, meta, now))
     }
 
-    /// An asset step's output with its file copied into the blob store (`core::asset`): the
-    /// provider's URL expires, our copy does not. A download the provider refuses is the
-    /// attempt's error (retried by the step's rules); a store failure is the engine's.
-    async fn keep_asset(
-        &self,
-        ms: &ModelStep,
-        out: &ModelOutput,
-    ) -> Result<Result<Value, StepError>, EngineError> {
-        use switchyard_core::asset;
-        let Some(source) = asset::needs_keeping(&out.output) else {
-            return Ok(Ok(out.output.clone()));
-        };
-        let fetched = if asset::is_data_url(source) {
-            asset::decode_data_url(source).map_err(|e| StepError::new(ErrorClass::Malformed, e))
-        } else {
-            match self.providers.for_model(&out.model) {
-                Some(p) => p.fetch_asset(source, ms.timeout.ms()).await,
-                None => Err(StepError::new(
-                    ErrorClass::Invalid,
-                    format!("no provider serves `{}`, whose asset this is", out.model),
-                )),
-            }
-        };
-        let file = match fetched {
-            Ok(f) => f,
-            Err(e) => return Ok(Err(e)),
-        };
+    /// An asset file copied into the blob store (`core::asset`): the provider's URL expires,
+    /// our copy does not. A store failure is the engine's.
+    async fn keep(&self, source: &str, file: &asset::Fetched) -> Result<Value, EngineError> {
         let key = self.blobs.put(&file.bytes, &file.content_type).await?;
         let url = self
             .blobs
             .presign(&key, crate::view::PRESIGN_TTL_MS)
             .await?;
-        Ok(Ok(asset::kept(source, &file, &key, &url)))
+        Ok(asset::kept(source, file, &key, &url))
+    }
+
+    /// Downloads a finished asset job's output file (`Action::Download`) and keeps it: the
+    /// step succeeds with our copy. A failed download is settled by
+    /// `settle::download_failed` (downloaded again after a backoff, or the step fails naming
+    /// the download and its host); the job is never submitted again. No claim is written
+    /// first: a download costs nothing and its copy is content-addressed, the run's lease keeps
+    /// other workers off the step meanwhile, and a download a crash cut short is made again.
+    async fn download_asset(
+        &self,
+        cx: &ActionCtx,
+        step: &Step,
+        rec: StepRecord,
+    ) -> Result<Vec<StepRecord>, EngineError> {
+        let Some(pending) = rec.download.clone() else {
+            return Err(EngineError::Internal(format!(
+                "step `{}` has no download pending",
+                step.id
+            )));
+        };
+        let (mut r, ev) = match asset::needs_keeping(&pending.output) {
+            // Already ours (nothing to download): the result stands as it is.
+            None => {
+                let out = self.store_value(pending.output.clone()).await?;
+                settle::succeed(&rec, out, AttemptMeta::default(), self.now())
+            }
+            Some(source) => match self.download(&pending.model, source).await {
+                Ok(file) => {
+                    let value = self.keep(source, &file).await?;
+                    let out = self.store_value(value).await?;
+                    settle::succeed(&rec, out, AttemptMeta::default(), self.now())
+                }
+                Err(err) => {
+                    tracing::warn!(run_id = %cx.run_id, step = %step.id, host = asset::host_of(source), download = pending.failed + 1, error_class = %err.class, error = %err.message, "the asset's download failed");
+                    settle::download_failed(&rec, err, self.now(), &cx.run_id)
+                }
+            },
+        };
+        self.write_step(&cx.wf, &cx.run_id, &mut r, &[ev]).await?;
+        Ok(vec![r])
+    }
+
+    /// One download of an output file by the provider of the model that made it, bounded by
+    /// `asset::DOWNLOAD_TIMEOUT_MS`.
+    async fn download(&self, model: &str, url: &str) -> Result<asset::Fetched, StepError> {
+        let Some(provider) = self.providers.for_model(model) else {
+            return Err(StepError::new(
+                ErrorClass::Invalid,
+                format!("no provider serves `{model}`, whose asset this is"),
+            ));
+        };
+        let bound = asset::DOWNLOAD_TIMEOUT_MS;
+        match tokio::time::timeout(
+            Duration::from_millis(bound),
+            provider.fetch_asset(url, bound),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(StepError::new(
+                ErrorClass::Timeout,
+                format!(
+                    "no answer within the download timeout of {}",
+                    switchyard_core::time::Dur(bound)
+                ),
+            )),
+        }
     }
 
     /// Gives up on a job: tells the provider so it stops (and stops billing). Best effort.

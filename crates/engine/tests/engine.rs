@@ -1879,19 +1879,70 @@ async fn take_over_ends_a_dead_workers_leases_at_once() {
     assert_eq!(h.rec(&run, "a").await, a);
 }
 
-/// Starts a run of one 300 ms model call; returns it with its start wake-up, for tests of two
-/// workers meeting on one run. Real time, not tokio's paused clock: the store answers from its
-/// own thread, and a paused runtime waiting on it would skip the call's sleep ahead and let the
-/// first worker finish before the second arrives.
-async fn start_one_slow_step(h: &H) -> (String, WakeUp) {
+/// A model whose call returns only once the test opens the gate: a worker is then provably
+/// inside a call, holding the run's lease, when another one arrives — whatever the machine's
+/// load (a sleep of some milliseconds only makes that likely).
+struct Gate {
+    entered: tokio::sync::Notify,
+    open: tokio::sync::Semaphore,
+}
+
+impl Gate {
+    fn closed() -> Gate {
+        Gate {
+            entered: tokio::sync::Notify::new(),
+            open: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for Gate {
+    fn name(&self) -> &str {
+        "gate"
+    }
+
+    fn models(&self) -> Vec<ModelInfo> {
+        vec![ModelInfo {
+            id: "gate/hold".into(),
+            roles: vec![Role::Generation],
+            asynchronous: false,
+            description: "answers once the test opens the gate".into(),
+        }]
+    }
+
+    fn estimate_cost_usd(&self, _request: &ModelRequest) -> f64 {
+        0.0
+    }
+
+    async fn invoke(&self, request: &ModelRequest) -> Result<ModelResponse, StepError> {
+        self.entered.notify_one();
+        let _open = self.open.acquire().await;
+        Ok(ModelResponse::Completed(
+            switchyard_core::model::ModelOutput {
+                output: json!({"text": "done"}),
+                usage: None,
+                cost_usd: 0.0,
+                model: request.model.clone(),
+                provider_request_id: None,
+                sources: Vec::new(),
+            },
+        ))
+    }
+}
+
+/// An engine with the gated model, a run of one gated call, and its start wake-up, for tests
+/// of two workers meeting on one run.
+async fn start_one_held_step() -> (H, Arc<Gate>, String, WakeUp) {
+    let gate = Arc::new(Gate::closed());
+    let h = H::build(|_| {}, vec![gate.clone()]);
     let yaml = r#"
         name: two
         version: "1"
         steps:
           - id: slow
-            model: local/echo
+            model: gate/hold
             input: "x"
-            params: {delay_ms: 300}
     "#;
     let run = h.start(yaml, json!({})).await;
     let wake = WakeUp {
@@ -1899,20 +1950,34 @@ async fn start_one_slow_step(h: &H) -> (String, WakeUp) {
         reason: WakeReason::Start,
         due_at: None,
     };
-    (run, wake)
+    (h, gate, run, wake)
+}
+
+/// `handle` of `wake` on `engine`, in a task of its own, and once it is inside the gated call
+/// (so it holds the run's lease).
+async fn inside_the_call(
+    engine: &switchyard_engine::Engine,
+    gate: &Gate,
+    wake: &WakeUp,
+) -> tokio::task::JoinHandle<Result<Handled, EngineError>> {
+    let (engine, wake) = (engine.clone(), wake.clone());
+    let task = tokio::spawn(async move { engine.handle(&wake, None).await });
+    gate.entered.notified().await;
+    task
 }
 
 #[tokio::test]
 async fn a_second_worker_finds_the_run_busy_and_comes_back_later() {
-    // Latency matters: the first worker is inside a 300 ms model call when the second arrives.
-    let h = H::new();
-    let (run, wake) = start_one_slow_step(&h).await;
+    // The first worker is inside the model call when the second arrives.
+    let (h, gate, run, wake) = start_one_held_step().await;
+    let first = inside_the_call(&h.engine, &gate, &wake).await;
     let other = h.other_worker("worker-2");
-    let (first, second) = tokio::join!(h.engine.handle(&wake, None), other.handle(&wake, None));
-    // Either may take the lease first (each store call is a hop to the SQLite thread).
-    let mut got = [first.unwrap(), second.unwrap()];
-    got.sort_by_key(|r| format!("{r:?}"));
-    assert_eq!(got, [Handled::Busy, Handled::Ended(RunStatus::Succeeded)]);
+    assert_eq!(other.handle(&wake, None).await.unwrap(), Handled::Busy);
+    gate.open.add_permits(1);
+    assert_eq!(
+        first.await.unwrap().unwrap(),
+        Handled::Ended(RunStatus::Succeeded)
+    );
     assert_eq!(h.started_count(&run, "slow").await, 1);
     // The busy worker sent a wake-up for after the lease; it finds the run ended.
     h.queue.receive(16, 60_000).await.unwrap(); // the original Start, handled above
@@ -2428,17 +2493,71 @@ async fn webhook_route_errors_are_json_bodies() {
 /// engine, one configured owner): the lease is per `handle` call, so only one drives the run.
 #[tokio::test]
 async fn two_records_of_one_batch_for_one_run_are_handled_once() {
-    let h = H::new();
-    let (run, wake) = start_one_slow_step(&h).await;
-    let (first, second) = tokio::join!(h.engine.handle(&wake, None), h.engine.handle(&wake, None));
-    let mut got = [first.unwrap(), second.unwrap()];
-    got.sort_by_key(|r| format!("{r:?}"));
+    let (h, gate, run, wake) = start_one_held_step().await;
+    let first = inside_the_call(&h.engine, &gate, &wake).await;
     assert_eq!(
-        got,
-        [Handled::Busy, Handled::Ended(RunStatus::Succeeded)],
-        "one drove the run, the other found it busy"
+        h.engine.handle(&wake, None).await.unwrap(),
+        Handled::Busy,
+        "the same engine, another `handle` call: not the lease's owner"
+    );
+    gate.open.add_permits(1);
+    assert_eq!(
+        first.await.unwrap().unwrap(),
+        Handled::Ended(RunStatus::Succeeded)
     );
     assert_eq!(h.started_count(&run, "slow").await, 1);
+}
+
+/// A wake-up that read the run just before another worker ended it, and took the lease just
+/// after (an ended run's lease is free): it must see the end and leave the run ended — not
+/// park it as `waiting`, which would reopen it and end it a second time.
+#[tokio::test]
+async fn a_wake_up_that_read_the_run_before_it_ended_leaves_it_ended() {
+    use switchyard_contract::faults::FaultyStore;
+    let slot: Arc<std::sync::Mutex<Option<Arc<FaultyStore>>>> = Arc::default();
+    let keep = slot.clone();
+    let h = H::with_store(move |inner| {
+        let faulty = Arc::new(FaultyStore::new(inner));
+        *keep.lock().unwrap() = Some(faulty.clone());
+        faulty
+    });
+    let faulty = slot.lock().unwrap().clone().unwrap();
+    let run = h.start(CHAIN, json!({"text": "refund please"})).await;
+    let before = h.snap(&run).await;
+    assert_eq!(h.drive(&run).await, RunStatus::Succeeded);
+    let ended = h.snap(&run).await;
+    let events = h.events(&run).await.len();
+
+    faulty.load_stale_once(before);
+    let wake = WakeUp {
+        run_id: run.clone(),
+        reason: WakeReason::Start,
+        due_at: None,
+    };
+    let late = h
+        .other_worker("worker-2")
+        .handle(&wake, None)
+        .await
+        .unwrap();
+    assert_eq!(late, Handled::AlreadyEnded(RunStatus::Succeeded));
+    let after = h.snap(&run).await.header;
+    assert_eq!(
+        (
+            after.status,
+            &after.output,
+            after.ended_at,
+            &after.wait,
+            &after.lease
+        ),
+        (
+            RunStatus::Succeeded,
+            &ended.header.output,
+            ended.header.ended_at,
+            &None,
+            &None
+        )
+    );
+    assert_eq!(h.events(&run).await.len(), events, "nothing happened again");
 }
 
 /// A model call is started only if its whole attempt timeout fits before the invocation's
@@ -2968,55 +3087,4 @@ async fn the_sweep_wakes_runs_whose_wake_ups_were_lost() {
     h.clock.advance(10 * STUCK_GRACE_MS);
     let swept = h.engine.sweep().await.unwrap();
     assert_eq!((swept.checked, swept.rewoken.len()), (0, 0));
-}
-
-/// Found at 500 runs under faults: a worker loaded a run, another ended it and let its lease
-/// go, and the first took the lease of the ended run and planned from its older load — it
-/// parked the run (`waiting`, with `ended_at` set) after it had succeeded. A lease taken on a
-/// run that moved since the load now re-reads it, and an ended run stays ended.
-#[tokio::test]
-async fn a_wake_up_loaded_before_the_run_ended_leaves_it_ended() {
-    use switchyard_contract::faults::FaultyStore;
-    let faulty = Arc::new(std::sync::Mutex::new(None::<Arc<FaultyStore>>));
-    let slot = faulty.clone();
-    let h = H::with_store(move |inner| {
-        let f = Arc::new(FaultyStore::new(inner));
-        *slot.lock().unwrap() = Some(f.clone());
-        f
-    });
-    let store = faulty.lock().unwrap().clone().unwrap();
-    let (run, waiting) = h.run(&approval_wf("reject"), json!({"what": "x"})).await;
-    assert_eq!(waiting, RunStatus::Waiting);
-    let before_end = h.snap(&run).await;
-    h.clock.advance(1000);
-    h.engine
-        .decide(None, &run, "gate", true, None)
-        .await
-        .unwrap();
-    assert_eq!(h.drive(&run).await, RunStatus::Succeeded);
-    let ended = h.snap(&run).await.header;
-
-    // A late wake-up whose load saw the run still waiting for its approval.
-    store.load_stale_once(before_end);
-    let wake = WakeUp {
-        run_id: run.clone(),
-        reason: WakeReason::Timer,
-        due_at: None,
-    };
-    let handled = h.engine.handle(&wake, None).await.unwrap();
-    assert_eq!(handled, Handled::AlreadyEnded(RunStatus::Succeeded));
-    let after = h.snap(&run).await.header;
-    assert_eq!(after.status, RunStatus::Succeeded);
-    assert_eq!(after.ended_at, ended.ended_at);
-    assert_eq!(
-        after.lease, None,
-        "the lease taken on the ended run was given back"
-    );
-    let waits = h
-        .events(&run)
-        .await
-        .into_iter()
-        .filter(|e| e.kind == EventKind::RunWaiting)
-        .count();
-    assert_eq!(waits, 1, "parked once, while it waited for the approval");
 }

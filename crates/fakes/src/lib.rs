@@ -17,6 +17,13 @@
 //! after [`FakeConfig::replicate_delay_ms`] and, when the create request named a `webhook`, are
 //! delivered to it signed the Standard Webhooks way with [`FakeConfig::webhook_secret`].
 //!
+//! A successful image prediction's output is a file URL. By default the fake serves that file
+//! itself (`GET /v1/files/…`, behind the API token); [`FakeConfig::delivery_url`] puts the
+//! files on another host instead, as Replicate's `https://replicate.delivery/…` are (a host
+//! nobody serves makes every download fail to connect), and [`FakeServer::drop_downloads`]
+//! makes the next downloads of the fake's own files fail as an unreachable host does: the
+//! connection closes without an answer. Prediction and webhook are unaffected either way.
+//!
 //! What each behaviour does, per provider (errors use each API's documented error shape):
 //!
 //! | behaviour | OpenAI | Anthropic | Bedrock Converse | Replicate (create) |
@@ -94,6 +101,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -114,6 +122,10 @@ pub struct FakeConfig {
     pub replicate_delay_ms: u64,
     /// Initial scripts per provider (`openai`, `anthropic`, `bedrock`, `replicate`).
     pub script: HashMap<String, Vec<Behavior>>,
+    /// Where Replicate output files live (`{delivery_url}/xezq/fake-{id}/out-0.png`), like
+    /// Replicate's own `https://replicate.delivery`; `None`: served by the fake itself under
+    /// `/v1/files/`.
+    pub delivery_url: Option<String>,
 }
 
 impl Default for FakeConfig {
@@ -124,6 +136,7 @@ impl Default for FakeConfig {
             ),
             replicate_delay_ms: DEFAULT_REPLICATE_DELAY_MS,
             script: HashMap::new(),
+            delivery_url: None,
         }
     }
 }
@@ -179,6 +192,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct Shared {
     pub(crate) webhook_secret: String,
     pub(crate) replicate_delay_ms: u64,
+    pub(crate) delivery_url: Option<String>,
+    /// Downloads of output files still to drop (`FakeServer::drop_downloads`).
+    pub(crate) drop_downloads: AtomicU32,
     scripts: Mutex<HashMap<String, VecDeque<Behavior>>>,
     requests: Mutex<Vec<RecordedRequest>>,
     pub(crate) predictions: Mutex<HashMap<String, replicate::Prediction>>,
@@ -204,6 +220,10 @@ impl Shared {
         Ok(Shared {
             webhook_secret: config.webhook_secret,
             replicate_delay_ms: config.replicate_delay_ms,
+            delivery_url: config
+                .delivery_url
+                .map(|u| u.trim_end_matches('/').to_string()),
+            drop_downloads: AtomicU32::new(0),
             scripts: Mutex::new(scripts),
             requests: Mutex::new(Vec::new()),
             predictions: Mutex::new(HashMap::new()),
@@ -244,6 +264,7 @@ impl Shared {
         lock(&self.scripts).clear();
         lock(&self.requests).clear();
         self.prompt_cache.clear();
+        self.drop_downloads.store(0, Ordering::SeqCst);
     }
 
     fn requests(&self) -> Vec<RecordedRequest> {
@@ -524,7 +545,15 @@ impl FakeServer {
         self.shared.requests()
     }
 
-    /// Clears the scripts, the recorded requests and the prompt cache.
+    /// Drops the next `n` downloads of an output file the fake serves (`GET /v1/files/…`): the
+    /// connection closes without an answer, as when the file's host cannot be reached. They
+    /// are recorded with the behaviour `dropped`. Adds to any still pending.
+    pub fn drop_downloads(&self, n: u32) {
+        self.shared.drop_downloads.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// Clears the scripts, the downloads still to drop, the recorded requests and the prompt
+    /// cache.
     pub fn reset(&self) {
         self.shared.reset();
     }

@@ -14,6 +14,11 @@
 //! `webhook_events_filter` — `start` and `completed` (the default, as documented, is every event;
 //! the fake has no separate `output`/`logs` events). Failed deliveries are retried twice.
 //! Scripts are consumed by create requests only; `GET` and `cancel` never consume them.
+//!
+//! An image prediction's output file is served by the fake (`GET /v1/files/fake-{id}/out-0.png`,
+//! behind the token), or lives under `FakeConfig::delivery_url` when that is set. Downloads
+//! the test asked to drop (`FakeServer::drop_downloads`) end with the connection closed before
+//! any answer.
 
 use crate::util::{
     now_ms, parse_body, random_alnum, random_lower, respond, rfc3339_micros, truncated,
@@ -23,6 +28,7 @@ use axum::extract::{Path, State};
 
 use axum::response::Response;
 use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -342,7 +348,7 @@ async fn lifecycle(s: Arc<Shared>, id: String, delay_ms: u64) {
         if p.terminal() {
             return;
         }
-        finish(p);
+        finish(p, s.delivery_url.as_deref());
         p.webhook_for("completed").map(|url| (url, p.body()))
     };
     if let Some((url, body)) = completed {
@@ -350,14 +356,15 @@ async fn lifecycle(s: Arc<Shared>, id: String, delay_ms: u64) {
     }
 }
 
-/// Moves a prediction to its scripted terminal state.
-fn finish(p: &mut Prediction) {
+/// Moves a prediction to its scripted terminal state; output files live under `delivery`
+/// (else the fake's own `/v1/files`).
+fn finish(p: &mut Prediction, delivery: Option<&str>) {
     let now = now_ms();
     let id = p.obj["id"].as_str().unwrap_or("").to_string();
     let model = p.obj["model"].as_str().unwrap_or("").to_string();
     let elapsed = now.saturating_sub(p.created_ms) as f64 / 1000.0;
     let (status, output, error, logs) = match p.outcome {
-        Outcome::Succeed => ("succeeded", output_for(&model, &id, &base_of(&p.obj)), Value::Null, "Running prediction...\nPrediction completed.\n"),
+        Outcome::Succeed => ("succeeded", output_for(&model, &id, &base_of(&p.obj), delivery), Value::Null, "Running prediction...\nPrediction completed.\n"),
         Outcome::SchemaInvalid => ("succeeded", json!({"unexpected": "shape"}), Value::Null, "Running prediction...\nPrediction completed.\n"),
         Outcome::Fail => (
             "failed",
@@ -409,6 +416,14 @@ pub(crate) async fn file(
         s.note(PROVIDER, &req, "missing_auth");
         return unauthenticated();
     }
+    let dropped = s
+        .drop_downloads
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if dropped {
+        s.note(PROVIDER, &req, "dropped");
+        return dropped_connection();
+    }
     s.note(PROVIDER, &req, "file");
     let known = id
         .strip_prefix("fake-")
@@ -424,9 +439,22 @@ pub(crate) async fn file(
     resp
 }
 
-/// A successful output: a list with one file URL; for Whisper-style transcription models the
-/// transcription object they return.
-fn output_for(model: &str, id: &str, base: &str) -> Value {
+/// A response whose body fails before its first byte: the server closes the connection
+/// without sending even the status line, and the client sees what an unreachable host gives
+/// it — a transport error, no answer.
+fn dropped_connection() -> Response {
+    let failing = futures::stream::once(async {
+        Err::<axum::body::Bytes, std::io::Error>(std::io::Error::other(
+            "fake replicate: download dropped",
+        ))
+    });
+    Response::new(axum::body::Body::from_stream(failing))
+}
+
+/// A successful output: a list with one file URL (under `delivery` when set, else the fake's
+/// own files route); for Whisper-style transcription models the transcription object they
+/// return.
+fn output_for(model: &str, id: &str, base: &str, delivery: Option<&str>) -> Value {
     if model.ends_with("/whisper") || model.contains("whisper") {
         return json!({
             "transcription": "Fake transcription of the audio.",
@@ -437,7 +465,10 @@ fn output_for(model: &str, id: &str, base: &str) -> Value {
             "detected_language": "english"
         });
     }
-    json!([format!("{base}/v1/files/fake-{id}/out-0.png")])
+    match delivery {
+        Some(d) => json!([format!("{d}/xezq/fake-{id}/out-0.png")]),
+        None => json!([format!("{base}/v1/files/fake-{id}/out-0.png")]),
+    }
 }
 
 pub(crate) async fn get(

@@ -340,3 +340,61 @@ async fn sync_mode_waits_for_the_result() {
     assert_eq!(r.status, 201);
     assert_eq!(r.json()["status"], "succeeded");
 }
+
+/// Output files elsewhere (`delivery_url`, like `https://replicate.delivery`), and downloads
+/// of the fake's own files dropped as an unreachable host drops them: no answer at all.
+#[tokio::test]
+async fn output_files_can_live_elsewhere_or_be_unreachable() {
+    let config = FakeConfig {
+        delivery_url: Some("https://replicate.delivery.invalid/".into()),
+        ..FakeConfig::default()
+    };
+    let s = FakeServer::start(config).await.unwrap();
+    let r = post(
+        &format!("{}{FLUX}", s.url()),
+        &[BEARER[0], ("prefer", "wait=5")],
+        &create_body(None, None),
+    )
+    .await;
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        r.json()["output"],
+        json!([format!(
+            "https://replicate.delivery.invalid/xezq/fake-{id}/out-0.png"
+        )])
+    );
+
+    let s = server().await;
+    let r = post(
+        &format!("{}{FLUX}", s.url()),
+        &[BEARER[0], ("prefer", "wait=5")],
+        &create_body(None, None),
+    )
+    .await;
+    let file = r.json()["output"][0].as_str().unwrap().to_string();
+    s.drop_downloads(2);
+    let client = reqwest::Client::new();
+    let download = || {
+        client
+            .get(&file)
+            .header("authorization", BEARER[0].1)
+            .send()
+    };
+    for _ in 0..2 {
+        let e = download().await.unwrap_err();
+        assert!(!e.is_status() && !e.is_timeout(), "{e:?}");
+    }
+    let ok = download().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(
+        ok.bytes().await.unwrap().as_ref(),
+        switchyard_fakes::FAKE_PNG
+    );
+    let behaviors: Vec<String> = s
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/v1/files/"))
+        .map(|r| r.behavior)
+        .collect();
+    assert_eq!(behaviors, ["dropped", "dropped", "file"]);
+}

@@ -255,7 +255,8 @@ pub fn request_line(method: &str, url: &str) -> String {
 }
 
 /// Transport failures: our deadline is `timeout`, a refused or reset connection `transient`.
-/// The message names the kind of failure only (a URL can carry a key in its query).
+/// The message names the kind of failure, and the host a connection failed to (an output
+/// file's host is not the API's); never the URL's path or query, which can carry a key.
 fn transport(e: reqwest::Error) -> StepError {
     if e.is_timeout() {
         StepError::new(
@@ -263,7 +264,14 @@ fn transport(e: reqwest::Error) -> StepError {
             "no response within the request timeout",
         )
     } else if e.is_connect() {
-        StepError::new(ErrorClass::Transient, "could not connect to the provider")
+        let host = e.url().and_then(|u| {
+            u.host_str().map(|h| match u.port() {
+                Some(p) => format!("{h}:{p}"),
+                None => h.to_string(),
+            })
+        });
+        let to = host.unwrap_or_else(|| "the provider".to_string());
+        StepError::new(ErrorClass::Transient, format!("could not connect to {to}"))
     } else if e.is_body() || e.is_decode() {
         StepError::new(
             ErrorClass::Transient,
@@ -382,5 +390,20 @@ mod tests {
         assert_eq!(resp.header("X-Request-Id"), Some("r1"));
         assert_eq!(resp.json(), Some(serde_json::json!({"ok": true})));
         assert_eq!(resp.request, "GET /v1/x");
+    }
+
+    /// A host nobody answers on is named (the failing host may not be the API's: an output
+    /// file's), its path and query are not.
+    #[tokio::test]
+    async fn a_refused_connection_names_the_host() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let err = send_within(closed, "/files/x?sig=secret", Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert_eq!(err.class, ErrorClass::Transient);
+        assert_eq!(err.message, format!("could not connect to {closed}"));
     }
 }

@@ -24,7 +24,8 @@
 //! wait deadline passes). `succeeded` → by role:
 //! - `asset`: [`normalized::asset`] with the first output URL (the output may be a string or a
 //!   list) and a content type guessed from the URL's extension. `bytes` is `0` and `sha256` is
-//!   `""`: they are unknown until somebody fetches the file, which this adapter does not do;
+//!   `""`: they are unknown until the engine downloads the file ([`Provider::fetch_asset`],
+//!   an action of its own on the recorded prediction, retried without a new prediction);
 //! - `generation` / `transcription`: [`normalized::generation`] with the text of the output: a
 //!   string, a list of strings concatenated (language models stream tokens as list items), or an
 //!   object's `transcription` (Whisper) or `text` field.

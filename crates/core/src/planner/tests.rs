@@ -206,6 +206,17 @@ fn retrying(id: &str, next_at: Millis) -> StepRecord {
     r
 }
 
+/// A finished asset job whose file is to be downloaded at `next_at`.
+fn downloading(id: &str, next_at: Millis) -> StepRecord {
+    let mut r = retrying(id, next_at);
+    r.download = Some(crate::state::AssetDownload {
+        output: json!({"url": "https://replicate.delivery/x/out.png"}),
+        model: "replicate/a/b".into(),
+        failed: 1,
+    });
+    r
+}
+
 fn running(id: &str, lease_until: Millis) -> StepRecord {
     let mut r = rec(id, StepStatus::Running);
     r.lease_until = Some(lease_until);
@@ -448,6 +459,25 @@ fn plan_table() {
             snap(vec![retrying("gen", 5_000)]),
             5_000,
             act(vec![start("gen")]),
+        ),
+        (
+            // The job is done, its file is not kept yet: download it, never start the job.
+            "download due: download, not a new attempt",
+            &gates,
+            snap(vec![downloading("gen", 5_000)]),
+            5_000,
+            act(vec![Action::Download { step: "gen".into() }]),
+        ),
+        (
+            "download in the future: a timer, like any retry",
+            &gates,
+            snap(vec![downloading("gen", 5_000)]),
+            1_000,
+            Plan {
+                wake_at: Some(5_000),
+                wait: Some(WaitReason::Timer),
+                ..Plan::default()
+            },
         ),
         (
             // A worker died mid-attempt: the lease lapsed.
@@ -1088,17 +1118,21 @@ struct RecSpec {
     lease_until: Option<Millis>,
     deadline_at: Option<Millis>,
     chosen: usize,
+    /// A finished asset job's download pending (kept on any status: the planner must look
+    /// at it only on a retrying step).
+    download: bool,
 }
 
 fn rec_spec() -> impl Strategy<Value = RecSpec> {
     let t = || prop::option::of(0u64..10_000);
-    (0usize..8, t(), t(), t(), 0usize..4).prop_map(
-        |(status, next_at, lease_until, deadline_at, chosen)| RecSpec {
+    (0usize..8, t(), t(), t(), 0usize..4, any::<bool>()).prop_map(
+        |(status, next_at, lease_until, deadline_at, chosen, download)| RecSpec {
             status,
             next_at,
             lease_until,
             deadline_at,
             chosen,
+            download,
         },
     )
 }
@@ -1134,6 +1168,13 @@ fn arbitrary_run() -> impl Strategy<Value = (RunSnapshot, Millis)> {
                     r.lease_until = sp.lease_until;
                     r.deadline_at = sp.deadline_at;
                     r.chosen = targets.get(sp.chosen).map(|t| t.to_string());
+                    if sp.download {
+                        r.download = Some(crate::state::AssetDownload {
+                            output: json!({"url": "https://h/f.png"}),
+                            model: "replicate/a/b".into(),
+                            failed: 0,
+                        });
+                    }
                     if r.status == StepStatus::Failed {
                         r.error = Some(StepError::new(ErrorClass::Transient, "x"));
                     }
@@ -1178,7 +1219,11 @@ proptest! {
             prop_assert!(seen.insert(a.step().to_string()), "two actions for `{}`: {:?}", a.step(), p);
             let st = status(a.step());
             let fits = match a {
-                Action::Start { .. } => matches!(st, StepStatus::Pending | StepStatus::Retrying),
+                Action::Start { .. } => st == StepStatus::Pending
+                    || (st == StepStatus::Retrying
+                        && s.step(a.step()).is_some_and(|r| r.download.is_none())),
+                Action::Download { .. } => st == StepStatus::Retrying
+                    && s.step(a.step()).is_some_and(|r| r.download.is_some()),
                 Action::Skip { .. } => st == StepStatus::Pending,
                 Action::Expire { .. } => st == StepStatus::Running,
                 Action::Poll { .. } | Action::ApprovalTimeout { .. } => st == StepStatus::Waiting,
@@ -1223,6 +1268,14 @@ fn actions_fit_before_an_invocation_deadline() {
         (start("t"), 0, Some(1_001), true),
         (start("t"), 0, Some(1_000), false),
         (Action::Poll { step: "m".into() }, 0, Some(2_000), true),
+        // A download needs its own bound (30 s), whatever the step's timeout.
+        (Action::Download { step: "m".into() }, 0, Some(31_001), true),
+        (
+            Action::Download { step: "m".into() },
+            0,
+            Some(31_000),
+            false,
+        ),
     ];
     for (action, now, deadline, fits) in table {
         assert_eq!(
