@@ -18,6 +18,7 @@
 //! - [`time`]: `Millis`, `Clock`, and workflow durations.
 //! - [`asset`]: kept assets (`data:` URLs read, outputs shaped and relinked to our copy).
 //! - [`recovery`]: the recovery bound and which runs a sweep wakes again.
+//! - [`stats`]: the stats aggregates a run adds to its hour buckets, and the latency histogram.
 //! - [`upload`]: client uploads (declarations, `{"$upload"}` references, decoding for models).
 //!
 //! No tokio, no AWS, no HTTP: CI fails if `cargo tree -p switchyard-core` shows any of them.
@@ -40,6 +41,7 @@ pub mod retry;
 pub mod schema;
 pub mod settle;
 pub mod state;
+pub mod stats;
 pub mod time;
 pub mod upload;
 pub mod webhook;

@@ -173,6 +173,14 @@ pub struct Usage {
     pub output_tokens: u64,
 }
 
+impl Usage {
+    /// Every token count by a short name, for sums that follow the fields (`crate::stats`
+    /// keeps one counter per name: `t.input`, `t.output`). A new field belongs here too.
+    pub fn counts(&self) -> Vec<(&'static str, u64)> {
+        vec![("input", self.input_tokens), ("output", self.output_tokens)]
+    }
+}
+
 /// A job handed to an asynchronous provider; the result arrives by webhook or by polling.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRef {
@@ -273,6 +281,10 @@ pub struct StepRecord {
     /// without spending the model's attempts, at most `settle::MAX_LOST_ATTEMPTS` times.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lost: u32,
+    /// Validate steps with a judge: the score of the last verdict (`crate::judge`), which
+    /// stats average per step, model and prompt version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge_score: Option<f64>,
     pub version: u64,
 }
 
@@ -340,6 +352,7 @@ impl StepRecord {
             baseline_usd: None,
             lost: 0,
             selected: None,
+            judge_score: None,
             version: 0,
         }
     }

@@ -17,6 +17,7 @@ type Records = HashMap<String, StepRecord>;
 use std::sync::Arc;
 use switchyard_core::planner::{self, Outcome, Plan};
 use switchyard_core::ports::Message;
+use switchyard_core::stats::RunFacts;
 use switchyard_core::state::{
     EventKind, HistoryEvent, Lease, RunError, RunSnapshot, RunStatus, StepRecord, StepStatus,
     WaitInfo, WaitReason, WakeReason, WakeUp,
@@ -535,7 +536,12 @@ impl Engine {
         };
         let detail = json!({"cost_usd": snap.cost_usd(), "error": error});
         let ended = HistoryEvent::run(now, kind, detail);
-        h.version = self.store.put_header(&h, &[ended]).await?;
+        // The run's figures ride on the write that ends it: it happens once (its version
+        // condition), so they are added once (crate::stats).
+        let read = std::mem::replace(&mut snap.header, h.clone());
+        let buckets = RunFacts::from_snapshot(wf, snap).buckets();
+        snap.header = read;
+        h.version = self.store.end_run(&h, &[ended], &buckets).await?;
         snap.header = h;
         // After the state that it reports: a notification never runs ahead of the run.
         self.notify_ended(&snap.header).await?;
