@@ -285,10 +285,9 @@ pub fn stats_table(s: &switchyard_engine::stats::Stats) -> String {
         money(s.cost_usd)
     );
     if s.truncated {
-        out.push_str(&format!(
-            "(only the newest {} runs of the window are counted: narrow --since or give --workflow)\n",
-            s.runs
-        ));
+        out.push_str(
+            "(more runs are in flight than one answer reads: some waiting runs may be counted as running)\n",
+        );
     }
     if let Some(c) = &s.cascade {
         out.push_str(&format!("cascades: {}\n", saving_line(c)));
@@ -389,6 +388,55 @@ pub fn stats_table(s: &switchyard_engine::stats::Stats) -> String {
     if s.workflows.is_empty() {
         out.push_str("no runs in this window\n");
     }
+    if let Some(by) = s.by {
+        out.push_str(&variants_table(by.as_str(), &s.variants));
+    }
+    out
+}
+
+/// `--by model|prompt_version`: each step's variants side by side.
+fn variants_table(by: &str, variants: &[switchyard_engine::stats::VariantStats]) -> String {
+    let mut out = format!("\nby {by}:\n");
+    if variants.is_empty() {
+        out.push_str(&format!("  no step of these runs has a {by}\n"));
+        return out;
+    }
+    let mut rows = vec![[
+        "WORKFLOW",
+        "STEP",
+        &by.to_uppercase(),
+        "EXECUTIONS",
+        "SUCCESS",
+        "VALIDATION-FAILED",
+        "JUDGE",
+        "P95",
+        "TOKENS-IN",
+        "TOKENS-OUT",
+        "COST",
+        "MEAN-COST",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for v in variants {
+        let tokens = |k: &str| v.tokens.get(k).map_or("0".to_string(), u64::to_string);
+        rows.push(vec![
+            v.workflow.clone(),
+            v.step.clone(),
+            v.variant.clone(),
+            v.executions.to_string(),
+            pct(v.success_rate),
+            pct(v.validation_failure_rate),
+            v.judge_score
+                .map_or_else(|| "-".to_string(), |j| format!("{j:.2}")),
+            v.latency_ms
+                .map_or_else(|| "-".to_string(), |l| format!("{}ms", l.p95)),
+            tokens("input"),
+            tokens("output"),
+            money(v.cost_usd),
+            money(v.mean_cost_usd),
+        ]);
+    }
+    out.push_str(&aligned("  ", &rows));
     out
 }
 
