@@ -311,7 +311,10 @@ async fn stats_equal_the_run_documents(dev: &Dev, docs: &[Value]) {
             .find(|w| w["workflow"] == name)
             .unwrap_or_else(|| panic!("no {name} in {stats}"));
         assert_eq!((&w["runs"], &w["succeeded"]), (&json!(1), &json!(1)), "{w}");
-        assert!(close(&w["cost_usd"], doc["cost_usd"].as_f64().unwrap()), "{w}");
+        assert!(
+            close(&w["cost_usd"], doc["cost_usd"].as_f64().unwrap()),
+            "{w}"
+        );
         assert_eq!(w["latency_ms"]["count"], 1, "{w}");
         let ran: Vec<&Value> = doc["steps"]
             .as_array()
@@ -329,7 +332,10 @@ async fn stats_equal_the_run_documents(dev: &Dev, docs: &[Value]) {
                 .find(|x| x["step"] == step)
                 .unwrap_or_else(|| panic!("no step {step} in {w}"));
             assert_eq!(st["executions"], 1, "{step}");
-            assert!(close(&st["cost_usd"], s["cost_usd"].as_f64().unwrap()), "{st}");
+            assert!(
+                close(&st["cost_usd"], s["cost_usd"].as_f64().unwrap()),
+                "{st}"
+            );
             let fell_back = if s["fallback_used"] == true { 1.0 } else { 0.0 };
             assert_eq!(st["fallback_rate"], fell_back, "{step}");
             if let Some(m) = s["model"].as_str() {

@@ -832,7 +832,10 @@ async fn every_run_recovers_from_aws_faults_and_a_killed_worker() {
         ));
     }
     if !key_problems.is_empty() {
-        broken.push(format!("one run per idempotency key:\n{}", key_problems.join("\n")));
+        broken.push(format!(
+            "one run per idempotency key:\n{}",
+            key_problems.join("\n")
+        ));
     }
     if !doubles.is_empty() {
         broken.push(format!(

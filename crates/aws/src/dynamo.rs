@@ -16,6 +16,7 @@
 //! | other history | `RUN#<run_id>` | `E#<seq>` | `ev` |
 //! | idempotency key | `IDEM#<tenant, `%`/`#` escaped>#<key>` | `I` | `run_id`, `body_hash`, `created_at` (N, ms), `ttl` (N, s) |
 //! | webhook id | `WH#<id>` | `W` | `seen_at` (N, ms), `ttl` (N, s) |
+//! | stats bucket | `STATS#<tenant, escaped>` | `<hour, 13 digits>#<workflow>#<step>#<model>#<prompt version>` (parts escaped; step, model and prompt version empty for the run bucket) | `T`, `W`, `HR` (N), `ST`, `M`, `PV`, `K` (step kind), `O` (N, step order), and one number per counter (`started`, `succeeded`, `e.timeout`, `l.37`, `usd`, `t.input`, …: `switchyard_core::stats`) |
 //!
 //! - **Versions**: `ver` is what conditions compare (`ver = :read`); the store writes
 //!   `read + 1` and returns it. Header and step updates `SET body, ver` (and `ev`) only.
@@ -53,6 +54,13 @@
 //!   or other filters, is `StoreError::Invalid`. It is not signed: the query always runs on
 //!   the caller's own index partition (`TENANT#<caller>`), so a forged position can only skip
 //!   within the caller's own runs, never into another tenant's.
+//! - **Stats buckets** (docs/architecture.md, "Stats aggregates"): counters only ever grow by
+//!   `UpdateItem … ADD`, inside the transaction that creates a run (`started`) or ends it
+//!   (`end_run`: the header write, its `E#` item and the run's buckets; a run with more
+//!   buckets than a transaction holds adds the rest after it, one `UpdateItem` each). A
+//!   transaction cancelled by `TransactionConflict` (another run's end on a shared bucket) is
+//!   sent again a few times. A window is one `Query` on `STATS#<tenant>` with `SK BETWEEN`
+//!   the hours (no index); every tenant at once is refused (`Invalid`).
 //! - `all_runs` has one partition (`GSI2PK = ALL`), written once per run (at creation): about
 //!   a thousand new runs a second across all tenants before it needs sharding (`ALL#<n>`, with
 //!   the listing merging the shards).
@@ -718,9 +726,8 @@ fn stats_update(b: &Bucket) -> (DynamoItem, String, HashMap<String, String>, Val
         (":K", s(&b.kind)),
         (":O", n(u64::from(b.ord))),
     ]);
-    let mut update = String::from(
-        "SET T = :T, W = :W, HR = :HR, ST = :ST, M = :M, PV = :PV, K = :K, O = :O",
-    );
+    let mut update =
+        String::from("SET T = :T, W = :W, HR = :HR, ST = :ST, M = :M, PV = :PV, K = :K, O = :O");
     let mut names = HashMap::new();
     let mut adds = Vec::new();
     for (i, (name, v)) in b.counters.0.iter().enumerate() {
@@ -800,7 +807,8 @@ impl DynamoStore {
                 .await;
             match outcome("TransactWriteItems", res) {
                 Err(StoreError::Conflict(m)) if attempt < STATS_CONFLICT_ATTEMPTS => {
-                    let pause = 10 * u64::from(attempt) + u64::from(uuid::Uuid::new_v4().as_bytes()[0] % 20);
+                    let pause = 10 * u64::from(attempt)
+                        + u64::from(uuid::Uuid::new_v4().as_bytes()[0] % 20);
                     tracing::debug!(attempt, reason = %m, "stats transaction conflict; again");
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                 }

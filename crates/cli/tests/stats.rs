@@ -525,14 +525,20 @@ fn stats_by_model_and_prompt_version_add_up_the_run_documents() {
                 .unwrap_or_else(|| panic!("{by}: {key:?} not in the runs"));
             assert_eq!(v["executions"], *n, "{key:?}");
             assert_eq!(v["succeeded"], *ok, "{key:?}");
-            assert!(close(v["cost_usd"].as_f64().unwrap(), *cost), "{key:?}: {v}");
+            assert!(
+                close(v["cost_usd"].as_f64().unwrap(), *cost),
+                "{key:?}: {v}"
+            );
         }
         let out = switchyard(&["stats", "--by", by], dir.path());
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains(&format!("by {by}:")), "{text}");
     }
     // product-copy's draft is checked by a judge: its prompt version carries the verdict.
-    let doc = stats(&["--by", "prompt_version", "--workflow", "product-copy"], dir.path());
+    let doc = stats(
+        &["--by", "prompt_version", "--workflow", "product-copy"],
+        dir.path(),
+    );
     let draft = doc["variants"]
         .as_array()
         .unwrap()

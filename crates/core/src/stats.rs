@@ -571,7 +571,10 @@ impl RunFacts {
                 f64::from(s.validation_failures + u32::from(failed_check)),
             );
             c.inc(names::ESCALATED, s.escalations > 0);
-            c.inc(names::CASCADE, s.escalations > 0 || s.baseline_usd.is_some());
+            c.inc(
+                names::CASCADE,
+                s.escalations > 0 || s.baseline_usd.is_some(),
+            );
             if let Some(base) = s.baseline_usd {
                 c.add(names::BASELINE_N, 1.0);
                 c.add(names::BASELINE_USD, base);

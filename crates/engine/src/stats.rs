@@ -43,10 +43,11 @@ use crate::{Engine, EngineError};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use switchyard_core::budget::round_usd as usd;
-use switchyard_core::ports::{ListScope, MAX_LIST_LIMIT};
+use switchyard_core::ports::{ListScope, StateStore, MAX_LIST_LIMIT};
 use switchyard_core::state::RunStatus;
 use switchyard_core::stats::{hour_of, names, Bucket, BucketKey, BucketQuery, Counters, Histogram};
 use switchyard_core::time::Dur;
+use switchyard_core::Millis;
 
 pub use switchyard_core::stats::{RunFacts, StepFacts};
 
@@ -494,7 +495,11 @@ impl WorkflowAcc {
 
 /// The `by` view: step buckets grouped by workflow, step and the variant (buckets without
 /// one — a step with no model, or no prompt version — are left out).
-fn variants(buckets: &[Bucket], by: By, order: &BTreeMap<(String, String), u32>) -> Vec<VariantStats> {
+fn variants(
+    buckets: &[Bucket],
+    by: By,
+    order: &BTreeMap<(String, String), u32>,
+) -> Vec<VariantStats> {
     let mut groups: BTreeMap<(String, String, String), (String, Counters)> = BTreeMap::new();
     for b in buckets.iter().filter(|b| !b.key.is_run()) {
         let variant = match by {
@@ -646,57 +651,66 @@ pub fn aggregate(
 
 // ---- the use-case ----
 
-impl Engine {
-    /// The stats of the runs `q` selects, created from the start of the hour `now − since`
-    /// falls in to now: the window's buckets, and the in-flight runs' headers (at most
-    /// [`MAX_STATS_ACTIVE`]) for which of them wait.
-    pub async fn stats(&self, q: &StatsQuery) -> Result<Stats, EngineError> {
-        let to = self.now();
-        let from = hour_of(to.saturating_sub(q.since.ms()));
-        let buckets = self
-            .store
-            .stats_buckets(&BucketQuery {
-                scope: q.scope.clone(),
-                workflow: q.workflow.clone(),
-                from_hour: from,
-                to_hour: hour_of(to),
-            })
-            .await?;
-        let (waiting, truncated) = self.waiting_runs(q, from, to).await?;
-        Ok(from_buckets(Inputs {
-            window: Window {
-                since: q.since_text.clone(),
-                from,
-                to,
-            },
-            tenant: q.scope.tenant().map(str::to_string),
+/// The stats of the runs `q` selects, created from the start of the hour `now − since` falls
+/// in to `now`: the window's buckets, and the in-flight runs' headers (at most
+/// [`MAX_STATS_ACTIVE`]) for which of them wait. All [`Engine::stats`] reads; the benchmark
+/// (`make bench-stats`) times it on each store.
+pub async fn read(
+    store: &dyn StateStore,
+    q: &StatsQuery,
+    now: Millis,
+) -> Result<Stats, EngineError> {
+    let to = now;
+    let from = hour_of(to.saturating_sub(q.since.ms()));
+    let buckets = store
+        .stats_buckets(&BucketQuery {
+            scope: q.scope.clone(),
             workflow: q.workflow.clone(),
-            buckets,
-            waiting,
-            truncated,
-            by: q.by,
-        }))
-    }
+            from_hour: from,
+            to_hour: hour_of(to),
+        })
+        .await?;
+    let (waiting, truncated) = waiting_runs(store, q, from, to).await?;
+    Ok(from_buckets(Inputs {
+        window: Window {
+            since: q.since_text.clone(),
+            from,
+            to,
+        },
+        tenant: q.scope.tenant().map(str::to_string),
+        workflow: q.workflow.clone(),
+        buckets,
+        waiting,
+        truncated,
+        by: q.by,
+    }))
+}
 
-    /// The runs of the window that wait, by workflow, from one page of the runs that have not
-    /// ended (the sweep's listing); `true` when there were more in flight than one page.
-    async fn waiting_runs(
-        &self,
-        q: &StatsQuery,
-        from: u64,
-        to: u64,
-    ) -> Result<(BTreeMap<String, u64>, bool), EngineError> {
-        let page = self.store.active_runs(to, None, MAX_STATS_ACTIVE).await?;
-        let mut waiting: BTreeMap<String, u64> = BTreeMap::new();
-        for h in &page.runs {
-            let mine = h.created_at >= from
-                && q.scope.tenant().is_none_or(|t| t == h.tenant)
-                && q.workflow.as_deref().is_none_or(|w| w == h.workflow.name);
-            if mine && h.status == RunStatus::Waiting {
-                *waiting.entry(h.workflow.name.clone()).or_default() += 1;
-            }
+/// The runs of the window that wait, by workflow, from one page of the runs that have not
+/// ended (the sweep's listing); `true` when there were more in flight than one page.
+async fn waiting_runs(
+    store: &dyn StateStore,
+    q: &StatsQuery,
+    from: Millis,
+    to: Millis,
+) -> Result<(BTreeMap<String, u64>, bool), EngineError> {
+    let page = store.active_runs(to, None, MAX_STATS_ACTIVE).await?;
+    let mut waiting: BTreeMap<String, u64> = BTreeMap::new();
+    for h in &page.runs {
+        let mine = h.created_at >= from
+            && q.scope.tenant().is_none_or(|t| t == h.tenant)
+            && q.workflow.as_deref().is_none_or(|w| w == h.workflow.name);
+        if mine && h.status == RunStatus::Waiting {
+            *waiting.entry(h.workflow.name.clone()).or_default() += 1;
         }
-        Ok((waiting, page.cursor.is_some()))
+    }
+    Ok((waiting, page.cursor.is_some()))
+}
+
+impl Engine {
+    /// The stats of the runs `q` selects ([`read`] at the engine's clock).
+    pub async fn stats(&self, q: &StatsQuery) -> Result<Stats, EngineError> {
+        read(self.store.as_ref(), q, self.now()).await
     }
 }
 
@@ -706,11 +720,10 @@ mod tests {
 
     use super::*;
     use switchyard_core::state::{
-        RunError, RunHeader, RunSnapshot, RunStatus, StepRecord, StepStatus, ValueRef,
-        WorkflowPin,
+        RunError, RunHeader, RunSnapshot, RunStatus, StepRecord, StepStatus, ValueRef, WorkflowPin,
     };
-    use switchyard_core::ErrorClass;
     use switchyard_core::workflow::{compile, NoFiles};
+    use switchyard_core::ErrorClass;
 
     fn window() -> Window {
         Window {

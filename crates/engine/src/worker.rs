@@ -17,11 +17,11 @@ type Records = HashMap<String, StepRecord>;
 use std::sync::Arc;
 use switchyard_core::planner::{self, Outcome, Plan};
 use switchyard_core::ports::Message;
-use switchyard_core::stats::RunFacts;
 use switchyard_core::state::{
     EventKind, HistoryEvent, Lease, RunError, RunSnapshot, RunStatus, StepRecord, StepStatus,
     WaitInfo, WaitReason, WakeReason, WakeUp,
 };
+use switchyard_core::stats::RunFacts;
 use switchyard_core::workflow::{StepKind, Workflow};
 use switchyard_core::{refs, schema, ErrorClass, Millis, StoreError};
 

@@ -255,7 +255,10 @@ async fn stats_by_prompt_version_and_model_add_up_the_records() {
             (Some(&input), Some(&output)),
             "{v:?}"
         );
-        assert_eq!((v.success_rate, v.validation_failure_rate), (Some(1.0), None));
+        assert_eq!(
+            (v.success_rate, v.validation_failure_rate),
+            (Some(1.0), None)
+        );
     }
     let (total_in, total_out) = want.values().fold((0, 0), |a, w| (a.0 + w.2, a.1 + w.3));
     let copy = s.workflows.iter().find(|w| w.workflow == "copy").unwrap();

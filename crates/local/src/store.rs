@@ -70,7 +70,14 @@ fn add_stats(c: &Connection, buckets: &[Bucket]) -> Result<(), DbError> {
                    AND workflow = ?3 AND step = ?4 AND model = ?5 AND prompt_version = ?6",
             )?
             .query_row(
-                params![k.tenant, hour, k.workflow, k.step, k.model, k.prompt_version],
+                params![
+                    k.tenant,
+                    hour,
+                    k.workflow,
+                    k.step,
+                    k.model,
+                    k.prompt_version
+                ],
                 |r| r.get(0),
             )
             .optional()?;
