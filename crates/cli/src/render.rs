@@ -450,23 +450,19 @@ mod tests {
 
     fn answer(cost: f64, baseline: f64, escalations: usize, model: &str) -> StepFacts {
         StepFacts {
-            step: "answer".into(),
-            kind: "model".into(),
-            status: StepStatus::Succeeded,
-            error_class: None,
             attempts: 1 + escalations as u32,
             latency_ms: 120,
             cost_usd: cost,
-            fallback_used: false,
-            repairs: 0,
             model: Some(model.into()),
             escalations,
             baseline_usd: Some(baseline),
+            ..StepFacts::bare("answer", "model", StepStatus::Succeeded)
         }
     }
 
     fn run(status: RunStatus, steps: Vec<StepFacts>) -> RunFacts {
         RunFacts {
+            tenant: "t".into(),
             workflow: "triage".into(),
             status,
             error_class: (status == RunStatus::Failed).then_some(ErrorClass::Transient),

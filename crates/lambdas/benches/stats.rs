@@ -34,13 +34,15 @@ use switchyard_core::state::{
     HistoryEvent, RunHeader, RunStatus, StepStatus, Usage, ValueRef, WorkflowPin,
 };
 use switchyard_core::stats::{RunFacts, StepFacts, HOUR_MS};
-use switchyard_core::Millis;
+use switchyard_core::{Millis, StoreError};
 use switchyard_engine::stats::{read, StatsQuery};
 
 const TENANT: &str = "acme";
 const WORKFLOWS: [&str; 3] = ["support-triage", "product-copy", "knowledge-answer"];
-/// Writes in flight while seeding.
+/// Writes in flight while seeding SQLite, and moto (whose server races under many
+/// concurrent transactions).
 const SEED_CONCURRENCY: usize = 32;
+const EMULATOR_CONCURRENCY: usize = 4;
 
 /// A small deterministic generator (xorshift), so every run of the bench seeds the same data.
 struct Rng(u64);
@@ -167,14 +169,37 @@ fn synth(i: u64, now: Millis) -> (RunHeader, RunFacts) {
     (header, facts)
 }
 
-/// Creates and ends runs `from..to` on `store`, `SEED_CONCURRENCY` at a time.
-async fn seed(store: Arc<dyn StateStore>, from: u64, to: u64, now: Millis) -> Result<()> {
+/// Sends a seeding write again while the store is unavailable (moto answers 500 now and then
+/// under concurrent transactions); `Conflict` on a second try means the first one landed.
+async fn landed<T>(
+    mut write: impl FnMut() -> futures::future::BoxFuture<'static, Result<T, StoreError>>,
+) -> Result<()> {
+    for attempt in 1..=8 {
+        match write().await {
+            Ok(_) => return Ok(()),
+            Err(StoreError::Conflict(_)) if attempt > 1 => return Ok(()),
+            Err(StoreError::Unavailable(_)) if attempt < 8 => {
+                tokio::time::sleep(Duration::from_millis(20 * attempt)).await
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Creates and ends runs `from..to` on `store`, `concurrency` at a time.
+async fn seed(
+    store: Arc<dyn StateStore>,
+    from: u64,
+    to: u64,
+    now: Millis,
+    concurrency: usize,
+) -> Result<()> {
     stream::iter(from..to)
         .map(|i| {
             let store = store.clone();
             async move {
                 let (h, facts) = synth(i, now);
-                store.create_run(&h, &[]).await?;
                 let mut ended = h.clone();
                 ended.status = facts.status;
                 ended.ended_at = facts.ended_at;
@@ -184,11 +209,22 @@ async fn seed(store: Arc<dyn StateStore>, from: u64, to: u64, now: Millis) -> Re
                     switchyard_core::state::EventKind::RunSucceeded,
                     serde_json::Value::Null,
                 );
-                store.end_run(&ended, &[ev], &facts.buckets()).await?;
-                Ok::<_, anyhow::Error>(())
+                let buckets = facts.buckets();
+                let (s, header) = (store.clone(), h.clone());
+                landed(move || {
+                    let (s, header) = (s.clone(), header.clone());
+                    Box::pin(async move { s.create_run(&header, &[]).await })
+                })
+                .await?;
+                landed(move || {
+                    let (s, ended, ev, buckets) =
+                        (store.clone(), ended.clone(), ev.clone(), buckets.clone());
+                    Box::pin(async move { s.end_run(&ended, &[ev], &buckets).await })
+                })
+                .await
             }
         })
-        .buffer_unordered(SEED_CONCURRENCY)
+        .buffer_unordered(concurrency)
         .try_collect::<()>()
         .await
 }
@@ -249,7 +285,7 @@ async fn embedded(now: Millis) -> Result<()> {
     let mut seeded = 0;
     for target in [10_000u64, 100_000] {
         let t = Instant::now();
-        seed(store.clone(), seeded, target, now).await?;
+        seed(store.clone(), seeded, target, now, SEED_CONCURRENCY).await?;
         eprintln!(
             "  (seeded runs {seeded}..{target} on SQLite in {:.1} s)",
             t.elapsed().as_secs_f64()
@@ -275,7 +311,7 @@ async fn emulator(endpoint: &str, now: Millis, runs: u64) -> Result<()> {
     create_table(&client, &table).await?;
     let store: Arc<dyn StateStore> = Arc::new(DynamoStore::new(client, &table));
     let t = Instant::now();
-    seed(store.clone(), 0, runs, now).await?;
+    seed(store.clone(), 0, runs, now, EMULATOR_CONCURRENCY).await?;
     eprintln!(
         "  (seeded {runs} runs on the emulator in {:.1} s)",
         t.elapsed().as_secs_f64()
