@@ -9,7 +9,7 @@ SY := $(CARGO_TARGET_DIR)/debug/switchyard
 endif
 EXAMPLES := support-triage knowledge-answer product-copy document-enrichment resilient-summary classifier-cascade moderated-reply
 
-.PHONY: all build demo demo-aws test-lambda-local test test-aws test-local-aws sam-validate sam-build local-aws local-aws-down lint fmt check-core check-msrv bench bench-api bench-aws clean-demo
+.PHONY: all build demo demo-aws test-lambda-local test test-aws test-local-aws sam-validate sam-build local-aws local-aws-down lint fmt check-core check-msrv bench bench-api bench-aws bench-stats clean-demo
 
 all: lint test
 
@@ -130,6 +130,15 @@ bench-aws:
 	  && $(AWS_PY) tests/bench/lambda_runtime_api.py --endpoint $$url --bin-dir $(RELEASE_DIR) --runs 10; \
 	  code=$$?; MOTO_PORT=$(BENCH_MOTO_PORT) infra/moto.sh stop; [ $$code -eq 0 ] || exit $$code
 	tests/bench/lambda_sizes.sh
+
+## bench-stats: how long `stats` takes over 10,000 and 100,000 runs on the embedded backend and
+## 10,000 on moto (port BENCH_MOTO_PORT, stopped after, also on failure), seeded by direct store
+## writes of each run's aggregates, and the stats items' DynamoDB write units per run
+## (crates/lambdas/benches/stats.rs). See docs/benchmarks.md.
+bench-stats:
+	@url=$$(MOTO_PORT=$(BENCH_MOTO_PORT) infra/moto.sh start) || exit 1; \
+	  SWITCHYARD_TEST_AWS_ENDPOINT=$$url $(CARGO) bench -p switchyard-lambdas --bench stats; \
+	  code=$$?; MOTO_PORT=$(BENCH_MOTO_PORT) infra/moto.sh stop; exit $$code
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -277,8 +277,82 @@ async fn runs_start_finish_notify_and_sigterm_exits_zero() {
     let listed = get(&dev, "/v1/runs?limit=10").await;
     assert_eq!(listed["runs"].as_array().unwrap().len(), 2, "{listed}");
 
+    // Stats from the DynamoDB buckets equal a hand count over the two run documents.
+    let docs = [
+        get(&dev, &format!("/v1/runs/{triage}")).await,
+        get(&dev, &format!("/v1/runs/{asset}")).await,
+    ];
+    stats_equal_the_run_documents(&dev, &docs).await;
+
     let status = sigterm(&mut dev.child);
     assert_eq!(status.code(), Some(0));
+}
+
+fn close(a: &Value, b: f64) -> bool {
+    (a.as_f64().unwrap() - b).abs() < 1e-8
+}
+
+/// `GET /v1/stats` (and `?by=model`) against the run documents of runs that each ran once:
+/// per workflow one succeeded run of the document's cost; per step that ran, one execution of
+/// its cost, answered by its model, falling back as it did.
+async fn stats_equal_the_run_documents(dev: &Dev, docs: &[Value]) {
+    let stats = get(dev, "/v1/stats?since=1h").await;
+    assert_eq!(stats["runs"], docs.len(), "{stats}");
+    assert_eq!(stats["window"]["from"].as_u64().unwrap() % 3_600_000, 0);
+    let by_model = get(dev, "/v1/stats?since=1h&by=model").await;
+    let variants = by_model["variants"].as_array().unwrap();
+    let mut with_model = 0;
+    for doc in docs {
+        let name = doc["workflow"].as_str().unwrap();
+        let w = stats["workflows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["workflow"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {stats}"));
+        assert_eq!((&w["runs"], &w["succeeded"]), (&json!(1), &json!(1)), "{w}");
+        assert!(
+            close(&w["cost_usd"], doc["cost_usd"].as_f64().unwrap()),
+            "{w}"
+        );
+        assert_eq!(w["latency_ms"]["count"], 1, "{w}");
+        let ran: Vec<&Value> = doc["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["status"] != "skipped" && s["status"] != "pending")
+            .collect();
+        assert_eq!(w["steps"].as_array().unwrap().len(), ran.len(), "{w}");
+        for s in ran {
+            let step = s["name"].as_str().unwrap();
+            let st = w["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["step"] == step)
+                .unwrap_or_else(|| panic!("no step {step} in {w}"));
+            assert_eq!(st["executions"], 1, "{step}");
+            assert!(
+                close(&st["cost_usd"], s["cost_usd"].as_f64().unwrap()),
+                "{st}"
+            );
+            let fell_back = if s["fallback_used"] == true { 1.0 } else { 0.0 };
+            assert_eq!(st["fallback_rate"], fell_back, "{step}");
+            if let Some(m) = s["model"].as_str() {
+                with_model += 1;
+                if s["status"] == "succeeded" {
+                    assert_eq!(st["answered_by"], json!({ m: 1 }), "{step}");
+                }
+                assert!(
+                    variants
+                        .iter()
+                        .any(|v| v["step"] == step && v["variant"] == m && v["executions"] == 1),
+                    "{step} on {m} in {by_model}"
+                );
+            }
+        }
+    }
+    assert_eq!(variants.len(), with_model, "{by_model}");
 }
 
 #[test]

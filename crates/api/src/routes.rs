@@ -604,20 +604,24 @@ pub struct StatsParams {
     /// (units `ms`, `s`, `m`, `h`, `d`; a bare number is milliseconds). Default `24h`.
     #[param(pattern = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h|d)?$")]
     pub since: Option<String>,
+    /// Also compare each step side by side per `model` or per `prompt_version` (`variants`).
+    #[param(pattern = r"^(model|prompt_version)$")]
+    pub by: Option<String>,
 }
 
-/// Figures of the tenant's runs created in a window, per workflow and per step: outcomes,
-/// failures by error class, p50/p95/p99 latency (nearest-rank), cost, retry, fallback,
-/// validation-failure and escalation rates, the models that answered, and what cascades saved
-/// against always using their top model (docs/api.md, "GET /v1/stats"). The same document as
-/// `switchyard stats --json`. At most the newest 10000 runs of the window are read
-/// (`truncated` says when there were more).
+/// Figures of the tenant's runs created in a window (from the start of its first UTC hour),
+/// per workflow and per step: outcomes, failures by error class, p50/p95/p99 latency (from a
+/// histogram, within 1/32 of the exact nearest-rank value), cost, tokens, retry, fallback,
+/// validation-failure and escalation rates, judge scores, the models that answered, and what
+/// cascades saved against always using their top model; with `by`, each step per model or
+/// prompt version side by side (docs/api.md, "GET /v1/stats"). The same document as
+/// `switchyard stats --json`. Read from hourly aggregates, never run by run.
 #[utoipa::path(
     get, path = "/v1/stats", tag = "stats",
     params(StatsParams),
     responses(
         (status = 200, description = "The figures", body = Stats),
-        (status = 400, description = "A `since` that is not a positive duration, or a `workflow` that is not a workflow name", body = ErrorBody),
+        (status = 400, description = "A `since` that is not a positive duration, a `workflow` that is not a workflow name, or a `by` other than `model` and `prompt_version`", body = ErrorBody),
         (status = 401, description = "No or bad API key", body = ErrorBody),
         (status = 503, description = "The state store is unavailable; try again", body = ErrorBody),
     ),
@@ -633,7 +637,8 @@ async fn get_stats(
         ListScope::Tenant(tenant),
         p.workflow.as_deref(),
         p.since.as_deref(),
-    )?;
+    )?
+    .with_by(p.by.as_deref())?;
     Ok(Json(s.engine.stats(&q).await?))
 }
 

@@ -16,6 +16,7 @@
 //! | other history | `RUN#<run_id>` | `E#<seq>` | `ev` |
 //! | idempotency key | `IDEM#<tenant, `%`/`#` escaped>#<key>` | `I` | `run_id`, `body_hash`, `created_at` (N, ms), `ttl` (N, s) |
 //! | webhook id | `WH#<id>` | `W` | `seen_at` (N, ms), `ttl` (N, s) |
+//! | stats bucket | `STATS#<tenant, escaped>` | `<hour, 13 digits>#<workflow>#<step>#<model>#<prompt version>` (parts escaped; step, model and prompt version empty for the run bucket) | `T`, `W`, `HR` (N), `ST`, `M`, `PV`, `K` (step kind), `O` (N, step order), and one number per counter (`started`, `succeeded`, `e.timeout`, `l.37`, `usd`, `t.input`, …: `switchyard_core::stats`) |
 //!
 //! - **Versions**: `ver` is what conditions compare (`ver = :read`); the store writes
 //!   `read + 1` and returns it. Header and step updates `SET body, ver` (and `ev`) only.
@@ -53,6 +54,13 @@
 //!   or other filters, is `StoreError::Invalid`. It is not signed: the query always runs on
 //!   the caller's own index partition (`TENANT#<caller>`), so a forged position can only skip
 //!   within the caller's own runs, never into another tenant's.
+//! - **Stats buckets** (docs/architecture.md, "Stats aggregates"): counters only ever grow by
+//!   `UpdateItem … ADD`, inside the transaction that creates a run (`started`) or ends it
+//!   (`end_run`: the header write, its `E#` item and the run's buckets; a run with more
+//!   buckets than a transaction holds adds the rest after it, one `UpdateItem` each). A
+//!   transaction cancelled by `TransactionConflict` (another run's end on a shared bucket) is
+//!   sent again a few times. A window is one `Query` on `STATS#<tenant>` with `SK BETWEEN`
+//!   the hours (no index); every tenant at once is refused (`Invalid`).
 //! - `all_runs` has one partition (`GSI2PK = ALL`), written once per run (at creation): about
 //!   a thousand new runs a second across all tenants before it needs sharding (`ALL#<n>`, with
 //!   the listing merging the shards).
@@ -89,6 +97,7 @@ use switchyard_core::ports::{
     IDEMPOTENCY_TTL_MS, MAX_LIST_LIMIT, MAX_STEPS_PER_WRITE,
 };
 use switchyard_core::state::{HistoryEvent, Lease, RunHeader, RunSnapshot, RunStatus, StepRecord};
+use switchyard_core::stats::{self, Bucket, BucketKey, BucketQuery, Counters};
 use switchyard_core::{Millis, StoreError};
 
 /// The table as CloudFormation `AWS::DynamoDB::Table` properties: what [`create_table`] makes.
@@ -671,6 +680,164 @@ impl DynamoStore {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Stats buckets
+
+/// A transaction holds at most this many items.
+const TRANSACT_MAX: usize = 100;
+/// Tries of a run's end transaction that DynamoDB cancels because another transaction was
+/// busy with one of its (shared) stats items (`TransactionConflict`).
+const STATS_CONFLICT_ATTEMPTS: u32 = 5;
+/// The bucket attributes that are not counters (counters are lowercase names).
+const STATS_META: [&str; 10] = ["PK", "SK", "T", "W", "HR", "ST", "M", "PV", "K", "O"];
+
+fn stats_pk(tenant: &str) -> String {
+    format!("STATS#{}", escape(tenant))
+}
+
+/// `<hour, 13 digits>#<workflow>#<step>#<model>#<prompt version>`, each part escaped: the
+/// hour first, so a window is one key range of the tenant's partition.
+fn stats_sk(k: &BucketKey) -> String {
+    format!(
+        "{:013}#{}#{}#{}#{}",
+        k.hour,
+        escape(&k.workflow),
+        escape(&k.step),
+        escape(&k.model),
+        escape(&k.prompt_version)
+    )
+}
+
+/// A counter's value as a DynamoDB number (`None` for one that is not finite).
+fn number(v: f64) -> Option<AttributeValue> {
+    v.is_finite().then(|| AttributeValue::N(format!("{v}")))
+}
+
+/// `SET` the bucket's description, `ADD` its counters: `(key, update, names, values)`.
+fn stats_update(b: &Bucket) -> (DynamoItem, String, HashMap<String, String>, Values) {
+    let k = &b.key;
+    let key = item_key(stats_pk(&k.tenant), stats_sk(k));
+    let mut vals = values([
+        (":T", s(&k.tenant)),
+        (":W", s(&k.workflow)),
+        (":HR", n(k.hour)),
+        (":ST", s(&k.step)),
+        (":M", s(&k.model)),
+        (":PV", s(&k.prompt_version)),
+        (":K", s(&b.kind)),
+        (":O", n(u64::from(b.ord))),
+    ]);
+    let mut update =
+        String::from("SET T = :T, W = :W, HR = :HR, ST = :ST, M = :M, PV = :PV, K = :K, O = :O");
+    let mut names = HashMap::new();
+    let mut adds = Vec::new();
+    for (i, (name, v)) in b.counters.0.iter().enumerate() {
+        let Some(v) = number(*v) else { continue };
+        names.insert(format!("#c{i}"), name.clone());
+        vals.insert(format!(":c{i}"), v);
+        adds.push(format!("#c{i} :c{i}"));
+    }
+    if !adds.is_empty() {
+        update.push_str(" ADD ");
+        update.push_str(&adds.join(", "));
+    }
+    (key, update, names, vals)
+}
+
+fn stats_transact_item(table: &str, b: &Bucket) -> Result<TransactWriteItem, StoreError> {
+    let (key, update, names, vals) = stats_update(b);
+    Ok(TransactWriteItem::builder()
+        .update(built(
+            Update::builder()
+                .table_name(table)
+                .set_key(Some(key))
+                .update_expression(update)
+                .set_expression_attribute_names((!names.is_empty()).then_some(names))
+                .set_expression_attribute_values(some(vals))
+                .build(),
+        )?)
+        .build())
+}
+
+/// A stored bucket item back as a bucket.
+fn read_bucket(item: &DynamoItem) -> Result<Bucket, StoreError> {
+    let what = "a stats bucket";
+    let mut counters = Counters::default();
+    for (name, v) in item {
+        if STATS_META.contains(&name.as_str()) {
+            continue;
+        }
+        if let AttributeValue::N(num) = v {
+            let v: f64 = num
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("{what}: `{name}` = {num}")))?;
+            counters.add(name, v);
+        }
+    }
+    Ok(Bucket {
+        key: BucketKey {
+            tenant: attr_s(item, "T", what)?.to_string(),
+            workflow: attr_s(item, "W", what)?.to_string(),
+            hour: attr_n(item, "HR", what)?,
+            step: attr_s(item, "ST", what)?.to_string(),
+            model: attr_s(item, "M", what)?.to_string(),
+            prompt_version: attr_s(item, "PV", what)?.to_string(),
+        },
+        kind: attr_s(item, "K", what)?.to_string(),
+        ord: u32::try_from(attr_n(item, "O", what)?).unwrap_or(u32::MAX),
+        counters,
+    })
+}
+
+impl DynamoStore {
+    /// Sends `items` as one transaction, again (after a short, growing pause) while DynamoDB
+    /// cancels it for a `TransactionConflict` on a stats item other runs' ends also add to:
+    /// the conditions still hold, so sending it again is what the caller would do anyway.
+    async fn transact_with_stats(
+        &self,
+        items: Vec<TransactWriteItem>,
+    ) -> Result<Written, StoreError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let res = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await;
+            match outcome("TransactWriteItems", res) {
+                Err(StoreError::Conflict(m)) if attempt < STATS_CONFLICT_ATTEMPTS => {
+                    let pause = 10 * u64::from(attempt)
+                        + u64::from(uuid::Uuid::new_v4().as_bytes()[0] % 20);
+                    tracing::debug!(attempt, reason = %m, "stats transaction conflict; again");
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Adds buckets one `UpdateItem` each (atomic each, not together): the step buckets of a
+    /// run that did not fit its end transaction.
+    async fn add_buckets(&self, buckets: &[Bucket]) -> Result<(), StoreError> {
+        for b in buckets {
+            let (key, update, names, vals) = stats_update(b);
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key))
+                .update_expression(update)
+                .set_expression_attribute_names((!names.is_empty()).then_some(names))
+                .set_expression_attribute_values(some(vals))
+                .send()
+                .await
+                .map_err(|e| dynamo_error("UpdateItem", e))?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Reads
 
 impl DynamoStore {
@@ -944,11 +1111,13 @@ impl KnownRuns {
 #[async_trait]
 impl StateStore for DynamoStore {
     async fn create_run(&self, h: &RunHeader, events: &[HistoryEvent]) -> Result<(), StoreError> {
-        let write = Write::put_new(header_item(h)?);
-        match self
-            .commit(write, Self::history(&h.run_id, events)?)
-            .await?
-        {
+        // One transaction: the header, its first events, and `started` in its stats bucket.
+        let mut items = vec![Write::put_new(header_item(h)?).transact_item(&self.table)?];
+        if let Some(ev) = Self::history(&h.run_id, events)? {
+            items.push(Write::put_new(ev).transact_item(&self.table)?);
+        }
+        items.push(stats_transact_item(&self.table, &stats::started(h))?);
+        match self.transact_with_stats(items).await? {
             Written::Yes => {
                 self.known.insert(&h.run_id);
                 Ok(())
@@ -1007,6 +1176,77 @@ impl StateStore for DynamoStore {
                 Err(StoreError::NotFound(format!("run {}", h.run_id)))
             }
         }
+    }
+
+    async fn end_run(
+        &self,
+        h: &RunHeader,
+        events: &[HistoryEvent],
+        buckets: &[Bucket],
+    ) -> Result<u64, StoreError> {
+        let new_version = h.version + 1;
+        let mut items = vec![Self::header_update(h, new_version)?.transact_item(&self.table)?];
+        if let Some(ev) = Self::history(&h.run_id, events)? {
+            items.push(Write::put_new(ev).transact_item(&self.table)?);
+        }
+        // The run bucket first, then as many step buckets as the transaction holds; a run
+        // with more adds the rest after, one update each (docs/architecture.md).
+        let room = TRANSACT_MAX - items.len();
+        let (now, later) = buckets.split_at(buckets.len().min(room));
+        for b in now {
+            items.push(stats_transact_item(&self.table, b)?);
+        }
+        match self.transact_with_stats(items).await? {
+            Written::Yes => {
+                self.add_buckets(later).await?;
+                Ok(new_version)
+            }
+            Written::ConditionFailed(Some(_)) => Err(StoreError::Conflict(format!(
+                "run {} is not at version {}",
+                h.run_id, h.version
+            ))),
+            Written::ConditionFailed(None) => {
+                Err(StoreError::NotFound(format!("run {}", h.run_id)))
+            }
+        }
+    }
+
+    async fn stats_buckets(&self, q: &BucketQuery) -> Result<Vec<Bucket>, StoreError> {
+        let Some(tenant) = q.scope.tenant() else {
+            return Err(StoreError::Invalid(
+                "stats of every tenant at once are not kept on DynamoDB (buckets are per \
+                 tenant): ask for one tenant's"
+                    .into(),
+            ));
+        };
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .key_condition_expression("PK = :pk AND SK BETWEEN :from AND :to")
+                .expression_attribute_values(":pk", s(stats_pk(tenant)))
+                .expression_attribute_values(":from", s(format!("{:013}#", q.from_hour)))
+                .expression_attribute_values(":to", s(format!("{:013}#~", q.to_hour)))
+                .set_exclusive_start_key(start.take());
+            if let Some(w) = &q.workflow {
+                query = query
+                    .filter_expression("W = :w")
+                    .expression_attribute_values(":w", s(w));
+            }
+            let page = query.send().await.map_err(|e| dynamo_error("Query", e))?;
+            for item in page.items() {
+                out.push(read_bucket(item)?);
+            }
+            start = page.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     async fn acquire_lease(

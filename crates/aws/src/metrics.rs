@@ -186,6 +186,8 @@ pub fn item_kind(sk: &str) -> &'static str {
         "W" => "webhook id",
         _ if sk.starts_with("S#") => "step record",
         _ if sk.starts_with("E#") => "history events",
+        // `<hour, 13 digits>#…`: a stats bucket (`dynamo.rs`, "Stats buckets").
+        _ if sk.len() > 13 && sk.as_bytes()[..13].iter().all(u8::is_ascii_digit) => "stats bucket",
         _ => "other",
     }
 }
@@ -352,7 +354,29 @@ impl Meter {
     ) -> DynamoItem {
         let mut item = before.unwrap_or_else(|| key.clone());
         let resolve = |n: &str| names.get(n.trim()).cloned().unwrap_or(n.trim().to_string());
-        let body = expr.trim();
+        // `SET … ADD a :x, b :y` (the stats counters): numbers added, sets of strings joined.
+        let (body, adds) = match expr.split_once(" ADD ") {
+            Some((set, add)) => (set.trim(), Some(add)),
+            None => (expr.trim(), None),
+        };
+        for clause in adds.map(split_top).unwrap_or_default() {
+            let mut parts = clause.split_whitespace();
+            let (Some(name), Some(value), None) = (parts.next(), parts.next(), parts.next()) else {
+                st.usage.unparsed_updates += 1;
+                continue;
+            };
+            let attr = resolve(name);
+            match (item.get(&attr), values.get(value)) {
+                (Some(AttributeValue::N(old)), Some(AttributeValue::N(add))) => {
+                    let sum = old.parse::<f64>().unwrap_or(0.0) + add.parse::<f64>().unwrap_or(0.0);
+                    item.insert(attr, AttributeValue::N(format!("{sum}")));
+                }
+                (_, Some(v)) => {
+                    item.insert(attr, v.clone());
+                }
+                (_, None) => st.usage.unparsed_updates += 1,
+            }
+        }
         let Some(sets) = body
             .strip_prefix("SET ")
             .or_else(|| body.strip_prefix("set "))

@@ -357,14 +357,22 @@ pub async fn runs_show(run_id: &str, json: bool, dir: &Path) -> Result<i32> {
     Ok(exit::SUCCEEDED)
 }
 
-/// `switchyard stats [--workflow W] [--since 24h] [--json]`: every tenant's runs in the data
-/// dir (the local CLI is the operator's view).
-pub async fn stats(workflow: Option<&str>, since: &str, json: bool, dir: &Path) -> Result<i32> {
+/// `switchyard stats [--workflow W] [--since 24h] [--by model|prompt_version] [--json]`: every
+/// tenant's runs in the data dir (the local CLI is the operator's view).
+pub async fn stats(
+    workflow: Option<&str>,
+    since: &str,
+    by: Option<&str>,
+    json: bool,
+    dir: &Path,
+) -> Result<i32> {
     let query = match switchyard_engine::stats::StatsQuery::parse(
         ListScope::AllTenants,
         workflow,
         Some(since),
-    ) {
+    )
+    .and_then(|q| q.with_by(by))
+    {
         Ok(q) => q,
         Err(e) => {
             eprintln!("error: --{}: {e}", e.field().unwrap_or("since"));

@@ -67,15 +67,20 @@ enum Command {
         command: RunsCommand,
     },
     /// Per workflow and step, over the runs created in a window: outcomes, failures by
-    /// error class, p50/p95/p99 latency, cost, retry, fallback, validation-failure and
-    /// escalation rates, and what cascades saved against always using their top model.
+    /// error class, p50/p95/p99 latency, cost, tokens, retry, fallback, validation-failure and
+    /// escalation rates, judge scores, and what cascades saved against always using their top
+    /// model; `--by model|prompt_version` compares each step's models or prompt versions.
     Stats {
         /// Only runs of this workflow.
         #[arg(long)]
         workflow: Option<String>,
-        /// Runs created at most this long ago: `30m`, `24h`, `7d` (ms, s, m, h, d).
+        /// Runs created at most this long ago: `30m`, `24h`, `7d` (ms, s, m, h, d), from the
+        /// start of that UTC hour (figures are kept per hour).
         #[arg(long, default_value = switchyard_engine::stats::DEFAULT_SINCE)]
         since: String,
+        /// Also compare each step side by side per `model` or per `prompt_version`.
+        #[arg(long)]
+        by: Option<String>,
         /// Print one JSON document (the `GET /v1/stats` document).
         #[arg(long)]
         json: bool,
@@ -220,9 +225,19 @@ fn main() {
             Command::Stats {
                 workflow,
                 since,
+                by,
                 json,
                 data_dir,
-            } => commands::stats(workflow.as_deref(), since, *json, &dir(data_dir)).await,
+            } => {
+                commands::stats(
+                    workflow.as_deref(),
+                    since,
+                    by.as_deref(),
+                    *json,
+                    &dir(data_dir),
+                )
+                .await
+            }
             Command::Dev {
                 addr,
                 data_dir,

@@ -297,6 +297,18 @@ fn aligned(indent: &str, rows: &[Vec<String>]) -> String {
 }
 
 /// `switchyard stats`: a summary line, then per workflow its outcomes and a step table.
+/// Stats keep tokens by kind (`input`, `cache_read`, …: `Usage::counts`); back into a `Usage`
+/// for the same rendering as a run's.
+fn usage_of(kinds: &std::collections::BTreeMap<String, u64>) -> Usage {
+    let n = |k: &str| kinds.get(k).copied().unwrap_or(0);
+    Usage {
+        cache_read_tokens: n("cache_read"),
+        cache_write_tokens: n("cache_write"),
+        reasoning_tokens: n("reasoning"),
+        ..Usage::new(n("input"), n("output"))
+    }
+}
+
 pub fn stats_table(s: &switchyard_engine::stats::Stats) -> String {
     let scope = match &s.tenant {
         Some(t) => format!("tenant {t}"),
@@ -313,13 +325,12 @@ pub fn stats_table(s: &switchyard_engine::stats::Stats) -> String {
             .unwrap_or_default(),
         runs(s.runs),
         money(s.cost_usd),
-        tokens(&s.usage)
+        tokens(&s.workflows.iter().map(|w| usage_of(&w.tokens)).sum())
     );
     if s.truncated {
-        out.push_str(&format!(
-            "(only the newest {} runs of the window are counted: narrow --since or give --workflow)\n",
-            s.runs
-        ));
+        out.push_str(
+            "(more runs are in flight than one answer reads: some waiting runs may be counted as running)\n",
+        );
     }
     if let Some(c) = &s.cascade {
         out.push_str(&format!("cascades: {}\n", saving_line(c)));
@@ -355,7 +366,7 @@ pub fn stats_table(s: &switchyard_engine::stats::Stats) -> String {
             money(w.cost_usd),
             money(w.mean_cost_usd)
         ));
-        out.push_str(&format!("  tokens {}\n", tokens(&w.usage)));
+        out.push_str(&format!("  tokens {}\n", tokens(&usage_of(&w.tokens))));
         if let Some(c) = &w.cascade {
             out.push_str(&format!("  cascade: {}\n", saving_line(c)));
         }
@@ -398,7 +409,7 @@ pub fn stats_table(s: &switchyard_engine::stats::Stats) -> String {
                 p95,
                 p99,
                 money(st.cost_usd),
-                tokens_cell(Some(&st.usage)),
+                tokens_cell(Some(&usage_of(&st.tokens))),
                 pct(Some(st.retry_rate)),
                 pct(Some(st.fallback_rate)),
                 pct(st.validation_failure_rate),
@@ -407,7 +418,7 @@ pub fn stats_table(s: &switchyard_engine::stats::Stats) -> String {
         }
         out.push_str(&aligned("  ", &rows));
         for st in &w.steps {
-            let u = &st.usage;
+            let u = &usage_of(&st.tokens);
             if u.cache_read_tokens + u.cache_write_tokens + u.reasoning_tokens > 0 {
                 out.push_str(&format!("  {}: tokens {}\n", st.step, tokens(u)));
             }
@@ -427,6 +438,55 @@ pub fn stats_table(s: &switchyard_engine::stats::Stats) -> String {
     if s.workflows.is_empty() {
         out.push_str("no runs in this window\n");
     }
+    if let Some(by) = s.by {
+        out.push_str(&variants_table(by.as_str(), &s.variants));
+    }
+    out
+}
+
+/// `--by model|prompt_version`: each step's variants side by side.
+fn variants_table(by: &str, variants: &[switchyard_engine::stats::VariantStats]) -> String {
+    let mut out = format!("\nby {by}:\n");
+    if variants.is_empty() {
+        out.push_str(&format!("  no step of these runs has a {by}\n"));
+        return out;
+    }
+    let mut rows = vec![[
+        "WORKFLOW",
+        "STEP",
+        &by.to_uppercase(),
+        "EXECUTIONS",
+        "SUCCESS",
+        "VALIDATION-FAILED",
+        "JUDGE",
+        "P95",
+        "TOKENS-IN",
+        "TOKENS-OUT",
+        "COST",
+        "MEAN-COST",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for v in variants {
+        let tokens = |k: &str| v.tokens.get(k).map_or("0".to_string(), u64::to_string);
+        rows.push(vec![
+            v.workflow.clone(),
+            v.step.clone(),
+            v.variant.clone(),
+            v.executions.to_string(),
+            pct(v.success_rate),
+            pct(v.validation_failure_rate),
+            v.judge_score
+                .map_or_else(|| "-".to_string(), |j| format!("{j:.2}")),
+            v.latency_ms
+                .map_or_else(|| "-".to_string(), |l| format!("{}ms", l.p95)),
+            tokens("input"),
+            tokens("output"),
+            money(v.cost_usd),
+            money(v.mean_cost_usd),
+        ]);
+    }
+    out.push_str(&aligned("  ", &rows));
     out
 }
 
@@ -440,34 +500,25 @@ mod tests {
 
     fn answer(cost: f64, baseline: f64, escalations: usize, model: &str) -> StepFacts {
         StepFacts {
-            step: "answer".into(),
-            kind: "model".into(),
-            status: StepStatus::Succeeded,
-            error_class: None,
             attempts: 1 + escalations as u32,
             latency_ms: 120,
             cost_usd: cost,
-            usage: Usage {
-                cache_read_tokens: 64,
-                ..Usage::new(100, 10)
-            },
-            fallback_used: false,
-            repairs: 0,
             model: Some(model.into()),
             escalations,
             baseline_usd: Some(baseline),
+            ..StepFacts::bare("answer", "model", StepStatus::Succeeded)
         }
     }
 
     fn run(status: RunStatus, steps: Vec<StepFacts>) -> RunFacts {
         RunFacts {
+            tenant: "t".into(),
             workflow: "triage".into(),
             status,
             error_class: (status == RunStatus::Failed).then_some(ErrorClass::Transient),
             created_at: 1_000,
             ended_at: Some(1_250),
             cost_usd: steps.iter().map(|s| s.cost_usd).sum(),
-            usage: steps.iter().map(|s| s.usage).sum(),
             steps,
         }
     }

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use switchyard_core::ports::{ActivePage, IdempotencyClaim, RunPage, RunQuery, StateStore};
 use switchyard_core::state::{HistoryEvent, Lease, RunHeader, RunSnapshot, StepRecord};
+use switchyard_core::stats::{Bucket, BucketQuery};
 use switchyard_core::{Millis, StoreError};
 
 /// Which port call a fault is planned for.
@@ -134,6 +135,22 @@ impl StateStore for FaultyStore {
     async fn put_header(&self, h: &RunHeader, events: &[HistoryEvent]) -> Result<u64, StoreError> {
         self.write(WriteKind::PutHeader, self.inner.put_header(h, events))
             .await
+    }
+
+    /// Counted as a `PutHeader`: the write that ends a run is a header write (it was one
+    /// before stats rode along), and fault plans count it so.
+    async fn end_run(
+        &self,
+        h: &RunHeader,
+        events: &[HistoryEvent],
+        stats: &[Bucket],
+    ) -> Result<u64, StoreError> {
+        self.write(WriteKind::PutHeader, self.inner.end_run(h, events, stats))
+            .await
+    }
+
+    async fn stats_buckets(&self, q: &BucketQuery) -> Result<Vec<Bucket>, StoreError> {
+        self.inner.stats_buckets(q).await
     }
 
     async fn acquire_lease(

@@ -7,7 +7,8 @@
 //!
 //! - [`state`]: conditional writes and conflicts, events written with their state change,
 //!   leases, idempotency claims, webhook-id dedupe, listing with filters and a cursor,
-//!   several step records written as one, the sweep's listing of runs that have not ended.
+//!   several step records written as one, the sweep's listing of runs that have not ended,
+//!   stats buckets added once by a run's creation and end, and read by tenant, workflow and hour.
 //! - [`faults`]: a store that fails chosen writes before or after they land, for fault tests.
 //! - [`blobs`]: content-addressed round trips, and refusing keys that do not match.
 //! - [`queues`]: SQS semantics on both queues (work, notify): delays, visibility timeouts,
@@ -52,7 +53,9 @@ macro_rules! state_store_contract {
             events_keep_append_order_per_run,
             listing_filters_and_pages_by_cursor,
             several_steps_are_one_write,
-            active_runs_are_the_unended_oldest_first
+            active_runs_are_the_unended_oldest_first,
+            stats_buckets_count_each_run_once,
+            stats_of_a_run_with_many_steps_are_all_added
         );
     };
     (@tests $make:expr; $($name:ident),*) => {

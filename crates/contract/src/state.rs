@@ -8,6 +8,7 @@ use switchyard_core::state::{
     EventKind, HistoryEvent, Lease, RunHeader, RunSnapshot, RunStatus, StepRecord, StepStatus,
     ValueRef, WorkflowPin,
 };
+use switchyard_core::stats::{names, Bucket, BucketKey, BucketQuery, Counters};
 use switchyard_core::{Millis, StoreError};
 
 /// A run header as intake writes it (version 1).
@@ -518,4 +519,206 @@ pub async fn active_runs_are_the_unended_oldest_first(s: &dyn StateStore) {
         s.active_runs(450, Some("not-a-cursor"), 2).await,
         Err(StoreError::Invalid(_))
     ));
+}
+
+fn bucket(tenant: &str, workflow: &str, created_at: Millis, step: &str, model: &str) -> Bucket {
+    Bucket {
+        key: BucketKey {
+            step: step.into(),
+            model: model.into(),
+            prompt_version: if step.is_empty() { "" } else { "v1" }.into(),
+            ..BucketKey::run(tenant, workflow, created_at)
+        },
+        kind: if step.is_empty() { "" } else { "model" }.into(),
+        ord: 0,
+        counters: Counters::default(),
+    }
+}
+
+fn find<'a>(buckets: &'a [Bucket], step: &str, model: &str) -> &'a Bucket {
+    buckets
+        .iter()
+        .find(|b| b.key.step == step && b.key.model == model)
+        .unwrap_or_else(|| panic!("no bucket {step}/{model} in {buckets:?}"))
+}
+
+/// Stats buckets: a run's creation counts it `started` in its hour's bucket; the write that
+/// ends it adds its buckets, once (a stale end adds nothing, nor does an ordinary header
+/// write); a query reads its tenant's, workflow's and hours' buckets, summed.
+pub async fn stats_buckets_count_each_run_once(s: &dyn StateStore) {
+    const HOUR: Millis = 3_600_000;
+    let t0 = 1_700_000_000_000 - 1_700_000_000_000 % HOUR; // an hour's start
+    let q = |scope: ListScope, workflow: Option<&str>, from: Millis, to: Millis| BucketQuery {
+        scope,
+        workflow: workflow.map(str::to_string),
+        from_hour: from,
+        to_hour: to,
+    };
+    let t = || ListScope::Tenant("t".into());
+    // Two runs of t in the first hour, one in the next; one of another tenant.
+    let mut a = header("a", "t", t0 + 10);
+    let b = header("b", "t", t0 + HOUR - 1);
+    let c = header("c", "t", t0 + HOUR);
+    let mut other = header("d", "u#1", t0 + 20);
+    other.workflow.name = "other".into();
+    for h in [&a, &b, &c, &other] {
+        s.create_run(h, &[ev(h.created_at, EventKind::RunCreated)])
+            .await
+            .unwrap();
+    }
+    let got = s.stats_buckets(&q(t(), None, t0, t0)).await.unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].key, BucketKey::run("t", "summarize", t0));
+    assert_eq!(got[0].counters.count(names::STARTED), 2);
+    // An ordinary header write adds nothing.
+    a.status = RunStatus::Running;
+    a.version = s.put_header(&a, &[]).await.unwrap();
+    // The end: the run bucket and two step buckets (one with 0.25 USD of a float sum).
+    let mut run = bucket("t", "summarize", a.created_at, "", "");
+    run.counters.add(names::SUCCEEDED, 1.0);
+    run.counters.add("l.40", 1.0);
+    run.counters.add(names::COST, 0.35);
+    let mut gen = bucket("t", "summarize", a.created_at, "gen", "m/small");
+    gen.ord = 1;
+    gen.counters.add(names::EXECUTIONS, 1.0);
+    gen.counters.add(names::COST, 0.25);
+    gen.counters.add("t.input", 120.0);
+    let mut check = bucket("t", "summarize", a.created_at, "check", "m/judge");
+    check.kind = "validate".into();
+    check.ord = 2;
+    check.counters.add(names::JUDGE_SCORE, 0.75);
+    let ended_buckets = vec![run, gen, check];
+    let mut ended = a.clone();
+    ended.status = RunStatus::Succeeded;
+    ended.ended_at = Some(t0 + 500);
+    let v = s
+        .end_run(&ended, &[ev(500, EventKind::RunSucceeded)], &ended_buckets)
+        .await
+        .unwrap();
+    assert_eq!(v, a.version + 1);
+    assert_eq!(
+        s.load_header("a").await.unwrap().unwrap().status,
+        RunStatus::Succeeded
+    );
+    // A second end from the same read (a duplicated wake-up) loses, and adds nothing.
+    assert!(conflict(
+        s.end_run(&ended, &[ev(501, EventKind::RunSucceeded)], &ended_buckets)
+            .await
+    ));
+    assert!(matches!(
+        s.end_run(&header("ghost", "t", t0), &[], &ended_buckets)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    // b ends too, on the same step bucket.
+    let mut b_end = b.clone();
+    b_end.status = RunStatus::Failed;
+    let mut b_run = bucket("t", "summarize", b.created_at, "", "");
+    b_run.counters.add(names::FAILED, 1.0);
+    b_run.counters.add("e.timeout", 1.0);
+    let mut b_gen = bucket("t", "summarize", b.created_at, "gen", "m/small");
+    b_gen.ord = 1;
+    b_gen.counters.add(names::EXECUTIONS, 1.0);
+    b_gen.counters.add(names::COST, 0.1);
+    s.end_run(&b_end, &[], &[b_run, b_gen]).await.unwrap();
+
+    let got = s.stats_buckets(&q(t(), None, t0, t0)).await.unwrap();
+    assert_eq!(got.len(), 3, "{got:?}");
+    let run = find(&got, "", "");
+    let want = [
+        (names::STARTED, 2.0),
+        (names::SUCCEEDED, 1.0),
+        (names::FAILED, 1.0),
+        ("e.timeout", 1.0),
+        ("l.40", 1.0),
+    ];
+    for (name, v) in want {
+        assert_eq!(run.counters.get(name), v, "{name}: {run:?}");
+    }
+    assert!((run.counters.get(names::COST) - 0.35).abs() < 1e-12);
+    let gen = find(&got, "gen", "m/small");
+    assert_eq!(
+        (gen.kind.as_str(), gen.ord, gen.key.prompt_version.as_str()),
+        ("model", 1, "v1")
+    );
+    assert_eq!(gen.counters.get(names::EXECUTIONS), 2.0);
+    assert!((gen.counters.get(names::COST) - 0.35).abs() < 1e-12);
+    assert_eq!(gen.counters.get("t.input"), 120.0);
+    let check = find(&got, "check", "m/judge");
+    assert_eq!((check.kind.as_str(), check.ord), ("validate", 2));
+    assert_eq!(check.counters.get(names::JUDGE_SCORE), 0.75);
+
+    // Hours, workflow and tenant select.
+    let two_hours = s.stats_buckets(&q(t(), None, t0, t0 + HOUR)).await.unwrap();
+    let started: u64 = two_hours
+        .iter()
+        .map(|b| b.counters.count(names::STARTED))
+        .sum();
+    assert_eq!((two_hours.len(), started), (4, 3));
+    let later = s
+        .stats_buckets(&q(t(), None, t0 + HOUR, t0 + 5 * HOUR))
+        .await
+        .unwrap();
+    assert_eq!(later.len(), 1);
+    assert!(s
+        .stats_buckets(&q(t(), Some("other"), t0, t0 + HOUR))
+        .await
+        .unwrap()
+        .is_empty());
+    let u = s
+        .stats_buckets(&q(ListScope::Tenant("u#1".into()), None, t0, t0))
+        .await
+        .unwrap();
+    assert_eq!(u.len(), 1);
+    assert_eq!(u[0].key.workflow, "other");
+    assert!(s
+        .stats_buckets(&q(ListScope::Tenant("u".into()), None, t0, t0 + HOUR))
+        .await
+        .unwrap()
+        .is_empty());
+    // Every tenant: answered whole, or refused as a query the store does not serve.
+    match s
+        .stats_buckets(&q(ListScope::AllTenants, None, t0, t0 + HOUR))
+        .await
+    {
+        Ok(all) => assert_eq!(all.len(), 5, "{all:?}"),
+        Err(StoreError::Invalid(_)) => {}
+        Err(e) => panic!("every tenant's stats: {e}"),
+    }
+}
+
+/// A run that ends with more step buckets than one write of the store holds (a DynamoDB
+/// transaction: 100 items) still adds every one.
+pub async fn stats_of_a_run_with_many_steps_are_all_added(s: &dyn StateStore) {
+    let h = header("big", "t", 7_200_000);
+    s.create_run(&h, &[]).await.unwrap();
+    let mut buckets = vec![bucket("t", "summarize", h.created_at, "", "")];
+    buckets[0].counters.add(names::SUCCEEDED, 1.0);
+    for i in 0..130 {
+        let mut b = bucket("t", "summarize", h.created_at, &format!("s{i:03}"), "m/x");
+        b.ord = i;
+        b.counters.add(names::EXECUTIONS, 1.0);
+        buckets.push(b);
+    }
+    let mut ended = h.clone();
+    ended.status = RunStatus::Succeeded;
+    s.end_run(&ended, &[ev(1, EventKind::RunSucceeded)], &buckets)
+        .await
+        .unwrap();
+    let got = s
+        .stats_buckets(&BucketQuery {
+            scope: ListScope::Tenant("t".into()),
+            workflow: Some("summarize".into()),
+            from_hour: 7_200_000,
+            to_hour: 7_200_000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 131);
+    let executions: u64 = got
+        .iter()
+        .map(|b| b.counters.count(names::EXECUTIONS))
+        .sum();
+    assert_eq!(executions, 130);
+    assert_eq!(find(&got, "", "").counters.count(names::STARTED), 1);
 }

@@ -20,6 +20,7 @@
 //! - [`recovery`]: the recovery bound and which runs a sweep wakes again.
 //! - [`telemetry`]: every metric (name, unit, dimensions) and what each write of a run reports;
 //!   the trace attribute names.
+//! - [`stats`]: the stats aggregates a run adds to its hour buckets, and the latency histogram.
 //! - [`upload`]: client uploads (declarations, `{"$upload"}` references, decoding for models).
 //!
 //! No tokio, no AWS, no HTTP: CI fails if `cargo tree -p switchyard-core` shows any of them.
@@ -42,6 +43,7 @@ pub mod retry;
 pub mod schema;
 pub mod settle;
 pub mod state;
+pub mod stats;
 pub mod telemetry;
 pub mod time;
 pub mod upload;

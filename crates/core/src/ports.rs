@@ -6,6 +6,7 @@
 
 use crate::error::StoreError;
 use crate::state::{HistoryEvent, Lease, Notification, RunHeader, RunSnapshot, StepRecord, WakeUp};
+use crate::stats::{Bucket, BucketQuery};
 use crate::time::Millis;
 use crate::upload::Declared;
 use async_trait::async_trait;
@@ -130,7 +131,8 @@ pub const IDEMPOTENCY_TTL_MS: Millis = 24 * 60 * 60 * 1000;
 #[async_trait]
 pub trait StateStore: Send + Sync {
     /// Writes a new run header, stored at version 1, with its first history events in the
-    /// same write. `Conflict` if the run id exists.
+    /// same write, and counts the run in its stats bucket (`started`, [`crate::stats::started`])
+    /// in that write too. `Conflict` if the run id exists.
     async fn create_run(
         &self,
         header: &RunHeader,
@@ -156,6 +158,24 @@ pub trait StateStore: Send + Sync {
         header: &RunHeader,
         events: &[HistoryEvent],
     ) -> Result<u64, StoreError>;
+
+    /// The write that ends a run: [`StateStore::put_header`] of a header whose status has
+    /// ended, and in the same write (one SQLite transaction, one DynamoDB transaction) the
+    /// run's figures added to its stats buckets (`crate::stats::RunFacts::buckets`). The
+    /// header's version condition makes the end happen once, so the figures are added once:
+    /// a stale version is `Conflict` and adds nothing. (DynamoDB: a run with more step buckets
+    /// than one transaction holds adds the rest in follow-up writes; docs/architecture.md.)
+    async fn end_run(
+        &self,
+        header: &RunHeader,
+        events: &[HistoryEvent],
+        stats: &[Bucket],
+    ) -> Result<u64, StoreError>;
+
+    /// The stats buckets `q` selects, each once with its counters summed (any order). A
+    /// store that cannot answer a query without reading beyond its buckets says `Invalid`
+    /// (DynamoDB: every tenant at once).
+    async fn stats_buckets(&self, q: &BucketQuery) -> Result<Vec<Bucket>, StoreError>;
 
     /// Takes the run's lease for `owner` until `lease.until`, if the lease is free, expired at
     /// `now`, or already held by the same owner, and marks a run that has not ended `running`

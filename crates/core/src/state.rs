@@ -277,6 +277,22 @@ pub struct TokenPrices {
     pub cache_write_per_mtok: Option<f64>,
 }
 
+impl Usage {
+    /// Every token count by a short name, for sums that follow the fields (`crate::stats`
+    /// keeps one counter per name: `t.input`, `t.cache_read`…; the `tokens` metric's `kind`).
+    /// Cache counts are parts of `input`, reasoning a part of `output`. A new field belongs
+    /// here too.
+    pub fn counts(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("input", self.input_tokens),
+            ("output", self.output_tokens),
+            ("cache_read", self.cache_read_tokens),
+            ("cache_write", self.cache_write_tokens),
+            ("reasoning", self.reasoning_tokens),
+        ]
+    }
+}
+
 /// A job handed to an asynchronous provider; the result arrives by webhook or by polling.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRef {
@@ -382,6 +398,10 @@ pub struct StepRecord {
     /// never run again for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub download: Option<AssetDownload>,
+    /// Validate steps with a judge: the score of the last verdict (`crate::judge`), which
+    /// stats average per step, model and prompt version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge_score: Option<f64>,
     pub version: u64,
 }
 
@@ -467,6 +487,7 @@ impl StepRecord {
             lost: 0,
             selected: None,
             download: None,
+            judge_score: None,
             version: 0,
         }
     }

@@ -492,16 +492,7 @@ pub fn step_metrics(
 /// A record's tokens by the `kind` dimension's values. Cache and reasoning tokens are parts
 /// of input and output (`Usage`), so `kind="input"` alone is every input token.
 pub fn token_kinds(rec: &StepRecord) -> Vec<(&'static str, u64)> {
-    match &rec.usage {
-        None => Vec::new(),
-        Some(u) => vec![
-            ("input", u.input_tokens),
-            ("output", u.output_tokens),
-            ("cache_read", u.cache_read_tokens),
-            ("cache_write", u.cache_write_tokens),
-            ("reasoning", u.reasoning_tokens),
-        ],
-    }
+    rec.usage.map(|u| u.counts()).unwrap_or_default()
 }
 
 /// The metrics of a run's end (`header` as written, with its end).

@@ -450,7 +450,8 @@ impl Engine {
                 "cost_usd": meta.cost_usd,
             }),
         );
-        let rec = settle::with_meta(claimed, meta);
+        let mut rec = settle::with_meta(claimed, meta);
+        rec.judge_score = Some(verdict.score);
         let lines = match problems {
             Ok(()) => {
                 let value = refs::resolve(&v.value, &cx.scope)

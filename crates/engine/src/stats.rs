@@ -1,62 +1,101 @@
-//! `switchyard stats` and `GET /v1/stats` (docs/api.md#get-v1stats): per workflow and step, over
-//! the runs created in a time window — outcomes and failures by error class, latency percentiles,
-//! cost and tokens, retry, fallback, validation-failure and escalation rates, and what cascades
-//! saved against always asking their top model.
+//! `switchyard stats` and `GET /v1/stats` (docs/api.md#get-v1stats): per workflow and per step, over the
+//! runs created in a time window — outcomes and failures by error class, latency percentiles,
+//! cost and tokens, retry, fallback, validation-failure and escalation rates, judge scores,
+//! and what cascades saved against always asking their top model; with `by`, the same figures
+//! side by side per model or per prompt version of each step.
 //!
-//! Two halves:
-//! - [`RunFacts::from_snapshot`] and [`aggregate`] are pure: a run's persisted state (the same
-//!   records the run document is built from, `crate::view`) becomes a few numbers, and runs
-//!   become the figures. Table tests cover them.
-//! - [`Engine::stats`] pages through the store's run listing, newest first, for one tenant
-//!   (the HTTP API) or all (the local CLI), loads each run in the window and aggregates.
+//! # Read from aggregates, never from runs
+//!
+//! The figures are sums kept in hour buckets (`switchyard_core::stats`; docs/architecture.md,
+//! "Stats aggregates"): a run's creation adds `started` to its tenant × workflow × hour
+//! bucket, its end adds its outcome and its steps' figures (one bucket per step × model ×
+//! prompt version) in the same write that ends it. [`Engine::stats`] reads the buckets of the
+//! window ([`StateStore::stats_buckets`](switchyard_core::ports::StateStore::stats_buckets))
+//! and the in-flight runs' headers (the sweep's `active_runs` listing, at most
+//! [`MAX_STATS_ACTIVE`]) to tell waiting runs from running ones; nothing else. The cost of an
+//! answer follows the window's buckets, not its runs.
 //!
 //! Definitions (docs/api.md, "GET /v1/stats", says the same to users):
-//! - **Percentiles** are nearest-rank: of `n` values sorted ascending, the p-th percentile is
-//!   the value at rank `ceil(p/100 × n)` (1-based). Always one of the observed values.
+//! - **Window**: the runs created from the start of the UTC hour `now − since` falls in, to
+//!   now: buckets are whole hours, so the first hour is counted whole (`window.from` says so).
+//! - **Percentiles** are read from a log-scale histogram (`switchyard_core::stats::bin_of`):
+//!   the nearest-rank percentile's bin (rank `ceil(p/100 × n)` of `n` values), reported as the
+//!   bin's midpoint — within 1/32 (3.125 %) of the exact nearest-rank value, exact below 32 ms.
 //! - **Run outcome rates** are over the runs that have ended (succeeded, failed, cancelled);
-//!   runs still pending, running or waiting are counted but not in the rates. Run latency is
-//!   `ended_at − created_at` of the ended runs.
-//! - **A step execution** is a step that started in a run (a skipped or never-reached step is
-//!   not one). A step with no execution in the window is left out. Its success rate is over the
-//!   executions that finished (succeeded or failed); retry, fallback, validation-failure and
-//!   escalation rates are over all its executions. Step latency is the step's `latency_ms`
-//!   (the sum of its provider calls) of finished executions.
-//! - **Retried**: more than one attempt, not counting one call per cascade escalation. **Validation failure**: a `validate` step that failed
-//!   or requested a repair (its `repairs` count, one per `step_repair_requested` event).
+//!   runs still pending, running or waiting are counted (`started − ended`) but not in the
+//!   rates. Run latency is `ended_at − created_at` of the ended runs.
+//! - **A step execution** is a step that started in a run that has **ended** (a skipped or
+//!   never-reached step is not one; the steps of runs in flight are added when they end). Its
+//!   success rate is over the executions that finished (succeeded or failed); retry, fallback,
+//!   validation-failure and escalation rates are over all its executions. Step latency is the
+//!   step's `latency_ms` (the sum of its provider calls) of finished executions.
+//! - **Retried**: more than one attempt, not counting one call per cascade escalation.
+//!   **Validation failure**: a `validate` step that failed or requested a repair. In the `by`
+//!   view a model step's validation-failure rate is over the executions a validate step
+//!   checked (the validate step's `repair` target, else the first step its value names).
+//! - **Judge score**: the mean of the last verdict's score of each judged execution.
 //! - **Cascade figures** count only executions that carry a baseline (what the cascade's top
 //!   model would have cost for the same calls): `saving_usd = baseline_usd − cost_usd`, and
 //!   `saving_pct` is the saving as a percentage of the baseline.
+//! - A step execution counts under the model and prompt version of its last attempt.
 
 use crate::{Engine, EngineError};
-use futures::StreamExt;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use switchyard_core::budget::round_usd as usd;
-use switchyard_core::ports::{ListScope, RunQuery, MAX_LIST_LIMIT};
-use switchyard_core::state::{RunSnapshot, RunStatus, StepStatus, Usage};
+use switchyard_core::ports::{ListScope, StateStore, MAX_LIST_LIMIT};
+use switchyard_core::state::RunStatus;
+use switchyard_core::stats::{hour_of, names, Bucket, BucketKey, BucketQuery, Counters, Histogram};
 use switchyard_core::time::Dur;
-use switchyard_core::workflow::Workflow;
-use switchyard_core::ErrorClass;
+use switchyard_core::Millis;
+
+pub use switchyard_core::stats::{RunFacts, StepFacts};
 
 /// The window when none is given (`--since`, `since`).
 pub const DEFAULT_SINCE: &str = "24h";
 
-/// The most runs one stats answer reads: the newest this many in the window. Past it the
-/// answer says `truncated: true` (a narrower `since` or a `workflow` filter covers the rest).
-pub const MAX_STATS_RUNS: usize = 10_000;
+/// The most in-flight runs one stats answer reads to tell waiting runs from running ones
+/// (one page of the sweep's listing). Past it the answer says `truncated: true`: the runs in
+/// flight are all counted, but some waiting ones may be counted as running.
+pub const MAX_STATS_ACTIVE: usize = MAX_LIST_LIMIT;
 
-/// Runs loaded at once while aggregating (each is one read of the store).
-const LOAD_CONCURRENCY: usize = 8;
+/// What the `by` view compares.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum By {
+    /// The model of a step's last attempt.
+    Model,
+    /// The `prompt.version` of a model step's prompt.
+    PromptVersion,
+}
+
+impl By {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            By::Model => "model",
+            By::PromptVersion => "prompt_version",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<By> {
+        [By::Model, By::PromptVersion]
+            .into_iter()
+            .find(|b| b.as_str() == s)
+    }
+}
 
 /// What to aggregate: whose runs, which workflow, how far back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatsQuery {
     pub scope: ListScope,
     pub workflow: Option<String>,
-    /// Runs created at most this long before now.
+    /// Runs created at most this long before now (from the start of that hour).
     pub since: Dur,
     /// `since` as the caller wrote it (`24h`, `7d`), echoed in the answer's window.
     pub since_text: String,
+    /// Also compare each step's models or prompt versions side by side.
+    pub by: Option<By>,
 }
 
 impl StatsQuery {
@@ -94,7 +133,21 @@ impl StatsQuery {
             workflow: workflow.map(str::to_string),
             since,
             since_text,
+            by: None,
         })
+    }
+
+    /// Adds the caller's `by` (`model` or `prompt_version`); anything else is a `BadRequest`
+    /// naming `by`.
+    pub fn with_by(mut self, by: Option<&str>) -> Result<StatsQuery, EngineError> {
+        self.by = match by.map(str::trim) {
+            None => None,
+            Some(b) => Some(By::parse(b).ok_or_else(|| EngineError::BadRequest {
+                field: Some("by".into()),
+                message: "by must be `model` or `prompt_version`".into(),
+            })?),
+        };
+        Ok(self)
     }
 }
 
@@ -111,17 +164,20 @@ pub struct Stats {
     pub workflow: Option<String>,
     /// Runs counted.
     pub runs: u64,
-    /// More runs were created in the window than one answer reads (10000); the newest were
-    /// counted.
+    /// More runs were in flight than one answer reads to tell waiting from running (1000):
+    /// every run is counted, but some waiting ones may be counted as running.
     pub truncated: bool,
-    /// Cost of every counted run, USD.
+    /// Cost of every counted run that has ended, USD.
     pub cost_usd: f64,
-    /// Tokens of every counted run.
-    pub usage: Usage,
     /// Cascade savings over every workflow; `null` when no step execution had a baseline.
     pub cascade: Option<Saving>,
     /// By workflow name.
     pub workflows: Vec<WorkflowStats>,
+    /// What `variants` compares (`model`, `prompt_version`); `null` when not asked.
+    pub by: Option<By>,
+    /// With `by`: each step's figures per model or prompt version, side by side (by
+    /// workflow, then the steps' order, then the variant); empty otherwise.
+    pub variants: Vec<VariantStats>,
 }
 
 /// The time window: runs created in `[from, to]`.
@@ -130,7 +186,8 @@ pub struct Stats {
 pub struct Window {
     /// The duration asked for, e.g. `24h`.
     pub since: String,
-    /// Milliseconds since the Unix epoch.
+    /// Milliseconds since the Unix epoch: the start of the UTC hour `to − since` falls in
+    /// (figures are kept per hour, and the first hour is counted whole).
     pub from: u64,
     pub to: u64,
 }
@@ -158,19 +215,20 @@ pub struct WorkflowStats {
     pub failure_rate_by_class: BTreeMap<String, f64>,
     /// Created → ended, over the ended runs; `null` when none has ended.
     pub latency_ms: Option<Latency>,
+    /// Of the ended runs.
     pub cost_usd: f64,
-    /// `cost_usd / runs`.
+    /// `cost_usd / ended` (runs in flight have no final cost yet).
     pub mean_cost_usd: f64,
-    /// Tokens of the workflow's runs together.
-    pub usage: Usage,
+    /// Tokens of the ended runs by kind (`input`, `output`).
+    pub tokens: BTreeMap<String, u64>,
     /// The workflow's cascade steps together; `null` when none had a baseline.
     pub cascade: Option<Saving>,
-    /// In the definition's order (newest run's definition first).
+    /// In the definition's order (the newest hour's definition).
     pub steps: Vec<StepStats>,
 }
 
-/// Nearest-rank percentiles, in milliseconds: of `count` values sorted ascending, the p-th is
-/// the value at rank `ceil(p/100 × count)`.
+/// Latency percentiles in milliseconds, read from a log-scale histogram: the nearest-rank
+/// percentile's bin midpoint, within 1/32 of the exact value (exact below 32 ms).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Latency {
@@ -187,7 +245,7 @@ pub struct StepStats {
     pub step: String,
     /// `model`, `retrieve`, `route`, `parallel`, `validate`, `transform`, `approval`.
     pub kind: String,
-    /// Runs in which the step started.
+    /// Ended runs in which the step started.
     pub executions: u64,
     pub succeeded: u64,
     pub failed: u64,
@@ -201,8 +259,8 @@ pub struct StepStats {
     pub cost_usd: f64,
     /// `cost_usd / executions`.
     pub mean_cost_usd: f64,
-    /// Tokens of the step's executions together.
-    pub usage: Usage,
+    /// Tokens by kind (`input`, `output`).
+    pub tokens: BTreeMap<String, u64>,
     /// Executions with more than one attempt / executions.
     pub retry_rate: f64,
     /// Executions answered by a fallback model / executions.
@@ -210,6 +268,10 @@ pub struct StepStats {
     /// Validate steps: executions that failed or requested a repair / executions; `null` for
     /// other kinds.
     pub validation_failure_rate: Option<f64>,
+    /// Executions a judge scored.
+    pub judged: u64,
+    /// The mean of their scores (0–1, four places); `null` when none was judged.
+    pub judge_score: Option<f64>,
     /// Executions that moved to a higher cascade tier at least once / executions; `null` for a
     /// step that never escalated and never carried a baseline (not a cascade).
     pub escalation_rate: Option<f64>,
@@ -218,6 +280,35 @@ pub struct StepStats {
     /// What the step saved against always using the cascade's top model; `null` when no
     /// execution had a baseline.
     pub cascade: Option<Saving>,
+}
+
+/// One step's figures for one model or prompt version (`by`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VariantStats {
+    pub workflow: String,
+    pub step: String,
+    pub kind: String,
+    /// The model (`by=model`) or prompt version (`by=prompt_version`).
+    pub variant: String,
+    /// Executions of the step that ended on this variant.
+    pub executions: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// `succeeded / (succeeded + failed)`.
+    pub success_rate: Option<f64>,
+    /// Executions a validate step checked (its own, for a validate step).
+    pub validations: u64,
+    /// Of those, the share that failed the check or was sent back for a repair; `null` when
+    /// none was checked.
+    pub validation_failure_rate: Option<f64>,
+    pub judged: u64,
+    /// Mean judge score; `null` when none was judged.
+    pub judge_score: Option<f64>,
+    pub latency_ms: Option<Latency>,
+    pub tokens: BTreeMap<String, u64>,
+    pub cost_usd: f64,
+    pub mean_cost_usd: f64,
 }
 
 /// A cascade's saving over the executions that carry a baseline.
@@ -236,127 +327,14 @@ pub struct Saving {
     pub saving_pct: Option<f64>,
 }
 
-// ---- one run's facts ----
+// ---- from buckets to the document ----
 
-/// What stats needs of one run: a few numbers per step, nothing of its inputs or outputs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunFacts {
-    pub workflow: String,
-    pub status: RunStatus,
-    /// The class a failed run ended with.
-    pub error_class: Option<ErrorClass>,
-    pub created_at: u64,
-    pub ended_at: Option<u64>,
-    pub cost_usd: f64,
-    /// Tokens of every step together.
-    pub usage: Usage,
-    /// In the definition's order; steps that never started are left out.
-    pub steps: Vec<StepFacts>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepFacts {
-    pub step: String,
-    pub kind: String,
-    pub status: StepStatus,
-    /// The class a failed step ended with.
-    pub error_class: Option<ErrorClass>,
-    pub attempts: u32,
-    pub latency_ms: u64,
-    pub cost_usd: f64,
-    /// Tokens of the step's calls (0 when none reported any).
-    pub usage: Usage,
-    pub fallback_used: bool,
-    /// Validate steps: repairs requested.
-    pub repairs: u32,
-    /// The model of the last attempt (the one that answered, when the step succeeded).
-    pub model: Option<String>,
-    /// Moves to a higher cascade tier.
-    pub escalations: usize,
-    /// What the cascade's top model would have cost for the step's calls.
-    pub baseline_usd: Option<f64>,
-}
-
-impl StepFacts {
-    fn finished(&self) -> bool {
-        matches!(self.status, StepStatus::Succeeded | StepStatus::Failed)
-    }
-}
-
-impl RunFacts {
-    /// The facts of a run, from its persisted state and the definition it pinned (for the
-    /// order and kind of its steps), read the way the run document reads them (`crate::view`).
-    pub fn from_snapshot(wf: &Workflow, snap: &RunSnapshot) -> RunFacts {
-        let h = &snap.header;
-        let steps = wf
-            .steps
-            .iter()
-            .filter_map(|s| {
-                let r = snap.step(&s.id)?;
-                let started = match r.status {
-                    StepStatus::Skipped => false,
-                    // A validate step sent back to pending by a repair has run already.
-                    StepStatus::Pending => r.attempt > 0,
-                    _ => true,
-                };
-                started.then(|| StepFacts {
-                    step: s.id.clone(),
-                    kind: s.kind.name().to_string(),
-                    status: r.status,
-                    error_class: if r.status == StepStatus::Failed {
-                        r.error.as_ref().map(|e| e.class)
-                    } else {
-                        None
-                    },
-                    attempts: r.attempt,
-                    latency_ms: r.latency_ms,
-                    cost_usd: r.cost_usd,
-                    usage: r.usage.unwrap_or_default(),
-                    fallback_used: r.fallback_used,
-                    repairs: r.repairs,
-                    model: r.model.clone(),
-                    escalations: r.escalations.len(),
-                    baseline_usd: r.baseline_usd,
-                })
-            })
-            .collect();
-        RunFacts {
-            workflow: h.workflow.name.clone(),
-            status: h.status,
-            error_class: if h.status == RunStatus::Failed {
-                h.error.as_ref().map(|e| e.class)
-            } else {
-                None
-            },
-            created_at: h.created_at,
-            ended_at: h.ended_at,
-            cost_usd: snap.cost_usd(),
-            usage: snap.usage(),
-            steps,
-        }
-    }
-}
-
-// ---- aggregation ----
-
-/// The `p`-th nearest-rank percentile (0 < p ≤ 100) of values sorted ascending; `None` for
-/// no values.
-pub fn percentile(sorted: &[u64], p: u32) -> Option<u64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let n = sorted.len();
-    let rank = (p.clamp(1, 100) as usize * n).div_ceil(100).max(1);
-    sorted.get(rank - 1).copied()
-}
-
-fn latency(mut values: Vec<u64>) -> Option<Latency> {
-    values.sort_unstable();
+fn latency(h: &Histogram) -> Option<Latency> {
     Some(Latency {
-        count: values.len() as u64,
-        p50: percentile(&values, 50)?,
-        p95: percentile(&values, 95)?,
-        p99: percentile(&values, 99)?,
+        count: h.count(),
+        p50: h.percentile(50)?,
+        p95: h.percentile(95)?,
+        p99: h.percentile(99)?,
     })
 }
 
@@ -365,212 +343,149 @@ fn rate(part: u64, whole: u64) -> Option<f64> {
     (whole > 0).then(|| (part as f64 / whole as f64 * 1e4).round() / 1e4)
 }
 
-#[derive(Default)]
-struct SavingAcc {
-    executions: u64,
-    baseline: f64,
-    cost: f64,
+fn mean(sum: f64, n: u64) -> Option<f64> {
+    (n > 0).then(|| (sum / n as f64 * 1e4).round() / 1e4)
 }
 
-impl SavingAcc {
-    fn add(&mut self, baseline: f64, cost: f64) {
-        self.executions += 1;
-        self.baseline += baseline;
-        self.cost += cost;
-    }
-
-    fn merge(&mut self, other: &SavingAcc) {
-        self.executions += other.executions;
-        self.baseline += other.baseline;
-        self.cost += other.cost;
-    }
-
-    fn finish(&self) -> Option<Saving> {
-        (self.executions > 0).then(|| {
-            let saving = self.baseline - self.cost;
-            Saving {
-                executions: self.executions,
-                baseline_usd: usd(self.baseline),
-                cost_usd: usd(self.cost),
-                saving_usd: usd(saving),
-                saving_pct: (self.baseline > 0.0)
-                    .then(|| (saving / self.baseline * 1e4).round() / 100.0),
-            }
-        })
-    }
+/// The saving of counters holding `b.n`, `b.usd`, `b.cost`.
+fn saving(c: &Counters) -> Option<Saving> {
+    let executions = c.count(names::BASELINE_N);
+    let (baseline, cost) = (c.get(names::BASELINE_USD), c.get(names::BASELINE_COST));
+    (executions > 0).then(|| {
+        let saving = baseline - cost;
+        Saving {
+            executions,
+            baseline_usd: usd(baseline),
+            cost_usd: usd(cost),
+            saving_usd: usd(saving),
+            saving_pct: (baseline > 0.0).then(|| (saving / baseline * 1e4).round() / 100.0),
+        }
+    })
 }
 
-#[derive(Default)]
+/// A step's buckets together: counters summed, and the kind, place and hour of the newest.
 struct StepAcc {
     kind: String,
-    executions: u64,
-    succeeded: u64,
-    failed: u64,
-    failures: BTreeMap<String, u64>,
-    latencies: Vec<u64>,
-    cost: f64,
-    usage: Usage,
-    retried: u64,
-    fallbacks: u64,
-    validation_failures: u64,
-    escalated: u64,
-    cascade_seen: bool,
+    ord: u32,
+    hour: u64,
+    counters: Counters,
     answered_by: BTreeMap<String, u64>,
-    saving: SavingAcc,
 }
 
 impl StepAcc {
-    fn add(&mut self, s: &StepFacts) {
-        self.executions += 1;
-        match s.status {
-            StepStatus::Succeeded => {
-                self.succeeded += 1;
-                if let Some(m) = &s.model {
-                    *self.answered_by.entry(m.clone()).or_default() += 1;
-                }
-            }
-            StepStatus::Failed => {
-                self.failed += 1;
-                if let Some(c) = s.error_class {
-                    *self.failures.entry(c.as_str().to_string()).or_default() += 1;
-                }
-            }
-            _ => {}
+    fn new() -> StepAcc {
+        StepAcc {
+            kind: String::new(),
+            ord: 0,
+            hour: 0,
+            counters: Counters::default(),
+            answered_by: BTreeMap::new(),
         }
-        if s.finished() {
-            self.latencies.push(s.latency_ms);
+    }
+
+    fn add(&mut self, b: &Bucket) {
+        if b.key.hour >= self.hour || self.kind.is_empty() {
+            self.hour = b.key.hour;
+            self.kind = b.kind.clone();
+            self.ord = b.ord;
         }
-        self.cost += s.cost_usd;
-        self.usage += s.usage;
-        // A cascade's move up a tier is a call on another model, not a retry.
-        self.retried += u64::from(s.attempts as usize > 1 + s.escalations);
-        self.fallbacks += u64::from(s.fallback_used);
-        self.validation_failures += u64::from(s.status == StepStatus::Failed || s.repairs > 0);
-        self.escalated += u64::from(s.escalations > 0);
-        self.cascade_seen |= s.escalations > 0 || s.baseline_usd.is_some();
-        if let Some(b) = s.baseline_usd {
-            self.saving.add(b, s.cost_usd);
+        self.counters.merge(&b.counters);
+        let answered = b.counters.count(names::SUCCEEDED);
+        if !b.key.model.is_empty() && answered > 0 {
+            *self.answered_by.entry(b.key.model.clone()).or_default() += answered;
         }
     }
 
     fn finish(self, step: String) -> StepStats {
-        let finished = self.succeeded + self.failed;
-        let n = self.executions;
+        let c = &self.counters;
+        let n = c.count(names::EXECUTIONS);
+        let (succeeded, failed) = (c.count(names::SUCCEEDED), c.count(names::FAILED));
+        let finished = succeeded + failed;
+        let cost = c.get(names::COST);
+        let judged = c.count(names::JUDGED);
         StepStats {
             step,
             validation_failure_rate: (self.kind == "validate")
-                .then(|| rate(self.validation_failures, n))
+                .then(|| rate(c.count(names::VALIDATION_FAILED), n))
                 .flatten(),
-            kind: self.kind,
+            kind: self.kind.clone(),
             executions: n,
-            succeeded: self.succeeded,
-            failed: self.failed,
-            success_rate: rate(self.succeeded, finished),
-            failure_rate: rate(self.failed, finished),
-            failures_by_class: self.failures,
-            latency_ms: latency(self.latencies),
-            cost_usd: usd(self.cost),
-            mean_cost_usd: usd(if n > 0 { self.cost / n as f64 } else { 0.0 }),
-            usage: self.usage,
-            retry_rate: rate(self.retried, n).unwrap_or(0.0),
-            fallback_rate: rate(self.fallbacks, n).unwrap_or(0.0),
-            escalation_rate: if self.cascade_seen {
-                rate(self.escalated, n)
+            succeeded,
+            failed,
+            success_rate: rate(succeeded, finished),
+            failure_rate: rate(failed, finished),
+            failures_by_class: c.errors(),
+            latency_ms: latency(&c.latency()),
+            cost_usd: usd(cost),
+            mean_cost_usd: usd(if n > 0 { cost / n as f64 } else { 0.0 }),
+            tokens: c.tokens(),
+            retry_rate: rate(c.count(names::RETRIED), n).unwrap_or(0.0),
+            fallback_rate: rate(c.count(names::FALLBACK), n).unwrap_or(0.0),
+            judged,
+            judge_score: mean(c.get(names::JUDGE_SCORE), judged),
+            escalation_rate: if c.count(names::CASCADE) > 0 {
+                rate(c.count(names::ESCALATED), n)
             } else {
                 None
             },
             answered_by: self.answered_by,
-            cascade: self.saving.finish(),
+            cascade: saving(c),
         }
     }
 }
 
 #[derive(Default)]
 struct WorkflowAcc {
-    runs: u64,
-    by_status: BTreeMap<&'static str, u64>,
-    failures: BTreeMap<String, u64>,
-    latencies: Vec<u64>,
-    cost: f64,
-    usage: Usage,
-    /// Step name → figures, in first-seen order.
-    steps: Vec<(String, StepAcc)>,
+    run: Counters,
+    steps: BTreeMap<String, StepAcc>,
 }
 
 impl WorkflowAcc {
-    fn add(&mut self, r: &RunFacts) {
-        self.runs += 1;
-        let bucket = match r.status {
-            RunStatus::Pending | RunStatus::Running => "running",
-            other => other.as_str(),
-        };
-        *self.by_status.entry(bucket).or_default() += 1;
-        if let Some(c) = r.error_class {
-            *self.failures.entry(c.as_str().to_string()).or_default() += 1;
-        }
-        if r.status.is_terminal() {
-            if let Some(end) = r.ended_at {
-                self.latencies.push(end.saturating_sub(r.created_at));
-            }
-        }
-        self.cost += r.cost_usd;
-        self.usage += r.usage;
-        for s in &r.steps {
-            let i = match self.steps.iter().position(|(name, _)| *name == s.step) {
-                Some(i) => i,
-                None => {
-                    let acc = StepAcc {
-                        kind: s.kind.clone(),
-                        ..StepAcc::default()
-                    };
-                    self.steps.push((s.step.clone(), acc));
-                    self.steps.len() - 1
-                }
-            };
-            if let Some((_, acc)) = self.steps.get_mut(i) {
-                acc.add(s);
-            }
-        }
-    }
-
-    fn finish(self, workflow: String, all: &mut SavingAcc) -> WorkflowStats {
-        let count = |k: &str| self.by_status.get(k).copied().unwrap_or(0);
-        let (succeeded, failed, cancelled) =
-            (count("succeeded"), count("failed"), count("cancelled"));
+    fn finish(self, workflow: String, waiting: u64, all: &mut Counters) -> WorkflowStats {
+        let c = &self.run;
+        let (succeeded, failed, cancelled) = (
+            c.count(names::SUCCEEDED),
+            c.count(names::FAILED),
+            c.count(names::CANCELLED),
+        );
         let ended = succeeded + failed + cancelled;
-        let mut saving = SavingAcc::default();
-        for (_, s) in &self.steps {
-            saving.merge(&s.saving);
+        // A run created before the aggregates existed may end without a `started`.
+        let runs = c.count(names::STARTED).max(ended);
+        let in_flight = runs - ended;
+        let waiting = waiting.min(in_flight);
+        let failures = c.errors();
+        let cost = c.get(names::COST);
+        let mut steps: Vec<(String, StepAcc)> = self.steps.into_iter().collect();
+        steps.sort_by(|a, b| (a.1.ord, &a.0).cmp(&(b.1.ord, &b.0)));
+        let mut cascade = Counters::default();
+        for (_, s) in &steps {
+            for name in [names::BASELINE_N, names::BASELINE_USD, names::BASELINE_COST] {
+                cascade.add(name, s.counters.get(name));
+            }
         }
-        all.merge(&saving);
+        all.merge(&cascade);
         WorkflowStats {
             workflow,
-            runs: self.runs,
+            runs,
             succeeded,
             failed,
             cancelled,
-            waiting: count("waiting"),
-            running: count("running"),
+            waiting,
+            running: in_flight - waiting,
             ended,
             success_rate: rate(succeeded, ended),
             failure_rate: rate(failed, ended),
-            failure_rate_by_class: self
-                .failures
+            failure_rate_by_class: failures
                 .iter()
                 .filter_map(|(c, n)| Some((c.clone(), rate(*n, ended)?)))
                 .collect(),
-            failures_by_class: self.failures,
-            latency_ms: latency(self.latencies),
-            cost_usd: usd(self.cost),
-            mean_cost_usd: usd(if self.runs > 0 {
-                self.cost / self.runs as f64
-            } else {
-                0.0
-            }),
-            usage: self.usage,
-            cascade: saving.finish(),
-            steps: self
-                .steps
+            failures_by_class: failures,
+            latency_ms: latency(&c.latency()),
+            cost_usd: usd(cost),
+            mean_cost_usd: usd(if ended > 0 { cost / ended as f64 } else { 0.0 }),
+            tokens: c.tokens(),
+            cascade: saving(&cascade),
+            steps: steps
                 .into_iter()
                 .map(|(name, acc)| acc.finish(name))
                 .collect(),
@@ -578,8 +493,128 @@ impl WorkflowAcc {
     }
 }
 
-/// Aggregates runs into the stats document. Workflows come sorted by name; steps in the order
-/// they are first met (give runs newest first, and steps follow the newest definition).
+/// The `by` view: step buckets grouped by workflow, step and the variant (buckets without
+/// one — a step with no model, or no prompt version — are left out).
+fn variants(
+    buckets: &[Bucket],
+    by: By,
+    order: &BTreeMap<(String, String), u32>,
+) -> Vec<VariantStats> {
+    let mut groups: BTreeMap<(String, String, String), (String, Counters)> = BTreeMap::new();
+    for b in buckets.iter().filter(|b| !b.key.is_run()) {
+        let variant = match by {
+            By::Model => &b.key.model,
+            By::PromptVersion => &b.key.prompt_version,
+        };
+        if variant.is_empty() {
+            continue;
+        }
+        let g = groups
+            .entry((b.key.workflow.clone(), b.key.step.clone(), variant.clone()))
+            .or_insert_with(|| (b.kind.clone(), Counters::default()));
+        g.1.merge(&b.counters);
+    }
+    let mut out: Vec<VariantStats> = groups
+        .into_iter()
+        .map(|((workflow, step, variant), (kind, c))| {
+            let n = c.count(names::EXECUTIONS);
+            let (succeeded, failed) = (c.count(names::SUCCEEDED), c.count(names::FAILED));
+            let validations = c.count(names::VALIDATED);
+            let judged = c.count(names::JUDGED);
+            let cost = c.get(names::COST);
+            VariantStats {
+                workflow,
+                step,
+                kind,
+                variant,
+                executions: n,
+                succeeded,
+                failed,
+                success_rate: rate(succeeded, succeeded + failed),
+                validations,
+                validation_failure_rate: rate(c.count(names::VALIDATION_FAILED), validations),
+                judged,
+                judge_score: mean(c.get(names::JUDGE_SCORE), judged),
+                latency_ms: latency(&c.latency()),
+                tokens: c.tokens(),
+                cost_usd: usd(cost),
+                mean_cost_usd: usd(if n > 0 { cost / n as f64 } else { 0.0 }),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        let ord = |v: &VariantStats| {
+            order
+                .get(&(v.workflow.clone(), v.step.clone()))
+                .copied()
+                .unwrap_or(u32::MAX)
+        };
+        (&a.workflow, ord(a), &a.step, &a.variant).cmp(&(&b.workflow, ord(b), &b.step, &b.variant))
+    });
+    out
+}
+
+/// What the store's buckets and the in-flight runs say, as the document.
+pub struct Inputs {
+    pub window: Window,
+    pub tenant: Option<String>,
+    pub workflow: Option<String>,
+    pub buckets: Vec<Bucket>,
+    /// Runs in the window waiting, by workflow.
+    pub waiting: BTreeMap<String, u64>,
+    pub truncated: bool,
+    pub by: Option<By>,
+}
+
+/// The stats document from buckets. Workflows come sorted by name; steps in their
+/// definition's order.
+pub fn from_buckets(i: Inputs) -> Stats {
+    let mut by_workflow: BTreeMap<String, WorkflowAcc> = BTreeMap::new();
+    for b in &i.buckets {
+        let acc = by_workflow.entry(b.key.workflow.clone()).or_default();
+        if b.key.is_run() {
+            acc.run.merge(&b.counters);
+        } else {
+            acc.steps
+                .entry(b.key.step.clone())
+                .or_insert_with(StepAcc::new)
+                .add(b);
+        }
+    }
+    let mut order = BTreeMap::new();
+    for (w, acc) in &by_workflow {
+        for (s, st) in &acc.steps {
+            order.insert((w.clone(), s.clone()), st.ord);
+        }
+    }
+    let mut all = Counters::default();
+    let workflows: Vec<WorkflowStats> = by_workflow
+        .into_iter()
+        .map(|(name, acc)| {
+            let waiting = i.waiting.get(&name).copied().unwrap_or(0);
+            acc.finish(name, waiting, &mut all)
+        })
+        .collect();
+    Stats {
+        window: i.window,
+        tenant: i.tenant,
+        workflow: i.workflow,
+        runs: workflows.iter().map(|w| w.runs).sum(),
+        truncated: i.truncated,
+        cost_usd: usd(workflows.iter().map(|w| w.cost_usd).sum()),
+        cascade: saving(&all),
+        variants: i
+            .by
+            .map(|by| variants(&i.buckets, by, &order))
+            .unwrap_or_default(),
+        by: i.by,
+        workflows,
+    }
+}
+
+/// The document of some runs' facts, as if their buckets had been stored: each run counts as
+/// started, an ended one adds its end, a waiting one counts as waiting. Tables of tests and
+/// the CLI's rendering tests build documents this way.
 pub fn aggregate(
     window: Window,
     tenant: Option<String>,
@@ -587,89 +622,95 @@ pub fn aggregate(
     runs: impl IntoIterator<Item = RunFacts>,
     truncated: bool,
 ) -> Stats {
-    let mut by_workflow: BTreeMap<String, WorkflowAcc> = BTreeMap::new();
-    let (mut count, mut cost, mut usage) = (0u64, 0.0f64, Usage::default());
+    let mut buckets = Vec::new();
+    let mut waiting: BTreeMap<String, u64> = BTreeMap::new();
     for r in runs {
-        count += 1;
-        cost += r.cost_usd;
-        usage += r.usage;
-        by_workflow.entry(r.workflow.clone()).or_default().add(&r);
+        let mut started = Bucket {
+            key: BucketKey::run(&r.tenant, &r.workflow, r.created_at),
+            kind: String::new(),
+            ord: 0,
+            counters: Counters::default(),
+        };
+        started.counters.add(names::STARTED, 1.0);
+        buckets.push(started);
+        buckets.extend(r.buckets());
+        if r.status == RunStatus::Waiting {
+            *waiting.entry(r.workflow.clone()).or_default() += 1;
+        }
     }
-    let mut all = SavingAcc::default();
-    let workflows = by_workflow
-        .into_iter()
-        .map(|(name, acc)| acc.finish(name, &mut all))
-        .collect();
-    Stats {
+    from_buckets(Inputs {
         window,
         tenant,
         workflow,
-        runs: count,
+        buckets: switchyard_core::stats::merge(buckets),
+        waiting,
         truncated,
-        cost_usd: usd(cost),
-        usage,
-        cascade: all.finish(),
-        workflows,
-    }
+        by: None,
+    })
 }
 
 // ---- the use-case ----
 
-impl Engine {
-    /// The stats of the runs `q` selects, created from `now − since` to now: pages through the
-    /// listing newest first, loads each run in the window (at most [`MAX_STATS_RUNS`]) and
-    /// aggregates. Runs whose record vanished between the listing and the read are left out.
-    pub async fn stats(&self, q: &StatsQuery) -> Result<Stats, EngineError> {
-        let to = self.now();
-        let from = to.saturating_sub(q.since.ms());
-        let mut ids: Vec<String> = Vec::new();
-        let mut truncated = false;
-        let mut query = RunQuery::new(q.scope.clone(), MAX_LIST_LIMIT);
-        query.workflow = q.workflow.clone();
-        'pages: loop {
-            let page = self.list_runs(&query).await?;
-            for r in page.runs {
-                // Newest first: the first run older than the window ends the listing.
-                if r.created_at < from {
-                    break 'pages;
-                }
-                if ids.len() == MAX_STATS_RUNS {
-                    truncated = true;
-                    break 'pages;
-                }
-                ids.push(r.run_id);
-            }
-            match page.cursor {
-                Some(c) => query.cursor = Some(c),
-                None => break,
-            }
-        }
-        let loaded: Vec<Option<RunFacts>> = futures::stream::iter(ids)
-            .map(|id| async move { self.run_facts(&id).await })
-            .buffered(LOAD_CONCURRENCY)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()?;
-        Ok(aggregate(
-            Window {
-                since: q.since_text.clone(),
-                from,
-                to,
-            },
-            q.scope.tenant().map(str::to_string),
-            q.workflow.clone(),
-            loaded.into_iter().flatten(),
-            truncated,
-        ))
-    }
+/// The stats of the runs `q` selects, created from the start of the hour `now − since` falls
+/// in to `now`: the window's buckets, and the in-flight runs' headers (at most
+/// [`MAX_STATS_ACTIVE`]) for which of them wait. All [`Engine::stats`] reads; the benchmark
+/// (`make bench-stats`) times it on each store.
+pub async fn read(
+    store: &dyn StateStore,
+    q: &StatsQuery,
+    now: Millis,
+) -> Result<Stats, EngineError> {
+    let to = now;
+    let from = hour_of(to.saturating_sub(q.since.ms()));
+    let buckets = store
+        .stats_buckets(&BucketQuery {
+            scope: q.scope.clone(),
+            workflow: q.workflow.clone(),
+            from_hour: from,
+            to_hour: hour_of(to),
+        })
+        .await?;
+    let (waiting, truncated) = waiting_runs(store, q, from, to).await?;
+    Ok(from_buckets(Inputs {
+        window: Window {
+            since: q.since_text.clone(),
+            from,
+            to,
+        },
+        tenant: q.scope.tenant().map(str::to_string),
+        workflow: q.workflow.clone(),
+        buckets,
+        waiting,
+        truncated,
+        by: q.by,
+    }))
+}
 
-    async fn run_facts(&self, run_id: &str) -> Result<Option<RunFacts>, EngineError> {
-        let Some(snap) = self.store.load(run_id).await? else {
-            return Ok(None);
-        };
-        let wf = self.definition(&snap.header.workflow.hash).await?;
-        Ok(Some(RunFacts::from_snapshot(&wf, &snap)))
+/// The runs of the window that wait, by workflow, from one page of the runs that have not
+/// ended (the sweep's listing); `true` when there were more in flight than one page.
+async fn waiting_runs(
+    store: &dyn StateStore,
+    q: &StatsQuery,
+    from: Millis,
+    to: Millis,
+) -> Result<(BTreeMap<String, u64>, bool), EngineError> {
+    let page = store.active_runs(to, None, MAX_STATS_ACTIVE).await?;
+    let mut waiting: BTreeMap<String, u64> = BTreeMap::new();
+    for h in &page.runs {
+        let mine = h.created_at >= from
+            && q.scope.tenant().is_none_or(|t| t == h.tenant)
+            && q.workflow.as_deref().is_none_or(|w| w == h.workflow.name);
+        if mine && h.status == RunStatus::Waiting {
+            *waiting.entry(h.workflow.name.clone()).or_default() += 1;
+        }
+    }
+    Ok((waiting, page.cursor.is_some()))
+}
+
+impl Engine {
+    /// The stats of the runs `q` selects ([`read`] at the engine's clock).
+    pub async fn stats(&self, q: &StatsQuery) -> Result<Stats, EngineError> {
+        read(self.store.as_ref(), q, self.now()).await
     }
 }
 
@@ -678,33 +719,11 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
-    use switchyard_core::state::{RunError, RunHeader, StepRecord, ValueRef, WorkflowPin};
+    use switchyard_core::state::{
+        RunError, RunHeader, RunSnapshot, RunStatus, StepRecord, StepStatus, ValueRef, WorkflowPin,
+    };
     use switchyard_core::workflow::{compile, NoFiles};
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let hundred: Vec<u64> = (1..=100).collect();
-        let twenty: Vec<u64> = (1..=20).map(|i| i * 10).collect();
-        // (values sorted, p, expected)
-        let table: [(&[u64], u32, Option<u64>); 12] = [
-            (&[], 50, None),
-            (&[7], 50, Some(7)),
-            (&[7], 99, Some(7)),
-            (&[1, 2], 50, Some(1)),
-            (&[1, 2], 51, Some(2)),
-            (&[1, 2, 3, 4], 50, Some(2)),
-            (&[1, 2, 3, 4], 95, Some(4)),
-            (&hundred, 50, Some(50)),
-            (&hundred, 95, Some(95)),
-            (&hundred, 99, Some(99)),
-            // rank ceil(0.95 × 20) = 19, ceil(0.99 × 20) = 20
-            (&twenty, 95, Some(190)),
-            (&twenty, 99, Some(200)),
-        ];
-        for (values, p, want) in table {
-            assert_eq!(percentile(values, p), want, "p{p} of {values:?}");
-        }
-    }
+    use switchyard_core::ErrorClass;
 
     fn window() -> Window {
         Window {
@@ -716,19 +735,8 @@ mod tests {
 
     fn step(name: &str, kind: &str, status: StepStatus) -> StepFacts {
         StepFacts {
-            step: name.into(),
-            kind: kind.into(),
-            status,
-            error_class: None,
-            attempts: 1,
             latency_ms: 10,
-            cost_usd: 0.0,
-            usage: Usage::default(),
-            fallback_used: false,
-            repairs: 0,
-            model: None,
-            escalations: 0,
-            baseline_usd: None,
+            ..StepFacts::bare(name, kind, status)
         }
     }
 
@@ -738,14 +746,23 @@ mod tests {
         latency: Option<u64>,
         steps: Vec<StepFacts>,
     ) -> RunFacts {
+        // Steps keep the order they are given in.
+        let steps: Vec<StepFacts> = steps
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| StepFacts {
+                ord: if s.ord == 0 { i as u32 } else { s.ord },
+                ..s
+            })
+            .collect();
         RunFacts {
+            tenant: "t".into(),
             workflow: workflow.into(),
             status,
             error_class: None,
             created_at: 1_000,
             ended_at: latency.map(|l| 1_000 + l),
             cost_usd: steps.iter().map(|s| s.cost_usd).sum(),
-            usage: steps.iter().map(|s| s.usage).sum(),
             steps,
         }
     }
@@ -807,14 +824,16 @@ mod tests {
             w.failure_rate_by_class,
             BTreeMap::from([("malformed".into(), 0.125), ("transient".into(), 0.25)])
         );
-        // Ended latencies sorted: 10 20 50 100 150 200 300 400 → p50 rank 4, p95/p99 rank 8.
+        // Ended latencies sorted: 10 20 50 100 150 200 300 400 → p50 rank 4 (100), p95/p99
+        // rank 8 (400), read as their histogram bins' midpoints: 100 is in [100, 103], 400 in
+        // [400, 415] — within 1/32 of the exact values.
         assert_eq!(
             w.latency_ms,
             Some(Latency {
                 count: 8,
-                p50: 100,
-                p95: 400,
-                p99: 400
+                p50: 101,
+                p95: 407,
+                p99: 407
             })
         );
         assert!(w.steps.is_empty());
@@ -894,7 +913,7 @@ mod tests {
                     ErrorClass::Timeout,
                 )],
             ),
-            // Waiting for a person: an execution, not finished.
+            // Waiting for a person: its steps count when the run ends, not before.
             run(
                 "wf",
                 RunStatus::Waiting,
@@ -912,8 +931,8 @@ mod tests {
         let table: [(&str, Option<f64>, Option<f64>); 10] = [
             ("gen success", gen.success_rate, Some(0.75)),
             ("gen failure", gen.failure_rate, Some(0.25)),
-            ("gen retry", Some(gen.retry_rate), Some(0.4)),
-            ("gen fallback", Some(gen.fallback_rate), Some(0.2)),
+            ("gen retry", Some(gen.retry_rate), Some(0.5)),
+            ("gen fallback", Some(gen.fallback_rate), Some(0.25)),
             ("gen validation", gen.validation_failure_rate, None),
             ("gen escalation", gen.escalation_rate, None),
             ("check success", check.success_rate, Some(0.6667)),
@@ -929,7 +948,8 @@ mod tests {
         for (what, got, want) in table {
             assert_eq!(got, want, "{what}");
         }
-        assert_eq!((gen.executions, gen.succeeded, gen.failed), (5, 3, 1));
+        assert_eq!((gen.executions, gen.succeeded, gen.failed), (4, 3, 1));
+        assert_eq!((w.waiting, w.running, w.ended), (1, 0, 4));
         assert_eq!(
             gen.failures_by_class,
             BTreeMap::from([("timeout".into(), 1)])
@@ -952,81 +972,8 @@ mod tests {
                 p99: 30
             })
         );
-        assert_eq!((gen.cost_usd, gen.mean_cost_usd), (0.25, 0.05));
+        assert_eq!((gen.cost_usd, gen.mean_cost_usd), (0.25, 0.0625));
         assert_eq!(gen.cascade, None);
-    }
-
-    /// Tokens add up per step over its executions, per workflow over its runs and over every
-    /// run, each kind apart (cache reads and writes, reasoning).
-    #[test]
-    fn tokens_add_up_per_step_per_workflow_and_overall() {
-        let tokens = |input, output, read, write, reasoning| Usage {
-            input_tokens: input,
-            output_tokens: output,
-            cache_read_tokens: read,
-            cache_write_tokens: write,
-            reasoning_tokens: reasoning,
-        };
-        let gen = |u: Usage| StepFacts {
-            usage: u,
-            ..step("gen", "model", StepStatus::Succeeded)
-        };
-        let check = |u: Usage| StepFacts {
-            usage: u,
-            ..step("check", "validate", StepStatus::Succeeded)
-        };
-        let runs = vec![
-            run(
-                "one",
-                RunStatus::Succeeded,
-                Some(1),
-                vec![
-                    gen(tokens(2000, 300, 1920, 0, 192)),
-                    check(tokens(50, 5, 0, 0, 0)),
-                ],
-            ),
-            run(
-                "one",
-                RunStatus::Failed,
-                Some(1),
-                vec![gen(tokens(1500, 100, 0, 1400, 0))],
-            ),
-            // A step that reported no tokens (a transform) adds nothing.
-            run(
-                "two",
-                RunStatus::Succeeded,
-                Some(1),
-                vec![step("t", "transform", StepStatus::Succeeded)],
-            ),
-        ];
-        let s = aggregate(window(), None, None, runs, false);
-        let one = &s.workflows[0];
-        // (what, got, want)
-        let table = [
-            (
-                "gen",
-                one.steps[0].usage,
-                tokens(3500, 400, 1920, 1400, 192),
-            ),
-            ("check", one.steps[1].usage, tokens(50, 5, 0, 0, 0)),
-            ("one", one.usage, tokens(3550, 405, 1920, 1400, 192)),
-            ("two", s.workflows[1].usage, Usage::default()),
-            ("t", s.workflows[1].steps[0].usage, Usage::default()),
-            ("all", s.usage, tokens(3550, 405, 1920, 1400, 192)),
-        ];
-        for (what, got, want) in table {
-            assert_eq!(got, want, "{what}");
-        }
-        let doc = serde_json::to_value(&s).unwrap();
-        assert_eq!(
-            doc["workflows"][0]["steps"][0]["usage"],
-            serde_json::json!({"input_tokens": 3500, "output_tokens": 400,
-                "cache_read_tokens": 1920, "cache_write_tokens": 1400, "reasoning_tokens": 192})
-        );
-        assert_eq!(
-            doc["workflows"][1]["usage"],
-            serde_json::json!({"input_tokens": 0, "output_tokens": 0})
-        );
     }
 
     fn cascade_step(
@@ -1249,10 +1196,6 @@ mod tests {
         a.attempt = 1;
         a.cost_usd = 0.5;
         a.latency_ms = 7;
-        a.usage = Some(Usage {
-            cache_read_tokens: 64,
-            ..Usage::new(100, 20)
-        });
         a.baseline_usd = Some(2.0);
         a.escalations = vec![switchyard_core::state::Escalation {
             from: "m/small".into(),
@@ -1297,15 +1240,6 @@ mod tests {
         );
         let names: Vec<&str> = f.steps.iter().map(|s| s.step.as_str()).collect();
         assert_eq!(names, ["a", "c"]);
-        // Tokens: the record's, and nothing for a step that reported none.
-        let a_tokens = Usage {
-            cache_read_tokens: 64,
-            ..Usage::new(100, 20)
-        };
-        assert_eq!(
-            (f.steps[0].usage, f.steps[1].usage, f.usage),
-            (a_tokens, Usage::default(), a_tokens)
-        );
         let (a, c) = (&f.steps[0], &f.steps[1]);
         assert_eq!(
             (

@@ -21,6 +21,7 @@ use switchyard_core::state::{
     EventKind, HistoryEvent, Lease, RunError, RunSnapshot, RunStatus, StepRecord, StepStatus,
     WaitInfo, WaitReason, WakeReason, WakeUp,
 };
+use switchyard_core::stats::RunFacts;
 use switchyard_core::telemetry;
 use switchyard_core::workflow::{StepKind, Workflow};
 use switchyard_core::{refs, schema, ErrorClass, Millis, StoreError};
@@ -563,7 +564,12 @@ impl Engine {
         };
         let detail = json!({"cost_usd": snap.cost_usd(), "error": error});
         let ended = HistoryEvent::run(now, kind, detail);
-        h.version = self.store.put_header(&h, &[ended]).await?;
+        // The run's figures ride on the write that ends it: it happens once (its version
+        // condition), so they are added once (crate::stats).
+        let read = std::mem::replace(&mut snap.header, h.clone());
+        let buckets = RunFacts::from_snapshot(wf, snap).buckets();
+        snap.header = read;
+        h.version = self.store.end_run(&h, &[ended], &buckets).await?;
         snap.header = h;
         self.observe_run_end(&snap.header);
         // After the state that it reports: a notification never runs ahead of the run.

@@ -81,6 +81,24 @@ CREATE TABLE dead_letters (
 CREATE INDEX runs_active ON runs(created_at, run_id)
     WHERE status IN ('pending', 'running', 'waiting');
 "#,
+    r#"
+-- Stats aggregates (core::stats): one row per tenant x workflow x UTC hour (the run bucket,
+-- step = '') and per step x model x prompt version in it; `counters` is the JSON object of
+-- counter name -> sum, added to in the transaction that creates or ends a run.
+CREATE TABLE stats_buckets (
+    tenant         TEXT NOT NULL,
+    hour           INTEGER NOT NULL,
+    workflow       TEXT NOT NULL,
+    step           TEXT NOT NULL,
+    model          TEXT NOT NULL,
+    prompt_version TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    ord            INTEGER NOT NULL,
+    counters       TEXT NOT NULL,
+    PRIMARY KEY (tenant, hour, workflow, step, model, prompt_version)
+) WITHOUT ROWID;
+CREATE INDEX stats_by_hour ON stats_buckets(hour);
+"#,
 ];
 
 /// The schema version this build writes: the number of migrations.

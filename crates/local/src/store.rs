@@ -12,6 +12,7 @@ use switchyard_core::ports::{
     MAX_LIST_LIMIT, MAX_STEPS_PER_WRITE,
 };
 use switchyard_core::state::{HistoryEvent, Lease, RunHeader, RunSnapshot, RunStatus, StepRecord};
+use switchyard_core::stats::{self, Bucket, BucketKey, BucketQuery, Counters};
 use switchyard_core::{Millis, StoreError};
 
 /// A handle on the run state; cheap to clone.
@@ -55,6 +56,102 @@ fn read_header(c: &Connection, run_id: &str) -> Result<Option<RunHeader>, DbErro
     let mut h: RunHeader = from_json(&json, &format!("header of run {run_id}"))?;
     h.version = version;
     Ok(Some(h))
+}
+
+/// Adds `buckets` to the stored ones (read, add, write back: the job's transaction holds the
+/// write lock, so no other writer comes between).
+fn add_stats(c: &Connection, buckets: &[Bucket]) -> Result<(), DbError> {
+    for b in buckets {
+        let k = &b.key;
+        let hour = i64::try_from(k.hour).map_err(|_| StoreError::Invalid("hour".into()))?;
+        let stored: Option<String> = c
+            .prepare_cached(
+                "SELECT counters FROM stats_buckets WHERE tenant = ?1 AND hour = ?2
+                   AND workflow = ?3 AND step = ?4 AND model = ?5 AND prompt_version = ?6",
+            )?
+            .query_row(
+                params![
+                    k.tenant,
+                    hour,
+                    k.workflow,
+                    k.step,
+                    k.model,
+                    k.prompt_version
+                ],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let mut counters: Counters = match stored {
+            Some(json) => from_json(&json, "stats bucket")?,
+            None => Counters::default(),
+        };
+        counters.merge(&b.counters);
+        c.prepare_cached(
+            "INSERT INTO stats_buckets (tenant, hour, workflow, step, model, prompt_version, kind,
+                                        ord, counters)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (tenant, hour, workflow, step, model, prompt_version)
+             DO UPDATE SET kind = excluded.kind, ord = excluded.ord, counters = excluded.counters",
+        )?
+        .execute(params![
+            k.tenant,
+            hour,
+            k.workflow,
+            k.step,
+            k.model,
+            k.prompt_version,
+            b.kind,
+            b.ord,
+            to_json(&counters, "stats bucket")?
+        ])?;
+    }
+    Ok(())
+}
+
+/// The stored buckets `q` selects.
+fn read_stats(c: &Connection, q: &BucketQuery) -> Result<Vec<Bucket>, DbError> {
+    let from = i64::try_from(q.from_hour).unwrap_or(i64::MAX);
+    let to = i64::try_from(q.to_hour).unwrap_or(i64::MAX);
+    let sql = match q.scope.tenant() {
+        Some(_) => {
+            "SELECT tenant, hour, workflow, step, model, prompt_version, kind, ord, counters
+             FROM stats_buckets WHERE tenant = ?1 AND hour BETWEEN ?2 AND ?3
+               AND (?4 IS NULL OR workflow = ?4)"
+        }
+        None => {
+            "SELECT tenant, hour, workflow, step, model, prompt_version, kind, ord, counters
+             FROM stats_buckets WHERE ?1 IS NULL AND hour BETWEEN ?2 AND ?3
+               AND (?4 IS NULL OR workflow = ?4)"
+        }
+    };
+    let mut stmt = c.prepare_cached(sql)?;
+    let rows = stmt
+        .query_map(params![q.scope.tenant(), from, to, q.workflow], |r| {
+            Ok((
+                BucketKey {
+                    tenant: r.get(0)?,
+                    hour: r.get::<_, i64>(1)?.max(0) as u64,
+                    workflow: r.get(2)?,
+                    step: r.get(3)?,
+                    model: r.get(4)?,
+                    prompt_version: r.get(5)?,
+                },
+                r.get::<_, String>(6)?,
+                r.get::<_, u32>(7)?,
+                r.get::<_, String>(8)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (key, kind, ord, json) in rows {
+        out.push(Bucket {
+            key,
+            kind,
+            ord,
+            counters: from_json(&json, "stats bucket")?,
+        });
+    }
+    Ok(out)
 }
 
 /// A header ready to write: its columns and its JSON at the version it will have.
@@ -202,10 +299,53 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// The conditional header write of `put_header` and `end_run`, with its events and the
+    /// stats buckets to add, in one transaction.
+    async fn write_header(
+        &self,
+        h: &RunHeader,
+        events: &[HistoryEvent],
+        buckets: Vec<Bucket>,
+    ) -> Result<u64, StoreError> {
+        let expected_version = h.version;
+        let new_version = expected_version + 1;
+        let run_id = h.run_id.clone();
+        let row = header_row(h, new_version)?;
+        let rows = event_rows(&run_id, events)?;
+        self.db
+            .write(move |c| {
+                if update_header(c, &row, expected_version)? == 1 {
+                    insert_events(c, &run_id, &rows)?;
+                    add_stats(c, &buckets)?;
+                    return Ok(new_version);
+                }
+                let exists = c
+                    .query_row(
+                        "SELECT 1 FROM runs WHERE run_id = ?1",
+                        [&run_id],
+                        |_| Ok(()),
+                    )
+                    .optional()?
+                    .is_some();
+                Err(if exists {
+                    StoreError::Conflict(format!(
+                        "run {run_id} is not at version {expected_version}"
+                    ))
+                } else {
+                    StoreError::NotFound(format!("run {run_id}"))
+                }
+                .into())
+            })
+            .await
+    }
+}
+
 #[async_trait]
 impl StateStore for SqliteStore {
     async fn create_run(&self, h: &RunHeader, events: &[HistoryEvent]) -> Result<(), StoreError> {
         let row = header_row(h, 1)?;
+        let started = stats::started(h);
         let rows = event_rows(&row.run_id, events)?;
         self.db
             .write(move |c| {
@@ -226,7 +366,8 @@ impl StateStore for SqliteStore {
                     row.version
                 ])
                 .map_err(|e| insert_err(e, &format!("run {}", row.run_id), &row.run_id))?;
-                insert_events(c, &row.run_id, &rows)
+                insert_events(c, &row.run_id, &rows)?;
+                add_stats(c, &[started])
             })
             .await
     }
@@ -266,35 +407,21 @@ impl StateStore for SqliteStore {
     }
 
     async fn put_header(&self, h: &RunHeader, events: &[HistoryEvent]) -> Result<u64, StoreError> {
-        let expected_version = h.version;
-        let new_version = expected_version + 1;
-        let run_id = h.run_id.clone();
-        let row = header_row(h, new_version)?;
-        let rows = event_rows(&run_id, events)?;
-        self.db
-            .write(move |c| {
-                if update_header(c, &row, expected_version)? == 1 {
-                    insert_events(c, &run_id, &rows)?;
-                    return Ok(new_version);
-                }
-                let exists = c
-                    .query_row(
-                        "SELECT 1 FROM runs WHERE run_id = ?1",
-                        [&run_id],
-                        |_| Ok(()),
-                    )
-                    .optional()?
-                    .is_some();
-                Err(if exists {
-                    StoreError::Conflict(format!(
-                        "run {run_id} is not at version {expected_version}"
-                    ))
-                } else {
-                    StoreError::NotFound(format!("run {run_id}"))
-                }
-                .into())
-            })
-            .await
+        self.write_header(h, events, Vec::new()).await
+    }
+
+    async fn end_run(
+        &self,
+        h: &RunHeader,
+        events: &[HistoryEvent],
+        buckets: &[Bucket],
+    ) -> Result<u64, StoreError> {
+        self.write_header(h, events, buckets.to_vec()).await
+    }
+
+    async fn stats_buckets(&self, q: &BucketQuery) -> Result<Vec<Bucket>, StoreError> {
+        let q = q.clone();
+        self.db.read(move |c| read_stats(c, &q)).await
     }
 
     async fn acquire_lease(
