@@ -134,10 +134,10 @@ bench-aws:
 ## bench-stats: how long `stats` takes over 10,000 and 100,000 runs on the embedded backend and
 ## 10,000 on moto (port BENCH_MOTO_PORT, stopped after, also on failure), seeded by direct store
 ## writes of each run's aggregates, and the stats items' DynamoDB write units per run
-## (crates/lambdas/benches/stats.rs). See docs/benchmarks.md.
+## (crates/aws/benches/stats.rs). See docs/benchmarks.md.
 bench-stats:
 	@url=$$(MOTO_PORT=$(BENCH_MOTO_PORT) infra/moto.sh start) || exit 1; \
-	  SWITCHYARD_TEST_AWS_ENDPOINT=$$url $(CARGO) bench -p switchyard-lambdas --bench stats; \
+	  SWITCHYARD_TEST_AWS_ENDPOINT=$$url $(CARGO) bench -p switchyard-aws --bench stats; \
 	  code=$$?; MOTO_PORT=$(BENCH_MOTO_PORT) infra/moto.sh stop; exit $$code
 
 clean-demo:

@@ -197,6 +197,7 @@ mod tests {
             .iter()
             .filter_map(|p| p["name"].as_str())
             .collect();
-        assert_eq!(params, ["workflow", "since"]);
+        assert_eq!(params, ["workflow", "since", "by"]);
+        assert!(doc["components"]["schemas"]["VariantStats"].is_object());
     }
 }

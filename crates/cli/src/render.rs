@@ -631,7 +631,8 @@ mod tests {
             "answer: tokens 300 in / 30 out (192 cache read)",
             "triage: 3 runs: 2 succeeded, 1 failed, 0 cancelled, 0 waiting, 0 running",
             "success 66.7%  failure 33.3% (transient 1)",
-            "latency p50 250ms  p95 250ms  p99 250ms",
+            // 250 ms read from its histogram bin [248, 255]: its midpoint.
+            "latency p50 251ms  p95 251ms  p99 251ms",
             "cascades: saving $0.016000 (53.3% of $0.030000 always-top-model)",
             "  cascade: saving $0.016000 (53.3% of $0.030000 always-top-model)",
             "answer: answered by local/large-model-name 1, local/small 2; saving $0.016000 (53.3% of $0.030000 always-top-model)",

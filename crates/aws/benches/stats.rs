@@ -18,7 +18,7 @@
 //! items by DynamoDB's billing rules: the write request units of the stats items per run are
 //! printed (what the aggregates add to a run's writes).
 //!
-//! Usage: `cargo bench -p switchyard-lambdas --bench stats` (with the endpoint set for the
+//! Usage: `cargo bench -p switchyard-aws --bench stats` (with the endpoint set for the
 //! emulator part; without it, that part is skipped saying so). Run by `cargo test
 //! --all-targets` (no `--bench` argument), it only says how to run it.
 
@@ -351,7 +351,7 @@ async fn emulator(endpoint: &str, now: Millis, runs: u64) -> Result<()> {
 fn main() -> Result<()> {
     if !std::env::args().any(|a| a == "--bench") {
         println!(
-            "bench-stats: run `make bench-stats` (cargo bench -p switchyard-lambdas --bench stats)"
+            "bench-stats: run `make bench-stats` (cargo bench -p switchyard-aws --bench stats)"
         );
         return Ok(());
     }
