@@ -506,6 +506,10 @@ mod tests {
             model: Some(model.into()),
             escalations,
             baseline_usd: Some(baseline),
+            usage: Usage {
+                cache_read_tokens: 64,
+                ..Usage::new(100, 10)
+            },
             ..StepFacts::bare("answer", "model", StepStatus::Succeeded)
         }
     }
