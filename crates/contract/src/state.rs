@@ -35,6 +35,7 @@ pub fn header(run_id: &str, tenant: &str, created_at: Millis) -> RunHeader {
         lease: None,
         callback_url: None,
         metadata: json!(null),
+        traceparent: None,
         version: 1,
     }
 }

@@ -111,6 +111,11 @@ pub struct RunHeader {
     pub callback_url: Option<String>,
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub metadata: Value,
+    /// The W3C trace context of the span that created the run (intake's, under the caller's
+    /// `traceparent`): every later span of the run — worker, webhook, notifier — is its child,
+    /// so one run is one trace (docs/traces.md). Absent when traces are not exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     /// Optimistic-concurrency version; every write of the header increments it.
     pub version: u64,
 }
