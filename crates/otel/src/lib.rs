@@ -10,8 +10,9 @@
 //!   (targets `switchyard*` at `INFO`: not every span a dependency makes);
 //! - [`W3c`]: the engine's [`TraceContext`] — a span's `traceparent` to keep with a run, and a
 //!   kept one made a span's parent — over the W3C trace context propagator;
-//! - [`Otel::flush`]: exports what is buffered, at the end of each Lambda invocation (a frozen
-//!   container exports nothing).
+//! - [`Otel::install`], then [`join`] (an engine's spans join runs' traces), [`flush`]
+//!   (exports what is buffered: at the end of each Lambda invocation, as a frozen container
+//!   exports nothing) and [`shutdown`] (at the end of a process).
 //!
 //! Sampling is the SDK's, from `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` (default
 //! parent-based, always on): a run's spans follow the decision taken for its intake span.
@@ -25,10 +26,11 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
 use opentelemetry_sdk::Resource;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use switchyard_core::telemetry::attr;
 use switchyard_engine::trace::TraceContext;
+use switchyard_engine::Engine;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::Layer;
@@ -142,6 +144,43 @@ impl Otel {
         if let Err(e) = self.provider.shutdown() {
             tracing::debug!(error = %e, "shutting the span exporter down failed");
         }
+    }
+}
+
+/// The process's exporter, once [`Otel::install`] kept it.
+static INSTALLED: OnceLock<Otel> = OnceLock::new();
+
+impl Otel {
+    /// Keeps this as the process's exporter: [`installed`], [`join`] and [`flush`] use it.
+    pub fn install(self) -> &'static Otel {
+        INSTALLED.get_or_init(|| self)
+    }
+}
+
+/// The process's exporter, if one was installed (an OTLP endpoint is set).
+pub fn installed() -> Option<&'static Otel> {
+    INSTALLED.get()
+}
+
+/// `engine` with its spans joining runs' traces, when this process exports them.
+pub fn join(engine: Engine) -> Engine {
+    match installed() {
+        Some(o) => engine.with_trace(o.trace_context()),
+        None => engine,
+    }
+}
+
+/// Exports the process's buffered spans, if it exports any: the end of a Lambda invocation.
+pub async fn flush() {
+    if let Some(o) = installed() {
+        o.flush().await;
+    }
+}
+
+/// Exports what is left and stops, at the end of a process.
+pub fn shutdown() {
+    if let Some(o) = installed() {
+        o.shutdown();
     }
 }
 
