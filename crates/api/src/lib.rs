@@ -17,13 +17,15 @@ pub mod auth;
 pub mod body;
 pub mod routes;
 
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
+use switchyard_core::telemetry::attr;
+use switchyard_engine::trace::TraceContext;
 use switchyard_engine::{Engine, EngineError};
 use tokio::sync::Notify;
 use tracing::Instrument;
@@ -108,11 +110,12 @@ pub fn router(state: ApiState) -> Router {
     });
     let _ = state.doc.set(rendered);
     let hooks = switchyard_engine::http::hooks_routes(state.engine.clone(), state.kick.clone());
+    let trace = state.engine.trace.clone();
     let api = api
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));
     switchyard_engine::http::json_errors(api.merge(hooks))
-        .layer(axum::middleware::from_fn(request_id))
+        .layer(axum::middleware::from_fn_with_state(trace, request_id))
 }
 
 /// The OpenAPI document of [`router`], as served at `/v1/openapi.json`.
@@ -122,8 +125,13 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// A request id for every request: the caller's `x-request-id` when it is sane (1–128
 /// visible ASCII characters), else a new UUIDv7. It is on the response and on every log line
-/// of the request (a tracing span).
-async fn request_id(req: Request, next: Next) -> Response {
+/// of the request (a tracing span). The span is the request's server span in traces, a child
+/// of the caller's `traceparent` when it sends one (docs/traces.md).
+async fn request_id(
+    State(trace): State<Arc<dyn TraceContext>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let id = req
         .headers()
         .get(REQUEST_ID)
@@ -136,10 +144,32 @@ async fn request_id(req: Request, next: Next) -> Response {
         request_id = %id,
         method = %req.method(),
         path = %req.uri().path(),
+        // The route is not known before routing: the name is the method alone, as the HTTP
+        // conventions say then.
+        { attr::OTEL_NAME } = %req.method(),
+        { attr::OTEL_KIND } = "server",
+        { attr::HTTP_REQUEST_METHOD } = %req.method(),
+        { attr::URL_PATH } = %req.uri().path(),
+        { attr::HTTP_RESPONSE_STATUS_CODE } = tracing::field::Empty,
+        { attr::ERROR_TYPE } = tracing::field::Empty,
+        { attr::OTEL_STATUS_CODE } = tracing::field::Empty,
     );
+    if let Some(tp) = req
+        .headers()
+        .get(attr::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .filter(|tp| attr::valid_traceparent(tp))
+    {
+        trace.set_parent(&span, tp);
+    }
     let started = Instant::now();
     let mut resp = next.run(req).instrument(span.clone()).await;
     let status = resp.status();
+    span.record(attr::HTTP_RESPONSE_STATUS_CODE, i64::from(status.as_u16()));
+    if status.is_server_error() {
+        span.record(attr::ERROR_TYPE, status.as_str());
+        span.record(attr::OTEL_STATUS_CODE, "error");
+    }
     span.in_scope(|| {
         let latency_ms = started.elapsed().as_millis() as u64;
         if status == StatusCode::INTERNAL_SERVER_ERROR {

@@ -148,6 +148,7 @@ fn synth(i: u64, now: Millis) -> (RunHeader, RunFacts) {
         lease: None,
         callback_url: None,
         metadata: serde_json::Value::Null,
+        traceparent: None,
         version: 1,
     };
     let facts = RunFacts {

@@ -256,6 +256,9 @@ impl Local {
             Some(sink) => engine.with_metrics(sink.clone()),
             None => engine,
         };
+        // Spans join each run's trace when this process exports them (docs/traces.md).
+        #[cfg(feature = "otel")]
+        let engine = switchyard_otel::join(engine);
         let driver = Arc::new(
             Driver::new(
                 engine.clone(),

@@ -153,16 +153,6 @@ fn main() {
             std::process::exit(if e.use_stderr() { exit::USAGE } else { 0 });
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    if let Command::Validate { paths } = &cli.command {
-        std::process::exit(commands::validate(paths));
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -173,6 +163,14 @@ fn main() {
             std::process::exit(1);
         }
     };
+    {
+        // The span exporter, if any, sends on the runtime.
+        let _in_runtime = runtime.enter();
+        init_tracing();
+    }
+    if let Command::Validate { paths } = &cli.command {
+        std::process::exit(commands::validate(paths));
+    }
     let dir = |d: &Option<PathBuf>| local::data_dir(d.as_deref());
     let result = runtime.block_on(async {
         match &cli.command {
@@ -277,6 +275,9 @@ fn main() {
             }
         }
     });
+    // `exit` runs no destructors: spans still buffered are exported now.
+    #[cfg(feature = "otel")]
+    switchyard_otel::shutdown();
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
@@ -285,4 +286,33 @@ fn main() {
             std::process::exit(exit::status_of(&e));
         }
     }
+}
+
+/// Logs on stderr at `SWITCHYARD_LOG` (default `error`); with `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// set, spans exported over OTLP as `switchyard` too (docs/traces.md).
+fn init_tracing() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+        .unwrap_or_else(|_| "error".into());
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(filter);
+    let registry = tracing_subscriber::registry().with(logs);
+    #[cfg(feature = "otel")]
+    {
+        match switchyard_otel::Otel::from_env("switchyard") {
+            Ok(otel) => {
+                let layer = otel.map(|o| o.install().layer());
+                registry.with(layer).init();
+            }
+            Err(e) => {
+                registry.init();
+                eprintln!("warning: {e}; traces are not exported");
+            }
+        }
+    }
+    #[cfg(not(feature = "otel"))]
+    registry.init();
 }

@@ -36,6 +36,7 @@ pub fn header(run_id: &str, tenant: &str, created_at: Millis) -> RunHeader {
         lease: None,
         callback_url: None,
         metadata: json!(null),
+        traceparent: None,
         version: 1,
     }
 }

@@ -134,6 +134,7 @@ mod tests {
             lease: None,
             callback_url: None,
             metadata: serde_json::Value::Null,
+            traceparent: None,
             version: 1,
         }
     }

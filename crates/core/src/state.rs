@@ -112,6 +112,11 @@ pub struct RunHeader {
     pub callback_url: Option<String>,
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub metadata: Value,
+    /// The W3C trace context of the span that created the run (intake's, under the caller's
+    /// `traceparent`): every later span of the run — worker, webhook, notifier — is its child,
+    /// so one run is one trace (docs/traces.md). Absent when traces are not exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     /// Optimistic-concurrency version; every write of the header increments it.
     pub version: u64,
 }
@@ -826,6 +831,7 @@ mod tests {
             lease: None,
             callback_url: None,
             metadata: Value::Null,
+            traceparent: None,
             version: 1,
         };
         let mut a = StepRecord::pending("a");

@@ -527,9 +527,26 @@ pub fn ended(status: StepStatus) -> bool {
     )
 }
 
-/// Trace span names and attributes: the OpenTelemetry GenAI semantic conventions where they
-/// have a name for the thing, `switchyard.*` where they do not.
+/// Trace span names and attributes, all of them (docs/traces.md lists them with their
+/// meaning): the OpenTelemetry GenAI semantic conventions where they have a name for the
+/// thing (v1.41 of the GenAI conventions, development status), the general conventions
+/// (`error.type`, `http.*`) next, `switchyard.*` for what neither names. The engine creates
+/// `tracing` spans with these as field names; the OpenTelemetry wiring in the binaries turns
+/// them into OTLP spans (`otel.*` are that bridge's instructions, not attributes).
 pub mod attr {
+    use crate::model::Role;
+
+    // What the `tracing` → OpenTelemetry bridge reads off a span instead of exporting it.
+    /// The span's name (a `tracing` span's own name is static).
+    pub const OTEL_NAME: &str = "otel.name";
+    /// `client`, `server`, `consumer`, `producer` or `internal`.
+    pub const OTEL_KIND: &str = "otel.kind";
+    /// `error` on a span that ended in an error (`ok` is never set: unset means fine).
+    pub const OTEL_STATUS_CODE: &str = "otel.status_code";
+    /// The error's message, as the span status's description.
+    pub const OTEL_STATUS_DESCRIPTION: &str = "otel.status_description";
+
+    // GenAI semantic conventions.
     pub const OPERATION_NAME: &str = "gen_ai.operation.name";
     /// Not the renamed `gen_ai.system`.
     pub const PROVIDER_NAME: &str = "gen_ai.provider.name";
@@ -539,17 +556,134 @@ pub mod attr {
     pub const USAGE_OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
     pub const PROMPT_NAME: &str = "gen_ai.prompt.name";
     pub const PROMPT_VERSION: &str = "gen_ai.prompt.version";
+    /// The run span's workflow (v1.41; the standalone GenAI conventions v0.1 fold the
+    /// workflow span into `invoke_agent` and name it `gen_ai.agent.name`).
+    pub const WORKFLOW_NAME: &str = "gen_ai.workflow.name";
+    /// The event a judge's verdict is reported as, with the `EVALUATION_*` attributes.
+    pub const EVALUATION_RESULT: &str = "gen_ai.evaluation.result";
     pub const EVALUATION_NAME: &str = "gen_ai.evaluation.name";
     pub const EVALUATION_SCORE_VALUE: &str = "gen_ai.evaluation.score.value";
     pub const EVALUATION_SCORE_LABEL: &str = "gen_ai.evaluation.score.label";
+    pub const EVALUATION_EXPLANATION: &str = "gen_ai.evaluation.explanation";
+
+    // General semantic conventions.
+    /// The error class (`transient`, `timeout`, `malformed`, … — `ErrorClass::as_str`).
     pub const ERROR_TYPE: &str = "error.type";
+    pub const HTTP_REQUEST_METHOD: &str = "http.request.method";
+    pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
+    pub const URL_PATH: &str = "url.path";
+
+    // Switchyard's own.
     pub const RUN_ID: &str = "switchyard.run.id";
-    pub const WORKFLOW: &str = "switchyard.workflow";
+    /// The run's status when the span ends (`running`, `waiting`, `succeeded`, …).
+    pub const RUN_STATUS: &str = "switchyard.run.status";
+    pub const WORKFLOW_VERSION: &str = "switchyard.workflow.version";
+    /// Why the worker was woken (`start`, `timer`, `webhook`, …).
+    pub const WAKE_REASON: &str = "switchyard.wake.reason";
+    /// What handling the wake-up came to (`ended`, `waiting`, `yielded`, `busy`).
+    pub const WAKE_OUTCOME: &str = "switchyard.wake.outcome";
     pub const STEP: &str = "switchyard.step";
+    /// `model`, `validate`, `route`, `transform`, `parallel`, `approval`.
+    pub const STEP_KIND: &str = "switchyard.step.kind";
+    /// The planner action (`start`, `poll`, `skip`, `expire`, `approval_timeout`).
+    pub const ACTION: &str = "switchyard.action";
+    /// The step's status after the action (`succeeded`, `retrying`, `waiting`, `failed`, …).
+    pub const STEP_STATUS: &str = "switchyard.step.status";
+    /// The step's attempt number (all models).
     pub const ATTEMPT: &str = "switchyard.attempt";
+    /// The model's place in the step's chain: 0 the declared model, 1 its first fallback…
+    pub const MODEL_INDEX: &str = "switchyard.model.index";
+    /// The model id as workflows name it (`openai/gpt-4o-mini`).
+    pub const MODEL: &str = "switchyard.model";
     pub const COST_USD: &str = "switchyard.cost_usd";
-    /// `invoke_workflow {workflow}`: the run's span.
+    /// An asynchronous model's job id (the attempt waits for its callback).
+    pub const JOB_ID: &str = "switchyard.job.id";
+    /// A provider callback's verdict (`applied`, `stale`, `duplicate`, …).
+    pub const WEBHOOK_VERDICT: &str = "switchyard.webhook.verdict";
+    pub const NOTIFY_EVENT: &str = "switchyard.notify.event";
+    pub const NOTIFY_ATTEMPT: &str = "switchyard.notify.attempt";
+    /// `delivered`, `stopped`, `retry`, `gave_up`, `skipped`.
+    pub const NOTIFY_OUTCOME: &str = "switchyard.notify.outcome";
+
+    // `gen_ai.operation.name` values.
+    /// The run span (`invoke_workflow {workflow}`).
     pub const OP_INVOKE_WORKFLOW: &str = "invoke_workflow";
+    pub const OP_CHAT: &str = "chat";
+    pub const OP_EMBEDDINGS: &str = "embeddings";
+    pub const OP_RETRIEVAL: &str = "retrieval";
+    pub const OP_GENERATE_CONTENT: &str = "generate_content";
+
+    // The names of Switchyard's spans that are not GenAI operations (`{name} {what}`).
+    /// `start_run {workflow}`: intake creating a run.
+    pub const SPAN_START_RUN: &str = "start_run";
+    /// `step {step}`: one planner action on one step.
+    pub const SPAN_STEP: &str = "step";
+    /// `webhook {provider}`: a provider callback.
+    pub const SPAN_WEBHOOK: &str = "webhook";
+    /// `notify {event}`: one notification delivery attempt.
+    pub const SPAN_NOTIFY: &str = "notify";
+
+    /// The W3C trace context header (and the run header's field keeping it).
+    pub const TRACEPARENT: &str = "traceparent";
+
+    // Resource attributes of the exporting process.
+    /// `OTEL_SERVICE_NAME` when set, else `switchyard-<function>` (`switchyard-dev` locally).
+    pub const SERVICE_NAME: &str = "service.name";
+    /// The Lambda function's name (`AWS_LAMBDA_FUNCTION_NAME`).
+    pub const FAAS_NAME: &str = "faas.name";
+    pub const CLOUD_PROVIDER: &str = "cloud.provider";
+
+    /// `gen_ai.operation.name` of a model call of this role.
+    pub fn operation(role: Role) -> &'static str {
+        match role {
+            Role::Embedding => OP_EMBEDDINGS,
+            Role::Retrieval => OP_RETRIEVAL,
+            Role::Asset | Role::Transcription => OP_GENERATE_CONTENT,
+            Role::Classification | Role::Extraction | Role::Generation | Role::Moderation => {
+                OP_CHAT
+            }
+        }
+    }
+
+    /// `gen_ai.provider.name` of a Switchyard provider: the conventions' well-known value
+    /// where there is one (`bedrock` → `aws.bedrock`), else the provider's own name.
+    pub fn provider_name(provider: &str) -> &str {
+        match provider {
+            "bedrock" => "aws.bedrock",
+            "gemini" => "gcp.gemini",
+            "vertex" | "vertex_ai" => "gcp.vertex_ai",
+            "azure_openai" => "azure.ai.openai",
+            "mistral" => "mistral_ai",
+            "xai" => "x_ai",
+            other => other,
+        }
+    }
+
+    /// The model as its provider names it: `gpt-4o-mini` of `openai/gpt-4o-mini`
+    /// (`gen_ai.request.model`, `gen_ai.response.model`).
+    pub fn model_name(model: &str) -> &str {
+        model.split_once('/').map_or(model, |(_, m)| m)
+    }
+
+    /// `gen_ai.prompt.name` and `gen_ai.prompt.version` of a prompt's `version`:
+    /// `incident-brief@2` is prompt `incident-brief`, version `2`; a version without `@`
+    /// names no prompt.
+    pub fn prompt_name_version(version: &str) -> (Option<&str>, &str) {
+        match version.rsplit_once('@') {
+            Some((name, v)) if !name.is_empty() && !v.is_empty() => (Some(name), v),
+            _ => (None, version),
+        }
+    }
+
+    /// A W3C `traceparent` worth keeping (`00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero);
+    /// anything else a caller sends is dropped rather than stored with the run.
+    pub fn valid_traceparent(tp: &str) -> bool {
+        let parts: Vec<&str> = tp.trim().split('-').collect();
+        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+        let zero = |s: &str| s.bytes().all(|b| b == b'0');
+        matches!(parts.as_slice(), [v, t, s, f]
+            if hex(v, 2) && *v != "ff" && hex(t, 32) && !zero(t) && hex(s, 16) && !zero(s) && hex(f, 2))
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! effects"); pure steps have no side effect to protect and write their result once.
 
 use crate::uploads::ReadFail;
-use crate::{Engine, EngineError};
+use crate::{trace, Engine, EngineError};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +19,7 @@ use switchyard_core::workflow::{
 };
 use switchyard_core::{asset, cascade, refs};
 use switchyard_core::{schema, ErrorClass, StepError, StoreError};
+use tracing::Instrument;
 
 /// What an action needs to know about the run, captured when it starts.
 #[derive(Clone)]
@@ -438,6 +439,7 @@ impl Engine {
         };
         let min_score = v.judge.as_ref().and_then(|j| j.min_score);
         let problems = judge::problems(&verdict, min_score);
+        trace::evaluation(&step.id, &verdict, problems.is_ok());
         let judged = HistoryEvent::step(
             now,
             EventKind::StepJudged,
@@ -586,7 +588,12 @@ impl Engine {
             .await?;
         tracing::info!(run_id = %cx.run_id, step = %step.id, attempt = claimed.attempt, model = %req.model, prompt_version = ?req.prompt_version, "step started");
 
-        let (result, latency_ms) = invoke_within(provider.as_ref(), &req, ms).await;
+        let span = trace::attempt_span(&cx.run_id, &req, provider.name(), claimed.model_index);
+        let (result, latency_ms) = invoke_within(provider.as_ref(), &req, ms)
+            .instrument(span.clone())
+            .await;
+        trace::record_answer(&span, &result);
+        drop(span);
         let answer = Answer {
             req: &req,
             provider: provider.name(),

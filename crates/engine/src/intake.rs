@@ -1,16 +1,17 @@
 //! Starting a run: check the input, pin the definition, write the header, send the first
 //! wake-up. The header is written before the wake-up is sent, so a wake-up always finds its run.
 
-use crate::{Engine, EngineError};
+use crate::{trace, Engine, EngineError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use switchyard_core::ports::IdempotencyClaim;
 use switchyard_core::state::{
     EventKind, HistoryEvent, RunHeader, RunStatus, ValueRef, WakeReason, WorkflowPin,
 };
-use switchyard_core::telemetry::{self, Metric};
+use switchyard_core::telemetry::{self, attr, Metric};
 use switchyard_core::workflow::Workflow;
 use switchyard_core::{schema, sha256_hex};
+use tracing::Instrument;
 
 /// Largest accepted run input, in bytes of JSON (documented limit).
 pub const MAX_INPUT_BYTES: usize = 5 * 1024 * 1024;
@@ -66,6 +67,29 @@ impl Engine {
         req: StartRequest,
         idempotency_key: Option<&str>,
     ) -> Result<Started, EngineError> {
+        let span = trace::start_span(&wf.name, &wf.version);
+        let started = self
+            .start_traced(tenant, wf, req, idempotency_key, &span)
+            .instrument(span.clone())
+            .await;
+        match &started {
+            Ok(s) => {
+                span.record(attr::RUN_ID, s.run_id.as_str());
+            }
+            Err(e) => trace::failed(&span, e.code(), &e.to_string()),
+        }
+        started
+    }
+
+    /// [`Engine::start_workflow`] under its span, whose trace context the run keeps.
+    async fn start_traced(
+        &self,
+        tenant: &str,
+        wf: &Workflow,
+        req: StartRequest,
+        idempotency_key: Option<&str>,
+        span: &tracing::Span,
+    ) -> Result<Started, EngineError> {
         let body = serde_json::to_vec(&req).map_err(|e| EngineError::BadRequest {
             field: None,
             message: e.to_string(),
@@ -92,7 +116,8 @@ impl Engine {
         let hash = self.pin_definition(wf).await?;
         let input = self.store_header_value(req.input).await?;
         let extra = (req.callback_url, req.metadata.unwrap_or(Value::Null));
-        let header = new_header(&run_id, tenant, wf, &hash, input, extra, now);
+        let mut header = new_header(&run_id, tenant, wf, &hash, input, extra, now);
+        header.traceparent = self.traceparent_of(span);
         let created = HistoryEvent::run(
             now,
             EventKind::RunCreated,
@@ -210,6 +235,7 @@ fn new_header(
         lease: None,
         callback_url,
         metadata,
+        traceparent: None,
         version: 1,
     }
 }

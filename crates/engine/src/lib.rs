@@ -15,6 +15,7 @@
 //! - [`registry`]: the providers and workflows a deployment serves.
 //! - [`http`]: the axum routes over these use-cases (today: provider callbacks).
 //! - `telemetry`: metrics handed to the deployment's sink right after the write they describe.
+//! - [`trace`]: the spans of a run (OpenTelemetry GenAI names) and how they join one trace.
 //!
 //! Nothing here knows whether the ports are SQLite and files or DynamoDB, SQS and S3.
 
@@ -32,6 +33,7 @@ pub mod registry;
 pub mod settings;
 pub mod stats;
 mod telemetry;
+pub mod trace;
 pub mod uploads;
 pub mod view;
 pub mod webhook;
@@ -117,6 +119,8 @@ pub struct Engine {
     values: Arc<Mutex<ValueCache>>,
     /// Where metrics go ([`Engine::with_metrics`]); nowhere by default.
     pub metrics: Arc<dyn switchyard_core::telemetry::MetricSink>,
+    /// How spans join a run's trace ([`Engine::with_trace`]); not at all by default.
+    pub trace: Arc<dyn trace::TraceContext>,
 }
 
 /// Bytes of offloaded values kept in memory per engine (a Lambda container or a `dev`
@@ -151,6 +155,7 @@ impl Engine {
             definitions: Arc::new(Mutex::new(HashMap::new())),
             values: Arc::new(Mutex::new(ValueCache::default())),
             metrics: Arc::new(switchyard_core::telemetry::NoMetrics),
+            trace: Arc::new(trace::NoTraces),
         }
     }
 

@@ -13,7 +13,7 @@
 //! `notification_attempted` event in the run's history: `GET /v1/runs/{id}` and
 //! `runs show` list them.
 
-use crate::{Engine, EngineError};
+use crate::{trace, Engine, EngineError};
 use serde::Serialize;
 use serde_json::{json, Value};
 pub use switchyard_core::outbound::MAX_NOTIFY_ATTEMPTS;
@@ -23,8 +23,9 @@ use switchyard_core::state::{
     EventKind, HistoryEvent, Notification, NotifyEvent, RunHeader, RunSnapshot, RunStatus,
     StepStatus,
 };
-use switchyard_core::telemetry::{self, Metric};
+use switchyard_core::telemetry::{self, attr, Metric};
 use switchyard_core::workflow::StepKind;
+use tracing::Instrument;
 
 /// What handling one notification message came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +178,38 @@ impl Engine {
         let Some(snap) = self.store.load(&n.run_id).await? else {
             return Ok(Notified::Skipped("the run no longer exists"));
         };
+        let span = trace::notify_span(&n.run_id, n.event.as_str(), attempt);
+        self.join_run(&span, &snap.header);
+        let notified = self
+            .deliver(n, attempt, sender, snap, &span)
+            .instrument(span.clone())
+            .await;
+        match &notified {
+            Ok(done) => {
+                let outcome = match done {
+                    Notified::Delivered => "delivered",
+                    Notified::Stopped => "stopped",
+                    Notified::Retry { .. } => "retry",
+                    Notified::GaveUp => "gave_up",
+                    Notified::Skipped(_) => "skipped",
+                };
+                span.record(attr::NOTIFY_OUTCOME, outcome);
+            }
+            Err(e) => trace::failed(&span, e.code(), &e.to_string()),
+        }
+        notified
+    }
+
+    /// [`Engine::notify`] of a run that exists, under the attempt's span (whose trace
+    /// context goes to the receiver as `traceparent`).
+    async fn deliver(
+        &self,
+        n: &Notification,
+        attempt: u32,
+        sender: &dyn CallbackSender,
+        snap: RunSnapshot,
+        span: &tracing::Span,
+    ) -> Result<Notified, EngineError> {
         let Some(url) = snap.header.callback_url.clone() else {
             return Ok(Notified::Skipped("the run has no callback_url"));
         };
@@ -196,12 +229,15 @@ impl Engine {
                 .map_err(|e| {
                     EngineError::Internal(format!("SWITCHYARD_CALLBACK_SECRET is unusable: {e}"))
                 })?;
-        let headers = vec![
+        let mut headers = vec![
             ("content-type".to_string(), "application/json".to_string()),
             ("webhook-id".to_string(), n.webhook_id.clone()),
             ("webhook-timestamp".to_string(), ts.to_string()),
             ("webhook-signature".to_string(), signature),
         ];
+        if let Some(tp) = self.traceparent_of(span) {
+            headers.push((attr::TRACEPARENT.to_string(), tp));
+        }
         let sent = sender
             .deliver(&url, &headers, body, self.config.allow_private_callbacks)
             .await;
@@ -210,6 +246,14 @@ impl Engine {
             DeliveryResult::Status(s) => (Some(*s), None),
             DeliveryResult::Failed(e) => (None, Some(e.as_str())),
         };
+        if let Some(s) = status {
+            span.record(attr::HTTP_RESPONSE_STATUS_CODE, i64::from(s));
+        }
+        if !matches!(decision, Decision::Delivered | Decision::Stop) {
+            // No answer (`timeout`, `connect`…) or the status code, as HTTP clients report it.
+            let class = error.map_or_else(|| status.unwrap_or(0).to_string(), str::to_string);
+            trace::failed(span, &class, "the receiver did not take the notification");
+        }
         let (outcome, notified) = match decision {
             Decision::Delivered => ("delivered", Notified::Delivered),
             Decision::Stop => ("stopped", Notified::Stopped),

@@ -1189,6 +1189,7 @@ mod tests {
             lease: None,
             callback_url: None,
             metadata: serde_json::Value::Null,
+            traceparent: None,
             version: 3,
         };
         let mut a = StepRecord::pending("a");

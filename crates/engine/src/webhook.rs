@@ -5,14 +5,14 @@
 //!    per-attempt token it carries (a callback for an old attempt is acknowledged, not applied);
 //! 4. settle the step with a conditional write, record the `webhook-id`, wake the run.
 
-use crate::{Engine, EngineError};
+use crate::{trace, Engine, EngineError};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use switchyard_core::model::{ModelOutput, ModelResponse, Provider};
 use switchyard_core::settle::{self, AttemptMeta};
 use switchyard_core::state::{EventKind, HistoryEvent, StepRecord, WakeReason};
-use switchyard_core::telemetry::{self, Metric};
+use switchyard_core::telemetry::{self, attr, Metric};
 use switchyard_core::webhook;
 use switchyard_core::workflow::{Step, StepKind, Workflow};
 use switchyard_core::StepError;
@@ -89,7 +89,14 @@ impl Engine {
         &self,
         req: &CallbackRequest,
     ) -> Result<CallbackResult, EngineError> {
-        let result = self.apply_callback(req).await;
+        let provider = if self.providers.get(&req.provider).is_some() {
+            req.provider.as_str()
+        } else {
+            // Anyone can call the route: an unknown name must not become a new series.
+            "unknown"
+        };
+        let span = trace::webhook_span(provider);
+        let result = self.apply_callback(req, &span).await;
         let verdict = match &result {
             Ok(CallbackResult::Applied) => "applied",
             Ok(CallbackResult::Progress) => "progress",
@@ -99,23 +106,29 @@ impl Engine {
             Err(EngineError::BadRequest { .. } | EngineError::NotFound(_)) => "invalid",
             Err(_) => "error",
         };
-        let provider = if self.providers.get(&req.provider).is_some() {
-            req.provider.as_str()
-        } else {
-            // Anyone can call the route: an unknown name must not become a new series.
-            "unknown"
-        };
+        span.record(attr::WEBHOOK_VERDICT, verdict);
+        if let Err(e) = &result {
+            trace::failed(&span, e.code(), &e.to_string());
+        }
         self.observe(&[Metric::new(&telemetry::WEBHOOKS, &[provider, verdict], 1.0)]);
         result
     }
 
-    async fn apply_callback(&self, req: &CallbackRequest) -> Result<CallbackResult, EngineError> {
+    /// Applies a callback; `span` (the callback's) joins the run's trace once the run is read.
+    async fn apply_callback(
+        &self,
+        req: &CallbackRequest,
+        span: &tracing::Span,
+    ) -> Result<CallbackResult, EngineError> {
         let id = self.authenticate(req)?;
         // Seen before? (Recorded only after the callback is applied, so a failed attempt to
         // apply it can be retried by the provider.)
         let dedupe_key = format!("{}:{id}", req.provider);
         let (run_id, step_id, token) = target(req)?;
         let snap = self.load_for(None, &run_id).await?;
+        self.join_run(span, &snap.header);
+        span.record(attr::RUN_ID, run_id.as_str());
+        span.record(attr::STEP, step_id.as_str());
         if snap.header.status.is_terminal() {
             // The run ended (cancelled, or failed elsewhere) while the job ran: acknowledge the
             // callback so the provider stops retrying, but change nothing.

@@ -7,7 +7,7 @@
 //! sent for that time.
 
 use crate::exec::ActionCtx;
-use crate::{Engine, EngineError};
+use crate::{trace, Engine, EngineError};
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -22,9 +22,10 @@ use switchyard_core::state::{
     WaitInfo, WaitReason, WakeReason, WakeUp,
 };
 use switchyard_core::stats::RunFacts;
-use switchyard_core::telemetry;
+use switchyard_core::telemetry::{self, attr};
 use switchyard_core::workflow::{StepKind, Workflow};
 use switchyard_core::{refs, schema, ErrorClass, Millis, StoreError};
+use tracing::Instrument;
 
 /// What handling a wake-up came to.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +62,26 @@ fn expire_orphaned_claims(snap: &mut RunSnapshot, owner: &str, now: Millis) {
     }
 }
 
+/// What handling a wake-up came to, on its span.
+fn record_handled(span: &tracing::Span, handled: &Result<Handled, EngineError>) {
+    let (outcome, status) = match handled {
+        Ok(Handled::Gone) => ("gone", None),
+        Ok(Handled::AlreadyEnded(s)) => ("already_ended", Some(*s)),
+        Ok(Handled::Busy) => ("busy", None),
+        Ok(Handled::Ended(s)) => ("ended", Some(*s)),
+        Ok(Handled::Waiting { .. }) => ("waiting", Some(RunStatus::Waiting)),
+        Ok(Handled::Yielded) => ("yielded", Some(RunStatus::Waiting)),
+        Err(e) => {
+            trace::failed(span, e.code(), &e.to_string());
+            return;
+        }
+    };
+    span.record(attr::WAKE_OUTCOME, outcome);
+    if let Some(s) = status {
+        span.record(attr::RUN_STATUS, s.as_str());
+    }
+}
+
 type Flight = std::pin::Pin<
     Box<dyn std::future::Future<Output = (String, Result<Vec<StepRecord>, EngineError>)> + Send>,
 >;
@@ -78,7 +99,7 @@ impl Engine {
             let lag = telemetry::queue_lag(wake.reason.as_str(), due, self.now());
             self.observe(&[lag.for_run(run_id)]);
         }
-        let Some(mut snap) = self.store.load(run_id).await? else {
+        let Some(snap) = self.store.load(run_id).await? else {
             tracing::warn!(run_id, "wake-up for an unknown run");
             return Ok(Handled::Gone);
         };
@@ -86,6 +107,25 @@ impl Engine {
             self.renotify_if_lost(&snap.header).await?;
             return Ok(Handled::AlreadyEnded(snap.header.status));
         }
+        // The wake-up's span is a child of the span that created the run, whoever sent it.
+        let span = trace::run_span(&snap.header, wake.reason);
+        self.join_run(&span, &snap.header);
+        let handled = self
+            .handle_loaded(wake, deadline, snap)
+            .instrument(span.clone())
+            .await;
+        record_handled(&span, &handled);
+        handled
+    }
+
+    /// [`Engine::handle`] once the run is loaded and known not to have ended.
+    async fn handle_loaded(
+        &self,
+        wake: &WakeUp,
+        deadline: Option<Millis>,
+        mut snap: RunSnapshot,
+    ) -> Result<Handled, EngineError> {
+        let run_id = wake.run_id.as_str();
         let wf = self.definition(&snap.header.workflow.hash).await?;
         let prev_wait_until = snap.header.wait.as_ref().and_then(|w| w.until);
         // Taking the lease marks the run running; whether it was waiting before decides if
@@ -328,9 +368,16 @@ impl Engine {
                 .cloned()
                 .unwrap_or_else(|| StepRecord::pending(&step));
             flying.insert(step.clone());
+            let span = cx.wf.step(&step).map_or_else(tracing::Span::none, |s| {
+                trace::step_span(&cx.run_id, s, &action)
+            });
             let (this, cx) = (self.clone(), cx.clone());
             in_flight.push(Box::pin(async move {
-                let r = this.execute(&cx, &action, rec).await;
+                let r = this
+                    .execute(&cx, &action, rec)
+                    .instrument(span.clone())
+                    .await;
+                trace::record_step(&span, &step, &r);
                 (step, r)
             }));
         }
@@ -562,6 +609,9 @@ impl Engine {
             RunStatus::Cancelled => EventKind::RunCancelled,
             _ => EventKind::RunFailed,
         };
+        if let Some(e) = error.as_ref().filter(|_| status == RunStatus::Failed) {
+            trace::failed(&tracing::Span::current(), e.class.as_str(), &e.message);
+        }
         let detail = json!({"cost_usd": snap.cost_usd(), "error": error});
         let ended = HistoryEvent::run(now, kind, detail);
         // The run's figures ride on the write that ends it: it happens once (its version

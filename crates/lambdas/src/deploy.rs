@@ -301,6 +301,9 @@ impl Deployment {
         );
         let emf = Arc::new(crate::emf::EmfSink::from_env());
         let engine = engine.with_metrics(emf.clone());
+        // Spans join each run's trace when this process exports them.
+        #[cfg(feature = "otel")]
+        let engine = switchyard_otel::join(engine);
         Ok(Deployment {
             engine,
             work,

@@ -22,7 +22,8 @@
 //! - [`poller`]: the SQS event source mapping's loop, for running the handlers outside Lambda.
 //! - [`provision`]: the table, queues and bucket on an emulator, for tests and `dev --backend aws`.
 //! - [`sqs`]: SQS events into engine records, batch reports into `batchItemFailures`.
-//! - [`init_tracing`]: JSON logs (CloudWatch), level from `RUST_LOG`.
+//! - [`init_tracing`]: JSON logs (CloudWatch), level from `RUST_LOG`; OTLP traces when
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set ([`flush_traces`] at the end of each invocation).
 //! - [`invocation_deadline`]: the worker's deadline, also under `cargo lambda watch`.
 
 pub mod bundle;
@@ -53,7 +54,8 @@ pub fn invocation_deadline(header_ms: u64, now_ms: u64) -> u64 {
 }
 
 /// The HTTP functions' router, counting each request as an invocation of `function` (its
-/// container's first is the cold start) and writing the metrics it produced when it is done.
+/// container's first is the cold start) and writing the metrics (and exporting the spans) it
+/// produced when it is done.
 pub fn with_emf(
     router: axum::Router,
     emf: std::sync::Arc<emf::EmfSink>,
@@ -66,23 +68,54 @@ pub fn with_emf(
                 emf.invoked(function);
                 let resp = next.run(req).await;
                 emf.flush();
+                flush_traces().await;
                 resp
             }
         },
     ))
 }
 
-/// JSON logs, one object per line, with the span fields (run, step, provider, model, error
-/// class) the engine records; `RUST_LOG` sets the level (default `info`).
-pub fn init_tracing() {
+/// JSON logs, one object per line, with the fields of the span they are in (run, step,
+/// model…); `RUST_LOG` sets the level (default `info`). With `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// set (and the `otel` feature), spans are also exported over OTLP as `switchyard-<function>`
+/// (docs/traces.md); without it nothing of OpenTelemetry is built.
+pub fn init_tracing(function: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt::layer()
         .json()
-        .with_env_filter(filter)
         .with_current_span(true)
         .with_span_list(false)
-        .try_init();
+        .with_filter(filter);
+    let registry = tracing_subscriber::registry().with(logs);
+    #[cfg(feature = "otel")]
+    {
+        let otel = match switchyard_otel::Otel::from_env(&format!("switchyard-{function}")) {
+            Ok(o) => o.map(switchyard_otel::Otel::install),
+            Err(e) => {
+                // Logs still work; the reason is logged once the subscriber is in place.
+                let _ = registry.try_init();
+                tracing::error!(error = %e, "traces are not exported");
+                return;
+            }
+        };
+        let _ = registry.with(otel.map(|o| o.layer())).try_init();
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = function;
+        let _ = registry.try_init();
+    }
+}
+
+/// Exports the spans of this invocation (nothing without an OTLP endpoint): a frozen Lambda
+/// container exports nothing, so each invocation ends with this.
+pub async fn flush_traces() {
+    #[cfg(feature = "otel")]
+    switchyard_otel::flush().await;
 }
 
 #[cfg(test)]

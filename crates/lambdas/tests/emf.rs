@@ -3,6 +3,10 @@
 //! Its stdout is captured, and every Embedded Metric Format line in it is checked against
 //! docs/emf.schema.json (written from the EMF specification) and the rules a schema cannot
 //! express; then the values are checked against the run's own history.
+//!
+//! The same process exports its spans over OTLP/HTTP to the same local server
+//! (`OTEL_EXPORTER_OTLP_ENDPOINT`): each invocation's before it answers, all in the trace the
+//! run header names (docs/traces.md).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -29,6 +33,63 @@ use tokio::sync::{mpsc, Mutex};
 struct RuntimeApi {
     events: Arc<Mutex<mpsc::Receiver<String>>>,
     answers: mpsc::Sender<(String, Value)>,
+    /// The bodies of `POST /v1/traces` (OTLP/HTTP protobuf), in arrival order.
+    traces: Arc<std::sync::Mutex<Vec<axum::body::Bytes>>>,
+}
+
+/// An OTLP/HTTP collector's traces endpoint: keeps the request, answers with an empty
+/// (fully successful) export response.
+async fn otlp_traces(
+    State(api): State<RuntimeApi>,
+    body: axum::body::Bytes,
+) -> ([(&'static str, &'static str); 1], Vec<u8>) {
+    api.traces.lock().unwrap().push(body);
+    ([("content-type", "application/x-protobuf")], Vec::new())
+}
+
+/// The spans of the OTLP exports `bodies`, with their resources' attributes.
+fn exported_spans(
+    bodies: &[axum::body::Bytes],
+) -> Vec<(
+    opentelemetry_proto::tonic::trace::v1::Span,
+    BTreeMap<String, String>,
+)> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let mut out = Vec::new();
+    for b in bodies {
+        let req = ExportTraceServiceRequest::decode(b.as_ref()).unwrap();
+        for rs in req.resource_spans {
+            let resource: BTreeMap<String, String> = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .map(|kv| (kv.key.clone(), any_value(kv.value.as_ref())))
+                .collect();
+            for ss in rs.scope_spans {
+                out.extend(ss.spans.into_iter().map(|s| (s, resource.clone())));
+            }
+        }
+    }
+    out
+}
+
+fn any_value(v: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
+    match v.and_then(|v| v.value.as_ref()) {
+        Some(V::StringValue(s)) => s.clone(),
+        Some(V::IntValue(i)) => i.to_string(),
+        Some(V::DoubleValue(d)) => d.to_string(),
+        Some(V::BoolValue(b)) => b.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn span_attr(s: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> Option<String> {
+    s.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .map(|kv| any_value(kv.value.as_ref()))
 }
 
 async fn next(State(api): State<RuntimeApi>) -> (HeaderMap, String) {
@@ -156,8 +217,11 @@ async fn the_worker_binary_writes_valid_emf_that_matches_the_history() {
     let api = RuntimeApi {
         events: Arc::new(Mutex::new(event_rx)),
         answers: answer_tx,
+        traces: Arc::default(),
     };
+    let exports = api.traces.clone();
     let app = axum::Router::new()
+        .route("/v1/traces", post(otlp_traces))
         .route("/2018-06-01/runtime/invocation/next", get(next))
         .route("/2018-06-01/runtime/invocation/{id}/{kind}", post(answered))
         .route("/2018-06-01/runtime/init/error", post(init_error))
@@ -193,6 +257,7 @@ async fn the_worker_binary_writes_valid_emf_that_matches_the_history() {
         ("SWITCHYARD_S3_PATH_STYLE", "1".into()),
         ("SWITCHYARD_METRICS_NAMESPACE", "SwitchyardTest".into()),
         ("RUST_LOG", "warn".into()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
     ] {
         env.insert(k.into(), v);
     }
@@ -215,6 +280,12 @@ async fn the_worker_binary_writes_valid_emf_that_matches_the_history() {
         out
     });
 
+    // The run's trace, as intake keeps it when it exports spans (this test's intake does not).
+    let (trace_id, intake_span) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    let mut header = d.engine.store.load_header(&run).await.unwrap().unwrap();
+    header.traceparent = Some(format!("00-{trace_id}-{intake_span}-01"));
+    d.engine.store.put_header(&header, &[]).await.unwrap();
+
     // Hand it the run's wake-ups until the run ends (a retry's backoff parks it in between).
     let mut invocations = 0;
     for _ in 0..60 {
@@ -234,6 +305,12 @@ async fn the_worker_binary_writes_valid_emf_that_matches_the_history() {
             .unwrap();
         assert_eq!(kind, "response", "{answer}");
         invocations += 1;
+        // Exported before the invocation ended: a frozen container would export nothing.
+        let exported = exports.lock().unwrap().len();
+        assert!(
+            !cfg!(feature = "otel") || exported >= invocations,
+            "{exported} exports after {invocations} invocations"
+        );
     }
     let (_, doc) = common::get(&router, &format!("/v1/runs/{run}")).await;
     assert_eq!(doc["status"], "succeeded", "{doc}");
@@ -277,6 +354,52 @@ async fn the_worker_binary_writes_valid_emf_that_matches_the_history() {
     // The values agree with the run's history.
     let history = common::history(&d, &run).await;
     let count = |k: EventKind| history.iter().filter(|e| e.kind == k).count() as f64;
+
+    // The spans: every one in the run's trace, the wake-ups' children of intake's span.
+    if cfg!(feature = "otel") {
+        let spans = exported_spans(&exports.lock().unwrap());
+        let names: Vec<&str> = spans.iter().map(|(s, _)| s.name.as_str()).collect();
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        for (s, resource) in &spans {
+            assert_eq!(hex(&s.trace_id), trace_id, "{}", s.name);
+            assert_eq!(resource["service.name"], "switchyard-worker");
+            assert_eq!(resource["faas.name"], "worker");
+        }
+        let runs: Vec<_> = spans
+            .iter()
+            .filter(|(s, _)| s.name == "invoke_workflow resilient-summary")
+            .collect();
+        assert!(
+            runs.len() >= 2,
+            "a wake-up per attempt's backoff: {names:?}"
+        );
+        for (r, _) in &runs {
+            assert_eq!(hex(&r.parent_span_id), intake_span);
+            assert_eq!(
+                span_attr(r, "switchyard.run.id").as_deref(),
+                Some(run.as_str())
+            );
+        }
+        let failed = spans
+            .iter()
+            .filter(|(s, _)| s.name == "chat template-generator")
+            .filter(|(s, _)| span_attr(s, "error.type").as_deref() == Some("transient"))
+            .count();
+        assert_eq!(
+            failed as f64,
+            count(EventKind::StepStarted) - 1.0,
+            "{names:?}"
+        );
+        let answered = spans
+            .iter()
+            .find(|(s, _)| s.name == "chat extractive-summarizer")
+            .expect("the fallback's call");
+        assert_eq!(
+            span_attr(&answered.0, "gen_ai.provider.name").as_deref(),
+            Some("local")
+        );
+        assert!(span_attr(&answered.0, "gen_ai.usage.output_tokens").is_some());
+    }
     let of_run = [("run_id", run.as_str())];
     assert_eq!(
         sum(&emf, "attempts", &of_run),

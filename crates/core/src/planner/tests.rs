@@ -154,6 +154,7 @@ fn header() -> RunHeader {
         lease: None,
         callback_url: None,
         metadata: Value::Null,
+        traceparent: None,
         version: 1,
     }
 }

@@ -223,6 +223,7 @@ fn a_run_end_gives_its_outcome_class_and_duration() {
         lease: None,
         callback_url: None,
         metadata: Value::Null,
+        traceparent: None,
         version: 3,
     };
     let failed = RunError {

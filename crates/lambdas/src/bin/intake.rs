@@ -9,7 +9,7 @@ use switchyard_lambdas::{init_tracing, with_emf, Deployment};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    init_tracing();
+    init_tracing("intake");
     let d = Deployment::from_env().await?;
     let spec = required_setting(
         d.secrets.as_ref(),

@@ -6,12 +6,12 @@
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{service_fn, LambdaEvent};
 use std::sync::Arc;
-use switchyard_lambdas::{init_tracing, sqs, Deployment};
+use switchyard_lambdas::{flush_traces, init_tracing, sqs, Deployment};
 use switchyard_providers::outbound::CallbackClient;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    init_tracing();
+    init_tracing("notifier");
     let d = Arc::new(Deployment::from_env().await?);
     let sender = Arc::new(CallbackClient::new(Default::default()));
     lambda_runtime::run(service_fn(move |ev: LambdaEvent<SqsEvent>| {
@@ -25,6 +25,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
                 .handle_notify_batch(&records, d.notify.as_ref(), sender.as_ref())
                 .await;
             d.emf.flush();
+            flush_traces().await;
             Ok::<SqsBatchResponse, lambda_runtime::Error>(sqs::response(&report))
         }
     }))

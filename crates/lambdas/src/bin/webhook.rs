@@ -8,7 +8,7 @@ use switchyard_lambdas::{init_tracing, with_emf, Deployment};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    init_tracing();
+    init_tracing("webhook");
     let d = Deployment::from_env().await?;
     required_setting(d.secrets.as_ref(), WEBHOOK_SECRET, "without one secret shared by all instances, each makes its own and callbacks signed elsewhere fail verification")?;
     let emf = d.emf.clone();

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use switchyard_engine::settings::WEBHOOK_SECRET;
 use switchyard_lambdas::deploy::required_setting;
 use switchyard_lambdas::sqs::{self, WorkerEvent};
-use switchyard_lambdas::{callbacks, init_tracing, invocation_deadline, Deployment};
+use switchyard_lambdas::{callbacks, flush_traces, init_tracing, invocation_deadline, Deployment};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    init_tracing();
+    init_tracing("worker");
     let d = Arc::new(Deployment::from_env().await?);
     required_setting(d.secrets.as_ref(), WEBHOOK_SECRET, "without one secret shared by all instances, built-in jobs' callbacks signed here fail verification in the webhook function")?;
     let http = reqwest::Client::new();
@@ -26,6 +26,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
                 WorkerEvent::Sweep(_) => {
                     let swept = d.engine.sweep().await;
                     d.emf.flush();
+                    flush_traces().await;
                     swept?;
                     return Ok(SqsBatchResponse::default());
                 }
@@ -41,6 +42,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             let budget = deadline.saturating_sub(d.engine.now() + 1_000);
             callbacks::send(&http, callbacks::take(&d), budget).await;
             d.emf.flush();
+            flush_traces().await;
             Ok::<SqsBatchResponse, lambda_runtime::Error>(sqs::response(&report))
         }
     }))
