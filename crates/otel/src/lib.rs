@@ -40,8 +40,17 @@ pub const ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 /// The traces-only endpoint, which also turns export on.
 pub const TRACES_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
 
-/// How long one export may take (an OTLP request to the collector).
-const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one export may take: `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` or
+/// `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds), else 10 s, as the SDKs read them.
+fn export_timeout() -> Duration {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok()?.trim().parse::<u64>().ok())
+    .map_or(Duration::from_secs(10), Duration::from_millis)
+}
 
 /// Whether traces are to be exported: an OTLP endpoint is set (and not empty).
 pub fn enabled() -> bool {
@@ -76,21 +85,27 @@ impl Otel {
         if !enabled() {
             return Ok(None);
         }
-        if let Ok(p) = std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL") {
-            if p.trim() != "http/protobuf" {
-                tracing::warn!(protocol = %p, "only http/protobuf is built in: exporting with it");
+        for var in [
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        ] {
+            match std::env::var(var) {
+                Ok(p) if p.trim() != "http/protobuf" => {
+                    // Before any subscriber exists: straight to stderr (the function's log).
+                    eprintln!("{var}={p}: only http/protobuf is built in; exporting with it");
+                }
+                _ => {}
             }
         }
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| Error(format!("no Tokio runtime to send exports on: {e}")))?;
         let client = reqwest::Client::builder()
-            .timeout(EXPORT_TIMEOUT)
+            .timeout(export_timeout())
             .build()
             .map_err(|e| Error(e.to_string()))?;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(Protocol::HttpBinary)
-            .with_timeout(EXPORT_TIMEOUT)
             .with_http_client(OnTokio { client, runtime })
             .build()
             .map_err(|e| Error(e.to_string()))?;

@@ -56,6 +56,11 @@ struct Harness {
 }
 
 fn harness() -> Harness {
+    harness_serving(&[])
+}
+
+/// A harness whose engine serves the workflows `yaml` (for the HTTP API).
+fn harness_serving(yaml: &[&str]) -> Harness {
     let (_, otel) = exporter();
     let dir = tempfile::tempdir().unwrap();
     let backend = Backend::open(dir.path()).unwrap();
@@ -63,6 +68,12 @@ fn harness() -> Harness {
     let clock_dyn: Arc<dyn Clock> = Arc::new(clock.clone());
     let queue = backend.queue(QueueName::Work, clock_dyn.clone());
     let provider = Arc::new(LocalProvider::new(LocalConfig::default()));
+    let providers = Providers::new().with(provider.clone());
+    let mut workflows = Workflows::new();
+    for src in yaml {
+        let models = providers.models();
+        workflows.add(compile(src, &NoFiles, &models).unwrap_or_else(|d| panic!("{d:#?}")));
+    }
     let secret = switchyard_core::webhook::secret_from_bytes(b"switchyard otel tests secret!!!!");
     let config = Config {
         owner: "test-worker".into(),
@@ -76,8 +87,8 @@ fn harness() -> Harness {
         Arc::new(queue.clone()),
         Arc::new(backend.blobs()),
         clock_dyn,
-        Arc::new(Providers::new().with(provider.clone())),
-        Arc::new(Workflows::new()),
+        Arc::new(providers),
+        Arc::new(workflows),
         config,
     )
     .with_trace(otel.trace_context());
@@ -543,4 +554,62 @@ async fn the_webhook_and_the_notifier_join_the_runs_trace() {
         tp,
         format!("00-{trace}-{}-01", notify.span_context.span_id())
     );
+}
+
+const QUICK: &str = r#"
+name: quick
+version: "1"
+steps:
+  - {id: a, kind: transform, value: 1}
+"#;
+
+#[tokio::test]
+async fn the_api_request_continues_the_callers_trace_and_the_run_keeps_it() {
+    let h = harness_serving(&[QUICK]);
+    let keys = switchyard_api::ApiKeys::parse("otel-test-key-0123456:acme").unwrap();
+    let app = switchyard_api::router(switchyard_api::ApiState::new(h.engine.clone(), keys));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let trace = TraceId::from_hex("5b8aa5a2d2c872e8321cf37308d69df2").unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/runs"))
+        .bearer_auth("otel-test-key-0123456")
+        .header("content-type", "application/json")
+        .header(
+            "traceparent",
+            "00-5b8aa5a2d2c872e8321cf37308d69df2-051581bf3cb55c13-01",
+        )
+        .body(json!({"workflow": "quick", "input": {}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let doc: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    let run_id = doc["run_id"].as_str().unwrap().to_string();
+    let status = h.driver.drive(&run_id).await.unwrap();
+    assert_eq!(status, RunStatus::Succeeded);
+
+    let spans = spans_of(trace);
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_ref()).collect();
+    let request = named(&spans, "POST");
+    assert_eq!(request.len(), 1, "{names:?}");
+    let request = request[0];
+    assert_eq!(request.span_kind, SpanKind::Server);
+    assert_eq!(
+        request.parent_span_id,
+        SpanId::from_hex("051581bf3cb55c13").unwrap()
+    );
+    assert_eq!(text(request, "url.path").as_deref(), Some("/v1/runs"));
+    assert_eq!(int(request, "http.response.status_code"), Some(202));
+    let start = named(&spans, "start_run quick")[0];
+    assert_eq!(start.parent_span_id, request.span_context.span_id());
+    let header = h.engine.store.load_header(&run_id).await.unwrap().unwrap();
+    assert_eq!(
+        header.traceparent,
+        Some(format!("00-{trace}-{}-01", start.span_context.span_id()))
+    );
+    let run = named(&spans, "invoke_workflow quick");
+    assert_eq!(run.len(), 1, "{names:?}");
+    assert_eq!(run[0].parent_span_id, start.span_context.span_id());
 }

@@ -319,3 +319,58 @@ fn every_metric_is_documented_with_its_dimensions() {
         );
     }
 }
+
+#[test]
+fn trace_attribute_values() {
+    use super::attr;
+    // gen_ai.operation.name by role.
+    assert_eq!(attr::operation(Role::Generation), "chat");
+    assert_eq!(attr::operation(Role::Classification), "chat");
+    assert_eq!(attr::operation(Role::Embedding), "embeddings");
+    assert_eq!(attr::operation(Role::Retrieval), "retrieval");
+    assert_eq!(attr::operation(Role::Asset), "generate_content");
+    // gen_ai.provider.name: the conventions' well-known values where they differ.
+    assert_eq!(attr::provider_name("bedrock"), "aws.bedrock");
+    assert_eq!(attr::provider_name("openai"), "openai");
+    assert_eq!(attr::provider_name("local"), "local");
+    // gen_ai.request.model: the provider's own name of the model.
+    assert_eq!(attr::model_name("openai/gpt-4o-mini"), "gpt-4o-mini");
+    assert_eq!(
+        attr::model_name("bedrock/anthropic.claude-3-haiku"),
+        "anthropic.claude-3-haiku"
+    );
+    assert_eq!(attr::model_name("bare"), "bare");
+    // gen_ai.prompt.name / .version.
+    assert_eq!(
+        attr::prompt_name_version("incident-brief@2"),
+        (Some("incident-brief"), "2")
+    );
+    assert_eq!(attr::prompt_name_version("v3"), (None, "v3"));
+    assert_eq!(attr::prompt_name_version("@2"), (None, "@2"));
+    assert_eq!(attr::prompt_name_version("name@"), (None, "name@"));
+}
+
+#[test]
+fn only_well_formed_traceparents_are_kept() {
+    use super::attr::valid_traceparent;
+    assert!(valid_traceparent(
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    ));
+    assert!(valid_traceparent(
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+    ));
+    for bad in [
+        "",
+        "garbage",
+        // All-zero ids are invalid.
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        // Version ff is forbidden; lengths and hex are checked.
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902bz-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+    ] {
+        assert!(!valid_traceparent(bad), "{bad}");
+    }
+}
