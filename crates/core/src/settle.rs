@@ -247,7 +247,13 @@ pub fn fail(
             return (r, ev);
         }
     }
-    let mut r = finish(&r, StepStatus::Failed, now);
+    fail_step(&r, err, now)
+}
+
+/// The step ends `failed` with `err`: what every path that gives up ends with, so a failed
+/// step's record and its `step_failed` event have one shape whatever gave up.
+fn fail_step(r: &StepRecord, err: StepError, now: Millis) -> (StepRecord, HistoryEvent) {
+    let mut r = finish(r, StepStatus::Failed, now);
     let ev = HistoryEvent::step(
         now,
         EventKind::StepFailed,
@@ -360,16 +366,7 @@ pub fn download_failed(
         e.message
             .push_str(" (the step's max_duration leaves no time for another download)");
     }
-    let mut r = finish(&r, StepStatus::Failed, now);
-    let ev = HistoryEvent::step(
-        now,
-        EventKind::StepFailed,
-        &r.step,
-        r.attempt,
-        json!({"class": e.class, "message": e.message}),
-    );
-    r.error = Some(e);
-    (r, ev)
+    fail_step(&r, e, now)
 }
 
 /// An asynchronous job was accepted; the step waits for its callback (or a poll).
