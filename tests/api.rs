@@ -1376,3 +1376,138 @@ async fn metrics_are_scraped_as_prometheus_text_after_a_run() {
     assert!(sum("switchyard_queue_lag_ms_count", &[]) >= 1.0);
     assert!(!text.contains(&run), "a run id is never a label");
 }
+
+const OPS: &str = "ops-key-0123456789abcdef";
+
+/// Operator routes: only an operator key opens them (a tenant key gets 403); a notification
+/// that gave up is listed with its run, shown with its body, and redriven to a receiver that
+/// is back, which gets it once more with the same `webhook-id`. `switchyard dlq` sees the
+/// same letter through the API (`--api`) and in the data dir.
+#[tokio::test]
+async fn dead_letters_are_listed_shown_and_redriven_by_an_operator_only() {
+    let dir = tempfile::tempdir().unwrap();
+    // Six attempts fail (1 + 2 + 4 + 8 + 16 s apart), then the letter is dead; the redriven
+    // delivery is accepted.
+    let receiver = Receiver::start(dir.path(), "503,503,503,503,503,503,200");
+    let dev = Dev::start(
+        &dir.path().join("data"),
+        &workflows(dir.path()),
+        &[
+            ("SWITCHYARD_CALLBACK_SECRET", SECRET),
+            ("SWITCHYARD_ALLOW_PRIVATE_CALLBACKS", "1"),
+            ("SWITCHYARD_OPERATOR_KEYS", OPS),
+        ],
+    );
+    let list = "/v1/ops/dead-letters";
+    let r = client().get(dev.at(list)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let (s, body) = get(&dev, ACME, list).await;
+    assert_eq!((s, code(&body)), (StatusCode::FORBIDDEN, "forbidden"));
+    let (s, _) = get(&dev, "not-a-key-at-all-0000", list).await;
+    assert_eq!(s, 401);
+    let (s, _) = get(&dev, OPS, "/v1/runs").await;
+    assert_eq!(s, 401, "an operator key is not a tenant's key");
+    let (s, body) = get(&dev, OPS, list).await;
+    assert_eq!((s, body), (StatusCode::OK, json!({"dead_letters": []})));
+    let (s, body) = get(&dev, OPS, &format!("{list}?queue=inbox")).await;
+    assert_eq!((s, code(&body)), (StatusCode::BAD_REQUEST, "bad_request"));
+    assert_eq!(body["error"]["field"], "queue");
+    for bad in [json!({}), json!({"all": true, "ids": ["x"]}), json!({"ids": []})] {
+        let (s, _) = post(&dev, OPS, &format!("{list}/redrive"), &bad).await;
+        assert_eq!(s, 400, "{bad}");
+    }
+    let (s, _) = post(&dev, ACME, &format!("{list}/redrive"), &json!({"all": true})).await;
+    assert_eq!(s, 403);
+
+    let hook = format!("{}/hook", receiver.url);
+    let run = start(
+        &dev,
+        ACME,
+        json!({"workflow": "quick", "input": {"text": "hi"}, "callback_url": hook}),
+    )
+    .await;
+    until_status(&dev, ACME, &run, &["succeeded"]).await;
+    let t0 = Instant::now();
+    let letter = loop {
+        let (_, body) = get(&dev, OPS, &format!("{list}?queue=notify")).await;
+        if let Some(d) = body["dead_letters"].as_array().and_then(|a| a.first()) {
+            break d.clone();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "{:?}",
+            receiver.deliveries()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(receiver.deliveries().len(), 6);
+    assert_eq!(letter["queue"], "notify");
+    assert_eq!(letter["run_id"], run.as_str());
+    assert_eq!(letter["tenant"], "acme");
+    assert_eq!(letter["workflow"], "quick");
+    assert_eq!(letter["run_status"], "succeeded");
+    assert_eq!(letter["step"], "a");
+    assert_eq!(letter["receive_count"], 6);
+    assert!(
+        letter["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("notification run.succeeded"),
+        "{letter}"
+    );
+    assert!(letter.get("body").is_none());
+    let id = letter["id"].as_str().unwrap().to_string();
+    let (s, shown) = get(&dev, OPS, &format!("{list}/{id}")).await;
+    assert_eq!(s, 200);
+    assert!(shown["body"].as_str().unwrap().contains(&run), "{shown}");
+    let (s, _) = get(&dev, OPS, &format!("{list}/nope")).await;
+    assert_eq!(s, 404);
+    let (s, _) = get(&dev, OPS, &format!("{list}?queue=work")).await;
+    assert_eq!(s, 200);
+
+    // The CLI sees it through the API and in the data dir.
+    let api = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["dlq", "list", "--api", &dev.url])
+        .env("SWITCHYARD_OPERATOR_KEY", OPS)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&api.stdout);
+    assert!(api.status.success(), "{text}");
+    assert!(text.contains(&id) && text.contains(&run), "{text}");
+    let local = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["dlq", "show", &id, "--json", "--data-dir"])
+        .arg(&dev.data)
+        .output()
+        .unwrap();
+    assert!(local.status.success());
+    let doc: Value = serde_json::from_slice(&local.stdout).unwrap();
+    assert_eq!(doc["run_id"], run.as_str());
+    let missing_key = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["dlq", "list", "--api", &dev.url])
+        .env_remove("SWITCHYARD_OPERATOR_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(missing_key.status.code(), Some(2));
+
+    let (s, done) = post(
+        &dev,
+        OPS,
+        &format!("{list}/redrive"),
+        &json!({"queue": "notify", "ids": [id]}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(done, json!({"work": 0, "notify": 1, "not_found": []}));
+    let t1 = Instant::now();
+    while receiver.deliveries().len() < 7 {
+        assert!(t1.elapsed() < Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let d = receiver.deliveries();
+    assert_eq!(d[6]["status_answered"], 200);
+    assert_eq!(d[6]["webhook_id"], d[0]["webhook_id"], "the same notification");
+    let (_, body) = get(&dev, OPS, list).await;
+    assert_eq!(body, json!({"dead_letters": []}));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.deliveries().len(), 7, "delivered once");
+}

@@ -8,6 +8,7 @@
 //! Layout:
 //! - [`auth`]: API keys (kept hashed) → tenants, compared in constant time.
 //! - [`body`]: JSON-only bodies, parse errors naming the field (400), 415 for non-JSON.
+//! - [`ops`]: the operator routes (`/v1/ops/…`, dead letters), behind operator keys.
 //! - [`routes`]: the handlers, each documented with `#[utoipa::path]`; the OpenAPI 3.1
 //!   document is generated from them, so a route cannot exist without its documentation
 //!   (routes are only added through `utoipa_axum`'s `routes!`).
@@ -15,6 +16,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod ops;
 pub mod routes;
 
 use axum::extract::{Request, State};
@@ -30,7 +32,8 @@ use switchyard_engine::{Engine, EngineError};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-pub use auth::ApiKeys;
+pub use auth::{ApiKeys, OperatorKeys};
+pub use switchyard_engine::deadletters::Inboxes;
 
 /// Largest request body the API buffers: the run input limit plus room for the envelope.
 /// Larger bodies are refused with 413 before they are read.
@@ -44,6 +47,10 @@ pub const REQUEST_ID: &str = "x-request-id";
 pub struct ApiState {
     pub engine: Engine,
     pub keys: Arc<ApiKeys>,
+    /// Keys of the operator routes (`/v1/ops/…`); none by default (those routes answer 401).
+    pub operators: Arc<OperatorKeys>,
+    /// The queues' receiving sides, whose dead letters the operator routes list and redrive.
+    pub inboxes: Option<Inboxes>,
     /// Told when a request queued work (a run started, approved, cancelled), so an in-process
     /// worker pool looks at the queue at once instead of at its next idle poll.
     pub kick: Option<Arc<Notify>>,
@@ -61,11 +68,20 @@ impl ApiState {
         ApiState {
             engine,
             keys: Arc::new(keys),
+            operators: Arc::default(),
+            inboxes: None,
             kick: None,
             allow_private_callbacks: false,
             blob_links: None,
             doc: Arc::default(),
         }
+    }
+
+    /// Opens the operator routes to `operators`, over these queues.
+    pub fn with_operators(mut self, operators: OperatorKeys, inboxes: Inboxes) -> ApiState {
+        self.operators = Arc::new(operators);
+        self.inboxes = Some(inboxes);
+        self
     }
 
     pub(crate) fn kicked(&self) {
@@ -207,6 +223,9 @@ mod tests {
             "/v1/openapi.json",
             "/healthz",
             "/hooks/{provider}",
+            "/v1/ops/dead-letters",
+            "/v1/ops/dead-letters/{id}",
+            "/v1/ops/dead-letters/redrive",
         ] {
             assert!(paths.contains(&p), "{p} missing from {paths:?}");
         }

@@ -38,7 +38,8 @@ pub const DEFAULT_LIST_LIMIT: usize = 50;
     ),
     paths(hook_doc),
     modifiers(&BearerAuth),
-    tags((name = "runs"), (name = "workflows"), (name = "stats"), (name = "service"), (name = "hooks"))
+    tags((name = "runs"), (name = "workflows"), (name = "stats"), (name = "service"), (name = "hooks"),
+        (name = "operations", description = "Operator routes: an operator key (SWITCHYARD_OPERATOR_KEYS), not a tenant's"))
 )]
 struct ApiDoc;
 
@@ -73,6 +74,9 @@ pub(crate) fn documented() -> OpenApiRouter<ApiState> {
         .routes(routes!(get_blob))
         .routes(routes!(declare_upload))
         .routes(routes!(healthz))
+        .routes(routes!(crate::ops::list_dead_letters))
+        .routes(routes!(crate::ops::get_dead_letter))
+        .routes(routes!(crate::ops::redrive))
         // An upload's PUT carries up to `upload::MAX_BYTES`: its own body limit, inner to the
         // API's (the innermost limit applies).
         .merge(
@@ -100,21 +104,25 @@ impl FromRequestParts<ApiState> for Tenant {
 }
 
 fn authenticate(headers: &HeaderMap, keys: &ApiKeys) -> Result<String, ApiError> {
+    keys.tenant(bearer_key(headers)?)
+        .map(str::to_string)
+        .ok_or_else(|| ApiError(EngineError::Unauthorized("the API key is not valid".into())))
+}
+
+/// The key of `Authorization: Bearer <key>`; 401 when the header is missing or not that.
+pub(crate) fn bearer_key(headers: &HeaderMap) -> Result<&str, ApiError> {
     let unauthorized = |m: &str| ApiError(EngineError::Unauthorized(m.to_string()));
     let value = headers
         .get(axum::http::header::AUTHORIZATION)
         .ok_or_else(|| unauthorized("an `Authorization: Bearer <api key>` header is required"))?;
-    let key = value
+    value
         .to_str()
         .ok()
         .and_then(|v| {
             let (scheme, key) = v.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
         })
-        .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <api key>`"))?;
-    keys.tenant(key)
-        .map(str::to_string)
-        .ok_or_else(|| unauthorized("the API key is not valid"))
+        .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <api key>`"))
 }
 
 // ---- bodies ----
@@ -425,7 +433,7 @@ async fn list_runs(
 }
 
 /// Parses a query string; an error names the parameter.
-fn serde_urlencoded_params<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T, ApiError> {
+pub(crate) fn serde_urlencoded_params<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T, ApiError> {
     let uri: axum::http::Uri = format!("/?{raw}")
         .parse()
         .map_err(|_| EngineError::BadRequest {
@@ -447,6 +455,7 @@ fn serde_urlencoded_params<T: serde::de::DeserializeOwned>(raw: &str) -> Result<
                 "tenant",
                 "bytes",
                 "content_type",
+                "queue",
             ]
             .into_iter()
             .find(|f| text.contains(f))

@@ -11,12 +11,14 @@ use anyhow::{Context, Result};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use switchyard_api::{ApiKeys, ApiState};
+use switchyard_api::{ApiKeys, ApiState, Inboxes, OperatorKeys};
 use switchyard_core::model::ModelInfo;
-use switchyard_core::ports::{CallbackSender, ListScope, Message, QueueName, RunQuery, Secrets};
+use switchyard_core::ports::{
+    CallbackSender, Inbox, ListScope, Message, QueueName, RunQuery, Secrets,
+};
 use switchyard_core::state::{RunStatus, WakeReason, WakeUp};
 use switchyard_engine::pool::{Pool, PoolOptions};
-use switchyard_engine::settings::CALLBACK_SECRET;
+use switchyard_engine::settings::{CALLBACK_SECRET, OPERATOR_KEYS};
 use switchyard_engine::Workflows;
 use switchyard_local::{SystemClock, Threading};
 use tokio::sync::{watch, Notify};
@@ -135,12 +137,12 @@ pub async fn dev(args: DevArgs) -> Result<i32> {
         .context("dev's listener was already taken")?;
     recover(&l).await?;
 
+    let (operators, ops_key) = operator_keys(env.get(OPERATOR_KEYS))?;
     let kick = Arc::new(Notify::new());
     let mut state = ApiState::new(l.engine.clone(), keys);
     state.kick = Some(kick.clone());
     state.allow_private_callbacks = l.engine.config.allow_private_callbacks;
     state.blob_links = l.blob_secret.clone().map(Arc::new);
-    let router = with_metrics_route(switchyard_api::router(state), metrics);
 
     let sender: Arc<dyn CallbackSender> = Arc::new(
         switchyard_providers::outbound::CallbackClient::new(Default::default()),
@@ -149,10 +151,20 @@ pub async fn dev(args: DevArgs) -> Result<i32> {
         .backend
         .queue(QueueName::Notify, Arc::new(SystemClock))
         .with_max_receive_count(switchyard_engine::notifier::MAX_NOTIFY_ATTEMPTS);
+    let work: Arc<dyn Inbox> = Arc::new(l.queue.clone());
+    let notify: Arc<dyn Inbox> = Arc::new(notify);
+    let state = state.with_operators(
+        operators,
+        Inboxes {
+            work: work.clone(),
+            notify: notify.clone(),
+        },
+    );
+    let router = with_metrics_route(switchyard_api::router(state), metrics);
     let pool = Arc::new(Pool {
         engine: l.engine.clone(),
-        work: Arc::new(l.queue.clone()),
-        notify: Arc::new(notify),
+        work,
+        notify,
         sender,
         callbacks: l.driver.clone(),
         kick,
@@ -169,6 +181,7 @@ pub async fn dev(args: DevArgs) -> Result<i32> {
         dev_key.as_deref(),
         generated_secret.as_deref(),
     );
+    print_operator_key(ops_key.as_deref());
     let (stop_tx, stop_rx) = watch::channel(false);
     let pool_task = tokio::spawn(pool.run(stop_rx.clone()));
     let mut http_stop = stop_rx.clone();
@@ -271,6 +284,29 @@ pub(crate) fn print_keys(dev_key: Option<&str>, generated_secret: Option<&str>, 
     }
     if let Some(s) = generated_secret {
         println!("  callback signing secret (SWITCHYARD_CALLBACK_SECRET): {s}");
+    }
+}
+
+/// The operator keys from `SWITCHYARD_OPERATOR_KEYS`, or a made-up one (returned, to print)
+/// when it is unset: `dev` always serves the operator routes.
+pub(crate) fn operator_keys(spec: Option<String>) -> Result<(OperatorKeys, Option<String>)> {
+    match spec.filter(|s| !s.trim().is_empty()) {
+        Some(spec) => Ok((
+            OperatorKeys::parse(&spec).map_err(|e| crate::exit::UsageError(e.to_string()))?,
+            None,
+        )),
+        None => {
+            let key = random_token("sy_ops_");
+            Ok((OperatorKeys::single(&key), Some(key)))
+        }
+    }
+}
+
+/// The banner's operator-key line.
+pub(crate) fn print_operator_key(generated: Option<&str>) {
+    match generated {
+        Some(k) => println!("  operator key (`switchyard dlq --api`, /v1/ops): {k}"),
+        None => println!("  operator keys: from {OPERATOR_KEYS}"),
     }
 }
 

@@ -31,7 +31,7 @@ use switchyard_api::{ApiKeys, ApiState};
 use switchyard_core::ports::{EnvSecrets, Secrets};
 use switchyard_core::recovery;
 use switchyard_core::time::SystemClock;
-use switchyard_engine::settings::{CALLBACK_SECRET, PUBLIC_URL};
+use switchyard_engine::settings::{CALLBACK_SECRET, OPERATOR_KEYS, PUBLIC_URL};
 use switchyard_lambdas::poller::{self, Function, Mapping};
 use switchyard_lambdas::{callbacks, deploy, provision, Deployment, Resources};
 use tokio::sync::watch;
@@ -159,6 +159,7 @@ pub async fn dev(args: DevArgs) -> Result<i32> {
         }
     };
 
+    let ops_spec = lookup(&settings, OPERATOR_KEYS);
     let dir = args.workflows.clone();
     let clients = switchyard_lambdas::deploy::Clients::new(&sdk, resources.s3_path_style);
     let d = Deployment::with_workflows(clients, resources, settings, &|models| {
@@ -181,7 +182,8 @@ pub async fn dev(args: DevArgs) -> Result<i32> {
         .ok_or_else(|| anyhow!("SWITCHYARD_API_KEYS is not set"))?;
     let keys =
         ApiKeys::parse(&spec).map_err(|e| UsageError(format!("SWITCHYARD_API_KEYS: {e}")))?;
-    let mut state = ApiState::new(d.engine.clone(), keys);
+    let (operators, ops_key) = dev::operator_keys(ops_spec)?;
+    let mut state = ApiState::new(d.engine.clone(), keys).with_operators(operators, d.inboxes());
     state.allow_private_callbacks = d.engine.config.allow_private_callbacks;
     let router = dev::with_metrics_route(switchyard_api::router(state), metrics);
 
@@ -202,6 +204,7 @@ pub async fn dev(args: DevArgs) -> Result<i32> {
         dev_key.as_deref(),
         generated_secret.as_deref(),
     );
+    dev::print_operator_key(ops_key.as_deref());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let http = reqwest::Client::new();

@@ -10,6 +10,7 @@
 
 pub mod commands;
 pub mod dev;
+pub mod dlq;
 #[cfg(feature = "aws")]
 pub mod dev_aws;
 pub mod local;

@@ -66,6 +66,13 @@ enum Command {
         #[command(subcommand)]
         command: RunsCommand,
     },
+    /// The dead letters of the work and notify queues: list, show, redrive. On the embedded
+    /// backend under --data-dir, or through a running API's operator routes with --api URL
+    /// (the key in SWITCHYARD_OPERATOR_KEY): that is how a deployment's SQS DLQs are reached.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Per workflow and step, over the runs created in a window: outcomes, failures by
     /// error class, p50/p95/p99 latency, cost, tokens, retry, fallback, validation-failure and
     /// escalation rates, judge scores, and what cascades saved against always using their top
@@ -119,6 +126,56 @@ enum Command {
         /// How long a fake Replicate prediction takes.
         #[arg(long, default_value_t = 200)]
         replicate_delay_ms: u64,
+    },
+}
+
+/// Where `dlq` acts: the embedded backend, or an API's operator routes.
+#[derive(clap::Args)]
+struct DlqAt {
+    /// Only this queue: `work` or `notify` (both when absent).
+    #[arg(long)]
+    queue: Option<String>,
+    /// Print JSON (the API's documents).
+    #[arg(long)]
+    json: bool,
+    #[arg(long, conflicts_with = "api")]
+    data_dir: Option<PathBuf>,
+    /// A running API (`switchyard dev` on either backend, or the deployed intake URL); the
+    /// operator key is read from SWITCHYARD_OPERATOR_KEY.
+    #[arg(long, env = "SWITCHYARD_API_URL")]
+    api: Option<String>,
+}
+
+impl DlqAt {
+    fn target<'a>(&'a self, dir: &'a std::path::Path) -> switchyard_cli::dlq::Target<'a> {
+        match &self.api {
+            Some(url) => switchyard_cli::dlq::Target::Api(url),
+            None => switchyard_cli::dlq::Target::Embedded(dir),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Dead letters with their run, tenant, workflow, step, receive count, time and reason.
+    List {
+        #[command(flatten)]
+        at: DlqAt,
+    },
+    /// One dead letter, with its raw body.
+    Show {
+        id: String,
+        #[command(flatten)]
+        at: DlqAt,
+    },
+    /// Put dead letters back on their queue (visible now, receive count reset): every one
+    /// with --all, or those listed. Safe to repeat: wake-ups re-plan from the stored state.
+    Redrive {
+        ids: Vec<String>,
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        #[command(flatten)]
+        at: DlqAt,
     },
 }
 
@@ -220,6 +277,28 @@ fn main() {
                         data_dir,
                     },
             } => commands::runs_show(run_id, *json, &dir(data_dir)).await,
+            Command::Dlq { command } => {
+                use switchyard_cli::dlq::{self, Which};
+                match command {
+                    DlqCommand::List { at } => {
+                        let d = dir(&at.data_dir);
+                        dlq::list(at.target(&d), at.queue.as_deref(), at.json).await
+                    }
+                    DlqCommand::Show { id, at } => {
+                        let d = dir(&at.data_dir);
+                        dlq::show(at.target(&d), id, at.queue.as_deref(), at.json).await
+                    }
+                    DlqCommand::Redrive { ids, all, at } => {
+                        let d = dir(&at.data_dir);
+                        let which = if *all {
+                            Which::All
+                        } else {
+                            Which::Ids(ids.clone())
+                        };
+                        dlq::redrive(at.target(&d), at.queue.as_deref(), which, at.json).await
+                    }
+                }
+            }
             Command::Stats {
                 workflow,
                 since,

@@ -490,6 +490,59 @@ fn variants_table(by: &str, variants: &[switchyard_engine::stats::VariantStats])
     out
 }
 
+/// `dlq list`: one line per dead letter (the `{"dead_letters": [...]}` document).
+pub fn dead_letters_table(doc: &Value) -> String {
+    let rows = doc["dead_letters"].as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        return "no dead letters\n".to_string();
+    }
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let mut out = format!(
+        "{:<38} {:<6} {:<28} {:<10} {:<18} {:<12} {:>8}  {:<20}  {}\n",
+        "ID", "QUEUE", "RUN", "TENANT", "WORKFLOW", "STEP", "RECEIVES", "FAILED AT", "MESSAGE: REASON"
+    );
+    for d in &rows {
+        out.push_str(&format!(
+            "{:<38} {:<6} {:<28} {:<10} {:<18} {:<12} {:>8}  {:<20}  {}: {}\n",
+            s(&d["id"]),
+            s(&d["queue"]),
+            s(&d["run_id"]),
+            s(&d["tenant"]),
+            s(&d["workflow"]),
+            s(&d["step"]),
+            d["receive_count"].as_u64().unwrap_or(0),
+            when(d["failed_at"].as_u64().unwrap_or(0)),
+            s(&d["message"]),
+            s(&d["reason"]),
+        ));
+    }
+    out.push_str(&format!("{} dead letter(s)\n", rows.len()));
+    out
+}
+
+/// `dlq show`: one dead letter, field by field, and its raw body.
+pub fn dead_letter_detail(d: &Value) -> String {
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let mut out = String::new();
+    for (label, v) in [
+        ("id", s(&d["id"])),
+        ("queue", s(&d["queue"])),
+        ("message", s(&d["message"])),
+        ("reason", s(&d["reason"])),
+        ("receives", d["receive_count"].as_u64().unwrap_or(0).to_string()),
+        ("failed at", when(d["failed_at"].as_u64().unwrap_or(0))),
+        ("run", s(&d["run_id"])),
+        ("tenant", s(&d["tenant"])),
+        ("workflow", s(&d["workflow"])),
+        ("run status", s(&d["run_status"])),
+        ("step", s(&d["step"])),
+    ] {
+        out.push_str(&format!("{label:<11} {v}\n"));
+    }
+    out.push_str(&format!("body:\n  {}\n", s(&d["body"])));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -670,3 +723,4 @@ mod tests {
         assert!(row.ends_with("33.3%"), "escalated 1 of 3: {row}");
     }
 }
+

@@ -4,7 +4,7 @@
 //! and a read that lost a race ([`FaultyStore::load_stale_once`]).
 
 use async_trait::async_trait;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use switchyard_core::ports::{ActivePage, IdempotencyClaim, RunPage, RunQuery, StateStore};
 use switchyard_core::state::{HistoryEvent, Lease, RunHeader, RunSnapshot, StepRecord};
@@ -39,6 +39,9 @@ pub struct FaultyStore {
     /// Snapshots the next `load` of their run answers instead of what is stored: a reader
     /// that loaded the run just before another worker moved it on.
     stale: Mutex<HashMap<String, RunSnapshot>>,
+    /// Runs whose lease cannot be taken (`Unavailable`) until cured: a wake-up handler that
+    /// fails every time for one run, as a poison message does.
+    poisoned: Mutex<HashSet<String>>,
 }
 
 impl FaultyStore {
@@ -49,7 +52,18 @@ impl FaultyStore {
             calls: Mutex::new(HashMap::new()),
             injected: Mutex::new(Vec::new()),
             stale: Mutex::new(HashMap::new()),
+            poisoned: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// From now on every lease of `run_id` fails `Unavailable` (the worker's handling of any
+    /// wake-up of the run fails), until [`FaultyStore::cure`].
+    pub fn poison(&self, run_id: &str) {
+        self.poisoned.lock().unwrap().insert(run_id.to_string());
+    }
+
+    pub fn cure(&self, run_id: &str) {
+        self.poisoned.lock().unwrap().remove(run_id);
     }
 
     /// The next `load` of `snap`'s run answers `snap`, as it was when it was taken; later
@@ -159,6 +173,11 @@ impl StateStore for FaultyStore {
         lease: &Lease,
         now: Millis,
     ) -> Result<RunHeader, StoreError> {
+        if self.poisoned.lock().unwrap().contains(run_id) {
+            return Err(StoreError::Unavailable(format!(
+                "injected: the lease of {run_id} is poisoned"
+            )));
+        }
         self.write(
             WriteKind::AcquireLease,
             self.inner.acquire_lease(run_id, lease, now),

@@ -21,6 +21,7 @@
 
 pub mod batch;
 pub mod control;
+pub mod deadletters;
 pub mod driver;
 pub mod error;
 mod exec;

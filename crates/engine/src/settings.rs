@@ -9,6 +9,9 @@ use switchyard_core::ports::Secrets;
 use switchyard_core::webhook;
 
 /// The default webhook secret: `SWITCHYARD_WEBHOOK_SECRET`.
+/// Keys of the operator routes and `switchyard dlq --api` (`/v1/ops/…`): comma-separated,
+/// each a key of ≥ 16 characters or `sha256:<64 hex>`; separate from tenants' API keys.
+pub const OPERATOR_KEYS: &str = "SWITCHYARD_OPERATOR_KEYS";
 pub const WEBHOOK_SECRET: &str = "SWITCHYARD_WEBHOOK_SECRET";
 /// Base URL providers call back.
 pub const PUBLIC_URL: &str = "SWITCHYARD_PUBLIC_URL";

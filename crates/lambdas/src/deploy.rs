@@ -203,6 +203,16 @@ pub struct Deployment {
     pub emf: Arc<crate::emf::EmfSink>,
 }
 
+impl Deployment {
+    /// Both queues' receiving sides, for the operator routes' dead letters.
+    pub fn inboxes(&self) -> switchyard_engine::deadletters::Inboxes {
+        switchyard_engine::deadletters::Inboxes {
+            work: self.work.clone(),
+            notify: self.notify.clone(),
+        }
+    }
+}
+
 /// The settings secret's entry `name`, or an error naming it and what is lost without it (a
 /// function that cannot work without a setting stops at its cold start, where the log says
 /// so, instead of failing each request later).

@@ -1,9 +1,11 @@
 //! intake: the public HTTP API (`POST /v1/runs`, `GET /v1/runs/{id}`, approvals, cancel, …)
 //! behind API Gateway's HTTP API. The router is the one `switchyard dev` serves; API keys come
-//! from the settings secret (`SWITCHYARD_API_KEYS`, `sha256:<hex>:tenant` entries).
+//! from the settings secret (`SWITCHYARD_API_KEYS`, `sha256:<hex>:tenant` entries), operator
+//! keys for `/v1/ops/…` from `SWITCHYARD_OPERATOR_KEYS` there.
 
 use anyhow::Context;
-use switchyard_api::{ApiKeys, ApiState};
+use switchyard_api::{ApiKeys, ApiState, OperatorKeys};
+use switchyard_engine::settings::OPERATOR_KEYS;
 use switchyard_lambdas::deploy::required_setting;
 use switchyard_lambdas::{init_tracing, with_emf, Deployment};
 
@@ -17,7 +19,12 @@ async fn main() -> Result<(), lambda_http::Error> {
         "no client could call the API",
     )?;
     let keys = ApiKeys::parse(&spec).context("SWITCHYARD_API_KEYS")?;
-    let mut state = ApiState::new(d.engine.clone(), keys);
+    // Operator keys are optional: without them the operator routes answer 401.
+    let operators = match d.secrets.get(OPERATOR_KEYS) {
+        Some(spec) => OperatorKeys::parse(&spec).context(OPERATOR_KEYS)?,
+        None => OperatorKeys::default(),
+    };
+    let mut state = ApiState::new(d.engine.clone(), keys).with_operators(operators, d.inboxes());
     state.allow_private_callbacks = d.engine.config.allow_private_callbacks;
     let router = with_emf(switchyard_api::router(state), d.emf.clone(), "intake");
     lambda_http::run(router).await
