@@ -1412,11 +1412,21 @@ async fn dead_letters_are_listed_shown_and_redriven_by_an_operator_only() {
     let (s, body) = get(&dev, OPS, &format!("{list}?queue=inbox")).await;
     assert_eq!((s, code(&body)), (StatusCode::BAD_REQUEST, "bad_request"));
     assert_eq!(body["error"]["field"], "queue");
-    for bad in [json!({}), json!({"all": true, "ids": ["x"]}), json!({"ids": []})] {
+    for bad in [
+        json!({}),
+        json!({"all": true, "ids": ["x"]}),
+        json!({"ids": []}),
+    ] {
         let (s, _) = post(&dev, OPS, &format!("{list}/redrive"), &bad).await;
         assert_eq!(s, 400, "{bad}");
     }
-    let (s, _) = post(&dev, ACME, &format!("{list}/redrive"), &json!({"all": true})).await;
+    let (s, _) = post(
+        &dev,
+        ACME,
+        &format!("{list}/redrive"),
+        &json!({"all": true}),
+    )
+    .await;
     assert_eq!(s, 403);
 
     let hook = format!("{}/hook", receiver.url);
@@ -1505,7 +1515,10 @@ async fn dead_letters_are_listed_shown_and_redriven_by_an_operator_only() {
     }
     let d = receiver.deliveries();
     assert_eq!(d[6]["status_answered"], 200);
-    assert_eq!(d[6]["webhook_id"], d[0]["webhook_id"], "the same notification");
+    assert_eq!(
+        d[6]["webhook_id"], d[0]["webhook_id"],
+        "the same notification"
+    );
     let (_, body) = get(&dev, OPS, list).await;
     assert_eq!(body, json!({"dead_letters": []}));
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const KEY: &str = "sy_devaws_test_key_0123456789";
+const OPS: &str = "sy_devaws_operator_key_0123456789";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -70,6 +71,7 @@ impl Dev {
             ("AWS_ENDPOINT_URL", &endpoint),
             ("SWITCHYARD_DEV_PREFIX", prefix),
             ("SWITCHYARD_API_KEYS", &format!("{KEY}:acme")),
+            ("SWITCHYARD_OPERATOR_KEYS", OPS),
             // The test's callback receiver is on loopback.
             ("SWITCHYARD_ALLOW_PRIVATE_CALLBACKS", "1"),
         ])
@@ -284,8 +286,143 @@ async fn runs_start_finish_notify_and_sigterm_exits_zero() {
     ];
     stats_equal_the_run_documents(&dev, &docs).await;
 
+    dead_letters_on_sqs(&dev, &prefix, &triage).await;
+
     let status = sigterm(&mut dev.child);
     assert_eq!(status.code(), Some(0));
+}
+
+/// One SQS call in the query protocol, unsigned (the emulator takes it); the answer's XML.
+async fn sqs(params: &[(&str, &str)]) -> String {
+    let mut form = vec![("Version", "2012-11-05")];
+    form.extend_from_slice(params);
+    // application/x-www-form-urlencoded, by hand (reqwest's `form` feature is not on).
+    let enc = |v: &str| -> String {
+        v.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let body = form
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    let resp = Client::new()
+        .post(format!("{}/", endpoint()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        // The emulator routes by the credential scope's service; it does not check signatures.
+        .header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/sqs/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert!(status.is_success(), "SQS {params:?}: {status} {text}");
+    text
+}
+
+async fn ops(
+    dev: &Dev,
+    key: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = Client::new().request(method, dev.at(path)).bearer_auth(key);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// The operator routes over the SQS dead-letter queues: a wake-up of an ended run, put on
+/// the work DLQ as SQS would after `maxReceiveCount` receives, is listed with its run and
+/// redriven; the worker finds the run ended and it stays ended once.
+async fn dead_letters_on_sqs(dev: &Dev, prefix: &str, run: &str) {
+    use reqwest::Method;
+    let list = "/v1/ops/dead-letters";
+    let (s, _) = ops(dev, KEY, Method::GET, list, None).await;
+    assert_eq!(
+        s,
+        StatusCode::FORBIDDEN,
+        "a tenant key on an operator route"
+    );
+    let (s, body) = ops(dev, OPS, Method::GET, list, None).await;
+    assert_eq!((s, &body), (StatusCode::OK, &json!({"dead_letters": []})));
+
+    let xml = sqs(&[
+        ("Action", "GetQueueUrl"),
+        ("QueueName", &format!("{prefix}-work-dlq")),
+    ])
+    .await;
+    let url = xml
+        .split("<QueueUrl>")
+        .nth(1)
+        .and_then(|r| r.split("</QueueUrl>").next())
+        .unwrap_or_else(|| panic!("no QueueUrl in {xml}"))
+        .to_string();
+    let wake = json!({"run_id": run, "reason": "timer"}).to_string();
+    sqs(&[
+        ("Action", "SendMessage"),
+        ("QueueUrl", &url),
+        ("MessageBody", &wake),
+    ])
+    .await;
+
+    let (s, body) = ops(dev, OPS, Method::GET, &format!("{list}?queue=work"), None).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let letters = body["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1, "{body}");
+    let d = &letters[0];
+    assert_eq!(d["run_id"], run);
+    assert_eq!(d["workflow"], "support-triage");
+    assert_eq!(d["run_status"], "succeeded");
+    assert_eq!(d["message"], "wake-up (timer)");
+    assert!(
+        d["reason"].as_str().unwrap().contains("maxReceiveCount"),
+        "{d}"
+    );
+    let events = |v: &Value| v["events"].as_array().map_or(0, Vec::len);
+    let before = get(dev, &format!("/v1/runs/{run}/events")).await;
+    // Listing is a look, not a take: it is still there to show.
+    let id = d["id"].as_str().unwrap();
+    let (s, shown) = ops(dev, OPS, Method::GET, &format!("{list}/{id}"), None).await;
+    assert_eq!(s, StatusCode::OK, "{shown}");
+    assert_eq!(shown["body"], wake.as_str());
+
+    let (s, done) = ops(
+        dev,
+        OPS,
+        Method::POST,
+        &format!("{list}/redrive"),
+        Some(json!({"all": true})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{done}");
+    assert_eq!(done, json!({"work": 1, "notify": 0, "not_found": []}));
+    let (_, body) = ops(dev, OPS, Method::GET, list, None).await;
+    assert_eq!(body, json!({"dead_letters": []}));
+    // The redriven wake-up is handled as a no-op on the ended run.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = get(dev, &format!("/v1/runs/{run}")).await;
+    assert_eq!(after["status"], "succeeded");
+    let after_events = get(dev, &format!("/v1/runs/{run}/events")).await;
+    assert_eq!(
+        events(&after_events),
+        events(&before),
+        "nothing happened again"
+    );
 }
 
 fn close(a: &Value, b: f64) -> bool {

@@ -43,8 +43,7 @@ impl FromRequestParts<ApiState> for Operator {
 
 fn inboxes(s: &ApiState) -> Result<&Inboxes, ApiError> {
     s.inboxes.as_ref().ok_or_else(|| {
-        EngineError::Internal("this server was started without access to the queues".into())
-            .into()
+        EngineError::Internal("this server was started without access to the queues".into()).into()
     })
 }
 

@@ -433,7 +433,9 @@ async fn list_runs(
 }
 
 /// Parses a query string; an error names the parameter.
-pub(crate) fn serde_urlencoded_params<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T, ApiError> {
+pub(crate) fn serde_urlencoded_params<T: serde::de::DeserializeOwned>(
+    raw: &str,
+) -> Result<T, ApiError> {
     let uri: axum::http::Uri = format!("/?{raw}")
         .parse()
         .map_err(|_| EngineError::BadRequest {

@@ -37,8 +37,9 @@ pub enum Which {
 
 fn queue_arg(q: Option<&str>) -> Result<Option<QueueName>> {
     q.map(|q| {
-        QueueName::parse(q)
-            .ok_or_else(|| UsageError(format!("--queue must be `work` or `notify`, not `{q}`")).into())
+        QueueName::parse(q).ok_or_else(|| {
+            UsageError(format!("--queue must be `work` or `notify`, not `{q}`")).into()
+        })
     })
     .transpose()
 }

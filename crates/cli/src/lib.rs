@@ -10,9 +10,9 @@
 
 pub mod commands;
 pub mod dev;
-pub mod dlq;
 #[cfg(feature = "aws")]
 pub mod dev_aws;
+pub mod dlq;
 pub mod local;
 pub mod prometheus;
 pub mod render;

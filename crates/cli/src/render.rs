@@ -499,7 +499,15 @@ pub fn dead_letters_table(doc: &Value) -> String {
     let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
     let mut out = format!(
         "{:<38} {:<6} {:<28} {:<10} {:<18} {:<12} {:>8}  {:<20}  {}\n",
-        "ID", "QUEUE", "RUN", "TENANT", "WORKFLOW", "STEP", "RECEIVES", "FAILED AT", "MESSAGE: REASON"
+        "ID",
+        "QUEUE",
+        "RUN",
+        "TENANT",
+        "WORKFLOW",
+        "STEP",
+        "RECEIVES",
+        "FAILED AT",
+        "MESSAGE: REASON"
     );
     for d in &rows {
         out.push_str(&format!(
@@ -529,7 +537,10 @@ pub fn dead_letter_detail(d: &Value) -> String {
         ("queue", s(&d["queue"])),
         ("message", s(&d["message"])),
         ("reason", s(&d["reason"])),
-        ("receives", d["receive_count"].as_u64().unwrap_or(0).to_string()),
+        (
+            "receives",
+            d["receive_count"].as_u64().unwrap_or(0).to_string(),
+        ),
         ("failed at", when(d["failed_at"].as_u64().unwrap_or(0))),
         ("run", s(&d["run_id"])),
         ("tenant", s(&d["tenant"])),
@@ -723,4 +734,3 @@ mod tests {
         assert!(row.ends_with("33.3%"), "escalated 1 of 3: {row}");
     }
 }
-

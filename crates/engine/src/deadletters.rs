@@ -178,7 +178,11 @@ async fn view(engine: &Engine, q: QueueName, l: DeadLetter, with_body: bool) -> 
     let message = match &parsed {
         Some(Message::Wake(w)) => format!("wake-up ({})", w.reason.as_str()),
         Some(Message::Notify(n)) => {
-            format!("notification {} (attempt {})", n.event.as_str(), n.attempt + 1)
+            format!(
+                "notification {} (attempt {})",
+                n.event.as_str(),
+                n.attempt + 1
+            )
         }
         None => "unreadable body".to_string(),
     };

@@ -59,7 +59,10 @@ async fn a_poisoned_wake_up_is_dead_lettered_listed_and_redriven_and_the_run_end
 
     let run = h.start(GATED, json!({"what": "v2"})).await;
     assert_eq!(h.drive(&run).await, RunStatus::Waiting);
-    assert!(deadletters::list(&h.engine, &ib, None).await.unwrap().is_empty());
+    assert!(deadletters::list(&h.engine, &ib, None)
+        .await
+        .unwrap()
+        .is_empty());
 
     // The approval's wake-up meets a run whose handling fails every time.
     faulty.poison(&run);
@@ -96,7 +99,9 @@ async fn a_poisoned_wake_up_is_dead_lettered_listed_and_redriven_and_the_run_end
         .await
         .unwrap()
         .is_empty());
-    let shown = deadletters::show(&h.engine, &ib, None, &d.id).await.unwrap();
+    let shown = deadletters::show(&h.engine, &ib, None, &d.id)
+        .await
+        .unwrap();
     assert!(shown.body.as_deref().unwrap_or("").contains(&run));
     assert!(matches!(
         deadletters::show(&h.engine, &ib, None, "no-such-id").await,
@@ -124,11 +129,17 @@ async fn a_poisoned_wake_up_is_dead_lettered_listed_and_redriven_and_the_run_end
     );
     let ended = h.events(&run).await;
     assert_eq!(
-        ended.iter().filter(|e| e.kind == EventKind::RunSucceeded).count(),
+        ended
+            .iter()
+            .filter(|e| e.kind == EventKind::RunSucceeded)
+            .count(),
         1,
         "the run ended once"
     );
-    assert!(deadletters::list(&h.engine, &ib, None).await.unwrap().is_empty());
+    assert!(deadletters::list(&h.engine, &ib, None)
+        .await
+        .unwrap()
+        .is_empty());
 
     // Redriving it again finds nothing, and says so.
     let again = deadletters::redrive(&ib, None, Some(&[d.id.clone()]))
