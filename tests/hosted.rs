@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test crate: failing is the point
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use switchyard_fakes::{Behavior, FakeConfig, FakeServer};
@@ -724,4 +724,121 @@ output: "${steps.result.output}"
             );
         }
     }
+}
+
+/// A run that failed because its provider was down (Anthropic and its Bedrock fallback both
+/// answering 500) is rerun from the failed step once the outage is over: a new run linked to
+/// the old one both ways, which reuses the classification and never calls OpenAI again.
+#[test]
+fn a_run_failed_by_an_outage_is_rerun_from_the_failed_step_without_calling_earlier_steps_again() {
+    let fake = fake();
+    let outage = vec![Behavior::ServerError; 2];
+    fake.server.script("anthropic", outage.clone());
+    fake.server.script("bedrock", outage);
+    let dir = tempfile::tempdir().unwrap();
+    let out = launch_kit(&fake, dir.path());
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let failed = doc(&out);
+    assert_eq!(failed["error"]["step"], "copy");
+    assert_eq!(failed["error"]["class"], "transient");
+    let old = failed["run_id"].as_str().unwrap().to_string();
+    let calls = |p: &str| {
+        fake.server
+            .requests()
+            .iter()
+            .filter(|r| r.provider == p)
+            .count()
+    };
+    assert_eq!(calls("openai"), 1);
+    let anthropic_before = calls("anthropic");
+    assert_eq!(
+        anthropic_before, 2,
+        "two attempts on Anthropic during the outage"
+    );
+
+    // A run that has not failed anywhere has nothing to rerun from by default; a bad step
+    // name is refused with the reason. Neither starts anything.
+    let bad = switchyard(
+        &fake,
+        dir.path(),
+        &["runs", "rerun", &old, "--from", "nope"],
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("has no step `nope`"));
+
+    // The outage is over (the fakes answer again): rerun from the failed step (the default).
+    let out = switchyard(&fake, dir.path(), &["runs", "rerun", &old, "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rerun = doc(&out);
+    let new = rerun["run_id"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    assert_eq!(rerun["status"], "succeeded");
+    assert_eq!(rerun["rerun_of"], json!({"run_id": old, "from": "copy"}));
+    let steps = rerun["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["name"], "audience");
+    assert_eq!(steps[0]["reused_from"], old.as_str());
+    assert_eq!(
+        steps[0]["cost_usd"], 0.0,
+        "the reused step was paid for by the old run"
+    );
+    assert!(steps[1].get("reused_from").is_none());
+    assert_eq!(steps[1]["status"], "succeeded");
+    assert!(
+        rerun["output"]["audience"].is_string(),
+        "the old classification went into the new run: {rerun}"
+    );
+    assert_eq!(
+        calls("openai"),
+        1,
+        "the classification was not called again"
+    );
+    assert_eq!(
+        calls("anthropic"),
+        anthropic_before + 1,
+        "the failed step was"
+    );
+    let ev = events(&fake, dir.path(), &new);
+    assert!(ev
+        .iter()
+        .any(|e| e["kind"] == "step_reused" && e["step"] == "audience"));
+
+    // The old run links to its rerun; rerunning it again is a second rerun, not refused.
+    let old_doc = doc(&switchyard(
+        &fake,
+        dir.path(),
+        &["runs", "show", &old, "--json"],
+    ));
+    assert_eq!(old_doc["reruns"], json!([new]));
+    // Bulk: the failed run has been rerun, so a bulk rerun skips it, saying why.
+    let bulk = switchyard(
+        &fake,
+        dir.path(),
+        &[
+            "runs", "rerun", "--status", "failed", "--since", "1h", "--json",
+        ],
+    );
+    assert_eq!(
+        bulk.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&bulk.stderr)
+    );
+    let report = doc(&bulk);
+    assert_eq!(report["matched"], 1, "{report}");
+    assert_eq!(report["rerun"], json!([]), "{report}");
+    assert!(report["skipped"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains(&new));
+    assert_eq!(calls("openai"), 1);
 }

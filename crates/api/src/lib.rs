@@ -17,6 +17,7 @@
 pub mod auth;
 pub mod body;
 pub mod ops;
+pub mod rerun;
 pub mod routes;
 
 use axum::extract::{Request, State};
@@ -226,6 +227,8 @@ mod tests {
             "/v1/ops/dead-letters",
             "/v1/ops/dead-letters/{id}",
             "/v1/ops/dead-letters/redrive",
+            "/v1/runs/{id}/rerun",
+            "/v1/runs/rerun",
         ] {
             assert!(paths.contains(&p), "{p} missing from {paths:?}");
         }

@@ -68,6 +68,8 @@ pub(crate) fn documented() -> OpenApiRouter<ApiState> {
         .routes(routes!(get_events))
         .routes(routes!(decide))
         .routes(routes!(cancel))
+        .routes(routes!(crate::rerun::rerun))
+        .routes(routes!(crate::rerun::rerun_many))
         .routes(routes!(list_workflows))
         .routes(routes!(get_stats))
         .routes(routes!(openapi_json))
@@ -283,7 +285,7 @@ fn links(run_id: &str) -> Links {
     }
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };

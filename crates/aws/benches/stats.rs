@@ -150,6 +150,8 @@ fn synth(i: u64, now: Millis) -> (RunHeader, RunFacts) {
         callback_url: None,
         metadata: serde_json::Value::Null,
         traceparent: None,
+        rerun_of: None,
+        reruns: Vec::new(),
         version: 1,
     };
     let facts = RunFacts {
@@ -370,9 +372,19 @@ fn main() -> Result<()> {
             t - t % HOUR_MS + HOUR_MS / 2
         };
         println!("stats over a day of runs: median of 5 reads after a warm-up");
-        embedded(now).await?;
+        if std::env::var("SWITCHYARD_BENCH_SKIP_EMBEDDED").is_err() {
+            embedded(now).await?;
+        }
         match std::env::var("SWITCHYARD_TEST_AWS_ENDPOINT") {
-            Ok(e) if !e.trim().is_empty() => emulator(&e, now, 10_000).await?,
+            Ok(e) if !e.trim().is_empty() => {
+                // Seeding is one write at a time on moto (see EMULATOR_CONCURRENCY), which
+                // takes long at 10,000 runs; SWITCHYARD_BENCH_EMULATOR_RUNS picks fewer.
+                let runs = std::env::var("SWITCHYARD_BENCH_EMULATOR_RUNS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(10_000);
+                emulator(&e, now, runs).await?
+            }
             _ => println!("  emulator: skipped (SWITCHYARD_TEST_AWS_ENDPOINT is not set)"),
         }
         Ok(())

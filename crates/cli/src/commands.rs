@@ -77,7 +77,7 @@ fn workflow_path(arg: &str) -> PathBuf {
     }
 }
 
-fn read_input(path: &Path) -> Result<Value> {
+pub(crate) fn read_input(path: &Path) -> Result<Value> {
     let text = if path == Path::new("-") {
         let mut s = String::new();
         std::io::stdin()
@@ -98,7 +98,7 @@ fn read_input(path: &Path) -> Result<Value> {
     })
 }
 
-async fn report(l: &Local, run_id: &str, json: bool) -> Result<i32> {
+pub(crate) async fn report(l: &Local, run_id: &str, json: bool) -> Result<i32> {
     let snap = l.engine.load_for(None, run_id).await?;
     let view = l.engine.view(&snap).await?;
     if json {
@@ -170,7 +170,10 @@ pub async fn run(workflow: &str, input: &Path, json: bool, dir: &Path) -> Result
     report(&l, &started.run_id, json).await
 }
 
-async fn open_existing(dir: &Path, run_id: &str) -> Result<std::result::Result<Local, i32>> {
+pub(crate) async fn open_existing(
+    dir: &Path,
+    run_id: &str,
+) -> Result<std::result::Result<Local, i32>> {
     let l = Local::open_for_runs(dir, Workflows::new())?;
     match l.engine.load_for(None, run_id).await {
         Ok(_) => Ok(Ok(l)),

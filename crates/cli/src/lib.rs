@@ -16,6 +16,7 @@ pub mod dlq;
 pub mod local;
 pub mod prometheus;
 pub mod render;
+pub mod rerun;
 
 /// Exit statuses (README.md#the-cli).
 pub mod exit {

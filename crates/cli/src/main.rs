@@ -200,6 +200,44 @@ enum RunsCommand {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Rerun an ended run as a new run linked to it, from a step (default: the first that
+    /// failed): the steps that do not depend on it and succeeded are reused, not called
+    /// again. Without RUN_ID, reruns every matching run (`--status`, `--workflow`,
+    /// `--since`, `--error-class`; at most `--limit`, 100) once; `--dry-run` only lists them.
+    Rerun {
+        run_id: Option<String>,
+        /// The step to rerun from (with every step that depends on it).
+        #[arg(long, requires = "run_id")]
+        from: Option<String>,
+        /// A new input (JSON file, `-` for stdin) instead of the old run's.
+        #[arg(long, requires = "run_id")]
+        input: Option<PathBuf>,
+        /// Rerun on the newest version of the workflow in --workflows (refused, saying why,
+        /// when a reused step is defined differently there).
+        #[arg(long, requires = "run_id")]
+        latest: bool,
+        /// Where --latest reads workflow files.
+        #[arg(long, default_value = "workflows")]
+        workflows: PathBuf,
+        /// Bulk: `failed` (default) or `cancelled`.
+        #[arg(long, conflicts_with = "run_id")]
+        status: Option<String>,
+        #[arg(long, conflicts_with = "run_id")]
+        workflow: Option<String>,
+        /// Bulk: runs created at most this long ago (`6h`, `7d`).
+        #[arg(long, conflicts_with = "run_id")]
+        since: Option<String>,
+        #[arg(long, conflicts_with = "run_id")]
+        error_class: Option<String>,
+        #[arg(long, conflicts_with = "run_id")]
+        dry_run: bool,
+        #[arg(long, conflicts_with = "run_id")]
+        limit: Option<usize>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 fn main() {
@@ -277,6 +315,48 @@ fn main() {
                         data_dir,
                     },
             } => commands::runs_show(run_id, *json, &dir(data_dir)).await,
+            Command::Runs {
+                command:
+                    RunsCommand::Rerun {
+                        run_id,
+                        from,
+                        input,
+                        latest,
+                        workflows,
+                        status,
+                        workflow,
+                        since,
+                        error_class,
+                        dry_run,
+                        limit,
+                        json,
+                        data_dir,
+                    },
+            } => {
+                use switchyard_cli::rerun;
+                match run_id {
+                    Some(id) => {
+                        let one = rerun::One {
+                            run_id: id,
+                            from: from.as_deref(),
+                            input: input.as_deref(),
+                            latest: latest.then_some(workflows.as_path()),
+                        };
+                        rerun::one(one, *json, &dir(data_dir)).await
+                    }
+                    None => match rerun::bulk_query(
+                        status.as_deref(),
+                        workflow.clone(),
+                        since.clone(),
+                        error_class.as_deref(),
+                        *dry_run,
+                        *limit,
+                    ) {
+                        Ok(q) => rerun::many(q, *json, &dir(data_dir)).await,
+                        Err(e) => Err(e),
+                    },
+                }
+            }
             Command::Dlq { command } => {
                 use switchyard_cli::dlq::{self, Which};
                 match command {

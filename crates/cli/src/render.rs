@@ -25,16 +25,28 @@ pub fn run_json(v: &RunView) -> Value {
             if let Some(r) = &s.selected_because {
                 obj.insert("selected_because".into(), json!(r));
             }
+            if let Some(r) = &s.reused_from {
+                obj.insert("reused_from".into(), json!(r));
+            }
         }
         doc
     }).collect();
-    json!({
+    let mut doc = json!({
         "run_id": v.run_id, "workflow": v.workflow, "version": v.version, "definition_hash": v.definition_hash,
         "status": v.status, "output": v.output,
         "error": v.error.as_ref().map(|e| json!({"class": e.class, "message": e.message, "step": e.step})),
         "cost_usd": v.cost_usd, "usage": v.usage, "waiting_for": v.waiting_for, "steps": steps,
         "notifications": v.notifications,
-    })
+    });
+    if let Some(obj) = doc.as_object_mut() {
+        if let Some(r) = &v.rerun_of {
+            obj.insert("rerun_of".into(), json!(r));
+        }
+        if !v.reruns.is_empty() {
+            obj.insert("reruns".into(), json!(v.reruns));
+        }
+    }
+    doc
 }
 
 /// How a step chose its model, under the table: each escalation of a cascade with its
@@ -116,6 +128,12 @@ pub fn run_table(v: &RunView) -> String {
         money(v.cost_usd),
         tokens(&v.usage)
     );
+    if let Some(r) = &v.rerun_of {
+        out.push_str(&format!("rerun of {} from `{}`\n", r.run_id, r.from));
+    }
+    if !v.reruns.is_empty() {
+        out.push_str(&format!("rerun as {}\n", v.reruns.join(", ")));
+    }
     let rows: Vec<[String; 8]> = v
         .steps
         .iter()
@@ -124,9 +142,10 @@ pub fn run_table(v: &RunView) -> String {
             if s.fallback_used {
                 model.push_str(" (fallback)");
             }
-            let status = match &s.error_class {
-                Some(c) => format!("{} ({c})", s.status.as_str()),
-                None => s.status.as_str().to_string(),
+            let status = match (&s.error_class, &s.reused_from) {
+                (Some(c), _) => format!("{} ({c})", s.status.as_str()),
+                (None, Some(_)) => format!("{} (reused)", s.status.as_str()),
+                (None, None) => s.status.as_str().to_string(),
             };
             [
                 s.name.clone(),

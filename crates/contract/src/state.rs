@@ -37,6 +37,8 @@ pub fn header(run_id: &str, tenant: &str, created_at: Millis) -> RunHeader {
         callback_url: None,
         metadata: json!(null),
         traceparent: None,
+        rerun_of: None,
+        reruns: Vec::new(),
         version: 1,
     }
 }

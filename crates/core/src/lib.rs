@@ -39,6 +39,7 @@ pub mod ports;
 pub mod presign;
 pub mod recovery;
 pub mod refs;
+pub mod rerun;
 pub mod retry;
 pub mod schema;
 pub mod settle;

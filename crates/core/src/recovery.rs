@@ -135,6 +135,8 @@ mod tests {
             callback_url: None,
             metadata: serde_json::Value::Null,
             traceparent: None,
+            rerun_of: None,
+            reruns: Vec::new(),
             version: 1,
         }
     }

@@ -117,8 +117,24 @@ pub struct RunHeader {
     /// so one run is one trace (docs/traces.md). Absent when traces are not exported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// A rerun: the run it reruns and the step it reruns from (`crate::rerun`). Its first
+    /// activation copies the old run's results of the steps it does not rerun.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<RerunOf>,
+    /// The reruns of this run, oldest first (kept on the old run so it links both ways).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reruns: Vec<String>,
     /// Optimistic-concurrency version; every write of the header increments it.
     pub version: u64,
+}
+
+/// What a rerun reruns: `run_id` from step `from` (that step and every step that depends on
+/// it); the other steps that succeeded there are reused (`crate::rerun`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RerunOf {
+    pub run_id: String,
+    pub from: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -407,6 +423,10 @@ pub struct StepRecord {
     /// stats average per step, model and prompt version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge_score: Option<f64>,
+    /// Reused by a rerun: the result is the one this run id recorded (`crate::rerun`); this
+    /// run neither ran nor paid for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused_from: Option<String>,
     pub version: u64,
 }
 
@@ -493,6 +513,7 @@ impl StepRecord {
             selected: None,
             download: None,
             judge_score: None,
+            reused_from: None,
             version: 0,
         }
     }
@@ -598,6 +619,11 @@ pub enum EventKind {
     ApprovalDecided,
     /// One delivery attempt of a notification to the run's `callback_url`.
     NotificationAttempted,
+    /// A rerun took this step's result from the run it reruns (`from_run`) instead of running
+    /// it (`crate::rerun`).
+    StepReused,
+    /// This run was rerun: `rerun` is the new run, `from` the step it reruns from.
+    RunRerun,
 }
 
 /// Why a worker is asked to look at a run. Messages are wake-ups, not state: the worker
@@ -832,6 +858,8 @@ mod tests {
             callback_url: None,
             metadata: Value::Null,
             traceparent: None,
+            rerun_of: None,
+            reruns: Vec::new(),
             version: 1,
         };
         let mut a = StepRecord::pending("a");

@@ -440,6 +440,10 @@ impl RunFacts {
             .enumerate()
             .filter_map(|(i, s)| {
                 let r = snap.step(&s.id)?;
+                // A rerun's reused result ran (and is counted) in the run it came from.
+                if r.reused_from.is_some() {
+                    return None;
+                }
                 let started = match r.status {
                     StepStatus::Skipped => false,
                     // A validate step sent back to pending by a repair has run already.

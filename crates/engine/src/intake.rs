@@ -153,7 +153,7 @@ impl Engine {
     /// Claims `(tenant, key)` for a new run id, or finds the run it already names: the same
     /// body replays that run (and re-sends the start of a run that is still pending, in case
     /// the first request died before sending it); another body is a conflict.
-    async fn claim_key(
+    pub(crate) async fn claim_key(
         &self,
         tenant: &str,
         key: &str,
@@ -197,7 +197,7 @@ impl Engine {
 }
 
 /// What an idempotency key comes to.
-enum Claim {
+pub(crate) enum Claim {
     /// Create the run under this id.
     Create(String),
     /// The key's run exists: answer with it.
@@ -205,7 +205,7 @@ enum Claim {
 }
 
 /// The header of a run intake is about to create (version 1, pending).
-fn new_header(
+pub(crate) fn new_header(
     run_id: &str,
     tenant: &str,
     wf: &Workflow,
@@ -236,6 +236,8 @@ fn new_header(
         callback_url,
         metadata,
         traceparent: None,
+        rerun_of: None,
+        reruns: Vec::new(),
         version: 1,
     }
 }

@@ -31,6 +31,7 @@ pub mod notifier;
 pub mod pool;
 pub mod recovery;
 pub mod registry;
+pub mod rerun;
 pub mod settings;
 pub mod stats;
 mod telemetry;

@@ -1190,6 +1190,8 @@ mod tests {
             callback_url: None,
             metadata: serde_json::Value::Null,
             traceparent: None,
+            rerun_of: None,
+            reruns: Vec::new(),
             version: 3,
         };
         let mut a = StepRecord::pending("a");

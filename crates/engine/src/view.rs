@@ -45,6 +45,10 @@ pub struct StepView {
     /// Steps with `select`: the case that chose the model.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub selected_because: Option<String>,
+    /// A rerun reused this result from that run (the step was not called again here; its
+    /// cost and tokens are the other run's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reused_from: Option<String>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -67,6 +71,12 @@ pub struct RunView {
     pub steps: Vec<StepView>,
     /// Delivery attempts of the run's notifications to its `callback_url`, oldest first.
     pub notifications: Vec<crate::notifier::NotificationAttempt>,
+    /// This run reruns that one, from that step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<switchyard_core::state::RerunOf>,
+    /// The reruns of this run, oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reruns: Vec<String>,
 }
 
 /// How long a presigned link to an offloaded output stays valid (1 hour).
@@ -111,6 +121,7 @@ fn step_view(wf: &Workflow, id: &str, kind: &str, r: Option<&StepRecord>) -> Ste
         baseline_usd: r.baseline_usd.map(round9),
         saving_usd: r.baseline_usd.map(|b| round9(b - r.cost_usd)),
         selected_because: r.selected.as_ref().map(|s| s.reason.clone()),
+        reused_from: r.reused_from.clone(),
     }
 }
 
@@ -165,6 +176,8 @@ impl Engine {
                 .map(|w| serde_json::json!(w)),
             steps,
             notifications,
+            rerun_of: h.rerun_of.clone(),
+            reruns: h.reruns.clone(),
         })
     }
 

@@ -184,6 +184,26 @@ impl Engine {
                 return Err(e.into());
             }
         }
+        // A rerun's first activation copies the results it reuses before anything is planned
+        // (`crate::rerun`); a redelivered start or the sweep's wake-up finishes a copy that
+        // was cut short.
+        if snap.header.rerun_of.is_some()
+            && matches!(wake.reason, WakeReason::Start | WakeReason::Recover)
+        {
+            let adopted = match self.adopt_reused(&wf, &snap).await {
+                Ok(true) => self.store.load(run_id).await.map_err(EngineError::from),
+                Ok(false) => Ok(None),
+                Err(e) => Err(e),
+            };
+            match adopted {
+                Ok(Some(s)) => snap = s,
+                Ok(None) => {}
+                Err(e) => {
+                    self.release_lease(run_id, &owner).await;
+                    return Err(e);
+                }
+            }
+        }
         let mut retries = 0;
         loop {
             let driven = self

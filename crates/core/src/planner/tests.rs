@@ -155,6 +155,8 @@ fn header() -> RunHeader {
         callback_url: None,
         metadata: Value::Null,
         traceparent: None,
+        rerun_of: None,
+        reruns: Vec::new(),
         version: 1,
     }
 }

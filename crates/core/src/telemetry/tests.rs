@@ -224,6 +224,8 @@ fn a_run_end_gives_its_outcome_class_and_duration() {
         callback_url: None,
         metadata: Value::Null,
         traceparent: None,
+        rerun_of: None,
+        reruns: Vec::new(),
         version: 3,
     };
     let failed = RunError {
