@@ -1524,3 +1524,86 @@ async fn dead_letters_are_listed_shown_and_redriven_by_an_operator_only() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.deliveries().len(), 7, "delivered once");
 }
+
+/// `POST /v1/runs/{id}/rerun`: refused while the run is open, found only by its tenant, a new
+/// run linked both ways once it has ended; the same Idempotency-Key answers the same rerun;
+/// the bulk route reruns each failed run once.
+#[tokio::test]
+async fn a_rejected_run_is_rerun_through_the_api_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(&dir.path().join("data"), &workflows(dir.path()), &[]);
+    let run = start(
+        &dev,
+        ACME,
+        json!({"workflow": "gate", "input": {"title": "Autumn"}}),
+    )
+    .await;
+    until_status(&dev, ACME, &run, &["waiting"]).await;
+    let rerun_path = format!("/v1/runs/{run}/rerun");
+    let (s, b) = post(&dev, ACME, &rerun_path, &json!({})).await;
+    assert_eq!((s.as_u16(), code(&b)), (409, "conflict"), "{b}");
+    let (s, _) = post(
+        &dev,
+        ACME,
+        &format!("/v1/runs/{run}/approvals/review"),
+        &json!({"decision": "reject"}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    until_status(&dev, ACME, &run, &["failed"]).await;
+
+    let (s, b) = post(&dev, GLOBEX, &rerun_path, &json!({})).await;
+    assert_eq!(
+        (s.as_u16(), code(&b)),
+        (404, "not_found"),
+        "another tenant's run"
+    );
+    let (s, b) = post(&dev, ACME, &rerun_path, &json!({"from": "nope"})).await;
+    assert_eq!((s.as_u16(), code(&b)), (400, "bad_request"), "{b}");
+    assert_eq!(b["error"]["field"], "from");
+    let (s, b) = post(&dev, ACME, &rerun_path, &json!({"frm": "review"})).await;
+    assert_eq!(s.as_u16(), 400, "unknown fields are refused: {b}");
+
+    let send = |key: &'static str| {
+        client()
+            .post(dev.at(&rerun_path))
+            .bearer_auth(ACME)
+            .header("idempotency-key", key)
+            .json(&json!({"input": {"title": "Autumn, again"}}))
+            .send()
+    };
+    let first = send("rerun-1").await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["rerun_of"], run.as_str());
+    assert_eq!(first["from"], "review");
+    let again = send("rerun-1").await.unwrap();
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["run_id"], first["run_id"], "one rerun per key");
+    let new = first["run_id"].as_str().unwrap().to_string();
+    let doc = until_status(&dev, ACME, &new, &["waiting"]).await;
+    assert_eq!(doc["rerun_of"], json!({"run_id": run, "from": "review"}));
+    let (_, old) = get(&dev, ACME, &format!("/v1/runs/{run}")).await;
+    assert_eq!(old["reruns"], json!([new]));
+
+    // Bulk: the failed run has a rerun already, so nothing more is started.
+    let (s, report) = post(&dev, ACME, "/v1/runs/rerun", &json!({"since": "1h"})).await;
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(report["matched"], 1);
+    assert_eq!(report["rerun"], json!([]));
+    let (s, b) = post(
+        &dev,
+        ACME,
+        "/v1/runs/rerun",
+        &json!({"status": "succeeded"}),
+    )
+    .await;
+    assert_eq!(
+        (s.as_u16(), b["error"]["field"].as_str()),
+        (400, Some("status"))
+    );
+    // Globex has no failed runs: its bulk rerun finds nothing of Acme's.
+    let (_, report) = post(&dev, GLOBEX, "/v1/runs/rerun", &json!({"dry_run": true})).await;
+    assert_eq!(report["matched"], 0, "{report}");
+}
