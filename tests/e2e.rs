@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test crate: failing is the point
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -677,4 +677,97 @@ fn the_classifier_cascade_records_who_answered_why_and_the_saving() {
         text.contains("always using the top tier would have cost"),
         "{text}"
     );
+}
+
+/// `compare` runs a set of inputs through two versions and reports both side by side: the
+/// stricter review threshold of the fixture sends the double-charge ticket (confidence 0.91)
+/// to human review, and that input — only that one — is reported as different, step by step.
+/// `--runs` then compares again over the inputs of runs already in the data dir.
+#[test]
+fn compare_reports_two_versions_side_by_side_and_the_inputs_that_differ() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = root().join("workflows/support-triage.yaml");
+    let b = fixture("support-triage-strict.yaml");
+    let inputs = fixture("compare");
+    let out = run(
+        &[
+            "compare",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--json",
+        ],
+        dir.path(),
+    );
+    let r = json(&out);
+    assert_eq!(r["inputs"], 4);
+    for v in ["a", "b"] {
+        assert_eq!(r[v]["runs"], 4, "{r}");
+        assert_eq!(r[v]["succeeded"], 4, "{r}");
+        assert!(r[v]["cost_usd"].as_f64().unwrap() > 0.0);
+        assert!(r[v]["input_tokens"].as_u64().unwrap() > 0);
+        assert!(r[v]["p95_latency_ms"].is_u64());
+    }
+    assert_eq!(
+        (r["a"]["version"].as_str(), r["b"]["version"].as_str()),
+        (Some("1.0.0"), Some("1.1.0"))
+    );
+    let diffs = r["differences"].as_array().unwrap();
+    assert_eq!(diffs.len(), 1, "{r}");
+    assert_eq!(diffs[0]["input"], "1-double-charge.json");
+    assert_eq!(
+        diffs[0]["steps"],
+        json!(["triage", "billing_reply", "human_review", "compose"])
+    );
+    assert_eq!(diffs[0]["output_differs"], true);
+    // B answers that ticket with a template reply instead of billing's: fewer tokens.
+    assert!(
+        r["a"]["output_tokens"].as_u64() > r["b"]["output_tokens"].as_u64(),
+        "{r}"
+    );
+    // Every run is a run of the data dir, inspectable afterwards.
+    let shown = run(
+        &[
+            "runs",
+            "show",
+            diffs[0]["run_b"].as_str().unwrap(),
+            "--json",
+        ],
+        dir.path(),
+    );
+    let steps = json(&shown)["steps"].as_array().unwrap().clone();
+    let review = steps.iter().find(|s| s["name"] == "human_review").unwrap();
+    assert_eq!(review["status"], "succeeded", "{steps:?}");
+
+    // Over the inputs of runs already there (A's four and B's four): same verdicts.
+    let out = run(
+        &[
+            "compare",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--runs",
+            "workflow=support-triage,status=succeeded,limit=8",
+            "--json",
+        ],
+        dir.path(),
+    );
+    let r = json(&out);
+    assert_eq!(r["inputs"], 8, "{r}");
+    assert_eq!(
+        r["differences"].as_array().unwrap().len(),
+        2,
+        "the double charge, twice"
+    );
+    let bad = run(
+        &[
+            "compare",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--runs",
+            "flavour=x",
+        ],
+        dir.path(),
+    );
+    assert_eq!(bad.status.code(), Some(2));
 }

@@ -9,6 +9,7 @@
 //!   `--backend aws`, over DynamoDB, SQS and S3.
 
 pub mod commands;
+pub mod compare;
 pub mod dev;
 #[cfg(feature = "aws")]
 pub mod dev_aws;

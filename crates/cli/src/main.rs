@@ -73,6 +73,23 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Run one set of inputs through two versions of a workflow and compare them: success,
+    /// failures by class, validation failures, judge scores, tokens, cost, p95 latency, and
+    /// the inputs whose outputs differ (step by step). Every run stays in the data dir.
+    Compare {
+        a: PathBuf,
+        b: PathBuf,
+        /// A directory of JSON input files.
+        #[arg(long, required_unless_present = "runs", conflicts_with = "runs")]
+        inputs: Option<PathBuf>,
+        /// The inputs of runs in the data dir: `workflow=NAME[,status=S][,limit=N]`.
+        #[arg(long)]
+        runs: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Per workflow and step, over the runs created in a window: outcomes, failures by
     /// error class, p50/p95/p99 latency, cost, tokens, retry, fallback, validation-failure and
     /// escalation rates, judge scores, and what cascades saved against always using their top
@@ -356,6 +373,22 @@ fn main() {
                         Err(e) => Err(e),
                     },
                 }
+            }
+            Command::Compare {
+                a,
+                b,
+                inputs,
+                runs,
+                json,
+                data_dir,
+            } => {
+                use switchyard_cli::compare::{compare, Inputs};
+                let from = match (inputs, runs) {
+                    (Some(d), _) => Inputs::Dir(d.clone()),
+                    (None, Some(f)) => Inputs::Runs(f.clone()),
+                    (None, None) => Inputs::Runs(String::new()),
+                };
+                compare(a, b, from, *json, &dir(data_dir)).await
             }
             Command::Dlq { command } => {
                 use switchyard_cli::dlq::{self, Which};
