@@ -842,3 +842,161 @@ fn a_run_failed_by_an_outage_is_rerun_from_the_failed_step_without_calling_earli
         .contains(&new));
     assert_eq!(calls("openai"), 1);
 }
+
+/// `runs replay` of a recorded run on a changed definition: the unchanged calls (OpenAI's
+/// classification, Bedrock's summary) are answered from the tape, the changed prompt reaches
+/// Anthropic once; `--offline` instead fails that step loudly. The printed diff names the
+/// changed step with its tokens and cost on both sides.
+#[test]
+fn a_recorded_run_replayed_on_a_changed_prompt_calls_only_the_changed_step() {
+    let wf = root().join("tests/fixtures/taped.yaml");
+    let input = root().join("events/inputs/hosted/launch-kit.json");
+    let tape = tempfile::tempdir().unwrap();
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let recorded = command(&fake.server.url(), dir.path())
+        .env("SWITCHYARD_RECORD", tape.path())
+        .args([
+            "run",
+            wf.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        recorded.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&recorded.stderr)
+    );
+    let old = doc(&recorded)["run_id"].as_str().unwrap().to_string();
+    let changed_dir = tempfile::tempdir().unwrap();
+    let changed = changed_dir.path().join("taped-v2.yaml");
+    let text = std::fs::read_to_string(&wf)
+        .unwrap()
+        .replace("version: \"1\"", "version: \"2\"")
+        .replace("version: copy-v1", "version: copy-v2")
+        .replace(
+            "Write launch copy for",
+            "Write short, plain launch copy for",
+        );
+    assert!(text.contains("copy-v2"));
+    std::fs::write(&changed, text).unwrap();
+    let calls = |p: &str| {
+        fake.server
+            .requests()
+            .iter()
+            .filter(|r| r.provider == p)
+            .count()
+    };
+    let before = [calls("openai"), calls("anthropic"), calls("bedrock")];
+
+    // Offline: the changed call has no cassette, and its step says which file it looked for.
+    let offline = switchyard(
+        &fake,
+        dir.path(),
+        &[
+            "runs",
+            "replay",
+            &old,
+            "--workflow",
+            changed.to_str().unwrap(),
+            "--tape",
+            tape.path().to_str().unwrap(),
+            "--offline",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        offline.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&offline.stderr)
+    );
+    let r = doc(&offline);
+    assert_eq!(r["new_status"], "failed");
+    let copy = r["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "copy")
+        .unwrap();
+    assert_eq!(copy["new_status"], "failed");
+    assert_eq!(
+        [calls("openai"), calls("anthropic"), calls("bedrock")],
+        before,
+        "nothing called"
+    );
+
+    // With the provider reachable: only the changed step calls it.
+    let out = switchyard(
+        &fake,
+        dir.path(),
+        &[
+            "runs",
+            "replay",
+            &old,
+            "--workflow",
+            changed.to_str().unwrap(),
+            "--tape",
+            tape.path().to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = doc(&out);
+    assert_eq!(
+        (r["old_version"].as_str(), r["new_version"].as_str()),
+        (Some("1"), Some("2"))
+    );
+    assert_eq!(r["new_status"], "succeeded");
+    assert_eq!(
+        [calls("openai"), calls("anthropic"), calls("bedrock")],
+        [before[0], before[1] + 1, before[2]],
+        "the changed prompt reached Anthropic; the rest came from the tape"
+    );
+    let step = |id: &str| {
+        r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(step("audience")["output_changed"], false);
+    assert_eq!(
+        step("audience")["old_tokens"],
+        step("audience")["new_tokens"]
+    );
+    assert!(step("copy")["new_tokens"][0].as_u64().unwrap() > 0);
+    // The human table says the same.
+    let table = switchyard(
+        &fake,
+        dir.path(),
+        &[
+            "runs",
+            "replay",
+            &old,
+            "--workflow",
+            changed.to_str().unwrap(),
+            "--tape",
+            tape.path().to_str().unwrap(),
+        ],
+    );
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains(&format!("of {old} (v1 -> v2)")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("copy ")), "{text}");
+    assert_eq!(
+        calls("anthropic"),
+        before[1] + 1,
+        "the new call was recorded and replayed"
+    );
+}

@@ -17,6 +17,7 @@ pub mod dlq;
 pub mod local;
 pub mod prometheus;
 pub mod render;
+pub mod replay;
 pub mod rerun;
 
 /// Exit statuses (README.md#the-cli).

@@ -217,6 +217,26 @@ enum RunsCommand {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Run an old run's input again on a changed definition and print, step by step, what
+    /// changed (status, output paths, tokens, cost, latency). With --tape DIR (a recording),
+    /// unchanged calls are answered from it and changed ones reach the provider (or, with
+    /// --offline, fail loudly).
+    Replay {
+        run_id: String,
+        /// The changed workflow file.
+        #[arg(long)]
+        workflow: PathBuf,
+        /// A recording of the run's provider calls (SWITCHYARD_RECORD=DIR when it ran).
+        #[arg(long)]
+        tape: Option<PathBuf>,
+        /// Never call a provider: a call the tape lacks fails its step.
+        #[arg(long)]
+        offline: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Rerun an ended run as a new run linked to it, from a step (default: the first that
     /// failed): the steps that do not depend on it and succeeded are reused, not called
     /// again. Without RUN_ID, reruns every matching run (`--status`, `--workflow`,
@@ -332,6 +352,27 @@ fn main() {
                         data_dir,
                     },
             } => commands::runs_show(run_id, *json, &dir(data_dir)).await,
+            Command::Runs {
+                command:
+                    RunsCommand::Replay {
+                        run_id,
+                        workflow,
+                        tape,
+                        offline,
+                        json,
+                        data_dir,
+                    },
+            } => {
+                switchyard_cli::replay::replay(
+                    run_id,
+                    workflow,
+                    tape.as_deref(),
+                    *offline,
+                    *json,
+                    &dir(data_dir),
+                )
+                .await
+            }
             Command::Runs {
                 command:
                     RunsCommand::Rerun {

@@ -142,7 +142,8 @@ impl Sender {
         let key = key.unwrap_or_else(|| Key::for_http(&req));
         match tape.mode() {
             Mode::Replay => tape.replay(&key),
-            Mode::Record => {
+            Mode::Patch if tape.has(&key) => tape.replay(&key),
+            Mode::Record | Mode::Patch => {
                 let sent = req.clone();
                 let resp = self.send_http(req, timeout).await?;
                 tape.record(&key, &sent, &resp);

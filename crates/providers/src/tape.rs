@@ -43,12 +43,19 @@ use switchyard_core::{ErrorClass, StepError};
 pub const RECORD_VAR: &str = "SWITCHYARD_RECORD";
 /// Replays from this directory.
 pub const REPLAY_VAR: &str = "SWITCHYARD_REPLAY";
+/// With [`REPLAY_VAR`]: `call` makes a call the tape does not have reach the provider (and
+/// be recorded) instead of failing ([`Mode::Patch`]).
+pub const MISSING_VAR: &str = "SWITCHYARD_REPLAY_MISSING";
 
 /// Whether the tape writes exchanges or serves them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Record,
     Replay,
+    /// Replay what the tape has; call the provider for what it has not, and record that
+    /// (`switchyard runs replay` of a changed workflow: unchanged calls come from the tape,
+    /// changed prompts or models reach the provider).
+    Patch,
 }
 
 /// What one cassette is about.
@@ -195,7 +202,13 @@ impl Tape {
                         "{REPLAY_VAR}={dir}: no such directory (record one with {RECORD_VAR}={dir})"
                     ));
                 }
-                Ok(Some(Tape::new(Mode::Replay, dir)))
+                match nonempty(MISSING_VAR).as_deref().map(str::trim) {
+                    None | Some("fail") => Ok(Some(Tape::new(Mode::Replay, dir))),
+                    Some("call") => Ok(Some(Tape::new(Mode::Patch, dir))),
+                    Some(other) => Err(format!(
+                        "{MISSING_VAR}={other}: `fail` (the default) or `call`"
+                    )),
+                }
             }
             (None, None) => Ok(None),
         }
@@ -207,6 +220,11 @@ impl Tape {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether the tape has a cassette for `key`.
+    pub fn has(&self, key: &Key) -> bool {
+        key.path(&self.dir).is_file()
     }
 
     /// The recorded answer to the call `key` names: the next exchange of its cassette (the
@@ -569,6 +587,30 @@ mod tests {
             .contains("no such directory"));
         let rec = |k: &str| (k == RECORD_VAR).then(|| "/tmp/new-tapes".to_string());
         assert_eq!(Tape::from_vars(rec).unwrap().unwrap().mode(), Mode::Record);
+        // A replay that calls the provider for what the tape lacks.
+        let patch = |k: &str| match k {
+            REPLAY_VAR => Some("/tmp".to_string()),
+            MISSING_VAR => Some("call".to_string()),
+            _ => None,
+        };
+        assert_eq!(Tape::from_vars(patch).unwrap().unwrap().mode(), Mode::Patch);
+        let strict = |k: &str| match k {
+            REPLAY_VAR => Some("/tmp".to_string()),
+            MISSING_VAR => Some("fail".to_string()),
+            _ => None,
+        };
+        assert_eq!(
+            Tape::from_vars(strict).unwrap().unwrap().mode(),
+            Mode::Replay
+        );
+        let bad = |k: &str| match k {
+            REPLAY_VAR => Some("/tmp".to_string()),
+            MISSING_VAR => Some("maybe".to_string()),
+            _ => None,
+        };
+        assert!(Tape::from_vars(bad)
+            .unwrap_err()
+            .contains("`fail` (the default) or `call`"));
     }
 
     fn uuid_like() -> String {
