@@ -349,6 +349,32 @@ async fn emulator(endpoint: &str, now: Millis, runs: u64) -> Result<()> {
         "  DynamoDB read request units per stats answer on the emulator: {:.1}",
         reads.total_read_units() / (queries()?.len() * 6) as f64
     );
+    // Where an answer's time goes: the buckets' Query, and the page of open runs (a query of
+    // the `active` index, which moto answers by scanning the whole table).
+    let q = switchyard_core::stats::BucketQuery {
+        scope: ListScope::Tenant(TENANT.into()),
+        workflow: None,
+        from_hour: switchyard_core::stats::hour_of(now - 24 * HOUR_MS),
+        to_hour: switchyard_core::stats::hour_of(now),
+    };
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1e3
+    };
+    let (mut b, mut a) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let t = Instant::now();
+        store.stats_buckets(&q).await?;
+        b.push(t.elapsed());
+        let t = Instant::now();
+        store.active_runs(now, None, 100).await?;
+        a.push(t.elapsed());
+    }
+    println!(
+        "  emulator  of which: buckets Query {:.1} ms, open-runs page (active index) {:.1} ms",
+        median(b),
+        median(a)
+    );
     Ok(())
 }
 

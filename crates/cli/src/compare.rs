@@ -330,12 +330,8 @@ fn table(r: &Report) -> String {
     ];
     let (a, b) = (col(&r.a), col(&r.b));
     let mut out = format!("compare over {} inputs\n", r.inputs);
-    out.push_str(&format!(
-        "{:<22} {:<34} {}\n",
-        "",
-        format!("A: {}", r.a.file),
-        format!("B: {}", r.b.file)
-    ));
+    let (fa, fb) = (format!("A: {}", r.a.file), format!("B: {}", r.b.file));
+    out.push_str(&format!("{:<22} {fa:<34} {fb}\n", ""));
     for (i, l) in labels.iter().enumerate() {
         out.push_str(&format!("{l:<22} {:<34} {}\n", a[i], b[i]));
     }

@@ -636,6 +636,7 @@ mod tests {
             baseline_usd: None,
             saving_usd: None,
             selected_because: None,
+            reused_from: None,
         }
     }
 
@@ -668,6 +669,8 @@ mod tests {
                 step_view("shape", None),
             ],
             notifications: vec![],
+            rerun_of: None,
+            reruns: vec![],
         };
         let text = super::run_table(&v);
         assert!(

@@ -276,16 +276,16 @@ fn table(r: &ReplayReport) -> String {
     ));
     let dash = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
     for s in &r.steps {
+        let status = format!("{} -> {}", dash(&s.old_status), dash(&s.new_status));
+        let tokens = format!(
+            "{}/{} -> {}/{}",
+            s.old_tokens.0, s.old_tokens.1, s.new_tokens.0, s.new_tokens.1
+        );
+        let cost = format!("${:.6} -> ${:.6}", s.old_cost_usd, s.new_cost_usd);
+        let latency = format!("{}ms -> {}ms", s.old_latency_ms, s.new_latency_ms);
         out.push_str(&format!(
-            "{:<20} {:<22} {:<21} {:<21} {}\n",
-            s.step,
-            format!("{} -> {}", dash(&s.old_status), dash(&s.new_status)),
-            format!(
-                "{}/{} -> {}/{}",
-                s.old_tokens.0, s.old_tokens.1, s.new_tokens.0, s.new_tokens.1
-            ),
-            format!("${:.6} -> ${:.6}", s.old_cost_usd, s.new_cost_usd),
-            format!("{}ms -> {}ms", s.old_latency_ms, s.new_latency_ms),
+            "{:<20} {status:<22} {tokens:<21} {cost:<21} {latency}\n",
+            s.step
         ));
         if s.output_changed {
             let more = if s.more_paths > 0 {

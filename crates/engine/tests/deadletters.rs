@@ -3,6 +3,8 @@
 //! receive count and reason, and — once the cause is fixed — redriven, after which the run
 //! ends once, every step started once.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test crate: failing is the point
+
 mod support;
 
 use serde_json::json;
@@ -110,9 +112,13 @@ async fn a_poisoned_wake_up_is_dead_lettered_listed_and_redriven_and_the_run_end
 
     // The cause is fixed; the letter goes back and the run ends, once.
     faulty.cure(&run);
-    let done = deadletters::redrive(&ib, Some(QueueName::Work), Some(&[d.id.clone()]))
-        .await
-        .unwrap();
+    let done = deadletters::redrive(
+        &ib,
+        Some(QueueName::Work),
+        Some(std::slice::from_ref(&d.id)),
+    )
+    .await
+    .unwrap();
     assert_eq!((done.work, done.notify), (1, 0));
     assert!(done.not_found.is_empty());
     assert_eq!(h.drive(&run).await, RunStatus::Succeeded);
@@ -142,7 +148,7 @@ async fn a_poisoned_wake_up_is_dead_lettered_listed_and_redriven_and_the_run_end
         .is_empty());
 
     // Redriving it again finds nothing, and says so.
-    let again = deadletters::redrive(&ib, None, Some(&[d.id.clone()]))
+    let again = deadletters::redrive(&ib, None, Some(std::slice::from_ref(&d.id)))
         .await
         .unwrap();
     assert_eq!((again.work, again.notify), (0, 0));

@@ -102,6 +102,15 @@ fn old_run(status: RunStatus, steps: &[(&str, StepStatus)]) -> RunSnapshot {
 
 use StepStatus::{Failed as F, Pending as P, Skipped as K, Succeeded as S};
 
+/// (workflow, old step statuses, from, expected from, expected reused)
+type Case<'a> = (
+    &'a Workflow,
+    Vec<(&'a str, StepStatus)>,
+    Option<&'a str>,
+    &'a str,
+    Vec<&'a str>,
+);
+
 #[test]
 fn what_a_rerun_reuses() {
     let chain = wf(CHAIN);
@@ -115,13 +124,7 @@ fn what_a_rerun_reuses() {
     assert_eq!(branches.len(), 2);
     let (p, q) = (branches[0].as_str(), branches[1].as_str());
     // (workflow, old step statuses, from, expected from, expected reused)
-    let table: Vec<(
-        &Workflow,
-        Vec<(&str, StepStatus)>,
-        Option<&str>,
-        &str,
-        Vec<&str>,
-    )> = vec![
+    let table: Vec<Case> = vec![
         // The default: the first failed step; what it does not feed is reused.
         (
             &chain,
