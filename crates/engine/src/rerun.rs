@@ -334,11 +334,7 @@ impl Engine {
 /// A refusal of the rerun plan as the API answers it.
 fn refused(r: Refusal) -> EngineError {
     match r {
-        Refusal::UnknownStep { .. } => EngineError::BadRequest {
-            field: Some("from".into()),
-            message: r.to_string(),
-        },
-        Refusal::NothingToRerun(_) => EngineError::BadRequest {
+        Refusal::UnknownStep { .. } | Refusal::NothingToRerun(_) => EngineError::BadRequest {
             field: Some("from".into()),
             message: r.to_string(),
         },
