@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use switchyard_api::{ApiKeys, ApiState, Inboxes, OperatorKeys};
 use switchyard_core::model::ModelInfo;
-use switchyard_core::ports::{
-    CallbackSender, Inbox, ListScope, Message, QueueName, RunQuery, Secrets,
-};
+use switchyard_core::ports::{CallbackSender, Inbox, ListScope, Message, RunQuery, Secrets};
 use switchyard_core::state::{RunStatus, WakeReason, WakeUp};
 use switchyard_engine::pool::{Pool, PoolOptions};
 use switchyard_engine::settings::{CALLBACK_SECRET, OPERATOR_KEYS};
@@ -147,10 +145,7 @@ pub async fn dev(args: DevArgs) -> Result<i32> {
     let sender: Arc<dyn CallbackSender> = Arc::new(
         switchyard_providers::outbound::CallbackClient::new(Default::default()),
     );
-    let notify = l
-        .backend
-        .queue(QueueName::Notify, Arc::new(SystemClock))
-        .with_max_receive_count(switchyard_engine::notifier::MAX_NOTIFY_ATTEMPTS);
+    let notify = l.notify_inbox();
     let work: Arc<dyn Inbox> = Arc::new(l.queue.clone());
     let notify: Arc<dyn Inbox> = Arc::new(notify);
     let state = state.with_operators(

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use switchyard_core::ports::{Inbox, QueueName};
 use switchyard_engine::deadletters::{self, Inboxes, Redriven};
 use switchyard_engine::{EngineError, Workflows};
-use switchyard_local::SystemClock;
 
 /// The environment variable `--api` reads its operator key from (a key is not a flag: flags
 /// end up in shell history and `ps`).
@@ -47,11 +46,7 @@ fn queue_arg(q: Option<&str>) -> Result<Option<QueueName>> {
 fn embedded_inboxes(dir: &Path) -> Result<(Local, Inboxes)> {
     let l = Local::open(dir, Workflows::new())?;
     let work: Arc<dyn Inbox> = Arc::new(l.queue.clone());
-    let notify: Arc<dyn Inbox> = Arc::new(
-        l.backend
-            .queue(QueueName::Notify, Arc::new(SystemClock))
-            .with_max_receive_count(switchyard_engine::notifier::MAX_NOTIFY_ATTEMPTS),
-    );
+    let notify: Arc<dyn Inbox> = Arc::new(l.notify_inbox());
     Ok((l, Inboxes { work, notify }))
 }
 

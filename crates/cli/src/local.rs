@@ -336,6 +336,14 @@ impl Local {
         Ok(local)
     }
 
+    /// The notify queue's receiving side, dead-lettering after the notifier's attempts
+    /// (`notifier::MAX_NOTIFY_ATTEMPTS`), as `dev`'s notifier and `dlq` both need it.
+    pub fn notify_inbox(&self) -> SqliteQueue {
+        self.backend
+            .queue(QueueName::Notify, Arc::new(SystemClock))
+            .with_max_receive_count(switchyard_engine::notifier::MAX_NOTIFY_ATTEMPTS)
+    }
+
     /// Drives `run_id` until it ends or waits on something outside this process (see
     /// [`Driver::drive`]).
     pub async fn drive(&self, run_id: &str) -> Result<RunStatus> {
