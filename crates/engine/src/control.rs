@@ -52,20 +52,65 @@ impl Engine {
                 )))
             }
         }
-        let rec = snap
-            .step(step)
-            .cloned()
-            .filter(|r| r.status == StepStatus::Waiting)
-            .ok_or_else(|| {
-                let status = snap.step(step).map_or("pending", |r| r.status.as_str());
-                EngineError::Conflict(format!(
+        let rec = match snap.step(step) {
+            Some(r) if r.status == StepStatus::Waiting => r.clone(),
+            // The same decision again (a retry after an answer that was lost, or after the
+            // wake-up failed): the decision stands; the run is woken again, so a retry is
+            // what mends a decision whose wake-up never went out.
+            Some(r) if r.approval.as_ref().is_some_and(|d| d.approved == approved) => {
+                self.due_now(run_id).await?;
+                self.wake(run_id, WakeReason::Approval, 0).await?;
+                return Ok(());
+            }
+            other => {
+                let status = other.map_or("pending", |r| r.status.as_str());
+                return Err(EngineError::Conflict(format!(
                     "step `{step}` is not waiting for approval (it is {status})"
-                ))
-            })?;
+                )));
+            }
+        };
         let (mut r, ev) = settle::decide(&rec, approved, comment, self.now());
         self.write_step(&wf, run_id, &mut r, &[ev]).await?;
+        self.due_now(run_id).await?;
         self.wake(run_id, WakeReason::Approval, 0).await?;
         Ok(())
+    }
+
+    /// Marks a waiting run as due now, after something outside the worker (a decision, a
+    /// callback) settled what it waited for and before the wake-up is sent. The wake-up can
+    /// be lost (the send fails, or the process dies first); the header then still says the
+    /// run waits until a deadline hours away, and the stuck-run sweep would not look at it
+    /// before. Due now, the sweep wakes it within [`RECOVERY_BOUND_MS`] — the same bound as
+    /// every other lost wake-up. The worker that handles the run writes the real wait back.
+    ///
+    /// A run that is not waiting is left alone: a pending run is due already, and a running
+    /// one is held by a live worker (whose lease the sweep watches) that gets the wake-up
+    /// after it lets the run go.
+    ///
+    /// [`RECOVERY_BOUND_MS`]: switchyard_core::recovery::RECOVERY_BOUND_MS
+    pub(crate) async fn due_now(&self, run_id: &str) -> Result<(), EngineError> {
+        for _ in 0..8 {
+            let Some(mut h) = self.store.load_header(run_id).await? else {
+                return Ok(());
+            };
+            let now = self.now();
+            let Some(wait) = h.wait.as_mut().filter(|_| h.status == RunStatus::Waiting) else {
+                return Ok(());
+            };
+            if wait.until.is_some_and(|u| u <= now) {
+                return Ok(());
+            }
+            wait.until = Some(now);
+            h.updated_at = now;
+            match self.store.put_header(&h, &[]).await {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(EngineError::Conflict(format!(
+            "run `{run_id}` kept changing; try again"
+        )))
     }
 
     /// Asks a run to stop: steps in flight finish, nothing new starts.

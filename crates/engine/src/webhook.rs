@@ -166,6 +166,7 @@ impl Engine {
         self.write_step(&wf, &run_id, &mut r, &[received, ev])
             .await?;
         self.store.record_webhook_id(&dedupe_key, now).await?;
+        self.due_now(&run_id).await?;
         self.wake(&run_id, WakeReason::Webhook, 0).await?;
         Ok(CallbackResult::Applied)
     }

@@ -1371,9 +1371,16 @@ async fn approval_waits_then_decisions_and_deadlines_settle_it() {
                     .decide(Some("acme"), &run, "gate", true, Some("ok".into()))
                     .await
                     .unwrap();
-                // A second decision on the same gate is a conflict.
+                // A different decision on the same gate is a conflict; the same one again
+                // (a retry) stands and answers as the first did.
                 let again = h.engine.decide(None, &run, "gate", false, None).await;
                 assert!(matches!(again, Err(EngineError::Conflict(_))), "{again:?}");
+                h.engine
+                    .decide(None, &run, "gate", true, Some("retried".into()))
+                    .await
+                    .unwrap();
+                let rec = h.rec(&run, "gate").await;
+                assert_eq!(rec.approval.unwrap().comment.as_deref(), Some("ok"));
             }
             Decision::Reject => {
                 h.engine
@@ -3082,6 +3089,30 @@ async fn the_sweep_wakes_runs_whose_wake_ups_were_lost() {
         RunStatus::Succeeded,
         "approved at the deadline"
     );
+
+    // 4. Waiting for an approval; the decision is written but its wake-up is lost (the send
+    //    failed, or the process died): the run is due from the decision on, not from the
+    //    deadline an hour away.
+    let decided = h.start_wf(&gate, json!({"what": "d"})).await;
+    assert_eq!(h.drive(&decided).await, RunStatus::Waiting);
+    lose_wake_ups(&h).await;
+    h.clock.advance(1_000);
+    h.engine
+        .decide(None, &decided, "gate", true, None)
+        .await
+        .unwrap();
+    assert_eq!(lose_wake_ups(&h).await, 1, "the decision's wake-up");
+    assert!(
+        h.engine.sweep().await.unwrap().rewoken.is_empty(),
+        "decided just now"
+    );
+    h.clock.advance(STUCK_GRACE_MS);
+    assert_eq!(
+        h.engine.sweep().await.unwrap().rewoken,
+        std::slice::from_ref(&decided)
+    );
+    assert_eq!(h.drive(&decided).await, RunStatus::Succeeded);
+    assert_eq!(h.output(&decided, "gate").await["approved"], true);
 
     // Nothing is left to wake: every run ended.
     h.clock.advance(10 * STUCK_GRACE_MS);
