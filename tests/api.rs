@@ -449,9 +449,13 @@ async fn every_documented_route_is_served() {
         "/v1/runs/{id}/events",
         "/v1/runs/{id}/approvals/{step}",
         "/v1/runs/{id}/cancel",
+        "/v1/runs/{id}/notifications/{webhook_id}/resend",
         "/v1/workflows",
         "/v1/stats",
         "/v1/openapi.json",
+        "/v1/ops/dead-letters",
+        "/v1/ops/dead-letters/{id}",
+        "/v1/ops/dead-letters/redrive",
         "/v1/blobs/{key}",
         "/v1/uploads",
         "/v1/uploads/{sha256}",
@@ -469,6 +473,7 @@ async fn every_documented_route_is_served() {
         let concrete = path
             .replace("{id}", "run-that-does-not-exist")
             .replace("{step}", "s")
+            .replace("{webhook_id}", "msg_nope")
             .replace("{provider}", "nope")
             .replace("{key}", "nope")
             .replace("{sha256}", "nope");

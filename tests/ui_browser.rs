@@ -303,7 +303,7 @@ async fn a_person_approves_a_gate_and_an_operator_redrives_a_dead_letter_in_chro
     let doc = until_status(&dev, ACME, &gate, &["succeeded"]).await;
     assert_eq!(doc["output"]["decision"]["approved"], true);
 
-    // The run and stats pages, with a cascade that escalated (its waterfall has the why).
+    // The waterfall says why: a cascade's escalation and its condition.
     let cascade = &seeded[6];
     let html = until_page(&c, &dev, &format!("/ui/runs/{cascade}"), 10, |h| {
         h.contains("id=\"timeline\"")
@@ -313,8 +313,24 @@ async fn a_person_approves_a_gate_and_an_operator_redrives_a_dead_letter_in_chro
         html.contains("cascade escalation"),
         "the escalation and its condition: {html}"
     );
+    // Retries with their error class, then a fallback (resilient-summary fails its primary
+    // model on purpose).
+    let resilient = &seeded[4];
+    let html = until_page(&c, &dev, &format!("/ui/runs/{resilient}"), 10, |h| {
+        h.contains("id=\"timeline\"")
+    })
+    .await;
+    assert!(
+        html.contains("transient on local/template-generator"),
+        "{html}"
+    );
+    assert!(
+        html.contains("fallback local/template-generator → local/extractive-summarizer"),
+        "{html}"
+    );
+    assert!(html.contains("class=\"o-retry\"") && html.contains("class=\"o-fallback\""));
     screenshot(&c, "console-run.png", &shots).await;
-    let html = until_page(&c, &dev, "/ui/stats?by=model", 10, |h| {
+    let html = until_page(&c, &dev, "/ui/stats?since=6h&by=model", 10, |h| {
         h.contains("data-workflow=\"classifier-cascade\"")
     })
     .await;

@@ -69,29 +69,48 @@ fn point(hour: Millis, c: &Counters, count: u64) -> Point {
     }
 }
 
+/// One workflow's run (step `""`) or one step's buckets, hour by hour.
+struct Acc {
+    kind: String,
+    ord: u32,
+    /// The hour `kind` and `ord` were read from.
+    newest: Millis,
+    hours: BTreeMap<Millis, Counters>,
+}
+
 /// The series of some buckets (any order, any mix of tenants, models and prompt versions).
 pub fn from_buckets(from_hour: Millis, to_hour: Millis, buckets: &[Bucket]) -> Series {
-    // workflow → step ("" for the run) → (kind, ord, hour → counters)
-    type Hours = BTreeMap<Millis, Counters>;
-    let mut acc: BTreeMap<&str, BTreeMap<&str, (String, u32, Millis, Hours)>> = BTreeMap::new();
+    // workflow → step ("" for the run) → its hours
+    let mut acc: BTreeMap<&str, BTreeMap<&str, Acc>> = BTreeMap::new();
     for b in buckets {
         let e = acc
             .entry(&b.key.workflow)
             .or_default()
             .entry(&b.key.step)
-            .or_insert_with(|| (b.kind.clone(), b.ord, 0, Hours::new()));
+            .or_insert_with(|| Acc {
+                kind: b.kind.clone(),
+                ord: b.ord,
+                newest: b.key.hour,
+                hours: BTreeMap::new(),
+            });
         // The kind and place of the newest hour's definition, as the stats document does.
-        if b.key.hour >= e.2 {
-            (e.0, e.1, e.2) = (b.kind.clone(), b.ord, b.key.hour);
+        if b.key.hour >= e.newest {
+            (e.kind, e.ord, e.newest) = (b.kind.clone(), b.ord, b.key.hour);
         }
-        e.3.entry(b.key.hour).or_default().merge(&b.counters);
+        e.hours.entry(b.key.hour).or_default().merge(&b.counters);
     }
     let workflows = acc
         .into_iter()
         .map(|(workflow, steps)| {
             let mut runs = Vec::new();
             let mut step_series = Vec::new();
-            for (step, (kind, ord, _, hours)) in steps {
+            for (
+                step,
+                Acc {
+                    kind, ord, hours, ..
+                },
+            ) in steps
+            {
                 if step.is_empty() {
                     runs = hours
                         .iter()

@@ -40,6 +40,9 @@ pub struct Chart {
 pub struct Label {
     pub x: f64,
     pub text: String,
+    /// SVG `text-anchor`: the first label starts at its slot, the last ends at it, so
+    /// neither is cut at the chart's edge.
+    pub anchor: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -146,10 +149,17 @@ impl Frame {
         let last = self.slots - 1;
         let mut idx = vec![0, last / 2, last];
         idx.dedup();
+        let n = idx.len();
         idx.into_iter()
-            .map(|i| Label {
+            .enumerate()
+            .map(|(k, i)| Label {
                 x: r1(LEFT + (i as f64 + 0.5) * self.slot),
                 text: hour_label(self.from + i * HOUR_MS),
+                anchor: match k {
+                    0 if n > 1 => "start",
+                    k if k + 1 == n && n > 1 => "end",
+                    _ => "middle",
+                },
             })
             .collect()
     }
@@ -312,7 +322,8 @@ mod tests {
             format!("{},52 {},4", r1(LEFT + 0.5 * slot), r1(LEFT + 2.5 * slot))
         );
         assert_eq!(c.dots.len(), 4);
-        assert_eq!(c.x_labels.len(), 3);
+        let anchors: Vec<&str> = c.x_labels.iter().map(|l| l.anchor).collect();
+        assert_eq!(anchors, ["start", "middle", "end"]);
         let bars = cost(&pts, 0, 3 * HOUR_MS, 116.0).bars;
         assert_eq!(bars.len(), 2);
         // $1 of a $1 maximum: full height; $0.5: half of it.

@@ -498,7 +498,8 @@ mod tests {
         assert_eq!(t.total_ms, 1_000);
         let gen = &t.steps[0];
         // (outcome, x, width, attempt, model)
-        let got: Vec<(&str, f64, f64, Option<u32>, Option<&str>)> = gen
+        type Seen<'a> = (&'a str, f64, f64, Option<u32>, Option<&'a str>);
+        let got: Vec<Seen> = gen
             .bars
             .iter()
             .map(|b| {
