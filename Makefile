@@ -62,8 +62,10 @@ test-lambda-local:
 ## and under injected AWS faults with a killed dev (tests/recovery_aws.rs, 40 runs, about a minute);
 ## infra/local_aws.py's check that provisioning matches template.yaml), then
 ## `sam validate --lint` (infra/sam.sh installs SAM CLI), then schemathesis against
-## `switchyard dev`'s OpenAPI document (tests/api/venv.sh installs it).
+## `switchyard dev`'s OpenAPI document (tests/api/venv.sh installs it). Chromium and
+## chromedriver for the run console's browser test (tests/ui_browser.rs): infra/chromium.sh.
 test:
+	infra/chromium.sh
 	@url=$$(infra/moto.sh start) || exit 1; \
 	  SWITCHYARD_TEST_AWS_ENDPOINT=$$url $(CARGO) test --workspace --all-targets \
 	  && SWITCHYARD_TEST_AWS_ENDPOINT=$$url $(CARGO) test -p switchyard-cli --features aws --test dev_aws --test recovery_aws \

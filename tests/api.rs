@@ -451,12 +451,13 @@ async fn every_documented_route_is_served() {
         "/v1/runs/{id}/cancel",
         "/v1/runs/{id}/rerun",
         "/v1/runs/rerun",
-        "/v1/ops/dead-letters",
-        "/v1/ops/dead-letters/{id}",
-        "/v1/ops/dead-letters/redrive",
+        "/v1/runs/{id}/notifications/{webhook_id}/resend",
         "/v1/workflows",
         "/v1/stats",
         "/v1/openapi.json",
+        "/v1/ops/dead-letters",
+        "/v1/ops/dead-letters/{id}",
+        "/v1/ops/dead-letters/redrive",
         "/v1/blobs/{key}",
         "/v1/uploads",
         "/v1/uploads/{sha256}",
@@ -474,6 +475,7 @@ async fn every_documented_route_is_served() {
         let concrete = path
             .replace("{id}", "run-that-does-not-exist")
             .replace("{step}", "s")
+            .replace("{webhook_id}", "msg_nope")
             .replace("{provider}", "nope")
             .replace("{key}", "nope")
             .replace("{sha256}", "nope");

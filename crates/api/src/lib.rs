@@ -12,6 +12,8 @@
 //! - [`routes`]: the handlers, each documented with `#[utoipa::path]`; the OpenAPI 3.1
 //!   document is generated from them, so a route cannot exist without its documentation
 //!   (routes are only added through `utoipa_axum`'s `routes!`).
+//! - [`ui`]: the run console at `/ui` (server-rendered HTML over the same use-cases, signed
+//!   in with the same keys); not part of the OpenAPI document, which describes the JSON API.
 //! - this file: the state, the router, the request-id middleware and the error type.
 
 pub mod auth;
@@ -19,6 +21,7 @@ pub mod body;
 pub mod ops;
 pub mod rerun;
 pub mod routes;
+pub mod ui;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
@@ -117,8 +120,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The whole public surface: `/v1/…`, `/healthz` and the provider callback route
-/// `/hooks/{provider}` (which authenticates by signature, not by API key).
+/// The whole public surface: `/v1/…`, `/healthz`, the provider callback route
+/// `/hooks/{provider}` (which authenticates by signature, not by API key) and the run console
+/// `/ui/…` (HTML; its errors are pages, so it sits outside the JSON error mapping).
 pub fn router(state: ApiState) -> Router {
     let (api, doc) = routes::documented().split_for_parts();
     let rendered = doc.to_pretty_json().unwrap_or_else(|e| {
@@ -128,10 +132,12 @@ pub fn router(state: ApiState) -> Router {
     let _ = state.doc.set(rendered);
     let hooks = switchyard_engine::http::hooks_routes(state.engine.clone(), state.kick.clone());
     let trace = state.engine.trace.clone();
+    let console = ui::routes(state.clone());
     let api = api
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));
     switchyard_engine::http::json_errors(api.merge(hooks))
+        .merge(console)
         .layer(axum::middleware::from_fn_with_state(trace, request_id))
 }
 
@@ -219,6 +225,7 @@ mod tests {
             "/v1/runs/{id}/events",
             "/v1/runs/{id}/approvals/{step}",
             "/v1/runs/{id}/cancel",
+            "/v1/runs/{id}/notifications/{webhook_id}/resend",
             "/v1/workflows",
             "/v1/stats",
             "/v1/openapi.json",

@@ -70,6 +70,7 @@ pub(crate) fn documented() -> OpenApiRouter<ApiState> {
         .routes(routes!(cancel))
         .routes(routes!(crate::rerun::rerun))
         .routes(routes!(crate::rerun::rerun_many))
+        .routes(routes!(resend_notification))
         .routes(routes!(list_workflows))
         .routes(routes!(get_stats))
         .routes(routes!(openapi_json))
@@ -584,6 +585,39 @@ async fn cancel(
             cancel_requested: true,
         }),
     ))
+}
+
+/// Send again a notification of the run that gave up (its receiver kept failing, so the
+/// notify queue dead-lettered it): it is queued afresh with the **same** `webhook-id`, so a
+/// receiver that did get it drops the repeat, and gets the full retry schedule again. Only a
+/// notification whose last attempt gave up is resent (`GET /v1/runs/{id}` lists the
+/// attempts, each with its `webhook_id` and `outcome`).
+#[utoipa::path(
+    post, path = "/v1/runs/{id}/notifications/{webhook_id}/resend", tag = "runs",
+    params(
+        ("id" = String, Path, description = "Run id"),
+        ("webhook_id" = String, Path, description = "The notification's `webhook_id`, from the run's `notifications`"),
+    ),
+    responses(
+        (status = 202, description = "Queued again", body = switchyard_engine::resend::Resent),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 404, description = "No such run for this tenant, or no such notification in it", body = ErrorBody),
+        (status = 409, description = "The notification's last attempt did not give up (delivered, stopped by the receiver, or still being retried)", body = ErrorBody),
+        (status = 503, description = "The state store or the queue is unavailable; try again", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn resend_notification(
+    State(s): State<ApiState>,
+    Tenant(tenant): Tenant,
+    Path((id, webhook_id)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<switchyard_engine::resend::Resent>), ApiError> {
+    let resent = s
+        .engine
+        .resend_notification(Some(&tenant), &id, &webhook_id)
+        .await?;
+    s.kicked();
+    Ok((StatusCode::ACCEPTED, Json(resent)))
 }
 
 /// The workflows this deployment serves, with their versions.

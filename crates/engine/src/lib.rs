@@ -12,6 +12,8 @@
 //! - [`driver`]: the in-process loop (receive → handle → ack) every local entry point shares.
 //! - [`control`]: approvals, cancellation, taking over a run whose worker died.
 //! - [`view`]: the run document the CLI and the HTTP API return.
+//! - [`series`]: the stats buckets hour by hour (the console's charts).
+//! - [`resend`]: queue again a notification that gave up (same `webhook-id`).
 //! - [`registry`]: the providers and workflows a deployment serves.
 //! - [`http`]: the axum routes over these use-cases (today: provider callbacks).
 //! - `telemetry`: metrics handed to the deployment's sink right after the write they describe.
@@ -32,6 +34,8 @@ pub mod pool;
 pub mod recovery;
 pub mod registry;
 pub mod rerun;
+pub mod resend;
+pub mod series;
 pub mod settings;
 pub mod stats;
 mod telemetry;
