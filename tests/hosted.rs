@@ -61,7 +61,8 @@ fn command(url: &str, dir: &Path) -> Command {
         .env("REPLICATE_API_TOKEN", "r8_fake_token_for_tests")
         .env("SWITCHYARD_WEBHOOK_SECRET", SECRET)
         .env_remove("SWITCHYARD_RECORD")
-        .env_remove("SWITCHYARD_REPLAY");
+        .env_remove("SWITCHYARD_REPLAY")
+        .env_remove("SWITCHYARD_TAPES");
     cmd
 }
 
@@ -998,5 +999,180 @@ fn a_recorded_run_replayed_on_a_changed_prompt_calls_only_the_changed_step() {
         calls("anthropic"),
         before[1] + 1,
         "the new call was recorded and replayed"
+    );
+}
+
+/// A run whose workflow says `tape: true` keeps its provider exchanges in the blob store (no
+/// `SWITCHYARD_RECORD` directory): `runs replay` without `--tape` answers the unchanged calls
+/// from that kept tape — offline, every call is served from it; a changed prompt fails its
+/// step offline and reaches the provider once online. The kept cassettes carry no credential.
+/// `SWITCHYARD_TAPES=1` keeps one for a workflow that does not ask; without either, a run
+/// keeps none and `--offline` says so.
+#[test]
+fn a_run_keeps_its_tape_in_the_blob_store_and_replays_from_it() {
+    let src = std::fs::read_to_string(root().join("tests/fixtures/taped.yaml")).unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let kept = files.path().join("kept.yaml");
+    std::fs::write(
+        &kept,
+        src.replace("version: \"1\"\n", "version: \"1\"\ntape: true\n"),
+    )
+    .unwrap();
+    let bumped = files.path().join("kept-v2.yaml");
+    std::fs::write(
+        &bumped,
+        src.replace("version: \"1\"\n", "version: \"2\"\ntape: true\n"),
+    )
+    .unwrap();
+    let changed = files.path().join("kept-v3.yaml");
+    std::fs::write(
+        &changed,
+        src.replace("version: \"1\"\n", "version: \"3\"\ntape: true\n")
+            .replace("version: copy-v1", "version: copy-v2")
+            .replace(
+                "Write launch copy for",
+                "Write short, plain launch copy for",
+            ),
+    )
+    .unwrap();
+    let input = root().join("events/inputs/hosted/launch-kit.json");
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let run_it = |wf: &Path, tapes: bool| {
+        let mut cmd = command(&fake.server.url(), dir.path());
+        if tapes {
+            cmd.env("SWITCHYARD_TAPES", "1");
+        }
+        let out = cmd
+            .args([
+                "run",
+                wf.to_str().unwrap(),
+                "--input",
+                input.to_str().unwrap(),
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        doc(&out)["run_id"].as_str().unwrap().to_string()
+    };
+    let calls = || fake.server.requests().len();
+    let replay = |run: &str, wf: &Path, offline: bool| {
+        let mut args = vec![
+            "runs",
+            "replay",
+            run,
+            "--workflow",
+            wf.to_str().unwrap(),
+            "--json",
+        ];
+        if offline {
+            args.push("--offline");
+        }
+        switchyard(&fake, dir.path(), &args)
+    };
+
+    let old = run_it(&kept, false);
+    let recorded = calls();
+    assert!(recorded >= 3, "three hosted calls: {recorded}");
+
+    // Offline on an unchanged definition: every call from the kept tape.
+    let out = replay(&old, &bumped, true);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = doc(&out);
+    assert_eq!(r["new_status"], "succeeded");
+    assert_eq!(r["output_changed"], false, "{r}");
+    assert!(
+        r["tape"]
+            .as_str()
+            .unwrap()
+            .contains("exchanges kept by the run"),
+        "{r}"
+    );
+    assert_eq!(calls(), recorded, "nothing reached a provider");
+    // The kept cassettes, written out under the data dir, hold no credential.
+    let tapes = dir.path().join("tapes").join(&old);
+    let mut text = String::new();
+    let mut stack = vec![tapes.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                text.push_str(&std::fs::read_to_string(&p).unwrap());
+            }
+        }
+    }
+    assert!(
+        text.contains("gpt-4o-mini"),
+        "the cassettes are there: {tapes:?}"
+    );
+    for secret in [
+        "sk-fake-key-for-tests",
+        "fake-anthropic-key",
+        "AKIDFAKEFAKE",
+        "fake-secret",
+    ] {
+        assert!(!text.contains(secret), "{secret} was kept");
+    }
+
+    // A changed prompt: offline its step fails loudly; online it reaches Anthropic once.
+    let out = replay(&old, &changed, true);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(calls(), recorded);
+    let out = replay(&old, &changed, false);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = doc(&out);
+    assert_eq!(r["new_status"], "succeeded");
+    let anthropic: Vec<_> = fake.server.requests().into_iter().skip(recorded).collect();
+    assert_eq!(anthropic.len(), 1, "only the changed call: {anthropic:?}");
+    assert_eq!(anthropic[0].provider, "anthropic");
+
+    // The deployment setting keeps a tape for a workflow that does not ask for one ...
+    let plain = root().join("tests/fixtures/taped.yaml");
+    let by_setting = run_it(&plain, true);
+    let before = calls();
+    let out = replay(&by_setting, &bumped, true);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(calls(), before);
+    // ... and without either a run keeps none: --offline says so.
+    let untaped = run_it(&plain, false);
+    let out = replay(&untaped, &bumped, true);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("kept no tape"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

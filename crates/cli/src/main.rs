@@ -218,15 +218,17 @@ enum RunsCommand {
         data_dir: Option<PathBuf>,
     },
     /// Run an old run's input again on a changed definition and print, step by step, what
-    /// changed (status, output paths, tokens, cost, latency). With --tape DIR (a recording),
-    /// unchanged calls are answered from it and changed ones reach the provider (or, with
-    /// --offline, fail loudly).
+    /// changed (status, output paths, tokens, cost, latency). Unchanged calls are answered
+    /// from the tape the run kept (its workflow's `tape: true`, or SWITCHYARD_TAPES=1) or from
+    /// --tape DIR (a recording); changed ones reach the provider (or, with --offline, fail
+    /// loudly).
     Replay {
         run_id: String,
         /// The changed workflow file.
         #[arg(long)]
         workflow: PathBuf,
-        /// A recording of the run's provider calls (SWITCHYARD_RECORD=DIR when it ran).
+        /// A recording of the run's provider calls (SWITCHYARD_RECORD=DIR when it ran),
+        /// instead of the tape the run kept.
         #[arg(long)]
         tape: Option<PathBuf>,
         /// Never call a provider: a call the tape lacks fails its step.

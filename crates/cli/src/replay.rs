@@ -2,7 +2,9 @@
 //! run's input again on a changed definition and prints, step by step, what changed — status,
 //! output (the JSON paths that differ), tokens, cost and latency.
 //!
-//! With `--tape DIR` (a recording made with `SWITCHYARD_RECORD=DIR`, docs/providers.md), every
+//! The tape is the one the run kept in the blob store (its workflow said `tape: true`, or the
+//! deployment `SWITCHYARD_TAPES=1`), written out under `<data dir>/tapes/<run id>/`, or with
+//! `--tape DIR` a recording made with `SWITCHYARD_RECORD=DIR` (docs/providers.md). Every
 //! hosted call whose normalized request is unchanged is answered from the tape; a changed
 //! prompt, model or input reaches the provider and is added to the tape (`Mode::Patch`), or,
 //! with `--offline`, fails the step loudly naming the cassette it looked for. The built-in
@@ -22,7 +24,7 @@ use switchyard_core::state::{RunSnapshot, StepRecord};
 use switchyard_engine::intake::StartRequest;
 use switchyard_engine::{Providers, Workflows};
 use switchyard_local::SystemClock;
-use switchyard_providers::tape::{MISSING_VAR, RECORD_VAR, REPLAY_VAR};
+use switchyard_providers::tape::{Bundle, MISSING_VAR, RECORD_VAR, REPLAY_VAR};
 use switchyard_providers::{LocalConfig, LocalProvider};
 
 /// Output paths listed per step at most (the rest are counted).
@@ -79,6 +81,8 @@ pub struct ReplayReport {
     pub old_status: String,
     pub new_status: String,
     pub output_changed: bool,
+    /// Where unchanged calls were answered from: `--tape DIR`, or the tape the run kept.
+    pub tape: String,
     pub steps: Vec<StepDiff>,
 }
 
@@ -90,11 +94,6 @@ pub async fn replay(
     json: bool,
     dir: &Path,
 ) -> Result<i32> {
-    if offline && tape.is_none() {
-        return Err(
-            UsageError("--offline needs --tape DIR (the recording to answer from)".into()).into(),
-        );
-    }
     if let Some(t) = tape {
         if !t.is_dir() {
             return Err(UsageError(format!("--tape {}: no such directory", t.display())).into());
@@ -107,11 +106,22 @@ pub async fn replay(
             .collect();
         anyhow::Error::from(UsageError(lines.join("\n")))
     })?;
-    let mut vars: Vec<(&'static str, String)> = vec![(RECORD_VAR, String::new())];
-    if let Some(t) = tape {
-        vars.push((REPLAY_VAR, t.display().to_string()));
-        vars.push((MISSING_VAR, if offline { "fail" } else { "call" }.into()));
+    // Without --tape, the tape is the one the run kept in the blob store (`tape: true`),
+    // written out under the data dir before the replay starts; the providers read it at each
+    // call, so it can be filled after they are built.
+    let kept_dir = dir.join("tapes").join(run_id);
+    let tape_dir = tape.map_or_else(|| kept_dir.clone(), Path::to_path_buf);
+    if tape.is_none() {
+        if kept_dir.exists() {
+            std::fs::remove_dir_all(&kept_dir)?;
+        }
+        std::fs::create_dir_all(&kept_dir)?;
     }
+    let vars: Vec<(&'static str, String)> = vec![
+        (RECORD_VAR, String::new()),
+        (REPLAY_VAR, tape_dir.display().to_string()),
+        (MISSING_VAR, if offline { "fail" } else { "call" }.into()),
+    ];
     let hosted = switchyard_providers::registry::from_secrets(Arc::new(TapeVars(vars)))
         .map_err(|e| anyhow!("providers: {e}"))?;
     let mut providers = Providers::new().with(Arc::new(LocalProvider::new(LocalConfig::default())));
@@ -136,6 +146,20 @@ pub async fn replay(
         }
         Err(e) => return Err(e.into()),
     };
+    let source = match tape {
+        Some(t) => format!("--tape {}", t.display()),
+        None => {
+            let n = write_kept(&l, &old, &kept_dir).await?;
+            if n == 0 && offline {
+                return Err(UsageError(format!(
+                    "--offline: run {run_id} kept no tape (its workflow had no `tape: true` and \
+                     SWITCHYARD_TAPES was not 1); give a recording with --tape DIR"
+                ))
+                .into());
+            }
+            format!("{n} exchanges kept by the run, in {}", kept_dir.display())
+        }
+    };
     let input = l.engine.load_value(&old.header.input).await?;
     let req = StartRequest {
         workflow: wf.name.clone(),
@@ -151,13 +175,29 @@ pub async fn replay(
         .map_err(|e| UsageError(format!("the old input on the new definition: {e}")))?;
     l.drive(&started.run_id).await?;
     let new = l.engine.load_for(None, &started.run_id).await?;
-    let report = compare(&l, &old, &new, &wf).await?;
+    let mut report = compare(&l, &old, &new, &wf).await?;
+    report.tape = source;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print!("{}", table(&report));
     }
     Ok(status_code(new.header.status))
+}
+
+/// Writes the tapes the old run's steps kept (blob keys on each record, oldest call first)
+/// into `dir` as one recording; returns how many exchanges it holds.
+async fn write_kept(l: &Local, old: &RunSnapshot, dir: &Path) -> Result<usize> {
+    let mut n = 0;
+    for key in old.steps.iter().flat_map(|r| &r.tapes) {
+        let bytes = l.engine.blobs.get(key).await?;
+        let bundle: Bundle = serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow!("the kept tape {key} is not a tape: {e}"))?;
+        n += bundle
+            .write_into(dir)
+            .map_err(|e| anyhow!("writing the kept tape {key}: {e}"))?;
+    }
+    Ok(n)
 }
 
 async fn value(l: &Local, r: Option<&StepRecord>) -> Result<Option<Value>> {
@@ -225,6 +265,7 @@ async fn compare(
         old_status: old.header.status.as_str().into(),
         new_status: new.header.status.as_str().into(),
         output_changed,
+        tape: String::new(),
         steps,
     })
 }
@@ -270,6 +311,7 @@ fn table(r: &ReplayReport) -> String {
             "unchanged"
         }
     );
+    out.push_str(&format!("tape: {}\n", r.tape));
     out.push_str(&format!(
         "{:<20} {:<22} {:<21} {:<21} {}\n",
         "STEP", "STATUS", "TOKENS in/out", "COST", "LATENCY"

@@ -180,6 +180,25 @@ pub trait Provider: Send + Sync {
     /// Calls the model (or submits the job).
     async fn invoke(&self, request: &ModelRequest) -> Result<ModelResponse, StepError>;
 
+    /// [`Provider::invoke`], also returning the HTTP exchanges the call made as a tape (a
+    /// JSON document of redacted cassettes) for a run that keeps one (`tape: true`).
+    /// Providers without HTTP exchanges (the built-in models) keep the default: no tape.
+    async fn invoke_kept(
+        &self,
+        request: &ModelRequest,
+    ) -> (Result<ModelResponse, StepError>, Option<Value>) {
+        (self.invoke(request).await, None)
+    }
+
+    /// [`Provider::poll`], with its exchanges kept as [`Provider::invoke_kept`] keeps them.
+    async fn poll_kept(
+        &self,
+        request: &ModelRequest,
+        job_id: &str,
+    ) -> (Result<ModelResponse, StepError>, Option<Value>) {
+        (self.poll(request, job_id).await, None)
+    }
+
     /// Asks about a job whose callback has not come. `request` is the same request that
     /// submitted it, rebuilt from persisted state. Synchronous providers keep the default.
     async fn poll(

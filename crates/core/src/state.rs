@@ -427,6 +427,11 @@ pub struct StepRecord {
     /// run neither ran nor paid for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reused_from: Option<String>,
+    /// Blob keys of this step's recorded provider exchanges, one per call, oldest first —
+    /// kept when the workflow's `tape: true` or the deployment's `SWITCHYARD_TAPES=1` asks
+    /// for it (`switchyard runs replay` serves unchanged calls from them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tapes: Vec<String>,
     pub version: u64,
 }
 
@@ -514,6 +519,7 @@ impl StepRecord {
             download: None,
             judge_score: None,
             reused_from: None,
+            tapes: Vec::new(),
             version: 0,
         }
     }

@@ -589,11 +589,13 @@ impl Engine {
         tracing::info!(run_id = %cx.run_id, step = %step.id, attempt = claimed.attempt, model = %req.model, prompt_version = ?req.prompt_version, "step started");
 
         let span = trace::attempt_span(&cx.run_id, &req, provider.name(), claimed.model_index);
-        let (result, latency_ms) = invoke_within(provider.as_ref(), &req, ms)
+        let keep = self.keeps_tape(&cx.wf);
+        let ((result, latency_ms), tape) = invoke_within(provider.as_ref(), &req, ms, keep)
             .instrument(span.clone())
             .await;
         trace::record_answer(&span, &result);
         drop(span);
+        self.keep_tape(cx, step, &mut claimed, tape).await;
         let answer = Answer {
             req: &req,
             provider: provider.name(),
@@ -961,6 +963,37 @@ impl Engine {
         }
     }
 
+    /// Whether this run keeps its provider exchanges (`tape: true`, or `SWITCHYARD_TAPES=1`).
+    fn keeps_tape(&self, wf: &Workflow) -> bool {
+        wf.tape || self.config.tapes
+    }
+
+    /// Stores a call's tape in the blob store and adds its key to the step's record (the
+    /// record is written with the attempt's outcome). Best effort: the call happened and was
+    /// paid for whether or not its tape could be kept, so a failed put is logged, not raised.
+    async fn keep_tape(
+        &self,
+        cx: &ActionCtx,
+        step: &Step,
+        rec: &mut StepRecord,
+        tape: Option<Value>,
+    ) {
+        let Some(tape) = tape else { return };
+        let bytes = match serde_json::to_vec(&tape) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(run_id = %cx.run_id, step = %step.id, error = %e, "tape not kept");
+                return;
+            }
+        };
+        match self.blobs.put(&bytes, "application/json").await {
+            Ok(key) => rec.tapes.push(key),
+            Err(e) => {
+                tracing::warn!(run_id = %cx.run_id, step = %step.id, error = %e, "tape not kept")
+            }
+        }
+    }
+
     /// Gives up on a job: tells the provider so it stops (and stops billing). Best effort.
     pub(crate) async fn cancel_job(
         &self,
@@ -985,7 +1018,7 @@ impl Engine {
         cx: &ActionCtx,
         step: &Step,
         ms: &ModelStep,
-        rec: StepRecord,
+        mut rec: StepRecord,
     ) -> Result<Vec<StepRecord>, EngineError> {
         let now = self.now();
         let Some(job) = rec.job.clone() else {
@@ -994,7 +1027,8 @@ impl Engine {
                 step.id
             )));
         };
-        let polled = async {
+        let keep = self.keeps_tape(&cx.wf);
+        let polled: Result<(Result<ModelResponse, StepError>, Option<Value>), StepError> = async {
             let req = self.build_request(cx, step, ms, &rec, Some(&job.callback_token))?;
             let provider = self.providers.get(&job.provider).ok_or_else(|| {
                 StepError::new(
@@ -1002,17 +1036,29 @@ impl Engine {
                     format!("no provider `{}`", job.provider),
                 )
             })?;
-            match tokio::time::timeout(
-                Duration::from_millis(ms.timeout.ms()),
-                provider.poll(&req, &job.job_id),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(StepError::new(ErrorClass::Timeout, "poll timed out")),
+            let call = async {
+                if keep {
+                    provider.poll_kept(&req, &job.job_id).await
+                } else {
+                    (provider.poll(&req, &job.job_id).await, None)
+                }
+            };
+            match tokio::time::timeout(Duration::from_millis(ms.timeout.ms()), call).await {
+                Ok((r, tape)) => Ok((r, tape)),
+                Err(_) => Ok((
+                    Err(StepError::new(ErrorClass::Timeout, "poll timed out")),
+                    None,
+                )),
             }
         }
         .await;
+        let polled = match polled {
+            Ok((r, tape)) => {
+                self.keep_tape(cx, step, &mut rec, tape).await;
+                r
+            }
+            Err(e) => Err(e),
+        };
         let past_deadline = rec.deadline_at.is_some_and(|d| now >= d);
         let polled_ev = HistoryEvent::step(
             now,
@@ -1084,23 +1130,33 @@ fn with_job_started(
 
 /// Calls the provider, bounded by the step's timeout so a hung call cannot outlive its lease;
 /// returns the result and how long it took.
+/// With `keep`, also the call's exchanges as a tape (a call cut off by the timeout keeps none).
 async fn invoke_within(
     provider: &dyn Provider,
     req: &ModelRequest,
     ms: &ModelStep,
-) -> (Result<ModelResponse, StepError>, u64) {
+    keep: bool,
+) -> ((Result<ModelResponse, StepError>, u64), Option<Value>) {
     let t0 = std::time::Instant::now();
-    let result =
-        match tokio::time::timeout(Duration::from_millis(ms.timeout.ms()), provider.invoke(req))
-            .await
-        {
+    let call = async {
+        if keep {
+            provider.invoke_kept(req).await
+        } else {
+            (provider.invoke(req).await, None)
+        }
+    };
+    let (result, tape) =
+        match tokio::time::timeout(Duration::from_millis(ms.timeout.ms()), call).await {
             Ok(r) => r,
-            Err(_) => Err(StepError::new(
-                ErrorClass::Timeout,
-                format!("no answer within the step timeout of {}", ms.timeout),
-            )),
+            Err(_) => (
+                Err(StepError::new(
+                    ErrorClass::Timeout,
+                    format!("no answer within the step timeout of {}", ms.timeout),
+                )),
+                None,
+            ),
         };
-    (result, t0.elapsed().as_millis() as u64)
+    ((result, t0.elapsed().as_millis() as u64), tape)
 }
 
 /// Why a pure step did not produce its records.

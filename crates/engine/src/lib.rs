@@ -84,6 +84,10 @@ pub struct Config {
     pub callback_secrets: String,
     /// `http` and private callback addresses allowed (local development only).
     pub allow_private_callbacks: bool,
+    /// Keep every run's provider exchanges as a tape in the blob store, whatever its
+    /// workflow says (`SWITCHYARD_TAPES=1`); otherwise only runs of workflows with
+    /// `tape: true` keep one.
+    pub tapes: bool,
     /// A worker driving a run re-reads its header before starting a step at most this often,
     /// to see a cancellation requested meanwhile (one header read, not a write).
     pub cancel_check_ms: u64,
@@ -103,6 +107,7 @@ impl Default for Config {
             deadline_margin_ms: 2_000,
             callback_secrets: String::new(),
             allow_private_callbacks: false,
+            tapes: false,
             cancel_check_ms: 200,
         }
     }

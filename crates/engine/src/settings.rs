@@ -19,6 +19,9 @@ pub const PUBLIC_URL: &str = "SWITCHYARD_PUBLIC_URL";
 pub const CALLBACK_SECRET: &str = "SWITCHYARD_CALLBACK_SECRET";
 /// `1` allows `http` and private callback addresses (local development only).
 pub const ALLOW_PRIVATE_CALLBACKS: &str = "SWITCHYARD_ALLOW_PRIVATE_CALLBACKS";
+/// `1` keeps every run's provider exchanges as a tape in the blob store (docs/operations.md,
+/// "Replay with changes"); off by default, and a workflow can ask for it with `tape: true`.
+pub const TAPES: &str = "SWITCHYARD_TAPES";
 
 impl Config {
     /// The settings `secrets` gives, on top of the defaults.
@@ -54,6 +57,7 @@ impl Config {
             webhook_secrets,
             callback_secrets: secrets.get(CALLBACK_SECRET).unwrap_or_default(),
             allow_private_callbacks: secrets.get(ALLOW_PRIVATE_CALLBACKS).as_deref() == Some("1"),
+            tapes: secrets.get(TAPES).as_deref().map(str::trim) == Some("1"),
             ..Config::default()
         }
     }
@@ -72,9 +76,11 @@ mod tests {
             ("SWITCHYARD_REPLICATE_WEBHOOK_SECRET", "whsec_rep"),
             ("SWITCHYARD_LOCAL_WEBHOOK_SECRET", "  "),
             ("SWITCHYARD_PUBLIC_URL", "https://hooks.example.com"),
+            ("SWITCHYARD_TAPES", "1"),
         ]);
         let c = Config::from_secrets(&s, "w".into(), "http://127.0.0.1:1");
         assert_eq!(c.owner, "w");
+        assert!(c.tapes);
         assert_eq!(c.public_url, "https://hooks.example.com");
         assert_eq!(c.webhook_secrets["*"], "whsec_default");
         assert_eq!(c.webhook_secrets["replicate"], "whsec_rep");
@@ -88,6 +94,7 @@ mod tests {
         let a = Config::from_secrets(&empty, "w".into(), "http://127.0.0.1:9");
         let b = Config::from_secrets(&empty, "w".into(), "http://127.0.0.1:9");
         assert_eq!(a.public_url, "http://127.0.0.1:9");
+        assert!(!a.tapes, "tapes are off by default");
         assert!(a.webhook_secrets["*"].starts_with("whsec_"));
         assert_ne!(
             a.webhook_secrets["*"], b.webhook_secrets["*"],

@@ -501,6 +501,13 @@ impl Provider for Bedrock {
         self.catalog.price_tokens(model, usage)
     }
 
+    async fn invoke_kept(
+        &self,
+        request: &ModelRequest,
+    ) -> (Result<ModelResponse, StepError>, Option<serde_json::Value>) {
+        crate::tape::kept(self.invoke(request)).await
+    }
+
     async fn invoke(&self, request: &ModelRequest) -> Result<ModelResponse, StepError> {
         Call::invoke(PROVIDER, request)
             .request_id_header("x-amzn-requestid")

@@ -119,8 +119,7 @@ impl<'a> Call<'a> {
     ) -> Result<T, StepError> {
         let http = prepare()?;
         let started = Instant::now();
-        let key = sender
-            .taped()
+        let key = (sender.taped() || crate::tape::capturing())
             .then_some(self.request)
             .flatten()
             .map(|r| crate::tape::Key::for_request(self.provider, self.operation, r));
@@ -225,6 +224,13 @@ impl<A: ChatApi> Provider for Chat<A> {
 
     fn price_usd(&self, model: &str, usage: Usage) -> Option<f64> {
         self.catalog.price_tokens(model, usage)
+    }
+
+    async fn invoke_kept(
+        &self,
+        request: &ModelRequest,
+    ) -> (Result<ModelResponse, StepError>, Option<serde_json::Value>) {
+        crate::tape::kept(self.invoke(request)).await
     }
 
     async fn invoke(&self, request: &ModelRequest) -> Result<ModelResponse, StepError> {

@@ -136,20 +136,32 @@ impl Sender {
         req: HttpRequest,
         timeout: Option<Duration>,
     ) -> Result<HttpResponse, StepError> {
-        let Some(tape) = &self.tape else {
+        let capturing = crate::tape::capturing();
+        if self.tape.is_none() && !capturing {
             return self.send_http(req, timeout).await;
-        };
-        let key = key.unwrap_or_else(|| Key::for_http(&req));
-        match tape.mode() {
-            Mode::Replay => tape.replay(&key),
-            Mode::Patch if tape.has(&key) => tape.replay(&key),
-            Mode::Record | Mode::Patch => {
-                let sent = req.clone();
-                let resp = self.send_http(req, timeout).await?;
-                tape.record(&key, &sent, &resp);
-                Ok(resp)
-            }
         }
+        let key = key.unwrap_or_else(|| Key::for_http(&req));
+        let sent = req.clone();
+        let resp = match &self.tape {
+            Some(tape)
+                if tape.mode() == Mode::Replay
+                    || (tape.mode() == Mode::Patch && tape.has(&key)) =>
+            {
+                tape.replay(&key)?
+            }
+            tape => {
+                let resp = self.send_http(req, timeout).await?;
+                if let Some(tape) = tape {
+                    tape.record(&key, &sent, &resp);
+                }
+                resp
+            }
+        };
+        // A run that keeps its tape keeps every answer its call got, however it came.
+        if capturing {
+            crate::tape::keep(&key, &sent, &resp);
+        }
+        Ok(resp)
     }
 
     /// The client, built once (clones of this sender share it).

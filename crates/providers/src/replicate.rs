@@ -574,6 +574,21 @@ impl Provider for Replicate {
             .estimate_usd(catalog_key(&self.catalog, &request.model), tokens, None)
     }
 
+    async fn invoke_kept(
+        &self,
+        request: &ModelRequest,
+    ) -> (Result<ModelResponse, StepError>, Option<serde_json::Value>) {
+        crate::tape::kept(self.invoke(request)).await
+    }
+
+    async fn poll_kept(
+        &self,
+        request: &ModelRequest,
+        job_id: &str,
+    ) -> (Result<ModelResponse, StepError>, Option<serde_json::Value>) {
+        crate::tape::kept(self.poll(request, job_id)).await
+    }
+
     async fn invoke(&self, request: &ModelRequest) -> Result<ModelResponse, StepError> {
         let (_, response) = Call::invoke(PROVIDER, request)
             .run(

@@ -308,6 +308,114 @@ impl Tape {
     }
 }
 
+// ---- tapes kept with runs (in the blob store) ----
+
+/// One cassette kept by a run: where it goes under a tape directory, and its exchanges.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Kept {
+    /// `<provider>/<model>/<operation>-<hash>.json`, as [`Key::path`] names it.
+    pub path: String,
+    cassette: Cassette,
+}
+
+/// The exchanges one provider call made (a retry inside the adapter, a download, a poll),
+/// in order and redacted as a recording is: what a run keeps in its blob store when its
+/// workflow says `tape: true` (or the deployment sets `SWITCHYARD_TAPES=1`), one bundle per
+/// call. `switchyard runs replay` writes a run's bundles into a directory with
+/// [`Bundle::write_into`] and replays from it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Bundle {
+    pub cassettes: Vec<Kept>,
+}
+
+tokio::task_local! {
+    /// The bundle the current call's exchanges go to, while [`capture`] runs it.
+    static CAPTURE: std::sync::Arc<Mutex<Vec<Kept>>>;
+}
+
+/// Runs `call`, keeping every exchange it makes through a [`crate::http::Sender`] (recorded,
+/// replayed or live) — scoped to this call, so concurrent calls of other runs on the same
+/// sender keep their own.
+pub async fn capture<F: std::future::Future>(call: F) -> (F::Output, Bundle) {
+    let sink = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let out = CAPTURE.scope(sink.clone(), call).await;
+    let cassettes = std::mem::take(&mut *sink.lock().unwrap_or_else(|e| e.into_inner()));
+    (out, Bundle { cassettes })
+}
+
+/// [`capture`], with the bundle as the JSON a run keeps (`None` when no exchange was made).
+pub async fn kept<T, F: std::future::Future<Output = T>>(call: F) -> (T, Option<Value>) {
+    let (out, bundle) = capture(call).await;
+    let doc = (!bundle.cassettes.is_empty())
+        .then(|| serde_json::to_value(&bundle).ok())
+        .flatten();
+    (out, doc)
+}
+
+/// Whether the current task keeps its exchanges (a call then computes its normalized key).
+pub fn capturing() -> bool {
+    CAPTURE.try_with(|_| ()).is_ok()
+}
+
+/// Keeps one exchange in the current task's bundle, if [`capture`] runs it.
+pub(crate) fn keep(key: &Key, req: &HttpRequest, resp: &HttpResponse) {
+    let _ = CAPTURE.try_with(|sink| {
+        let kept = Kept {
+            path: key.path(Path::new("")).to_string_lossy().into_owned(),
+            cassette: Cassette {
+                provider: key.provider.clone(),
+                model: key.model.clone(),
+                operation: key.operation.clone(),
+                key: key.hash.clone(),
+                exchanges: vec![Exchange {
+                    request: request_doc(req),
+                    response: response_doc(resp),
+                }],
+            },
+        };
+        sink.lock().unwrap_or_else(|e| e.into_inner()).push(kept);
+    });
+}
+
+impl Bundle {
+    /// Writes the cassettes under `dir` as a recording of the same calls would have: the
+    /// exchanges of one key are appended in order, after what the file already holds (write
+    /// a run's bundles oldest first). Returns how many exchanges were written. A path that
+    /// would leave `dir` is refused: bundles are read back from storage.
+    pub fn write_into(&self, dir: &Path) -> Result<usize, String> {
+        let mut n = 0;
+        for k in &self.cassettes {
+            let rel = Path::new(&k.path);
+            let inside = !rel.as_os_str().is_empty()
+                && rel
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !inside {
+                return Err(format!("a kept cassette names the path `{}`", k.path));
+            }
+            let path = dir.join(rel);
+            let mut cassette = match std::fs::read_to_string(&path) {
+                Ok(text) => serde_json::from_str::<Cassette>(&text)
+                    .map_err(|e| format!("{}: {e}", path.display()))?,
+                Err(_) => Cassette {
+                    exchanges: Vec::new(),
+                    ..k.cassette.clone()
+                },
+            };
+            cassette
+                .exchanges
+                .extend(k.cassette.exchanges.iter().cloned());
+            n += k.cassette.exchanges.len();
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+            }
+            let text = serde_json::to_string_pretty(&cassette).map_err(|e| e.to_string())?;
+            std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        Ok(n)
+    }
+}
+
 /// What a replaying process is given for a provider key it does not have.
 pub const PLACEHOLDER_KEY: &str = "replayed-without-a-key";
 
@@ -572,6 +680,60 @@ mod tests {
         again.record(&key, &http, &answer(200, b"{}"));
         let fresh = Tape::new(Mode::Replay, &dir);
         assert_eq!(fresh.replay(&key).unwrap().status, 200);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_capture_keeps_its_own_calls_and_writes_a_replayable_recording() {
+        let key = Key::for_request("openai", "invoke", &req());
+        let http = HttpRequest::post_json("http://127.0.0.1:1/v1/chat", &json!({}))
+            .header("authorization", "Bearer sk-secret");
+        let answer = |status: u16| HttpResponse {
+            status,
+            headers: vec![],
+            body: format!("{{\"status\":{status}}}").into_bytes(),
+            request: String::new(),
+        };
+        // Outside a capture nothing is kept; two concurrent captures keep their own.
+        keep(&key, &http, &answer(500));
+        assert!(!capturing());
+        let one = async {
+            assert!(capturing());
+            keep(&key, &http, &answer(503));
+            tokio::task::yield_now().await;
+            keep(&key, &http, &answer(200));
+            "one"
+        };
+        let two = async {
+            tokio::task::yield_now().await;
+            keep(&key, &http, &answer(201));
+            "two"
+        };
+        let ((a, bundle_a), (b, bundle_b)) = tokio::join!(capture(one), capture(two));
+        assert_eq!((a, b), ("one", "two"));
+        assert_eq!(bundle_a.cassettes.len(), 2);
+        assert_eq!(bundle_b.cassettes.len(), 1);
+        assert!(!serde_json::to_string(&bundle_a)
+            .unwrap()
+            .contains("sk-secret"));
+        let (_, none) = kept(async {}).await;
+        assert!(none.is_none(), "a call without exchanges keeps no tape");
+
+        // Written out (through JSON, as a run keeps it), the exchanges of one key follow each
+        // other in order, and replay in that order.
+        let dir = std::env::temp_dir().join(format!("sy-kept-{}", uuid_like()));
+        let back: Bundle =
+            serde_json::from_value(serde_json::to_value(&bundle_a).unwrap()).unwrap();
+        assert_eq!(back.write_into(&dir).unwrap(), 2);
+        assert_eq!(bundle_b.write_into(&dir).unwrap(), 1);
+        let play = Tape::new(Mode::Replay, &dir);
+        let got: Vec<u16> = (0..4).map(|_| play.replay(&key).unwrap().status).collect();
+        assert_eq!(got, vec![503, 200, 201, 201]);
+
+        // A kept path that would leave the directory is refused.
+        let mut bad = back.clone();
+        bad.cassettes[0].path = "../escape.json".into();
+        assert!(bad.write_into(&dir).unwrap_err().contains("../escape.json"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

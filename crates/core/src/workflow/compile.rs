@@ -301,6 +301,7 @@ const TOP_KEYS: &[&str] = &[
     "budget",
     "timeout",
     "output",
+    "tape",
     "steps",
 ];
 const COMMON: &[&str] = &["id", "kind", "needs", "description", "optional"];
@@ -485,6 +486,18 @@ pub fn compile(
         },
     };
 
+    let tape = match top.get("tape") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            cx.err(
+                "tape",
+                format!("`tape` must be true or false, not {}", kind_of(other)),
+            );
+            false
+        }
+    };
+
     // Steps.
     let mut raws: Vec<Raw> = Vec::new();
     match top.get("steps") {
@@ -558,6 +571,7 @@ pub fn compile(
         budget_usd,
         timeout,
         output,
+        tape,
         steps,
     })
 }

@@ -61,6 +61,11 @@ pub struct Workflow {
     /// Template of the run's output; without it, the output of the last step that ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
+    /// Keep each run's provider exchanges as a tape in the blob store (`tape: true`; off by
+    /// default). Left out of the serialized definition when off, so the content hash of every
+    /// workflow without it is what it was.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tape: bool,
     pub steps: Vec<Step>,
 }
 

@@ -459,6 +459,13 @@ fn content_hash_is_stable_and_tracks_changes() {
     assert_ne!(other_model.content_hash(), a.content_hash());
     let bumped = ok(&CHAIN.replace("version: \"1\"", "version: \"2\""));
     assert_ne!(bumped.content_hash(), a.content_hash());
+    // `tape: false` is the default, and leaves the hash alone; `tape: true` is a change.
+    let untaped = ok(&dedent(CHAIN).replace("version: \"1\"", "version: \"1\"\ntape: false"));
+    assert!(!untaped.tape);
+    assert_eq!(untaped.content_hash(), a.content_hash());
+    let taped = ok(&dedent(CHAIN).replace("version: \"1\"", "version: \"1\"\ntape: true"));
+    assert!(taped.tape);
+    assert_ne!(taped.content_hash(), a.content_hash());
 }
 
 #[test]
@@ -519,6 +526,20 @@ fn diagnostics_point_at_the_problem() {
             ),
             3,
             "unknown field `stpes` in the workflow",
+        ),
+        (
+            "tape is not a boolean",
+            dedent(
+                r#"
+                name: bad
+                version: "1"
+                tape: "yes"
+                steps:
+                  - {id: a, kind: transform, value: 1}
+                "#,
+            ),
+            3,
+            "`tape` must be true or false, not a string",
         ),
         (
             "unknown field in a step",
