@@ -286,10 +286,80 @@ async fn runs_start_finish_notify_and_sigterm_exits_zero() {
     ];
     stats_equal_the_run_documents(&dev, &docs).await;
 
+    rerun_and_console_on_dynamodb(&dev, &asset, &gate).await;
+
     dead_letters_on_sqs(&dev, &prefix, &triage).await;
 
     let status = sigterm(&mut dev.child);
     assert_eq!(status.code(), Some(0));
+}
+
+/// On DynamoDB: the finished asset run is rerun from its approval gate — a new run, linked
+/// both ways, that reuses the steps before the gate (not run again) and waits at the gate
+/// again; approved, it succeeds. The run console lists both runs and shows the link.
+async fn rerun_and_console_on_dynamodb(dev: &Dev, asset: &str, gate: &str) {
+    let (s, r) = post(
+        dev,
+        &format!("/v1/runs/{asset}/rerun"),
+        &json!({"from": gate}),
+        Some("devaws-rerun"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{r}");
+    let rerun = r["run_id"].as_str().unwrap().to_string();
+    assert_eq!(r["from"], gate);
+    let reused: Vec<&str> = r["reused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(!reused.is_empty() && !reused.contains(&gate), "{r}");
+    let run = until_status(dev, &rerun, &["waiting", "failed", "succeeded"]).await;
+    assert_eq!(run["status"], "waiting", "{run}");
+    assert_eq!(run["rerun_of"]["run_id"], asset, "{run}");
+    for step in run["steps"].as_array().unwrap() {
+        let name = step["name"].as_str().unwrap();
+        if reused.contains(&name) {
+            assert_eq!(step["reused_from"], asset, "{step}");
+        }
+    }
+    let (s, b) = post(
+        dev,
+        &format!("/v1/runs/{rerun}/approvals/{gate}"),
+        &json!({"decision": "approve"}),
+        None,
+    )
+    .await;
+    assert!(s.is_success(), "{b}");
+    let done = until_status(dev, &rerun, &["succeeded", "failed"]).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let old = get(dev, &format!("/v1/runs/{asset}")).await;
+    assert_eq!(old["reruns"], json!([rerun]), "{old}");
+    // The console, signed in with the tenant's key, shows the rerun and its link.
+    let cookie = format!("sy_console={}", hex::encode(KEY));
+    let page = Client::new()
+        .get(dev.at(&format!("/ui/runs/{rerun}")))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(&format!(r#"href="/ui/runs/{asset}" id="rerun-of""#)),
+        "{html}"
+    );
+    let list = Client::new()
+        .get(dev.at("/ui/runs"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(list.contains(&rerun) && list.contains(asset), "{list}");
 }
 
 /// One SQS call in the query protocol, unsigned (the emulator takes it); the answer's XML.
