@@ -601,7 +601,23 @@ impl Provider for Replicate {
                     self.token()?;
                     Ok(http)
                 },
-                |resp, now| from_response(&request.model, request.role, resp, &self.catalog, now),
+                |resp, now| {
+                    let (id, answer) =
+                        from_response(&request.model, request.role, resp, &self.catalog, now)?;
+                    // A job whose create call was answered from a tape was not created for
+                    // this run, so no webhook will come for it: poll it (from the tape too,
+                    // or the provider, which still has it) at once, not after `wait_timeout`.
+                    let answer = match answer {
+                        ModelResponse::Pending { job_id, .. } if crate::tape::is_replayed(resp) => {
+                            ModelResponse::Pending {
+                                job_id,
+                                poll_after_ms: Some(0),
+                            }
+                        }
+                        other => other,
+                    };
+                    Ok((id, answer))
+                },
             )
             .await?;
         Ok(response)
@@ -893,6 +909,33 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// A job whose create call is answered from a tape was never created for this run, so
+    /// no webhook comes for it: it is polled at once. A live create waits for its webhook.
+    #[tokio::test]
+    async fn a_job_created_from_a_tape_is_polled_at_once() {
+        use crate::tape::{Key, Mode, Tape};
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!("sy-rep-tape-{}-{nanos}", std::process::id()));
+        let r = req(FLUX, Role::Asset, json!({"prompt": "a fox"}));
+        let key = Key::for_request(PROVIDER, "invoke", &r);
+        let http = to_create_request(BASE, TOKEN, &r).unwrap();
+        Tape::new(Mode::Record, &dir).record(&key, &http, &resp(201, &[], CREATED));
+        let sender = Sender::new(crate::http::Timeouts::default())
+            .unwrap()
+            .with_tape(Some(Tape::new(Mode::Replay, &dir)));
+        let replayed = Replicate::new(BASE, Some(TOKEN.into()), Arc::new(catalog()), sender);
+        assert_eq!(
+            replayed.invoke(&r).await.unwrap(),
+            ModelResponse::Pending {
+                job_id: "s14dfnzq35rma0cqtjw9m48hmw".into(),
+                poll_after_ms: Some(0)
+            }
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -25,9 +25,9 @@
 //! would not commit.
 //!
 //! Not covered: the built-in `local/*` models (no HTTP; already deterministic) and webhooks a
-//! provider sends *to* us — a replayed asynchronous job is finished by polling once its wait
-//! times out, so its poll must have been recorded (record where no webhook reaches the run;
-//! shorten `wait_timeout` for replayed workflows).
+//! provider sends *to* us — a replayed asynchronous job is polled at once (no webhook comes
+//! for a job this run did not create: [`is_replayed`]), so its poll must have been recorded
+//! (record where no webhook reaches the run), or be allowed to reach the provider.
 
 use crate::http::{HttpRequest, HttpResponse};
 use base64::Engine as _;
@@ -416,6 +416,13 @@ impl Bundle {
     }
 }
 
+/// Whether an answer came from a tape rather than the network.
+pub fn is_replayed(resp: &HttpResponse) -> bool {
+    resp.request == REPLAYED
+}
+
+const REPLAYED: &str = "replayed";
+
 /// What a replaying process is given for a provider key it does not have.
 pub const PLACEHOLDER_KEY: &str = "replayed-without-a-key";
 
@@ -548,7 +555,7 @@ fn response_from(doc: &Value) -> Result<HttpResponse, String> {
         status,
         headers,
         body,
-        request: "replayed".into(),
+        request: REPLAYED.into(),
     })
 }
 
