@@ -190,18 +190,7 @@ impl Ctx<'_> {
             self.err(&p, "`retry` must be a mapping");
             return r;
         };
-        self.keys(
-            obj,
-            &p,
-            &[
-                "max_attempts",
-                "initial_backoff",
-                "max_backoff",
-                "multiplier",
-                "jitter",
-            ],
-            "retry",
-        );
+        self.keys(obj, &p, RETRY_KEYS, "retry");
         if let Some(n) = obj.get("max_attempts") {
             match n.as_u64() {
                 Some(n) if (1..=u64::from(limits::MAX_ATTEMPTS)).contains(&n) => {
@@ -291,7 +280,7 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
-const TOP_KEYS: &[&str] = &[
+pub(crate) const TOP_KEYS: &[&str] = &[
     "name",
     "version",
     "description",
@@ -304,8 +293,41 @@ const TOP_KEYS: &[&str] = &[
     "tape",
     "steps",
 ];
-const COMMON: &[&str] = &["id", "kind", "needs", "description", "optional"];
-const MODEL_KEYS: &[&str] = &[
+// The grammar's key lists: every mapping the loader reads refuses keys not listed here.
+// `docs/workflow.schema.json` (the editor schema) must list the same keys; `grammar` below
+// gives them to the test that compares the two.
+pub(crate) const COMMON: &[&str] = &["id", "kind", "needs", "description", "optional"];
+pub(crate) const DEFAULTS_KEYS: &[&str] = &[
+    "timeout",
+    "wait_timeout",
+    "max_duration",
+    "approval_deadline",
+    "retry",
+];
+pub(crate) const BUDGET_KEYS: &[&str] = &["max_cost_usd"];
+pub(crate) const RETRY_KEYS: &[&str] = &[
+    "max_attempts",
+    "initial_backoff",
+    "max_backoff",
+    "multiplier",
+    "jitter",
+];
+pub(crate) const PROMPT_KEYS: &[&str] = &["version", "template", "file"];
+pub(crate) const CASCADE_TIER_KEYS: &[&str] = &["model", "params", "escalate_if"];
+pub(crate) const SELECT_CASE_KEYS: &[&str] = &["model", "when"];
+pub(crate) const ROUTE_CASE_KEYS: &[&str] = &["when", "to"];
+pub(crate) const REPAIR_KEYS: &[&str] = &["step", "max_attempts", "escalate"];
+/// The step kinds, in the order the docs list them.
+pub(crate) const KINDS: &[&str] = &[
+    "model",
+    "retrieve",
+    "route",
+    "parallel",
+    "validate",
+    "transform",
+    "approval",
+];
+pub(crate) const MODEL_KEYS: &[&str] = &[
     "model",
     "cascade",
     "select",
@@ -321,7 +343,7 @@ const MODEL_KEYS: &[&str] = &[
     "max_duration",
     "wait_timeout",
 ];
-const RETRIEVE_KEYS: &[&str] = &[
+pub(crate) const RETRIEVE_KEYS: &[&str] = &[
     "model",
     "fallback",
     "fallback_on",
@@ -334,7 +356,7 @@ const RETRIEVE_KEYS: &[&str] = &[
     "max_duration",
 ];
 
-fn kind_keys(kind: &str) -> Option<&'static [&'static str]> {
+pub(crate) fn kind_keys(kind: &str) -> Option<&'static [&'static str]> {
     Some(match kind {
         "model" => MODEL_KEYS,
         "retrieve" => RETRIEVE_KEYS,
@@ -436,18 +458,7 @@ pub fn compile(
     if let Some(d) = top.get("defaults") {
         match d.as_object() {
             Some(obj) => {
-                cx.keys(
-                    obj,
-                    "defaults",
-                    &[
-                        "timeout",
-                        "wait_timeout",
-                        "max_duration",
-                        "approval_deadline",
-                        "retry",
-                    ],
-                    "defaults",
-                );
+                cx.keys(obj, "defaults", DEFAULTS_KEYS, "defaults");
                 if let Some(t) = cx.dur(obj, "defaults", "timeout") {
                     defaults.timeout = t;
                 }
@@ -467,7 +478,7 @@ pub fn compile(
         None => None,
         Some(b) => match b.as_object() {
             Some(obj) => {
-                cx.keys(obj, "budget", &["max_cost_usd"], "budget");
+                cx.keys(obj, "budget", BUDGET_KEYS, "budget");
                 match obj.get("max_cost_usd").and_then(Value::as_f64) {
                     Some(x) if x > 0.0 => Some(x),
                     _ => {
@@ -625,7 +636,11 @@ fn read_step(
         }
     };
     let Some(allowed) = kind_keys(&kind) else {
-        cx.err(&join(path, "kind"), format!("unknown step kind `{kind}` (expected model, retrieve, route, parallel, validate, transform or approval)"));
+        let expected = KINDS.join(", ");
+        cx.err(
+            &join(path, "kind"),
+            format!("unknown step kind `{kind}` (expected one of {expected})"),
+        );
         return;
     };
     let mut keys: Vec<&str> = COMMON.to_vec();
@@ -842,7 +857,7 @@ fn read_model(
         None => None,
         Some(Value::Object(p)) => {
             let pp = join(path, "prompt");
-            cx.keys(p, &pp, &["version", "template", "file"], "prompt");
+            cx.keys(p, &pp, PROMPT_KEYS, "prompt");
             let version = cx.string(p, &pp, "version");
             if version.is_none() {
                 cx.err(
@@ -1055,7 +1070,7 @@ fn read_cascade(
             cx.err(&p, "a tier must be a mapping {model, params, escalate_if}");
             return None;
         };
-        cx.keys(o, &p, &["model", "params", "escalate_if"], "a cascade tier");
+        cx.keys(o, &p, CASCADE_TIER_KEYS, "a cascade tier");
         match cx.string(o, &p, "model") {
             Some(m) => models.push(m),
             None => {
@@ -1135,7 +1150,7 @@ fn read_select(
             cx.err(&p, "a case must be a mapping {model, when}");
             return None;
         };
-        cx.keys(o, &p, &["model", "when"], "a select case");
+        cx.keys(o, &p, SELECT_CASE_KEYS, "a select case");
         let last = i + 1 == items.len();
         match (o.get("when"), last) {
             (None, false) => cx.err(
@@ -1176,7 +1191,7 @@ fn read_route(cx: &mut Ctx, obj: &Map<String, Value>, path: &str) -> Option<Step
                     cx.err(&p, "a route must be a mapping with `when` and `to`");
                     continue;
                 };
-                cx.keys(o, &p, &["when", "to"], "a route");
+                cx.keys(o, &p, ROUTE_CASE_KEYS, "a route");
                 if let Some(first) = catch_all {
                     cx.err(
                         &p,
@@ -1221,7 +1236,7 @@ fn read_route(cx: &mut Ctx, obj: &Map<String, Value>, path: &str) -> Option<Step
 }
 
 /// Keys of a validate step's `judge`.
-const JUDGE_KEYS: &[&str] = &[
+pub(crate) const JUDGE_KEYS: &[&str] = &[
     "model",
     "fallback",
     "fallback_on",
@@ -1321,7 +1336,7 @@ fn read_validate(
         None => None,
         Some(Value::Object(r)) => {
             let p = join(path, "repair");
-            cx.keys(r, &p, &["step", "max_attempts", "escalate"], "repair");
+            cx.keys(r, &p, REPAIR_KEYS, "repair");
             let escalate = cx.bool(r, &p, "escalate");
             let max_attempts = match r.get("max_attempts") {
                 None => 1,

@@ -1516,3 +1516,107 @@ fn run_timeouts_shorter_than_the_recovery_margin_are_refused() {
         }
     }
 }
+
+/// The editor schema (`docs/workflow.schema.json`) and the loader take the same keys in every
+/// mapping of the grammar: a key added to one and not the other fails here, naming it.
+#[test]
+fn the_editor_schema_lists_the_keys_the_loader_reads() {
+    use super::compile::*;
+    use std::collections::BTreeSet;
+    let schema: Value =
+        serde_json::from_str(include_str!("../../../../docs/workflow.schema.json")).unwrap();
+    let defs = &schema["$defs"];
+    // An object's keys, and whether it refuses others; in a `oneOf`/`anyOf`, the object form.
+    fn object(v: &Value) -> Option<(BTreeSet<String>, bool)> {
+        if let Some(p) = v["properties"].as_object() {
+            return Some((
+                p.keys().cloned().collect(),
+                v["additionalProperties"] == Value::Bool(false),
+            ));
+        }
+        ["oneOf", "anyOf"]
+            .iter()
+            .filter_map(|k| v[*k].as_array())
+            .flatten()
+            .find_map(object)
+    }
+    let mut problems = Vec::new();
+    let mut check = |what: &str, got: Option<(BTreeSet<String>, bool)>, code: &[&str]| {
+        let code: BTreeSet<String> = code.iter().map(|k| k.to_string()).collect();
+        match got {
+            None => problems.push(format!("{what}: not an object in the schema")),
+            Some((keys, closed)) => {
+                if keys != code {
+                    problems.push(format!(
+                        "{what}: only in the schema {:?}; only in the loader {:?}",
+                        keys.difference(&code).collect::<Vec<_>>(),
+                        code.difference(&keys).collect::<Vec<_>>()
+                    ));
+                }
+                if !closed {
+                    problems.push(format!("{what}: the schema allows other keys"));
+                }
+            }
+        }
+    };
+    check("the workflow", object(&schema), TOP_KEYS);
+    check(
+        "defaults",
+        object(&schema["properties"]["defaults"]),
+        DEFAULTS_KEYS,
+    );
+    check(
+        "budget",
+        object(&schema["properties"]["budget"]),
+        BUDGET_KEYS,
+    );
+    check("retry", object(&defs["retry"]), RETRY_KEYS);
+    check("prompt", object(&defs["prompt"]), PROMPT_KEYS);
+    check(
+        "a cascade tier",
+        object(&defs["cascadeTier"]),
+        CASCADE_TIER_KEYS,
+    );
+    check(
+        "a select case",
+        object(&defs["selectCase"]),
+        SELECT_CASE_KEYS,
+    );
+    check("a route", object(&defs["routeCase"]), ROUTE_CASE_KEYS);
+    check("judge", object(&defs["judge"]), JUDGE_KEYS);
+    check("repair", object(&defs["repair"]), REPAIR_KEYS);
+    // Each kind's keys: the step's common keys and the kind's own.
+    let step = &defs["step"];
+    let kinds: Vec<&str> = step["properties"]["kind"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    check(
+        "the step kinds",
+        Some((kinds.iter().map(|k| k.to_string()).collect(), true)),
+        KINDS,
+    );
+    for kind in KINDS {
+        let clause = step["allOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["if"]["properties"]["kind"]["const"] == *kind);
+        let names = clause.and_then(|c| c["then"]["propertyNames"]["enum"].as_array());
+        let got = names.map(|n| {
+            (
+                n.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect(),
+                true,
+            )
+        });
+        let mut code = COMMON.to_vec();
+        code.extend(kind_keys(kind).unwrap());
+        check(&format!("a `{kind}` step"), got, &code);
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
