@@ -14,7 +14,8 @@
 //!   (routes are only added through `utoipa_axum`'s `routes!`).
 //! - [`ui`]: the run console at `/ui` (server-rendered HTML over the same use-cases, signed
 //!   in with the same keys); not part of the OpenAPI document, which describes the JSON API.
-//! - this file: the state, the router, the request-id middleware and the error type.
+//! - this file: the state, [`app`] (the one assembly every serving process uses), the router,
+//!   the request-id middleware and the error type.
 
 pub mod auth;
 pub mod body;
@@ -118,6 +119,35 @@ impl IntoResponse for ApiError {
         }
         resp
     }
+}
+
+/// What a process serving the API hands it besides the engine and the tenants' keys; every
+/// part is optional, so intake, both `switchyard dev` backends and the tests build it the
+/// same way and differ only in what they have.
+#[derive(Default)]
+pub struct Serving {
+    /// Operator keys and the queues' receiving sides, for `/v1/ops/…` (none: those routes
+    /// answer 401).
+    pub operators: Option<(OperatorKeys, Inboxes)>,
+    /// An in-process worker pool to tell when a request queued work.
+    pub kick: Option<Arc<Notify>>,
+    /// The secret that signs `/v1/blobs/{key}` links, when this process serves blobs.
+    pub blob_links: Option<Arc<Vec<u8>>>,
+}
+
+/// The API's state and router over `engine`: the one assembly intake, both `switchyard dev`
+/// backends and the tests serve. Whether callback URLs may be private is the engine's setting
+/// (`SWITCHYARD_ALLOW_PRIVATE_CALLBACKS`), so intake and the notifier cannot disagree on it.
+pub fn app(engine: Engine, keys: ApiKeys, serving: Serving) -> Router {
+    let allow_private_callbacks = engine.config.allow_private_callbacks;
+    let mut state = ApiState::new(engine, keys);
+    state.allow_private_callbacks = allow_private_callbacks;
+    state.kick = serving.kick;
+    state.blob_links = serving.blob_links;
+    if let Some((operators, inboxes)) = serving.operators {
+        state = state.with_operators(operators, inboxes);
+    }
+    router(state)
 }
 
 /// The whole public surface: `/v1/…`, `/healthz`, the provider callback route

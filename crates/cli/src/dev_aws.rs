@@ -20,14 +20,14 @@
 //!   its batch scheduled, as the worker function does before it returns), then the HTTP server
 //!   stops; exit 0. Nothing else needs draining: the state is in DynamoDB and SQS.
 
-use crate::dev::{self, DevArgs, DEV_TENANT};
 use crate::exit::UsageError;
+use crate::serve::{self as dev, DevArgs, DEV_TENANT};
 use anyhow::{anyhow, Context, Result};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_api::{ApiKeys, ApiState};
+use switchyard_api::{ApiKeys, Serving};
 use switchyard_core::ports::{EnvSecrets, Secrets};
 use switchyard_core::recovery;
 use switchyard_core::time::SystemClock;
@@ -183,9 +183,12 @@ pub async fn dev(args: DevArgs) -> Result<i32> {
     let keys =
         ApiKeys::parse(&spec).map_err(|e| UsageError(format!("SWITCHYARD_API_KEYS: {e}")))?;
     let (operators, ops_key) = dev::operator_keys(ops_spec)?;
-    let mut state = ApiState::new(d.engine.clone(), keys).with_operators(operators, d.inboxes());
-    state.allow_private_callbacks = d.engine.config.allow_private_callbacks;
-    let router = dev::with_metrics_route(switchyard_api::router(state), metrics);
+    let serving = Serving {
+        operators: Some((operators, d.inboxes())),
+        ..Serving::default()
+    };
+    let app = switchyard_api::app(d.engine.clone(), keys, serving);
+    let router = dev::with_metrics_route(app, metrics);
 
     let served: Vec<String> = d
         .engine

@@ -6,7 +6,11 @@
 //! - [`commands`]: one function per subcommand, returning the process exit status.
 //! - [`render`]: the human table and the one-document JSON output.
 //! - [`dev`]: `switchyard dev` on the embedded backend; `dev_aws` (cargo feature `aws`) is
-//!   `--backend aws`, over DynamoDB, SQS and S3.
+//!   `--backend aws`, over DynamoDB, SQS and S3. [`serve`] holds what both share (arguments,
+//!   loading `--workflows`, keys, the banner, shutdown, `/metrics`); neither imports the other.
+//!   Both serve `switchyard_api::app`, the API assembly intake serves too.
+//! - [`rerun`], [`replay`], [`compare`], [`dlq`]: `runs rerun`, `runs replay`, `compare`,
+//!   `dlq`; [`prometheus`]: the metric sink behind `dev`'s `/metrics`.
 
 pub mod commands;
 pub mod compare;
@@ -19,6 +23,7 @@ pub mod prometheus;
 pub mod render;
 pub mod replay;
 pub mod rerun;
+pub mod serve;
 
 /// Exit statuses (README.md#the-cli).
 pub mod exit {

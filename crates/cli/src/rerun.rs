@@ -38,7 +38,7 @@ pub async fn one(o: One<'_>, json: bool, dir: &Path) -> Result<i32> {
         Err(code) => return Ok(code),
     };
     if let Some(wf_dir) = o.latest {
-        match crate::dev::load_workflows_for(wf_dir, &Local::models()?)? {
+        match crate::serve::load_workflows_for(wf_dir, &Local::models()?)? {
             Ok(w) => l.engine.workflows = std::sync::Arc::new(w),
             Err(code) => return Ok(code),
         }

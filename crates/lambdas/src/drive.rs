@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, Request};
 use lambda_http::tower::ServiceExt;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use switchyard_api::{ApiKeys, ApiState};
+use switchyard_api::ApiKeys;
 
 /// The API key the `events/intake-*.json` fixtures carry (tenant `acme`).
 pub const FIXTURE_KEY: &str = "sy_example_key_0123456789abcdef";
@@ -32,9 +32,11 @@ pub fn api_router(d: &Deployment) -> Result<axum::Router> {
         .get("SWITCHYARD_API_KEYS")
         .ok_or_else(|| anyhow!("SWITCHYARD_API_KEYS is not set"))?;
     let keys = ApiKeys::parse(&keys).map_err(|e| anyhow!("SWITCHYARD_API_KEYS: {e}"))?;
-    let mut state = ApiState::new(d.engine.clone(), keys);
-    state.allow_private_callbacks = d.engine.config.allow_private_callbacks;
-    Ok(switchyard_api::router(state))
+    Ok(switchyard_api::app(
+        d.engine.clone(),
+        keys,
+        switchyard_api::Serving::default(),
+    ))
 }
 
 async fn call(router: &axum::Router, req: Request<Body>) -> Result<(u16, HeaderMap, Value)> {

@@ -567,7 +567,7 @@ steps:
 async fn the_api_request_continues_the_callers_trace_and_the_run_keeps_it() {
     let h = harness_serving(&[QUICK]);
     let keys = switchyard_api::ApiKeys::parse("otel-test-key-0123456:acme").unwrap();
-    let app = switchyard_api::router(switchyard_api::ApiState::new(h.engine.clone(), keys));
+    let app = switchyard_api::app(h.engine.clone(), keys, switchyard_api::Serving::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });

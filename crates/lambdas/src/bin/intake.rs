@@ -4,7 +4,7 @@
 //! keys for `/v1/ops/…` from `SWITCHYARD_OPERATOR_KEYS` there.
 
 use anyhow::Context;
-use switchyard_api::{ApiKeys, ApiState, OperatorKeys};
+use switchyard_api::{ApiKeys, OperatorKeys, Serving};
 use switchyard_engine::settings::OPERATOR_KEYS;
 use switchyard_lambdas::deploy::required_setting;
 use switchyard_lambdas::{init_tracing, with_emf, Deployment};
@@ -24,8 +24,11 @@ async fn main() -> Result<(), lambda_http::Error> {
         Some(spec) => OperatorKeys::parse(&spec).context(OPERATOR_KEYS)?,
         None => OperatorKeys::default(),
     };
-    let mut state = ApiState::new(d.engine.clone(), keys).with_operators(operators, d.inboxes());
-    state.allow_private_callbacks = d.engine.config.allow_private_callbacks;
-    let router = with_emf(switchyard_api::router(state), d.emf.clone(), "intake");
+    let serving = Serving {
+        operators: Some((operators, d.inboxes())),
+        ..Serving::default()
+    };
+    let app = switchyard_api::app(d.engine.clone(), keys, serving);
+    let router = with_emf(app, d.emf.clone(), "intake");
     lambda_http::run(router).await
 }
