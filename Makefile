@@ -139,7 +139,7 @@ bench-aws:
 ## (crates/aws/benches/stats.rs). See docs/benchmarks.md.
 bench-stats:
 	@url=$$(MOTO_PORT=$(BENCH_MOTO_PORT) infra/moto.sh start) || exit 1; \
-	  SWITCHYARD_TEST_AWS_ENDPOINT=$$url $(CARGO) bench -p switchyard-aws --bench stats; \
+	  SWITCHYARD_TEST_AWS_ENDPOINT=$$url $(CARGO) bench -p switchyard-aws --features meter --bench stats; \
 	  code=$$?; MOTO_PORT=$(BENCH_MOTO_PORT) infra/moto.sh stop; exit $$code
 
 clean-demo:

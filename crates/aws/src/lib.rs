@@ -12,8 +12,9 @@
 //!   [`SqsQueue`] (`Inbox` of one queue, with its DLQ): delays capped at 15 minutes,
 //!   visibility, receive counts, dead letters, redrive.
 //! - [`s3`]: [`S3BlobStore`], content-addressed blobs with conditional puts and presigned GETs.
-//! - [`metrics`]: [`metrics::Meter`], an SDK interceptor counting requests per operation and
-//!   the DynamoDB capacity units they are billed, from item sizes (`make bench-aws`).
+//! - `metrics` (cargo feature `meter`, bench tooling only): `Meter`, an SDK interceptor
+//!   counting requests per operation and the DynamoDB capacity units they are billed, from
+//!   item sizes (`make bench-aws`, `make bench-stats`). Nothing deployed links it.
 //! - [`secrets`]: the deployment's settings map, one Secrets Manager secret read per cold start.
 //! - [`sdk_config`]: one `SdkConfig` for all clients, with an optional endpoint (an emulator
 //!   such as moto, `infra/moto.sh`).
@@ -24,6 +25,7 @@
 
 pub mod dynamo;
 pub mod error;
+#[cfg(feature = "meter")]
 pub mod metrics;
 pub mod s3;
 pub mod secrets;

@@ -157,7 +157,7 @@ impl Clients {
     }
 
     /// The same, with `interceptor` on every client (a request meter:
-    /// `switchyard_aws::metrics::Meter`).
+    /// `switchyard_aws::metrics::Meter`, cargo feature `meter`).
     pub fn with_interceptor<I>(
         sdk: &aws_config::SdkConfig,
         path_style: bool,
