@@ -15,10 +15,10 @@
 //!
 //! Both reuse the route conditions of [`crate::refs::Condition`]; only the scope differs.
 
+use crate::attempt::{apply_meta, AttemptMeta};
 use crate::budget::round_usd;
 use crate::error::StepError;
 use crate::refs::{lookup, Condition};
-use crate::settle::{apply_meta, AttemptMeta};
 use crate::state::{Escalation, EventKind, HistoryEvent, Selection, StepRecord, StepStatus};
 use crate::time::Millis;
 use crate::workflow::ModelStep;

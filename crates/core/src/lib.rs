@@ -22,10 +22,21 @@
 //!   the trace attribute names.
 //! - [`stats`]: the stats aggregates a run adds to its hour buckets, and the latency histogram.
 //! - [`upload`]: client uploads (declarations, `{"$upload"}` references, decoding for models).
+//! - [`attempt`]: what one attempt cost and who answered it, as `settle` and `cascade` apply it.
+//! - [`cascade`]: cost-aware model choice — cascade tiers, escalation, `select` cases.
+//! - [`judge`]: a `validate` step's judge (the verdict and when it passes).
+//! - [`budget`]: whether a model call may start under the run's `budget.max_cost_usd`.
+//! - [`retry`]: backoff arithmetic with deterministic jitter.
+//! - [`schema`]: JSON Schema checks, without network resolvers.
+//! - [`rerun`]: which steps a rerun runs again and which results it reuses.
+//! - [`batch`]: an SQS batch of wake-ups, each run handled once per batch.
+//! - [`drive`]: what an in-process driver does after a round (return, go again, or wait).
+//! - [`presign`]: presigned blob links for backends that serve blobs themselves.
 //!
 //! No tokio, no AWS, no HTTP: CI fails if `cargo tree -p switchyard-core` shows any of them.
 
 pub mod asset;
+pub mod attempt;
 pub mod batch;
 pub mod budget;
 pub mod cascade;

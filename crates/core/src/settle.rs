@@ -4,49 +4,18 @@
 //! the record (and history event) to write. Retry, backoff, fallback, waits and repairs are
 //! all decided here, without I/O, so every transition is table-testable.
 
+use crate::attempt::apply_meta;
+pub use crate::attempt::AttemptMeta;
 use crate::error::{ErrorClass, StepError};
 use crate::model::split_model;
 use crate::retry::backoff_ms;
 use crate::state::{
     ApprovalDecision, AssetDownload, EventKind, HistoryEvent, JobRef, StepRecord, StepStatus,
-    Usage, ValueRef,
+    ValueRef,
 };
 use crate::time::Millis;
 use crate::workflow::{Step, StepKind};
 use serde_json::json;
-
-/// What one attempt cost and who answered it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct AttemptMeta {
-    pub model: Option<String>,
-    pub prompt_version: Option<String>,
-    pub latency_ms: u64,
-    pub cost_usd: f64,
-    pub usage: Option<Usage>,
-    pub provider_request_id: Option<String>,
-    pub sources: Vec<String>,
-}
-
-pub(crate) fn apply_meta(rec: &mut StepRecord, meta: AttemptMeta) {
-    rec.latency_ms += meta.latency_ms;
-    rec.cost_usd += meta.cost_usd;
-    if let Some(m) = meta.model {
-        rec.provider = Some(split_model(&m).0.to_string());
-        rec.model = Some(m);
-    }
-    if meta.prompt_version.is_some() {
-        rec.prompt_version = meta.prompt_version;
-    }
-    if let Some(u) = meta.usage {
-        rec.usage = Some(rec.usage.unwrap_or_default() + u);
-    }
-    if meta.provider_request_id.is_some() {
-        rec.provider_request_id = meta.provider_request_id;
-    }
-    if !meta.sources.is_empty() {
-        rec.sources = meta.sources;
-    }
-}
 
 /// The next state of a record. It keeps the version it was read at: the store checks that
 /// version and returns the new one (it owns the arithmetic).
@@ -611,6 +580,7 @@ pub fn after_poll<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::Usage;
 
     /// A poll's result, table by table: done settles; not done (or a passing poll failure)
     /// polls again while there is time; past the wait deadline, or on a lasting failure, the
