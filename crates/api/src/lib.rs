@@ -8,6 +8,9 @@
 //! Layout:
 //! - [`auth`]: API keys (kept hashed) → tenants, compared in constant time.
 //! - [`body`]: JSON-only bodies, parse errors naming the field (400), 415 for non-JSON.
+//! - [`extract`]: the tenant from the bearer key, `Idempotency-Key`, query strings, the error
+//!   body — what the handler modules share without importing each other.
+//! - [`rerun`]: `POST /v1/runs/{id}/rerun` and the bulk `POST /v1/runs/rerun`.
 //! - [`ops`]: the operator routes (`/v1/ops/…`, dead letters), behind operator keys.
 //! - [`routes`]: the handlers, each documented with `#[utoipa::path]`; the OpenAPI 3.1
 //!   document is generated from them, so a route cannot exist without its documentation
@@ -19,6 +22,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod extract;
 pub mod ops;
 pub mod rerun;
 pub mod routes;

@@ -5,7 +5,7 @@
 //! the same use-cases as `switchyard dlq` (`switchyard_engine::deadletters`).
 
 use crate::body::JsonBody;
-use crate::routes::{bearer_key, serde_urlencoded_params, ErrorBody};
+use crate::extract::{bearer_key, serde_urlencoded_params, ErrorBody};
 use crate::{ApiError, ApiState};
 use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::http::request::Parts;

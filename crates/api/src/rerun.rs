@@ -3,7 +3,7 @@
 //! (`switchyard_engine::rerun`, docs/api.md).
 
 use crate::body::JsonBody;
-use crate::routes::{idempotency_key, ErrorBody, Tenant};
+use crate::extract::{idempotency_key, ErrorBody, Tenant};
 use crate::{ApiError, ApiState};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};

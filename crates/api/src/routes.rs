@@ -2,11 +2,11 @@
 //! OpenAPI description (`#[utoipa::path]`); [`documented`] is the only place routes are added,
 //! through `utoipa_axum::routes!`, which documents what it serves.
 
-use crate::auth::ApiKeys;
 use crate::body::JsonBody;
+use crate::extract::{idempotency_key, serde_urlencoded_params};
+pub use crate::extract::{ErrorBody, ErrorDetail, Tenant, MAX_IDEMPOTENCY_KEY_BYTES};
 use crate::{ApiError, ApiState};
-use axum::extract::{FromRequestParts, Path, RawQuery, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -23,8 +23,6 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-/// Longest accepted `Idempotency-Key`.
-pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
 /// Rows of a `GET /v1/runs` page when `limit` is not given.
 pub const DEFAULT_LIST_LIMIT: usize = 50;
 
@@ -93,59 +91,7 @@ pub(crate) fn documented() -> OpenApiRouter<ApiState> {
 /// checked against the body exactly).
 pub const UPLOAD_BODY_BYTES: usize = switchyard_core::upload::MAX_BYTES as usize;
 
-// ---- authentication ----
-
-/// The caller's tenant, from `Authorization: Bearer <key>`.
-pub struct Tenant(pub String);
-
-impl FromRequestParts<ApiState> for Tenant {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        authenticate(&parts.headers, &state.keys).map(Tenant)
-    }
-}
-
-fn authenticate(headers: &HeaderMap, keys: &ApiKeys) -> Result<String, ApiError> {
-    keys.tenant(bearer_key(headers)?)
-        .map(str::to_string)
-        .ok_or_else(|| ApiError(EngineError::Unauthorized("the API key is not valid".into())))
-}
-
-/// The key of `Authorization: Bearer <key>`; 401 when the header is missing or not that.
-pub(crate) fn bearer_key(headers: &HeaderMap) -> Result<&str, ApiError> {
-    let unauthorized = |m: &str| ApiError(EngineError::Unauthorized(m.to_string()));
-    let value = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| unauthorized("an `Authorization: Bearer <api key>` header is required"))?;
-    value
-        .to_str()
-        .ok()
-        .and_then(|v| {
-            let (scheme, key) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
-        })
-        .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <api key>`"))
-}
-
 // ---- bodies ----
-
-/// The error body of every 4xx and 5xx answer.
-#[derive(Serialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ErrorDetail {
-    /// Stable snake_case code, e.g. `invalid_input`, `idempotency_conflict`, `not_found`.
-    pub code: String,
-    /// A human sentence.
-    pub message: String,
-    /// The JSON path of the field the error is about, when there is one (e.g. `input.ticket`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-}
 
 /// `POST /v1/runs` body.
 #[derive(Deserialize, Serialize, ToSchema)]
@@ -286,32 +232,6 @@ fn links(run_id: &str) -> Links {
     }
 }
 
-pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let bad = |m: String| {
-        ApiError(EngineError::BadRequest {
-            field: Some("Idempotency-Key".into()),
-            message: m,
-        })
-    };
-    let key = v
-        .to_str()
-        .map_err(|_| bad("the Idempotency-Key header must be visible ASCII".into()))?;
-    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
-        return Err(bad(format!(
-            "the Idempotency-Key header must be 1-{MAX_IDEMPOTENCY_KEY_BYTES} characters"
-        )));
-    }
-    if !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
-        return Err(bad(
-            "the Idempotency-Key header must be visible ASCII".into()
-        ));
-    }
-    Ok(Some(key.to_string()))
-}
-
 // ---- handlers ----
 
 /// Start a run.
@@ -433,44 +353,6 @@ async fn list_runs(
         next_cursor: page.cursor,
         remaining: page.remaining,
     }))
-}
-
-/// Parses a query string; an error names the parameter.
-pub(crate) fn serde_urlencoded_params<T: serde::de::DeserializeOwned>(
-    raw: &str,
-) -> Result<T, ApiError> {
-    let uri: axum::http::Uri = format!("/?{raw}")
-        .parse()
-        .map_err(|_| EngineError::BadRequest {
-            field: None,
-            message: "the query string is malformed".into(),
-        })?;
-    axum::extract::Query::<T>::try_from_uri(&uri)
-        .map(|q| q.0)
-        .map_err(|e| {
-            let text = e.body_text();
-            let field = [
-                "limit",
-                "cursor",
-                "status",
-                "workflow",
-                "since",
-                "expires",
-                "sig",
-                "tenant",
-                "bytes",
-                "content_type",
-                "queue",
-            ]
-            .into_iter()
-            .find(|f| text.contains(f))
-            .map(str::to_string);
-            EngineError::BadRequest {
-                field,
-                message: text,
-            }
-            .into()
-        })
 }
 
 /// The run document: status, output (inline, or a presigned link when large), steps, cost,
