@@ -24,28 +24,7 @@ use crate::time::Millis;
 use crate::workflow::ModelStep;
 use serde_json::{json, Map, Value};
 
-/// The first words of a path that an escalation condition may read: the tier's answer and
-/// its metadata, besides the run (`input`, `steps`, `run`).
-pub const ESCALATION_ROOTS: &[&str] = &[
-    "output",
-    "usage",
-    "cost_usd",
-    "model",
-    "schema_valid",
-    "input",
-    "steps",
-    "run",
-];
-
-/// The first words of a path a `select` case may read.
-pub const SELECT_ROOTS: &[&str] = &[
-    "estimate_usd",
-    "input_tokens",
-    "model",
-    "input",
-    "steps",
-    "run",
-];
+pub use crate::workflow::{ESCALATION_ROOTS, SELECT_ROOTS};
 
 /// The scope a tier's answer is judged in: the run's scope plus the answer.
 pub fn escalation_scope(

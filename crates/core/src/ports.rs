@@ -32,25 +32,7 @@ pub struct RunSummary {
     pub updated_at: Millis,
 }
 
-/// Whose runs a listing covers. There is no default: a tenant's view and an operator's view
-/// of every tenant are different calls, and code that serves a tenant must say so.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ListScope {
-    /// One tenant's runs (the HTTP API: the caller's tenant).
-    Tenant(String),
-    /// Every tenant's runs: operators and the local CLI only.
-    AllTenants,
-}
-
-impl ListScope {
-    /// The tenant to filter by, if any.
-    pub fn tenant(&self) -> Option<&str> {
-        match self {
-            ListScope::Tenant(t) => Some(t),
-            ListScope::AllTenants => None,
-        }
-    }
-}
+pub use crate::state::ListScope;
 
 /// Which runs to list, and how many.
 #[derive(Debug, Clone, PartialEq)]

@@ -12,6 +12,13 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// Bytes one template render (a prompt, an approval message, `params.template`) may produce;
+/// past it the render fails with `invalid` instead of filling memory.
+pub const MAX_RENDER_BYTES: usize = 1024 * 1024;
+/// MiniJinja fuel (instructions) one render may spend: loops that run away stop here.
+/// Rendering the examples' templates takes a few hundred.
+pub const MAX_RENDER_FUEL: u64 = 1_000_000;
+
 /// The roots a reference may start from.
 pub const ROOTS: [&str; 3] = ["input", "steps", "run"];
 
@@ -259,11 +266,11 @@ fn loosely_equal(a: &Value, b: &Value) -> bool {
 
 /// A MiniJinja environment with strict undefined (a typo in a prompt is an error, not an
 /// empty string silently sent to a model) and the render fuel of
-/// [`limits::MAX_RENDER_FUEL`](crate::workflow::limits::MAX_RENDER_FUEL).
+/// [`MAX_RENDER_FUEL`].
 fn env() -> minijinja::Environment<'static> {
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    env.set_fuel(Some(crate::workflow::limits::MAX_RENDER_FUEL));
+    env.set_fuel(Some(MAX_RENDER_FUEL));
     env
 }
 
@@ -288,18 +295,17 @@ pub fn render_template(template: &str, scope: &Value) -> Result<String, String> 
 /// render limits: what `local/template-generator` uses for `params.template`.
 pub fn render_lenient(template: &str, context: &Value) -> Result<String, String> {
     let mut env = minijinja::Environment::new();
-    env.set_fuel(Some(crate::workflow::limits::MAX_RENDER_FUEL));
+    env.set_fuel(Some(MAX_RENDER_FUEL));
     render_with(&env, template, context)
 }
 
 /// Every render goes through here, so no template — an author's or a provider's — can run
-/// without the fuel and output caps of [`crate::workflow::limits`].
+/// without the fuel and output caps ([`MAX_RENDER_FUEL`], [`MAX_RENDER_BYTES`]).
 fn render_with(
     env: &minijinja::Environment<'_>,
     template: &str,
     context: &Value,
 ) -> Result<String, String> {
-    use crate::workflow::limits::MAX_RENDER_BYTES;
     let t = env
         .template_from_str(template)
         .map_err(|e| format!("template error: {e}"))?;
@@ -314,7 +320,7 @@ fn render_with(
         )),
         Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => Err(format!(
             "template error: rendering took more than {} steps (fuel); is a loop unbounded?",
-            crate::workflow::limits::MAX_RENDER_FUEL
+            MAX_RENDER_FUEL
         )),
         Err(e) => Err(format!("template error: {e}")),
     }

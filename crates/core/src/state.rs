@@ -742,6 +742,26 @@ impl Notification {
     }
 }
 
+/// Whose runs a listing covers. There is no default: a tenant's view and an operator's view
+/// of every tenant are different calls, and code that serves a tenant must say so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListScope {
+    /// One tenant's runs (the HTTP API: the caller's tenant).
+    Tenant(String),
+    /// Every tenant's runs: operators and the local CLI only.
+    AllTenants,
+}
+
+impl ListScope {
+    /// The tenant to filter by, if any.
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            ListScope::Tenant(t) => Some(t),
+            ListScope::AllTenants => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

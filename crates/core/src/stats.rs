@@ -23,7 +23,7 @@
 //! them into the document.
 
 use crate::error::ErrorClass;
-use crate::ports::ListScope;
+use crate::state::ListScope;
 use crate::state::{RunHeader, RunSnapshot, RunStatus, StepStatus, Usage};
 use crate::time::Millis;
 use crate::workflow::{StepKind, Workflow};

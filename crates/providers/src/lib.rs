@@ -25,6 +25,9 @@
 //!     log), so every adapter logs the same fields;
 //!   - [`keys`]: which key a call carries, read through the core's `Secrets` seam;
 //!   - [`http`]: the sender (explicit connect/request timeouts, transport errors classified);
+//!   - [`wire`]: the request an adapter builds and the response it reads (plain data);
+//!   - [`tape`]: record/replay of exchanges (`SWITCHYARD_RECORD`/`REPLAY`) and the per-call
+//!     capture behind a run's kept tape (`tape: true`);
 //!   - [`classify`]: the one classifier of HTTP errors into the taxonomy;
 //!   - [`hosted`]: instructions apart from data, JSON answers, normalized outputs;
 //!   - [`catalog`]: the versioned price table and model catalog (`SWITCHYARD_PRICES` overrides);
@@ -53,5 +56,6 @@ pub mod replicate;
 pub mod tape;
 #[cfg(test)]
 mod testing;
+pub mod wire;
 
 pub use local::{parse_faults, price_table, Fault, LocalConfig, LocalProvider, ScheduledCallback};

@@ -29,7 +29,7 @@
 //! for a job this run did not create: [`is_replayed`]), so its poll must have been recorded
 //! (record where no webhook reaches the run), or be allowed to reach the provider.
 
-use crate::http::{HttpRequest, HttpResponse};
+use crate::wire::{HttpRequest, HttpResponse};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};

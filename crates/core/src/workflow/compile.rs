@@ -1105,18 +1105,13 @@ fn read_cascade(
                         cx,
                         v,
                         &join(&join(&p, "escalate_if"), &j.to_string()),
-                        crate::cascade::ESCALATION_ROOTS,
+                        super::ESCALATION_ROOTS,
                     )
                 })
                 .collect(),
-            Some(v) => read_condition(
-                cx,
-                v,
-                &join(&p, "escalate_if"),
-                crate::cascade::ESCALATION_ROOTS,
-            )
-            .into_iter()
-            .collect(),
+            Some(v) => read_condition(cx, v, &join(&p, "escalate_if"), super::ESCALATION_ROOTS)
+                .into_iter()
+                .collect(),
         };
         if !top {
             c.escalate_if.push(conds);
@@ -1165,7 +1160,7 @@ fn read_select(
         }
         let when = o
             .get("when")
-            .and_then(|w| read_condition(cx, w, &join(&p, "when"), crate::cascade::SELECT_ROOTS));
+            .and_then(|w| read_condition(cx, w, &join(&p, "when"), super::SELECT_ROOTS));
         match cx.string(o, &p, "model") {
             Some(m) => models.push(m),
             None => {

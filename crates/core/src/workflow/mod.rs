@@ -34,13 +34,34 @@ pub mod limits {
     pub const MAX_REPAIRS: u32 = 5;
     /// Bytes of a workflow file, or of a file it includes.
     pub const MAX_FILE_BYTES: usize = 1024 * 1024;
-    /// Bytes one template render (a prompt, an approval message, `params.template`) may
-    /// produce; past it the render fails with `invalid` instead of filling memory.
-    pub const MAX_RENDER_BYTES: usize = 1024 * 1024;
-    /// MiniJinja fuel (instructions) one render may spend: loops that run away stop here.
-    /// Rendering the examples' templates takes a few hundred.
-    pub const MAX_RENDER_FUEL: u64 = 1_000_000;
+    /// The render limits are the template engine's own (`crate::refs`), listed here with
+    /// the others.
+    pub use crate::refs::{MAX_RENDER_BYTES, MAX_RENDER_FUEL};
 }
+
+/// The first words of a path that a cascade's `escalate_if` may read (checked by the
+/// loader; evaluated by `crate::cascade`): the tier's answer and
+/// its metadata, besides the run (`input`, `steps`, `run`).
+pub const ESCALATION_ROOTS: &[&str] = &[
+    "output",
+    "usage",
+    "cost_usd",
+    "model",
+    "schema_valid",
+    "input",
+    "steps",
+    "run",
+];
+
+/// The first words of a path a `select` case may read.
+pub const SELECT_ROOTS: &[&str] = &[
+    "estimate_usd",
+    "input_tokens",
+    "model",
+    "input",
+    "steps",
+    "run",
+];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Workflow {
