@@ -1,0 +1,237 @@
+//! Faults between and after writes (docs/architecture.md, "Recovery")
+
+use super::*;
+
+/// The draft fails the judge once; the judge's repair resets the draft and re-asks the
+/// validator in one transition (two records).
+pub(crate) const JUDGED_ONCE: &str = r#"{% if feedback %}{"title": "{{ feedback[0][:13] }}"}{% else %}{"title": "The best pack"}{% endif %}"#;
+
+/// What a clean run of [`JUDGED_ONCE`] did: starts per (step, attempt), repairs, judge calls.
+pub(crate) async fn judged_once_story(
+    h: &H,
+    run: &str,
+) -> (
+    BTreeMap<(String, u32), usize>,
+    u32,
+    usize,
+    Vec<HistoryEvent>,
+) {
+    let mut starts = BTreeMap::new();
+    let events = h.events(run).await;
+    for e in &events {
+        if e.kind == EventKind::StepStarted {
+            *starts
+                .entry((e.step.clone().unwrap_or_default(), e.attempt.unwrap_or(0)))
+                .or_insert(0) += 1;
+        }
+    }
+    let repairs = h.rec(run, "check").await.repairs;
+    let judged = h
+        .step_events(run, EventKind::StepJudged, "check")
+        .await
+        .len();
+    (starts, repairs, judged, events)
+}
+
+/// The case an operator saw: a judge's failing verdict repaired the draft, but the validator's
+/// request was never stored, so its claim dangled until it expired and the judge ran again.
+/// The repair is now one write of both records; a fault before it or after it (the answer
+/// lost) changes nothing a user can see: the same calls, the same repair, no lost attempt.
+#[tokio::test]
+pub(crate) async fn a_repair_is_never_half_applied_when_its_write_fails() {
+    use switchyard_contract::faults::{Fault, FaultyStore, WriteKind};
+    let clean = H::new();
+    let (run, status) = clean
+        .run(
+            &judge_wf(JUDGED_ONCE, false, NO_BEST, 2),
+            json!({"topic": "t"}),
+        )
+        .await;
+    assert_eq!(status, RunStatus::Succeeded);
+    let (want_starts, want_repairs, want_judged, _) = judged_once_story(&clean, &run).await;
+    assert_eq!((want_repairs, want_judged), (1, 2));
+
+    for fault in [Fault::Before, Fault::After] {
+        let faulty = Arc::new(std::sync::Mutex::new(None::<Arc<FaultyStore>>));
+        let slot = faulty.clone();
+        let h = H::with_store(move |inner| {
+            let f = Arc::new(FaultyStore::new(inner).fail(WriteKind::PutSteps, 1, fault));
+            *slot.lock().unwrap() = Some(f.clone());
+            f
+        });
+        let (run, status) = h
+            .run(
+                &judge_wf(JUDGED_ONCE, false, NO_BEST, 2),
+                json!({"topic": "t"}),
+            )
+            .await;
+        let store = faulty.lock().unwrap().clone().unwrap();
+        assert_eq!(
+            store.injected(),
+            [(WriteKind::PutSteps, 1, fault)],
+            "the repair's write is the one that failed"
+        );
+        assert_eq!(status, RunStatus::Succeeded, "{fault:?}");
+        let (starts, repairs, judged, events) = judged_once_story(&h, &run).await;
+        assert_eq!(starts, want_starts, "{fault:?}: the same calls, each once");
+        assert_eq!((repairs, judged), (want_repairs, want_judged), "{fault:?}");
+        assert!(
+            !events.iter().any(|e| e.kind == EventKind::StepLeaseExpired),
+            "{fault:?}: no claim was left to expire"
+        );
+    }
+}
+
+/// Every write of a run failing once, before it lands or after (answer lost), one at a time:
+/// the run still succeeds, and no step is started twice for one attempt.
+#[tokio::test]
+pub(crate) async fn any_one_failed_write_leaves_the_run_whole() {
+    use switchyard_contract::faults::{Fault, FaultyStore, WriteKind};
+    let src = judge_wf(JUDGED_ONCE, true, NO_BEST, 2);
+    // How many writes of each kind a clean run makes.
+    let counting = Arc::new(std::sync::Mutex::new(None::<Arc<FaultyStore>>));
+    let slot = counting.clone();
+    let clean = H::with_store(move |inner| {
+        let f = Arc::new(FaultyStore::new(inner));
+        *slot.lock().unwrap() = Some(f.clone());
+        f
+    });
+    let (_, status) = clean.run(&src, json!({"topic": "t"})).await;
+    assert_eq!(status, RunStatus::Succeeded);
+    let counts = counting.lock().unwrap().clone().unwrap();
+    let kinds = [
+        WriteKind::AcquireLease,
+        WriteKind::PutStep,
+        WriteKind::PutSteps,
+        WriteKind::PutHeader,
+    ];
+    let mut cases = 0;
+    for kind in kinds {
+        for nth in 1..=counts.calls(kind) {
+            for fault in [Fault::Before, Fault::After] {
+                let h = H::with_store(move |inner| {
+                    Arc::new(FaultyStore::new(inner).fail(kind, nth, fault))
+                });
+                let (run, status) = h.run(&src, json!({"topic": "t"})).await;
+                let case = format!("{kind:?} #{nth} {fault:?}");
+                assert_eq!(status, RunStatus::Succeeded, "{case}");
+                let (starts, ..) = judged_once_story(&h, &run).await;
+                assert!(
+                    starts.values().all(|&n| n == 1),
+                    "{case}: a step started twice for one attempt: {starts:?}"
+                );
+                cases += 1;
+            }
+        }
+    }
+    assert!(
+        cases >= 20,
+        "every write of the run was tried ({cases} cases)"
+    );
+}
+
+/// Drops every visible wake-up: what a lost send, a dead-lettered message or a timer that
+/// never arrived leaves behind.
+pub(crate) async fn lose_wake_ups(h: &H) -> usize {
+    let got = h.queue.receive(100, 3_600_000).await.unwrap();
+    for d in &got {
+        h.queue.ack(&d.receipt).await.unwrap();
+    }
+    got.len()
+}
+
+/// Runs whose wake-up was lost are found by the sweep once they are due for longer than the
+/// grace, and finish: a run accepted whose start never reached the queue, a run whose worker
+/// died holding its lease, a run waiting on a deadline whose timer was lost. Runs not yet due,
+/// and ended runs, are left alone.
+#[tokio::test]
+pub(crate) async fn the_sweep_wakes_runs_whose_wake_ups_were_lost() {
+    use switchyard_core::recovery::STUCK_GRACE_MS;
+    let h = H::new();
+    let chain = h.compile(CHAIN);
+    let gate = h.compile(&approval_wf("approve"));
+
+    // 1. Accepted, start lost.
+    let pending = h.start_wf(&chain, json!({"text": "a"})).await;
+    assert_eq!(lose_wake_ups(&h).await, 1);
+    let swept = h.engine.sweep().await.unwrap();
+    assert!(
+        swept.rewoken.is_empty(),
+        "not due long enough yet: {swept:?}"
+    );
+    h.clock.advance(STUCK_GRACE_MS);
+    let swept = h.engine.sweep().await.unwrap();
+    assert_eq!(swept.rewoken, std::slice::from_ref(&pending));
+    assert_eq!(h.drive(&pending).await, RunStatus::Succeeded);
+
+    // 2. A worker took the lease and died; its wake-up is gone.
+    let leased = h.start_wf(&chain, json!({"text": "b"})).await;
+    lose_wake_ups(&h).await;
+    let dead = Lease {
+        owner: "worker:dead".into(),
+        until: h.now() + 60_000,
+    };
+    h.engine
+        .store
+        .acquire_lease(&leased, &dead, h.now())
+        .await
+        .unwrap();
+    h.clock.advance(60_000 + STUCK_GRACE_MS - 1);
+    assert!(
+        h.engine.sweep().await.unwrap().rewoken.is_empty(),
+        "lease lapsed, within grace"
+    );
+    h.clock.advance(1);
+    assert_eq!(
+        h.engine.sweep().await.unwrap().rewoken,
+        std::slice::from_ref(&leased)
+    );
+    assert_eq!(h.drive(&leased).await, RunStatus::Succeeded);
+
+    // 3. Waiting for an approval with a deadline; the deadline's timer is lost.
+    let waiting = h.start_wf(&gate, json!({"what": "w"})).await;
+    assert_eq!(h.drive(&waiting).await, RunStatus::Waiting);
+    lose_wake_ups(&h).await;
+    h.clock.advance(3_600_000);
+    assert!(
+        h.engine.sweep().await.unwrap().rewoken.is_empty(),
+        "deadline just passed"
+    );
+    h.clock.advance(STUCK_GRACE_MS);
+    let swept = h.engine.sweep().await.unwrap();
+    assert_eq!(swept.rewoken, std::slice::from_ref(&waiting));
+    assert_eq!(
+        h.drive(&waiting).await,
+        RunStatus::Succeeded,
+        "approved at the deadline"
+    );
+
+    // 4. Waiting for an approval; the decision is written but its wake-up is lost (the send
+    //    failed, or the process died): the run is due from the decision on, not from the
+    //    deadline an hour away.
+    let decided = h.start_wf(&gate, json!({"what": "d"})).await;
+    assert_eq!(h.drive(&decided).await, RunStatus::Waiting);
+    lose_wake_ups(&h).await;
+    h.clock.advance(1_000);
+    h.engine
+        .decide(None, &decided, "gate", true, None)
+        .await
+        .unwrap();
+    assert_eq!(lose_wake_ups(&h).await, 1, "the decision's wake-up");
+    assert!(
+        h.engine.sweep().await.unwrap().rewoken.is_empty(),
+        "decided just now"
+    );
+    h.clock.advance(STUCK_GRACE_MS);
+    assert_eq!(
+        h.engine.sweep().await.unwrap().rewoken,
+        std::slice::from_ref(&decided)
+    );
+    assert_eq!(h.drive(&decided).await, RunStatus::Succeeded);
+    assert_eq!(h.output(&decided, "gate").await["approved"], true);
+
+    // Nothing is left to wake: every run ended.
+    h.clock.advance(10 * STUCK_GRACE_MS);
+    let swept = h.engine.sweep().await.unwrap();
+    assert_eq!((swept.checked, swept.rewoken.len()), (0, 0));
+}
