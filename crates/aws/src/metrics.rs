@@ -186,7 +186,7 @@ pub fn item_kind(sk: &str) -> &'static str {
         "W" => "webhook id",
         _ if sk.starts_with("S#") => "step record",
         _ if sk.starts_with("E#") => "history events",
-        // `<hour, 13 digits>#…`: a stats bucket (`dynamo.rs`, "Stats buckets").
+        // `<hour, 13 digits>#…`: a stats bucket (`dynamo/buckets.rs`).
         _ if sk.len() > 13 && sk.as_bytes()[..13].iter().all(u8::is_ascii_digit) => "stats bucket",
         _ => "other",
     }
