@@ -5,7 +5,7 @@
 //! the same use-cases as `switchyard dlq` (`switchyard_engine::deadletters`).
 
 use crate::body::JsonBody;
-use crate::extract::{bearer_key, serde_urlencoded_params, ErrorBody};
+use crate::extract::{bearer_key, serde_urlencoded_params, ErrorBody, OperatorOnly};
 use crate::{ApiError, ApiState};
 use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::http::request::Parts;
@@ -82,8 +82,7 @@ pub struct DeadLetterList {
     responses(
         (status = 200, description = "The dead letters", body = DeadLetterList),
         (status = 400, description = "A `queue` other than `work` or `notify`", body = ErrorBody),
-        (status = 401, description = "No or bad key", body = ErrorBody),
-        (status = 403, description = "A tenant's key: operator routes take an operator key", body = ErrorBody),
+        OperatorOnly,
         (status = 503, description = "A queue or the state store is unavailable; try again", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -106,8 +105,7 @@ pub(crate) async fn list_dead_letters(
     responses(
         (status = 200, description = "The dead letter", body = DeadLetterView),
         (status = 400, description = "A `queue` other than `work` or `notify`", body = ErrorBody),
-        (status = 401, description = "No or bad key", body = ErrorBody),
-        (status = 403, description = "A tenant's key: operator routes take an operator key", body = ErrorBody),
+        OperatorOnly,
         (status = 404, description = "No dead letter with this id", body = ErrorBody),
         (status = 503, description = "A queue or the state store is unavailable; try again", body = ErrorBody),
     ),
@@ -150,8 +148,7 @@ pub struct RedriveRequest {
     responses(
         (status = 200, description = "What moved, per queue, and the ids no queue held", body = Redriven),
         (status = 400, description = "Neither or both of `all` and `ids`, an empty or too long `ids`, or a bad `queue`", body = ErrorBody),
-        (status = 401, description = "No or bad key", body = ErrorBody),
-        (status = 403, description = "A tenant's key: operator routes take an operator key", body = ErrorBody),
+        OperatorOnly,
         (status = 415, description = "The body is not JSON", body = ErrorBody),
         (status = 503, description = "A queue is unavailable; try again", body = ErrorBody),
     ),

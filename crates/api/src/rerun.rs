@@ -3,7 +3,7 @@
 //! (`switchyard_engine::rerun`, docs/api.md).
 
 use crate::body::JsonBody;
-use crate::extract::{idempotency_key, ErrorBody, Tenant};
+use crate::extract::{idempotency_key, ErrorBody, NoSuchRun, NotJson, Tenant, Unauthorized};
 use crate::{ApiError, ApiState};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -31,10 +31,10 @@ use utoipa::ToSchema;
         (status = 202, description = "The rerun was started", body = Rerun),
         (status = 200, description = "Replayed: the rerun this idempotency key started", body = Rerun),
         (status = 400, description = "`from` names no step of the workflow, or the run has nothing to rerun from", body = ErrorBody),
-        (status = 401, description = "No or bad API key", body = ErrorBody),
-        (status = 404, description = "No such run for this tenant", body = ErrorBody),
+        Unauthorized,
+        NoSuchRun,
         (status = 409, description = "The run has not ended, or with `latest` a reused step differs in the newest version, or the key was used with another body", body = ErrorBody),
-        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        NotJson,
         (status = 422, description = "The input fails the workflow's input schema", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -95,8 +95,8 @@ pub struct BulkRerunBody {
     responses(
         (status = 200, description = "What was rerun and skipped", body = BulkRerunReport),
         (status = 400, description = "A bad `status`, `since` or `limit`", body = ErrorBody),
-        (status = 401, description = "No or bad API key", body = ErrorBody),
-        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        Unauthorized,
+        NotJson,
     ),
     security(("bearer" = []))
 )]

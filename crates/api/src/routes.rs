@@ -4,7 +4,8 @@
 
 use crate::body::JsonBody;
 use crate::extract::{idempotency_key, serde_urlencoded_params};
-pub use crate::extract::{ErrorBody, ErrorDetail, Tenant, MAX_IDEMPOTENCY_KEY_BYTES};
+pub use crate::extract::{ErrorBody, ErrorDetail, Tenant, Unauthorized, MAX_IDEMPOTENCY_KEY_BYTES};
+use crate::extract::{NoSuchRun, NotJson, TooLarge};
 use crate::{ApiError, ApiState};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -248,11 +249,11 @@ fn links(run_id: &str) -> Links {
         (status = 200, description = "Replayed: the run this idempotency key started", body = Accepted,
             headers(("Idempotent-Replayed" = String, description = "`true`"))),
         (status = 400, description = "Malformed request", body = ErrorBody),
-        (status = 401, description = "No or bad API key", body = ErrorBody),
+        Unauthorized,
         (status = 404, description = "No such workflow or version", body = ErrorBody),
         (status = 409, description = "Idempotency-Key reused with another body", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        TooLarge,
+        NotJson,
         (status = 422, description = "Input fails the workflow's input schema, or the callback URL can never be called", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -314,7 +315,7 @@ async fn create_run(
     responses(
         (status = 200, description = "A page of runs", body = RunList),
         (status = 400, description = "Bad limit, cursor or filter", body = ErrorBody),
-        (status = 401, description = "No or bad API key", body = ErrorBody),
+        Unauthorized,
     ),
     security(("bearer" = []))
 )]
@@ -362,8 +363,8 @@ async fn list_runs(
     params(("id" = String, Path, description = "Run id")),
     responses(
         (status = 200, description = "The run", body = RunView),
-        (status = 401, description = "No or bad API key", body = ErrorBody),
-        (status = 404, description = "No such run for this tenant", body = ErrorBody),
+        Unauthorized,
+        NoSuchRun,
     ),
     security(("bearer" = []))
 )]
@@ -382,8 +383,8 @@ async fn get_run(
     params(("id" = String, Path, description = "Run id")),
     responses(
         (status = 200, description = "The history", body = Events),
-        (status = 401, description = "No or bad API key", body = ErrorBody),
-        (status = 404, description = "No such run for this tenant", body = ErrorBody),
+        Unauthorized,
+        NoSuchRun,
     ),
     security(("bearer" = []))
 )]
@@ -404,11 +405,11 @@ async fn get_events(
     responses(
         (status = 200, description = "Decision recorded; the run continues", body = Decided),
         (status = 400, description = "Malformed request, or the step is not an approval step", body = ErrorBody),
-        (status = 401, description = "No or bad API key", body = ErrorBody),
+        Unauthorized,
         (status = 404, description = "No such run or step for this tenant", body = ErrorBody),
         (status = 409, description = "The step is not waiting, or the run has ended", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        TooLarge,
+        NotJson,
     ),
     security(("bearer" = []))
 )]
@@ -446,8 +447,8 @@ async fn decide(
     params(("id" = String, Path, description = "Run id")),
     responses(
         (status = 202, description = "Cancellation recorded", body = CancelRequested),
-        (status = 401, description = "No or bad API key", body = ErrorBody),
-        (status = 404, description = "No such run for this tenant", body = ErrorBody),
+        Unauthorized,
+        NoSuchRun,
         (status = 409, description = "The run has already ended", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -482,7 +483,7 @@ async fn cancel(
     ),
     responses(
         (status = 202, description = "Queued again", body = switchyard_engine::resend::Resent),
-        (status = 401, description = "No or bad API key", body = ErrorBody),
+        Unauthorized,
         (status = 404, description = "No such run for this tenant, or no such notification in it", body = ErrorBody),
         (status = 409, description = "The notification's last attempt did not give up (delivered, stopped by the receiver, or still being retried)", body = ErrorBody),
         (status = 503, description = "The state store or the queue is unavailable; try again", body = ErrorBody),
@@ -507,7 +508,7 @@ async fn resend_notification(
     get, path = "/v1/workflows", tag = "workflows",
     responses(
         (status = 200, description = "Served workflows", body = WorkflowList),
-        (status = 401, description = "No or bad API key", body = ErrorBody),
+        Unauthorized,
     ),
     security(("bearer" = []))
 )]
@@ -551,7 +552,7 @@ pub struct StatsParams {
     responses(
         (status = 200, description = "The figures", body = Stats),
         (status = 400, description = "A `since` that is not a positive duration, a `workflow` that is not a workflow name, or a `by` other than `model` and `prompt_version`", body = ErrorBody),
-        (status = 401, description = "No or bad API key", body = ErrorBody),
+        Unauthorized,
         (status = 503, description = "The state store is unavailable; try again", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -668,9 +669,9 @@ pub struct UploadTicket {
     responses(
         (status = 201, description = "Presigned PUT", body = UploadTicket),
         (status = 400, description = "A field is malformed or out of range", body = ErrorBody),
-        (status = 401, description = "No or bad API key", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        Unauthorized,
+        TooLarge,
+        NotJson,
     ),
     security(("bearer" = []))
 )]
@@ -799,7 +800,7 @@ async fn healthz() -> Json<Health> {
         (status = 400, description = "Malformed callback", body = ErrorBody),
         (status = 401, description = "Bad signature or token", body = ErrorBody),
         (status = 404, description = "No such provider or step", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
+        TooLarge,
     )
 )]
 #[allow(dead_code)]
