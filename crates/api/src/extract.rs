@@ -131,22 +131,22 @@ pub(crate) fn serde_urlencoded_params<T: serde::de::DeserializeOwned>(
 /// The 401 of every route that takes a tenant's API key, described once for all of them.
 #[derive(utoipa::IntoResponses)]
 #[response(status = 401, description = "No or bad API key")]
-pub struct Unauthorized(ErrorBody);
+pub struct Unauthorized(pub ErrorBody);
 
 /// The 415 of every route that takes a JSON body.
 #[derive(utoipa::IntoResponses)]
 #[response(status = 415, description = "Body is not JSON")]
-pub struct NotJson(ErrorBody);
+pub struct NotJson(pub ErrorBody);
 
 /// The 413 of every route that takes a body (`MAX_BODY_BYTES`).
 #[derive(utoipa::IntoResponses)]
 #[response(status = 413, description = "Body too large")]
-pub struct TooLarge(ErrorBody);
+pub struct TooLarge(pub ErrorBody);
 
 /// The 404 of every route about one run: another tenant's run does not exist for the caller.
 #[derive(utoipa::IntoResponses)]
 #[response(status = 404, description = "No such run for this tenant")]
-pub struct NoSuchRun(ErrorBody);
+pub struct NoSuchRun(pub ErrorBody);
 
 /// The 401 and 403 of every operator route (`/v1/ops/…`).
 #[derive(utoipa::IntoResponses)]
