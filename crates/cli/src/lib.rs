@@ -10,7 +10,8 @@
 //!   loading `--workflows`, keys, the banner, shutdown, `/metrics`); neither imports the other.
 //!   Both serve `switchyard_api::app`, the API assembly intake serves too.
 //! - [`rerun`], [`replay`], [`compare`], [`dlq`]: `runs rerun`, `runs replay`, `compare`,
-//!   `dlq`; [`prometheus`]: the metric sink behind `dev`'s `/metrics`.
+//!   `dlq`; [`prometheus`]: the metric sink behind `dev`'s `/metrics`; [`exit`]: the exit
+//!   statuses every command returns.
 
 pub mod commands;
 pub mod compare;

@@ -18,6 +18,17 @@
 //! - [`http`]: the axum routes over these use-cases (today: provider callbacks).
 //! - `telemetry`: metrics handed to the deployment's sink right after the write they describe.
 //! - [`trace`]: the spans of a run (OpenTelemetry GenAI names) and how they join one trace.
+//! - [`notifier`]: tell a run's `callback_url` that it ended or waits for a person (signed,
+//!   retried, dead-lettered after the last attempt).
+//! - [`batch`]: SQS batches as the worker and notifier functions receive them (each run once
+//!   per batch, partial batch failures).
+//! - [`pool`]: `switchyard dev`'s long-running worker loops over the queues.
+//! - [`recovery`]: the stuck-run sweep (runs due for attention too long ago are woken again).
+//! - [`rerun`]: rerun an ended run from a step, single and in bulk.
+//! - [`deadletters`]: the queues' dead letters joined to their runs; redrive.
+//! - [`stats`]: `switchyard stats` / `GET /v1/stats` from the hourly buckets.
+//! - [`settings`]: a deployment's settings read through the `Secrets` seam.
+//! - [`error`]: the use-cases' errors, each with its HTTP status and code.
 //!
 //! Nothing here knows whether the ports are SQLite and files or DynamoDB, SQS and S3.
 

@@ -73,6 +73,12 @@
 //! In-process: [`FakeServer::start`] binds `127.0.0.1:0` and stops when dropped;
 //! [`WebhookReceiver`] records the webhooks delivered to it. For a CLI: [`serve`] /
 //! [`serve_with_shutdown`] on a listener the caller bound.
+//!
+//! Layout: this file (the server, its state and routes); `openai`, `anthropic`, `bedrock`,
+//! `replicate` (one wire format each); `behavior` (the scripts); `prompt_cache` (cached and
+//! reasoning tokens in chat answers); `schema` (values that validate against a requested
+//! JSON Schema); `receiver` (the webhook receiver); `util` (ids, timestamps, token
+//! estimates); [`aws_faults`] (a fault-injecting proxy in front of the AWS emulator).
 
 mod anthropic;
 pub mod aws_faults;
