@@ -140,7 +140,7 @@ pub async fn dev(args: DevArgs) -> Result<i32> {
     Ok(crate::exit::SUCCEEDED)
 }
 
-/// `switchyard dev --backend aws` ([`crate::dev_aws`]), in a build with the `aws` feature.
+/// `switchyard dev --backend aws` (`crate::dev_aws`), in a build with the `aws` feature.
 pub async fn dev_aws(args: DevArgs) -> Result<i32> {
     #[cfg(feature = "aws")]
     {

@@ -6,7 +6,7 @@
 //! - [`uploads`]: client uploads (presigned PUTs, adoption at a run's start, reading for models).
 //! - [`worker`]: handle one wake-up — lease the run, plan, execute ready steps concurrently,
 //!   checkpoint each, and either end the run or schedule the next wake-up.
-//! - [`exec`]: what executing one step of each kind means (model calls, routes, validation…).
+//! - `exec`: what executing one step of each kind means (model calls, routes, validation…).
 //! - [`webhook`]: provider callbacks (signature, dedupe, callback token) that finish a waiting
 //!   step and wake the run.
 //! - [`driver`]: the in-process loop (receive → handle → ack) every local entry point shares.

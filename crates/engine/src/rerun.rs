@@ -4,7 +4,7 @@
 //!
 //! **Two writes, one place that copies.** The request creates the new run's header (with
 //! `rerun_of`) and links it from the old run's header; it does not copy the reused results.
-//! The new run's first activation does ([`Engine::adopt_reused`]), under its lease, before it
+//! The new run's first activation does (`Engine::adopt_reused`), under its lease, before it
 //! plans anything: a process that dies between the header and the copy leaves a run that
 //! still copies (the sweep or the redelivered start wakes it), never one that calls the
 //! reused steps' models again. Copies are conditional writes of records that do not exist

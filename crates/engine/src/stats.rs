@@ -10,7 +10,7 @@
 //! "Stats aggregates"): a run's creation adds `started` to its tenant × workflow × hour
 //! bucket, its end adds its outcome and its steps' figures (one bucket per step × model ×
 //! prompt version) in the same write that ends it. [`Engine::stats`] reads the buckets of the
-//! window ([`StateStore::stats_buckets`](switchyard_core::ports::StateStore::stats_buckets))
+//! window ([`StateStore::stats_buckets`])
 //! and the in-flight runs' headers (the sweep's `active_runs` listing, at most
 //! [`MAX_STATS_ACTIVE`]) to tell waiting runs from running ones; nothing else. The cost of an
 //! answer follows the window's buckets, not its runs.
