@@ -339,11 +339,17 @@ async fn a_person_approves_a_gate_and_an_operator_redrives_a_dead_letter_in_chro
         .unwrap();
     let t0 = Instant::now();
     let rerun = loop {
-        let url = c.current_url().await.unwrap();
+        // The run id from the page itself (its URL is read in another call, and the browser
+        // may navigate in between on a busy machine).
         let html = source(&c).await;
         if html.contains("Rerun started") {
-            let id = url.path().trim_start_matches("/ui/runs/").to_string();
-            assert_ne!(id, rejected);
+            let id = html
+                .split(r#"id="run-id">"#)
+                .nth(1)
+                .and_then(|rest| rest.split('<').next())
+                .unwrap_or_default()
+                .to_string();
+            assert!(id.starts_with("run_") && id != rejected, "{id}: {html}");
             assert!(html.contains(r#"id="rerun-of""#), "{html}");
             break id;
         }
