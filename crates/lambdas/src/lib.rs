@@ -17,8 +17,9 @@
 //! - [`bundle`]: the workflows compiled into the binary (`build.rs`).
 //! - [`emf`]: the engine's metrics as CloudWatch Embedded Metric Format lines, flushed at the
 //!   end of each invocation ([`with_emf`] for the HTTP functions).
-//! - [`drive`]: the handlers invoked in-process (intake's router, the webhook handler, the
-//!   worker's batches through `poller`) until a run ends: the emulator tests, `make bench-aws`.
+//! - `drive` (cargo feature `harness`, on for this crate's tests and benches only): the
+//!   handlers invoked in-process (intake's router, the webhook handler, the worker's batches
+//!   through `poller`) until a run ends: the emulator tests, `make bench-aws`.
 //! - [`poller`]: the SQS event source mapping's loop, for running the handlers outside Lambda.
 //! - [`provision`]: the table, queues and bucket on an emulator, for tests and `dev --backend aws`.
 //! - [`sqs`]: SQS events into engine records, batch reports into `batchItemFailures`.
@@ -29,6 +30,7 @@
 pub mod bundle;
 pub mod callbacks;
 pub mod deploy;
+#[cfg(feature = "harness")]
 pub mod drive;
 pub mod emf;
 pub mod poller;
