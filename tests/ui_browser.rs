@@ -171,6 +171,39 @@ async fn until_page(
     }
 }
 
+/// Waits (at most 10 s) until the page the browser shows, without navigating, satisfies `ok`
+/// — what a form post lands on; returns its source.
+async fn until_shown(c: &Client, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let t0 = Instant::now();
+    loop {
+        let html = source(c).await;
+        if ok(&html) {
+            return html;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{what}: {html}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits (at most 10 s) until the browser's URL path starts with `prefix`.
+async fn until_at(c: &Client, prefix: &str, what: &str) {
+    let t0 = Instant::now();
+    while !c.current_url().await.unwrap().path().starts_with(prefix) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Clicks the element `css` selects.
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 async fn screenshot(c: &Client, name: &str, tmp: &Path) {
     let png = c.screenshot().await.unwrap();
     assert!(
@@ -188,26 +221,8 @@ async fn sign_in(c: &Client, dev: &Dev, key: &str) {
     c.goto(&dev.at("/ui/login")).await.unwrap();
     let field = c.find(Locator::Css("#key")).await.unwrap();
     field.send_keys(key).await.unwrap();
-    c.find(Locator::Css("#login button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let t0 = Instant::now();
-    while !c
-        .current_url()
-        .await
-        .unwrap()
-        .path()
-        .starts_with("/ui/runs")
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "the login did not land on the runs page"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    click(c, "#login button[type=submit]").await;
+    until_at(c, "/ui/runs", "the login did not land on the runs page").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,33 +302,15 @@ async fn a_person_approves_a_gate_and_an_operator_redrives_a_dead_letter_in_chro
         "the runs page lists the runs"
     );
     screenshot(&c, "console-runs.png", &shots).await;
-    c.find(Locator::Css(&format!("a[href='/ui/runs/{gate}']")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, &format!("a[href='/ui/runs/{gate}']")).await;
     let html = source(&c).await;
     assert!(html.contains("waits for a person"), "{html}");
-    c.find(Locator::Css("#approve-review"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#approve-review").await;
     // The form posts, the console answers 303 to the run page with the news.
-    let t0 = Instant::now();
-    loop {
-        let html = source(&c).await;
-        if html.contains("Approved: the run goes on.") {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no confirmation: {html}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_shown(&c, "no confirmation", |h| {
+        h.contains("Approved: the run goes on.")
+    })
+    .await;
     until_page(&c, &dev, &format!("/ui/runs/{gate}"), 30, |h| {
         h.contains(r#"<span class="status st-succeeded">succeeded</span></h1>"#)
     })
@@ -331,44 +328,26 @@ async fn a_person_approves_a_gate_and_an_operator_redrives_a_dead_letter_in_chro
         html.contains(r#"<option value="review" selected"#),
         "the failed step is preselected: {html}"
     );
-    c.find(Locator::Css("#rerun-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let t0 = Instant::now();
-    let rerun = loop {
-        // The run id from the page itself (its URL is read in another call, and the browser
-        // may navigate in between on a busy machine).
-        let html = source(&c).await;
-        if html.contains("Rerun started") {
-            let id = html
-                .split(r#"id="run-id">"#)
-                .nth(1)
-                .and_then(|rest| rest.split('<').next())
-                .unwrap_or_default()
-                .to_string();
-            assert!(id.starts_with("run_") && id != rejected, "{id}: {html}");
-            assert!(html.contains(r#"id="rerun-of""#), "{html}");
-            break id;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no confirmation: {html}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    click(&c, "#rerun-submit").await;
+    // The run id from the page itself (its URL is read in another call, and the browser may
+    // navigate in between on a busy machine).
+    let html = until_shown(&c, "no confirmation", |h| h.contains("Rerun started")).await;
+    let rerun = html
+        .split(r#"id="run-id">"#)
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        rerun.starts_with("run_") && rerun != rejected,
+        "{rerun}: {html}"
+    );
+    assert!(html.contains(r#"id="rerun-of""#), "{html}");
     until_page(&c, &dev, &format!("/ui/runs/{rerun}"), 30, |h| {
         h.contains("waits for a person")
     })
     .await;
-    c.find(Locator::Css("#approve-review"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#approve-review").await;
     let doc = until_status(&dev, ACME, &rerun, &["succeeded"]).await;
     assert_eq!(doc["rerun_of"]["run_id"], rejected.as_str());
     assert_eq!(doc["rerun_of"]["from"], "review");
@@ -419,51 +398,20 @@ async fn a_person_approves_a_gate_and_an_operator_redrives_a_dead_letter_in_chro
     screenshot(&c, "console-stats.png", &shots).await;
 
     // ---- an operator redrives the dead letter ----
-    c.find(Locator::Css("button.link"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let t0 = Instant::now();
-    while !c
-        .current_url()
-        .await
-        .unwrap()
-        .path()
-        .starts_with("/ui/login")
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "sign-out did not land on the login page"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    click(&c, "button.link").await;
+    until_at(&c, "/ui/login", "sign-out did not land on the login page").await;
     sign_in(&c, &dev, OPS).await;
     until_page(&c, &dev, "/ui/dead-letters", 120, |h| {
         h.contains(&doomed) && h.contains("class=\"redrive\"")
     })
     .await;
     assert_eq!(receiver.deliveries().len(), 6);
-    c.find(Locator::Css("tr[data-letter] button.redrive"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let t0 = Instant::now();
-    loop {
-        let html = source(&c).await;
-        if html.contains("Put back 1 message on its queue.") {
-            assert!(html.contains("No dead letters."), "{html}");
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no confirmation: {html}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    click(&c, "tr[data-letter] button.redrive").await;
+    let html = until_shown(&c, "no confirmation", |h| {
+        h.contains("Put back 1 message on its queue.")
+    })
+    .await;
+    assert!(html.contains("No dead letters."), "{html}");
     receiver.wait_for(7, 30).await;
     let html = until_page(&c, &dev, &format!("/ui/runs/{doomed}"), 30, |h| {
         h.contains("delivered")
