@@ -283,7 +283,7 @@ fn summarize(wf: &Workflow, file: &Path, runs: &[(RunFacts, Value)]) -> VersionR
             durations.push(end.saturating_sub(f.created_at));
         }
     }
-    r.cost_usd = switchyard_core::budget::round_usd(r.cost_usd);
+    r.cost_usd = switchyard_core::machine::budget::round_usd(r.cost_usd);
     r.judge_score = (!scores.is_empty()).then(|| scores.iter().sum::<f64>() / scores.len() as f64);
     durations.sort_unstable();
     r.p95_latency_ms = (!durations.is_empty()).then(|| {

@@ -2,7 +2,7 @@
 //! the embedded `dev`, over a deployment's DynamoDB table, SQS queues and S3 bucket, with the
 //! four Lambda functions played in this one process — intake and webhook are the router on
 //! `--addr`, worker and notifier are pollers standing in for their SQS event source mappings
-//! ([`switchyard_lambdas::poller`]). The wiring is the Lambda functions' own
+//! (the engine's host loop, [`switchyard_engine::host`]). The wiring is the Lambda functions' own
 //! ([`switchyard_lambdas::Deployment`]), so what works here exercises the deployed code paths.
 //!
 //! - Resources: `SWITCHYARD_TABLE`, `SWITCHYARD_BUCKET`, `SWITCHYARD_{WORK,NOTIFY}_{QUEUE,DLQ}_URL`
@@ -30,9 +30,8 @@ use std::time::Duration;
 use switchyard_api::{ApiKeys, Serving};
 use switchyard_core::ports::{EnvSecrets, Secrets};
 use switchyard_core::recovery;
-use switchyard_core::time::SystemClock;
+use switchyard_engine::host::{self, Function, Invocation};
 use switchyard_engine::settings::{CALLBACK_SECRET, OPERATOR_KEYS, PUBLIC_URL};
-use switchyard_lambdas::poller::{self, Function, Mapping};
 use switchyard_lambdas::{callbacks, deploy, provision, Deployment, Resources};
 use tokio::sync::watch;
 
@@ -52,14 +51,14 @@ pub const PREFIX_VAR: &str = "SWITCHYARD_DEV_PREFIX";
 pub const DEFAULT_PREFIX: &str = "sy-dev";
 
 /// The pause after an empty receive (SQS short polls here; Lambda's mapping long-polls).
-const IDLE: Duration = Duration::from_millis(200);
+const IDLE_MS: u64 = 200;
 
 /// The notifier's event source mapping: template.yaml's notifier timeout (30 s) and its queue's
 /// visibility timeout.
-const NOTIFY_MAPPING: Mapping = Mapping {
+const NOTIFY_MAPPING: Invocation = Invocation {
     batch_size: 10,
     visibility_ms: provision::NOTIFY_VISIBILITY_SECONDS as u64 * 1000,
-    function_timeout_ms: 30_000,
+    timeout_ms: Some(30_000),
 };
 
 /// Where the resources came from, for the start-up lines.
@@ -224,13 +223,18 @@ pub async fn dev(args: DevArgs) -> Result<i32> {
         let stop = stop_rx.clone();
         tokio::spawn(async move {
             let sender = switchyard_providers::outbound::CallbackClient::new(Default::default());
-            poller::run(
+            let idle = host::Idle {
+                max_ms: IDLE_MS,
+                retry_ms: 1_000,
+                kick: None,
+            };
+            let function = Function::Notifier(&sender);
+            host::serve(
                 &d.engine,
                 d.notify.as_ref(),
-                Function::Notifier(&sender),
+                function,
                 NOTIFY_MAPPING,
-                &SystemClock,
-                IDLE,
+                &idle,
                 stop,
             )
             .await;
@@ -265,26 +269,19 @@ pub async fn dev(args: DevArgs) -> Result<i32> {
 async fn work_loop(d: Arc<Deployment>, http: reqwest::Client, mut stop: watch::Receiver<bool>) {
     // Received for the hold only (not the queue's 6× visibility): a receive whose answer is
     // lost, or a dev killed mid-batch, lets go of its wake-ups within `HOLD_MS`.
-    let mapping = Mapping {
+    let mapping = Invocation {
         visibility_ms: recovery::HOLD_MS,
-        ..Mapping::default()
+        ..Invocation::default()
     };
     while !*stop.borrow() {
-        let polled = poller::poll_once(
-            &d.engine,
-            d.work.as_ref(),
-            &Function::Worker,
-            mapping,
-            &SystemClock,
-        )
-        .await;
+        let polled = host::invoke_once(&d.engine, d.work.as_ref(), Function::Worker, mapping).await;
         let out = callbacks::take(&d);
         if !out.is_empty() {
-            callbacks::send(&http, out, mapping.function_timeout_ms).await;
+            callbacks::send(&http, out, mapping.timeout_ms.unwrap_or(30_000)).await;
         }
         let pause = match polled {
             Ok(p) if p.received > 0 => continue,
-            Ok(_) => IDLE,
+            Ok(_) => Duration::from_millis(IDLE_MS),
             Err(e) => {
                 tracing::warn!(error = %e, "work queue poll failed; trying again");
                 Duration::from_secs(1)

@@ -365,7 +365,7 @@ mod tests {
         // The schedule: 1–2 s, 2–4 s, 4–8 s, 8–16 s (equal jitter).
         let p = download_backoff();
         for (n, full) in [(1, 2_000), (2, 4_000), (3, 8_000), (4, 16_000)] {
-            let d = crate::retry::backoff_ms(&p, n, "run/step/download");
+            let d = crate::machine::retry::backoff_ms(&p, n, "run/step/download");
             assert!((full / 2..=full).contains(&d), "{n}: {d}");
         }
     }

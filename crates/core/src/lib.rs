@@ -3,10 +3,13 @@
 //! Layout:
 //! - [`workflow`]: the workflow model, the YAML loader with line/column positions, and the
 //!   static checks behind `switchyard validate`.
-//! - [`planner`]: the pure state machine. `plan(workflow, snapshot, now)` says which steps to
-//!   start, skip, expire or poll, when to wake up next, and whether the run has ended.
-//! - [`settle`]: turns one attempt's outcome into the next step record (retry with backoff and
-//!   jitter, fallback, wait, repair) — the other half of the state machine.
+//! - [`planner`]: the run's half of the state machine. `plan(workflow, snapshot, now)` says
+//!   which steps to start, skip, expire or poll, when to wake up next, and whether the run
+//!   has ended.
+//! - [`machine`]: the step machine — one step's lifecycle, sans I/O. `handle(state, event)`
+//!   returns what to commit or which piece of I/O to do next; retry, fallback, cascades,
+//!   judges, repairs, the budget, deadlines and lost attempts are decided there and only
+//!   there (its `settle`, `cascade`, `judge`, `budget`, `retry` and `attempt` modules).
 //! - [`refs`]: references to earlier outputs (`${steps.classify.output.label}`), prompt
 //!   templates, route conditions.
 //! - [`error`]: the one error taxonomy.
@@ -22,11 +25,6 @@
 //!   the trace attribute names.
 //! - [`stats`]: the stats aggregates a run adds to its hour buckets, and the latency histogram.
 //! - [`upload`]: client uploads (declarations, `{"$upload"}` references, decoding for models).
-//! - [`attempt`]: what one attempt cost and who answered it, as `settle` and `cascade` apply it.
-//! - [`cascade`]: cost-aware model choice — cascade tiers, escalation, `select` cases.
-//! - [`judge`]: a `validate` step's judge (the verdict and when it passes).
-//! - [`budget`]: whether a model call may start under the run's `budget.max_cost_usd`.
-//! - [`retry`]: backoff arithmetic with deterministic jitter.
 //! - [`schema`]: JSON Schema checks, without network resolvers.
 //! - [`rerun`]: which steps a rerun runs again and which results it reuses.
 //! - [`batch`]: an SQS batch of wake-ups, each run handled once per batch.
@@ -36,13 +34,10 @@
 //! No tokio, no AWS, no HTTP: CI fails if `cargo tree -p switchyard-core` shows any of them.
 
 pub mod asset;
-pub mod attempt;
 pub mod batch;
-pub mod budget;
-pub mod cascade;
 pub mod drive;
 pub mod error;
-pub mod judge;
+pub mod machine;
 pub mod model;
 pub mod outbound;
 pub mod planner;
@@ -51,9 +46,7 @@ pub mod presign;
 pub mod recovery;
 pub mod refs;
 pub mod rerun;
-pub mod retry;
 pub mod schema;
-pub mod settle;
 pub mod state;
 pub mod stats;
 pub mod telemetry;

@@ -172,7 +172,7 @@ pub trait Provider: Send + Sync {
 
     /// What `usage` costs on `model` at this provider's list prices, when it prices by
     /// tokens: what a cascade's top model would have charged for a call another tier
-    /// answered (`crate::cascade`). `None`: this provider does not price that way.
+    /// answered (`crate::machine::cascade`). `None`: this provider does not price that way.
     fn price_usd(&self, _model: &str, _usage: Usage) -> Option<f64> {
         None
     }

@@ -400,14 +400,14 @@ pub struct StepRecord {
     pub repairs: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalDecision>,
-    /// Cascade steps: each move to the next tier, oldest first (`crate::cascade`).
+    /// Cascade steps: each move to the next tier, oldest first (`crate::machine::cascade`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub escalations: Vec<Escalation>,
     /// Cascade steps: what the cascade's top model would have charged, at the price table's
     /// rates, for the calls the step made — the cost of "always use the top model".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_usd: Option<f64>,
-    /// Steps with `select`: the model chosen and why (`crate::cascade::select`).
+    /// Steps with `select`: the model chosen and why (`crate::machine::cascade::select`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selected: Option<Selection>,
     /// Attempts lost to the platform (their worker died before checkpointing): retried
@@ -419,7 +419,7 @@ pub struct StepRecord {
     /// never run again for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub download: Option<AssetDownload>,
-    /// Validate steps with a judge: the score of the last verdict (`crate::judge`), which
+    /// Validate steps with a judge: the score of the last verdict (`crate::machine::judge`), which
     /// stats average per step, model and prompt version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge_score: Option<f64>,
@@ -608,7 +608,7 @@ pub enum EventKind {
     StepFailed,
     StepRetryScheduled,
     StepFallback,
-    /// A cascade passed a tier's answer over for the next tier's (`crate::cascade`).
+    /// A cascade passed a tier's answer over for the next tier's (`crate::machine::cascade`).
     StepEscalated,
     StepWaiting,
     StepSkipped,

@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::Duration;
 use switchyard_core::ports::{CallbackSender, Inbox, Message, QueueName};
+use switchyard_core::state::WakeUp;
 use switchyard_core::{recovery, Millis};
 
 /// Hides the records still in hand for another [`recovery::HOLD_MS`]. A failed extension is
@@ -52,6 +53,10 @@ pub struct BatchReport {
     pub failures: Vec<String>,
     /// Each run handled, with what it came to (worker batches).
     pub handled: Vec<(String, Handled)>,
+    /// Each wake-up record, with what its run's one handling came to (worker batches).
+    pub wakes: Vec<(WakeUp, Handled)>,
+    /// Why each failed handling failed (a host that treats a failure as a bug reports it).
+    pub errors: Vec<String>,
 }
 
 fn parse(queue: QueueName, r: &Record, failures: &mut Vec<String>) -> Option<Message> {
@@ -125,8 +130,17 @@ impl Engine {
             .collect();
         for (g, result) in groups.iter().zip(results) {
             match result {
-                Ok(h) => report.handled.push((g.wake.run_id.clone(), h)),
+                Ok(h) => {
+                    report.wakes.extend(g.records.iter().filter_map(|&i| {
+                        wakes
+                            .iter()
+                            .find(|(j, _)| *j == i)
+                            .map(|(_, w)| (w.clone(), h.clone()))
+                    }));
+                    report.handled.push((g.wake.run_id.clone(), h));
+                }
                 Err(e) => {
+                    report.errors.push(format!("run {}: {e}", g.wake.run_id));
                     tracing::warn!(run_id = %g.wake.run_id, error = %e, "wake-up failed; its records come back");
                     give_back.extend(
                         g.records
@@ -183,10 +197,20 @@ impl Engine {
                         }
                         true
                     }
-                    Disposition::DeadLetter => true,
+                    // Visible again at once: the next receive finds it past the queue's
+                    // receive limit and dead-letters it.
+                    Disposition::DeadLetter => {
+                        if let Err(e) = inbox.change_visibility(&r.receipt, 0).await {
+                            tracing::warn!(error = %e, "visibility change failed; the notification dead-letters at its timeout");
+                        }
+                        true
+                    }
                 },
                 Err(e) => {
                     tracing::warn!(run_id = %n.run_id, error = %e, "notification failed; it comes back");
+                    if let Err(e) = inbox.change_visibility(&r.receipt, recovery::retry_delay_ms(r.receive_count)).await {
+                        tracing::debug!(error = %e, "could not give a failed notification back early");
+                    }
                     true
                 }
             };

@@ -1,9 +1,10 @@
 //! Decisions from outside the worker: approvals, cancellation, and taking over a run whose
 //! worker died. Each writes state with a condition first, then wakes the run.
 
+use crate::exec::ActionCtx;
 use crate::{Engine, EngineError};
 use serde_json::json;
-use switchyard_core::settle;
+use switchyard_core::machine::Event;
 use switchyard_core::state::{EventKind, HistoryEvent, RunStatus, StepStatus, WakeReason};
 use switchyard_core::workflow::StepKind;
 use switchyard_core::StoreError;
@@ -69,8 +70,13 @@ impl Engine {
                 )));
             }
         };
-        let (mut r, ev) = settle::decide(&rec, approved, comment, self.now());
-        self.write_step(&wf, run_id, &mut r, &[ev]).await?;
+        let event = Event::Decided {
+            rec,
+            approved,
+            comment,
+        };
+        let cx = ActionCtx::outside(&wf, run_id, &self.config.owner);
+        self.step_event(&cx, step, event).await?;
         self.due_now(run_id).await?;
         self.wake(run_id, WakeReason::Approval, 0).await?;
         Ok(())

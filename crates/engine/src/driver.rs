@@ -1,5 +1,6 @@
-//! The in-process driver: receive → [`Engine::handle`] → ack (or hand back for a retry), plus
-//! delivery of the webhooks an in-process provider schedules. `switchyard run` / `resume`, the
+//! The in-process driver: the host loop's receive → handle → ack ([`host::invoke_once`])
+//! round by round until one run rests, plus delivery of the webhooks an in-process provider
+//! schedules. `switchyard run` / `resume`, the
 //! engine tests, the benchmark and `switchyard dev` all drive runs with this one loop; on AWS
 //! the SQS trigger does the receiving and the worker function the handling.
 //!
@@ -7,6 +8,7 @@
 //! ([`switchyard_core::drive::after_round`]); this file only does the I/O. How the driver waits
 //! is a [`Pause`], so tests move a manual clock instead of sleeping.
 
+use crate::host::{self, Function};
 use crate::webhook::CallbackRequest;
 use crate::worker::Handled;
 use crate::{Engine, EngineError};
@@ -16,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_core::drive::{self, Look, Next};
 use switchyard_core::model::{CallbackSource, ScheduledCallback};
-use switchyard_core::ports::{Inbox, Message};
+use switchyard_core::ports::Inbox;
 use switchyard_core::state::{RunStatus, WakeUp};
 use switchyard_core::{Millis, StoreError};
 use tokio::sync::Notify;
@@ -52,8 +54,8 @@ pub struct Options {
     pub batch: usize,
     /// How long a received message stays hidden while it is handled.
     pub visibility_ms: u64,
-    /// A wake-up whose handling failed comes back this soon (a busy database or a
-    /// conflicting writer clears in milliseconds; the whole visibility timeout is too long).
+    /// A receive that found the database busy is tried again this soon (a wake-up whose
+    /// handling failed comes back after `recovery::retry_delay_ms`, as on every host).
     pub retry_ms: u64,
     /// Look at the run at least this often while waiting: another process sharing the backend
     /// may drive it. `None`: this driver is the only one (tests).
@@ -249,45 +251,31 @@ impl Driver {
         Ok(Round { handled, delivered })
     }
 
-    /// Receives once from the work queue and handles what came: ack on success; on failure
-    /// the message comes back after [`Options::retry_ms`] (or, strict, the drive fails).
+    /// Receives once from the work queue and handles what came, through the host loop
+    /// ([`host::invoke_once`]): acked on success; a failed wake-up comes back after
+    /// `recovery::retry_delay_ms` (or, strict, the drive fails).
     pub async fn pump(&self) -> Result<Vec<(WakeUp, Handled)>, EngineError> {
-        let mut out = Vec::new();
-        let deliveries = match self
-            .work
-            .receive(self.opts.batch, self.opts.visibility_ms)
-            .await
-        {
-            Ok(d) => d,
-            // Another process holds the database past its busy timeout: nothing received
-            // this round; the next one tries again.
-            Err(StoreError::Unavailable(e)) if !self.opts.strict => {
-                tracing::warn!(error = %e, "queue busy; retrying");
-                return Ok(out);
-            }
-            Err(e) => return Err(e.into()),
+        let inv = host::Invocation {
+            batch_size: self.opts.batch,
+            visibility_ms: self.opts.visibility_ms,
+            timeout_ms: None,
         };
-        for d in deliveries {
-            let Message::Wake(wake) = d.message else {
-                // The work inbox only yields wake-ups; anything else is not ours to handle.
-                continue;
+        let invoked =
+            match host::invoke_once(&self.engine, &*self.work, Function::Worker, inv).await {
+                Ok(i) => i,
+                // Another process holds the database past its busy timeout: nothing received
+                // this round; the next one tries again.
+                Err(StoreError::Unavailable(e)) if !self.opts.strict => {
+                    tracing::warn!(error = %e, "queue busy; retrying");
+                    return Ok(Vec::new());
+                }
+                Err(e) => return Err(e.into()),
             };
-            match self.engine.handle(&wake, None).await {
-                Ok(handled) => {
-                    self.work.ack(&d.receipt).await?;
-                    out.push((wake, handled));
-                }
-                Err(e) if self.opts.strict => return Err(e),
-                Err(e) => {
-                    tracing::warn!(run_id = %wake.run_id, error = %e, "wake-up failed; retrying");
-                    self.work
-                        .change_visibility(&d.receipt, self.opts.retry_ms)
-                        .await?;
-                }
-            }
+        if self.opts.strict && !invoked.report.errors.is_empty() {
+            return Err(EngineError::Internal(invoked.report.errors.join("; ")));
         }
         self.collect();
-        Ok(out)
+        Ok(invoked.report.wakes)
     }
 
     /// After a round: what to do next for `run_id` (see [`drive::after_round`]).

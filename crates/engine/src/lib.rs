@@ -6,10 +6,14 @@
 //! - [`uploads`]: client uploads (presigned PUTs, adoption at a run's start, reading for models).
 //! - [`worker`]: handle one wake-up — lease the run, plan, execute ready steps concurrently,
 //!   checkpoint each, and either end the run or schedule the next wake-up.
-//! - `exec`: what executing one step of each kind means (model calls, routes, validation…).
+//! - `exec`: the step machine's interpreter (`switchyard_core::machine` decides; this does the
+//!   I/O each transition asks for and commits its records and history together).
 //! - [`webhook`]: provider callbacks (signature, dedupe, callback token) that finish a waiting
 //!   step and wake the run.
-//! - [`driver`]: the in-process loop (receive → handle → ack) every local entry point shares.
+//! - [`host`]: the one host loop — receive a batch → the worker's or notifier's handler → ack,
+//!   give back or dead-letter — that every host runs (driver, pool, the Lambda harness).
+//! - [`driver`]: drives one run in process, round by round over the host loop, and delivers
+//!   in-process providers' webhooks (`switchyard run`, the engine tests).
 //! - [`control`]: approvals, cancellation, taking over a run whose worker died.
 //! - [`view`]: the run document the CLI and the HTTP API return.
 //! - [`series`]: the stats buckets hour by hour (the console's charts).
@@ -22,7 +26,8 @@
 //!   retried, dead-lettered after the last attempt).
 //! - [`batch`]: SQS batches as the worker and notifier functions receive them (each run once
 //!   per batch, partial batch failures).
-//! - [`pool`]: `switchyard dev`'s long-running worker loops over the queues.
+//! - [`pool`]: `switchyard dev`'s long-running host loops over the queues, the callback
+//!   deliveries and the sweep.
 //! - [`recovery`]: the stuck-run sweep (runs due for attention too long ago are woken again).
 //! - [`rerun`]: rerun an ended run from a step, single and in bulk.
 //! - [`deadletters`]: the queues' dead letters joined to their runs; redrive.
@@ -38,6 +43,7 @@ pub mod deadletters;
 pub mod driver;
 pub mod error;
 mod exec;
+pub mod host;
 pub mod http;
 pub mod intake;
 pub mod notifier;

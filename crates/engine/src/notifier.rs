@@ -293,7 +293,7 @@ impl Engine {
             "status": h.status,
             "output": self.public_output(h.output.as_ref()).await?,
             "error": h.error,
-            "cost_usd": switchyard_core::budget::round_usd(snap.cost_usd()),
+            "cost_usd": switchyard_core::machine::budget::round_usd(snap.cost_usd()),
             "usage": snap.usage(),
             "links": {"self": format!("/v1/runs/{}", h.run_id), "events": format!("/v1/runs/{}/events", h.run_id)},
         });

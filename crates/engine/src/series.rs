@@ -15,7 +15,7 @@ use crate::stats::StatsQuery;
 use crate::EngineError;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use switchyard_core::budget::round_usd as usd;
+use switchyard_core::machine::budget::round_usd as usd;
 use switchyard_core::ports::StateStore;
 use switchyard_core::stats::{hour_of, names, Bucket, BucketQuery, Counters};
 use switchyard_core::Millis;

@@ -42,7 +42,7 @@
 use crate::{Engine, EngineError};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use switchyard_core::budget::round_usd as usd;
+use switchyard_core::machine::budget::round_usd as usd;
 use switchyard_core::ports::{ListScope, StateStore, MAX_LIST_LIMIT};
 use switchyard_core::state::RunStatus;
 use switchyard_core::stats::{hour_of, names, Bucket, BucketKey, BucketQuery, Counters, Histogram};

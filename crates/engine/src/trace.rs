@@ -16,7 +16,7 @@
 
 use crate::{Engine, EngineError};
 use std::sync::Arc;
-use switchyard_core::judge::Verdict;
+use switchyard_core::machine::judge::Verdict;
 use switchyard_core::model::{ModelRequest, ModelResponse};
 use switchyard_core::planner::Action;
 use switchyard_core::state::{RunHeader, StepRecord, StepStatus, WakeReason};

@@ -4,7 +4,7 @@
 use crate::{Engine, EngineError};
 use serde::Serialize;
 use serde_json::Value;
-use switchyard_core::budget::round_usd as round9;
+use switchyard_core::machine::budget::round_usd as round9;
 use switchyard_core::state::{RunError, RunSnapshot, RunStatus, StepRecord, StepStatus, Usage};
 use switchyard_core::workflow::Workflow;
 use switchyard_core::ErrorClass;

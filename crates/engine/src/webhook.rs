@@ -3,15 +3,17 @@
 //! 2. drop a `webhook-id` seen before (providers deliver at least once);
 //! 3. find the waiting step by run id and step name from the callback URL, and check the
 //!    per-attempt token it carries (a callback for an old attempt is acknowledged, not applied);
-//! 4. settle the step with a conditional write, record the `webhook-id`, wake the run.
+//! 4. hand the answer to the step machine (`Event::Callback`), whose transition is committed
+//!    with a conditional write; record the `webhook-id`; mark the run due and wake it.
 
+use crate::exec::ActionCtx;
 use crate::{trace, Engine, EngineError};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
-use switchyard_core::model::{ModelOutput, ModelResponse, Provider};
-use switchyard_core::settle::{self, AttemptMeta};
-use switchyard_core::state::{EventKind, HistoryEvent, StepRecord, WakeReason};
+use switchyard_core::machine::{settle, Event};
+use switchyard_core::model::{ModelResponse, Provider};
+use switchyard_core::state::{StepRecord, WakeReason};
 use switchyard_core::telemetry::{self, attr, Metric};
 use switchyard_core::webhook;
 use switchyard_core::workflow::{Step, StepKind, Workflow};
@@ -145,26 +147,20 @@ impl Engine {
             _ => return self.not_applied(&dedupe_key, Some(&run_id)).await,
         };
         let (provider, body) = self.callback_input(req)?;
-        let now = self.now();
-        let parsed = parse_for_attempt(provider.as_ref(), step, &rec, &body)?;
-        let received = HistoryEvent::step(
-            now,
-            EventKind::WebhookReceived,
-            &step_id,
-            rec.attempt,
-            json!({"webhook_id": id, "provider": req.provider}),
-        );
-        let (mut r, ev) = match parsed {
+        let result = match parse_for_attempt(provider.as_ref(), step, &rec, &body)? {
             Ok((_, ModelResponse::Pending { .. })) => return Ok(CallbackResult::Progress),
-            Ok((_, ModelResponse::Completed(out))) => {
-                let meta = callback_meta(&out, &rec, now);
-                self.settle_output(&run_id, step, &rec, &out, meta, now)
-                    .await?
-            }
-            Err(err) => settle::fail(step, &rec, err, AttemptMeta::default(), now, &run_id),
+            Ok((_, done)) => Ok(done),
+            Err(err) => Err(err),
         };
-        self.write_step(&wf, &run_id, &mut r, &[received, ev])
-            .await?;
+        let event = Event::Callback {
+            rec,
+            webhook_id: id.to_string(),
+            provider: req.provider.clone(),
+            result,
+        };
+        let cx = ActionCtx::outside(&wf, &run_id, &self.config.owner);
+        self.step_event(&cx, &step_id, event).await?;
+        let now = self.now();
         self.store.record_webhook_id(&dedupe_key, now).await?;
         self.due_now(&run_id).await?;
         self.wake(&run_id, WakeReason::Webhook, 0).await?;
@@ -282,19 +278,6 @@ fn parse_for_attempt(
         }
     }
     Ok(parsed)
-}
-
-/// A callback's answer has no call to time: its latency runs from the attempt's start.
-fn callback_meta(out: &ModelOutput, rec: &StepRecord, now: u64) -> AttemptMeta {
-    AttemptMeta {
-        model: Some(out.model.clone()),
-        cost_usd: out.cost_usd,
-        usage: out.usage,
-        provider_request_id: out.provider_request_id.clone(),
-        sources: out.sources.clone(),
-        latency_ms: now.saturating_sub(rec.started_at.unwrap_or(now)),
-        ..Default::default()
-    }
 }
 
 /// The run, step and per-attempt token the callback URL names.

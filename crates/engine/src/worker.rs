@@ -671,10 +671,8 @@ impl Engine {
             owner: self.config.owner.clone(),
         };
         for r in waiting {
-            if let (Some(step), Some(job)) = (wf.step(&r.step), &r.job) {
-                if let switchyard_core::workflow::StepKind::Model(ms) = &step.kind {
-                    self.cancel_job(&cx, step, ms, r, job).await;
-                }
+            if let Some(step) = wf.step(&r.step) {
+                self.cancel_job(&cx, step, r).await;
             }
         }
     }

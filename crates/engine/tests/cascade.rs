@@ -1,4 +1,4 @@
-//! Engine tests of cost-aware model choice (`switchyard_core::cascade`): cascades that
+//! Engine tests of cost-aware model choice (`switchyard_core::machine::cascade`): cascades that
 //! escalate on a condition of the answer, on an error, on a schema or a judge failing, and
 //! `select` picking a model by the run and the price table's estimate. Whole runs on the
 //! embedded backend with the local models and a manual clock, like `engine.rs`.

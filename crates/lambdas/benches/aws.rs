@@ -4,7 +4,7 @@
 //!
 //! Each of the six examples runs once on moto (`SWITCHYARD_TEST_AWS_ENDPOINT`) through the
 //! same handlers as `tests/emulator.rs` (`switchyard_lambdas::drive`): started through intake's
-//! router, its wake-ups through the worker's batches (`poller` plays the event source mapping),
+//! router, its wake-ups through the worker's batches (the engine's host loop plays the event source mapping),
 //! asset-pipeline's job callbacks through the webhook handler, then an approval. Every SDK
 //! client of that deployment carries a `switchyard_aws::metrics::Meter`; the run's status is
 //! polled through a second, unmetered deployment on the same resources, so the bench's own

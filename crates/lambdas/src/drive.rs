@@ -1,10 +1,9 @@
 //! The functions' handlers invoked in-process, the way Lambda would invoke them, until a run
 //! ends: API Gateway events and API requests through intake's router, the built-in job's
 //! callbacks through the webhook function's handler, and the worker's SQS batches through
-//! [`poller`](crate::poller) (the event source mapping). The emulator tests
+//! the host loop (`switchyard_engine::host`, playing the event source mapping). The emulator tests
 //! (`tests/emulator.rs`) and `make bench-aws` (`benches/aws.rs`) run the examples with it.
 
-use crate::poller::{poll_once, Function, Mapping};
 use crate::Deployment;
 use anyhow::{anyhow, bail, Context, Result};
 use axum::body::Body;
@@ -13,6 +12,7 @@ use lambda_http::tower::ServiceExt;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use switchyard_api::ApiKeys;
+use switchyard_engine::host::{invoke_once, Function, Invocation};
 
 /// The API key the `events/intake-*.json` fixtures carry (tenant `acme`).
 pub const FIXTURE_KEY: &str = "sy_example_key_0123456789abcdef";
@@ -133,7 +133,7 @@ pub async fn work_until_done(
     observer: &axum::Router,
     run_id: &str,
 ) -> Result<Value> {
-    work_until_done_with(worker, observer, run_id, Mapping::default()).await
+    work_until_done_with(worker, observer, run_id, Invocation::default()).await
 }
 
 /// [`work_until_done`] with the event source mapping's settings `mapping` (the worker's
@@ -142,16 +142,15 @@ pub async fn work_until_done_with(
     worker: &Deployment,
     observer: &axum::Router,
     run_id: &str,
-    mapping: Mapping,
+    mapping: Invocation,
 ) -> Result<Value> {
     let mut idle = 0;
     for _ in 0..150 {
-        let polled = poll_once(
+        let polled = invoke_once(
             &worker.engine,
             worker.work.as_ref(),
-            &Function::Worker,
+            Function::Worker,
             mapping,
-            worker.engine.clock.as_ref(),
         )
         .await
         .map_err(|e| anyhow!("polling the work queue: {e}"))?;

@@ -19,8 +19,8 @@
 //!   end of each invocation ([`with_emf`] for the HTTP functions).
 //! - `drive` (cargo feature `harness`, on for this crate's tests and benches only): the
 //!   handlers invoked in-process (intake's router, the webhook handler, the worker's batches
-//!   through `poller`) until a run ends: the emulator tests, `make bench-aws`.
-//! - [`poller`]: the SQS event source mapping's loop, for running the handlers outside Lambda.
+//!   through the engine's host loop, `switchyard_engine::host`, playing the SQS event source
+//!   mapping) until a run ends: the emulator tests, `make bench-aws`.
 //! - [`provision`]: the table, queues and bucket on an emulator, for tests and `dev --backend aws`.
 //! - [`sqs`]: SQS events into engine records, batch reports into `batchItemFailures`.
 //! - [`init_tracing`]: JSON logs (CloudWatch), level from `RUST_LOG`; OTLP traces when
@@ -33,7 +33,6 @@ pub mod deploy;
 #[cfg(feature = "harness")]
 pub mod drive;
 pub mod emf;
-pub mod poller;
 pub mod provision;
 pub mod sqs;
 

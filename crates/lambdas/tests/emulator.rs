@@ -1,7 +1,7 @@
 //! The four functions' handlers on the local AWS emulator (moto at
 //! `SWITCHYARD_TEST_AWS_ENDPOINT`; `make test` starts it): events from `events/` go through the
 //! same router and batch use-cases the Lambda mains run, on DynamoDB, SQS and S3, with the
-//! event source mapping played by `poller` (no emulator here runs Lambda). Each test makes its
+//! event source mapping played by the engine's host loop (no emulator here runs Lambda). Each test makes its
 //! own table, queues and bucket under a unique prefix.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -23,8 +23,8 @@ use std::time::Duration;
 use switchyard_core::ports::{Inbox, Message};
 use switchyard_core::state::{EventKind, WakeReason, WakeUp};
 use switchyard_core::time::SystemClock;
+use switchyard_engine::host::Invocation;
 use switchyard_engine::worker::Handled;
-use switchyard_lambdas::poller::Mapping;
 use switchyard_providers::outbound::CallbackClient;
 
 /// Three quick steps, deterministic: how many times each started is the whole story.
@@ -190,7 +190,7 @@ async fn two_records_of_one_run_in_one_batch_are_handled_once() {
     });
     d.engine.queue.send(&wake, 0).await.unwrap();
 
-    let polled = poll_work(&d, Mapping::default()).await;
+    let polled = poll_work(&d, Invocation::default()).await;
     assert_eq!(polled.received, 2, "{polled:?}");
     assert_eq!(polled.report.handled.len(), 1, "{polled:?}");
     assert!(polled.report.failures.is_empty(), "{polled:?}");
@@ -293,14 +293,14 @@ async fn poisoned_messages_land_in_the_dead_letter_queue() {
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let queue_url = d.resources.work.url.clone();
 
-    // Through the poller: a body that is no wake-up is moved to the DLQ with its reason.
+    // Through the host loop: a body that is no wake-up is moved to the DLQ with its reason.
     sqs.send_message()
         .queue_url(&queue_url)
         .message_body("this is not a wake-up")
         .send()
         .await
         .unwrap();
-    let polled = poll_work(&d, Mapping::default()).await;
+    let polled = poll_work(&d, Invocation::default()).await;
     assert_eq!(polled.received, 0, "{polled:?}");
     let dead = d.work.dead_letters().await.unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
@@ -417,7 +417,7 @@ async fn forged_stale_and_replayed_webhooks_on_the_function_url_change_nothing()
     let api = router(&d);
     let hooks = switchyard_engine::http::hooks_router(d.engine.clone(), None);
     let run = start(&api, "job", json!({"title": "Card", "text": "Hello"})).await;
-    poll_work(&d, Mapping::default()).await;
+    poll_work(&d, Invocation::default()).await;
     let (_, doc) = get(&api, &format!("/v1/runs/{run}")).await;
     assert_eq!(doc["status"], "waiting", "{doc}");
     let mut out = switchyard_lambdas::callbacks::take(&d);
@@ -773,9 +773,9 @@ async fn dynamodb_throttling_ends_in_a_retried_wake_up_not_a_lost_one() {
     // standard policy), then the store answers `rate_limited`, the record is reported
     // failed and stays in the queue.
     throttle.on.store(true, Ordering::SeqCst);
-    let mapping = Mapping {
+    let mapping = Invocation {
         visibility_ms: 1_000,
-        ..Mapping::default()
+        ..Invocation::default()
     };
     let polled = poll_work(&d, mapping).await;
     assert_eq!(polled.received, 1);

@@ -3,9 +3,9 @@
 
 use super::{plan, Action, Outcome, Plan};
 use crate::error::{ErrorClass, StepError};
+use crate::machine::settle::{self, AttemptMeta};
 use crate::model::{ModelInfo, Role};
 use crate::refs;
-use crate::settle::{self, AttemptMeta};
 use crate::state::{
     RunError, RunHeader, RunSnapshot, RunStatus, StepRecord, StepStatus, ValueRef, WaitReason,
     WorkflowPin,

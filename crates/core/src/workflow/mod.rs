@@ -40,7 +40,7 @@ pub mod limits {
 }
 
 /// The first words of a path that a cascade's `escalate_if` may read (checked by the
-/// loader; evaluated by `crate::cascade`): the tier's answer and
+/// loader; evaluated by `crate::machine::cascade`): the tier's answer and
 /// its metadata, besides the run (`input`, `steps`, `run`).
 pub const ESCALATION_ROOTS: &[&str] = &[
     "output",
@@ -192,7 +192,7 @@ pub struct ModelStep {
     /// Provider job + callback instead of an answer in the call.
     pub asynchronous: bool,
     /// A cascade: `models` are its tiers, cheapest first, and an answer that meets one of
-    /// its tier's conditions is passed over for the next tier's (`crate::cascade`).
+    /// its tier's conditions is passed over for the next tier's (`crate::machine::cascade`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cascade: Option<Cascade>,
     /// Model selection: the first `select.len()` entries of `models` are candidates, chosen
@@ -201,7 +201,7 @@ pub struct ModelStep {
     pub select: Option<Vec<Option<Condition>>>,
 }
 
-/// What turns a model step into a cascade (`crate::cascade`).
+/// What turns a model step into a cascade (`crate::machine::cascade`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cascade {
     /// Per tier but the top one: the conditions on its answer that send the step on to the
@@ -300,7 +300,7 @@ pub struct ValidateStep {
     /// Checked first; at least one of `schema` and `judge` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<Value>,
-    /// A model asked for a verdict on values that pass the schema (`crate::judge`).
+    /// A model asked for a verdict on values that pass the schema (`crate::machine::judge`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge: Option<Judge>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -321,7 +321,7 @@ pub struct Repair {
     /// The model step to re-run with the validation errors as feedback.
     pub step: String,
     pub max_attempts: u32,
-    /// A cascade target moves up a tier instead of being re-asked (`crate::cascade`).
+    /// A cascade target moves up a tier instead of being re-asked (`crate::machine::cascade`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub escalate: bool,
 }

@@ -239,7 +239,7 @@ pub(crate) async fn a_hosted_judge_gets_criteria_and_value_apart_and_its_verdict
         assert_eq!(first.prompt_version.as_deref(), Some("policy@1"));
         assert_eq!(
             first.output_schema,
-            Some(switchyard_core::judge::verdict_schema())
+            Some(switchyard_core::machine::judge::verdict_schema())
         );
         let check = h.rec(&run, "check").await;
         assert!(close(check.cost_usd, 0.01 * calls as f64));

@@ -20,10 +20,10 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use support::{close, compile_with, local_price, run_class, H, REASONS, T0};
+use switchyard_core::machine::retry::backoff_ms;
+use switchyard_core::machine::settle;
 use switchyard_core::model::{ModelInfo, ModelRequest, ModelResponse, Provider, Role};
 use switchyard_core::ports::Inbox;
-use switchyard_core::retry::backoff_ms;
-use switchyard_core::settle;
 use switchyard_core::state::{
     EventKind, HistoryEvent, Lease, RunStatus, StepRecord, StepStatus, ValueRef, WaitReason,
     WakeReason, WakeUp,

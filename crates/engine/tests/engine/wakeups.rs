@@ -111,14 +111,16 @@ pub(crate) async fn early_timer_changes_nothing_and_reschedules_then_a_late_one_
     assert_eq!(h.queue.len().await.unwrap(), 2);
     assert_eq!(h.queue.next_visible_at().await.unwrap(), Some(T0 + 2000));
 
-    // A late wake-up (the original timer, 0.5 s after it was due) proceeds.
+    // A late wake-up (the original timer, 0.5 s after it was due) proceeds. The two timers
+    // of the run arrive in one receive: the host loop handles the run once for both, and
+    // each reports that handling (as the worker function does with an SQS batch).
     h.clock.set(T0 + 2500);
     let handled = h.step().await;
     assert_eq!(
         handled,
         [
             Handled::Ended(RunStatus::Succeeded),
-            Handled::AlreadyEnded(RunStatus::Succeeded)
+            Handled::Ended(RunStatus::Succeeded)
         ]
     );
     assert_eq!(start_times(&h, &run, "classify").await, vec![T0, T0 + 2500]);

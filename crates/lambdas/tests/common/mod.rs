@@ -1,5 +1,5 @@
 //! What the emulator tests share: a deployment on moto under a fresh name prefix, the intake
-//! router fed API Gateway v2 events, the worker's event source mapping played by `poller`, and
+//! router fed API Gateway v2 events, the worker's event source mapping played by the engine's host loop, and
 //! the built-in job's callbacks sent through the webhook function's handler.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -13,8 +13,8 @@ use switchyard_core::time::SystemClock;
 use switchyard_core::workflow::{self, FileLoader};
 use switchyard_core::Clock;
 use switchyard_engine::batch::Record;
+use switchyard_engine::host::{invoke_once, Function, Invocation, Invoked};
 use switchyard_engine::{Config, Engine};
-use switchyard_lambdas::poller::{poll_once, Function, Mapping};
 use switchyard_lambdas::{bundle, drive, provision::provision, Deployment};
 
 pub fn endpoint() -> String {
@@ -138,16 +138,10 @@ pub async fn send_callbacks(d: &Deployment) -> usize {
 }
 
 /// One invocation of the worker by the event source mapping.
-pub async fn poll_work(d: &Deployment, mapping: Mapping) -> switchyard_lambdas::poller::Polled {
-    poll_once(
-        &d.engine,
-        d.work.as_ref(),
-        &Function::Worker,
-        mapping,
-        d.engine.clock.as_ref(),
-    )
-    .await
-    .unwrap()
+pub async fn poll_work(d: &Deployment, mapping: Invocation) -> Invoked {
+    invoke_once(&d.engine, d.work.as_ref(), Function::Worker, mapping)
+        .await
+        .unwrap()
 }
 
 /// Polls the work queue like the worker's event source mapping (sending the built-in job's
@@ -160,7 +154,7 @@ pub async fn work_until_done_with(
     d: &Deployment,
     router: &axum::Router,
     run_id: &str,
-    mapping: Mapping,
+    mapping: Invocation,
 ) -> Value {
     drive::work_until_done_with(d, router, run_id, mapping)
         .await
@@ -209,18 +203,17 @@ pub async fn approve(router: &axum::Router, run: &Value) {
 pub async fn poll_notify(
     d: &Deployment,
     client: &switchyard_providers::outbound::CallbackClient,
-) -> switchyard_lambdas::poller::Polled {
-    let mapping = Mapping {
+) -> Invoked {
+    let mapping = Invocation {
         batch_size: 10,
         visibility_ms: 180_000,
-        function_timeout_ms: 30_000,
+        timeout_ms: Some(30_000),
     };
-    poll_once(
+    invoke_once(
         &d.engine,
         d.notify.as_ref(),
-        &Function::Notifier(client),
+        Function::Notifier(client),
         mapping,
-        d.engine.clock.as_ref(),
     )
     .await
     .unwrap()

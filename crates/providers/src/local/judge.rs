@@ -228,7 +228,7 @@ mod tests {
             assert_eq!(v["pass"], json!(pass), "case {i}");
             assert_eq!(v["score"], json!(score), "case {i}");
             assert_eq!(v["reasons"], json!(reasons), "case {i}");
-            switchyard_core::judge::read(&json!({"json": v})).unwrap();
+            switchyard_core::machine::judge::read(&json!({"json": v})).unwrap();
         }
     }
 

@@ -88,7 +88,7 @@ pub(super) fn read_judge(
     if m.asynchronous {
         cx.err(&join(path, "model"), "a judge must answer synchronously");
     }
-    m.output_schema = Some(crate::judge::verdict_schema());
+    m.output_schema = Some(crate::machine::judge::verdict_schema());
     let min_score = match j.get("min_score") {
         None => None,
         Some(v) => match v.as_f64() {

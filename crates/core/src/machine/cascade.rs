@@ -15,9 +15,9 @@
 //!
 //! Both reuse the route conditions of [`crate::refs::Condition`]; only the scope differs.
 
-use crate::attempt::{apply_meta, AttemptMeta};
-use crate::budget::round_usd;
 use crate::error::StepError;
+use crate::machine::attempt::{apply_meta, AttemptMeta};
+use crate::machine::budget::round_usd;
 use crate::refs::{lookup, Condition};
 use crate::state::{Escalation, EventKind, HistoryEvent, Selection, StepRecord, StepStatus};
 use crate::time::Millis;

@@ -1,14 +1,14 @@
-//! The other half of the state machine: how one attempt's outcome changes a step record.
+//! The step machine's record transitions: how one attempt's outcome changes a step record.
 //!
-//! The worker executes what the planner asked for, then calls one of these functions to get
-//! the record (and history event) to write. Retry, backoff, fallback, waits and repairs are
-//! all decided here, without I/O, so every transition is table-testable.
+//! `machine::handle` decides which transition an event makes and calls one of these for the
+//! record (and history event) to commit. Retry, backoff, fallback, waits, downloads, decisions
+//! and repairs are all computed here, without I/O, so every transition is table-testable.
 
-use crate::attempt::apply_meta;
-pub use crate::attempt::AttemptMeta;
 use crate::error::{ErrorClass, StepError};
+use crate::machine::attempt::apply_meta;
+pub use crate::machine::attempt::AttemptMeta;
+use crate::machine::retry::backoff_ms;
 use crate::model::split_model;
-use crate::retry::backoff_ms;
 use crate::state::{
     ApprovalDecision, AssetDownload, EventKind, HistoryEvent, JobRef, StepRecord, StepStatus,
     ValueRef,
@@ -201,7 +201,7 @@ pub fn fail(
             r.feedback.clear();
             r.model = current_model(step, &r);
             if chain.cascade.is_some() {
-                crate::cascade::note_error_escalation(&mut r, from.clone(), &err, now);
+                crate::machine::cascade::note_error_escalation(&mut r, from.clone(), &err, now);
             }
             let ev = HistoryEvent::step(
                 now,
@@ -472,7 +472,7 @@ pub fn request_repair(
     // with the problems like any repair.
     let first = errors.first().map_or(String::new(), |e| format!(": {e}"));
     let escalated = match (repair.escalate, target_step.and_then(Step::call)) {
-        (true, Some(ms)) => crate::cascade::escalate_for_repair(
+        (true, Some(ms)) => crate::machine::cascade::escalate_for_repair(
             ms,
             target_rec,
             &format!("`{}`: {why}{first}", step.id),
