@@ -15,6 +15,7 @@ use std::collections::{HashMap, HashSet};
 /// Step records by step name, as actions read them.
 type Records = HashMap<String, StepRecord>;
 use std::sync::Arc;
+use switchyard_core::machine;
 use switchyard_core::planner::{self, Outcome, Plan};
 use switchyard_core::ports::Message;
 use switchyard_core::state::{
@@ -48,19 +49,6 @@ pub enum Handled {
 /// How many times a conflicting or failed write makes the worker reload and re-plan before
 /// giving up (the wake-up is then retried by the queue).
 const MAX_CONFLICTS: usize = 8;
-
-/// Step claims this `handle` call made and no longer drives (after a failed or conflicting
-/// write nothing of it is in flight): the claim's write landed but its answer was lost, or
-/// the call was made and its checkpoint was lost. Either way nobody is running that attempt,
-/// so it is expired now — settled as a lost attempt and retried under its policy — instead
-/// of when the claim's lease ends.
-fn expire_orphaned_claims(snap: &mut RunSnapshot, owner: &str, now: Millis) {
-    for r in &mut snap.steps {
-        if r.status == StepStatus::Running && r.lease_owner.as_deref() == Some(owner) {
-            r.lease_until = Some(now);
-        }
-    }
-}
 
 /// What handling a wake-up came to, on its span.
 fn record_handled(span: &tracing::Span, handled: &Result<Handled, EngineError>) {
@@ -251,7 +239,7 @@ impl Engine {
                 self.renotify_if_lost(&snap.header).await?;
                 return Ok(Handled::AlreadyEnded(snap.header.status));
             }
-            expire_orphaned_claims(&mut snap, &owner, self.now());
+            machine::end_orphaned_claims(&mut snap.steps, &owner, self.now());
         }
     }
 
@@ -478,12 +466,10 @@ impl Engine {
             if let Ok(mut l) = ledger.lock() {
                 l.settle(&r.step, r.cost_usd - before);
             }
-            let opened_gate = r.status == StepStatus::Waiting
-                && snap.step(&r.step).map(|o| (o.status, o.attempt)) != Some((r.status, r.attempt))
-                && wf
-                    .step(&r.step)
-                    .is_some_and(|s| matches!(s.kind, StepKind::Approval(_)));
-            if opened_gate {
+            let gate = wf
+                .step(&r.step)
+                .is_some_and(|s| matches!(s.kind, StepKind::Approval(_)));
+            if gate && machine::opened_gate(snap.step(&r.step), &r) {
                 if let Err(e) = self.notify_approval(&snap.header, &r.step, r.attempt).await {
                     failure.get_or_insert(e);
                 }

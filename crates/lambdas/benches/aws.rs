@@ -3,7 +3,7 @@
 //! us-east-1 on-demand list prices. Figures, not assertions.
 //!
 //! Each of the six examples runs once on moto (`SWITCHYARD_TEST_AWS_ENDPOINT`) through the
-//! same handlers as `tests/emulator.rs` (`switchyard_lambdas::drive`): started through intake's
+//! same handlers as `tests/emulator.rs` (`switchyard_lambdas::harness`): started through intake's
 //! router, its wake-ups through the worker's batches (the engine's host loop plays the event source mapping),
 //! asset-pipeline's job callbacks through the webhook handler, then an approval. Every SDK
 //! client of that deployment carries a `switchyard_aws::metrics::Meter`; the run's status is
@@ -21,7 +21,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use switchyard_aws::metrics::{Meter, Usage};
-use switchyard_lambdas::drive;
+use switchyard_lambdas::harness;
 use switchyard_lambdas::{provision::provision, Clients, Deployment};
 
 const EXAMPLES: [&str; 6] = [
@@ -133,15 +133,15 @@ async fn run_example(
 ) -> Result<Figures> {
     let input: Value = serde_json::from_str(&fixture(&format!("inputs/{name}.json"))?)?;
     meter.take();
-    let run_id = drive::start(api, name, input).await?;
-    let mut run = drive::work_until_done(metered, observer, &run_id).await?;
+    let run_id = harness::start(api, name, input).await?;
+    let mut run = harness::work_until_done(metered, observer, &run_id).await?;
     if name == "asset-pipeline" {
         // Its job finished through the webhook handler; now a person approves.
         if run["status"] != "waiting" {
             bail!("{name}: expected a run waiting for approval, got {run}");
         }
-        drive::approve(api, &run).await?;
-        run = drive::work_until_done(metered, observer, &run_id).await?;
+        harness::approve(api, &run).await?;
+        run = harness::work_until_done(metered, observer, &run_id).await?;
     }
     let usage = meter.take();
     let steps = run["steps"]
@@ -265,11 +265,11 @@ async fn bench(endpoint: &str) -> Result<()> {
     let metered = Deployment::with_clients(
         Clients::with_interceptor(&sdk, resources.s3_path_style, meter.clone()),
         resources.clone(),
-        drive::fixture_settings(),
+        harness::fixture_settings(),
     )?;
-    let observer = Deployment::with_settings(&sdk, resources, drive::fixture_settings())?;
-    let api = drive::api_router(&metered)?;
-    let observer_api = drive::api_router(&observer)?;
+    let observer = Deployment::with_settings(&sdk, resources, harness::fixture_settings())?;
+    let api = harness::api_router(&metered)?;
+    let observer_api = harness::api_router(&observer)?;
     println!(
         "# AWS requests per step on moto at {endpoint} (table, queues, bucket `{prefix}-*`)\n"
     );

@@ -17,7 +17,7 @@
 //! - [`bundle`]: the workflows compiled into the binary (`build.rs`).
 //! - [`emf`]: the engine's metrics as CloudWatch Embedded Metric Format lines, flushed at the
 //!   end of each invocation ([`with_emf`] for the HTTP functions).
-//! - `drive` (cargo feature `harness`, on for this crate's tests and benches only): the
+//! - `harness` (cargo feature `harness`, on for this crate's tests and benches only): the
 //!   handlers invoked in-process (intake's router, the webhook handler, the worker's batches
 //!   through the engine's host loop, `switchyard_engine::host`, playing the SQS event source
 //!   mapping) until a run ends: the emulator tests, `make bench-aws`.
@@ -30,9 +30,9 @@
 pub mod bundle;
 pub mod callbacks;
 pub mod deploy;
-#[cfg(feature = "harness")]
-pub mod drive;
 pub mod emf;
+#[cfg(feature = "harness")]
+pub mod harness;
 pub mod provision;
 pub mod sqs;
 

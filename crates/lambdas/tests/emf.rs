@@ -23,7 +23,7 @@ use std::time::Duration;
 use switchyard_core::state::EventKind;
 use switchyard_engine::batch::Record;
 use switchyard_lambdas::provision::provision;
-use switchyard_lambdas::{drive, Deployment};
+use switchyard_lambdas::{harness, Deployment};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, Mutex};
 
@@ -200,7 +200,7 @@ async fn the_worker_binary_writes_valid_emf_that_matches_the_history() {
     let endpoint = common::endpoint();
     let sdk = switchyard_aws::emulator_config(&endpoint).await;
     let resources = provision(&sdk, &common::unique_prefix()).await.unwrap();
-    let mut settings = drive::fixture_settings();
+    let mut settings = harness::fixture_settings();
     settings.insert(
         "SWITCHYARD_WEBHOOK_SECRET".into(),
         "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),

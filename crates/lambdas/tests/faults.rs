@@ -879,3 +879,131 @@ async fn the_sweep_finds_a_run_whose_start_was_lost() {
         "an ended run is not woken: {swept:?}"
     );
 }
+
+/// A retry, a step after it and a transform: the retry's timer is a delayed SQS message.
+const FLAKY_PAIR: &str = r#"
+name: flaky-pair
+version: "1"
+defaults:
+  retry: {max_attempts: 3, initial_backoff: 100ms, jitter: false}
+steps:
+  - id: first
+    model: local/template-generator
+    input: {text: "${input.text}"}
+    params: {template: "first={{ input.text }}", fault: {kind: transient, times: 1}}
+  - id: second
+    model: local/template-generator
+    input: {text: "${steps.first.output.text}"}
+    params: {template: "second={{ input.text }}"}
+  - {id: out, kind: transform, value: "${steps.second.output.text}"}
+"#;
+
+/// Each step's (status, attempts, output) as `GET /v1/runs/{id}` shows it.
+fn step_summary(doc: &Value) -> Vec<(Value, Value, Value)> {
+    doc["steps"]
+        .as_array()
+        .map(|steps| {
+            steps
+                .iter()
+                .map(|s| {
+                    (
+                        s["status"].clone(),
+                        s["attempts"].clone(),
+                        s["output"].clone(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Drives `run` through the worker's batches, sending the extra wake-ups `inject` lists for
+/// each round (reason, delay in seconds) before it; returns the run's document once it ended.
+async fn drive_injecting(
+    d: &switchyard_lambdas::Deployment,
+    api: &axum::Router,
+    run: &str,
+    inject: &[(usize, WakeReason, u32)],
+) -> Value {
+    let inv = Invocation {
+        visibility_ms: 5_000,
+        ..Invocation::default()
+    };
+    for round in 0..200 {
+        for (_, reason, delay_s) in inject.iter().filter(|(at, _, _)| *at == round) {
+            let wake = Message::Wake(WakeUp {
+                run_id: run.to_string(),
+                reason: *reason,
+                due_at: None,
+            });
+            d.engine
+                .queue
+                .send(&wake, u64::from(*delay_s) * 1000)
+                .await
+                .unwrap();
+        }
+        let polled = poll_work(d, inv).await;
+        let (_, doc) = get(api, &format!("/v1/runs/{run}")).await;
+        if matches!(doc["status"].as_str(), Some("succeeded" | "failed")) {
+            return doc;
+        }
+        if polled.received == 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    panic!("run {run} did not end");
+}
+
+/// The machine's property on the emulator: duplicated, reordered and late wake-ups — any
+/// reason, at any round, now or a second later, and again after the run ended — end the run in
+/// the state a clean run ends in, each attempt started once. (The same property runs on the
+/// embedded backend in `crates/engine/tests/engine/property.rs`, and over the step machine
+/// itself with every kind of event in `crates/core/src/machine/tests.rs`.) Few cases: each is
+/// a run on moto with real SQS delays.
+#[test]
+fn duplicated_late_and_reordered_wake_ups_end_the_same_on_the_emulator() {
+    use proptest::prelude::*;
+    const REASONS: [WakeReason; 5] = [
+        WakeReason::Start,
+        WakeReason::Timer,
+        WakeReason::Resume,
+        WakeReason::Retry,
+        WakeReason::Recover,
+    ];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (want, _) = rt.block_on(async {
+        let d = deployment_for(&[FLAKY_PAIR], &[]).await;
+        let api = router(&d);
+        let run = start(&api, "flaky-pair", json!({"text": "p"})).await;
+        let doc = drive_injecting(&d, &api, &run, &[]).await;
+        assert_eq!(doc["status"], "succeeded", "{doc}");
+        (step_summary(&doc), doc)
+    });
+    let config = ProptestConfig {
+        cases: 3,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let plan = prop::collection::vec((0usize..6, 0usize..REASONS.len(), 0u32..2), 1..8);
+    proptest!(config, |(plan in plan)| {
+        let inject: Vec<(usize, WakeReason, u32)> =
+            plan.iter().map(|(at, r, delay)| (*at, REASONS[*r], *delay)).collect();
+        rt.block_on(async {
+            let d = deployment_for(&[FLAKY_PAIR], &[]).await;
+            let api = router(&d);
+            let run = start(&api, "flaky-pair", json!({"text": "p"})).await;
+            let doc = drive_injecting(&d, &api, &run, &inject).await;
+            assert_eq!(step_summary(&doc), want, "{inject:?}: {doc}");
+            assert_eq!(started(&d, &run, "first").await, 2, "{inject:?}");
+            each_step_started_once(&d, &run, &["second"]).await;
+            // The same wake-ups once more, after the end: acknowledged, nothing changes.
+            let events = history(&d, &run).await.len();
+            let late: Vec<(usize, WakeReason, u32)> =
+                inject.iter().map(|(_, r, _)| (0, *r, 0)).collect();
+            drive_injecting(&d, &api, &run, &late).await;
+            let polled = poll_work(&d, Invocation::default()).await;
+            assert!(polled.report.failures.is_empty(), "{polled:?}");
+            assert_eq!(history(&d, &run).await.len(), events, "{inject:?}");
+        });
+    });
+}

@@ -36,14 +36,17 @@ pub(super) fn answered(
         return Err("not a model call".into());
     };
     let req = &call.request;
+    // Who answered (or, with no answer, who was asked), at the call's latency.
     let meta = |out: Option<&ModelOutput>| AttemptMeta {
-        model: Some(out.map_or(req.model.clone(), |o| o.model.clone())),
         prompt_version: req.prompt_version.clone(),
         latency_ms: call.latency_ms,
-        cost_usd: out.map_or(0.0, |o| o.cost_usd),
-        usage: out.and_then(|o| o.usage),
-        provider_request_id: out.and_then(|o| o.provider_request_id.clone()),
-        sources: out.map(|o| o.sources.clone()).unwrap_or_default(),
+        ..out.map_or_else(
+            || AttemptMeta {
+                model: Some(req.model.clone()),
+                ..AttemptMeta::default()
+            },
+            answered_by,
+        )
     };
     let claimed = &call.claimed;
     Ok(match result {
@@ -116,6 +119,18 @@ pub(super) fn answered(
             fail(cx, step, claimed, err, meta(None)).noted(note)
         }
     })
+}
+
+/// What an answer says about its attempt: who answered, what it cost, its sources.
+fn answered_by(out: &ModelOutput) -> AttemptMeta {
+    AttemptMeta {
+        model: Some(out.model.clone()),
+        cost_usd: out.cost_usd,
+        usage: out.usage,
+        provider_request_id: out.provider_request_id.clone(),
+        sources: out.sources.clone(),
+        ..AttemptMeta::default()
+    }
 }
 
 /// The attempt failed: retry, fall back or fail, per the step's policy.
@@ -353,15 +368,7 @@ pub(super) fn polled(
     Ok(
         match settle::after_poll(&result, past_deadline, &ms.wait_timeout) {
             settle::PollNext::Settle(out) => {
-                let meta = AttemptMeta {
-                    model: Some(out.model.clone()),
-                    cost_usd: out.cost_usd,
-                    usage: out.usage,
-                    provider_request_id: out.provider_request_id.clone(),
-                    sources: out.sources.clone(),
-                    ..Default::default()
-                };
-                output(cx, step, &rec, out, meta, None, vec![polled_ev])
+                output(cx, step, &rec, out, answered_by(out), None, vec![polled_ev])
             }
             settle::PollNext::PollAgain => {
                 let r = settle::poll_again(&rec, now + cx.limits.default_poll_ms);
@@ -414,13 +421,8 @@ pub(super) fn callback(
         }
         Ok(ModelResponse::Completed(out)) => {
             let meta = AttemptMeta {
-                model: Some(out.model.clone()),
-                cost_usd: out.cost_usd,
-                usage: out.usage,
-                provider_request_id: out.provider_request_id.clone(),
-                sources: out.sources.clone(),
                 latency_ms: now.saturating_sub(rec.started_at.unwrap_or(now)),
-                ..Default::default()
+                ..answered_by(&out)
             };
             output(cx, step, &rec, &out, meta, None, vec![received])
         }

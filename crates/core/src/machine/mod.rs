@@ -450,6 +450,26 @@ impl Event {
     }
 }
 
+/// Claims `owner` made that nothing drives any more (after a failed or conflicting write
+/// nothing of its `handle` call is in flight): the claim's write landed but its answer was
+/// lost, or the call was made and its checkpoint was lost. Nobody runs those attempts, so
+/// their claims end now — the planner expires them (a lost attempt, retried under its
+/// policy) instead of waiting for the lease.
+pub fn end_orphaned_claims(steps: &mut [StepRecord], owner: &str, now: Millis) {
+    for r in steps {
+        if matches!(StepState::read(r), Ok(StepState::Claimed { owner: o, .. }) if o == owner) {
+            r.lease_until = Some(now);
+        }
+    }
+}
+
+/// Whether `new` opened an approval gate — its step waits on an approval at an attempt `old`
+/// did not — so the gate's notification is due (one per gate attempt).
+pub fn opened_gate(old: Option<&StepRecord>, new: &StepRecord) -> bool {
+    matches!(StepState::read(new), Ok(StepState::WaitingApproval { .. }))
+        && old.map(|o| (o.status, o.attempt)) != Some((new.status, new.attempt))
+}
+
 /// The state's shape, without its data: what [`handle`] checks an event against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {

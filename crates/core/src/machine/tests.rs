@@ -762,3 +762,42 @@ fn the_simulated_runs_take_every_path() {
     assert!(noisy.conflicts > 0, "duplicates were delivered");
     assert_eq!(noisy.summary(), clean.summary());
 }
+
+/// Claims of the given owner end now; others' claims and other states are left alone.
+#[test]
+fn orphaned_claims_end_now_and_only_the_owners() {
+    let claim = |owner: &str| {
+        let mut r = with_status(StepStatus::Running);
+        r.lease_owner = Some(owner.into());
+        r
+    };
+    let mut steps = vec![
+        claim("me"),
+        claim("other"),
+        with_status(StepStatus::Retrying),
+    ];
+    let before = steps.clone();
+    end_orphaned_claims(&mut steps, "me", 42);
+    assert_eq!(steps[0].lease_until, Some(42));
+    assert_eq!(steps[1..], before[1..]);
+}
+
+/// A gate's notification is due once per attempt that opens it.
+#[test]
+fn a_gate_opens_once_per_attempt() {
+    let mut open = with_status(StepStatus::Waiting);
+    open.job = None;
+    let mut next = open.clone();
+    next.attempt = 2;
+    let pending = StepRecord::pending("draft");
+    let table: Vec<(Option<&StepRecord>, &StepRecord, bool)> = vec![
+        (None, &open, true),
+        (Some(&pending), &open, true),
+        (Some(&open), &open, false),
+        (Some(&open), &next, true),
+        (Some(&pending), &pending, false),
+    ];
+    for (i, (old, new, want)) in table.into_iter().enumerate() {
+        assert_eq!(opened_gate(old, new), want, "row {i}");
+    }
+}

@@ -15,7 +15,7 @@ use switchyard_core::Clock;
 use switchyard_engine::batch::Record;
 use switchyard_engine::host::{invoke_once, Function, Invocation, Invoked};
 use switchyard_engine::{Config, Engine};
-use switchyard_lambdas::{bundle, drive, provision::provision, Deployment};
+use switchyard_lambdas::{bundle, harness, provision::provision, Deployment};
 
 pub fn endpoint() -> String {
     switchyard_contract::emulator_endpoint()
@@ -38,7 +38,7 @@ pub fn unique_prefix() -> String {
 pub async fn deployment_with(extra: &[(&str, &str)]) -> Deployment {
     let sdk = switchyard_aws::emulator_config(&endpoint()).await;
     let resources = provision(&sdk, &unique_prefix()).await.unwrap();
-    let mut settings = drive::fixture_settings();
+    let mut settings = harness::fixture_settings();
     for (k, v) in extra {
         settings.insert((*k).to_string(), (*v).to_string());
     }
@@ -103,38 +103,38 @@ pub fn rewire(
 }
 
 pub fn router(d: &Deployment) -> axum::Router {
-    drive::api_router(d).unwrap()
+    harness::api_router(d).unwrap()
 }
 
 /// An API Gateway v2 event (or a function URL's, the same shape) through `router`, as
 /// `lambda_http` hands it over on Lambda.
 pub async fn invoke_http(router: &axum::Router, event: &str) -> (u16, http::HeaderMap, Value) {
-    drive::intake_event(router, event).await.unwrap()
+    harness::intake_event(router, event).await.unwrap()
 }
 
 pub async fn get(router: &axum::Router, path: &str) -> (u16, Value) {
-    drive::request(router, "GET", path, None).await.unwrap()
+    harness::request(router, "GET", path, None).await.unwrap()
 }
 
 pub async fn post(router: &axum::Router, path: &str, body: Value) -> (u16, Value) {
-    drive::request(router, "POST", path, Some(&body))
+    harness::request(router, "POST", path, Some(&body))
         .await
         .unwrap()
 }
 
 /// `POST /v1/runs` with `body`; the run id of the 202.
 pub async fn start_with(router: &axum::Router, body: Value) -> String {
-    drive::start_with(router, &body).await.unwrap()
+    harness::start_with(router, &body).await.unwrap()
 }
 
 pub async fn start(router: &axum::Router, workflow: &str, input: Value) -> String {
-    drive::start(router, workflow, input).await.unwrap()
+    harness::start(router, workflow, input).await.unwrap()
 }
 
 /// The built-in job's callbacks the worker's batch scheduled, through the webhook
 /// function's handler (the router its main serves on the function URL).
 pub async fn send_callbacks(d: &Deployment) -> usize {
-    drive::send_callbacks(d).await.unwrap()
+    harness::send_callbacks(d).await.unwrap()
 }
 
 /// One invocation of the worker by the event source mapping.
@@ -147,7 +147,7 @@ pub async fn poll_work(d: &Deployment, mapping: Invocation) -> Invoked {
 /// Polls the work queue like the worker's event source mapping (sending the built-in job's
 /// callbacks like the worker main) until `run_id` ends or waits with nothing left to do.
 pub async fn work_until_done(d: &Deployment, router: &axum::Router, run_id: &str) -> Value {
-    drive::work_until_done(d, router, run_id).await.unwrap()
+    harness::work_until_done(d, router, run_id).await.unwrap()
 }
 
 pub async fn work_until_done_with(
@@ -156,7 +156,7 @@ pub async fn work_until_done_with(
     run_id: &str,
     mapping: Invocation,
 ) -> Value {
-    drive::work_until_done_with(d, router, run_id, mapping)
+    harness::work_until_done_with(d, router, run_id, mapping)
         .await
         .unwrap()
 }
@@ -196,7 +196,7 @@ pub async fn started(d: &Deployment, run_id: &str, step: &str) -> usize {
 }
 
 pub async fn approve(router: &axum::Router, run: &Value) {
-    drive::approve(router, run).await.unwrap()
+    harness::approve(router, run).await.unwrap()
 }
 
 /// One invocation of the notifier by the notify queue's event source mapping.
