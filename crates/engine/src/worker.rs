@@ -46,6 +46,35 @@ pub enum Handled {
     Yielded,
 }
 
+/// One handling of a wake-up: what it knows from its start to its end.
+struct Pass<'a> {
+    wf: &'a Arc<Workflow>,
+    wake: &'a WakeUp,
+    /// The invocation's deadline, if it has one.
+    deadline: Option<Millis>,
+    /// Until when the header said the run waits, when it was loaded.
+    prev_wait_until: Option<Millis>,
+    /// Whether the run was waiting (parking it again is then no news for its history).
+    was_waiting: bool,
+    /// Who holds the run's lease and claims its steps: this handling.
+    owner: &'a str,
+}
+
+/// What the actions of one pass read, kept up to date record by record: the reference
+/// scope, the records by step, and the run's spending.
+struct Views {
+    scope: Arc<Value>,
+    records: Arc<Records>,
+    ledger: Arc<std::sync::Mutex<crate::exec::Ledger>>,
+}
+
+/// The actions in flight, and the steps they are for.
+#[derive(Default)]
+struct Flights {
+    running: FuturesUnordered<Flight>,
+    steps: HashSet<String>,
+}
+
 /// How many times a conflicting or failed write makes the worker reload and re-plan before
 /// giving up (the wake-up is then retried by the queue).
 const MAX_CONFLICTS: usize = 8;
@@ -192,18 +221,17 @@ impl Engine {
                 }
             }
         }
+        let pass = Pass {
+            wf: &wf,
+            wake,
+            deadline,
+            prev_wait_until,
+            was_waiting,
+            owner: &owner,
+        };
         let mut retries = 0;
         loop {
-            let driven = self
-                .drive(
-                    &wf,
-                    &mut snap,
-                    wake,
-                    deadline,
-                    (prev_wait_until, was_waiting),
-                    &owner,
-                )
-                .await;
+            let driven = self.drive(&pass, &mut snap).await;
             let error = match driven {
                 Ok(handled) => return Ok(handled),
                 Err(e) => e,
@@ -260,32 +288,26 @@ impl Engine {
         }
     }
 
-    async fn drive(
-        &self,
-        wf: &Arc<Workflow>,
-        snap: &mut RunSnapshot,
-        wake: &WakeUp,
-        deadline: Option<Millis>,
-        (prev_wait_until, was_waiting): (Option<Millis>, bool),
-        owner: &str,
-    ) -> Result<Handled, EngineError> {
+    async fn drive(&self, pass: &Pass<'_>, snap: &mut RunSnapshot) -> Result<Handled, EngineError> {
+        let (wf, deadline, owner) = (pass.wf, pass.deadline, pass.owner);
         let run_id = snap.header.run_id.clone();
-        let mut in_flight: FuturesUnordered<Flight> = FuturesUnordered::new();
-        let mut flying: HashSet<String> = HashSet::new();
+        let mut flights = Flights::default();
         let mut failure: Option<EngineError> = None;
-        let ledger = Arc::new(std::sync::Mutex::new(crate::exec::Ledger::new(
-            snap.cost_usd(),
-        )));
-        // Built once per call and updated record by record (copied only while an action that
-        // still reads the previous one is in flight).
-        let mut scope = Arc::new(self.scope(wf, snap).await?);
-        // The same for the records actions read: one map per call, not one per round.
-        let mut records: Arc<Records> = Arc::new(
-            snap.steps
-                .iter()
-                .map(|r| (r.step.clone(), r.clone()))
-                .collect(),
-        );
+        let mut views = Views {
+            ledger: Arc::new(std::sync::Mutex::new(crate::exec::Ledger::new(
+                snap.cost_usd(),
+            ))),
+            // Built once per call and updated record by record (copied only while an action
+            // that still reads the previous one is in flight).
+            scope: Arc::new(self.scope(wf, snap).await?),
+            // The same for the records actions read: one map per call, not one per round.
+            records: Arc::new(
+                snap.steps
+                    .iter()
+                    .map(|r| (r.step.clone(), r.clone()))
+                    .collect(),
+            ),
+        };
         // When the header was last read (`handle` just loaded it).
         let mut header_read_at = self.now();
         loop {
@@ -296,7 +318,7 @@ impl Engine {
             let (fresh, held_back): (Vec<_>, Vec<_>) = plan
                 .actions
                 .iter()
-                .filter(|a| !flying.contains(a.step()))
+                .filter(|a| !flights.steps.contains(a.step()))
                 .cloned()
                 .partition(|a| planner::fits_before_deadline(wf, a, now, deadline, margin));
             // An action that does not fit this invocation is left to the next one: yield once
@@ -316,15 +338,15 @@ impl Engine {
                 let cx = ActionCtx {
                     wf: wf.clone(),
                     run_id: run_id.clone(),
-                    scope: scope.clone(),
-                    records: records.clone(),
-                    ledger: ledger.clone(),
+                    scope: views.scope.clone(),
+                    records: views.records.clone(),
+                    ledger: views.ledger.clone(),
                     owner: owner.to_string(),
                 };
-                self.launch(snap, &cx, fresh, (&mut in_flight, &mut flying));
+                self.launch(snap, &cx, fresh, &mut flights);
                 continue;
             }
-            if !in_flight.is_empty() {
+            if !flights.running.is_empty() {
                 // Calls in flight keep the lease alive: a live worker's lease never lapses,
                 // so a lapsed one means a dead worker (`core::recovery`).
                 let half = self.config.run_lease_ms / 2;
@@ -333,11 +355,10 @@ impl Engine {
                 let timer =
                     tokio::time::sleep(std::time::Duration::from_millis(renew_in.max(1_000)));
                 tokio::select! {
-                    next = in_flight.next() => {
+                    next = flights.running.next() => {
                         if let Some((step, result)) = next {
-                            flying.remove(&step);
-                            let views = (&mut scope, &mut records);
-                            if let Err(e) = self.absorb(wf, snap, views, &ledger, (&step, result)).await {
+                            flights.steps.remove(&step);
+                            if let Err(e) = self.absorb(wf, snap, &mut views, &step, result).await {
                                 failure.get_or_insert(e);
                             }
                         }
@@ -354,10 +375,7 @@ impl Engine {
             if let Some(e) = failure {
                 return Err(e);
             }
-            let prev = (prev_wait_until, was_waiting);
-            return self
-                .come_to_rest(wf, snap, plan, near_deadline, wake, prev)
-                .await;
+            return self.come_to_rest(pass, snap, plan, near_deadline).await;
         }
     }
 
@@ -367,7 +385,7 @@ impl Engine {
         snap: &RunSnapshot,
         cx: &ActionCtx,
         actions: Vec<planner::Action>,
-        (in_flight, flying): (&mut FuturesUnordered<Flight>, &mut HashSet<String>),
+        flights: &mut Flights,
     ) {
         for action in actions {
             let step = action.step().to_string();
@@ -375,12 +393,12 @@ impl Engine {
                 .step(&step)
                 .cloned()
                 .unwrap_or_else(|| StepRecord::pending(&step));
-            flying.insert(step.clone());
+            flights.steps.insert(step.clone());
             let span = cx.wf.step(&step).map_or_else(tracing::Span::none, |s| {
                 trace::step_span(&cx.run_id, s, &action)
             });
             let (this, cx) = (self.clone(), cx.clone());
-            in_flight.push(Box::pin(async move {
+            flights.running.push(Box::pin(async move {
                 let r = this
                     .execute(&cx, &action, rec)
                     .instrument(span.clone())
@@ -443,10 +461,11 @@ impl Engine {
         &self,
         wf: &Workflow,
         snap: &mut RunSnapshot,
-        (scope, map): (&mut Arc<Value>, &mut Arc<Records>),
-        ledger: &std::sync::Mutex<crate::exec::Ledger>,
-        (step, result): (&str, Result<Vec<StepRecord>, EngineError>),
+        views: &mut Views,
+        step: &str,
+        result: Result<Vec<StepRecord>, EngineError>,
     ) -> Result<(), EngineError> {
+        let ledger = &views.ledger;
         let records = match result {
             Ok(records) => records,
             Err(e) => {
@@ -459,7 +478,7 @@ impl Engine {
         };
         let mut failure = None;
         for r in records {
-            if let Err(e) = self.update_scope(Arc::make_mut(scope), &r).await {
+            if let Err(e) = self.update_scope(Arc::make_mut(&mut views.scope), &r).await {
                 failure.get_or_insert(e.into());
             }
             let before = snap.step(&r.step).map_or(0.0, |old| old.cost_usd);
@@ -474,7 +493,7 @@ impl Engine {
                     failure.get_or_insert(e);
                 }
             }
-            Arc::make_mut(map).insert(r.step.clone(), r.clone());
+            Arc::make_mut(&mut views.records).insert(r.step.clone(), r.clone());
             snap.upsert(r);
         }
         failure.map_or(Ok(()), Err)
@@ -484,13 +503,12 @@ impl Engine {
     /// the next invocation, or park it until what it waits for.
     async fn come_to_rest(
         &self,
-        wf: &Arc<Workflow>,
+        pass: &Pass<'_>,
         snap: &mut RunSnapshot,
         plan: planner::Plan,
         near_deadline: bool,
-        wake: &WakeUp,
-        (prev_wait_until, was_waiting): (Option<Millis>, bool),
     ) -> Result<Handled, EngineError> {
+        let (wf, was_waiting) = (pass.wf, pass.was_waiting);
         if let Some(outcome) = plan.outcome {
             return self.finish(wf, snap, outcome).await;
         }
@@ -500,7 +518,7 @@ impl Engine {
                 .await?;
             return Ok(Handled::Yielded);
         }
-        let resend = planner::must_send_timer(wake.reason, prev_wait_until, plan.wake_at);
+        let resend = planner::must_send_timer(pass.wake.reason, pass.prev_wait_until, plan.wake_at);
         let until = plan.wake_at;
         self.park(snap, &plan, until.filter(|_| resend), was_waiting)
             .await?;

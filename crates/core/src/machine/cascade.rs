@@ -19,7 +19,7 @@ use crate::error::StepError;
 use crate::machine::attempt::{apply_meta, AttemptMeta};
 use crate::machine::budget::round_usd;
 use crate::refs::{lookup, Condition};
-use crate::state::{Escalation, EventKind, HistoryEvent, Selection, StepRecord, StepStatus};
+use crate::state::{Escalation, EventKind, HistoryEvent, Selection, StepRecord};
 use crate::time::Millis;
 use crate::workflow::ModelStep;
 use serde_json::{json, Map, Value};
@@ -132,12 +132,7 @@ pub fn escalate(
     let from = r.model.clone().unwrap_or_default();
     let to = ms.models.get(next)?.clone();
     move_up(&mut r, next, &to);
-    r.status = StepStatus::Retrying;
-    r.next_at = Some(now);
-    r.lease_until = None;
-    r.lease_owner = None;
-    r.job = None;
-    r.error = None;
+    crate::machine::settle::release_to(&mut r, now);
     r.escalations.push(Escalation {
         from: from.clone(),
         to: to.clone(),
@@ -263,6 +258,7 @@ mod tests {
     use super::*;
     use crate::error::ErrorClass;
     use crate::model::Role;
+    use crate::state::StepStatus;
     use crate::state::Usage;
     use crate::time::Dur;
     use crate::workflow::{Cascade, RetryPolicy};

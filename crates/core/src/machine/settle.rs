@@ -234,6 +234,17 @@ fn fail_step(r: &StepRecord, err: StepError, now: Millis) -> (StepRecord, Histor
     (r, ev)
 }
 
+/// Releases a record to its next action at `at` (an attempt, or a download): no claim, no
+/// job, no error.
+pub(crate) fn release_to(r: &mut StepRecord, at: Millis) {
+    r.status = StepStatus::Retrying;
+    r.next_at = Some(at);
+    r.lease_until = None;
+    r.lease_owner = None;
+    r.job = None;
+    r.error = None;
+}
+
 /// The step's own deadline: `max_duration` from its first start, if it has one.
 fn step_deadline(step: &Step, r: &StepRecord) -> Option<Millis> {
     step.call()
@@ -257,12 +268,7 @@ pub fn await_download(
     let cost_usd = meta.cost_usd;
     let mut r = next(rec);
     apply_meta(&mut r, meta);
-    r.status = StepStatus::Retrying;
-    r.next_at = Some(now);
-    r.lease_until = None;
-    r.lease_owner = None;
-    r.job = None;
-    r.error = None;
+    release_to(&mut r, now);
     r.feedback.clear();
     r.deadline_at = step_deadline(step, &r);
     let host = crate::asset::needs_keeping(&output)
