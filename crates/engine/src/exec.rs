@@ -558,6 +558,10 @@ fn observe_note(run_id: &str, step: &str, note: &Note) {
 
 /// The step machine reads prices from the providers' own tables.
 impl machine::Prices for crate::registry::Providers {
+    fn serves(&self, model: &str) -> bool {
+        self.for_model(model).is_some()
+    }
+
     fn estimate_usd(&self, request: &ModelRequest) -> Option<f64> {
         self.for_model(&request.model)
             .map(|p| p.estimate_cost_usd(request))

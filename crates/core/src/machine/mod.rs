@@ -72,6 +72,8 @@ use std::sync::Mutex;
 /// What the machine asks of the providers without calling them: prices. Implemented by the
 /// engine over its provider registry (each adapter's price table).
 pub trait Prices: Send + Sync {
+    /// Whether a provider serves `model`.
+    fn serves(&self, model: &str) -> bool;
     /// The estimated cost of a request, by the provider that serves its model; `None` when
     /// no provider serves it.
     fn estimate_usd(&self, request: &ModelRequest) -> Option<f64>;

@@ -142,13 +142,15 @@ pub(super) fn claim(
     })
 }
 
-/// The provider of a built request must exist, and its estimate fit the run's budget.
+/// The provider of a built request must exist, and under a run budget its estimate must fit
+/// (estimated only then: it reads the whole request).
 fn reserve(cx: &Ctx, step: &Step, req: ModelRequest) -> Result<ModelRequest, StepError> {
-    let estimate = cx
-        .prices
-        .estimate_usd(&req)
-        .ok_or_else(|| invalid(format!("no provider serves `{}`", req.model)))?;
+    let unserved = || invalid(format!("no provider serves `{}`", req.model));
+    if !cx.prices.serves(&req.model) {
+        return Err(unserved());
+    }
     if let Some(budget) = cx.wf.budget_usd {
+        let estimate = cx.prices.estimate_usd(&req).ok_or_else(unserved)?;
         let mut ledger = cx.ledger.lock().map_err(|_| {
             StepError::new(crate::ErrorClass::Transient, "budget ledger unavailable")
         })?;

@@ -73,6 +73,9 @@ const CHAIN: &str = r#"
 struct Cent;
 
 impl Prices for Cent {
+    fn serves(&self, model: &str) -> bool {
+        model.starts_with("local/")
+    }
     fn estimate_usd(&self, request: &ModelRequest) -> Option<f64> {
         request.model.starts_with("local/").then_some(0.01)
     }
