@@ -293,4 +293,4 @@ fn readiness<'a>(s: &Step, rec: &impl Fn(&str) -> &'a StepRecord) -> Option<Acti
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

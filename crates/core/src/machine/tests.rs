@@ -4,41 +4,13 @@
 //! duplicated, reordered and late events and workers that die between a claim and its answer.
 
 use super::*;
-use crate::model::{ModelInfo, ModelOutput, Role};
+use crate::model::{ModelOutput, Role};
+use crate::planner::tests::{header, wf};
 use crate::planner::{plan, Outcome};
-use crate::state::{RunHeader, RunSnapshot, RunStatus, StepStatus, ValueRef, WorkflowPin};
-use crate::workflow::{compile, NoFiles};
+use crate::state::{RunSnapshot, StepStatus, ValueRef};
 use proptest::prelude::*;
 use serde_json::{json, Map};
 use std::collections::BTreeMap;
-
-fn catalog() -> Vec<ModelInfo> {
-    let m = |id: &str, roles: &[Role], asynchronous: bool| ModelInfo {
-        id: id.to_string(),
-        roles: roles.to_vec(),
-        asynchronous,
-        description: String::new(),
-    };
-    vec![
-        m("local/template-generator", &[Role::Generation], false),
-        m("local/extractive-summarizer", &[Role::Generation], false),
-        m("local/async-job", &[Role::Asset], true),
-    ]
-}
-
-fn wf(src: &str) -> Workflow {
-    let indent = src
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| l.len() - l.trim_start().len())
-        .min()
-        .unwrap_or(0);
-    let src: Vec<&str> = src.lines().map(|l| l.get(indent..).unwrap_or("")).collect();
-    match compile(&src.join("\n"), &NoFiles, &catalog()) {
-        Ok(w) => w,
-        Err(d) => panic!("test workflow does not compile: {d:#?}"),
-    }
-}
 
 /// A draft with retries and a fallback, its schema check with a repair, an asynchronous job,
 /// an approval gate and a transform: every kind of transition the machine makes.
@@ -429,34 +401,7 @@ impl Sim {
 
     fn snapshot(&self) -> RunSnapshot {
         RunSnapshot {
-            header: RunHeader {
-                run_id: "run-1".into(),
-                tenant: "t".into(),
-                workflow: WorkflowPin {
-                    name: "chain".into(),
-                    version: "1".into(),
-                    hash: "0".into(),
-                },
-                status: RunStatus::Running,
-                input: ValueRef::Inline {
-                    value: json!({"text": "t"}),
-                },
-                output: None,
-                error: None,
-                created_at: 0,
-                updated_at: 0,
-                ended_at: None,
-                deadline_at: None,
-                wait: None,
-                cancel_requested: false,
-                lease: None,
-                callback_url: None,
-                metadata: Value::Null,
-                traceparent: None,
-                rerun_of: None,
-                reruns: vec![],
-                version: 1,
-            },
+            header: header(),
             steps: self.store.values().cloned().collect(),
         }
     }

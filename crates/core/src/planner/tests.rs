@@ -49,7 +49,7 @@ fn dedent(src: &str) -> String {
         .join("\n")
 }
 
-fn wf(src: &str) -> Workflow {
+pub(crate) fn wf(src: &str) -> Workflow {
     match compile(&dedent(src), &NoFiles, &catalog()) {
         Ok(w) => w,
         Err(d) => panic!("test workflow does not compile: {d:#?}"),
@@ -130,7 +130,7 @@ const FANOUT: &str = r#"
       - {id: other, kind: transform, value: 3}
 "#;
 
-fn header() -> RunHeader {
+pub(crate) fn header() -> RunHeader {
     RunHeader {
         run_id: "run-1".into(),
         tenant: "acme".into(),
