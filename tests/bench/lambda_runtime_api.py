@@ -15,17 +15,21 @@ such as `lambda_runtime` talks to, on 127.0.0.1:<port>:
 The measurement (`main`, needs boto3: run it with moto's venv python, infra/moto.sh) provisions
 a deployment on the emulator at --endpoint with infra/local_aws.py, starts `intake` on the
 Runtime API and creates runs through it (API Gateway v2 events of
-events/intake-apigw-v2-post-run.json), then, --runs times: receives 10 of their wake-ups from the
-work queue, starts a fresh `worker` process (a cold start) with the function's environment,
-and hands it that SQS batch as one invocation. Measured per cold start:
+events/intake-apigw-v2-post-run.json), then, --runs times each, starts a fresh process (a cold
+start) with the function's environment and hands it one invocation:
 
-- init: process start -> its first `GET .../invocation/next`;
-- first invoke: the event handed over -> the response posted;
-- peak RSS of the process over init and the batch (`VmHWM`, read after it answered).
+- `worker`: 10 of those runs' wake-ups received from the work queue, as one SQS batch;
+- `intake`: one `POST /v1/runs` (the fixture, a fresh idempotency key);
+- `notifier`: an SQS batch of 10 notifications (events/notifier-sqs-batch.json's record, ten
+  message ids; their run does not exist, so the batch is read, checked and acked);
+- `hello` (crates/lambdas/examples/hello.rs, a hello-world `lambda_runtime` function that
+  echoes the event): the baseline.
 
-The same for `hello` (crates/lambdas/examples/hello.rs, a hello-world `lambda_runtime`
-function that echoes the event) as the baseline. Prints median and p90. Figures, not
-assertions. The binaries are whatever --bin-dir holds (make bench-aws: x86_64 release builds;
+Measured per cold start: init (process start -> its first `GET .../invocation/next`), first
+invoke (the event handed over -> the response posted), peak RSS over init and the invocation
+(`VmHWM`, read after it answered), and the function's own `init phases` log line (the SDK
+configuration, the settings secret, the wiring: `Deployment::from_env_for`). Prints median and
+p90, and the load average. Figures, not assertions. The binaries are whatever --bin-dir holds (make bench-aws: x86_64 release builds;
 Lambda runs the arm64 ones, which this machine cannot run).
 """
 
@@ -39,6 +43,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -167,7 +172,8 @@ def function_env(base: dict[str, str], api: RuntimeApi, name: str, memory_mb: in
         "AWS_LAMBDA_FUNCTION_TIMEOUT": str(timeout_s),
         "AWS_REGION": "us-east-1",
         "AWS_DEFAULT_REGION": "us-east-1",
-        "RUST_LOG": "warn",
+        # The functions' `init phases` line is an info line of switchyard_lambdas.
+        "RUST_LOG": "warn,switchyard_lambdas=info",
     }
     env.update(base)
     return env
@@ -182,9 +188,22 @@ class Process:
     high-water mark across exec into it.
     """
 
-    def __init__(self, binary: Path, env: dict[str, str], log):
+    def __init__(self, binary: Path, env: dict[str, str], log_path: Path):
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen([str(binary)], env=env, stdout=log, stderr=log)
+        self.log_path = log_path
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen([str(binary)], env=env, stdout=self.log, stderr=self.log)
+
+    def init_phases(self) -> dict[str, float]:
+        """The `init phases` line the function logged (JSON tracing), if any."""
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if '"init phases"' in line:
+                try:
+                    fields = json.loads(line).get("fields", {})
+                except json.JSONDecodeError:
+                    continue
+                return {k: float(v) for k, v in fields.items() if k.endswith("_ms")}
+        return {}
 
     def peak_rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -200,6 +219,7 @@ class Process:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.log.close()
         return peak
 
 
@@ -253,7 +273,7 @@ def main() -> int:
 
     import boto3  # moto's venv
 
-    bins = {n: args.bin_dir / n for n in ("intake", "worker")}
+    bins = {n: args.bin_dir / n for n in ("intake", "worker", "notifier")}
     bins["hello"] = args.bin_dir / "examples" / "hello"
     for n, p in bins.items():
         if not p.is_file():
@@ -261,6 +281,7 @@ def main() -> int:
             return 2
     prefix = f"sy-init-{uuid.uuid4().hex[:8]}"
     fixture = json.loads((ROOT / "events/intake-apigw-v2-post-run.json").read_text())
+    notification = json.loads((ROOT / "events/notifier-sqs-batch.json").read_text())["Records"][0]
     api_key = fixture["headers"]["authorization"].split()[-1]
     env = provision(args.endpoint, prefix, api_key)
     sqs = boto3.client("sqs", endpoint_url=args.endpoint, region_name="us-east-1",
@@ -268,79 +289,123 @@ def main() -> int:
     work_url = env["SWITCHYARD_WORK_QUEUE_URL"]
     work_arn = sqs.get_queue_attributes(QueueUrl=work_url, AttributeNames=["QueueArn"])[
         "Attributes"]["QueueArn"]
-    log = open(os.environ.get("BENCH_LOG", os.devnull), "ab")
+    logs = Path(tempfile.mkdtemp(prefix="bench-lambda-"))
+    seq = iter(range(1_000_000))
+
+    def post_run() -> dict:
+        ev = json.loads(json.dumps(fixture))
+        ev["headers"]["idempotency-key"] = f"bench-{prefix}-{next(seq)}"
+        ev["requestContext"]["requestId"] = uuid.uuid4().hex
+        return ev
 
     # Runs to wake up: created through intake (one warm process), args.runs batches' worth.
     intake_api = RuntimeApi("intake", timeout_s=30)
-    intake = Process(bins["intake"], function_env(env, intake_api, "intake", timeout_s=30), log)
-    for i in range(args.runs * args.batch):
-        ev = json.loads(json.dumps(fixture))
-        ev["headers"]["idempotency-key"] = f"bench-{prefix}-{i}"
-        ev["requestContext"]["requestId"] = uuid.uuid4().hex
-        inv = intake_api.invoke(ev, wait_s=60)
+    intake = Process(bins["intake"], function_env(env, intake_api, "intake", timeout_s=30),
+                     logs / "intake-warm.log")
+    for _ in range(args.runs * args.batch):
+        inv = intake_api.invoke(post_run(), wait_s=60)
         answer = json.loads(inv.result or b"{}")
         if inv.error is not None or answer.get("statusCode") not in (200, 202):
             print(f"intake answered {inv.error or answer}", file=sys.stderr)
             intake.stop()
             return 1
-    intake_init = intake_api.first_next_at - intake.started_at
-    intake_rss = intake.stop()
+    intake.stop()
     intake_api.close()
 
-    results: dict[str, dict[str, list[float]]] = {}
-    for name in ("worker", "hello"):
-        r = results.setdefault(name, {"init": [], "invoke": [], "rss": []})
-        for _ in range(args.runs):
-            if name == "worker":
-                msgs: list[dict] = []
-                while len(msgs) < args.batch:
-                    got = sqs.receive_message(
-                        QueueUrl=work_url, MaxNumberOfMessages=args.batch - len(msgs),
-                        VisibilityTimeout=1080, AttributeNames=["All"]).get("Messages", [])
-                    if not got:
-                        break
-                    msgs.extend(got)
-                if len(msgs) < args.batch:
-                    print(f"only {len(msgs)} wake-ups on the work queue", file=sys.stderr)
-                    return 1
-            else:
-                msgs = [{"MessageId": str(uuid.uuid4()), "ReceiptHandle": "r", "Body": "{}"}
-                        for _ in range(args.batch)]
-            event = sqs_event(msgs, work_arn)
+    def worker_event() -> dict | None:
+        msgs: list[dict] = []
+        while len(msgs) < args.batch:
+            got = sqs.receive_message(
+                QueueUrl=work_url, MaxNumberOfMessages=args.batch - len(msgs),
+                VisibilityTimeout=1080, AttributeNames=["All"]).get("Messages", [])
+            if not got:
+                break
+            msgs.extend(got)
+        if len(msgs) < args.batch:
+            print(f"only {len(msgs)} wake-ups on the work queue", file=sys.stderr)
+            return None
+        return sqs_event(msgs, work_arn)
+
+    def notifier_event() -> dict:
+        records = []
+        for _ in range(args.batch):
+            r = json.loads(json.dumps(notification))
+            r["messageId"] = str(uuid.uuid4())
+            records.append(r)
+        return {"Records": records}
+
+    def hello_event() -> dict:
+        msgs = [{"MessageId": str(uuid.uuid4()), "ReceiptHandle": "r", "Body": "{}"}
+                for _ in range(args.batch)]
+        return sqs_event(msgs, work_arn)
+
+    events = {"worker": worker_event, "intake": post_run, "notifier": notifier_event,
+              "hello": hello_event}
+    results: dict[str, dict[str, list]] = {}
+    for name in ("worker", "intake", "notifier", "hello"):
+        r = results.setdefault(name, {"init": [], "invoke": [], "rss": [], "phases": []})
+        for i in range(args.runs):
+            event = events[name]()
+            if event is None:
+                return 1
             api = RuntimeApi(name)
-            proc = Process(bins[name], function_env(env, api, f"{prefix}-{name}"), log)
+            proc = Process(bins[name], function_env(env, api, f"{prefix}-{name}"),
+                           logs / f"{name}-{i}.log")
             inv = api.invoke(event)
             rss = proc.stop()
             api.close()
             if inv.error is not None or api.init_error is not None:
                 print(f"{name}: {inv.error or api.init_error}", file=sys.stderr)
                 return 1
+            answer = json.loads(inv.result or b"{}")
+            failed = {f["itemIdentifier"] for f in answer.get("batchItemFailures", []) or []}
             if name == "worker":
-                failed = {f["itemIdentifier"]
-                          for f in json.loads(inv.result or b"{}").get("batchItemFailures", [])}
-                done = [m for m in msgs if m["MessageId"] not in failed]
-                for m in done:  # the event source mapping deletes what did not fail
-                    sqs.delete_message(QueueUrl=work_url, ReceiptHandle=m["ReceiptHandle"])
-                if failed:
-                    print(f"worker reported {len(failed)} failed records", file=sys.stderr)
+                done = [rec for rec in event["Records"] if rec["messageId"] not in failed]
+                for rec in done:  # the event source mapping deletes what did not fail
+                    sqs.delete_message(QueueUrl=work_url, ReceiptHandle=rec["receiptHandle"])
+            if failed and name != "hello":
+                print(f"{name} reported {len(failed)} failed records", file=sys.stderr)
+            if name == "intake" and answer.get("statusCode") not in (200, 202):
+                print(f"intake answered {answer}", file=sys.stderr)
+                return 1
             r["init"].append((api.first_next_at - proc.started_at) * 1000)
             r["invoke"].append((inv.done_at - inv.handed_at) * 1000)
             r["rss"].append(rss / 1024)
+            r["phases"].append(proc.init_phases())
 
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     print(f"Cold starts on a local Runtime API ({args.runs} each, binaries in {args.bin_dir}; "
-          f"worker batch: {args.batch} wake-ups of support-triage runs, DynamoDB/SQS/S3 on moto "
-          f"at {args.endpoint})\n")
-    print("| binary | init median / p90 | first invoke median / p90 | peak RSS median / max |")
+          f"DynamoDB/SQS/S3 on moto at {args.endpoint}; load average {load})\n")
+    print("| binary | invocation | init median / p90 | first invoke median / p90 | "
+          "init + first invoke median | peak RSS median / max |")
+    print("|---|---|---|---|---|---|")
+    what = {"worker": f"SQS batch: {args.batch} wake-ups of support-triage runs",
+            "intake": "one POST /v1/runs",
+            "notifier": f"SQS batch: {args.batch} notifications (no such run)",
+            "hello": f"SQS batch of {args.batch} (echoed)"}
+    for name, r in results.items():
+        both = [a + b for a, b in zip(r["init"], r["invoke"])]
+        print(f"| {name} | {what[name]} | {statistics.median(r['init']):.1f} / "
+              f"{pct(r['init'], 0.9):.1f} ms | {statistics.median(r['invoke']):.1f} / "
+              f"{pct(r['invoke'], 0.9):.1f} ms | {statistics.median(both):.1f} ms | "
+              f"{statistics.median(r['rss']):.1f} / {max(r['rss']):.1f} MiB |")
+    print("\nInit phases (medians, from each function's `init phases` line):\n")
+    print("| binary | SDK configuration | settings secret | wiring (clients, providers, workflows) |")
     print("|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | {statistics.median(r['init']):.1f} / {pct(r['init'], 0.9):.1f} ms "
-              f"| {statistics.median(r['invoke']):.1f} / {pct(r['invoke'], 0.9):.1f} ms "
-              f"| {statistics.median(r['rss']):.1f} / {max(r['rss']):.1f} MiB |")
-    w, h = statistics.median(results["worker"]["init"]), statistics.median(results["hello"]["init"])
-    print(f"\nworker init / hello init (medians): {w / h:.2f}x (goal <= 2x); "
-          f"worker peak RSS {max(results['worker']['rss']):.1f} MiB (goal <= 32 MiB)")
-    print(f"intake (one warm process, {args.runs * args.batch} POST /v1/runs): init "
-          f"{intake_init * 1000:.1f} ms, peak RSS {intake_rss / 1024:.1f} MiB")
+        ph = [p for p in r["phases"] if p]
+        if not ph:
+            continue
+        med = lambda k: statistics.median(p.get(k, 0.0) for p in ph)  # noqa: E731
+        print(f"| {name} | {med('sdk_config_ms'):.1f} ms | {med('settings_ms'):.1f} ms | "
+              f"{med('wiring_ms'):.1f} ms |")
+    h = statistics.median(results["hello"]["init"])
+    print()
+    for name in ("worker", "intake", "notifier"):
+        v = statistics.median(results[name]["init"])
+        print(f"{name} init / hello init (medians): {v / h:.2f}x (goal <= 2x)")
+    print(f"worker peak RSS {max(results['worker']['rss']):.1f} MiB for a batch of "
+          f"{args.batch} runs (goal <= 32 MiB)")
     return 0
 
 

@@ -212,7 +212,7 @@ fn string_attr(item: &DynamoItem, name: &str) -> String {
 }
 
 impl Meter {
-    /// A meter for a table of `DynamoStore`'s layout (keys `PK`/`SK`, the two indexes).
+    /// A meter for a table of `DynamoStore`'s layout (keys `PK`/`SK`, the three indexes).
     pub fn for_table() -> Meter {
         let projected = vec![crate::dynamo::INDEX_PROJECTED.to_string()];
         Meter {
@@ -230,6 +230,13 @@ impl Meter {
                     pk: "GSI2PK".into(),
                     sk: "GSI2SK".into(),
                     projected,
+                },
+                // Keys only: written when a run is created, deleted when it ends.
+                IndexSpec {
+                    name: crate::dynamo::INDEX_ACTIVE.into(),
+                    pk: "GSI3PK".into(),
+                    sk: "GSI3SK".into(),
+                    projected: Vec::new(),
                 },
             ]),
             ask: false,
@@ -354,50 +361,60 @@ impl Meter {
     ) -> DynamoItem {
         let mut item = before.unwrap_or_else(|| key.clone());
         let resolve = |n: &str| names.get(n.trim()).cloned().unwrap_or(n.trim().to_string());
-        // `SET … ADD a :x, b :y` (the stats counters): numbers added, sets of strings joined.
-        let (body, adds) = match expr.split_once(" ADD ") {
-            Some((set, add)) => (set.trim(), Some(add)),
-            None => (expr.trim(), None),
-        };
-        for clause in adds.map(split_top).unwrap_or_default() {
-            let mut parts = clause.split_whitespace();
-            let (Some(name), Some(value), None) = (parts.next(), parts.next(), parts.next()) else {
-                st.usage.unparsed_updates += 1;
-                continue;
-            };
-            let attr = resolve(name);
-            match (item.get(&attr), values.get(value)) {
-                (Some(AttributeValue::N(old)), Some(AttributeValue::N(add))) => {
-                    let sum = old.parse::<f64>().unwrap_or(0.0) + add.parse::<f64>().unwrap_or(0.0);
-                    item.insert(attr, AttributeValue::N(format!("{sum}")));
+        let mut parsed_set = false;
+        for (action, clauses) in update_sections(expr) {
+            match action.as_str() {
+                // `ADD a :x, b :y` (the stats counters): numbers added, sets of strings joined.
+                "ADD" => {
+                    for clause in split_top(clauses) {
+                        let mut parts = clause.split_whitespace();
+                        let (Some(name), Some(value), None) =
+                            (parts.next(), parts.next(), parts.next())
+                        else {
+                            st.usage.unparsed_updates += 1;
+                            continue;
+                        };
+                        let attr = resolve(name);
+                        match (item.get(&attr), values.get(value)) {
+                            (Some(AttributeValue::N(old)), Some(AttributeValue::N(add))) => {
+                                let sum = old.parse::<f64>().unwrap_or(0.0)
+                                    + add.parse::<f64>().unwrap_or(0.0);
+                                item.insert(attr, AttributeValue::N(format!("{sum}")));
+                            }
+                            (_, Some(v)) => {
+                                item.insert(attr, v.clone());
+                            }
+                            (_, None) => st.usage.unparsed_updates += 1,
+                        }
+                    }
                 }
-                (_, Some(v)) => {
-                    item.insert(attr, v.clone());
+                // `REMOVE a, b` (an ended run leaving the `active` index).
+                "REMOVE" => {
+                    for clause in split_top(clauses) {
+                        item.remove(&resolve(clause));
+                    }
                 }
-                (_, None) => st.usage.unparsed_updates += 1,
+                "SET" => {
+                    parsed_set = true;
+                    for clause in split_top(clauses) {
+                        let Some((lhs, rhs)) = clause.split_once('=') else {
+                            st.usage.unparsed_updates += 1;
+                            continue;
+                        };
+                        let attr = resolve(lhs);
+                        match eval(rhs.trim(), &item, values, &resolve) {
+                            Some(v) => {
+                                item.insert(attr, v);
+                            }
+                            None => st.usage.unparsed_updates += 1,
+                        }
+                    }
+                }
+                _ => st.usage.unparsed_updates += 1,
             }
         }
-        let Some(sets) = body
-            .strip_prefix("SET ")
-            .or_else(|| body.strip_prefix("set "))
-        else {
+        if !parsed_set {
             st.usage.unparsed_updates += 1;
-            return item;
-        };
-        for clause in split_top(sets) {
-            let Some((lhs, rhs)) = clause.split_once('=') else {
-                st.usage.unparsed_updates += 1;
-                continue;
-            };
-            let attr = resolve(lhs);
-            let rhs = rhs.trim();
-            let value = eval(rhs, &item, values, &resolve);
-            match value {
-                Some(v) => {
-                    item.insert(attr, v);
-                }
-                None => st.usage.unparsed_updates += 1,
-            }
         }
         item
     }
@@ -575,6 +592,41 @@ impl Meter {
 }
 
 /// Splits `a = x, b = f(y, z)` on the commas outside parentheses.
+/// An update expression's sections: `SET …`, `REMOVE …`, `ADD …`, `DELETE …`, each action
+/// keyword (at the top level, outside parentheses) with the text up to the next one.
+fn update_sections(expr: &str) -> Vec<(String, &str)> {
+    const ACTIONS: [&str; 4] = ["SET", "REMOVE", "ADD", "DELETE"];
+    let mut out: Vec<(String, &str)> = Vec::new();
+    let (mut depth, mut current): (i32, Option<(String, usize)>) = (0, None);
+    let mut i = 0;
+    let bytes = expr.as_bytes();
+    while i < bytes.len() {
+        match bytes[i] {
+            b'(' => depth += 1,
+            b')' => depth -= 1,
+            _ => {}
+        }
+        let at_word = i == 0 || bytes[i - 1].is_ascii_whitespace();
+        if depth == 0 && at_word {
+            let rest = &expr[i..];
+            let word = rest.split_whitespace().next().unwrap_or("");
+            if let Some(kw) = ACTIONS.iter().find(|k| word.eq_ignore_ascii_case(k)) {
+                if let Some((action, start)) = current.take() {
+                    out.push((action, expr[start..i].trim()));
+                }
+                current = Some((kw.to_string(), i + word.len()));
+                i += word.len();
+                continue;
+            }
+        }
+        i += 1;
+    }
+    if let Some((action, start)) = current {
+        out.push((action, expr[start..].trim()));
+    }
+    out
+}
+
 fn split_top(s: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let (mut depth, mut start) = (0i32, 0usize);
@@ -790,6 +842,50 @@ mod tests {
             Some(&AttributeValue::L(vec![s("e1"), s("e2")]))
         );
         assert_eq!(st.usage.unparsed_updates, 0);
+    }
+
+    /// A run's end: `SET … REMOVE` the `active` index keys, billed as that index's delete.
+    #[test]
+    fn an_update_that_removes_index_keys_bills_the_index_delete() {
+        let meter = Meter::for_table();
+        let mut st = State::default();
+        let item: DynamoItem = HashMap::from([
+            ("PK".into(), s("RUN#a")),
+            ("SK".into(), s("H")),
+            ("ver".into(), AttributeValue::N("1".into())),
+            ("GSI3PK".into(), s("ACTIVE")),
+            ("GSI3SK".into(), s("1#a")),
+        ]);
+        let key = meter.shadow_key("t", &item);
+        meter.bill_write(
+            &mut st,
+            "PutItem",
+            key.clone(),
+            Some(item.clone()),
+            1.0,
+            true,
+        );
+        let values = HashMap::from([
+            (":body".to_string(), s("b")),
+            (":new".to_string(), AttributeValue::N("2".into())),
+            (":none".to_string(), AttributeValue::L(vec![])),
+            (":batch".to_string(), AttributeValue::L(vec![s("e")])),
+        ]);
+        let after = meter.apply_update(
+            &mut st,
+            Some(item.clone()),
+            &item,
+            "SET body = :body, ver = :new, ev = list_append(if_not_exists(ev, :none), :batch) REMOVE GSI3PK, GSI3SK",
+            &values,
+            &HashMap::new(),
+        );
+        assert_eq!(st.usage.unparsed_updates, 0);
+        assert_eq!(after.get("ver"), Some(&AttributeValue::N("2".into())));
+        assert!(!after.contains_key("GSI3PK") && !after.contains_key("GSI3SK"));
+        meter.bill_write(&mut st, "UpdateItem", key, Some(after), 1.0, true);
+        let ix = |op: &str| (op.to_string(), "index active".to_string());
+        assert_eq!(st.usage.write_units[&ix("PutItem")], 1.0);
+        assert_eq!(st.usage.write_units[&ix("UpdateItem")], 1.0, "the delete");
     }
 
     #[test]

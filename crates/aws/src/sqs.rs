@@ -341,6 +341,45 @@ impl Inbox for SqsQueue {
         }
     }
 
+    /// `DeleteMessageBatch`, ten receipts per request (what the event source mapping does).
+    /// An entry SQS refuses as a stale receipt is not deleted; any other refused entry is
+    /// tried once more alone, so its error is classified as `ack`'s is.
+    async fn ack_all(&self, receipts: &[&str]) -> Result<usize, StoreError> {
+        let mut deleted = 0;
+        for chunk in receipts.chunks(MAX_RECEIVE_BATCH) {
+            if let [one] = chunk {
+                deleted += usize::from(self.ack(one).await?);
+                continue;
+            }
+            let mut batch = self
+                .client()
+                .delete_message_batch()
+                .queue_url(&self.urls().url);
+            for (i, r) in chunk.iter().enumerate() {
+                let entry = aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(*r)
+                    .build()
+                    .map_err(|e| StoreError::Invalid(format!("DeleteMessageBatch entry: {e}")))?;
+                batch = batch.entries(entry);
+            }
+            let out = batch
+                .send()
+                .await
+                .map_err(|e| sqs_error("DeleteMessageBatch", e))?;
+            deleted += out.successful().len();
+            for failed in out.failed() {
+                let stale = failed.code().contains("ReceiptHandleIsInvalid")
+                    || failed.code().contains("MessageNotInflight");
+                let receipt = failed.id().parse::<usize>().ok().and_then(|i| chunk.get(i));
+                if let (false, Some(r)) = (stale, receipt) {
+                    deleted += usize::from(self.ack(r).await?);
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
     async fn change_visibility(&self, receipt: &str, delay_ms: u64) -> Result<bool, StoreError> {
         match self
             .client()

@@ -177,6 +177,13 @@ pub trait Provider: Send + Sync {
         None
     }
 
+    /// Whether calling `model` again costs nothing and changes nothing outside the run: true
+    /// only for built-in models computed in the process. Their calls are not claimed before
+    /// they start (`crate::machine::Prices::repeat_is_free`); every hosted call is.
+    fn repeat_is_free(&self, _model: &str) -> bool {
+        false
+    }
+
     /// Calls the model (or submits the job).
     async fn invoke(&self, request: &ModelRequest) -> Result<ModelResponse, StepError>;
 

@@ -353,6 +353,20 @@ pub trait Inbox: Send + Sync {
     /// acked already): the caller just moves on.
     async fn ack(&self, receipt: &str) -> Result<bool, StoreError>;
 
+    /// Deletes several received messages; how many were deleted (stale receipts are not).
+    /// What a Lambda event source mapping does after a batch: SQS deletes up to ten per
+    /// request (`DeleteMessageBatch`), so the default's one request per message is for
+    /// queues without a batch delete.
+    async fn ack_all(&self, receipts: &[&str]) -> Result<usize, StoreError> {
+        let mut deleted = 0;
+        for r in receipts {
+            if self.ack(r).await? {
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Makes a received message visible again `delay_ms` from now; `false` if the receipt is
     /// stale.
     async fn change_visibility(&self, receipt: &str, delay_ms: u64) -> Result<bool, StoreError>;

@@ -3,8 +3,9 @@
 //! call, poll or cancel at a provider, download and keep a file — feeds the result back as
 //! the next event, and commits each transition's records and history together
 //! ([`Engine::commit`]: values too large for a record go to the blob store first, and a
-//! record that reads as no legal step state is refused). Only model calls are claimed before
-//! they start ("state before side effects"); pure steps write their result once.
+//! record that reads as no legal step state is refused). Only model calls that cost money or
+//! have an effect are claimed before they start ("state before side effects"); pure steps and
+//! built-in models write their result once, the attempt's start with it.
 
 use crate::uploads::ReadFail;
 use crate::{trace, Engine, EngineError};
@@ -204,6 +205,9 @@ impl Engine {
     ) -> Result<Vec<StepRecord>, EngineError> {
         // The callback token of an asynchronous attempt claimed in this event's handling.
         let nonce = uuid::Uuid::new_v4().simple().to_string();
+        // The history of a claim not written (a call free to repeat): it rides on the step's
+        // next write, whichever transition makes it.
+        let mut carried: Vec<HistoryEvent> = Vec::new();
         let mut event = first;
         loop {
             let t = machine::handle(&self.machine(cx, &nonce), step_id, event)
@@ -212,7 +216,9 @@ impl Engine {
                 observe_note(&cx.run_id, step_id, note);
             }
             event = match t.next {
-                Next::Commit(writes) => return self.commit(&cx.wf, &cx.run_id, writes).await,
+                Next::Commit(writes) => {
+                    return self.commit_carrying(cx, step_id, writes, carried).await
+                }
                 Next::Prepare {
                     rec,
                     token,
@@ -233,7 +239,21 @@ impl Engine {
                     claim,
                     request,
                     token,
-                } => self.call(cx, step_id, claim, request, token).await?,
+                    commit_claim,
+                } => {
+                    let claimed = if commit_claim {
+                        let written = self
+                            .commit_carrying(cx, step_id, claim, std::mem::take(&mut carried))
+                            .await?;
+                        written.into_iter().next()
+                    } else {
+                        carried.extend(claim.events);
+                        claim.records.into_iter().next()
+                    };
+                    let claimed = claimed
+                        .ok_or_else(|| EngineError::Internal("a claim wrote no record".into()))?;
+                    self.call(cx, step_id, claimed, request, token).await?
+                }
                 Next::Poll {
                     mut rec,
                     job,
@@ -251,7 +271,7 @@ impl Engine {
                         self.cancel_at_provider(&cx.run_id, step_id, &req, &job)
                             .await;
                     }
-                    return self.commit(&cx.wf, &cx.run_id, writes).await;
+                    return self.commit_carrying(cx, step_id, writes, carried).await;
                 }
                 Next::Download { rec, model, url } => {
                     let result = match self.download(&model, &url).await {
@@ -286,14 +306,29 @@ impl Engine {
         self.step_event(cx, action.step(), event).await
     }
 
+    /// [`Engine::commit`] with the history of an unwritten claim (`carried`) put before the
+    /// step's own events in its record's write.
+    async fn commit_carrying(
+        &self,
+        cx: &ActionCtx,
+        step_id: &str,
+        writes: Writes,
+        carried: Vec<HistoryEvent>,
+    ) -> Result<Vec<StepRecord>, EngineError> {
+        let carried = (!carried.is_empty()).then_some((step_id, carried));
+        self.commit(&cx.wf, &cx.run_id, writes, carried).await
+    }
+
     /// Commits one transition's writes: each value too large for its record goes to the
     /// blob store first (the record points to it), every record must read as a legal step
-    /// state, then the records and their history are written together.
+    /// state, then the records and their history are written together; `carried` (a step
+    /// and the history of its unwritten claim) goes before that step's own events.
     pub(crate) async fn commit(
         &self,
         wf: &Workflow,
         run_id: &str,
         writes: Writes,
+        carried: Option<(&str, Vec<HistoryEvent>)>,
     ) -> Result<Vec<StepRecord>, EngineError> {
         let mut records = writes.records.clone();
         for r in records.iter_mut() {
@@ -305,28 +340,33 @@ impl Engine {
                 EngineError::Internal(format!("step `{}`: refusing to write {e}", r.step))
             })?;
         }
-        let per_record: Vec<&[HistoryEvent]> =
-            (0..records.len()).map(|i| writes.events_for(i)).collect();
+        let mut per_record: Vec<Vec<HistoryEvent>> = (0..records.len())
+            .map(|i| writes.events_for(i).to_vec())
+            .collect();
+        if let Some((step, mut before)) = carried {
+            // The step's own record (a transition may write others beside it).
+            let i = records.iter().position(|r| r.step == step).unwrap_or(0);
+            if let Some(own) = per_record.get_mut(i) {
+                before.append(own);
+                *own = before;
+            }
+        }
+        let per_record: Vec<&[HistoryEvent]> = per_record.iter().map(Vec::as_slice).collect();
         self.put_records(wf, run_id, &mut records, &per_record)
             .await?;
         Ok(records)
     }
 
-    /// Commits a claim, then calls the model under the step's timeout (keeping the call's
+    /// Calls the model of a claimed attempt under the step's timeout (keeping the call's
     /// tape when the run keeps them): the `Answered` event.
     async fn call(
         &self,
         cx: &ActionCtx,
         step_id: &str,
-        claim: Writes,
+        mut claimed: StepRecord,
         req: ModelRequest,
         token: Option<String>,
     ) -> Result<Event, EngineError> {
-        let mut claimed = self
-            .commit(&cx.wf, &cx.run_id, claim)
-            .await?
-            .pop()
-            .ok_or_else(|| EngineError::Internal("a claim wrote no record".into()))?;
         tracing::info!(run_id = %cx.run_id, step = %step_id, attempt = claimed.attempt, model = %req.model, prompt_version = ?req.prompt_version, "step started");
         let provider = self
             .providers
@@ -569,5 +609,10 @@ impl machine::Prices for crate::registry::Providers {
 
     fn price_usd(&self, model: &str, usage: Usage) -> Option<f64> {
         self.for_model(model)?.price_usd(model, usage)
+    }
+
+    fn repeat_is_free(&self, model: &str) -> bool {
+        self.for_model(model)
+            .is_some_and(|p| p.repeat_is_free(model))
     }
 }

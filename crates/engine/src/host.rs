@@ -88,15 +88,12 @@ pub async fn invoke_once(
         Function::Worker => engine.handle_work_batch(&records, deadline, inbox).await,
         Function::Notifier(sender) => engine.handle_notify_batch(&records, inbox, sender).await,
     };
-    let mut deleted = 0;
-    for r in records
+    let handled: Vec<&str> = records
         .iter()
         .filter(|r| !report.failures.contains(&r.message_id))
-    {
-        if inbox.ack(&r.receipt).await? {
-            deleted += 1;
-        }
-    }
+        .map(|r| r.receipt.as_str())
+        .collect();
+    let deleted = inbox.ack_all(&handled).await?;
     Ok(Invoked {
         received: records.len(),
         deleted,

@@ -71,7 +71,7 @@ use std::sync::{Arc, Mutex};
 use switchyard_core::ports::{BlobStore, Queue, StateStore};
 use switchyard_core::state::ValueRef;
 use switchyard_core::workflow::Workflow;
-use switchyard_core::{Clock, StoreError};
+use switchyard_core::{Clock, Millis, StoreError};
 
 /// Settings with their documented defaults (docs/architecture.md, "Limits").
 #[derive(Debug, Clone)]
@@ -108,7 +108,20 @@ pub struct Config {
     /// A worker driving a run re-reads its header before starting a step at most this often,
     /// to see a cancellation requested meanwhile (one header read, not a write).
     pub cancel_check_ms: u64,
+    /// A run whose only next thing is a timer due within this many ms (a short retry
+    /// backoff) waits for it in the invocation instead of a round trip through the queue
+    /// (a header write, a delayed message, a receive, a lease take). 0 (the default, and the
+    /// embedded backend's: a round trip costs nothing there) never waits. The Lambda functions
+    /// use [`WAIT_IN_INVOCATION_MS`].
+    pub wait_in_invocation_ms: u64,
 }
+
+/// The Lambda functions' [`Config::wait_in_invocation_ms`]. Chosen by price: a round trip
+/// costs ~$2.7 per million (a header write and a lease take, two reads, three SQS requests;
+/// docs/benchmarks.md), a 512 MB arm64 function's time $6.67 per million seconds — so a wait
+/// of up to ~0.4 s is cheaper in the invocation; 250 ms leaves room for a function with
+/// more memory and for the first attempt's own time.
+pub const WAIT_IN_INVOCATION_MS: u64 = 250;
 
 impl Default for Config {
     fn default() -> Self {
@@ -126,6 +139,7 @@ impl Default for Config {
             allow_private_callbacks: false,
             tapes: false,
             cancel_check_ms: 200,
+            wait_in_invocation_ms: 0,
         }
     }
 }
@@ -142,6 +156,9 @@ pub struct Engine {
     pub config: Arc<Config>,
     /// Definitions by content hash, so a worker reads each pinned definition once.
     definitions: Arc<Mutex<HashMap<String, Arc<Workflow>>>>,
+    /// Definitions this process stored (or read back), by content hash → (blob key, when), so a
+    /// run start pins with no blob write ([`PIN_REFRESH_MS`]).
+    pinned: Arc<Mutex<HashMap<String, (String, Millis)>>>,
     /// Offloaded values by content hash: they never change, so a re-plan (which rebuilds the
     /// scope) reads each one once per process (a Lambda container), within a byte budget.
     values: Arc<Mutex<ValueCache>>,
@@ -149,7 +166,34 @@ pub struct Engine {
     pub metrics: Arc<dyn switchyard_core::telemetry::MetricSink>,
     /// How spans join a run's trace ([`Engine::with_trace`]); not at all by default.
     pub trace: Arc<dyn trace::TraceContext>,
+    /// How a worker waits in the invocation ([`Config::wait_in_invocation_ms`]): on the
+    /// runtime's timer by default; tests on a manual clock move it instead ([`Engine::with_waits`]).
+    pub waits: Arc<dyn Waits>,
 }
+
+/// Waiting until a time of the engine's clock, inside a worker's invocation.
+#[async_trait::async_trait]
+pub trait Waits: Send + Sync {
+    async fn until(&self, clock: &dyn Clock, at: Millis);
+}
+
+/// Sleeps on the runtime's timer.
+pub struct Sleeps;
+
+#[async_trait::async_trait]
+impl Waits for Sleeps {
+    async fn until(&self, clock: &dyn Clock, at: Millis) {
+        let ms = at.saturating_sub(clock.now_ms());
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+}
+
+/// How long a process trusts its own pin of a definition before storing it again. A run start
+/// stores its compiled definition under its content hash; storing it on every start was one
+/// S3 `PutObject` per run (issue 25: $5 per million runs). A process stores each definition
+/// once, and again after this long, so a blob store that expires objects (`BlobsExpireDays`,
+/// docs/deploy.md) gets a deleted definition back within the hour.
+pub const PIN_REFRESH_MS: Millis = 3_600_000;
 
 /// Bytes of offloaded values kept in memory per engine (a Lambda container or a `dev`
 /// process). When a new value would pass it, the cache starts over: values are read again
@@ -181,10 +225,18 @@ impl Engine {
             workflows,
             config: Arc::new(config),
             definitions: Arc::new(Mutex::new(HashMap::new())),
+            pinned: Arc::new(Mutex::new(HashMap::new())),
             values: Arc::new(Mutex::new(ValueCache::default())),
             metrics: Arc::new(switchyard_core::telemetry::NoMetrics),
             trace: Arc::new(trace::NoTraces),
+            waits: Arc::new(Sleeps),
         }
+    }
+
+    /// With another way to wait in an invocation (a test's manual clock).
+    pub fn with_waits(mut self, waits: Arc<dyn Waits>) -> Engine {
+        self.waits = waits;
+        self
     }
 
     pub fn now(&self) -> u64 {
@@ -261,12 +313,24 @@ impl Engine {
         }
     }
 
-    /// Stores a compiled definition under its content hash (idempotent).
+    /// Stores a compiled definition under its content hash (idempotent), once per process
+    /// and [`PIN_REFRESH_MS`]: later starts of the same definition write nothing.
     pub async fn pin_definition(&self, wf: &Workflow) -> Result<String, StoreError> {
         let bytes = serde_json::to_vec(wf).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let hash = switchyard_core::sha256_hex(&bytes);
+        let now = self.now();
+        let known = self.pinned.lock().ok().and_then(|p| p.get(&hash).cloned());
+        if let Some((key, at)) = known {
+            if now.saturating_sub(at) < PIN_REFRESH_MS {
+                return Ok(key);
+            }
+        }
         let key = self.blobs.put(&bytes, "application/json").await?;
         if let Ok(mut cache) = self.definitions.lock() {
             cache.insert(key.clone(), Arc::new(wf.clone()));
+        }
+        if let Ok(mut pinned) = self.pinned.lock() {
+            pinned.insert(hash, (key.clone(), now));
         }
         Ok(key)
     }

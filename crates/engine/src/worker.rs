@@ -310,6 +310,9 @@ impl Engine {
         };
         // When the header was last read (`handle` just loaded it).
         let mut header_read_at = self.now();
+        // Whether an in-invocation wait is still allowed: not after one the clock did not
+        // move past (a clock that is not the waits' own; then the queue takes over).
+        let mut may_wait = true;
         loop {
             let now = self.now();
             let plan = planner::plan(wf, snap, now);
@@ -375,8 +378,29 @@ impl Engine {
             if let Some(e) = failure {
                 return Err(e);
             }
+            if let Some(at) = self.wait_here(&plan, now, deadline).filter(|_| may_wait) {
+                self.waits.until(self.clock.as_ref(), at).await;
+                may_wait = self.now() >= at;
+                continue;
+            }
             return self.come_to_rest(pass, snap, plan, near_deadline).await;
         }
+    }
+
+    /// The time to wait for in this invocation, if the run's only next thing is a timer
+    /// due within `wait_in_invocation_ms` that also leaves the deadline's margin.
+    fn wait_here(
+        &self,
+        plan: &planner::Plan,
+        now: Millis,
+        deadline: Option<Millis>,
+    ) -> Option<Millis> {
+        let limit = self.config.wait_in_invocation_ms;
+        let quiet = plan.outcome.is_none() && plan.actions.is_empty() && plan.running.is_empty();
+        let at = plan.wake_at.filter(|_| quiet && limit > 0)?;
+        let fits = deadline.is_none_or(|d| at + self.config.deadline_margin_ms < d);
+        (plan.wait == Some(WaitReason::Timer) && at > now && at - now <= limit && fits)
+            .then_some(at)
     }
 
     /// Starts each action as a future of its own; they run concurrently with the planning loop.

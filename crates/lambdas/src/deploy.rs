@@ -213,6 +213,31 @@ impl Deployment {
     }
 }
 
+/// Which Lambda function a deployment is wired for ([`Deployment::from_env_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Function {
+    Intake,
+    Worker,
+    Webhook,
+    Notifier,
+}
+
+impl Function {
+    pub fn name(self) -> &'static str {
+        match self {
+            Function::Intake => "intake",
+            Function::Worker => "worker",
+            Function::Webhook => "webhook",
+            Function::Notifier => "notifier",
+        }
+    }
+
+    /// Only intake looks workflows up by name (starts, reruns, the console's lists).
+    pub fn compiles_workflows(self) -> bool {
+        self == Function::Intake
+    }
+}
+
 /// The settings secret's entry `name`, or an error naming it and what is lost without it (a
 /// function that cannot work without a setting stops at its cold start, where the log says
 /// so, instead of failing each request later).
@@ -240,8 +265,38 @@ impl Deployment {
     /// From the process environment and the default AWS configuration chain (which honours
     /// `AWS_ENDPOINT_URL` for an emulator).
     pub async fn from_env() -> Result<Deployment> {
+        Deployment::from_env_for(Function::Intake).await
+    }
+
+    /// [`Deployment::from_env`] wired for one function: only intake compiles the bundled
+    /// workflows (it starts runs by name and serves the console); the worker, the webhook and
+    /// the notifier run pinned definitions read from the blob store, so their cold start
+    /// compiles nothing. Logs how long each init phase took (`init phases`: the SDK
+    /// configuration, the settings secret, the wiring).
+    pub async fn from_env_for(function: Function) -> Result<Deployment> {
+        let started = std::time::Instant::now();
         let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        Deployment::new(&sdk, Resources::from_env(&EnvSecrets)?).await
+        let sdk_done = started.elapsed();
+        let resources = Resources::from_env(&EnvSecrets)?;
+        let settings = load_settings(&sdk, &resources).await?;
+        let settings_done = started.elapsed();
+        let clients = Clients::new(&sdk, resources.s3_path_style);
+        let d = if function.compiles_workflows() {
+            Deployment::with_clients(clients, resources, settings)?
+        } else {
+            Deployment::with_workflows(clients, resources, settings, &|_| Ok(Workflows::new()))?
+        };
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        let done = started.elapsed();
+        tracing::info!(
+            function = function.name(),
+            sdk_config_ms = ms(sdk_done),
+            settings_ms = ms(settings_done - sdk_done),
+            wiring_ms = ms(done - settings_done),
+            workflows = d.engine.workflows.list().len(),
+            "init phases"
+        );
+        Ok(d)
     }
 
     /// With the settings secret `resources.secret_id` names (read here, once).
@@ -297,7 +352,9 @@ impl Deployment {
         let store = DynamoStore::new(clients.dynamo, resources.table.clone());
         let blobs = S3BlobStore::new(clients.s3, resources.bucket.clone())
             .with_prefix(&resources.blob_prefix);
-        let config = Config::from_secrets(secrets.as_ref(), owner(), "http://127.0.0.1:9000");
+        let mut config = Config::from_secrets(secrets.as_ref(), owner(), "http://127.0.0.1:9000");
+        // A short retry backoff is waited for in the invocation: cheaper than the round trip.
+        config.wait_in_invocation_ms = switchyard_engine::WAIT_IN_INVOCATION_MS;
         let work = Arc::new(queues.queue(QueueName::Work));
         let notify = Arc::new(queues.queue(QueueName::Notify));
         let engine = Engine::new(

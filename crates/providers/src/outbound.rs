@@ -9,7 +9,9 @@
 //! client follows no redirect, uses no proxy (a proxy would resolve the name itself), retries
 //! nothing (the notifier owns retries), and has explicit connect and total timeouts. The
 //! response status is the answer; its body is read up to `max_response_bytes` and the rest is
-//! abandoned.
+//! abandoned. The TLS configuration (the platform's root certificates, read by the verifier)
+//! is built once per process ([`tls`]) and shared by every delivery's client: building it per
+//! delivery read the system's certificates each time.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -145,7 +147,11 @@ impl CallbackClient {
         if remaining.is_zero() {
             return Failed(AttemptError::Timeout);
         }
-        let mut builder = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(tls) = tls() {
+            builder = builder.tls_backend_preconfigured(tls);
+        }
+        let mut builder = builder
             .connect_timeout(connect)
             .timeout(remaining)
             .redirect(reqwest::redirect::Policy::none())
@@ -191,6 +197,27 @@ impl CallbackClient {
     }
 }
 
+/// The process's TLS client configuration (rustls with the platform verifier, as reqwest
+/// builds its own), made on first use. `None` if it cannot be made: each client then builds
+/// reqwest's default, as before.
+pub fn tls() -> Option<rustls::ClientConfig> {
+    use rustls_platform_verifier::BuilderVerifierExt;
+    static TLS: std::sync::OnceLock<Option<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    TLS.get_or_init(|| {
+        let config = rustls::ClientConfig::builder()
+            .with_platform_verifier()
+            .map(|b| b.with_no_client_auth());
+        match config {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "callback TLS configuration: falling back to a client's own");
+                None
+            }
+        }
+    })
+    .clone()
+}
+
 /// The pinned client's fallback resolver: it resolves nothing, so the only address the client
 /// can reach is the one `ClientBuilder::resolve` pinned.
 struct NoResolution;
@@ -223,6 +250,22 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use switchyard_core::outbound::AddressClass;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The shared TLS configuration is made, once, and reqwest takes it (a rustls of another
+    /// version would be refused when the client is built, failing every delivery).
+    #[test]
+    fn the_tls_configuration_is_made_once_and_reqwest_takes_it() {
+        let tls = tls().expect("a TLS configuration on this machine");
+        assert!(Arc::ptr_eq(&tls.crypto_provider().clone(), &tls_provider()));
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .build();
+        assert!(client.is_ok(), "{client:?}");
+    }
+
+    fn tls_provider() -> Arc<rustls::crypto::CryptoProvider> {
+        tls().expect("made before").crypto_provider().clone()
+    }
 
     /// What a test server answers.
     #[derive(Clone)]

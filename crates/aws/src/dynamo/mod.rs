@@ -11,9 +11,9 @@
 //!
 //! | item | `PK` | `SK` | other attributes |
 //! |---|---|---|---|
-//! | run header | `RUN#<run_id>` | `H` | `ver` (N), `body` (the `RunHeader` JSON), `workflow`, `GSI1PK` = `TENANT#<tenant>`, `GSI1SK` = `GSI2SK` = `<created_at, 13 digits>#<run_id>`, `GSI2PK` = `ALL` |
+//! | run header | `RUN#<run_id>` | `H` | `ver` (N), `body` (the `RunHeader` JSON), `workflow`, `GSI1PK` = `TENANT#<tenant>`, `GSI1SK` = `GSI2SK` = `<created_at, 13 digits>#<run_id>`, `GSI2PK` = `ALL`, `ev` (the history of the header's writes) |
 //! | step record | `RUN#<run_id>` | `S#<step>` | `ver` (N), `body` (`StepRecord` JSON), `cseq` (creation order), `ev` (the step's history, see below) |
-//! | other history | `RUN#<run_id>` | `E#<seq>` | `ev` |
+//! | other history | `RUN#<run_id>` | `E#<seq>` | `ev` (`append_events` only) |
 //! | idempotency key | `IDEM#<tenant, `%`/`#` escaped>#<key>` | `I` | `run_id`, `body_hash`, `created_at` (N, ms), `ttl` (N, s) |
 //! | webhook id | `WH#<id>` | `W` | `seen_at` (N, ms), `ttl` (N, s) |
 //! | stats bucket | `STATS#<tenant, escaped>` | `<hour, 13 digits>#<workflow>#<step>#<model>#<prompt version>` (parts escaped; step, model and prompt version empty for the run bucket) | `T`, `W`, `HR` (N), `ST`, `M`, `PV`, `K` (step kind), `O` (N, step order), and one number per counter (`started`, `succeeded`, `e.timeout`, `l.37`, `usd`, `t.input`, …: `switchyard_core::stats`) |
@@ -21,13 +21,16 @@
 //! - **Versions**: `ver` is what conditions compare (`ver = :read`); the store writes
 //!   `read + 1` and returns it. Header and step updates `SET body, ver` (and `ev`) only.
 //! - **History**: every write that carries events stores them as one *batch*, the string
-//!   `<seq> <JSON array>`, where `seq` is a UUIDv7 (32 hex digits) made at write time. A step
-//!   write appends its batch to the step item's `ev` list (`list_append`: one `UpdateItem`, no
-//!   second item); a header write or `append_events` puts an `E#<seq>` item, in the same
-//!   `TransactWriteItems` as the header when there is one. `events()` queries the partition and
-//!   sorts the batches by `seq`: append order, as long as one process writes a run's history at
-//!   a time (the lease), because UUIDv7s of one process are ordered; writers on different
-//!   machines are ordered by their clocks (milliseconds; they race anyway).
+//!   `<seq> <JSON array>`, where `seq` is a UUIDv7 (32 hex digits) made at write time, appended
+//!   to the `ev` list of the item it writes — the header's own list for a header write
+//!   (`create_run`, `put_header`, `end_run`), the step item's for a step write — with
+//!   `list_append` in the same `PutItem`/`UpdateItem`: a change and its history are one item
+//!   write, never a transaction (which bills every item twice). Only `append_events` (history
+//!   that belongs to no write: a notification's delivery) puts an `E#<seq>` item. `events()`
+//!   queries the partition and sorts the batches by `seq`: append order, as long as one
+//!   process writes a run's history at a time (the lease), because UUIDv7s of one process are
+//!   ordered; writers on different machines are ordered by their clocks (milliseconds; they
+//!   race anyway). Runs written before this layout keep their `E#` items; both are read.
 //! - **Existence**: a step write of version 0 and `append_events` must not create items for a
 //!   run that does not exist; they read the header first (one strongly consistent `GetItem`),
 //!   skipped for runs this store has seen exist: runs are never deleted, so once seen, a run
@@ -55,12 +58,11 @@
 //!   the caller's own index partition (`TENANT#<caller>`), so a forged position can only skip
 //!   within the caller's own runs, never into another tenant's.
 //! - **Stats buckets** (docs/architecture.md, "Stats aggregates"): counters only ever grow by
-//!   `UpdateItem … ADD`, inside the transaction that creates a run (`started`) or ends it
-//!   (`end_run`: the header write, its `E#` item and the run's buckets; a run with more
-//!   buckets than a transaction holds adds the rest after it, one `UpdateItem` each). A
-//!   transaction cancelled by `TransactionConflict` (another run's end on a shared bucket) is
-//!   sent again a few times. A window is one `Query` on `STATS#<tenant>` with `SK BETWEEN`
-//!   the hours (no index); every tenant at once is refused (`Invalid`).
+//!   `UpdateItem … ADD`, one per bucket, right after the write that creates a run (`started`)
+//!   or ends it (the run bucket and one per step): not in a transaction with it, so they are
+//!   added at most once (`add_figures`: a crash between the two writes leaves a run out of
+//!   the figures; its records are exact). A window is one `Query` on `STATS#<tenant>` with
+//!   `SK BETWEEN` the hours (no index); every tenant at once is refused (`Invalid`).
 //! - `all_runs` has one partition (`GSI2PK = ALL`), written once per run (at creation): about
 //!   a thousand new runs a second across all tenants before it needs sharding (`ALL#<n>`, with
 //!   the listing merging the shards).
@@ -338,15 +340,17 @@ impl KnownRuns {
 #[async_trait]
 impl StateStore for DynamoStore {
     async fn create_run(&self, h: &RunHeader, events: &[HistoryEvent]) -> Result<(), StoreError> {
-        // One transaction: the header, its first events, and `started` in its stats bucket.
-        let mut items = vec![Write::put_new(header_item(h)?).transact_item(&self.table)?];
-        if let Some(ev) = Self::history(&h.run_id, events)? {
-            items.push(Write::put_new(ev).transact_item(&self.table)?);
+        // One `PutItem`: the header with its first events in its `ev` list. Then `started` in
+        // its stats bucket, apart (docs/architecture.md, "The write layout on DynamoDB").
+        let mut item = header_item(h)?;
+        if !events.is_empty() {
+            let batch = event_batch(&new_seq(), &h.run_id, events)?;
+            item.insert("ev".into(), AttributeValue::L(vec![batch]));
         }
-        items.push(stats_transact_item(&self.table, &stats::started(h))?);
-        match self.transact_with_stats(items).await? {
+        match self.commit(Write::put_new(item)).await? {
             Written::Yes => {
                 self.known.insert(&h.run_id);
+                self.add_figures(&h.run_id, &[stats::started(h)]).await;
                 Ok(())
             }
             Written::ConditionFailed(_) => Err(StoreError::Conflict(format!(
@@ -389,9 +393,8 @@ impl StateStore for DynamoStore {
 
     async fn put_header(&self, h: &RunHeader, events: &[HistoryEvent]) -> Result<u64, StoreError> {
         let new_version = h.version + 1;
-        let write = Self::header_update(h, new_version)?;
         match self
-            .commit(write, Self::history(&h.run_id, events)?)
+            .commit(Self::header_update(h, new_version, events)?)
             .await?
         {
             Written::Yes => Ok(new_version),
@@ -411,21 +414,16 @@ impl StateStore for DynamoStore {
         events: &[HistoryEvent],
         buckets: &[Bucket],
     ) -> Result<u64, StoreError> {
+        // The header write ends the run exactly once (its version condition); the run's
+        // figures are added after it, one `UpdateItem ADD` per bucket, not in a transaction
+        // with it (docs/architecture.md, "The write layout on DynamoDB").
         let new_version = h.version + 1;
-        let mut items = vec![Self::header_update(h, new_version)?.transact_item(&self.table)?];
-        if let Some(ev) = Self::history(&h.run_id, events)? {
-            items.push(Write::put_new(ev).transact_item(&self.table)?);
-        }
-        // The run bucket first, then as many step buckets as the transaction holds; a run
-        // with more adds the rest after, one update each (docs/architecture.md).
-        let room = TRANSACT_MAX - items.len();
-        let (now, later) = buckets.split_at(buckets.len().min(room));
-        for b in now {
-            items.push(stats_transact_item(&self.table, b)?);
-        }
-        match self.transact_with_stats(items).await? {
+        match self
+            .commit(Self::header_update(h, new_version, events)?)
+            .await?
+        {
             Written::Yes => {
-                self.add_buckets(later).await?;
+                self.add_figures(&h.run_id, buckets).await;
                 Ok(new_version)
             }
             Written::ConditionFailed(Some(_)) => Err(StoreError::Conflict(format!(
@@ -505,7 +503,7 @@ impl StateStore for DynamoStore {
             let new_version = h.version + 1;
             // Another write moved the version between the read and this write: read again.
             if self
-                .commit(Self::header_update(&h, new_version)?, None)
+                .commit(Self::header_update(&h, new_version, &[])?)
                 .await?
                 == Written::Yes
             {
@@ -527,10 +525,7 @@ impl StateStore for DynamoStore {
         if rec.version == 0 {
             self.ensure_run(run_id).await?;
         }
-        match self
-            .commit(Self::step_write(run_id, rec, events)?, None)
-            .await?
-        {
+        match self.commit(Self::step_write(run_id, rec, events)?).await? {
             Written::Yes => Ok(rec.version + 1),
             Written::ConditionFailed(_) => Err(StoreError::Conflict(format!(
                 "step {} of run {run_id} is not at version {}",
@@ -639,7 +634,7 @@ impl StateStore for DynamoStore {
             return Ok(());
         };
         self.ensure_run(run_id).await?;
-        match self.commit(Write::put_new(item), None).await? {
+        match self.commit(Write::put_new(item)).await? {
             Written::Yes => Ok(()),
             Written::ConditionFailed(_) => Err(StoreError::Conflict(format!(
                 "events of run {run_id}: the sequence number is taken"
@@ -731,10 +726,12 @@ impl StateStore for DynamoStore {
             (TTL_ATTRIBUTE.to_string(), ttl_at(now + IDEMPOTENCY_TTL_MS)),
         ]);
         let old = match self
-            .commit(
-                expiring_put(item, IDEMPOTENCY_CONDITION, now, IDEMPOTENCY_TTL_MS),
-                None,
-            )
+            .commit(expiring_put(
+                item,
+                IDEMPOTENCY_CONDITION,
+                now,
+                IDEMPOTENCY_TTL_MS,
+            ))
             .await?
         {
             Written::Yes => return Ok(IdempotencyClaim::New),
@@ -756,10 +753,12 @@ impl StateStore for DynamoStore {
             (TTL_ATTRIBUTE.to_string(), ttl_at(now + WEBHOOK_ID_TTL_MS)),
         ]);
         let written = self
-            .commit(
-                expiring_put(item, WEBHOOK_ID_CONDITION, now, WEBHOOK_ID_TTL_MS),
-                None,
-            )
+            .commit(expiring_put(
+                item,
+                WEBHOOK_ID_CONDITION,
+                now,
+                WEBHOOK_ID_TTL_MS,
+            ))
             .await?;
         Ok(written == Written::Yes)
     }

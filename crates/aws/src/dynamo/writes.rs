@@ -103,26 +103,10 @@ impl Write {
 }
 
 impl DynamoStore {
-    /// Sends `write` on its own, or — when `events` carries an `E#` item — both in one
-    /// transaction (a header change and its history are one write, or neither happens).
-    pub(super) async fn commit(
-        &self,
-        write: Write,
-        events: Option<DynamoItem>,
-    ) -> Result<Written, StoreError> {
-        if let Some(ev) = events {
-            let items = vec![
-                write.transact_item(&self.table)?,
-                Write::put_new(ev).transact_item(&self.table)?,
-            ];
-            let res = self
-                .client
-                .transact_write_items()
-                .set_transact_items(Some(items))
-                .send()
-                .await;
-            return outcome("TransactWriteItems", res);
-        }
+    /// Sends one conditional write. No write of the adapter's hot path is a transaction (a
+    /// transaction bills every item twice): a header or step write carries its own history
+    /// in the item's `ev` list; only `put_steps` of several records is one.
+    pub(super) async fn commit(&self, write: Write) -> Result<Written, StoreError> {
         let old = ReturnValuesOnConditionCheckFailure::AllOld;
         match write {
             Write::Put {
@@ -164,24 +148,36 @@ impl DynamoStore {
         }
     }
 
-    /// The header write of `put_header` and `acquire_lease`: body and version only, so the
-    /// index keys and the projected `workflow` are untouched and no index item is rewritten.
-    pub(super) fn header_update(h: &RunHeader, new_version: u64) -> Result<Write, StoreError> {
+    /// The header write of `put_header`, `end_run` and `acquire_lease`: body and version,
+    /// and the write's events appended to the header's own `ev` list (as a step write does),
+    /// so the index keys and the projected `workflow` are untouched, no index item is
+    /// rewritten, and a header change and its history are one item write.
+    pub(super) fn header_update(
+        h: &RunHeader,
+        new_version: u64,
+        events: &[HistoryEvent],
+    ) -> Result<Write, StoreError> {
+        let mut vals = values([
+            (":body", header_body(h, new_version)?),
+            (":new", n(new_version)),
+            (":read", n(h.version)),
+        ]);
+        let mut update = String::from("SET body = :body, ver = :new");
+        if !events.is_empty() {
+            let batch = event_batch(&new_seq(), &h.run_id, events)?;
+            update.push_str(", ev = list_append(if_not_exists(ev, :none), :batch)");
+            vals.insert(":none".into(), AttributeValue::L(Vec::new()));
+            vals.insert(":batch".into(), AttributeValue::L(vec![batch]));
+        }
         // An ended run leaves the sparse `active` index (one index delete per run, at its end).
-        let update = if h.status.is_terminal() {
-            "SET body = :body, ver = :new REMOVE GSI3PK, GSI3SK"
-        } else {
-            "SET body = :body, ver = :new"
-        };
+        if h.status.is_terminal() {
+            update.push_str(" REMOVE GSI3PK, GSI3SK");
+        }
         Ok(Write::Update {
             key: item_key(run_pk(&h.run_id), HEADER_SK),
-            update: update.into(),
+            update,
             condition: "ver = :read",
-            values: values([
-                (":body", header_body(h, new_version)?),
-                (":new", n(new_version)),
-                (":read", n(h.version)),
-            ]),
+            values: vals,
         })
     }
 
@@ -238,7 +234,8 @@ impl DynamoStore {
         })
     }
 
-    /// The `E#` item for `events`, if there are any.
+    /// The `E#` item for `events` that belong to no write of the header or a step
+    /// (`append_events`), if there are any.
     pub(super) fn history(
         run_id: &str,
         events: &[HistoryEvent],

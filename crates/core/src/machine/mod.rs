@@ -79,6 +79,13 @@ pub trait Prices: Send + Sync {
     fn estimate_usd(&self, request: &ModelRequest) -> Option<f64>;
     /// What `usage` costs on `model`, if its price is known.
     fn price_usd(&self, model: &str, usage: Usage) -> Option<f64>;
+    /// Whether calling `model` again costs nothing and changes nothing outside the run (the
+    /// built-in models): such a call is not claimed before it starts, and its attempt is
+    /// written once, with its answer. A crash mid-call then leaves the step pending, and the
+    /// call is simply made again. Hosted models and asynchronous jobs are always claimed.
+    fn repeat_is_free(&self, _model: &str) -> bool {
+        false
+    }
 }
 
 /// The settings the machine's rules read from the deployment.
@@ -208,10 +215,14 @@ pub enum Next {
         request: ModelRequest,
     },
     /// Commit the claim (state before side effects), then call the model → [`Event::Answered`].
+    /// With `commit_claim: false` (a call free to repeat, [`Prices::repeat_is_free`]) the
+    /// claim is not written: its record is the one read, and its history rides on the
+    /// step's next write.
     Call {
         claim: Writes,
         request: ModelRequest,
         token: Option<String>,
+        commit_claim: bool,
     },
     /// Poll the job → [`Event::Polled`].
     Poll {

@@ -135,10 +135,14 @@ pub(super) fn claim(
         claimed.attempt,
         json!({"model": request.model, "prompt_version": request.prompt_version}),
     );
+    // A paid or asynchronous call is claimed before it starts: a repeat would cost money or
+    // submit a second job. A built-in model's call is not (issue 25: one write per step).
+    let commit_claim = token.is_some() || !cx.prices.repeat_is_free(&request.model);
     Transition::to(Next::Call {
         claim: Writes::one((claimed, started)),
         request,
         token,
+        commit_claim,
     })
 }
 

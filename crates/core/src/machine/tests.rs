@@ -56,6 +56,24 @@ impl Prices for Cent {
     }
 }
 
+/// The same prices, with the draft's models built in: free to repeat, so not claimed.
+struct FreeDraft;
+
+impl Prices for FreeDraft {
+    fn serves(&self, model: &str) -> bool {
+        Cent.serves(model)
+    }
+    fn estimate_usd(&self, request: &ModelRequest) -> Option<f64> {
+        Cent.estimate_usd(request)
+    }
+    fn price_usd(&self, model: &str, usage: Usage) -> Option<f64> {
+        Cent.price_usd(model, usage)
+    }
+    fn repeat_is_free(&self, model: &str) -> bool {
+        model != "local/async-job"
+    }
+}
+
 const LIMITS: Limits = Limits {
     lease_margin_ms: 1_000,
     default_poll_ms: 2_000,
@@ -68,6 +86,17 @@ fn ctx<'a>(
     ledger: &'a Mutex<Ledger>,
     now: Millis,
 ) -> Ctx<'a> {
+    ctx_priced(wf, scope, records, ledger, now, &Cent)
+}
+
+fn ctx_priced<'a>(
+    wf: &'a Workflow,
+    scope: &'a Value,
+    records: &'a HashMap<String, StepRecord>,
+    ledger: &'a Mutex<Ledger>,
+    now: Millis,
+    prices: &'a dyn Prices,
+) -> Ctx<'a> {
     Ctx {
         wf,
         run_id: "run-1",
@@ -79,7 +108,7 @@ fn ctx<'a>(
         nonce: "tok",
         public_url: "https://example.test",
         limits: LIMITS,
-        prices: &Cent,
+        prices,
     }
 }
 
@@ -216,9 +245,19 @@ fn a_call_goes_prepare_claim_answer_commit() {
         token,
         request: Ok(request),
     };
-    let Next::Call { claim, request, .. } = handle(&cx, "draft", prepared).unwrap().next else {
+    let Next::Call {
+        claim,
+        request,
+        commit_claim,
+        ..
+    } = handle(&cx, "draft", prepared).unwrap().next
+    else {
         panic!("a prepared request is claimed and called")
     };
+    assert!(
+        commit_claim,
+        "a paid call's claim is written before it starts"
+    );
     let claimed = claim.records[0].clone();
     assert_eq!(claimed.status, StepStatus::Running);
     assert_eq!(claim.events[0].kind, crate::state::EventKind::StepStarted);
@@ -381,6 +420,12 @@ struct Sim {
     /// Crashed attempts per step.
     crashed: BTreeMap<String, u32>,
     ledger: Mutex<Ledger>,
+    /// The draft's models are free to repeat ([`FreeDraft`]): its calls are not claimed, and a
+    /// call's reply is chosen by its step and attempt (a repeated call answers the same), a
+    /// crash happening once per attempt.
+    free: bool,
+    /// (step, attempt) that crashed already (free mode).
+    crashed_at: std::collections::BTreeSet<(String, u32)>,
 }
 
 impl Sim {
@@ -396,6 +441,31 @@ impl Sim {
             conflicts: 0,
             crashed: BTreeMap::new(),
             ledger: Mutex::new(Ledger::new(0.0)),
+            free: false,
+            crashed_at: Default::default(),
+        }
+    }
+
+    fn free(replies: Vec<Reply>) -> Sim {
+        Sim {
+            free: true,
+            ..Sim::new(replies)
+        }
+    }
+
+    /// The reply to a call: the next of `replies`, or in free mode the one of its step and
+    /// attempt (so duplicates cannot change which call gets which reply).
+    fn reply(&mut self, step: &str, attempt: u32) -> Reply {
+        if !self.free {
+            let r = self.replies.get(self.next_reply).copied();
+            self.next_reply += 1;
+            return r.unwrap_or(Reply::Good);
+        }
+        let offset = if step == "render" { 8 } else { 0 };
+        let i = offset + attempt.saturating_sub(1) as usize;
+        match self.replies.get(i).copied().unwrap_or(Reply::Good) {
+            Reply::Crash if !self.crashed_at.insert((step.to_string(), attempt)) => Reply::Good,
+            r => r,
         }
     }
 
@@ -455,7 +525,8 @@ impl Sim {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             let t = {
-                let cx = ctx(&self.wf, &scope, &records, &self.ledger, self.now);
+                let prices: &dyn Prices = if self.free { &FreeDraft } else { &Cent };
+                let cx = ctx_priced(&self.wf, &scope, &records, &self.ledger, self.now, prices);
                 handle(&cx, step, event)
             };
             let Ok(t) = t else {
@@ -480,22 +551,20 @@ impl Sim {
                     claim,
                     request,
                     token,
+                    commit_claim,
                 } => {
-                    if !self.commit(&claim) {
-                        return;
-                    }
                     let mut claimed = claim.records[0].clone();
-                    claimed.version += 1;
-                    *self
-                        .calls
-                        .entry((step.to_string(), claimed.attempt))
-                        .or_default() += 1;
-                    let r = self
-                        .replies
-                        .get(self.next_reply)
-                        .copied()
-                        .unwrap_or(Reply::Good);
-                    self.next_reply += 1;
+                    if commit_claim {
+                        if !self.commit(&claim) {
+                            return;
+                        }
+                        claimed.version += 1;
+                        *self
+                            .calls
+                            .entry((step.to_string(), claimed.attempt))
+                            .or_default() += 1;
+                    }
+                    let r = self.reply(step, claimed.attempt);
                     let result = match r {
                         Reply::Crash => {
                             *self.crashed.entry(step.to_string()).or_default() += 1;
@@ -609,6 +678,21 @@ impl Sim {
         panic!("the run did not end in 400 rounds: {:#?}", self.store);
     }
 
+    /// [`Sim::summary`] without when the approval was decided (a crash retried costs the
+    /// simulation a round, so the approver answers later).
+    fn summary_untimed(&self) -> Vec<(String, StepStatus, u32, Option<ValueRef>)> {
+        let mut out = self.summary();
+        for (_, _, _, output) in out.iter_mut() {
+            if let Some(ValueRef::Inline {
+                value: Value::Object(o),
+            }) = output
+            {
+                o.remove("decided_at");
+            }
+        }
+        out
+    }
+
     /// What a run came to, per step: status, attempts, output.
     fn summary(&self) -> Vec<(String, StepStatus, u32, Option<ValueRef>)> {
         self.store
@@ -674,6 +758,65 @@ proptest! {
             prop_assert_eq!(lost, (*crashes).min(settle::MAX_LOST_ATTEMPTS), "{}", step);
         }
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Built-in calls are not claimed: duplicated, late and reordered events, and workers
+    /// that die mid-call, still end in the clean run's state; a crash leaves the step pending
+    /// (no lost attempt: the call is made again), and the asynchronous job — still claimed —
+    /// is submitted at most once per attempt.
+    #[test]
+    fn unclaimed_free_calls_end_the_same_through_duplicates_and_crashes(
+        replies in prop::collection::vec(reply(), 0..12),
+        again in prop::collection::vec(prop::option::of(0usize..64), 0..40),
+        reverse in any::<bool>(),
+    ) {
+        let mut clean = Sim::free(replies.clone());
+        let want = clean.run(&[], false);
+        let again: Vec<usize> = again.into_iter().flatten().collect();
+        let mut noisy = Sim::free(replies);
+        let got = noisy.run(&again, reverse);
+        prop_assert_eq!(got, want);
+        prop_assert_eq!(noisy.summary_untimed(), clean.summary_untimed());
+        for (k, n) in &noisy.calls {
+            prop_assert_eq!(k.0.as_str(), "render", "only the job is claimed");
+            prop_assert!(*n <= 1, "{:?} submitted {} times", k, n);
+        }
+        for r in noisy.store.values() {
+            if r.step == "draft" {
+                prop_assert_eq!(r.lost, 0, "an unclaimed call is never a lost attempt");
+            }
+        }
+    }
+}
+
+/// An unclaimed call writes its attempt once, with its answer: a clean run's draft is one
+/// write (not a claim and an answer), and a crash mid-call is no attempt at all.
+#[test]
+fn a_free_call_is_one_write_and_a_crash_is_no_attempt() {
+    let mut free = Sim::free(vec![]);
+    assert_eq!(free.run(&[], false), Outcome::Succeeded);
+    assert_eq!(free.store["draft"].version, 1, "one write of the draft");
+    assert_eq!(free.store["draft"].attempt, 1);
+    assert_eq!(
+        free.calls.keys().map(|k| k.0.as_str()).collect::<Vec<_>>(),
+        ["render"]
+    );
+    let mut paid = Sim::new(vec![]);
+    assert_eq!(paid.run(&[], false), Outcome::Succeeded);
+    assert_eq!(paid.store["draft"].version, 2, "a claim, then the answer");
+
+    let mut crashed = Sim::free(vec![Reply::Crash, Reply::Good]);
+    assert_eq!(crashed.run(&[], false), Outcome::Succeeded);
+    let draft = &crashed.store["draft"];
+    assert_eq!((draft.attempt, draft.lost, draft.version), (1, 0, 1));
+    assert_eq!(crashed.summary_untimed(), free.summary_untimed());
 }
 
 /// The simulation goes through every kind of transition: a clean run succeeds through the

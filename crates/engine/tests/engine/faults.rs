@@ -83,19 +83,42 @@ pub(crate) async fn a_repair_is_never_half_applied_when_its_write_fails() {
 }
 
 /// Every write of a run failing once, before it lands or after (answer lost), one at a time:
-/// the run still succeeds, and no step is started twice for one attempt.
+/// the run still succeeds, and no step is started twice for one attempt. The built-in calls
+/// are claimed here as hosted calls are (`H::with_store_claiming`), so the claims' writes
+/// fail too; `built_in_calls_through_failed_writes` is the same with unclaimed calls.
 #[tokio::test]
 pub(crate) async fn any_one_failed_write_leaves_the_run_whole() {
+    every_write_failing_once(true, 20).await;
+}
+
+/// Unclaimed (built-in) calls through every write failing once: the run still succeeds, and
+/// each step's attempts are what the clean run's are (a result written with its answer lost
+/// is read back, not recomputed as a second attempt).
+#[tokio::test]
+pub(crate) async fn built_in_calls_through_failed_writes() {
+    every_write_failing_once(false, 12).await;
+}
+
+type Store = dyn switchyard_core::ports::StateStore;
+
+async fn every_write_failing_once(claiming: bool, at_least: usize) {
     use switchyard_contract::faults::{Fault, FaultyStore, WriteKind};
     let src = judge_wf(JUDGED_ONCE, true, NO_BEST, 2);
     // How many writes of each kind a clean run makes.
     let counting = Arc::new(std::sync::Mutex::new(None::<Arc<FaultyStore>>));
     let slot = counting.clone();
-    let clean = H::with_store(move |inner| {
+    let make = |wrap: Box<dyn FnOnce(Arc<Store>) -> Arc<Store>>| {
+        if claiming {
+            H::with_store_claiming(wrap)
+        } else {
+            H::with_store(wrap)
+        }
+    };
+    let clean = make(Box::new(move |inner| {
         let f = Arc::new(FaultyStore::new(inner));
         *slot.lock().unwrap() = Some(f.clone());
         f
-    });
+    }));
     let (_, status) = clean.run(&src, json!({"topic": "t"})).await;
     assert_eq!(status, RunStatus::Succeeded);
     let counts = counting.lock().unwrap().clone().unwrap();
@@ -109,9 +132,9 @@ pub(crate) async fn any_one_failed_write_leaves_the_run_whole() {
     for kind in kinds {
         for nth in 1..=counts.calls(kind) {
             for fault in [Fault::Before, Fault::After] {
-                let h = H::with_store(move |inner| {
+                let h = make(Box::new(move |inner| {
                     Arc::new(FaultyStore::new(inner).fail(kind, nth, fault))
-                });
+                }));
                 let (run, status) = h.run(&src, json!({"topic": "t"})).await;
                 let case = format!("{kind:?} #{nth} {fault:?}");
                 assert_eq!(status, RunStatus::Succeeded, "{case}");
@@ -125,7 +148,7 @@ pub(crate) async fn any_one_failed_write_leaves_the_run_whole() {
         }
     }
     assert!(
-        cases >= 20,
+        cases >= at_least,
         "every write of the run was tried ({cases} cases)"
     );
 }

@@ -101,6 +101,33 @@ pub(crate) async fn transient_failures_retry_on_the_backoff_policy() {
     }
 }
 
+/// With `wait_in_invocation_ms`, a backoff that short is waited for in the handling of the
+/// wake-up that failed (no timer through the queue, no second lease take); a longer one
+/// still goes through the queue. Attempts, delays and history are the same either way.
+#[tokio::test]
+pub(crate) async fn a_short_backoff_is_waited_for_in_the_invocation() {
+    let policy = "{max_attempts: 3, initial_backoff: 100ms, multiplier: 2, jitter: false}";
+    // (limit ms, wake-ups handled, timers sent)
+    for (limit, handled, timers) in [(300, 1, 0), (150, 2, 1), (0, 3, 2)] {
+        let h = H::with_config(|c| c.wait_in_invocation_ms = limit);
+        let fault = "{kind: transient, times: 2}";
+        let (run, got) = h.run(&retry_wf(fault, policy), json!({"text": "x"})).await;
+        assert_eq!(got, RunStatus::Succeeded, "limit {limit}");
+        assert_eq!(h.rec(&run, "gen").await.attempt, 3);
+        assert_eq!(retry_delays(&h, &run, "gen").await, [100, 200]);
+        let starts = start_times(&h, &run, "gen").await;
+        let gaps: Vec<u64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(gaps, [100, 200], "limit {limit}");
+        let wakes = h.handled(&run);
+        assert_eq!(wakes.len(), handled, "limit {limit}: {wakes:?}");
+        let sent = wakes
+            .iter()
+            .filter(|(_, w, _)| w.reason == WakeReason::Timer)
+            .count();
+        assert_eq!(sent, timers, "limit {limit}: {wakes:?}");
+    }
+}
+
 #[tokio::test]
 pub(crate) async fn jittered_backoff_is_deterministic_per_run_and_step() {
     let h = H::new();

@@ -65,6 +65,15 @@ impl Pause for ManualPause {
     }
 }
 
+#[async_trait::async_trait]
+impl switchyard_engine::Waits for ManualPause {
+    async fn until(&self, _clock: &dyn Clock, at: u64) {
+        if at > self.0.now_ms() {
+            self.0.set(at);
+        }
+    }
+}
+
 /// What a test compares between two runs: everything about a step except times, ids and
 /// versions.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,18 +124,43 @@ impl H {
         H::build_wrapped(|_| {}, Vec::new(), wrap, false)
     }
 
+    /// [`H::with_store`] with the built-in models' calls claimed as hosted calls are
+    /// (`LocalConfig::claim_calls`): every write a paid call makes is there to fail.
+    pub fn with_store_claiming(wrap: impl FnOnce(Arc<dyn StateStore>) -> Arc<dyn StateStore>) -> H {
+        H::build_local(
+            |_| {},
+            Vec::new(),
+            wrap,
+            false,
+            LocalConfig {
+                claim_calls: true,
+                ..LocalConfig::default()
+            },
+        )
+    }
+
     fn build_wrapped(
         f: impl FnOnce(&mut Config),
         extra: Vec<Arc<dyn Provider>>,
         wrap: impl FnOnce(Arc<dyn StateStore>) -> Arc<dyn StateStore>,
         strict: bool,
     ) -> H {
+        H::build_local(f, extra, wrap, strict, LocalConfig::default())
+    }
+
+    fn build_local(
+        f: impl FnOnce(&mut Config),
+        extra: Vec<Arc<dyn Provider>>,
+        wrap: impl FnOnce(Arc<dyn StateStore>) -> Arc<dyn StateStore>,
+        strict: bool,
+        local: LocalConfig,
+    ) -> H {
         let dir = tempfile::tempdir().expect("temp dir");
         let backend = Backend::open(dir.path()).expect("open backend");
         let clock = ManualClock::new(T0);
         let clock_dyn: Arc<dyn Clock> = Arc::new(clock.clone());
         let queue = backend.queue(QueueName::Work, clock_dyn.clone());
-        let provider = Arc::new(LocalProvider::new(LocalConfig::default()));
+        let provider = Arc::new(LocalProvider::new(local));
         let mut providers = Providers::new().with(provider.clone());
         for p in extra {
             providers = providers.with(p);
@@ -146,7 +180,8 @@ impl H {
             Arc::new(providers),
             Arc::new(Workflows::new()),
             config,
-        );
+        )
+        .with_waits(Arc::new(ManualPause(clock.clone())));
         let driver = Driver::new(
             engine.clone(),
             Arc::new(queue.clone()),

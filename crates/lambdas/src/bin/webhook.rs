@@ -3,13 +3,13 @@
 //! by IAM; a verified callback settles the waiting step and sends the run's wake-up.
 
 use switchyard_engine::settings::WEBHOOK_SECRET;
-use switchyard_lambdas::deploy::required_setting;
+use switchyard_lambdas::deploy::{required_setting, Function};
 use switchyard_lambdas::{init_tracing, with_emf, Deployment};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     init_tracing("webhook");
-    let d = Deployment::from_env().await?;
+    let d = Deployment::from_env_for(Function::Webhook).await?;
     required_setting(d.secrets.as_ref(), WEBHOOK_SECRET, "without one secret shared by all instances, each makes its own and callbacks signed elsewhere fail verification")?;
     let emf = d.emf.clone();
     let router = with_emf(

@@ -7,14 +7,14 @@ use aws_lambda_events::event::sqs::SqsBatchResponse;
 use lambda_runtime::{service_fn, LambdaEvent};
 use std::sync::Arc;
 use switchyard_engine::settings::WEBHOOK_SECRET;
-use switchyard_lambdas::deploy::required_setting;
+use switchyard_lambdas::deploy::{required_setting, Function};
 use switchyard_lambdas::sqs::{self, WorkerEvent};
 use switchyard_lambdas::{callbacks, flush_traces, init_tracing, invocation_deadline, Deployment};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     init_tracing("worker");
-    let d = Arc::new(Deployment::from_env().await?);
+    let d = Arc::new(Deployment::from_env_for(Function::Worker).await?);
     required_setting(d.secrets.as_ref(), WEBHOOK_SECRET, "without one secret shared by all instances, built-in jobs' callbacks signed here fail verification in the webhook function")?;
     let http = reqwest::Client::new();
     lambda_runtime::run(service_fn(move |ev: LambdaEvent<WorkerEvent>| {

@@ -130,6 +130,10 @@ pub struct LocalConfig {
     /// Faults by step id, e.g. from `SWITCHYARD_LOCAL_FAULTS` via [`parse_faults`]. A step's
     /// own `params.fault` takes precedence.
     pub faults: HashMap<String, Fault>,
+    /// Treat the built-in models' calls as paid ones: claimed before they start, like a hosted
+    /// call (`Provider::repeat_is_free` says no). For tests and simulations of what a hosted
+    /// workflow writes; off by default (a built-in call is free to repeat).
+    pub claim_calls: bool,
 }
 
 /// The `local` provider. Cheap to construct; holds the callbacks its async jobs have scheduled
@@ -190,6 +194,12 @@ impl Provider for LocalProvider {
                 description: m.description.to_string(),
             })
             .collect()
+    }
+
+    /// The built-in models compute in the process and bill nothing: a repeated call is
+    /// free. The asynchronous job model is not (it holds a job and sends a callback).
+    fn repeat_is_free(&self, model: &str) -> bool {
+        !self.config.claim_calls && lookup(model).is_ok_and(|spec| spec.algo != Algo::AsyncJob)
     }
 
     fn estimate_cost_usd(&self, request: &ModelRequest) -> f64 {
