@@ -47,10 +47,10 @@ demo-aws:
 	$(CARGO) build -p switchyard-cli --features aws
 	DEMO_MOTO_PORT=$(DEMO_MOTO_PORT) infra/demo_aws.sh $(SY)
 
-## test-lambda-local: the four functions under `cargo lambda watch` (infra/sam.sh installs
-## cargo-lambda), invoked with every events/ fixture and checked, on moto (started and stopped
-## here); tests/lambda_local.py. Not part of `make test`: one run in five here took 9 minutes
-## and failed inside cargo lambda (a function got an invocation without a request id).
+## test-lambda-local: the four functions on `cargo lambda watch --only-lambda-apis`'s Runtime
+## API (infra/sam.sh installs cargo-lambda; the functions are the built binaries, started by
+## the script, not built by the watch), invoked with every events/ fixture and checked, on moto
+## (started and stopped here); tests/lambda_local.py. `make test` runs it too.
 test-lambda-local:
 	@url=$$(infra/moto.sh start) || exit 1; \
 	  python3 tests/lambda_local.py --endpoint $$url; code=$$?; \
@@ -60,7 +60,8 @@ test-lambda-local:
 ## adapters and the four Lambda handlers against moto, which infra/moto.sh installs and starts,
 ## and stops after; `switchyard dev --backend aws` end to end (`--features aws`, tests/dev_aws.rs),
 ## and under injected AWS faults with a killed dev (tests/recovery_aws.rs, 40 runs, about a minute);
-## infra/local_aws.py's check that provisioning matches template.yaml), then
+## infra/local_aws.py's check that provisioning matches template.yaml, the four functions on
+## cargo lambda's Runtime API with every events/ fixture: tests/lambda_local.py), then
 ## `sam validate --lint` (infra/sam.sh installs SAM CLI), then schemathesis against
 ## `switchyard dev`'s OpenAPI document (tests/api/venv.sh installs it). Chromium and
 ## chromedriver for the run console's browser test (tests/ui_browser.rs): infra/chromium.sh.
@@ -69,7 +70,8 @@ test:
 	@url=$$(infra/moto.sh start) || exit 1; \
 	  SWITCHYARD_TEST_AWS_ENDPOINT=$$url $(CARGO) test --workspace --all-targets \
 	  && SWITCHYARD_TEST_AWS_ENDPOINT=$$url $(CARGO) test -p switchyard-cli --features aws --test dev_aws --test recovery_aws \
-	  && SWITCHYARD_TEST_AWS_ENDPOINT=$$url $(AWS_PY) -m unittest discover -s infra -p 'test_local_aws.py'; \
+	  && SWITCHYARD_TEST_AWS_ENDPOINT=$$url $(AWS_PY) -m unittest discover -s infra -p 'test_local_aws.py' \
+	  && python3 tests/lambda_local.py --endpoint $$url; \
 	  code=$$?; infra/moto.sh stop; exit $$code
 	infra/sam.sh validate --lint
 	$(CARGO) build -p switchyard-cli
@@ -120,15 +122,18 @@ bench-api:
 ## bench-aws: the AWS backend's figures (issue 9), on moto at its own port (BENCH_MOTO_PORT,
 ## stopped after, also on failure): per step of each example, DynamoDB write/read request
 ## units, SQS and S3 requests and orchestration $ per 1M steps (crates/lambdas/benches/aws.rs);
-## worker init, first-invoke time and peak RSS against a hello-world function on a local
-## Runtime API (x86_64 release builds, tests/bench/lambda_runtime_api.py); the four functions'
+## worker, intake and notifier init, first-invoke time and peak RSS against a hello-world
+## function on a local Runtime API (x86_64 release builds: the functions on their own, so the
+## example's dev-dependency features are not in them; tests/bench/lambda_runtime_api.py), the
+## load average; the four functions'
 ## arm64 release sizes (cargo-lambda, tests/bench/lambda_sizes.sh). See docs/benchmarks.md.
 BENCH_MOTO_PORT ?= 5077
 RELEASE_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 bench-aws:
 	@url=$$(MOTO_PORT=$(BENCH_MOTO_PORT) infra/moto.sh start) || exit 1; \
 	  SWITCHYARD_TEST_AWS_ENDPOINT=$$url $(CARGO) bench -p switchyard-lambdas --bench aws \
-	  && $(CARGO) build --release -p switchyard-lambdas --bins --example hello \
+	  && $(CARGO) build --release -p switchyard-lambdas --bins \
+	  && $(CARGO) build --release -p switchyard-lambdas --example hello \
 	  && $(AWS_PY) tests/bench/lambda_runtime_api.py --endpoint $$url --bin-dir $(RELEASE_DIR) --runs 10; \
 	  code=$$?; MOTO_PORT=$(BENCH_MOTO_PORT) infra/moto.sh stop; [ $$code -eq 0 ] || exit $$code
 	tests/bench/lambda_sizes.sh

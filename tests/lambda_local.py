@@ -1,21 +1,32 @@
 #!/usr/bin/env python3
-"""The four Lambda functions under `cargo lambda watch`, invoked with the events/ fixtures.
+"""The four Lambda functions on `cargo lambda watch`'s Runtime API, invoked with the events/ fixtures.
 
     python3 tests/lambda_local.py --endpoint URL [--port 9070] [--keep]
 
 URL is a running AWS emulator (`infra/moto.sh start` prints it; `make test-lambda-local` starts
-and stops one). Steps:
+and stops one; `make test` runs this too). Steps:
 
 1. provision a table, queues, bucket and settings secret under a fresh prefix with
    infra/local_aws.py (the secret holds the fixtures' API key `sy_example_key_0123456789abcdef`,
    and SWITCHYARD_PUBLIC_URL points at the webhook function's URL on cargo lambda's emulator);
 2. build the four binaries with cargo (CARGO_TARGET_DIR is honoured, so a warm target makes
-   this a no-op) and start `cargo lambda watch` (infra/sam.sh installs cargo-lambda) with the
-   provisioned environment (--env-file);
+   this a no-op), start `cargo lambda watch --only-lambda-apis` (infra/sam.sh installs
+   cargo-lambda): the emulated control plane and Runtime API only, which builds and runs
+   nothing itself; then start the four built binaries, each polling its own function's
+   Runtime API (`AWS_LAMBDA_RUNTIME_API=127.0.0.1:<port>/.rt/<function>`) with the
+   provisioned environment;
 3. `cargo lambda invoke --data-file events/<fixture>.json <function>` for every fixture, and
    checks each answer (see CHECKS below), then follows one run through the functions: the
    worker fixture with the started run's id, the list fixture showing it succeeded;
-4. stops cargo lambda (its whole process group) and removes the resources (unless --keep).
+4. stops the functions and cargo lambda (their process groups) and removes the resources
+   (unless --keep).
+
+Why the functions are started here and not by the watch: left to itself, `cargo lambda watch`
+builds a function with `cargo run` on its first invocation. On a loaded machine that build
+(its own flags, so not the one step 2 made) took minutes while the invoke waited, and one run
+in five failed inside cargo lambda (a function got an invocation without a request id).
+Started here, every function is running before the first invoke, from the binaries step 2
+built.
 
 Exit status 0 when every check passed, 1 otherwise; one line per check on stdout. Python
 standard library only; the emulator steps run with the moto venv's python.
@@ -187,6 +198,18 @@ def run_checks(port: int, tmp: Path) -> int:
     return c.failed
 
 
+def stop_group(p: subprocess.Popen) -> None:
+    """Stops a process started in a session of its own, with its whole group."""
+    if p.poll() is not None:
+        return
+    os.killpg(p.pid, signal.SIGTERM)
+    try:
+        p.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--endpoint", required=True, help="AWS emulator URL (infra/moto.sh start)")
@@ -203,41 +226,50 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="lambda-local-") as tmpdir:
         tmp = Path(tmpdir)
         proc = None
+        functions: list[subprocess.Popen] = []
         try:
             env = provision(args.endpoint, prefix, args.port)
             log(f"provisioned {prefix}-* on {args.endpoint}")
-            envfile = tmp / "lambda.env"
-            envfile.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-            # cargo lambda watch builds with cargo too; build first so a build error shows here
-            # and the watch's own build is a no-op on the same target dir.
             t = time.monotonic()
             subprocess.run(["cargo", "build", "-p", "switchyard-lambdas", "--bins"], cwd=REPO,
                            check=True)
             log(f"built the four functions in {time.monotonic() - t:.0f} s")
+            target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
             logfile = tmp / "watch.log"
             with open(logfile, "w") as out:
                 proc = subprocess.Popen(
-                    [str(SAM_SH), "lambda", "watch", "--invoke-address", "127.0.0.1",
-                     "--invoke-port", str(args.port), "--env-file", str(envfile),
-                     "--ignore-changes", "--timeout", "300", "-p", "switchyard-lambdas"],
+                    [str(SAM_SH), "lambda", "watch", "--only-lambda-apis",
+                     "--invoke-address", "127.0.0.1", "--invoke-port", str(args.port)],
                     cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             wait_port(args.port, proc, logfile, 120)
             log(f"cargo lambda watch listens on 127.0.0.1:{args.port}")
+            for name in FUNCTIONS:
+                fenv = dict(os.environ)
+                fenv.update(env)
+                fenv.update({
+                    "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{args.port}/.rt/{name}",
+                    "AWS_LAMBDA_FUNCTION_NAME": name,
+                    "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+                    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512",
+                    "AWS_LAMBDA_FUNCTION_TIMEOUT": "300",
+                    "AWS_LAMBDA_LOG_STREAM_NAME": f"local/{name}",
+                })
+                flog = open(tmp / f"{name}.log", "w")
+                functions.append(subprocess.Popen(
+                    [str(target / "debug" / name)], cwd=REPO, env=fenv, stdout=flog,
+                    stderr=subprocess.STDOUT, start_new_session=True))
+            log("started the four functions on its Runtime API")
             failed = run_checks(args.port, tmp)
         except (Failed, subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
             log(f"error: {e}")
-            if proc is not None and (tmp / "watch.log").exists():
-                log("cargo lambda watch's log (tail):\n" + (tmp / "watch.log").read_text()[-3000:])
+            for name in ["watch"] + FUNCTIONS:
+                f = tmp / f"{name}.log"
+                if f.exists():
+                    log(f"{name}'s log (tail):\n" + f.read_text()[-3000:])
             failed = -1
         finally:
-            if proc is not None and proc.poll() is None:
-                # cargo lambda runs each function as a child process: stop the whole group.
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            for p in functions + ([proc] if proc is not None else []):
+                stop_group(p)
             if not args.keep:
                 teardown(args.endpoint, prefix)
     log(f"{'passed' if failed == 0 else 'FAILED'} in {time.monotonic() - t0:.0f} s")

@@ -202,7 +202,10 @@ impl Local {
             }
             None => HashMap::new(),
         };
-        let provider = Arc::new(LocalProvider::new(LocalConfig { faults }));
+        let provider = Arc::new(LocalProvider::new(LocalConfig {
+            faults,
+            ..LocalConfig::default()
+        }));
         let providers = match opts.providers {
             Some(p) => p,
             None => {

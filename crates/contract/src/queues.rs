@@ -125,6 +125,31 @@ pub async fn visibility_timeout_receive_count_and_ack(f: &QueueFixture) {
     assert!(f.work.dead_letters().await.unwrap().is_empty());
 }
 
+/// `ack_all` deletes every message of a batch (more than SQS's ten per request), and
+/// counts what it deleted; none of them comes back.
+pub async fn a_batch_of_receipts_is_acked_at_once(f: &QueueFixture) {
+    let names: Vec<String> = (0..12).map(|i| format!("b{i}")).collect();
+    for r in &names {
+        f.sender.send(&wake(r), 0).await.unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < names.len() {
+        let batch = f.work.receive(10, 1_000).await.unwrap();
+        assert!(
+            !batch.is_empty(),
+            "received {} of {}",
+            got.len(),
+            names.len()
+        );
+        got.extend(batch);
+    }
+    let receipts: Vec<&str> = got.iter().map(|d| d.receipt.as_str()).collect();
+    assert_eq!(f.work.ack_all(&receipts).await.unwrap(), names.len());
+    (f.elapse)(1_500).await;
+    assert!(f.work.receive(10, 30_000).await.unwrap().is_empty());
+    assert!(f.work.dead_letters().await.unwrap().is_empty());
+}
+
 /// A message received `max_receive_count` times without an ack moves to its queue's
 /// dead-letter place (and no other queue's); a redrive puts it back as a fresh delivery.
 pub async fn dead_letters_after_max_receives_and_redrive(f: &QueueFixture) {

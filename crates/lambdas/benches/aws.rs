@@ -165,6 +165,31 @@ async fn run_example(
     })
 }
 
+/// The same deployment with the built-in models' calls claimed before they start, as a
+/// hosted model's are (`LocalConfig::claim_calls`): what each example writes when its models
+/// are hosted ones.
+fn claiming(mut d: Deployment) -> Deployment {
+    use switchyard_providers::{LocalConfig, LocalProvider};
+    let local = std::sync::Arc::new(LocalProvider::new(LocalConfig {
+        claim_calls: true,
+        ..LocalConfig::default()
+    }));
+    let e = &d.engine;
+    let providers = switchyard_engine::Providers::new().with(local.clone());
+    let engine = switchyard_engine::Engine::new(
+        e.store.clone(),
+        e.queue.clone(),
+        e.blobs.clone(),
+        e.clock.clone(),
+        std::sync::Arc::new(providers),
+        e.workflows.clone(),
+        (*e.config).clone(),
+    );
+    d.engine = engine;
+    d.local = local;
+    d
+}
+
 fn print_summary(all: &[Figures]) {
     println!("## Per step (steps that ran; skipped branches are not counted as steps)\n");
     println!(
@@ -275,7 +300,7 @@ async fn bench(endpoint: &str) -> Result<()> {
         resources.clone(),
         harness::fixture_settings(),
     )?;
-    let observer = Deployment::with_settings(&sdk, resources, harness::fixture_settings())?;
+    let observer = Deployment::with_settings(&sdk, resources.clone(), harness::fixture_settings())?;
     let api = harness::api_router(&metered)?;
     let observer_api = harness::api_router(&observer)?;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -297,7 +322,27 @@ async fn bench(endpoint: &str) -> Result<()> {
         all.push(f);
     }
     print_summary(&all);
-    println!("\n## Breakdown (whole run, all handlers)");
+    // The same examples with every model call claimed before it starts, as hosted calls are.
+    let hosted = claiming(Deployment::with_clients(
+        Clients::with_interceptor(&sdk, resources.s3_path_style, meter.clone()),
+        resources.clone(),
+        harness::fixture_settings(),
+    )?);
+    let hosted_api = harness::api_router(&hosted)?;
+    let mut as_hosted = Vec::new();
+    for name in EXAMPLES {
+        let f = run_example(name, &hosted, &hosted_api, &observer_api, &meter).await?;
+        if f.status != "succeeded" {
+            bail!("{name} (claimed calls) ended {}", f.status);
+        }
+        as_hosted.push(f);
+    }
+    println!(
+        "\n# The same examples with every model call claimed before it starts (what they \
+         write with hosted models instead of the built-in ones)\n"
+    );
+    print_summary(&as_hosted);
+    println!("\n## Breakdown (whole run, all handlers; built-in models)");
     for f in &all {
         print_breakdown(f);
     }

@@ -239,8 +239,8 @@ impl Function {
 }
 
 /// The settings secret's entry `name`, or an error naming it and what is lost without it (a
-/// function that cannot work without a setting stops at its cold start, where the log says
-/// so, instead of failing each request later).
+/// function that cannot work without a setting fails every invocation with this reason in the
+/// log — `crate::ready` — instead of serving some requests wrongly).
 pub fn required_setting(secrets: &dyn Secrets, name: &str, why: &str) -> Result<String> {
     secrets
         .get(name)

@@ -758,14 +758,6 @@ proptest! {
             prop_assert_eq!(lost, (*crashes).min(settle::MAX_LOST_ATTEMPTS), "{}", step);
         }
     }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 64,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
 
     /// Built-in calls are not claimed: duplicated, late and reordered events, and workers
     /// that die mid-call, still end in the clean run's state; a crash leaves the step pending

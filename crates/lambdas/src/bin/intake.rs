@@ -1,18 +1,18 @@
 //! intake: the public HTTP API (`POST /v1/runs`, `GET /v1/runs/{id}`, approvals, cancel, …)
 //! behind API Gateway's HTTP API. The router is the one `switchyard dev` serves; API keys come
 //! from the settings secret (`SWITCHYARD_API_KEYS`, `sha256:<hex>:tenant` entries), operator
-//! keys for `/v1/ops/…` from `SWITCHYARD_OPERATOR_KEYS` there.
+//! keys for `/v1/ops/…` from `SWITCHYARD_OPERATOR_KEYS` there. The deployment and the router
+//! are made off the init path (`switchyard_lambdas::ready`).
 
 use anyhow::Context;
 use switchyard_api::{ApiKeys, OperatorKeys, Serving};
 use switchyard_engine::settings::OPERATOR_KEYS;
-use switchyard_lambdas::deploy::required_setting;
+use switchyard_lambdas::deploy::{required_setting, Function};
+use switchyard_lambdas::ready::{serve_http, Ready};
 use switchyard_lambdas::{init_tracing, with_emf, Deployment};
 
-#[tokio::main]
-async fn main() -> Result<(), lambda_http::Error> {
-    init_tracing("intake");
-    let d = Deployment::from_env().await?;
+async fn router() -> anyhow::Result<axum::Router> {
+    let d = Deployment::from_env_for(Function::Intake).await?;
     let spec = required_setting(
         d.secrets.as_ref(),
         "SWITCHYARD_API_KEYS",
@@ -29,6 +29,11 @@ async fn main() -> Result<(), lambda_http::Error> {
         ..Serving::default()
     };
     let app = switchyard_api::app(d.engine.clone(), keys, serving);
-    let router = with_emf(app, d.emf.clone(), "intake");
-    lambda_http::run(router).await
+    Ok(with_emf(app, d.emf.clone(), "intake"))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    init_tracing("intake");
+    serve_http(Ready::start(router)).await
 }

@@ -7,18 +7,21 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{service_fn, LambdaEvent};
 use std::sync::Arc;
 use switchyard_lambdas::deploy::Function;
+use switchyard_lambdas::ready::Ready;
 use switchyard_lambdas::{flush_traces, init_tracing, sqs, Deployment};
 use switchyard_providers::outbound::CallbackClient;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     init_tracing("notifier");
-    let d = Arc::new(Deployment::from_env_for(Function::Notifier).await?);
+    // Made off the init path (`switchyard_lambdas::ready`).
+    let ready = Ready::start(|| Deployment::from_env_for(Function::Notifier));
     let sender = Arc::new(CallbackClient::new(Default::default()));
     lambda_runtime::run(service_fn(move |ev: LambdaEvent<SqsEvent>| {
-        let d = d.clone();
+        let ready = ready.clone();
         let sender = sender.clone();
         async move {
+            let d = ready.get().await?;
             d.emf.invoked("notifier");
             let records = sqs::records(&ev.payload);
             let report = d

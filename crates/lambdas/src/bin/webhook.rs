@@ -1,21 +1,26 @@
 //! webhook: provider callbacks (`POST /hooks/{provider}`) on a Lambda function URL. Requests
 //! are authenticated by their Standard Webhooks signature and the step's callback token, not
-//! by IAM; a verified callback settles the waiting step and sends the run's wake-up.
+//! by IAM; a verified callback settles the waiting step and sends the run's wake-up. The
+//! deployment is made off the init path (`switchyard_lambdas::ready`).
 
 use switchyard_engine::settings::WEBHOOK_SECRET;
 use switchyard_lambdas::deploy::{required_setting, Function};
+use switchyard_lambdas::ready::{serve_http, Ready};
 use switchyard_lambdas::{init_tracing, with_emf, Deployment};
+
+async fn router() -> anyhow::Result<axum::Router> {
+    let d = Deployment::from_env_for(Function::Webhook).await?;
+    required_setting(d.secrets.as_ref(), WEBHOOK_SECRET, "without one secret shared by all instances, each makes its own and callbacks signed elsewhere fail verification")?;
+    let emf = d.emf.clone();
+    Ok(with_emf(
+        switchyard_engine::http::hooks_router(d.engine, None),
+        emf,
+        "webhook",
+    ))
+}
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     init_tracing("webhook");
-    let d = Deployment::from_env_for(Function::Webhook).await?;
-    required_setting(d.secrets.as_ref(), WEBHOOK_SECRET, "without one secret shared by all instances, each makes its own and callbacks signed elsewhere fail verification")?;
-    let emf = d.emf.clone();
-    let router = with_emf(
-        switchyard_engine::http::hooks_router(d.engine, None),
-        emf,
-        "webhook",
-    );
-    lambda_http::run(router).await
+    serve_http(Ready::start(router)).await
 }

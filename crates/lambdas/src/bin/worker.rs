@@ -8,19 +8,28 @@ use lambda_runtime::{service_fn, LambdaEvent};
 use std::sync::Arc;
 use switchyard_engine::settings::WEBHOOK_SECRET;
 use switchyard_lambdas::deploy::{required_setting, Function};
+use switchyard_lambdas::ready::Ready;
 use switchyard_lambdas::sqs::{self, WorkerEvent};
 use switchyard_lambdas::{callbacks, flush_traces, init_tracing, invocation_deadline, Deployment};
+
+async fn deployment() -> anyhow::Result<Deployment> {
+    let d = Deployment::from_env_for(Function::Worker).await?;
+    required_setting(d.secrets.as_ref(), WEBHOOK_SECRET, "without one secret shared by all instances, built-in jobs' callbacks signed here fail verification in the webhook function")?;
+    Ok(d)
+}
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     init_tracing("worker");
-    let d = Arc::new(Deployment::from_env_for(Function::Worker).await?);
-    required_setting(d.secrets.as_ref(), WEBHOOK_SECRET, "without one secret shared by all instances, built-in jobs' callbacks signed here fail verification in the webhook function")?;
-    let http = reqwest::Client::new();
+    // Made off the init path (`switchyard_lambdas::ready`); the HTTP client for built-in
+    // jobs' callbacks on the first callback.
+    let ready = Ready::start(deployment);
+    let http = Arc::new(tokio::sync::OnceCell::<reqwest::Client>::new());
     lambda_runtime::run(service_fn(move |ev: LambdaEvent<WorkerEvent>| {
-        let d = d.clone();
+        let ready = ready.clone();
         let http = http.clone();
         async move {
+            let d = ready.get().await?;
             d.emf.invoked("worker");
             let batch = match ev.payload {
                 WorkerEvent::Sweep(_) => {
@@ -39,8 +48,12 @@ async fn main() -> Result<(), lambda_runtime::Error> {
                 .handle_work_batch(&records, Some(deadline), d.work.as_ref())
                 .await;
             // Built-in async jobs call back through the webhook function, like a provider would.
-            let budget = deadline.saturating_sub(d.engine.now() + 1_000);
-            callbacks::send(&http, callbacks::take(&d), budget).await;
+            let due = callbacks::take(&d);
+            if !due.is_empty() {
+                let budget = deadline.saturating_sub(d.engine.now() + 1_000);
+                let client = http.get_or_init(|| async { reqwest::Client::new() }).await;
+                callbacks::send(client, due, budget).await;
+            }
             d.emf.flush();
             flush_traces().await;
             Ok::<SqsBatchResponse, lambda_runtime::Error>(sqs::response(&report))

@@ -470,7 +470,10 @@ async fn fault_kinds_map_to_classes_and_honour_attempts() {
 #[tokio::test]
 async fn fault_table_by_step() {
     let faults = parse_faults("s=quota_exhausted:2").unwrap();
-    let p = LocalProvider::new(LocalConfig { faults });
+    let p = LocalProvider::new(LocalConfig {
+        faults,
+        ..LocalConfig::default()
+    });
     let mut r = req("echo", json!("x"), json!({}));
     assert_eq!(err(&p, &r).await.class, ErrorClass::QuotaExhausted);
     // The step's own params.fault takes precedence over the table.
@@ -757,4 +760,27 @@ async fn lexicon_moderation_takes_the_fault_switch_and_delay() {
         .unwrap();
     assert_eq!(info.roles, [Role::Moderation]);
     assert!(!info.asynchronous);
+}
+
+/// Which built-in calls are free to repeat (not claimed before they start): the computed
+/// models, not the asynchronous job, nothing unknown, and nothing with `claim_calls`.
+#[test]
+fn built_in_calls_are_free_to_repeat_but_the_job_and_claimed_ones() {
+    let free = LocalProvider::new(LocalConfig::default());
+    let claiming = LocalProvider::new(LocalConfig {
+        claim_calls: true,
+        ..LocalConfig::default()
+    });
+    // (model, free by default)
+    let table = [
+        ("local/template-generator", true),
+        ("local/keyword-classifier", true),
+        ("local/rules-judge", true),
+        ("local/async-job", false),
+        ("local/no-such-model", false),
+    ];
+    for (model, want) in table {
+        assert_eq!(free.repeat_is_free(model), want, "{model}");
+        assert!(!claiming.repeat_is_free(model), "{model} with claim_calls");
+    }
 }
