@@ -13,7 +13,7 @@ and stops one; `make test` runs this too). Steps:
    this a no-op), start `cargo lambda watch --only-lambda-apis` (infra/sam.sh installs
    cargo-lambda): the emulated control plane and Runtime API only, which builds and runs
    nothing itself; then start the four built binaries, each polling its own function's
-   Runtime API (`AWS_LAMBDA_RUNTIME_API=127.0.0.1:<port>/.rt/<function>`) with the
+   Runtime API (`AWS_LAMBDA_RUNTIME_API=http://127.0.0.1:<port>/.rt/<function>`) with the
    provisioned environment;
 3. `cargo lambda invoke --data-file events/<fixture>.json <function>` for every fixture, and
    checks each answer (see CHECKS below), then follows one run through the functions: the
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                 fenv = dict(os.environ)
                 fenv.update(env)
                 fenv.update({
-                    "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{args.port}/.rt/{name}",
+                    "AWS_LAMBDA_RUNTIME_API": f"http://127.0.0.1:{args.port}/.rt/{name}",
                     "AWS_LAMBDA_FUNCTION_NAME": name,
                     "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
                     "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512",

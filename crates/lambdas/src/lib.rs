@@ -1,6 +1,6 @@
 //! Switchyard's four Lambda functions and the wiring they share. Each binary in `src/bin/` is a
-//! thin main: init tracing, start building the [`Deployment`] once per container off the init
-//! path ([`ready`]), hand each event to an engine use-case.
+//! thin main: init tracing, build the [`Deployment`] once per container on the first
+//! invocation, off the init path ([`ready`]), hand each event to an engine use-case.
 //!
 //! - `intake`: the HTTP API router (`switchyard-api`) under `lambda_http`, behind API Gateway
 //!   (HTTP API, payload v2).
@@ -22,8 +22,8 @@
 //!   through the engine's host loop, `switchyard_engine::host`, playing the SQS event source
 //!   mapping) until a run ends: the emulator tests, `make bench-aws`.
 //! - [`provision`]: the table, queues and bucket on an emulator, for tests and `dev --backend aws`.
-//! - [`ready`]: the deployment (or intake's router) made on a task started at process start
-//!   and awaited by the first invocation, so a cold start's init is the runtime's own.
+//! - [`ready`]: the deployment (or intake's router) made by the first invocation, so a cold
+//!   start's init is the runtime's own.
 //! - [`sqs`]: SQS events into engine records, batch reports into `batchItemFailures`.
 //! - [`init_tracing`]: JSON logs (CloudWatch), level from `RUST_LOG`; OTLP traces when
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set ([`flush_traces`] at the end of each invocation).

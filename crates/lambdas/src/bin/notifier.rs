@@ -11,11 +11,13 @@ use switchyard_lambdas::ready::Ready;
 use switchyard_lambdas::{flush_traces, init_tracing, sqs, Deployment};
 use switchyard_providers::outbound::CallbackClient;
 
-#[tokio::main]
+// One thread: a function has at most a few vCPUs (a fraction of one below 1,769 MB) and its
+// work is waiting on AWS and providers (measured: a little less memory, the same init).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     init_tracing("notifier");
-    // Made off the init path (`switchyard_lambdas::ready`).
-    let ready = Ready::start(|| Deployment::from_env_for(Function::Notifier));
+    // Made on first use, off the init path (`switchyard_lambdas::ready`).
+    let ready = Ready::new(|| Deployment::from_env_for(Function::Notifier));
     let sender = Arc::new(CallbackClient::new(Default::default()));
     lambda_runtime::run(service_fn(move |ev: LambdaEvent<SqsEvent>| {
         let ready = ready.clone();

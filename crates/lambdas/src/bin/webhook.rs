@@ -19,8 +19,10 @@ async fn router() -> anyhow::Result<axum::Router> {
     ))
 }
 
-#[tokio::main]
+// One thread: a function has at most a few vCPUs (a fraction of one below 1,769 MB) and its
+// work is waiting on AWS and providers (measured: a little less memory, the same init).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
     init_tracing("webhook");
-    serve_http(Ready::start(router)).await
+    serve_http(Ready::new(router)).await
 }

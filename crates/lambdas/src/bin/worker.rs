@@ -18,12 +18,14 @@ async fn deployment() -> anyhow::Result<Deployment> {
     Ok(d)
 }
 
-#[tokio::main]
+// One thread: a function has at most a few vCPUs (a fraction of one below 1,769 MB) and its
+// work is waiting on AWS and providers (measured: a little less memory, the same init).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     init_tracing("worker");
-    // Made off the init path (`switchyard_lambdas::ready`); the HTTP client for built-in
-    // jobs' callbacks on the first callback.
-    let ready = Ready::start(deployment);
+    // Made on first use, off the init path (`switchyard_lambdas::ready`); the HTTP client for
+    // built-in jobs' callbacks on the first callback.
+    let ready = Ready::new(deployment);
     let http = Arc::new(tokio::sync::OnceCell::<reqwest::Client>::new());
     lambda_runtime::run(service_fn(move |ev: LambdaEvent<WorkerEvent>| {
         let ready = ready.clone();
