@@ -347,10 +347,6 @@ impl Inbox for SqsQueue {
     async fn ack_all(&self, receipts: &[&str]) -> Result<usize, StoreError> {
         let mut deleted = 0;
         for chunk in receipts.chunks(MAX_RECEIVE_BATCH) {
-            if let [one] = chunk {
-                deleted += usize::from(self.ack(one).await?);
-                continue;
-            }
             let mut batch = self
                 .client()
                 .delete_message_batch()

@@ -165,31 +165,6 @@ async fn run_example(
     })
 }
 
-/// The same deployment with the built-in models' calls claimed before they start, as a
-/// hosted model's are (`LocalConfig::claim_calls`): what each example writes when its models
-/// are hosted ones.
-fn claiming(mut d: Deployment) -> Deployment {
-    use switchyard_providers::{LocalConfig, LocalProvider};
-    let local = std::sync::Arc::new(LocalProvider::new(LocalConfig {
-        claim_calls: true,
-        ..LocalConfig::default()
-    }));
-    let e = &d.engine;
-    let providers = switchyard_engine::Providers::new().with(local.clone());
-    let engine = switchyard_engine::Engine::new(
-        e.store.clone(),
-        e.queue.clone(),
-        e.blobs.clone(),
-        e.clock.clone(),
-        std::sync::Arc::new(providers),
-        e.workflows.clone(),
-        (*e.config).clone(),
-    );
-    d.engine = engine;
-    d.local = local;
-    d
-}
-
 fn print_summary(all: &[Figures]) {
     println!("## Per step (steps that ran; skipped branches are not counted as steps)\n");
     println!(
@@ -323,7 +298,7 @@ async fn bench(endpoint: &str) -> Result<()> {
     }
     print_summary(&all);
     // The same examples with every model call claimed before it starts, as hosted calls are.
-    let hosted = claiming(Deployment::with_clients(
+    let hosted = harness::claiming(Deployment::with_clients(
         Clients::with_interceptor(&sdk, resources.s3_path_style, meter.clone()),
         resources.clone(),
         harness::fixture_settings(),

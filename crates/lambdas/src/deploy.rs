@@ -299,12 +299,6 @@ impl Deployment {
         Ok(d)
     }
 
-    /// With the settings secret `resources.secret_id` names (read here, once).
-    pub async fn new(sdk: &aws_config::SdkConfig, resources: Resources) -> Result<Deployment> {
-        let secret = load_settings(sdk, &resources).await?;
-        Deployment::with_settings(sdk, resources, secret)
-    }
-
     /// With `settings` standing for the secret's map (tests), serving the bundled workflows.
     pub fn with_settings(
         sdk: &aws_config::SdkConfig,

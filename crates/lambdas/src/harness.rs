@@ -194,3 +194,26 @@ pub async fn approve(router: &axum::Router, run: &Value) -> Result<()> {
     }
     Ok(())
 }
+
+/// `d` with the built-in models' calls claimed before they start, as hosted calls are
+/// (`LocalConfig::claim_calls`; the built-in provider is the only one left): what a chain
+/// writes with hosted models (`make bench-aws`), and a claim a test can watch a worker die in.
+pub fn claiming(mut d: Deployment) -> Deployment {
+    use switchyard_providers::{LocalConfig, LocalProvider};
+    let local = std::sync::Arc::new(LocalProvider::new(LocalConfig {
+        claim_calls: true,
+        ..LocalConfig::default()
+    }));
+    let e = &d.engine;
+    d.engine = switchyard_engine::Engine::new(
+        e.store.clone(),
+        e.queue.clone(),
+        e.blobs.clone(),
+        e.clock.clone(),
+        std::sync::Arc::new(switchyard_engine::Providers::new().with(local.clone())),
+        e.workflows.clone(),
+        (*e.config).clone(),
+    );
+    d.local = local;
+    d
+}

@@ -206,7 +206,7 @@ async fn a_worker_killed_mid_step_is_redelivered_within_the_hold() {
     let clock = Arc::new(JumpClock::default());
     rewire(&mut d, &[SLOW], clock.clone(), None);
     // `slow` stands for a hosted call: claimed before it starts.
-    claim_local_calls(&mut d);
+    let d = switchyard_lambdas::harness::claiming(d);
     let api = router(&d);
     let run = start(&api, "slow-pair", json!({"text": "k"})).await;
 

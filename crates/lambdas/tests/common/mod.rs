@@ -102,27 +102,6 @@ pub fn rewire(
     );
 }
 
-/// The deployment's engine with the built-in models' calls claimed as hosted calls are
-/// (`LocalConfig::claim_calls`; the only provider left is the built-in one): for a test of
-/// what happens to a claim a worker left behind.
-pub fn claim_local_calls(d: &mut Deployment) {
-    use switchyard_providers::{LocalConfig, LocalProvider};
-    let local = LocalProvider::new(LocalConfig {
-        claim_calls: true,
-        ..LocalConfig::default()
-    });
-    let e = &d.engine;
-    d.engine = Engine::new(
-        e.store.clone(),
-        e.queue.clone(),
-        e.blobs.clone(),
-        e.clock.clone(),
-        Arc::new(switchyard_engine::Providers::new().with(Arc::new(local))),
-        e.workflows.clone(),
-        (*e.config).clone(),
-    );
-}
-
 pub fn router(d: &Deployment) -> axum::Router {
     harness::api_router(d).unwrap()
 }
