@@ -80,7 +80,7 @@ async fn sdk_config(env: &dyn Secrets) -> aws_config::SdkConfig {
         {
             switchyard_aws::emulator_config(&endpoint).await
         }
-        _ => aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await,
+        _ => switchyard_aws::config_loader().load().await,
     }
 }
 
@@ -209,7 +209,9 @@ pub async fn dev(args: DevArgs) -> Result<i32> {
     dev::print_operator_key(ops_key.as_deref());
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let http = reqwest::Client::new();
+    let http = switchyard_providers::outbound::client_builder()
+        .build()
+        .context("the HTTP client for built-in jobs' callbacks")?;
     let mut pollers = Vec::new();
     for _ in 0..args.workers.max(1) {
         pollers.push(tokio::spawn(work_loop(

@@ -66,7 +66,9 @@ async fn call(
             ))
         })?;
     let url = format!("{}{path}", base.trim_end_matches('/'));
-    let mut req = reqwest::Client::new()
+    let mut req = switchyard_providers::outbound::client_builder()
+        .build()
+        .context("the HTTP client")?
         .request(method, &url)
         .bearer_auth(key.trim());
     if let Some(b) = body {

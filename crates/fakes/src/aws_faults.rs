@@ -291,7 +291,7 @@ impl FaultProxy {
                 format!("upstream `{upstream}` is not an http(s) URL"),
             ));
         }
-        let client = reqwest::Client::builder()
+        let client = switchyard_providers::outbound::client_builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .timeout(UPSTREAM_TIMEOUT)

@@ -212,7 +212,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn new(config: FakeConfig) -> std::io::Result<Shared> {
-        let client = reqwest::Client::builder()
+        let client = switchyard_providers::outbound::client_builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())

@@ -275,7 +275,7 @@ impl Deployment {
     /// configuration, the settings secret, the wiring).
     pub async fn from_env_for(function: Function) -> Result<Deployment> {
         let started = std::time::Instant::now();
-        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let sdk = switchyard_aws::config_loader().load().await;
         let sdk_done = started.elapsed();
         let resources = Resources::from_env(&EnvSecrets)?;
         let settings = load_settings(&sdk, &resources).await?;

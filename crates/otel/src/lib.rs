@@ -99,7 +99,7 @@ impl Otel {
         }
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| Error(format!("no Tokio runtime to send exports on: {e}")))?;
-        let client = reqwest::Client::builder()
+        let client = switchyard_providers::outbound::client_builder()
             .timeout(export_timeout())
             .build()
             .map_err(|e| Error(e.to_string()))?;

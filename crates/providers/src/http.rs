@@ -112,7 +112,7 @@ impl Sender {
     async fn client(&self) -> Result<&reqwest::Client, StepError> {
         self.client
             .get_or_try_init(|| async {
-                reqwest::Client::builder()
+                crate::outbound::client_builder()
                     .connect_timeout(self.timeouts.connect)
                     .timeout(self.timeouts.request)
                     // Provider APIs do not redirect; following one could leak the key to

@@ -147,11 +147,7 @@ impl CallbackClient {
         if remaining.is_zero() {
             return Failed(AttemptError::Timeout);
         }
-        let mut builder = reqwest::Client::builder();
-        if let Some(tls) = tls() {
-            builder = builder.tls_backend_preconfigured(tls);
-        }
-        let mut builder = builder
+        let mut builder = client_builder()
             .connect_timeout(connect)
             .timeout(remaining)
             .redirect(reqwest::redirect::Policy::none())
@@ -197,25 +193,56 @@ impl CallbackClient {
     }
 }
 
-/// The process's TLS client configuration (rustls with the platform verifier, as reqwest
-/// builds its own), made on first use. `None` if it cannot be made: each client then builds
-/// reqwest's default, as before.
+/// The process's TLS client configuration, made on first use: rustls on the `ring` provider
+/// with the platform verifier (the system's roots, as reqwest's default would use). Shared by
+/// every client [`client_builder`] starts, so a delivery's pinned client does not load the
+/// roots again.
+///
+/// Why `ring` and an explicit configuration: reqwest's own provider is aws-lc, 3.6 MB of
+/// machine code in each Lambda function (issue 25); reqwest is built without one
+/// (`rustls-no-provider`), so each client is handed this configuration. If the system's
+/// roots cannot be loaded, the configuration trusts no server (HTTPS fails its certificate
+/// check, which callers classify like any TLS failure) and the log says why; plain HTTP
+/// (local fakes, emulators) still works.
 pub fn tls() -> Option<rustls::ClientConfig> {
     use rustls_platform_verifier::BuilderVerifierExt;
     static TLS: std::sync::OnceLock<Option<rustls::ClientConfig>> = std::sync::OnceLock::new();
     TLS.get_or_init(|| {
-        let config = rustls::ClientConfig::builder()
-            .with_platform_verifier()
-            .map(|b| b.with_no_client_auth());
-        match config {
-            Ok(c) => Some(c),
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = match rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+        {
+            Ok(b) => b,
             Err(e) => {
-                tracing::warn!(error = %e, "callback TLS configuration: falling back to a client's own");
-                None
+                // `ring` has suites for TLS 1.2 and 1.3: not expected.
+                tracing::error!(error = %e, "TLS configuration: no protocol version");
+                return None;
             }
-        }
+        };
+        Some(match builder.clone().with_platform_verifier() {
+            Ok(b) => b.with_no_client_auth(),
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS configuration: the system's root certificates could not be loaded; HTTPS requests will fail their certificate check");
+                builder
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth()
+            }
+        })
     })
     .clone()
+}
+
+/// Where every HTTP client of Switchyard's binaries starts: reqwest's builder with the
+/// process's TLS configuration ([`tls`]). Release builds link no other crypto provider, so a
+/// client built any other way has none.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    let builder = reqwest::Client::builder();
+    match tls() {
+        Some(config) => builder.tls_backend_preconfigured(config),
+        // A value reqwest does not know makes `build()` return an error ("unknown TLS
+        // backend") instead of looking for a default provider, which it would panic without.
+        None => builder.tls_backend_preconfigured(()),
+    }
 }
 
 /// The pinned client's fallback resolver: it resolves nothing, so the only address the client
@@ -255,11 +282,9 @@ mod tests {
     /// version would be refused when the client is built, failing every delivery).
     #[test]
     fn the_tls_configuration_is_made_once_and_reqwest_takes_it() {
-        let tls = tls().expect("a TLS configuration on this machine");
+        let tls = tls().expect("a TLS configuration");
         assert!(Arc::ptr_eq(&tls.crypto_provider().clone(), &tls_provider()));
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .build();
+        let client = client_builder().build();
         assert!(client.is_ok(), "{client:?}");
     }
 

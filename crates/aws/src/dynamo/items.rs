@@ -8,14 +8,25 @@ pub(super) fn new_seq() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
 
-/// One write's events as stored: `<seq> <JSON array>`.
+/// One write's events as stored: `<seq> <JSON array>`, as text while it is small and deflated
+/// (binary) from [`COMPRESS_FROM`] bytes on, when that is smaller — as record bodies are. A
+/// header or step item carries every batch of its history in its `ev` list, and each later
+/// write of the item is billed on the whole item's size, so a batch's bytes are paid again
+/// by every write after it (issue 25).
 pub(super) fn event_batch(
     seq: &str,
     run_id: &str,
     events: &[HistoryEvent],
 ) -> Result<AttributeValue, StoreError> {
     let json = to_json(events, &format!("events of run {run_id}"))?;
-    Ok(s(format!("{seq} {json}")))
+    let text = format!("{seq} {json}");
+    if text.len() >= COMPRESS_FROM {
+        let packed = miniz_oxide::deflate::compress_to_vec(text.as_bytes(), 6);
+        if packed.len() < text.len() {
+            return Ok(AttributeValue::B(Blob::new(packed)));
+        }
+    }
+    Ok(s(text))
 }
 
 /// An `E#<seq>` item holding the events of a header write or an `append_events` call.
@@ -138,10 +149,25 @@ pub(super) fn read_batches(
     };
     let what = format!("events of run {run_id}");
     for entry in list {
-        let AttributeValue::S(text) = entry else {
-            return Err(StoreError::Corrupt(format!(
-                "{what}: a batch is not a string"
-            )));
+        let inflated;
+        let text = match entry {
+            AttributeValue::S(text) => text.as_str(),
+            AttributeValue::B(packed) => {
+                let bytes =
+                    miniz_oxide::inflate::decompress_to_vec_with_limit(packed.as_ref(), MAX_BODY)
+                        .map_err(|e| {
+                        StoreError::Corrupt(format!("{what}: a batch does not inflate: {e}"))
+                    })?;
+                inflated = String::from_utf8(bytes).map_err(|_| {
+                    StoreError::Corrupt(format!("{what}: a batch is not UTF-8"))
+                })?;
+                inflated.as_str()
+            }
+            _ => {
+                return Err(StoreError::Corrupt(format!(
+                    "{what}: a batch is neither text nor deflated text"
+                )))
+            }
         };
         let (seq, json) = text
             .split_once(' ')

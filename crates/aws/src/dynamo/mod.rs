@@ -17,6 +17,7 @@
 //! | idempotency key | `IDEM#<tenant, `%`/`#` escaped>#<key>` | `I` | `run_id`, `body_hash`, `created_at` (N, ms), `ttl` (N, s) |
 //! | webhook id | `WH#<id>` | `W` | `seen_at` (N, ms), `ttl` (N, s) |
 //! | stats bucket | `STATS#<tenant, escaped>` | `<hour, 13 digits>#<workflow>#<step>#<model>#<prompt version>` (parts escaped; step, model and prompt version empty for the run bucket) | `T`, `W`, `HR` (N), `ST`, `M`, `PV`, `K` (step kind), `O` (N, step order), and one number per counter (`started`, `succeeded`, `e.timeout`, `l.37`, `usd`, `t.input`, …: `switchyard_core::stats`) |
+//! | stats ends item | `STATS#<tenant, escaped>` | `<hour, 13 digits>#<workflow>#*` | `T`, `W`, `HR` (N), `L` = `ends`, `D.<id>` (`<kind>␟<order>␟<step>␟<model>␟<prompt version>` per bucket), and `<id>.<counter>` numbers (`id` = `r` for the run bucket; `buckets` module docs) |
 //!
 //! - **Versions**: `ver` is what conditions compare (`ver = :read`); the store writes
 //!   `read + 1` and returns it. Header and step updates `SET body, ver` (and `ev`) only.
@@ -58,8 +59,9 @@
 //!   the caller's own index partition (`TENANT#<caller>`), so a forged position can only skip
 //!   within the caller's own runs, never into another tenant's.
 //! - **Stats buckets** (docs/architecture.md, "Stats aggregates"): counters only ever grow by
-//!   `UpdateItem … ADD`, one per bucket, right after the write that creates a run (`started`)
-//!   or ends it (the run bucket and one per step): not in a transaction with it, so they are
+//!   `UpdateItem … ADD` right after the write that creates a run (`started`, to the run
+//!   bucket item) or ends it (the run bucket and one per step, all to the workflow-hour's
+//!   ends item in one update): not in a transaction with it, so they are
 //!   added at most once (`add_figures`: a crash between the two writes leaves a run out of
 //!   the figures; its records are exact). A window is one `Query` on `STATS#<tenant>` with
 //!   `SK BETWEEN` the hours (no index); every tenant at once is refused (`Invalid`).
@@ -98,7 +100,7 @@ use aws_sdk_dynamodb::Client;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_core::ports::{
@@ -350,7 +352,8 @@ impl StateStore for DynamoStore {
         match self.commit(Write::put_new(item)).await? {
             Written::Yes => {
                 self.known.insert(&h.run_id);
-                self.add_figures(&h.run_id, &[stats::started(h)]).await;
+                self.add_figures(&h.run_id, &[stats::started(h)], false)
+                    .await;
                 Ok(())
             }
             Written::ConditionFailed(_) => Err(StoreError::Conflict(format!(
@@ -423,7 +426,7 @@ impl StateStore for DynamoStore {
             .await?
         {
             Written::Yes => {
-                self.add_figures(&h.run_id, buckets).await;
+                self.add_figures(&h.run_id, buckets, true).await;
                 Ok(new_version)
             }
             Written::ConditionFailed(Some(_)) => Err(StoreError::Conflict(format!(
@@ -464,14 +467,15 @@ impl StateStore for DynamoStore {
             }
             let page = query.send().await.map_err(|e| dynamo_error("Query", e))?;
             for item in page.items() {
-                out.push(read_bucket(item)?);
+                out.extend(read_buckets(item)?);
             }
             start = page.last_evaluated_key;
             if start.is_none() {
                 break;
             }
         }
-        Ok(out)
+        // A run bucket's `started` and its end figures live in two items.
+        Ok(stats::merge(out))
     }
 
     async fn acquire_lease(
@@ -792,6 +796,8 @@ mod tests {
     };
     use aws_sdk_dynamodb::types::CancellationReason;
     use aws_sdk_s3::primitives::SdkBody;
+    use serde_json::Value;
+    use switchyard_core::state::EventKind;
 
     fn raw(status: u16) -> HttpResponse {
         HttpResponse::new(status.try_into().unwrap(), SdkBody::empty())
@@ -799,6 +805,115 @@ mod tests {
 
     fn old_item() -> DynamoItem {
         item_key(run_pk("r1"), HEADER_SK)
+    }
+
+    /// A run's end buckets go to one ends item per workflow-hour, in one update unless they
+    /// hold more than `MAX_ADDS` counters; read back (with a run bucket item holding its
+    /// `started`), they are the buckets that were added, summed per key.
+    #[test]
+    fn end_buckets_round_trip_through_one_ends_item() {
+        let key = |step: &str, model: &str| BucketKey {
+            tenant: "t#1".into(),
+            workflow: "sum#mary".into(),
+            hour: 3_600_000,
+            step: step.into(),
+            model: model.into(),
+            prompt_version: if step.is_empty() { "" } else { "v2" }.into(),
+        };
+        let bucket = |step: &str, model: &str, kind: &str, ord: u32, counters: &[(&str, f64)]| {
+            let mut c = Counters::default();
+            for (n, v) in counters {
+                c.add(n, *v);
+            }
+            Bucket { key: key(step, model), kind: kind.into(), ord, counters: c }
+        };
+        let run = bucket("", "", "", 0, &[("succeeded", 1.0), ("l.40", 1.0), ("usd", 0.35)]);
+        let gen = bucket("gen", "m/small", "model", 1, &[("executions", 1.0), ("t.input", 120.0)]);
+        let check = bucket("check", "m/judge", "validate", 2, &[("judge_score", 0.75)]);
+        // Applies updates as DynamoDB would: `SET` the descriptions, `ADD` the counters.
+        let apply = |item: &mut DynamoItem, buckets: &[Bucket]| {
+            let updates = ends_updates(buckets);
+            for (key, update, names, vals) in &updates {
+                assert_eq!(key.get("SK"), Some(&s(format!("{:013}#sum%23mary#*", 3_600_000))));
+                assert!(update.len() < 4096, "{}", update.len());
+                item.extend(key.clone());
+                for (placeholder, name) in names {
+                    let v = &vals[&placeholder.replacen('#', ":", 1)];
+                    match (placeholder.starts_with("#c"), item.get(name), v) {
+                        (true, Some(AttributeValue::N(old)), AttributeValue::N(add)) => {
+                            let sum = old.parse::<f64>().unwrap() + add.parse::<f64>().unwrap();
+                            item.insert(name.clone(), AttributeValue::N(sum.to_string()));
+                        }
+                        _ => {
+                            item.insert(name.clone(), v.clone());
+                        }
+                    }
+                }
+                for (attr, placeholder) in [("T", ":T"), ("W", ":W"), ("HR", ":HR"), ("L", ":L")] {
+                    item.insert(attr.into(), vals[placeholder].clone());
+                }
+            }
+            updates.len()
+        };
+        let mut item = DynamoItem::new();
+        let ends = vec![run.clone(), gen.clone(), check.clone()];
+        assert_eq!(apply(&mut item, &ends), 1);
+        assert_eq!(apply(&mut item, &ends), 1);
+        let mut got = read_buckets(&item).unwrap();
+        got.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut twice: Vec<Bucket> = stats::merge(ends.iter().chain(&ends).cloned());
+        twice.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(got, twice);
+        // More counters than one update takes: several updates, each bucket still described.
+        let many: Vec<(String, f64)> = (0..2 * MAX_ADDS).map(|i| (format!("l.{i}"), 1.0)).collect();
+        let refs: Vec<(&str, f64)> = many.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+        let long = bucket("long", "m/x", "model", 3, &refs);
+        let mut item = DynamoItem::new();
+        assert_eq!(apply(&mut item, &[run.clone(), long.clone()]), 3);
+        let mut got = read_buckets(&item).unwrap();
+        got.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(got, vec![run, long]);
+        // A counter without a description is corrupt, not dropped.
+        item.insert("zzzzzzzz.usd".into(), n(1));
+        assert!(read_buckets(&item).is_err());
+    }
+
+    /// Event batches are stored as text while small and deflated past `COMPRESS_FROM`; a
+    /// list holding both (items written before batches were deflated) reads back in order.
+    #[test]
+    fn event_batches_read_back_as_text_or_deflated() {
+        let small = vec![HistoryEvent::run(1, EventKind::RunCreated, Value::Null)];
+        let large: Vec<HistoryEvent> = (0..20)
+            .map(|i| {
+                HistoryEvent::step(
+                    i,
+                    EventKind::StepStarted,
+                    "summarize",
+                    1,
+                    serde_json::json!({"model": "builtin:summarize", "i": i}),
+                )
+            })
+            .collect();
+        let text = event_batch("a1", "r1", &small).unwrap();
+        let packed = event_batch("a2", "r1", &large).unwrap();
+        assert!(matches!(text, AttributeValue::S(_)), "{text:?}");
+        let AttributeValue::B(bytes) = &packed else {
+            panic!("a large batch is deflated: {packed:?}")
+        };
+        let json_len = serde_json::to_string(&large).unwrap().len();
+        assert!(bytes.as_ref().len() < json_len / 2, "{} of {json_len}", bytes.as_ref().len());
+        let mut item = old_item();
+        item.insert("ev".into(), AttributeValue::L(vec![text, packed]));
+        let mut out = Vec::new();
+        read_batches(&item, "r1", &mut out).unwrap();
+        assert_eq!(out, vec![("a1".to_string(), small), ("a2".to_string(), large)]);
+        let mut corrupt = old_item();
+        corrupt.insert(
+            "ev".into(),
+            AttributeValue::L(vec![AttributeValue::B(Blob::new(b"not deflate".to_vec()))]),
+        );
+        let err = read_batches(&corrupt, "r1", &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("does not inflate"), "{err}");
     }
 
     #[test]

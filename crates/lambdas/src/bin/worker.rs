@@ -53,7 +53,11 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             let due = callbacks::take(&d);
             if !due.is_empty() {
                 let budget = deadline.saturating_sub(d.engine.now() + 1_000);
-                let client = http.get_or_init(|| async { reqwest::Client::new() }).await;
+                let client = http
+                    .get_or_try_init(|| async {
+                        switchyard_providers::outbound::client_builder().build()
+                    })
+                    .await?;
                 callbacks::send(client, due, budget).await;
             }
             d.emf.flush();
