@@ -35,7 +35,7 @@ pub const MAX_PRESIGN_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 pub const UPLOADS_PREFIX: &str = "uploads/";
 
 /// An S3 client over `config`, with path-style addressing when `path_style`.
-pub fn s3_client(config: &aws_config::SdkConfig, path_style: bool) -> Client {
+pub fn s3_client(config: &aws_types::SdkConfig, path_style: bool) -> Client {
     let conf = aws_sdk_s3::config::Builder::from(config)
         .force_path_style(path_style)
         .build();

@@ -123,7 +123,7 @@ impl Secrets for Layered {
 
 /// The settings map of the secret `resources.secret_id` names (empty when none is named).
 pub async fn load_settings(
-    sdk: &aws_config::SdkConfig,
+    sdk: &aws_types::SdkConfig,
     resources: &Resources,
 ) -> Result<BTreeMap<String, String>> {
     match &resources.secret_id {
@@ -147,7 +147,7 @@ pub struct Clients {
 
 impl Clients {
     /// From one SDK configuration (`path_style`: S3 path-style addressing, for emulators).
-    pub fn new(sdk: &aws_config::SdkConfig, path_style: bool) -> Clients {
+    pub fn new(sdk: &aws_types::SdkConfig, path_style: bool) -> Clients {
         let sdk = &switchyard_aws::with_timeouts(sdk);
         Clients {
             dynamo: aws_sdk_dynamodb::Client::new(sdk),
@@ -159,7 +159,7 @@ impl Clients {
     /// The same, with `interceptor` on every client (a request meter:
     /// `switchyard_aws::metrics::Meter`, cargo feature `meter`).
     pub fn with_interceptor<I>(
-        sdk: &aws_config::SdkConfig,
+        sdk: &aws_types::SdkConfig,
         path_style: bool,
         interceptor: I,
     ) -> Clients
@@ -275,7 +275,8 @@ impl Deployment {
     /// configuration, the settings secret, the wiring).
     pub async fn from_env_for(function: Function) -> Result<Deployment> {
         let started = std::time::Instant::now();
-        let sdk = switchyard_aws::config_loader().load().await;
+        let sdk = switchyard_aws::environment_config(&|name| std::env::var(name).ok())
+            .map_err(|e| anyhow!("the AWS SDK configuration: {e}"))?;
         let sdk_done = started.elapsed();
         let resources = Resources::from_env(&EnvSecrets)?;
         let settings = load_settings(&sdk, &resources).await?;
@@ -301,7 +302,7 @@ impl Deployment {
 
     /// With `settings` standing for the secret's map (tests), serving the bundled workflows.
     pub fn with_settings(
-        sdk: &aws_config::SdkConfig,
+        sdk: &aws_types::SdkConfig,
         resources: Resources,
         settings: BTreeMap<String, String>,
     ) -> Result<Deployment> {

@@ -28,7 +28,7 @@ async fn queue(
 
 /// Creates (or finds) the resources named `<prefix>-table`, `<prefix>-work`(`-dlq`),
 /// `<prefix>-notify`(`-dlq`) and bucket `<prefix>-blobs`.
-pub async fn provision(sdk: &aws_config::SdkConfig, prefix: &str) -> Result<Resources> {
+pub async fn provision(sdk: &aws_types::SdkConfig, prefix: &str) -> Result<Resources> {
     let table = format!("{prefix}-table");
     let dynamo = aws_sdk_dynamodb::Client::new(sdk);
     switchyard_aws::dynamo::create_table(&dynamo, &table)

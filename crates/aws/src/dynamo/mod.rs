@@ -151,6 +151,10 @@ const LEASE_ATTEMPTS: usize = 4;
 /// which keeps a model step with a paragraph of output, or a header with inline values, in one
 /// write unit. Smaller bodies stay text, readable in the console.
 const COMPRESS_FROM: usize = 512;
+/// Event batches from this many bytes on are stored deflated (`items::event_batch`): a
+/// step's batch is typically 150–450 bytes of JSON, and they are only ever read back through
+/// the store (the console's history), so they need not stay readable in the item.
+const EVENTS_COMPRESS_FROM: usize = 128;
 /// A body that inflates past this is corrupt (an item holds at most 400 KB).
 const MAX_BODY: usize = 4 << 20;
 /// Run ids remembered as existing before the set starts afresh.
@@ -878,7 +882,7 @@ mod tests {
         assert!(read_buckets(&item).is_err());
     }
 
-    /// Event batches are stored as text while small and deflated past `COMPRESS_FROM`; a
+    /// Event batches are stored as text while small and deflated past `EVENTS_COMPRESS_FROM`; a
     /// list holding both (items written before batches were deflated) reads back in order.
     #[test]
     fn event_batches_read_back_as_text_or_deflated() {
