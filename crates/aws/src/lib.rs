@@ -44,7 +44,9 @@ use aws_types::sdk_config::SdkConfig;
 /// The SDK configuration of a Lambda function, from its environment alone: the region
 /// (`AWS_REGION`, or `AWS_DEFAULT_REGION`), the execution role's credentials Lambda puts in
 /// the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), and
-/// `AWS_ENDPOINT_URL` when set (an emulator; `sam local`). That is all a function is given,
+/// `AWS_ENDPOINT_URL` when set (an emulator; `sam local`), and the SDK's
+/// `AWS_REQUEST_CHECKSUM_CALCULATION` / `AWS_RESPONSE_CHECKSUM_VALIDATION` (S3-compatible
+/// stores that refuse the default checksums; docs/deploy.md). That is all a function is given,
 /// so the functions do not link aws-config's provider chains (profile files, SSO, STS,
 /// instance and container metadata: issue 25, smaller packages and a shorter first
 /// invocation). The HTTPS client is [`http_client`]; retries are the SDK's standard ones and
@@ -76,6 +78,21 @@ pub fn environment_config(env: &dyn Fn(&str) -> Option<String>) -> Result<SdkCon
     }
     if let Some(endpoint) = var("AWS_ENDPOINT_URL") {
         b = b.endpoint_url(endpoint);
+    }
+    use aws_smithy_types::checksum_config::{
+        RequestChecksumCalculation, ResponseChecksumValidation,
+    };
+    if let Some(v) = var("AWS_REQUEST_CHECKSUM_CALCULATION") {
+        let c: RequestChecksumCalculation = v.trim().parse().map_err(|_| {
+            format!("AWS_REQUEST_CHECKSUM_CALCULATION `{v}`: expected WHEN_SUPPORTED or WHEN_REQUIRED")
+        })?;
+        b = b.request_checksum_calculation(c);
+    }
+    if let Some(v) = var("AWS_RESPONSE_CHECKSUM_VALIDATION") {
+        let c: ResponseChecksumValidation = v.trim().parse().map_err(|_| {
+            format!("AWS_RESPONSE_CHECKSUM_VALIDATION `{v}`: expected WHEN_SUPPORTED or WHEN_REQUIRED")
+        })?;
+        b = b.response_checksum_validation(c);
     }
     let sdk = b
         .timeout_config(
@@ -188,6 +205,10 @@ mod tests {
             (&[("AWS_REGION", " "), CREDS[0], CREDS[1]], Err("AWS_REGION")),
             (&[("AWS_REGION", "us-east-1"), CREDS[1]], Err("AWS_ACCESS_KEY_ID")),
             (&[("AWS_REGION", "us-east-1"), CREDS[0]], Err("AWS_SECRET_ACCESS_KEY")),
+            (
+                &[("AWS_REGION", "us-east-1"), CREDS[0], CREDS[1], ("AWS_REQUEST_CHECKSUM_CALCULATION", "sometimes")],
+                Err("AWS_REQUEST_CHECKSUM_CALCULATION"),
+            ),
         ];
         for (vars, want) in table {
             let got = environment_config(&env(vars));
@@ -200,11 +221,36 @@ mod tests {
                     assert_eq!(t.operation_attempt_timeout(), Some(ATTEMPT_TIMEOUT));
                     assert_eq!(t.operation_timeout(), Some(OPERATION_TIMEOUT));
                     assert_eq!(t.connect_timeout(), Some(CONNECT_TIMEOUT));
+                    assert_eq!(sdk.request_checksum_calculation(), None);
                 }
                 (Err(e), Err(var)) => assert!(e.starts_with(var), "{vars:?}: {e}"),
                 (got, want) => panic!("{vars:?}: got {got:?}, want {want:?}"),
             }
         }
+    }
+
+    /// The SDK's checksum settings, which aws-config would have read from the environment.
+    #[test]
+    fn checksum_settings_are_read_from_the_environment() {
+        use aws_smithy_types::checksum_config::{
+            RequestChecksumCalculation, ResponseChecksumValidation,
+        };
+        let sdk = environment_config(&env(&[
+            ("AWS_REGION", "us-east-1"),
+            CREDS[0],
+            CREDS[1],
+            ("AWS_REQUEST_CHECKSUM_CALCULATION", "WHEN_REQUIRED"),
+            ("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required"),
+        ]))
+        .expect("a configuration");
+        assert_eq!(
+            sdk.request_checksum_calculation(),
+            Some(RequestChecksumCalculation::WhenRequired)
+        );
+        assert_eq!(
+            sdk.response_checksum_validation(),
+            Some(ResponseChecksumValidation::WhenRequired)
+        );
     }
 
     #[tokio::test]
