@@ -37,8 +37,8 @@ pub use dynamo::{create_table, DynamoStore};
 pub use s3::{s3_client, S3BlobStore};
 pub use sqs::{SqsQueue, SqsQueueUrls, SqsQueues};
 
-use aws_types::region::Region;
 use aws_smithy_runtime_api::client::behavior_version::BehaviorVersion;
+use aws_types::region::Region;
 use aws_types::sdk_config::SdkConfig;
 
 /// The SDK configuration of a Lambda function, from its environment alone: the region
@@ -58,7 +58,9 @@ pub fn environment_config(env: &dyn Fn(&str) -> Option<String>) -> Result<SdkCon
     let var = |name: &str| env(name).filter(|v| !v.trim().is_empty());
     let region = var("AWS_REGION")
         .or_else(|| var("AWS_DEFAULT_REGION"))
-        .ok_or("AWS_REGION is not set (Lambda sets it; elsewhere set it to the deployment's region)")?;
+        .ok_or(
+            "AWS_REGION is not set (Lambda sets it; elsewhere set it to the deployment's region)",
+        )?;
     let key = var("AWS_ACCESS_KEY_ID").ok_or(
         "AWS_ACCESS_KEY_ID is not set (Lambda sets the execution role's credentials in the environment)",
     )?;
@@ -84,13 +86,17 @@ pub fn environment_config(env: &dyn Fn(&str) -> Option<String>) -> Result<SdkCon
     };
     if let Some(v) = var("AWS_REQUEST_CHECKSUM_CALCULATION") {
         let c: RequestChecksumCalculation = v.trim().parse().map_err(|_| {
-            format!("AWS_REQUEST_CHECKSUM_CALCULATION `{v}`: expected WHEN_SUPPORTED or WHEN_REQUIRED")
+            format!(
+                "AWS_REQUEST_CHECKSUM_CALCULATION `{v}`: expected WHEN_SUPPORTED or WHEN_REQUIRED"
+            )
         })?;
         b = b.request_checksum_calculation(c);
     }
     if let Some(v) = var("AWS_RESPONSE_CHECKSUM_VALIDATION") {
         let c: ResponseChecksumValidation = v.trim().parse().map_err(|_| {
-            format!("AWS_RESPONSE_CHECKSUM_VALIDATION `{v}`: expected WHEN_SUPPORTED or WHEN_REQUIRED")
+            format!(
+                "AWS_RESPONSE_CHECKSUM_VALIDATION `{v}`: expected WHEN_SUPPORTED or WHEN_REQUIRED"
+            )
         })?;
         b = b.response_checksum_validation(c);
     }
@@ -191,22 +197,54 @@ mod tests {
         ("AWS_SESSION_TOKEN", "token"),
     ];
 
+    /// An environment, and the region and endpoint it configures (or the variable the error
+    /// names).
+    type Case<'a> = (
+        &'a [(&'a str, &'a str)],
+        Result<(&'a str, Option<&'a str>), &'a str>,
+    );
+
     /// What a function's environment must hold, and what each missing variable says.
     #[test]
     fn a_functions_configuration_comes_from_its_environment() {
-        let table: &[(&[(&str, &str)], Result<(&str, Option<&str>), &str>)] = &[
-            (&[("AWS_REGION", "eu-west-1"), CREDS[0], CREDS[1], CREDS[2]], Ok(("eu-west-1", None))),
-            (&[("AWS_DEFAULT_REGION", "us-west-2"), CREDS[0], CREDS[1]], Ok(("us-west-2", None))),
+        let table: &[Case] = &[
             (
-                &[("AWS_REGION", "us-east-1"), CREDS[0], CREDS[1], ("AWS_ENDPOINT_URL", "http://127.0.0.1:5055")],
+                &[("AWS_REGION", "eu-west-1"), CREDS[0], CREDS[1], CREDS[2]],
+                Ok(("eu-west-1", None)),
+            ),
+            (
+                &[("AWS_DEFAULT_REGION", "us-west-2"), CREDS[0], CREDS[1]],
+                Ok(("us-west-2", None)),
+            ),
+            (
+                &[
+                    ("AWS_REGION", "us-east-1"),
+                    CREDS[0],
+                    CREDS[1],
+                    ("AWS_ENDPOINT_URL", "http://127.0.0.1:5055"),
+                ],
                 Ok(("us-east-1", Some("http://127.0.0.1:5055"))),
             ),
             (&[CREDS[0], CREDS[1]], Err("AWS_REGION")),
-            (&[("AWS_REGION", " "), CREDS[0], CREDS[1]], Err("AWS_REGION")),
-            (&[("AWS_REGION", "us-east-1"), CREDS[1]], Err("AWS_ACCESS_KEY_ID")),
-            (&[("AWS_REGION", "us-east-1"), CREDS[0]], Err("AWS_SECRET_ACCESS_KEY")),
             (
-                &[("AWS_REGION", "us-east-1"), CREDS[0], CREDS[1], ("AWS_REQUEST_CHECKSUM_CALCULATION", "sometimes")],
+                &[("AWS_REGION", " "), CREDS[0], CREDS[1]],
+                Err("AWS_REGION"),
+            ),
+            (
+                &[("AWS_REGION", "us-east-1"), CREDS[1]],
+                Err("AWS_ACCESS_KEY_ID"),
+            ),
+            (
+                &[("AWS_REGION", "us-east-1"), CREDS[0]],
+                Err("AWS_SECRET_ACCESS_KEY"),
+            ),
+            (
+                &[
+                    ("AWS_REGION", "us-east-1"),
+                    CREDS[0],
+                    CREDS[1],
+                    ("AWS_REQUEST_CHECKSUM_CALCULATION", "sometimes"),
+                ],
                 Err("AWS_REQUEST_CHECKSUM_CALCULATION"),
             ),
         ];
@@ -255,8 +293,13 @@ mod tests {
 
     #[tokio::test]
     async fn the_credentials_are_the_environments() {
-        let sdk = environment_config(&env(&[("AWS_REGION", "us-east-1"), CREDS[0], CREDS[1], CREDS[2]]))
-            .expect("a configuration");
+        let sdk = environment_config(&env(&[
+            ("AWS_REGION", "us-east-1"),
+            CREDS[0],
+            CREDS[1],
+            CREDS[2],
+        ]))
+        .expect("a configuration");
         let creds = sdk
             .credentials_provider()
             .expect("a provider")
@@ -264,7 +307,11 @@ mod tests {
             .await
             .expect("credentials");
         assert_eq!(
-            (creds.access_key_id(), creds.secret_access_key(), creds.session_token()),
+            (
+                creds.access_key_id(),
+                creds.secret_access_key(),
+                creds.session_token()
+            ),
             ("AKIDEXAMPLE", "secret", Some("token"))
         );
     }

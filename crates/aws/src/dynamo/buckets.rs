@@ -96,7 +96,11 @@ pub(super) fn bucket_id(k: &BucketKey) -> String {
         return "r".into();
     }
     let digest = sha2::Sha256::digest(
-        format!("{}{UNIT_SEP}{}{UNIT_SEP}{}", k.step, k.model, k.prompt_version).as_bytes(),
+        format!(
+            "{}{UNIT_SEP}{}{UNIT_SEP}{}",
+            k.step, k.model, k.prompt_version
+        )
+        .as_bytes(),
     );
     URL_SAFE_NO_PAD.encode(&digest[..6])
 }
@@ -111,9 +115,10 @@ pub(super) fn ends_updates(
     let mut groups: Vec<(&BucketKey, Vec<&Bucket>)> = Vec::new();
     for b in buckets {
         let k = &b.key;
-        match groups.iter_mut().find(|(g, _)| {
-            g.tenant == k.tenant && g.workflow == k.workflow && g.hour == k.hour
-        }) {
+        match groups
+            .iter_mut()
+            .find(|(g, _)| g.tenant == k.tenant && g.workflow == k.workflow && g.hour == k.hour)
+        {
             Some((_, list)) => list.push(b),
             None => groups.push((k, vec![b])),
         }
@@ -212,7 +217,9 @@ fn read_ends(item: &DynamoItem) -> Result<Vec<Bucket>, StoreError> {
                     prompt_version: pv.to_string(),
                 },
                 kind: kind.to_string(),
-                ord: ord.parse().map_err(|_| corrupt(format!("`{name}` = {d:?}")))?,
+                ord: ord
+                    .parse()
+                    .map_err(|_| corrupt(format!("`{name}` = {d:?}")))?,
                 counters: Counters::default(),
             },
         );
@@ -279,7 +286,9 @@ impl DynamoStore {
             buckets.iter().map(stats_update).collect()
         };
         for (key, update, names, vals) in updates {
-            let sk = attr_s(&key, "SK", "a stats key").unwrap_or_default().to_string();
+            let sk = attr_s(&key, "SK", "a stats key")
+                .unwrap_or_default()
+                .to_string();
             let res = self
                 .client
                 .update_item()

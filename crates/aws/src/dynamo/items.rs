@@ -158,9 +158,8 @@ pub(super) fn read_batches(
                         .map_err(|e| {
                         StoreError::Corrupt(format!("{what}: a batch does not inflate: {e}"))
                     })?;
-                inflated = String::from_utf8(bytes).map_err(|_| {
-                    StoreError::Corrupt(format!("{what}: a batch is not UTF-8"))
-                })?;
+                inflated = String::from_utf8(bytes)
+                    .map_err(|_| StoreError::Corrupt(format!("{what}: a batch is not UTF-8")))?;
                 inflated.as_str()
             }
             _ => {

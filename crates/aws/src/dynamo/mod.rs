@@ -829,16 +829,36 @@ mod tests {
             for (n, v) in counters {
                 c.add(n, *v);
             }
-            Bucket { key: key(step, model), kind: kind.into(), ord, counters: c }
+            Bucket {
+                key: key(step, model),
+                kind: kind.into(),
+                ord,
+                counters: c,
+            }
         };
-        let run = bucket("", "", "", 0, &[("succeeded", 1.0), ("l.40", 1.0), ("usd", 0.35)]);
-        let gen = bucket("gen", "m/small", "model", 1, &[("executions", 1.0), ("t.input", 120.0)]);
+        let run = bucket(
+            "",
+            "",
+            "",
+            0,
+            &[("succeeded", 1.0), ("l.40", 1.0), ("usd", 0.35)],
+        );
+        let gen = bucket(
+            "gen",
+            "m/small",
+            "model",
+            1,
+            &[("executions", 1.0), ("t.input", 120.0)],
+        );
         let check = bucket("check", "m/judge", "validate", 2, &[("judge_score", 0.75)]);
         // Applies updates as DynamoDB would: `SET` the descriptions, `ADD` the counters.
         let apply = |item: &mut DynamoItem, buckets: &[Bucket]| {
             let updates = ends_updates(buckets);
             for (key, update, names, vals) in &updates {
-                assert_eq!(key.get("SK"), Some(&s(format!("{:013}#sum%23mary#*", 3_600_000))));
+                assert_eq!(
+                    key.get("SK"),
+                    Some(&s(format!("{:013}#sum%23mary#*", 3_600_000)))
+                );
                 assert!(update.len() < 4096, "{}", update.len());
                 item.extend(key.clone());
                 for (placeholder, name) in names {
@@ -905,12 +925,19 @@ mod tests {
             panic!("a large batch is deflated: {packed:?}")
         };
         let json_len = serde_json::to_string(&large).unwrap().len();
-        assert!(bytes.as_ref().len() < json_len / 2, "{} of {json_len}", bytes.as_ref().len());
+        assert!(
+            bytes.as_ref().len() < json_len / 2,
+            "{} of {json_len}",
+            bytes.as_ref().len()
+        );
         let mut item = old_item();
         item.insert("ev".into(), AttributeValue::L(vec![text, packed]));
         let mut out = Vec::new();
         read_batches(&item, "r1", &mut out).unwrap();
-        assert_eq!(out, vec![("a1".to_string(), small), ("a2".to_string(), large)]);
+        assert_eq!(
+            out,
+            vec![("a1".to_string(), small), ("a2".to_string(), large)]
+        );
         let mut corrupt = old_item();
         corrupt.insert(
             "ev".into(),
