@@ -422,8 +422,9 @@ impl StateStore for DynamoStore {
         buckets: &[Bucket],
     ) -> Result<u64, StoreError> {
         // The header write ends the run exactly once (its version condition); the run's
-        // figures are added after it, one `UpdateItem ADD` per bucket, not in a transaction
-        // with it (docs/architecture.md, "The write layout on DynamoDB").
+        // figures are added after it, in one `UpdateItem ADD` of the workflow-hour's ends
+        // item, not in a transaction with it (docs/architecture.md, "The write layout on
+        // DynamoDB").
         let new_version = h.version + 1;
         match self
             .commit(Self::header_update(h, new_version, events)?)
