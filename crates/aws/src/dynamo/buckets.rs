@@ -8,9 +8,11 @@
 //!   end adds all its buckets to in one `UpdateItem` — the run bucket and one per step. Each
 //!   bucket's counters are named `<id>.<counter>` (`r` for the run bucket; for a step, 8
 //!   base64url characters of SHA-256 of step, model and prompt version) and described by
-//!   `D.<id>` = `<kind>␟<order>␟<step>␟<model>␟<prompt version>`. DynamoDB bills a write by
-//!   the whole item's size, so the ends item of a 5-step workflow (about 1.5–3 KB over a
-//!   busy hour) costs 2–3 write units per run end where one item per bucket cost 6.
+//!   `D.<id>` = the JSON array `[kind, order, step, model, prompt version]`. DynamoDB bills
+//!   a write by the whole item's size: an end write costs what the item weighs, 1 WRU for
+//!   the examples in `make bench-aws`, 2.68 WRU per run with `started` over 300 runs in
+//!   `make bench-stats`; in a busy hour whose latency histograms spread over many bins the
+//!   item, and each end write, grows (each counter carries its 9-byte bucket id).
 //!
 //! A read explodes both shapes into buckets and sums those of one key (`stats::merge`).
 
@@ -22,9 +24,6 @@ const ENDS_LAYOUT: &str = "ends";
 /// an update expression may hold. A run with more (a long chain of model steps) is added in
 /// several updates of the same item.
 pub(super) const MAX_ADDS: usize = 150;
-/// Separates the parts of a bucket's `D.<id>` description (no escaping needed: step, model
-/// and prompt version names never hold control characters).
-const UNIT_SEP: char = '\u{1f}';
 
 /// The bucket attributes that are not counters (counters are lowercase names).
 pub(super) const STATS_META: [&str; 10] = ["PK", "SK", "T", "W", "HR", "ST", "M", "PV", "K", "O"];
@@ -95,13 +94,8 @@ pub(super) fn bucket_id(k: &BucketKey) -> String {
     if k.step.is_empty() && k.model.is_empty() && k.prompt_version.is_empty() {
         return "r".into();
     }
-    let digest = sha2::Sha256::digest(
-        format!(
-            "{}{UNIT_SEP}{}{UNIT_SEP}{}",
-            k.step, k.model, k.prompt_version
-        )
-        .as_bytes(),
-    );
+    let parts = serde_json::json!([k.step, k.model, k.prompt_version]);
+    let digest = sha2::Sha256::digest(parts.to_string().as_bytes());
     URL_SAFE_NO_PAD.encode(&digest[..6])
 }
 
@@ -156,13 +150,14 @@ pub(super) fn ends_updates(
                 if !described.contains(&id) {
                     let d = described.len();
                     names.insert(format!("#d{d}"), format!("D.{id}"));
-                    vals.insert(
-                        format!(":d{d}"),
-                        s(format!(
-                            "{}{UNIT_SEP}{}{UNIT_SEP}{}{UNIT_SEP}{}{UNIT_SEP}{}",
-                            b.kind, b.ord, b.key.step, b.key.model, b.key.prompt_version
-                        )),
-                    );
+                    let description = serde_json::json!([
+                        b.kind,
+                        b.ord,
+                        b.key.step,
+                        b.key.model,
+                        b.key.prompt_version
+                    ]);
+                    vals.insert(format!(":d{d}"), s(description.to_string()));
                     sets.push(format!("#d{d} = :d{d}"));
                     described.push(id.clone());
                 }
@@ -201,10 +196,8 @@ fn read_ends(item: &DynamoItem) -> Result<Vec<Bucket>, StoreError> {
         let AttributeValue::S(d) = v else {
             return Err(corrupt(format!("`{name}` is not a string")));
         };
-        let parts: Vec<&str> = d.split(UNIT_SEP).collect();
-        let [kind, ord, step, model, pv] = parts[..] else {
-            return Err(corrupt(format!("`{name}` = {d:?}")));
-        };
+        let (kind, ord, step, model, pv): (String, u32, String, String, String) =
+            serde_json::from_str(d).map_err(|_| corrupt(format!("`{name}` = {d:?}")))?;
         out.insert(
             id,
             Bucket {
@@ -212,14 +205,12 @@ fn read_ends(item: &DynamoItem) -> Result<Vec<Bucket>, StoreError> {
                     tenant: tenant.to_string(),
                     workflow: workflow.to_string(),
                     hour,
-                    step: step.to_string(),
-                    model: model.to_string(),
-                    prompt_version: pv.to_string(),
+                    step,
+                    model,
+                    prompt_version: pv,
                 },
-                kind: kind.to_string(),
-                ord: ord
-                    .parse()
-                    .map_err(|_| corrupt(format!("`{name}` = {d:?}")))?,
+                kind,
+                ord,
                 counters: Counters::default(),
             },
         );

@@ -844,9 +844,10 @@ mod tests {
             0,
             &[("succeeded", 1.0), ("l.40", 1.0), ("usd", 0.35)],
         );
+        // Any characters in a model name (a quote, a control character) survive.
         let gen = bucket(
             "gen",
-            "m/small",
+            "m/sm\"all\u{1f}",
             "model",
             1,
             &[("executions", 1.0), ("t.input", 120.0)],
