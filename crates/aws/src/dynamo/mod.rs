@@ -17,7 +17,7 @@
 //! | idempotency key | `IDEM#<tenant, `%`/`#` escaped>#<key>` | `I` | `run_id`, `body_hash`, `created_at` (N, ms), `ttl` (N, s) |
 //! | webhook id | `WH#<id>` | `W` | `seen_at` (N, ms), `ttl` (N, s) |
 //! | stats bucket | `STATS#<tenant, escaped>` | `<hour, 13 digits>#<workflow>#<step>#<model>#<prompt version>` (parts escaped; step, model and prompt version empty for the run bucket) | `T`, `W`, `HR` (N), `ST`, `M`, `PV`, `K` (step kind), `O` (N, step order), and one number per counter (`started`, `succeeded`, `e.timeout`, `l.37`, `usd`, `t.input`, …: `switchyard_core::stats`) |
-//! | stats ends item | `STATS#<tenant, escaped>` | `<hour, 13 digits>#<workflow>#*` | `T`, `W`, `HR` (N), `L` = `ends`, `D.<id>` (`<kind>␟<order>␟<step>␟<model>␟<prompt version>` per bucket), and `<id>.<counter>` numbers (`id` = `r` for the run bucket; `buckets` module docs) |
+//! | stats ends item | `STATS#<tenant, escaped>` | `<hour, 13 digits>#<workflow>#*` | `T`, `W`, `HR` (N), `L` = `ends`, `D.<id>` (the JSON array `[kind, order, step, model, prompt version]` per bucket), and `<id>.<counter>` numbers (`id` = `r` for the run bucket; `buckets` module docs) |
 //!
 //! - **Versions**: `ver` is what conditions compare (`ver = :read`); the store writes
 //!   `read + 1` and returns it. Header and step updates `SET body, ver` (and `ev`) only.
