@@ -10,7 +10,7 @@
 //!   base64url characters of SHA-256 of step, model and prompt version) and described by
 //!   `D.<id>` = the JSON array `[kind, order, step, model, prompt version]`. DynamoDB bills
 //!   a write by the whole item's size: an end write costs what the item weighs, 1 WRU for
-//!   the examples in `make bench-aws`, 2.68 WRU per run with `started` over 300 runs in
+//!   the examples in `make bench-aws`, 2.74 WRU per run with `started` over 300 runs in
 //!   `make bench-stats`; in a busy hour whose latency histograms spread over many bins the
 //!   item, and each end write, grows (each counter carries its 9-byte bucket id).
 //!
