@@ -81,23 +81,14 @@ pub fn environment_config(env: &dyn Fn(&str) -> Option<String>) -> Result<SdkCon
     if let Some(endpoint) = var("AWS_ENDPOINT_URL") {
         b = b.endpoint_url(endpoint);
     }
-    use aws_smithy_types::checksum_config::{
-        RequestChecksumCalculation, ResponseChecksumValidation,
-    };
-    if let Some(v) = var("AWS_REQUEST_CHECKSUM_CALCULATION") {
-        let c: RequestChecksumCalculation = v.trim().parse().map_err(|_| {
-            format!(
-                "AWS_REQUEST_CHECKSUM_CALCULATION `{v}`: expected WHEN_SUPPORTED or WHEN_REQUIRED"
-            )
-        })?;
+    // The SDK's own checksum settings, which aws-config would have read (docs/deploy.md).
+    const WHEN: &str = "WHEN_SUPPORTED or WHEN_REQUIRED";
+    let name = "AWS_REQUEST_CHECKSUM_CALCULATION";
+    if let Some(c) = parsed(name, var(name), WHEN)? {
         b = b.request_checksum_calculation(c);
     }
-    if let Some(v) = var("AWS_RESPONSE_CHECKSUM_VALIDATION") {
-        let c: ResponseChecksumValidation = v.trim().parse().map_err(|_| {
-            format!(
-                "AWS_RESPONSE_CHECKSUM_VALIDATION `{v}`: expected WHEN_SUPPORTED or WHEN_REQUIRED"
-            )
-        })?;
+    let name = "AWS_RESPONSE_CHECKSUM_VALIDATION";
+    if let Some(c) = parsed(name, var(name), WHEN)? {
         b = b.response_checksum_validation(c);
     }
     let sdk = b
@@ -108,6 +99,21 @@ pub fn environment_config(env: &dyn Fn(&str) -> Option<String>) -> Result<SdkCon
         )
         .build();
     Ok(with_timeouts(&sdk))
+}
+
+/// `name`'s value parsed, if it is set; the error names the variable and what it takes.
+fn parsed<T: std::str::FromStr>(
+    name: &str,
+    value: Option<String>,
+    expected: &str,
+) -> Result<Option<T>, String> {
+    value
+        .map(|v| {
+            v.trim()
+                .parse()
+                .map_err(|_| format!("{name} `{v}`: expected {expected}"))
+        })
+        .transpose()
 }
 
 /// How long connecting to an AWS endpoint may take (aws-config's default, kept).
