@@ -165,6 +165,26 @@ async fn run_example(
     })
 }
 
+/// Every example through `metered`, in order; an example that does not succeed stops the
+/// bench (`label` says which deployment it ran on).
+async fn run_all(
+    label: &str,
+    metered: &Deployment,
+    api: &axum::Router,
+    observer: &axum::Router,
+    meter: &Meter,
+) -> Result<Vec<Figures>> {
+    let mut all = Vec::new();
+    for name in EXAMPLES {
+        let f = run_example(name, metered, api, observer, meter).await?;
+        if f.status != "succeeded" {
+            bail!("{name}{label} ended {}", f.status);
+        }
+        all.push(f);
+    }
+    Ok(all)
+}
+
 fn print_summary(all: &[Figures]) {
     println!("## Per step (steps that ran; skipped branches are not counted as steps)\n");
     println!(
@@ -288,14 +308,7 @@ async fn bench(endpoint: &str) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let mut all = Vec::new();
-    for name in EXAMPLES {
-        let f = run_example(name, &metered, &api, &observer_api, &meter).await?;
-        if f.status != "succeeded" {
-            bail!("{name} ended {}", f.status);
-        }
-        all.push(f);
-    }
+    let all = run_all("", &metered, &api, &observer_api, &meter).await?;
     print_summary(&all);
     // The same examples with every model call claimed before it starts, as hosted calls are.
     let hosted = harness::claiming(Deployment::with_clients(
@@ -304,14 +317,14 @@ async fn bench(endpoint: &str) -> Result<()> {
         harness::fixture_settings(),
     )?);
     let hosted_api = harness::api_router(&hosted)?;
-    let mut as_hosted = Vec::new();
-    for name in EXAMPLES {
-        let f = run_example(name, &hosted, &hosted_api, &observer_api, &meter).await?;
-        if f.status != "succeeded" {
-            bail!("{name} (claimed calls) ended {}", f.status);
-        }
-        as_hosted.push(f);
-    }
+    let as_hosted = run_all(
+        " (claimed calls)",
+        &hosted,
+        &hosted_api,
+        &observer_api,
+        &meter,
+    )
+    .await?;
     println!(
         "\n# The same examples with every model call claimed before it starts (what they \
          write with hosted models instead of the built-in ones)\n"

@@ -119,14 +119,16 @@ pub(super) fn ends_updates(
     }
     let mut out = Vec::new();
     for (k, list) in groups {
-        // (bucket, counter name, value) in order, then cut into chunks.
-        let counters: Vec<(&Bucket, &String, AttributeValue)> = list
+        // (bucket, its id, counter name, value) in order, then cut into chunks; each bucket's
+        // id hashed once.
+        let counters: Vec<(&Bucket, std::rc::Rc<str>, &String, AttributeValue)> = list
             .iter()
             .flat_map(|b| {
+                let id: std::rc::Rc<str> = bucket_id(&b.key).into();
                 b.counters
                     .0
                     .iter()
-                    .filter_map(move |(name, v)| number(*v).map(|v| (*b, name, v)))
+                    .filter_map(move |(name, v)| number(*v).map(|v| (*b, id.clone(), name, v)))
             })
             .collect();
         for chunk in counters.chunks(MAX_ADDS) {
@@ -144,9 +146,9 @@ pub(super) fn ends_updates(
                 "L = :L".into(),
             ];
             let mut adds = Vec::new();
-            let mut described: Vec<String> = Vec::new();
-            for (i, (b, name, v)) in chunk.iter().enumerate() {
-                let id = bucket_id(&b.key);
+            let mut described: Vec<&str> = Vec::new();
+            for (i, (b, id, name, v)) in chunk.iter().enumerate() {
+                let id: &str = id;
                 if !described.contains(&id) {
                     let d = described.len();
                     names.insert(format!("#d{d}"), format!("D.{id}"));
@@ -159,7 +161,7 @@ pub(super) fn ends_updates(
                     ]);
                     vals.insert(format!(":d{d}"), s(description.to_string()));
                     sets.push(format!("#d{d} = :d{d}"));
-                    described.push(id.clone());
+                    described.push(id);
                 }
                 names.insert(format!("#c{i}"), format!("{id}.{name}"));
                 vals.insert(format!(":c{i}"), v.clone());

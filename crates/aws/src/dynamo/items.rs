@@ -19,14 +19,7 @@ pub(super) fn event_batch(
     events: &[HistoryEvent],
 ) -> Result<AttributeValue, StoreError> {
     let json = to_json(events, &format!("events of run {run_id}"))?;
-    let text = format!("{seq} {json}");
-    if text.len() >= EVENTS_COMPRESS_FROM {
-        let packed = miniz_oxide::deflate::compress_to_vec(text.as_bytes(), 6);
-        if packed.len() < text.len() {
-            return Ok(AttributeValue::B(Blob::new(packed)));
-        }
-    }
-    Ok(s(text))
+    Ok(packed_from(format!("{seq} {json}"), EVENTS_COMPRESS_FROM))
 }
 
 /// An `E#<seq>` item holding the events of a header write or an `append_events` call.
@@ -43,13 +36,25 @@ pub(super) fn events_item(run_id: &str, events: &[HistoryEvent]) -> Result<Dynam
 /// A record's JSON as its `body` attribute: text while it is small, deflated (binary) from
 /// [`COMPRESS_FROM`] bytes on, when that is smaller.
 pub(super) fn body_value(json: String) -> AttributeValue {
-    if json.len() >= COMPRESS_FROM {
-        let packed = miniz_oxide::deflate::compress_to_vec(json.as_bytes(), 6);
-        if packed.len() < json.len() {
+    packed_from(json, COMPRESS_FROM)
+}
+
+/// `text` as a string attribute while shorter than `from` bytes, else deflated (binary) when
+/// that is smaller.
+fn packed_from(text: String, from: usize) -> AttributeValue {
+    if text.len() >= from {
+        let packed = miniz_oxide::deflate::compress_to_vec(text.as_bytes(), 6);
+        if packed.len() < text.len() {
             return AttributeValue::B(Blob::new(packed));
         }
     }
-    AttributeValue::S(json)
+    AttributeValue::S(text)
+}
+
+/// The bytes of a deflated attribute (at most [`MAX_BODY`]); the error says why not.
+fn inflate(packed: &Blob) -> Result<Vec<u8>, String> {
+    miniz_oxide::inflate::decompress_to_vec_with_limit(packed.as_ref(), MAX_BODY)
+        .map_err(|e| e.to_string())
 }
 
 /// The record in an item's `body`, text or deflated.
@@ -62,8 +67,7 @@ pub(super) fn read_body<T: DeserializeOwned>(
         Some(AttributeValue::S(text)) => from_json(text, what),
         Some(AttributeValue::B(packed)) => {
             let json =
-                miniz_oxide::inflate::decompress_to_vec_with_limit(packed.as_ref(), MAX_BODY)
-                    .map_err(|e| corrupt(format!("body does not inflate: {e}")))?;
+                inflate(packed).map_err(|e| corrupt(format!("body does not inflate: {e}")))?;
             serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))
         }
         _ => Err(corrupt("no `body`".into())),
@@ -153,11 +157,9 @@ pub(super) fn read_batches(
         let text = match entry {
             AttributeValue::S(text) => text.as_str(),
             AttributeValue::B(packed) => {
-                let bytes =
-                    miniz_oxide::inflate::decompress_to_vec_with_limit(packed.as_ref(), MAX_BODY)
-                        .map_err(|e| {
-                        StoreError::Corrupt(format!("{what}: a batch does not inflate: {e}"))
-                    })?;
+                let bytes = inflate(packed).map_err(|e| {
+                    StoreError::Corrupt(format!("{what}: a batch does not inflate: {e}"))
+                })?;
                 inflated = String::from_utf8(bytes)
                     .map_err(|_| StoreError::Corrupt(format!("{what}: a batch is not UTF-8")))?;
                 inflated.as_str()
