@@ -230,7 +230,8 @@ pub async fn dev(args: DevArgs) -> Result<i32> {
                 retry_ms: 1_000,
                 kick: None,
             };
-            let function = Function::Notifier(&sender);
+            let notifier = d.engine.notifier();
+            let function = Function::Notifier(&notifier, &sender);
             host::serve(
                 &d.engine,
                 d.notify.as_ref(),

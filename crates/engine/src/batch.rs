@@ -6,14 +6,13 @@
 //! `maxReceiveCount` deliveries SQS moves it to the dead-letter queue. Wake-ups are held by
 //! heartbeats while they are handled ([`Engine::handle_work_batch`], `core::recovery`).
 
-use crate::notifier::{disposition, Disposition};
 use crate::worker::Handled;
-use crate::{Engine, EngineError};
+use crate::Engine;
 use futures::future::{join_all, Either};
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::Duration;
-use switchyard_core::ports::{CallbackSender, Inbox, Message, QueueName};
+use switchyard_core::ports::{Inbox, Message, QueueName};
 use switchyard_core::state::WakeUp;
 use switchyard_core::{recovery, Millis};
 
@@ -59,7 +58,7 @@ pub struct BatchReport {
     pub errors: Vec<String>,
 }
 
-fn parse(queue: QueueName, r: &Record, failures: &mut Vec<String>) -> Option<Message> {
+pub(crate) fn parse(queue: QueueName, r: &Record, failures: &mut Vec<String>) -> Option<Message> {
     match Message::from_body(queue, &r.body) {
         Ok(m) if m.queue() == queue => Some(m),
         Ok(_) | Err(_) => {
@@ -166,62 +165,6 @@ impl Engine {
         );
         report.failures.sort();
         report.failures.dedup();
-        report
-    }
-
-    /// Delivers a batch of notifications. A retry sets the record's visibility to its backoff
-    /// through `inbox` and reports it failed, so the queue brings it back then.
-    pub async fn handle_notify_batch(
-        &self,
-        records: &[Record],
-        inbox: &dyn Inbox,
-        sender: &dyn CallbackSender,
-    ) -> BatchReport {
-        let mut report = BatchReport::default();
-        let parsed: Vec<_> = records
-            .iter()
-            .filter_map(
-                |r| match parse(QueueName::Notify, r, &mut report.failures) {
-                    Some(Message::Notify(n)) => Some((r, n)),
-                    _ => None,
-                },
-            )
-            .collect();
-        let results = join_all(parsed.iter().map(|(r, n)| async move {
-            let come_back = match self.notify(n, r.receive_count, sender).await {
-                Ok(notified) => match disposition(&notified, r.receive_count) {
-                    Disposition::Done => false,
-                    Disposition::Later(delay_ms) => {
-                        if let Err(e) = inbox.change_visibility(&r.receipt, delay_ms).await {
-                            tracing::warn!(error = %e, "visibility change failed; the notification comes back at its timeout");
-                        }
-                        true
-                    }
-                    // Visible again at once: the next receive finds it past the queue's
-                    // receive limit and dead-letters it.
-                    Disposition::DeadLetter => {
-                        if let Err(e) = inbox.change_visibility(&r.receipt, 0).await {
-                            tracing::warn!(error = %e, "visibility change failed; the notification dead-letters at its timeout");
-                        }
-                        true
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!(run_id = %n.run_id, error = %e, "notification failed; it comes back");
-                    if let Err(e) = inbox.change_visibility(&r.receipt, recovery::retry_delay_ms(r.receive_count)).await {
-                        tracing::debug!(error = %e, "could not give a failed notification back early");
-                    }
-                    true
-                }
-            };
-            Ok::<bool, EngineError>(come_back)
-        }))
-        .await;
-        for ((r, _), result) in parsed.iter().zip(results) {
-            if !matches!(result, Ok(false)) {
-                report.failures.push(r.message_id.clone());
-            }
-        }
         report
     }
 }

@@ -7,12 +7,13 @@
 //! aws`, the emulator tests and `make bench-aws` (which play Lambda's SQS event source
 //! mapping with [`serve`] and [`invoke_once`]). On AWS, Lambda does the receiving and the
 //! deleting, and the worker and notifier functions call the same handlers
-//! ([`Engine::handle_work_batch`], [`Engine::handle_notify_batch`]) on the batch it hands
+//! ([`Engine::handle_work_batch`], [`Notifier::handle_batch`]) on the batch it hands
 //! them, reporting failures as `batchItemFailures`.
 //!
 //! [`recovery::retry_delay_ms`]: switchyard_core::recovery::retry_delay_ms
 
 use crate::batch::{BatchReport, Record};
+use crate::notifier::Notifier;
 use crate::Engine;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,11 +21,13 @@ use switchyard_core::ports::{CallbackSender, Inbox};
 use switchyard_core::StoreError;
 use tokio::sync::{watch, Notify};
 
-/// Which handler gets a batch: the worker's (wake-ups) or the notifier's (notifications).
+/// Which handler gets a batch: the worker's (wake-ups) or a notifier's (notifications: the
+/// engine's own, [`Engine::notifier`], or one wired without an engine, as the notifier
+/// function is).
 #[derive(Clone, Copy)]
 pub enum Function<'a> {
     Worker,
-    Notifier(&'a dyn CallbackSender),
+    Notifier(&'a Notifier, &'a dyn CallbackSender),
 }
 
 /// One invocation's settings: what Lambda's event source mapping and function configuration
@@ -86,7 +89,9 @@ pub async fn invoke_once(
     let deadline = inv.timeout_ms.map(|t| engine.now().saturating_add(t));
     let report = match function {
         Function::Worker => engine.handle_work_batch(&records, deadline, inbox).await,
-        Function::Notifier(sender) => engine.handle_notify_batch(&records, inbox, sender).await,
+        Function::Notifier(notifier, sender) => {
+            notifier.handle_batch(&records, inbox, sender).await
+        }
     };
     let handled: Vec<&str> = records
         .iter()

@@ -161,7 +161,7 @@ pub struct Engine {
     pinned: Arc<Mutex<HashMap<String, (String, Millis)>>>,
     /// Offloaded values by content hash: they never change, so a re-plan (which rebuilds the
     /// scope) reads each one once per process (a Lambda container), within a byte budget.
-    values: Arc<Mutex<ValueCache>>,
+    values: Values,
     /// Where metrics go ([`Engine::with_metrics`]); nowhere by default.
     pub metrics: Arc<dyn switchyard_core::telemetry::MetricSink>,
     /// How spans join a run's trace ([`Engine::with_trace`]); not at all by default.
@@ -206,6 +206,60 @@ struct ValueCache {
     bytes: u64,
 }
 
+/// Reads offloaded values ([`ValueRef::Blob`]) through a per-process cache (values never change:
+/// a blob's key is its content's hash). Shared by an engine and the [`notifier::Notifier`] made
+/// from it.
+#[derive(Clone)]
+pub struct Values {
+    blobs: Arc<dyn BlobStore>,
+    cache: Arc<Mutex<ValueCache>>,
+}
+
+impl Values {
+    pub fn new(blobs: Arc<dyn BlobStore>) -> Values {
+        Values {
+            blobs,
+            cache: Arc::new(Mutex::new(ValueCache::default())),
+        }
+    }
+
+    pub async fn load(&self, r: &ValueRef) -> Result<Value, StoreError> {
+        match r {
+            ValueRef::Inline { value } => Ok(value.clone()),
+            ValueRef::Blob { key, bytes: size } => {
+                if let Some(v) = self
+                    .cache
+                    .lock()
+                    .ok()
+                    .and_then(|c| c.values.get(key).cloned())
+                {
+                    return Ok(v);
+                }
+                let bytes = self.blobs.get(key).await?;
+                let value: Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| StoreError::Corrupt(format!("blob {key}: {e}")))?;
+                if *size <= VALUE_CACHE_BYTES {
+                    if let Ok(mut c) = self.cache.lock() {
+                        if c.bytes + size > VALUE_CACHE_BYTES {
+                            *c = ValueCache::default();
+                        }
+                        c.bytes += size;
+                        c.values.insert(key.clone(), value.clone());
+                    }
+                }
+                Ok(value)
+            }
+        }
+    }
+}
+
+/// A pinned definition read from the blob store by its content hash (no cache).
+pub async fn read_definition(blobs: &dyn BlobStore, hash: &str) -> Result<Workflow, StoreError> {
+    let bytes = blobs.get(hash).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| StoreError::Corrupt(format!("definition {hash}: {e}")))
+}
+
 impl Engine {
     pub fn new(
         store: Arc<dyn StateStore>,
@@ -216,6 +270,7 @@ impl Engine {
         workflows: Arc<Workflows>,
         config: Config,
     ) -> Engine {
+        let values = Values::new(blobs.clone());
         Engine {
             store,
             queue,
@@ -226,7 +281,7 @@ impl Engine {
             config: Arc::new(config),
             definitions: Arc::new(Mutex::new(HashMap::new())),
             pinned: Arc::new(Mutex::new(HashMap::new())),
-            values: Arc::new(Mutex::new(ValueCache::default())),
+            values,
             metrics: Arc::new(switchyard_core::telemetry::NoMetrics),
             trace: Arc::new(trace::NoTraces),
             waits: Arc::new(Sleeps),
@@ -285,32 +340,7 @@ impl Engine {
     }
 
     pub async fn load_value(&self, r: &ValueRef) -> Result<Value, StoreError> {
-        match r {
-            ValueRef::Inline { value } => Ok(value.clone()),
-            ValueRef::Blob { key, bytes: size } => {
-                if let Some(v) = self
-                    .values
-                    .lock()
-                    .ok()
-                    .and_then(|c| c.values.get(key).cloned())
-                {
-                    return Ok(v);
-                }
-                let bytes = self.blobs.get(key).await?;
-                let value: Value = serde_json::from_slice(&bytes)
-                    .map_err(|e| StoreError::Corrupt(format!("blob {key}: {e}")))?;
-                if *size <= VALUE_CACHE_BYTES {
-                    if let Ok(mut c) = self.values.lock() {
-                        if c.bytes + size > VALUE_CACHE_BYTES {
-                            *c = ValueCache::default();
-                        }
-                        c.bytes += size;
-                        c.values.insert(key.clone(), value.clone());
-                    }
-                }
-                Ok(value)
-            }
-        }
+        self.values.load(r).await
     }
 
     /// Stores a compiled definition under its content hash (idempotent), once per process
@@ -345,10 +375,7 @@ impl Engine {
         {
             return Ok(wf);
         }
-        let bytes = self.blobs.get(hash).await?;
-        let wf: Workflow = serde_json::from_slice(&bytes)
-            .map_err(|e| StoreError::Corrupt(format!("definition {hash}: {e}")))?;
-        let wf = Arc::new(wf);
+        let wf = Arc::new(read_definition(self.blobs.as_ref(), hash).await?);
         if let Ok(mut cache) = self.definitions.lock() {
             cache.insert(hash.to_string(), wf.clone());
         }

@@ -13,18 +13,24 @@
 //! `notification_attempted` event in the run's history: `GET /v1/runs/{id}` and
 //! `runs show` list them.
 
-use crate::{trace, Engine, EngineError};
+use crate::batch::{parse, BatchReport, Record};
+use crate::trace::TraceContext;
+use crate::{trace, Config, Engine, EngineError, Values};
+use futures::future::join_all;
 use serde::Serialize;
 use serde_json::{json, Value};
+use std::sync::Arc;
 pub use switchyard_core::outbound::MAX_NOTIFY_ATTEMPTS;
 use switchyard_core::outbound::{self, Decision, DeliveryResult};
-use switchyard_core::ports::{CallbackSender, Message};
+use switchyard_core::ports::{BlobStore, CallbackSender, Inbox, Message, QueueName, StateStore};
+use switchyard_core::recovery;
 use switchyard_core::state::{
     EventKind, HistoryEvent, Notification, NotifyEvent, RunHeader, RunSnapshot, RunStatus,
     StepStatus,
 };
-use switchyard_core::telemetry::{self, attr, Metric};
+use switchyard_core::telemetry::{self, attr, Metric, MetricSink};
 use switchyard_core::workflow::StepKind;
+use switchyard_core::Clock;
 use tracing::Instrument;
 
 /// What handling one notification message came to.
@@ -167,6 +173,149 @@ impl Engine {
         Ok(())
     }
 
+    /// Delivers one notification ([`Notifier::notify`] over this engine's ports).
+    pub async fn notify(
+        &self,
+        n: &Notification,
+        attempt: u32,
+        sender: &dyn CallbackSender,
+    ) -> Result<Notified, EngineError> {
+        self.notifier().notify(n, attempt, sender).await
+    }
+
+    /// Delivers a batch of notifications ([`Notifier::handle_batch`] over this engine's ports).
+    pub async fn handle_notify_batch(
+        &self,
+        records: &[Record],
+        inbox: &dyn Inbox,
+        sender: &dyn CallbackSender,
+    ) -> BatchReport {
+        self.notifier().handle_batch(records, inbox, sender).await
+    }
+
+    /// The notifier over this engine's ports, metrics and trace context.
+    pub fn notifier(&self) -> Notifier {
+        Notifier {
+            store: self.store.clone(),
+            blobs: self.blobs.clone(),
+            values: self.values.clone(),
+            clock: self.clock.clone(),
+            config: self.config.clone(),
+            metrics: self.metrics.clone(),
+            trace: self.trace.clone(),
+        }
+    }
+}
+
+/// What delivering notifications needs: the run's state, the blob store (an offloaded output,
+/// an approval's pinned definition), the clock, the settings (the signing secrets, the
+/// callback policy), the metrics and trace context — and none of the workflows, providers or
+/// queue. The notifier Lambda function makes one on its own ([`Notifier::new`]), so it links
+/// no workflow compiler, schema validator, template engine or provider adapter (issue 25:
+/// a smaller function); every other host uses [`Engine::notifier`].
+#[derive(Clone)]
+pub struct Notifier {
+    pub store: Arc<dyn StateStore>,
+    pub blobs: Arc<dyn BlobStore>,
+    values: Values,
+    pub clock: Arc<dyn Clock>,
+    pub config: Arc<Config>,
+    pub metrics: Arc<dyn MetricSink>,
+    pub trace: Arc<dyn TraceContext>,
+}
+
+impl Notifier {
+    /// A notifier that records no metrics and joins no trace (see [`Notifier::with_metrics`],
+    /// [`Notifier::with_trace`]).
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        blobs: Arc<dyn BlobStore>,
+        clock: Arc<dyn Clock>,
+        config: Config,
+    ) -> Notifier {
+        Notifier {
+            store,
+            values: Values::new(blobs.clone()),
+            blobs,
+            clock,
+            config: Arc::new(config),
+            metrics: Arc::new(switchyard_core::telemetry::NoMetrics),
+            trace: Arc::new(trace::NoTraces),
+        }
+    }
+
+    /// With the deployment's metric sink.
+    pub fn with_metrics(mut self, sink: Arc<dyn MetricSink>) -> Notifier {
+        self.metrics = sink;
+        self
+    }
+
+    /// Joining each run's trace through `trace`.
+    pub fn with_trace(mut self, trace: Arc<dyn TraceContext>) -> Notifier {
+        self.trace = trace;
+        self
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Delivers a batch of notifications. A retry sets the record's visibility to its backoff
+    /// through `inbox` and reports it failed, so the queue brings it back then.
+    pub async fn handle_batch(
+        &self,
+        records: &[Record],
+        inbox: &dyn Inbox,
+        sender: &dyn CallbackSender,
+    ) -> BatchReport {
+        let mut report = BatchReport::default();
+        let parsed: Vec<_> = records
+            .iter()
+            .filter_map(
+                |r| match parse(QueueName::Notify, r, &mut report.failures) {
+                    Some(Message::Notify(n)) => Some((r, n)),
+                    _ => None,
+                },
+            )
+            .collect();
+        let results = join_all(parsed.iter().map(|(r, n)| async move {
+            let come_back = match self.notify(n, r.receive_count, sender).await {
+                Ok(notified) => match disposition(&notified, r.receive_count) {
+                    Disposition::Done => false,
+                    Disposition::Later(delay_ms) => {
+                        if let Err(e) = inbox.change_visibility(&r.receipt, delay_ms).await {
+                            tracing::warn!(error = %e, "visibility change failed; the notification comes back at its timeout");
+                        }
+                        true
+                    }
+                    // Visible again at once: the next receive finds it past the queue's
+                    // receive limit and dead-letters it.
+                    Disposition::DeadLetter => {
+                        if let Err(e) = inbox.change_visibility(&r.receipt, 0).await {
+                            tracing::warn!(error = %e, "visibility change failed; the notification dead-letters at its timeout");
+                        }
+                        true
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(run_id = %n.run_id, error = %e, "notification failed; it comes back");
+                    if let Err(e) = inbox.change_visibility(&r.receipt, recovery::retry_delay_ms(r.receive_count)).await {
+                        tracing::debug!(error = %e, "could not give a failed notification back early");
+                    }
+                    true
+                }
+            };
+            Ok::<bool, EngineError>(come_back)
+        }))
+        .await;
+        for ((r, _), result) in parsed.iter().zip(results) {
+            if !matches!(result, Ok(false)) {
+                report.failures.push(r.message_id.clone());
+            }
+        }
+        report
+    }
+
     /// Delivers one notification; `attempt` is this delivery's number (the message's receive
     /// count). Records the attempt in the run's history.
     pub async fn notify(
@@ -179,7 +328,7 @@ impl Engine {
             return Ok(Notified::Skipped("the run no longer exists"));
         };
         let span = trace::notify_span(&n.run_id, n.event.as_str(), attempt);
-        self.join_run(&span, &snap.header);
+        trace::join_run(self.trace.as_ref(), &span, &snap.header);
         let notified = self
             .deliver(n, attempt, sender, snap, &span)
             .instrument(span.clone())
@@ -235,7 +384,7 @@ impl Engine {
             ("webhook-timestamp".to_string(), ts.to_string()),
             ("webhook-signature".to_string(), signature),
         ];
-        if let Some(tp) = self.traceparent_of(span) {
+        if let Some(tp) = trace::traceparent_of(self.trace.as_ref(), span) {
             headers.push((attr::TRACEPARENT.to_string(), tp));
         }
         let sent = sender
@@ -271,7 +420,7 @@ impl Engine {
         ev.attempt = Some(attempt);
         self.store.append_events(&n.run_id, &[ev]).await?;
         let m = Metric::new(&telemetry::NOTIFICATIONS, &[outcome], 1.0);
-        self.observe(&[m.for_run(&n.run_id)]);
+        self.metrics.record(&[m.for_run(&n.run_id)]);
         tracing::info!(
             run_id = %n.run_id, webhook_id = %n.webhook_id, event = n.event.as_str(), attempt,
             status, error, latency_ms = sent.latency_ms, outcome, "notification attempt"
@@ -291,14 +440,15 @@ impl Engine {
             "workflow": h.workflow.name,
             "version": h.workflow.version,
             "status": h.status,
-            "output": self.public_output(h.output.as_ref()).await?,
+            "output": self.values.public_output(h.output.as_ref(), self.config.inline_limit_bytes).await?,
             "error": h.error,
             "cost_usd": switchyard_core::machine::budget::round_usd(snap.cost_usd()),
             "usage": snap.usage(),
             "links": {"self": format!("/v1/runs/{}", h.run_id), "events": format!("/v1/runs/{}/events", h.run_id)},
         });
         if n.event == NotifyEvent::RunWaitingForApproval {
-            let wf = self.definition(&h.workflow.hash).await?;
+            // Read, not cached: an approval notice is one per gate opened.
+            let wf = crate::read_definition(self.blobs.as_ref(), &h.workflow.hash).await?;
             let waiting: Vec<&str> = snap
                 .steps
                 .iter()

@@ -101,7 +101,8 @@ impl Pool {
                 timeout_ms: None,
             };
             let idle = pool.idle();
-            let function = Function::Notifier(&*pool.sender);
+            let notifier = pool.engine.notifier();
+            let function = Function::Notifier(&notifier, &*pool.sender);
             host::serve(&pool.engine, &*pool.notify, function, notify, &idle, stop2).await
         });
         let (pool, stop3) = (self.clone(), stop.clone());

@@ -62,17 +62,27 @@ impl Engine {
 
     /// Makes `span` a child of the span that created the run (kept in its header).
     pub(crate) fn join_run(&self, span: &Span, header: &RunHeader) {
-        if let Some(tp) = header.traceparent.as_deref() {
-            self.trace.set_parent(span, tp);
-        }
+        join_run(self.trace.as_ref(), span, header);
     }
 
     /// The `traceparent` a new run keeps: its intake span's, if that is exported.
     pub(crate) fn traceparent_of(&self, span: &Span) -> Option<String> {
-        self.trace
-            .traceparent(span)
-            .filter(|tp| attr::valid_traceparent(tp))
+        traceparent_of(self.trace.as_ref(), span)
     }
+}
+
+/// Makes the run's stored trace context the parent of `span`, if it has one.
+pub(crate) fn join_run(trace: &dyn TraceContext, span: &Span, header: &RunHeader) {
+    if let Some(tp) = header.traceparent.as_deref() {
+        trace.set_parent(span, tp);
+    }
+}
+
+/// `span`'s `traceparent`, if it is exported (and well formed).
+pub(crate) fn traceparent_of(trace: &dyn TraceContext, span: &Span) -> Option<String> {
+    trace
+        .traceparent(span)
+        .filter(|tp| attr::valid_traceparent(tp))
 }
 
 /// `start_run {workflow}`: intake creating a run.

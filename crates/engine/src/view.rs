@@ -181,11 +181,25 @@ impl Engine {
         })
     }
 
-    /// A run output as clients see it: inline up to the step-value limit, else a presigned
+    /// A run output as clients see it ([`crate::Values::public_output`], under the step-value
+    /// limit).
+    pub async fn public_output(
+        &self,
+        output: Option<&switchyard_core::state::ValueRef>,
+    ) -> Result<Value, EngineError> {
+        self.values
+            .public_output(output, self.config.inline_limit_bytes)
+            .await
+    }
+}
+
+impl crate::Values {
+    /// A run output as clients see it: inline up to `inline_limit` bytes, else a presigned
     /// link to the blob with its size and sha256 (the blob key is the content's sha256).
     pub async fn public_output(
         &self,
         output: Option<&switchyard_core::state::ValueRef>,
+        inline_limit: usize,
     ) -> Result<Value, EngineError> {
         use switchyard_core::state::ValueRef;
         let mut value = match output {
@@ -193,10 +207,8 @@ impl Engine {
             Some(ValueRef::Inline { value }) => value.clone(),
             // Kept by reference to keep the header small, but small enough to show inline
             // (the same limit as step values).
-            Some(r @ ValueRef::Blob { bytes, .. })
-                if *bytes <= self.config.inline_limit_bytes as u64 =>
-            {
-                self.load_value(r).await?
+            Some(r @ ValueRef::Blob { bytes, .. }) if *bytes <= inline_limit as u64 => {
+                self.load(r).await?
             }
             Some(ValueRef::Blob { key, bytes }) => {
                 let url = self.blobs.presign(key, PRESIGN_TTL_MS).await?;

@@ -15,6 +15,7 @@ use switchyard_aws::{s3_client, DynamoStore, S3BlobStore, SqsQueue, SqsQueueUrls
 use switchyard_core::model::ModelInfo;
 use switchyard_core::ports::{EnvSecrets, QueueName, Secrets};
 use switchyard_core::time::SystemClock;
+use switchyard_engine::notifier::Notifier;
 use switchyard_engine::{Config, Engine, Providers, Workflows};
 use switchyard_providers::local::{LocalConfig, LocalProvider};
 
@@ -274,29 +275,14 @@ impl Deployment {
     /// compiles nothing. Logs how long each init phase took (`init phases`: the SDK
     /// configuration, the settings secret, the wiring).
     pub async fn from_env_for(function: Function) -> Result<Deployment> {
-        let started = std::time::Instant::now();
-        let sdk = switchyard_aws::environment_config(&|name| std::env::var(name).ok())
-            .map_err(|e| anyhow!("the AWS SDK configuration: {e}"))?;
-        let sdk_done = started.elapsed();
-        let resources = Resources::from_env(&EnvSecrets)?;
-        let settings = load_settings(&sdk, &resources).await?;
-        let settings_done = started.elapsed();
-        let clients = Clients::new(&sdk, resources.s3_path_style);
+        let start = Start::from_env().await?;
+        let (clients, resources, settings) = (start.clients, start.resources, start.settings);
         let d = if function.compiles_workflows() {
             Deployment::with_clients(clients, resources, settings)?
         } else {
             Deployment::with_workflows(clients, resources, settings, &|_| Ok(Workflows::new()))?
         };
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-        let done = started.elapsed();
-        tracing::info!(
-            function = function.name(),
-            sdk_config_ms = ms(sdk_done),
-            settings_ms = ms(settings_done - sdk_done),
-            wiring_ms = ms(done - settings_done),
-            workflows = d.engine.workflows.list().len(),
-            "init phases"
-        );
+        start.phases.log(function, d.engine.workflows.list().len());
         Ok(d)
     }
 
@@ -339,14 +325,7 @@ impl Deployment {
             providers = providers.with(p);
         }
         let workflows = workflows(&providers.models())?;
-        let queues = SqsQueues::new(
-            clients.sqs,
-            resources.work.clone(),
-            resources.notify.clone(),
-        );
-        let store = DynamoStore::new(clients.dynamo, resources.table.clone());
-        let blobs = S3BlobStore::new(clients.s3, resources.bucket.clone())
-            .with_prefix(&resources.blob_prefix);
+        let (queues, store, blobs) = ports(clients, &resources);
         let mut config = Config::from_secrets(secrets.as_ref(), owner(), "http://127.0.0.1:9000");
         // A short retry backoff is waited for in the invocation: cheaper than the round trip.
         config.wait_in_invocation_ms = switchyard_engine::WAIT_IN_INVOCATION_MS;
@@ -375,6 +354,120 @@ impl Deployment {
             local,
             emf,
         })
+    }
+}
+
+/// The queues, the state store and the blob store of a deployment, over its clients.
+fn ports(clients: Clients, resources: &Resources) -> (SqsQueues, DynamoStore, S3BlobStore) {
+    let queues = SqsQueues::new(
+        clients.sqs,
+        resources.work.clone(),
+        resources.notify.clone(),
+    );
+    let store = DynamoStore::new(clients.dynamo, resources.table.clone());
+    let blobs =
+        S3BlobStore::new(clients.s3, resources.bucket.clone()).with_prefix(&resources.blob_prefix);
+    (queues, store, blobs)
+}
+
+/// What every function reads first: the SDK configuration (from the environment), the
+/// resource names, the settings secret, and the clients — with how long each phase took.
+struct Start {
+    clients: Clients,
+    resources: Resources,
+    settings: BTreeMap<String, String>,
+    phases: Phases,
+}
+
+/// When each init phase ended, from the start of [`Start::from_env`].
+struct Phases {
+    started: std::time::Instant,
+    sdk: std::time::Duration,
+    settings: std::time::Duration,
+}
+
+impl Start {
+    async fn from_env() -> Result<Start> {
+        let started = std::time::Instant::now();
+        let sdk = switchyard_aws::environment_config(&|name| std::env::var(name).ok())
+            .map_err(|e| anyhow!("the AWS SDK configuration: {e}"))?;
+        let sdk_done = started.elapsed();
+        let resources = Resources::from_env(&EnvSecrets)?;
+        let settings = load_settings(&sdk, &resources).await?;
+        let settings_done = started.elapsed();
+        Ok(Start {
+            clients: Clients::new(&sdk, resources.s3_path_style),
+            resources,
+            settings,
+            phases: Phases {
+                started,
+                sdk: sdk_done,
+                settings: settings_done,
+            },
+        })
+    }
+}
+
+impl Phases {
+    /// The `init phases` log line: the SDK configuration, the settings secret, the wiring.
+    fn log(&self, function: Function, workflows: usize) {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        let done = self.started.elapsed();
+        tracing::info!(
+            function = function.name(),
+            sdk_config_ms = ms(self.sdk),
+            settings_ms = ms(self.settings - self.sdk),
+            wiring_ms = ms(done - self.settings),
+            workflows,
+            "init phases"
+        );
+    }
+}
+
+/// The notifier function's wiring: a [`Notifier`] over the table, the bucket and the notify
+/// queue, with no engine — no workflows, providers or work queue — so the function links none
+/// of the workflow compiler, the schema validator, the templates or the provider adapters
+/// (docs/architecture.md, "Lean on AWS").
+pub struct NotifierDeployment {
+    pub notifier: Notifier,
+    /// The notify queue's receiving side (the notifier changes visibility on its records).
+    pub notify: Arc<SqsQueue>,
+    pub emf: Arc<crate::emf::EmfSink>,
+}
+
+impl NotifierDeployment {
+    /// From the process environment and the settings secret, like [`Deployment::from_env_for`].
+    pub async fn from_env() -> Result<NotifierDeployment> {
+        let start = Start::from_env().await?;
+        let d = NotifierDeployment::with_clients(start.clients, start.resources, start.settings);
+        start.phases.log(Function::Notifier, 0);
+        Ok(d)
+    }
+
+    /// With clients made by the caller and `settings` standing for the secret's map (tests).
+    pub fn with_clients(
+        clients: Clients,
+        resources: Resources,
+        settings: BTreeMap<String, String>,
+    ) -> NotifierDeployment {
+        let secrets = Layered { secret: settings };
+        let (queues, store, blobs) = ports(clients, &resources);
+        let config = Config::from_secrets(&secrets, owner(), "http://127.0.0.1:9000");
+        let emf = Arc::new(crate::emf::EmfSink::from_env());
+        let notifier = Notifier::new(
+            Arc::new(store),
+            Arc::new(blobs),
+            Arc::new(SystemClock),
+            config,
+        )
+        .with_metrics(emf.clone());
+        #[cfg(feature = "otel")]
+        let notifier = switchyard_otel::join_notifier(notifier);
+        NotifierDeployment {
+            notifier,
+            notify: Arc::new(queues.queue(QueueName::Notify)),
+            emf,
+        }
     }
 }
 

@@ -39,7 +39,7 @@ pub mod provision;
 pub mod ready;
 pub mod sqs;
 
-pub use deploy::{Clients, Deployment, Resources};
+pub use deploy::{Clients, Deployment, NotifierDeployment, Resources};
 
 /// Epoch milliseconds of 2001-01-01: no real invocation deadline is earlier.
 const EPOCH_2001_MS: u64 = 978_307_200_000;

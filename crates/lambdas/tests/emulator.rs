@@ -73,10 +73,12 @@ async fn the_offline_examples_run_to_the_end() {
 
 /// One run through all four functions: intake starts it, the worker runs it, its job finishes
 /// through the webhook function, a person approves through intake, and the notifier delivers
-/// both notifications, signed, to the run's `callback_url`.
+/// both notifications, signed, to the run's `callback_url` — through the notifier function's
+/// own wiring, which has no engine (`NotifierDeployment`).
 #[tokio::test]
 async fn a_run_goes_through_all_four_functions() {
     let d = deployment_with(&LOCAL_NOTIFICATIONS).await;
+    let notifier = notifier_deployment(&d, &LOCAL_NOTIFICATIONS).await;
     let api = router(&d);
     let (url, seen) = receiver(0).await;
     let input: Value = serde_json::from_str(&fixture("inputs/asset-pipeline.json")).unwrap();
@@ -85,8 +87,12 @@ async fn a_run_goes_through_all_four_functions() {
         serde_json::json!({"workflow": "asset-pipeline", "input": input, "callback_url": url}),
     )
     .await;
+    let client = switchyard_providers::outbound::CallbackClient::new(Default::default());
     let run = work_until_done(&d, &api, &run_id).await;
     assert_eq!(run["status"], "waiting", "{run}");
+    // The approval notice, delivered while the run waits: the notifier reads which steps
+    // wait for a person from the pinned definition.
+    deliver(&d, &notifier, &client, 1).await;
     approve(&api, &run).await;
     let run = work_until_done(&d, &api, &run_id).await;
     assert_eq!(run["status"], "succeeded", "{run}");
@@ -104,18 +110,7 @@ async fn a_run_goes_through_all_four_functions() {
     use sha2::Digest;
     assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), asset["blob"]);
 
-    // A delivery that failed (a slow receiver on a loaded machine) comes back after its
-    // backoff: poll until both are delivered, pausing when the queue is empty.
-    let client = switchyard_providers::outbound::CallbackClient::new(Default::default());
-    let mut delivered = 0;
-    let t0 = std::time::Instant::now();
-    while delivered < 2 && t0.elapsed() < std::time::Duration::from_secs(60) {
-        let p = poll_notify(&d, &client).await;
-        delivered += p.deleted;
-        if p.received == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-    }
+    deliver(&d, &notifier, &client, 1).await;
     // Standard queues do not keep order, and the notifier delivers a batch concurrently.
     let mut types: Vec<String> = seen
         .lock()
@@ -129,4 +124,38 @@ async fn a_run_goes_through_all_four_functions() {
         ["run.succeeded", "run.waiting_for_approval"],
         "{types:?}"
     );
+    // What the notifier read without an engine: the pinned definition (which steps are
+    // approvals) and the run's output (its asset offloaded to S3).
+    let seen = seen.lock().unwrap();
+    let body = |t: &str| &seen.iter().find(|(_, b)| b["type"] == t).unwrap().1;
+    assert_eq!(
+        body("run.waiting_for_approval")["data"]["waiting_for_approval"],
+        serde_json::json!(["approve"]),
+        "{seen:?}"
+    );
+    assert_eq!(
+        body("run.succeeded")["data"]["output"]["asset"]["blob"],
+        run["output"]["asset"]["blob"],
+        "{seen:?}"
+    );
+}
+
+/// Runs the notifier on the notify queue until `n` notifications are acked. A delivery that
+/// failed (a slow receiver on a loaded machine) comes back after its backoff: poll, pausing
+/// when the queue is empty, for up to a minute.
+async fn deliver(
+    d: &switchyard_lambdas::Deployment,
+    notifier: &switchyard_lambdas::NotifierDeployment,
+    client: &switchyard_providers::outbound::CallbackClient,
+    n: usize,
+) {
+    let mut delivered = 0;
+    let t0 = std::time::Instant::now();
+    while delivered < n && t0.elapsed() < std::time::Duration::from_secs(60) {
+        let p = poll_notify_with(d, &notifier.notifier, client).await;
+        delivered += p.deleted;
+        if p.received == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
 }

@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use switchyard_core::telemetry::attr;
+use switchyard_engine::notifier::Notifier;
 use switchyard_engine::trace::TraceContext;
 use switchyard_engine::Engine;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -182,6 +183,15 @@ pub fn join(engine: Engine) -> Engine {
     match installed() {
         Some(o) => engine.with_trace(o.trace_context()),
         None => engine,
+    }
+}
+
+/// The notifier's spans joining runs' traces, when this process exports them (the notifier
+/// function runs a [`Notifier`] without an engine).
+pub fn join_notifier(notifier: Notifier) -> Notifier {
+    match installed() {
+        Some(o) => notifier.with_trace(o.trace_context()),
+        None => notifier,
     }
 }
 

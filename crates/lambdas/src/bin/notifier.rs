@@ -6,9 +6,8 @@
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{service_fn, LambdaEvent};
 use std::sync::Arc;
-use switchyard_lambdas::deploy::Function;
 use switchyard_lambdas::ready::Ready;
-use switchyard_lambdas::{flush_traces, init_tracing, sqs, Deployment};
+use switchyard_lambdas::{flush_traces, init_tracing, sqs, NotifierDeployment};
 use switchyard_providers::outbound::CallbackClient;
 
 // One thread: a function has at most a few vCPUs (a fraction of one below 1,769 MB) and its
@@ -16,8 +15,9 @@ use switchyard_providers::outbound::CallbackClient;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     init_tracing("notifier");
-    // Made on first use, off the init path (`switchyard_lambdas::ready`).
-    let ready = Ready::new(|| Deployment::from_env_for(Function::Notifier));
+    // Made on first use, off the init path (`switchyard_lambdas::ready`); no engine: the
+    // notifier needs the run's state and the blob store, not workflows or providers.
+    let ready = Ready::new(NotifierDeployment::from_env);
     let sender = Arc::new(CallbackClient::new(Default::default()));
     lambda_runtime::run(service_fn(move |ev: LambdaEvent<SqsEvent>| {
         let ready = ready.clone();
@@ -27,8 +27,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             d.emf.invoked("notifier");
             let records = sqs::records(&ev.payload);
             let report = d
-                .engine
-                .handle_notify_batch(&records, d.notify.as_ref(), sender.as_ref())
+                .notifier
+                .handle_batch(&records, d.notify.as_ref(), sender.as_ref())
                 .await;
             d.emf.flush();
             flush_traces().await;

@@ -38,11 +38,29 @@ pub fn unique_prefix() -> String {
 pub async fn deployment_with(extra: &[(&str, &str)]) -> Deployment {
     let sdk = switchyard_aws::emulator_config(&endpoint()).await;
     let resources = provision(&sdk, &unique_prefix()).await.unwrap();
+    Deployment::with_settings(&sdk, resources, settings_with(extra)).unwrap()
+}
+
+fn settings_with(extra: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
     let mut settings = harness::fixture_settings();
     for (k, v) in extra {
         settings.insert((*k).to_string(), (*v).to_string());
     }
-    Deployment::with_settings(&sdk, resources, settings).unwrap()
+    settings
+}
+
+/// The notifier function's wiring (no engine) over `d`'s resources, with the same settings.
+pub async fn notifier_deployment(
+    d: &Deployment,
+    extra: &[(&str, &str)],
+) -> switchyard_lambdas::NotifierDeployment {
+    let sdk = switchyard_aws::emulator_config(&endpoint()).await;
+    let clients = switchyard_lambdas::Clients::new(&sdk, d.resources.s3_path_style);
+    switchyard_lambdas::NotifierDeployment::with_clients(
+        clients,
+        d.resources.clone(),
+        settings_with(extra),
+    )
 }
 
 pub async fn deployment() -> Deployment {
@@ -204,6 +222,16 @@ pub async fn poll_notify(
     d: &Deployment,
     client: &switchyard_providers::outbound::CallbackClient,
 ) -> Invoked {
+    poll_notify_with(d, &d.engine.notifier(), client).await
+}
+
+/// [`poll_notify`] through `notifier` (the notifier function's own wiring,
+/// `NotifierDeployment`, in the four-functions test).
+pub async fn poll_notify_with(
+    d: &Deployment,
+    notifier: &switchyard_engine::notifier::Notifier,
+    client: &switchyard_providers::outbound::CallbackClient,
+) -> Invoked {
     let mapping = Invocation {
         batch_size: 10,
         visibility_ms: 180_000,
@@ -212,7 +240,7 @@ pub async fn poll_notify(
     invoke_once(
         &d.engine,
         d.notify.as_ref(),
-        Function::Notifier(client),
+        Function::Notifier(notifier, client),
         mapping,
     )
     .await
