@@ -214,7 +214,7 @@ impl Deployment {
     }
 }
 
-/// Which Lambda function a deployment is wired for ([`Deployment::from_env_for`]).
+/// Which Lambda function a deployment is wired for (its `init phases` log line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Function {
     Intake,
@@ -231,11 +231,6 @@ impl Function {
             Function::Webhook => "webhook",
             Function::Notifier => "notifier",
         }
-    }
-
-    /// Only intake looks workflows up by name (starts, reruns, the console's lists).
-    pub fn compiles_workflows(self) -> bool {
-        self == Function::Intake
     }
 }
 
@@ -263,25 +258,31 @@ fn owner() -> String {
 }
 
 impl Deployment {
-    /// From the process environment and the default AWS configuration chain (which honours
-    /// `AWS_ENDPOINT_URL` for an emulator).
+    /// Intake's wiring, from the process environment and the settings secret: the only
+    /// function that compiles the bundled workflows (it starts runs by name and serves the
+    /// console). Logs how long each init phase took (`init phases`: the SDK configuration,
+    /// the settings secret, the wiring).
     pub async fn from_env() -> Result<Deployment> {
-        Deployment::from_env_for(Function::Intake).await
+        Deployment::from_env_with(Function::Intake, &|models| {
+            bundle::workflows(models).map_err(|e| anyhow!("{e}"))
+        })
+        .await
     }
 
-    /// [`Deployment::from_env`] wired for one function: only intake compiles the bundled
-    /// workflows (it starts runs by name and serves the console); the worker, the webhook and
-    /// the notifier run pinned definitions read from the blob store, so their cold start
-    /// compiles nothing. Logs how long each init phase took (`init phases`: the SDK
-    /// configuration, the settings secret, the wiring).
-    pub async fn from_env_for(function: Function) -> Result<Deployment> {
+    /// The worker's or the webhook's wiring: they run pinned definitions read from the blob
+    /// store, so their cold start compiles nothing — and, since nothing here reaches
+    /// [`bundle::workflows`], their binaries link no workflow compiler or YAML parser.
+    pub async fn from_env_pinned(function: Function) -> Result<Deployment> {
+        Deployment::from_env_with(function, &|_| Ok(Workflows::new())).await
+    }
+
+    async fn from_env_with(
+        function: Function,
+        workflows: &(dyn Fn(&[ModelInfo]) -> Result<Workflows> + Sync),
+    ) -> Result<Deployment> {
         let start = Start::from_env().await?;
-        let (clients, resources, settings) = (start.clients, start.resources, start.settings);
-        let d = if function.compiles_workflows() {
-            Deployment::with_clients(clients, resources, settings)?
-        } else {
-            Deployment::with_workflows(clients, resources, settings, &|_| Ok(Workflows::new()))?
-        };
+        let d =
+            Deployment::with_workflows(start.clients, start.resources, start.settings, workflows)?;
         start.phases.log(function, d.engine.workflows.list().len());
         Ok(d)
     }
@@ -436,7 +437,7 @@ pub struct NotifierDeployment {
 }
 
 impl NotifierDeployment {
-    /// From the process environment and the settings secret, like [`Deployment::from_env_for`].
+    /// From the process environment and the settings secret, like [`Deployment::from_env`].
     pub async fn from_env() -> Result<NotifierDeployment> {
         let start = Start::from_env().await?;
         let d = NotifierDeployment::with_clients(start.clients, start.resources, start.settings);

@@ -7,12 +7,12 @@
 use anyhow::Context;
 use switchyard_api::{ApiKeys, OperatorKeys, Serving};
 use switchyard_engine::settings::OPERATOR_KEYS;
-use switchyard_lambdas::deploy::{required_setting, Function};
+use switchyard_lambdas::deploy::required_setting;
 use switchyard_lambdas::ready::{serve_http, Ready};
 use switchyard_lambdas::{init_tracing, with_emf, Deployment};
 
 async fn router() -> anyhow::Result<axum::Router> {
-    let d = Deployment::from_env_for(Function::Intake).await?;
+    let d = Deployment::from_env().await?;
     let spec = required_setting(
         d.secrets.as_ref(),
         "SWITCHYARD_API_KEYS",

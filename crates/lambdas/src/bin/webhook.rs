@@ -9,7 +9,7 @@ use switchyard_lambdas::ready::{serve_http, Ready};
 use switchyard_lambdas::{init_tracing, with_emf, Deployment};
 
 async fn router() -> anyhow::Result<axum::Router> {
-    let d = Deployment::from_env_for(Function::Webhook).await?;
+    let d = Deployment::from_env_pinned(Function::Webhook).await?;
     required_setting(d.secrets.as_ref(), WEBHOOK_SECRET, "without one secret shared by all instances, each makes its own and callbacks signed elsewhere fail verification")?;
     let emf = d.emf.clone();
     Ok(with_emf(

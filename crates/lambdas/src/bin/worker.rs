@@ -13,7 +13,7 @@ use switchyard_lambdas::sqs::{self, WorkerEvent};
 use switchyard_lambdas::{callbacks, flush_traces, init_tracing, invocation_deadline, Deployment};
 
 async fn deployment() -> anyhow::Result<Deployment> {
-    let d = Deployment::from_env_for(Function::Worker).await?;
+    let d = Deployment::from_env_pinned(Function::Worker).await?;
     required_setting(d.secrets.as_ref(), WEBHOOK_SECRET, "without one secret shared by all instances, built-in jobs' callbacks signed here fail verification in the webhook function")?;
     Ok(d)
 }
