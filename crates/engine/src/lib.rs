@@ -23,7 +23,9 @@
 //! - `telemetry`: metrics handed to the deployment's sink right after the write they describe.
 //! - [`trace`]: the spans of a run (OpenTelemetry GenAI names) and how they join one trace.
 //! - [`notifier`]: tell a run's `callback_url` that it ended or waits for a person (signed,
-//!   retried, dead-lettered after the last attempt).
+//!   retried, dead-lettered after the last attempt). Its [`notifier::Notifier`] needs only
+//!   the state store, the blob store, the clock and the settings: the notifier Lambda function
+//!   runs it without an engine; every other host takes [`Engine::notifier`].
 //! - [`batch`]: SQS batches as the worker and notifier functions receive them (each run once
 //!   per batch, partial batch failures).
 //! - [`pool`]: `switchyard dev`'s long-running host loops over the queues, the callback

@@ -49,7 +49,7 @@ pub enum Notified {
     Skipped(&'static str),
 }
 
-/// What becomes of a notification message after [`Engine::notify`].
+/// What becomes of a notification message after [`Notifier::notify`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
     /// Delete it: delivered, stopped by the receiver, skipped, or refused by the address
@@ -349,7 +349,7 @@ impl Notifier {
         notified
     }
 
-    /// [`Engine::notify`] of a run that exists, under the attempt's span (whose trace
+    /// [`Notifier::notify`] of a run that exists, under the attempt's span (whose trace
     /// context goes to the receiver as `traceparent`).
     async fn deliver(
         &self,

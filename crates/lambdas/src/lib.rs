@@ -7,11 +7,16 @@
 //! - `worker`: SQS batches of wake-ups from the work queue → `Engine::handle_work_batch`, runs
 //!   advanced until the invocation's deadline, `ReportBatchItemFailures`.
 //! - `webhook`: `/hooks/{provider}` on a function URL (same router as `switchyard dev`'s).
-//! - `notifier`: SQS batches of notifications → signed, SSRF-guarded delivery.
+//! - `notifier`: SQS batches of notifications → signed, SSRF-guarded delivery, through a
+//!   [`NotifierDeployment`]: a `switchyard_engine::notifier::Notifier` with no engine, so the
+//!   function links no workflow compiler, schema validator, templates or provider adapters.
 //!
 //! Layout:
 //! - [`deploy`]: resources from the environment, settings from Secrets Manager, the ports on
-//!   DynamoDB / SQS / S3, the engine.
+//!   DynamoDB / SQS / S3, the engine — wired per function: intake compiles the bundled
+//!   workflows (`Deployment::from_env`), the worker and the webhook run pinned definitions and
+//!   link no compiler (`Deployment::from_env_pinned`), the notifier has no engine
+//!   (`NotifierDeployment::from_env`).
 //! - [`callbacks`]: the built-in async job's callbacks, sent to the webhook function like a
 //!   hosted provider's.
 //! - [`bundle`]: the workflows compiled into the binary (`build.rs`).
