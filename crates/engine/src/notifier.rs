@@ -173,27 +173,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Delivers one notification ([`Notifier::notify`] over this engine's ports).
-    pub async fn notify(
-        &self,
-        n: &Notification,
-        attempt: u32,
-        sender: &dyn CallbackSender,
-    ) -> Result<Notified, EngineError> {
-        self.notifier().notify(n, attempt, sender).await
-    }
-
-    /// Delivers a batch of notifications ([`Notifier::handle_batch`] over this engine's ports).
-    pub async fn handle_notify_batch(
-        &self,
-        records: &[Record],
-        inbox: &dyn Inbox,
-        sender: &dyn CallbackSender,
-    ) -> BatchReport {
-        self.notifier().handle_batch(records, inbox, sender).await
-    }
-
-    /// The notifier over this engine's ports, metrics and trace context.
+    /// The notifier over this engine's ports, metrics and trace context (delivering a
+    /// notification, or a batch of them, is [`Notifier::notify`], [`Notifier::handle_batch`]).
     pub fn notifier(&self) -> Notifier {
         Notifier {
             store: self.store.clone(),

@@ -192,7 +192,7 @@ async fn tokens_reach_the_run_document_events_stats_and_notifications() {
     let receiver = Receiver::default();
     let n = Notification::new(run, NotifyEvent::RunSucceeded, "end");
     assert_eq!(
-        h.engine.notify(&n, 1, &receiver).await.unwrap(),
+        h.engine.notifier().notify(&n, 1, &receiver).await.unwrap(),
         Notified::Delivered
     );
     let bodies = receiver.bodies.lock().unwrap().clone();

@@ -507,7 +507,7 @@ async fn the_webhook_and_the_notifier_join_the_runs_trace() {
     assert_eq!(status, RunStatus::Succeeded);
     let receiver = Receiver::default();
     let n = Notification::new(&run_id, NotifyEvent::RunSucceeded, "end");
-    let notified = h.engine.notify(&n, 1, &receiver).await.unwrap();
+    let notified = h.engine.notifier().notify(&n, 1, &receiver).await.unwrap();
     assert_eq!(notified, switchyard_engine::notifier::Notified::Delivered);
 
     let spans = spans_of(trace);

@@ -633,7 +633,11 @@ pub(crate) async fn a_notify_batch_reports_retries_and_sets_their_visibility() {
         record("junk", "[]", 1),
     ];
     let down = DownReceiver::default();
-    let report = h.engine.handle_notify_batch(&records, &notify, &down).await;
+    let report = h
+        .engine
+        .notifier()
+        .handle_batch(&records, &notify, &down)
+        .await;
     let mut failed = report.failures.clone();
     failed.sort();
     assert_eq!(failed, [got[0].id.clone(), "junk".to_string()]);
