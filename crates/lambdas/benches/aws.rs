@@ -165,6 +165,49 @@ async fn run_example(
     })
 }
 
+/// Runs that start together per example in the batch table: the event source mapping's
+/// default batch size, so the first invocation takes all their starts at once.
+const RUNS_AT_ONCE: usize = 10;
+
+/// [`RUNS_AT_ONCE`] runs of `name` started together and driven in batches of up to 10 (a busy
+/// deployment: the queue requests of each invocation are shared by several runs). The
+/// deployment is warm (`run_all` ran first).
+async fn run_batch(
+    name: &'static str,
+    metered: &Deployment,
+    api: &axum::Router,
+    observer: &axum::Router,
+    meter: &Meter,
+) -> Result<Figures> {
+    let input: Value = serde_json::from_str(&fixture(&format!("inputs/{name}.json"))?)?;
+    meter.take();
+    let mut ids = Vec::with_capacity(RUNS_AT_ONCE);
+    for _ in 0..RUNS_AT_ONCE {
+        ids.push(harness::start(api, name, input.clone()).await?);
+    }
+    let runs = harness::work_until_all_done(metered, observer, &ids).await?;
+    let usage = meter.take();
+    let (mut steps, mut skipped) = (0, 0);
+    for run in &runs {
+        if run["status"] != "succeeded" {
+            bail!("{name} (batch) ended {}", run["status"]);
+        }
+        let all = run["steps"]
+            .as_array()
+            .ok_or_else(|| anyhow!("{name}: no steps in {run}"))?;
+        let s = all.iter().filter(|s| s["status"] == "skipped").count();
+        steps += all.len() - s;
+        skipped += s;
+    }
+    Ok(Figures {
+        name,
+        status: "succeeded".into(),
+        steps,
+        skipped,
+        usage,
+    })
+}
+
 /// Every example through `metered`, in order; an example that does not succeed stops the
 /// bench (`label` says which deployment it ran on).
 async fn run_all(
@@ -220,13 +263,24 @@ fn print_summary(all: &[Figures]) {
         );
     }
     let steps: usize = all.iter().map(|f| f.steps).sum();
+    let count = [
+        "none",
+        "The one",
+        "Both",
+        "All three",
+        "All four",
+        "All five",
+        "All six",
+    ]
+    .get(all.len())
+    .map_or_else(|| format!("All {}", all.len()), |c| c.to_string());
     let cost: f64 = all
         .iter()
         .map(|f| f.cost_per_million().0 * f.steps as f64)
         .sum::<f64>()
         / steps.max(1) as f64;
     println!(
-        "\nAll six, weighted by steps: ${cost:.2} per 1M steps (goal <= ${GOAL_PER_MILLION:.2}; \
+        "\n{count}, weighted by steps: ${cost:.2} per 1M steps (goal <= ${GOAL_PER_MILLION:.2}; \
          Step Functions Standard: ${:.2} per 1M state transitions).",
         SFN_PER_TRANSITION * 1e6
     );
@@ -330,6 +384,17 @@ async fn bench(endpoint: &str) -> Result<()> {
          write with hosted models instead of the built-in ones)\n"
     );
     print_summary(&as_hosted);
+    // A busy deployment: several runs per worker invocation (asset-pipeline is left out: each
+    // run waits for a person's approval).
+    let mut batched = Vec::new();
+    for name in EXAMPLES.iter().filter(|n| **n != "asset-pipeline") {
+        batched.push(run_batch(name, &metered, &api, &observer_api, &meter).await?);
+    }
+    println!(
+        "\n# {RUNS_AT_ONCE} runs of each example started together (built-in models; the worker \
+         takes up to 10 wake-ups per invocation; asset-pipeline left out: it waits for approvals)\n"
+    );
+    print_summary(&batched);
     println!("\n## Breakdown (whole run, all handlers; built-in models)");
     for f in &all {
         print_breakdown(f);

@@ -176,6 +176,69 @@ pub async fn work_until_done_with(
     bail!("run {run_id} did not end")
 }
 
+/// Polls the work queue in batches of up to 10 (the event source mapping's default) until
+/// every run of `run_ids` has ended, as a busy deployment's worker sees several runs per
+/// invocation. Returns the runs as `GET /v1/runs/{id}` shows them, in `run_ids`' order; an
+/// error if one is still going after 300 polls, or rests with nothing left to do.
+pub async fn work_until_all_done(
+    worker: &Deployment,
+    observer: &axum::Router,
+    run_ids: &[String],
+) -> Result<Vec<Value>> {
+    let mut ended: BTreeMap<&str, Value> = BTreeMap::new();
+    let mut idle = 0;
+    for _ in 0..300 {
+        let polled = invoke_once(
+            &worker.engine,
+            worker.work.as_ref(),
+            Function::Worker,
+            Invocation::default(),
+        )
+        .await
+        .map_err(|e| anyhow!("polling the work queue: {e}"))?;
+        let sent = send_callbacks(worker).await?;
+        for id in run_ids {
+            if ended.contains_key(id.as_str()) {
+                continue;
+            }
+            let (_, run) = request(observer, "GET", &format!("/v1/runs/{id}"), None).await?;
+            if matches!(
+                run["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            ) {
+                ended.insert(id, run);
+            }
+        }
+        if ended.len() == run_ids.len() {
+            return Ok(run_ids
+                .iter()
+                .filter_map(|id| ended.remove(id.as_str()))
+                .collect());
+        }
+        idle = if polled.received == 0 && sent == 0 {
+            idle + 1
+        } else {
+            0
+        };
+        // Delayed wake-ups (timers) round up to whole seconds: 50 idle polls are 10 s.
+        if idle >= 50 {
+            bail!(
+                "{} of {} runs rest unfinished",
+                run_ids.len() - ended.len(),
+                run_ids.len()
+            );
+        }
+        if polled.received == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    bail!(
+        "{} of {} runs did not end",
+        run_ids.len() - ended.len(),
+        run_ids.len()
+    )
+}
+
 /// Approves the step `run` (as `GET /v1/runs/{id}` shows it) waits at.
 pub async fn approve(router: &axum::Router, run: &Value) -> Result<()> {
     let run_id = run["run_id"]
