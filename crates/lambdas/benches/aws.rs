@@ -124,14 +124,40 @@ fn fixture(name: &str) -> Result<String> {
     std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))
 }
 
-async fn run_example(
-    name: &'static str,
-    metered: &Deployment,
-    api: &axum::Router,
-    observer: &axum::Router,
-    meter: &Meter,
-) -> Result<Figures> {
-    let input: Value = serde_json::from_str(&fixture(&format!("inputs/{name}.json"))?)?;
+/// What an example runs on: the metered deployment, intake's router over it, an unmetered
+/// router to read runs through, and the meter.
+#[derive(Clone, Copy)]
+struct Rig<'a> {
+    metered: &'a Deployment,
+    api: &'a axum::Router,
+    observer: &'a axum::Router,
+    meter: &'a Meter,
+}
+
+/// The example's input (`events/inputs/<name>.json`).
+fn example_input(name: &str) -> Result<Value> {
+    Ok(serde_json::from_str(&fixture(&format!(
+        "inputs/{name}.json"
+    ))?)?)
+}
+
+/// Steps that ran and steps skipped, of a run as `GET /v1/runs/{id}` shows it.
+fn step_counts(name: &str, run: &Value) -> Result<(usize, usize)> {
+    let steps = run["steps"]
+        .as_array()
+        .ok_or_else(|| anyhow!("{name}: no steps in {run}"))?;
+    let skipped = steps.iter().filter(|s| s["status"] == "skipped").count();
+    Ok((steps.len() - skipped, skipped))
+}
+
+async fn run_example(name: &'static str, rig: &Rig<'_>) -> Result<Figures> {
+    let Rig {
+        metered,
+        api,
+        observer,
+        meter,
+    } = *rig;
+    let input = example_input(name)?;
     // A warm container: one run of the example first, unmetered, as the function's earlier
     // invocations would have (it stores the definition once per process: `PIN_REFRESH_MS`).
     let warm = harness::start(api, name, input.clone()).await?;
@@ -152,14 +178,11 @@ async fn run_example(
         run = harness::work_until_done(metered, observer, &run_id).await?;
     }
     let usage = meter.take();
-    let steps = run["steps"]
-        .as_array()
-        .ok_or_else(|| anyhow!("{name}: no steps in {run}"))?;
-    let skipped = steps.iter().filter(|s| s["status"] == "skipped").count();
+    let (steps, skipped) = step_counts(name, &run)?;
     Ok(Figures {
         name,
         status: run["status"].as_str().unwrap_or_default().to_string(),
-        steps: steps.len() - skipped,
+        steps,
         skipped,
         usage,
     })
@@ -172,31 +195,23 @@ const RUNS_AT_ONCE: usize = 10;
 /// [`RUNS_AT_ONCE`] runs of `name` started together and driven in batches of up to 10 (a busy
 /// deployment: the queue requests of each invocation are shared by several runs). The
 /// deployment is warm (`run_all` ran first).
-async fn run_batch(
-    name: &'static str,
-    metered: &Deployment,
-    api: &axum::Router,
-    observer: &axum::Router,
-    meter: &Meter,
-) -> Result<Figures> {
-    let input: Value = serde_json::from_str(&fixture(&format!("inputs/{name}.json"))?)?;
+async fn run_batch(name: &'static str, rig: &Rig<'_>) -> Result<Figures> {
+    let input = example_input(name)?;
+    let meter = rig.meter;
     meter.take();
     let mut ids = Vec::with_capacity(RUNS_AT_ONCE);
     for _ in 0..RUNS_AT_ONCE {
-        ids.push(harness::start(api, name, input.clone()).await?);
+        ids.push(harness::start(rig.api, name, input.clone()).await?);
     }
-    let runs = harness::work_until_all_done(metered, observer, &ids).await?;
+    let runs = harness::work_until_all_done(rig.metered, rig.observer, &ids).await?;
     let usage = meter.take();
     let (mut steps, mut skipped) = (0, 0);
     for run in &runs {
         if run["status"] != "succeeded" {
             bail!("{name} (batch) ended {}", run["status"]);
         }
-        let all = run["steps"]
-            .as_array()
-            .ok_or_else(|| anyhow!("{name}: no steps in {run}"))?;
-        let s = all.iter().filter(|s| s["status"] == "skipped").count();
-        steps += all.len() - s;
+        let (ran, s) = step_counts(name, run)?;
+        steps += ran;
         skipped += s;
     }
     Ok(Figures {
@@ -210,16 +225,10 @@ async fn run_batch(
 
 /// Every example through `metered`, in order; an example that does not succeed stops the
 /// bench (`label` says which deployment it ran on).
-async fn run_all(
-    label: &str,
-    metered: &Deployment,
-    api: &axum::Router,
-    observer: &axum::Router,
-    meter: &Meter,
-) -> Result<Vec<Figures>> {
+async fn run_all(label: &str, rig: &Rig<'_>) -> Result<Vec<Figures>> {
     let mut all = Vec::new();
     for name in EXAMPLES {
-        let f = run_example(name, metered, api, observer, meter).await?;
+        let f = run_example(name, rig).await?;
         if f.status != "succeeded" {
             bail!("{name}{label} ended {}", f.status);
         }
@@ -362,7 +371,13 @@ async fn bench(endpoint: &str) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let all = run_all("", &metered, &api, &observer_api, &meter).await?;
+    let rig = Rig {
+        metered: &metered,
+        api: &api,
+        observer: &observer_api,
+        meter: &meter,
+    };
+    let all = run_all("", &rig).await?;
     print_summary(&all);
     // The same examples with every model call claimed before it starts, as hosted calls are.
     let hosted = harness::claiming(Deployment::with_clients(
@@ -371,14 +386,12 @@ async fn bench(endpoint: &str) -> Result<()> {
         harness::fixture_settings(),
     )?);
     let hosted_api = harness::api_router(&hosted)?;
-    let as_hosted = run_all(
-        " (claimed calls)",
-        &hosted,
-        &hosted_api,
-        &observer_api,
-        &meter,
-    )
-    .await?;
+    let hosted_rig = Rig {
+        metered: &hosted,
+        api: &hosted_api,
+        ..rig
+    };
+    let as_hosted = run_all(" (claimed calls)", &hosted_rig).await?;
     println!(
         "\n# The same examples with every model call claimed before it starts (what they \
          write with hosted models instead of the built-in ones)\n"
@@ -388,7 +401,7 @@ async fn bench(endpoint: &str) -> Result<()> {
     // run waits for a person's approval).
     let mut batched = Vec::new();
     for name in EXAMPLES.iter().filter(|n| **n != "asset-pipeline") {
-        batched.push(run_batch(name, &metered, &api, &observer_api, &meter).await?);
+        batched.push(run_batch(name, &rig).await?);
     }
     println!(
         "\n# {RUNS_AT_ONCE} runs of each example started together (built-in models; the worker \

@@ -124,6 +124,24 @@ pub async fn send_callbacks(d: &Deployment) -> Result<usize> {
     Ok(n)
 }
 
+/// One invocation of the worker on a batch from its queue, as the event source mapping makes
+/// it, then the built-in job's callbacks it scheduled (like the worker main). Returns what
+/// the invocation received and how many callbacks it sent.
+async fn poll_worker(
+    worker: &Deployment,
+    mapping: Invocation,
+) -> Result<(switchyard_engine::host::Invoked, usize)> {
+    let polled = invoke_once(
+        &worker.engine,
+        worker.work.as_ref(),
+        Function::Worker,
+        mapping,
+    )
+    .await
+    .map_err(|e| anyhow!("polling the work queue: {e}"))?;
+    Ok((polled, send_callbacks(worker).await?))
+}
+
 /// Polls `worker`'s work queue like the worker's event source mapping (sending the built-in
 /// job's callbacks like the worker main) until `run_id` ends, or waits with nothing left to do
 /// (not for a timer). The run is read through `observer` (intake's router; another
@@ -146,15 +164,7 @@ pub async fn work_until_done_with(
 ) -> Result<Value> {
     let mut idle = 0;
     for _ in 0..150 {
-        let polled = invoke_once(
-            &worker.engine,
-            worker.work.as_ref(),
-            Function::Worker,
-            mapping,
-        )
-        .await
-        .map_err(|e| anyhow!("polling the work queue: {e}"))?;
-        let sent = send_callbacks(worker).await?;
+        let (polled, sent) = poll_worker(worker, mapping).await?;
         let (_, run) = request(observer, "GET", &format!("/v1/runs/{run_id}"), None).await?;
         let status = run["status"].as_str().unwrap_or_default().to_string();
         if matches!(status.as_str(), "succeeded" | "failed" | "cancelled") {
@@ -188,15 +198,7 @@ pub async fn work_until_all_done(
     let mut ended: BTreeMap<&str, Value> = BTreeMap::new();
     let mut idle = 0;
     for _ in 0..300 {
-        let polled = invoke_once(
-            &worker.engine,
-            worker.work.as_ref(),
-            Function::Worker,
-            Invocation::default(),
-        )
-        .await
-        .map_err(|e| anyhow!("polling the work queue: {e}"))?;
-        let sent = send_callbacks(worker).await?;
+        let (polled, sent) = poll_worker(worker, Invocation::default()).await?;
         for id in run_ids {
             if ended.contains_key(id.as_str()) {
                 continue;
