@@ -392,6 +392,47 @@ impl Inbox for SqsQueue {
         }
     }
 
+    async fn change_visibility_all(
+        &self,
+        receipts: &[&str],
+        delay_ms: u64,
+    ) -> Result<usize, StoreError> {
+        let mut changed = 0;
+        for chunk in receipts.chunks(MAX_RECEIVE_BATCH) {
+            let mut batch = self
+                .client()
+                .change_message_visibility_batch()
+                .queue_url(&self.urls().url);
+            for (i, r) in chunk.iter().enumerate() {
+                let entry = aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(*r)
+                    .visibility_timeout(visibility_seconds(delay_ms))
+                    .build()
+                    .map_err(|e| {
+                        StoreError::Invalid(format!("ChangeMessageVisibilityBatch entry: {e}"))
+                    })?;
+                batch = batch.entries(entry);
+            }
+            let out = batch
+                .send()
+                .await
+                .map_err(|e| sqs_error("ChangeMessageVisibilityBatch", e))?;
+            changed += out.successful().len();
+            // A stale receipt is not an error (the message was received again or deleted);
+            // any other failed entry is tried once more on its own.
+            for failed in out.failed() {
+                let stale = failed.code().contains("ReceiptHandleIsInvalid")
+                    || failed.code().contains("MessageNotInflight");
+                let receipt = failed.id().parse::<usize>().ok().and_then(|i| chunk.get(i));
+                if let (false, Some(r)) = (stale, receipt) {
+                    changed += usize::from(self.change_visibility(r, delay_ms).await?);
+                }
+            }
+        }
+        Ok(changed)
+    }
+
     async fn next_visible_at(&self) -> Result<Option<Millis>, StoreError> {
         Ok(None)
     }

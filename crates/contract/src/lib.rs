@@ -102,6 +102,7 @@ macro_rules! queue_contract {
             receive_takes_at_most_max,
             visibility_timeout_receive_count_and_ack,
             a_batch_of_receipts_is_acked_at_once,
+            a_batch_of_receipts_changes_visibility_at_once,
             dead_letters_after_max_receives_and_redrive,
             redrive_moves_only_the_listed_ids
         );

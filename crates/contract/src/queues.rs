@@ -150,6 +150,53 @@ pub async fn a_batch_of_receipts_is_acked_at_once(f: &QueueFixture) {
     assert!(f.work.dead_letters().await.unwrap().is_empty());
 }
 
+/// `change_visibility_all` (a worker's heartbeat) hides every message of a batch (more than
+/// SQS's ten per request) for the new timeout, and hands them all back at once with 0.
+pub async fn a_batch_of_receipts_changes_visibility_at_once(f: &QueueFixture) {
+    let names: Vec<String> = (0..12).map(|i| format!("v{i}")).collect();
+    for r in &names {
+        f.sender.send(&wake(r), 0).await.unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < names.len() {
+        let batch = f.work.receive(10, 1_000).await.unwrap();
+        assert!(
+            !batch.is_empty(),
+            "received {} of {}",
+            got.len(),
+            names.len()
+        );
+        got.extend(batch);
+    }
+    let receipts: Vec<&str> = got.iter().map(|d| d.receipt.as_str()).collect();
+    assert_eq!(
+        f.work
+            .change_visibility_all(&receipts, 30_000)
+            .await
+            .unwrap(),
+        names.len()
+    );
+    // Past the first timeout, still hidden: the change held them.
+    (f.elapse)(1_500).await;
+    assert!(f.work.receive(10, 30_000).await.unwrap().is_empty());
+    assert_eq!(
+        f.work.change_visibility_all(&receipts, 0).await.unwrap(),
+        names.len()
+    );
+    let mut again = BTreeSet::new();
+    for _ in 0..4 {
+        for d in f.work.receive(10, 30_000).await.unwrap() {
+            assert_eq!(d.receive_count, 2, "{}", d.id);
+            again.insert(d.id);
+        }
+        if again.len() == names.len() {
+            break;
+        }
+    }
+    let ids: BTreeSet<String> = got.iter().map(|d| d.id.clone()).collect();
+    assert_eq!(again, ids);
+}
+
 /// A message received `max_receive_count` times without an ack moves to its queue's
 /// dead-letter place (and no other queue's); a redrive puts it back as a fresh delivery.
 pub async fn dead_letters_after_max_receives_and_redrive(f: &QueueFixture) {

@@ -371,6 +371,24 @@ pub trait Inbox: Send + Sync {
     /// stale.
     async fn change_visibility(&self, receipt: &str, delay_ms: u64) -> Result<bool, StoreError>;
 
+    /// Makes several received messages visible again `delay_ms` from now; how many changed
+    /// (stale receipts are not). A worker's heartbeat holds every record of its batch: SQS
+    /// changes up to ten per request (`ChangeMessageVisibilityBatch`), so the default's one
+    /// request per message is for queues without a batch change.
+    async fn change_visibility_all(
+        &self,
+        receipts: &[&str],
+        delay_ms: u64,
+    ) -> Result<usize, StoreError> {
+        let mut changed = 0;
+        for r in receipts {
+            if self.change_visibility(r, delay_ms).await? {
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
     /// When the earliest message (in flight ones included) becomes visible, if the adapter can
     /// tell (SQS cannot: `None`, and a driver long-polls instead). Past values mean now.
     async fn next_visible_at(&self) -> Result<Option<Millis>, StoreError>;
