@@ -275,6 +275,29 @@ impl Queue for SqsQueue {
     }
 }
 
+/// The receipts of a batch request's failed entries worth one more try on their own: a stale
+/// receipt is not an error (the message was received again, or deleted), anything else
+/// (throttling, an internal error) may pass alone. Entry ids are the receipts' indexes in
+/// `chunk`.
+fn to_retry<'a>(
+    failed: &[aws_sdk_sqs::types::BatchResultErrorEntry],
+    chunk: &[&'a str],
+) -> Vec<&'a str> {
+    failed
+        .iter()
+        .filter(|f| {
+            !(f.code().contains("ReceiptHandleIsInvalid")
+                || f.code().contains("MessageNotInflight"))
+        })
+        .filter_map(|f| {
+            f.id()
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| chunk.get(i).copied())
+        })
+        .collect()
+}
+
 #[async_trait]
 impl Inbox for SqsQueue {
     fn queue(&self) -> QueueName {
@@ -364,13 +387,8 @@ impl Inbox for SqsQueue {
                 .await
                 .map_err(|e| sqs_error("DeleteMessageBatch", e))?;
             deleted += out.successful().len();
-            for failed in out.failed() {
-                let stale = failed.code().contains("ReceiptHandleIsInvalid")
-                    || failed.code().contains("MessageNotInflight");
-                let receipt = failed.id().parse::<usize>().ok().and_then(|i| chunk.get(i));
-                if let (false, Some(r)) = (stale, receipt) {
-                    deleted += usize::from(self.ack(r).await?);
-                }
+            for r in to_retry(out.failed(), chunk) {
+                deleted += usize::from(self.ack(r).await?);
             }
         }
         Ok(deleted)
@@ -419,15 +437,8 @@ impl Inbox for SqsQueue {
                 .await
                 .map_err(|e| sqs_error("ChangeMessageVisibilityBatch", e))?;
             changed += out.successful().len();
-            // A stale receipt is not an error (the message was received again or deleted);
-            // any other failed entry is tried once more on its own.
-            for failed in out.failed() {
-                let stale = failed.code().contains("ReceiptHandleIsInvalid")
-                    || failed.code().contains("MessageNotInflight");
-                let receipt = failed.id().parse::<usize>().ok().and_then(|i| chunk.get(i));
-                if let (false, Some(r)) = (stale, receipt) {
-                    changed += usize::from(self.change_visibility(r, delay_ms).await?);
-                }
+            for r in to_retry(out.failed(), chunk) {
+                changed += usize::from(self.change_visibility(r, delay_ms).await?);
             }
         }
         Ok(changed)

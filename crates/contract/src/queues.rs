@@ -125,11 +125,9 @@ pub async fn visibility_timeout_receive_count_and_ack(f: &QueueFixture) {
     assert!(f.work.dead_letters().await.unwrap().is_empty());
 }
 
-/// `ack_all` deletes every message of a batch (more than SQS's ten per request), and
-/// counts what it deleted; none of them comes back.
-pub async fn a_batch_of_receipts_is_acked_at_once(f: &QueueFixture) {
-    let names: Vec<String> = (0..12).map(|i| format!("b{i}")).collect();
-    for r in &names {
+/// Sends a wake-up per name and receives them all, hidden for 1 s, in batches of up to ten.
+async fn send_and_receive_all(f: &QueueFixture, names: &[String]) -> Vec<Delivery> {
+    for r in names {
         f.sender.send(&wake(r), 0).await.unwrap();
     }
     let mut got = Vec::new();
@@ -143,6 +141,14 @@ pub async fn a_batch_of_receipts_is_acked_at_once(f: &QueueFixture) {
         );
         got.extend(batch);
     }
+    got
+}
+
+/// `ack_all` deletes every message of a batch (more than SQS's ten per request), and
+/// counts what it deleted; none of them comes back.
+pub async fn a_batch_of_receipts_is_acked_at_once(f: &QueueFixture) {
+    let names: Vec<String> = (0..12).map(|i| format!("b{i}")).collect();
+    let got = send_and_receive_all(f, &names).await;
     let receipts: Vec<&str> = got.iter().map(|d| d.receipt.as_str()).collect();
     assert_eq!(f.work.ack_all(&receipts).await.unwrap(), names.len());
     (f.elapse)(1_500).await;
@@ -154,20 +160,7 @@ pub async fn a_batch_of_receipts_is_acked_at_once(f: &QueueFixture) {
 /// SQS's ten per request) for the new timeout, and hands them all back at once with 0.
 pub async fn a_batch_of_receipts_changes_visibility_at_once(f: &QueueFixture) {
     let names: Vec<String> = (0..12).map(|i| format!("v{i}")).collect();
-    for r in &names {
-        f.sender.send(&wake(r), 0).await.unwrap();
-    }
-    let mut got = Vec::new();
-    while got.len() < names.len() {
-        let batch = f.work.receive(10, 1_000).await.unwrap();
-        assert!(
-            !batch.is_empty(),
-            "received {} of {}",
-            got.len(),
-            names.len()
-        );
-        got.extend(batch);
-    }
+    let got = send_and_receive_all(f, &names).await;
     let receipts: Vec<&str> = got.iter().map(|d| d.receipt.as_str()).collect();
     assert_eq!(
         f.work
