@@ -263,10 +263,7 @@ impl Deployment {
     /// console). Logs how long each init phase took (`init phases`: the SDK configuration,
     /// the settings secret, the wiring).
     pub async fn from_env() -> Result<Deployment> {
-        Deployment::from_env_with(Function::Intake, &|models| {
-            bundle::workflows(models).map_err(|e| anyhow!("{e}"))
-        })
-        .await
+        Deployment::from_env_with(Function::Intake, &bundled).await
     }
 
     /// The worker's or the webhook's wiring: they run pinned definitions read from the blob
@@ -303,9 +300,7 @@ impl Deployment {
         resources: Resources,
         settings: BTreeMap<String, String>,
     ) -> Result<Deployment> {
-        Deployment::with_workflows(clients, resources, settings, &|models| {
-            bundle::workflows(models).map_err(|e| anyhow!("{e}"))
-        })
+        Deployment::with_workflows(clients, resources, settings, &bundled)
     }
 
     /// With `settings` standing for the secret's map, serving what `workflows` compiles
@@ -356,6 +351,12 @@ impl Deployment {
             emf,
         })
     }
+}
+
+/// The workflows bundled into the binary, compiled against the deployment's models (only
+/// intake's wiring and the tests' reach this, so only they link the compiler).
+fn bundled(models: &[ModelInfo]) -> Result<Workflows> {
+    bundle::workflows(models).map_err(|e| anyhow!("{e}"))
 }
 
 /// The queues, the state store and the blob store of a deployment, over its clients.
