@@ -566,3 +566,43 @@ async fn items_stay_small() {
     assert!(claim_size < 1024 && leased_size < 1024 && header_size < 1024);
     assert_eq!(s.events(run_id).await.unwrap().len(), 4);
 }
+
+/// On DynamoDB, the figures of runs ended while a batch holds them are not written until the
+/// flush, which adds them in one update of the workflow-hour's item (the contract rule
+/// `held_figures_are_added_once_at_the_flush` checks the sums on every store).
+#[tokio::test]
+async fn held_figures_wait_for_the_flush() {
+    use switchyard_core::stats::{names, Bucket, BucketKey, BucketQuery, Counters};
+    let (s, _, _) = fresh().await;
+    let t0 = 1_700_007_200_000 - 1_700_007_200_000 % 3_600_000; // an hour's start
+    let q = BucketQuery {
+        scope: ListScope::Tenant("t".into()),
+        workflow: None,
+        from_hour: t0,
+        to_hour: t0,
+    };
+    let succeeded = |got: &[Bucket]| {
+        got.iter()
+            .filter(|b| b.key.step.is_empty())
+            .map(|b| b.counters.get(names::SUCCEEDED))
+            .sum::<f64>()
+    };
+    s.hold_figures();
+    for id in ["a", "b", "c"] {
+        let h = header(id, "t", t0 + 1);
+        s.create_run(&h, &[]).await.unwrap();
+        let mut ended = h.clone();
+        ended.status = RunStatus::Succeeded;
+        let mut run = Bucket {
+            key: BucketKey::run("t", &h.workflow.name, t0),
+            kind: String::new(),
+            ord: 0,
+            counters: Counters::default(),
+        };
+        run.counters.add(names::SUCCEEDED, 1.0);
+        s.end_run(&ended, &[], &[run]).await.unwrap();
+    }
+    assert_eq!(succeeded(&s.stats_buckets(&q).await.unwrap()), 0.0);
+    s.flush_figures().await.unwrap();
+    assert_eq!(succeeded(&s.stats_buckets(&q).await.unwrap()), 3.0);
+}

@@ -167,6 +167,14 @@ impl StateStore for FaultyStore {
         self.inner.stats_buckets(q).await
     }
 
+    fn hold_figures(&self) {
+        self.inner.hold_figures()
+    }
+
+    async fn flush_figures(&self) -> Result<(), StoreError> {
+        self.inner.flush_figures().await
+    }
+
     async fn acquire_lease(
         &self,
         run_id: &str,

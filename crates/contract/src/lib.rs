@@ -55,6 +55,7 @@ macro_rules! state_store_contract {
             several_steps_are_one_write,
             active_runs_are_the_unended_oldest_first,
             stats_buckets_count_each_run_once,
+            held_figures_are_added_once_at_the_flush,
             stats_of_a_run_with_many_steps_are_all_added
         );
     };

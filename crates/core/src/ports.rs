@@ -113,8 +113,10 @@ pub const IDEMPOTENCY_TTL_MS: Millis = 24 * 60 * 60 * 1000;
 #[async_trait]
 pub trait StateStore: Send + Sync {
     /// Writes a new run header, stored at version 1, with its first history events in the
-    /// same write, and counts the run in its stats bucket (`started`, [`crate::stats::started`])
-    /// in that write too. `Conflict` if the run id exists.
+    /// same write. A store may count the run in its stats bucket (`started`,
+    /// [`crate::stats::started`]) in that write too (SQLite); one that does not (DynamoDB,
+    /// where it would be a write of its own) leaves the stats to count the runs in flight
+    /// from [`StateStore::active_runs`]. `Conflict` if the run id exists.
     async fn create_run(
         &self,
         header: &RunHeader,
@@ -153,6 +155,21 @@ pub trait StateStore: Send + Sync {
         events: &[HistoryEvent],
         stats: &[Bucket],
     ) -> Result<u64, StoreError>;
+
+    /// From now until the next [`StateStore::flush_figures`], a store whose figures are not
+    /// part of the end's own write may hold the figures of the runs it ends and add them
+    /// together at the flush (DynamoDB: one update per workflow-hour item for a whole worker
+    /// batch instead of one per run). The default, and SQLite, add them in the end's write
+    /// as before. The worker calls it when a batch starts (`Engine::handle_work_batch`).
+    fn hold_figures(&self) {}
+
+    /// Adds the figures held since [`StateStore::hold_figures`], each once, and stops holding
+    /// (other holders still open keep the store holding). A flush that fails has dropped
+    /// them: the figures are approximate under faults on such a store, the runs' records
+    /// exact (docs/architecture.md, "Stats aggregates").
+    async fn flush_figures(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// The stats buckets `q` selects, each once with its counters summed (any order). A
     /// store that cannot answer a query without reading beyond its buckets says `Invalid`

@@ -89,6 +89,9 @@ impl Engine {
             }
         }
         let groups = switchyard_core::batch::group_by_run(&wakes);
+        // The runs this batch ends add their figures together at its end (on DynamoDB one
+        // update per workflow-hour's stats item for the batch, not one per run).
+        self.store.hold_figures();
         let in_hand: Mutex<BTreeSet<usize>> =
             Mutex::new(groups.iter().flat_map(|g| g.records.clone()).collect());
         let work = std::pin::pin!(join_all(groups.iter().map(|g| {
@@ -117,6 +120,9 @@ impl Engine {
             Either::Left((results, _)) => results,
             Either::Right((_, work)) => work.await,
         };
+        if let Err(e) = self.store.flush_figures().await {
+            tracing::warn!(error = %e, "the batch's run figures were not added to the stats");
+        }
         // (record, when it comes back): unreadable bodies at once (sooner dead-lettered),
         // failed wake-ups after their retry delay.
         let mut give_back: Vec<(usize, u64)> = records

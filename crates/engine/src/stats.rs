@@ -8,11 +8,13 @@
 //!
 //! The figures are sums kept in hour buckets (`switchyard_core::stats`; docs/architecture.md,
 //! "Stats aggregates"): a run's creation adds `started` to its tenant × workflow × hour
-//! bucket, its end adds its outcome and its steps' figures (one bucket per step × model ×
+//! bucket (SQLite; DynamoDB saves that write and counts the runs in flight from the listing
+//! below), its end adds its outcome and its steps' figures (one bucket per step × model ×
 //! prompt version) in the same write that ends it. [`Engine::stats`] reads the buckets of the
 //! window ([`StateStore::stats_buckets`])
 //! and the in-flight runs' headers (the sweep's `active_runs` listing, at most
-//! [`MAX_STATS_ACTIVE`]) to tell waiting runs from running ones; nothing else. The cost of an
+//! [`MAX_STATS_ACTIVE`]) to tell waiting runs from running ones (and, where `started` is
+//! not counted, to count the runs in flight); nothing else. The cost of an
 //! answer follows the window's buckets, not its runs.
 //!
 //! Definitions (docs/api.md, "GET /v1/stats", says the same to users):
@@ -22,8 +24,8 @@
 //!   the nearest-rank percentile's bin (rank `ceil(p/100 × n)` of `n` values), reported as the
 //!   bin's midpoint — within 1/32 (3.125 %) of the exact nearest-rank value, exact below 32 ms.
 //! - **Run outcome rates** are over the runs that have ended (succeeded, failed, cancelled);
-//!   runs still pending, running or waiting are counted (`started − ended`) but not in the
-//!   rates. Run latency is `ended_at − created_at` of the ended runs.
+//!   runs still pending, running or waiting are counted (`started − ended`, or the listing's
+//!   runs in flight) but not in the rates. Run latency is `ended_at − created_at` of the ended runs.
 //! - **A step execution** is a step that started in a run that has **ended** (a skipped or
 //!   never-reached step is not one; the steps of runs in flight are added when they end). Its
 //!   success rate is over the executions that finished (succeeded or failed); retry, fallback,
@@ -54,9 +56,10 @@ pub use switchyard_core::stats::{RunFacts, StepFacts};
 /// The window when none is given (`--since`, `since`).
 pub const DEFAULT_SINCE: &str = "24h";
 
-/// The most in-flight runs one stats answer reads to tell waiting runs from running ones
-/// (one page of the sweep's listing). Past it the answer says `truncated: true`: the runs in
-/// flight are all counted, but some waiting ones may be counted as running.
+/// The most in-flight runs one stats answer reads to tell waiting runs from running ones,
+/// and to count the runs in flight where the store does not count `started` (one page of
+/// the sweep's listing). Past it the answer says `truncated: true`: some waiting runs may be
+/// counted as running, and on DynamoDB the runs in flight past the page are not counted.
 pub const MAX_STATS_ACTIVE: usize = MAX_LIST_LIMIT;
 
 /// What the `by` view compares.
@@ -165,7 +168,8 @@ pub struct Stats {
     /// Runs counted.
     pub runs: u64,
     /// More runs were in flight than one answer reads to tell waiting from running (1000):
-    /// every run is counted, but some waiting ones may be counted as running.
+    /// some waiting ones may be counted as running, and where the store does not count
+    /// `started` (DynamoDB) the runs in flight past those 1000 are not counted.
     pub truncated: bool,
     /// Cost of every counted run that has ended, USD.
     pub cost_usd: f64,
@@ -441,7 +445,7 @@ struct WorkflowAcc {
 }
 
 impl WorkflowAcc {
-    fn finish(self, workflow: String, waiting: u64, all: &mut Counters) -> WorkflowStats {
+    fn finish(self, workflow: String, listed: Listed, all: &mut Counters) -> WorkflowStats {
         let c = &self.run;
         let (succeeded, failed, cancelled) = (
             c.count(names::SUCCEEDED),
@@ -449,10 +453,13 @@ impl WorkflowAcc {
             c.count(names::CANCELLED),
         );
         let ended = succeeded + failed + cancelled;
-        // A run created before the aggregates existed may end without a `started`.
-        let runs = c.count(names::STARTED).max(ended);
+        // Runs: `started` where the store counts it at creation (SQLite: exact); else the
+        // ended ones and those the listing shows in flight (DynamoDB, which saves that
+        // write: exact while one page holds every run in flight). A run created before the
+        // aggregates existed may end without a `started`.
+        let runs = c.count(names::STARTED).max(ended + listed.in_flight);
         let in_flight = runs - ended;
-        let waiting = waiting.min(in_flight);
+        let waiting = listed.waiting.min(in_flight);
         let failures = c.errors();
         let cost = c.get(names::COST);
         let mut steps: Vec<(String, StepAcc)> = self.steps.into_iter().collect();
@@ -560,16 +567,29 @@ pub struct Inputs {
     pub tenant: Option<String>,
     pub workflow: Option<String>,
     pub buckets: Vec<Bucket>,
-    /// Runs in the window waiting, by workflow.
-    pub waiting: BTreeMap<String, u64>,
+    /// Runs of the window that have not ended, as the sweep's listing shows them (one page),
+    /// by workflow: how many, and how many of them wait.
+    pub listed: BTreeMap<String, Listed>,
     pub truncated: bool,
     pub by: Option<By>,
+}
+
+/// Runs of one workflow that have not ended, from the listing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Listed {
+    pub in_flight: u64,
+    pub waiting: u64,
 }
 
 /// The stats document from buckets. Workflows come sorted by name; steps in their
 /// definition's order.
 pub fn from_buckets(i: Inputs) -> Stats {
     let mut by_workflow: BTreeMap<String, WorkflowAcc> = BTreeMap::new();
+    // A workflow whose runs have all been in flight since the window began has no bucket
+    // where the store does not count `started` (DynamoDB): the listing names it.
+    for name in i.listed.keys() {
+        by_workflow.entry(name.clone()).or_default();
+    }
     for b in &i.buckets {
         let acc = by_workflow.entry(b.key.workflow.clone()).or_default();
         if b.key.is_run() {
@@ -591,8 +611,8 @@ pub fn from_buckets(i: Inputs) -> Stats {
     let workflows: Vec<WorkflowStats> = by_workflow
         .into_iter()
         .map(|(name, acc)| {
-            let waiting = i.waiting.get(&name).copied().unwrap_or(0);
-            acc.finish(name, waiting, &mut all)
+            let listed = i.listed.get(&name).copied().unwrap_or_default();
+            acc.finish(name, listed, &mut all)
         })
         .collect();
     Stats {
@@ -623,7 +643,7 @@ pub fn aggregate(
     truncated: bool,
 ) -> Stats {
     let mut buckets = Vec::new();
-    let mut waiting: BTreeMap<String, u64> = BTreeMap::new();
+    let mut listed: BTreeMap<String, Listed> = BTreeMap::new();
     for r in runs {
         let mut started = Bucket {
             key: BucketKey::run(&r.tenant, &r.workflow, r.created_at),
@@ -634,8 +654,12 @@ pub fn aggregate(
         started.counters.add(names::STARTED, 1.0);
         buckets.push(started);
         buckets.extend(r.buckets());
-        if r.status == RunStatus::Waiting {
-            *waiting.entry(r.workflow.clone()).or_default() += 1;
+        if !r.status.is_terminal() {
+            let l = listed.entry(r.workflow.clone()).or_default();
+            l.in_flight += 1;
+            if r.status == RunStatus::Waiting {
+                l.waiting += 1;
+            }
         }
     }
     from_buckets(Inputs {
@@ -643,7 +667,7 @@ pub fn aggregate(
         tenant,
         workflow,
         buckets: switchyard_core::stats::merge(buckets),
-        waiting,
+        listed,
         truncated,
         by: None,
     })
@@ -670,7 +694,7 @@ pub async fn read(
             to_hour: hour_of(to),
         })
         .await?;
-    let (waiting, truncated) = waiting_runs(store, q, from, to).await?;
+    let (listed, truncated) = listed_runs(store, q, from, to).await?;
     Ok(from_buckets(Inputs {
         window: Window {
             since: q.since_text.clone(),
@@ -680,31 +704,36 @@ pub async fn read(
         tenant: q.scope.tenant().map(str::to_string),
         workflow: q.workflow.clone(),
         buckets,
-        waiting,
+        listed,
         truncated,
         by: q.by,
     }))
 }
 
-/// The runs of the window that wait, by workflow, from one page of the runs that have not
-/// ended (the sweep's listing); `true` when there were more in flight than one page.
-async fn waiting_runs(
+/// The runs of the window in flight and those of them that wait, by workflow, from one page
+/// of the runs that have not ended (the sweep's listing); `true` when there were more in
+/// flight than one page.
+async fn listed_runs(
     store: &dyn StateStore,
     q: &StatsQuery,
     from: Millis,
     to: Millis,
-) -> Result<(BTreeMap<String, u64>, bool), EngineError> {
+) -> Result<(BTreeMap<String, Listed>, bool), EngineError> {
     let page = store.active_runs(to, None, MAX_STATS_ACTIVE).await?;
-    let mut waiting: BTreeMap<String, u64> = BTreeMap::new();
+    let mut listed: BTreeMap<String, Listed> = BTreeMap::new();
     for h in &page.runs {
         let mine = h.created_at >= from
             && q.scope.tenant().is_none_or(|t| t == h.tenant)
             && q.workflow.as_deref().is_none_or(|w| w == h.workflow.name);
-        if mine && h.status == RunStatus::Waiting {
-            *waiting.entry(h.workflow.name.clone()).or_default() += 1;
+        if mine && !h.status.is_terminal() {
+            let l = listed.entry(h.workflow.name.clone()).or_default();
+            l.in_flight += 1;
+            if h.status == RunStatus::Waiting {
+                l.waiting += 1;
+            }
         }
     }
-    Ok((waiting, page.cursor.is_some()))
+    Ok((listed, page.cursor.is_some()))
 }
 
 impl Engine {

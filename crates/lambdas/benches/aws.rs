@@ -21,6 +21,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use switchyard_aws::metrics::{Meter, Usage};
+use switchyard_core::model::ModelInfo;
+use switchyard_core::workflow::{compile, NoFiles};
+use switchyard_engine::Workflows;
 use switchyard_lambdas::harness;
 use switchyard_lambdas::{provision::provision, Clients, Deployment};
 
@@ -32,6 +35,37 @@ const EXAMPLES: [&str; 6] = [
     "resilient-summary",
     "asset-pipeline",
 ];
+
+/// Chains of built-in steps (`local/echo`, each step reading the one before), as `make bench`
+/// runs on the embedded backend: what a run costs with its steps, to tell the per-run part
+/// (start, lease, end, indexes, stats) from the per-step part.
+const CHAINS: [(&str, usize); 3] = [("chain5", 5), ("chain20", 20), ("chain40", 40)];
+
+fn chain_yaml(name: &str, n: usize) -> String {
+    let mut y = format!("name: {name}\nversion: \"1\"\nsteps:\n");
+    for i in 0..n {
+        let prev = if i == 0 {
+            "${input.x}".to_string()
+        } else {
+            format!("${{steps.s{}.output.json.x}}", i - 1)
+        };
+        y.push_str(&format!(
+            "  - id: s{i}\n    model: local/echo\n    input: {{x: \"{prev}\"}}\n"
+        ));
+    }
+    y
+}
+
+/// The bundled workflows and the [`CHAINS`].
+fn with_chains(models: &[ModelInfo]) -> Result<Workflows> {
+    let mut all = switchyard_lambdas::bundle::workflows(models).map_err(|e| anyhow!("{e}"))?;
+    for (name, n) in CHAINS {
+        let wf = compile(&chain_yaml(name, n), &NoFiles, models)
+            .map_err(|d| anyhow!("{name}: {d:?}"))?;
+        all.add(wf);
+    }
+    Ok(all)
+}
 
 /// us-east-1 list prices (USD), on-demand / standard, as of 2026-12.
 const DYNAMO_PER_WRITE_UNIT: f64 = 0.625 / 1e6;
@@ -151,13 +185,17 @@ fn step_counts(name: &str, run: &Value) -> Result<(usize, usize)> {
 }
 
 async fn run_example(name: &'static str, rig: &Rig<'_>) -> Result<Figures> {
+    run_once(name, example_input(name)?, rig).await
+}
+
+/// One run of `name` on `input`, unmetered first (a warm container), then metered.
+async fn run_once(name: &'static str, input: Value, rig: &Rig<'_>) -> Result<Figures> {
     let Rig {
         metered,
         api,
         observer,
         meter,
     } = *rig;
-    let input = example_input(name)?;
     // A warm container: one run of the example first, unmetered, as the function's earlier
     // invocations would have (it stores the definition once per process: `PIN_REFRESH_MS`).
     let warm = harness::start(api, name, input.clone()).await?;
@@ -304,6 +342,42 @@ fn print_summary(all: &[Figures]) {
     );
 }
 
+/// A run's cost as `fixed + steps × per_step`, fitted on the shortest and longest chain, and
+/// the chain length from which the goal is met.
+fn print_fixed_and_per_step(chains: &[Figures]) {
+    let (Some(short), Some(long)) = (chains.first(), chains.last()) else {
+        return;
+    };
+    let per_run = |f: &Figures| {
+        let steps = f.steps as f64;
+        (
+            f.cost_per_million().0 * steps,
+            f.usage.total_write_units(),
+            steps,
+        )
+    };
+    let ((c1, w1, n1), (c2, w2, n2)) = (per_run(short), per_run(long));
+    if n2 <= n1 {
+        return;
+    }
+    let step = (c2 - c1) / (n2 - n1);
+    let fixed = c1 - n1 * step;
+    let step_wru = (w2 - w1) / (n2 - n1);
+    println!(
+        "\nPer run: ${fixed:.2} per 1M runs ({:.1} WRU) plus ${step:.2} per 1M steps ({step_wru:.2} \
+         WRU) per step (fitted on {} and {}).",
+        w1 - n1 * step_wru,
+        short.name,
+        long.name
+    );
+    if step < GOAL_PER_MILLION {
+        println!(
+            "At ${GOAL_PER_MILLION:.2} per 1M steps from {:.0} steps per run on.",
+            (fixed / (GOAL_PER_MILLION - step)).ceil()
+        );
+    }
+}
+
 fn print_breakdown(f: &Figures) {
     println!(
         "\n### {}: {} steps, {:.2} WRU, {:.2} RRU in all",
@@ -353,12 +427,18 @@ async fn bench(endpoint: &str) -> Result<()> {
     );
     let resources = provision(&sdk, &prefix).await?;
     let meter = Meter::for_table().ask_consumed_capacity();
-    let metered = Deployment::with_clients(
+    let metered = Deployment::with_workflows(
         Clients::with_interceptor(&sdk, resources.s3_path_style, meter.clone()),
         resources.clone(),
         harness::fixture_settings(),
+        &with_chains,
     )?;
-    let observer = Deployment::with_settings(&sdk, resources.clone(), harness::fixture_settings())?;
+    let observer = Deployment::with_workflows(
+        Clients::new(&sdk, resources.s3_path_style),
+        resources.clone(),
+        harness::fixture_settings(),
+        &with_chains,
+    )?;
     let api = harness::api_router(&metered)?;
     let observer_api = harness::api_router(&observer)?;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -408,8 +488,22 @@ async fn bench(endpoint: &str) -> Result<()> {
          takes up to 10 wake-ups per invocation; asset-pipeline left out: it waits for approvals)\n"
     );
     print_summary(&batched);
+    let mut chains = Vec::new();
+    for (name, n) in CHAINS {
+        let f = run_once(name, serde_json::json!({"x": "a"}), &rig).await?;
+        if f.status != "succeeded" || f.steps != n {
+            bail!("{name} ended {} after {} steps", f.status, f.steps);
+        }
+        chains.push(f);
+    }
+    println!(
+        "\n# Chains of built-in steps (`local/echo`), one run each: the per-run and the per-step \
+         part of the bill\n"
+    );
+    print_summary(&chains);
+    print_fixed_and_per_step(&chains);
     println!("\n## Breakdown (whole run, all handlers; built-in models)");
-    for f in &all {
+    for f in all.iter().chain(&chains) {
         print_breakdown(f);
     }
     let empty: BTreeMap<&str, u64> = all.iter().map(|f| (f.name, f.empty_receives())).collect();

@@ -2,16 +2,17 @@
 //!
 //! Two item shapes share a tenant's `STATS#` partition:
 //! - a **bucket item** per bucket key (`<hour>#<workflow>#<step>#<model>#<prompt version>`):
-//!   what `create_run` adds `started` to (the run bucket, a small item: one write unit), and
-//!   what every figure went to before issue 25;
+//!   what every figure went to before issue 25, and what `create_run` added `started` to
+//!   until its fourth session (now nothing: the stats count the runs in flight from the
+//!   `active` index, which saves a write per run). Still read;
 //! - an **ends item** per workflow and hour (`<hour>#<workflow>#*`, `L = ends`): what a run's
 //!   end adds all its buckets to in one `UpdateItem` — the run bucket and one per step. Each
 //!   bucket's counters are named `<id>.<counter>` (`r` for the run bucket; for a step, 8
 //!   base64url characters of SHA-256 of step, model and prompt version) and described by
 //!   `D.<id>` = the JSON array `[kind, order, step, model, prompt version]`. DynamoDB bills
 //!   a write by the whole item's size: an end write costs what the item weighs, 1 WRU for
-//!   the examples in `make bench-aws`, 2.74 WRU per run with `started` over 300 runs in
-//!   `make bench-stats`; in a busy hour whose latency histograms spread over many bins the
+//!   the examples in `make bench-aws`; 2.74 WRU per run over 300 runs of one hour in `make
+//!   bench-stats` when it still counted `started` (one of those units); in a busy hour whose latency histograms spread over many bins the
 //!   item, and each end write, grows (each counter carries its 9-byte bucket id).
 //!
 //! A read explodes both shapes into buckets and sums those of one key (`stats::merge`).
@@ -20,10 +21,12 @@ use super::*;
 
 /// The `L` attribute of an ends item.
 const ENDS_LAYOUT: &str = "ends";
-/// Counters per `UpdateItem` of an ends item: each `ADD #cN :cN, ` is ~15 bytes of the 4 KB
-/// an update expression may hold. A run with more (a long chain of model steps) is added in
-/// several updates of the same item.
-pub(super) const MAX_ADDS: usize = 150;
+/// The longest update expression an ends update is cut at: DynamoDB takes 4 KB per
+/// expression. Each counter is `#c<n> :c<n>, ` (11 bytes with a two-character base-36 `n`)
+/// and each bucket's description `#d<n> = :d<n>, `, so ~300 counters fit: a 40-step chain's
+/// end is one update. Every update bills the whole item, so a run cut into three updates of
+/// a 6 KB item pays 2 + 4 + 6 write units where one update pays 6.
+pub(super) const MAX_EXPRESSION: usize = 4_000;
 
 /// The bucket attributes that are not counters (counters are lowercase names).
 pub(super) const STATS_META: [&str; 10] = ["PK", "SK", "T", "W", "HR", "ST", "M", "PV", "K", "O"];
@@ -32,53 +35,9 @@ pub(super) fn stats_pk(tenant: &str) -> String {
     format!("STATS#{}", escape(tenant))
 }
 
-/// `<hour, 13 digits>#<workflow>#<step>#<model>#<prompt version>`, each part escaped: the
-/// hour first, so a window is one key range of the tenant's partition.
-pub(super) fn stats_sk(k: &BucketKey) -> String {
-    format!(
-        "{:013}#{}#{}#{}#{}",
-        k.hour,
-        escape(&k.workflow),
-        escape(&k.step),
-        escape(&k.model),
-        escape(&k.prompt_version)
-    )
-}
-
 /// A counter's value as a DynamoDB number (`None` for one that is not finite).
 pub(super) fn number(v: f64) -> Option<AttributeValue> {
     v.is_finite().then(|| AttributeValue::N(format!("{v}")))
-}
-
-/// `SET` the bucket's description, `ADD` its counters: `(key, update, names, values)`.
-pub(super) fn stats_update(b: &Bucket) -> (DynamoItem, String, HashMap<String, String>, Values) {
-    let k = &b.key;
-    let key = item_key(stats_pk(&k.tenant), stats_sk(k));
-    let mut vals = values([
-        (":T", s(&k.tenant)),
-        (":W", s(&k.workflow)),
-        (":HR", n(k.hour)),
-        (":ST", s(&k.step)),
-        (":M", s(&k.model)),
-        (":PV", s(&k.prompt_version)),
-        (":K", s(&b.kind)),
-        (":O", n(u64::from(b.ord))),
-    ]);
-    let mut update =
-        String::from("SET T = :T, W = :W, HR = :HR, ST = :ST, M = :M, PV = :PV, K = :K, O = :O");
-    let mut names = HashMap::new();
-    let mut adds = Vec::new();
-    for (i, (name, v)) in b.counters.0.iter().enumerate() {
-        let Some(v) = number(*v) else { continue };
-        names.insert(format!("#c{i}"), name.clone());
-        vals.insert(format!(":c{i}"), v);
-        adds.push(format!("#c{i} :c{i}"));
-    }
-    if !adds.is_empty() {
-        update.push_str(" ADD ");
-        update.push_str(&adds.join(", "));
-    }
-    (key, update, names, vals)
 }
 
 /// The sort key of the ends item of `workflow`'s runs created in `hour`.
@@ -100,8 +59,9 @@ pub(super) fn bucket_id(k: &BucketKey) -> String {
 }
 
 /// The updates that add a run's end buckets to its ends item: `(key, update, names,
-/// values)`, one per [`MAX_ADDS`] counters (usually one). Every update `SET`s the item's
-/// description and the descriptions of the buckets whose counters it adds.
+/// values)`, cut where the expression would pass [`MAX_EXPRESSION`] (usually one). Every
+/// update `SET`s the item's description and the descriptions of the buckets whose counters
+/// it adds.
 pub(super) fn ends_updates(
     buckets: &[Bucket],
 ) -> Vec<(DynamoItem, String, HashMap<String, String>, Values)> {
@@ -119,60 +79,107 @@ pub(super) fn ends_updates(
     }
     let mut out = Vec::new();
     for (k, list) in groups {
-        // (bucket, its id, counter name, value) in order, then cut into chunks; each bucket's
-        // id hashed once.
-        let counters: Vec<(&Bucket, std::rc::Rc<str>, &String, AttributeValue)> = list
-            .iter()
-            .flat_map(|b| {
-                let id: std::rc::Rc<str> = bucket_id(&b.key).into();
-                b.counters
-                    .0
-                    .iter()
-                    .filter_map(move |(name, v)| number(*v).map(|v| (*b, id.clone(), name, v)))
-            })
-            .collect();
-        for chunk in counters.chunks(MAX_ADDS) {
-            let mut vals = values([
-                (":T", s(&k.tenant)),
-                (":W", s(&k.workflow)),
-                (":HR", n(k.hour)),
-                (":L", s(ENDS_LAYOUT)),
-            ]);
-            let mut names = HashMap::new();
-            let mut sets = vec![
-                "T = :T".to_string(),
-                "W = :W".into(),
-                "HR = :HR".into(),
-                "L = :L".into(),
-            ];
-            let mut adds = Vec::new();
-            let mut described: Vec<&str> = Vec::new();
-            for (i, (b, id, name, v)) in chunk.iter().enumerate() {
-                let id: &str = id;
-                if !described.contains(&id) {
-                    let d = described.len();
-                    names.insert(format!("#d{d}"), format!("D.{id}"));
-                    let description = serde_json::json!([
-                        b.kind,
-                        b.ord,
-                        b.key.step,
-                        b.key.model,
-                        b.key.prompt_version
-                    ]);
-                    vals.insert(format!(":d{d}"), s(description.to_string()));
-                    sets.push(format!("#d{d} = :d{d}"));
-                    described.push(id);
+        let key = item_key(stats_pk(&k.tenant), ends_sk(k.hour, &k.workflow));
+        let mut update = EndsUpdate::new(k);
+        for b in list {
+            let id = bucket_id(&b.key);
+            for (name, v) in &b.counters.0 {
+                let Some(v) = number(*v) else { continue };
+                if !update.add(b, &id, name, &v) {
+                    out.push(update.finish(key.clone()));
+                    update = EndsUpdate::new(k);
+                    update.add(b, &id, name, &v);
                 }
-                names.insert(format!("#c{i}"), format!("{id}.{name}"));
-                vals.insert(format!(":c{i}"), v.clone());
-                adds.push(format!("#c{i} :c{i}"));
             }
-            let update = format!("SET {} ADD {}", sets.join(", "), adds.join(", "));
-            let key = item_key(stats_pk(&k.tenant), ends_sk(k.hour, &k.workflow));
-            out.push((key, update, names, vals));
+        }
+        if !update.adds.is_empty() {
+            out.push(update.finish(key));
         }
     }
     out
+}
+
+/// One update of an ends item being built: its `SET` and `ADD` clauses, placeholders, the
+/// buckets it already describes and the expression's length so far.
+struct EndsUpdate {
+    sets: Vec<String>,
+    adds: Vec<String>,
+    names: HashMap<String, String>,
+    vals: Values,
+    described: Vec<String>,
+    len: usize,
+}
+
+impl EndsUpdate {
+    fn new(k: &BucketKey) -> EndsUpdate {
+        let vals = values([
+            (":T", s(&k.tenant)),
+            (":W", s(&k.workflow)),
+            (":HR", n(k.hour)),
+            (":L", s(ENDS_LAYOUT)),
+        ]);
+        let sets: Vec<String> = ["T = :T", "W = :W", "HR = :HR", "L = :L"]
+            .map(String::from)
+            .to_vec();
+        let len = "SET ".len() + sets.iter().map(|x| x.len() + 2).sum::<usize>() + " ADD ".len();
+        EndsUpdate {
+            sets,
+            adds: Vec::new(),
+            names: HashMap::new(),
+            vals,
+            described: Vec::new(),
+            len,
+        }
+    }
+
+    /// Adds one counter (and its bucket's description, if this update has none yet) unless
+    /// that would pass [`MAX_EXPRESSION`]: then `false` and nothing added. An update with no
+    /// counter yet takes any.
+    fn add(&mut self, b: &Bucket, id: &str, name: &str, v: &AttributeValue) -> bool {
+        let describe = !self.described.iter().any(|d| d == id);
+        let d = base36(self.described.len());
+        let c = base36(self.adds.len());
+        let set = format!("#d{d} = :d{d}");
+        let add = format!("#c{c} :c{c}");
+        let cost = add.len() + 2 + if describe { set.len() + 2 } else { 0 };
+        if !self.adds.is_empty() && self.len + cost > MAX_EXPRESSION {
+            return false;
+        }
+        if describe {
+            self.names.insert(format!("#d{d}"), format!("D.{id}"));
+            let description =
+                serde_json::json!([b.kind, b.ord, b.key.step, b.key.model, b.key.prompt_version]);
+            self.vals
+                .insert(format!(":d{d}"), s(description.to_string()));
+            self.sets.push(set);
+            self.described.push(id.to_string());
+        }
+        self.names.insert(format!("#c{c}"), format!("{id}.{name}"));
+        self.vals.insert(format!(":c{c}"), v.clone());
+        self.adds.push(add);
+        self.len += cost;
+        true
+    }
+
+    fn finish(self, key: DynamoItem) -> (DynamoItem, String, HashMap<String, String>, Values) {
+        let update = format!("SET {} ADD {}", self.sets.join(", "), self.adds.join(", "));
+        (key, update, self.names, self.vals)
+    }
+}
+
+/// `n` in base 36 (placeholders stay two characters up to 1,295).
+fn base36(mut n: usize) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[n % 36]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// A stored item of the stats partition back as buckets: one for a bucket item, one per
@@ -272,13 +279,8 @@ impl DynamoStore {
     /// logged and left out rather than failing a run that has already ended. `switchyard
     /// stats` can then miss a run a crash or an outage cut off between the two writes; the
     /// run's own records are exact.
-    pub(super) async fn add_figures(&self, run_id: &str, buckets: &[Bucket], ended: bool) {
-        let updates = if ended {
-            ends_updates(buckets)
-        } else {
-            buckets.iter().map(stats_update).collect()
-        };
-        for (key, update, names, vals) in updates {
+    pub(super) async fn add_figures(&self, run_id: &str, buckets: &[Bucket]) {
+        for (key, update, names, vals) in ends_updates(buckets) {
             let sk = attr_s(&key, "SK", "a stats key")
                 .unwrap_or_default()
                 .to_string();

@@ -11,14 +11,18 @@
 //!
 //! | item | `PK` | `SK` | other attributes |
 //! |---|---|---|---|
-//! | run header | `RUN#<run_id>` | `H` | `ver` (N), `body` (the `RunHeader` JSON), `workflow`, `GSI1PK` = `TENANT#<tenant>`, `GSI1SK` = `GSI2SK` = `<created_at, 13 digits>#<run_id>`, `GSI2PK` = `ALL`, `ev` (the history of the header's writes) |
-//! | step record | `RUN#<run_id>` | `S#<step>` | `ver` (N), `body` (`StepRecord` JSON), `cseq` (creation order), `ev` (the step's history, see below) |
+//! | run header | `RUN#<run_id>` | `H` | `ver` (N), `body` (the `RunHeader` JSON without `run_id` and `version`, which the key and `ver` hold), `workflow`, `GSI1PK` = `TENANT#<tenant>`, `GSI1SK` = `GSI2SK` = `<created_at, 13 digits>#<run_id>`, `GSI2PK` = `ALL`, `ev` (the history of the header's writes) |
+//! | step record | `RUN#<run_id>` | `S#<step>` | `ver` (N), `body` (`StepRecord` JSON without `step` and `version`), `cseq` (creation order), `ev` (the step's history, see below) |
 //! | other history | `RUN#<run_id>` | `E#<seq>` | `ev` (`append_events` only) |
 //! | idempotency key | `IDEM#<tenant, `%`/`#` escaped>#<key>` | `I` | `run_id`, `body_hash`, `created_at` (N, ms), `ttl` (N, s) |
 //! | webhook id | `WH#<id>` | `W` | `seen_at` (N, ms), `ttl` (N, s) |
 //! | stats bucket | `STATS#<tenant, escaped>` | `<hour, 13 digits>#<workflow>#<step>#<model>#<prompt version>` (parts escaped; step, model and prompt version empty for the run bucket) | `T`, `W`, `HR` (N), `ST`, `M`, `PV`, `K` (step kind), `O` (N, step order), and one number per counter (`started`, `succeeded`, `e.timeout`, `l.37`, `usd`, `t.input`, …: `switchyard_core::stats`) |
 //! | stats ends item | `STATS#<tenant, escaped>` | `<hour, 13 digits>#<workflow>#*` | `T`, `W`, `HR` (N), `L` = `ends`, `D.<id>` (the JSON array `[kind, order, step, model, prompt version]` per bucket), and `<id>.<counter>` numbers (`id` = `r` for the run bucket; `buckets` module docs) |
 //!
+//! - **Packing**: a `body` or an event batch is a string while short and otherwise deflated
+//!   against a preset dictionary of Switchyard's own JSON (`packing`: binary, marked by its
+//!   first byte; items written before it hold plain deflate and still read), because every
+//!   write bills the whole item by the started KB.
 //! - **Versions**: `ver` is what conditions compare (`ver = :read`); the store writes
 //!   `read + 1` and returns it. Header and step updates `SET body, ver` (and `ev`) only.
 //! - **History**: every write that carries events stores them as one *batch*, the string
@@ -59,11 +63,12 @@
 //!   the caller's own index partition (`TENANT#<caller>`), so a forged position can only skip
 //!   within the caller's own runs, never into another tenant's.
 //! - **Stats buckets** (docs/architecture.md, "Stats aggregates"): counters only ever grow by
-//!   `UpdateItem … ADD` right after the write that creates a run (`started`, to the run
-//!   bucket item) or ends it (the run bucket and one per step, all to the workflow-hour's
-//!   ends item in one update): not in a transaction with it, so they are
+//!   `UpdateItem … ADD` right after the write that ends a run (the run bucket and one per
+//!   step, all to the workflow-hour's ends item in one update; within a worker batch, after
+//!   the batch: `hold_figures` / `flush_figures`): not in a transaction with it, so they are
 //!   added at most once (`add_figures`: a crash between the two writes leaves a run out of
-//!   the figures; its records are exact). A window is one `Query` on `STATS#<tenant>` with
+//!   the figures; its records are exact). Creating a run adds nothing: `started` is not
+//!   counted here (the stats count the runs in flight from the `active` index). A window is one `Query` on `STATS#<tenant>` with
 //!   `SK BETWEEN` the hours (no index); every tenant at once is refused (`Invalid`).
 //! - `all_runs` has one partition (`GSI2PK = ALL`), written once per run (at creation): about
 //!   a thousand new runs a second across all tenants before it needs sharding (`ALL#<n>`, with
@@ -81,7 +86,8 @@
 //! # Layout
 //!
 //! This file: the store, keys and attribute values, the runs known to exist, and the
-//! `StateStore` port; `items` (item shapes, read back), `writes` (conditional writes and
+//! `StateStore` port; `items` (item shapes, read back), `packing` (text or deflated against
+//! the dictionary), `writes` (conditional writes and
 //! transactions), `buckets` (stats buckets), `reads`, `listing` (the indexes, cursors) and
 //! `table` ([`create_table`]).
 
@@ -89,7 +95,6 @@ use crate::error::{dynamo_error, dynamo_failed_condition, DynamoItem, FailedCond
 use async_trait::async_trait;
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{BuildError, ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
     KeyType, KeysAndAttributes, Projection, ProjectionType, Put,
@@ -114,6 +119,7 @@ use switchyard_core::{Millis, StoreError};
 mod buckets;
 mod items;
 mod listing;
+mod packing;
 mod reads;
 mod table;
 mod writes;
@@ -147,14 +153,6 @@ pub const WEBHOOK_ID_TTL_MS: Millis = 7 * 24 * 60 * 60 * 1000;
 const TTL_SLACK_S: u64 = 3600;
 /// Reads of the header before a lease take gives up on a header that keeps changing.
 const LEASE_ATTEMPTS: usize = 4;
-/// Bodies from this many bytes of JSON on are stored deflated: JSON shrinks to about 60%,
-/// which keeps a model step with a paragraph of output, or a header with inline values, in one
-/// write unit. Smaller bodies stay text, readable in the console.
-const COMPRESS_FROM: usize = 512;
-/// Event batches from this many bytes on are stored deflated (`items::event_batch`): a
-/// step's batch is typically 150–450 bytes of JSON, and they are only ever read back through
-/// the store (the console's history), so they need not stay readable in the item.
-const EVENTS_COMPRESS_FROM: usize = 128;
 /// A body that inflates past this is corrupt (an item holds at most 400 KB).
 const MAX_BODY: usize = 4 << 20;
 /// Run ids remembered as existing before the set starts afresh.
@@ -182,7 +180,13 @@ pub struct DynamoStore {
     client: Client,
     table: String,
     known: Arc<KnownRuns>,
+    held: Arc<HeldFigures>,
 }
+
+/// Run-end figures held while a worker batch is open (`hold_figures`), to be added together
+/// at its flush; `open` counts the holders (a process may run several batches at once).
+#[derive(Debug, Default)]
+struct HeldFigures(Mutex<(usize, Vec<Bucket>)>);
 
 impl DynamoStore {
     pub fn new(client: Client, table: impl Into<String>) -> DynamoStore {
@@ -190,6 +194,7 @@ impl DynamoStore {
             client,
             table: table.into(),
             known: Arc::default(),
+            held: Arc::default(),
         }
     }
 
@@ -318,6 +323,40 @@ fn number_size(num: &str) -> usize {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Figures held for a batch
+
+impl HeldFigures {
+    fn open(&self) {
+        if let Ok(mut held) = self.0.lock() {
+            held.0 += 1;
+        }
+    }
+
+    /// Keeps `buckets` for the flush if a batch is open (`false`: add them now).
+    fn hold(&self, buckets: &[Bucket]) -> bool {
+        match self.0.lock() {
+            Ok(mut held) if held.0 > 0 => {
+                held.1.extend_from_slice(buckets);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Everything held so far (also what other open batches held: it is written either way),
+    /// and one holder fewer.
+    fn close(&self) -> Vec<Bucket> {
+        match self.0.lock() {
+            Ok(mut held) => {
+                held.0 = held.0.saturating_sub(1);
+                std::mem::take(&mut held.1)
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Runs known to exist
 
 /// Run ids this process has seen exist. Runs are never deleted, so a hit is always right; the
@@ -346,8 +385,9 @@ impl KnownRuns {
 #[async_trait]
 impl StateStore for DynamoStore {
     async fn create_run(&self, h: &RunHeader, events: &[HistoryEvent]) -> Result<(), StoreError> {
-        // One `PutItem`: the header with its first events in its `ev` list. Then `started` in
-        // its stats bucket, apart (docs/architecture.md, "The write layout on DynamoDB").
+        // One `PutItem`: the header with its first events in its `ev` list. No `started`:
+        // the stats count the runs in flight from the `active` index instead, which saves a
+        // write per run (docs/architecture.md, "The write layout on DynamoDB").
         let mut item = header_item(h)?;
         if !events.is_empty() {
             let batch = event_batch(&new_seq(), &h.run_id, events)?;
@@ -356,8 +396,6 @@ impl StateStore for DynamoStore {
         match self.commit(Write::put_new(item)).await? {
             Written::Yes => {
                 self.known.insert(&h.run_id);
-                self.add_figures(&h.run_id, &[stats::started(h)], false)
-                    .await;
                 Ok(())
             }
             Written::ConditionFailed(_) => Err(StoreError::Conflict(format!(
@@ -431,7 +469,9 @@ impl StateStore for DynamoStore {
             .await?
         {
             Written::Yes => {
-                self.add_figures(&h.run_id, buckets, true).await;
+                if !self.held.hold(buckets) {
+                    self.add_figures(&h.run_id, buckets).await;
+                }
                 Ok(new_version)
             }
             Written::ConditionFailed(Some(_)) => Err(StoreError::Conflict(format!(
@@ -442,6 +482,21 @@ impl StateStore for DynamoStore {
                 Err(StoreError::NotFound(format!("run {}", h.run_id)))
             }
         }
+    }
+
+    fn hold_figures(&self) {
+        self.held.open();
+    }
+
+    async fn flush_figures(&self) -> Result<(), StoreError> {
+        let held = self.held.close();
+        if !held.is_empty() {
+            // Summed per bucket first: one update per workflow-hour's ends item for them all.
+            let runs = held.iter().filter(|b| b.key.step.is_empty()).count();
+            self.add_figures(&format!("({runs} runs held)"), &stats::merge(held))
+                .await;
+        }
+        Ok(())
     }
 
     async fn stats_buckets(&self, q: &BucketQuery) -> Result<Vec<Bucket>, StoreError> {
@@ -796,6 +851,7 @@ mod tests {
     use aws_sdk_dynamodb::operation::put_item::PutItemError;
     use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
     use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+    use aws_sdk_dynamodb::primitives::Blob;
     use aws_sdk_dynamodb::types::error::{
         ConditionalCheckFailedException, TransactionCanceledException,
     };
@@ -812,8 +868,8 @@ mod tests {
         item_key(run_pk("r1"), HEADER_SK)
     }
 
-    /// A run's end buckets go to one ends item per workflow-hour, in one update unless they
-    /// hold more than `MAX_ADDS` counters; read back (with a run bucket item holding its
+    /// A run's end buckets go to one ends item per workflow-hour, in one update unless its
+    /// expression would pass `MAX_EXPRESSION`; read back (with a run bucket item holding its
     /// `started`), they are the buckets that were added, summed per key.
     #[test]
     fn end_buckets_round_trip_through_one_ends_item() {
@@ -890,22 +946,123 @@ mod tests {
         let mut twice: Vec<Bucket> = stats::merge(ends.iter().chain(&ends).cloned());
         twice.sort_by(|a, b| a.key.cmp(&b.key));
         assert_eq!(got, twice);
-        // More counters than one update takes: several updates, each bucket still described.
-        let many: Vec<(String, f64)> = (0..2 * MAX_ADDS).map(|i| (format!("l.{i}"), 1.0)).collect();
+        // More counters than one update takes: several updates, each expression within
+        // DynamoDB's 4 KB, each bucket still described.
+        let many: Vec<(String, f64)> = (0..700).map(|i| (format!("l.{i}"), 1.0)).collect();
         let refs: Vec<(&str, f64)> = many.iter().map(|(n, v)| (n.as_str(), *v)).collect();
         let long = bucket("long", "m/x", "model", 3, &refs);
+        let updates = ends_updates(&[run.clone(), long.clone()]);
+        assert!(
+            updates.iter().all(|u| u.1.len() <= MAX_EXPRESSION),
+            "{updates:?}"
+        );
+        assert_eq!(updates.len(), 2);
         let mut item = DynamoItem::new();
-        assert_eq!(apply(&mut item, &[run.clone(), long.clone()]), 3);
+        assert_eq!(apply(&mut item, &[run.clone(), long.clone()]), 2);
         let mut got = read_buckets(&item).unwrap();
         got.sort_by(|a, b| a.key.cmp(&b.key));
-        assert_eq!(got, vec![run, long]);
+        assert_eq!(got, vec![run.clone(), long]);
+        // A 40-step chain's end (the run bucket and 40 step buckets of 7 counters): one.
+        let steps: Vec<Bucket> = (0..40)
+            .map(|i| {
+                let counters = [
+                    ("executions", 1.0),
+                    ("succeeded", 1.0),
+                    ("l.3", 1.0),
+                    ("usd", 0.001),
+                    ("t.input", 12.0),
+                    ("t.output", 9.0),
+                    ("attempts", 1.0),
+                ];
+                bucket(
+                    &format!("s{i}"),
+                    "local/echo",
+                    "model",
+                    i as u32 + 1,
+                    &counters,
+                )
+            })
+            .collect();
+        let mut chain = vec![run];
+        chain.extend(steps);
+        assert_eq!(ends_updates(&chain).len(), 1);
         // A counter without a description is corrupt, not dropped.
         item.insert("zzzzzzzz.usd".into(), n(1));
         assert!(read_buckets(&item).is_err());
     }
 
-    /// Event batches are stored as text while small and deflated past `EVENTS_COMPRESS_FROM`; a
-    /// list holding both (items written before batches were deflated) reads back in order.
+    /// A header's body leaves out what its key and `ver` hold (`run_id`, `version`, a false
+    /// `cancel_requested`), a step's its name and version; both read back whole. Bodies
+    /// written before (the whole JSON, as text or plain deflate) read back the same.
+    #[test]
+    fn bodies_leave_out_what_the_keys_hold_and_old_bodies_still_read() {
+        let h: RunHeader = serde_json::from_value(serde_json::json!({
+            "run_id": "run_0193", "tenant": "acme",
+            "workflow": {"name": "w", "version": "1", "hash": "ab"},
+            "status": "pending", "input": {"kind": "inline", "value": {"text": "hello"}},
+            "created_at": 5, "updated_at": 5, "version": 1,
+        }))
+        .unwrap();
+        let item = header_item(&h).unwrap();
+        let body = |item: &DynamoItem| -> String {
+            match item.get("body") {
+                Some(AttributeValue::S(t)) => t.clone(),
+                Some(AttributeValue::B(b)) => {
+                    String::from_utf8(packing::unpack(b.as_ref(), MAX_BODY).unwrap()).unwrap()
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        let stored = body(&item);
+        for gone in ["run_id", "\"version\":1", "cancel_requested"] {
+            assert!(!stored.contains(gone), "{gone} in {stored}");
+        }
+        assert_eq!(read_header(&item, "run_0193").unwrap(), h);
+        let mut cancelling = h.clone();
+        cancelling.cancel_requested = true;
+        let item = header_item(&cancelling).unwrap();
+        assert!(body(&item).contains("\"cancel_requested\":true"));
+        assert_eq!(read_header(&item, "run_0193").unwrap(), cancelling);
+
+        let mut rec = StepRecord::pending("fan.b0");
+        rec.status = switchyard_core::state::StepStatus::Succeeded;
+        rec.attempt = 1;
+        rec.version = 3;
+        let write = DynamoStore::step_write("run_0193", &rec, &[]).unwrap();
+        let Write::Update { values, .. } = write else {
+            panic!("a stored record is updated")
+        };
+        let mut step_item = item_key(run_pk("run_0193"), step_sk("fan.b0"));
+        step_item.insert("body".into(), values[":body"].clone());
+        step_item.insert("ver".into(), values[":new"].clone());
+        step_item.insert("cseq".into(), s("c1"));
+        assert!(!body(&step_item).contains("fan.b0"), "{}", body(&step_item));
+        let (_, back) = read_step(&step_item, "run_0193").unwrap();
+        let mut want = rec.clone();
+        want.version = 4;
+        assert_eq!(back, want);
+
+        // The whole JSON, as bodies were stored before: as text, and plain-deflated.
+        let mut old = h.clone();
+        old.version = 7;
+        let json = serde_json::to_string(&old).unwrap();
+        for stored in [
+            AttributeValue::S(json.clone()),
+            AttributeValue::B(Blob::new(miniz_oxide::deflate::compress_to_vec(
+                json.as_bytes(),
+                6,
+            ))),
+        ] {
+            let mut item = old_item();
+            item.insert("body".into(), stored);
+            item.insert("ver".into(), n(7));
+            assert_eq!(read_header(&item, "run_0193").unwrap(), old);
+        }
+    }
+
+    /// Event batches are stored as text while small and packed past `EVENTS_PACK_FROM`; a
+    /// list holding both (and plain deflate, as items written before the dictionary hold)
+    /// reads back in order.
     #[test]
     fn event_batches_read_back_as_text_or_deflated() {
         let small = vec![HistoryEvent::run(1, EventKind::RunCreated, Value::Null)];
@@ -932,13 +1089,21 @@ mod tests {
             "{} of {json_len}",
             bytes.as_ref().len()
         );
+        let plain = AttributeValue::B(Blob::new(miniz_oxide::deflate::compress_to_vec(
+            format!("a3 {}", serde_json::to_string(&large).unwrap()).as_bytes(),
+            6,
+        )));
         let mut item = old_item();
-        item.insert("ev".into(), AttributeValue::L(vec![text, packed]));
+        item.insert("ev".into(), AttributeValue::L(vec![text, packed, plain]));
         let mut out = Vec::new();
         read_batches(&item, "r1", &mut out).unwrap();
         assert_eq!(
             out,
-            vec![("a1".to_string(), small), ("a2".to_string(), large)]
+            vec![
+                ("a1".to_string(), small),
+                ("a2".to_string(), large.clone()),
+                ("a3".to_string(), large)
+            ]
         );
         let mut corrupt = old_item();
         corrupt.insert(

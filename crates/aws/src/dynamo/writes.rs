@@ -192,12 +192,7 @@ impl DynamoStore {
         events: &[HistoryEvent],
     ) -> Result<Write, StoreError> {
         let new_version = rec.version + 1;
-        let mut stored = rec.clone();
-        stored.version = new_version;
-        let body = body_value(to_json(
-            &stored,
-            &format!("step {} of run {run_id}", rec.step),
-        )?);
+        let body = step_body(rec, run_id)?;
         let seq = new_seq();
         let batch = if events.is_empty() {
             None
