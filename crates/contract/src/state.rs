@@ -777,7 +777,7 @@ pub async fn held_figures_are_added_once_at_the_flush(s: &dyn StateStore) {
 }
 
 /// A run that ends with more step buckets than one write of the store holds (a DynamoDB
-/// transaction: 100 items) still adds every one.
+/// transaction: 100 items; an update of its ends item: 150 counters) still adds every one.
 pub async fn stats_of_a_run_with_many_steps_are_all_added(s: &dyn StateStore) {
     let h = header("big", "t", 7_200_000);
     s.create_run(&h, &[]).await.unwrap();
@@ -794,6 +794,7 @@ pub async fn stats_of_a_run_with_many_steps_are_all_added(s: &dyn StateStore) {
         let mut b = bucket("t", "summarize", h.created_at, &format!("s{i:03}"), "m/x");
         b.ord = i;
         b.counters.add(names::EXECUTIONS, 1.0);
+        b.counters.add(names::COST, 0.5);
         buckets.push(b);
     }
     let mut ended = h.clone();
@@ -816,6 +817,9 @@ pub async fn stats_of_a_run_with_many_steps_are_all_added(s: &dyn StateStore) {
         .map(|b| b.counters.count(names::EXECUTIONS))
         .sum();
     assert_eq!(executions, 130);
+    // Two counters a step: more than one update of a DynamoDB ends item carries.
+    let cost: f64 = got.iter().map(|b| b.counters.get(names::COST)).sum();
+    assert!((cost - 65.0).abs() < 1e-9, "{cost}");
     assert_eq!(
         find(&got, "", "").counters.count(names::STARTED),
         u64::from(counts_started)

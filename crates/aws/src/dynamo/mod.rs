@@ -868,8 +868,8 @@ mod tests {
         item_key(run_pk("r1"), HEADER_SK)
     }
 
-    /// A run's end buckets go to one ends item per workflow-hour, in one update unless its
-    /// expression would pass `MAX_EXPRESSION`; read back (with a run bucket item holding its
+    /// A run's end buckets go to one ends item per workflow-hour, in one update unless they
+    /// hold more than `MAX_ADDS` counters; read back (with a run bucket item holding its
     /// `started`), they are the buckets that were added, summed per key.
     #[test]
     fn end_buckets_round_trip_through_one_ends_item() {
@@ -946,46 +946,40 @@ mod tests {
         let mut twice: Vec<Bucket> = stats::merge(ends.iter().chain(&ends).cloned());
         twice.sort_by(|a, b| a.key.cmp(&b.key));
         assert_eq!(got, twice);
-        // More counters than one update takes: several updates, each expression within
-        // DynamoDB's 4 KB, each bucket still described.
+        // More counters than one update takes: several updates, each within `MAX_ADDS`
+        // counters and DynamoDB's 4 KB expression, each bucket still described.
         let many: Vec<(String, f64)> = (0..700).map(|i| (format!("l.{i}"), 1.0)).collect();
         let refs: Vec<(&str, f64)> = many.iter().map(|(n, v)| (n.as_str(), *v)).collect();
         let long = bucket("long", "m/x", "model", 3, &refs);
         let updates = ends_updates(&[run.clone(), long.clone()]);
-        assert!(
-            updates.iter().all(|u| u.1.len() <= MAX_EXPRESSION),
-            "{updates:?}"
-        );
-        assert_eq!(updates.len(), 2);
+        assert!(updates
+            .iter()
+            .all(|u| u.1.matches(" :c").count() <= MAX_ADDS && u.1.len() < 4096));
+        assert_eq!(updates.len(), 5);
         let mut item = DynamoItem::new();
-        assert_eq!(apply(&mut item, &[run.clone(), long.clone()]), 2);
+        assert_eq!(apply(&mut item, &[run.clone(), long.clone()]), 5);
         let mut got = read_buckets(&item).unwrap();
         got.sort_by(|a, b| a.key.cmp(&b.key));
         assert_eq!(got, vec![run.clone(), long]);
-        // A 40-step chain's end (the run bucket and 40 step buckets of 7 counters): one.
-        let steps: Vec<Bucket> = (0..40)
+        // Every counter from its own bucket (a description each): still within 4 KB.
+        let singles: Vec<Bucket> = (0..MAX_ADDS as u32 + 10)
             .map(|i| {
-                let counters = [
-                    ("executions", 1.0),
-                    ("succeeded", 1.0),
-                    ("l.3", 1.0),
-                    ("usd", 0.001),
-                    ("t.input", 12.0),
-                    ("t.output", 9.0),
-                    ("attempts", 1.0),
-                ];
                 bucket(
                     &format!("s{i}"),
-                    "local/echo",
+                    "m/x",
                     "model",
-                    i as u32 + 1,
-                    &counters,
+                    i + 1,
+                    &[("executions", 1.0)],
                 )
             })
             .collect();
-        let mut chain = vec![run];
-        chain.extend(steps);
-        assert_eq!(ends_updates(&chain).len(), 1);
+        let updates = ends_updates(&singles);
+        assert_eq!(updates.len(), 2);
+        assert!(
+            updates.iter().all(|u| u.1.len() < 4096),
+            "{}",
+            updates[0].1.len()
+        );
         // A counter without a description is corrupt, not dropped.
         item.insert("zzzzzzzz.usd".into(), n(1));
         assert!(read_buckets(&item).is_err());
