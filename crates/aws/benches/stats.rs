@@ -367,7 +367,7 @@ async fn emulator(endpoint: &str, now: Millis, runs: u64) -> Result<()> {
         store.stats_buckets(&q).await?;
         b.push(t.elapsed());
         let t = Instant::now();
-        store.active_runs(now, None, 100).await?;
+        store.active_runs(0, now, None, 100).await?;
         a.push(t.elapsed());
     }
     println!(

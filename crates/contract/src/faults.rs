@@ -167,6 +167,10 @@ impl StateStore for FaultyStore {
         self.inner.stats_buckets(q).await
     }
 
+    fn counts_started(&self) -> bool {
+        self.inner.counts_started()
+    }
+
     fn hold_figures(&self) {
         self.inner.hold_figures()
     }
@@ -217,11 +221,14 @@ impl StateStore for FaultyStore {
 
     async fn active_runs(
         &self,
+        created_from: Millis,
         created_before: Millis,
         after: Option<&str>,
         limit: usize,
     ) -> Result<ActivePage, StoreError> {
-        self.inner.active_runs(created_before, after, limit).await
+        self.inner
+            .active_runs(created_from, created_before, after, limit)
+            .await
     }
 
     async fn append_events(&self, run_id: &str, events: &[HistoryEvent]) -> Result<(), StoreError> {

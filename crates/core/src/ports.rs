@@ -156,6 +156,13 @@ pub trait StateStore: Send + Sync {
         stats: &[Bucket],
     ) -> Result<u64, StoreError>;
 
+    /// Whether [`StateStore::create_run`] counts `started` in the run's stats bucket (SQLite,
+    /// the default). A store that does not (DynamoDB) leaves the stats to count the runs in
+    /// flight from [`StateStore::active_runs`].
+    fn counts_started(&self) -> bool {
+        true
+    }
+
     /// From now until the next [`StateStore::flush_figures`], a store whose figures are not
     /// part of the end's own write may hold the figures of the runs it ends and add them
     /// together at the flush (DynamoDB: one update per workflow-hour item for a whole worker
@@ -209,11 +216,14 @@ pub trait StateStore: Send + Sync {
         writes: &[(&StepRecord, &[HistoryEvent])],
     ) -> Result<Vec<u64>, StoreError>;
 
-    /// The headers of runs that have not ended, created at or before `created_before`, oldest
-    /// first, `limit` at a time (capped at [`MAX_LIST_LIMIT`]): what the stuck-run sweep reads
-    /// ([`crate::recovery`]). `after` is the previous page's cursor, opaque to callers.
+    /// The headers of runs that have not ended, created at or after `created_from` and at or
+    /// before `created_before`, oldest first, `limit` at a time (capped at
+    /// [`MAX_LIST_LIMIT`]): what the stuck-run sweep reads ([`crate::recovery`]; from 0) and
+    /// the stats count the runs in flight of their window from. `after` is the previous
+    /// page's cursor, opaque to callers.
     async fn active_runs(
         &self,
+        created_from: Millis,
         created_before: Millis,
         after: Option<&str>,
         limit: usize,

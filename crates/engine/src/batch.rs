@@ -9,6 +9,7 @@
 use crate::worker::Handled;
 use crate::Engine;
 use futures::future::{join_all, Either};
+use futures::FutureExt;
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -116,13 +117,20 @@ impl Engine {
                 hold(records, &in_hand, inbox).await;
             }
         });
-        let results = match futures::future::select(work, beat).await {
-            Either::Left((results, _)) => results,
-            Either::Right((_, work)) => work.await,
-        };
+        // A run whose handling panics (hosts that unwind: `switchyard dev`, tests) must not
+        // leave the store holding figures: the flush runs first, then the panic goes on.
+        let results = std::panic::AssertUnwindSafe(async {
+            match futures::future::select(work, beat).await {
+                Either::Left((results, _)) => results,
+                Either::Right((_, work)) => work.await,
+            }
+        })
+        .catch_unwind()
+        .await;
         if let Err(e) = self.store.flush_figures().await {
             tracing::warn!(error = %e, "the batch's run figures were not added to the stats");
         }
+        let results = results.unwrap_or_else(|panicked| std::panic::resume_unwind(panicked));
         // (record, when it comes back): unreadable bodies at once (sooner dead-lettered),
         // failed wake-ups after their retry delay.
         let mut give_back: Vec<(usize, u64)> = records

@@ -34,6 +34,7 @@ impl Engine {
             let page = self
                 .store
                 .active_runs(
+                    0,
                     now.saturating_sub(STUCK_GRACE_MS),
                     cursor.as_deref(),
                     MAX_LIST_LIMIT,

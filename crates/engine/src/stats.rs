@@ -10,7 +10,8 @@
 //! "Stats aggregates"): a run's creation adds `started` to its tenant × workflow × hour
 //! bucket (SQLite; DynamoDB saves that write and counts the runs in flight from the listing
 //! below), its end adds its outcome and its steps' figures (one bucket per step × model ×
-//! prompt version) in the same write that ends it. [`Engine::stats`] reads the buckets of the
+//! prompt version) in the same write that ends it (SQLite; DynamoDB right after it, or
+//! after the worker's batch: approximate under faults). [`Engine::stats`] reads the buckets of the
 //! window ([`StateStore::stats_buckets`])
 //! and the in-flight runs' headers (the sweep's `active_runs` listing, at most
 //! [`MAX_STATS_ACTIVE`]) to tell waiting runs from running ones (and, where `started` is
@@ -719,7 +720,7 @@ async fn listed_runs(
     from: Millis,
     to: Millis,
 ) -> Result<(BTreeMap<String, Listed>, bool), EngineError> {
-    let page = store.active_runs(to, None, MAX_STATS_ACTIVE).await?;
+    let page = store.active_runs(from, to, None, MAX_STATS_ACTIVE).await?;
     let mut listed: BTreeMap<String, Listed> = BTreeMap::new();
     for h in &page.runs {
         let mine = h.created_at >= from
@@ -760,6 +761,64 @@ mod tests {
             from: 0,
             to: 100_000,
         }
+    }
+
+    /// Table: a workflow's runs are `max(started, ended + listed in flight)`. Where the store
+    /// counts no `started` (DynamoDB) the listing supplies the runs in flight, also for a
+    /// workflow with no bucket at all yet; where it does (SQLite), `started` wins over a
+    /// listing cut at one page.
+    #[test]
+    fn runs_in_flight_come_from_the_listing_where_started_is_not_counted() {
+        let run_bucket = |workflow: &str, counters: &[(&str, f64)]| {
+            let mut b = Bucket {
+                key: BucketKey::run("t", workflow, 0),
+                kind: String::new(),
+                ord: 0,
+                counters: Counters::default(),
+            };
+            for (n, v) in counters {
+                b.counters.add(n, *v);
+            }
+            b
+        };
+        let listed = |in_flight, waiting| Listed { in_flight, waiting };
+        let stats = from_buckets(Inputs {
+            window: window(),
+            tenant: Some("t".into()),
+            workflow: None,
+            buckets: vec![
+                run_bucket(
+                    "ended-and-listed",
+                    &[(names::SUCCEEDED, 1.0), (names::FAILED, 1.0)],
+                ),
+                run_bucket(
+                    "sqlite-cut-page",
+                    &[(names::STARTED, 5.0), (names::SUCCEEDED, 2.0)],
+                ),
+            ],
+            listed: BTreeMap::from([
+                ("ended-and-listed".to_string(), listed(3, 1)),
+                ("only-in-flight".to_string(), listed(2, 0)),
+                ("sqlite-cut-page".to_string(), listed(1, 4)),
+            ]),
+            truncated: false,
+            by: None,
+        });
+        let got: Vec<(&str, u64, u64, u64, u64)> = stats
+            .workflows
+            .iter()
+            .map(|w| (w.workflow.as_str(), w.runs, w.ended, w.running, w.waiting))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                // (workflow, runs, ended, running, waiting)
+                ("ended-and-listed", 5, 2, 2, 1),
+                ("only-in-flight", 2, 0, 2, 0),
+                ("sqlite-cut-page", 5, 2, 0, 3),
+            ]
+        );
+        assert_eq!(stats.runs, 12);
     }
 
     fn step(name: &str, kind: &str, status: StepStatus) -> StepFacts {

@@ -488,6 +488,7 @@ impl StateStore for SqliteStore {
 
     async fn active_runs(
         &self,
+        created_from: Millis,
         created_before: Millis,
         after: Option<&str>,
         limit: usize,
@@ -500,13 +501,14 @@ impl StateStore for SqliteStore {
                 let mut stmt = c.prepare_cached(
                     "SELECT header, version FROM runs
                      WHERE status IN ('pending', 'running', 'waiting') AND created_at <= ?1
-                       AND (created_at, run_id) > (?2, ?3)
+                       AND created_at >= ?5 AND (created_at, run_id) > (?2, ?3)
                      ORDER BY created_at, run_id LIMIT ?4",
                 )?;
                 let rows = stmt
-                    .query_map(params![created_before, at, id, limit as i64 + 1], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?))
-                    })?
+                    .query_map(
+                        params![created_before, at, id, limit as i64 + 1, created_from],
+                        |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)),
+                    )?
                     .collect::<Result<Vec<_>, _>>()?;
                 let mut runs = Vec::with_capacity(rows.len());
                 for (json, version) in rows {

@@ -94,9 +94,8 @@ fn read_body<T: DeserializeOwned>(
     serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))
 }
 
-/// The header's JSON at the version it will have once written.
-/// (The version is `ver`'s: the body leaves it out.)
-pub(super) fn header_body(h: &RunHeader, _version: u64) -> Result<AttributeValue, StoreError> {
+/// The header's JSON as its `body` (the version is `ver`'s: the body leaves it out).
+pub(super) fn header_body(h: &RunHeader) -> Result<AttributeValue, StoreError> {
     Ok(body_value(slim_json(
         h,
         &["run_id", "version"],
@@ -121,7 +120,7 @@ pub(super) fn header_item(h: &RunHeader) -> Result<DynamoItem, StoreError> {
     let mut item = item_key(run_pk(&h.run_id), HEADER_SK);
     item.extend([
         ("ver".to_string(), n(1)),
-        ("body".to_string(), header_body(h, 1)?),
+        ("body".to_string(), header_body(h)?),
         (INDEX_PROJECTED.to_string(), s(&h.workflow.name)),
         ("GSI1PK".to_string(), s(tenant_pk(&h.tenant))),
         ("GSI1SK".to_string(), s(sk.clone())),

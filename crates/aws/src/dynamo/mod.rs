@@ -484,6 +484,10 @@ impl StateStore for DynamoStore {
         }
     }
 
+    fn counts_started(&self) -> bool {
+        false
+    }
+
     fn hold_figures(&self) {
         self.held.open();
     }
@@ -643,6 +647,7 @@ impl StateStore for DynamoStore {
 
     async fn active_runs(
         &self,
+        created_from: Millis,
         created_before: Millis,
         after: Option<&str>,
         limit: usize,
@@ -651,16 +656,18 @@ impl StateStore for DynamoStore {
         let start = after.map(decode_active_cursor).transpose()?;
         let mut ids = Vec::new();
         let mut next = start.map(|(at, id)| active_key(at, &id));
-        // Keys only, oldest first, up to `created_before`; the headers are then read in
-        // batches (an ended run may linger in the index for moments: it is left out).
+        // Keys only, oldest first, from `created_from` up to `created_before`; the headers are
+        // then read in batches (an ended run may linger in the index for moments: it is left
+        // out).
         loop {
             let out = self
                 .client
                 .query()
                 .table_name(&self.table)
                 .index_name(INDEX_ACTIVE)
-                .key_condition_expression("GSI3PK = :pk AND GSI3SK <= :before")
+                .key_condition_expression("GSI3PK = :pk AND GSI3SK BETWEEN :from AND :before")
                 .expression_attribute_values(":pk", s(ACTIVE_PK))
+                .expression_attribute_values(":from", s(index_sk(created_from, "")))
                 .expression_attribute_values(":before", s(index_sk(created_before, "~")))
                 .scan_index_forward(true)
                 .limit(i32::try_from(limit + 1 - ids.len()).unwrap_or(i32::MAX))

@@ -245,6 +245,30 @@ mod tests {
         );
     }
 
+    /// The stored format is fixed: the dictionary's bytes never change (their SHA-256), and a
+    /// value packed by another implementation — Python's `zlib` with `zdict=DICTIONARY`,
+    /// `wbits=-15`, level 9 — reads back (a stream made elsewhere, not by `pack`).
+    #[test]
+    fn the_format_is_fixed_and_standard() {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(DICTIONARY);
+        assert_eq!(
+            hex::encode(digest),
+            "495836d666744929ee6a7ce6d20174c4d142d6cca5184ced897d14d464f46951",
+            "DICTIONARY changed: stored items would no longer read (add a new marker instead)"
+        );
+        let from_python = hex::decode(
+            "232251139f1a8352d34af3528a15404d1d055385a4d262a0bae2628594c4ca623d50750a00",
+        )
+        .unwrap();
+        let mut stored = vec![DICTIONARY_V1];
+        stored.extend(from_python);
+        assert_eq!(
+            unpack(&stored, 1 << 20).unwrap(),
+            br#"{"status":"succeeded","attempt":1,"output":{"kind":"inline","value":{"text":"Refunds take 5 business days."}}}"#
+        );
+    }
+
     /// Output far larger than the first buffer guess (it doubles until done).
     #[test]
     fn a_highly_compressible_value_grows_its_buffer() {

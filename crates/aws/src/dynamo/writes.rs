@@ -158,7 +158,7 @@ impl DynamoStore {
         events: &[HistoryEvent],
     ) -> Result<Write, StoreError> {
         let mut vals = values([
-            (":body", header_body(h, new_version)?),
+            (":body", header_body(h)?),
             (":new", n(new_version)),
             (":read", n(h.version)),
         ]);
