@@ -211,6 +211,16 @@ fn string_attr(item: &DynamoItem, name: &str) -> String {
     }
 }
 
+/// How a metered write ended, as DynamoDB bills it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Written,
+    /// A failed condition: billed like the write.
+    ConditionFailed,
+    /// Failed on DynamoDB's side or unanswered: not billed.
+    NotBilled,
+}
+
 impl Meter {
     /// A meter for a table of `DynamoStore`'s layout (keys `PK`/`SK`, the three indexes).
     pub fn for_table() -> Meter {
@@ -284,21 +294,27 @@ impl Meter {
         key: (String, String, String),
         after: Option<DynamoItem>,
         factor: f64,
-        ok: bool,
+        outcome: Outcome,
     ) {
+        let ok = outcome == Outcome::Written;
         let before = st.shadow.get(&key).cloned();
         let size = before.as_ref().map(item_size).unwrap_or(0).max(if ok {
             after.as_ref().map(item_size).unwrap_or(0)
         } else {
             0
         });
-        let kind = if ok {
-            item_kind(&key.2).to_string()
-        } else {
-            format!("{} (condition failed)", item_kind(&key.2))
+        let kind = match outcome {
+            Outcome::Written => item_kind(&key.2).to_string(),
+            Outcome::ConditionFailed => format!("{} (condition failed)", item_kind(&key.2)),
+            Outcome::NotBilled => format!("{} (failed, not billed)", item_kind(&key.2)),
         };
         let slot = (op.to_string(), kind);
-        *st.usage.write_units.entry(slot.clone()).or_default() += factor * units(size, WRITE_UNIT);
+        let billed = if outcome == Outcome::NotBilled {
+            0.0
+        } else {
+            factor * units(size, WRITE_UNIT)
+        };
+        *st.usage.write_units.entry(slot.clone()).or_default() += billed;
         *st.usage.writes.entry(slot).or_default() += 1;
         if !ok {
             return;
@@ -421,7 +437,17 @@ impl Meter {
 
     fn finish(&self, op: &str, req: DynamoRequest, ctx: &FinalizerInterceptorContextRef<'_>) {
         let output = ctx.output_or_error();
-        let ok = matches!(output, Some(Ok(_)));
+        // DynamoDB bills a write whose condition failed (an HTTP 400 answer); one that failed
+        // on DynamoDB's side (5xx) or got no answer is not billed, and is shown apart so a
+        // bench sees it (moto's 500s on long update expressions were once read as failed
+        // conditions).
+        let ok = match output {
+            Some(Ok(_)) => Outcome::Written,
+            _ if ctx.response().is_some_and(|r| r.status().is_client_error()) => {
+                Outcome::ConditionFailed
+            }
+            _ => Outcome::NotBilled,
+        };
         let out = match output {
             Some(Ok(o)) => Some(o),
             _ => None,
@@ -863,7 +889,7 @@ mod tests {
             key.clone(),
             Some(item.clone()),
             1.0,
-            true,
+            Outcome::Written,
         );
         let values = HashMap::from([
             (":body".to_string(), s("b")),
@@ -882,10 +908,80 @@ mod tests {
         assert_eq!(st.usage.unparsed_updates, 0);
         assert_eq!(after.get("ver"), Some(&AttributeValue::N("2".into())));
         assert!(!after.contains_key("GSI3PK") && !after.contains_key("GSI3SK"));
-        meter.bill_write(&mut st, "UpdateItem", key, Some(after), 1.0, true);
+        meter.bill_write(
+            &mut st,
+            "UpdateItem",
+            key,
+            Some(after),
+            1.0,
+            Outcome::Written,
+        );
         let ix = |op: &str| (op.to_string(), "index active".to_string());
         assert_eq!(st.usage.write_units[&ix("PutItem")], 1.0);
         assert_eq!(st.usage.write_units[&ix("UpdateItem")], 1.0, "the delete");
+    }
+
+    /// A failed condition is billed like the write; a write that failed on DynamoDB's side
+    /// is counted apart, at no units.
+    #[test]
+    fn failed_writes_are_billed_only_for_a_failed_condition() {
+        let meter = Meter::for_table();
+        let mut st = State::default();
+        let item: DynamoItem = HashMap::from([
+            ("PK".into(), s("RUN#r1")),
+            ("SK".into(), s("S#a")),
+            ("body".into(), s(&"x".repeat(1500))),
+        ]);
+        let key = meter.shadow_key("t", &item);
+        for outcome in [Outcome::ConditionFailed, Outcome::NotBilled] {
+            meter.bill_write(
+                &mut st,
+                "PutItem",
+                key.clone(),
+                Some(item.clone()),
+                1.0,
+                outcome,
+            );
+        }
+        let slot = |kind: &str| ("PutItem".to_string(), kind.to_string());
+        // Nothing stored yet: the minimum unit.
+        assert_eq!(
+            st.usage.write_units[&slot("step record (condition failed)")],
+            1.0
+        );
+        assert_eq!(
+            st.usage.writes[&slot("step record (failed, not billed)")],
+            1
+        );
+        assert_eq!(
+            st.usage.write_units[&slot("step record (failed, not billed)")],
+            0.0
+        );
+        meter.bill_write(
+            &mut st,
+            "PutItem",
+            key.clone(),
+            Some(item.clone()),
+            1.0,
+            Outcome::Written,
+        );
+        meter.bill_write(
+            &mut st,
+            "UpdateItem",
+            key,
+            Some(item),
+            1.0,
+            Outcome::ConditionFailed,
+        );
+        assert_eq!(st.usage.write_units[&slot("step record")], 2.0);
+        let failed = (
+            "UpdateItem".to_string(),
+            "step record (condition failed)".to_string(),
+        );
+        assert_eq!(
+            st.usage.write_units[&failed], 2.0,
+            "billed on the stored item"
+        );
     }
 
     #[test]
@@ -896,9 +992,23 @@ mod tests {
             HashMap::from([("PK".into(), s("RUN#a")), ("SK".into(), s("H"))]);
         item.insert("body".into(), s(&"x".repeat(1500)));
         let key = meter.shadow_key("t", &item);
-        meter.bill_write(&mut st, "PutItem", key.clone(), Some(item), 1.0, true);
+        meter.bill_write(
+            &mut st,
+            "PutItem",
+            key.clone(),
+            Some(item),
+            1.0,
+            Outcome::Written,
+        );
         let small: DynamoItem = HashMap::from([("PK".into(), s("RUN#a")), ("SK".into(), s("H"))]);
-        meter.bill_write(&mut st, "TransactWriteItems", key, Some(small), 2.0, true);
+        meter.bill_write(
+            &mut st,
+            "TransactWriteItems",
+            key,
+            Some(small),
+            2.0,
+            Outcome::Written,
+        );
         let slot = |op: &str| (op.to_string(), "run header".to_string());
         assert_eq!(st.usage.write_units[&slot("PutItem")], 2.0);
         assert_eq!(st.usage.write_units[&slot("TransactWriteItems")], 4.0);
@@ -916,7 +1026,7 @@ mod tests {
             ("workflow".into(), s("w")),
         ]);
         let key = meter.shadow_key("t", &item);
-        meter.bill_write(&mut st, "PutItem", key, Some(item), 1.0, true);
+        meter.bill_write(&mut st, "PutItem", key, Some(item), 1.0, Outcome::Written);
         let ix = ("PutItem".to_string(), "index by_tenant".to_string());
         assert_eq!(st.usage.write_units[&ix], 1.0);
         assert!(!st
