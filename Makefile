@@ -9,7 +9,7 @@ SY := $(CARGO_TARGET_DIR)/debug/switchyard
 endif
 EXAMPLES := support-triage knowledge-answer product-copy document-enrichment resilient-summary classifier-cascade moderated-reply
 
-.PHONY: all build demo demo-aws test-lambda-local test test-aws test-local-aws sam-validate sam-build local-aws local-aws-down lint fmt check-core check-msrv bench bench-api bench-aws bench-stats clean-demo
+.PHONY: all build demo demo-aws test-lambda-local test test-aws test-local-aws sam-validate sam-build local-aws local-aws-down lint fmt check-core check-msrv bench bench-api bench-aws bench-stats check-arm64 clean-demo
 
 all: lint test
 
@@ -137,6 +137,22 @@ bench-aws:
 	  && $(AWS_PY) tests/bench/lambda_runtime_api.py --endpoint $$url --bin-dir $(RELEASE_DIR) --runs 10; \
 	  code=$$?; MOTO_PORT=$(BENCH_MOTO_PORT) infra/moto.sh stop; [ $$code -eq 0 ] || exit $$code
 	tests/bench/lambda_sizes.sh
+	$(MAKE) check-arm64
+
+## check-arm64: the arm64 Lambda packages as `sam build` ships them (cargo-lambda, release),
+## started under qemu-user (infra/qemu-arm64.sh installs it with apt-get) on a local Runtime
+## API against moto (port BENCH_MOTO_PORT, stopped after): intake creates runs through API
+## Gateway events, the worker runs batches of ten wake-ups, the notifier reads a batch; every
+## record must pass (tests/bench/lambda_runtime_api.py --lambda-dir). Timings are qemu's, not
+## Lambda's. The arm64 build takes ~12 min from an empty target directory.
+LAMBDA_DIR := $(or $(CARGO_TARGET_DIR),target)/lambda
+check-arm64:
+	infra/sam.sh lambda build --release --arm64 -p switchyard-lambdas --bins >&2
+	@runner=$$(infra/qemu-arm64.sh) || exit 1; \
+	  url=$$(MOTO_PORT=$(BENCH_MOTO_PORT) infra/moto.sh start) || exit 1; \
+	  $(AWS_PY) tests/bench/lambda_runtime_api.py --endpoint $$url --lambda-dir $(LAMBDA_DIR) \
+	    --runner "$$runner" --runs 2; \
+	  code=$$?; MOTO_PORT=$(BENCH_MOTO_PORT) infra/moto.sh stop; exit $$code
 
 ## bench-stats: how long `stats` takes over 10,000 and 100,000 runs on the embedded backend and
 ## 10,000 on moto (port BENCH_MOTO_PORT, stopped after, also on failure), seeded by direct store

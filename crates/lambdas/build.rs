@@ -1,6 +1,13 @@
 //! Embeds the workflows this deployment serves: every file under `SWITCHYARD_WORKFLOWS_DIR`
 //! (at build time; default: the repository's `workflows/`), so their includes (schemas,
 //! corpora) travel with them. `src/bundle.rs` compiles them at cold start.
+//!
+//! And, for the Lambda packages (release builds for arm64 Linux: `sam build`, cargo-lambda,
+//! which builds them with `panic = "abort"`), links the functions with `no-unwind-tables.ld`,
+//! which drops the unwind tables (1.3 MB of each function after fat LTO). rustc's
+//! `-C force-unwind-tables=no` does not remove them: a function with a personality routine
+//! gets an unwind entry whatever the flag, and nearly every Rust function has one (issue 25).
+//! Such a build of these binaries cannot unwind: a panic prints its message and aborts.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +25,17 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    // The Lambda packages: release builds for arm64 Linux, which cargo-lambda makes with
+    // `panic = "abort"` (a profile setting, so `CARGO_CFG_PANIC` does not show it).
+    let cfg = |key: &str| std::env::var(key).unwrap_or_default();
+    if cfg("PROFILE") == "release"
+        && cfg("CARGO_CFG_TARGET_OS") == "linux"
+        && cfg("CARGO_CFG_TARGET_ARCH") == "aarch64"
+    {
+        let script = manifest.join("no-unwind-tables.ld");
+        println!("cargo:rerun-if-changed={}", script.display());
+        println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", script.display());
+    }
     let root = manifest.join("../..");
     println!("cargo:rerun-if-env-changed=SWITCHYARD_WORKFLOWS_DIR");
     let dir = match std::env::var("SWITCHYARD_WORKFLOWS_DIR") {

@@ -2,6 +2,8 @@
 """A local AWS Lambda Runtime API, and `make bench-aws`'s cold-start figures measured on it.
 
     python tests/bench/lambda_runtime_api.py --endpoint URL --bin-dir DIR [--runs 10]
+    python tests/bench/lambda_runtime_api.py --endpoint URL --lambda-dir DIR \
+        --runner "qemu-aarch64 -L /usr/aarch64-linux-gnu" [--runs 2]
 
 The Runtime API part (`RuntimeApi`, standard library only) implements what a custom runtime
 such as `lambda_runtime` talks to, on 127.0.0.1:<port>:
@@ -29,8 +31,15 @@ Measured per cold start: init (process start -> its first `GET .../invocation/ne
 invoke (the event handed over -> the response posted), peak RSS over init and the invocation
 (`VmHWM`, read after it answered), and the function's own `init phases` log line (the SDK
 configuration, the settings secret, the wiring: `Deployment::from_env_for`). Prints median and
-p90, and the load average. Figures, not assertions. The binaries are whatever --bin-dir holds (make bench-aws: x86_64 release builds;
-Lambda runs the arm64 ones, which this machine cannot run).
+p90, and the load average. Figures, not assertions — but every run a worker took must have
+ended succeeded (read back through a warm intake, `GET /v1/runs/{id}`), or the script fails. The binaries are whatever --bin-dir holds (make bench-aws: x86_64 release builds).
+
+The packages Lambda runs are arm64: `--lambda-dir` takes cargo-lambda's layout
+(DIR/<function>/bootstrap, what `sam build` zips) and `--runner` the emulator to start them
+with (qemu-user on an x86_64 machine; `make check-arm64`). Run that way, the timings are the
+emulator's, not Lambda's: what it shows is that the shipped files start, serve their
+invocation against the emulated services and answer without a failed record. A missing hello
+package leaves the baseline row and the ratios out.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ import argparse
 import json
 import os
 import queue
+import shlex
 import signal
 import statistics
 import subprocess
@@ -188,11 +198,13 @@ class Process:
     high-water mark across exec into it.
     """
 
-    def __init__(self, binary: Path, env: dict[str, str], log_path: Path):
+    def __init__(self, binary: Path, env: dict[str, str], log_path: Path,
+                 runner: list[str] | None = None):
         self.started_at = time.monotonic()
         self.log_path = log_path
         self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen([str(binary)], env=env, stdout=self.log, stderr=self.log)
+        self.proc = subprocess.Popen([*(runner or []), str(binary)], env=env, stdout=self.log,
+                                     stderr=self.log)
 
     def init_phases(self) -> dict[str, float]:
         """The `init phases` line the function logged (JSON tracing), if any."""
@@ -265,16 +277,30 @@ def sqs_event(messages: list[dict], queue_arn: str) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--endpoint", required=True, help="the emulator (moto) URL")
-    ap.add_argument("--bin-dir", required=True, type=Path,
-                    help="directory with intake, worker and examples/hello")
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--bin-dir", type=Path,
+                       help="directory with intake, worker, notifier and examples/hello")
+    where.add_argument("--lambda-dir", type=Path,
+                       help="cargo-lambda's output: <dir>/<function>/bootstrap (hello optional)")
+    ap.add_argument("--runner", default="",
+                    help="command to start each binary with, e.g. qemu-aarch64 -L <sysroot>")
     ap.add_argument("--runs", type=int, default=10, help="cold starts of each binary")
     ap.add_argument("--batch", type=int, default=10, help="wake-ups per worker batch")
     args = ap.parse_args()
 
     import boto3  # moto's venv
 
-    bins = {n: args.bin_dir / n for n in ("intake", "worker", "notifier")}
-    bins["hello"] = args.bin_dir / "examples" / "hello"
+    runner = shlex.split(args.runner)
+    if args.lambda_dir is not None:
+        bins = {n: args.lambda_dir / n / "bootstrap" for n in ("intake", "worker", "notifier")}
+        hello = args.lambda_dir / "hello" / "bootstrap"
+        if hello.is_file():
+            bins["hello"] = hello
+        bin_dir = args.lambda_dir
+    else:
+        bins = {n: args.bin_dir / n for n in ("intake", "worker", "notifier")}
+        bins["hello"] = args.bin_dir / "examples" / "hello"
+        bin_dir = args.bin_dir
     for n, p in bins.items():
         if not p.is_file():
             print(f"lambda_runtime_api.py: {p} is missing (build it first)", file=sys.stderr)
@@ -301,7 +327,7 @@ def main() -> int:
     # Runs to wake up: created through intake (one warm process), args.runs batches' worth.
     intake_api = RuntimeApi("intake", timeout_s=30)
     intake = Process(bins["intake"], function_env(env, intake_api, "intake", timeout_s=30),
-                     logs / "intake-warm.log")
+                     logs / "intake-warm.log", runner)
     for _ in range(args.runs * args.batch):
         inv = intake_api.invoke(post_run(), wait_s=60)
         answer = json.loads(inv.result or b"{}")
@@ -339,10 +365,12 @@ def main() -> int:
                 for _ in range(args.batch)]
         return sqs_event(msgs, work_arn)
 
+    handled: list[str] = []  # the runs whose wake-ups a worker took without failing them
+
     events = {"worker": worker_event, "intake": post_run, "notifier": notifier_event,
               "hello": hello_event}
     results: dict[str, dict[str, list]] = {}
-    for name in ("worker", "intake", "notifier", "hello"):
+    for name in [n for n in ("worker", "intake", "notifier", "hello") if n in bins]:
         r = results.setdefault(name, {"init": [], "invoke": [], "rss": [], "phases": []})
         for i in range(args.runs):
             event = events[name]()
@@ -350,7 +378,7 @@ def main() -> int:
                 return 1
             api = RuntimeApi(name)
             proc = Process(bins[name], function_env(env, api, f"{prefix}-{name}"),
-                           logs / f"{name}-{i}.log")
+                           logs / f"{name}-{i}.log", runner)
             inv = api.invoke(event)
             rss = proc.stop()
             api.close()
@@ -363,8 +391,11 @@ def main() -> int:
                 done = [rec for rec in event["Records"] if rec["messageId"] not in failed]
                 for rec in done:  # the event source mapping deletes what did not fail
                     sqs.delete_message(QueueUrl=work_url, ReceiptHandle=rec["receiptHandle"])
+                    handled.append(json.loads(rec["body"])["run_id"])
             if failed and name != "hello":
                 print(f"{name} reported {len(failed)} failed records", file=sys.stderr)
+                if runner:  # a smoke check of the shipped packages: every record must pass
+                    return 1
             if name == "intake" and answer.get("statusCode") not in (200, 202):
                 print(f"intake answered {answer}", file=sys.stderr)
                 return 1
@@ -373,9 +404,34 @@ def main() -> int:
             r["rss"].append(rss / 1024)
             r["phases"].append(proc.init_phases())
 
+    # Every run a worker took must have ended succeeded (support-triage on the built-in
+    # models): read back through a warm intake, `GET /v1/runs/{id}`.
+    listing = json.loads((ROOT / "events/intake-apigw-v2-list-runs.json").read_text())
+    check_api = RuntimeApi("intake", timeout_s=30)
+    check = Process(bins["intake"], function_env(env, check_api, "intake", timeout_s=30),
+                    logs / "intake-check.log", runner)
+    statuses: dict[str, int] = {}
+    for run_id in handled:
+        ev = json.loads(json.dumps(listing))
+        ev["rawPath"] = ev["requestContext"]["http"]["path"] = f"/v1/runs/{run_id}"
+        ev["rawQueryString"] = ""
+        ev["pathParameters"] = {"proxy": f"v1/runs/{run_id}"}
+        ev["requestContext"]["requestId"] = uuid.uuid4().hex
+        inv = check_api.invoke(ev, wait_s=60)
+        answer = json.loads(inv.result or b"{}")
+        status = json.loads(answer.get("body") or "{}").get("status", f"HTTP {answer.get('statusCode')}")
+        statuses[status] = statuses.get(status, 0) + 1
+    check.stop()
+    check_api.close()
+    if statuses.get("succeeded", 0) != len(handled):
+        print(f"the worker's runs ended {statuses}, not all succeeded", file=sys.stderr)
+        return 1
+
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    print(f"Cold starts on a local Runtime API ({args.runs} each, binaries in {args.bin_dir}; "
-          f"DynamoDB/SQS/S3 on moto at {args.endpoint}; load average {load})\n")
+    started = f"started by `{args.runner}`, timings are the emulator's; " if runner else ""
+    print(f"Cold starts on a local Runtime API ({args.runs} each, binaries in {bin_dir}; "
+          f"{started}DynamoDB/SQS/S3 on moto at {args.endpoint}; load average {load})\n")
+    print(f"The {len(handled)} runs the worker took all ended succeeded (read back through intake).\n")
     print("| binary | invocation | init median / p90 | first invoke median / p90 | "
           "init + first invoke median | peak RSS median / max |")
     print("|---|---|---|---|---|---|")
@@ -399,8 +455,11 @@ def main() -> int:
         med = lambda k: statistics.median(p.get(k, 0.0) for p in ph)  # noqa: E731
         print(f"| {name} | {med('sdk_config_ms'):.1f} ms | {med('settings_ms'):.1f} ms | "
               f"{med('wiring_ms'):.1f} ms |")
-    h = statistics.median(results["hello"]["init"])
     print()
+    if "hello" not in results:
+        print("no hello package: no baseline, no ratios")
+        return 0
+    h = statistics.median(results["hello"]["init"])
     for name in ("worker", "intake", "notifier"):
         v = statistics.median(results[name]["init"])
         print(f"{name} init / hello init (medians): {v / h:.2f}x (goal <= 2x)")
