@@ -15,15 +15,6 @@ if have chromium && have chromedriver; then
   exit 0
 fi
 
-have apt-get || { echo "chromium.sh: apt-get not found: install chromium and chromedriver yourself" >&2; exit 2; }
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-  have sudo || { echo "chromium.sh: run as root or install sudo" >&2; exit 2; }
-  sudo="sudo"
-fi
-echo "chromium.sh: installing chromium and chromium-driver (apt-get)" >&2
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq >&2
-$sudo apt-get install -y -qq chromium chromium-driver >&2
+"$(dirname "$0")/apt-install.sh" chromium.sh chromium chromium-driver
 have chromedriver || { echo "chromium.sh: chromedriver is still not on PATH after the install" >&2; exit 2; }
 echo "chromium.sh: $(chromium --version 2>/dev/null | head -1); $(chromedriver --version 2>/dev/null | head -1)" >&2

@@ -17,16 +17,7 @@ if [ "$(uname -m)" = aarch64 ]; then
   exit 0
 fi
 if ! have qemu-aarch64 || [ ! -e "$sysroot/lib/ld-linux-aarch64.so.1" ]; then
-  have apt-get || { echo "qemu-arm64.sh: apt-get not found: install qemu-user and an arm64 glibc yourself" >&2; exit 2; }
-  sudo=""
-  if [ "$(id -u)" -ne 0 ]; then
-    have sudo || { echo "qemu-arm64.sh: run as root or install sudo" >&2; exit 2; }
-    sudo="sudo"
-  fi
-  echo "qemu-arm64.sh: installing qemu-user and libc6-arm64-cross (apt-get)" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get update -qq >&2
-  $sudo apt-get install -y -qq qemu-user libc6-arm64-cross >&2
+  "$(dirname "$0")/apt-install.sh" qemu-arm64.sh qemu-user libc6-arm64-cross
 fi
 have qemu-aarch64 || { echo "qemu-arm64.sh: qemu-aarch64 is still not on PATH after the install" >&2; exit 2; }
 echo "qemu-arm64.sh: $(qemu-aarch64 --version | head -1)" >&2
