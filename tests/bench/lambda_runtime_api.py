@@ -24,6 +24,8 @@ start) with the function's environment and hands it one invocation:
 - `intake`: one `POST /v1/runs` (the fixture, a fresh idempotency key);
 - `notifier`: an SQS batch of 10 notifications (events/notifier-sqs-batch.json's record, ten
   message ids; their run does not exist, so the batch is read, checked and acked);
+- `webhook`: events/webhook-function-url.json (a provider callback whose example signature
+  does not verify against this deployment's secret: the answer must be 401);
 - `hello` (crates/lambdas/examples/hello.rs, a hello-world `lambda_runtime` function that
   echoes the event): the baseline.
 
@@ -62,6 +64,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "/2018-06-01/runtime"
+FUNCTIONS = ("intake", "worker", "notifier", "webhook")
 
 
 class Invocation:
@@ -292,13 +295,13 @@ def main() -> int:
 
     runner = shlex.split(args.runner)
     if args.lambda_dir is not None:
-        bins = {n: args.lambda_dir / n / "bootstrap" for n in ("intake", "worker", "notifier")}
+        bins = {n: args.lambda_dir / n / "bootstrap" for n in FUNCTIONS}
         hello = args.lambda_dir / "hello" / "bootstrap"
         if hello.is_file():
             bins["hello"] = hello
         bin_dir = args.lambda_dir
     else:
-        bins = {n: args.bin_dir / n for n in ("intake", "worker", "notifier")}
+        bins = {n: args.bin_dir / n for n in FUNCTIONS}
         bins["hello"] = args.bin_dir / "examples" / "hello"
         bin_dir = args.bin_dir
     for n, p in bins.items():
@@ -367,10 +370,13 @@ def main() -> int:
 
     handled: list[str] = []  # the runs whose wake-ups a worker took without failing them
 
+    def webhook_event() -> dict:
+        return json.loads((ROOT / "events/webhook-function-url.json").read_text())
+
     events = {"worker": worker_event, "intake": post_run, "notifier": notifier_event,
-              "hello": hello_event}
+              "webhook": webhook_event, "hello": hello_event}
     results: dict[str, dict[str, list]] = {}
-    for name in [n for n in ("worker", "intake", "notifier", "hello") if n in bins]:
+    for name in [n for n in ("worker", "intake", "notifier", "webhook", "hello") if n in bins]:
         r = results.setdefault(name, {"init": [], "invoke": [], "rss": [], "phases": []})
         for i in range(args.runs):
             event = events[name]()
@@ -396,6 +402,11 @@ def main() -> int:
                 print(f"{name} reported {len(failed)} failed records", file=sys.stderr)
                 if runner:  # a smoke check of the shipped packages: every record must pass
                     return 1
+            # The fixture's example signature does not verify against this deployment's
+            # secret: the webhook checks it and refuses (tests/lambda_local.py expects the same).
+            if name == "webhook" and answer.get("statusCode") != 401:
+                print(f"webhook answered {answer} (expected 401)", file=sys.stderr)
+                return 1
             if name == "intake" and answer.get("statusCode") not in (200, 202):
                 print(f"intake answered {answer}", file=sys.stderr)
                 return 1
@@ -438,6 +449,7 @@ def main() -> int:
     what = {"worker": f"SQS batch: {args.batch} wake-ups of support-triage runs",
             "intake": "one POST /v1/runs",
             "notifier": f"SQS batch: {args.batch} notifications (no such run)",
+            "webhook": "one POST /hooks/replicate (example signature: 401)",
             "hello": f"SQS batch of {args.batch} (echoed)"}
     for name, r in results.items():
         both = [a + b for a, b in zip(r["init"], r["invoke"])]
@@ -460,7 +472,7 @@ def main() -> int:
         print("no hello package: no baseline, no ratios")
         return 0
     h = statistics.median(results["hello"]["init"])
-    for name in ("worker", "intake", "notifier"):
+    for name in ("worker", "intake", "notifier", "webhook"):
         v = statistics.median(results[name]["init"])
         print(f"{name} init / hello init (medians): {v / h:.2f}x (goal <= 2x)")
     print(f"worker peak RSS {max(results['worker']['rss']):.1f} MiB for a batch of "
