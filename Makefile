@@ -142,9 +142,10 @@ bench-aws:
 ## check-arm64: the arm64 Lambda packages as `sam build` ships them (cargo-lambda, release),
 ## started under qemu-user (infra/qemu-arm64.sh installs it with apt-get) on a local Runtime
 ## API against moto (port BENCH_MOTO_PORT, stopped after): intake creates runs through API
-## Gateway events, the worker runs batches of ten wake-ups, the notifier reads a batch; every
-## record must pass (tests/bench/lambda_runtime_api.py --lambda-dir). Timings are qemu's, not
-## Lambda's. The arm64 build takes ~12 min from an empty target directory.
+## Gateway events, the worker runs batches of ten wake-ups, the notifier reads a batch, the
+## webhook refuses a badly signed callback; every record must pass and every run the worker
+## took must read back succeeded (tests/bench/lambda_runtime_api.py --lambda-dir). Timings
+## are qemu's, not Lambda's. The arm64 build takes ~10 min from an empty target directory.
 LAMBDA_DIR := $(or $(CARGO_TARGET_DIR),target)/lambda
 check-arm64:
 	infra/sam.sh lambda build --release --arm64 -p switchyard-lambdas --bins >&2
