@@ -125,8 +125,9 @@ bench-api:
 ## worker, intake and notifier init, first-invoke time and peak RSS against a hello-world
 ## function on a local Runtime API (x86_64 release builds: the functions on their own, so the
 ## example's dev-dependency features are not in them; tests/bench/lambda_runtime_api.py), the
-## load average; the four functions'
-## arm64 release sizes (cargo-lambda, tests/bench/lambda_sizes.sh). See docs/benchmarks.md.
+## load average (the webhook cold-started too); the four functions' arm64 release sizes
+## (cargo-lambda, tests/bench/lambda_sizes.sh), then check-arm64 (needs apt-get, root or sudo
+## the first time). See docs/benchmarks.md.
 BENCH_MOTO_PORT ?= 5077
 RELEASE_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 bench-aws:
@@ -139,7 +140,7 @@ bench-aws:
 	tests/bench/lambda_sizes.sh
 	$(MAKE) check-arm64
 
-## check-arm64: the arm64 Lambda packages as `sam build` ships them (cargo-lambda, release),
+## check-arm64: the arm64 Lambda packages (`cargo lambda build --release --arm64`, what `sam build` runs per function),
 ## started under qemu-user (infra/qemu-arm64.sh installs it with apt-get) on a local Runtime
 ## API against moto (port BENCH_MOTO_PORT, stopped after): intake creates runs through API
 ## Gateway events, the worker runs batches of ten wake-ups, the notifier reads a batch, the

@@ -7,7 +7,10 @@
 //! which drops the unwind tables (1.3 MB of each function after fat LTO). rustc's
 //! `-C force-unwind-tables=no` does not remove them: a function with a personality routine
 //! gets an unwind entry whatever the flag, and nearly every Rust function has one (issue 25).
-//! Such a build of these binaries cannot unwind: a panic prints its message and aborts.
+//! Such a build of these binaries cannot unwind: a panic prints its message and aborts. That is
+//! safe only with `panic = "abort"`, so such a build that would unwind (a plain `cargo build
+//! --release --target aarch64-unknown-linux-gnu`, `cargo test --release` on an arm64 Linux
+//! host) does not compile: lib.rs has a `compile_error!` for it.
 
 use std::path::{Path, PathBuf};
 
@@ -26,7 +29,10 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     // The Lambda packages: release builds for arm64 Linux, which cargo-lambda makes with
-    // `panic = "abort"` (a profile setting, so `CARGO_CFG_PANIC` does not show it).
+    // `panic = "abort"`. That is a profile setting, which a build script cannot see
+    // (`CARGO_CFG_PANIC` shows the target's default), so the crate gets the cfg
+    // `unwind_tables_dropped` and lib.rs refuses to compile such a build that unwinds.
+    println!("cargo:rustc-check-cfg=cfg(unwind_tables_dropped)");
     let cfg = |key: &str| std::env::var(key).unwrap_or_default();
     if cfg("PROFILE") == "release"
         && cfg("CARGO_CFG_TARGET_OS") == "linux"
@@ -35,6 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let script = manifest.join("no-unwind-tables.ld");
         println!("cargo:rerun-if-changed={}", script.display());
         println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", script.display());
+        println!("cargo:rustc-cfg=unwind_tables_dropped");
     }
     let root = manifest.join("../..");
     println!("cargo:rerun-if-env-changed=SWITCHYARD_WORKFLOWS_DIR");

@@ -26,7 +26,10 @@ LABELS = ["overhead/step 5-step ms", "20-step ms", "40-step ms", "runs/s 1", "ru
 
 
 def figures(binary: str) -> list[float]:
-    out = subprocess.run([binary, "--bench"], capture_output=True, text=True, check=True).stdout
+    done = subprocess.run([binary, "--bench"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{binary} --bench exited with {done.returncode}:\n{done.stderr[-2000:]}")
+    out = done.stdout
     normal = out.split("== durability full")[0]
     per_step = [float(x) for x in re.findall(r"instant model\): ([0-9.]+) ms", normal)]
     rates = [float(x) for x in re.findall(r"runs/s,\s+\d+ concurrent: ([0-9.]+)", normal)]

@@ -2,7 +2,8 @@
 # make bench-aws, part 2: the size of each Lambda package's `bootstrap` (intake, worker,
 # webhook, notifier), built for arm64 in release by cargo-lambda (infra/sam.sh installs it,
 # with zig, and the aarch64 rustup target), and the x86_64 release builds beside them.
-# The release profile (root Cargo.toml) strips symbols and uses thin LTO. Goal: <= 10 MB each.
+# The release profile (root Cargo.toml) strips symbols and uses fat LTO; crates/lambdas/build.rs
+# drops the unwind tables of these arm64 links. Goal: <= 10 MB each.
 #
 #   tests/bench/lambda_sizes.sh            build, then print
 #   SIZES_NO_BUILD=1 tests/bench/lambda_sizes.sh   print what is built

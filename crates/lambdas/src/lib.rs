@@ -34,6 +34,17 @@
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set ([`flush_traces`] at the end of each invocation).
 //! - [`invocation_deadline`]: the worker's deadline, also under `cargo lambda watch`.
 
+// build.rs links the functions' arm64 release builds without unwind tables, which is safe
+// only where nothing unwinds: cargo-lambda builds them with `panic = "abort"`. A build that
+// would unwind would turn every panic (one the runtime or a task would have caught) into an
+// abort, so it does not compile.
+#[cfg(all(unwind_tables_dropped, panic = "unwind"))]
+compile_error!(
+    "arm64 release builds of switchyard-lambdas are linked without unwind tables \
+     (crates/lambdas/build.rs) and must not unwind: build them with `cargo lambda build \
+     --release` (panic = \"abort\"), or set CARGO_PROFILE_RELEASE_PANIC=abort"
+);
+
 pub mod bundle;
 pub mod callbacks;
 pub mod deploy;
