@@ -140,8 +140,8 @@ bench-aws:
 	tests/bench/lambda_sizes.sh
 	$(MAKE) check-arm64
 
-## check-arm64: the arm64 Lambda packages (`cargo lambda build --release --arm64`, what `sam build` runs per function),
-## started under qemu-user (infra/qemu-arm64.sh installs it with apt-get) on a local Runtime
+## check-arm64: the arm64 Lambda packages (`cargo lambda build --release --arm64`, what
+## `sam build` runs per function), started under qemu-user (infra/qemu-arm64.sh installs it with apt-get) on a local Runtime
 ## API against moto (port BENCH_MOTO_PORT, stopped after): intake creates runs through API
 ## Gateway events, the worker runs batches of ten wake-ups, the notifier reads a batch, the
 ## webhook refuses a badly signed callback; every record must pass and every run the worker

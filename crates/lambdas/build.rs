@@ -4,7 +4,7 @@
 //!
 //! And, for the Lambda packages (release builds for arm64 Linux: `sam build`, cargo-lambda,
 //! which builds them with `panic = "abort"`), links the functions with `no-unwind-tables.ld`,
-//! which drops the unwind tables (1.3 MB of each function after fat LTO). rustc's
+//! which drops the unwind tables (1.0–1.5 MB of each function after fat LTO). rustc's
 //! `-C force-unwind-tables=no` does not remove them: a function with a personality routine
 //! gets an unwind entry whatever the flag, and nearly every Rust function has one (issue 25).
 //! Such a build of these binaries cannot unwind: a panic prints its message and aborts. That is
