@@ -217,7 +217,7 @@ async fn seed(
                 landed(move || {
                     let (s, ended, ev, buckets) =
                         (store.clone(), ended.clone(), ev.clone(), buckets.clone());
-                    Box::pin(async move { s.end_run(&ended, &[ev], &buckets).await })
+                    Box::pin(async move { s.end_run(&ended, &[ev], &buckets, &[]).await })
                 })
                 .await
             }

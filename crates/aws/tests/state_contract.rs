@@ -600,7 +600,7 @@ async fn held_figures_wait_for_the_flush() {
             counters: Counters::default(),
         };
         run.counters.add(names::SUCCEEDED, 1.0);
-        s.end_run(&ended, &[], &[run]).await.unwrap();
+        s.end_run(&ended, &[], &[run], &[]).await.unwrap();
     }
     assert_eq!(succeeded(&s.stats_buckets(&q).await.unwrap()), 0.0);
     s.flush_figures().await.unwrap();

@@ -158,9 +158,13 @@ impl StateStore for FaultyStore {
         h: &RunHeader,
         events: &[HistoryEvent],
         stats: &[Bucket],
+        steps: &[(&StepRecord, &[HistoryEvent])],
     ) -> Result<u64, StoreError> {
-        self.write(WriteKind::PutHeader, self.inner.end_run(h, events, stats))
-            .await
+        self.write(
+            WriteKind::PutHeader,
+            self.inner.end_run(h, events, stats, steps),
+        )
+        .await
     }
 
     async fn stats_buckets(&self, q: &BucketQuery) -> Result<Vec<Bucket>, StoreError> {

@@ -53,6 +53,7 @@ macro_rules! state_store_contract {
             events_keep_append_order_per_run,
             listing_filters_and_pages_by_cursor,
             several_steps_are_one_write,
+            held_records_ride_on_the_end,
             active_runs_are_the_unended_oldest_first,
             stats_buckets_count_each_run_once,
             held_figures_are_added_once_at_the_flush,

@@ -395,6 +395,119 @@ pub async fn listing_filters_and_pages_by_cursor(s: &dyn StateStore) {
 
 /// Several step records are one write: all of them with their events, or — when any one's
 /// version is stale — none of them and no event (a repair is never stored half-applied).
+/// Records a worker held back until the run's end are stored by the end write, their history
+/// before the end's and after what was written before; a stale end stores none of them;
+/// afterwards each is a record like any other (rewritten from its stored version, a second
+/// writer of that version conflicts, alone or in a several-step write); and only new
+/// records can be held.
+pub async fn held_records_ride_on_the_end(s: &dyn StateStore) {
+    let h = header("r1", "t", 1);
+    s.create_run(&h, &[ev(1, EventKind::RunCreated)])
+        .await
+        .unwrap();
+    let step_ev = |at, kind, step: &str| HistoryEvent::step(at, kind, step, 1, json!(null));
+    let mut a = StepRecord::pending("a");
+    a.status = StepStatus::Succeeded;
+    a.version = s
+        .put_step("r1", &a, &[step_ev(2, EventKind::StepSucceeded, "a")])
+        .await
+        .unwrap();
+    let (mut b, mut c) = (StepRecord::pending("b"), StepRecord::pending("c"));
+    b.status = StepStatus::Succeeded;
+    c.status = StepStatus::Skipped;
+    let (eb, ec) = (
+        [step_ev(3, EventKind::StepSucceeded, "b")],
+        [step_ev(4, EventKind::StepSkipped, "c")],
+    );
+    let held: [(&StepRecord, &[HistoryEvent]); 2] = [(&b, &eb), (&c, &ec)];
+    let mut ended = h.clone();
+    ended.status = RunStatus::Succeeded;
+    ended.ended_at = Some(5);
+
+    let mut stale = ended.clone();
+    stale.version = 7;
+    assert!(conflict(
+        s.end_run(&stale, &[ev(5, EventKind::RunSucceeded)], &[], &held)
+            .await
+    ));
+    let snap = s.load("r1").await.unwrap().unwrap();
+    assert_eq!(snap.steps.len(), 1, "a stale end stores no held record");
+    let mut not_new = a.clone();
+    not_new.status = StepStatus::Failed;
+    assert!(matches!(
+        s.end_run(&ended, &[], &[], &[(&not_new, &[])]).await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    assert_eq!(
+        s.end_run(&ended, &[ev(5, EventKind::RunSucceeded)], &[], &held)
+            .await
+            .unwrap(),
+        2
+    );
+    let snap = s.load("r1").await.unwrap().unwrap();
+    let got: Vec<(&str, StepStatus, u64)> = snap
+        .steps
+        .iter()
+        .map(|r| (r.step.as_str(), r.status, r.version))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("a", StepStatus::Succeeded, 1),
+            ("b", StepStatus::Succeeded, 1),
+            ("c", StepStatus::Skipped, 1)
+        ]
+    );
+    assert_eq!(snap.header.status, RunStatus::Succeeded);
+    let kinds: Vec<EventKind> = s
+        .events("r1")
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::RunCreated,
+            EventKind::StepSucceeded,
+            EventKind::StepSucceeded,
+            EventKind::StepSkipped,
+            EventKind::RunSucceeded
+        ]
+    );
+
+    // Rewritten from the stored version: once; a second writer of that version conflicts.
+    b.version = 1;
+    b.attempt = 2;
+    assert_eq!(s.put_step("r1", &b, &[]).await.unwrap(), 2);
+    assert!(conflict(s.put_step("r1", &b, &[]).await));
+    // With a stale record beside it, a held one's rewrite does not land either.
+    c.version = 1;
+    c.attempt = 3;
+    a.status = StepStatus::Failed;
+    a.version = 0;
+    assert!(conflict(s.put_steps("r1", &[(&c, &[]), (&a, &[])]).await));
+    a.version = 1;
+    assert_eq!(
+        s.put_steps("r1", &[(&c, &[]), (&a, &[])]).await.unwrap(),
+        [2, 2]
+    );
+    assert!(conflict(s.put_steps("r1", &[(&c, &[]), (&a, &[])]).await));
+    let snap = s.load("r1").await.unwrap().unwrap();
+    let got: Vec<(&str, u64, u32)> = snap
+        .steps
+        .iter()
+        .map(|r| (r.step.as_str(), r.version, r.attempt))
+        .collect();
+    assert_eq!(
+        got,
+        [("a", 2, 0), ("b", 2, 2), ("c", 2, 3)],
+        "creation order kept"
+    );
+}
+
 pub async fn several_steps_are_one_write(s: &dyn StateStore) {
     s.create_run(&header("r1", "t", 1), &[]).await.unwrap();
     let mut target = StepRecord::pending("draft");
@@ -622,7 +735,12 @@ pub async fn stats_buckets_count_each_run_once(s: &dyn StateStore) {
     ended.status = RunStatus::Succeeded;
     ended.ended_at = Some(t0 + 500);
     let v = s
-        .end_run(&ended, &[ev(500, EventKind::RunSucceeded)], &ended_buckets)
+        .end_run(
+            &ended,
+            &[ev(500, EventKind::RunSucceeded)],
+            &ended_buckets,
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(v, a.version + 1);
@@ -632,11 +750,16 @@ pub async fn stats_buckets_count_each_run_once(s: &dyn StateStore) {
     );
     // A second end from the same read (a duplicated wake-up) loses, and adds nothing.
     assert!(conflict(
-        s.end_run(&ended, &[ev(501, EventKind::RunSucceeded)], &ended_buckets)
-            .await
+        s.end_run(
+            &ended,
+            &[ev(501, EventKind::RunSucceeded)],
+            &ended_buckets,
+            &[]
+        )
+        .await
     ));
     assert!(matches!(
-        s.end_run(&header("ghost", "t", t0), &[], &ended_buckets)
+        s.end_run(&header("ghost", "t", t0), &[], &ended_buckets, &[])
             .await,
         Err(StoreError::NotFound(_))
     ));
@@ -650,14 +773,14 @@ pub async fn stats_buckets_count_each_run_once(s: &dyn StateStore) {
     b_gen.ord = 1;
     b_gen.counters.add(names::EXECUTIONS, 1.0);
     b_gen.counters.add(names::COST, 0.1);
-    s.end_run(&b_end, &[], &[b_run, b_gen]).await.unwrap();
+    s.end_run(&b_end, &[], &[b_run, b_gen], &[]).await.unwrap();
     // c (the next hour) and the other tenant's run end too.
     for h in [&c, &other] {
         let mut ended = h.clone();
         ended.status = RunStatus::Succeeded;
         let mut run = bucket(&h.tenant, &h.workflow.name, h.created_at, "", "");
         run.counters.add(names::SUCCEEDED, 1.0);
-        s.end_run(&ended, &[], &[run]).await.unwrap();
+        s.end_run(&ended, &[], &[run], &[]).await.unwrap();
     }
 
     let got = s.stats_buckets(&q(t(), None, t0, t0)).await.unwrap();
@@ -774,8 +897,8 @@ pub async fn held_figures_are_added_once_at_the_flush(s: &dyn StateStore) {
     s.hold_figures();
     for h in &runs[..2] {
         let (ended, buckets) = end(h);
-        s.end_run(&ended, &[], &buckets).await.unwrap();
-        assert!(conflict(s.end_run(&ended, &[], &buckets).await));
+        s.end_run(&ended, &[], &buckets, &[]).await.unwrap();
+        assert!(conflict(s.end_run(&ended, &[], &buckets, &[]).await));
     }
     s.flush_figures().await.unwrap();
     let got = s.stats_buckets(&q).await.unwrap();
@@ -784,13 +907,13 @@ pub async fn held_figures_are_added_once_at_the_flush(s: &dyn StateStore) {
     assert!((gen.counters.get(names::COST) - 0.5).abs() < 1e-12);
     // The second holder's flush: nothing more held, nothing doubled.
     let (ended, buckets) = end(&runs[2]);
-    s.end_run(&ended, &[], &buckets).await.unwrap();
+    s.end_run(&ended, &[], &buckets, &[]).await.unwrap();
     s.flush_figures().await.unwrap();
     s.flush_figures().await.unwrap();
     assert_eq!(counts(&s.stats_buckets(&q).await.unwrap()), (3.0, 3.0));
     // No batch open: added with the end.
     let (ended, buckets) = end(&runs[3]);
-    s.end_run(&ended, &[], &buckets).await.unwrap();
+    s.end_run(&ended, &[], &buckets, &[]).await.unwrap();
     let got = s.stats_buckets(&q).await.unwrap();
     assert_eq!(counts(&got), (4.0, 4.0), "{got:?}");
     assert_eq!(
@@ -826,7 +949,7 @@ pub async fn stats_of_a_run_with_many_steps_are_all_added(s: &dyn StateStore) {
     }
     let mut ended = h.clone();
     ended.status = RunStatus::Succeeded;
-    s.end_run(&ended, &[ev(1, EventKind::RunSucceeded)], &buckets)
+    s.end_run(&ended, &[ev(1, EventKind::RunSucceeded)], &buckets, &[])
         .await
         .unwrap();
     let got = s

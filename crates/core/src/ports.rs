@@ -77,6 +77,29 @@ pub struct RunPage {
 /// 100 items; a transition changes two today).
 pub const MAX_STEPS_PER_WRITE: usize = 25;
 
+/// The most held-back step records one [`StateStore::end_run`] stores (a worker that holds
+/// more writes the rest apart first). Each is a few hundred bytes packed on DynamoDB, where
+/// they share the header item (400 KB at most) with the run's own history.
+pub const MAX_HELD_STEPS: usize = 100;
+
+/// `Invalid` for an [`StateStore::end_run`] that holds more than [`MAX_HELD_STEPS`] records
+/// or a record that is not new (version 0): what every store checks before writing.
+pub fn check_held(steps: &[(&StepRecord, &[HistoryEvent])]) -> Result<(), StoreError> {
+    if steps.len() > MAX_HELD_STEPS {
+        return Err(StoreError::Invalid(format!(
+            "end_run stores at most {MAX_HELD_STEPS} held-back records, not {}",
+            steps.len()
+        )));
+    }
+    match steps.iter().find(|(rec, _)| rec.version != 0) {
+        Some((rec, _)) => Err(StoreError::Invalid(format!(
+            "end_run stores new records only; step {} is at version {}",
+            rec.step, rec.version
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// A listing cursor an adapter hands out: `<tag>.<created_at>.<run_id>` of the last row of a
 /// page. Callers treat it as opaque; the tag tells one listing's cursors from another's.
 pub fn encode_cursor(tag: &str, created_at: Millis, run_id: &str) -> String {
@@ -144,16 +167,28 @@ pub trait StateStore: Send + Sync {
     ) -> Result<u64, StoreError>;
 
     /// The write that ends a run: [`StateStore::put_header`] of a header whose status has
-    /// ended, and in the same write (one SQLite transaction, one DynamoDB transaction) the
-    /// run's figures added to its stats buckets (`crate::stats::RunFacts::buckets`). The
-    /// header's version condition makes the end happen once, so the figures are added once:
-    /// a stale version is `Conflict` and adds nothing. (DynamoDB: a run with more step buckets
-    /// than one transaction holds adds the rest in follow-up writes; docs/architecture.md.)
+    /// ended, and with it the run's figures added to its stats buckets
+    /// (`crate::stats::RunFacts::buckets`): in the same transaction on SQLite; right after
+    /// the header write on DynamoDB, approximate under faults there (docs/architecture.md,
+    /// "Stats aggregates"). The header's version condition makes the end happen once, so
+    /// the figures are added once: a stale version is `Conflict` and adds nothing.
+    ///
+    /// `steps` are step records the ending worker computed and has not stored yet — results
+    /// of steps free to repeat, each new (version 0: stored at version 1), held back until
+    /// this write (docs/architecture.md, "The write layout on DynamoDB") — each with its
+    /// events, which go before `events` in the run's history. They are stored by the same
+    /// write or not at all: a stale header version stores none of them. At most
+    /// [`MAX_HELD_STEPS`]. A store checks that each is new where that is part of the same
+    /// write (SQLite: `Conflict`, nothing written); DynamoDB does not (the records go into
+    /// the header item, whose condition is the run's version), and a record already stored
+    /// apart at the same version is then read as the one in the header — both are results of
+    /// one attempt of a step that is free to repeat.
     async fn end_run(
         &self,
         header: &RunHeader,
         events: &[HistoryEvent],
         stats: &[Bucket],
+        steps: &[(&StepRecord, &[HistoryEvent])],
     ) -> Result<u64, StoreError>;
 
     /// Whether [`StateStore::create_run`] counts `started` in the run's stats bucket (SQLite,

@@ -15,6 +15,7 @@ use std::time::Duration;
 use switchyard_core::machine::{self, Event, Next, Note, StepState, Writes};
 use switchyard_core::model::{ModelRequest, ModelResponse, Provider};
 use switchyard_core::planner::Action;
+use switchyard_core::ports::MAX_HELD_STEPS;
 use switchyard_core::state::{HistoryEvent, JobRef, StepRecord, StepStatus, Usage, ValueRef};
 use switchyard_core::workflow::{Step, Workflow};
 use switchyard_core::{asset, ErrorClass, StepError, StoreError};
@@ -33,7 +34,21 @@ pub(crate) struct ActionCtx {
     pub ledger: Arc<std::sync::Mutex<Ledger>>,
     /// Who claims the steps: the `handle` call that holds the run's lease.
     pub owner: String,
+    /// Where a worker's pass holds back the records it may store with the run's end
+    /// (`None`: every record is written at once — outside the worker, or when
+    /// [`crate::Config::hold_free_records`] is off).
+    pub held: Option<Held>,
 }
+
+/// New step records a worker's pass has not written yet, each at the version it was read
+/// at (0) with its history, in the order they were made: terminal results of steps that
+/// are free to repeat (a pure step, a built-in model, a skip). They are stored by the
+/// write that ends the run ([`StateStore::end_run`]); any other write of the pass stores
+/// them first, one by one, so nothing written ever points past what is stored. A pass that
+/// dies loses them, and the next one makes them again — which costs nothing.
+///
+/// [`StateStore::end_run`]: switchyard_core::ports::StateStore::end_run
+pub(crate) type Held = Arc<tokio::sync::Mutex<Vec<(StepRecord, Vec<HistoryEvent>)>>>;
 
 pub(crate) use switchyard_core::machine::budget::Ledger;
 
@@ -48,6 +63,7 @@ impl ActionCtx {
             records: Default::default(),
             ledger: Default::default(),
             owner: owner.to_string(),
+            held: None,
         }
     }
 }
@@ -316,19 +332,37 @@ impl Engine {
         carried: Vec<HistoryEvent>,
     ) -> Result<Vec<StepRecord>, EngineError> {
         let carried = (!carried.is_empty()).then_some((step_id, carried));
-        self.commit(&cx.wf, &cx.run_id, writes, carried).await
+        self.commit(&cx.wf, &cx.run_id, writes, carried, cx.held.as_ref())
+            .await
+    }
+
+    /// Writes what `held` holds, one record at a time, in the order it was made.
+    pub(crate) async fn write_held(
+        &self,
+        wf: &Workflow,
+        run_id: &str,
+        held: &mut Vec<(StepRecord, Vec<HistoryEvent>)>,
+    ) -> Result<(), EngineError> {
+        for (rec, events) in std::mem::take(held) {
+            self.put_records(wf, run_id, &mut [rec], &[&events]).await?;
+        }
+        Ok(())
     }
 
     /// Commits one transition's writes: each value too large for its record goes to the
     /// blob store first (the record points to it), every record must read as a legal step
     /// state, then the records and their history are written together; `carried` (a step
-    /// and the history of its unwritten claim) goes before that step's own events.
+    /// and the history of its unwritten claim) goes before that step's own events. With
+    /// `held` (a worker's pass), a new terminal record of a step free to repeat is held
+    /// back for the run's end write instead ([`Held`]), and anything else is written after
+    /// what is held.
     pub(crate) async fn commit(
         &self,
         wf: &Workflow,
         run_id: &str,
         writes: Writes,
         carried: Option<(&str, Vec<HistoryEvent>)>,
+        held: Option<&Held>,
     ) -> Result<Vec<StepRecord>, EngineError> {
         let mut records = writes.records.clone();
         for r in records.iter_mut() {
@@ -350,6 +384,20 @@ impl Engine {
                 before.append(own);
                 *own = before;
             }
+        }
+        if let Some(held) = held {
+            let mut held = held.lock().await;
+            if let ([rec], [events]) = (records.as_slice(), per_record.as_slice()) {
+                // Only a record that is new and settled: a claim, a wait or a retry's
+                // backoff must be stored before what follows it.
+                if rec.version == 0 && rec.status.is_terminal() && held.len() < MAX_HELD_STEPS {
+                    held.push((rec.clone(), events.clone()));
+                    let mut stored = rec.clone();
+                    stored.version = 1;
+                    return Ok(vec![stored]);
+                }
+            }
+            self.write_held(wf, run_id, &mut held).await?;
         }
         let per_record: Vec<&[HistoryEvent]> = per_record.iter().map(Vec::as_slice).collect();
         self.put_records(wf, run_id, &mut records, &per_record)

@@ -116,6 +116,15 @@ pub struct Config {
     /// embedded backend's: a round trip costs nothing there) never waits. The Lambda functions
     /// use [`WAIT_IN_INVOCATION_MS`].
     pub wait_in_invocation_ms: u64,
+    /// A worker holds the new, settled records of steps free to repeat (pure steps, built-in
+    /// models, skips) back until the run's end and stores them with it
+    /// ([`StateStore::end_run`]'s `steps`): on DynamoDB one header write instead of an item
+    /// write per step; on SQLite one transaction. Any other write of the pass (a claim, a
+    /// wait, a retry, a park) stores them first. Off by default and on the embedded backend,
+    /// where a write costs nothing and `switchyard runs show` should see each step as it
+    /// settles (a built-in model may be slowed down on purpose: `delay_ms`); the Lambda
+    /// functions turn it on.
+    pub hold_free_records: bool,
 }
 
 /// The Lambda functions' [`Config::wait_in_invocation_ms`]. Chosen by price: a round trip
@@ -142,6 +151,7 @@ impl Default for Config {
             tapes: false,
             cancel_check_ms: 200,
             wait_in_invocation_ms: 0,
+            hold_free_records: false,
         }
     }
 }

@@ -66,6 +66,8 @@ struct Views {
     scope: Arc<Value>,
     records: Arc<Records>,
     ledger: Arc<std::sync::Mutex<crate::exec::Ledger>>,
+    /// The records held back for the run's end write (`exec::Held`).
+    held: Option<crate::exec::Held>,
 }
 
 /// The actions in flight, and the steps they are for.
@@ -307,6 +309,7 @@ impl Engine {
                     .map(|r| (r.step.clone(), r.clone()))
                     .collect(),
             ),
+            held: self.config.hold_free_records.then(Default::default),
         };
         // When the header was last read (`handle` just loaded it).
         let mut header_read_at = self.now();
@@ -345,6 +348,7 @@ impl Engine {
                     records: views.records.clone(),
                     ledger: views.ledger.clone(),
                     owner: owner.to_string(),
+                    held: views.held.clone(),
                 };
                 self.launch(snap, &cx, fresh, &mut flights);
                 continue;
@@ -383,7 +387,9 @@ impl Engine {
                 may_wait = self.now() >= at;
                 continue;
             }
-            return self.come_to_rest(pass, snap, plan, near_deadline).await;
+            return self
+                .come_to_rest(pass, snap, plan, near_deadline, views.held.as_ref())
+                .await;
         }
     }
 
@@ -531,11 +537,18 @@ impl Engine {
         snap: &mut RunSnapshot,
         plan: planner::Plan,
         near_deadline: bool,
+        held: Option<&crate::exec::Held>,
     ) -> Result<Handled, EngineError> {
         let (wf, was_waiting) = (pass.wf, pass.was_waiting);
+        let mut held = match held {
+            Some(h) => std::mem::take(&mut *h.lock().await),
+            None => Vec::new(),
+        };
         if let Some(outcome) = plan.outcome {
-            return self.finish(wf, snap, outcome).await;
+            return self.finish(wf, snap, outcome, held).await;
         }
+        // The run goes on later: what was held is stored before the header says so.
+        self.write_held(wf, &snap.header.run_id, &mut held).await?;
         if near_deadline && !plan.actions.is_empty() {
             self.park(snap, &plan, None, was_waiting).await?;
             self.wake(&snap.header.run_id, WakeReason::Resume, 0)
@@ -621,6 +634,7 @@ impl Engine {
         wf: &Arc<Workflow>,
         snap: &mut RunSnapshot,
         outcome: Outcome,
+        held: Vec<(StepRecord, Vec<HistoryEvent>)>,
     ) -> Result<Handled, EngineError> {
         self.cancel_abandoned_jobs(wf, snap).await;
         let now = self.now();
@@ -667,7 +681,19 @@ impl Engine {
         let read = std::mem::replace(&mut snap.header, h.clone());
         let buckets = RunFacts::from_snapshot(wf, snap).buckets();
         snap.header = read;
-        h.version = self.store.end_run(&h, &[ended], &buckets).await?;
+        // The records held back ride on it too: stored with the end, or not at all.
+        let steps: Vec<(&StepRecord, &[HistoryEvent])> =
+            held.iter().map(|(r, e)| (r, e.as_slice())).collect();
+        h.version = self.store.end_run(&h, &[ended], &buckets, &steps).await?;
+        let (stored, events): (Vec<StepRecord>, Vec<&[HistoryEvent]>) = held
+            .iter()
+            .map(|(r, e)| {
+                let mut r = r.clone();
+                r.version += 1;
+                (r, e.as_slice())
+            })
+            .unzip();
+        self.observe_steps(wf, &snap.header.run_id, &stored, &events);
         snap.header = h;
         self.observe_run_end(&snap.header);
         // After the state that it reports: a notification never runs ahead of the run.
@@ -697,6 +723,7 @@ impl Engine {
             records: Arc::new(Records::new()),
             ledger: Default::default(),
             owner: self.config.owner.clone(),
+            held: None,
         };
         for r in waiting {
             if let Some(step) = wf.step(&r.step) {

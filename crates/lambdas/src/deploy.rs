@@ -325,6 +325,8 @@ impl Deployment {
         let mut config = Config::from_secrets(secrets.as_ref(), owner(), "http://127.0.0.1:9000");
         // A short retry backoff is waited for in the invocation: cheaper than the round trip.
         config.wait_in_invocation_ms = switchyard_engine::WAIT_IN_INVOCATION_MS;
+        // Free steps' records ride on the run's end write: one header write, not one per step.
+        config.hold_free_records = true;
         let work = Arc::new(queues.queue(QueueName::Work));
         let notify = Arc::new(queues.queue(QueueName::Notify));
         let engine = Engine::new(

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use rusqlite::{ffi, params, Connection, OptionalExtension};
 use serde::de::DeserializeOwned;
 use switchyard_core::ports::{
-    ActivePage, IdempotencyClaim, RunPage, RunQuery, RunSummary, StateStore, IDEMPOTENCY_TTL_MS,
-    MAX_LIST_LIMIT, MAX_STEPS_PER_WRITE,
+    check_held, ActivePage, IdempotencyClaim, RunPage, RunQuery, RunSummary, StateStore,
+    IDEMPOTENCY_TTL_MS, MAX_LIST_LIMIT, MAX_STEPS_PER_WRITE,
 };
 use switchyard_core::state::{HistoryEvent, Lease, RunHeader, RunSnapshot, RunStatus, StepRecord};
 use switchyard_core::stats::{self, Bucket, BucketKey, BucketQuery, Counters};
@@ -307,6 +307,7 @@ impl SqliteStore {
         h: &RunHeader,
         events: &[HistoryEvent],
         buckets: Vec<Bucket>,
+        steps: Vec<StepRow>,
     ) -> Result<u64, StoreError> {
         let expected_version = h.version;
         let new_version = expected_version + 1;
@@ -316,6 +317,11 @@ impl SqliteStore {
         self.db
             .write(move |c| {
                 if update_header(c, &row, expected_version)? == 1 {
+                    // Held-back records first (their history goes before the header's); a
+                    // record that exists already fails the job, which rolls back the header.
+                    for step in &steps {
+                        step.write(c, &run_id)?;
+                    }
                     insert_events(c, &run_id, &rows)?;
                     add_stats(c, &buckets)?;
                     return Ok(new_version);
@@ -407,7 +413,7 @@ impl StateStore for SqliteStore {
     }
 
     async fn put_header(&self, h: &RunHeader, events: &[HistoryEvent]) -> Result<u64, StoreError> {
-        self.write_header(h, events, Vec::new()).await
+        self.write_header(h, events, Vec::new(), Vec::new()).await
     }
 
     async fn end_run(
@@ -415,8 +421,14 @@ impl StateStore for SqliteStore {
         h: &RunHeader,
         events: &[HistoryEvent],
         buckets: &[Bucket],
+        steps: &[(&StepRecord, &[HistoryEvent])],
     ) -> Result<u64, StoreError> {
-        self.write_header(h, events, buckets.to_vec()).await
+        check_held(steps)?;
+        let rows = steps
+            .iter()
+            .map(|(rec, events)| StepRow::new(&h.run_id, rec, events))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.write_header(h, events, buckets.to_vec(), rows).await
     }
 
     async fn stats_buckets(&self, q: &BucketQuery) -> Result<Vec<Bucket>, StoreError> {

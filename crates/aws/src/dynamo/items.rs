@@ -24,6 +24,77 @@ pub(super) fn event_batch(
     Ok(pack(format!("{seq} {json}"), EVENTS_PACK_FROM))
 }
 
+/// The most bytes (as stored, packed) of the held-back records one `end_run` puts in the
+/// header item's journal: beside the run's own history, well under DynamoDB's 400 KB item.
+/// An end whose records weigh more writes them as step items of their own first.
+pub(super) const JOURNAL_MAX_BYTES: usize = 64 * 1024;
+
+/// The records `end_run` keeps in the header item (its `J` list, one entry per end): the
+/// string `<seq> <JSON array of whole step records>`, packed like an event batch. Each
+/// record's creation order (`cseq`) is `<seq>.<index, 3 digits>`: after every step item
+/// written before it, in the order the records were held.
+pub(super) fn journal_entry(
+    seq: &str,
+    run_id: &str,
+    records: &[StepRecord],
+) -> Result<AttributeValue, StoreError> {
+    let json = to_json(records, &format!("held records of run {run_id}"))?;
+    Ok(pack(format!("{seq} {json}"), EVENTS_PACK_FROM))
+}
+
+/// The bytes an entry of [`journal_entry`] stores.
+pub(super) fn stored_len(value: &AttributeValue) -> usize {
+    match value {
+        AttributeValue::S(text) => text.len(),
+        AttributeValue::B(bytes) => bytes.as_ref().len(),
+        _ => 0,
+    }
+}
+
+/// The records in a header item's journal (`J`), each with its creation order.
+pub(super) fn read_journal(
+    item: &DynamoItem,
+    run_id: &str,
+) -> Result<Vec<(String, StepRecord)>, StoreError> {
+    let Some(AttributeValue::L(entries)) = item.get("J") else {
+        return Ok(Vec::new());
+    };
+    let what = format!("held records of run {run_id}");
+    let mut out = Vec::new();
+    for entry in entries {
+        let text = read_text(entry, &what)?;
+        let (seq, json) = text
+            .split_once(' ')
+            .ok_or_else(|| StoreError::Corrupt(format!("{what}: an entry has no sequence")))?;
+        let records: Vec<StepRecord> = from_json(json, &what)?;
+        for (i, rec) in records.into_iter().enumerate() {
+            out.push((format!("{seq}.{i:03}"), rec));
+        }
+    }
+    Ok(out)
+}
+
+/// A list entry that is text or packed text (`ev` batches, `J` entries), as text.
+fn read_text<'a>(
+    entry: &'a AttributeValue,
+    what: &str,
+) -> Result<std::borrow::Cow<'a, str>, StoreError> {
+    match entry {
+        AttributeValue::S(text) => Ok(text.as_str().into()),
+        AttributeValue::B(packed) => {
+            let bytes = unpack(packed.as_ref(), MAX_BODY).map_err(|e| {
+                StoreError::Corrupt(format!("{what}: an entry does not inflate: {e}"))
+            })?;
+            String::from_utf8(bytes)
+                .map(Into::into)
+                .map_err(|_| StoreError::Corrupt(format!("{what}: an entry is not UTF-8")))
+        }
+        _ => Err(StoreError::Corrupt(format!(
+            "{what}: an entry is neither text nor deflated text"
+        ))),
+    }
+}
+
 /// An `E#<seq>` item holding the events of a header write or an `append_events` call.
 pub(super) fn events_item(run_id: &str, events: &[HistoryEvent]) -> Result<DynamoItem, StoreError> {
     let seq = new_seq();
@@ -181,23 +252,7 @@ pub(super) fn read_batches(
     };
     let what = format!("events of run {run_id}");
     for entry in list {
-        let inflated;
-        let text = match entry {
-            AttributeValue::S(text) => text.as_str(),
-            AttributeValue::B(packed) => {
-                let bytes = unpack(packed.as_ref(), MAX_BODY).map_err(|e| {
-                    StoreError::Corrupt(format!("{what}: a batch does not inflate: {e}"))
-                })?;
-                inflated = String::from_utf8(bytes)
-                    .map_err(|_| StoreError::Corrupt(format!("{what}: a batch is not UTF-8")))?;
-                inflated.as_str()
-            }
-            _ => {
-                return Err(StoreError::Corrupt(format!(
-                    "{what}: a batch is neither text nor deflated text"
-                )))
-            }
-        };
+        let text = read_text(entry, &what)?;
         let (seq, json) = text
             .split_once(' ')
             .ok_or_else(|| StoreError::Corrupt(format!("{what}: a batch has no sequence")))?;

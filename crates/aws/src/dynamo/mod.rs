@@ -11,7 +11,7 @@
 //!
 //! | item | `PK` | `SK` | other attributes |
 //! |---|---|---|---|
-//! | run header | `RUN#<run_id>` | `H` | `ver` (N), `body` (the `RunHeader` JSON without `run_id` and `version`, which the key and `ver` hold), `workflow`, `GSI1PK` = `TENANT#<tenant>`, `GSI1SK` = `GSI2SK` = `<created_at, 13 digits>#<run_id>`, `GSI2PK` = `ALL`, `ev` (the history of the header's writes) |
+//! | run header | `RUN#<run_id>` | `H` | `ver` (N), `body` (the `RunHeader` JSON without `run_id` and `version`, which the key and `ver` hold), `workflow`, `GSI1PK` = `TENANT#<tenant>`, `GSI1SK` = `GSI2SK` = `<created_at, 13 digits>#<run_id>`, `GSI2PK` = `ALL`, `ev` (the history of the header's writes), `J` (the journal: step records held back until the run's end, written by `end_run`; `journal` module) |
 //! | step record | `RUN#<run_id>` | `S#<step>` | `ver` (N), `body` (`StepRecord` JSON without `step` and `version`), `cseq` (creation order), `ev` (the step's history, see below) |
 //! | other history | `RUN#<run_id>` | `E#<seq>` | `ev` (`append_events` only) |
 //! | idempotency key | `IDEM#<tenant, `%`/`#` escaped>#<key>` | `I` | `run_id`, `body_hash`, `created_at` (N, ms), `ttl` (N, s) |
@@ -23,6 +23,14 @@
 //!   against a preset dictionary of Switchyard's own JSON (`packing`: binary, marked by its
 //!   first byte; items written before it hold plain deflate and still read), because every
 //!   write bills the whole item by the started KB.
+//! - **Journal**: the records a worker held back until the run's end (new, settled records
+//!   of steps free to repeat: `StateStore::end_run`'s `steps`) are one packed entry of the
+//!   header's `J` list, appended by the end write itself, their history in the same write's
+//!   `ev` batch: one header write instead of one item write per step. `load` merges them
+//!   with the step items (`journal::merge_journal`). A later write of such a record finds no
+//!   step item, checks the journal and puts one at the next version (`attribute_not_exists`),
+//!   so a second writer of the same version still conflicts. Past `JOURNAL_MAX_BYTES` (64 KiB)
+//!   packed, the records are written as step items first.
 //! - **Versions**: `ver` is what conditions compare (`ver = :read`); the store writes
 //!   `read + 1` and returns it. Header and step updates `SET body, ver` (and `ev`) only.
 //! - **History**: every write that carries events stores them as one *batch*, the string
@@ -109,7 +117,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_core::ports::{
-    ActivePage, IdempotencyClaim, ListScope, RunPage, RunQuery, RunSummary, StateStore,
+    check_held, ActivePage, IdempotencyClaim, ListScope, RunPage, RunQuery, RunSummary, StateStore,
     IDEMPOTENCY_TTL_MS, MAX_LIST_LIMIT, MAX_STEPS_PER_WRITE,
 };
 use switchyard_core::state::{HistoryEvent, Lease, RunHeader, RunSnapshot, RunStatus, StepRecord};
@@ -118,6 +126,7 @@ use switchyard_core::{Millis, StoreError};
 
 mod buckets;
 mod items;
+mod journal;
 mod listing;
 mod packing;
 mod reads;
@@ -126,6 +135,7 @@ mod writes;
 
 use buckets::*;
 use items::*;
+use journal::*;
 use listing::*;
 pub use table::create_table;
 use writes::*;
@@ -408,13 +418,17 @@ impl StateStore for DynamoStore {
     async fn load(&self, run_id: &str) -> Result<Option<RunSnapshot>, StoreError> {
         // `SK >= H`: the header and the `S#` steps, not the `E#` history (`E` < `H` < `S`).
         let items = self
-            .partition(run_id, Some(HEADER_SK), "SK, body, ver, cseq")
+            .partition(run_id, Some(HEADER_SK), "SK, body, ver, cseq, J")
             .await?;
         let mut header = None;
         let mut steps = Vec::new();
+        let mut journal = Vec::new();
         for item in &items {
             match attr_s(item, "SK", &format!("an item of run {run_id}"))? {
-                HEADER_SK => header = Some(read_header(item, run_id)?),
+                HEADER_SK => {
+                    header = Some(read_header(item, run_id)?);
+                    journal = read_journal(item, run_id)?;
+                }
                 _ => steps.push(read_step(item, run_id)?),
             }
         }
@@ -422,10 +436,9 @@ impl StateStore for DynamoStore {
             return Ok(None);
         };
         self.known.insert(run_id);
-        steps.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(Some(RunSnapshot {
             header,
-            steps: steps.into_iter().map(|(_, rec)| rec).collect(),
+            steps: merge_journal(steps, journal),
         }))
     }
 
@@ -439,7 +452,7 @@ impl StateStore for DynamoStore {
     async fn put_header(&self, h: &RunHeader, events: &[HistoryEvent]) -> Result<u64, StoreError> {
         let new_version = h.version + 1;
         match self
-            .commit(Self::header_update(h, new_version, events)?)
+            .commit(Self::header_update(h, new_version, events, None)?)
             .await?
         {
             Written::Yes => Ok(new_version),
@@ -458,14 +471,18 @@ impl StateStore for DynamoStore {
         h: &RunHeader,
         events: &[HistoryEvent],
         buckets: &[Bucket],
+        steps: &[(&StepRecord, &[HistoryEvent])],
     ) -> Result<u64, StoreError> {
         // The header write ends the run exactly once (its version condition); the run's
         // figures are added after it, in one `UpdateItem ADD` of the workflow-hour's ends
         // item, not in a transaction with it (docs/architecture.md, "The write layout on
-        // DynamoDB").
+        // DynamoDB"). The records the worker held back ride in the same item write: the
+        // header's journal, their history before the end's in the header's `ev`.
+        check_held(steps)?;
         let new_version = h.version + 1;
+        let (journal, history) = self.journal(h, events, steps).await?;
         match self
-            .commit(Self::header_update(h, new_version, events)?)
+            .commit(Self::header_update(h, new_version, &history, journal)?)
             .await?
         {
             Written::Yes => {
@@ -571,7 +588,7 @@ impl StateStore for DynamoStore {
             let new_version = h.version + 1;
             // Another write moved the version between the read and this write: read again.
             if self
-                .commit(Self::header_update(&h, new_version, &[])?)
+                .commit(Self::header_update(&h, new_version, &[], None)?)
                 .await?
                 == Written::Yes
             {
@@ -593,12 +610,28 @@ impl StateStore for DynamoStore {
         if rec.version == 0 {
             self.ensure_run(run_id).await?;
         }
-        match self.commit(Self::step_write(run_id, rec, events)?).await? {
-            Written::Yes => Ok(rec.version + 1),
-            Written::ConditionFailed(_) => Err(StoreError::Conflict(format!(
+        let conflict = || {
+            StoreError::Conflict(format!(
                 "step {} of run {run_id} is not at version {}",
                 rec.step, rec.version
-            ))),
+            ))
+        };
+        match self.commit(Self::step_write(run_id, rec, events)?).await? {
+            Written::Yes => Ok(rec.version + 1),
+            // No step item: the record may be in the header's journal (held until the run's
+            // end), where the version read is then checked.
+            Written::ConditionFailed(None) if rec.version > 0 => {
+                let journal = self.journal_only(run_id).await?;
+                let Some(cseq) = journal.get(&(rec.step.clone(), rec.version)) else {
+                    return Err(conflict());
+                };
+                let write = Self::step_out_of_journal(run_id, rec, events, cseq)?;
+                match self.commit(write).await? {
+                    Written::Yes => Ok(rec.version + 1),
+                    Written::ConditionFailed(_) => Err(conflict()),
+                }
+            }
+            Written::ConditionFailed(_) => Err(conflict()),
         }
     }
 
@@ -619,30 +652,49 @@ impl StateStore for DynamoStore {
         if writes.iter().any(|(rec, _)| rec.version == 0) {
             self.ensure_run(run_id).await?;
         }
-        let mut items = Vec::with_capacity(writes.len());
-        for (rec, events) in writes {
-            items.push(Self::step_write(run_id, rec, events)?.transact_item(&self.table)?);
-        }
         // One transaction: every condition holds and every record is written, or none is. The
         // SDK gives it an idempotency token, so its own retry after a lost answer is answered
-        // as the first try was instead of failing on the conditions it already moved.
-        let res = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await;
-        match outcome("TransactWriteItems", res)? {
-            Written::Yes => Ok(writes.iter().map(|(r, _)| r.version + 1).collect()),
-            Written::ConditionFailed(_) => Err(StoreError::Conflict(format!(
-                "steps {} of run {run_id}: one is not at the version read",
-                writes
-                    .iter()
-                    .map(|(r, _)| r.step.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
+        // as the first try was instead of failing on the conditions it already moved. A
+        // failed condition may be a record in the header's journal (held until the run's
+        // end): written once more, as a step item that must not exist yet.
+        let mut journal: HashMap<(String, u64), String> = HashMap::new();
+        for first in [true, false] {
+            let mut items = Vec::with_capacity(writes.len());
+            for (rec, events) in writes {
+                let write = match journal.get(&(rec.step.clone(), rec.version)) {
+                    Some(cseq) => Self::step_out_of_journal(run_id, rec, events, cseq)?,
+                    None => Self::step_write(run_id, rec, events)?,
+                };
+                items.push(write.transact_item(&self.table)?);
+            }
+            let res = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items))
+                .send()
+                .await;
+            match outcome("TransactWriteItems", res)? {
+                Written::Yes => return Ok(writes.iter().map(|(r, _)| r.version + 1).collect()),
+                Written::ConditionFailed(_) if first => {
+                    journal = self.journal_only(run_id).await?;
+                    if !writes
+                        .iter()
+                        .any(|(r, _)| journal.contains_key(&(r.step.clone(), r.version)))
+                    {
+                        break;
+                    }
+                }
+                Written::ConditionFailed(_) => break,
+            }
         }
+        Err(StoreError::Conflict(format!(
+            "steps {} of run {run_id}: one is not at the version read",
+            writes
+                .iter()
+                .map(|(r, _)| r.step.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
     }
 
     async fn active_runs(

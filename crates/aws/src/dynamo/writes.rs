@@ -152,10 +152,14 @@ impl DynamoStore {
     /// and the write's events appended to the header's own `ev` list (as a step write does),
     /// so the index keys and the projected `workflow` are untouched, no index item is
     /// rewritten, and a header change and its history are one item write.
+    ///
+    /// `journal` (`end_run` only): an entry of held-back step records, appended to the
+    /// header's `J` list in the same write ([`journal_entry`]).
     pub(super) fn header_update(
         h: &RunHeader,
         new_version: u64,
         events: &[HistoryEvent],
+        journal: Option<AttributeValue>,
     ) -> Result<Write, StoreError> {
         let mut vals = values([
             (":body", header_body(h)?),
@@ -168,6 +172,11 @@ impl DynamoStore {
             update.push_str(", ev = list_append(if_not_exists(ev, :none), :batch)");
             vals.insert(":none".into(), AttributeValue::L(Vec::new()));
             vals.insert(":batch".into(), AttributeValue::L(vec![batch]));
+        }
+        if let Some(entry) = journal {
+            update.push_str(", J = list_append(if_not_exists(J, :none), :journal)");
+            vals.insert(":none".into(), AttributeValue::L(Vec::new()));
+            vals.insert(":journal".into(), AttributeValue::L(vec![entry]));
         }
         // An ended run leaves the sparse `active` index (one index delete per run, at its end).
         if h.status.is_terminal() {
@@ -201,14 +210,7 @@ impl DynamoStore {
         };
         let key = item_key(run_pk(run_id), step_sk(&rec.step));
         if rec.version == 0 {
-            let mut item = key;
-            item.insert("body".into(), body);
-            item.insert("ver".into(), n(new_version));
-            item.insert("cseq".into(), s(seq));
-            if let Some(batch) = batch {
-                item.insert("ev".into(), AttributeValue::L(vec![batch]));
-            }
-            return Ok(Write::put_new(item));
+            return Ok(Self::new_step_item(key, body, new_version, seq, batch));
         }
         let mut vals = values([
             (":body", body),
@@ -227,6 +229,49 @@ impl DynamoStore {
             condition: "ver = :read",
             values: vals,
         })
+    }
+
+    /// A step item that must not exist yet: a new record, or one moved out of the header's
+    /// journal (`cseq` then the journal's, so the run's records keep their order).
+    fn new_step_item(
+        mut item: DynamoItem,
+        body: AttributeValue,
+        version: u64,
+        cseq: String,
+        batch: Option<AttributeValue>,
+    ) -> Write {
+        item.insert("body".into(), body);
+        item.insert("ver".into(), n(version));
+        item.insert("cseq".into(), s(cseq));
+        if let Some(batch) = batch {
+            item.insert("ev".into(), AttributeValue::L(vec![batch]));
+        }
+        Write::put_new(item)
+    }
+
+    /// The write of a record whose stored version lives in the header's journal (held back
+    /// until its run's end): a new step item at the next version, on the condition that
+    /// there is none yet — a second writer that read the same version then conflicts.
+    pub(super) fn step_out_of_journal(
+        run_id: &str,
+        rec: &StepRecord,
+        events: &[HistoryEvent],
+        cseq: &str,
+    ) -> Result<Write, StoreError> {
+        let body = step_body(rec, run_id)?;
+        let batch = if events.is_empty() {
+            None
+        } else {
+            Some(event_batch(&new_seq(), run_id, events)?)
+        };
+        let key = item_key(run_pk(run_id), step_sk(&rec.step));
+        Ok(Self::new_step_item(
+            key,
+            body,
+            rec.version + 1,
+            cseq.to_string(),
+            batch,
+        ))
     }
 
     /// The `E#` item for `events` that belong to no write of the header or a step

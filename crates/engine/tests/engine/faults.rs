@@ -258,3 +258,108 @@ pub(crate) async fn the_sweep_wakes_runs_whose_wake_ups_were_lost() {
     let swept = h.engine.sweep().await.unwrap();
     assert_eq!((swept.checked, swept.rewoken.len()), (0, 0));
 }
+
+/// A run of [`CHAIN`] on a [`FaultyStore`] made by `make` (kept in the returned slot), with
+/// `Config::hold_free_records` as given; driven until it ends.
+async fn chain_on(
+    hold: bool,
+    make: impl FnOnce(
+            Arc<dyn switchyard_core::ports::StateStore>,
+        ) -> switchyard_contract::faults::FaultyStore
+        + 'static,
+) -> (
+    H,
+    Arc<switchyard_contract::faults::FaultyStore>,
+    String,
+    RunStatus,
+) {
+    let faulty = Arc::new(std::sync::Mutex::new(None));
+    let slot = faulty.clone();
+    let h = H::with_store_and_config(
+        |c| c.hold_free_records = hold,
+        move |inner| {
+            let f = Arc::new(make(inner));
+            *slot.lock().unwrap() = Some(f.clone());
+            f
+        },
+    );
+    let (run, status) = h
+        .run(CHAIN, json!({"text": "Please refund my invoice"}))
+        .await;
+    let f = faulty.lock().unwrap().clone().unwrap();
+    (h, f, run, status)
+}
+
+/// The records of steps free to repeat ride on the write that ends the run: the chain's
+/// three steps (two built-in models and a transform) write no record of their own, and
+/// what is stored — records, history, output — is what writing each at once stores.
+#[tokio::test]
+pub(crate) async fn free_steps_are_stored_by_the_end_write() {
+    use switchyard_contract::faults::{FaultyStore, WriteKind};
+    let mut seen = Vec::new();
+    for hold in [true, false] {
+        let (h, f, run, status) = chain_on(hold, FaultyStore::new).await;
+        assert_eq!(status, RunStatus::Succeeded);
+        let step_writes = f.calls(WriteKind::PutStep) + f.calls(WriteKind::PutSteps);
+        assert_eq!(step_writes, if hold { 0 } else { 3 }, "hold {hold}");
+        let snap = h.snap(&run).await;
+        let records: Vec<(String, StepStatus, u64, u32)> = snap
+            .steps
+            .iter()
+            .map(|r| (r.step.clone(), r.status, r.version, r.attempt))
+            .collect();
+        let kinds: Vec<(EventKind, Option<String>)> = h
+            .events(&run)
+            .await
+            .into_iter()
+            .map(|e| (e.kind, e.step))
+            .collect();
+        seen.push((records, kinds, h.run_output(&run).await));
+    }
+    assert_eq!(seen[0], seen[1], "held and written at once store the same");
+    let steps: Vec<&str> = seen[0].0.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(
+        steps,
+        ["classify", "draft", "shape"],
+        "in the order they ran"
+    );
+}
+
+/// The end write that carries the held records fails before it is made (nothing stored) or
+/// after (stored, the answer lost): the run still ends once, each step's record is stored
+/// once at its first version, and the history holds each step's start once — a pass whose
+/// end was not stored stored nothing of its free steps, and the next one made them again.
+#[tokio::test]
+pub(crate) async fn held_records_are_stored_once_when_the_end_write_fails() {
+    use switchyard_contract::faults::{Fault, FaultyStore, WriteKind};
+    let (clean, f, run, _) = chain_on(true, FaultyStore::new).await;
+    let end = f.calls(WriteKind::PutHeader);
+    let want = clean.run_output(&run).await;
+    for fault in [Fault::Before, Fault::After] {
+        let (h, f, run, status) = chain_on(true, move |inner| {
+            FaultyStore::new(inner).fail(WriteKind::PutHeader, end, fault)
+        })
+        .await;
+        assert_eq!(status, RunStatus::Succeeded, "{fault:?}");
+        assert_eq!(f.injected().len(), 1, "{fault:?}: the end write failed");
+        for step in ["classify", "draft", "shape"] {
+            let r = h.rec(&run, step).await;
+            assert_eq!(
+                (r.status, r.version, r.attempt),
+                (StepStatus::Succeeded, 1, 1),
+                "{fault:?} {step}"
+            );
+        }
+        for step in ["classify", "draft"] {
+            assert_eq!(h.started_count(&run, step).await, 1, "{fault:?} {step}");
+        }
+        assert_eq!(h.run_output(&run).await, want, "{fault:?}");
+        let ends = h
+            .events(&run)
+            .await
+            .iter()
+            .filter(|e| e.kind == EventKind::RunSucceeded)
+            .count();
+        assert_eq!(ends, 1, "{fault:?}");
+    }
+}

@@ -124,6 +124,14 @@ impl H {
         H::build_wrapped(|_| {}, Vec::new(), wrap, false)
     }
 
+    /// [`H::with_store`] with `Config` as changed by `f`.
+    pub fn with_store_and_config(
+        f: impl FnOnce(&mut Config),
+        wrap: impl FnOnce(Arc<dyn StateStore>) -> Arc<dyn StateStore>,
+    ) -> H {
+        H::build_wrapped(f, Vec::new(), wrap, false)
+    }
+
     /// [`H::with_store`] with the built-in models' calls claimed as hosted calls are
     /// (`LocalConfig::claim_calls`): every write a paid call makes is there to fail.
     pub fn with_store_claiming(wrap: impl FnOnce(Arc<dyn StateStore>) -> Arc<dyn StateStore>) -> H {
@@ -169,6 +177,8 @@ impl H {
             owner: OWNER.into(),
             webhook_secrets: HashMap::from([("*".to_string(), secret())]),
             public_url: "http://switchyard.test".into(),
+            // As the Lambda functions run: the held path is the one every group checks.
+            hold_free_records: true,
             ..Config::default()
         };
         f(&mut config);
