@@ -5,7 +5,8 @@
 //! ([`Engine::commit`]: values too large for a record go to the blob store first, and a
 //! record that reads as no legal step state is refused). Only model calls that cost money or
 //! have an effect are claimed before they start ("state before side effects"); pure steps and
-//! built-in models write their result once, the attempt's start with it.
+//! built-in models write their result once, the attempt's start with it — in a Lambda
+//! worker's pass, with the run's end write ([`crate::held`]).
 
 use crate::uploads::ReadFail;
 use crate::{trace, Engine, EngineError};
@@ -15,7 +16,6 @@ use std::time::Duration;
 use switchyard_core::machine::{self, Event, Next, Note, StepState, Writes};
 use switchyard_core::model::{ModelRequest, ModelResponse, Provider};
 use switchyard_core::planner::Action;
-use switchyard_core::ports::MAX_HELD_STEPS;
 use switchyard_core::state::{HistoryEvent, JobRef, StepRecord, StepStatus, Usage, ValueRef};
 use switchyard_core::workflow::{Step, Workflow};
 use switchyard_core::{asset, ErrorClass, StepError, StoreError};
@@ -37,18 +37,11 @@ pub(crate) struct ActionCtx {
     /// Where a worker's pass holds back the records it may store with the run's end
     /// (`None`: every record is written at once — outside the worker, or when
     /// [`crate::Config::hold_free_records`] is off).
-    pub held: Option<Held>,
+    pub held: Option<Hold>,
 }
 
-/// New step records a worker's pass has not written yet, each at the version it was read
-/// at (0) with its history, in the order they were made: terminal results of steps that
-/// are free to repeat (a pure step, a built-in model, a skip). They are stored by the
-/// write that ends the run ([`StateStore::end_run`]); any other write of the pass stores
-/// them first, one by one, so nothing written ever points past what is stored. A pass that
-/// dies loses them, and the next one makes them again — which costs nothing.
-///
-/// [`StateStore::end_run`]: switchyard_core::ports::StateStore::end_run
-pub(crate) type Held = Arc<tokio::sync::Mutex<Vec<(StepRecord, Vec<HistoryEvent>)>>>;
+/// A worker pass's hold: the records it stores with the run's end ([`crate::held`]).
+pub(crate) type Hold = Arc<tokio::sync::Mutex<crate::held::Held>>;
 
 pub(crate) use switchyard_core::machine::budget::Ledger;
 
@@ -336,15 +329,18 @@ impl Engine {
             .await
     }
 
-    /// Writes what `held` holds, one record at a time, in the order it was made.
+    /// Stores what `held` holds apart (before another write of the pass), and empties it.
     pub(crate) async fn write_held(
         &self,
         wf: &Workflow,
         run_id: &str,
-        held: &mut Vec<(StepRecord, Vec<HistoryEvent>)>,
+        held: &mut crate::held::Held,
     ) -> Result<(), EngineError> {
-        for (rec, events) in std::mem::take(held) {
-            self.put_records(wf, run_id, &mut [rec], &[&events]).await?;
+        for write in held.take_apart() {
+            let (mut records, events): (Vec<StepRecord>, Vec<Vec<HistoryEvent>>) =
+                write.into_iter().unzip();
+            let events: Vec<&[HistoryEvent]> = events.iter().map(Vec::as_slice).collect();
+            self.put_records(wf, run_id, &mut records, &events).await?;
         }
         Ok(())
     }
@@ -353,16 +349,15 @@ impl Engine {
     /// blob store first (the record points to it), every record must read as a legal step
     /// state, then the records and their history are written together; `carried` (a step
     /// and the history of its unwritten claim) goes before that step's own events. With
-    /// `held` (a worker's pass), a new terminal record of a step free to repeat is held
-    /// back for the run's end write instead ([`Held`]), and anything else is written after
-    /// what is held.
+    /// `held` (a worker's pass), a transition free to repeat is held back for the run's end
+    /// write instead ([`crate::held`]), and anything else is written after what is held.
     pub(crate) async fn commit(
         &self,
         wf: &Workflow,
         run_id: &str,
         writes: Writes,
         carried: Option<(&str, Vec<HistoryEvent>)>,
-        held: Option<&Held>,
+        held: Option<&Hold>,
     ) -> Result<Vec<StepRecord>, EngineError> {
         let mut records = writes.records.clone();
         for r in records.iter_mut() {
@@ -387,17 +382,12 @@ impl Engine {
         }
         if let Some(held) = held {
             let mut held = held.lock().await;
-            if let ([rec], [events]) = (records.as_slice(), per_record.as_slice()) {
-                // Only a record that is new and settled: a claim, a wait or a retry's
-                // backoff must be stored before what follows it.
-                if rec.version == 0 && rec.status.is_terminal() && held.len() < MAX_HELD_STEPS {
-                    held.push((rec.clone(), events.clone()));
-                    let mut stored = rec.clone();
-                    stored.version = 1;
-                    return Ok(vec![stored]);
-                }
+            if held.takes(&records) {
+                return Ok(held.hold(records, per_record.into_iter().flatten()));
             }
-            self.write_held(wf, run_id, &mut held).await?;
+            if !held.is_empty() {
+                self.write_held(wf, run_id, &mut held).await?;
+            }
         }
         let per_record: Vec<&[HistoryEvent]> = per_record.iter().map(Vec::as_slice).collect();
         self.put_records(wf, run_id, &mut records, &per_record)

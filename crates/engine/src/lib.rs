@@ -8,6 +8,8 @@
 //!   checkpoint each, and either end the run or schedule the next wake-up.
 //! - `exec`: the step machine's interpreter (`switchyard_core::machine` decides; this does the
 //!   I/O each transition asks for and commits its records and history together).
+//! - `held`: what a worker's pass holds back for the run's end write (transitions free to
+//!   repeat; `Config::hold_free_records`, on in the Lambda functions).
 //! - [`webhook`]: provider callbacks (signature, dedupe, callback token) that finish a waiting
 //!   step and wake the run.
 //! - [`host`]: the one host loop — receive a batch → the worker's or notifier's handler → ack,
@@ -45,6 +47,7 @@ pub mod deadletters;
 pub mod driver;
 pub mod error;
 mod exec;
+mod held;
 pub mod host;
 pub mod http;
 pub mod intake;

@@ -66,8 +66,8 @@ struct Views {
     scope: Arc<Value>,
     records: Arc<Records>,
     ledger: Arc<std::sync::Mutex<crate::exec::Ledger>>,
-    /// The records held back for the run's end write (`exec::Held`).
-    held: Option<crate::exec::Held>,
+    /// The records held back for the run's end write (`crate::held`).
+    held: Option<crate::exec::Hold>,
 }
 
 /// The actions in flight, and the steps they are for.
@@ -537,15 +537,15 @@ impl Engine {
         snap: &mut RunSnapshot,
         plan: planner::Plan,
         near_deadline: bool,
-        held: Option<&crate::exec::Held>,
+        held: Option<&crate::exec::Hold>,
     ) -> Result<Handled, EngineError> {
         let (wf, was_waiting) = (pass.wf, pass.was_waiting);
         let mut held = match held {
             Some(h) => std::mem::take(&mut *h.lock().await),
-            None => Vec::new(),
+            None => crate::held::Held::default(),
         };
         if let Some(outcome) = plan.outcome {
-            return self.finish(wf, snap, outcome, held).await;
+            return self.finish(wf, snap, outcome, held.take()).await;
         }
         // The run goes on later: what was held is stored before the header says so.
         self.write_held(wf, &snap.header.run_id, &mut held).await?;
@@ -634,7 +634,7 @@ impl Engine {
         wf: &Arc<Workflow>,
         snap: &mut RunSnapshot,
         outcome: Outcome,
-        held: Vec<(StepRecord, Vec<HistoryEvent>)>,
+        (held, held_events): (Vec<StepRecord>, Vec<HistoryEvent>),
     ) -> Result<Handled, EngineError> {
         self.cancel_abandoned_jobs(wf, snap).await;
         let now = self.now();
@@ -681,19 +681,24 @@ impl Engine {
         let read = std::mem::replace(&mut snap.header, h.clone());
         let buckets = RunFacts::from_snapshot(wf, snap).buckets();
         snap.header = read;
-        // The records held back ride on it too: stored with the end, or not at all.
-        let steps: Vec<(&StepRecord, &[HistoryEvent])> =
-            held.iter().map(|(r, e)| (r, e.as_slice())).collect();
-        h.version = self.store.end_run(&h, &[ended], &buckets, &steps).await?;
-        let (stored, events): (Vec<StepRecord>, Vec<&[HistoryEvent]>) = held
+        // The records held back ride on it too: stored with the end, or not at all; their
+        // history (all of it, in the order it happened) before the end's.
+        let steps: Vec<(&StepRecord, &[HistoryEvent])> = held
             .iter()
-            .map(|(r, e)| {
-                let mut r = r.clone();
-                r.version += 1;
-                (r, e.as_slice())
-            })
-            .unzip();
-        self.observe_steps(wf, &snap.header.run_id, &stored, &events);
+            .enumerate()
+            .map(|(i, r)| (r, if i == 0 { &held_events[..] } else { &[] }))
+            .collect();
+        h.version = self.store.end_run(&h, &[ended], &buckets, &steps).await?;
+        for r in &held {
+            let mut stored = r.clone();
+            stored.version += 1;
+            let own: Vec<HistoryEvent> = held_events
+                .iter()
+                .filter(|e| e.step.as_deref() == Some(r.step.as_str()))
+                .cloned()
+                .collect();
+            self.observe_steps(wf, &snap.header.run_id, &[stored], &[&own]);
+        }
         snap.header = h;
         self.observe_run_end(&snap.header);
         // After the state that it reports: a notification never runs ahead of the run.

@@ -816,38 +816,65 @@ steps:
 
 /// The operator's half-applied repair, on DynamoDB: the repair's one transaction fails before
 /// it lands or after (its answer lost), and the run still makes each call once — no dangling
-/// claim, no second judge call, no lease to wait out.
+/// claim, no second judge call, no lease to wait out. With the worker holding free steps'
+/// records until the end (as the functions run), the repair is no write of its own: the
+/// end write that carries it (the header's journal) fails instead, with the same outcome.
 #[tokio::test]
 async fn a_repair_is_one_transaction_whatever_fails_around_it() {
     use switchyard_contract::faults::{Fault, FaultyStore, WriteKind};
-    for fault in [Fault::Before, Fault::After] {
-        let mut d = deployment_with(&[]).await;
-        let faulty =
-            Arc::new(FaultyStore::new(d.engine.store.clone()).fail(WriteKind::PutSteps, 1, fault));
-        rewire(
-            &mut d,
-            &[JUDGED],
-            Arc::new(SystemClock),
-            Some(faulty.clone()),
-        );
-        let api = router(&d);
-        let run = start(&api, "judged", json!({"topic": "t"})).await;
-        let doc = work_until_done(&d, &api, &run).await;
-        assert_eq!(doc["status"], "succeeded", "{fault:?}: {doc}");
-        assert_eq!(faulty.injected(), [(WriteKind::PutSteps, 1, fault)]);
-        // Two drafts, two judge calls (fail, pass), one repair: as without the fault.
-        assert_eq!(started(&d, &run, "draft").await, 2, "{fault:?}");
-        assert_eq!(started(&d, &run, "check").await, 2, "{fault:?}");
-        let events = history(&d, &run).await;
-        assert!(
-            !events.iter().any(|e| e.kind == EventKind::StepLeaseExpired),
-            "{fault:?}: no claim dangled"
-        );
-        let repairs = events
-            .iter()
-            .filter(|e| e.kind == EventKind::StepRepairRequested)
-            .count();
-        assert_eq!(repairs, 1, "{fault:?}");
+    for hold in [false, true] {
+        // Which write carries the repair: the transaction, or the run's end.
+        let (kind, nth) = if hold {
+            let mut d = deployment_with(&[]).await;
+            let counting = Arc::new(FaultyStore::new(d.engine.store.clone()));
+            rewire(
+                &mut d,
+                &[JUDGED],
+                Arc::new(SystemClock),
+                Some(counting.clone()),
+            );
+            let api = router(&d);
+            let run = start(&api, "judged", json!({"topic": "t"})).await;
+            assert_eq!(work_until_done(&d, &api, &run).await["status"], "succeeded");
+            assert_eq!(
+                counting.calls(WriteKind::PutSteps),
+                0,
+                "held: no repair write"
+            );
+            (WriteKind::PutHeader, counting.calls(WriteKind::PutHeader))
+        } else {
+            (WriteKind::PutSteps, 1)
+        };
+        for fault in [Fault::Before, Fault::After] {
+            let mut d = deployment_with(&[]).await;
+            Arc::make_mut(&mut d.engine.config).hold_free_records = hold;
+            let faulty = Arc::new(FaultyStore::new(d.engine.store.clone()).fail(kind, nth, fault));
+            rewire(
+                &mut d,
+                &[JUDGED],
+                Arc::new(SystemClock),
+                Some(faulty.clone()),
+            );
+            let api = router(&d);
+            let run = start(&api, "judged", json!({"topic": "t"})).await;
+            let doc = work_until_done(&d, &api, &run).await;
+            let case = format!("hold {hold}, {fault:?}");
+            assert_eq!(doc["status"], "succeeded", "{case}: {doc}");
+            assert_eq!(faulty.injected(), [(kind, nth, fault)], "{case}");
+            // Two drafts, two judge calls (fail, pass), one repair: as without the fault.
+            assert_eq!(started(&d, &run, "draft").await, 2, "{case}");
+            assert_eq!(started(&d, &run, "check").await, 2, "{case}");
+            let events = history(&d, &run).await;
+            assert!(
+                !events.iter().any(|e| e.kind == EventKind::StepLeaseExpired),
+                "{case}: no claim dangled"
+            );
+            let repairs = events
+                .iter()
+                .filter(|e| e.kind == EventKind::StepRepairRequested)
+                .count();
+            assert_eq!(repairs, 1, "{case}");
+        }
     }
 }
 

@@ -54,11 +54,16 @@ pub(crate) async fn a_repair_is_never_half_applied_when_its_write_fails() {
     for fault in [Fault::Before, Fault::After] {
         let faulty = Arc::new(std::sync::Mutex::new(None::<Arc<FaultyStore>>));
         let slot = faulty.clone();
-        let h = H::with_store(move |inner| {
-            let f = Arc::new(FaultyStore::new(inner).fail(WriteKind::PutSteps, 1, fault));
-            *slot.lock().unwrap() = Some(f.clone());
-            f
-        });
+        // Written at once: held until the end, the built-in repair is no write of its own
+        // (`held_repairs_through_failed_writes` covers that path).
+        let h = H::with_store_and_config(
+            |c| c.hold_free_records = false,
+            move |inner| {
+                let f = Arc::new(FaultyStore::new(inner).fail(WriteKind::PutSteps, 1, fault));
+                *slot.lock().unwrap() = Some(f.clone());
+                f
+            },
+        );
         let (run, status) = h
             .run(
                 &judge_wf(JUDGED_ONCE, false, NO_BEST, 2),
@@ -88,31 +93,36 @@ pub(crate) async fn a_repair_is_never_half_applied_when_its_write_fails() {
 /// fail too; `built_in_calls_through_failed_writes` is the same with unclaimed calls.
 #[tokio::test]
 pub(crate) async fn any_one_failed_write_leaves_the_run_whole() {
-    every_write_failing_once(true, 20).await;
+    every_write_failing_once(true, true, 20).await;
 }
 
-/// Unclaimed (built-in) calls through every write failing once: the run still succeeds, and
-/// each step's attempts are what the clean run's are (a result written with its answer lost
-/// is read back, not recomputed as a second attempt).
+/// Unclaimed (built-in) calls through every write failing once, each record written at once
+/// (`Config::hold_free_records` off): the run still succeeds, and each step's attempts are
+/// what the clean run's are (a result written with its answer lost is read back, not
+/// recomputed as a second attempt).
 #[tokio::test]
 pub(crate) async fn built_in_calls_through_failed_writes() {
-    every_write_failing_once(false, 12).await;
+    every_write_failing_once(false, false, 12).await;
+}
+
+/// The same with the records held until the run's end (as the Lambda worker does): the
+/// judge's rounds, the repair and the retried draft are one end write; it and every other
+/// write failing once still end in one clean run.
+#[tokio::test]
+pub(crate) async fn held_repairs_through_failed_writes() {
+    every_write_failing_once(false, true, 4).await;
 }
 
 type Store = dyn switchyard_core::ports::StateStore;
 
-async fn every_write_failing_once(claiming: bool, at_least: usize) {
+async fn every_write_failing_once(claiming: bool, hold: bool, at_least: usize) {
     use switchyard_contract::faults::{Fault, FaultyStore, WriteKind};
     let src = judge_wf(JUDGED_ONCE, true, NO_BEST, 2);
     // How many writes of each kind a clean run makes.
     let counting = Arc::new(std::sync::Mutex::new(None::<Arc<FaultyStore>>));
     let slot = counting.clone();
     let make = |wrap: Box<dyn FnOnce(Arc<Store>) -> Arc<Store>>| {
-        if claiming {
-            H::with_store_claiming(wrap)
-        } else {
-            H::with_store(wrap)
-        }
+        H::with_store_opts(claiming, |c| c.hold_free_records = hold, wrap)
     };
     let clean = make(Box::new(move |inner| {
         let f = Arc::new(FaultyStore::new(inner));

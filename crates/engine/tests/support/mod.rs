@@ -129,7 +129,21 @@ impl H {
         f: impl FnOnce(&mut Config),
         wrap: impl FnOnce(Arc<dyn StateStore>) -> Arc<dyn StateStore>,
     ) -> H {
-        H::build_wrapped(f, Vec::new(), wrap, false)
+        H::with_store_opts(false, f, wrap)
+    }
+
+    /// [`H::with_store_and_config`], with the built-in models' calls claimed
+    /// ([`H::with_store_claiming`]) if `claiming`.
+    pub fn with_store_opts(
+        claiming: bool,
+        f: impl FnOnce(&mut Config),
+        wrap: impl FnOnce(Arc<dyn StateStore>) -> Arc<dyn StateStore>,
+    ) -> H {
+        let local = LocalConfig {
+            claim_calls: claiming,
+            ..LocalConfig::default()
+        };
+        H::build_local(f, Vec::new(), wrap, false, local)
     }
 
     /// [`H::with_store`] with the built-in models' calls claimed as hosted calls are
