@@ -39,8 +39,9 @@ pub struct FaultyStore {
     /// Snapshots the next `load` of their run answers instead of what is stored: a reader
     /// that loaded the run just before another worker moved it on.
     stale: Mutex<HashMap<String, RunSnapshot>>,
-    /// Runs whose lease cannot be taken (`Unavailable`) until cured: a wake-up handler that
-    /// fails every time for one run, as a poison message does.
+    /// Runs whose lease cannot be taken and whose end cannot be written (`Unavailable`) until
+    /// cured: a wake-up handler that fails every time for one run, as a poison message does
+    /// (a worker that holds its records takes no lease before its end write).
     poisoned: Mutex<HashSet<String>>,
 }
 
@@ -56,8 +57,8 @@ impl FaultyStore {
         }
     }
 
-    /// From now on every lease of `run_id` fails `Unavailable` (the worker's handling of any
-    /// wake-up of the run fails), until [`FaultyStore::cure`].
+    /// From now on every lease and every end of `run_id` fails `Unavailable` (the worker's
+    /// handling of any wake-up of the run fails), until [`FaultyStore::cure`].
     pub fn poison(&self, run_id: &str) {
         self.poisoned.lock().unwrap().insert(run_id.to_string());
     }
@@ -160,6 +161,14 @@ impl StateStore for FaultyStore {
         stats: &[Bucket],
         steps: &[(&StepRecord, &[HistoryEvent])],
     ) -> Result<u64, StoreError> {
+        // `Invalid`, not `Unavailable`: the handling gives up at once instead of reading the
+        // run again and retrying the end with pauses, as it would after a storage fault.
+        if self.poisoned.lock().unwrap().contains(&h.run_id) {
+            return Err(StoreError::Invalid(format!(
+                "injected: the end of {} is poisoned",
+                h.run_id
+            )));
+        }
         self.write(
             WriteKind::PutHeader,
             self.inner.end_run(h, events, stats, steps),

@@ -38,10 +38,15 @@ pub(crate) struct ActionCtx {
     /// (`None`: every record is written at once — outside the worker, or when
     /// [`crate::Config::hold_free_records`] is off).
     pub held: Option<Hold>,
+    /// The run's lease, when the pass has yet to take it (`None`: taken before the pass).
+    pub gate: Option<GateRef>,
 }
 
 /// A worker pass's hold: the records it stores with the run's end ([`crate::held`]).
 pub(crate) type Hold = Arc<tokio::sync::Mutex<crate::held::Held>>;
+
+/// A pass's run lease when it takes it with its first write ([`crate::held::Gate`]).
+pub(crate) type GateRef = Arc<tokio::sync::Mutex<crate::held::Gate>>;
 
 pub(crate) use switchyard_core::machine::budget::Ledger;
 
@@ -57,6 +62,7 @@ impl ActionCtx {
             ledger: Default::default(),
             owner: owner.to_string(),
             held: None,
+            gate: None,
         }
     }
 }
@@ -325,8 +331,44 @@ impl Engine {
         carried: Vec<HistoryEvent>,
     ) -> Result<Vec<StepRecord>, EngineError> {
         let carried = (!carried.is_empty()).then_some((step_id, carried));
+        if let Some(gate) = &cx.gate {
+            let held = cx.held.as_ref().map(|h| h.try_lock());
+            let will_hold = matches!(held, Some(Ok(h)) if h.takes(&writes.records));
+            if !will_hold {
+                self.take_lease(gate, &cx.run_id, &cx.owner).await?;
+            }
+        }
         self.commit(&cx.wf, &cx.run_id, writes, carried, cx.held.as_ref())
             .await
+    }
+
+    /// Takes the run's lease for a pass that has not yet ([`crate::held::Gate`]).
+    pub(crate) async fn take_lease(
+        &self,
+        gate: &GateRef,
+        run_id: &str,
+        owner: &str,
+    ) -> Result<(), EngineError> {
+        let mut g = gate.lock().await;
+        if g.taken {
+            return Ok(());
+        }
+        let now = self.now();
+        let lease = switchyard_core::state::Lease {
+            owner: owner.to_string(),
+            until: now + self.config.run_lease_ms,
+        };
+        let h = self.store.acquire_lease(run_id, &lease, now).await?;
+        g.taken = true;
+        let moved = h.version != g.expected + 1;
+        g.written = Some(h);
+        if moved {
+            return Err(StoreError::Conflict(format!(
+                "run {run_id} moved since this pass read it; planning again"
+            ))
+            .into());
+        }
+        Ok(())
     }
 
     /// Stores what `held` holds apart (before another write of the pass), and empties it.

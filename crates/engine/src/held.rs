@@ -16,7 +16,28 @@
 //! [`Config::hold_free_records`]: crate::Config::hold_free_records
 
 use switchyard_core::ports::{MAX_HELD_STEPS, MAX_STEPS_PER_WRITE};
-use switchyard_core::state::{HistoryEvent, StepRecord, StepStatus};
+use switchyard_core::state::{HistoryEvent, RunHeader, StepRecord, StepStatus};
+
+/// The run's lease for a pass that takes it with its first write other than the run's end
+/// (a pass that holds): one that runs only steps free to repeat and ends the run writes the
+/// header once, the end's version condition fencing any second worker, instead of leasing
+/// it first. A pass takes it before a claim (so no two workers call a paid model for one
+/// run at once), and once it has run for [`LEASE_AFTER_MS`] without one (so the stuck-run
+/// sweep never takes a long pass for a lost wake-up).
+#[derive(Debug)]
+pub(crate) struct Gate {
+    /// Whether this pass holds the run's lease.
+    pub(crate) taken: bool,
+    /// The header version the pass plans from: a take must write the next one, else the
+    /// run moved under the pass (`Conflict`: it reloads and plans again).
+    pub(crate) expected: u64,
+    /// The header a take wrote, for the pass to plan from next.
+    pub(crate) written: Option<RunHeader>,
+}
+
+/// How long a pass runs without the run's lease before it takes it: half the stuck-run
+/// sweep's grace (`core::recovery::STUCK_GRACE_MS`), which counts from when the run fell due.
+pub(crate) const LEASE_AFTER_MS: u64 = switchyard_core::recovery::STUCK_GRACE_MS / 2;
 
 /// What a pass holds: the latest state of each held step (at version 0: not stored), the
 /// history of every held transition in the order it happened, and whether a transition of

@@ -123,7 +123,9 @@ pub struct Config {
     /// models, skips) back until the run's end and stores them with it
     /// ([`StateStore::end_run`]'s `steps`): on DynamoDB one header write instead of an item
     /// write per step; on SQLite one transaction. Any other write of the pass (a claim, a
-    /// wait, a retry, a park) stores them first. Off by default and on the embedded backend,
+    /// wait, a retry, a park) stores them first. Such a pass also takes the run's lease only
+    /// with its first write other than the end (`held::Gate`): a pass that only holds and
+    /// ends writes the header once. Off by default and on the embedded backend,
     /// where a write costs nothing and `switchyard runs show` should see each step as it
     /// settles (a built-in model may be slowed down on purpose: `delay_ms`); the Lambda
     /// functions turn it on.

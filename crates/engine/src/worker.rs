@@ -4,7 +4,9 @@
 //! steps run concurrently (parallel branches, independent roots); after each one finishes the
 //! run is planned again, so a step starts as soon as what it needs is done. Waiting never
 //! sleeps: the run is parked with the time it next needs attention, and a delayed wake-up is
-//! sent for that time.
+//! sent for that time. A pass that holds its free steps' records until the run's end
+//! (`crate::held`) takes the lease only with its first other write: one that only holds and
+//! ends the run writes the header once, its end fenced by the version it read.
 
 use crate::exec::ActionCtx;
 use crate::{trace, Engine, EngineError};
@@ -58,6 +60,20 @@ struct Pass<'a> {
     was_waiting: bool,
     /// Who holds the run's lease and claims its steps: this handling.
     owner: &'a str,
+    /// The lease, when this pass takes it with its first write (`held::Gate`); `None`: it
+    /// was taken before the pass.
+    gate: Option<crate::exec::GateRef>,
+    /// When the handling started (a pass without the lease takes it after
+    /// `held::LEASE_AFTER_MS`).
+    started_at: Millis,
+}
+
+/// Whether the pass holds the run's lease (taken before it, or lazily since).
+async fn leased(pass: &Pass<'_>) -> bool {
+    match &pass.gate {
+        Some(gate) => gate.lock().await.taken,
+        None => true,
+    }
 }
 
 /// What the actions of one pass read, kept up to date record by record: the reference
@@ -162,8 +178,29 @@ impl Engine {
             owner: owner.clone(),
             until: now + self.config.run_lease_ms,
         };
-        match self.store.acquire_lease(run_id, &lease, now).await {
-            Ok(h) => {
+        // A rerun's first activation copies what it reuses (writes) before anything else.
+        let adopts = snap.header.rerun_of.is_some()
+            && matches!(wake.reason, WakeReason::Start | WakeReason::Recover);
+        // A pass that holds takes the lease with its first write other than the end
+        // (`held::Gate`); it only checks here that no live worker holds it.
+        let lazy = self.config.hold_free_records && !adopts;
+        let taken = if lazy {
+            match &snap.header.lease {
+                Some(l) if l.until > now && l.owner != owner => Err(StoreError::Conflict(format!(
+                    "lease of run {run_id} held by {}",
+                    l.owner
+                ))),
+                _ => Ok(None),
+            }
+        } else {
+            self.store
+                .acquire_lease(run_id, &lease, now)
+                .await
+                .map(Some)
+        };
+        match taken {
+            Ok(None) => {}
+            Ok(Some(h)) => {
                 // The lease is one version on from what was loaded, unless another worker
                 // wrote the run in between (its records may have moved on, or it may have
                 // ended the run and let its lease go): plan from what is stored, not from
@@ -206,9 +243,7 @@ impl Engine {
         // A rerun's first activation copies the results it reuses before anything is planned
         // (`crate::rerun`); a redelivered start or the sweep's wake-up finishes a copy that
         // was cut short.
-        if snap.header.rerun_of.is_some()
-            && matches!(wake.reason, WakeReason::Start | WakeReason::Recover)
-        {
+        if adopts {
             let adopted = match self.adopt_reused(&wf, &snap).await {
                 Ok(true) => self.store.load(run_id).await.map_err(EngineError::from),
                 Ok(false) => Ok(None),
@@ -230,6 +265,14 @@ impl Engine {
             prev_wait_until,
             was_waiting,
             owner: &owner,
+            started_at: now,
+            gate: lazy.then(|| {
+                Arc::new(tokio::sync::Mutex::new(crate::held::Gate {
+                    taken: false,
+                    expected: snap.header.version,
+                    written: None,
+                }))
+            }),
         };
         let mut retries = 0;
         loop {
@@ -317,6 +360,7 @@ impl Engine {
         // move past (a clock that is not the waits' own; then the queue takes over).
         let mut may_wait = true;
         loop {
+            self.sync_gate(pass, snap).await;
             let now = self.now();
             let plan = planner::plan(wf, snap, now);
             let near_deadline = deadline.is_some_and(|d| now + self.config.deadline_margin_ms >= d);
@@ -337,10 +381,14 @@ impl Engine {
                 {
                     continue;
                 }
-                if snap.header.status != RunStatus::Running {
-                    self.set_status(snap, RunStatus::Running, None).await?;
+                // A pass that has not taken the lease writes nothing before it needs to.
+                if leased(pass).await {
+                    if snap.header.status != RunStatus::Running {
+                        self.set_status(snap, RunStatus::Running, None).await?;
+                    }
+                    self.renew_lease_at_half_time(snap, owner, now).await?;
                 }
-                self.renew_lease_at_half_time(snap, owner, now).await?;
+                self.sync_gate(pass, snap).await;
                 let cx = ActionCtx {
                     wf: wf.clone(),
                     run_id: run_id.clone(),
@@ -349,6 +397,7 @@ impl Engine {
                     ledger: views.ledger.clone(),
                     owner: owner.to_string(),
                     held: views.held.clone(),
+                    gate: pass.gate.clone(),
                 };
                 self.launch(snap, &cx, fresh, &mut flights);
                 continue;
@@ -371,7 +420,19 @@ impl Engine {
                         }
                     }
                     _ = timer => {
-                        if let Err(e) = self.renew_lease_at_half_time(snap, owner, self.now()).await {
+                        let renewed = match &pass.gate {
+                            Some(gate) if !leased(pass).await => {
+                                // A long pass takes the lease before the sweep would take it
+                                // for a lost wake-up.
+                                if self.now() >= pass.started_at + crate::held::LEASE_AFTER_MS {
+                                    self.take_lease(gate, &run_id, owner).await
+                                } else {
+                                    Ok(())
+                                }
+                            }
+                            _ => self.renew_lease_at_half_time(snap, owner, self.now()).await,
+                        };
+                        if let Err(e) = renewed {
                             failure.get_or_insert(e);
                         }
                     }
@@ -390,6 +451,20 @@ impl Engine {
             return self
                 .come_to_rest(pass, snap, plan, near_deadline, views.held.as_ref())
                 .await;
+        }
+    }
+
+    /// Plans from the header a lazy take of the lease wrote (`held::Gate`), and makes the
+    /// header the pass plans from the one a take must move on from.
+    async fn sync_gate(&self, pass: &Pass<'_>, snap: &mut RunSnapshot) {
+        if let Some(gate) = &pass.gate {
+            let mut g = gate.lock().await;
+            if let Some(h) = g.written.take() {
+                if h.version > snap.header.version {
+                    snap.header = h;
+                }
+            }
+            g.expected = snap.header.version;
         }
     }
 
@@ -729,6 +804,7 @@ impl Engine {
             ledger: Default::default(),
             owner: self.config.owner.clone(),
             held: None,
+            gate: None,
         };
         for r in waiting {
             if let Some(step) = wf.step(&r.step) {

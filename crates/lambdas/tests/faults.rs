@@ -100,12 +100,15 @@ async fn each_step_started_once(d: &switchyard_lambdas::Deployment, run: &str, s
 #[tokio::test]
 async fn the_same_message_delivered_twice_runs_each_step_once() {
     use switchyard_contract::faults::{Fault, FaultyStore, WriteKind};
-    // Without a fault, and with the second lease take failing (as a DynamoDB call does under
-    // load): that delivery reports its record failed, deterministically.
+    // Without a fault (the functions' setting: each pass holds the free steps' records and
+    // takes no lease before its end write, which fences the other), and with the second lease
+    // take failing (as a DynamoDB call does under load; leases taken up front, records
+    // written at once): that delivery reports its record failed, deterministically.
     for fail_one in [false, true] {
         let mut d = deployment_with(&[]).await;
         let mut store = FaultyStore::new(d.engine.store.clone());
         if fail_one {
+            Arc::make_mut(&mut d.engine.config).hold_free_records = false;
             store = store.fail(WriteKind::AcquireLease, 2, Fault::Before);
         }
         rewire(

@@ -106,11 +106,12 @@ pub(crate) async fn built_in_calls_through_failed_writes() {
 }
 
 /// The same with the records held until the run's end (as the Lambda worker does): the
-/// judge's rounds, the repair and the retried draft are one end write; it and every other
-/// write failing once still end in one clean run.
+/// judge's rounds, the repair and the retried draft are one end write, and the pass takes no
+/// lease before it (`held::Gate`); that write failing before or after still ends in one
+/// clean run.
 #[tokio::test]
 pub(crate) async fn held_repairs_through_failed_writes() {
-    every_write_failing_once(false, true, 4).await;
+    every_write_failing_once(false, true, 2).await;
 }
 
 type Store = dyn switchyard_core::ports::StateStore;
@@ -301,8 +302,9 @@ async fn chain_on(
 }
 
 /// The records of steps free to repeat ride on the write that ends the run: the chain's
-/// three steps (two built-in models and a transform) write no record of their own, and
-/// what is stored — records, history, output — is what writing each at once stores.
+/// three steps (two built-in models and a transform) write no record of their own, the run's
+/// lease is never taken, and what is stored — records, history, output — is what writing
+/// each at once stores.
 #[tokio::test]
 pub(crate) async fn free_steps_are_stored_by_the_end_write() {
     use switchyard_contract::faults::{FaultyStore, WriteKind};
@@ -312,6 +314,10 @@ pub(crate) async fn free_steps_are_stored_by_the_end_write() {
         assert_eq!(status, RunStatus::Succeeded);
         let step_writes = f.calls(WriteKind::PutStep) + f.calls(WriteKind::PutSteps);
         assert_eq!(step_writes, if hold { 0 } else { 3 }, "hold {hold}");
+        // Held, the pass writes the header once: its end (fenced by the version it read),
+        // with no lease taken before it.
+        let header_writes = f.calls(WriteKind::AcquireLease) + f.calls(WriteKind::PutHeader);
+        assert_eq!(header_writes, if hold { 1 } else { 2 }, "hold {hold}");
         let snap = h.snap(&run).await;
         let records: Vec<(String, StepStatus, u64, u32)> = snap
             .steps
