@@ -393,8 +393,6 @@ pub async fn listing_filters_and_pages_by_cursor(s: &dyn StateStore) {
     );
 }
 
-/// Several step records are one write: all of them with their events, or — when any one's
-/// version is stale — none of them and no event (a repair is never stored half-applied).
 /// Records a worker held back until the run's end are stored by the end write, their history
 /// before the end's and after what was written before; a stale end stores none of them;
 /// afterwards each is a record like any other (rewritten from its stored version, a second
@@ -508,6 +506,8 @@ pub async fn held_records_ride_on_the_end(s: &dyn StateStore) {
     );
 }
 
+/// Several step records are one write: all of them with their events, or — when any one's
+/// version is stale — none of them and no event (a repair is never stored half-applied).
 pub async fn several_steps_are_one_write(s: &dyn StateStore) {
     s.create_run(&header("r1", "t", 1), &[]).await.unwrap();
     let mut target = StepRecord::pending("draft");

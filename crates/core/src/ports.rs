@@ -77,9 +77,10 @@ pub struct RunPage {
 /// 100 items; a transition changes two today).
 pub const MAX_STEPS_PER_WRITE: usize = 25;
 
-/// The most held-back step records one [`StateStore::end_run`] stores (a worker that holds
-/// more writes the rest apart first). Each is a few hundred bytes packed on DynamoDB, where
-/// they share the header item (400 KB at most) with the run's own history.
+/// The most held-back step records one [`StateStore::end_run`] stores (a worker that would
+/// hold more writes what it holds apart first). On DynamoDB they share the header item (400
+/// KB at most) with the run's own history, so a store may also refuse (`Invalid`) held records
+/// heavier than one write carries (DynamoDB: 64 KiB; the engine holds at most 48 KiB of JSON).
 pub const MAX_HELD_STEPS: usize = 100;
 
 /// `Invalid` for an [`StateStore::end_run`] that holds more than [`MAX_HELD_STEPS`] records
@@ -173,8 +174,9 @@ pub trait StateStore: Send + Sync {
     /// "Stats aggregates"). The header's version condition makes the end happen once, so
     /// the figures are added once: a stale version is `Conflict` and adds nothing.
     ///
-    /// `steps` are step records the ending worker computed and has not stored yet — results
-    /// of steps free to repeat, each new (version 0: stored at version 1), held back until
+    /// `steps` are step records the ending worker computed and has not stored yet — the latest
+    /// states of steps whose transitions were free to repeat, each new to the store (version 0:
+    /// stored at version 1), held back until
     /// this write (docs/architecture.md, "The write layout on DynamoDB") — each with its
     /// events, which go before `events` in the run's history. They are stored by the same
     /// write or not at all: a stale header version stores none of them. At most

@@ -331,15 +331,7 @@ impl Engine {
         carried: Vec<HistoryEvent>,
     ) -> Result<Vec<StepRecord>, EngineError> {
         let carried = (!carried.is_empty()).then_some((step_id, carried));
-        if let Some(gate) = &cx.gate {
-            let held = cx.held.as_ref().map(|h| h.try_lock());
-            let will_hold = matches!(held, Some(Ok(h)) if h.takes(&writes.records));
-            if !will_hold {
-                self.take_lease(gate, &cx.run_id, &cx.owner).await?;
-            }
-        }
-        self.commit(&cx.wf, &cx.run_id, writes, carried, cx.held.as_ref())
-            .await
+        self.commit(cx, writes, carried).await
     }
 
     /// Takes the run's lease for a pass that has not yet ([`crate::held::Gate`]).
@@ -378,11 +370,19 @@ impl Engine {
         run_id: &str,
         held: &mut crate::held::Held,
     ) -> Result<(), EngineError> {
-        for write in held.take_apart() {
+        let writes = held
+            .take_apart()
+            .map_err(|why| EngineError::Store(StoreError::Conflict(why)))?;
+        for write in writes {
             let (mut records, events): (Vec<StepRecord>, Vec<Vec<HistoryEvent>>) =
                 write.into_iter().unzip();
             let events: Vec<&[HistoryEvent]> = events.iter().map(Vec::as_slice).collect();
-            self.put_records(wf, run_id, &mut records, &events).await?;
+            if let Err(e) = self.put_records(wf, run_id, &mut records, &events).await {
+                held.broke(format!(
+                    "run {run_id}: a write of the held records failed: {e}"
+                ));
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -395,12 +395,11 @@ impl Engine {
     /// write instead ([`crate::held`]), and anything else is written after what is held.
     pub(crate) async fn commit(
         &self,
-        wf: &Workflow,
-        run_id: &str,
+        cx: &ActionCtx,
         writes: Writes,
         carried: Option<(&str, Vec<HistoryEvent>)>,
-        held: Option<&Hold>,
     ) -> Result<Vec<StepRecord>, EngineError> {
+        let (wf, run_id) = (cx.wf.as_ref(), cx.run_id.as_str());
         let mut records = writes.records.clone();
         for r in records.iter_mut() {
             if let Some(ValueRef::Inline { value }) = &mut r.output {
@@ -422,10 +421,22 @@ impl Engine {
                 *own = before;
             }
         }
-        if let Some(held) = held {
+        if let Some(held) = &cx.held {
             let mut held = held.lock().await;
-            if held.takes(&records) {
-                return Ok(held.hold(records, per_record.into_iter().flatten()));
+            match held.try_hold(&records, &per_record, &cx.records) {
+                crate::held::Holding::Held(seen) => return Ok(seen),
+                crate::held::Holding::Stale(why) => {
+                    return Err(EngineError::Store(StoreError::Conflict(format!(
+                        "run {run_id}: {why}"
+                    ))))
+                }
+                crate::held::Holding::No => {}
+            }
+            // A pass without the run's lease takes it before its first write that is not
+            // held (a claim, a gate that opens): no two workers call a paid model for one
+            // run at once, and nothing is written beside another worker's lease.
+            if let Some(gate) = &cx.gate {
+                self.take_lease(gate, run_id, &cx.owner).await?;
             }
             if !held.is_empty() {
                 self.write_held(wf, run_id, &mut held).await?;

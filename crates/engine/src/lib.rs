@@ -119,13 +119,13 @@ pub struct Config {
     /// embedded backend's: a round trip costs nothing there) never waits. The Lambda functions
     /// use [`WAIT_IN_INVOCATION_MS`].
     pub wait_in_invocation_ms: u64,
-    /// A worker holds the new, settled records of steps free to repeat (pure steps, built-in
-    /// models, skips) back until the run's end and stores them with it
-    /// ([`StateStore::end_run`]'s `steps`): on DynamoDB one header write instead of an item
-    /// write per step; on SQLite one transaction. Any other write of the pass (a claim, a
-    /// wait, a retry, a park) stores them first. Such a pass also takes the run's lease only
-    /// with its first write other than the end (`held::Gate`): a pass that only holds and
-    /// ends writes the header once. Off by default and on the embedded backend,
+    /// A worker holds the records of transitions free to repeat (pure steps, built-in models,
+    /// skips, retries' backoffs, repairs) back until the run's end and stores them with it
+    /// ([`StateStore::end_run`]'s `steps`, `held`): on DynamoDB one header write instead of
+    /// an item write per step; on SQLite one transaction. Any other write of the pass (a
+    /// claim, an approval gate, a park) stores them first. Such a pass also takes the run's
+    /// lease only with its first write that is not held (`held::Gate`): a pass that only
+    /// holds and ends writes the header once. Off by default and on the embedded backend,
     /// where a write costs nothing and `switchyard runs show` should see each step as it
     /// settles (a built-in model may be slowed down on purpose: `delay_ms`); the Lambda
     /// functions turn it on.

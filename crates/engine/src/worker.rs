@@ -223,16 +223,7 @@ impl Engine {
                     return Ok(Handled::AlreadyEnded(snap.header.status));
                 }
             }
-            Err(StoreError::Conflict(_)) => {
-                let until = snap.header.lease.as_ref().map_or(now, |l| l.until);
-                let delay = until.saturating_sub(now) + 100;
-                let again = WakeUp {
-                    due_at: Some(now + delay),
-                    ..wake.clone()
-                };
-                self.queue.send(&Message::Wake(again), delay).await?;
-                return Ok(Handled::Busy);
-            }
+            Err(StoreError::Conflict(_)) => return self.busy(wake, &snap, now).await,
             Err(e) => {
                 // The take may have landed with its answer lost: give it back, so the
                 // redelivered wake-up does not wait for this call's lease to lapse.
@@ -312,8 +303,41 @@ impl Engine {
                 self.renotify_if_lost(&snap.header).await?;
                 return Ok(Handled::AlreadyEnded(snap.header.status));
             }
+            // A pass that has not taken the lease meets another worker's live one as a take
+            // would have: the run is that worker's (it may be mid-call) until its lease ends.
+            let taken = match &pass.gate {
+                Some(gate) => gate.lock().await.taken,
+                None => true,
+            };
+            let now = self.now();
+            if !taken
+                && snap
+                    .header
+                    .lease
+                    .as_ref()
+                    .is_some_and(|l| l.until > now && l.owner != owner)
+            {
+                return self.busy(wake, &snap, now).await;
+            }
             machine::end_orphaned_claims(&mut snap.steps, &owner, self.now());
         }
+    }
+
+    /// Another worker holds the run's lease: the wake-up is sent again for when it ends.
+    async fn busy(
+        &self,
+        wake: &WakeUp,
+        snap: &RunSnapshot,
+        now: Millis,
+    ) -> Result<Handled, EngineError> {
+        let until = snap.header.lease.as_ref().map_or(now, |l| l.until);
+        let delay = until.saturating_sub(now) + 100;
+        let again = WakeUp {
+            due_at: Some(now + delay),
+            ..wake.clone()
+        };
+        self.queue.send(&Message::Wake(again), delay).await?;
+        Ok(Handled::Busy)
     }
 
     /// Gives the run's lease back after a failed `handle`, so the wake-up's redelivery (or the
@@ -360,7 +384,10 @@ impl Engine {
         // move past (a clock that is not the waits' own; then the queue takes over).
         let mut may_wait = true;
         loop {
-            self.sync_gate(pass, snap).await;
+            // A failed lease take starts nothing more; what is in flight finishes first.
+            if let Err(e) = self.sync_gate(pass, snap).await {
+                failure.get_or_insert(e);
+            }
             let now = self.now();
             let plan = planner::plan(wf, snap, now);
             let near_deadline = deadline.is_some_and(|d| now + self.config.deadline_margin_ms >= d);
@@ -388,7 +415,10 @@ impl Engine {
                     }
                     self.renew_lease_at_half_time(snap, owner, now).await?;
                 }
-                self.sync_gate(pass, snap).await;
+                if let Err(e) = self.sync_gate(pass, snap).await {
+                    failure.get_or_insert(e);
+                    continue;
+                }
                 let cx = ActionCtx {
                     wf: wf.clone(),
                     run_id: run_id.clone(),
@@ -456,8 +486,14 @@ impl Engine {
 
     /// Plans from the header a lazy take of the lease wrote (`held::Gate`), and makes the
     /// header the pass plans from the one a take must move on from.
-    async fn sync_gate(&self, pass: &Pass<'_>, snap: &mut RunSnapshot) {
+    async fn sync_gate(&self, pass: &Pass<'_>, snap: &mut RunSnapshot) -> Result<(), EngineError> {
         if let Some(gate) = &pass.gate {
+            // A long pass takes the lease before the sweep would take it for a lost wake-up
+            // (also checked while a call is in flight: the drive loop's timer).
+            if !leased(pass).await && self.now() >= pass.started_at + crate::held::LEASE_AFTER_MS {
+                self.take_lease(gate, &snap.header.run_id, pass.owner)
+                    .await?;
+            }
             let mut g = gate.lock().await;
             if let Some(h) = g.written.take() {
                 if h.version > snap.header.version {
@@ -466,6 +502,7 @@ impl Engine {
             }
             g.expected = snap.header.version;
         }
+        Ok(())
     }
 
     /// The time to wait for in this invocation, if the run's only next thing is a timer

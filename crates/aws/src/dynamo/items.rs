@@ -24,9 +24,10 @@ pub(super) fn event_batch(
     Ok(pack(format!("{seq} {json}"), EVENTS_PACK_FROM))
 }
 
-/// The most bytes (as stored, packed) of the held-back records one `end_run` puts in the
-/// header item's journal: beside the run's own history, well under DynamoDB's 400 KB item.
-/// An end whose records weigh more writes them as step items of their own first.
+/// The most bytes one `end_run` adds to the header item for its held-back records: the
+/// journal entry as stored (packed) and their history (as JSON, an upper bound of what is
+/// stored) — beside the run's own history, well under DynamoDB's 400 KB item. An end whose
+/// records weigh more is refused, never split.
 pub(super) const JOURNAL_MAX_BYTES: usize = 64 * 1024;
 
 /// The records `end_run` keeps in the header item (its `J` list, one entry per end): the

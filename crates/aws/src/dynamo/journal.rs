@@ -7,7 +7,8 @@
 //! repeat; and nothing rewrites a run's records after it ended. Should something still
 //! write a record whose stored version is in the journal, the write moves it out: a step
 //! item at the next version that must not exist yet (`put_step`, `put_steps`), so two
-//! writers that read the same version still conflict.
+//! writers that read the same version still conflict. What one end carries is bounded
+//! ([`JOURNAL_MAX_BYTES`]): heavier held records are refused, not split.
 
 use super::*;
 
@@ -36,10 +37,10 @@ pub(super) fn merge_journal(
 impl DynamoStore {
     /// What the end write stores of `steps`: the journal entry, and the history of the
     /// write (the records' events, then the end's). Records that would weigh more than
-    /// [`JOURNAL_MAX_BYTES`] in the header item are written as step items of their own
-    /// first instead (new, each with its events), and the end carries its own events only.
-    pub(super) async fn journal(
-        &self,
+    /// [`JOURNAL_MAX_BYTES`] in the header item (the entry and their history) are refused
+    /// (`Invalid`), never split: the end stores all of them or none. (The engine holds at
+    /// most 48 KiB of JSON, `engine::held::MAX_HELD_BYTES`, which stays under it.)
+    pub(super) fn journal(
         h: &RunHeader,
         events: &[HistoryEvent],
         steps: &[(&StepRecord, &[HistoryEvent])],
@@ -56,15 +57,22 @@ impl DynamoStore {
             })
             .collect();
         let entry = journal_entry(&new_seq(), &h.run_id, &stored)?;
-        if stored_len(&entry) > JOURNAL_MAX_BYTES {
-            for (rec, evs) in steps {
-                self.put_step(&h.run_id, rec, evs).await?;
-            }
-            return Ok((None, events.to_vec()));
-        }
-        let history = steps
+        let held_history: Vec<HistoryEvent> = steps
             .iter()
             .flat_map(|(_, evs)| evs.iter().cloned())
+            .collect();
+        let history_bytes = serde_json::to_vec(&held_history).map_or(usize::MAX, |v| v.len());
+        let weight = stored_len(&entry).saturating_add(history_bytes);
+        if weight > JOURNAL_MAX_BYTES {
+            return Err(StoreError::Invalid(format!(
+                "run {}: the {} held records and their history weigh {weight} bytes, more than \
+                 the {JOURNAL_MAX_BYTES} one end write carries; write them apart first",
+                h.run_id,
+                steps.len()
+            )));
+        }
+        let history = held_history
+            .into_iter()
             .chain(events.iter().cloned())
             .collect();
         Ok((Some(entry), history))

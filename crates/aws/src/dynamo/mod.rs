@@ -23,14 +23,15 @@
 //!   against a preset dictionary of Switchyard's own JSON (`packing`: binary, marked by its
 //!   first byte; items written before it hold plain deflate and still read), because every
 //!   write bills the whole item by the started KB.
-//! - **Journal**: the records a worker held back until the run's end (new, settled records
-//!   of steps free to repeat: `StateStore::end_run`'s `steps`) are one packed entry of the
+//! - **Journal**: the records a worker held back until the run's end (the latest states of
+//!   steps whose transitions were free to repeat: `StateStore::end_run`'s `steps`) are one packed entry of the
 //!   header's `J` list, appended by the end write itself, their history in the same write's
 //!   `ev` batch: one header write instead of one item write per step. `load` merges them
 //!   with the step items (`journal::merge_journal`). A later write of such a record finds no
 //!   step item, checks the journal and puts one at the next version (`attribute_not_exists`),
-//!   so a second writer of the same version still conflicts. Past `JOURNAL_MAX_BYTES` (64 KiB)
-//!   packed, the records are written as step items first.
+//!   so a second writer of the same version still conflicts. Past `JOURNAL_MAX_BYTES` (64 KiB,
+//!   the entry and the records' history) an end is refused (`Invalid`), never split; the
+//!   engine holds at most 48 KiB of JSON.
 //! - **Versions**: `ver` is what conditions compare (`ver = :read`); the store writes
 //!   `read + 1` and returns it. Header and step updates `SET body, ver` (and `ev`) only.
 //! - **History**: every write that carries events stores them as one *batch*, the string
@@ -480,7 +481,7 @@ impl StateStore for DynamoStore {
         // header's journal, their history before the end's in the header's `ev`.
         check_held(steps)?;
         let new_version = h.version + 1;
-        let (journal, history) = self.journal(h, events, steps).await?;
+        let (journal, history) = Self::journal(h, events, steps)?;
         match self
             .commit(Self::header_update(h, new_version, &history, journal)?)
             .await?

@@ -379,3 +379,192 @@ pub(crate) async fn held_records_are_stored_once_when_the_end_write_fails() {
         assert_eq!(ends, 1, "{fault:?}");
     }
 }
+
+/// A model free to repeat (as a built-in one is) whose every call takes 10 s of the test's
+/// clock: what a slow local step looks like to the worker.
+struct SlowFree {
+    clock: switchyard_local::ManualClock,
+}
+
+#[async_trait]
+impl Provider for SlowFree {
+    fn name(&self) -> &str {
+        "slowfree"
+    }
+
+    fn models(&self) -> Vec<ModelInfo> {
+        vec![ModelInfo {
+            id: "slowfree/echo".into(),
+            roles: vec![Role::Generation],
+            asynchronous: false,
+            description: "answers after 10 s of the test clock".into(),
+        }]
+    }
+
+    fn estimate_cost_usd(&self, _request: &ModelRequest) -> f64 {
+        0.0
+    }
+
+    fn repeat_is_free(&self, _model: &str) -> bool {
+        true
+    }
+
+    async fn invoke(&self, request: &ModelRequest) -> Result<ModelResponse, StepError> {
+        self.clock.advance(10_000);
+        Ok(ModelResponse::Completed(
+            switchyard_core::model::ModelOutput {
+                output: json!({"text": request.step}),
+                usage: None,
+                cost_usd: 0.0,
+                model: request.model.clone(),
+                provider_request_id: None,
+                sources: Vec::new(),
+            },
+        ))
+    }
+}
+
+/// A pass of free steps that runs long takes the run's lease once it has run 15 s without
+/// one (so the stuck-run sweep never takes it for a lost wake-up), and only once; a short one
+/// never takes it.
+#[tokio::test]
+pub(crate) async fn a_long_pass_of_free_steps_takes_the_lease_once() {
+    use switchyard_contract::faults::{FaultyStore, WriteKind};
+    let slow = "
+name: slow
+version: \"1\"
+steps:
+  - {id: a, model: slowfree/echo, input: x}
+  - {id: b, model: slowfree/echo, input: x}
+  - {id: c, model: slowfree/echo, input: x}
+";
+    // (steps run, lease takes)
+    for (steps, takes) in [(1, 0), (3, 1)] {
+        let clock = switchyard_local::ManualClock::new(support::T0);
+        let slot = Arc::new(std::sync::Mutex::new(None::<Arc<FaultyStore>>));
+        let keep = slot.clone();
+        let src: String = slow.lines().take(4 + steps).collect::<Vec<_>>().join("\n");
+        let h = H::build_with_clock(
+            clock.clone(),
+            vec![Arc::new(SlowFree {
+                clock: clock.clone(),
+            })],
+            move |inner| {
+                let f = Arc::new(FaultyStore::new(inner));
+                *keep.lock().unwrap() = Some(f.clone());
+                f
+            },
+        );
+        let (run, status) = h.run(&src, json!({})).await;
+        assert_eq!(status, RunStatus::Succeeded, "{steps} steps");
+        let f = slot.lock().unwrap().clone().unwrap();
+        assert_eq!(f.calls(WriteKind::AcquireLease), takes, "{steps} steps");
+        let snap = h.snap(&run).await;
+        assert_eq!(snap.steps.len(), steps);
+        assert!(snap.header.lease.is_none(), "the end gives the lease back");
+    }
+}
+
+/// A held repair (the judge's rounds, the validator and its reset target, the draft again)
+/// followed by an approval gate: the gate's opening writes what was held first — in one
+/// write, since the history interleaves the two steps — then the gate. What is stored,
+/// history order included, is what writing each record at once stores; and every write of
+/// the held run failing once, before it lands or after, still ends in one clean run.
+#[tokio::test]
+pub(crate) async fn held_records_written_before_a_gate_keep_their_order() {
+    use switchyard_contract::faults::{Fault, FaultyStore, WriteKind};
+    let src = format!(
+        "{}\n          - {{id: review, kind: approval, needs: [publish], deadline: 1h, message: ok?}}\n",
+        judge_wf(JUDGED_ONCE, true, NO_BEST, 2).trim_end()
+    );
+    let story = |h: H, run: String| async move {
+        assert_eq!(h.drive(&run).await, RunStatus::Waiting);
+        // A decision whose write failed is sent again, as a client retries one.
+        let decided = h
+            .engine
+            .decide(None, &run, "review", true, Some("ok".into()))
+            .await;
+        if decided.is_err() {
+            h.engine
+                .decide(None, &run, "review", true, Some("ok".into()))
+                .await
+                .unwrap();
+        }
+        assert_eq!(h.drive(&run).await, RunStatus::Succeeded);
+        let kinds: Vec<(EventKind, Option<String>)> = h
+            .events(&run)
+            .await
+            .into_iter()
+            .map(|e| (e.kind, e.step))
+            .collect();
+        let records: Vec<(String, StepStatus, u32, u32)> = h
+            .snap(&run)
+            .await
+            .steps
+            .iter()
+            .map(|r| (r.step.clone(), r.status, r.attempt, r.repairs))
+            .collect();
+        (kinds, records)
+    };
+    // Written at once, then held: the same records and history, in the same order.
+    let mut clean = Vec::new();
+    let mut writes = Vec::new();
+    for hold in [false, true] {
+        let slot = Arc::new(std::sync::Mutex::new(None::<Arc<FaultyStore>>));
+        let keep = slot.clone();
+        let h = H::with_store_and_config(
+            |c| c.hold_free_records = hold,
+            move |inner| {
+                let f = Arc::new(FaultyStore::new(inner));
+                *keep.lock().unwrap() = Some(f.clone());
+                f
+            },
+        );
+        let run = h.start(&src, json!({"topic": "t"})).await;
+        clean.push(story(h, run).await);
+        let f = slot.lock().unwrap().clone().unwrap();
+        if hold {
+            assert_eq!(
+                f.calls(WriteKind::PutSteps),
+                1,
+                "the held repair, in one write"
+            );
+            writes = [
+                WriteKind::AcquireLease,
+                WriteKind::PutStep,
+                WriteKind::PutSteps,
+                WriteKind::PutHeader,
+            ]
+            .map(|k| (k, f.calls(k)))
+            .to_vec();
+        }
+    }
+    assert_eq!(
+        clean[0], clean[1],
+        "held, then written before the gate: as written at once"
+    );
+    // Every write of the held run failing once.
+    for (kind, n) in writes {
+        for nth in 1..=n {
+            for fault in [Fault::Before, Fault::After] {
+                let h = H::with_store(move |inner| {
+                    Arc::new(FaultyStore::new(inner).fail(kind, nth, fault))
+                });
+                let run = h.start(&src, json!({"topic": "t"})).await;
+                let (kinds, records) = story(h, run).await;
+                let case = format!("{kind:?} #{nth} {fault:?}");
+                assert_eq!(records, clean[1].1, "{case}");
+                let starts = |k: &[(EventKind, Option<String>)]| {
+                    k.iter()
+                        .filter(|(e, _)| *e == EventKind::StepStarted)
+                        .count()
+                };
+                assert_eq!(
+                    starts(&kinds),
+                    starts(&clean[1].0),
+                    "{case}: no start twice"
+                );
+            }
+        }
+    }
+}

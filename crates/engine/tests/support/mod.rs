@@ -170,7 +170,28 @@ impl H {
         H::build_local(f, extra, wrap, strict, LocalConfig::default())
     }
 
+    /// An engine on `clock` (which `extra` providers may move), its store wrapped by `wrap`,
+    /// its driver not strict.
+    pub fn build_with_clock(
+        clock: ManualClock,
+        extra: Vec<Arc<dyn Provider>>,
+        wrap: impl FnOnce(Arc<dyn StateStore>) -> Arc<dyn StateStore>,
+    ) -> H {
+        H::build_on(clock, |_| {}, extra, wrap, false, LocalConfig::default())
+    }
+
     fn build_local(
+        f: impl FnOnce(&mut Config),
+        extra: Vec<Arc<dyn Provider>>,
+        wrap: impl FnOnce(Arc<dyn StateStore>) -> Arc<dyn StateStore>,
+        strict: bool,
+        local: LocalConfig,
+    ) -> H {
+        H::build_on(ManualClock::new(T0), f, extra, wrap, strict, local)
+    }
+
+    fn build_on(
+        clock: ManualClock,
         f: impl FnOnce(&mut Config),
         extra: Vec<Arc<dyn Provider>>,
         wrap: impl FnOnce(Arc<dyn StateStore>) -> Arc<dyn StateStore>,
@@ -179,7 +200,6 @@ impl H {
     ) -> H {
         let dir = tempfile::tempdir().expect("temp dir");
         let backend = Backend::open(dir.path()).expect("open backend");
-        let clock = ManualClock::new(T0);
         let clock_dyn: Arc<dyn Clock> = Arc::new(clock.clone());
         let queue = backend.queue(QueueName::Work, clock_dyn.clone());
         let provider = Arc::new(LocalProvider::new(local));
