@@ -47,6 +47,16 @@ fn ev(at: Millis, kind: EventKind) -> HistoryEvent {
     HistoryEvent::run(at, kind, json!(null))
 }
 
+/// The kinds of a run's history, in order.
+async fn event_kinds(s: &dyn StateStore, run_id: &str) -> Vec<EventKind> {
+    s.events(run_id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
 fn conflict<T: std::fmt::Debug>(r: Result<T, StoreError>) -> bool {
     is_conflict(&r)
 }
@@ -179,13 +189,7 @@ pub async fn a_write_and_its_events_are_one(s: &dyn StateStore) {
     s.put_header(&h, &[ev(4, EventKind::RunSucceeded)])
         .await
         .unwrap();
-    let kinds: Vec<EventKind> = s
-        .events("r1")
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.kind)
-        .collect();
+    let kinds = event_kinds(s, "r1").await;
     assert_eq!(
         kinds,
         [
@@ -458,13 +462,7 @@ pub async fn held_records_ride_on_the_end(s: &dyn StateStore) {
         ]
     );
     assert_eq!(snap.header.status, RunStatus::Succeeded);
-    let kinds: Vec<EventKind> = s
-        .events("r1")
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.kind)
-        .collect();
+    let kinds = event_kinds(s, "r1").await;
     assert_eq!(
         kinds,
         [
@@ -575,13 +573,7 @@ pub async fn several_steps_are_one_write(s: &dyn StateStore) {
             ("new", StepStatus::Pending, 1)
         ]
     );
-    let kinds: Vec<EventKind> = s
-        .events("r1")
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.kind)
-        .collect();
+    let kinds = event_kinds(s, "r1").await;
     assert_eq!(kinds, [EventKind::StepRepairRequested]);
     assert!(
         matches!(s.put_steps("r1", &[]).await, Err(StoreError::Invalid(_))),

@@ -324,12 +324,7 @@ pub(crate) async fn free_steps_are_stored_by_the_end_write() {
             .iter()
             .map(|r| (r.step.clone(), r.status, r.version, r.attempt))
             .collect();
-        let kinds: Vec<(EventKind, Option<String>)> = h
-            .events(&run)
-            .await
-            .into_iter()
-            .map(|e| (e.kind, e.step))
-            .collect();
+        let kinds = history(&h, &run).await;
         seen.push((records, kinds, h.run_output(&run).await));
     }
     assert_eq!(seen[0], seen[1], "held and written at once store the same");
@@ -491,12 +486,7 @@ pub(crate) async fn held_records_written_before_a_gate_keep_their_order() {
                 .unwrap();
         }
         assert_eq!(h.drive(&run).await, RunStatus::Succeeded);
-        let kinds: Vec<(EventKind, Option<String>)> = h
-            .events(&run)
-            .await
-            .into_iter()
-            .map(|e| (e.kind, e.step))
-            .collect();
+        let kinds = history(&h, &run).await;
         let records: Vec<(String, StepStatus, u32, u32)> = h
             .snap(&run)
             .await
@@ -567,4 +557,13 @@ pub(crate) async fn held_records_written_before_a_gate_keep_their_order() {
             }
         }
     }
+}
+
+/// A run's history as (kind, step), in order.
+async fn history(h: &H, run: &str) -> Vec<(EventKind, Option<String>)> {
+    h.events(run)
+        .await
+        .into_iter()
+        .map(|e| (e.kind, e.step))
+        .collect()
 }
