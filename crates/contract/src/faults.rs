@@ -39,7 +39,7 @@ pub struct FaultyStore {
     /// Snapshots the next `load` of their run answers instead of what is stored: a reader
     /// that loaded the run just before another worker moved it on.
     stale: Mutex<HashMap<String, RunSnapshot>>,
-    /// Runs whose lease cannot be taken and whose end cannot be written (`Unavailable`) until
+    /// Runs whose lease cannot be taken and whose end cannot be written (`Invalid`) until
     /// cured: a wake-up handler that fails every time for one run, as a poison message does
     /// (a worker that holds its records takes no lease before its end write).
     poisoned: Mutex<HashSet<String>>,
@@ -57,7 +57,7 @@ impl FaultyStore {
         }
     }
 
-    /// From now on every lease and every end of `run_id` fails `Unavailable` (the worker's
+    /// From now on every lease and every end of `run_id` fails `Invalid` (the worker's
     /// handling of any wake-up of the run fails), until [`FaultyStore::cure`].
     pub fn poison(&self, run_id: &str) {
         self.poisoned.lock().unwrap().insert(run_id.to_string());
@@ -198,8 +198,9 @@ impl StateStore for FaultyStore {
         lease: &Lease,
         now: Millis,
     ) -> Result<RunHeader, StoreError> {
+        // `Invalid` (as the end's): a pass that takes the lease late gives up at once.
         if self.poisoned.lock().unwrap().contains(run_id) {
-            return Err(StoreError::Unavailable(format!(
+            return Err(StoreError::Invalid(format!(
                 "injected: the lease of {run_id} is poisoned"
             )));
         }

@@ -342,6 +342,14 @@ impl Engine {
         owner: &str,
     ) -> Result<(), EngineError> {
         let mut g = gate.lock().await;
+        let moved = |run_id: &str| {
+            EngineError::Store(StoreError::Conflict(format!(
+                "run {run_id} moved since this pass read it; planning again"
+            )))
+        };
+        if g.moved {
+            return Err(moved(run_id));
+        }
         if g.taken {
             return Ok(());
         }
@@ -352,14 +360,13 @@ impl Engine {
         };
         let h = self.store.acquire_lease(run_id, &lease, now).await?;
         g.taken = true;
-        let moved = h.version != g.expected + 1;
-        g.written = Some(h);
-        if moved {
-            return Err(StoreError::Conflict(format!(
-                "run {run_id} moved since this pass read it; planning again"
-            ))
-            .into());
+        if h.version != g.expected + 1 || h.status.is_terminal() {
+            // Another worker wrote the run meanwhile (it may have ended it): nothing more of
+            // this pass is written until it has read the run again.
+            g.moved = true;
+            return Err(moved(run_id));
         }
+        g.written = Some(h);
         Ok(())
     }
 
@@ -426,9 +433,18 @@ impl Engine {
             match held.try_hold(&records, &per_record, &cx.records) {
                 crate::held::Holding::Held(seen) => return Ok(seen),
                 crate::held::Holding::Stale(why) => {
+                    // What is held is stored first (under the lease), so the pass that plans
+                    // again starts from it instead of making the same hold and meeting the
+                    // same stale transition forever.
+                    if !held.is_empty() {
+                        if let Some(gate) = &cx.gate {
+                            self.take_lease(gate, run_id, &cx.owner).await?;
+                        }
+                        self.write_held(wf, run_id, &mut held).await?;
+                    }
                     return Err(EngineError::Store(StoreError::Conflict(format!(
                         "run {run_id}: {why}"
-                    ))))
+                    ))));
                 }
                 crate::held::Holding::No => {}
             }

@@ -34,6 +34,9 @@ pub(crate) struct Gate {
     pub(crate) expected: u64,
     /// The header a take wrote, for the pass to plan from next.
     pub(crate) written: Option<RunHeader>,
+    /// A take found the run moved (or ended) under the pass: every later take fails too
+    /// until the pass has read the run again, so no other action of it writes meanwhile.
+    pub(crate) moved: bool,
 }
 
 /// How long a pass runs without the run's lease before it takes it: half the stuck-run
@@ -178,8 +181,14 @@ impl Held {
         Holding::Held(seen)
     }
 
+    /// Nothing held, and no failed write of what was (a broken hold is never empty: every
+    /// later write of the pass goes through [`Held::take_apart`], which refuses).
     pub(crate) fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.records.is_empty() && self.broken.is_none()
+    }
+
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken.is_some()
     }
 
     /// Empties the hold: what it held, for the run's end write — the records (version 0)

@@ -68,6 +68,19 @@ struct Pass<'a> {
     started_at: Millis,
 }
 
+/// A run whose header says it ended is never parked or ended again (a pass that read the
+/// end from another worker plans again from what is stored).
+fn refuse_ended(snap: &RunSnapshot) -> Result<(), EngineError> {
+    if snap.header.status.is_terminal() {
+        return Err(StoreError::Conflict(format!(
+            "run {} has ended meanwhile",
+            snap.header.run_id
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// Whether the pass holds the run's lease (taken before it, or lazily since).
 async fn leased(pass: &Pass<'_>) -> bool {
     match &pass.gate {
@@ -256,12 +269,14 @@ impl Engine {
             prev_wait_until,
             was_waiting,
             owner: &owner,
-            started_at: now,
+            // The sweep's grace counts from when the run fell due, which may be before now.
+            started_at: switchyard_core::recovery::due_at(&snap.header).map_or(now, |d| d.min(now)),
             gate: lazy.then(|| {
                 Arc::new(tokio::sync::Mutex::new(crate::held::Gate {
                     taken: false,
                     expected: snap.header.version,
                     written: None,
+                    moved: false,
                 }))
             }),
         };
@@ -297,7 +312,14 @@ impl Engine {
                     return Err(e.into());
                 }
             };
+            if let Some(gate) = &pass.gate {
+                gate.lock().await.moved = false;
+            }
             if snap.header.status.is_terminal() {
+                // A lease this pass took on a run another worker ended is given back.
+                if snap.header.lease.as_ref().is_some_and(|l| l.owner == owner) {
+                    self.release_lease(run_id, &owner).await;
+                }
                 // The end may be this call's own write whose answer was lost: its
                 // notification must still go out.
                 self.renotify_if_lost(&snap.header).await?;
@@ -402,8 +424,9 @@ impl Engine {
             // nothing is in flight rather than start a call the platform would kill.
             let near_deadline = near_deadline || !held_back.is_empty();
             if plan.outcome.is_none() && !near_deadline && failure.is_none() && !fresh.is_empty() {
+                let lease_less = !leased(pass).await;
                 if self
-                    .cancelled_meanwhile(snap, &mut header_read_at, now)
+                    .cancelled_meanwhile(snap, &mut header_read_at, now, lease_less)
                     .await?
                 {
                     continue;
@@ -558,6 +581,7 @@ impl Engine {
         snap: &mut RunSnapshot,
         read_at: &mut Millis,
         now: Millis,
+        lease_less: bool,
     ) -> Result<bool, EngineError> {
         if snap.header.cancel_requested
             || now.saturating_sub(*read_at) < self.config.cancel_check_ms
@@ -566,6 +590,14 @@ impl Engine {
         }
         *read_at = now;
         match self.store.load_header(&snap.header.run_id).await? {
+            // A pass without the lease plans nothing from a header it did not write: another
+            // worker may have ended the run or hold its lease. It reads the whole run again
+            // (`handle_loaded`: an ended run is left ended, a live lease is `Busy`).
+            Some(h) if h.cancel_requested && lease_less => Err(StoreError::Conflict(format!(
+                "run {}: cancellation requested while a pass without the lease drove it",
+                h.run_id
+            ))
+            .into()),
             Some(h) if h.cancel_requested => {
                 tracing::info!(run_id = %h.run_id, "cancellation seen while driving");
                 snap.header = h;
@@ -656,10 +688,25 @@ impl Engine {
             Some(h) => std::mem::take(&mut *h.lock().await),
             None => crate::held::Held::default(),
         };
+        if held.is_broken() {
+            return Err(StoreError::Conflict(format!(
+                "run {}: a write of the held records failed in this pass",
+                snap.header.run_id
+            ))
+            .into());
+        }
         if let Some(outcome) = plan.outcome {
             return self.finish(wf, snap, outcome, held.take()).await;
         }
-        // The run goes on later: what was held is stored before the header says so.
+        // The run goes on later: what was held is stored before the header says so — under
+        // the run's lease, so never beside another worker's.
+        if !held.is_empty() {
+            if let Some(gate) = &pass.gate {
+                self.take_lease(gate, &snap.header.run_id, pass.owner)
+                    .await?;
+                self.sync_gate(pass, snap).await?;
+            }
+        }
         self.write_held(wf, &snap.header.run_id, &mut held).await?;
         if near_deadline && !plan.actions.is_empty() {
             self.park(snap, &plan, None, was_waiting).await?;
@@ -701,6 +748,7 @@ impl Engine {
         send_at: Option<Millis>,
         was_waiting: bool,
     ) -> Result<(), EngineError> {
+        refuse_ended(snap)?;
         let now = self.now();
         let wait = WaitInfo {
             reason: plan.wait.unwrap_or(WaitReason::Timer),
@@ -748,6 +796,7 @@ impl Engine {
         outcome: Outcome,
         (held, held_events): (Vec<StepRecord>, Vec<HistoryEvent>),
     ) -> Result<Handled, EngineError> {
+        refuse_ended(snap)?;
         self.cancel_abandoned_jobs(wf, snap).await;
         let now = self.now();
         let (status, output, error) = match outcome {

@@ -4,7 +4,7 @@
 //! One file per group: `chain` (chains and outputs), `wakeups` (duplicated, early and late
 //! wake-ups), `retries` (retries and backoff), `fallback`, `budget`, `route` (route and skip),
 //! `parallel`, `validate` (validate with repair), `judge` (validate with a judge), `approval`,
-//! `jobs` (asynchronous jobs and webhooks), `crash` (crash recovery), `cancel`, `large_values`,
+//! `jobs` (asynchronous jobs and webhooks), `lazy` (a pass without the run's lease), `crash` (crash recovery), `cancel`, `large_values`,
 //! `intake` (input schema, idempotency), `property` (random wake-up interleavings) and
 //! `faults` (faults between and after writes). Helpers shared by several groups live here or
 //! in `../support/mod.rs`.
@@ -68,6 +68,7 @@ mod intake;
 mod jobs;
 mod judge;
 mod large_values;
+mod lazy;
 mod parallel;
 mod property;
 mod retries;
