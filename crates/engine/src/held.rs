@@ -39,8 +39,9 @@ pub(crate) struct Gate {
     pub(crate) moved: bool,
 }
 
-/// How long a pass runs without the run's lease before it takes it: half the stuck-run
-/// sweep's grace (`core::recovery::STUCK_GRACE_MS`), which counts from when the run fell due.
+/// How long after the run fell due a pass without the run's lease takes it: half the
+/// stuck-run sweep's grace (`core::recovery::STUCK_GRACE_MS`), which counts from the same
+/// moment.
 pub(crate) const LEASE_AFTER_MS: u64 = switchyard_core::recovery::STUCK_GRACE_MS / 2;
 
 /// The most a pass holds, in bytes of JSON (the held records' latest states and the held
