@@ -327,12 +327,8 @@ impl Engine {
             }
             // A pass that has not taken the lease meets another worker's live one as a take
             // would have: the run is that worker's (it may be mid-call) until its lease ends.
-            let taken = match &pass.gate {
-                Some(gate) => gate.lock().await.taken,
-                None => true,
-            };
             let now = self.now();
-            if !taken
+            if !leased(&pass).await
                 && snap
                     .header
                     .lease

@@ -406,16 +406,7 @@ impl Provider for SlowFree {
 
     async fn invoke(&self, request: &ModelRequest) -> Result<ModelResponse, StepError> {
         self.clock.advance(10_000);
-        Ok(ModelResponse::Completed(
-            switchyard_core::model::ModelOutput {
-                output: json!({"text": request.step}),
-                usage: None,
-                cost_usd: 0.0,
-                model: request.model.clone(),
-                provider_request_id: None,
-                sources: Vec::new(),
-            },
-        ))
+        Ok(answer(request, 0.0))
     }
 }
 

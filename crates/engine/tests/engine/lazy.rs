@@ -65,7 +65,8 @@ impl Provider for Paid {
     }
 }
 
-fn answer(request: &ModelRequest, cost_usd: f64) -> ModelResponse {
+/// A completed answer of a test model: `{"text": <the step>}` at `cost_usd`.
+pub(crate) fn answer(request: &ModelRequest, cost_usd: f64) -> ModelResponse {
     ModelResponse::Completed(switchyard_core::model::ModelOutput {
         output: json!({"text": request.step}),
         usage: None,

@@ -82,5 +82,6 @@ use crash::*;
 use fallback::*;
 use jobs::*;
 use judge::*;
+use lazy::answer;
 use property::*;
 use wakeups::*;
